@@ -1,0 +1,311 @@
+//! Types and constants shared by keyturn's BPF programs and its user space.
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, free of implicit padding, and uses `u32` tags
+//! instead of Rust enums or `bool`, so both sides agree on every byte.
+#![no_std]
+
+/// Map capacities. Each is the upper bound of what one host is expected to need, with room.
+pub mod capacity {
+    /// Tagged cgroups (the roots an operator tagged; descendants are resolved in the kernel).
+    pub const TAGGED_ROOTS: u32 = 4096;
+    /// Cached tagged/untagged verdicts per cgroup id; an LRU, so overflow only costs a re-walk.
+    pub const CGROUP_CACHE: u32 = 16_384;
+    /// Policies loaded at once (array index = policy id).
+    pub const POLICIES: u32 = 256;
+    /// Flagged or allowed executables (file identities) over all policies.
+    pub const EXEC_RULES: u32 = 65_536;
+    /// Destination prefixes over all policies.
+    pub const EGRESS_RULES: u32 = 65_536;
+    /// Holds that may exist at once on one host (held, approved-not-yet-consumed, denied).
+    pub const HOLDS: u32 = 16_384;
+    /// Ring buffer size in bytes (a power of two, a multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+    /// Deepest cgroup level the kernel walks to find a tagged ancestor.
+    pub const CGROUP_DEPTH: u32 = 16;
+    /// Port rules one destination prefix can carry (inherited ones included).
+    pub const PORT_RULES: usize = 8;
+    /// Bytes of an executable's path carried in a hold event.
+    pub const PATH_BYTES: usize = 256;
+}
+
+/// What a policy says about an action.
+pub mod verdict {
+    pub const ALLOW: u32 = 1;
+    pub const HOLD: u32 = 2;
+    pub const DENY: u32 = 3;
+}
+
+/// The two families of actions keyturn can hold.
+pub mod kind {
+    pub const EXEC: u32 = 1;
+    pub const EGRESS: u32 = 2;
+}
+
+/// The lifecycle of a hold record in [`Hold::state`].
+pub mod hold_state {
+    /// Waiting for a decision; the kernel re-holds a restarted syscall.
+    pub const PENDING: u32 = 1;
+    /// Approved: the next matching restart is allowed and consumes the record.
+    pub const APPROVED: u32 = 2;
+    /// Denied: the next matching restart fails with EPERM and consumes the record.
+    pub const DENIED: u32 = 3;
+}
+
+/// How the kernel treated an action it reported in a [`HoldEvent`].
+pub mod event_type {
+    /// The process is stopped in (or right after) the syscall, waiting for a decision.
+    pub const HELD: u32 = 1;
+    /// The syscall failed with EPERM; an approval lets the same action succeed on retry
+    /// (egress in `cgroup-sock` mode on kernels whose sock_addr programs cannot signal).
+    pub const DEFERRED: u32 = 2;
+    /// A held process was resumed by someone other than keyturn: held again where the
+    /// syscall restarts, reported for killing where it cannot (see `STOPPED`).
+    pub const ROGUE_CONTINUE: u32 = 3;
+    /// The exec happened and the process is stopped before the new program's first
+    /// instruction; nothing restarts (`cgroup-sock` mode, which has no exec LSM hook).
+    pub const STOPPED: u32 = 4;
+}
+
+/// Indexes into the `COUNTERS` per-CPU array. Every refusal and failure is counted.
+pub mod counter {
+    /// New holds raised (held or deferred).
+    pub const HOLDS: u32 = 0;
+    /// Approved restarts that were let through.
+    pub const RELEASED: u32 = 1;
+    /// Actions failed with EPERM by a policy `deny` or a recorded denial.
+    pub const DENIED: u32 = 2;
+    /// Refused because the ring buffer was full (fail closed).
+    pub const RINGBUF_FULL: u32 = 3;
+    /// Refused because the cgroup already had its maximum of pending holds.
+    pub const FLOOD_REFUSED: u32 = 4;
+    /// Refused because `bpf_send_signal` failed.
+    pub const SIGNAL_FAILED: u32 = 5;
+    /// Refused because no daemon heartbeat was seen within the liveness timeout.
+    pub const DAEMON_ABSENT: u32 = 6;
+    /// Restarted syscalls held again after a SIGCONT that was not keyturn's.
+    pub const ROGUE_CONTINUE: u32 = 7;
+    /// Refused because the hold table was full or a conflicting hold existed.
+    pub const HOLD_TABLE_REFUSED: u32 = 8;
+    /// Exec holds that had to kill because the exec could no longer be failed.
+    pub const EXEC_KILLED: u32 = 9;
+    /// Number of counters.
+    pub const COUNT: u32 = 10;
+}
+
+/// The IPv4-mapped IPv6 prefix `::ffff:0:0/96`. IPv4 addresses are stored in this form,
+/// so an IPv4-mapped IPv6 destination is treated exactly like the IPv4 one.
+pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+/// IP protocol numbers as the kernel reports them.
+pub mod protocol {
+    pub const ANY: u32 = 0;
+    pub const TCP: u32 = 6;
+    pub const UDP: u32 = 17;
+}
+
+/// One tagged cgroup root, written by user space into `TAGGED_ROOTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tag {
+    /// Index into `POLICIES`.
+    pub policy: u32,
+    /// Holds that may be pending at once under this root; more are refused with EPERM.
+    pub max_pending: u32,
+}
+
+/// The kernel's cached answer to "which tagged root is this cgroup under?".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachedTag {
+    /// The tagged root's cgroup id, or 0 when the cgroup is not tagged.
+    pub root: u64,
+    pub tag: Tag,
+    /// `Config::generation` when this entry was computed; stale entries are recomputed.
+    pub generation: u64,
+}
+
+/// Process-wide settings, written by user space into `CONFIG[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `CLOCK_MONOTONIC` nanoseconds of the daemon's last heartbeat.
+    pub heartbeat_ns: u64,
+    /// Flagged actions fail with EPERM when the heartbeat is older than this.
+    pub liveness_timeout_ns: u64,
+    /// Bumped on every change of `TAGGED_ROOTS`, invalidating `CGROUP_CACHE`.
+    pub generation: u64,
+}
+
+/// Defaults of one policy, `POLICIES[policy]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyDefaults {
+    /// Verdict for an executable with no entry in `EXEC_RULES`.
+    pub exec: u32,
+    /// Verdict for a destination no egress rule covers.
+    pub egress: u32,
+}
+
+/// Identity of an executable file within a policy: key of `EXEC_RULES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExecKey {
+    pub policy: u32,
+    /// The kernel's encoding of the device: `major << 20 | minor`.
+    pub dev: u32,
+    pub ino: u64,
+}
+
+/// Data part of an `EGRESS_RULES` LPM key: the policy id (big endian, so it forms the
+/// first 32 bits of every prefix) followed by the IPv6 or IPv4-mapped address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EgressKey {
+    pub policy_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// One port range of an [`EgressRule`]; `protocol` 0 matches any protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    pub low: u16,
+    pub high: u16,
+    pub protocol: u16,
+    pub verdict: u16,
+}
+
+/// What a destination prefix says, with the rules of the prefixes containing it already
+/// folded in by user space: the first matching port rule wins, else `fallback`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressRule {
+    pub count: u32,
+    pub fallback: u32,
+    pub ports: [PortRule; capacity::PORT_RULES],
+}
+
+/// Exactly what was held: the restarted syscall must match it to be released.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Action {
+    /// A [`kind`] constant.
+    pub kind: u32,
+    /// Egress: a [`protocol`] constant.
+    pub protocol: u32,
+    /// Egress: destination port, host byte order.
+    pub port: u32,
+    /// Exec: the kernel's device number of the executable.
+    pub dev: u32,
+    /// Exec: inode number of the executable.
+    pub ino: u64,
+    /// Egress: IPv6 address, or IPv4 in its mapped form.
+    pub addr: [u8; 16],
+}
+
+/// Key of `HOLDS`: the thread whose syscall is held. `tid` is 0 for deferred egress
+/// holds, which any thread of the process may retry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HoldKey {
+    pub tgid: u32,
+    pub tid: u32,
+}
+
+/// A hold record in `HOLDS`, created by the kernel, decided by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub action: Action,
+    /// Random per hold; a decision must name it.
+    pub nonce: u64,
+    /// The process's `start_boottime`: a reused pid never matches a dead process's hold.
+    pub start_boottime: u64,
+    /// The tagged root the process was under when held.
+    pub root: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds when the hold was raised.
+    pub held_at_ns: u64,
+    /// A [`hold_state`] constant.
+    pub state: u32,
+    /// An [`event_type`] constant: `HELD`, `DEFERRED` or `STOPPED`.
+    pub event_type: u32,
+}
+
+/// What the kernel knows of a held action, sent to user space through `EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HoldEvent {
+    /// An [`event_type`] constant.
+    pub event_type: u32,
+    pub policy: u32,
+    pub hold: Hold,
+    pub cgroup: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; 16],
+    /// Exec: the path as passed to execve, NUL-terminated if shorter than the buffer.
+    pub path: [u8; capacity::PATH_BYTES],
+}
+
+/// Byte offsets of kernel struct fields, resolved from the running kernel's BTF at load
+/// time and handed to the programs as a global (Rust BPF programs get no CO-RE).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub binprm_file: u32,
+    pub binprm_filename: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub super_block_dev: u32,
+    pub task_start_boottime: u32,
+    pub socket_type: u32,
+    pub msghdr_name: u32,
+    pub task_tgid: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{
+        Action, CachedTag, Config, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey,
+        KernelOffsets, PolicyDefaults, Tag,
+    };
+    // SAFETY: every type is repr(C), Copy, and has no implicit padding.
+    unsafe impl aya::Pod for Tag {}
+    unsafe impl aya::Pod for CachedTag {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for PolicyDefaults {}
+    unsafe impl aya::Pod for ExecKey {}
+    unsafe impl aya::Pod for EgressKey {}
+    unsafe impl aya::Pod for EgressRule {}
+    unsafe impl aya::Pod for Action {}
+    unsafe impl aya::Pod for HoldKey {}
+    unsafe impl aya::Pod for Hold {}
+    unsafe impl aya::Pod for HoldEvent {}
+    unsafe impl aya::Pod for KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::{Action, CachedTag, EgressKey, EgressRule, Hold, HoldEvent, KernelOffsets};
+    use core::mem::size_of;
+
+    /// The structs are laid out without implicit padding: their sizes are the sums of
+    /// their fields, so kernel and user space cannot disagree on a byte.
+    #[test]
+    fn no_implicit_padding() {
+        assert_eq!(size_of::<CachedTag>(), 8 + 8 + 8);
+        assert_eq!(size_of::<EgressKey>(), 20);
+        assert_eq!(size_of::<EgressRule>(), 8 + 8 * 8);
+        assert_eq!(size_of::<Action>(), 4 * 4 + 8 + 16);
+        assert_eq!(size_of::<Hold>(), size_of::<Action>() + 4 * 8 + 2 * 4);
+        assert_eq!(
+            size_of::<HoldEvent>(),
+            8 + size_of::<Hold>() + 8 + 4 * 4 + 16 + super::capacity::PATH_BYTES
+        );
+        assert_eq!(size_of::<KernelOffsets>(), 10 * 4);
+    }
+}

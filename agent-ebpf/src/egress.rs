@@ -1,0 +1,192 @@
+//! Egress hooks: hold a connection or datagram to a destination the policy does not allow,
+//! before any packet leaves. IPv4 and IPv4-mapped IPv6 destinations are the same thing.
+
+use agent_common::{Action, EgressKey, V4_MAPPED_PREFIX, capacity, kind, protocol};
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    maps::lpm_trie::Key,
+    programs::{LsmContext, SockAddrContext},
+};
+
+use crate::{
+    hold::{self, Outcome, Waiting},
+    kernel,
+    maps::EGRESS_RULES,
+    tag::{self, Tagged},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOCK_STREAM: u16 = 1;
+const SOCK_DGRAM: u16 = 2;
+const IPPROTO_MPTCP: u32 = 262;
+
+/// A destination: address (IPv4 mapped into IPv6), port, protocol.
+pub struct Destination {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub protocol: u32,
+}
+
+fn mapped_v4(addr_be: u32) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    addr[..12].copy_from_slice(&V4_MAPPED_PREFIX);
+    addr[12..].copy_from_slice(&addr_be.to_ne_bytes());
+    addr
+}
+
+fn verdict(tagged: &Tagged, to: &Destination) -> u32 {
+    let key = Key::new(
+        32 + 128,
+        EgressKey {
+            policy_be: tagged.tag.policy.to_be_bytes(),
+            addr: to.addr,
+        },
+    );
+    let Some(rule) = EGRESS_RULES.get(&key) else {
+        return hold::policy_defaults(tagged.tag.policy).egress;
+    };
+    for i in 0..capacity::PORT_RULES {
+        if i as u32 >= rule.count {
+            break;
+        }
+        let port = rule.ports[i];
+        if to.port >= port.low
+            && to.port <= port.high
+            && (port.protocol == 0 || u32::from(port.protocol) == to.protocol)
+        {
+            return u32::from(port.verdict);
+        }
+    }
+    rule.fallback
+}
+
+/// Decides egress to `to` for the current task.
+pub fn check(to: &Destination, waiting: Waiting) -> Outcome {
+    let Some(tagged) = tag::current() else {
+        return Outcome::Allow;
+    };
+    let action = Action {
+        kind: kind::EGRESS,
+        protocol: to.protocol,
+        port: u32::from(to.port),
+        addr: to.addr,
+        ..Action::default()
+    };
+    hold::enforce(&tagged, &action, verdict(&tagged, &to), waiting, 0)
+}
+
+/// Reads the destination of a kernel `struct sockaddr *`. `None`: not an IP destination.
+fn sockaddr_destination(sockaddr: u64, protocol: u32) -> Result<Option<Destination>, i32> {
+    let family: u16 = kernel::read(sockaddr, 0)?;
+    let port_be: u16 = kernel::read(sockaddr, 2)?;
+    let addr = match family {
+        AF_INET => mapped_v4(kernel::read(sockaddr, 4)?),
+        AF_INET6 => kernel::read(sockaddr, 8)?,
+        _ => return Ok(None),
+    };
+    Ok(Some(Destination {
+        addr,
+        port: u16::from_be(port_be),
+        protocol,
+    }))
+}
+
+/// The protocol of a kernel `struct socket *`, from its type.
+fn socket_protocol(socket: u64) -> Result<u32, i32> {
+    let socket_type: u16 = kernel::read(socket, kernel::offsets().socket_type)?;
+    Ok(match socket_type {
+        SOCK_STREAM => protocol::TCP,
+        SOCK_DGRAM => protocol::UDP,
+        _ => protocol::ANY,
+    })
+}
+
+fn lsm_outcome(outcome: Outcome) -> i32 {
+    match outcome {
+        Outcome::Allow => 0,
+        Outcome::Refuse => -kernel::EPERM,
+        Outcome::Held => -kernel::ERESTARTNOINTR,
+    }
+}
+
+/// Decides `socket_connect(sock, address, addrlen)`: unreadable arguments are refused.
+pub fn connect(socket: u64, sockaddr: u64) -> Outcome {
+    let destination =
+        socket_protocol(socket).and_then(|protocol| sockaddr_destination(sockaddr, protocol));
+    match destination {
+        Ok(Some(to)) => check(&to, Waiting::Restart),
+        Ok(None) => Outcome::Allow,
+        Err(_) => Outcome::Refuse,
+    }
+}
+
+/// Decides `socket_sendmsg(sock, msg, size)`: only a message that names a destination
+/// (UDP `sendto`, TCP fast open) can go somewhere its socket was not connected to.
+pub fn sendmsg(socket: u64, msghdr: u64) -> Outcome {
+    let name: Result<u64, i32> = kernel::read(msghdr, kernel::offsets().msghdr_name);
+    match name {
+        Ok(0) => Outcome::Allow,
+        Ok(sockaddr) => connect(socket, sockaddr),
+        Err(_) => Outcome::Refuse,
+    }
+}
+
+/// `lsm` mode `socket_connect`: holds a connect to a held destination before any SYN or
+/// datagram, refuses a denied one, allows the rest. Passes on an earlier denial.
+pub fn lsm_connect(ctx: &LsmContext) -> i32 {
+    let earlier: i32 = ctx.arg(3);
+    if earlier != 0 {
+        return earlier;
+    }
+    lsm_outcome(connect(ctx.arg(0), ctx.arg(1)))
+}
+
+/// `lsm` mode `socket_sendmsg`: as [`lsm_connect`], for messages that carry a destination.
+pub fn lsm_sendmsg(ctx: &LsmContext) -> i32 {
+    let earlier: i32 = ctx.arg(3);
+    if earlier != 0 {
+        return earlier;
+    }
+    lsm_outcome(sendmsg(ctx.arg(0), ctx.arg(1)))
+}
+
+fn sock_addr_protocol(sa: &bpf_sock_addr) -> u32 {
+    match sa.protocol {
+        IPPROTO_MPTCP => protocol::TCP,
+        other => other,
+    }
+}
+
+/// The destination a `cgroup/connect4` or `cgroup/sendmsg4` program sees. The verifier
+/// only allows the context fields of the attach point's own family, at fixed offsets.
+pub fn sock_addr_destination_v4(ctx: &SockAddrContext) -> Destination {
+    // SAFETY: the context is the kernel's bpf_sock_addr for this call.
+    let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    Destination {
+        addr: mapped_v4(sa.user_ip4),
+        port: u16::from_be(sa.user_port as u16),
+        protocol: sock_addr_protocol(sa),
+    }
+}
+
+/// The destination a `cgroup/connect6` or `cgroup/sendmsg6` program sees.
+pub fn sock_addr_destination_v6(ctx: &SockAddrContext) -> Destination {
+    // SAFETY: the context is the kernel's bpf_sock_addr for this call.
+    let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    let words = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
+    let mut addr = [0u8; 16];
+    for (chunk, word) in addr.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Destination {
+        addr,
+        port: u16::from_be(sa.user_port as u16),
+        protocol: sock_addr_protocol(sa),
+    }
+}

@@ -1,0 +1,238 @@
+//! The hold: one decision procedure shared by every hook. Given an action and what the
+//! policy says of it, either let it through, refuse it, or stop the process and ask.
+
+use agent_common::{
+    Action, Hold, HoldEvent, HoldKey, PolicyDefaults, capacity, counter, event_type, hold_state,
+    verdict,
+};
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use crate::{
+    kernel,
+    maps::{CONFIG, COUNTERS, EVENTS, HOLDS, HOLDS_FINISHED, HOLDS_STARTED, POLICIES},
+    tag::Tagged,
+};
+
+/// How the calling hook can make a process wait.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// SIGSTOP now and fail with -ERESTARTNOINTR: the syscall restarts after SIGCONT and
+    /// runs this hook again (LSM hooks, sock_addr hooks on kernels that allow signals).
+    Restart,
+    /// Fail with EPERM now; an approval lets the same action of the same process succeed
+    /// when it retries (sock_addr hooks on kernels that do not allow signals).
+    Retry,
+    /// SIGSTOP after the fact, nothing to restart (exec seen at `sched_process_exec`).
+    Stopped,
+}
+
+/// What the hook must do with the syscall.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    Refuse,
+    /// The process was signalled to stop; a restartable hook returns -ERESTARTNOINTR.
+    Held,
+}
+
+pub fn count(index: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, this program cannot be re-entered on this CPU.
+        unsafe { *value += 1 };
+    }
+}
+
+/// The policy's defaults, or holds for everything if the policy slot is missing.
+pub fn policy_defaults(policy: u32) -> PolicyDefaults {
+    POLICIES.get(policy).copied().unwrap_or(PolicyDefaults {
+        exec: verdict::HOLD,
+        egress: verdict::HOLD,
+    })
+}
+
+/// Applies `policy_verdict` to `action` for the current task under `tagged`.
+/// `path` is the kernel pointer to the executable's name for exec holds, 0 otherwise.
+#[inline(always)]
+pub fn enforce(
+    tagged: &Tagged,
+    action: &Action,
+    policy_verdict: u32,
+    waiting: Waiting,
+    path: u64,
+) -> Outcome {
+    match policy_verdict {
+        verdict::ALLOW => return Outcome::Allow,
+        verdict::HOLD => {}
+        _ => {
+            count(counter::DENIED);
+            return Outcome::Refuse;
+        }
+    }
+    let (tgid, tid) = kernel::current_ids();
+    let key = HoldKey {
+        tgid,
+        tid: if waiting == Waiting::Retry { 0 } else { tid },
+    };
+    let Ok(start_boottime) = kernel::current_start_boottime() else {
+        count(counter::HOLD_TABLE_REFUSED);
+        return Outcome::Refuse;
+    };
+
+    if let Some(existing) = HOLDS.get_ptr(&key) {
+        // SAFETY: the record is only replaced whole; fields are read by value.
+        let existing = unsafe { &*existing };
+        if existing.start_boottime == start_boottime {
+            if existing.action == *action {
+                return decided(&key, existing, waiting);
+            }
+            if waiting == Waiting::Retry {
+                // One deferred request at a time per process: never drop a pending one.
+                count(counter::HOLD_TABLE_REFUSED);
+                return Outcome::Refuse;
+            }
+        }
+        // Otherwise the record is a dead process's (pid reused) or this thread moved on
+        // from an undecided action: the new hold replaces it and user space closes the old.
+    }
+
+    if !daemon_alive() {
+        count(counter::DAEMON_ABSENT);
+        return Outcome::Refuse;
+    }
+    if pending(tagged.root) >= u64::from(tagged.tag.max_pending) {
+        count(counter::FLOOD_REFUSED);
+        return Outcome::Refuse;
+    }
+    let Some(mut entry) = EVENTS.reserve::<HoldEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return Outcome::Refuse;
+    };
+    let kind = match waiting {
+        Waiting::Restart => event_type::HELD,
+        Waiting::Retry => event_type::DEFERRED,
+        Waiting::Stopped => event_type::STOPPED,
+    };
+    let hold = Hold {
+        action: *action,
+        nonce: kernel::random_u64(),
+        start_boottime,
+        root: tagged.root,
+        held_at_ns: kernel::now_ns(),
+        state: hold_state::PENDING,
+        event_type: kind,
+    };
+    if HOLDS.insert(&key, &hold, 0).is_err() {
+        entry.discard(0);
+        count(counter::HOLD_TABLE_REFUSED);
+        return Outcome::Refuse;
+    }
+    if waiting != Waiting::Retry && !kernel::signal_current(kernel::SIGSTOP) {
+        let _ = HOLDS.remove(&key);
+        entry.discard(0);
+        count(counter::SIGNAL_FAILED);
+        return Outcome::Refuse;
+    }
+    fill_event(entry.as_mut_ptr(), kind, tagged, &hold, path);
+    entry.submit(0);
+    started(tagged.root);
+    count(counter::HOLDS);
+    if waiting == Waiting::Retry {
+        Outcome::Refuse
+    } else {
+        Outcome::Held
+    }
+}
+
+/// A restart (or retry) of an action that already has a hold record.
+#[inline(always)]
+fn decided(key: &HoldKey, hold: &Hold, waiting: Waiting) -> Outcome {
+    match hold.state {
+        hold_state::APPROVED => {
+            let _ = HOLDS.remove(key);
+            count(counter::RELEASED);
+            Outcome::Allow
+        }
+        hold_state::PENDING if waiting != Waiting::Retry => {
+            // Resumed by a SIGCONT that was not keyturn's: stop it again, same hold.
+            if !kernel::signal_current(kernel::SIGSTOP) {
+                count(counter::SIGNAL_FAILED);
+                return Outcome::Refuse;
+            }
+            report_rogue_continue(hold, key.tgid);
+            Outcome::Held
+        }
+        hold_state::PENDING => Outcome::Refuse,
+        _ => {
+            let _ = HOLDS.remove(key);
+            count(counter::DENIED);
+            Outcome::Refuse
+        }
+    }
+}
+
+/// Counts a SIGCONT that was not keyturn's and tells user space (best effort: the hold
+/// itself was reported already).
+pub fn report_rogue_continue(hold: &Hold, tgid: u32) {
+    count(counter::ROGUE_CONTINUE);
+    if let Some(mut entry) = EVENTS.reserve::<HoldEvent>(0) {
+        let event = entry.as_mut_ptr();
+        // SAFETY: `event` points to a reserved record; unset fields are zeroed first.
+        unsafe {
+            core::ptr::write_bytes(event, 0, 1);
+            (*event).event_type = event_type::ROGUE_CONTINUE;
+            (*event).hold = *hold;
+            (*event).tgid = tgid;
+        }
+        entry.submit(0);
+    }
+}
+
+fn daemon_alive() -> bool {
+    CONFIG.get(0).is_some_and(|config| {
+        kernel::now_ns().saturating_sub(config.heartbeat_ns) <= config.liveness_timeout_ns
+    })
+}
+
+fn pending(root: u64) -> u64 {
+    // SAFETY: u64 reads of map values.
+    let started = unsafe { HOLDS_STARTED.get(&root) }.copied().unwrap_or(0);
+    let finished = unsafe { HOLDS_FINISHED.get(&root) }.copied().unwrap_or(0);
+    started.saturating_sub(finished)
+}
+
+fn started(root: u64) {
+    if HOLDS_STARTED.get_ptr_mut(&root).is_none() {
+        let _ = HOLDS_STARTED.insert(&root, &0, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
+    }
+    if let Some(value) = HOLDS_STARTED.get_ptr_mut(&root) {
+        // SAFETY: atomic add (BPF_XADD) on a map value shared between CPUs. The BPF target
+        // has no `AtomicU64::fetch_add`, so the intrinsic is used directly.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(value, 1) };
+    }
+}
+
+#[inline(always)]
+fn fill_event(event: *mut HoldEvent, kind: u32, tagged: &Tagged, hold: &Hold, path: u64) {
+    let (tgid, tid) = kernel::current_ids();
+    let (uid, gid) = kernel::current_creds();
+    // SAFETY: `event` points to a reserved ring buffer record of the right size.
+    unsafe {
+        (*event).event_type = kind;
+        (*event).policy = tagged.tag.policy;
+        (*event).hold = *hold;
+        (*event).cgroup = kernel::current_cgroup();
+        (*event).tgid = tgid;
+        (*event).tid = tid;
+        (*event).uid = uid;
+        (*event).gid = gid;
+        (*event).comm = kernel::current_comm();
+        (*event).path[0] = 0;
+        if path != 0 {
+            let _ = aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(
+                path as *const u8,
+                &mut (&mut (*event).path)[..capacity::PATH_BYTES],
+            );
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Reads from kernel memory and the current task, through helpers only. Struct field
+//! offsets come from user space (`OFFSETS`), resolved from the running kernel's BTF.
+
+use agent_common::KernelOffsets;
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel, generated,
+    },
+};
+
+/// Offsets of the kernel fields the hooks read; overridden by the loader.
+#[unsafe(no_mangle)]
+static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    binprm_file: 0,
+    binprm_filename: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    super_block_dev: 0,
+    task_start_boottime: 0,
+    socket_type: 0,
+    msghdr_name: 0,
+    task_tgid: 0,
+});
+
+pub const SIGKILL: u32 = 9;
+pub const SIGSTOP: u32 = 19;
+pub const SIGCONT: i32 = 18;
+pub const EPERM: i32 = 1;
+/// The kernel restarts a syscall that fails with this, after any stop has ended.
+pub const ERESTARTNOINTR: i32 = 513;
+
+pub fn offsets() -> KernelOffsets {
+    OFFSETS.load()
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub fn read<T>(base: u64, offset: u32) -> Result<T, i32> {
+    if base == 0 {
+        return Err(0);
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.map_err(|e| e as i32)
+}
+
+/// `(tgid, tid)` of the current task.
+#[inline(always)]
+pub fn current_ids() -> (u32, u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32, pid_tgid as u32)
+}
+
+/// `(uid, gid)` of the current task.
+#[inline(always)]
+pub fn current_creds() -> (u32, u32) {
+    let uid_gid = bpf_get_current_uid_gid();
+    (uid_gid as u32, (uid_gid >> 32) as u32)
+}
+
+pub fn current_comm() -> [u8; 16] {
+    bpf_get_current_comm().unwrap_or([0; 16])
+}
+
+/// The current task's `start_boottime`: with the tgid it names one process for ever.
+#[inline(always)]
+pub fn current_start_boottime() -> Result<u64, i32> {
+    // SAFETY: plain helper call.
+    let task = unsafe { generated::bpf_get_current_task() };
+    read(task, offsets().task_start_boottime)
+}
+
+pub fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { generated::bpf_ktime_get_ns() }
+}
+
+pub fn random_u64() -> u64 {
+    // SAFETY: plain helper calls.
+    unsafe {
+        (u64::from(generated::bpf_get_prandom_u32()) << 32)
+            | u64::from(generated::bpf_get_prandom_u32())
+    }
+}
+
+pub fn current_cgroup() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { generated::bpf_get_current_cgroup_id() }
+}
+
+/// Id of the current task's cgroup ancestor at `level` (0 is the root), 0 past its depth.
+pub fn ancestor_cgroup(level: i32) -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { generated::bpf_get_current_ancestor_cgroup_id(level) }
+}
+
+/// Sends `signal` to the current process; `true` only if the kernel queued it.
+pub fn signal_current(signal: u32) -> bool {
+    // SAFETY: plain helper call.
+    unsafe { generated::bpf_send_signal(signal) == 0 }
+}

@@ -1,0 +1,158 @@
+//! keyturn's BPF programs: hold the exec of flagged programs and egress to destinations
+//! the policy does not allow, for processes in tagged cgroups only.
+//!
+//! Entry points are thin; the decision lives in `hold`, what is decided in `exec` and
+//! `egress`. Which programs load depends on the enforcement mode user space picked.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd: the BPF target has no fetch_add"
+)]
+
+mod egress;
+mod exec;
+mod hold;
+mod kernel;
+mod maps;
+mod tag;
+
+use aya_ebpf::{
+    helpers::generated::bpf_set_retval,
+    macros::{btf_tracepoint, cgroup_sock_addr, lsm, lsm_cgroup},
+    programs::{BtfTracePointContext, LsmContext, SockAddrContext},
+};
+use hold::{Outcome, Waiting};
+
+/// Return values of cgroup programs (`lsm_cgroup`, `cgroup/sock_addr`).
+const CGROUP_ALLOW: i32 = 1;
+const CGROUP_REFUSE: i32 = 0;
+
+/// A cgroup program's return: a hold sets the syscall's error to -ERESTARTNOINTR.
+fn cgroup_verdict(outcome: Outcome) -> i32 {
+    match outcome {
+        Outcome::Allow => CGROUP_ALLOW,
+        Outcome::Refuse => CGROUP_REFUSE,
+        Outcome::Held => {
+            // SAFETY: plain helper call, allowed in cgroup programs.
+            unsafe { bpf_set_retval(-kernel::ERESTARTNOINTR) };
+            CGROUP_REFUSE
+        }
+    }
+}
+
+/// `lsm` mode exec: see [`exec::lsm`].
+#[lsm(hook = "bprm_check_security")]
+pub fn exec_lsm(ctx: LsmContext) -> i32 {
+    exec::lsm(&ctx)
+}
+
+/// `lsm-cgroup` mode exec, attached to each tagged cgroup: holds the exec of a flagged
+/// file before it happens, refuses a denied one with EPERM, allows the rest.
+#[lsm_cgroup(hook = "bprm_check_security")]
+pub fn exec_lsm_cgroup(ctx: LsmContext) -> i32 {
+    cgroup_verdict(exec::check(ctx.arg(0)))
+}
+
+/// `cgroup-sock` mode exec: see [`exec::after_exec`].
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn exec_tp(ctx: BtfTracePointContext) -> i32 {
+    exec::after_exec(&ctx);
+    0
+}
+
+/// `cgroup-sock` mode: reports a SIGCONT aimed at a held exec, see
+/// [`exec::signal_generated`].
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_tp(ctx: BtfTracePointContext) -> i32 {
+    exec::signal_generated(&ctx);
+    0
+}
+
+/// `lsm` mode connect: see [`egress::lsm_connect`].
+#[lsm(hook = "socket_connect")]
+pub fn connect_lsm(ctx: LsmContext) -> i32 {
+    egress::lsm_connect(&ctx)
+}
+
+/// `lsm` mode sendmsg: see [`egress::lsm_sendmsg`].
+#[lsm(hook = "socket_sendmsg")]
+pub fn sendmsg_lsm(ctx: LsmContext) -> i32 {
+    egress::lsm_sendmsg(&ctx)
+}
+
+/// `lsm-cgroup` mode connect, attached to each tagged cgroup: holds a connect to a held
+/// destination before any packet, refuses a denied one, allows the rest.
+#[lsm_cgroup(hook = "socket_connect")]
+pub fn connect_lsm_cgroup(ctx: LsmContext) -> i32 {
+    cgroup_verdict(egress::connect(ctx.arg(0), ctx.arg(1)))
+}
+
+/// `lsm-cgroup` mode sendmsg: as `connect_lsm_cgroup`, for messages naming a destination.
+#[lsm_cgroup(hook = "socket_sendmsg")]
+pub fn sendmsg_lsm_cgroup(ctx: LsmContext) -> i32 {
+    cgroup_verdict(egress::sendmsg(ctx.arg(0), ctx.arg(1)))
+}
+
+/// `cgroup-sock` mode egress to `to`: holds a held destination before any packet,
+/// refuses a denied one, allows the rest.
+fn sock_addr(to: &egress::Destination, waiting: Waiting) -> i32 {
+    cgroup_verdict(egress::check(to, waiting))
+}
+
+/// Generates the `cgroup-sock` programs of one attach point: `_hold` stops the process
+/// and restarts the syscall (kernels whose sock_addr programs may send signals), `_retry`
+/// fails it with EPERM and lets an approved retry through (the others).
+macro_rules! sock_addr_programs {
+    ($attach:ident, $destination:path, $hold:ident, $retry:ident) => {
+        #[cgroup_sock_addr($attach)]
+        pub fn $hold(ctx: SockAddrContext) -> i32 {
+            sock_addr(&$destination(&ctx), Waiting::Restart)
+        }
+
+        #[cgroup_sock_addr($attach)]
+        pub fn $retry(ctx: SockAddrContext) -> i32 {
+            sock_addr(&$destination(&ctx), Waiting::Retry)
+        }
+    };
+}
+
+sock_addr_programs!(
+    connect4,
+    egress::sock_addr_destination_v4,
+    connect4_hold,
+    connect4_retry
+);
+sock_addr_programs!(
+    connect6,
+    egress::sock_addr_destination_v6,
+    connect6_hold,
+    connect6_retry
+);
+sock_addr_programs!(
+    sendmsg4,
+    egress::sock_addr_destination_v4,
+    sendmsg4_hold,
+    sendmsg4_retry
+);
+sock_addr_programs!(
+    sendmsg6,
+    egress::sock_addr_destination_v6,
+    sendmsg6_hold,
+    sendmsg6_retry
+);
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// Host builds (clippy, tests) compile the crate as a plain binary that does nothing.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

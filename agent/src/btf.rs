@@ -1,0 +1,200 @@
+//! Reads struct member offsets from the running kernel's BTF, so the BPF programs (which
+//! get no CO-RE relocations from Rust) read the right bytes on 6.1, 6.12 and 6.18 alike.
+
+use std::collections::HashMap;
+
+use agent_common::KernelOffsets;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("reading kernel BTF from {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("kernel BTF is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {strukt} has no member {member}")]
+    NoMember { strukt: String, member: String },
+    #[error("kernel BTF: {strukt}.{member} is a bitfield")]
+    Bitfield { strukt: String, member: String },
+}
+
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+
+/// One struct or union: its members as (name offset, type id, bit offset).
+struct Composite {
+    members: Vec<(u32, u32, u32)>,
+    kind_flag: bool,
+}
+
+/// The structs and unions of a BTF blob, with its strings.
+pub struct Btf {
+    strings: Vec<u8>,
+    composites: HashMap<u32, Composite>,
+    by_name: HashMap<String, u32>,
+    /// Type id → the id it refers to, for typedef/const/volatile/restrict/type tags.
+    aliases: HashMap<u32, u32>,
+}
+
+fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
+    data.get(at..at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(BtfError::Malformed("truncated"))
+}
+
+impl Btf {
+    pub const SYS_PATH: &'static str = "/sys/kernel/btf/vmlinux";
+
+    pub fn from_sys_fs() -> Result<Self, BtfError> {
+        let data = std::fs::read(Self::SYS_PATH).map_err(|source| BtfError::Read {
+            path: Self::SYS_PATH.into(),
+            source,
+        })?;
+        Self::parse(&data)
+    }
+
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        if data.get(..2) != Some(&[0x9f, 0xeb]) {
+            return Err(BtfError::Malformed("bad magic"));
+        }
+        let header_len = u32_at(data, 4)? as usize;
+        let section = |offset_at: usize| -> Result<&[u8], BtfError> {
+            let start = header_len + u32_at(data, offset_at)? as usize;
+            let len = u32_at(data, offset_at + 4)? as usize;
+            data.get(start..start + len)
+                .ok_or(BtfError::Malformed("section out of bounds"))
+        };
+        let types = section(8)?;
+        let strings = section(16)?.to_vec();
+        let mut btf = Self {
+            strings,
+            composites: HashMap::new(),
+            by_name: HashMap::new(),
+            aliases: HashMap::new(),
+        };
+        let mut at = 0;
+        let mut id = 1;
+        while at < types.len() {
+            let name_off = u32_at(types, at)?;
+            let info = u32_at(types, at + 4)?;
+            let size_or_type = u32_at(types, at + 8)?;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            at += 12;
+            let extra = match kind {
+                1 | 14 | 17 => 4,          // int, var, decl tag
+                3 => 12,                   // array
+                4 | 5 => 12 * vlen,        // struct, union
+                6 | 13 => 8 * vlen,        // enum, func proto
+                15 | 19 => 12 * vlen,      // datasec, enum64
+                2 | 7..=12 | 16 | 18 => 0, // ptr, fwd, typedef, modifiers, func, float, type tag
+                _ => return Err(BtfError::Malformed("unknown kind")),
+            };
+            match kind {
+                KIND_STRUCT | KIND_UNION => {
+                    let members = (0..vlen)
+                        .map(|i| {
+                            let m = at + 12 * i;
+                            Ok((
+                                u32_at(types, m)?,
+                                u32_at(types, m + 4)?,
+                                u32_at(types, m + 8)?,
+                            ))
+                        })
+                        .collect::<Result<_, BtfError>>()?;
+                    btf.composites.insert(
+                        id,
+                        Composite {
+                            members,
+                            kind_flag: info >> 31 == 1,
+                        },
+                    );
+                    if name_off != 0 {
+                        btf.by_name
+                            .entry(btf.string(name_off).to_owned())
+                            .or_insert(id);
+                    }
+                }
+                8..=11 | 18 => {
+                    btf.aliases.insert(id, size_or_type);
+                }
+                _ => {}
+            }
+            at += extra;
+            id += 1;
+        }
+        Ok(btf)
+    }
+
+    fn string(&self, offset: u32) -> &str {
+        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or_default()
+    }
+
+    fn resolve(&self, mut id: u32) -> u32 {
+        while let Some(&target) = self.aliases.get(&id) {
+            id = target;
+        }
+        id
+    }
+
+    /// Bit offset of `member` in the composite `id`, searching anonymous members too.
+    fn find(&self, id: u32, member: &str) -> Option<(u32, bool)> {
+        let composite = self.composites.get(&self.resolve(id))?;
+        for &(name_off, type_id, offset) in &composite.members {
+            let (bits, bitfield) = if composite.kind_flag {
+                (offset & 0x00ff_ffff, offset >> 24 != 0)
+            } else {
+                (offset, false)
+            };
+            if name_off == 0 {
+                if let Some((inner, inner_bitfield)) = self.find(type_id, member) {
+                    return Some((bits + inner, inner_bitfield));
+                }
+            } else if self.string(name_off) == member {
+                return Some((bits, bitfield));
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `strukt.member`.
+    pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        let id = *self
+            .by_name
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        let (bits, bitfield) = self.find(id, member).ok_or_else(|| BtfError::NoMember {
+            strukt: strukt.into(),
+            member: member.into(),
+        })?;
+        if bitfield || bits % 8 != 0 {
+            return Err(BtfError::Bitfield {
+                strukt: strukt.into(),
+                member: member.into(),
+            });
+        }
+        Ok(bits / 8)
+    }
+
+    /// Every offset keyturn's programs need.
+    pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+        Ok(KernelOffsets {
+            binprm_file: self.member_offset("linux_binprm", "file")?,
+            binprm_filename: self.member_offset("linux_binprm", "filename")?,
+            file_inode: self.member_offset("file", "f_inode")?,
+            inode_ino: self.member_offset("inode", "i_ino")?,
+            inode_sb: self.member_offset("inode", "i_sb")?,
+            super_block_dev: self.member_offset("super_block", "s_dev")?,
+            task_start_boottime: self.member_offset("task_struct", "start_boottime")?,
+            socket_type: self.member_offset("socket", "type")?,
+            msghdr_name: self.member_offset("msghdr", "msg_name")?,
+            task_tgid: self.member_offset("task_struct", "tgid")?,
+        })
+    }
+}

@@ -1,0 +1,739 @@
+//! The one owner of keyturn's loaded BPF object: picks the enforcement mode, loads and
+//! attaches the programs, pins everything in bpffs, and is the only writer of its maps.
+
+use std::{
+    fs,
+    io::ErrorKind,
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use agent_common::{
+    Config, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey, PolicyDefaults, Tag, counter,
+    hold_state,
+};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, LsmCgroup, ProgramError,
+        links::{FdLink, PinnedLink},
+    },
+};
+
+use crate::{
+    btf::{Btf, BtfError},
+    cgroup::{self, CgroupError},
+    mode::Mode,
+    policy::KernelPolicy,
+};
+
+/// The compiled BPF object, built by build.rs from `agent-ebpf`.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keyturn"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforcerError {
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("loading keyturn's BPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("reading the kernel's BTF for aya: {0}")]
+    AyaBtf(#[from] aya::BtfError),
+    #[error("BPF program {program}: {source}")]
+    Program {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("BPF map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+    #[error("pinning in bpffs at {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no enforcement mode works on this kernel: {0}")]
+    NoMode(String),
+    #[error("hold {0:?} does not exist (decided already, or the process is gone)")]
+    NoHold(HoldKey),
+    #[error("hold {key:?} is not the one decided: nonce or state differs")]
+    Stale { key: HoldKey },
+    #[error("egress rule: {0}")]
+    Policy(String),
+}
+
+type Result<T, E = EnforcerError> = std::result::Result<T, E>;
+
+/// How a BPF program is loaded and attached.
+#[derive(Clone, Copy)]
+enum Hook {
+    /// Global `lsm/` program on this LSM hook.
+    Lsm(&'static str),
+    /// `lsm_cgroup/` program on this LSM hook, attached per tagged cgroup.
+    LsmCgroup(&'static str),
+    /// Global `tp_btf/` program on this tracepoint.
+    TpBtf(&'static str),
+    /// `cgroup/sock_addr` program, attached per tagged cgroup.
+    SockAddr,
+}
+
+struct ProgramSpec {
+    name: &'static str,
+    hook: Hook,
+}
+
+const fn spec(name: &'static str, hook: Hook) -> ProgramSpec {
+    ProgramSpec { name, hook }
+}
+
+const LSM_CGROUP: &[ProgramSpec] = &[
+    spec("exec_lsm_cgroup", Hook::LsmCgroup("bprm_check_security")),
+    spec("connect_lsm_cgroup", Hook::LsmCgroup("socket_connect")),
+    spec("sendmsg_lsm_cgroup", Hook::LsmCgroup("socket_sendmsg")),
+];
+const LSM: &[ProgramSpec] = &[
+    spec("exec_lsm", Hook::Lsm("bprm_check_security")),
+    spec("connect_lsm", Hook::Lsm("socket_connect")),
+    spec("sendmsg_lsm", Hook::Lsm("socket_sendmsg")),
+];
+const CGROUP_SOCK_HOLD: &[ProgramSpec] = &[
+    spec("exec_tp", Hook::TpBtf("sched_process_exec")),
+    spec("signal_tp", Hook::TpBtf("signal_generate")),
+    spec("connect4_hold", Hook::SockAddr),
+    spec("connect6_hold", Hook::SockAddr),
+    spec("sendmsg4_hold", Hook::SockAddr),
+    spec("sendmsg6_hold", Hook::SockAddr),
+];
+const CGROUP_SOCK_RETRY: &[ProgramSpec] = &[
+    spec("exec_tp", Hook::TpBtf("sched_process_exec")),
+    spec("signal_tp", Hook::TpBtf("signal_generate")),
+    spec("connect4_retry", Hook::SockAddr),
+    spec("connect6_retry", Hook::SockAddr),
+    spec("sendmsg4_retry", Hook::SockAddr),
+    spec("sendmsg6_retry", Hook::SockAddr),
+];
+
+/// How a held egress waits in the chosen mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EgressHold {
+    /// Stopped in the syscall, which restarts on release.
+    Stop,
+    /// The syscall fails with EPERM; an approved retry succeeds (no signals from
+    /// sock_addr programs on this kernel).
+    FailThenRetry,
+}
+
+/// What start-up tried, for `keyturn doctor`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Attempt {
+    pub what: String,
+    pub result: Result<(), String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Force this mode instead of the strongest that loads.
+    pub mode: Option<Mode>,
+    /// Where maps and links are pinned, on a bpffs.
+    pub pin_dir: PathBuf,
+    /// Flagged actions fail with EPERM when no heartbeat was seen for this long.
+    pub liveness_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            mode: None,
+            pin_dir: PathBuf::from("/sys/fs/bpf/keyturn"),
+            liveness_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct Enforcer {
+    ebpf: Ebpf,
+    mode: Mode,
+    egress_hold: EgressHold,
+    programs: &'static [ProgramSpec],
+    pin_dir: PathBuf,
+    liveness_timeout: Duration,
+    events: RingBuf<MapData>,
+    attempts: Vec<Attempt>,
+}
+
+fn map_error(map: &'static str) -> impl FnOnce(MapError) -> EnforcerError {
+    move |source| EnforcerError::Map { map, source }
+}
+
+fn pin_error(path: &Path) -> impl FnOnce(std::io::Error) -> EnforcerError + '_ {
+    move |source| EnforcerError::Pin {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Makes sure `dir` is on a mounted bpffs, mounting one at /sys/fs/bpf if needed.
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    let mounted = fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.contains(" - bpf ")));
+    if !mounted {
+        let _ = fs::create_dir_all(bpffs);
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(bpffs)
+            .status()
+            .map_err(pin_error(bpffs))?;
+        if !status.success() {
+            return Err(EnforcerError::Pin {
+                path: bpffs.into(),
+                source: ErrorKind::NotFound.into(),
+            });
+        }
+    }
+    fs::create_dir_all(dir.join("links")).map_err(pin_error(dir))
+}
+
+impl Enforcer {
+    /// Loads keyturn's programs in the strongest mode this kernel supports (or the forced
+    /// one), reusing maps and global links a previous daemon pinned.
+    pub fn load(options: &Options) -> Result<Self> {
+        let (mut ebpf, btf) = load_object(&options.pin_dir)?;
+
+        let candidates: Vec<Mode> = options.mode.map_or_else(|| Mode::ALL.to_vec(), |m| vec![m]);
+        let (attempts, chosen) = choose_mode(&mut ebpf, &btf, &candidates, true);
+        let Some((mode, programs)) = chosen else {
+            let why = attempts
+                .iter()
+                .filter_map(|a| a.result.clone().err())
+                .collect::<Vec<_>>();
+            return Err(EnforcerError::NoMode(why.join("; ")));
+        };
+        let egress_hold = if std::ptr::eq(programs, CGROUP_SOCK_RETRY) {
+            EgressHold::FailThenRetry
+        } else {
+            EgressHold::Stop
+        };
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").expect("EVENTS is in the object"))
+            .map_err(map_error("EVENTS"))?;
+        let mut enforcer = Self {
+            ebpf,
+            mode,
+            egress_hold,
+            programs,
+            pin_dir: options.pin_dir.clone(),
+            liveness_timeout: options.liveness_timeout,
+            events,
+            attempts,
+        };
+        enforcer.heartbeat()?;
+        enforcer.remove_foreign_links()?;
+        enforcer.attach_global()?;
+        Ok(enforcer)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn egress_hold(&self) -> EgressHold {
+        self.egress_hold
+    }
+
+    pub fn attempts(&self) -> &[Attempt] {
+        &self.attempts
+    }
+
+    fn link_path(&self, owner: &str, program: &str) -> PathBuf {
+        self.pin_dir
+            .join("links")
+            .join(format!("{owner}.{program}"))
+    }
+
+    /// Detaches links pinned by a daemon that ran in another mode.
+    fn remove_foreign_links(&self) -> Result<()> {
+        let dir = self.pin_dir.join("links");
+        for entry in fs::read_dir(&dir).map_err(pin_error(&dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let program = name.rsplit('.').next().unwrap_or_default();
+            if !self.programs.iter().any(|spec| spec.name == program) {
+                unpin(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the global programs of the mode, unless a previous daemon's are pinned.
+    fn attach_global(&mut self) -> Result<()> {
+        for spec in self.programs {
+            if !matches!(spec.hook, Hook::Lsm(_) | Hook::TpBtf(_)) {
+                continue;
+            }
+            let path = self.link_path("global", spec.name);
+            if path.exists() {
+                continue;
+            }
+            let program = self.ebpf.program_mut(spec.name).expect("program in object");
+            let program_error = |source| EnforcerError::Program {
+                program: spec.name,
+                source,
+            };
+            let link: FdLink = match spec.hook {
+                Hook::Lsm(_) => {
+                    let lsm: &mut Lsm = program.try_into().map_err(program_error)?;
+                    let id = lsm.attach().map_err(program_error)?;
+                    lsm.take_link(id).map_err(program_error)?.into()
+                }
+                _ => {
+                    let tp: &mut BtfTracePoint = program.try_into().map_err(program_error)?;
+                    let id = tp.attach().map_err(program_error)?;
+                    tp.take_link(id).map_err(program_error)?.into()
+                }
+            };
+            link.pin(&path).map_err(|e| EnforcerError::Pin {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Tags the cgroup at `dir` (an absolute cgroupfs directory): its processes and those
+    /// of every cgroup below it, now or later, are enforced under `tag`.
+    pub fn tag(&mut self, dir: &Path, tag: Tag) -> Result<u64> {
+        let id = cgroup::id(dir)?;
+        if self.mode.attaches_per_cgroup() {
+            let cgroup_fd = fs::File::open(dir).map_err(|source| CgroupError::Io {
+                path: dir.into(),
+                source,
+            })?;
+            for spec in self.programs {
+                if matches!(spec.hook, Hook::Lsm(_) | Hook::TpBtf(_)) {
+                    continue;
+                }
+                let path = self.link_path(&id.to_string(), spec.name);
+                if path.exists() {
+                    continue;
+                }
+                let program = self.ebpf.program_mut(spec.name).expect("program in object");
+                let program_error = |source| EnforcerError::Program {
+                    program: spec.name,
+                    source,
+                };
+                let link: FdLink = match spec.hook {
+                    Hook::LsmCgroup(_) => {
+                        let p: &mut LsmCgroup = program.try_into().map_err(program_error)?;
+                        let link_id = p.attach(cgroup_fd.as_fd()).map_err(program_error)?;
+                        p.take_link(link_id).map_err(program_error)?.into()
+                    }
+                    _ => {
+                        let p: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
+                        let link_id = p
+                            .attach(cgroup_fd.as_fd(), CgroupAttachMode::AllowMultiple)
+                            .map_err(program_error)?;
+                        FdLink::try_from(p.take_link(link_id).map_err(program_error)?).map_err(
+                            |e| EnforcerError::Pin {
+                                path: path.clone(),
+                                source: std::io::Error::other(e),
+                            },
+                        )?
+                    }
+                };
+                link.pin(&path).map_err(|e| EnforcerError::Pin {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+            }
+        }
+        let mut roots: HashMap<_, u64, Tag> = self.map_mut("TAGGED_ROOTS")?;
+        roots
+            .insert(id, tag, 0)
+            .map_err(map_error("TAGGED_ROOTS"))?;
+        self.bump_generation()?;
+        Ok(id)
+    }
+
+    /// Stops enforcing on the cgroup tagged as `id` and detaches its programs.
+    pub fn untag(&mut self, id: u64) -> Result<()> {
+        let mut roots: HashMap<_, u64, Tag> = self.map_mut("TAGGED_ROOTS")?;
+        match roots.remove(&id) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_error("TAGGED_ROOTS")(e)),
+        }
+        self.bump_generation()?;
+        for spec in self.programs {
+            let path = self.link_path(&id.to_string(), spec.name);
+            if path.exists() {
+                unpin(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tagged roots: cgroup id → tag.
+    pub fn tags(&self) -> Result<Vec<(u64, Tag)>> {
+        let roots: HashMap<_, u64, Tag> = self.map("TAGGED_ROOTS")?;
+        roots
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_error("TAGGED_ROOTS"))
+    }
+
+    fn config(&self) -> Result<Config> {
+        let config: Array<_, Config> = self.map("CONFIG")?;
+        config.get(&0, 0).map_err(map_error("CONFIG"))
+    }
+
+    fn write_config(&mut self, update: impl FnOnce(&mut Config)) -> Result<()> {
+        let mut value = self.config()?;
+        update(&mut value);
+        let mut config: Array<_, Config> = self.map_mut("CONFIG")?;
+        config.set(0, value, 0).map_err(map_error("CONFIG"))
+    }
+
+    fn bump_generation(&mut self) -> Result<()> {
+        self.write_config(|c| c.generation += 1)
+    }
+
+    /// Tells the kernel the daemon is alive; without it, flagged actions fail with EPERM
+    /// after the liveness timeout instead of waiting for a decision nobody can make.
+    pub fn heartbeat(&mut self) -> Result<()> {
+        let timeout = u64::try_from(self.liveness_timeout.as_nanos()).unwrap_or(u64::MAX);
+        self.write_config(|c| {
+            c.heartbeat_ns = monotonic_ns();
+            c.liveness_timeout_ns = timeout;
+        })
+    }
+
+    /// Installs policy `id` in the kernel. New entries are written before stale ones are
+    /// removed, so there is no moment where neither the old nor the new rule applies.
+    pub fn set_policy(&mut self, id: u32, policy: &KernelPolicy) -> Result<()> {
+        let compiled = policy.compile(id).map_err(EnforcerError::Policy)?;
+        let mut defaults: Array<_, PolicyDefaults> = self.map_mut("POLICIES")?;
+        defaults
+            .set(id, compiled.defaults, 0)
+            .map_err(map_error("POLICIES"))?;
+
+        let mut exec: HashMap<_, ExecKey, u32> = self.map_mut("EXEC_RULES")?;
+        for (key, verdict) in &compiled.exec {
+            exec.insert(key, verdict, 0)
+                .map_err(map_error("EXEC_RULES"))?;
+        }
+        let stale: Vec<ExecKey> = exec
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.policy == id && !compiled.exec.iter().any(|(key, _)| key == k))
+            .collect();
+        for key in stale {
+            let _ = exec.remove(&key);
+        }
+
+        let mut egress: LpmTrie<_, EgressKey, EgressRule> = self.map_mut("EGRESS_RULES")?;
+        for (key, rule) in &compiled.egress {
+            egress
+                .insert(key, rule, 0)
+                .map_err(map_error("EGRESS_RULES"))?;
+        }
+        let stale: Vec<Key<EgressKey>> = egress
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                k.data().policy_be == id.to_be_bytes()
+                    && !compiled.egress.iter().any(|(key, _)| {
+                        key.prefix_len() == k.prefix_len() && key.data() == k.data()
+                    })
+            })
+            .collect();
+        for key in stale {
+            let _ = egress.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// The ring buffer's fd, for polling.
+    pub fn events_fd(&self) -> RawFd {
+        self.events.as_raw_fd()
+    }
+
+    /// Drains the events the kernel has reported so far.
+    pub fn read_events(&mut self) -> Vec<HoldEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= size_of::<HoldEvent>() {
+                // SAFETY: the kernel wrote a whole HoldEvent; read_unaligned copes with
+                // the ring buffer's 8-byte alignment.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HoldEvent>()) });
+            }
+        }
+        events
+    }
+
+    /// Waits up to `timeout` for events.
+    pub fn wait_events(&mut self, timeout: Duration) -> Vec<HoldEvent> {
+        let events = self.read_events();
+        if !events.is_empty() {
+            return events;
+        }
+        let mut fd = libc::pollfd {
+            fd: self.events_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&raw mut fd, 1, millis) };
+        self.read_events()
+    }
+
+    /// All hold records in the kernel.
+    pub fn holds(&self) -> Result<Vec<(HoldKey, Hold)>> {
+        let holds: HashMap<_, HoldKey, Hold> = self.map("HOLDS")?;
+        holds
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_error("HOLDS"))
+    }
+
+    /// Moves the pending hold `key` (named by its `nonce`) to `state`, so the next restart
+    /// of exactly that action is let through (`APPROVED`) or refused (`DENIED`).
+    pub fn decide(&mut self, key: HoldKey, nonce: u64, state: u32) -> Result<Hold> {
+        let mut holds: HashMap<_, HoldKey, Hold> = self.map_mut("HOLDS")?;
+        let mut hold = match holds.get(&key, 0) {
+            Ok(hold) => hold,
+            Err(MapError::KeyNotFound) => return Err(EnforcerError::NoHold(key)),
+            Err(e) => return Err(map_error("HOLDS")(e)),
+        };
+        if hold.nonce != nonce || hold.state != hold_state::PENDING {
+            return Err(EnforcerError::Stale { key });
+        }
+        hold.state = state;
+        holds.insert(key, hold, 0).map_err(map_error("HOLDS"))?;
+        Ok(hold)
+    }
+
+    /// Removes the hold `key` if it still carries `nonce`.
+    pub fn forget(&mut self, key: HoldKey, nonce: u64) -> Result<()> {
+        let mut holds: HashMap<_, HoldKey, Hold> = self.map_mut("HOLDS")?;
+        if holds.get(&key, 0).is_ok_and(|h| h.nonce == nonce) {
+            let _ = holds.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Records that one hold under `root` is closed, freeing a pending slot.
+    pub fn finish(&mut self, root: u64) -> Result<()> {
+        let mut finished: HashMap<_, u64, u64> = self.map_mut("HOLDS_FINISHED")?;
+        let count = finished.get(&root, 0).unwrap_or(0);
+        finished
+            .insert(root, count + 1, 0)
+            .map_err(map_error("HOLDS_FINISHED"))
+    }
+
+    /// The kernel's counters, summed over CPUs, indexed by `agent_common::counter`.
+    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
+        let counters: PerCpuArray<_, u64> = self.map("COUNTERS")?;
+        let mut sums = [0; counter::COUNT as usize];
+        for (index, sum) in (0..).zip(sums.iter_mut()) {
+            *sum = counters
+                .get(&index, 0)
+                .map_err(map_error("COUNTERS"))?
+                .iter()
+                .sum();
+        }
+        Ok(sums)
+    }
+
+    /// Bytes of kernel memory the maps may use at their current capacities (upper bound).
+    pub fn maps_memory(&self) -> u64 {
+        self.ebpf
+            .maps()
+            .filter_map(|(_, map)| map_memlock(map))
+            .sum::<u64>()
+            + map_memlock_data(self.events.as_raw_fd()).unwrap_or(0)
+    }
+
+    fn map<'a, M: TryFrom<&'a aya::maps::Map, Error = MapError>>(
+        &'a self,
+        name: &'static str,
+    ) -> Result<M> {
+        let map = self.ebpf.map(name).expect("map in object");
+        M::try_from(map).map_err(map_error(name))
+    }
+
+    fn map_mut<'a, M: TryFrom<&'a mut aya::maps::Map, Error = MapError>>(
+        &'a mut self,
+        name: &'static str,
+    ) -> Result<M> {
+        let map = self.ebpf.map_mut(name).expect("map in object");
+        M::try_from(map).map_err(map_error(name))
+    }
+
+    /// Detaches everything and removes the pins: enforcement stops. Pending holds are
+    /// lost, so the caller must have decided them.
+    pub fn uninstall(self) -> Result<()> {
+        let dir = self.pin_dir.clone();
+        drop(self);
+        fs::remove_dir_all(&dir).map_err(pin_error(&dir))
+    }
+}
+
+/// Loads the BPF object with its maps pinned in `pin_dir` (reusing existing pins).
+fn load_object(pin_dir: &Path) -> Result<(Ebpf, aya::Btf)> {
+    ensure_bpffs(pin_dir)?;
+    let offsets = Btf::from_sys_fs()?.kernel_offsets()?;
+    let btf = aya::Btf::from_sys_fs()?;
+    let ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .default_map_pin_directory(pin_dir)
+        .override_global("OFFSETS", &offsets, true)
+        .load(PROGRAMS)?;
+    Ok((ebpf, btf))
+}
+
+type Chosen = Option<(Mode, &'static [ProgramSpec])>;
+
+/// Loads the programs of each candidate mode in turn; the first whose programs all load
+/// is chosen. With `first_only` false every candidate is tried, for the report.
+fn choose_mode(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    candidates: &[Mode],
+    first_only: bool,
+) -> (Vec<Attempt>, Chosen) {
+    let mut attempts = Vec::new();
+    let mut chosen = None;
+    for &mode in candidates {
+        let sets: &[&'static [ProgramSpec]] = match mode {
+            Mode::LsmCgroup => &[LSM_CGROUP],
+            Mode::Lsm => &[LSM],
+            Mode::CgroupSock => &[CGROUP_SOCK_HOLD, CGROUP_SOCK_RETRY],
+        };
+        for &programs in sets {
+            let result = programs
+                .iter()
+                .try_for_each(|spec| load_program(ebpf, spec, btf));
+            attempts.push(Attempt {
+                what: format!("{mode}: load {}", names(programs)),
+                result: result.map_err(|e| error_chain(&e)),
+            });
+            if attempts.last().is_some_and(|a| a.result.is_ok()) {
+                chosen = chosen.or(Some((mode, programs)));
+                break;
+            }
+        }
+        if first_only && chosen.is_some() {
+            break;
+        }
+    }
+    (attempts, chosen)
+}
+
+/// Loads every mode's programs without attaching anything, in a scratch pin directory:
+/// what `keyturn doctor` reports. Returns the attempts and the mode start-up would pick.
+pub fn probe() -> Result<(Vec<Attempt>, Option<Mode>)> {
+    let dir = PathBuf::from(format!("/sys/fs/bpf/keyturn-probe-{}", std::process::id()));
+    let result = load_object(&dir).map(|(mut ebpf, btf)| {
+        let (attempts, chosen) = choose_mode(&mut ebpf, &btf, &Mode::ALL, false);
+        (attempts, chosen.map(|(mode, _)| mode))
+    });
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+/// An error with its sources, on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = e.source();
+    }
+    text
+}
+
+fn unpin(path: &Path) -> Result<()> {
+    let link = PinnedLink::from_pin(path).map_err(|e| EnforcerError::Pin {
+        path: path.into(),
+        source: std::io::Error::other(e),
+    })?;
+    // Dropping the unpinned link's last fd detaches it.
+    drop(link.unpin().map_err(pin_error(path))?);
+    Ok(())
+}
+
+fn names(programs: &[ProgramSpec]) -> String {
+    programs
+        .iter()
+        .map(|s| s.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<()> {
+    let program = ebpf.program_mut(spec.name).expect("program in object");
+    if program.fd().is_ok() {
+        return Ok(());
+    }
+    let program_error = |source| EnforcerError::Program {
+        program: spec.name,
+        source,
+    };
+    match spec.hook {
+        Hook::Lsm(hook) => {
+            let p: &mut Lsm = program.try_into().map_err(program_error)?;
+            p.load(hook, btf)
+        }
+        Hook::LsmCgroup(hook) => {
+            let p: &mut LsmCgroup = program.try_into().map_err(program_error)?;
+            p.load(hook, btf)
+        }
+        Hook::TpBtf(tracepoint) => {
+            let p: &mut BtfTracePoint = program.try_into().map_err(program_error)?;
+            p.load(tracepoint, btf)
+        }
+        Hook::SockAddr => {
+            let p: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
+            p.load()
+        }
+    }
+    .map_err(program_error)
+}
+
+fn map_memlock(map: &aya::maps::Map) -> Option<u64> {
+    let fd = match map {
+        aya::maps::Map::Array(m)
+        | aya::maps::Map::HashMap(m)
+        | aya::maps::Map::LruHashMap(m)
+        | aya::maps::Map::LpmTrie(m)
+        | aya::maps::Map::PerCpuArray(m) => m.fd().as_fd().as_raw_fd(),
+        _ => return None,
+    };
+    map_memlock_data(fd)
+}
+
+/// The `memlock` the kernel reports for a map fd in `/proc/self/fdinfo`.
+fn map_memlock_data(fd: RawFd) -> Option<u64> {
+    fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -1,0 +1,12 @@
+//! keyturn's host side: loads the kernel hold, tags agent cgroups, decides held actions.
+//!
+//! [`enforcer::Enforcer`] owns the BPF object; [`held::HeldProcess`] carries a decision to
+//! a held process; [`policy::KernelPolicy`] is what the kernel decides by itself.
+
+pub mod btf;
+pub mod cgroup;
+pub mod doctor;
+pub mod enforcer;
+pub mod held;
+pub mod mode;
+pub mod policy;

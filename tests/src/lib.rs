@@ -1,0 +1,1 @@
+//! Privileged integration tests of keyturn against real kernels.
