@@ -14,17 +14,10 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .find(|p| p.name == "agent-ebpf")
         .ok_or_else(|| anyhow!("agent-ebpf package not found"))?;
-    let root_dir = ebpf
-        .manifest_path
-        .parent()
-        .context("agent-ebpf has no directory")?;
+    let root_dir = ebpf.manifest_path.parent().context("agent-ebpf has no directory")?;
     println!("cargo:rerun-if-changed=../agent-common/src");
     aya_build::build_ebpf(
-        [Package {
-            name: "agent-ebpf",
-            root_dir: root_dir.as_str(),
-            ..Package::default()
-        }],
+        [Package { name: "agent-ebpf", root_dir: root_dir.as_str(), ..Package::default() }],
         Toolchain::Nightly,
     )
 }

@@ -269,8 +269,8 @@ pub struct KernelOffsets {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Action, CachedTag, Config, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey,
-        KernelOffsets, PolicyDefaults, Tag,
+        Action, CachedTag, Config, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey, KernelOffsets,
+        PolicyDefaults, Tag,
     };
     // SAFETY: every type is repr(C), Copy, and has no implicit padding.
     unsafe impl aya::Pod for Tag {}

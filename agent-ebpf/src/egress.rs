@@ -36,13 +36,7 @@ fn mapped_v4(addr_be: u32) -> [u8; 16] {
 }
 
 fn verdict(tagged: &Tagged, to: &Destination) -> u32 {
-    let key = Key::new(
-        32 + 128,
-        EgressKey {
-            policy_be: tagged.tag.policy.to_be_bytes(),
-            addr: to.addr,
-        },
-    );
+    let key = Key::new(32 + 128, EgressKey { policy_be: tagged.tag.policy.to_be_bytes(), addr: to.addr });
     let Some(rule) = EGRESS_RULES.get(&key) else {
         return hold::policy_defaults(tagged.tag.policy).egress;
     };
@@ -85,11 +79,7 @@ fn sockaddr_destination(sockaddr: u64, protocol: u32) -> Result<Option<Destinati
         AF_INET6 => kernel::read(sockaddr, 8)?,
         _ => return Ok(None),
     };
-    Ok(Some(Destination {
-        addr,
-        port: u16::from_be(port_be),
-        protocol,
-    }))
+    Ok(Some(Destination { addr, port: u16::from_be(port_be), protocol }))
 }
 
 /// The protocol of a kernel `struct socket *`, from its type.
@@ -112,8 +102,7 @@ fn lsm_outcome(outcome: Outcome) -> i32 {
 
 /// Decides `socket_connect(sock, address, addrlen)`: unreadable arguments are refused.
 pub fn connect(socket: u64, sockaddr: u64) -> Outcome {
-    let destination =
-        socket_protocol(socket).and_then(|protocol| sockaddr_destination(sockaddr, protocol));
+    let destination = socket_protocol(socket).and_then(|protocol| sockaddr_destination(sockaddr, protocol));
     match destination {
         Ok(Some(to)) => check(&to, Waiting::Restart),
         Ok(None) => Outcome::Allow,
@@ -174,19 +163,10 @@ pub fn sock_addr_destination_v4(ctx: &SockAddrContext) -> Destination {
 pub fn sock_addr_destination_v6(ctx: &SockAddrContext) -> Destination {
     // SAFETY: the context is the kernel's bpf_sock_addr for this call.
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
-    let words = [
-        sa.user_ip6[0],
-        sa.user_ip6[1],
-        sa.user_ip6[2],
-        sa.user_ip6[3],
-    ];
+    let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
     let mut addr = [0u8; 16];
     for (chunk, word) in addr.chunks_exact_mut(4).zip(words) {
         chunk.copy_from_slice(&word.to_ne_bytes());
     }
-    Destination {
-        addr,
-        port: u16::from_be(sa.user_port as u16),
-        protocol: sock_addr_protocol(sa),
-    }
+    Destination { addr, port: u16::from_be(sa.user_port as u16), protocol: sock_addr_protocol(sa) }
 }

@@ -20,27 +20,13 @@ fn executable(binprm: u64) -> Result<(Action, u64), i32> {
     let super_block: u64 = kernel::read(inode, offsets.inode_sb)?;
     let dev: u32 = kernel::read(super_block, offsets.super_block_dev)?;
     let filename: u64 = kernel::read(binprm, offsets.binprm_filename)?;
-    Ok((
-        Action {
-            kind: kind::EXEC,
-            dev,
-            ino,
-            ..Action::default()
-        },
-        filename,
-    ))
+    Ok((Action { kind: kind::EXEC, dev, ino, ..Action::default() }, filename))
 }
 
 fn verdict(tagged: &Tagged, action: &Action) -> u32 {
-    let key = ExecKey {
-        policy: tagged.tag.policy,
-        dev: action.dev,
-        ino: action.ino,
-    };
+    let key = ExecKey { policy: tagged.tag.policy, dev: action.dev, ino: action.ino };
     // SAFETY: u32 values replaced whole by user space.
-    unsafe { EXEC_RULES.get(&key) }
-        .copied()
-        .unwrap_or_else(|| hold::policy_defaults(tagged.tag.policy).exec)
+    unsafe { EXEC_RULES.get(&key) }.copied().unwrap_or_else(|| hold::policy_defaults(tagged.tag.policy).exec)
 }
 
 /// Decides an exec that can still be failed or restarted (`bprm_check_security`).
@@ -52,13 +38,7 @@ pub fn check(binprm: u64) -> Outcome {
     let Ok((action, filename)) = executable(binprm) else {
         return Outcome::Refuse;
     };
-    hold::enforce(
-        &tagged,
-        &action,
-        verdict(&tagged, &action),
-        Waiting::Restart,
-        filename,
-    )
+    hold::enforce(&tagged, &action, verdict(&tagged, &action), Waiting::Restart, filename)
 }
 
 /// `lsm` mode: every exec on the host passes here; untagged ones cost one cached lookup.
@@ -84,13 +64,9 @@ pub fn after_exec(ctx: &BtfTracePointContext) -> Outcome {
     };
     let binprm: u64 = ctx.arg(2);
     let outcome = match executable(binprm) {
-        Ok((action, filename)) => hold::enforce(
-            &tagged,
-            &action,
-            verdict(&tagged, &action),
-            Waiting::Stopped,
-            filename,
-        ),
+        Ok((action, filename)) => {
+            hold::enforce(&tagged, &action, verdict(&tagged, &action), Waiting::Stopped, filename)
+        }
         Err(_) => Outcome::Refuse,
     };
     if outcome == Outcome::Refuse {

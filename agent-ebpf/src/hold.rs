@@ -2,8 +2,7 @@
 //! policy says of it, either let it through, refuse it, or stop the process and ask.
 
 use agent_common::{
-    Action, Hold, HoldEvent, HoldKey, PolicyDefaults, capacity, counter, event_type, hold_state,
-    verdict,
+    Action, Hold, HoldEvent, HoldKey, PolicyDefaults, capacity, counter, event_type, hold_state, verdict,
 };
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -45,10 +44,7 @@ pub fn count(index: u32) {
 
 /// The policy's defaults, or holds for everything if the policy slot is missing.
 pub fn policy_defaults(policy: u32) -> PolicyDefaults {
-    POLICIES.get(policy).copied().unwrap_or(PolicyDefaults {
-        exec: verdict::HOLD,
-        egress: verdict::HOLD,
-    })
+    POLICIES.get(policy).copied().unwrap_or(PolicyDefaults { exec: verdict::HOLD, egress: verdict::HOLD })
 }
 
 /// Applies `policy_verdict` to `action` for the current task under `tagged`.
@@ -70,10 +66,7 @@ pub fn enforce(
         }
     }
     let (tgid, tid) = kernel::current_ids();
-    let key = HoldKey {
-        tgid,
-        tid: if waiting == Waiting::Retry { 0 } else { tid },
-    };
+    let key = HoldKey { tgid, tid: if waiting == Waiting::Retry { 0 } else { tid } };
     let Ok(start_boottime) = kernel::current_start_boottime() else {
         count(counter::HOLD_TABLE_REFUSED);
         return Outcome::Refuse;
@@ -137,11 +130,7 @@ pub fn enforce(
     entry.submit(0);
     started(tagged.root);
     count(counter::HOLDS);
-    if waiting == Waiting::Retry {
-        Outcome::Refuse
-    } else {
-        Outcome::Held
-    }
+    if waiting == Waiting::Retry { Outcome::Refuse } else { Outcome::Held }
 }
 
 /// A restart (or retry) of an action that already has a hold record.

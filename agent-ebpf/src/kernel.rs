@@ -5,8 +5,8 @@ use agent_common::KernelOffsets;
 use aya_ebpf::{
     Global,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel, generated,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        generated,
     },
 };
 
@@ -80,8 +80,7 @@ pub fn now_ns() -> u64 {
 pub fn random_u64() -> u64 {
     // SAFETY: plain helper calls.
     unsafe {
-        (u64::from(generated::bpf_get_prandom_u32()) << 32)
-            | u64::from(generated::bpf_get_prandom_u32())
+        (u64::from(generated::bpf_get_prandom_u32()) << 32) | u64::from(generated::bpf_get_prandom_u32())
     }
 }
 

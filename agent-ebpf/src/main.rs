@@ -6,10 +6,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![feature(core_intrinsics)]
-#![expect(
-    internal_features,
-    reason = "atomic_xadd: the BPF target has no fetch_add"
-)]
+#![expect(internal_features, reason = "atomic_xadd: the BPF target has no fetch_add")]
 
 mod egress;
 mod exec;
@@ -118,30 +115,10 @@ macro_rules! sock_addr_programs {
     };
 }
 
-sock_addr_programs!(
-    connect4,
-    egress::sock_addr_destination_v4,
-    connect4_hold,
-    connect4_retry
-);
-sock_addr_programs!(
-    connect6,
-    egress::sock_addr_destination_v6,
-    connect6_hold,
-    connect6_retry
-);
-sock_addr_programs!(
-    sendmsg4,
-    egress::sock_addr_destination_v4,
-    sendmsg4_hold,
-    sendmsg4_retry
-);
-sock_addr_programs!(
-    sendmsg6,
-    egress::sock_addr_destination_v6,
-    sendmsg6_hold,
-    sendmsg6_retry
-);
+sock_addr_programs!(connect4, egress::sock_addr_destination_v4, connect4_hold, connect4_retry);
+sock_addr_programs!(connect6, egress::sock_addr_destination_v6, connect6_hold, connect6_retry);
+sock_addr_programs!(sendmsg4, egress::sock_addr_destination_v4, sendmsg4_hold, sendmsg4_retry);
+sock_addr_programs!(sendmsg6, egress::sock_addr_destination_v6, sendmsg6_hold, sendmsg6_retry);
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

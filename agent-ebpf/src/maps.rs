@@ -2,8 +2,7 @@
 //! pending holds outlive a daemon restart; capacities live in `agent_common::capacity`.
 
 use agent_common::{
-    CachedTag, Config, EgressKey, EgressRule, ExecKey, Hold, HoldKey, PolicyDefaults, Tag,
-    capacity, counter,
+    CachedTag, Config, EgressKey, EgressRule, ExecKey, Hold, HoldKey, PolicyDefaults, Tag, capacity, counter,
 };
 use aya_ebpf::{
     macros::map,
@@ -35,8 +34,7 @@ pub static EXEC_RULES: HashMap<ExecKey, u32> = HashMap::pinned(capacity::EXEC_RU
 
 /// Destination prefixes per policy, port rules folded in. Written by user space.
 #[map]
-pub static EGRESS_RULES: LpmTrie<EgressKey, EgressRule> =
-    LpmTrie::pinned(capacity::EGRESS_RULES, 0);
+pub static EGRESS_RULES: LpmTrie<EgressKey, EgressRule> = LpmTrie::pinned(capacity::EGRESS_RULES, 0);
 
 /// Hold records: created by the hooks, decided (approved, denied) or removed by user
 /// space, consumed by the hook when the held syscall restarts.

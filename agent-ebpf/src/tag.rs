@@ -25,19 +25,9 @@ pub fn current() -> Option<Tagged> {
     if let Some(cached) = unsafe { CGROUP_CACHE.get(&cgroup) }
         && cached.generation == generation
     {
-        return (cached.root != 0).then_some(Tagged {
-            root: cached.root,
-            tag: cached.tag,
-        });
+        return (cached.root != 0).then_some(Tagged { root: cached.root, tag: cached.tag });
     }
-    let mut found = CachedTag {
-        root: 0,
-        tag: Tag {
-            policy: 0,
-            max_pending: 0,
-        },
-        generation,
-    };
+    let mut found = CachedTag { root: 0, tag: Tag { policy: 0, max_pending: 0 }, generation };
     for level in 1..capacity::CGROUP_DEPTH as i32 {
         let ancestor = kernel::ancestor_cgroup(level);
         if ancestor == 0 {
@@ -51,8 +41,5 @@ pub fn current() -> Option<Tagged> {
     }
     // A full cache only costs the next caller another walk.
     let _ = CGROUP_CACHE.insert(&cgroup, &found, 0);
-    (found.root != 0).then_some(Tagged {
-        root: found.root,
-        tag: found.tag,
-    })
+    (found.root != 0).then_some(Tagged { root: found.root, tag: found.tag })
 }

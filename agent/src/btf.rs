@@ -8,10 +8,7 @@ use agent_common::KernelOffsets;
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error("reading kernel BTF from {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("kernel BTF is malformed: {0}")]
     Malformed(&'static str),
     #[error("kernel BTF has no struct {0}")]
@@ -50,10 +47,8 @@ impl Btf {
     pub const SYS_PATH: &'static str = "/sys/kernel/btf/vmlinux";
 
     pub fn from_sys_fs() -> Result<Self, BtfError> {
-        let data = std::fs::read(Self::SYS_PATH).map_err(|source| BtfError::Read {
-            path: Self::SYS_PATH.into(),
-            source,
-        })?;
+        let data = std::fs::read(Self::SYS_PATH)
+            .map_err(|source| BtfError::Read { path: Self::SYS_PATH.into(), source })?;
         Self::parse(&data)
     }
 
@@ -65,17 +60,12 @@ impl Btf {
         let section = |offset_at: usize| -> Result<&[u8], BtfError> {
             let start = header_len + u32_at(data, offset_at)? as usize;
             let len = u32_at(data, offset_at + 4)? as usize;
-            data.get(start..start + len)
-                .ok_or(BtfError::Malformed("section out of bounds"))
+            data.get(start..start + len).ok_or(BtfError::Malformed("section out of bounds"))
         };
         let types = section(8)?;
         let strings = section(16)?.to_vec();
-        let mut btf = Self {
-            strings,
-            composites: HashMap::new(),
-            by_name: HashMap::new(),
-            aliases: HashMap::new(),
-        };
+        let mut btf =
+            Self { strings, composites: HashMap::new(), by_name: HashMap::new(), aliases: HashMap::new() };
         let mut at = 0;
         let mut id = 1;
         while at < types.len() {
@@ -99,24 +89,12 @@ impl Btf {
                     let members = (0..vlen)
                         .map(|i| {
                             let m = at + 12 * i;
-                            Ok((
-                                u32_at(types, m)?,
-                                u32_at(types, m + 4)?,
-                                u32_at(types, m + 8)?,
-                            ))
+                            Ok((u32_at(types, m)?, u32_at(types, m + 4)?, u32_at(types, m + 8)?))
                         })
                         .collect::<Result<_, BtfError>>()?;
-                    btf.composites.insert(
-                        id,
-                        Composite {
-                            members,
-                            kind_flag: info >> 31 == 1,
-                        },
-                    );
+                    btf.composites.insert(id, Composite { members, kind_flag: info >> 31 == 1 });
                     if name_off != 0 {
-                        btf.by_name
-                            .entry(btf.string(name_off).to_owned())
-                            .or_insert(id);
+                        btf.by_name.entry(btf.string(name_off).to_owned()).or_insert(id);
                     }
                 }
                 8..=11 | 18 => {
@@ -147,11 +125,8 @@ impl Btf {
     fn find(&self, id: u32, member: &str) -> Option<(u32, bool)> {
         let composite = self.composites.get(&self.resolve(id))?;
         for &(name_off, type_id, offset) in &composite.members {
-            let (bits, bitfield) = if composite.kind_flag {
-                (offset & 0x00ff_ffff, offset >> 24 != 0)
-            } else {
-                (offset, false)
-            };
+            let (bits, bitfield) =
+                if composite.kind_flag { (offset & 0x00ff_ffff, offset >> 24 != 0) } else { (offset, false) };
             if name_off == 0 {
                 if let Some((inner, inner_bitfield)) = self.find(type_id, member) {
                     return Some((bits + inner, inner_bitfield));
@@ -165,19 +140,12 @@ impl Btf {
 
     /// Byte offset of `strukt.member`.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self
-            .by_name
-            .get(strukt)
-            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
-        let (bits, bitfield) = self.find(id, member).ok_or_else(|| BtfError::NoMember {
-            strukt: strukt.into(),
-            member: member.into(),
-        })?;
+        let id = *self.by_name.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        let (bits, bitfield) = self
+            .find(id, member)
+            .ok_or_else(|| BtfError::NoMember { strukt: strukt.into(), member: member.into() })?;
         if bitfield || bits % 8 != 0 {
-            return Err(BtfError::Bitfield {
-                strukt: strukt.into(),
-                member: member.into(),
-            });
+            return Err(BtfError::Bitfield { strukt: strukt.into(), member: member.into() });
         }
         Ok(bits / 8)
     }

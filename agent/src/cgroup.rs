@@ -18,10 +18,7 @@ pub enum CgroupError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
-    move |source| CgroupError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| CgroupError::Io { path: path.to_owned(), source }
 }
 
 /// The mounted cgroup v2 hierarchy.
@@ -53,10 +50,7 @@ impl Hierarchy {
     /// The directory of `relative` (such as `system.slice/agent.service`), refusing `..`.
     pub fn dir(&self, relative: &str) -> Result<PathBuf, CgroupError> {
         let relative = relative.trim_start_matches('/');
-        if Path::new(relative)
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
+        if Path::new(relative).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
             return Err(CgroupError::BadPath(relative.into()));
         }
         Ok(self.root.join(relative))
@@ -64,10 +58,7 @@ impl Hierarchy {
 
     /// The path of `dir` relative to the root, as users write it.
     pub fn relative(&self, dir: &Path) -> String {
-        dir.strip_prefix(&self.root)
-            .unwrap_or(dir)
-            .to_string_lossy()
-            .into_owned()
+        dir.strip_prefix(&self.root).unwrap_or(dir).to_string_lossy().into_owned()
     }
 
     /// The cgroup v2 directory of process `pid`.
@@ -77,10 +68,7 @@ impl Hierarchy {
         let relative = content
             .lines()
             .find_map(|line| line.strip_prefix("0::"))
-            .ok_or_else(|| CgroupError::Io {
-                path: file.clone(),
-                source: ErrorKind::NotFound.into(),
-            })?;
+            .ok_or_else(|| CgroupError::Io { path: file.clone(), source: ErrorKind::NotFound.into() })?;
         Ok(self.root.join(relative.trim_start_matches('/')))
     }
 }

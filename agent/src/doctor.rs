@@ -23,18 +23,14 @@ const SECURITYFS: &str = "/sys/kernel/security";
 fn securityfs(file: &str) -> Option<String> {
     let path = Path::new(SECURITYFS).join(file);
     if !path.exists() {
-        let _ = std::process::Command::new("mount")
-            .args(["-t", "securityfs", "securityfs", SECURITYFS])
-            .status();
+        let _ =
+            std::process::Command::new("mount").args(["-t", "securityfs", "securityfs", SECURITYFS]).status();
     }
     fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
 }
 
 pub fn report() -> Report {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     let lsms = securityfs("lsm");
     let (attempts, mode) = match enforcer::probe() {
         Ok(probe) => probe,
@@ -46,20 +42,14 @@ pub fn report() -> Report {
             None,
         ),
     };
-    let sock_addr_can_signal = attempts
-        .iter()
-        .any(|a| a.what.contains("connect4_hold") && a.result.is_ok());
+    let sock_addr_can_signal = attempts.iter().any(|a| a.what.contains("connect4_hold") && a.result.is_ok());
     Report {
         kernel,
         btf: Path::new(crate::btf::Btf::SYS_PATH).exists(),
-        bpf_lsm_listed: lsms
-            .as_deref()
-            .is_some_and(|l| l.split(',').any(|m| m == "bpf")),
+        bpf_lsm_listed: lsms.as_deref().is_some_and(|l| l.split(',').any(|m| m == "bpf")),
         lsms,
         lockdown: securityfs("lockdown"),
-        cgroup2: Hierarchy::find()
-            .ok()
-            .map(|h| h.root().display().to_string()),
+        cgroup2: Hierarchy::find().ok().map(|h| h.root().display().to_string()),
         attempts,
         mode,
         sock_addr_can_signal,
@@ -93,22 +83,10 @@ pub fn print(report: &Report) {
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     println!("kernel            {}", report.kernel);
     println!("BTF               {}", yes_no(report.btf));
-    println!(
-        "LSMs              {}",
-        report
-            .lsms
-            .as_deref()
-            .unwrap_or("unknown (securityfs unavailable)")
-    );
+    println!("LSMs              {}", report.lsms.as_deref().unwrap_or("unknown (securityfs unavailable)"));
     println!("BPF LSM listed    {}", yes_no(report.bpf_lsm_listed));
-    println!(
-        "lockdown          {}",
-        report.lockdown.as_deref().unwrap_or("unknown")
-    );
-    println!(
-        "cgroup v2         {}",
-        report.cgroup2.as_deref().unwrap_or("NOT MOUNTED")
-    );
+    println!("lockdown          {}", report.lockdown.as_deref().unwrap_or("unknown"));
+    println!("cgroup v2         {}", report.cgroup2.as_deref().unwrap_or("NOT MOUNTED"));
     println!("sock_addr signals {}", yes_no(report.sock_addr_can_signal));
     println!("program loads:");
     for attempt in &report.attempts {

@@ -43,17 +43,11 @@ pub enum EnforcerError {
     #[error("reading the kernel's BTF for aya: {0}")]
     AyaBtf(#[from] aya::BtfError),
     #[error("BPF program {program}: {source}")]
-    Program {
-        program: &'static str,
-        source: ProgramError,
-    },
+    Program { program: &'static str, source: ProgramError },
     #[error("BPF map {map}: {source}")]
     Map { map: &'static str, source: MapError },
     #[error("pinning in bpffs at {path}: {source}")]
-    Pin {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Pin { path: PathBuf, source: std::io::Error },
     #[error("no enforcement mode works on this kernel: {0}")]
     NoMode(String),
     #[error("hold {0:?} does not exist (decided already, or the process is gone)")]
@@ -141,6 +135,9 @@ pub struct Options {
     pub pin_dir: PathBuf,
     /// Flagged actions fail with EPERM when no heartbeat was seen for this long.
     pub liveness_timeout: Duration,
+    /// In `cgroup-sock` mode, use the fail-then-retry egress programs even where the
+    /// kernel allows holds (to exercise the path older kernels take).
+    pub egress_retry: bool,
 }
 
 impl Default for Options {
@@ -149,6 +146,7 @@ impl Default for Options {
             mode: None,
             pin_dir: PathBuf::from("/sys/fs/bpf/keyturn"),
             liveness_timeout: Duration::from_secs(10),
+            egress_retry: false,
         }
     }
 }
@@ -169,18 +167,12 @@ fn map_error(map: &'static str) -> impl FnOnce(MapError) -> EnforcerError {
 }
 
 fn pin_error(path: &Path) -> impl FnOnce(std::io::Error) -> EnforcerError + '_ {
-    move |source| EnforcerError::Pin {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| EnforcerError::Pin { path: path.to_owned(), source }
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
@@ -189,8 +181,8 @@ pub fn monotonic_ns() -> u64 {
 /// Makes sure `dir` is on a mounted bpffs, mounting one at /sys/fs/bpf if needed.
 fn ensure_bpffs(dir: &Path) -> Result<()> {
     let bpffs = Path::new("/sys/fs/bpf");
-    let mounted = fs::read_to_string("/proc/self/mountinfo")
-        .is_ok_and(|m| m.lines().any(|l| l.contains(" - bpf ")));
+    let mounted =
+        fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| m.lines().any(|l| l.contains(" - bpf ")));
     if !mounted {
         let _ = fs::create_dir_all(bpffs);
         let status = std::process::Command::new("mount")
@@ -199,10 +191,7 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
             .status()
             .map_err(pin_error(bpffs))?;
         if !status.success() {
-            return Err(EnforcerError::Pin {
-                path: bpffs.into(),
-                source: ErrorKind::NotFound.into(),
-            });
+            return Err(EnforcerError::Pin { path: bpffs.into(), source: ErrorKind::NotFound.into() });
         }
     }
     fs::create_dir_all(dir.join("links")).map_err(pin_error(dir))
@@ -215,12 +204,9 @@ impl Enforcer {
         let (mut ebpf, btf) = load_object(&options.pin_dir)?;
 
         let candidates: Vec<Mode> = options.mode.map_or_else(|| Mode::ALL.to_vec(), |m| vec![m]);
-        let (attempts, chosen) = choose_mode(&mut ebpf, &btf, &candidates, true);
+        let (attempts, chosen) = choose_mode(&mut ebpf, &btf, &candidates, true, options.egress_retry);
         let Some((mode, programs)) = chosen else {
-            let why = attempts
-                .iter()
-                .filter_map(|a| a.result.clone().err())
-                .collect::<Vec<_>>();
+            let why = attempts.iter().filter_map(|a| a.result.clone().err()).collect::<Vec<_>>();
             return Err(EnforcerError::NoMode(why.join("; ")));
         };
         let egress_hold = if std::ptr::eq(programs, CGROUP_SOCK_RETRY) {
@@ -258,20 +244,23 @@ impl Enforcer {
         &self.attempts
     }
 
-    fn link_path(&self, owner: &str, program: &str) -> PathBuf {
-        self.pin_dir
-            .join("links")
-            .join(format!("{owner}.{program}"))
+    /// Where the link of `program` for `owner` (`global` or a cgroup id) is pinned. One
+    /// directory per owner: bpffs refuses names with dots.
+    fn link_path(&self, owner: &str, program: &str) -> Result<PathBuf> {
+        let dir = self.pin_dir.join("links").join(owner);
+        fs::create_dir_all(&dir).map_err(pin_error(&dir))?;
+        Ok(dir.join(program))
     }
 
     /// Detaches links pinned by a daemon that ran in another mode.
     fn remove_foreign_links(&self) -> Result<()> {
         let dir = self.pin_dir.join("links");
-        for entry in fs::read_dir(&dir).map_err(pin_error(&dir))?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let program = name.rsplit('.').next().unwrap_or_default();
-            if !self.programs.iter().any(|spec| spec.name == program) {
-                unpin(&entry.path())?;
+        for owner in fs::read_dir(&dir).map_err(pin_error(&dir))?.flatten() {
+            for link in fs::read_dir(owner.path()).map_err(pin_error(&owner.path()))?.flatten() {
+                let name = link.file_name().to_string_lossy().into_owned();
+                if !self.programs.iter().any(|spec| spec.name == name) {
+                    unpin(&link.path())?;
+                }
             }
         }
         Ok(())
@@ -283,15 +272,12 @@ impl Enforcer {
             if !matches!(spec.hook, Hook::Lsm(_) | Hook::TpBtf(_)) {
                 continue;
             }
-            let path = self.link_path("global", spec.name);
+            let path = self.link_path("global", spec.name)?;
             if path.exists() {
                 continue;
             }
             let program = self.ebpf.program_mut(spec.name).expect("program in object");
-            let program_error = |source| EnforcerError::Program {
-                program: spec.name,
-                source,
-            };
+            let program_error = |source| EnforcerError::Program { program: spec.name, source };
             let link: FdLink = match spec.hook {
                 Hook::Lsm(_) => {
                     let lsm: &mut Lsm = program.try_into().map_err(program_error)?;
@@ -304,10 +290,8 @@ impl Enforcer {
                     tp.take_link(id).map_err(program_error)?.into()
                 }
             };
-            link.pin(&path).map_err(|e| EnforcerError::Pin {
-                path: path.clone(),
-                source: std::io::Error::other(e),
-            })?;
+            link.pin(&path)
+                .map_err(|e| EnforcerError::Pin { path: path.clone(), source: std::io::Error::other(e) })?;
         }
         Ok(())
     }
@@ -317,23 +301,18 @@ impl Enforcer {
     pub fn tag(&mut self, dir: &Path, tag: Tag) -> Result<u64> {
         let id = cgroup::id(dir)?;
         if self.mode.attaches_per_cgroup() {
-            let cgroup_fd = fs::File::open(dir).map_err(|source| CgroupError::Io {
-                path: dir.into(),
-                source,
-            })?;
+            let cgroup_fd =
+                fs::File::open(dir).map_err(|source| CgroupError::Io { path: dir.into(), source })?;
             for spec in self.programs {
                 if matches!(spec.hook, Hook::Lsm(_) | Hook::TpBtf(_)) {
                     continue;
                 }
-                let path = self.link_path(&id.to_string(), spec.name);
+                let path = self.link_path(&id.to_string(), spec.name)?;
                 if path.exists() {
                     continue;
                 }
                 let program = self.ebpf.program_mut(spec.name).expect("program in object");
-                let program_error = |source| EnforcerError::Program {
-                    program: spec.name,
-                    source,
-                };
+                let program_error = |source| EnforcerError::Program { program: spec.name, source };
                 let link: FdLink = match spec.hook {
                     Hook::LsmCgroup(_) => {
                         let p: &mut LsmCgroup = program.try_into().map_err(program_error)?;
@@ -342,15 +321,11 @@ impl Enforcer {
                     }
                     _ => {
                         let p: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
-                        let link_id = p
-                            .attach(cgroup_fd.as_fd(), CgroupAttachMode::AllowMultiple)
-                            .map_err(program_error)?;
-                        FdLink::try_from(p.take_link(link_id).map_err(program_error)?).map_err(
-                            |e| EnforcerError::Pin {
-                                path: path.clone(),
-                                source: std::io::Error::other(e),
-                            },
-                        )?
+                        let link_id =
+                            p.attach(cgroup_fd.as_fd(), CgroupAttachMode::Single).map_err(program_error)?;
+                        FdLink::try_from(p.take_link(link_id).map_err(program_error)?).map_err(|e| {
+                            EnforcerError::Pin { path: path.clone(), source: std::io::Error::other(e) }
+                        })?
                     }
                 };
                 link.pin(&path).map_err(|e| EnforcerError::Pin {
@@ -360,9 +335,7 @@ impl Enforcer {
             }
         }
         let mut roots: HashMap<_, u64, Tag> = self.map_mut("TAGGED_ROOTS")?;
-        roots
-            .insert(id, tag, 0)
-            .map_err(map_error("TAGGED_ROOTS"))?;
+        roots.insert(id, tag, 0).map_err(map_error("TAGGED_ROOTS"))?;
         self.bump_generation()?;
         Ok(id)
     }
@@ -376,21 +349,19 @@ impl Enforcer {
         }
         self.bump_generation()?;
         for spec in self.programs {
-            let path = self.link_path(&id.to_string(), spec.name);
+            let path = self.link_path(&id.to_string(), spec.name)?;
             if path.exists() {
                 unpin(&path)?;
             }
         }
-        Ok(())
+        let dir = self.pin_dir.join("links").join(id.to_string());
+        fs::remove_dir(&dir).map_err(pin_error(&dir))
     }
 
     /// Tagged roots: cgroup id → tag.
     pub fn tags(&self) -> Result<Vec<(u64, Tag)>> {
         let roots: HashMap<_, u64, Tag> = self.map("TAGGED_ROOTS")?;
-        roots
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_error("TAGGED_ROOTS"))
+        roots.iter().collect::<Result<_, _>>().map_err(map_error("TAGGED_ROOTS"))
     }
 
     fn config(&self) -> Result<Config> {
@@ -424,14 +395,11 @@ impl Enforcer {
     pub fn set_policy(&mut self, id: u32, policy: &KernelPolicy) -> Result<()> {
         let compiled = policy.compile(id).map_err(EnforcerError::Policy)?;
         let mut defaults: Array<_, PolicyDefaults> = self.map_mut("POLICIES")?;
-        defaults
-            .set(id, compiled.defaults, 0)
-            .map_err(map_error("POLICIES"))?;
+        defaults.set(id, compiled.defaults, 0).map_err(map_error("POLICIES"))?;
 
         let mut exec: HashMap<_, ExecKey, u32> = self.map_mut("EXEC_RULES")?;
         for (key, verdict) in &compiled.exec {
-            exec.insert(key, verdict, 0)
-                .map_err(map_error("EXEC_RULES"))?;
+            exec.insert(key, verdict, 0).map_err(map_error("EXEC_RULES"))?;
         }
         let stale: Vec<ExecKey> = exec
             .keys()
@@ -444,18 +412,17 @@ impl Enforcer {
 
         let mut egress: LpmTrie<_, EgressKey, EgressRule> = self.map_mut("EGRESS_RULES")?;
         for (key, rule) in &compiled.egress {
-            egress
-                .insert(key, rule, 0)
-                .map_err(map_error("EGRESS_RULES"))?;
+            egress.insert(key, rule, 0).map_err(map_error("EGRESS_RULES"))?;
         }
         let stale: Vec<Key<EgressKey>> = egress
             .keys()
             .filter_map(Result::ok)
             .filter(|k| {
                 k.data().policy_be == id.to_be_bytes()
-                    && !compiled.egress.iter().any(|(key, _)| {
-                        key.prefix_len() == k.prefix_len() && key.data() == k.data()
-                    })
+                    && !compiled
+                        .egress
+                        .iter()
+                        .any(|(key, _)| key.prefix_len() == k.prefix_len() && key.data() == k.data())
             })
             .collect();
         for key in stale {
@@ -488,11 +455,7 @@ impl Enforcer {
         if !events.is_empty() {
             return events;
         }
-        let mut fd = libc::pollfd {
-            fd: self.events_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut fd = libc::pollfd { fd: self.events_fd(), events: libc::POLLIN, revents: 0 };
         let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&raw mut fd, 1, millis) };
@@ -502,10 +465,7 @@ impl Enforcer {
     /// All hold records in the kernel.
     pub fn holds(&self) -> Result<Vec<(HoldKey, Hold)>> {
         let holds: HashMap<_, HoldKey, Hold> = self.map("HOLDS")?;
-        holds
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_error("HOLDS"))
+        holds.iter().collect::<Result<_, _>>().map_err(map_error("HOLDS"))
     }
 
     /// Moves the pending hold `key` (named by its `nonce`) to `state`, so the next restart
@@ -538,9 +498,7 @@ impl Enforcer {
     pub fn finish(&mut self, root: u64) -> Result<()> {
         let mut finished: HashMap<_, u64, u64> = self.map_mut("HOLDS_FINISHED")?;
         let count = finished.get(&root, 0).unwrap_or(0);
-        finished
-            .insert(root, count + 1, 0)
-            .map_err(map_error("HOLDS_FINISHED"))
+        finished.insert(root, count + 1, 0).map_err(map_error("HOLDS_FINISHED"))
     }
 
     /// The kernel's counters, summed over CPUs, indexed by `agent_common::counter`.
@@ -548,28 +506,18 @@ impl Enforcer {
         let counters: PerCpuArray<_, u64> = self.map("COUNTERS")?;
         let mut sums = [0; counter::COUNT as usize];
         for (index, sum) in (0..).zip(sums.iter_mut()) {
-            *sum = counters
-                .get(&index, 0)
-                .map_err(map_error("COUNTERS"))?
-                .iter()
-                .sum();
+            *sum = counters.get(&index, 0).map_err(map_error("COUNTERS"))?.iter().sum();
         }
         Ok(sums)
     }
 
     /// Bytes of kernel memory the maps may use at their current capacities (upper bound).
     pub fn maps_memory(&self) -> u64 {
-        self.ebpf
-            .maps()
-            .filter_map(|(_, map)| map_memlock(map))
-            .sum::<u64>()
+        self.ebpf.maps().filter_map(|(_, map)| map_memlock(map)).sum::<u64>()
             + map_memlock_data(self.events.as_raw_fd()).unwrap_or(0)
     }
 
-    fn map<'a, M: TryFrom<&'a aya::maps::Map, Error = MapError>>(
-        &'a self,
-        name: &'static str,
-    ) -> Result<M> {
+    fn map<'a, M: TryFrom<&'a aya::maps::Map, Error = MapError>>(&'a self, name: &'static str) -> Result<M> {
         let map = self.ebpf.map(name).expect("map in object");
         M::try_from(map).map_err(map_error(name))
     }
@@ -613,6 +561,7 @@ fn choose_mode(
     btf: &aya::Btf,
     candidates: &[Mode],
     first_only: bool,
+    egress_retry: bool,
 ) -> (Vec<Attempt>, Chosen) {
     let mut attempts = Vec::new();
     let mut chosen = None;
@@ -620,12 +569,11 @@ fn choose_mode(
         let sets: &[&'static [ProgramSpec]] = match mode {
             Mode::LsmCgroup => &[LSM_CGROUP],
             Mode::Lsm => &[LSM],
+            Mode::CgroupSock if egress_retry => &[CGROUP_SOCK_RETRY],
             Mode::CgroupSock => &[CGROUP_SOCK_HOLD, CGROUP_SOCK_RETRY],
         };
         for &programs in sets {
-            let result = programs
-                .iter()
-                .try_for_each(|spec| load_program(ebpf, spec, btf));
+            let result = programs.iter().try_for_each(|spec| load_program(ebpf, spec, btf));
             attempts.push(Attempt {
                 what: format!("{mode}: load {}", names(programs)),
                 result: result.map_err(|e| error_chain(&e)),
@@ -647,7 +595,7 @@ fn choose_mode(
 pub fn probe() -> Result<(Vec<Attempt>, Option<Mode>)> {
     let dir = PathBuf::from(format!("/sys/fs/bpf/keyturn-probe-{}", std::process::id()));
     let result = load_object(&dir).map(|(mut ebpf, btf)| {
-        let (attempts, chosen) = choose_mode(&mut ebpf, &btf, &Mode::ALL, false);
+        let (attempts, chosen) = choose_mode(&mut ebpf, &btf, &Mode::ALL, false, false);
         (attempts, chosen.map(|(mode, _)| mode))
     });
     let _ = fs::remove_dir_all(&dir);
@@ -670,21 +618,15 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 fn unpin(path: &Path) -> Result<()> {
-    let link = PinnedLink::from_pin(path).map_err(|e| EnforcerError::Pin {
-        path: path.into(),
-        source: std::io::Error::other(e),
-    })?;
+    let link = PinnedLink::from_pin(path)
+        .map_err(|e| EnforcerError::Pin { path: path.into(), source: std::io::Error::other(e) })?;
     // Dropping the unpinned link's last fd detaches it.
     drop(link.unpin().map_err(pin_error(path))?);
     Ok(())
 }
 
 fn names(programs: &[ProgramSpec]) -> String {
-    programs
-        .iter()
-        .map(|s| s.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    programs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
 }
 
 fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<()> {
@@ -692,10 +634,7 @@ fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(
     if program.fd().is_ok() {
         return Ok(());
     }
-    let program_error = |source| EnforcerError::Program {
-        program: spec.name,
-        source,
-    };
+    let program_error = |source| EnforcerError::Program { program: spec.name, source };
     match spec.hook {
         Hook::Lsm(hook) => {
             let p: &mut Lsm = program.try_into().map_err(program_error)?;

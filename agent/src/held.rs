@@ -36,15 +36,8 @@ pub enum OnDeny {
 
 /// The key of the kernel's hold record for `event`.
 pub fn hold_key(event: &HoldEvent) -> HoldKey {
-    let tid = if event.event_type == event_type::DEFERRED {
-        0
-    } else {
-        event.tid
-    };
-    HoldKey {
-        tgid: event.tgid,
-        tid,
-    }
+    let tid = if event.event_type == event_type::DEFERRED { 0 } else { event.tid };
+    HoldKey { tgid: event.tgid, tid }
 }
 
 /// A held process, pinned by a pidfd.
@@ -71,16 +64,12 @@ impl HeldProcess {
             return Err(HeldError::Gone(pid));
         }
         // SAFETY: a fresh fd we own.
-        let pidfd =
-            unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| HeldError::Gone(pid))?) };
+        let pidfd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| HeldError::Gone(pid))?) };
         // Checked after opening: if the pid was reused before, the start time differs.
         if start_ticks(pid) != Some(event.hold.start_boottime / NS_PER_TICK) {
             return Err(HeldError::Gone(pid));
         }
-        Ok(Self {
-            pidfd,
-            event: *event,
-        })
+        Ok(Self { pidfd, event: *event })
     }
 
     pub fn event(&self) -> &HoldEvent {
@@ -103,10 +92,7 @@ impl HeldProcess {
             )
         };
         if rc < 0 {
-            return Err(HeldError::Signal {
-                pid: self.event.tgid,
-                source: io::Error::last_os_error(),
-            });
+            return Err(HeldError::Signal { pid: self.event.tgid, source: io::Error::last_os_error() });
         }
         Ok(())
     }

@@ -8,5 +8,6 @@ pub mod cgroup;
 pub mod doctor;
 pub mod enforcer;
 pub mod held;
+pub mod holds;
 pub mod mode;
 pub mod policy;

@@ -3,11 +3,7 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "keyturn",
-    version,
-    about = "A person in the loop for what AI agents do on this host"
-)]
+#[command(name = "keyturn", version, about = "A person in the loop for what AI agents do on this host")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

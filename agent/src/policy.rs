@@ -3,8 +3,7 @@
 use std::{net::IpAddr, os::unix::fs::MetadataExt as _, path::Path, str::FromStr};
 
 use agent_common::{
-    EgressKey, EgressRule, ExecKey, PolicyDefaults, PortRule, V4_MAPPED_PREFIX, capacity, protocol,
-    verdict,
+    EgressKey, EgressRule, ExecKey, PolicyDefaults, PortRule, V4_MAPPED_PREFIX, capacity, protocol, verdict,
 };
 use aya::maps::lpm_trie::Key;
 
@@ -40,10 +39,7 @@ impl FileId {
     pub fn of(path: &Path) -> std::io::Result<Self> {
         let meta = std::fs::metadata(path)?;
         let dev = meta.dev();
-        Ok(Self {
-            dev: (libc::major(dev) << 20) | libc::minor(dev),
-            ino: meta.ino(),
-        })
+        Ok(Self { dev: (libc::major(dev) << 20) | libc::minor(dev), ino: meta.ino() })
     }
 }
 
@@ -65,11 +61,7 @@ fn masked(addr: &[u8; 16], prefix: u8) -> [u8; 16] {
     let mut out = [0u8; 16];
     for (i, byte) in addr.iter().enumerate() {
         let bits = usize::from(prefix).saturating_sub(i * 8).min(8);
-        out[i] = if bits == 0 {
-            0
-        } else {
-            byte & (0xffu8 << (8 - bits))
-        };
+        out[i] = if bits == 0 { 0 } else { byte & (0xffu8 << (8 - bits)) };
     }
     out
 }
@@ -91,12 +83,8 @@ impl FromStr for Cidr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ip, len) = s
-            .split_once('/')
-            .map_or((s, None), |(ip, len)| (ip, Some(len)));
-        let ip: IpAddr = ip
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+        let (ip, len) = s.split_once('/').map_or((s, None), |(ip, len)| (ip, Some(len)));
+        let ip: IpAddr = ip.parse().map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
         let (max, base) = if ip.is_ipv4() { (32u8, 96u8) } else { (128, 0) };
         let len: u8 = match len {
             None => max,
@@ -149,16 +137,7 @@ impl KernelPolicy {
         let exec = self
             .executables
             .iter()
-            .map(|(file, v)| {
-                (
-                    ExecKey {
-                        policy: id,
-                        dev: file.dev,
-                        ino: file.ino,
-                    },
-                    v.kernel(),
-                )
-            })
+            .map(|(file, v)| (ExecKey { policy: id, dev: file.dev, ino: file.ino }, v.kernel()))
             .collect();
         let mut prefixes: Vec<Cidr> = Vec::new();
         for rule in &self.egress {
@@ -168,26 +147,17 @@ impl KernelPolicy {
         }
         let mut egress = Vec::new();
         for prefix in prefixes {
-            let mut chain: Vec<&EgressSpec> = self
-                .egress
-                .iter()
-                .filter(|r| r.cidr.contains(&prefix))
-                .collect();
+            let mut chain: Vec<&EgressSpec> =
+                self.egress.iter().filter(|r| r.cidr.contains(&prefix)).collect();
             chain.sort_by_key(|r| std::cmp::Reverse(r.cidr.prefix));
-            let mut rule = EgressRule {
-                fallback: self.egress_default.kernel(),
-                ..EgressRule::default()
-            };
+            let mut rule = EgressRule { fallback: self.egress_default.kernel(), ..EgressRule::default() };
             for spec in chain {
                 if spec.ports.is_empty() && spec.protocol == protocol::ANY {
                     rule.fallback = spec.verdict.kernel();
                     break;
                 }
-                let ranges: &[(u16, u16)] = if spec.ports.is_empty() {
-                    &[(0, u16::MAX)]
-                } else {
-                    &spec.ports
-                };
+                let ranges: &[(u16, u16)] =
+                    if spec.ports.is_empty() { &[(0, u16::MAX)] } else { &spec.ports };
                 for &(low, high) in ranges {
                     let slot = rule.ports.get_mut(rule.count as usize).ok_or_else(|| {
                         format!(
@@ -207,10 +177,7 @@ impl KernelPolicy {
             }
             let key = Key::new(
                 32 + u32::from(prefix.prefix),
-                EgressKey {
-                    policy_be: id.to_be_bytes(),
-                    addr: prefix.addr,
-                },
+                EgressKey { policy_be: id.to_be_bytes(), addr: prefix.addr },
             );
             egress.push((key, rule));
         }
@@ -239,12 +206,7 @@ mod tests {
     use super::*;
 
     fn rule(cidr: &str, ports: &[(u16, u16)], protocol: u32, verdict: Verdict) -> EgressSpec {
-        EgressSpec {
-            cidr: cidr.parse().unwrap(),
-            ports: ports.to_vec(),
-            protocol,
-            verdict,
-        }
+        EgressSpec { cidr: cidr.parse().unwrap(), ports: ports.to_vec(), protocol, verdict }
     }
 
     #[test]
@@ -255,12 +217,7 @@ mod tests {
         let mapped: Cidr = "::ffff:10.1.0.0/112".parse().unwrap();
         assert_eq!(mapped, v4, "IPv4-mapped IPv6 is the same network as IPv4");
         assert_eq!(display_cidr(&v4), "10.1.0.0/16");
-        assert!(
-            "10.1.0.1/16"
-                .parse::<Cidr>()
-                .unwrap_err()
-                .contains("bits set")
-        );
+        assert!("10.1.0.1/16".parse::<Cidr>().unwrap_err().contains("bits set"));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("fd00::/129".parse::<Cidr>().is_err());
         assert!("example.com".parse::<Cidr>().is_err());
@@ -284,19 +241,9 @@ mod tests {
         assert_eq!(key.prefix_len(), 32 + 112);
         assert_eq!(key.data().policy_be, 7u32.to_be_bytes());
         assert_eq!(inner.count, 2, "own port rule first, then the /8's");
-        assert_eq!(
-            (inner.ports[0].low, inner.ports[0].verdict),
-            (8000, verdict::HOLD as u16)
-        );
-        assert_eq!(
-            (inner.ports[1].low, inner.ports[1].protocol),
-            (443, protocol::TCP as u16)
-        );
-        assert_eq!(
-            inner.fallback,
-            verdict::DENY,
-            "the /8's catch-all applies inside the /16"
-        );
+        assert_eq!((inner.ports[0].low, inner.ports[0].verdict), (8000, verdict::HOLD as u16));
+        assert_eq!((inner.ports[1].low, inner.ports[1].protocol), (443, protocol::TCP as u16));
+        assert_eq!(inner.fallback, verdict::DENY, "the /8's catch-all applies inside the /16");
         assert_eq!(compiled.egress[0].1.fallback, verdict::DENY);
     }
 
@@ -309,12 +256,6 @@ mod tests {
             executables: vec![],
             egress: vec![rule("10.0.0.0/8", &ports, protocol::ANY, Verdict::Allow)],
         };
-        assert!(
-            policy
-                .compile(0)
-                .err()
-                .unwrap()
-                .contains("more than 8 port rules")
-        );
+        assert!(policy.compile(0).err().unwrap().contains("more than 8 port rules"));
     }
 }

@@ -1,1 +1,419 @@
-//! Privileged integration tests of keyturn against real kernels.
+//! Fixtures for keyturn's privileged integration tests: a loaded enforcer with its own
+//! pins, throw-away tagged cgroups, a peer host in its own network namespace, and the
+//! `actor` process that performs real syscalls. Everything cleans itself up on drop.
+
+use std::{
+    fs,
+    io::Read as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use agent_common::{HoldKey, Tag};
+use keyturn::{
+    cgroup::{self, Hierarchy},
+    enforcer::{Enforcer, Options},
+    holds::{Happened, Holds},
+    mode::Mode,
+    policy::{Cidr, EgressSpec, FileId, KernelPolicy, Verdict},
+};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test watches for something that must not happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+static SERIAL: AtomicU32 = AtomicU32::new(1);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id() % 100_000, SERIAL.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The mode under test: `KEYTURN_TEST_MODE`, else what the kernel offers.
+pub fn test_mode() -> Option<Mode> {
+    std::env::var("KEYTURN_TEST_MODE").ok().map(|m| m.parse().expect("KEYTURN_TEST_MODE"))
+}
+
+/// A loaded enforcer with pins of its own, plus the user-space hold bookkeeping.
+pub struct Kernel {
+    enforcer: Option<Enforcer>,
+    pub holds: Holds,
+    pub pin_dir: PathBuf,
+    /// Events handled but not yet asked for: (tgid, what happened).
+    backlog: Vec<(u32, Happened)>,
+}
+
+impl Kernel {
+    pub fn load() -> Self {
+        Self::load_with(|_| {})
+    }
+
+    pub fn load_with(adjust: impl FnOnce(&mut Options)) -> Self {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", unique("kt-test-")));
+        let mut options = Options { mode: test_mode(), pin_dir: pin_dir.clone(), ..Options::default() };
+        options.liveness_timeout = Duration::from_secs(600);
+        adjust(&mut options);
+        let enforcer = Enforcer::load(&options).expect("load keyturn's programs");
+        Self { enforcer: Some(enforcer), holds: Holds::default(), pin_dir, backlog: Vec::new() }
+    }
+
+    /// Loads again from the same pins, as a restarted daemon does; `self` is dropped
+    /// without detaching anything.
+    pub fn restart(mut self) -> Self {
+        let pin_dir = self.pin_dir.clone();
+        drop(self.enforcer.take());
+        std::mem::forget(self);
+        let options = Options {
+            mode: test_mode(),
+            pin_dir: pin_dir.clone(),
+            liveness_timeout: Duration::from_secs(600),
+            ..Options::default()
+        };
+        Self {
+            enforcer: Some(Enforcer::load(&options).expect("reload")),
+            holds: Holds::default(),
+            pin_dir,
+            backlog: Vec::new(),
+        }
+    }
+
+    pub fn enforcer(&mut self) -> &mut Enforcer {
+        self.enforcer.as_mut().expect("loaded")
+    }
+
+    pub fn tag(&mut self, cgroup: &TestCgroup, policy: u32, max_pending: u32) {
+        self.enforcer().tag(&cgroup.dir, Tag { policy, max_pending }).expect("tag");
+    }
+
+    pub fn set_policy(&mut self, id: u32, policy: &KernelPolicy) {
+        self.enforcer().set_policy(id, policy).expect("set policy");
+    }
+
+    /// Feeds kernel events to `holds` until one about process `tgid` arrives.
+    pub fn expect_event(&mut self, tgid: u32) -> Happened {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(at) = self.backlog.iter().position(|(pid, _)| *pid == tgid) {
+                return self.backlog.remove(at).1;
+            }
+            assert!(Instant::now() < deadline, "no event for process {tgid} within {WAIT:?}");
+            for event in self.enforcer().wait_events(Duration::from_millis(100)) {
+                let enforcer = self.enforcer.as_mut().expect("loaded");
+                let happened = self.holds.on_event(enforcer, &event).expect("handle event");
+                self.backlog.push((event.tgid, happened));
+            }
+        }
+    }
+
+    /// Waits for the hold of process `tgid` and returns its key.
+    pub fn expect_hold(&mut self, tgid: u32) -> HoldKey {
+        match self.expect_event(tgid) {
+            Happened::Held(key) => key,
+            other => panic!("expected a hold of {tgid}, got {other:?}"),
+        }
+    }
+
+    pub fn approve(&mut self, key: &HoldKey) {
+        let enforcer = self.enforcer.as_mut().expect("loaded");
+        self.holds.approve(enforcer, key).expect("approve");
+    }
+
+    pub fn deny(&mut self, key: &HoldKey, on_deny: keyturn::held::OnDeny) {
+        let enforcer = self.enforcer.as_mut().expect("loaded");
+        self.holds.deny(enforcer, key, on_deny).expect("deny");
+    }
+
+    pub fn counter(&mut self, index: u32) -> u64 {
+        self.enforcer().counters().expect("counters")[index as usize]
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        if let Some(enforcer) = self.enforcer.take() {
+            let _ = enforcer.uninstall();
+        }
+    }
+}
+
+/// A child cgroup of the cgroup v2 root for one test; its processes are killed and the
+/// cgroup removed on drop.
+pub struct TestCgroup {
+    pub dir: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new() -> Self {
+        let hierarchy = Hierarchy::find().expect("cgroup v2 mounted");
+        let dir = hierarchy.root().join(unique("kt-test-"));
+        cgroup::create(&dir).expect("create test cgroup");
+        Self { dir }
+    }
+
+    /// A child cgroup of this one, created after tagging.
+    pub fn child(&self, name: &str) -> Self {
+        let dir = self.dir.join(name);
+        cgroup::create(&dir).expect("create child cgroup");
+        Self { dir }
+    }
+
+    pub fn id(&self) -> u64 {
+        cgroup::id(&self.dir).expect("cgroup id")
+    }
+}
+
+impl Default for TestCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.dir.join("cgroup.kill"), "1");
+        if let Ok(procs) = fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+                // SAFETY: plain kill of a test process.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let deadline = Instant::now() + WAIT;
+        while cgroup::remove(&self.dir).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The `actor` binary: `KEYTURN_ACTOR`, else the one cargo built beside the test binary
+/// (`target/debug/actor` for `target/debug/deps/hold-…`).
+pub fn actor_path() -> PathBuf {
+    std::env::var_os("KEYTURN_ACTOR").map_or_else(
+        || {
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("actor")
+        },
+        PathBuf::from,
+    )
+}
+
+/// Starts `actor ARGS…` inside `cgroup` (or the test's own cgroup), stdout captured.
+pub fn spawn_actor(cgroup: Option<&TestCgroup>, args: &[&str]) -> Child {
+    let mut command = Command::new(actor_path());
+    command.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    if let Some(cgroup) = cgroup {
+        let procs = cgroup.dir.join("cgroup.procs");
+        // SAFETY: only async-signal-safe work after fork: write to an open file.
+        let file = fs::OpenOptions::new().write(true).open(&procs).expect("open cgroup.procs");
+        unsafe {
+            command.pre_exec(move || {
+                let zero = b"0";
+                if libc::write(file.as_raw_fd(), zero.as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    command.spawn().expect("spawn actor")
+}
+
+fn state_of(stat_file: PathBuf) -> Option<char> {
+    let stat = fs::read_to_string(stat_file).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// The state letter of process `pid` (`T` stopped), or `None` once it is reaped.
+pub fn process_state(pid: u32) -> Option<char> {
+    state_of(PathBuf::from(format!("/proc/{pid}/stat")))
+}
+
+/// The state letters of every thread of `pid`.
+pub fn thread_states(pid: u32) -> Vec<char> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| tasks.flatten().filter_map(|task| state_of(task.path().join("stat"))).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until `pid` is stopped (state `T`).
+pub fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + WAIT;
+    while process_state(pid) != Some('T') {
+        assert!(Instant::now() < deadline, "process {pid} not stopped, state {:?}", process_state(pid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for `child` to exit; returns its stdout and status.
+pub fn finish(mut child: Child) -> (String, std::process::ExitStatus) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut out = String::new();
+            child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read stdout");
+            return (out, status);
+        }
+        assert!(Instant::now() < deadline, "process {} did not finish", child.id());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends `signal` to `pid` as an outsider would (not through keyturn).
+pub fn rogue_signal(pid: u32, signal: i32) {
+    // SAFETY: plain kill.
+    assert_eq!(unsafe { libc::kill(i32::try_from(pid).expect("pid"), signal) }, 0);
+}
+
+/// Bytes a listener on the peer received.
+#[derive(Clone, Default)]
+pub struct Received(Arc<Mutex<Vec<u8>>>);
+
+impl Received {
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().expect("lock").clone()
+    }
+
+    /// Waits until `expected` was received.
+    pub fn wait_for(&self, expected: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !String::from_utf8_lossy(&self.bytes()).contains(expected) {
+            assert!(Instant::now() < deadline, "peer never received {expected:?}, got {:?}", self.bytes());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A host on the far side of a veth pair, in a network namespace of its own, with
+/// addresses that exist only on this machine.
+pub struct Peer {
+    netns: String,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    pub v4_net: Cidr,
+    pub v6_net: Cidr,
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+impl Peer {
+    pub fn new() -> Self {
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed) % 250 + 1;
+        let netns = unique("ktns");
+        let (host_if, peer_if) = (unique("kth"), unique("ktp"));
+        ip(&["netns", "add", &netns]);
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &peer_if, "netns", &netns]);
+        let (v4_host, v4) = (format!("10.213.{serial}.1"), Ipv4Addr::new(10, 213, serial as u8, 2));
+        let v6_host = format!("fd00:6b74:0:{serial:x}::1");
+        let v6: Ipv6Addr = format!("fd00:6b74:0:{serial:x}::2").parse().expect("v6");
+        ip(&["addr", "add", &format!("{v4_host}/24"), "dev", &host_if]);
+        ip(&["addr", "add", &format!("{v6_host}/64"), "dev", &host_if, "nodad"]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["-n", &netns, "addr", "add", &format!("{v4}/24"), "dev", &peer_if]);
+        ip(&["-n", &netns, "addr", "add", &format!("{v6}/64"), "dev", &peer_if, "nodad"]);
+        ip(&["-n", &netns, "link", "set", &peer_if, "up"]);
+        ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        Self {
+            netns,
+            v4,
+            v6,
+            v4_net: format!("10.213.{serial}.0/24").parse().expect("cidr"),
+            v6_net: format!("fd00:6b74:0:{serial:x}::/64").parse().expect("cidr"),
+        }
+    }
+
+    /// Runs `f` on a thread that lives in the peer's namespace.
+    fn in_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.netns);
+        std::thread::spawn(move || {
+            let ns = fs::File::open(&path).expect("open netns");
+            // SAFETY: moves only this thread into the namespace.
+            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+
+    /// A TCP listener on the peer at `addr:port`, recording every byte it receives.
+    pub fn tcp(&self, addr: IpAddr, port: u16) -> Received {
+        let received = Received::default();
+        let sink = received.clone();
+        let listener = self.in_netns(move || {
+            let listener = TcpListener::bind((addr, port)).expect("bind tcp");
+            // SAFETY: enables TCP fast open on the listener (queue of 16).
+            unsafe {
+                let qlen: libc::c_int = 16;
+                libc::setsockopt(
+                    listener.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_FASTOPEN,
+                    (&raw const qlen).cast(),
+                    4,
+                );
+            }
+            listener
+        });
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        sink.0.lock().expect("lock").extend_from_slice(&buf[..n]);
+                    }
+                });
+            }
+        });
+        received
+    }
+
+    /// A UDP socket on the peer at `addr:port`, recording every datagram.
+    pub fn udp(&self, addr: IpAddr, port: u16) -> Received {
+        let received = Received::default();
+        let sink = received.clone();
+        let socket = self.in_netns(move || UdpSocket::bind((addr, port)).expect("bind udp"));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                sink.0.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        received
+    }
+}
+
+impl Default for Peer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
+}
+
+/// A policy that holds egress to the peer's networks and the exec of `flagged`, and
+/// allows everything else.
+pub fn hold_peer_policy(peer: &Peer, flagged: &[PathBuf]) -> KernelPolicy {
+    let hold = |cidr: Cidr| EgressSpec { cidr, ports: vec![], protocol: 0, verdict: Verdict::Hold };
+    KernelPolicy {
+        exec_default: Verdict::Allow,
+        egress_default: Verdict::Allow,
+        executables: flagged.iter().map(|p| (FileId::of(p).expect("stat flagged"), Verdict::Hold)).collect(),
+        egress: vec![hold(peer.v4_net), hold(peer.v6_net)],
+    }
+}

@@ -1,0 +1,97 @@
+//! The held actions user space knows of, kept in step with the kernel's events: every
+//! hold gets exactly one verdict, and tampering with a held process is answered.
+
+use std::collections::HashMap;
+
+use agent_common::{HoldEvent, HoldKey, event_type};
+
+use crate::{
+    enforcer::Enforcer,
+    held::{HeldError, HeldProcess, OnDeny, hold_key},
+};
+
+/// What an event meant, for the audit trail and the caller.
+#[derive(Debug)]
+pub enum Happened {
+    /// A new hold is waiting for a decision.
+    Held(HoldKey),
+    /// The process of a new hold was gone before it could be opened: closed at once.
+    GoneBeforeOpen(HoldKey),
+    /// A SIGCONT that was not keyturn's hit a held process that the kernel held again.
+    RogueContinueReheld(HoldKey),
+    /// A SIGCONT that was not keyturn's released an exec stopped after the fact: the
+    /// process was killed.
+    RogueContinueKilled(HoldKey),
+}
+
+#[derive(Default)]
+pub struct Holds {
+    held: HashMap<HoldKey, HeldProcess>,
+}
+
+impl Holds {
+    /// Takes in one kernel event.
+    pub fn on_event(&mut self, enforcer: &mut Enforcer, event: &HoldEvent) -> Result<Happened, HeldError> {
+        let key = hold_key(event);
+        if event.event_type == event_type::ROGUE_CONTINUE {
+            let stopped = self
+                .held
+                .get(&HoldKey { tgid: event.tgid, tid: event.tgid })
+                .filter(|held| held.event().event_type == event_type::STOPPED);
+            return match stopped {
+                Some(held) => {
+                    let key = held.key();
+                    held.deny(enforcer, OnDeny::Kill)?;
+                    self.held.remove(&key);
+                    Ok(Happened::RogueContinueKilled(key))
+                }
+                None => Ok(Happened::RogueContinueReheld(key)),
+            };
+        }
+        // A new hold on a thread replaces whatever that thread had before.
+        if let Some(previous) = self.held.remove(&key) {
+            enforcer.finish(previous.event().hold.root)?;
+        }
+        match HeldProcess::open(event) {
+            Ok(held) => {
+                self.held.insert(key, held);
+                Ok(Happened::Held(key))
+            }
+            Err(HeldError::Gone(_)) => {
+                enforcer.forget(key, event.hold.nonce)?;
+                enforcer.finish(event.hold.root)?;
+                Ok(Happened::GoneBeforeOpen(key))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn get(&self, key: &HoldKey) -> Option<&HeldProcess> {
+        self.held.get(key)
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &HeldProcess> {
+        self.held.values()
+    }
+
+    /// Releases the held action `key`.
+    pub fn approve(&mut self, enforcer: &mut Enforcer, key: &HoldKey) -> Result<HeldProcess, HeldError> {
+        let held =
+            self.held.remove(key).ok_or(HeldError::Enforcer(crate::enforcer::EnforcerError::NoHold(*key)))?;
+        held.release(enforcer)?;
+        Ok(held)
+    }
+
+    /// Refuses the held action `key`.
+    pub fn deny(
+        &mut self,
+        enforcer: &mut Enforcer,
+        key: &HoldKey,
+        on_deny: OnDeny,
+    ) -> Result<HeldProcess, HeldError> {
+        let held =
+            self.held.remove(key).ok_or(HeldError::Enforcer(crate::enforcer::EnforcerError::NoHold(*key)))?;
+        held.deny(enforcer, on_deny)?;
+        Ok(held)
+    }
+}

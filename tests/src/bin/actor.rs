@@ -1,0 +1,149 @@
+//! The process the integration tests put in a tagged cgroup: it performs one real action
+//! and reports what the kernel answered. `actor ACTION ARGS…`:
+//!
+//! - `tcp ADDR PORT MSG`, `udp ADDR PORT MSG` (sendto), `udp-connected ADDR PORT MSG`,
+//!   `tfo ADDR PORT MSG` (TCP fast open: sendto with MSG_FASTOPEN)
+//! - `threads N ACTION…`: start N idle threads, then perform ACTION on the main thread
+//! - `retry ACTION…`: perform ACTION, retrying every 50 ms for 10 s while it fails with EPERM
+//! - `exec PATH ARGS…`: execv PATH
+//!
+//! Prints `ok` and exits 0, or prints `error: ERRNO` and exits 1.
+
+use std::{
+    ffi::CString,
+    io::Write as _,
+    net::{SocketAddr, TcpStream, UdpSocket},
+    os::unix::ffi::OsStrExt as _,
+};
+
+fn fail(error: &std::io::Error) -> ! {
+    println!("error: {}", error.raw_os_error().unwrap_or(0));
+    std::process::exit(1);
+}
+
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// TCP fast open: the connect happens inside sendto.
+fn fast_open(to: &SocketAddr, message: &[u8]) -> std::io::Result<()> {
+    let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket syscalls on fds this function owns.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (addr, len) = sockaddr(to);
+        let sent = libc::sendto(
+            fd,
+            message.as_ptr().cast(),
+            message.len(),
+            libc::MSG_FASTOPEN,
+            (&raw const addr).cast(),
+            len,
+        );
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::shutdown(fd, libc::SHUT_WR);
+        let mut buf = [0u8; 1];
+        libc::recv(fd, buf.as_mut_ptr().cast(), 1, 0);
+        libc::close(fd);
+    }
+    Ok(())
+}
+
+fn act(args: &[String]) -> std::io::Result<()> {
+    let target = || -> SocketAddr {
+        let ip: std::net::IpAddr = args[1].parse().expect("address");
+        SocketAddr::new(ip, args[2].parse().expect("port"))
+    };
+    match args[0].as_str() {
+        "tcp" => {
+            let mut stream = TcpStream::connect(target())?;
+            stream.write_all(args[3].as_bytes())?;
+        }
+        "udp" | "udp-connected" => {
+            let to = target();
+            let socket = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+            if args[0] == "udp" {
+                socket.send_to(args[3].as_bytes(), to)?;
+            } else {
+                socket.connect(to)?;
+                socket.send(args[3].as_bytes())?;
+            }
+        }
+        "tfo" => fast_open(&target(), args[3].as_bytes())?,
+        "retry" => {
+            for _ in 0..200 {
+                match act(&args[1..]) {
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    other => return other,
+                }
+            }
+            return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        }
+        "threads" => {
+            let count: usize = args[1].parse().expect("thread count");
+            for _ in 0..count {
+                std::thread::spawn(|| {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                });
+            }
+            return act(&args[2..]);
+        }
+        "exec" => {
+            let argv: Vec<CString> =
+                args[1..].iter().map(|a| CString::new(a.as_bytes()).expect("no NUL")).collect();
+            let path = CString::new(std::ffi::OsStr::new(&args[1]).as_bytes()).expect("no NUL");
+            let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+            pointers.push(std::ptr::null());
+            // SAFETY: NUL-terminated argv; execv only returns on failure.
+            unsafe { libc::execv(path.as_ptr(), pointers.as_ptr()) };
+            return Err(std::io::Error::last_os_error());
+        }
+        other => panic!("unknown action {other}"),
+    }
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match act(&args) {
+        Ok(()) => println!("ok"),
+        Err(e) => fail(&e),
+    }
+    let _ = std::io::stdout().flush();
+}
