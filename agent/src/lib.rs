@@ -3,6 +3,7 @@
 //! [`enforcer::Enforcer`] owns the BPF object; [`held::HeldProcess`] carries a decision to
 //! a held process; [`policy::KernelPolicy`] is what the kernel decides by itself.
 
+pub mod audit;
 pub mod btf;
 pub mod cgroup;
 pub mod doctor;
@@ -11,3 +12,4 @@ pub mod held;
 pub mod holds;
 pub mod mode;
 pub mod policy;
+pub mod policy_file;

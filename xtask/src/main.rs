@@ -1,1 +1,56 @@
-fn main() {}
+//! Developer and CI automation: `cargo xtask setup | run | test | vm | bench`.
+
+mod bench;
+mod setup;
+mod vm;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <setup | run | test | vm | bench>
+  setup   install what this machine lacks (Debian packages, rust-src, bpf-linker, VM kernels)
+  run     setup, build, and start the keyturn daemon with its embedded defaults
+  test    setup, then every test: unit, host integration, VM (Debian 6.1 and 6.12)
+  vm      only the VM tests
+  bench   benchmarks, reported side by side from one run";
+
+fn main() -> Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    match task.as_str() {
+        "setup" => setup::run(),
+        "run" => {
+            setup::run()?;
+            cargo(&["build", "--release", "--package", "agent"])?;
+            let status = Command::new("target/release/keyturn").arg("daemon").status()?;
+            if !status.success() {
+                bail!("keyturn daemon exited with {status}");
+            }
+            Ok(())
+        }
+        "test" => {
+            setup::run()?;
+            cargo(&["test", "--workspace", "--exclude", "tests", "--exclude", "agent-ebpf"])?;
+            cargo(&["test", "--package", "tests"])?;
+            vm::run()
+        }
+        "vm" => vm::run(),
+        "bench" => {
+            setup::run()?;
+            bench::run()
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs cargo with `args`, failing on a non-zero exit.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(env!("CARGO")).args(args).status().context("run cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,425 @@
+//! Policy files (`/etc/keyturn/policies/NAME.toml`) and the built-in `default` policy:
+//! parsed strictly, every error naming file, line and reason.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use agent_common::protocol;
+use serde::Deserialize;
+
+use crate::{
+    held::OnDeny,
+    policy::{Cidr, EgressSpec, FileId, KernelPolicy, Verdict},
+};
+
+/// A policy as written in its file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default = "default_timeout")]
+    timeout: String,
+    #[serde(default = "default_on")]
+    on_timeout: OnDeny,
+    #[serde(default = "default_on")]
+    on_deny: OnDeny,
+    #[serde(default)]
+    exec: Vec<ExecRuleFile>,
+    #[serde(default)]
+    egress: Vec<EgressRuleFile>,
+    egress_default: Option<DefaultFile>,
+    exec_default: Option<DefaultFile>,
+}
+
+fn default_timeout() -> String {
+    "10m".into()
+}
+
+fn default_on() -> OnDeny {
+    OnDeny::Kill
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecRuleFile {
+    path: String,
+    action: Verdict,
+    #[serde(default)]
+    argv: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum PortFile {
+    One(u16),
+    Range(String),
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ProtocolFile {
+    Tcp,
+    Udp,
+    #[default]
+    Any,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EgressRuleFile {
+    cidr: String,
+    #[serde(default)]
+    ports: Vec<PortFile>,
+    #[serde(default)]
+    protocol: ProtocolFile,
+    action: Verdict,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultFile {
+    action: Verdict,
+}
+
+/// An exec rule user space applies while the process is held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecRule {
+    /// The path or glob as written.
+    pub pattern: String,
+    pub action: Verdict,
+    /// Hold only when argv contains all these words; otherwise the exec is allowed.
+    pub argv: Vec<String>,
+}
+
+/// A loaded, valid policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub name: String,
+    pub timeout: Duration,
+    pub on_timeout: OnDeny,
+    pub on_deny: OnDeny,
+    pub exec: Vec<ExecRule>,
+    pub kernel: KernelPolicy,
+}
+
+/// Why a policy was refused: where, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {reason}")]
+pub struct PolicyError {
+    pub file: String,
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Programs whose exec the built-in policy holds: they export data, raise privileges or
+/// change infrastructure.
+const FLAGGED_PROGRAMS: &[&str] = &[
+    "curl",
+    "wget",
+    "scp",
+    "sftp",
+    "rsync",
+    "nc",
+    "ncat",
+    "netcat",
+    "socat",
+    "ssh",
+    "telnet",
+    "ftp",
+    "sudo",
+    "su",
+    "doas",
+    "pkexec",
+    "kubectl",
+    "helm",
+    "terraform",
+    "aws",
+    "gcloud",
+    "az",
+    "psql",
+    "mysql",
+    "mongo",
+    "mongosh",
+    "mongodump",
+    "pg_dump",
+    "mysqldump",
+    "redis-cli",
+];
+
+/// Directories the built-in policy looks in for [`FLAGGED_PROGRAMS`].
+const PROGRAM_DIRS: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"];
+
+/// The built-in `default` policy, as a policy file would say it.
+pub fn default_policy_text() -> String {
+    let mut text = String::from(
+        "# keyturn's built-in default policy\ntimeout = \"10m\"\non_timeout = \"kill\"\non_deny = \"kill\"\n\n",
+    );
+    for program in FLAGGED_PROGRAMS {
+        for dir in PROGRAM_DIRS {
+            text.push_str(&format!("[[exec]]\npath = \"{dir}/{program}\"\naction = \"hold\"\n\n"));
+        }
+    }
+    for loopback in ["127.0.0.0/8", "::1/128"] {
+        text.push_str(&format!("[[egress]]\ncidr = \"{loopback}\"\naction = \"allow\"\n\n"));
+    }
+    text.push_str("[egress_default]\naction = \"hold\"\n");
+    text
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Finds the line of the `index`-th `[[table]]` header, for errors about its rule.
+fn rule_line(text: &str, table: &str, index: usize) -> usize {
+    let header = format!("[[{table}]]");
+    text.match_indices(&header).nth(index).map_or(1, |(offset, _)| line_of(text, offset))
+}
+
+fn parse_port(port: &PortFile) -> Result<(u16, u16), String> {
+    match port {
+        PortFile::One(p) => Ok((*p, *p)),
+        PortFile::Range(range) => {
+            let (low, high) =
+                range.split_once('-').ok_or_else(|| format!("port range {range:?} is not \"low-high\""))?;
+            let parse = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("port {p:?} is not 0-65535"));
+            let (low, high) = (parse(low)?, parse(high)?);
+            if low > high {
+                return Err(format!("port range {range:?} is empty (low > high)"));
+            }
+            Ok((low, high))
+        }
+    }
+}
+
+/// Whether `pattern` (with `*` and `?`) matches `name`.
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob_match(&pattern[1..], name) || (!name.is_empty() && glob_match(pattern, &name[1..]))
+        }
+        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &name[1..]),
+        (Some(p), Some(n)) if p == n => glob_match(&pattern[1..], &name[1..]),
+        _ => false,
+    }
+}
+
+/// The existing files a path or glob (in its last component only) names.
+pub fn resolve_executables(pattern: &str) -> Vec<PathBuf> {
+    let path = Path::new(pattern);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !name.contains(['*', '?']) {
+        return if path.is_file() { vec![path.to_owned()] } else { vec![] };
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| glob_match(name.as_bytes(), e.file_name().as_encoded_bytes()))
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Parses and checks a policy; `file` names it in errors.
+pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> {
+    let error = |line: usize, reason: String| PolicyError { file: file.into(), line, reason };
+    let raw: PolicyFile = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(1, |span| line_of(text, span.start));
+        error(line, e.message().to_owned())
+    })?;
+    let timeout = humantime::parse_duration(&raw.timeout).map_err(|e| {
+        error(line_of(text, text.find("timeout").unwrap_or(0)), format!("timeout {:?}: {e}", raw.timeout))
+    })?;
+    if timeout.is_zero() {
+        return Err(error(1, "timeout must be longer than zero".into()));
+    }
+
+    let mut exec = Vec::new();
+    let mut executables = Vec::new();
+    for (index, rule) in raw.exec.iter().enumerate() {
+        let line = rule_line(text, "exec", index);
+        if !rule.path.starts_with('/') {
+            return Err(error(line, format!("exec path {:?} must be absolute", rule.path)));
+        }
+        if Path::new(&rule.path).parent().is_some_and(|d| d.to_string_lossy().contains(['*', '?'])) {
+            return Err(error(
+                line,
+                format!("exec path {:?}: globs are only allowed in the file name", rule.path),
+            ));
+        }
+        if rule.action == Verdict::Allow && !rule.argv.is_empty() {
+            return Err(error(
+                line,
+                "argv only narrows a hold or deny; an allow with argv is impossible".into(),
+            ));
+        }
+        if exec.iter().any(|r: &ExecRule| r.pattern == rule.path && r.argv == rule.argv) {
+            return Err(error(line, format!("exec path {:?} has two rules for the same argv", rule.path)));
+        }
+        // The kernel holds any exec a rule names; user space then applies argv conditions.
+        let kernel_verdict = if rule.argv.is_empty() { rule.action } else { Verdict::Hold };
+        for file in resolve_executables(&rule.path) {
+            if let Ok(id) = FileId::of(&file) {
+                executables.retain(|(existing, _)| *existing != id);
+                executables.push((id, kernel_verdict));
+            }
+        }
+        exec.push(ExecRule { pattern: rule.path.clone(), action: rule.action, argv: rule.argv.clone() });
+    }
+
+    let mut egress = Vec::new();
+    for (index, rule) in raw.egress.iter().enumerate() {
+        let line = rule_line(text, "egress", index);
+        let cidr: Cidr = rule.cidr.parse().map_err(|e| error(line, e))?;
+        let ports =
+            rule.ports.iter().map(parse_port).collect::<Result<Vec<_>, _>>().map_err(|e| error(line, e))?;
+        let protocol = match rule.protocol {
+            ProtocolFile::Tcp => protocol::TCP,
+            ProtocolFile::Udp => protocol::UDP,
+            ProtocolFile::Any => protocol::ANY,
+        };
+        let spec = EgressSpec { cidr, ports, protocol, verdict: rule.action };
+        if egress
+            .iter()
+            .any(|e: &EgressSpec| e.cidr == spec.cidr && e.ports == spec.ports && e.protocol == spec.protocol)
+        {
+            return Err(error(line, format!("egress rule for {} repeats an earlier one", rule.cidr)));
+        }
+        egress.push(spec);
+    }
+    let kernel = KernelPolicy {
+        exec_default: raw.exec_default.map_or(Verdict::Allow, |d| d.action),
+        egress_default: raw.egress_default.map_or(Verdict::Hold, |d| d.action),
+        executables,
+        egress,
+    };
+    kernel.compile(0).map_err(|e| error(1, e))?;
+    Ok(Policy { name: name.into(), timeout, on_timeout: raw.on_timeout, on_deny: raw.on_deny, exec, kernel })
+}
+
+/// The built-in default policy.
+pub fn builtin_default() -> Policy {
+    parse("default", "<built-in default>", &default_policy_text()).expect("the built-in policy is valid")
+}
+
+/// Every policy in `dir` (`NAME.toml`), plus the built-in `default` unless a file
+/// overrides it. One bad file fails the whole load: the caller keeps the last good set.
+pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, Policy>, PolicyError> {
+    let mut policies = BTreeMap::new();
+    policies.insert("default".to_owned(), builtin_default());
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(policies) };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| PolicyError {
+            file: file.clone(),
+            line: 1,
+            reason: e.to_string(),
+        })?;
+        policies.insert(name.clone(), parse(&name, &file, &text)?);
+    }
+    Ok(policies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> PolicyError {
+        parse("t", "t.toml", text).expect_err("must be refused")
+    }
+
+    #[test]
+    fn builtin_default_holds_data_exporters_and_allows_loopback() {
+        let policy = builtin_default();
+        assert_eq!(policy.timeout, Duration::from_secs(600));
+        assert!(policy.exec.iter().any(|r| r.pattern == "/usr/bin/curl" && r.action == Verdict::Hold));
+        assert_eq!(policy.kernel.egress_default, Verdict::Hold);
+        let loopback: Cidr = "127.0.0.0/8".parse().unwrap();
+        assert!(policy.kernel.egress.iter().any(|e| e.cidr == loopback && e.verdict == Verdict::Allow));
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = r#"
+timeout = "10m"
+on_timeout = "kill"
+on_deny = "fail"
+
+[[exec]]
+path = "/usr/bin/scp*"
+action = "hold"
+
+[[exec]]
+path = "/usr/bin/git"
+action = "hold"
+argv = ["push"]
+
+[[egress]]
+cidr = "10.0.0.0/8"
+ports = [443, "8000-8100"]
+protocol = "tcp"
+action = "hold"
+
+[egress_default]
+action = "deny"
+"#;
+        let policy = parse("example", "example.toml", text).unwrap();
+        assert_eq!(policy.on_deny, OnDeny::Fail);
+        assert_eq!(policy.kernel.egress[0].ports, vec![(443, 443), (8000, 8100)]);
+        assert_eq!(policy.kernel.egress_default, Verdict::Deny);
+        assert_eq!(policy.exec[1].argv, vec!["push".to_owned()]);
+    }
+
+    #[test]
+    fn bad_policies_name_the_line_and_reason() {
+        let e = err(
+            "timeout = \"10m\"\n\n[[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"hold\"\ncolour = \"red\"\n",
+        );
+        assert_eq!((e.file.as_str(), e.line), ("t.toml", 6));
+        assert!(e.reason.contains("colour"), "{e}");
+
+        let e = err(
+            "[[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"hold\"\n\n[[egress]]\ncidr = \"300.0.0.0/8\"\naction = \"allow\"\n",
+        );
+        assert_eq!(e.line, 5);
+        assert!(e.reason.contains("300.0.0.0/8"));
+
+        let e = err("[[egress]]\ncidr = \"10.0.0.0/8\"\nports = [\"90-80\"]\naction = \"hold\"\n");
+        assert!(e.reason.contains("empty"), "{e}");
+
+        let e = err("[[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"maybe\"\n");
+        assert_eq!(e.line, 3);
+
+        assert!(err("timeout = \"soon\"\n").reason.contains("timeout"));
+        assert!(err("timeout = \"0s\"\n").reason.contains("longer than zero"));
+        assert!(err("[[exec]]\npath = \"curl\"\naction = \"hold\"\n").reason.contains("absolute"));
+        assert!(err("[[exec]]\npath = \"/usr/*/curl\"\naction = \"hold\"\n").reason.contains("file name"));
+        assert!(
+            err("[[exec]]\npath = \"/x\"\naction = \"allow\"\nargv = [\"a\"]\n")
+                .reason
+                .contains("impossible")
+        );
+        let twice = "[[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"hold\"\n";
+        assert!(err(&format!("{twice}\n{twice}")).reason.contains("repeats"));
+    }
+
+    #[test]
+    fn globs_match_file_names() {
+        assert!(glob_match(b"scp*", b"scp"));
+        assert!(glob_match(b"scp*", b"scp-wrapper"));
+        assert!(!glob_match(b"scp*", b"sscp"));
+        assert!(glob_match(b"py?hon", b"python"));
+        assert!(!resolve_executables("/bin/ech*").is_empty(), "/bin/echo exists on every test machine");
+    }
+}
