@@ -6,7 +6,7 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use agent_common::{HoldEvent, HoldKey, event_type, hold_state};
+use agent_common::{Hold, HoldEvent, HoldKey, event_type, hold_state};
 
 use crate::enforcer::{Enforcer, EnforcerError};
 
@@ -38,6 +38,23 @@ pub enum OnDeny {
 pub fn hold_key(event: &HoldEvent) -> HoldKey {
     let tid = if event.event_type == event_type::DEFERRED { 0 } else { event.tid };
     HoldKey { tgid: event.tgid, tid }
+}
+
+/// The event a hold record stands for, to pick up a hold a previous daemon left pinned.
+pub fn event_from_record(key: HoldKey, hold: &Hold) -> HoldEvent {
+    HoldEvent {
+        event_type: hold.event_type,
+        policy: 0,
+        hold: *hold,
+        cgroup: 0,
+        tgid: key.tgid,
+        tid: if key.tid == 0 { key.tgid } else { key.tid },
+        uid: std::fs::metadata(format!("/proc/{}", key.tgid))
+            .map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m)),
+        gid: 0,
+        comm: [0; 16],
+        path: [0; agent_common::capacity::PATH_BYTES],
+    }
 }
 
 /// A held process, pinned by a pidfd.
@@ -78,6 +95,14 @@ impl HeldProcess {
 
     pub fn key(&self) -> HoldKey {
         hold_key(&self.event)
+    }
+
+    /// Whether the process has exited (its pidfd is readable).
+    pub fn exited(&self) -> bool {
+        let mut fd = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, no waiting.
+        let ready = unsafe { libc::poll(&raw mut fd, 1, 0) };
+        ready > 0
     }
 
     fn signal(&self, signal: i32) -> Result<(), HeldError> {

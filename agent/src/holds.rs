@@ -70,6 +70,11 @@ impl Holds {
         self.held.get(key)
     }
 
+    /// Drops the bookkeeping of `key` (the process is gone); the caller clears the kernel.
+    pub fn forget(&mut self, key: &HoldKey) -> Option<HeldProcess> {
+        self.held.remove(key)
+    }
+
     pub fn pending(&self) -> impl Iterator<Item = &HeldProcess> {
         self.held.values()
     }

@@ -3,9 +3,13 @@
 //! [`enforcer::Enforcer`] owns the BPF object; [`held::HeldProcess`] carries a decision to
 //! a held process; [`policy::KernelPolicy`] is what the kernel decides by itself.
 
+pub mod api;
 pub mod audit;
 pub mod btf;
 pub mod cgroup;
+pub mod config;
+pub mod context;
+pub mod daemon;
 pub mod doctor;
 pub mod enforcer;
 pub mod held;

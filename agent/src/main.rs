@@ -1,26 +1,213 @@
-//! The `keyturn` command line.
+//! The `keyturn` command line: the daemon, and the commands operators and approvers use.
 
-use clap::{Parser, Subcommand};
+use std::{
+    ffi::{CString, OsString},
+    io::Write as _,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::{ffi::OsStrExt as _, process::ExitStatusExt as _},
+    },
+    path::{Path, PathBuf},
+    process::Command as Process,
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use keyturn::{
+    api::{self, Request, Scope},
+    audit,
+    config::Config,
+};
 
 #[derive(Parser)]
 #[command(name = "keyturn", version, about = "A person in the loop for what AI agents do on this host")]
 struct Cli {
+    /// The daemon's configuration file.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Report what this kernel offers and which enforcement mode keyturn would use.
-    Doctor {
-        /// Print the report as JSON.
+    /// Run the host daemon in the foreground (logs to stderr).
+    Daemon,
+    /// Start CMD in a new tagged cgroup, wait, and exit with its status.
+    Run {
+        #[arg(long, default_value = "default")]
+        policy: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Tag an existing cgroup (path relative to the cgroup v2 root) as an agent's.
+    Tag {
+        path: String,
+        #[arg(long, default_value = "default")]
+        policy: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Stop enforcing on a tagged cgroup.
+    Untag { path: String },
+    /// List tagged cgroups.
+    Tags {
         #[arg(long)]
         json: bool,
     },
+    /// List held actions waiting for a decision.
+    Pending {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a held action.
+    Approve {
+        id: String,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a held action (the policy's on_deny happens: by default the process is killed).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Read the audit trail, or verify it.
+    Audit {
+        #[command(subcommand)]
+        verify: Option<AuditCommand>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Mode, tagged cgroups, pending holds and counters.
+    Status,
+    /// Report what this kernel offers and which enforcement mode keyturn would use.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install the binary, keyturn.service and a default config; enable and start the unit.
+    Install,
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every record; names the first one edited, removed, reordered or cut.
+    Verify,
+}
+
+#[derive(Args)]
+#[group(multiple = false)]
+struct ScopeArgs {
+    /// Release this action only (the default).
+    #[arg(long)]
+    once: bool,
+    /// Also allow the same action by the same agent for this long (e.g. 10m).
+    #[arg(long = "for", value_name = "DURATION")]
+    duration: Option<String>,
+    /// Also allow the same action by the same agent for the life of its cgroup.
+    #[arg(long)]
+    always: bool,
+}
+
+impl ScopeArgs {
+    fn scope(&self) -> anyhow::Result<Scope> {
+        if self.always {
+            return Ok(Scope::Always);
+        }
+        match &self.duration {
+            Some(text) => {
+                let duration = humantime::parse_duration(text).map_err(|e| anyhow!("--for {text:?}: {e}"))?;
+                Ok(Scope::For(duration.as_secs().max(1)))
+            }
+            None => Ok(Scope::Once),
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keyturn: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn call(config: &Config, request: &Request) -> anyhow::Result<serde_json::Value> {
+    api::call(&config.socket, request).map_err(|e| anyhow!(e))
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<i32> {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`keyturn status | head`) is not an error worth a panic.
+    let _ = writeln!(out, "{}", serde_json::to_string_pretty(value)?);
+    Ok(0)
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Daemon => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            keyturn::daemon::check_not_running(&config)?;
+            tokio::runtime::Runtime::new()?.block_on(keyturn::daemon::run(config))?;
+            Ok(0)
+        }
+        Command::Run { policy, name, command } => run_agent(&config, policy, name, &command),
+        Command::Tag { path, policy, name } => {
+            print_json(&call(&config, &Request::Tag { path, policy, name })?)
+        }
+        Command::Untag { path } => print_json(&call(&config, &Request::Untag { path })?),
+        Command::Tags { json } => {
+            let tags = call(&config, &Request::Tags)?;
+            if json {
+                return print_json(&tags);
+            }
+            for agent in tags.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\tpolicy={}",
+                    agent["path"].as_str().unwrap_or(""),
+                    agent["name"].as_str().unwrap_or(""),
+                    agent["policy"].as_str().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
+        Command::Pending { json } => {
+            let pending = call(&config, &Request::Pending)?;
+            if json {
+                return print_json(&pending);
+            }
+            print_pending(&pending);
+            Ok(0)
+        }
+        Command::Approve { id, scope, reason } => {
+            print_json(&call(&config, &Request::Approve { id, scope: scope.scope()?, reason })?)
+        }
+        Command::Deny { id, reason } => print_json(&call(&config, &Request::Deny { id, reason })?),
+        Command::Audit { verify: Some(AuditCommand::Verify), .. } => {
+            let head = audit::verify(&config.audit_dir())?;
+            println!("audit trail intact: {} records, last hash {}", head.records, head.hash);
+            Ok(0)
+        }
+        Command::Audit { verify: None, json, follow } => show_audit(&config.audit_dir(), json, follow),
+        Command::Status => print_json(&call(&config, &Request::Status)?),
         Command::Doctor { json } => {
             let report = keyturn::doctor::report();
             if json {
@@ -28,10 +215,155 @@ fn main() -> anyhow::Result<()> {
             } else {
                 keyturn::doctor::print(&report);
             }
-            if report.mode.is_none() {
-                std::process::exit(1);
+            Ok(i32::from(report.mode.is_none()))
+        }
+        Command::Install => install(),
+    }
+}
+
+fn print_pending(pending: &serde_json::Value) {
+    let holds = pending.as_array().map(Vec::as_slice).unwrap_or_default();
+    if holds.is_empty() {
+        println!("no held actions");
+        return;
+    }
+    println!("{:<14} {:<7} {:<16} {:>8} {:<10} WHAT", "ID", "KIND", "AGENT", "PID", "USER");
+    for hold in holds {
+        let text = |key: &str| hold[key].as_str().unwrap_or("").to_owned();
+        let what = if text("kind") == "exec" {
+            let argv: Vec<&str> =
+                hold["argv"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+            format!("{} {}", text("path"), argv.iter().skip(1).copied().collect::<Vec<_>>().join(" "))
+        } else {
+            format!("{} {}:{}", text("protocol"), text("address"), hold["port"])
+        };
+        println!(
+            "{:<14} {:<7} {:<16} {:>8} {:<10} {what}  [{}]",
+            text("id"),
+            text("kind"),
+            text("agent"),
+            hold["pid"],
+            text("user"),
+            text("policy_rule")
+        );
+    }
+}
+
+fn show_audit(dir: &Path, json: bool, follow: bool) -> anyhow::Result<i32> {
+    let mut shown = 0;
+    loop {
+        let records = audit::read_all(dir)?;
+        for record in records.iter().skip(shown) {
+            if json {
+                println!("{}", serde_json::to_string(record)?);
+            } else {
+                let kind = record.event["type"].as_str().unwrap_or("?");
+                println!("{} #{} {kind} {}", record.time, record.seq, record.event);
             }
         }
+        shown = records.len();
+        std::io::stdout().flush()?;
+        if !follow {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
-    Ok(())
+}
+
+/// Starts CMD held back until the daemon has put it in its own tagged cgroup, then lets
+/// it exec, waits, and returns its status (128 + signal when killed).
+fn run_agent(
+    config: &Config,
+    policy: String,
+    name: Option<String>,
+    command: &[OsString],
+) -> anyhow::Result<i32> {
+    let argv: Vec<CString> = command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| anyhow!("{a:?} contains a NUL byte")))
+        .collect::<Result<_, _>>()?;
+    let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fds from pipe2.
+    let (gate_read, gate_write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the child only calls async-signal-safe functions (read, execvp, write, _exit)
+    // on memory prepared before the fork. std's spawn cannot be used: it waits for the exec,
+    // which must wait for the daemon.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe {
+            let mut go = [0u8; 1];
+            if libc::read(gate_read.as_raw_fd(), go.as_mut_ptr().cast(), 1) == 1 {
+                libc::execvp(pointers[0], pointers.as_ptr());
+                let message = b"keyturn: cannot execute the command\n";
+                libc::write(2, message.as_ptr().cast(), message.len());
+                libc::_exit(127);
+            }
+            libc::_exit(126);
+        }
+    }
+    drop(gate_read);
+    let pid = u32::try_from(pid).expect("fork returned a pid");
+    if let Err(e) = call(config, &Request::Run { pid, policy, name }) {
+        drop(gate_write);
+        wait_for(pid)?;
+        return Err(e);
+    }
+    std::fs::File::from(gate_write).write_all(b"1").context("releasing the command")?;
+    wait_for(pid)
+}
+
+/// Waits for child `pid`; its exit code, or 128 + the signal that killed it.
+fn wait_for(pid: u32) -> anyhow::Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let rc = unsafe { libc::waitpid(pid.cast_signed(), &raw mut status, 0) };
+        if rc >= 0 {
+            break;
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            bail!("waiting for the command: {error}");
+        }
+    }
+    let status = std::process::ExitStatus::from_raw(status);
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+const UNIT: &str = include_str!("../../packaging/keyturn.service");
+
+fn install() -> anyhow::Result<i32> {
+    let exe = std::env::current_exe()?;
+    let target = Path::new("/usr/local/bin/keyturn");
+    if exe != target {
+        std::fs::copy(&exe, target).with_context(|| format!("copying to {}", target.display()))?;
+    }
+    std::fs::create_dir_all("/etc/keyturn/policies")?;
+    let config = Path::new(keyturn::config::DEFAULT_PATH);
+    if !config.exists() {
+        std::fs::write(config, include_str!("../../packaging/keyturn.toml"))?;
+    }
+    std::fs::write("/etc/systemd/system/keyturn.service", UNIT)?;
+    println!("installed {}, /etc/systemd/system/keyturn.service, {}", target.display(), config.display());
+    for args in [&["daemon-reload"][..], &["enable", "--now", "keyturn.service"]] {
+        let status = Process::new("systemctl")
+            .args(args)
+            .status()
+            .context("running systemctl (is systemd the init system?)")?;
+        if !status.success() {
+            bail!("systemctl {} failed: {status}", args.join(" "));
+        }
+    }
+    println!("keyturn.service enabled and started");
+    Ok(0)
 }

@@ -1,0 +1,77 @@
+//! The local API: one JSON request and one JSON reply per connection on the daemon's Unix
+//! socket. The caller's identity is the socket peer's credentials, never what it says.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::Path,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// How far an approval reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// This action only.
+    Once,
+    /// This action, and the same action by the same agent for this many seconds.
+    For(u64),
+    /// This action, and the same action by the same agent for the life of its cgroup.
+    Always,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Tag {
+        path: String,
+        policy: String,
+        name: Option<String>,
+    },
+    Untag {
+        path: String,
+    },
+    Tags,
+    /// Put process `pid`, a child of the caller, into a new tagged cgroup.
+    Run {
+        pid: u32,
+        policy: String,
+        name: Option<String>,
+    },
+    Pending,
+    Approve {
+        id: String,
+        scope: Scope,
+        reason: Option<String>,
+    },
+    Deny {
+        id: String,
+        reason: Option<String>,
+    },
+    Status,
+}
+
+pub type Reply = Result<serde_json::Value, String>;
+
+/// Sends `request` to the daemon at `socket` and waits for its reply.
+pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            format!("the keyturn daemon is not running (no listener at {})", socket.display())
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            format!(
+                "permission denied on {}: approvers are root and members of the approver group",
+                socket.display()
+            )
+        }
+        _ => format!("connecting to {}: {e}", socket.display()),
+    })?;
+    let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(|e| format!("sending to the daemon: {e}"))?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).map_err(|e| format!("reading the daemon's reply: {e}"))?;
+    serde_json::from_str::<Reply>(&reply).map_err(|e| format!("the daemon's reply is malformed: {e}"))?
+}

@@ -1,0 +1,84 @@
+//! `keyturn.toml`: where the daemon keeps its state and who may approve. Every field has a
+//! built-in default, so the daemon starts with no file at all.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use crate::mode::Mode;
+
+pub const DEFAULT_PATH: &str = "/etc/keyturn/keyturn.toml";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Tags, the audit trail (`audit/`).
+    pub state_dir: PathBuf,
+    /// The local API's Unix socket.
+    pub socket: PathBuf,
+    /// Policy files, `NAME.toml`.
+    pub policies_dir: PathBuf,
+    /// Members of this group (and root) may approve and deny.
+    pub approver_group: String,
+    /// bpffs directory for pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// Force an enforcement mode instead of the best the kernel offers.
+    pub mode: Option<Mode>,
+    /// Flagged actions fail with EPERM after this long without a daemon heartbeat.
+    #[serde(with = "humantime_serde_compat")]
+    pub liveness_timeout: Duration,
+    /// Holds that may be pending at once per tagged cgroup; more are refused.
+    pub max_pending: u32,
+    /// Audit files are rotated at this size.
+    pub audit_max_bytes: u64,
+    /// Prometheus metrics on this loopback address (empty: off).
+    pub metrics: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: "/var/lib/keyturn".into(),
+            socket: "/run/keyturn/keyturn.sock".into(),
+            policies_dir: "/etc/keyturn/policies".into(),
+            approver_group: "keyturn".into(),
+            pin_dir: "/sys/fs/bpf/keyturn".into(),
+            mode: None,
+            liveness_timeout: Duration::from_secs(30),
+            max_pending: 64,
+            audit_max_bytes: 64 << 20,
+            metrics: "127.0.0.1:9474".into(),
+        }
+    }
+}
+
+/// Durations written as "30s", "10m".
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize as _, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing default file means the built-in defaults.
+    pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let explicit = path.is_some();
+        let path = path.map_or_else(|| PathBuf::from(DEFAULT_PATH), std::path::Path::to_path_buf);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
+            Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+        }
+    }
+
+    pub fn audit_dir(&self) -> PathBuf {
+        self.state_dir.join("audit")
+    }
+}

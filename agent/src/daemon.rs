@@ -1,0 +1,804 @@
+//! `keyturn daemon`: owns the enforcer, turns kernel events into pending holds with full
+//! context, serves the local API, applies decisions, timeouts and exits, audits every step.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::fs::PermissionsExt as _,
+    },
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use agent_common::{Action, HoldEvent, HoldKey, Tag, counter, hold_state, kind};
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::{
+    io::unix::AsyncFd,
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+};
+
+use crate::{
+    api::{Reply, Request, Scope},
+    audit::Audit,
+    cgroup::{self, Hierarchy},
+    config::Config,
+    context::{self, HoldView},
+    enforcer::{Enforcer, Options, error_chain},
+    held::{OnDeny, event_from_record},
+    holds::{Happened, Holds},
+    policy::{Cidr, FileId, Verdict},
+    policy_file::{self, Policy},
+};
+
+/// Who is calling, from the socket's peer credentials.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    uid: u32,
+    gid: u32,
+    pid: u32,
+}
+
+enum Ask {
+    Api(Request, Peer),
+    Metrics,
+}
+
+struct Command {
+    ask: Ask,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// A tagged cgroup and who runs in it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Agent {
+    /// Path relative to the cgroup v2 root.
+    path: String,
+    name: String,
+    policy: String,
+    /// Created by `keyturn run`: removed when it empties.
+    run: bool,
+}
+
+struct Pending {
+    key: HoldKey,
+    view: HoldView,
+    root: u64,
+    action: Action,
+    deadline: Instant,
+    on_timeout: OnDeny,
+    on_deny: OnDeny,
+}
+
+/// An approval that reaches beyond one action.
+struct Grant {
+    root: u64,
+    action: Action,
+    until: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Stats {
+    approvals: u64,
+    denials: u64,
+    timeouts: u64,
+    exits: u64,
+    auto_released: u64,
+}
+
+struct Daemon {
+    config: Config,
+    hierarchy: Hierarchy,
+    enforcer: Enforcer,
+    holds: Holds,
+    audit: Audit,
+    policies: BTreeMap<String, Policy>,
+    policy_ids: BTreeMap<String, u32>,
+    /// Root cgroup id → agent.
+    agents: BTreeMap<u64, Agent>,
+    pending: BTreeMap<String, Pending>,
+    /// Ids decided recently → how, for clear errors on late decisions.
+    decided: HashMap<String, &'static str>,
+    grants: Vec<Grant>,
+    stats: Stats,
+    run_serial: u64,
+}
+
+struct RingFd(RawFd);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let (mut daemon, listener) = Daemon::start(config)?;
+    let (commands, mut inbox) = mpsc::channel::<Command>(64);
+    tokio::spawn(serve_api(listener, commands.clone()));
+    if !daemon.config.metrics.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&daemon.config.metrics)
+            .await
+            .with_context(|| format!("metrics on {}", daemon.config.metrics))?;
+        tokio::spawn(serve_metrics(listener, commands.clone()));
+    }
+    // SAFETY: the ring buffer's fd belongs to `daemon.enforcer`, which outlives `events`
+    // (declared later, dropped first) and never closes it while running.
+    let events = unsafe { AsyncFd::register(RingFd(daemon.enforcer.events_fd())) }
+        .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let (mut hup, mut term, mut int) =
+        (signal(SignalKind::hangup())?, signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    notify_systemd("READY=1");
+    tracing::info!(mode = %daemon.enforcer.mode(), socket = %daemon.config.socket.display(), "keyturn daemon ready");
+    loop {
+        tokio::select! {
+            ready = events.readable() => {
+                let mut guard = ready?;
+                daemon.drain_events();
+                guard.clear_ready();
+            }
+            Some(command) = inbox.recv() => {
+                let reply = match command.ask {
+                    Ask::Api(request, peer) => daemon.handle(request, peer),
+                    Ask::Metrics => Ok(json!(daemon.metrics())),
+                };
+                let _ = command.reply.send(reply);
+            }
+            _ = tick.tick() => daemon.tick(),
+            _ = hup.recv() => daemon.reload(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    daemon.record(json!({"type": "daemon_stop"}));
+    let _ = std::fs::remove_file(&daemon.config.socket);
+    Ok(())
+}
+
+/// `sd_notify`: tells systemd (Type=notify) the daemon is ready.
+fn notify_systemd(state: &str) {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
+            let _ = socket.send_to(state.as_bytes(), path);
+        }
+    }
+}
+
+async fn serve_api(listener: UnixListener, commands: mpsc::Sender<Command>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(answer(stream, commands.clone()));
+    }
+}
+
+/// One request, one reply. Requests are bounded in size; malformed ones get an error.
+async fn answer(stream: UnixStream, commands: mpsc::Sender<Command>) {
+    let Ok(cred) = stream.peer_cred() else { return };
+    let peer = Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let reply = match BufReader::new(read.take(64 << 10)).read_line(&mut line).await {
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => ask(&commands, Ask::Api(request, peer)).await,
+            Err(e) => Err(format!("malformed request: {e}")),
+        },
+        Err(e) => Err(format!("reading the request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    out.push(b'\n');
+    let _ = write.write_all(&out).await;
+}
+
+async fn ask(commands: &mpsc::Sender<Command>, ask: Ask) -> Reply {
+    let (reply, answer) = oneshot::channel();
+    commands.send(Command { ask, reply }).await.map_err(|_| "the daemon is stopping".to_owned())?;
+    answer.await.map_err(|_| "the daemon is stopping".to_owned())?
+}
+
+/// Prometheus text format on a loopback port, one response per connection.
+async fn serve_metrics(listener: tokio::net::TcpListener, commands: mpsc::Sender<Command>) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let body = ask(&commands, Ask::Metrics).await.ok().and_then(|v| v.as_str().map(str::to_owned));
+        let body = body.unwrap_or_default();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+    }
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?).with_context(|| tmp.display().to_string())?;
+    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
+}
+
+fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> anyhow::Result<T> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| path.display().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(e).with_context(|| path.display().to_string()),
+    }
+}
+
+/// Whether `uid` is root or a member of group `group` (by /etc/group or primary gid).
+fn is_approver(uid: u32, gid: u32, group: &str) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let user = context::user_name(uid);
+    std::fs::read_to_string("/etc/group").is_ok_and(|groups| {
+        groups.lines().any(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            fields.len() == 4
+                && fields[0] == group
+                && (fields[2].parse::<u32>().ok() == Some(gid) || fields[3].split(',').any(|m| m == user))
+        })
+    })
+}
+
+impl Daemon {
+    fn start(config: Config) -> anyhow::Result<(Self, UnixListener)> {
+        let hierarchy = Hierarchy::find()?;
+        let audit = Audit::open(&config.audit_dir(), config.audit_max_bytes).context(
+            "the audit trail does not verify; keyturn will not write onto a trail that was tampered with \
+             (move it aside after investigating, then start again)",
+        )?;
+        let policies = policy_file::load_dir(&config.policies_dir)?;
+        let enforcer = Enforcer::load(&Options {
+            mode: config.mode,
+            pin_dir: config.pin_dir.clone(),
+            liveness_timeout: config.liveness_timeout,
+            egress_retry: false,
+        })?;
+        let policy_ids = read_json(&config.state_dir.join("policy-ids.json"))?;
+        let mut daemon = Self {
+            hierarchy,
+            enforcer,
+            holds: Holds::default(),
+            audit,
+            policies,
+            policy_ids,
+            agents: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            decided: HashMap::new(),
+            grants: Vec::new(),
+            stats: Stats::default(),
+            run_serial: 0,
+            config,
+        };
+        daemon.record(json!({"type": "daemon_start", "mode": daemon.enforcer.mode(),
+            "egress_hold": daemon.enforcer.egress_hold(), "version": env!("CARGO_PKG_VERSION")}));
+        daemon.install_policies()?;
+        daemon.restore_tags()?;
+        daemon.restore_holds();
+        let listener = daemon.bind()?;
+        Ok((daemon, listener))
+    }
+
+    fn bind(&self) -> anyhow::Result<UnixListener> {
+        let socket = &self.config.socket;
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket).with_context(|| socket.display().to_string())?;
+        // Everyone may connect; every request is authorized by the peer's credentials.
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
+        Ok(listener)
+    }
+
+    /// Appends to the audit trail. A record that cannot be written stops the daemon:
+    /// nothing may be acted on without its record.
+    fn record(&mut self, event: serde_json::Value) {
+        if let Err(e) = self.audit.record(event) {
+            tracing::error!(error = %e, "cannot write the audit trail; stopping");
+            std::process::exit(70);
+        }
+    }
+
+    fn policy_id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.policy_ids.get(name) {
+            return id;
+        }
+        let id = (0..).find(|id| !self.policy_ids.values().any(|used| used == id)).unwrap_or(0);
+        self.policy_ids.insert(name.to_owned(), id);
+        let _ = write_json(&self.config.state_dir.join("policy-ids.json"), &self.policy_ids);
+        id
+    }
+
+    fn install_policies(&mut self) -> anyhow::Result<()> {
+        let names: Vec<String> = self.policies.keys().cloned().collect();
+        for name in names {
+            let id = self.policy_id(&name);
+            let kernel = self.policies[&name].kernel.clone();
+            self.enforcer.set_policy(id, &kernel)?;
+            self.record(json!({"type": "policy_load", "policy": name, "id": id}));
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: loads the policy directory again. A bad file keeps the last good set.
+    fn reload(&mut self) {
+        match policy_file::load_dir(&self.config.policies_dir) {
+            Ok(policies) => {
+                if let Some(agent) = self.agents.values().find(|a| !policies.contains_key(&a.policy)) {
+                    let error = format!("policy {:?} is in use by agent {:?}", agent.policy, agent.name);
+                    tracing::error!(%error, "policy reload refused");
+                    self.record(json!({"type": "policy_load_failed", "error": error}));
+                    return;
+                }
+                self.policies = policies;
+                if let Err(e) = self.install_policies() {
+                    tracing::error!(error = %e, "installing policies");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload refused; keeping the last good policies");
+                self.record(json!({"type": "policy_load_failed", "error": e.to_string()}));
+            }
+        }
+    }
+
+    fn save_tags(&self) {
+        let agents: Vec<&Agent> = self.agents.values().collect();
+        if let Err(e) = write_json(&self.config.state_dir.join("tags.json"), &agents) {
+            tracing::error!(error = %e, "saving tags");
+        }
+    }
+
+    fn restore_tags(&mut self) -> anyhow::Result<()> {
+        let agents: Vec<Agent> = read_json(&self.config.state_dir.join("tags.json"))?;
+        for agent in agents {
+            if let Err(e) = self.apply_tag(agent.clone()) {
+                self.record(json!({"type": "tag_lost", "cgroup": agent.path, "error": e}));
+            }
+        }
+        self.save_tags();
+        Ok(())
+    }
+
+    fn apply_tag(&mut self, agent: Agent) -> Result<u64, String> {
+        if !self.policies.contains_key(&agent.policy) {
+            return Err(format!("no policy named {:?}", agent.policy));
+        }
+        let dir = self.hierarchy.dir(&agent.path).map_err(|e| e.to_string())?;
+        if !dir.is_dir() {
+            return Err(format!("no cgroup at {}", dir.display()));
+        }
+        let tag = Tag { policy: self.policy_id(&agent.policy), max_pending: self.config.max_pending };
+        let id = self.enforcer.tag(&dir, tag).map_err(|e| error_chain(&e))?;
+        self.agents.insert(id, agent);
+        Ok(id)
+    }
+
+    /// Holds a previous daemon left in the pinned map: picked up again, none lost.
+    fn restore_holds(&mut self) {
+        let records = self.enforcer.holds().unwrap_or_default();
+        for (key, hold) in records {
+            if hold.state != hold_state::PENDING {
+                continue;
+            }
+            let event = event_from_record(key, &hold);
+            self.on_event(&event, true);
+        }
+    }
+
+    fn drain_events(&mut self) {
+        for event in self.enforcer.read_events() {
+            self.on_event(&event, false);
+        }
+    }
+
+    fn agent_of(&self, root: u64) -> Option<&Agent> {
+        self.agents.get(&root)
+    }
+
+    fn on_event(&mut self, event: &HoldEvent, restored: bool) {
+        match self.holds.on_event(&mut self.enforcer, event) {
+            Ok(Happened::Held(key)) => self.new_hold(key, event, restored),
+            Ok(Happened::GoneBeforeOpen(_)) => {
+                self.record(
+                    json!({"type": "hold_closed", "id": context::hold_id(event), "why": "process gone"}),
+                );
+            }
+            Ok(Happened::RogueContinueReheld(_)) => {
+                self.record(
+                    json!({"type": "rogue_sigcont", "id": context::hold_id(event), "pid": event.tgid,
+                    "outcome": "held again"}),
+                );
+            }
+            Ok(Happened::RogueContinueKilled(_)) => {
+                let id = context::hold_id(event);
+                self.pending.remove(&id);
+                self.decided.insert(id.clone(), "killed after a rogue SIGCONT");
+                self.record(
+                    json!({"type": "rogue_sigcont", "id": id, "pid": event.tgid, "outcome": "killed"}),
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "handling a kernel event"),
+        }
+    }
+
+    /// What the policy says of a held exec beyond the kernel's verdict: argv conditions.
+    fn exec_rule(policy: &Policy, action: &Action, argv: &[String]) -> (Verdict, String) {
+        let file = FileId { dev: action.dev, ino: action.ino };
+        let matching: Vec<_> = policy
+            .exec
+            .iter()
+            .filter(|rule| {
+                policy_file::resolve_executables(&rule.pattern)
+                    .iter()
+                    .any(|p| FileId::of(p).ok() == Some(file))
+            })
+            .collect();
+        if let Some(rule) = matching.iter().find(|r| r.argv.is_empty()) {
+            return (rule.action, format!("exec path {:?} action {:?}", rule.pattern, rule.action));
+        }
+        for rule in &matching {
+            if rule.argv.iter().all(|word| argv.iter().any(|a| a == word)) {
+                return (
+                    rule.action,
+                    format!("exec path {:?} argv {:?} action {:?}", rule.pattern, rule.argv, rule.action),
+                );
+            }
+        }
+        if matching.is_empty() {
+            (policy.kernel.exec_default, "exec_default".into())
+        } else {
+            (Verdict::Allow, "no argv condition matched".into())
+        }
+    }
+
+    fn egress_rule(policy: &Policy, action: &Action) -> String {
+        let addr = Cidr { addr: action.addr, prefix: 128 };
+        let mut rules: Vec<_> = policy.kernel.egress.iter().filter(|r| r.cidr.contains(&addr)).collect();
+        rules.sort_by_key(|r| std::cmp::Reverse(r.cidr.prefix));
+        let port = u16::try_from(action.port).unwrap_or(0);
+        rules
+            .into_iter()
+            .find(|r| {
+                (r.ports.is_empty() || r.ports.iter().any(|&(low, high)| (low..=high).contains(&port)))
+                    && (r.protocol == 0 || r.protocol == action.protocol)
+            })
+            .map_or_else(
+                || "egress_default".into(),
+                |r| format!("egress {} action {:?}", crate::policy::display_cidr(&r.cidr), r.verdict),
+            )
+    }
+
+    fn new_hold(&mut self, key: HoldKey, event: &HoldEvent, restored: bool) {
+        let root = event.hold.root;
+        let Some(agent) = self.agent_of(root).cloned() else {
+            // Fail closed: a hold under a root no agent is known for is refused.
+            self.record(json!({"type": "hold", "id": context::hold_id(event), "pid": event.tgid,
+                "error": "no agent known for this cgroup"}));
+            let _ = self.holds.deny(&mut self.enforcer, &key, OnDeny::Kill);
+            return;
+        };
+        let policy = self.policies.get(&agent.policy).cloned().unwrap_or_else(policy_file::builtin_default);
+        let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
+        let mut view = context::describe(event, &agent.name, &cgroup, &policy.name, "");
+        let (verdict, rule) = if event.hold.action.kind == kind::EXEC {
+            Self::exec_rule(&policy, &event.hold.action, view.argv.as_deref().unwrap_or_default())
+        } else {
+            (Verdict::Hold, Self::egress_rule(&policy, &event.hold.action))
+        };
+        view.policy_rule = rule;
+        let id = view.id.clone();
+        self.record(json!({"type": "hold", "restored": restored, "hold": view}));
+        let now = Instant::now();
+        let granted = self.grants.iter().any(|g| {
+            g.root == root && g.action == event.hold.action && g.until.is_none_or(|until| until > now)
+        });
+        if granted || verdict == Verdict::Allow {
+            let why = if granted { "an earlier approval's scope covers it" } else { "the policy allows it" };
+            self.record(json!({"type": "release", "id": id, "by": "keyturn", "why": why}));
+            match self.holds.approve(&mut self.enforcer, &key) {
+                Ok(_) => self.stats.auto_released += 1,
+                Err(e) => tracing::error!(error = %e, "auto-release"),
+            }
+            return;
+        }
+        if verdict == Verdict::Deny {
+            self.record(json!({"type": "deny", "id": id, "by": "keyturn", "why": "the policy denies it"}));
+            let _ = self.holds.deny(&mut self.enforcer, &key, policy.on_deny);
+            return;
+        }
+        let waited =
+            Duration::from_nanos(crate::enforcer::monotonic_ns().saturating_sub(event.hold.held_at_ns));
+        tracing::warn!(id = %id, kind = view.kind, agent = %agent.name, pid = event.tgid, rule = %view.policy_rule,
+            "action held, waiting for a decision: keyturn approve {id} | keyturn deny {id}");
+        self.pending.insert(
+            id,
+            Pending {
+                key,
+                view,
+                root,
+                action: event.hold.action,
+                deadline: now + policy.timeout.saturating_sub(waited),
+                on_timeout: policy.on_timeout,
+                on_deny: policy.on_deny,
+            },
+        );
+    }
+
+    /// The agent a process runs under, if any: its cgroup or an ancestor is tagged.
+    fn agent_of_process(&self, pid: u32) -> Option<&Agent> {
+        let mut dir = self.hierarchy.of_process(pid).ok()?;
+        loop {
+            if let Ok(id) = cgroup::id(&dir)
+                && let Some(agent) = self.agents.get(&id)
+            {
+                return Some(agent);
+            }
+            if dir == self.hierarchy.root() || !dir.pop() {
+                return None;
+            }
+        }
+    }
+
+    /// Refuses callers who must not decide: agents, and anyone not an approver.
+    fn check_approver(&self, peer: Peer) -> Result<(), String> {
+        if let Some(agent) = self.agent_of_process(peer.pid) {
+            return Err(format!(
+                "refused: the caller runs inside the tagged cgroup of agent {:?}; an agent cannot decide its own holds",
+                agent.name
+            ));
+        }
+        if !is_approver(peer.uid, peer.gid, &self.config.approver_group) {
+            return Err(format!(
+                "permission denied: uid {} is neither root nor in group {:?}",
+                peer.uid, self.config.approver_group
+            ));
+        }
+        Ok(())
+    }
+
+    fn take_pending(&mut self, id: &str, peer: Peer) -> Result<Pending, String> {
+        self.check_approver(peer)?;
+        let Some(pending) = self.pending.get(id) else {
+            return Err(match self.decided.get(id) {
+                Some(how) => format!("hold {id} was already decided: {how}"),
+                None => format!("unknown hold id {id:?} (see keyturn pending)"),
+            });
+        };
+        if pending.view.uid == peer.uid {
+            return Err(format!(
+                "refused: you run as uid {}, the user of the held process; no one approves their own action",
+                peer.uid
+            ));
+        }
+        Ok(self.pending.remove(id).expect("present"))
+    }
+
+    fn decision(&mut self, id: &str, how: &'static str) {
+        self.decided.insert(id.to_owned(), how);
+        if self.decided.len() > 10_000 {
+            self.decided.clear();
+        }
+    }
+
+    fn approve(&mut self, id: &str, scope: Scope, reason: Option<String>, peer: Peer) -> Reply {
+        let pending = self.take_pending(id, peer)?;
+        self.record(json!({"type": "decision", "id": id, "verdict": "approve", "by_uid": peer.uid,
+            "by_user": context::user_name(peer.uid), "scope": scope, "reason": reason}));
+        self.decision(id, "approved");
+        let until = match scope {
+            Scope::Once => None,
+            Scope::For(seconds) => Some(Some(Instant::now() + Duration::from_secs(seconds))),
+            Scope::Always => Some(None),
+        };
+        if let Some(until) = until {
+            self.grants.push(Grant { root: pending.root, action: pending.action, until });
+        }
+        self.holds.approve(&mut self.enforcer, &pending.key).map_err(|e| e.to_string())?;
+        self.stats.approvals += 1;
+        self.record(json!({"type": "release", "id": id, "by": context::user_name(peer.uid)}));
+        Ok(json!({"id": id, "released": true}))
+    }
+
+    fn deny(&mut self, id: &str, reason: Option<String>, peer: Peer) -> Reply {
+        let pending = self.take_pending(id, peer)?;
+        self.record(json!({"type": "decision", "id": id, "verdict": "deny", "by_uid": peer.uid,
+            "by_user": context::user_name(peer.uid), "reason": reason, "on_deny": pending.on_deny}));
+        self.decision(id, "denied");
+        self.holds.deny(&mut self.enforcer, &pending.key, pending.on_deny).map_err(|e| e.to_string())?;
+        self.stats.denials += 1;
+        let outcome = if pending.on_deny == OnDeny::Kill { "killed" } else { "failed with EPERM" };
+        self.record(json!({"type": "denied", "id": id, "outcome": outcome}));
+        Ok(json!({"id": id, "outcome": outcome}))
+    }
+
+    fn tag(&mut self, path: &str, policy: String, name: Option<String>, run: bool) -> Reply {
+        let name = name.unwrap_or_else(|| path.rsplit('/').next().unwrap_or(path).to_owned());
+        let agent = Agent { path: path.trim_start_matches('/').to_owned(), name, policy, run };
+        let id = self.apply_tag(agent.clone())?;
+        self.record(json!({"type": "tag", "cgroup": agent.path, "agent": agent.name, "policy": agent.policy,
+            "cgroup_id": id}));
+        self.save_tags();
+        Ok(json!({"cgroup": agent.path, "cgroup_id": id, "agent": agent.name, "policy": agent.policy}))
+    }
+
+    fn untag(&mut self, path: &str) -> Reply {
+        let dir = self.hierarchy.dir(path).map_err(|e| e.to_string())?;
+        let id = self
+            .agents
+            .iter()
+            .find(|(_, a)| a.path == path.trim_start_matches('/'))
+            .map(|(&id, _)| id)
+            .or_else(|| cgroup::id(&dir).ok().filter(|id| self.agents.contains_key(id)))
+            .ok_or_else(|| format!("{path:?} is not tagged"))?;
+        self.enforcer.untag(id).map_err(|e| error_chain(&e))?;
+        let agent = self.agents.remove(&id).expect("present");
+        self.grants.retain(|g| g.root != id);
+        self.record(json!({"type": "untag", "cgroup": agent.path, "agent": agent.name}));
+        self.save_tags();
+        Ok(json!({"cgroup": agent.path, "untagged": true}))
+    }
+
+    /// `keyturn run`: a new cgroup under `keyturn.run/`, tagged, with the caller's child in it.
+    fn run_agent(&mut self, pid: u32, policy: String, name: Option<String>, peer: Peer) -> Reply {
+        if let Some(agent) = self.agent_of_process(peer.pid) {
+            return Err(format!("refused: the caller already runs under keyturn as agent {:?}", agent.name));
+        }
+        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s[s.rfind(')')? + 2..].split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent != Some(peer.pid) {
+            return Err(format!("refused: process {pid} is not a child of the caller"));
+        }
+        if !self.policies.contains_key(&policy) {
+            return Err(format!("no policy named {policy:?}"));
+        }
+        self.run_serial += 1;
+        let name = name.unwrap_or_else(|| format!("run-{pid}"));
+        let safe: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let path = format!("keyturn.run/{safe}-{}-{}", std::process::id(), self.run_serial);
+        let dir = self.hierarchy.dir(&path).map_err(|e| e.to_string())?;
+        cgroup::create(dir.parent().expect("has parent")).map_err(|e| e.to_string())?;
+        cgroup::create(&dir).map_err(|e| e.to_string())?;
+        let reply = self.tag(&path, policy, Some(name), true)?;
+        cgroup::move_process(&dir, pid).map_err(|e| e.to_string())?;
+        Ok(reply)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let counters = self.enforcer.counters().unwrap_or_default();
+        json!({
+            "mode": self.enforcer.mode(),
+            "egress_hold": self.enforcer.egress_hold(),
+            "agents": self.agents.values().collect::<Vec<_>>(),
+            "pending": self.pending.len(),
+            "counters": {
+                "holds": counters[counter::HOLDS as usize],
+                "released_in_kernel": counters[counter::RELEASED as usize],
+                "denied_in_kernel": counters[counter::DENIED as usize],
+                "approvals": self.stats.approvals,
+                "denials": self.stats.denials,
+                "timeouts": self.stats.timeouts,
+                "exited_while_held": self.stats.exits,
+                "auto_released": self.stats.auto_released,
+                "refused_flood": counters[counter::FLOOD_REFUSED as usize],
+                "refused_ringbuf_full": counters[counter::RINGBUF_FULL as usize],
+                "refused_signal_failed": counters[counter::SIGNAL_FAILED as usize],
+                "refused_daemon_absent": counters[counter::DAEMON_ABSENT as usize],
+                "refused_hold_table": counters[counter::HOLD_TABLE_REFUSED as usize],
+                "rogue_sigconts": counters[counter::ROGUE_CONTINUE as usize],
+                "exec_killed": counters[counter::EXEC_KILLED as usize],
+            },
+        })
+    }
+
+    fn metrics(&self) -> String {
+        let status = self.status();
+        let mut text = format!(
+            "keyturn_pending_holds {}\nkeyturn_tagged_cgroups {}\n",
+            self.pending.len(),
+            self.agents.len()
+        );
+        if let Some(counters) = status["counters"].as_object() {
+            for (name, value) in counters {
+                text.push_str(&format!("keyturn_{name}_total {value}\n"));
+            }
+        }
+        text
+    }
+
+    fn handle(&mut self, request: Request, peer: Peer) -> Reply {
+        match request {
+            Request::Tag { path, policy, name } => {
+                self.check_approver(peer)?;
+                self.tag(&path, policy, name, false)
+            }
+            Request::Untag { path } => {
+                self.check_approver(peer)?;
+                self.untag(&path)
+            }
+            Request::Tags => Ok(json!(self.agents.values().collect::<Vec<_>>())),
+            Request::Run { pid, policy, name } => self.run_agent(pid, policy, name, peer),
+            Request::Pending => {
+                self.check_approver(peer)?;
+                let mut views: Vec<&HoldView> = self.pending.values().map(|p| &p.view).collect();
+                views.sort_by(|a, b| a.requested_at.cmp(&b.requested_at));
+                Ok(json!(views))
+            }
+            Request::Approve { id, scope, reason } => self.approve(&id, scope, reason, peer),
+            Request::Deny { id, reason } => self.deny(&id, reason, peer),
+            Request::Status => Ok(self.status()),
+        }
+    }
+
+    /// Heartbeat, timeouts, held processes that exited, `keyturn run` cgroups that emptied.
+    fn tick(&mut self) {
+        if let Err(e) = self.enforcer.heartbeat() {
+            tracing::error!(error = %e, "heartbeat");
+        }
+        let now = Instant::now();
+        let expired: Vec<String> =
+            self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| id.clone()).collect();
+        for id in expired {
+            let pending = self.pending.remove(&id).expect("present");
+            self.record(json!({"type": "timeout", "id": id, "on_timeout": pending.on_timeout}));
+            self.decision(&id, "timed out");
+            let _ = self.holds.deny(&mut self.enforcer, &pending.key, pending.on_timeout);
+            self.stats.timeouts += 1;
+        }
+        let exited: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| self.holds.get(&p.key).is_none_or(crate::held::HeldProcess::exited))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in exited {
+            let pending = self.pending.remove(&id).expect("present");
+            self.record(json!({"type": "hold_closed", "id": id, "why": "the process exited"}));
+            self.decision(&id, "closed: the process exited");
+            if let Some(held) = self.holds.forget(&pending.key) {
+                let _ = self.enforcer.forget(pending.key, held.event().hold.nonce);
+                let _ = self.enforcer.finish(pending.root);
+            }
+            self.stats.exits += 1;
+        }
+        let emptied: Vec<String> = self
+            .agents
+            .values()
+            .filter(|a| a.run && !populated(&self.hierarchy, &a.path))
+            .map(|a| a.path.clone())
+            .collect();
+        for path in emptied {
+            let _ = self.untag(&path);
+            if let Ok(dir) = self.hierarchy.dir(&path) {
+                let _ = cgroup::remove(&dir);
+            }
+        }
+    }
+}
+
+/// Whether the cgroup at `path` (or a descendant) still has processes.
+fn populated(hierarchy: &Hierarchy, path: &str) -> bool {
+    let Ok(dir) = hierarchy.dir(path) else { return false };
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .map(|events| !events.lines().any(|l| l == "populated 0"))
+        .unwrap_or(false)
+}
+
+/// Refuses to start twice on one pin directory.
+pub fn check_not_running(config: &Config) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+        bail!("a keyturn daemon is already running (socket {})", config.socket.display());
+    }
+    Ok(())
+}
