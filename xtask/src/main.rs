@@ -31,6 +31,8 @@ fn main() -> Result<()> {
         "test" => {
             setup::run()?;
             cargo(&["test", "--workspace", "--exclude", "tests", "--exclude", "agent-ebpf"])?;
+            // The daemon tests run the real `keyturn` binary.
+            cargo(&["build", "--package", "agent"])?;
             cargo(&["test", "--package", "tests"])?;
             vm::run()
         }
