@@ -56,7 +56,7 @@ pub mod event_type {
     /// The process is stopped in (or right after) the syscall, waiting for a decision.
     pub const HELD: u32 = 1;
     /// The syscall failed with EPERM; an approval lets the same action succeed on retry
-    /// (egress in `cgroup-sock` mode on kernels whose sock_addr programs cannot signal).
+    /// (egress in `cgroup-sock` mode on kernels whose `sock_addr` programs cannot signal).
     pub const DEFERRED: u32 = 2;
     /// A held process was resumed by someone other than keyturn: held again where the
     /// syscall restarts, reported for killing where it cannot (see `STOPPED`).

@@ -76,12 +76,11 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             at += 12;
             let extra = match kind {
-                1 | 14 | 17 => 4,          // int, var, decl tag
-                3 => 12,                   // array
-                4 | 5 => 12 * vlen,        // struct, union
-                6 | 13 => 8 * vlen,        // enum, func proto
-                15 | 19 => 12 * vlen,      // datasec, enum64
-                2 | 7..=12 | 16 | 18 => 0, // ptr, fwd, typedef, modifiers, func, float, type tag
+                1 | 14 | 17 => 4,             // int, var, decl tag
+                3 => 12,                      // array
+                4 | 5 | 15 | 19 => 12 * vlen, // struct, union, datasec, enum64
+                6 | 13 => 8 * vlen,           // enum, func proto
+                2 | 7..=12 | 16 | 18 => 0,    // ptr, fwd, typedef, modifiers, func, float, type tag
                 _ => return Err(BtfError::Malformed("unknown kind")),
             };
             match kind {

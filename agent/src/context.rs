@@ -91,17 +91,17 @@ fn proc_argv(pid: u32) -> Vec<String> {
 fn parent_of(pid: u32) -> Option<(u32, String)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let comm = stat[stat.find('(')? + 1..stat.rfind(')')?].to_owned();
-    let ppid = stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()?;
-    Some((ppid, comm))
+    let parent = stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()?;
+    Some((parent, comm))
 }
 
 fn parents(pid: u32) -> Vec<Parent> {
     let mut chain = Vec::new();
     let mut current = parent_of(pid).map(|(ppid, _)| ppid);
     while let Some(pid) = current.filter(|&p| p > 0 && chain.len() < 32) {
-        let Some((ppid, comm)) = parent_of(pid) else { break };
+        let Some((grandparent, comm)) = parent_of(pid) else { break };
         chain.push(Parent { pid, comm, argv: proc_argv(pid) });
-        current = Some(ppid);
+        current = Some(grandparent);
     }
     chain
 }
@@ -137,9 +137,9 @@ fn pending_exec_argv(pid: u32, tid: u32) -> Option<Vec<String>> {
         .map(|f| u64::from_str_radix(f.trim_start_matches("0x"), if f.starts_with("0x") { 16 } else { 10 }))
         .collect::<Result<_, _>>()
         .ok()?;
-    let argv_addr = match fields.first()? {
-        &EXECVE => *fields.get(2)?,
-        &EXECVEAT => *fields.get(3)?,
+    let argv_addr = match *fields.first()? {
+        EXECVE => *fields.get(2)?,
+        EXECVEAT => *fields.get(3)?,
         _ => return None,
     };
     let mem = fs::File::open(format!("/proc/{pid}/mem")).ok()?;

@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    fmt::Write as _,
     os::{
         fd::{AsRawFd, RawFd},
         unix::fs::PermissionsExt as _,
@@ -164,10 +165,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// `sd_notify`: tells systemd (Type=notify) the daemon is ready.
 fn notify_systemd(state: &str) {
-    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
-        if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
-            let _ = socket.send_to(state.as_bytes(), path);
-        }
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET")
+        && let Ok(socket) = std::os::unix::net::UnixDatagram::unbound()
+    {
+        let _ = socket.send_to(state.as_bytes(), path);
     }
 }
 
@@ -312,7 +313,9 @@ impl Daemon {
         if let Some(&id) = self.policy_ids.get(name) {
             return id;
         }
-        let id = (0..).find(|id| !self.policy_ids.values().any(|used| used == id)).unwrap_or(0);
+        let id = (0..agent_common::capacity::POLICIES)
+            .find(|id| !self.policy_ids.values().any(|used| used == id))
+            .unwrap_or(agent_common::capacity::POLICIES - 1);
         self.policy_ids.insert(name.to_owned(), id);
         let _ = write_json(&self.config.state_dir.join("policy-ids.json"), &self.policy_ids);
         id
@@ -590,7 +593,7 @@ impl Daemon {
         }
     }
 
-    fn approve(&mut self, id: &str, scope: Scope, reason: Option<String>, peer: Peer) -> Reply {
+    fn approve(&mut self, id: &str, scope: Scope, reason: Option<&str>, peer: Peer) -> Reply {
         let pending = self.take_pending(id, peer)?;
         self.record(json!({"type": "decision", "id": id, "verdict": "approve", "by_uid": peer.uid,
             "by_user": context::user_name(peer.uid), "scope": scope, "reason": reason}));
@@ -609,7 +612,7 @@ impl Daemon {
         Ok(json!({"id": id, "released": true}))
     }
 
-    fn deny(&mut self, id: &str, reason: Option<String>, peer: Peer) -> Reply {
+    fn deny(&mut self, id: &str, reason: Option<&str>, peer: Peer) -> Reply {
         let pending = self.take_pending(id, peer)?;
         self.record(json!({"type": "decision", "id": id, "verdict": "deny", "by_uid": peer.uid,
             "by_user": context::user_name(peer.uid), "reason": reason, "on_deny": pending.on_deny}));
@@ -711,7 +714,7 @@ impl Daemon {
         );
         if let Some(counters) = status["counters"].as_object() {
             for (name, value) in counters {
-                text.push_str(&format!("keyturn_{name}_total {value}\n"));
+                let _ = writeln!(text, "keyturn_{name}_total {value}");
             }
         }
         text
@@ -735,8 +738,8 @@ impl Daemon {
                 views.sort_by(|a, b| a.requested_at.cmp(&b.requested_at));
                 Ok(json!(views))
             }
-            Request::Approve { id, scope, reason } => self.approve(&id, scope, reason, peer),
-            Request::Deny { id, reason } => self.deny(&id, reason, peer),
+            Request::Approve { id, scope, reason } => self.approve(&id, scope, reason.as_deref(), peer),
+            Request::Deny { id, reason } => self.deny(&id, reason.as_deref(), peer),
             Request::Status => Ok(self.status()),
         }
     }
@@ -791,8 +794,7 @@ impl Daemon {
 fn populated(hierarchy: &Hierarchy, path: &str) -> bool {
     let Ok(dir) = hierarchy.dir(path) else { return false };
     std::fs::read_to_string(dir.join("cgroup.events"))
-        .map(|events| !events.lines().any(|l| l == "populated 0"))
-        .unwrap_or(false)
+        .is_ok_and(|events| !events.lines().any(|l| l == "populated 0"))
 }
 
 /// Refuses to start twice on one pin directory.

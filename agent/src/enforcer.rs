@@ -116,7 +116,7 @@ pub enum EgressHold {
     /// Stopped in the syscall, which restarts on release.
     Stop,
     /// The syscall fails with EPERM; an approved retry succeeds (no signals from
-    /// sock_addr programs on this kernel).
+    /// `sock_addr` programs on this kernel).
     FailThenRetry,
 }
 
@@ -278,17 +278,14 @@ impl Enforcer {
             }
             let program = self.ebpf.program_mut(spec.name).expect("program in object");
             let program_error = |source| EnforcerError::Program { program: spec.name, source };
-            let link: FdLink = match spec.hook {
-                Hook::Lsm(_) => {
-                    let lsm: &mut Lsm = program.try_into().map_err(program_error)?;
-                    let id = lsm.attach().map_err(program_error)?;
-                    lsm.take_link(id).map_err(program_error)?.into()
-                }
-                _ => {
-                    let tp: &mut BtfTracePoint = program.try_into().map_err(program_error)?;
-                    let id = tp.attach().map_err(program_error)?;
-                    tp.take_link(id).map_err(program_error)?.into()
-                }
+            let link: FdLink = if let Hook::Lsm(_) = spec.hook {
+                let lsm: &mut Lsm = program.try_into().map_err(program_error)?;
+                let id = lsm.attach().map_err(program_error)?;
+                lsm.take_link(id).map_err(program_error)?.into()
+            } else {
+                let tp: &mut BtfTracePoint = program.try_into().map_err(program_error)?;
+                let id = tp.attach().map_err(program_error)?;
+                tp.take_link(id).map_err(program_error)?.into()
             };
             link.pin(&path)
                 .map_err(|e| EnforcerError::Pin { path: path.clone(), source: std::io::Error::other(e) })?;
@@ -313,20 +310,17 @@ impl Enforcer {
                 }
                 let program = self.ebpf.program_mut(spec.name).expect("program in object");
                 let program_error = |source| EnforcerError::Program { program: spec.name, source };
-                let link: FdLink = match spec.hook {
-                    Hook::LsmCgroup(_) => {
-                        let p: &mut LsmCgroup = program.try_into().map_err(program_error)?;
-                        let link_id = p.attach(cgroup_fd.as_fd()).map_err(program_error)?;
-                        p.take_link(link_id).map_err(program_error)?.into()
-                    }
-                    _ => {
-                        let p: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
-                        let link_id =
-                            p.attach(cgroup_fd.as_fd(), CgroupAttachMode::Single).map_err(program_error)?;
-                        FdLink::try_from(p.take_link(link_id).map_err(program_error)?).map_err(|e| {
-                            EnforcerError::Pin { path: path.clone(), source: std::io::Error::other(e) }
-                        })?
-                    }
+                let link: FdLink = if let Hook::LsmCgroup(_) = spec.hook {
+                    let p: &mut LsmCgroup = program.try_into().map_err(program_error)?;
+                    let link_id = p.attach(cgroup_fd.as_fd()).map_err(program_error)?;
+                    p.take_link(link_id).map_err(program_error)?.into()
+                } else {
+                    let p: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
+                    let link_id =
+                        p.attach(cgroup_fd.as_fd(), CgroupAttachMode::Single).map_err(program_error)?;
+                    FdLink::try_from(p.take_link(link_id).map_err(program_error)?).map_err(|e| {
+                        EnforcerError::Pin { path: path.clone(), source: std::io::Error::other(e) }
+                    })?
                 };
                 link.pin(&path).map_err(|e| EnforcerError::Pin {
                     path: path.clone(),

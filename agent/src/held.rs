@@ -10,7 +10,7 @@ use agent_common::{Hold, HoldEvent, HoldKey, event_type, hold_state};
 
 use crate::enforcer::{Enforcer, EnforcerError};
 
-/// `start_boottime` nanoseconds per `/proc/PID/stat` start-time tick (USER_HZ = 100).
+/// `start_boottime` nanoseconds per `/proc/PID/stat` start-time tick (`USER_HZ` = 100).
 const NS_PER_TICK: u64 = 10_000_000;
 
 #[derive(Debug, thiserror::Error)]

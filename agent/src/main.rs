@@ -71,7 +71,7 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Deny a held action (the policy's on_deny happens: by default the process is killed).
+    /// Deny a held action (the policy's `on_deny` happens: by default the process is killed).
     Deny {
         id: String,
         #[arg(long)]
@@ -280,7 +280,7 @@ fn run_agent(
 ) -> anyhow::Result<i32> {
     let argv: Vec<CString> = command
         .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| anyhow!("{a:?} contains a NUL byte")))
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| anyhow!("{} contains a NUL byte", a.display())))
         .collect::<Result<_, _>>()?;
     let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     pointers.push(std::ptr::null());

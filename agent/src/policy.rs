@@ -241,8 +241,14 @@ mod tests {
         assert_eq!(key.prefix_len(), 32 + 112);
         assert_eq!(key.data().policy_be, 7u32.to_be_bytes());
         assert_eq!(inner.count, 2, "own port rule first, then the /8's");
-        assert_eq!((inner.ports[0].low, inner.ports[0].verdict), (8000, verdict::HOLD as u16));
-        assert_eq!((inner.ports[1].low, inner.ports[1].protocol), (443, protocol::TCP as u16));
+        assert_eq!(
+            (inner.ports[0].low, inner.ports[0].verdict),
+            (8000, u16::try_from(verdict::HOLD).unwrap())
+        );
+        assert_eq!(
+            (inner.ports[1].low, inner.ports[1].protocol),
+            (443, u16::try_from(protocol::TCP).unwrap())
+        );
         assert_eq!(inner.fallback, verdict::DENY, "the /8's catch-all applies inside the /16");
         assert_eq!(compiled.egress[0].1.fallback, verdict::DENY);
     }

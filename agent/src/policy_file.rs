@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -158,11 +159,11 @@ pub fn default_policy_text() -> String {
     );
     for program in FLAGGED_PROGRAMS {
         for dir in PROGRAM_DIRS {
-            text.push_str(&format!("[[exec]]\npath = \"{dir}/{program}\"\naction = \"hold\"\n\n"));
+            let _ = write!(text, "[[exec]]\npath = \"{dir}/{program}\"\naction = \"hold\"\n\n");
         }
     }
     for loopback in ["127.0.0.0/8", "::1/128"] {
-        text.push_str(&format!("[[egress]]\ncidr = \"{loopback}\"\naction = \"allow\"\n\n"));
+        let _ = write!(text, "[[egress]]\ncidr = \"{loopback}\"\naction = \"allow\"\n\n");
     }
     text.push_str("[egress_default]\naction = \"hold\"\n");
     text
@@ -342,7 +343,7 @@ mod tests {
     #[test]
     fn builtin_default_holds_data_exporters_and_allows_loopback() {
         let policy = builtin_default();
-        assert_eq!(policy.timeout, Duration::from_secs(600));
+        assert_eq!(policy.timeout, Duration::from_mins(10));
         assert!(policy.exec.iter().any(|r| r.pattern == "/usr/bin/curl" && r.action == Verdict::Hold));
         assert_eq!(policy.kernel.egress_default, Verdict::Hold);
         let loopback: Cidr = "127.0.0.0/8".parse().unwrap();

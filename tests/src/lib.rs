@@ -57,7 +57,7 @@ impl Kernel {
     pub fn load_with(adjust: impl FnOnce(&mut Options)) -> Self {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", unique("kt-test-")));
         let mut options = Options { mode: test_mode(), pin_dir: pin_dir.clone(), ..Options::default() };
-        options.liveness_timeout = Duration::from_secs(600);
+        options.liveness_timeout = Duration::from_mins(10);
         adjust(&mut options);
         let enforcer = Enforcer::load(&options).expect("load keyturn's programs");
         Self { enforcer: Some(enforcer), holds: Holds::default(), pin_dir, backlog: Vec::new() }
@@ -65,6 +65,7 @@ impl Kernel {
 
     /// Loads again from the same pins, as a restarted daemon does; `self` is dropped
     /// without detaching anything.
+    #[must_use]
     pub fn restart(mut self) -> Self {
         let pin_dir = self.pin_dir.clone();
         drop(self.enforcer.take());
@@ -72,7 +73,7 @@ impl Kernel {
         let options = Options {
             mode: test_mode(),
             pin_dir: pin_dir.clone(),
-            liveness_timeout: Duration::from_secs(600),
+            liveness_timeout: Duration::from_mins(10),
             ..Options::default()
         };
         Self {
@@ -157,6 +158,7 @@ impl TestCgroup {
     }
 
     /// A child cgroup of this one, created after tagging.
+    #[must_use]
     pub fn child(&self, name: &str) -> Self {
         let dir = self.dir.join(name);
         cgroup::create(&dir).expect("create child cgroup");
@@ -305,12 +307,12 @@ fn ip(args: &[&str]) {
 
 impl Peer {
     pub fn new() -> Self {
-        let serial = SERIAL.fetch_add(1, Ordering::Relaxed) % 250 + 1;
+        let serial = u8::try_from(SERIAL.fetch_add(1, Ordering::Relaxed) % 250 + 1).expect("below 251");
         let netns = unique("ktns");
         let (host_if, peer_if) = (unique("kth"), unique("ktp"));
         ip(&["netns", "add", &netns]);
         ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &peer_if, "netns", &netns]);
-        let (v4_host, v4) = (format!("10.213.{serial}.1"), Ipv4Addr::new(10, 213, serial as u8, 2));
+        let (v4_host, v4) = (format!("10.213.{serial}.1"), Ipv4Addr::new(10, 213, serial, 2));
         let v6_host = format!("fd00:6b74:0:{serial:x}::1");
         let v6: Ipv6Addr = format!("fd00:6b74:0:{serial:x}::2").parse().expect("v6");
         ip(&["addr", "add", &format!("{v4_host}/24"), "dev", &host_if]);

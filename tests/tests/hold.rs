@@ -50,7 +50,7 @@ fn start(cgroup: Option<&TestCgroup>, e: &Egress, extra: &[&str]) -> std::proces
 
 /// Held: stopped, nothing reached the peer; a rogue SIGCONT changes nothing; approval
 /// completes the very syscall and the data arrives.
-fn held_rogue_approved(peer: &Peer, kernel: &mut Kernel, cgroup: &TestCgroup, e: &Egress, extra: &[&str]) {
+fn held_rogue_approved(kernel: &mut Kernel, cgroup: &TestCgroup, e: &Egress, extra: &[&str]) {
     assert_eq!(kernel.enforcer().egress_hold(), EgressHold::Stop);
     let child = start(Some(cgroup), e, extra);
     let pid = child.id();
@@ -73,35 +73,34 @@ fn held_rogue_approved(peer: &Peer, kernel: &mut Kernel, cgroup: &TestCgroup, e:
     let (out, status) = finish(child);
     assert!(status.success(), "actor failed after approval: {out}");
     assert_eq!(out.trim(), "ok");
-    drop(peer);
 }
 
 #[test]
 fn tcp_connect_is_held_and_approval_delivers() {
     let (peer, mut kernel, cgroup) = setup();
     let e = egress(&peer, "tcp", peer.v4.into(), peer.v4.into(), 7001);
-    held_rogue_approved(&peer, &mut kernel, &cgroup, &e, &[]);
+    held_rogue_approved(&mut kernel, &cgroup, &e, &[]);
 }
 
 #[test]
 fn udp_sendto_is_held_and_approval_delivers() {
     let (peer, mut kernel, cgroup) = setup();
     let e = egress(&peer, "udp", peer.v4.into(), peer.v4.into(), 7002);
-    held_rogue_approved(&peer, &mut kernel, &cgroup, &e, &[]);
+    held_rogue_approved(&mut kernel, &cgroup, &e, &[]);
 }
 
 #[test]
 fn connected_udp_is_held_and_approval_delivers() {
     let (peer, mut kernel, cgroup) = setup();
     let e = egress(&peer, "udp-connected", peer.v4.into(), peer.v4.into(), 7003);
-    held_rogue_approved(&peer, &mut kernel, &cgroup, &e, &[]);
+    held_rogue_approved(&mut kernel, &cgroup, &e, &[]);
 }
 
 #[test]
 fn ipv6_connect_is_held_and_approval_delivers() {
     let (peer, mut kernel, cgroup) = setup();
     let e = egress(&peer, "tcp", peer.v6.into(), peer.v6.into(), 7004);
-    held_rogue_approved(&peer, &mut kernel, &cgroup, &e, &[]);
+    held_rogue_approved(&mut kernel, &cgroup, &e, &[]);
 }
 
 #[test]
@@ -116,14 +115,14 @@ fn ipv4_mapped_ipv6_is_treated_as_ipv4() {
     kernel.tag(&cgroup, 1, 16);
     let mapped: IpAddr = peer.v4.to_ipv6_mapped().into();
     let e = egress(&peer, "tcp", mapped, peer.v4.into(), 7005);
-    held_rogue_approved(&peer, &mut kernel, &cgroup, &e, &[]);
+    held_rogue_approved(&mut kernel, &cgroup, &e, &[]);
 }
 
 #[test]
 fn tcp_fast_open_is_held_and_approval_delivers() {
     let (peer, mut kernel, cgroup) = setup();
     let e = egress(&peer, "tfo", peer.v4.into(), peer.v4.into(), 7006);
-    held_rogue_approved(&peer, &mut kernel, &cgroup, &e, &[]);
+    held_rogue_approved(&mut kernel, &cgroup, &e, &[]);
 }
 
 #[test]
@@ -287,21 +286,9 @@ fn holds_survive_a_daemon_restart() {
     let records = kernel.enforcer().holds().expect("holds");
     let (_, hold) = records.iter().find(|(k, _)| *k == key).expect("the hold is still in the pinned map");
     // The restarted daemon rebuilds its view from the pinned record and decides.
-    let mut event = agent_common::HoldEvent {
-        event_type: hold.event_type,
-        policy: 1,
-        hold: *hold,
-        cgroup: cgroup.id(),
-        tgid: key.tgid,
-        tid: key.tid,
-        uid: 0,
-        gid: 0,
-        comm: [0; 16],
-        path: [0; agent_common::capacity::PATH_BYTES],
-    };
-    event.hold.held_at_ns = hold.held_at_ns;
-    let held = keyturn::held::HeldProcess::open(&event).expect("reopen the held process");
-    held.release(kernel.enforcer()).expect("release");
+    let event = keyturn::held::event_from_record(key, hold);
+    let reopened = keyturn::held::HeldProcess::open(&event).expect("reopen the held process");
+    reopened.release(kernel.enforcer()).expect("release");
     e.received.wait_for(MESSAGE);
     assert!(finish(child).1.success());
 }
@@ -369,20 +356,18 @@ fn exec_setup(flagged: &[PathBuf]) -> (Peer, Kernel, TestCgroup) {
 }
 
 fn scratch_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kt-exec-{}-{}", std::process::id(), rand_suffix()));
+    static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("kt-exec-{}-{serial}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_nanos() as u64
 }
 
 #[test]
 fn exec_of_a_flagged_program_is_held_and_approval_runs_it() {
     let dir = scratch_dir();
     let flagged = flagged_copy(&dir, "flagged-echo");
-    let (_peer, mut kernel, cgroup) = exec_setup(&[flagged.clone()]);
+    let (_peer, mut kernel, cgroup) = exec_setup(std::slice::from_ref(&flagged));
     let child = spawn_actor(Some(&cgroup), &["exec", flagged.to_str().expect("utf-8"), "exec-ran"]);
     let pid = child.id();
     let key = kernel.expect_hold(pid);
@@ -420,7 +405,7 @@ fn a_renamed_hard_link_of_a_flagged_program_is_still_held() {
 fn exec_hold_resists_a_rogue_sigcont() {
     let dir = scratch_dir();
     let flagged = flagged_copy(&dir, "flagged-echo");
-    let (_peer, mut kernel, cgroup) = exec_setup(&[flagged.clone()]);
+    let (_peer, mut kernel, cgroup) = exec_setup(std::slice::from_ref(&flagged));
     let child = spawn_actor(Some(&cgroup), &["exec", flagged.to_str().expect("utf-8"), "rogue-ran"]);
     let pid = child.id();
     let key = kernel.expect_hold(pid);
@@ -449,7 +434,7 @@ fn exec_hold_resists_a_rogue_sigcont() {
 fn unflagged_exec_and_untagged_exec_run_freely() {
     let dir = scratch_dir();
     let flagged = flagged_copy(&dir, "flagged-echo");
-    let (_peer, mut kernel, cgroup) = exec_setup(&[flagged.clone()]);
+    let (_peer, mut kernel, cgroup) = exec_setup(std::slice::from_ref(&flagged));
     let holds_before = kernel.counter(counter::HOLDS);
     let (out, status) = finish(spawn_actor(Some(&cgroup), &["exec", "/bin/echo", "free"]));
     assert!(status.success());

@@ -2,7 +2,7 @@
 //! and reports what the kernel answered. `actor ACTION ARGS…`:
 //!
 //! - `tcp ADDR PORT MSG`, `udp ADDR PORT MSG` (sendto), `udp-connected ADDR PORT MSG`,
-//!   `tfo ADDR PORT MSG` (TCP fast open: sendto with MSG_FASTOPEN)
+//!   `tfo ADDR PORT MSG` (TCP fast open: sendto with `MSG_FASTOPEN`)
 //! - `threads N ACTION…`: start N idle threads, then perform ACTION on the main thread
 //! - `retry ACTION…`: perform ACTION, retrying every 50 ms for 10 s while it fails with EPERM
 //! - `exec PATH ARGS…`: execv PATH
@@ -27,7 +27,7 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     let len = match addr {
         SocketAddr::V4(v4) => {
             let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
+                sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("family"),
                 sin_port: v4.port().to_be(),
                 sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
                 sin_zero: [0; 8],
@@ -38,7 +38,7 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         }
         SocketAddr::V6(v6) => {
             let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as u16,
+                sin6_family: libc::sa_family_t::try_from(libc::AF_INET6).expect("family"),
                 sin6_port: v6.port().to_be(),
                 sin6_flowinfo: 0,
                 sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
@@ -49,7 +49,7 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             size_of::<libc::sockaddr_in6>()
         }
     };
-    (storage, len as libc::socklen_t)
+    (storage, libc::socklen_t::try_from(len).expect("length"))
 }
 
 /// TCP fast open: the connect happens inside sendto.
@@ -125,10 +125,10 @@ fn act(args: &[String]) -> std::io::Result<()> {
             return act(&args[2..]);
         }
         "exec" => {
-            let argv: Vec<CString> =
+            let words: Vec<CString> =
                 args[1..].iter().map(|a| CString::new(a.as_bytes()).expect("no NUL")).collect();
             let path = CString::new(std::ffi::OsStr::new(&args[1]).as_bytes()).expect("no NUL");
-            let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+            let mut pointers: Vec<*const libc::c_char> = words.iter().map(|a| a.as_ptr()).collect();
             pointers.push(std::ptr::null());
             // SAFETY: NUL-terminated argv; execv only returns on failure.
             unsafe { libc::execv(path.as_ptr(), pointers.as_ptr()) };
