@@ -239,6 +239,8 @@ pub struct HoldEvent {
     pub event_type: u32,
     pub policy: u32,
     pub hold: Hold,
+    /// `CLOCK_MONOTONIC` nanoseconds when the kernel saw what this event reports.
+    pub at_ns: u64,
     pub cgroup: u64,
     pub tgid: u32,
     pub tid: u32,
@@ -304,7 +306,7 @@ mod tests {
         assert_eq!(size_of::<Hold>(), size_of::<Action>() + 4 * 8 + 2 * 4);
         assert_eq!(
             size_of::<HoldEvent>(),
-            8 + size_of::<Hold>() + 8 + 4 * 4 + 16 + super::capacity::PATH_BYTES
+            8 + size_of::<Hold>() + 8 + 8 + 4 * 4 + 16 + super::capacity::PATH_BYTES
         );
         assert_eq!(size_of::<KernelOffsets>(), 10 * 4);
     }

@@ -171,6 +171,7 @@ pub fn report_rogue_continue(hold: &Hold, tgid: u32) {
             core::ptr::write_bytes(event, 0, 1);
             (*event).event_type = event_type::ROGUE_CONTINUE;
             (*event).hold = *hold;
+            (*event).at_ns = kernel::now_ns();
             (*event).tgid = tgid;
         }
         entry.submit(0);
@@ -210,6 +211,7 @@ fn fill_event(event: *mut HoldEvent, kind: u32, tagged: &Tagged, hold: &Hold, pa
         (*event).event_type = kind;
         (*event).policy = tagged.tag.policy;
         (*event).hold = *hold;
+        (*event).at_ns = kernel::now_ns();
         (*event).cgroup = kernel::current_cgroup();
         (*event).tgid = tgid;
         (*event).tid = tid;

@@ -87,8 +87,13 @@ pub fn create(dir: &Path) -> Result<(), CgroupError> {
 
 /// Moves process `pid` (all its threads) into the cgroup at `dir`.
 pub fn move_process(dir: &Path, pid: u32) -> Result<(), CgroupError> {
-    let procs = dir.join("cgroup.procs");
-    fs::write(&procs, pid.to_string()).map_err(io_error(&procs))
+    write(dir, "cgroup.procs", &pid.to_string())
+}
+
+/// Writes `value` to the control file `file` of the cgroup at `dir`.
+pub fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
+    let path = dir.join(file);
+    fs::write(&path, value).map_err(io_error(&path))
 }
 
 /// Removes an empty cgroup (and its empty descendants).

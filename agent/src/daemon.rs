@@ -422,6 +422,10 @@ impl Daemon {
                     "outcome": "held again"}),
                 );
             }
+            Ok(Happened::RogueContinueFrozen(_)) => {
+                self.record(json!({"type": "rogue_sigcont", "id": context::hold_id(event), "pid": event.tgid,
+                    "outcome": "still held (frozen)"}));
+            }
             Ok(Happened::RogueContinueKilled(_)) => {
                 let id = context::hold_id(event);
                 self.pending.remove(&id);

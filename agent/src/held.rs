@@ -4,11 +4,15 @@
 use std::{
     io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::PathBuf,
 };
 
 use agent_common::{Hold, HoldEvent, HoldKey, event_type, hold_state};
 
-use crate::enforcer::{Enforcer, EnforcerError};
+use crate::{
+    cgroup::{self, CgroupError, Hierarchy},
+    enforcer::{Enforcer, EnforcerError, monotonic_ns},
+};
 
 /// `start_boottime` nanoseconds per `/proc/PID/stat` start-time tick (`USER_HZ` = 100).
 const NS_PER_TICK: u64 = 10_000_000;
@@ -21,6 +25,8 @@ pub enum HeldError {
     Signal { pid: u32, source: io::Error },
     #[error(transparent)]
     Enforcer(#[from] EnforcerError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
 }
 
 /// How a denial ends the held action.
@@ -46,6 +52,7 @@ pub fn event_from_record(key: HoldKey, hold: &Hold) -> HoldEvent {
         event_type: hold.event_type,
         policy: 0,
         hold: *hold,
+        at_ns: hold.held_at_ns,
         cgroup: 0,
         tgid: key.tgid,
         tid: if key.tid == 0 { key.tgid } else { key.tid },
@@ -57,10 +64,21 @@ pub fn event_from_record(key: HoldKey, hold: &Hold) -> HoldEvent {
     }
 }
 
+/// A frozen cgroup a process stopped after exec is kept in until decided.
+struct Frozen {
+    /// The cgroup the process came from and goes back to.
+    home: PathBuf,
+    /// Its own frozen child cgroup of `home` (so it stays under the tagged root).
+    cell: PathBuf,
+    /// `CLOCK_MONOTONIC` nanoseconds once the process was in the frozen cell.
+    since_ns: u64,
+}
+
 /// A held process, pinned by a pidfd.
 pub struct HeldProcess {
     pidfd: OwnedFd,
     event: HoldEvent,
+    frozen: Option<Frozen>,
 }
 
 /// The start time `/proc/PID/stat` reports, in ticks since boot.
@@ -86,7 +104,7 @@ impl HeldProcess {
         if start_ticks(pid) != Some(event.hold.start_boottime / NS_PER_TICK) {
             return Err(HeldError::Gone(pid));
         }
-        Ok(Self { pidfd, event: *event })
+        Ok(Self { pidfd, event: *event, frozen: None })
     }
 
     pub fn event(&self) -> &HoldEvent {
@@ -122,6 +140,56 @@ impl HeldProcess {
         Ok(())
     }
 
+    /// For an exec stopped after the fact (`cgroup-sock` mode): moves the process into a
+    /// frozen cgroup of its own, where a SIGCONT from anyone else cannot run it.
+    pub fn freeze(&mut self, hierarchy: &Hierarchy) -> Result<(), HeldError> {
+        let pid = self.event.tgid;
+        let name = format!("keyturn-held-{pid}");
+        let current = hierarchy.of_process(pid)?;
+        if current.file_name().is_some_and(|n| *n == *name) {
+            // Frozen by a daemon that is gone: adopt the cell.
+            cgroup::write(&current, "cgroup.freeze", "1")?;
+            let home = current.parent().map(PathBuf::from).unwrap_or_default();
+            self.frozen = Some(Frozen { home, cell: current, since_ns: monotonic_ns() });
+            return Ok(());
+        }
+        let cell = current.join(name);
+        cgroup::create(&cell)?;
+        cgroup::write(&cell, "cgroup.freeze", "1")?;
+        if let Err(e) = cgroup::move_process(&cell, pid) {
+            let _ = cgroup::remove(&cell);
+            return Err(e.into());
+        }
+        self.frozen = Some(Frozen { home: current, cell, since_ns: monotonic_ns() });
+        Ok(())
+    }
+
+    /// When the process was frozen, if it was.
+    pub fn frozen_since_ns(&self) -> Option<u64> {
+        self.frozen.as_ref().map(|f| f.since_ns)
+    }
+
+    /// Takes the process out of its frozen cell, back where it came from.
+    fn thaw(&self) -> Result<(), HeldError> {
+        if let Some(frozen) = &self.frozen {
+            cgroup::move_process(&frozen.home, self.event.tgid)?;
+            cgroup::remove(&frozen.cell)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the frozen cell once the killed process has left it.
+    fn remove_cell(&self) {
+        if let Some(frozen) = &self.frozen {
+            for _ in 0..100 {
+                if cgroup::remove(&frozen.cell).is_ok() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+    }
+
     /// Lets the held action happen: a restarted syscall finds its approval, a deferred one
     /// succeeds on retry, a stopped exec just goes on.
     pub fn release(&self, enforcer: &mut Enforcer) -> Result<(), HeldError> {
@@ -129,6 +197,7 @@ impl HeldProcess {
         match self.event.event_type {
             event_type::STOPPED => {
                 enforcer.forget(key, nonce)?;
+                self.thaw()?;
                 self.signal(libc::SIGCONT)?;
             }
             event_type::DEFERRED => {
@@ -150,6 +219,7 @@ impl HeldProcess {
         if on_deny == OnDeny::Kill || stopped {
             self.signal(libc::SIGKILL)?;
             enforcer.forget(key, nonce)?;
+            self.remove_cell();
         } else {
             enforcer.decide(key, nonce, hold_state::DENIED)?;
             if self.event.event_type == event_type::HELD {

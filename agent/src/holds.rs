@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use agent_common::{HoldEvent, HoldKey, event_type};
 
 use crate::{
+    cgroup::Hierarchy,
     enforcer::Enforcer,
     held::{HeldError, HeldProcess, OnDeny, hold_key},
 };
@@ -19,14 +20,18 @@ pub enum Happened {
     GoneBeforeOpen(HoldKey),
     /// A SIGCONT that was not keyturn's hit a held process that the kernel held again.
     RogueContinueReheld(HoldKey),
-    /// A SIGCONT that was not keyturn's released an exec stopped after the fact: the
-    /// process was killed.
+    /// A SIGCONT that was not keyturn's hit an exec stopped after the fact while it was
+    /// frozen: it cannot run, and the hold stands.
+    RogueContinueFrozen(HoldKey),
+    /// A SIGCONT that was not keyturn's released an exec stopped after the fact before it
+    /// could be frozen: the process was killed.
     RogueContinueKilled(HoldKey),
 }
 
 #[derive(Default)]
 pub struct Holds {
     held: HashMap<HoldKey, HeldProcess>,
+    hierarchy: Option<Hierarchy>,
 }
 
 impl Holds {
@@ -39,6 +44,9 @@ impl Holds {
                 .get(&HoldKey { tgid: event.tgid, tid: event.tgid })
                 .filter(|held| held.event().event_type == event_type::STOPPED);
             return match stopped {
+                Some(held) if held.frozen_since_ns().is_some_and(|since| since < event.at_ns) => {
+                    Ok(Happened::RogueContinueFrozen(held.key()))
+                }
                 Some(held) => {
                     let key = held.key();
                     held.deny(enforcer, OnDeny::Kill)?;
@@ -53,7 +61,10 @@ impl Holds {
             enforcer.finish(previous.event().hold.root)?;
         }
         match HeldProcess::open(event) {
-            Ok(held) => {
+            Ok(mut held) => {
+                if event.event_type == event_type::STOPPED {
+                    self.freeze(&mut held);
+                }
                 self.held.insert(key, held);
                 Ok(Happened::Held(key))
             }
@@ -63,6 +74,18 @@ impl Holds {
                 Ok(Happened::GoneBeforeOpen(key))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Freezes an exec stopped after the fact. If that fails (a cgroup layout that does not
+    /// allow it), a stray SIGCONT is still answered by a kill.
+    fn freeze(&mut self, held: &mut HeldProcess) {
+        if self.hierarchy.is_none() {
+            self.hierarchy = Hierarchy::find().ok();
+        }
+        let Some(hierarchy) = &self.hierarchy else { return };
+        if let Err(e) = held.freeze(hierarchy) {
+            tracing::warn!(pid = held.event().tgid, error = %e, "could not freeze a held exec; a stray SIGCONT will kill it");
         }
     }
 

@@ -242,6 +242,29 @@ pub fn thread_states(pid: u32) -> Vec<char> {
         .unwrap_or_default()
 }
 
+/// Whether process `pid` sits in a frozen cgroup (an exec held in `cgroup-sock` mode).
+pub fn frozen(pid: u32) -> bool {
+    Hierarchy::find()
+        .and_then(|h| h.of_process(pid))
+        .ok()
+        .and_then(|dir| fs::read_to_string(dir.join("cgroup.events")).ok())
+        .is_some_and(|events| events.lines().any(|l| l == "frozen 1"))
+}
+
+/// Whether `pid` is held: stopped, or frozen.
+pub fn held(pid: u32) -> bool {
+    process_state(pid) == Some('T') || frozen(pid)
+}
+
+/// Waits until `pid` is held (stopped, or frozen).
+pub fn wait_held(pid: u32) {
+    let deadline = Instant::now() + WAIT;
+    while !held(pid) {
+        assert!(Instant::now() < deadline, "process {pid} not held, state {:?}", process_state(pid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Waits until `pid` is stopped (state `T`).
 pub fn wait_stopped(pid: u32) {
     let deadline = Instant::now() + WAIT;

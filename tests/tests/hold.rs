@@ -13,8 +13,8 @@ use keyturn::{
     policy::{EgressSpec, Verdict},
 };
 use tests::{
-    Kernel, Peer, QUIET, Received, TestCgroup, finish, hold_peer_policy, process_state, rogue_signal,
-    spawn_actor, thread_states, wait_stopped,
+    Kernel, Peer, QUIET, Received, TestCgroup, finish, frozen, held, hold_peer_policy, process_state,
+    rogue_signal, spawn_actor, thread_states, wait_held, wait_stopped,
 };
 
 const MESSAGE: &str = "hello-keyturn";
@@ -371,9 +371,9 @@ fn exec_of_a_flagged_program_is_held_and_approval_runs_it() {
     let child = spawn_actor(Some(&cgroup), &["exec", flagged.to_str().expect("utf-8"), "exec-ran"]);
     let pid = child.id();
     let key = kernel.expect_hold(pid);
-    wait_stopped(pid);
+    wait_held(pid);
     sleep(QUIET);
-    assert_eq!(process_state(pid), Some('T'));
+    assert!(held(pid));
     let event = *kernel.holds.get(&key).expect("held").event();
     let path = String::from_utf8_lossy(&event.path);
     assert!(path.starts_with(flagged.to_str().expect("utf-8")), "event names the executable: {path}");
@@ -393,7 +393,7 @@ fn a_renamed_hard_link_of_a_flagged_program_is_still_held() {
     let (_peer, mut kernel, cgroup) = exec_setup(&[flagged]);
     let child = spawn_actor(Some(&cgroup), &["exec", alias.to_str().expect("utf-8"), "alias-ran"]);
     let key = kernel.expect_hold(child.id());
-    wait_stopped(child.id());
+    wait_held(child.id());
     kernel.deny(&key, OnDeny::Kill);
     let (out, status) = finish(child);
     assert_eq!(status.signal(), Some(libc::SIGKILL));
@@ -409,21 +409,27 @@ fn exec_hold_resists_a_rogue_sigcont() {
     let child = spawn_actor(Some(&cgroup), &["exec", flagged.to_str().expect("utf-8"), "rogue-ran"]);
     let pid = child.id();
     let key = kernel.expect_hold(pid);
-    wait_stopped(pid);
+    wait_held(pid);
     rogue_signal(pid, libc::SIGCONT);
     match kernel.expect_event(pid) {
         Happened::RogueContinueReheld(_) => {
             // LSM modes: the exec restarted and was held again before it happened.
-            wait_stopped(pid);
+            wait_held(pid);
             sleep(QUIET);
             assert_eq!(process_state(pid), Some('T'));
             kernel.approve(&key);
             assert_eq!(finish(child).0.trim(), "rogue-ran");
         }
-        Happened::RogueContinueKilled(_) => {
-            // cgroup-sock mode: the exec had happened; a resumed flagged program is killed.
+        Happened::RogueContinueFrozen(_) => {
+            // cgroup-sock mode: the exec had happened, but the process sits in a frozen
+            // cgroup of its own: the SIGCONT cannot run it, and the hold stands.
             assert_eq!(kernel.enforcer().mode(), Mode::CgroupSock);
-            assert_eq!(finish(child).1.signal(), Some(libc::SIGKILL));
+            sleep(QUIET);
+            assert!(frozen(pid), "the held process must stay frozen");
+            kernel.approve(&key);
+            let (out, status) = finish(child);
+            assert!(status.success());
+            assert_eq!(out.trim(), "rogue-ran", "approval runs the program once, and only then");
         }
         other => panic!("unexpected {other:?}"),
     }
