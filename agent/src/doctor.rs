@@ -65,8 +65,8 @@ pub fn explain(mode: Mode, sock_addr_can_signal: bool) -> Vec<String> {
         ],
         Mode::CgroupSock => vec![
             "exec: no exec LSM hook; the process is stopped at sched_process_exec, before the new program's \
-             first instruction. A SIGCONT not sent by keyturn is detected and the process is killed (it may run \
-             for the daemon's reaction time, well under a millisecond)"
+             first instruction, then frozen in a cgroup of its own. A SIGCONT not sent by keyturn before the \
+             freeze (the daemon's reaction time) kills it"
                 .into(),
             if sock_addr_can_signal {
                 "egress: held in cgroup/connect*|sendmsg* before any packet; a stray SIGCONT re-holds it".into()
