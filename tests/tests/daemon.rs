@@ -41,11 +41,12 @@ impl Daemon {
             policy.replace("FLAGGED", &dir.join("flagged").display().to_string()),
         )
         .expect("policy");
+        let mode = tests::test_mode().map(|m| format!("mode = \"{m}\"\n")).unwrap_or_default();
         fs::write(
             dir.join("keyturn.toml"),
             format!(
                 "state_dir = \"{0}/state\"\nsocket = \"{0}/keyturn.sock\"\npolicies_dir = \"{0}/policies\"\n\
-                 pin_dir = \"/sys/fs/bpf/kt-daemon-{1}\"\napprover_group = \"nogroup\"\nmetrics = \"\"\n",
+                 pin_dir = \"/sys/fs/bpf/kt-daemon-{1}\"\napprover_group = \"nogroup\"\nmetrics = \"\"\n{mode}",
                 dir.display(),
                 dir.file_name().expect("name").to_string_lossy()
             ),
