@@ -46,7 +46,7 @@ impl Daemon {
             dir.join("keyturn.toml"),
             format!(
                 "state_dir = \"{0}/state\"\nsocket = \"{0}/keyturn.sock\"\npolicies_dir = \"{0}/policies\"\n\
-                 pin_dir = \"/sys/fs/bpf/kt-daemon-{1}\"\napprover_group = \"nogroup\"\nmetrics = \"\"\n{mode}",
+                 pin_dir = \"/sys/fs/bpf/{1}\"\napprover_group = \"nogroup\"\nmetrics = \"\"\n{mode}",
                 dir.display(),
                 dir.file_name().expect("name").to_string_lossy()
             ),

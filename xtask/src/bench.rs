@@ -1,0 +1,25 @@
+//! `cargo xtask bench`: builds the `bench` program of package `tests` in release mode and
+//! runs it; it measures everything side by side in one run and prints its own report.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+pub fn run() -> Result<()> {
+    crate::cargo(&["build", "--release", "--package", "tests", "--bin", "bench"])?;
+    let bench = target_dir().join("release/bench");
+    let status = Command::new(&bench).status().with_context(|| format!("run {}", bench.display()))?;
+    if !status.success() {
+        bail!("{} failed: {status}", bench.display());
+    }
+    Ok(())
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else the workspace's `target`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from)
+}
