@@ -1,5 +1,5 @@
 //! Installs what a fresh machine lacks, idempotently: Debian packages, the nightly
-//! `rust-src` component and bpf-linker built against Debian's LLVM 22.
+//! `rust-src` component, bpf-linker built against Debian's LLVM 22, the VM test kernels.
 
 use std::process::{Command, Stdio};
 
@@ -27,7 +27,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn run() -> Result<()> {
     install_packages()?;
     install_rust_src()?;
-    install_bpf_linker()
+    install_bpf_linker()?;
+    crate::vm::install_kernels()
 }
 
 fn output(program: &str, args: &[&str]) -> Option<String> {

@@ -1,0 +1,867 @@
+//! `cargo xtask vm`: boots Debian's own 6.1 and 6.12 kernels in qemu (TCG) and runs every
+//! integration test executable of package `tests` inside them in the BPF LSM modes.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{BufRead as _, BufReader, Read, Write as _},
+    os::unix::fs::{PermissionsExt as _, symlink},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use serde_json::Value;
+
+/// The enforcement modes that need BPF LSM, which the host kernel cannot load.
+const MODES: [&str; 2] = ["lsm-cgroup", "lsm"];
+/// Longest one test executable may run in one mode before `/init` kills it, so that a
+/// hung test does not hide the results of the others.
+const RUN_TIMEOUT: Duration = Duration::from_mins(10);
+/// Time a guest gets to boot and power off, on top of `RUN_TIMEOUT` per run, before qemu
+/// is killed and whatever did not finish counts as failed.
+const BOOT_TIMEOUT: Duration = Duration::from_mins(3);
+/// Guest memory in MiB: the initramfs (test executables with debug info) lives in RAM.
+const VM_MEMORY_MIB: &str = "2048";
+/// Parallel tests per executable in the guest; TCG runs two vCPUs on two host threads.
+const TEST_THREADS: &str = "--test-threads=2";
+/// Starts every line `/init` prints about a test run; the runner parses them afterwards.
+const MARKER: &str = "KEYTURN-VM";
+/// Kernel modules the tests need (`ip link add … type veth`).
+const MODULES: [&str; 1] = ["veth"];
+/// Host programs the tests run by name (`echo` also by its path, `/bin/echo`); busybox's
+/// applets of the same names lack what the tests use (`ip … type veth`, `setpriv --reuid`).
+const TOOLS: [&str; 3] = ["echo", "ip", "setpriv"];
+/// Where the host keeps its programs.
+const TOOL_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+/// Workspace programs the tests start, found through an environment variable:
+/// (variable, package, binary). Each lands at `/<binary>` in the guest.
+const HELPERS: [(&str, &str, &str); 2] =
+    [("KEYTURN_ACTOR", "tests", "actor"), ("KEYTURN_BIN", "agent", "keyturn")];
+/// Users and groups the tests name (`setpriv --reuid=65534`, approver group `nogroup`).
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
+
+/// A Debian kernel series: its packages are `{prefix}N{suffix}` (signed) and
+/// `{prefix}N{suffix}-unsigned`, and only the newest N is worth booting.
+struct Series {
+    prefix: &'static str,
+    suffix: &'static str,
+}
+
+const SERIES: [Series; 2] = [
+    Series { prefix: "linux-image-6.1.0-", suffix: "-cloud-amd64" },
+    Series { prefix: "linux-image-6.12.", suffix: "+deb12-cloud-amd64" },
+];
+
+/// An unpacked kernel package.
+struct Kernel {
+    package: String,
+    /// The kernel release, `uname -r` in the guest.
+    release: String,
+    vmlinuz: PathBuf,
+    /// `lib/modules/<release>` of the package.
+    modules: PathBuf,
+}
+
+/// What the guest runs: test executables by target name, and the `HELPERS` they start
+/// as (variable, binary name, executable).
+struct Payload {
+    tests: Vec<(String, PathBuf)>,
+    helpers: Vec<(&'static str, &'static str, PathBuf)>,
+}
+
+/// The console of one guest and how long it ran.
+struct Boot {
+    console: String,
+    elapsed: Duration,
+    timed_out: bool,
+}
+
+/// The outcome of one test executable in one mode on one kernel.
+struct Run {
+    kernel: String,
+    mode: &'static str,
+    test: String,
+    /// Tests passed, or why the run counts as failed.
+    outcome: Result<u32, String>,
+}
+
+fn workspace_root() -> Result<&'static Path> {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has no parent directory")
+}
+
+/// Downloads and unpacks the newest Debian kernel of each series, unless already there.
+fn fetch_kernels(vm_dir: &Path) -> Result<Vec<Kernel>> {
+    SERIES.iter().map(|series| fetch_kernel(vm_dir, series)).collect()
+}
+
+/// For `cargo xtask setup`: the kernels the VM tests boot.
+pub fn install_kernels() -> Result<()> {
+    fetch_kernels(&workspace_root()?.join("target/vm")).map(drop)
+}
+
+pub fn run() -> Result<()> {
+    let root = workspace_root()?;
+    let vm_dir = root.join("target/vm");
+    let kernels = fetch_kernels(&vm_dir)?;
+    let payload = build_payload(root)?;
+    let mut runs = Vec::new();
+    let mut timings = Vec::new();
+    for kernel in &kernels {
+        let initrd = build_initramfs(&vm_dir, kernel, &payload)?;
+        let boot = boot(kernel, &initrd, vm_timeout(&payload))?;
+        let log = vm_dir.join(format!("{}.log", kernel.release));
+        fs::write(&log, &boot.console).with_context(|| format!("write {}", log.display()))?;
+        timings.push(format!(
+            "{} ({}): {:.0?}, console in {}",
+            kernel.release,
+            kernel.package,
+            boot.elapsed,
+            log.display()
+        ));
+        runs.extend(judge_boot(kernel, &payload, &boot));
+    }
+    print_summary(&runs, &timings);
+    let failed = runs.iter().filter(|run| run.outcome.is_err()).count();
+    ensure!(failed == 0, "{failed} of {} VM test runs failed", runs.len());
+    Ok(())
+}
+
+// ---- Kernels ----
+
+/// Resolves the newest package of `series`, downloads and unpacks it unless already done.
+fn fetch_kernel(vm_dir: &Path, series: &Series) -> Result<Kernel> {
+    let package = newest_package(series)?;
+    let unpacked = vm_dir.join("kernels").join(&package);
+    if !unpacked.exists() {
+        let deb = download(&vm_dir.join("download"), &package)?;
+        unpack(&deb, &unpacked)?;
+    }
+    Kernel::find(package, &unpacked)
+}
+
+fn newest_package(series: &Series) -> Result<String> {
+    if let Some(package) = series.newest(&apt_cache_search(series)?) {
+        return Ok(package);
+    }
+    run_command(Command::new("apt-get").arg("update"))?;
+    series.newest(&apt_cache_search(series)?).with_context(|| {
+        format!("apt-cache search finds no package {}N{}[-unsigned]", series.prefix, series.suffix)
+    })
+}
+
+fn apt_cache_search(series: &Series) -> Result<String> {
+    command_output(Command::new("apt-cache").args(["search", "--names-only", &format!("^{}", series.prefix)]))
+}
+
+impl Series {
+    /// The newest package named in `apt-cache search` output: unsigned if any, else signed.
+    fn newest(&self, listing: &str) -> Option<String> {
+        let names: Vec<&str> = listing.lines().filter_map(|line| line.split_whitespace().next()).collect();
+        ["-unsigned", ""].into_iter().find_map(|flavour| {
+            let numbered = names.iter().filter_map(|name| Some((self.number(name, flavour)?, *name)));
+            numbered.max().map(|(_, name)| name.to_owned())
+        })
+    }
+
+    /// N of `{prefix}N{suffix}{flavour}`, if `name` is exactly that.
+    fn number(&self, name: &str, flavour: &str) -> Option<u32> {
+        let rest = name.strip_prefix(self.prefix)?.strip_suffix(flavour)?.strip_suffix(self.suffix)?;
+        rest.parse().ok()
+    }
+}
+
+/// `apt-get download`s `package` into `dir` unless a `.deb` of it is there already.
+fn download(dir: &Path, package: &str) -> Result<PathBuf> {
+    if let Some(deb) = downloaded(dir, package)? {
+        return Ok(deb);
+    }
+    create_dir(dir)?;
+    run_command(Command::new("apt-get").args(["download", package]).current_dir(dir))?;
+    downloaded(dir, package)?
+        .with_context(|| format!("apt-get download left no {package}_*.deb in {}", dir.display()))
+}
+
+fn downloaded(dir: &Path, package: &str) -> Result<Option<PathBuf>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let prefix = format!("{package}_");
+    let entries = fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))?;
+    Ok(entries.flatten().map(|entry| entry.path()).find(|path| {
+        let named =
+            path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.starts_with(&prefix));
+        named && path.extension().is_some_and(|extension| extension == "deb")
+    }))
+}
+
+/// `dpkg -x` into a scratch directory renamed into place, so a half-unpacked package is
+/// never taken for a finished one.
+fn unpack(deb: &Path, into: &Path) -> Result<()> {
+    let mut partial = into.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    remove_dir_if_present(&partial)?;
+    create_dir(&partial)?;
+    run_command(Command::new("dpkg").arg("-x").arg(deb).arg(&partial))?;
+    fs::rename(&partial, into).with_context(|| format!("rename {} to {}", partial.display(), into.display()))
+}
+
+impl Kernel {
+    fn find(package: String, unpacked: &Path) -> Result<Self> {
+        let boot = unpacked.join("boot");
+        let vmlinuz = only_entry(&boot, "vmlinuz-")?;
+        let release = vmlinuz
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_prefix("vmlinuz-"))
+            .with_context(|| format!("odd kernel file name {}", vmlinuz.display()))?
+            .to_owned();
+        let modules = ["lib/modules", "usr/lib/modules"]
+            .iter()
+            .map(|dir| unpacked.join(dir).join(&release))
+            .find(|dir| dir.is_dir())
+            .with_context(|| format!("no lib/modules/{release} in {}", unpacked.display()))?;
+        Ok(Self { package, release, vmlinuz, modules })
+    }
+}
+
+/// The one entry of `dir` whose name starts with `prefix`.
+fn only_entry(dir: &Path, prefix: &str) -> Result<PathBuf> {
+    let entries = fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))?;
+    let mut matching = entries.flatten().map(|entry| entry.path()).filter(|path| {
+        path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.starts_with(prefix))
+    });
+    match (matching.next(), matching.next()) {
+        (Some(path), None) => Ok(path),
+        _ => bail!("expected exactly one {prefix}* in {}", dir.display()),
+    }
+}
+
+// ---- Test executables ----
+
+fn build_payload(root: &Path) -> Result<Payload> {
+    let manifest = root.join("tests/Cargo.toml");
+    let tests = cargo_executables(root, &["test", "--package", "tests", "--no-run"], &manifest, "test")?;
+    ensure!(!tests.is_empty(), "cargo built no integration test executable of package tests");
+    let helpers = HELPERS
+        .into_iter()
+        .map(|(variable, package, binary)| Ok((variable, binary, build_binary(root, package, binary)?)))
+        .collect::<Result<_>>()?;
+    Ok(Payload { tests, helpers })
+}
+
+fn build_binary(root: &Path, package: &str, binary: &str) -> Result<PathBuf> {
+    let manifest = root.join(package).join("Cargo.toml");
+    cargo_executables(root, &["build", "--package", package, "--bin", binary], &manifest, "bin")?
+        .into_iter()
+        .find_map(|(name, path)| (name == binary).then_some(path))
+        .with_context(|| format!("cargo built no {binary} executable"))
+}
+
+/// Runs cargo `args` and returns (target name, executable) of every artifact of the package
+/// at `manifest` whose target kind is `kind`.
+fn cargo_executables(
+    root: &Path,
+    args: &[&str],
+    manifest: &Path,
+    kind: &str,
+) -> Result<Vec<(String, PathBuf)>> {
+    let json = command_output(
+        Command::new(env!("CARGO"))
+            .args(args)
+            .arg("--message-format=json-render-diagnostics")
+            .current_dir(root),
+    )?;
+    let mut found = Vec::new();
+    for message in json.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()) {
+        let is_wanted = message["reason"] == "compiler-artifact"
+            && message["manifest_path"].as_str().is_some_and(|path| Path::new(path) == manifest)
+            && message["target"]["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|k| k == kind));
+        if let (true, Some(name), Some(executable)) =
+            (is_wanted, message["target"]["name"].as_str(), message["executable"].as_str())
+        {
+            found.push((name.to_owned(), PathBuf::from(executable)));
+        }
+    }
+    Ok(found)
+}
+
+// ---- Initramfs ----
+
+/// Stages and packs the initramfs for `kernel`; returns the cpio archive.
+fn build_initramfs(vm_dir: &Path, kernel: &Kernel, payload: &Payload) -> Result<PathBuf> {
+    let staging = vm_dir.join("initramfs").join(&kernel.release);
+    remove_dir_if_present(&staging)?;
+    merged_usr(&staging)?;
+    let tools = TOOLS.into_iter().map(host_tool).collect::<Result<Vec<_>>>()?;
+    for tool in &tools {
+        install(&staging, tool, tool)?;
+    }
+    for (name, executable) in &payload.tests {
+        install(&staging, executable, &Path::new("/tests").join(name))?;
+    }
+    for (_, binary, executable) in &payload.helpers {
+        install(&staging, executable, &Path::new("/").join(binary))?;
+    }
+    write_file(&staging.join("etc/passwd"), PASSWD)?;
+    write_file(&staging.join("etc/group"), GROUP)?;
+    install_busybox(&staging, &tools)?;
+    let modules = stage_modules(kernel, &staging)?;
+    write_init(&staging, payload, &modules)?;
+    console_node(&staging)?;
+    let archive = vm_dir.join(format!("{}.cpio", kernel.release));
+    pack(&staging, &archive)?;
+    Ok(archive)
+}
+
+/// Debian's layout: `/bin`, `/sbin`, `/lib`, `/lib64` are links into `/usr`, so every
+/// host path (and `ldd`'s library paths) means the same file in the guest.
+fn merged_usr(staging: &Path) -> Result<()> {
+    for dir in ["bin", "sbin", "lib", "lib64"] {
+        let real = staging.join("usr").join(dir);
+        create_dir(&real)?;
+        let link = staging.join(dir);
+        symlink(Path::new("usr").join(dir), &link)
+            .with_context(|| format!("create link {}", link.display()))?;
+    }
+    let var = staging.join("var");
+    create_dir(&var)?;
+    // iproute2 keeps network namespaces in /var/run/netns, the tests look in /run/netns.
+    symlink("../run", var.join("run")).with_context(|| format!("create link {}/run", var.display()))
+}
+
+/// `path` with symbolic links resolved, as it must be copied into the guest.
+fn host_file(path: impl AsRef<Path>) -> Result<PathBuf> {
+    let path = path.as_ref();
+    fs::canonicalize(path).with_context(|| format!("find {} on this machine", path.display()))
+}
+
+fn host_tool(name: &str) -> Result<PathBuf> {
+    let found = TOOL_DIRS.iter().map(|dir| Path::new(dir).join(name)).find(|path| path.exists());
+    host_file(found.with_context(|| format!("{name} is not installed in {}", TOOL_DIRS.join(", ")))?)
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        create_dir(parent)?;
+    }
+    fs::write(path, contents).with_context(|| format!("write {}", path.display()))
+}
+
+/// Copies the host file `from` to `guest` in the staging tree, with every shared library
+/// `ldd` lists for it at the library's own absolute path.
+fn install(staging: &Path, from: &Path, guest: &Path) -> Result<()> {
+    copy_into(staging, from, guest)?;
+    for library in shared_libraries(from)? {
+        if !in_guest(staging, &library).exists() {
+            copy_into(staging, &host_file(&library)?, &library)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_into(staging: &Path, from: &Path, guest: &Path) -> Result<()> {
+    let to = in_guest(staging, guest);
+    if let Some(parent) = to.parent() {
+        create_dir(parent)?;
+    }
+    fs::copy(from, &to).with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+fn in_guest(staging: &Path, guest: &Path) -> PathBuf {
+    staging.join(guest.strip_prefix("/").unwrap_or(guest))
+}
+
+/// The absolute paths `ldd` prints for `binary` (the dynamic loader included); none for a
+/// static executable.
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let output =
+        Command::new("ldd").arg(binary).output().with_context(|| format!("run ldd {}", binary.display()))?;
+    if !output.status.success() {
+        return Ok(Vec::new());
+    }
+    let listing = String::from_utf8_lossy(&output.stdout);
+    Ok(listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().find(|word| word.starts_with('/')))
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// busybox, linked under every applet name it lists except those of the real `tools`.
+fn install_busybox(staging: &Path, tools: &[PathBuf]) -> Result<()> {
+    let busybox = host_file("/bin/busybox")?;
+    install(staging, &busybox, &busybox)?;
+    let applets = command_output(Command::new(&busybox).arg("--list-full"))?;
+    for applet in applets.lines().map(Path::new) {
+        let link = in_guest(staging, applet);
+        let shadows_tool = tools.iter().any(|tool| tool.file_name() == applet.file_name());
+        if shadows_tool || link.symlink_metadata().is_ok() {
+            continue;
+        }
+        symlink(&busybox, &link).with_context(|| format!("create link {}", link.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies each module in `MODULES` and the modules it depends on, uncompressed for busybox
+/// insmod, into `/modules`; returns their guest paths in load order. The packages ship no
+/// `modules.dep` (depmod writes it on install), so dependencies come from each module's
+/// own `depends=` entry.
+fn stage_modules(kernel: &Kernel, staging: &Path) -> Result<Vec<String>> {
+    let mut index = HashMap::new();
+    index_modules(&kernel.modules.join("kernel"), &mut index)?;
+    create_dir(&staging.join("modules"))?;
+    let mut order = Vec::new();
+    for wanted in MODULES {
+        if index.contains_key(wanted) {
+            stage_with_dependencies(&index, wanted, staging, &mut order)?;
+        } else {
+            ensure!(
+                is_builtin(kernel, wanted)?,
+                "{wanted} is neither a module nor built into {}",
+                kernel.release
+            );
+        }
+    }
+    Ok(order)
+}
+
+/// Maps module names to their files under `dir`.
+fn index_modules(dir: &Path, index: &mut HashMap<String, PathBuf>) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            index_modules(&path, index)?;
+        } else if let Some(name) = path.to_str().and_then(module_name) {
+            index.insert(name, path);
+        }
+    }
+    Ok(())
+}
+
+/// Stages `module` after everything it depends on, each once, recording guest paths in
+/// `order`.
+fn stage_with_dependencies(
+    index: &HashMap<String, PathBuf>,
+    module: &str,
+    staging: &Path,
+    order: &mut Vec<String>,
+) -> Result<()> {
+    let guest = format!("/modules/{module}.ko");
+    if order.contains(&guest) {
+        return Ok(());
+    }
+    let source = index.get(module).with_context(|| format!("no module file for {module}"))?;
+    let staged = in_guest(staging, Path::new(&guest));
+    decompress(source, &staged)?;
+    let image = fs::read(&staged).with_context(|| format!("read {}", staged.display()))?;
+    for dependency in dependencies(&image) {
+        stage_with_dependencies(index, &dependency, staging, order)?;
+    }
+    order.push(guest);
+    Ok(())
+}
+
+/// The names in the `depends=` entry of a module's `.modinfo`, spelled as files are.
+fn dependencies(image: &[u8]) -> Vec<String> {
+    const KEY: &[u8] = b"\0depends=";
+    let Some(at) = image.windows(KEY.len()).position(|window| window == KEY) else {
+        return Vec::new();
+    };
+    let value = image[at + KEY.len()..].split(|byte| *byte == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(value).split(',').filter(|name| !name.is_empty()).map(normalize).collect()
+}
+
+/// `veth` for `kernel/drivers/net/veth.ko.xz`; `None` for other files.
+fn module_name(path: &str) -> Option<String> {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split_once(".ko").map(|(name, _)| normalize(name))
+}
+
+/// Module names treat `-` and `_` alike.
+fn normalize(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+fn is_builtin(kernel: &Kernel, module: &str) -> Result<bool> {
+    let builtin = kernel.modules.join("modules.builtin");
+    let listing = fs::read_to_string(&builtin).with_context(|| format!("read {}", builtin.display()))?;
+    Ok(listing.lines().any(|path| module_name(path).as_deref() == Some(module)))
+}
+
+/// Writes `source` (`.ko`, `.ko.xz`, `.ko.zst` or `.ko.gz`) uncompressed to `target`.
+fn decompress(source: &Path, target: &Path) -> Result<()> {
+    let decompressor = match source.extension().and_then(|extension| extension.to_str()) {
+        Some("xz") => "xz",
+        Some("zst") => "zstd",
+        Some("gz") => "gzip",
+        _ => {
+            fs::copy(source, target).with_context(|| format!("copy {}", source.display()))?;
+            return Ok(());
+        }
+    };
+    let output = fs::File::create(target).with_context(|| format!("create {}", target.display()))?;
+    run_command(Command::new(decompressor).arg("-dc").arg(source).stdout(output))
+}
+
+/// The guest's `/init`: mounts what the tests need, then runs every test executable in
+/// every mode between marker lines, and powers off.
+fn write_init(staging: &Path, payload: &Payload, modules: &[String]) -> Result<()> {
+    let tests: Vec<&str> = payload.tests.iter().map(|(name, _)| name.as_str()).collect();
+    let helpers: Vec<String> =
+        payload.helpers.iter().map(|(variable, binary, _)| format!("{variable}=/{binary}")).collect();
+    let script = format!(
+        r#"#!/bin/sh
+# Written by `cargo xtask vm`.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+on() {{ mkdir -p "$3" && mount -t "$1" "$2" "$3" || echo "{MARKER} cannot mount $1 on $3"; }}
+on proc proc /proc
+on sysfs sysfs /sys
+on devtmpfs devtmpfs /dev
+on tmpfs tmpfs /tmp
+on tmpfs tmpfs /run
+on cgroup2 cgroup2 /sys/fs/cgroup
+on bpf bpf /sys/fs/bpf
+on securityfs securityfs /sys/kernel/security
+mkdir -p /run/netns
+ip link set lo up
+for module in {modules}; do insmod "$module" || echo "{MARKER} cannot insmod $module"; done
+echo "{MARKER} kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
+failed=0
+for mode in {modes}; do
+  for test in {tests}; do
+    echo "{MARKER} mode=$mode test=$test start"
+    KEYTURN_TEST_MODE=$mode {helpers} RUST_BACKTRACE=1 \
+      timeout {run_timeout} "/tests/$test" {TEST_THREADS} --color=never
+    code=$?
+    echo "{MARKER} mode=$mode test=$test exit=$code"
+    [ "$code" = 0 ] || failed=1
+  done
+done
+[ "$failed" = 0 ] || {{ echo "{MARKER} kernel log follows"; dmesg; }}
+poweroff -f
+"#,
+        modules = modules.join(" "),
+        modes = MODES.join(" "),
+        tests = tests.join(" "),
+        helpers = helpers.join(" "),
+        run_timeout = RUN_TIMEOUT.as_secs(),
+    );
+    let init = staging.join("init");
+    fs::write(&init, script).with_context(|| format!("write {}", init.display()))?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("make {} executable", init.display()))
+}
+
+/// `/dev/console`, which the kernel opens for `/init` before anything is mounted.
+fn console_node(staging: &Path) -> Result<()> {
+    let dev = staging.join("dev");
+    create_dir(&dev)?;
+    run_command(Command::new("mknod").arg(dev.join("console")).args(["c", "5", "1"]))
+        .context("create /dev/console for the initramfs (needs root)")
+}
+
+/// Packs `staging` into a newc cpio archive with the `cpio` command.
+fn pack(staging: &Path, archive: &Path) -> Result<()> {
+    let mut list = Vec::new();
+    list_tree(staging, Path::new("."), &mut list)?;
+    let output = fs::File::create(archive).with_context(|| format!("create {}", archive.display()))?;
+    let mut cpio = Command::new("cpio")
+        .args(["--create", "--format=newc", "--null", "--quiet"])
+        .current_dir(staging)
+        .stdin(Stdio::piped())
+        .stdout(output)
+        .spawn()
+        .context("run cpio")?;
+    let mut stdin = cpio.stdin.take().context("cpio stdin")?;
+    stdin.write_all(&list).context("feed file names to cpio")?;
+    drop(stdin);
+    let status = cpio.wait().context("wait for cpio")?;
+    ensure!(status.success(), "cpio failed packing {}: {status}", staging.display());
+    Ok(())
+}
+
+/// NUL-terminated paths of `relative` and everything under it, parents first.
+fn list_tree(staging: &Path, relative: &Path, list: &mut Vec<u8>) -> Result<()> {
+    list.extend_from_slice(relative.as_os_str().as_encoded_bytes());
+    list.push(0);
+    let path = staging.join(relative);
+    if !path.symlink_metadata().with_context(|| format!("stat {}", path.display()))?.is_dir() {
+        return Ok(());
+    }
+    let mut entries: Vec<_> =
+        fs::read_dir(&path).with_context(|| format!("list {}", path.display()))?.flatten().collect();
+    entries.sort_by_key(fs::DirEntry::file_name);
+    for entry in entries {
+        list_tree(staging, &relative.join(entry.file_name()), list)?;
+    }
+    Ok(())
+}
+
+// ---- Boot ----
+
+/// `BOOT_TIMEOUT` plus `RUN_TIMEOUT` for each mode of each test executable.
+fn vm_timeout(payload: &Payload) -> Duration {
+    let runs = MODES.len() * payload.tests.len();
+    BOOT_TIMEOUT + RUN_TIMEOUT * u32::try_from(runs).unwrap_or(u32::MAX)
+}
+
+/// Boots `kernel` with `initrd` under TCG, streaming and capturing its serial console,
+/// and kills qemu after `timeout`.
+fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration) -> Result<Boot> {
+    let started = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", VM_MEMORY_MIB, "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-nic", "none", "-kernel"])
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1 lsm=lockdown,capability,landlock,bpf"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start qemu-system-x86_64")?;
+    let serial = qemu.stdout.take().context("qemu stdout")?;
+    let release = kernel.release.clone();
+    let reader = thread::spawn(move || stream_console(serial, &release));
+    let deadline = started + timeout;
+    let mut timed_out = false;
+    while qemu.try_wait().context("wait for qemu")?.is_none() {
+        if Instant::now() >= deadline {
+            eprintln!("[{}] timed out after {timeout:?}: killing qemu", kernel.release);
+            qemu.kill().context("kill qemu")?;
+            qemu.wait().context("reap qemu")?;
+            timed_out = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let console = reader.join().map_err(|_| anyhow!("the console reader of {} panicked", kernel.release))?;
+    Ok(Boot { console, elapsed: started.elapsed(), timed_out })
+}
+
+/// Prints each console line prefixed with `release` and returns them all.
+fn stream_console(serial: impl Read, release: &str) -> String {
+    let mut console = String::new();
+    for line in BufReader::new(serial).split(b'\n').map_while(Result::ok) {
+        let line = without_escapes(&String::from_utf8_lossy(&line));
+        println!("[{release}] {line}");
+        console.push_str(&line);
+        console.push('\n');
+    }
+    console
+}
+
+/// `line` without terminal escape sequences and control characters: the firmware resets and
+/// clears the screen, which would wipe the terminal the console is streamed to.
+fn without_escapes(line: &str) -> String {
+    let mut clean = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            skip_escape_sequence(&mut chars);
+        } else if c == '\t' || !c.is_control() {
+            clean.push(c);
+        }
+    }
+    clean
+}
+
+/// Skips the rest of an escape sequence: `ESC [ parameters final-byte`, or `ESC` and one
+/// character.
+fn skip_escape_sequence(chars: &mut std::str::Chars) {
+    if chars.next() == Some('[') {
+        chars.by_ref().find(|c| ('@'..='~').contains(c));
+    }
+}
+
+// ---- Verdicts ----
+
+fn judge_boot(kernel: &Kernel, payload: &Payload, boot: &Boot) -> Vec<Run> {
+    let mut runs = Vec::new();
+    for mode in MODES {
+        for (test, _) in &payload.tests {
+            let outcome = judge_run(&boot.console, mode, test)
+                .map_err(|why| if boot.timed_out { format!("{why} (the VM timed out)") } else { why });
+            runs.push(Run { kernel: kernel.release.clone(), mode, test: test.clone(), outcome });
+        }
+    }
+    runs
+}
+
+/// Passed count of `test` in `mode` if its markers and summary say it all passed, nothing
+/// failed and nothing was ignored; else why not.
+fn judge_run(console: &str, mode: &str, test: &str) -> Result<u32, String> {
+    let lines: Vec<&str> = console.lines().collect();
+    let start = format!("{MARKER} mode={mode} test={test} start");
+    let exit_marker = format!("{MARKER} mode={mode} test={test} exit=");
+    let begin = lines.iter().position(|line| line.contains(&start)).ok_or("never started")?;
+    let (end, exit) = lines[begin..]
+        .iter()
+        .enumerate()
+        .find_map(|(at, line)| Some((begin + at, line.split_once(&exit_marker)?.1.trim())))
+        .ok_or("no exit marker: the guest died or hung")?;
+    let output = &lines[begin..end];
+    if exit != "0" {
+        return Err(format!("exit {exit}{}", failed_tests(output)));
+    }
+    let summary = output
+        .iter()
+        .rev()
+        .find_map(|line| line.split_once("test result: ").map(|(_, summary)| summary))
+        .ok_or("no `test result:` summary")?;
+    parse_summary(summary)
+}
+
+/// ", failed: a, b" for the `test a ... FAILED` lines of `output`.
+fn failed_tests(output: &[&str]) -> String {
+    let names: Vec<&str> =
+        output.iter().filter_map(|line| line.strip_prefix("test ")?.strip_suffix(" ... FAILED")).collect();
+    if names.is_empty() { String::new() } else { format!(", failed: {}", names.join(", ")) }
+}
+
+/// Accepts `ok. N passed; 0 failed; 0 ignored; …` with N > 0.
+fn parse_summary(summary: &str) -> Result<u32, String> {
+    let rejected = || Err(format!("test result: {summary}"));
+    let Some(("ok", counts)) = summary.split_once(". ") else {
+        return rejected();
+    };
+    let count =
+        |what: &str| counts.split("; ").find_map(|part| part.strip_suffix(what)?.trim().parse::<u32>().ok());
+    match (count(" passed"), count(" failed"), count(" ignored")) {
+        (Some(passed), Some(0), Some(0)) if passed > 0 => Ok(passed),
+        _ => rejected(),
+    }
+}
+
+fn print_summary(runs: &[Run], timings: &[String]) {
+    println!("\nVM test runs");
+    for timing in timings {
+        println!("  {timing}");
+    }
+    let width = runs.iter().map(|run| run.kernel.len()).max().unwrap_or(0);
+    let test_width = runs.iter().map(|run| run.test.len()).max().unwrap_or(0);
+    println!("{:width$}  {:10}  {:test_width$}  result", "kernel", "mode", "test");
+    for run in runs {
+        let result = match &run.outcome {
+            Ok(passed) => format!("passed ({passed} tests)"),
+            Err(why) => format!("FAILED: {why}"),
+        };
+        println!("{:width$}  {:10}  {:test_width$}  {result}", run.kernel, run.mode, run.test);
+    }
+}
+
+// ---- Commands ----
+
+fn run_command(command: &mut Command) -> Result<()> {
+    let status = command.status().with_context(|| format!("run {}", describe(command)))?;
+    ensure!(status.success(), "{} failed: {status}", describe(command));
+    Ok(())
+}
+
+/// Stdout of `command` (stderr passes through), failing on a non-zero exit.
+fn command_output(command: &mut Command) -> Result<String> {
+    let output =
+        command.stderr(Stdio::inherit()).output().with_context(|| format!("run {}", describe(command)))?;
+    ensure!(output.status.success(), "{} failed: {}", describe(command), output.status);
+    String::from_utf8(output.stdout).with_context(|| format!("{} printed non-UTF-8", describe(command)))
+}
+
+fn describe(command: &Command) -> String {
+    let words: Vec<String> = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|word| word.to_string_lossy().into_owned())
+        .collect();
+    words.join(" ")
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(error).with_context(|| format!("remove {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSING: &str = "KEYTURN-VM mode=lsm test=hold start\n\nrunning 2 tests\ntest a ... ok\n\
+        test b ... ok\n\ntest result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; \
+        finished in 1.00s\n\nKEYTURN-VM mode=lsm test=hold exit=0\n";
+
+    #[test]
+    fn the_newest_unsigned_kernel_wins_by_number_not_by_text() {
+        let listing = "linux-image-6.12.99+deb12-cloud-amd64-unsigned - Linux 6.12\n\
+            linux-image-6.12.117+deb12-cloud-amd64-unsigned - Linux 6.12\n\
+            linux-image-6.12.118+deb12-cloud-amd64 - Linux 6.12 (signed)\n\
+            linux-image-6.12.119+deb12-cloud-amd64-dbg - Debug symbols\n\
+            linux-image-6.12-cloud-amd64-dbg - meta-package\n";
+        assert_eq!(
+            SERIES[1].newest(listing).as_deref(),
+            Some("linux-image-6.12.117+deb12-cloud-amd64-unsigned")
+        );
+    }
+
+    #[test]
+    fn a_signed_kernel_is_the_fallback() {
+        let listing = "linux-image-6.1.0-56-cloud-amd64 - Linux 6.1 (signed)\n\
+            linux-image-6.1.0-57-cloud-amd64-dbg - Debug symbols\n";
+        assert_eq!(SERIES[0].newest(listing).as_deref(), Some("linux-image-6.1.0-56-cloud-amd64"));
+        assert_eq!(SERIES[0].newest(""), None);
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        assert_eq!(judge_run(PASSING, "lsm", "hold"), Ok(2));
+    }
+
+    #[test]
+    fn skipped_failed_empty_unfinished_or_silent_runs_fail() {
+        let spoiled = [
+            ("0 ignored", "1 ignored"),
+            ("0 failed", "1 failed"),
+            ("2 passed", "0 passed"),
+            ("result: ok", "result: FAILED"),
+            ("exit=0", "exit=143"),
+            ("test result", "test outcome"),
+            ("KEYTURN-VM mode=lsm test=hold exit=0", ""),
+        ];
+        for (from, to) in spoiled {
+            assert!(judge_run(&PASSING.replace(from, to), "lsm", "hold").is_err(), "{from} -> {to}");
+        }
+        assert!(judge_run(PASSING, "lsm-cgroup", "hold").is_err());
+    }
+
+    #[test]
+    fn a_failed_run_names_its_failed_tests() {
+        let failing = PASSING.replace("test b ... ok", "test b ... FAILED").replace("exit=0", "exit=101");
+        assert_eq!(judge_run(&failing, "lsm", "hold"), Err("exit 101, failed: b".to_owned()));
+    }
+
+    #[test]
+    fn escape_sequences_and_carriage_returns_are_dropped() {
+        assert_eq!(without_escapes("\x1bc\x1b[?7l\x1b[2JSeaBIOS\r"), "SeaBIOS");
+    }
+
+    #[test]
+    fn module_dependencies_come_from_modinfo() {
+        let image = b"\x7fELF\x02\0license=GPL\0depends=udp_tunnel,ip6-udp-tunnel\0vermagic=6.1\0";
+        assert_eq!(dependencies(image), ["udp_tunnel", "ip6_udp_tunnel"]);
+        assert!(dependencies(b"\0depends=\0name=veth\0").is_empty());
+        assert_eq!(module_name("kernel/drivers/net/veth.ko.xz").as_deref(), Some("veth"));
+        assert_eq!(module_name("modules.order"), None);
+    }
+}
