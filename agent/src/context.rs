@@ -124,6 +124,19 @@ fn read_c_string(mem: &fs::File, addr: u64, max: usize) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// `/proc/PID/task/TID/syscall` once the thread has reached its stop: the hold event can
+/// arrive while the thread is still on its way there, when the file only says `running`.
+fn stopped_syscall(pid: u32, tid: u32) -> Option<String> {
+    for _ in 0..500 {
+        let syscall = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+        if !syscall.starts_with("running") {
+            return Some(syscall);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
 /// The argv a process stopped inside execve/execveat passed: read from its registers
 /// (`/proc/PID/syscall`) and memory, since the exec has not happened yet.
 fn pending_exec_argv(pid: u32, tid: u32) -> Option<Vec<String>> {
@@ -131,7 +144,7 @@ fn pending_exec_argv(pid: u32, tid: u32) -> Option<Vec<String>> {
     const EXECVEAT: u64 = 322;
     const MAX_ARGS: usize = 4096;
     const MAX_BYTES: usize = 1 << 20;
-    let syscall = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    let syscall = stopped_syscall(pid, tid)?;
     let fields: Vec<u64> = syscall
         .split_whitespace()
         .map(|f| u64::from_str_radix(f.trim_start_matches("0x"), if f.starts_with("0x") { 16 } else { 10 }))
