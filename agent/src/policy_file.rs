@@ -232,7 +232,13 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
     let error = |line: usize, reason: String| PolicyError { file: file.into(), line, reason };
     let raw: PolicyFile = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(1, |span| line_of(text, span.start));
-        error(line, e.message().to_owned())
+        // Some toml errors (a NUL byte, say) carry no message of their own.
+        let reason = if e.message().trim().is_empty() {
+            e.to_string().lines().last().unwrap_or("not valid TOML").trim().to_owned()
+        } else {
+            e.message().to_owned()
+        };
+        error(line, if reason.is_empty() { "not valid TOML".to_owned() } else { reason })
     })?;
     let timeout = humantime::parse_duration(&raw.timeout).map_err(|e| {
         error(line_of(text, text.find("timeout").unwrap_or(0)), format!("timeout {:?}: {e}", raw.timeout))
@@ -413,6 +419,56 @@ action = "deny"
         );
         let twice = "[[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"hold\"\n";
         assert!(err(&format!("{twice}\n{twice}")).reason.contains("repeats"));
+    }
+
+    /// Mutation fuzzing: thousands of corrupted variants of valid policies must each be
+    /// either accepted or refused with a line inside the file, never panic.
+    #[test]
+    fn mutated_policies_never_panic_and_errors_point_into_the_file() {
+        const ALPHABET: &[&str] = &[
+            "\"", "[", "]", "[[", "]]", "=", "\n", "#", "-", "/", ".", ":", "0", "9", "65536", "-1", "1e9",
+            "a", "é", "\u{0}", "\\", "'", "{", "}", ",", " ", "action", "hold", "cidr", "ports", "::",
+            "/129",
+        ];
+        let seeds = [
+            default_policy_text(),
+            "timeout = \"1m\"\n[[exec]]\npath = \"/bin/sh\"\naction = \"hold\"\nargv = [\"-c\"]\n[[egress]]\n\
+             cidr = \"fd00::/8\"\nports = [22, \"80-90\"]\nprotocol = \"udp\"\naction = \"deny\"\n"
+                .to_owned(),
+        ];
+        // xorshift: deterministic, so a failure reproduces.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            usize::try_from(state % bound as u64).expect("fits")
+        };
+        let mut refused = 0;
+        for round in 0..4000 {
+            let mut text = seeds[round % seeds.len()].clone();
+            for _ in 0..=next(4) {
+                let mut at = next(text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let end = (at + next(8)).min(text.len());
+                let end = (end..=text.len()).find(|&e| text.is_char_boundary(e)).unwrap_or(text.len());
+                text.replace_range(at..end, ALPHABET[next(ALPHABET.len())]);
+            }
+            if let Err(e) = parse("fuzz", "fuzz.toml", &text) {
+                refused += 1;
+                let lines = text.lines().count().max(1);
+                assert!(
+                    e.line >= 1 && e.line <= lines + 1,
+                    "line {} outside 1..={}: {e}\n{text}",
+                    e.line,
+                    lines + 1
+                );
+                assert!(!e.reason.is_empty(), "empty reason for:\n{text}");
+            }
+        }
+        assert!(refused > 100, "the mutations must produce refusals to be worth anything ({refused})");
     }
 
     #[test]
