@@ -423,8 +423,10 @@ impl Daemon {
                 );
             }
             Ok(Happened::RogueContinueFrozen(_)) => {
-                self.record(json!({"type": "rogue_sigcont", "id": context::hold_id(event), "pid": event.tgid,
-                    "outcome": "still held (frozen)"}));
+                self.record(
+                    json!({"type": "rogue_sigcont", "id": context::hold_id(event), "pid": event.tgid,
+                    "outcome": "still held (frozen)"}),
+                );
             }
             Ok(Happened::RogueContinueKilled(_)) => {
                 let id = context::hold_id(event);

@@ -61,7 +61,8 @@ pub fn explain(mode: Mode, sock_addr_can_signal: bool) -> Vec<String> {
     match mode {
         Mode::LsmCgroup | Mode::Lsm => vec![
             "exec: held in bprm_check_security, before the exec happens; a stray SIGCONT re-holds it".into(),
-            "egress: held in socket_connect/socket_sendmsg before any packet; a stray SIGCONT re-holds it".into(),
+            "egress: held in socket_connect/socket_sendmsg before any packet; a stray SIGCONT re-holds it"
+                .into(),
         ],
         Mode::CgroupSock => vec![
             "exec: no exec LSM hook; the process is stopped at sched_process_exec, before the new program's \
@@ -69,7 +70,8 @@ pub fn explain(mode: Mode, sock_addr_can_signal: bool) -> Vec<String> {
              freeze (the daemon's reaction time) kills it"
                 .into(),
             if sock_addr_can_signal {
-                "egress: held in cgroup/connect*|sendmsg* before any packet; a stray SIGCONT re-holds it".into()
+                "egress: held in cgroup/connect*|sendmsg* before any packet; a stray SIGCONT re-holds it"
+                    .into()
             } else {
                 "egress: this kernel refuses bpf_send_signal in sock_addr programs: a held connect fails with \
                  EPERM at once and succeeds when retried after approval"
