@@ -2,11 +2,7 @@
 //! before any packet leaves. IPv4 and IPv4-mapped IPv6 destinations are the same thing.
 
 use agent_common::{Action, EgressKey, V4_MAPPED_PREFIX, capacity, kind, protocol};
-use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    maps::lpm_trie::Key,
-    programs::{LsmContext, SockAddrContext},
-};
+use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
 
 use crate::{
     hold::{self, Outcome, Waiting},
@@ -41,7 +37,7 @@ fn verdict(tagged: &Tagged, to: &Destination) -> u32 {
         return hold::policy_defaults(tagged.tag.policy).egress;
     };
     for i in 0..capacity::PORT_RULES {
-        if i as u32 >= rule.count {
+        if i >= rule.count as usize {
             break;
         }
         let port = rule.ports[i];
@@ -67,7 +63,7 @@ pub fn check(to: &Destination, waiting: Waiting) -> Outcome {
         addr: to.addr,
         ..Action::default()
     };
-    hold::enforce(&tagged, &action, verdict(&tagged, &to), waiting, 0)
+    hold::enforce(&tagged, &action, verdict(&tagged, to), waiting, 0)
 }
 
 /// Reads the destination of a kernel `struct sockaddr *`. `None`: not an IP destination.
@@ -92,14 +88,6 @@ fn socket_protocol(socket: u64) -> Result<u32, i32> {
     })
 }
 
-fn lsm_outcome(outcome: Outcome) -> i32 {
-    match outcome {
-        Outcome::Allow => 0,
-        Outcome::Refuse => -kernel::EPERM,
-        Outcome::Held => -kernel::ERESTARTNOINTR,
-    }
-}
-
 /// Decides `socket_connect(sock, address, addrlen)`: unreadable arguments are refused.
 pub fn connect(socket: u64, sockaddr: u64) -> Outcome {
     let destination = socket_protocol(socket).and_then(|protocol| sockaddr_destination(sockaddr, protocol));
@@ -121,23 +109,10 @@ pub fn sendmsg(socket: u64, msghdr: u64) -> Outcome {
     }
 }
 
-/// `lsm` mode `socket_connect`: holds a connect to a held destination before any SYN or
-/// datagram, refuses a denied one, allows the rest. Passes on an earlier denial.
-pub fn lsm_connect(ctx: &LsmContext) -> i32 {
-    let earlier: i32 = ctx.arg(3);
-    if earlier != 0 {
-        return earlier;
-    }
-    lsm_outcome(connect(ctx.arg(0), ctx.arg(1)))
-}
-
-/// `lsm` mode `socket_sendmsg`: as [`lsm_connect`], for messages that carry a destination.
-pub fn lsm_sendmsg(ctx: &LsmContext) -> i32 {
-    let earlier: i32 = ctx.arg(3);
-    if earlier != 0 {
-        return earlier;
-    }
-    lsm_outcome(sendmsg(ctx.arg(0), ctx.arg(1)))
+/// The destination port, host byte order.
+#[expect(clippy::cast_possible_truncation, reason = "the port is the low 16 bits, in network order")]
+fn sock_addr_port(sa: &bpf_sock_addr) -> u16 {
+    u16::from_be(sa.user_port as u16)
 }
 
 fn sock_addr_protocol(sa: &bpf_sock_addr) -> u32 {
@@ -152,11 +127,7 @@ fn sock_addr_protocol(sa: &bpf_sock_addr) -> u32 {
 pub fn sock_addr_destination_v4(ctx: &SockAddrContext) -> Destination {
     // SAFETY: the context is the kernel's bpf_sock_addr for this call.
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
-    Destination {
-        addr: mapped_v4(sa.user_ip4),
-        port: u16::from_be(sa.user_port as u16),
-        protocol: sock_addr_protocol(sa),
-    }
+    Destination { addr: mapped_v4(sa.user_ip4), port: sock_addr_port(sa), protocol: sock_addr_protocol(sa) }
 }
 
 /// The destination a `cgroup/connect6` or `cgroup/sendmsg6` program sees.
@@ -168,5 +139,5 @@ pub fn sock_addr_destination_v6(ctx: &SockAddrContext) -> Destination {
     for (chunk, word) in addr.chunks_exact_mut(4).zip(words) {
         chunk.copy_from_slice(&word.to_ne_bytes());
     }
-    Destination { addr, port: u16::from_be(sa.user_port as u16), protocol: sock_addr_protocol(sa) }
+    Destination { addr, port: sock_addr_port(sa), protocol: sock_addr_protocol(sa) }
 }

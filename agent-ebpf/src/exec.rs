@@ -2,7 +2,7 @@
 //! inode), not by the name it was called by.
 
 use agent_common::{Action, ExecKey, kind};
-use aya_ebpf::programs::{BtfTracePointContext, LsmContext};
+use aya_ebpf::programs::BtfTracePointContext;
 
 use crate::{
     hold::{self, Outcome, Waiting},
@@ -26,7 +26,7 @@ fn executable(binprm: u64) -> Result<(Action, u64), i32> {
 fn verdict(tagged: &Tagged, action: &Action) -> u32 {
     let key = ExecKey { policy: tagged.tag.policy, dev: action.dev, ino: action.ino };
     // SAFETY: u32 values replaced whole by user space.
-    unsafe { EXEC_RULES.get(&key) }.copied().unwrap_or_else(|| hold::policy_defaults(tagged.tag.policy).exec)
+    unsafe { EXEC_RULES.get(key) }.copied().unwrap_or_else(|| hold::policy_defaults(tagged.tag.policy).exec)
 }
 
 /// Decides an exec that can still be failed or restarted (`bprm_check_security`).
@@ -39,21 +39,6 @@ pub fn check(binprm: u64) -> Outcome {
         return Outcome::Refuse;
     };
     hold::enforce(&tagged, &action, verdict(&tagged, &action), Waiting::Restart, filename)
-}
-
-/// `lsm` mode: every exec on the host passes here; untagged ones cost one cached lookup.
-/// Holds the exec of a flagged file before anything of the new program exists, refuses a
-/// denied one with EPERM, allows the rest. Passes on an earlier LSM's denial.
-pub fn lsm(ctx: &LsmContext) -> i32 {
-    let earlier: i32 = ctx.arg(1);
-    if earlier != 0 {
-        return earlier;
-    }
-    match check(ctx.arg(0)) {
-        Outcome::Allow => 0,
-        Outcome::Refuse => -kernel::EPERM,
-        Outcome::Held => -kernel::ERESTARTNOINTR,
-    }
 }
 
 /// `cgroup-sock` mode, where no LSM can fail the exec: the new image is loaded but has
@@ -91,7 +76,7 @@ pub fn signal_generated(ctx: &BtfTracePointContext) {
     // After exec the execing thread is the leader: its tid is the tgid.
     let key = agent_common::HoldKey { tgid, tid: tgid };
     // SAFETY: the record is read by value.
-    if let Some(hold) = unsafe { crate::maps::HOLDS.get(&key) }
+    if let Some(hold) = unsafe { crate::maps::HOLDS.get(key) }
         && hold.state == agent_common::hold_state::PENDING
         && hold.event_type == agent_common::event_type::STOPPED
     {

@@ -5,8 +5,6 @@ use agent_common::{
     Action, Hold, HoldEvent, HoldKey, PolicyDefaults, capacity, counter, event_type, hold_state, verdict,
 };
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use crate::{
     kernel,
     maps::{CONFIG, COUNTERS, EVENTS, HOLDS, HOLDS_FINISHED, HOLDS_STARTED, POLICIES},
@@ -17,10 +15,10 @@ use crate::{
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Waiting {
     /// SIGSTOP now and fail with -ERESTARTNOINTR: the syscall restarts after SIGCONT and
-    /// runs this hook again (LSM hooks, sock_addr hooks on kernels that allow signals).
+    /// runs this hook again (LSM hooks, `sock_addr` hooks on kernels that allow signals).
     Restart,
     /// Fail with EPERM now; an approval lets the same action of the same process succeed
-    /// when it retries (sock_addr hooks on kernels that do not allow signals).
+    /// when it retries (`sock_addr` hooks on kernels that do not allow signals).
     Retry,
     /// SIGSTOP after the fact, nothing to restart (exec seen at `sched_process_exec`).
     Stopped,
@@ -72,7 +70,7 @@ pub fn enforce(
         return Outcome::Refuse;
     };
 
-    if let Some(existing) = HOLDS.get_ptr(&key) {
+    if let Some(existing) = HOLDS.get_ptr(key) {
         // SAFETY: the record is only replaced whole; fields are read by value.
         let existing = unsafe { &*existing };
         if existing.start_boottime == start_boottime {
@@ -115,13 +113,13 @@ pub fn enforce(
         state: hold_state::PENDING,
         event_type: kind,
     };
-    if HOLDS.insert(&key, &hold, 0).is_err() {
+    if HOLDS.insert(key, hold, 0).is_err() {
         entry.discard(0);
         count(counter::HOLD_TABLE_REFUSED);
         return Outcome::Refuse;
     }
     if waiting != Waiting::Retry && !kernel::signal_current(kernel::SIGSTOP) {
-        let _ = HOLDS.remove(&key);
+        let _ = HOLDS.remove(key);
         entry.discard(0);
         count(counter::SIGNAL_FAILED);
         return Outcome::Refuse;
@@ -186,20 +184,36 @@ fn daemon_alive() -> bool {
 
 fn pending(root: u64) -> u64 {
     // SAFETY: u64 reads of map values.
-    let started = unsafe { HOLDS_STARTED.get(&root) }.copied().unwrap_or(0);
-    let finished = unsafe { HOLDS_FINISHED.get(&root) }.copied().unwrap_or(0);
+    let started = unsafe { HOLDS_STARTED.get(root) }.copied().unwrap_or(0);
+    let finished = unsafe { HOLDS_FINISHED.get(root) }.copied().unwrap_or(0);
     started.saturating_sub(finished)
 }
 
 fn started(root: u64) {
-    if HOLDS_STARTED.get_ptr_mut(&root).is_none() {
-        let _ = HOLDS_STARTED.insert(&root, &0, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
+    if HOLDS_STARTED.get_ptr_mut(root).is_none() {
+        let _ = HOLDS_STARTED.insert(root, 0, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
     }
-    if let Some(value) = HOLDS_STARTED.get_ptr_mut(&root) {
-        // SAFETY: atomic add (BPF_XADD) on a map value shared between CPUs. The BPF target
-        // has no `AtomicU64::fetch_add`, so the intrinsic is used directly.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(value, 1) };
+    if let Some(value) = HOLDS_STARTED.get_ptr_mut(root) {
+        atomic_increment(value);
     }
+}
+
+/// Adds one to a map value shared between CPUs (`BPF_XADD`).
+#[cfg(target_arch = "bpf")]
+fn atomic_increment(value: *mut u64) {
+    // SAFETY: `value` points into a map value. The BPF target has no
+    // `AtomicU64::fetch_add`, so the intrinsic is used directly.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(value, 1)
+    };
+}
+
+/// Host builds (clippy, tests) only: the same through `AtomicU64`.
+#[cfg(not(target_arch = "bpf"))]
+fn atomic_increment(value: *mut u64) {
+    // SAFETY: `value` points into a map value, valid and aligned for u64.
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(value) }
+        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
 }
 
 #[inline(always)]

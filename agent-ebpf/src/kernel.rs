@@ -43,11 +43,12 @@ pub fn read<T>(base: u64, offset: u32) -> Result<T, i32> {
         return Err(0);
     }
     // SAFETY: bpf_probe_read_kernel validates the address; a bad one is an error, not a fault.
-    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.map_err(|e| e as i32)
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }
 }
 
 /// `(tgid, tid)` of the current task.
 #[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "the helper packs two u32s into a u64")]
 pub fn current_ids() -> (u32, u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     ((pid_tgid >> 32) as u32, pid_tgid as u32)
@@ -55,6 +56,7 @@ pub fn current_ids() -> (u32, u32) {
 
 /// `(uid, gid)` of the current task.
 #[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "the helper packs two u32s into a u64")]
 pub fn current_creds() -> (u32, u32) {
     let uid_gid = bpf_get_current_uid_gid();
     (uid_gid as u32, (uid_gid >> 32) as u32)

@@ -5,8 +5,16 @@
 //! `egress`. Which programs load depends on the enforcement mode user space picked.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-#![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_xadd: the BPF target has no fetch_add")]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "atomic_xadd: the BPF target has no fetch_add")
+)]
+#![expect(clippy::needless_pass_by_value, reason = "aya's program macros take the context by value")]
+#![expect(
+    clippy::inline_always,
+    reason = "BPF: one function per hook keeps the verifier's pointer tracking and the stack simple"
+)]
 
 mod egress;
 mod exec;
@@ -39,10 +47,25 @@ fn cgroup_verdict(outcome: Outcome) -> i32 {
     }
 }
 
-/// `lsm` mode exec: see [`exec::lsm`].
+/// A global `lsm` program's return: an earlier LSM's denial (`earlier`) stands and keyturn
+/// decides nothing; otherwise 0 allows, -EPERM refuses, -ERESTARTNOINTR holds.
+fn lsm_verdict(earlier: i32, decide: impl FnOnce() -> Outcome) -> i32 {
+    if earlier != 0 {
+        return earlier;
+    }
+    match decide() {
+        Outcome::Allow => 0,
+        Outcome::Refuse => -kernel::EPERM,
+        Outcome::Held => -kernel::ERESTARTNOINTR,
+    }
+}
+
+/// `lsm` mode exec: every exec on the host passes here; untagged ones cost one cached
+/// lookup. Holds the exec of a flagged file before anything of the new program exists,
+/// refuses a denied one with EPERM, allows the rest.
 #[lsm(hook = "bprm_check_security")]
 pub fn exec_lsm(ctx: LsmContext) -> i32 {
-    exec::lsm(&ctx)
+    lsm_verdict(ctx.arg(1), || exec::check(ctx.arg(0)))
 }
 
 /// `lsm-cgroup` mode exec, attached to each tagged cgroup: holds the exec of a flagged
@@ -67,16 +90,17 @@ pub fn signal_tp(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// `lsm` mode connect: see [`egress::lsm_connect`].
+/// `lsm` mode connect: holds a connect to a held destination before any SYN or
+/// datagram, refuses a denied one, allows the rest.
 #[lsm(hook = "socket_connect")]
 pub fn connect_lsm(ctx: LsmContext) -> i32 {
-    egress::lsm_connect(&ctx)
+    lsm_verdict(ctx.arg(3), || egress::connect(ctx.arg(0), ctx.arg(1)))
 }
 
-/// `lsm` mode sendmsg: see [`egress::lsm_sendmsg`].
+/// `lsm` mode sendmsg: as `connect_lsm`, for messages that carry a destination.
 #[lsm(hook = "socket_sendmsg")]
 pub fn sendmsg_lsm(ctx: LsmContext) -> i32 {
-    egress::lsm_sendmsg(&ctx)
+    lsm_verdict(ctx.arg(3), || egress::sendmsg(ctx.arg(0), ctx.arg(1)))
 }
 
 /// `lsm-cgroup` mode connect, attached to each tagged cgroup: holds a connect to a held
@@ -99,7 +123,7 @@ fn sock_addr(to: &egress::Destination, waiting: Waiting) -> i32 {
 }
 
 /// Generates the `cgroup-sock` programs of one attach point: `_hold` stops the process
-/// and restarts the syscall (kernels whose sock_addr programs may send signals), `_retry`
+/// and restarts the syscall (kernels whose `sock_addr` programs may send signals), `_retry`
 /// fails it with EPERM and lets an approved retry through (the others).
 macro_rules! sock_addr_programs {
     ($attach:ident, $destination:path, $hold:ident, $retry:ident) => {

@@ -22,24 +22,24 @@ pub fn current() -> Option<Tagged> {
     let cgroup = kernel::current_cgroup();
     // SAFETY: a cache entry is only ever replaced whole; a torn read is caught by the
     // generation check failing or re-walked next time.
-    if let Some(cached) = unsafe { CGROUP_CACHE.get(&cgroup) }
+    if let Some(cached) = unsafe { CGROUP_CACHE.get(cgroup) }
         && cached.generation == generation
     {
         return (cached.root != 0).then_some(Tagged { root: cached.root, tag: cached.tag });
     }
     let mut found = CachedTag { root: 0, tag: Tag { policy: 0, max_pending: 0 }, generation };
-    for level in 1..capacity::CGROUP_DEPTH as i32 {
+    for level in 1..capacity::CGROUP_DEPTH.cast_signed() {
         let ancestor = kernel::ancestor_cgroup(level);
         if ancestor == 0 {
             break;
         }
         // SAFETY: user space replaces tags whole.
-        if let Some(tag) = unsafe { TAGGED_ROOTS.get(&ancestor) } {
+        if let Some(tag) = unsafe { TAGGED_ROOTS.get(ancestor) } {
             found.root = ancestor;
             found.tag = *tag;
         }
     }
     // A full cache only costs the next caller another walk.
-    let _ = CGROUP_CACHE.insert(&cgroup, &found, 0);
+    let _ = CGROUP_CACHE.insert(cgroup, found, 0);
     (found.root != 0).then_some(Tagged { root: found.root, tag: found.tag })
 }

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{Action, HoldEvent, HoldKey, Tag, counter, hold_state, kind};
+use agent_common::{Action, HoldEvent, HoldKey, Tag, counter, hold_state};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -33,7 +33,7 @@ use crate::{
     enforcer::{Enforcer, Options, error_chain},
     held::{OnDeny, event_from_record},
     holds::{Happened, Holds},
-    policy::{Cidr, FileId, Verdict},
+    policy::Verdict,
     policy_file::{self, Policy},
 };
 
@@ -404,10 +404,6 @@ impl Daemon {
         }
     }
 
-    fn agent_of(&self, root: u64) -> Option<&Agent> {
-        self.agents.get(&root)
-    }
-
     fn on_event(&mut self, event: &HoldEvent, restored: bool) {
         match self.holds.on_event(&mut self.enforcer, event) {
             Ok(Happened::Held(key)) => self.new_hold(key, event, restored),
@@ -440,70 +436,26 @@ impl Daemon {
         }
     }
 
-    /// What the policy says of a held exec beyond the kernel's verdict: argv conditions.
-    fn exec_rule(policy: &Policy, action: &Action, argv: &[String]) -> (Verdict, String) {
-        let file = FileId { dev: action.dev, ino: action.ino };
-        let matching: Vec<_> = policy
-            .exec
-            .iter()
-            .filter(|rule| {
-                policy_file::resolve_executables(&rule.pattern)
-                    .iter()
-                    .any(|p| FileId::of(p).ok() == Some(file))
-            })
-            .collect();
-        if let Some(rule) = matching.iter().find(|r| r.argv.is_empty()) {
-            return (rule.action, format!("exec path {:?} action {:?}", rule.pattern, rule.action));
-        }
-        for rule in &matching {
-            if rule.argv.iter().all(|word| argv.iter().any(|a| a == word)) {
-                return (
-                    rule.action,
-                    format!("exec path {:?} argv {:?} action {:?}", rule.pattern, rule.argv, rule.action),
-                );
-            }
-        }
-        if matching.is_empty() {
-            (policy.kernel.exec_default, "exec_default".into())
-        } else {
-            (Verdict::Allow, "no argv condition matched".into())
-        }
-    }
-
-    fn egress_rule(policy: &Policy, action: &Action) -> String {
-        let addr = Cidr { addr: action.addr, prefix: 128 };
-        let mut rules: Vec<_> = policy.kernel.egress.iter().filter(|r| r.cidr.contains(&addr)).collect();
-        rules.sort_by_key(|r| std::cmp::Reverse(r.cidr.prefix));
-        let port = u16::try_from(action.port).unwrap_or(0);
-        rules
-            .into_iter()
-            .find(|r| {
-                (r.ports.is_empty() || r.ports.iter().any(|&(low, high)| (low..=high).contains(&port)))
-                    && (r.protocol == 0 || r.protocol == action.protocol)
-            })
-            .map_or_else(
-                || "egress_default".into(),
-                |r| format!("egress {} action {:?}", crate::policy::display_cidr(&r.cidr), r.verdict),
-            )
-    }
-
     fn new_hold(&mut self, key: HoldKey, event: &HoldEvent, restored: bool) {
         let root = event.hold.root;
-        let Some(agent) = self.agent_of(root).cloned() else {
+        // Every tag names a loaded policy (tagging and reloads check it); `default` is
+        // always loaded.
+        let known = self.agents.get(&root).and_then(|agent| {
+            let policy = self.policies.get(&agent.policy).or_else(|| self.policies.get("default"))?;
+            Some((agent, policy))
+        });
+        let Some((agent, policy)) = known else {
             // Fail closed: a hold under a root no agent is known for is refused.
             self.record(json!({"type": "hold", "id": context::hold_id(event), "pid": event.tgid,
                 "error": "no agent known for this cgroup"}));
             let _ = self.holds.deny(&mut self.enforcer, &key, OnDeny::Kill);
             return;
         };
-        let policy = self.policies.get(&agent.policy).cloned().unwrap_or_else(policy_file::builtin_default);
         let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
         let mut view = context::describe(event, &agent.name, &cgroup, &policy.name, "");
-        let (verdict, rule) = if event.hold.action.kind == kind::EXEC {
-            Self::exec_rule(&policy, &event.hold.action, view.argv.as_deref().unwrap_or_default())
-        } else {
-            (Verdict::Hold, Self::egress_rule(&policy, &event.hold.action))
-        };
+        let (verdict, rule) = policy.judge(&event.hold.action, view.argv.as_deref().unwrap_or_default());
+        let (agent_name, timeout, on_timeout, on_deny) =
+            (agent.name.clone(), policy.timeout, policy.on_timeout, policy.on_deny);
         view.policy_rule = rule;
         let id = view.id.clone();
         self.record(json!({"type": "hold", "restored": restored, "hold": view}));
@@ -522,12 +474,12 @@ impl Daemon {
         }
         if verdict == Verdict::Deny {
             self.record(json!({"type": "deny", "id": id, "by": "keyturn", "why": "the policy denies it"}));
-            let _ = self.holds.deny(&mut self.enforcer, &key, policy.on_deny);
+            let _ = self.holds.deny(&mut self.enforcer, &key, on_deny);
             return;
         }
         let waited =
             Duration::from_nanos(crate::enforcer::monotonic_ns().saturating_sub(event.hold.held_at_ns));
-        tracing::warn!(id = %id, kind = view.kind, agent = %agent.name, pid = event.tgid, rule = %view.policy_rule,
+        tracing::warn!(id = %id, kind = view.kind, agent = %agent_name, pid = event.tgid, rule = %view.policy_rule,
             "action held, waiting for a decision: keyturn approve {id} | keyturn deny {id}");
         self.pending.insert(
             id,
@@ -536,9 +488,9 @@ impl Daemon {
                 view,
                 root,
                 action: event.hold.action,
-                deadline: now + policy.timeout.saturating_sub(waited),
-                on_timeout: policy.on_timeout,
-                on_deny: policy.on_deny,
+                deadline: now + timeout.saturating_sub(waited),
+                on_timeout,
+                on_deny,
             },
         );
     }
@@ -775,9 +727,8 @@ impl Daemon {
             let pending = self.pending.remove(&id).expect("present");
             self.record(json!({"type": "hold_closed", "id": id, "why": "the process exited"}));
             self.decision(&id, "closed: the process exited");
-            if let Some(held) = self.holds.forget(&pending.key) {
-                let _ = self.enforcer.forget(pending.key, held.event().hold.nonce);
-                let _ = self.enforcer.finish(pending.root);
+            if let Err(e) = self.holds.close(&mut self.enforcer, &pending.key) {
+                tracing::error!(error = %e, "closing the hold of an exited process");
             }
             self.stats.exits += 1;
         }

@@ -4,7 +4,7 @@
 use std::{
     fs,
     io::ErrorKind,
-    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, RawFd},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -17,7 +17,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, LsmCgroup, ProgramError,
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, LsmCgroup, Program, ProgramError,
         links::{FdLink, PinnedLink},
     },
 };
@@ -44,6 +44,8 @@ pub enum EnforcerError {
     AyaBtf(#[from] aya::BtfError),
     #[error("BPF program {program}: {source}")]
     Program { program: &'static str, source: ProgramError },
+    #[error("BPF program {program}: attached without a pinnable link (kernel before 5.7?): {source}")]
+    Link { program: &'static str, source: aya::programs::links::LinkError },
     #[error("BPF map {map}: {source}")]
     Map { map: &'static str, source: MapError },
     #[error("pinning in bpffs at {path}: {source}")]
@@ -71,6 +73,13 @@ enum Hook {
     TpBtf(&'static str),
     /// `cgroup/sock_addr` program, attached per tagged cgroup.
     SockAddr,
+}
+
+impl Hook {
+    /// Attached once for the whole host, rather than to each tagged cgroup.
+    fn is_global(self) -> bool {
+        matches!(self, Hook::Lsm(_) | Hook::TpBtf(_))
+    }
 }
 
 struct ProgramSpec {
@@ -268,27 +277,23 @@ impl Enforcer {
 
     /// Attaches the global programs of the mode, unless a previous daemon's are pinned.
     fn attach_global(&mut self) -> Result<()> {
+        self.attach_pinned("global", None)
+    }
+
+    /// Attaches and pins, as `owner`, the mode's global programs (no `cgroup`) or its
+    /// per-cgroup ones; links already pinned by an earlier daemon are kept as they are.
+    fn attach_pinned(&mut self, owner: &str, cgroup: Option<BorrowedFd<'_>>) -> Result<()> {
         for spec in self.programs {
-            if !matches!(spec.hook, Hook::Lsm(_) | Hook::TpBtf(_)) {
+            if spec.hook.is_global() != cgroup.is_none() {
                 continue;
             }
-            let path = self.link_path("global", spec.name)?;
+            let path = self.link_path(owner, spec.name)?;
             if path.exists() {
                 continue;
             }
             let program = self.ebpf.program_mut(spec.name).expect("program in object");
-            let program_error = |source| EnforcerError::Program { program: spec.name, source };
-            let link: FdLink = if let Hook::Lsm(_) = spec.hook {
-                let lsm: &mut Lsm = program.try_into().map_err(program_error)?;
-                let id = lsm.attach().map_err(program_error)?;
-                lsm.take_link(id).map_err(program_error)?.into()
-            } else {
-                let tp: &mut BtfTracePoint = program.try_into().map_err(program_error)?;
-                let id = tp.attach().map_err(program_error)?;
-                tp.take_link(id).map_err(program_error)?.into()
-            };
-            link.pin(&path)
-                .map_err(|e| EnforcerError::Pin { path: path.clone(), source: std::io::Error::other(e) })?;
+            let link = attach(program, spec, cgroup)?;
+            link.pin(&path).map_err(|e| EnforcerError::Pin { path, source: std::io::Error::other(e) })?;
         }
         Ok(())
     }
@@ -300,33 +305,7 @@ impl Enforcer {
         if self.mode.attaches_per_cgroup() {
             let cgroup_fd =
                 fs::File::open(dir).map_err(|source| CgroupError::Io { path: dir.into(), source })?;
-            for spec in self.programs {
-                if matches!(spec.hook, Hook::Lsm(_) | Hook::TpBtf(_)) {
-                    continue;
-                }
-                let path = self.link_path(&id.to_string(), spec.name)?;
-                if path.exists() {
-                    continue;
-                }
-                let program = self.ebpf.program_mut(spec.name).expect("program in object");
-                let program_error = |source| EnforcerError::Program { program: spec.name, source };
-                let link: FdLink = if let Hook::LsmCgroup(_) = spec.hook {
-                    let p: &mut LsmCgroup = program.try_into().map_err(program_error)?;
-                    let link_id = p.attach(cgroup_fd.as_fd()).map_err(program_error)?;
-                    p.take_link(link_id).map_err(program_error)?.into()
-                } else {
-                    let p: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
-                    let link_id =
-                        p.attach(cgroup_fd.as_fd(), CgroupAttachMode::Single).map_err(program_error)?;
-                    FdLink::try_from(p.take_link(link_id).map_err(program_error)?).map_err(|e| {
-                        EnforcerError::Pin { path: path.clone(), source: std::io::Error::other(e) }
-                    })?
-                };
-                link.pin(&path).map_err(|e| EnforcerError::Pin {
-                    path: path.clone(),
-                    source: std::io::Error::other(e),
-                })?;
-            }
+            self.attach_pinned(&id.to_string(), Some(cgroup_fd.as_fd()))?;
         }
         let mut roots: HashMap<_, u64, Tag> = self.map_mut("TAGGED_ROOTS")?;
         roots.insert(id, tag, 0).map_err(map_error("TAGGED_ROOTS"))?;
@@ -621,6 +600,36 @@ fn unpin(path: &Path) -> Result<()> {
 
 fn names(programs: &[ProgramSpec]) -> String {
     programs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+}
+
+/// Attaches `program` (globally, or to `cgroup`) and returns its link, ready to pin.
+fn attach(program: &mut Program, spec: &ProgramSpec, cgroup: Option<BorrowedFd<'_>>) -> Result<FdLink> {
+    let program_error = |source| EnforcerError::Program { program: spec.name, source };
+    match (spec.hook, cgroup) {
+        (Hook::Lsm(_), None) => {
+            let p: &mut Lsm = program.try_into().map_err(program_error)?;
+            let id = p.attach().map_err(program_error)?;
+            Ok(p.take_link(id).map_err(program_error)?.into())
+        }
+        (Hook::TpBtf(_), None) => {
+            let p: &mut BtfTracePoint = program.try_into().map_err(program_error)?;
+            let id = p.attach().map_err(program_error)?;
+            Ok(p.take_link(id).map_err(program_error)?.into())
+        }
+        (Hook::LsmCgroup(_), Some(cgroup)) => {
+            let p: &mut LsmCgroup = program.try_into().map_err(program_error)?;
+            let id = p.attach(cgroup).map_err(program_error)?;
+            Ok(p.take_link(id).map_err(program_error)?.into())
+        }
+        (Hook::SockAddr, Some(cgroup)) => {
+            let p: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(program_error)?;
+            // Links (kernel 5.7+) are the only attachments that can be pinned.
+            FdLink::try_from(p.take_link(id).map_err(program_error)?)
+                .map_err(|source| EnforcerError::Link { program: spec.name, source })
+        }
+        _ => unreachable!("attach_pinned pairs global hooks with no cgroup and cgroup hooks with one"),
+    }
 }
 
 fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<()> {

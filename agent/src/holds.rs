@@ -7,7 +7,7 @@ use agent_common::{HoldEvent, HoldKey, event_type};
 
 use crate::{
     cgroup::Hierarchy,
-    enforcer::Enforcer,
+    enforcer::{Enforcer, EnforcerError},
     held::{HeldError, HeldProcess, OnDeny, hold_key},
 };
 
@@ -57,9 +57,7 @@ impl Holds {
             };
         }
         // A new hold on a thread replaces whatever that thread had before.
-        if let Some(previous) = self.held.remove(&key) {
-            enforcer.finish(previous.event().hold.root)?;
-        }
+        self.close(enforcer, &key)?;
         match HeldProcess::open(event) {
             Ok(mut held) => {
                 if event.event_type == event_type::STOPPED {
@@ -93,19 +91,23 @@ impl Holds {
         self.held.get(key)
     }
 
-    /// Drops the bookkeeping of `key` (the process is gone); the caller clears the kernel.
-    pub fn forget(&mut self, key: &HoldKey) -> Option<HeldProcess> {
-        self.held.remove(key)
+    /// Closes hold `key` without a decision (its process is gone, or its thread moved on
+    /// to a new hold): its kernel record, if still this hold's, and its pending slot.
+    pub fn close(&mut self, enforcer: &mut Enforcer, key: &HoldKey) -> Result<(), HeldError> {
+        if let Some(held) = self.held.remove(key) {
+            enforcer.forget(*key, held.event().hold.nonce)?;
+            enforcer.finish(held.event().hold.root)?;
+        }
+        Ok(())
     }
 
-    pub fn pending(&self) -> impl Iterator<Item = &HeldProcess> {
-        self.held.values()
+    fn take(&mut self, key: HoldKey) -> Result<HeldProcess, HeldError> {
+        self.held.remove(&key).ok_or(HeldError::Enforcer(EnforcerError::NoHold(key)))
     }
 
     /// Releases the held action `key`.
     pub fn approve(&mut self, enforcer: &mut Enforcer, key: &HoldKey) -> Result<HeldProcess, HeldError> {
-        let held =
-            self.held.remove(key).ok_or(HeldError::Enforcer(crate::enforcer::EnforcerError::NoHold(*key)))?;
+        let held = self.take(*key)?;
         held.release(enforcer)?;
         Ok(held)
     }
@@ -117,8 +119,7 @@ impl Holds {
         key: &HoldKey,
         on_deny: OnDeny,
     ) -> Result<HeldProcess, HeldError> {
-        let held =
-            self.held.remove(key).ok_or(HeldError::Enforcer(crate::enforcer::EnforcerError::NoHold(*key)))?;
+        let held = self.take(*key)?;
         held.deny(enforcer, on_deny)?;
         Ok(held)
     }

@@ -192,6 +192,21 @@ impl KernelPolicy {
     }
 }
 
+impl KernelPolicy {
+    /// The rule that decides egress to `addr` (kernel form) on `port` over `protocol`: the
+    /// most specific prefix whose ports and protocol match, as [`KernelPolicy::compile`]
+    /// folds them. `None`: `egress_default` decides.
+    pub fn rule_for(&self, addr: [u8; 16], port: u16, protocol: u32) -> Option<&EgressSpec> {
+        let host = Cidr { addr, prefix: 128 };
+        let mut rules: Vec<&EgressSpec> = self.egress.iter().filter(|r| r.cidr.contains(&host)).collect();
+        rules.sort_by_key(|r| std::cmp::Reverse(r.cidr.prefix));
+        rules.into_iter().find(|r| {
+            (r.ports.is_empty() || r.ports.iter().any(|&(low, high)| (low..=high).contains(&port)))
+                && (r.protocol == protocol::ANY || r.protocol == protocol)
+        })
+    }
+}
+
 /// A CIDR as users write it.
 pub fn display_cidr(cidr: &Cidr) -> String {
     let v6 = std::net::Ipv6Addr::from(cidr.addr);

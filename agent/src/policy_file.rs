@@ -8,12 +8,12 @@ use std::{
     time::Duration,
 };
 
-use agent_common::protocol;
+use agent_common::{Action, kind, protocol};
 use serde::Deserialize;
 
 use crate::{
     held::OnDeny,
-    policy::{Cidr, EgressSpec, FileId, KernelPolicy, Verdict},
+    policy::{Cidr, EgressSpec, FileId, KernelPolicy, Verdict, display_cidr},
 };
 
 /// A policy as written in its file.
@@ -92,6 +92,8 @@ pub struct ExecRule {
     pub action: Verdict,
     /// Hold only when argv contains all these words; otherwise the exec is allowed.
     pub argv: Vec<String>,
+    /// The files the pattern named when the policy was loaded.
+    pub files: Vec<FileId>,
 }
 
 /// A loaded, valid policy.
@@ -103,6 +105,37 @@ pub struct Policy {
     pub on_deny: OnDeny,
     pub exec: Vec<ExecRule>,
     pub kernel: KernelPolicy,
+}
+
+impl Policy {
+    /// What this policy says of an action the kernel held, and which rule says it. Exec
+    /// rules may carry argv conditions only user space can check.
+    pub fn judge(&self, action: &Action, argv: &[String]) -> (Verdict, String) {
+        if action.kind != kind::EXEC {
+            let port = u16::try_from(action.port).unwrap_or(0);
+            let rule = self.kernel.rule_for(action.addr, port, action.protocol).map_or_else(
+                || "egress_default".into(),
+                |r| format!("egress {} action {:?}", display_cidr(&r.cidr), r.verdict),
+            );
+            return (Verdict::Hold, rule);
+        }
+        let file = FileId { dev: action.dev, ino: action.ino };
+        let matching: Vec<&ExecRule> = self.exec.iter().filter(|rule| rule.files.contains(&file)).collect();
+        if let Some(rule) = matching.iter().find(|r| r.argv.is_empty()) {
+            return (rule.action, format!("exec path {:?} action {:?}", rule.pattern, rule.action));
+        }
+        if let Some(rule) = matching.iter().find(|r| r.argv.iter().all(|word| argv.contains(word))) {
+            return (
+                rule.action,
+                format!("exec path {:?} argv {:?} action {:?}", rule.pattern, rule.argv, rule.action),
+            );
+        }
+        if matching.is_empty() {
+            (self.kernel.exec_default, "exec_default".into())
+        } else {
+            (Verdict::Allow, "no argv condition matched".into())
+        }
+    }
 }
 
 /// Why a policy was refused: where, and what is wrong.
@@ -271,13 +304,18 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
         }
         // The kernel holds any exec a rule names; user space then applies argv conditions.
         let kernel_verdict = if rule.argv.is_empty() { rule.action } else { Verdict::Hold };
-        for file in resolve_executables(&rule.path) {
-            if let Ok(id) = FileId::of(&file) {
-                executables.retain(|(existing, _)| *existing != id);
-                executables.push((id, kernel_verdict));
-            }
+        let files: Vec<FileId> =
+            resolve_executables(&rule.path).iter().filter_map(|file| FileId::of(file).ok()).collect();
+        for &id in &files {
+            executables.retain(|(existing, _)| *existing != id);
+            executables.push((id, kernel_verdict));
         }
-        exec.push(ExecRule { pattern: rule.path.clone(), action: rule.action, argv: rule.argv.clone() });
+        exec.push(ExecRule {
+            pattern: rule.path.clone(),
+            action: rule.action,
+            argv: rule.argv.clone(),
+            files,
+        });
     }
 
     let mut egress = Vec::new();

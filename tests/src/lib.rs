@@ -204,23 +204,28 @@ pub fn actor_path() -> PathBuf {
     )
 }
 
+/// Makes the process `command` starts enter the cgroup at `dir` before it execs.
+pub fn enter_cgroup_on_exec(command: &mut Command, dir: &std::path::Path) -> std::io::Result<()> {
+    let procs = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+    // SAFETY: after fork, only a write(2) to a file opened before it.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(())
+}
+
 /// Starts `actor ARGS…` inside `cgroup` (or the test's own cgroup), stdout captured.
 pub fn spawn_actor(cgroup: Option<&TestCgroup>, args: &[&str]) -> Child {
     let mut command = Command::new(actor_path());
     command.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
     if let Some(cgroup) = cgroup {
-        let procs = cgroup.dir.join("cgroup.procs");
-        // SAFETY: only async-signal-safe work after fork: write to an open file.
-        let file = fs::OpenOptions::new().write(true).open(&procs).expect("open cgroup.procs");
-        unsafe {
-            command.pre_exec(move || {
-                let zero = b"0";
-                if libc::write(file.as_raw_fd(), zero.as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        enter_cgroup_on_exec(&mut command, &cgroup.dir).expect("open cgroup.procs");
     }
     command.spawn().expect("spawn actor")
 }

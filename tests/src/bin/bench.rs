@@ -6,10 +6,7 @@ use std::{
     fs,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::process::CommandExt as _,
-    },
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio},
     thread,
@@ -314,19 +311,9 @@ fn listen(addr: Ipv4Addr) -> Result<u16> {
 
 /// Starts `bench worker ARGS…` inside the cgroup at `dir`.
 fn spawn_worker(dir: &Path, args: &[&str], stdin: Stdio) -> Result<Child> {
-    let procs = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
     let mut command = Command::new(std::env::current_exe()?);
     command.arg("worker").args(args).stdin(stdin).stdout(Stdio::piped());
-    // SAFETY: after fork, only a write(2) to a file opened before it.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        });
-    }
+    tests::enter_cgroup_on_exec(&mut command, dir)?;
     Ok(command.spawn()?)
 }
 
@@ -573,8 +560,7 @@ fn next_hold(enforcer: &mut Enforcer, pid: u32) -> Result<(HoldEvent, u64)> {
 fn wait_stopped(pid: u32) -> Result<()> {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        if stat.rsplit_once(") ").is_some_and(|(_, fields)| fields.starts_with('T')) {
+        if tests::process_state(pid) == Some('T') {
             return Ok(());
         }
         if Instant::now() > deadline {
