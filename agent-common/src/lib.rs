@@ -12,7 +12,7 @@ pub mod capacity {
     pub const CGROUP_CACHE: u32 = 16_384;
     /// Policies loaded at once (array index = policy id).
     pub const POLICIES: u32 = 256;
-    /// Flagged or allowed executables (file identities) over all policies.
+    /// Executable verdicts recorded by user space (file identities) over all policies.
     pub const EXEC_RULES: u32 = 65_536;
     /// Destination prefixes over all policies.
     pub const EGRESS_RULES: u32 = 65_536;
@@ -140,13 +140,16 @@ pub struct Config {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyDefaults {
-    /// Verdict for an executable with no entry in `EXEC_RULES`.
+    /// Verdict for an executable with no entry in `EXEC_RULES`. The daemon sets `HOLD`:
+    /// it identifies every executable it has not seen (path, content digest) itself.
     pub exec: u32,
     /// Verdict for a destination no egress rule covers.
     pub egress: u32,
 }
 
-/// Identity of an executable file within a policy: key of `EXEC_RULES`.
+/// Identity of an executable file within a policy: key of `EXEC_RULES`. The inode's
+/// change time is part of it, so any write, rename, link or chmod makes a new identity
+/// that user space has to judge again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ExecKey {
@@ -154,6 +157,8 @@ pub struct ExecKey {
     /// The kernel's encoding of the device: `major << 20 | minor`.
     pub dev: u32,
     pub ino: u64,
+    /// The inode's ctime in nanoseconds since the epoch.
+    pub changed_ns: u64,
 }
 
 /// Data part of an `EGRESS_RULES` LPM key: the policy id (big endian, so it forms the
@@ -199,6 +204,8 @@ pub struct Action {
     pub dev: u32,
     /// Exec: inode number of the executable.
     pub ino: u64,
+    /// Exec: the executable's inode ctime in nanoseconds since the epoch.
+    pub changed_ns: u64,
     /// Egress: IPv6 address, or IPv4 in its mapped form.
     pub addr: [u8; 16],
 }
@@ -266,6 +273,10 @@ pub struct KernelOffsets {
     pub socket_type: u32,
     pub msghdr_name: u32,
     pub task_tgid: u32,
+    /// `inode` ctime seconds (`time64_t`) and nanoseconds (the low 32 bits are read):
+    /// `i_ctime_sec`/`i_ctime_nsec` since 6.11, `i_ctime` (a `timespec64`) before.
+    pub inode_ctime_sec: u32,
+    pub inode_ctime_nsec: u32,
 }
 
 #[cfg(feature = "user")]
@@ -302,12 +313,13 @@ mod tests {
         assert_eq!(size_of::<CachedTag>(), 8 + 8 + 8);
         assert_eq!(size_of::<EgressKey>(), 20);
         assert_eq!(size_of::<EgressRule>(), 8 + 8 * 8);
-        assert_eq!(size_of::<Action>(), 4 * 4 + 8 + 16);
+        assert_eq!(size_of::<Action>(), 4 * 4 + 2 * 8 + 16);
         assert_eq!(size_of::<Hold>(), size_of::<Action>() + 4 * 8 + 2 * 4);
         assert_eq!(
             size_of::<HoldEvent>(),
             8 + size_of::<Hold>() + 8 + 8 + 4 * 4 + 16 + super::capacity::PATH_BYTES
         );
-        assert_eq!(size_of::<KernelOffsets>(), 10 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 12 * 4);
+        assert_eq!(size_of::<super::ExecKey>(), 4 + 4 + 8 + 8);
     }
 }

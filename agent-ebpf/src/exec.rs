@@ -1,5 +1,5 @@
-//! Exec hooks: hold the exec of a flagged executable, identified by its file (device and
-//! inode), not by the name it was called by.
+//! Exec hooks: hold the exec of an executable user space has flagged or not yet judged,
+//! identified by its file (device, inode, change time), not by the name it was called by.
 
 use agent_common::{Action, ExecKey, kind};
 use aya_ebpf::programs::BtfTracePointContext;
@@ -11,6 +11,10 @@ use crate::{
     tag::{self, Tagged},
 };
 
+/// Nanoseconds fit in 30 bits; higher bits of `i_ctime_nsec` are flags on newer kernels
+/// (multigrain timestamps mark a queried ctime there).
+const NSEC_MASK: u32 = (1 << 30) - 1;
+
 /// The file identity and name of the executable behind a `struct linux_binprm *`.
 fn executable(binprm: u64) -> Result<(Action, u64), i32> {
     let offsets = kernel::offsets();
@@ -19,12 +23,22 @@ fn executable(binprm: u64) -> Result<(Action, u64), i32> {
     let ino: u64 = kernel::read(inode, offsets.inode_ino)?;
     let super_block: u64 = kernel::read(inode, offsets.inode_sb)?;
     let dev: u32 = kernel::read(super_block, offsets.super_block_dev)?;
+    let ctime_sec: u64 = kernel::read(inode, offsets.inode_ctime_sec)?;
+    let ctime_nsec: u32 = kernel::read(inode, offsets.inode_ctime_nsec)?;
+    let changed_ns = ctime_sec.wrapping_mul(1_000_000_000).wrapping_add(u64::from(ctime_nsec & NSEC_MASK));
     let filename: u64 = kernel::read(binprm, offsets.binprm_filename)?;
-    Ok((Action { kind: kind::EXEC, dev, ino, ..Action::default() }, filename))
+    Ok((Action { kind: kind::EXEC, dev, ino, changed_ns, ..Action::default() }, filename))
 }
 
+/// The verdict user space recorded for this very file (its identity includes the change
+/// time), else the policy's default, which the daemon sets to `HOLD`: ask user space.
 fn verdict(tagged: &Tagged, action: &Action) -> u32 {
-    let key = ExecKey { policy: tagged.tag.policy, dev: action.dev, ino: action.ino };
+    let key = ExecKey {
+        policy: tagged.tag.policy,
+        dev: action.dev,
+        ino: action.ino,
+        changed_ns: action.changed_ns,
+    };
     // SAFETY: u32 values replaced whole by user space.
     unsafe { EXEC_RULES.get(key) }.copied().unwrap_or_else(|| hold::policy_defaults(tagged.tag.policy).exec)
 }

@@ -23,6 +23,8 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     socket_type: 0,
     msghdr_name: 0,
     task_tgid: 0,
+    inode_ctime_sec: 0,
+    inode_ctime_nsec: 0,
 });
 
 pub const SIGKILL: u32 = 9;

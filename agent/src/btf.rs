@@ -151,6 +151,7 @@ impl Btf {
 
     /// Every offset keyturn's programs need.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+        let (inode_ctime_sec, inode_ctime_nsec) = self.inode_ctime()?;
         Ok(KernelOffsets {
             binprm_file: self.member_offset("linux_binprm", "file")?,
             binprm_filename: self.member_offset("linux_binprm", "filename")?,
@@ -162,6 +163,19 @@ impl Btf {
             socket_type: self.member_offset("socket", "type")?,
             msghdr_name: self.member_offset("msghdr", "msg_name")?,
             task_tgid: self.member_offset("task_struct", "tgid")?,
+            inode_ctime_sec,
+            inode_ctime_nsec,
         })
+    }
+
+    /// `inode`'s ctime: split into `i_ctime_sec`/`i_ctime_nsec` since 6.11, a `timespec64`
+    /// (`tv_sec`, then `tv_nsec`) called `__i_ctime` in 6.6–6.10 and `i_ctime` before.
+    fn inode_ctime(&self) -> Result<(u32, u32), BtfError> {
+        if let Ok(sec) = self.member_offset("inode", "i_ctime_sec") {
+            return Ok((sec, self.member_offset("inode", "i_ctime_nsec")?));
+        }
+        let timespec =
+            self.member_offset("inode", "__i_ctime").or_else(|_| self.member_offset("inode", "i_ctime"))?;
+        Ok((timespec, timespec + 8))
     }
 }

@@ -3,18 +3,16 @@
 
 use std::{
     fs,
-    io::Read as _,
     net::Ipv6Addr,
-    os::unix::fs::{FileExt as _, MetadataExt as _},
-    path::{Path, PathBuf},
+    os::unix::fs::FileExt as _,
+    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
 use agent_common::{HoldEvent, event_type, kind, protocol};
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
-use crate::{enforcer::monotonic_ns, policy::FileId};
+use crate::{enforcer::monotonic_ns, identify::Executable};
 
 /// One ancestor of the held process.
 #[derive(Clone, Debug, Serialize)]
@@ -176,24 +174,14 @@ fn pending_exec_argv(pid: u32, tid: u32) -> Option<Vec<String>> {
     Some(argv)
 }
 
-/// SHA-256 of the file at `path`, only if it still is the file the kernel identified.
-pub fn digest_if_same(path: &Path, file: FileId) -> Option<String> {
-    let mut handle = fs::File::open(path).ok()?;
-    let meta = handle.metadata().ok()?;
-    let opened = FileId { dev: (libc::major(meta.dev()) << 20) | libc::minor(meta.dev()), ino: meta.ino() };
-    if opened != file {
-        return None;
+/// The argv of a held exec: the new program's after an exec that happened, else the
+/// one passed to execve, read from the stopped thread.
+pub fn exec_argv(event: &HoldEvent) -> Option<Vec<String>> {
+    if event.event_type == event_type::STOPPED {
+        Some(proc_argv(event.tgid))
+    } else {
+        pending_exec_argv(event.tgid, event.tid)
     }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = handle.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Some(hex::encode(hasher.finalize()))
 }
 
 /// The wall-clock time of a `CLOCK_MONOTONIC` instant.
@@ -206,8 +194,16 @@ pub fn hold_id(event: &HoldEvent) -> String {
     format!("{:012x}", event.hold.nonce >> 16)
 }
 
-/// Gathers the view of `event`; `agent`, `cgroup`, `policy` and `rule` come from the daemon.
-pub fn describe(event: &HoldEvent, agent: &str, cgroup: &str, policy: &str, rule: &str) -> HoldView {
+/// Gathers the view of `event`; `agent`, `cgroup` and `policy` come from the daemon, as do
+/// the verified executable and the argv if it was read already.
+pub fn describe(
+    event: &HoldEvent,
+    agent: &str,
+    cgroup: &str,
+    policy: &str,
+    executable: Option<&Executable>,
+    argv: Option<Vec<String>>,
+) -> HoldView {
     let action = &event.hold.action;
     let pid = event.tgid;
     let mut view = HoldView {
@@ -222,7 +218,7 @@ pub fn describe(event: &HoldEvent, agent: &str, cgroup: &str, policy: &str, rule
         comm: lossy(nul_terminated(&event.comm)),
         requested_at: humantime::format_rfc3339_millis(wall_time(event.hold.held_at_ns)).to_string(),
         policy: policy.into(),
-        policy_rule: rule.into(),
+        policy_rule: String::new(),
         hold: match event.event_type {
             event_type::STOPPED => "stopped",
             event_type::DEFERRED => "deferred",
@@ -239,23 +235,21 @@ pub fn describe(event: &HoldEvent, agent: &str, cgroup: &str, policy: &str, rule
     };
     if action.kind == kind::EXEC {
         let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
-        let named = PathBuf::from(lossy(nul_terminated(&event.path)));
-        let path = match &cwd {
-            Some(cwd) if named.is_relative() => cwd.join(&named),
-            _ => named,
-        };
-        let argv = if event.event_type == event_type::STOPPED {
-            Some(proc_argv(pid))
-        } else {
-            pending_exec_argv(pid, event.tid)
-        };
-        let file = FileId { dev: action.dev, ino: action.ino };
-        let sha256 = digest_if_same(&path, file)
-            .or_else(|| digest_if_same(Path::new(&format!("/proc/{pid}/exe")), file));
+        // Unverified, the path is only the name the process passed.
+        let path = executable.map_or_else(
+            || {
+                let named = PathBuf::from(lossy(nul_terminated(&event.path)));
+                match &cwd {
+                    Some(cwd) if named.is_relative() => cwd.join(&named),
+                    _ => named,
+                }
+            },
+            |exe| exe.path.clone(),
+        );
         view.path = Some(path.display().to_string());
-        view.argv = argv;
+        view.argv = argv.or_else(|| exec_argv(event));
         view.cwd = cwd.map(|c| c.display().to_string());
-        view.sha256 = sha256;
+        view.sha256 = executable.map(|exe| exe.sha256.clone());
         view.parents = Some(parents(pid));
     } else {
         let v6 = Ipv6Addr::from(action.addr);

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{Action, HoldEvent, HoldKey, Tag, counter, hold_state};
+use agent_common::{Action, HoldEvent, HoldKey, Tag, counter, hold_state, kind};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -33,6 +33,7 @@ use crate::{
     enforcer::{Enforcer, Options, error_chain},
     held::{OnDeny, event_from_record},
     holds::{Happened, Holds},
+    identify::Digests,
     policy::Verdict,
     policy_file::{self, Policy},
 };
@@ -97,6 +98,7 @@ struct Daemon {
     hierarchy: Hierarchy,
     enforcer: Enforcer,
     holds: Holds,
+    digests: Digests,
     audit: Audit,
     policies: BTreeMap<String, Policy>,
     policy_ids: BTreeMap<String, u32>,
@@ -268,6 +270,7 @@ impl Daemon {
             hierarchy,
             enforcer,
             holds: Holds::default(),
+            digests: Digests::default(),
             audit,
             policies,
             policy_ids,
@@ -451,14 +454,40 @@ impl Daemon {
             let _ = self.holds.deny(&mut self.enforcer, &key, OnDeny::Kill);
             return;
         };
-        let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
-        let mut view = context::describe(event, &agent.name, &cgroup, &policy.name, "");
-        let (verdict, rule) = policy.judge(&event.hold.action, view.argv.as_deref().unwrap_or_default());
-        let (agent_name, timeout, on_timeout, on_deny) =
-            (agent.name.clone(), policy.timeout, policy.on_timeout, policy.on_deny);
-        view.policy_rule = rule;
-        let id = view.id.clone();
-        self.record(json!({"type": "hold", "restored": restored, "hold": view}));
+        let id = context::hold_id(event);
+        let (agent_name, policy_name, timeout, on_timeout, on_deny) =
+            (agent.name.clone(), policy.name.clone(), policy.timeout, policy.on_timeout, policy.on_deny);
+        let mut argv = None;
+        let (verdict, rule, executable) = if event.hold.action.kind == kind::EXEC {
+            match self.digests.identify(event) {
+                Ok(exe) => {
+                    let judgement = policy.judge_exec(&exe, &mut self.digests, || {
+                        let read = context::exec_argv(event).unwrap_or_default();
+                        argv = Some(read.clone());
+                        read
+                    });
+                    // A verdict that does not depend on argv holds for every exec of this
+                    // file version: the kernel decides those by itself from now on.
+                    let recorded = judgement.verdict == Verdict::Allow && !judgement.argv_dependent;
+                    if recorded
+                        && let Some(&policy_id) = self.policy_ids.get(&policy_name)
+                        && let Err(e) = self.enforcer.record_exec_verdict(policy_id, exe.file, Verdict::Allow)
+                    {
+                        tracing::warn!(error = %error_chain(&e), "recording an exec verdict in the kernel");
+                    }
+                    self.record(
+                        json!({"type": "exec_judged", "id": id, "pid": event.tgid, "agent": agent_name,
+                        "path": exe.path, "sha256": exe.sha256, "verdict": judgement.verdict,
+                        "rule": judgement.rule, "recorded_in_kernel": recorded}),
+                    );
+                    (judgement.verdict, judgement.rule, Some(exe))
+                }
+                // Only a person can judge a program keyturn cannot verify.
+                Err(why) => (Verdict::Hold, why, None),
+            }
+        } else {
+            (Verdict::Hold, policy.egress_rule(&event.hold.action), None)
+        };
         let now = Instant::now();
         let granted = self.grants.iter().any(|g| {
             g.root == root && g.action == event.hold.action && g.until.is_none_or(|until| until > now)
@@ -477,6 +506,12 @@ impl Daemon {
             let _ = self.holds.deny(&mut self.enforcer, &key, on_deny);
             return;
         }
+        let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
+        let mut view =
+            context::describe(event, &agent_name, &cgroup, &policy_name, executable.as_ref(), argv);
+        view.policy_rule = rule;
+        self.record(json!({"type": "hold", "restored": restored, "hold": view}));
+        self.holds.park(&key);
         let waited =
             Duration::from_nanos(crate::enforcer::monotonic_ns().saturating_sub(event.hold.held_at_ns));
         tracing::warn!(id = %id, kind = view.kind, agent = %agent_name, pid = event.tgid, rule = %view.policy_rule,

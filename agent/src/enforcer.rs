@@ -26,7 +26,7 @@ use crate::{
     btf::{Btf, BtfError},
     cgroup::{self, CgroupError},
     mode::Mode,
-    policy::KernelPolicy,
+    policy::{FileId, KernelPolicy, Verdict},
 };
 
 /// The compiled BPF object, built by build.rs from `agent-ebpf`.
@@ -402,6 +402,13 @@ impl Enforcer {
             let _ = egress.remove(&key);
         }
         Ok(())
+    }
+
+    /// Records what policy `id` says of one executable file version, so the kernel decides
+    /// its next execs by itself. Loading the policy again forgets every such record.
+    pub fn record_exec_verdict(&mut self, id: u32, file: FileId, verdict: Verdict) -> Result<()> {
+        let mut exec: HashMap<_, ExecKey, u32> = self.map_mut("EXEC_RULES")?;
+        exec.insert(file.key(id), verdict.kernel(), 0).map_err(map_error("EXEC_RULES"))
     }
 
     /// The ring buffer's fd, for polling.

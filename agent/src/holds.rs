@@ -59,10 +59,7 @@ impl Holds {
         // A new hold on a thread replaces whatever that thread had before.
         self.close(enforcer, &key)?;
         match HeldProcess::open(event) {
-            Ok(mut held) => {
-                if event.event_type == event_type::STOPPED {
-                    self.freeze(&mut held);
-                }
+            Ok(held) => {
                 self.held.insert(key, held);
                 Ok(Happened::Held(key))
             }
@@ -75,9 +72,15 @@ impl Holds {
         }
     }
 
-    /// Freezes an exec stopped after the fact. If that fails (a cgroup layout that does not
-    /// allow it), a stray SIGCONT is still answered by a kill.
-    fn freeze(&mut self, held: &mut HeldProcess) {
+    /// Readies hold `key` for a long wait: an exec stopped after the fact is frozen. If
+    /// that fails (a cgroup layout that does not allow it), a stray SIGCONT is still
+    /// answered by a kill. Holds decided at once are never frozen: a stray SIGCONT in that
+    /// short time is answered by a kill too.
+    pub fn park(&mut self, key: &HoldKey) {
+        let Some(held) = self.held.get_mut(key).filter(|h| h.event().event_type == event_type::STOPPED)
+        else {
+            return;
+        };
         if self.hierarchy.is_none() {
             self.hierarchy = Hierarchy::find().ok();
         }

@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod enforcer;
 pub mod held;
 pub mod holds;
+pub mod identify;
 pub mod mode;
 pub mod policy;
 pub mod policy_file;

@@ -26,20 +26,37 @@ impl Verdict {
     }
 }
 
-/// An executable file as the kernel identifies it.
+/// An executable file as the kernel identifies it: which file, and which version of it
+/// (the change time moves on every write, rename, link and chmod).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileId {
     /// The kernel's device number encoding, `major << 20 | minor`.
     pub dev: u32,
     pub ino: u64,
+    /// The inode's ctime in nanoseconds since the epoch.
+    pub changed_ns: u64,
 }
 
 impl FileId {
     /// The identity of the file `path` resolves to (symlinks followed, as exec does).
     pub fn of(path: &Path) -> std::io::Result<Self> {
-        let meta = std::fs::metadata(path)?;
+        Ok(Self::from_metadata(&std::fs::metadata(path)?))
+    }
+
+    pub fn from_metadata(meta: &std::fs::Metadata) -> Self {
         let dev = meta.dev();
-        Ok(Self { dev: (libc::major(dev) << 20) | libc::minor(dev), ino: meta.ino() })
+        let changed_ns = u64::try_from(meta.ctime()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(meta.ctime_nsec()).unwrap_or(0);
+        Self { dev: (libc::major(dev) << 20) | libc::minor(dev), ino: meta.ino(), changed_ns }
+    }
+
+    /// The identity the kernel reported for an exec.
+    pub fn of_action(action: &agent_common::Action) -> Self {
+        Self { dev: action.dev, ino: action.ino, changed_ns: action.changed_ns }
+    }
+
+    pub fn key(&self, policy: u32) -> ExecKey {
+        ExecKey { policy, dev: self.dev, ino: self.ino, changed_ns: self.changed_ns }
     }
 }
 
@@ -134,11 +151,7 @@ impl KernelPolicy {
     /// decides; within it the first matching port rule wins; port rules that do not match
     /// fall through to the prefixes containing it, and finally to `egress_default`.
     pub fn compile(&self, id: u32) -> Result<Compiled, String> {
-        let exec = self
-            .executables
-            .iter()
-            .map(|(file, v)| (ExecKey { policy: id, dev: file.dev, ino: file.ino }, v.kernel()))
-            .collect();
+        let exec = self.executables.iter().map(|(file, v)| (file.key(id), v.kernel())).collect();
         let mut prefixes: Vec<Cidr> = Vec::new();
         for rule in &self.egress {
             if !prefixes.contains(&rule.cidr) {

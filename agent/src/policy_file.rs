@@ -4,16 +4,18 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use agent_common::{Action, kind, protocol};
+use agent_common::{Action, protocol};
 use serde::Deserialize;
 
 use crate::{
     held::OnDeny,
-    policy::{Cidr, EgressSpec, FileId, KernelPolicy, Verdict, display_cidr},
+    identify::{Digests, Executable},
+    policy::{Cidr, EgressSpec, KernelPolicy, Verdict, display_cidr},
 };
 
 /// A policy as written in its file.
@@ -89,11 +91,43 @@ struct DefaultFile {
 pub struct ExecRule {
     /// The path or glob as written.
     pub pattern: String,
+    /// The pattern's directory with its symlinks resolved, matched against the canonical
+    /// path of what runs.
+    dir: PathBuf,
+    /// The pattern's file name, which may be a glob.
+    name: String,
     pub action: Verdict,
     /// Hold only when argv contains all these words; otherwise the exec is allowed.
     pub argv: Vec<String>,
-    /// The files the pattern named when the policy was loaded.
-    pub files: Vec<FileId>,
+}
+
+impl ExecRule {
+    /// Whether this rule names `exe`: by its canonical path, or by its content being that
+    /// of a file the pattern names now (a copy, a link, an older or newer install).
+    fn names(&self, exe: &Executable, digests: &mut Digests) -> bool {
+        let by_path = exe.path.parent() == Some(self.dir.as_path())
+            && exe.path.file_name().is_some_and(|n| glob_match(self.name.as_bytes(), n.as_bytes()));
+        by_path || digests.named_by(&self.pattern, &resolve_executables(&self.pattern), &exe.sha256)
+    }
+
+    fn describe(&self) -> String {
+        if self.argv.is_empty() {
+            format!("exec path {:?} action {:?}", self.pattern, self.action)
+        } else {
+            format!("exec path {:?} argv {:?} action {:?}", self.pattern, self.argv, self.action)
+        }
+    }
+}
+
+/// What a policy says of an exec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecJudgement {
+    pub verdict: Verdict,
+    /// The rule that decided, as an approver reads it.
+    pub rule: String,
+    /// Whether argv took part: then the verdict is for this exec only, not for every exec
+    /// of the same file version.
+    pub argv_dependent: bool,
 }
 
 /// A loaded, valid policy.
@@ -103,38 +137,51 @@ pub struct Policy {
     pub timeout: Duration,
     pub on_timeout: OnDeny,
     pub on_deny: OnDeny,
+    /// Checked in order: the first rule that names the program (and whose argv words all
+    /// appear) decides.
     pub exec: Vec<ExecRule>,
+    /// The verdict for a program no rule names.
+    pub exec_default: Verdict,
     pub kernel: KernelPolicy,
 }
 
 impl Policy {
-    /// What this policy says of an action the kernel held, and which rule says it. Exec
-    /// rules may carry argv conditions only user space can check.
-    pub fn judge(&self, action: &Action, argv: &[String]) -> (Verdict, String) {
-        if action.kind != kind::EXEC {
-            let port = u16::try_from(action.port).unwrap_or(0);
-            let rule = self.kernel.rule_for(action.addr, port, action.protocol).map_or_else(
-                || "egress_default".into(),
-                |r| format!("egress {} action {:?}", display_cidr(&r.cidr), r.verdict),
-            );
-            return (Verdict::Hold, rule);
+    /// Judges an exec the kernel held. `argv` is called only if a rule with argv words
+    /// names the program, at most once.
+    pub fn judge_exec(
+        &self,
+        exe: &Executable,
+        digests: &mut Digests,
+        argv: impl FnOnce() -> Vec<String>,
+    ) -> ExecJudgement {
+        let mut argv = Some(argv);
+        let mut words: Vec<String> = Vec::new();
+        let mut argv_dependent = false;
+        for rule in &self.exec {
+            if !rule.names(exe, digests) {
+                continue;
+            }
+            if !rule.argv.is_empty() {
+                if let Some(read) = argv.take() {
+                    words = read();
+                }
+                argv_dependent = true;
+                if !rule.argv.iter().all(|word| words.contains(word)) {
+                    continue;
+                }
+            }
+            return ExecJudgement { verdict: rule.action, rule: rule.describe(), argv_dependent };
         }
-        let file = FileId { dev: action.dev, ino: action.ino };
-        let matching: Vec<&ExecRule> = self.exec.iter().filter(|rule| rule.files.contains(&file)).collect();
-        if let Some(rule) = matching.iter().find(|r| r.argv.is_empty()) {
-            return (rule.action, format!("exec path {:?} action {:?}", rule.pattern, rule.action));
-        }
-        if let Some(rule) = matching.iter().find(|r| r.argv.iter().all(|word| argv.contains(word))) {
-            return (
-                rule.action,
-                format!("exec path {:?} argv {:?} action {:?}", rule.pattern, rule.argv, rule.action),
-            );
-        }
-        if matching.is_empty() {
-            (self.kernel.exec_default, "exec_default".into())
-        } else {
-            (Verdict::Allow, "no argv condition matched".into())
-        }
+        ExecJudgement { verdict: self.exec_default, rule: "exec_default".into(), argv_dependent }
+    }
+
+    /// The rule that held an egress action, as an approver reads it.
+    pub fn egress_rule(&self, action: &Action) -> String {
+        let port = u16::try_from(action.port).unwrap_or(0);
+        self.kernel.rule_for(action.addr, port, action.protocol).map_or_else(
+            || "egress_default".into(),
+            |r| format!("egress {} action {:?}", display_cidr(&r.cidr), r.verdict),
+        )
     }
 }
 
@@ -281,7 +328,6 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
     }
 
     let mut exec = Vec::new();
-    let mut executables = Vec::new();
     for (index, rule) in raw.exec.iter().enumerate() {
         let line = rule_line(text, "exec", index);
         if !rule.path.starts_with('/') {
@@ -302,19 +348,14 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
         if exec.iter().any(|r: &ExecRule| r.pattern == rule.path && r.argv == rule.argv) {
             return Err(error(line, format!("exec path {:?} has two rules for the same argv", rule.path)));
         }
-        // The kernel holds any exec a rule names; user space then applies argv conditions.
-        let kernel_verdict = if rule.argv.is_empty() { rule.action } else { Verdict::Hold };
-        let files: Vec<FileId> =
-            resolve_executables(&rule.path).iter().filter_map(|file| FileId::of(file).ok()).collect();
-        for &id in &files {
-            executables.retain(|(existing, _)| *existing != id);
-            executables.push((id, kernel_verdict));
-        }
+        let path = Path::new(&rule.path);
+        let dir = path.parent().unwrap_or(Path::new("/"));
         exec.push(ExecRule {
             pattern: rule.path.clone(),
+            dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned()),
+            name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             action: rule.action,
             argv: rule.argv.clone(),
-            files,
         });
     }
 
@@ -338,14 +379,24 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
         }
         egress.push(spec);
     }
+    // The kernel asks about every program it has no recorded verdict for: the daemon
+    // identifies it (path, content) and records the verdict for that file version.
     let kernel = KernelPolicy {
-        exec_default: raw.exec_default.map_or(Verdict::Allow, |d| d.action),
+        exec_default: Verdict::Hold,
         egress_default: raw.egress_default.map_or(Verdict::Hold, |d| d.action),
-        executables,
+        executables: Vec::new(),
         egress,
     };
     kernel.compile(0).map_err(|e| error(1, e))?;
-    Ok(Policy { name: name.into(), timeout, on_timeout: raw.on_timeout, on_deny: raw.on_deny, exec, kernel })
+    Ok(Policy {
+        name: name.into(),
+        timeout,
+        on_timeout: raw.on_timeout,
+        on_deny: raw.on_deny,
+        exec,
+        exec_default: raw.exec_default.map_or(Verdict::Allow, |d| d.action),
+        kernel,
+    })
 }
 
 /// The built-in default policy.
@@ -516,5 +567,89 @@ action = "deny"
         assert!(!glob_match(b"scp*", b"sscp"));
         assert!(glob_match(b"py?hon", b"python"));
         assert!(!resolve_executables("/bin/ech*").is_empty(), "/bin/echo exists on every test machine");
+    }
+
+    /// A scratch directory holding `flagged` (a copy of /bin/true), an unrelated program
+    /// (a copy of /bin/false), and a copy of the flagged one under an innocent name.
+    fn programs(test: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("kt-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (flagged, other, copy) = (dir.join("flagged"), dir.join("other"), dir.join("innocent"));
+        std::fs::copy("/bin/true", &flagged).unwrap();
+        std::fs::copy("/bin/false", &other).unwrap();
+        std::fs::copy("/bin/true", &copy).unwrap();
+        (dir, flagged, other, copy)
+    }
+
+    fn executable(path: &Path, digests: &mut Digests) -> Executable {
+        let (file, sha256) = digests.of_path(path).unwrap();
+        Executable { file, path: std::fs::canonicalize(path).unwrap(), sha256 }
+    }
+
+    #[test]
+    fn exec_rules_name_programs_by_path_and_by_content() {
+        let (dir, flagged, other, copy) = programs("content");
+        let policy =
+            parse("t", "t.toml", &format!("[[exec]]\npath = \"{}\"\naction = \"hold\"\n", flagged.display()))
+                .unwrap();
+        let mut digests = Digests::default();
+        let no_argv = || panic!("no rule has argv words");
+        for (program, verdict) in
+            [(&flagged, Verdict::Hold), (&copy, Verdict::Hold), (&other, Verdict::Allow)]
+        {
+            let judged = policy.judge_exec(&executable(program, &mut digests), &mut digests, no_argv);
+            assert_eq!(judged.verdict, verdict, "{}", program.display());
+            assert!(!judged.argv_dependent);
+        }
+        // The flagged file is upgraded (a new inode, new content): the new content is
+        // flagged wherever it lives, and a copy of the old one made before still is.
+        std::fs::remove_file(&flagged).unwrap();
+        std::fs::copy("/bin/false", &flagged).unwrap();
+        for program in [&copy, &other] {
+            let judged = policy.judge_exec(&executable(program, &mut digests), &mut digests, no_argv);
+            assert_eq!(judged.verdict, Verdict::Hold, "{}", program.display());
+        }
+        let mut fresh = Digests::default();
+        let judged = policy.judge_exec(&executable(&copy, &mut fresh), &mut fresh, no_argv);
+        assert_eq!(judged.verdict, Verdict::Allow, "only contents seen at the pattern are remembered");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn the_first_rule_that_names_a_program_decides_and_argv_makes_it_one_off() {
+        let (dir, flagged, _, _) = programs("first-rule");
+        let text = format!(
+            "[[exec]]\npath = \"{0}\"\naction = \"deny\"\nargv = [\"push\", \"--force\"]\n\n\
+             [[exec]]\npath = \"{1}/fl*\"\naction = \"hold\"\nargv = [\"push\"]\n\n\
+             [exec_default]\naction = \"hold\"\n",
+            flagged.display(),
+            dir.display()
+        );
+        let policy = parse("t", "t.toml", &text).unwrap();
+        let mut digests = Digests::default();
+        let exe = executable(&flagged, &mut digests);
+        let judge = |argv: &[&str], digests: &mut Digests| {
+            let argv: Vec<String> = argv.iter().map(|&a| a.to_owned()).collect();
+            policy.judge_exec(&exe, digests, move || argv)
+        };
+        let forced = judge(&["git", "push", "--force"], &mut digests);
+        assert_eq!((forced.verdict, forced.argv_dependent), (Verdict::Deny, true));
+        assert_eq!(judge(&["git", "push"], &mut digests).verdict, Verdict::Hold);
+        let status = judge(&["git", "status"], &mut digests);
+        assert_eq!((status.verdict, status.rule.as_str()), (Verdict::Hold, "exec_default"));
+        assert!(status.argv_dependent, "argv decided that no rule applies: not for every exec");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn every_write_makes_a_new_file_version() {
+        let (dir, flagged, _, _) = programs("version");
+        let mut digests = Digests::default();
+        let (before, _) = digests.of_path(&flagged).unwrap();
+        std::fs::write(&flagged, b"#!/bin/sh\n").unwrap();
+        let (after, _) = digests.of_path(&flagged).unwrap();
+        assert_ne!(before, after, "a write makes a new file version");
+        std::fs::remove_dir_all(dir).ok();
     }
 }

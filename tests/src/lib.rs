@@ -96,7 +96,8 @@ impl Kernel {
         self.enforcer().set_policy(id, policy).expect("set policy");
     }
 
-    /// Feeds kernel events to `holds` until one about process `tgid` arrives.
+    /// Feeds kernel events to `holds` until one about process `tgid` arrives. Every new
+    /// hold is readied for a long wait, as the daemon does with those a person decides.
     pub fn expect_event(&mut self, tgid: u32) -> Happened {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -107,6 +108,9 @@ impl Kernel {
             for event in self.enforcer().wait_events(Duration::from_millis(100)) {
                 let enforcer = self.enforcer.as_mut().expect("loaded");
                 let happened = self.holds.on_event(enforcer, &event).expect("handle event");
+                if let Happened::Held(key) = &happened {
+                    self.holds.park(key);
+                }
                 self.backlog.push((event.tgid, happened));
             }
         }

@@ -343,3 +343,90 @@ fn commands_fail_clearly_without_a_daemon() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("/nonexistent/keyturn.toml"), "{}", stderr(&out));
 }
+
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().expect("digest").to_owned()
+}
+
+/// The audited events of `kind`.
+fn audit_events(daemon: &Daemon, kind: &str) -> Vec<serde_json::Value> {
+    let out = daemon.cli(&["audit", "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("audit json")["event"].take())
+        .filter(|event| event["type"] == kind)
+        .collect()
+}
+
+#[test]
+fn a_copy_of_a_flagged_program_made_later_is_recognised_by_its_content() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let copy = daemon.dir.join("innocent-name");
+    fs::copy(daemon.flagged(), &copy).expect("copy");
+    let agent = daemon.run_agent(copy.to_str().expect("utf-8"), &["copy-ran"]);
+    let hold = daemon.pending_one();
+    assert_eq!(hold["path"], copy.to_str().expect("utf-8"));
+    assert_eq!(hold["sha256"], sha256sum(&copy));
+    let rule = hold["policy_rule"].as_str().expect("rule");
+    assert!(rule.contains(&daemon.flagged()), "the rule that names the original: {rule}");
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    let (code, stdout) = finish(agent);
+    assert_eq!(code, 128 + libc::SIGKILL);
+    assert!(!stdout.contains("copy-ran"));
+}
+
+#[test]
+fn an_upgraded_flagged_program_is_held_and_so_are_copies_of_either_version() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let old_copy = daemon.dir.join("old-copy");
+    fs::copy(daemon.flagged(), &old_copy).expect("copy");
+    // The daemon sees the old version once (held, approved)...
+    let agent = daemon.run_agent(&daemon.flagged(), &["v1"]);
+    assert!(daemon.cli(&["approve", daemon.pending_one()["id"].as_str().expect("id")]).status.success());
+    assert_eq!(finish(agent).0, 0);
+    // ...then a package upgrade replaces it with a new file.
+    let flagged = PathBuf::from(daemon.flagged());
+    fs::remove_file(&flagged).expect("remove");
+    fs::copy("/bin/printf", &flagged).expect("upgrade");
+    let new_copy = daemon.dir.join("new-copy");
+    fs::copy(&flagged, &new_copy).expect("copy");
+    for program in [&flagged, &old_copy, &new_copy] {
+        let agent = daemon.run_agent(program.to_str().expect("utf-8"), &["must-not-run"]);
+        let hold = daemon.pending_one();
+        assert_eq!(hold["path"], program.to_str().expect("utf-8"));
+        assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+        let (code, stdout) = finish(agent);
+        assert_eq!(code, 128 + libc::SIGKILL, "{}", program.display());
+        assert!(!stdout.contains("must-not-run"));
+    }
+}
+
+#[test]
+fn an_unflagged_program_is_judged_once_then_decided_in_the_kernel() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let program = daemon.dir.join("plain-true");
+    fs::copy("/bin/true", &program).expect("copy");
+    for _ in 0..3 {
+        let agent = daemon.run_agent(program.to_str().expect("utf-8"), &[]);
+        assert_eq!(finish(agent).0, 0);
+    }
+    let judged: Vec<serde_json::Value> = audit_events(&daemon, "exec_judged")
+        .into_iter()
+        .filter(|r| r["path"] == program.to_str().expect("utf-8"))
+        .collect();
+    assert_eq!(judged.len(), 1, "judged once: {judged:?}");
+    assert_eq!(judged[0]["verdict"], "allow");
+    assert_eq!(judged[0]["recorded_in_kernel"], true);
+    assert_eq!(judged[0]["sha256"], sha256sum(&program));
+
+    // Changing the file makes a new version, judged afresh.
+    fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+    fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    assert_eq!(finish(daemon.run_agent(program.to_str().expect("utf-8"), &[])).0, 0);
+    let judged = audit_events(&daemon, "exec_judged")
+        .into_iter()
+        .filter(|r| r["path"] == program.to_str().expect("utf-8"))
+        .count();
+    assert_eq!(judged, 2);
+}

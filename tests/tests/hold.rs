@@ -10,11 +10,11 @@ use keyturn::{
     held::OnDeny,
     holds::Happened,
     mode::Mode,
-    policy::{EgressSpec, Verdict},
+    policy::{EgressSpec, FileId, KernelPolicy, Verdict},
 };
 use tests::{
-    Kernel, Peer, QUIET, Received, TestCgroup, finish, frozen, held, hold_peer_policy, process_state,
-    rogue_signal, spawn_actor, thread_states, wait_held, wait_stopped,
+    Kernel, Peer, QUIET, Received, TestCgroup, actor_path, finish, frozen, held, hold_peer_policy,
+    process_state, rogue_signal, spawn_actor, thread_states, wait_held, wait_stopped,
 };
 
 const MESSAGE: &str = "hello-keyturn";
@@ -449,5 +449,42 @@ fn unflagged_exec_and_untagged_exec_run_freely() {
     assert!(status.success());
     assert_eq!(out.trim(), "untagged");
     assert_eq!(kernel.counter(counter::HOLDS), holds_before);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_program_changed_after_its_verdict_was_recorded_is_held_again() {
+    let dir = scratch_dir();
+    let program = flagged_copy(&dir, "judged-echo");
+    let mut kernel = Kernel::load();
+    let cgroup = TestCgroup::new();
+    // As the daemon sets it: the kernel asks about every file version it has no verdict for.
+    let policy = KernelPolicy {
+        exec_default: Verdict::Hold,
+        egress_default: Verdict::Allow,
+        executables: vec![(FileId::of(&actor_path()).expect("stat actor"), Verdict::Allow)],
+        egress: vec![],
+    };
+    kernel.set_policy(1, &policy);
+    kernel
+        .enforcer()
+        .record_exec_verdict(1, FileId::of(&program).expect("stat"), Verdict::Allow)
+        .expect("record");
+    kernel.tag(&cgroup, 1, 16);
+
+    let (out, status) =
+        finish(spawn_actor(Some(&cgroup), &["exec", program.to_str().expect("utf-8"), "v1-ran"]));
+    assert!(status.success() && out.contains("v1-ran"), "the recorded version runs: {out}");
+    assert_eq!(kernel.counter(counter::HOLDS), 0, "and is decided in the kernel, with no hold");
+
+    // A chmod is enough to make a new version: its change time moved.
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o750)).expect("chmod");
+    let child = spawn_actor(Some(&cgroup), &["exec", program.to_str().expect("utf-8"), "v2-ran"]);
+    let key = kernel.expect_hold(child.id());
+    wait_held(child.id());
+    kernel.deny(&key, OnDeny::Kill);
+    let (out, status) = finish(child);
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert!(!out.contains("v2-ran"), "an unjudged version must not run");
     std::fs::remove_dir_all(dir).ok();
 }
