@@ -91,11 +91,12 @@ pub fn enforce(
         count(counter::DAEMON_ABSENT);
         return Outcome::Refuse;
     }
-    if pending(tagged.root) >= u64::from(tagged.tag.max_pending) {
+    if !claim_slot(tagged.root, tagged.tag.max_pending) {
         count(counter::FLOOD_REFUSED);
         return Outcome::Refuse;
     }
     let Some(mut entry) = EVENTS.reserve::<HoldEvent>(0) else {
+        release_slot(tagged.root);
         count(counter::RINGBUF_FULL);
         return Outcome::Refuse;
     };
@@ -115,18 +116,19 @@ pub fn enforce(
     };
     if HOLDS.insert(key, hold, 0).is_err() {
         entry.discard(0);
+        release_slot(tagged.root);
         count(counter::HOLD_TABLE_REFUSED);
         return Outcome::Refuse;
     }
     if waiting != Waiting::Retry && !kernel::signal_current(kernel::SIGSTOP) {
         let _ = HOLDS.remove(key);
         entry.discard(0);
+        release_slot(tagged.root);
         count(counter::SIGNAL_FAILED);
         return Outcome::Refuse;
     }
     fill_event(entry.as_mut_ptr(), kind, tagged, &hold, path);
     entry.submit(0);
-    started(tagged.root);
     count(counter::HOLDS);
     if waiting == Waiting::Retry { Outcome::Refuse } else { Outcome::Held }
 }
@@ -182,38 +184,50 @@ fn daemon_alive() -> bool {
     })
 }
 
-fn pending(root: u64) -> u64 {
-    // SAFETY: u64 reads of map values.
-    let started = unsafe { HOLDS_STARTED.get(root) }.copied().unwrap_or(0);
-    let finished = unsafe { HOLDS_FINISHED.get(root) }.copied().unwrap_or(0);
-    started.saturating_sub(finished)
-}
-
-fn started(root: u64) {
+/// Takes one of the `max_pending` hold slots of `root`: counted first, checked after, so
+/// CPUs racing for the last slot cannot both get it (both may lose: that fails closed).
+/// A pending hold is one started (`HOLDS_STARTED`, the hooks') and not yet finished
+/// (`HOLDS_FINISHED`, user space's).
+fn claim_slot(root: u64, max_pending: u32) -> bool {
     if HOLDS_STARTED.get_ptr_mut(root).is_none() {
         let _ = HOLDS_STARTED.insert(root, 0, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
     }
-    if let Some(value) = HOLDS_STARTED.get_ptr_mut(root) {
-        atomic_increment(value);
+    let Some(started) = HOLDS_STARTED.get_ptr_mut(root) else { return false };
+    atomic_add(started, 1);
+    // SAFETY: u64 reads of map values; `started` points into a map value.
+    let (started_now, finished) =
+        unsafe { (core::ptr::read_volatile(started), HOLDS_FINISHED.get(root).copied().unwrap_or(0)) };
+    if started_now.saturating_sub(finished) > u64::from(max_pending) {
+        atomic_add(started, u64::MAX);
+        return false;
+    }
+    true
+}
+
+/// Gives back a slot [`claim_slot`] took for a hold that could not be raised.
+fn release_slot(root: u64) {
+    if let Some(started) = HOLDS_STARTED.get_ptr_mut(root) {
+        atomic_add(started, u64::MAX);
     }
 }
 
-/// Adds one to a map value shared between CPUs (`BPF_XADD`).
+/// Adds `delta` (wrapping: `u64::MAX` subtracts one) to a map value shared between CPUs
+/// (`BPF_XADD`).
 #[cfg(target_arch = "bpf")]
-fn atomic_increment(value: *mut u64) {
+fn atomic_add(value: *mut u64, delta: u64) {
     // SAFETY: `value` points into a map value. The BPF target has no
     // `AtomicU64::fetch_add`, so the intrinsic is used directly.
     unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(value, 1)
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(value, delta)
     };
 }
 
 /// Host builds (clippy, tests) only: the same through `AtomicU64`.
 #[cfg(not(target_arch = "bpf"))]
-fn atomic_increment(value: *mut u64) {
+fn atomic_add(value: *mut u64, delta: u64) {
     // SAFETY: `value` points into a map value, valid and aligned for u64.
     unsafe { core::sync::atomic::AtomicU64::from_ptr(value) }
-        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        .fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
 }
 
 #[inline(always)]

@@ -38,6 +38,23 @@ use crate::{
     policy_file::{self, Policy},
 };
 
+/// The kernel's refusals (each fails the action with EPERM, or kills an exec that can no
+/// longer fail), by counter and the reason the audit trail and `status` give.
+const REFUSALS: [(u32, &str); 6] = [
+    (counter::FLOOD_REFUSED, "flood"),
+    (counter::RINGBUF_FULL, "ringbuf_full"),
+    (counter::SIGNAL_FAILED, "signal_failed"),
+    (counter::DAEMON_ABSENT, "daemon_absent"),
+    (counter::HOLD_TABLE_REFUSED, "hold_table"),
+    (counter::EXEC_KILLED, "exec_killed"),
+];
+
+/// State file: approval scopes beyond one action.
+const GRANTS: &str = "grants.json";
+
+/// State file: the refusal counts already in the audit trail.
+const REFUSALS_AUDITED: &str = "refusals-audited.json";
+
 /// Who is calling, from the socket's peer credentials.
 #[derive(Clone, Copy, Debug)]
 struct Peer {
@@ -77,11 +94,48 @@ struct Pending {
     on_deny: OnDeny,
 }
 
-/// An approval that reaches beyond one action.
+/// An approval that reaches beyond one action. Kept in the state directory: a restart
+/// must not forget an approval "for the life of the agent's cgroup".
+#[derive(Serialize, Deserialize)]
 struct Grant {
     root: u64,
+    #[serde(with = "action_bytes")]
     action: Action,
-    until: Option<Instant>,
+    /// Unix seconds when it ends; `None`: when the agent's cgroup goes.
+    until: Option<u64>,
+}
+
+impl Grant {
+    fn covers(&self, root: u64, action: &Action, now: u64) -> bool {
+        self.root == root && self.action == *action && self.until.is_none_or(|until| until > now)
+    }
+}
+
+/// An [`Action`] as the hex of its bytes (it is plain data: every byte pattern is valid).
+mod action_bytes {
+    use agent_common::Action;
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(action: &Action, serializer: S) -> Result<S::Ok, S::Error> {
+        // SAFETY: Action is repr(C) plain data without padding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(action).cast::<u8>(), size_of::<Action>())
+        };
+        serializer.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Action, D::Error> {
+        let bytes = hex::decode(String::deserialize(deserializer)?).map_err(D::Error::custom)?;
+        if bytes.len() != size_of::<Action>() {
+            return Err(D::Error::custom("not an action"));
+        }
+        // SAFETY: the length matches and Action accepts every byte pattern.
+        Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Action>()) })
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[derive(Default)]
@@ -109,6 +163,7 @@ struct Daemon {
     decided: HashMap<String, &'static str>,
     grants: Vec<Grant>,
     stats: Stats,
+    refusals_audited: [u64; counter::COUNT as usize],
     run_serial: u64,
 }
 
@@ -266,6 +321,7 @@ impl Daemon {
             egress_retry: false,
         })?;
         let policy_ids = read_json(&config.state_dir.join("policy-ids.json"))?;
+        let refusals_audited: Vec<u64> = read_json(&config.state_dir.join(REFUSALS_AUDITED))?;
         let mut daemon = Self {
             hierarchy,
             enforcer,
@@ -279,6 +335,7 @@ impl Daemon {
             decided: HashMap::new(),
             grants: Vec::new(),
             stats: Stats::default(),
+            refusals_audited: refusals_audited.try_into().unwrap_or_default(),
             run_serial: 0,
             config,
         };
@@ -286,6 +343,7 @@ impl Daemon {
             "egress_hold": daemon.enforcer.egress_hold(), "version": env!("CARGO_PKG_VERSION")}));
         daemon.install_policies()?;
         daemon.restore_tags()?;
+        daemon.restore_grants()?;
         daemon.restore_holds();
         let listener = daemon.bind()?;
         Ok((daemon, listener))
@@ -362,6 +420,24 @@ impl Daemon {
         if let Err(e) = write_json(&self.config.state_dir.join("tags.json"), &agents) {
             tracing::error!(error = %e, "saving tags");
         }
+    }
+
+    fn save_grants(&self) {
+        if let Err(e) = write_json(&self.config.state_dir.join(GRANTS), &self.grants) {
+            tracing::error!(error = %e, "saving approval scopes");
+        }
+    }
+
+    /// Approval scopes a previous daemon gave, for agents still tagged and not expired.
+    fn restore_grants(&mut self) -> anyhow::Result<()> {
+        let grants: Vec<Grant> = read_json(&self.config.state_dir.join(GRANTS))?;
+        let now = unix_now();
+        self.grants = grants
+            .into_iter()
+            .filter(|g| self.agents.contains_key(&g.root) && g.until.is_none_or(|until| until > now))
+            .collect();
+        self.save_grants();
+        Ok(())
     }
 
     fn restore_tags(&mut self) -> anyhow::Result<()> {
@@ -489,9 +565,7 @@ impl Daemon {
             (Verdict::Hold, policy.egress_rule(&event.hold.action), None)
         };
         let now = Instant::now();
-        let granted = self.grants.iter().any(|g| {
-            g.root == root && g.action == event.hold.action && g.until.is_none_or(|until| until > now)
-        });
+        let granted = self.grants.iter().any(|g| g.covers(root, &event.hold.action, unix_now()));
         if granted || verdict == Verdict::Allow {
             let why = if granted { "an earlier approval's scope covers it" } else { "the policy allows it" };
             self.record(json!({"type": "release", "id": id, "by": "keyturn", "why": why}));
@@ -593,11 +667,12 @@ impl Daemon {
         self.decision(id, "approved");
         let until = match scope {
             Scope::Once => None,
-            Scope::For(seconds) => Some(Some(Instant::now() + Duration::from_secs(seconds))),
+            Scope::For(seconds) => Some(Some(unix_now().saturating_add(seconds))),
             Scope::Always => Some(None),
         };
         if let Some(until) = until {
             self.grants.push(Grant { root: pending.root, action: pending.action, until });
+            self.save_grants();
         }
         self.holds.approve(&mut self.enforcer, &pending.key).map_err(|e| e.to_string())?;
         self.stats.approvals += 1;
@@ -639,6 +714,7 @@ impl Daemon {
         self.enforcer.untag(id).map_err(|e| error_chain(&e))?;
         let agent = self.agents.remove(&id).expect("present");
         self.grants.retain(|g| g.root != id);
+        self.save_grants();
         self.record(json!({"type": "untag", "cgroup": agent.path, "agent": agent.name}));
         self.save_tags();
         Ok(json!({"cgroup": agent.path, "untagged": true}))
@@ -687,15 +763,36 @@ impl Daemon {
                 "timeouts": self.stats.timeouts,
                 "exited_while_held": self.stats.exits,
                 "auto_released": self.stats.auto_released,
-                "refused_flood": counters[counter::FLOOD_REFUSED as usize],
-                "refused_ringbuf_full": counters[counter::RINGBUF_FULL as usize],
-                "refused_signal_failed": counters[counter::SIGNAL_FAILED as usize],
-                "refused_daemon_absent": counters[counter::DAEMON_ABSENT as usize],
-                "refused_hold_table": counters[counter::HOLD_TABLE_REFUSED as usize],
                 "rogue_sigconts": counters[counter::ROGUE_CONTINUE as usize],
                 "exec_killed": counters[counter::EXEC_KILLED as usize],
             },
+            "refused": REFUSALS.iter().map(|&(index, reason)| (reason, counters[index as usize]))
+                .collect::<BTreeMap<_, _>>(),
         })
+    }
+
+    /// Audits what the kernel refused since the last look, per reason. The kernel only
+    /// counts refusals (an event per refusal would let a flood crowd out real holds); the
+    /// counters are pinned, so refusals made while no daemon ran are audited at start.
+    fn audit_refusals(&mut self) {
+        let Ok(counters) = self.enforcer.counters() else { return };
+        let mut changed = false;
+        for (index, reason) in REFUSALS {
+            let (now, audited) = (counters[index as usize], self.refusals_audited[index as usize]);
+            if now != audited {
+                // Counters start again from zero when the maps are created anew.
+                let count = if now > audited { now - audited } else { now };
+                self.record(json!({"type": "refused", "reason": reason, "count": count}));
+                changed = true;
+            }
+        }
+        if changed {
+            self.refusals_audited = counters;
+            if let Err(e) = write_json(&self.config.state_dir.join(REFUSALS_AUDITED), &self.refusals_audited)
+            {
+                tracing::error!(error = %e, "saving the audited refusal counts");
+            }
+        }
     }
 
     fn metrics(&self) -> String {
@@ -708,6 +805,11 @@ impl Daemon {
         if let Some(counters) = status["counters"].as_object() {
             for (name, value) in counters {
                 let _ = writeln!(text, "keyturn_{name}_total {value}");
+            }
+        }
+        if let Some(refused) = status["refused"].as_object() {
+            for (reason, value) in refused {
+                let _ = writeln!(text, "keyturn_refused_total{{reason=\"{reason}\"}} {value}");
             }
         }
         text
@@ -742,6 +844,7 @@ impl Daemon {
         if let Err(e) = self.enforcer.heartbeat() {
             tracing::error!(error = %e, "heartbeat");
         }
+        self.audit_refusals();
         let now = Instant::now();
         let expired: Vec<String> =
             self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| id.clone()).collect();

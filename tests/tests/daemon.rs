@@ -31,6 +31,11 @@ impl Daemon {
     /// A daemon whose approver group is `nogroup`, so that `nobody` can approve (to test
     /// the refusals), with `policy` installed as `test.toml`.
     fn start(policy: &str) -> Self {
+        Self::start_with(policy, "")
+    }
+
+    /// Like [`Daemon::start`], with `extra` lines appended to the daemon's config.
+    fn start_with(policy: &str, extra: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("kt-daemon-{}-{}", std::process::id(), serial()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("policies")).expect("dirs");
@@ -46,7 +51,7 @@ impl Daemon {
             dir.join("keyturn.toml"),
             format!(
                 "state_dir = \"{0}/state\"\nsocket = \"{0}/keyturn.sock\"\npolicies_dir = \"{0}/policies\"\n\
-                 pin_dir = \"/sys/fs/bpf/{1}\"\napprover_group = \"nogroup\"\nmetrics = \"\"\n{mode}",
+                 pin_dir = \"/sys/fs/bpf/{1}\"\napprover_group = \"nogroup\"\nmetrics = \"\"\n{mode}{extra}",
                 dir.display(),
                 dir.file_name().expect("name").to_string_lossy()
             ),
@@ -66,7 +71,8 @@ impl Daemon {
             .spawn()
             .expect("start daemon");
         self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
+        // Loading and verifying the programs takes seconds under emulation on a busy host.
+        let deadline = Instant::now() + WAIT * 6;
         while !self.dir.join("keyturn.sock").exists() {
             assert!(Instant::now() < deadline, "daemon did not start: {}", self.log());
             sleep(Duration::from_millis(20));
@@ -429,4 +435,53 @@ fn an_unflagged_program_is_judged_once_then_decided_in_the_kernel() {
         .filter(|r| r["path"] == program.to_str().expect("utf-8"))
         .count();
     assert_eq!(judged, 2);
+}
+
+#[test]
+fn kernel_refusals_are_audited_by_reason() {
+    let daemon = Daemon::start_with(HOLD_FLAGGED, "max_pending = 1\n");
+    let flagged = daemon.flagged();
+    // Whichever comes first is held; with it pending, the other two are over the limit.
+    let script = format!("{flagged} first & {flagged} second & {flagged} third & wait");
+    let agent = daemon.run_agent("/bin/sh", &["-c", &script]);
+    let hold = daemon.pending_one();
+    let deadline = Instant::now() + WAIT;
+    let refused = loop {
+        let refused: u64 = audit_events(&daemon, "refused")
+            .iter()
+            .filter(|e| e["reason"] == "flood")
+            .map(|e| e["count"].as_u64().expect("count"))
+            .sum();
+        if refused >= 2 || Instant::now() > deadline {
+            break refused;
+        }
+        sleep(Duration::from_millis(50));
+    };
+    assert_eq!(refused, 2, "both execs beyond max_pending are refused and audited");
+    let status: serde_json::Value = serde_json::from_slice(&daemon.cli(&["status"]).stdout).expect("status");
+    assert_eq!(status["refused"]["flood"], 2);
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    let (_, stdout) = finish(agent);
+    assert!(stdout.trim().is_empty(), "neither the refused execs nor the denied one ran: {stdout}");
+}
+
+#[test]
+fn an_approval_for_the_agents_life_survives_a_daemon_restart() {
+    let mut daemon = Daemon::start(HOLD_FLAGGED);
+    let go = daemon.dir.join("go");
+    assert!(Command::new("mkfifo").args(["-m", "666"]).arg(&go).status().expect("mkfifo").success());
+    let flagged = daemon.flagged();
+    let script = format!("{flagged} one; read line < {}; {flagged} two", go.display());
+    let agent = daemon.run_agent("/bin/sh", &["-c", &script]);
+    let id = daemon.pending_one()["id"].as_str().expect("id").to_owned();
+    assert!(daemon.cli(&["approve", &id, "--always"]).status.success());
+    daemon.kill9();
+    daemon.launch();
+    fs::write(&go, "\n").expect("let the agent go on");
+    assert_eq!(finish(agent), (0, "one\ntwo\n".to_owned()), "the second exec needs no new approval");
+    let released = audit_events(&daemon, "release");
+    assert!(
+        released.iter().any(|e| e["by"] == "keyturn" && e["why"] == "an earlier approval's scope covers it"),
+        "{released:?}"
+    );
 }
