@@ -25,7 +25,9 @@ use keyturn::{
     policy::{Cidr, EgressSpec, FileId, KernelPolicy, Verdict},
 };
 
-pub const WAIT: Duration = Duration::from_secs(10);
+/// The longest the tests wait for something that must happen. Generous: under software
+/// emulation on a busy host, a daemon round trip can take seconds.
+pub const WAIT: Duration = Duration::from_secs(30);
 /// How long a test watches for something that must not happen.
 pub const QUIET: Duration = Duration::from_millis(300);
 

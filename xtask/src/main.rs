@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 const USAGE: &str = "usage: cargo xtask <setup | run | test | vm | bench>
   setup   install what this machine lacks (Debian packages, rust-src, bpf-linker, VM kernels)
   run     setup, build, and start the keyturn daemon with its embedded defaults
-  test    setup, then every test: unit, host integration, VM (Debian 6.1 and 6.12)
+  test    setup, then every test: unit, host integration, fuzzing, VM (Debian 6.1 and 6.12)
   vm      only the VM tests
   bench   benchmarks, reported side by side from one run";
 
@@ -34,6 +34,7 @@ fn main() -> Result<()> {
             // The daemon tests run the real `keyturn` binary.
             cargo(&["build", "--package", "agent"])?;
             cargo(&["test", "--package", "tests"])?;
+            fuzz()?;
             vm::run()
         }
         "vm" => vm::run(),
@@ -46,6 +47,29 @@ fn main() -> Result<()> {
             std::process::exit(2);
         }
     }
+}
+
+/// Seconds of coverage-guided fuzzing of the policy parser in every test run.
+const FUZZ_SECONDS: u32 = 30;
+
+/// Fuzzes the policy parser (`fuzz/`) with nightly's libFuzzer for [`FUZZ_SECONDS`],
+/// starting from the seeds in `fuzz/seeds`; new inputs go to a scratch corpus.
+fn fuzz() -> Result<()> {
+    let corpus = std::env::temp_dir().join("keyturn-fuzz-corpus");
+    std::fs::create_dir_all(&corpus).context("fuzz corpus")?;
+    let fuzz_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let status = Command::new("rustup")
+        .args(["run", "nightly", "cargo", "fuzz", "run", "policy"])
+        .arg(&corpus)
+        .arg("seeds/policy")
+        .args(["--", &format!("-max_total_time={FUZZ_SECONDS}")])
+        .current_dir(fuzz_dir)
+        .status()
+        .context("run cargo fuzz")?;
+    if !status.success() {
+        bail!("fuzzing the policy parser failed: {status} (the crashing input is under fuzz/artifacts)");
+    }
+    Ok(())
 }
 
 /// Runs cargo with `args`, failing on a non-zero exit.

@@ -1,5 +1,6 @@
 //! Installs what a fresh machine lacks, idempotently: Debian packages, the nightly
-//! `rust-src` component, bpf-linker built against Debian's LLVM 22, the VM test kernels.
+//! `rust-src` component, bpf-linker built against Debian's LLVM 22, cargo-fuzz, the VM
+//! test kernels.
 
 use std::process::{Command, Stdio};
 
@@ -28,6 +29,7 @@ pub fn run() -> Result<()> {
     install_packages()?;
     install_rust_src()?;
     install_bpf_linker()?;
+    install_cargo_fuzz()?;
     crate::vm::install_kernels()
 }
 
@@ -76,6 +78,15 @@ fn install_rust_src() -> Result<()> {
         run_command("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"], &[])?;
     }
     Ok(())
+}
+
+/// `cargo fuzz`, for the coverage-guided fuzzing of the policy parser.
+fn install_cargo_fuzz() -> Result<()> {
+    if output("cargo", &["fuzz", "--version"]).is_some() {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz");
+    run_command(env!("CARGO"), &["install", "cargo-fuzz", "--locked"], &[])
 }
 
 fn install_bpf_linker() -> Result<()> {
