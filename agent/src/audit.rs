@@ -91,19 +91,31 @@ impl Audit {
 
     /// Appends `event` and makes it durable before returning.
     pub fn record(&mut self, event: serde_json::Value) -> Result<(), AuditError> {
-        if self.size >= self.max_size {
-            self.rotate()?;
+        self.record_all([event])
+    }
+
+    /// Appends `events` in order and makes them durable, with one flush to disk, before
+    /// returning.
+    pub fn record_all(
+        &mut self,
+        events: impl IntoIterator<Item = serde_json::Value>,
+    ) -> Result<(), AuditError> {
+        for event in events {
+            if self.size >= self.max_size {
+                self.file.sync_data().map_err(io(&self.path))?;
+                self.rotate()?;
+            }
+            let time = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+            let hash = seal(self.seq, &time, &self.prev, &event);
+            let record = Record { seq: self.seq, time, prev: self.prev.clone(), event, hash };
+            let mut line = serde_json::to_vec(&record).expect("records serialize");
+            line.push(b'\n');
+            self.file.write_all(&line).map_err(io(&self.path))?;
+            self.size += line.len() as u64;
+            self.seq += 1;
+            self.prev = record.hash;
         }
-        let time = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-        let hash = seal(self.seq, &time, &self.prev, &event);
-        let record = Record { seq: self.seq, time, prev: self.prev.clone(), event, hash };
-        let mut line = serde_json::to_vec(&record).expect("records serialize");
-        line.push(b'\n');
-        self.file.write_all(&line).map_err(io(&self.path))?;
         self.file.sync_data().map_err(io(&self.path))?;
-        self.size += line.len() as u64;
-        self.seq += 1;
-        self.prev = record.hash;
         let head = self.dir.join(HEAD);
         fs::write(&head, format!("{} {}\n", self.seq, self.prev)).map_err(io(&head))
     }
@@ -215,7 +227,10 @@ mod tests {
         assert!(files(&dir).unwrap().len() > 1, "small max size rotates");
         let mut audit = Audit::open(&dir, 600).unwrap();
         audit.record(json!({"type": "after-reopen"})).unwrap();
-        assert_eq!(verify(&dir).unwrap().records, 21);
+        let files_before = files(&dir).unwrap().len();
+        audit.record_all((0..10).map(|n| json!({"type": "batch", "n": n}))).unwrap();
+        assert!(files(&dir).unwrap().len() > files_before, "a batch rotates as it goes");
+        assert_eq!(verify(&dir).unwrap().records, 31);
     }
 
     #[test]

@@ -364,7 +364,12 @@ impl Daemon {
     /// Appends to the audit trail. A record that cannot be written stops the daemon:
     /// nothing may be acted on without its record.
     fn record(&mut self, event: serde_json::Value) {
-        if let Err(e) = self.audit.record(event) {
+        self.record_all(vec![event]);
+    }
+
+    /// Appends several records with one flush to disk.
+    fn record_all(&mut self, events: Vec<serde_json::Value>) {
+        if let Err(e) = self.audit.record_all(events) {
             tracing::error!(error = %e, "cannot write the audit trail; stopping");
             std::process::exit(70);
         }
@@ -534,6 +539,7 @@ impl Daemon {
         let (agent_name, policy_name, timeout, on_timeout, on_deny) =
             (agent.name.clone(), policy.name.clone(), policy.timeout, policy.on_timeout, policy.on_deny);
         let mut argv = None;
+        let mut records = Vec::new();
         let (verdict, rule, executable) = if event.hold.action.kind == kind::EXEC {
             match self.digests.identify(event) {
                 Ok(exe) => {
@@ -568,7 +574,8 @@ impl Daemon {
         let granted = self.grants.iter().any(|g| g.covers(root, &event.hold.action, unix_now()));
         if granted || verdict == Verdict::Allow {
             let why = if granted { "an earlier approval's scope covers it" } else { "the policy allows it" };
-            self.record(json!({"type": "release", "id": id, "by": "keyturn", "why": why}));
+            records.push(json!({"type": "release", "id": id, "by": "keyturn", "why": why}));
+            self.record_all(records);
             match self.holds.approve(&mut self.enforcer, &key) {
                 Ok(_) => self.stats.auto_released += 1,
                 Err(e) => tracing::error!(error = %e, "auto-release"),
@@ -576,7 +583,8 @@ impl Daemon {
             return;
         }
         if verdict == Verdict::Deny {
-            self.record(json!({"type": "deny", "id": id, "by": "keyturn", "why": "the policy denies it"}));
+            records.push(json!({"type": "deny", "id": id, "by": "keyturn", "why": "the policy denies it"}));
+            self.record_all(records);
             let _ = self.holds.deny(&mut self.enforcer, &key, on_deny);
             return;
         }
@@ -584,7 +592,8 @@ impl Daemon {
         let mut view =
             context::describe(event, &agent_name, &cgroup, &policy_name, executable.as_ref(), argv);
         view.policy_rule = rule;
-        self.record(json!({"type": "hold", "restored": restored, "hold": view}));
+        records.push(json!({"type": "hold", "restored": restored, "hold": view}));
+        self.record_all(records);
         self.holds.park(&key);
         let waited =
             Duration::from_nanos(crate::enforcer::monotonic_ns().saturating_sub(event.hold.held_at_ns));
