@@ -614,10 +614,7 @@ impl Daemon {
         if let Some(agent) = self.agent_of_process(peer.pid) {
             return Err(format!("refused: the caller already runs under keyturn as agent {:?}", agent.name));
         }
-        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s[s.rfind(')')? + 2..].split_whitespace().nth(1)?.parse::<u32>().ok());
-        if parent != Some(peer.pid) {
+        if crate::procfs::stat(pid).map(|stat| stat.ppid) != Some(peer.pid) {
             return Err(format!("refused: process {pid} is not a child of the caller"));
         }
         if !self.policies.contains_key(&policy) {

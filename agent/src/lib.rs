@@ -17,3 +17,4 @@ pub mod holds;
 pub mod mode;
 pub mod policy;
 pub mod policy_file;
+pub mod procfs;

@@ -231,9 +231,8 @@ fn print_pending(pending: &serde_json::Value) {
     for hold in holds {
         let text = |key: &str| hold[key].as_str().unwrap_or("").to_owned();
         let what = if text("kind") == "exec" {
-            let argv: Vec<&str> =
-                hold["argv"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
-            format!("{} {}", text("path"), argv.iter().skip(1).copied().collect::<Vec<_>>().join(" "))
+            let argv = hold["argv"].as_array().into_iter().flatten().skip(1).filter_map(|a| a.as_str());
+            std::iter::once(text("path").as_str()).chain(argv).map(shown_word).collect::<Vec<_>>().join(" ")
         } else {
             format!("{} {}:{}", text("protocol"), text("address"), hold["port"])
         };
@@ -247,6 +246,16 @@ fn print_pending(pending: &serde_json::Value) {
             text("policy_rule")
         );
     }
+}
+
+/// One word of a command line in the `pending` table: as it is, or in double quotes when it
+/// is empty or has blanks or quotes, so that words never run together. The daemon already
+/// made it printable (`context::printable`), where a backslash is always escaped.
+fn shown_word(word: &str) -> String {
+    if !word.is_empty() && !word.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+        return word.to_owned();
+    }
+    format!("\"{}\"", word.replace('"', "\\\""))
 }
 
 fn show_audit(dir: &Path, json: bool, follow: bool) -> anyhow::Result<i32> {

@@ -124,7 +124,9 @@ impl Policy {
         if let Some(rule) = matching.iter().find(|r| r.argv.is_empty()) {
             return (rule.action, format!("exec path {:?} action {:?}", rule.pattern, rule.action));
         }
-        if let Some(rule) = matching.iter().find(|r| r.argv.iter().all(|word| argv.contains(word))) {
+        // `argv` is as `context::printable` shows it: a rule's words are compared the same way.
+        let has = |word: &String| argv.contains(&crate::context::printable(word.as_bytes()));
+        if let Some(rule) = matching.iter().find(|r| r.argv.iter().all(has)) {
             return (
                 rule.action,
                 format!("exec path {:?} argv {:?} action {:?}", rule.pattern, rule.argv, rule.action),
@@ -132,6 +134,9 @@ impl Policy {
         }
         if matching.is_empty() {
             (self.kernel.exec_default, "exec_default".into())
+        } else if crate::context::argv_cut(argv) {
+            // A word could sit in the part not shown: ask rather than allow.
+            (Verdict::Hold, "argv too long to check the rule's argv condition".into())
         } else {
             (Verdict::Allow, "no argv condition matched".into())
         }

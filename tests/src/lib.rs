@@ -7,7 +7,7 @@ use std::{
     io::Read as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -205,7 +205,7 @@ pub fn actor_path() -> PathBuf {
 }
 
 /// Makes the process `command` starts enter the cgroup at `dir` before it execs.
-pub fn enter_cgroup_on_exec(command: &mut Command, dir: &std::path::Path) -> std::io::Result<()> {
+pub fn enter_cgroup_on_exec(command: &mut Command, dir: &Path) -> std::io::Result<()> {
     let procs = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
     // SAFETY: after fork, only a write(2) to a file opened before it.
     unsafe {
@@ -230,20 +230,19 @@ pub fn spawn_actor(cgroup: Option<&TestCgroup>, args: &[&str]) -> Child {
     command.spawn().expect("spawn actor")
 }
 
-fn state_of(stat_file: PathBuf) -> Option<char> {
-    let stat = fs::read_to_string(stat_file).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
+fn state_of(stat_file: &Path) -> Option<char> {
+    keyturn::procfs::stat_at(stat_file).map(|stat| char::from(stat.state))
 }
 
 /// The state letter of process `pid` (`T` stopped), or `None` once it is reaped.
 pub fn process_state(pid: u32) -> Option<char> {
-    state_of(PathBuf::from(format!("/proc/{pid}/stat")))
+    state_of(Path::new(&format!("/proc/{pid}/stat")))
 }
 
 /// The state letters of every thread of `pid`.
 pub fn thread_states(pid: u32) -> Vec<char> {
     fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| tasks.flatten().filter_map(|task| state_of(task.path().join("stat"))).collect())
+        .map(|tasks| tasks.flatten().filter_map(|task| state_of(&task.path().join("stat"))).collect())
         .unwrap_or_default()
 }
 
