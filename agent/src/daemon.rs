@@ -583,8 +583,18 @@ impl Daemon {
     }
 
     fn tag(&mut self, path: &str, policy: String, name: Option<String>, run: bool) -> Reply {
+        let path = path.trim_start_matches('/');
+        if path.is_empty() {
+            return Err("refused: the cgroup v2 root holds every process on this host, approvers and \
+                        keyturn included; tag the cgroup an agent runs in"
+                .into());
+        }
         let name = name.unwrap_or_else(|| path.rsplit('/').next().unwrap_or(path).to_owned());
-        let agent = Agent { path: path.trim_start_matches('/').to_owned(), name, policy, run };
+        // Approvers read the name in `keyturn pending`: it must print as itself.
+        if context::printable(name.as_bytes()) != name {
+            return Err(format!("agent name {name:?} has control or invisible characters"));
+        }
+        let agent = Agent { path: path.to_owned(), name, policy, run };
         let id = self.apply_tag(agent.clone())?;
         self.record(json!({"type": "tag", "cgroup": agent.path, "agent": agent.name, "policy": agent.policy,
             "cgroup_id": id}));
