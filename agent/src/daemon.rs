@@ -66,6 +66,15 @@ struct Agent {
     run: bool,
 }
 
+/// Why a pending hold was closed without a decision: (the audit record's `why`, the end of
+/// "hold ID was …" for a late decision).
+type Closed = (&'static str, &'static str);
+const EXITED: Closed = ("the process exited", "closed before a decision: the process exited");
+const SUPERSEDED: Closed = (
+    "the process exited or left the held syscall; its pid carries a newer hold",
+    "closed before a decision: the process exited or left the held syscall",
+);
+
 struct Pending {
     key: HoldKey,
     view: HoldView,
@@ -529,9 +538,14 @@ impl Daemon {
 
     fn take_pending(&mut self, id: &str, peer: Peer) -> Result<Pending, String> {
         self.check_approver(peer)?;
+        if let Some(pending) = self.pending.get(id)
+            && let Some(closed) = self.gone(id, pending.key)
+        {
+            self.close_gone(id, closed);
+        }
         let Some(pending) = self.pending.get(id) else {
             return Err(match self.decided.get(id) {
-                Some(how) => format!("hold {id} was already decided: {how}"),
+                Some(how) => format!("hold {id} was {how}"),
                 None => format!("unknown hold id {id:?} (see keyturn pending)"),
             });
         };
@@ -544,6 +558,32 @@ impl Daemon {
         Ok(self.pending.remove(id).expect("present"))
     }
 
+    /// Why pending hold `id` at `key` can no longer be decided, if it cannot: its process
+    /// exited, or its pid carries a newer hold (the process exited and the pid was reused,
+    /// or it left the held syscall). A decision must never reach that newer hold.
+    fn gone(&self, id: &str, key: HoldKey) -> Option<Closed> {
+        match self.holds.get(&key) {
+            Some(held) if context::hold_id(held.event()) == id => held.exited().then_some(EXITED),
+            _ => Some(SUPERSEDED),
+        }
+    }
+
+    /// Closes pending hold `id` without a decision.
+    fn close_gone(&mut self, id: &str, (why, how): Closed) {
+        let Some(pending) = self.pending.remove(id) else { return };
+        self.record(json!({"type": "hold_closed", "id": id, "why": why}));
+        self.decision(id, how);
+        // Only this hold's own record: a newer hold of the same pid is left alone.
+        if self.holds.get(&pending.key).is_some_and(|held| context::hold_id(held.event()) == id)
+            && let Err(e) = self.holds.close(&mut self.enforcer, &pending.key)
+        {
+            tracing::error!(error = %e, "closing the hold of an exited process");
+        }
+        self.stats.exits += 1;
+    }
+
+    /// Remembers how hold `id` ended, for a clear error on a late decision
+    /// ("hold ID was HOW").
     fn decision(&mut self, id: &str, how: &'static str) {
         self.decided.insert(id.to_owned(), how);
         if self.decided.len() > 10_000 {
@@ -555,7 +595,7 @@ impl Daemon {
         let pending = self.take_pending(id, peer)?;
         self.record(json!({"type": "decision", "id": id, "verdict": "approve", "by_uid": peer.uid,
             "by_user": context::user_name(peer.uid), "scope": scope, "reason": reason}));
-        self.decision(id, "approved");
+        self.decision(id, "already decided: approved");
         let until = match scope {
             Scope::Once => None,
             Scope::For(seconds) => Some(Some(Instant::now() + Duration::from_secs(seconds))),
@@ -574,7 +614,7 @@ impl Daemon {
         let pending = self.take_pending(id, peer)?;
         self.record(json!({"type": "decision", "id": id, "verdict": "deny", "by_uid": peer.uid,
             "by_user": context::user_name(peer.uid), "reason": reason, "on_deny": pending.on_deny}));
-        self.decision(id, "denied");
+        self.decision(id, "already decided: denied");
         self.holds.deny(&mut self.enforcer, &pending.key, pending.on_deny).map_err(|e| e.to_string())?;
         self.stats.denials += 1;
         let outcome = if pending.on_deny == OnDeny::Kill { "killed" } else { "failed with EPERM" };
@@ -714,30 +754,21 @@ impl Daemon {
         if let Err(e) = self.enforcer.heartbeat() {
             tracing::error!(error = %e, "heartbeat");
         }
+        // Before timeouts: a timeout must not reach a newer hold of a reused pid.
+        let gone: Vec<(String, Closed)> =
+            self.pending.iter().filter_map(|(id, p)| Some((id.clone(), self.gone(id, p.key)?))).collect();
+        for (id, closed) in gone {
+            self.close_gone(&id, closed);
+        }
         let now = Instant::now();
         let expired: Vec<String> =
             self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| id.clone()).collect();
         for id in expired {
             let pending = self.pending.remove(&id).expect("present");
             self.record(json!({"type": "timeout", "id": id, "on_timeout": pending.on_timeout}));
-            self.decision(&id, "timed out");
+            self.decision(&id, "already decided: timed out");
             let _ = self.holds.deny(&mut self.enforcer, &pending.key, pending.on_timeout);
             self.stats.timeouts += 1;
-        }
-        let exited: Vec<String> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| self.holds.get(&p.key).is_none_or(crate::held::HeldProcess::exited))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in exited {
-            let pending = self.pending.remove(&id).expect("present");
-            self.record(json!({"type": "hold_closed", "id": id, "why": "the process exited"}));
-            self.decision(&id, "closed: the process exited");
-            if let Err(e) = self.holds.close(&mut self.enforcer, &pending.key) {
-                tracing::error!(error = %e, "closing the hold of an exited process");
-            }
-            self.stats.exits += 1;
         }
         let emptied: Vec<String> = self
             .agents
