@@ -35,7 +35,12 @@ use crate::{
     holds::{Happened, Holds},
     policy::Verdict,
     policy_file::{self, Policy},
+    watch::PolicyWatch,
 };
+
+/// How long the policy directory must stay quiet after a change before it is loaded: an
+/// editor's write, rename and cleanup load once.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Who is calling, from the socket's peer credentials.
 #[derive(Clone, Copy, Debug)]
@@ -117,6 +122,8 @@ struct Daemon {
     grants: Vec<Grant>,
     stats: Stats,
     run_serial: u64,
+    /// Whether changed policy files are loaded without a signal.
+    policies_watched: bool,
 }
 
 struct RingFd(RawFd);
@@ -129,7 +136,12 @@ impl AsRawFd for RingFd {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Watched before the first load, so that no change goes unseen.
+    let mut watch = PolicyWatch::new(&config.policies_dir)
+        .inspect_err(|e| tracing::warn!(error = %e, "policy files are loaded on SIGHUP only"))
+        .ok();
     let (mut daemon, listener) = Daemon::start(config)?;
+    daemon.policies_watched = watch.is_some();
     let (commands, mut inbox) = mpsc::channel::<Command>(64);
     tokio::spawn(serve_api(listener, commands.clone()));
     if !daemon.config.metrics.is_empty() {
@@ -145,6 +157,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let (mut hup, mut term, mut int) =
         (signal(SignalKind::hangup())?, signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    let mut reload_at = None;
     notify_systemd("READY=1");
     tracing::info!(mode = %daemon.enforcer.mode(), socket = %daemon.config.socket.display(), "keyturn daemon ready");
     loop {
@@ -162,7 +175,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let _ = command.reply.send(reply);
             }
             _ = tick.tick() => daemon.tick(),
-            _ = hup.recv() => daemon.reload(),
+            _ = hup.recv() => daemon.reload("SIGHUP"),
+            changed = policy_change(watch.as_ref()) => match changed {
+                Ok(()) => reload_at = Some(tokio::time::Instant::now() + RELOAD_DEBOUNCE),
+                Err(e) => {
+                    tracing::error!(error = %e, "lost the policy directory's watch; SIGHUP still reloads");
+                    watch = None;
+                    daemon.policies_watched = false;
+                }
+            },
+            () = sleep_until(reload_at) => {
+                reload_at = None;
+                daemon.reload("file change");
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -170,6 +195,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     daemon.record(json!({"type": "daemon_stop"}));
     let _ = std::fs::remove_file(&daemon.config.socket);
     Ok(())
+}
+
+/// The next change in the policy directory, if it is watched.
+async fn policy_change(watch: Option<&PolicyWatch>) -> std::io::Result<()> {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `sd_notify`: tells systemd (Type=notify) the daemon is ready.
@@ -286,6 +327,7 @@ impl Daemon {
             grants: Vec::new(),
             stats: Stats::default(),
             run_serial: 0,
+            policies_watched: false,
             config,
         };
         daemon.record(json!({"type": "daemon_start", "mode": daemon.enforcer.mode(),
@@ -341,24 +383,26 @@ impl Daemon {
         Ok(())
     }
 
-    /// SIGHUP: loads the policy directory again. A bad file keeps the last good set.
-    fn reload(&mut self) {
-        match policy_file::load_dir(&self.config.policies_dir) {
+    /// Loads the policy directory again (on SIGHUP, or a changed file). A bad file, or one
+    /// missing that an agent uses, keeps the last good set in force.
+    fn reload(&mut self, trigger: &str) {
+        let loaded = policy_file::load_dir(&self.config.policies_dir).map_err(|e| e.to_string()).and_then(
+            |policies| match self.agents.values().find(|a| !policies.contains_key(&a.policy)) {
+                Some(agent) => Err(format!("policy {:?} is in use by agent {:?}", agent.policy, agent.name)),
+                None => Ok(policies),
+            },
+        );
+        match loaded {
             Ok(policies) => {
-                if let Some(agent) = self.agents.values().find(|a| !policies.contains_key(&a.policy)) {
-                    let error = format!("policy {:?} is in use by agent {:?}", agent.policy, agent.name);
-                    tracing::error!(%error, "policy reload refused");
-                    self.record(json!({"type": "policy_load_failed", "error": error}));
-                    return;
-                }
+                self.record(json!({"type": "policy_reload", "trigger": trigger}));
                 self.policies = policies;
                 if let Err(e) = self.install_policies() {
                     tracing::error!(error = %e, "installing policies");
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "policy reload refused; keeping the last good policies");
-                self.record(json!({"type": "policy_load_failed", "error": e.to_string()}));
+            Err(error) => {
+                tracing::error!(%error, trigger, "policy reload refused; keeping the last good policies");
+                self.record(json!({"type": "policy_load_failed", "trigger": trigger, "error": error}));
             }
         }
     }
@@ -690,6 +734,7 @@ impl Daemon {
             "egress_hold": self.enforcer.egress_hold(),
             "agents": self.agents.values().collect::<Vec<_>>(),
             "pending": self.pending.len(),
+            "policies_watched": self.policies_watched,
             "counters": {
                 "holds": counters[counter::HOLDS as usize],
                 "released_in_kernel": counters[counter::RELEASED as usize],

@@ -18,3 +18,4 @@ pub mod mode;
 pub mod policy;
 pub mod policy_file;
 pub mod procfs;
+pub mod watch;
