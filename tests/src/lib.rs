@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod daemon;
+
 use agent_common::{HoldKey, Tag};
 use keyturn::{
     cgroup::{self, Hierarchy},
@@ -168,6 +170,11 @@ impl TestCgroup {
     pub fn id(&self) -> u64 {
         cgroup::id(&self.dir).expect("cgroup id")
     }
+
+    /// Its path relative to the cgroup v2 root, as `keyturn tag` takes it.
+    pub fn relative(&self) -> String {
+        Hierarchy::find().expect("cgroup v2 mounted").relative(&self.dir)
+    }
 }
 
 impl Default for TestCgroup {
@@ -218,6 +225,32 @@ pub fn enter_cgroup_on_exec(command: &mut Command, dir: &Path) -> std::io::Resul
         });
     }
     Ok(())
+}
+
+/// Spawns `command` as process `pid`, a pid that was just freed: `ns_last_pid` is set
+/// to the pid before it, then the child checks what it got. Other processes on the host
+/// may take the pid first, so this retries until `WAIT` has passed.
+pub fn spawn_with_pid(command: &mut Command, pid: u32) -> Child {
+    const MISSED: i32 = libc::EADDRINUSE;
+    let wanted = i32::try_from(pid).expect("pid");
+    // SAFETY: after fork, only getpid(2).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::getpid() == wanted { Ok(()) } else { Err(std::io::Error::from_raw_os_error(MISSED)) }
+        });
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).expect("write ns_last_pid");
+        match command.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(MISSED) => {
+                assert!(Instant::now() < deadline, "pid {pid} never came free again");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("spawn as pid {pid}: {e}"),
+        }
+    }
 }
 
 /// Starts `actor ARGS…` inside `cgroup` (or the test's own cgroup), stdout captured.
