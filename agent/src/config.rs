@@ -82,3 +82,24 @@ impl Config {
         self.state_dir.join("audit")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The config `keyturn install` writes shows every setting, commented out, with its
+    /// built-in default (`mode` with an example: it has no default value).
+    #[test]
+    fn the_installed_config_shows_the_built_in_defaults() {
+        let installed = include_str!("../../packaging/keyturn.toml");
+        let uncommented: Vec<&str> = installed
+            .lines()
+            .filter_map(|line| {
+                line.strip_prefix("# ").filter(|l| l.contains(" = ") && !l.starts_with("mode "))
+            })
+            .collect();
+        assert_eq!(uncommented.len(), 9, "{uncommented:?}");
+        let parsed: Config = toml::from_str(&uncommented.join("\n")).expect("parses");
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
+    }
+}

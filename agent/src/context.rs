@@ -2,9 +2,11 @@
 //! process is stopped: command line, working directory, user, parents, executable digest.
 
 use std::{
+    ffi::OsStr,
+    fmt::Write as _,
     fs,
     net::Ipv6Addr,
-    os::unix::fs::FileExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::FileExt as _},
     path::PathBuf,
     time::{Duration, SystemTime},
 };
@@ -12,7 +14,7 @@ use std::{
 use agent_common::{HoldEvent, event_type, kind, protocol};
 use serde::Serialize;
 
-use crate::{enforcer::monotonic_ns, identify::Executable};
+use crate::{enforcer::monotonic_ns, identify::Executable, procfs};
 
 /// One ancestor of the held process.
 #[derive(Clone, Debug, Serialize)]
@@ -58,8 +60,102 @@ pub struct HoldView {
     pub port: Option<u16>,
 }
 
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// Text for an approver's eyes from bytes an agent chose (paths, argv, working directory,
+/// command names). Valid printable UTF-8 is kept as it is; a backslash becomes `\\`; a
+/// byte that is not valid UTF-8, a C0 control or DEL becomes `\xNN`; a C1 control or an
+/// invisible formatting character that can hide or reorder text (bidi overrides,
+/// zero-width characters) becomes `\u{…}` (hex). What comes out cannot move a terminal's
+/// cursor, clear its screen or fake a line, and no two byte strings come out the same.
+pub fn printable(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\0'..='\x1f' | '\x7f' => {
+                    let _ = write!(out, "\\x{:02x}", u32::from(c));
+                }
+                c if c.is_control() || hides_text(c) => {
+                    let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out
+}
+
+/// Unicode formatting characters that print as nothing or change the order in which the
+/// text around them is shown.
+fn hides_text(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{61c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+    )
+}
+
+/// Bytes of the held process's argv an approver is shown; past that the argv ends with a
+/// marker saying it was cut. Each argument counts with its NUL, as the kernel counts it.
+const HELD_ARGV_BYTES: usize = 1 << 20;
+/// The same for each parent: context, not the action, and there may be 32 of them.
+const PARENT_ARGV_BYTES: usize = 64 << 10;
+
+/// Ends an argv that was cut (followed by the limit).
+const CUT: &str = "…(truncated at ";
+
+/// Whether `argv`, as shown, was cut at its limit: words past it were never seen.
+pub fn argv_cut(argv: &[String]) -> bool {
+    argv.last().is_some_and(|last| last.starts_with(CUT))
+}
+
+/// An argv as an approver is shown it: each argument made printable, cut with an explicit
+/// marker once the arguments exceed a limit.
+struct ShownArgv {
+    words: Vec<String>,
+    left: usize,
+    limit: usize,
+}
+
+impl ShownArgv {
+    fn new(limit: usize) -> Self {
+        Self { words: Vec::new(), left: limit, limit }
+    }
+
+    /// Takes the next argument; `false` once the limit is reached and nothing more fits.
+    fn push(&mut self, arg: &[u8]) -> bool {
+        if arg.len() < self.left {
+            self.left -= arg.len() + 1;
+            self.words.push(printable(arg));
+            return true;
+        }
+        if self.left > 0 {
+            self.words.push(printable(&arg[..self.left]));
+        }
+        self.words.push(format!("{CUT}{} KiB)", self.limit >> 10));
+        false
+    }
+
+    /// `args` as shown under `limit`.
+    fn of<'a>(args: impl IntoIterator<Item = &'a [u8]>, limit: usize) -> Vec<String> {
+        let mut shown = Self::new(limit);
+        for arg in args {
+            if !shown.push(arg) {
+                break;
+            }
+        }
+        shown.words
+    }
 }
 
 fn nul_terminated(bytes: &[u8]) -> &[u8] {
@@ -80,26 +176,23 @@ pub fn user_name(uid: u32) -> String {
         .unwrap_or_else(|| uid.to_string())
 }
 
-fn proc_argv(pid: u32) -> Vec<String> {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(lossy).collect())
-        .unwrap_or_default()
-}
-
-fn parent_of(pid: u32) -> Option<(u32, String)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let comm = stat[stat.find('(')? + 1..stat.rfind(')')?].to_owned();
-    let parent = stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()?;
-    Some((parent, comm))
+/// The argv of `pid` from `/proc/PID/cmdline`, empty arguments included.
+fn proc_argv(pid: u32, limit: usize) -> Vec<String> {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
+    if args.is_empty() {
+        return Vec::new();
+    }
+    ShownArgv::of(args.split(|&b| b == 0), limit)
 }
 
 fn parents(pid: u32) -> Vec<Parent> {
     let mut chain = Vec::new();
-    let mut current = parent_of(pid).map(|(ppid, _)| ppid);
+    let mut current = procfs::stat(pid).map(|stat| stat.ppid);
     while let Some(pid) = current.filter(|&p| p > 0 && chain.len() < 32) {
-        let Some((grandparent, comm)) = parent_of(pid) else { break };
-        chain.push(Parent { pid, comm, argv: proc_argv(pid) });
-        current = Some(grandparent);
+        let Some(stat) = procfs::stat(pid) else { break };
+        chain.push(Parent { pid, comm: printable(&stat.comm), argv: proc_argv(pid, PARENT_ARGV_BYTES) });
+        current = Some(stat.ppid);
     }
     chain
 }
@@ -140,8 +233,6 @@ fn stopped_syscall(pid: u32, tid: u32) -> Option<String> {
 fn pending_exec_argv(pid: u32, tid: u32) -> Option<Vec<String>> {
     const EXECVE: u64 = 59;
     const EXECVEAT: u64 = 322;
-    const MAX_ARGS: usize = 4096;
-    const MAX_BYTES: usize = 1 << 20;
     let syscall = stopped_syscall(pid, tid)?;
     let fields: Vec<u64> = syscall
         .split_whitespace()
@@ -154,31 +245,24 @@ fn pending_exec_argv(pid: u32, tid: u32) -> Option<Vec<String>> {
         _ => return None,
     };
     let mem = fs::File::open(format!("/proc/{pid}/mem")).ok()?;
-    let mut argv = Vec::new();
-    let mut total = 0;
-    for index in 0..MAX_ARGS as u64 {
+    // Each argument costs at least its NUL, so the limit also bounds how many are read.
+    let mut argv = ShownArgv::new(HELD_ARGV_BYTES);
+    for index in 0u64.. {
         let mut pointer = [0u8; 8];
-        mem.read_exact_at(&mut pointer, argv_addr + index * 8).ok()?;
+        mem.read_exact_at(&mut pointer, argv_addr.checked_add(index.checked_mul(8)?)?).ok()?;
         let pointer = u64::from_ne_bytes(pointer);
-        if pointer == 0 {
-            break;
-        }
-        let arg = read_c_string(&mem, pointer, MAX_BYTES - total)?;
-        total += arg.len() + 1;
-        argv.push(lossy(&arg));
-        if total >= MAX_BYTES {
-            argv.push("…(truncated at 1 MiB)".into());
+        if pointer == 0 || !argv.push(&read_c_string(&mem, pointer, HELD_ARGV_BYTES)?) {
             break;
         }
     }
-    Some(argv)
+    Some(argv.words)
 }
 
 /// The argv of a held exec: the new program's after an exec that happened, else the
 /// one passed to execve, read from the stopped thread.
 pub fn exec_argv(event: &HoldEvent) -> Option<Vec<String>> {
     if event.event_type == event_type::STOPPED {
-        Some(proc_argv(event.tgid))
+        Some(proc_argv(event.tgid, HELD_ARGV_BYTES))
     } else {
         pending_exec_argv(event.tgid, event.tid)
     }
@@ -215,7 +299,7 @@ pub fn describe(
         tid: event.tid,
         uid: event.uid,
         user: user_name(event.uid),
-        comm: lossy(nul_terminated(&event.comm)),
+        comm: printable(nul_terminated(&event.comm)),
         requested_at: humantime::format_rfc3339_millis(wall_time(event.hold.held_at_ns)).to_string(),
         policy: policy.into(),
         policy_rule: String::new(),
@@ -238,7 +322,7 @@ pub fn describe(
         // Unverified, the path is only the name the process passed.
         let path = executable.map_or_else(
             || {
-                let named = PathBuf::from(lossy(nul_terminated(&event.path)));
+                let named = PathBuf::from(OsStr::from_bytes(nul_terminated(&event.path)));
                 match &cwd {
                     Some(cwd) if named.is_relative() => cwd.join(&named),
                     _ => named,
@@ -246,9 +330,9 @@ pub fn describe(
             },
             |exe| exe.path.clone(),
         );
-        view.path = Some(path.display().to_string());
+        view.path = Some(printable(path.as_os_str().as_bytes()));
         view.argv = argv.or_else(|| exec_argv(event));
-        view.cwd = cwd.map(|c| c.display().to_string());
+        view.cwd = cwd.map(|c| printable(c.as_os_str().as_bytes()));
         view.sha256 = executable.map(|exe| exe.sha256.clone());
         view.parents = Some(parents(pid));
     } else {
@@ -261,7 +345,53 @@ pub fn describe(
             _ => "any",
         });
         view.parents = Some(parents(pid));
-        view.argv = Some(proc_argv(pid));
+        view.argv = Some(proc_argv(pid, HELD_ARGV_BYTES));
     }
     view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_what_could_deceive_a_terminal_and_keeps_the_rest() {
+        for (bytes, shown) in [
+            (&b"curl -T dump.sql"[..], "curl -T dump.sql"),
+            ("caf\u{e9} \u{1f600}".as_bytes(), "caf\u{e9} \u{1f600}"),
+            (b"\x1b[2J\x1b[H", "\\x1b[2J\\x1b[H"),
+            (b"ok\rkeyturn: approved\n", "ok\\x0dkeyturn: approved\\x0a"),
+            (b"\x00\x07\x7f", "\\x00\\x07\\x7f"),
+            (b"\xff\xfe", "\\xff\\xfe"),
+            (b"back\\slash", "back\\\\slash"),
+            ("\u{9b}31m".as_bytes(), "\\u{9b}31m"),
+            ("\u{202e}fdp.exe".as_bytes(), "\\u{202e}fdp.exe"),
+            ("zero\u{200b}width".as_bytes(), "zero\\u{200b}width"),
+        ] {
+            assert_eq!(printable(bytes), shown, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn printable_never_shows_two_byte_strings_the_same() {
+        let confusable: [&[u8]; 8] =
+            [b"\\x1b", b"\x1b", b"\\\x1b", b"\x9b", "\u{9b}".as_bytes(), b"\\u{9b}", b"\xc2", b"\\xc2"];
+        let shown: std::collections::HashSet<String> = confusable.iter().map(|b| printable(b)).collect();
+        assert_eq!(shown.len(), confusable.len(), "{shown:?}");
+    }
+
+    #[test]
+    fn a_long_argv_is_cut_with_a_marker_at_its_limit() {
+        let words: Vec<Vec<u8>> = (0..10).map(|n| vec![b'a' + n; 99]).collect();
+        let shown = |limit| ShownArgv::of(words.iter().map(Vec::as_slice), limit);
+        assert_eq!(shown(1000).len(), 10, "10 args of 100 bytes fit in 1000");
+        let cut = shown(950);
+        assert_eq!(cut.len(), 11);
+        assert_eq!(cut[8], "i".repeat(99));
+        assert_eq!(cut[9], "j".repeat(50));
+        assert_eq!(cut[10], "…(truncated at 0 KiB)");
+        assert_eq!(shown(900).last().map(String::as_str), Some("…(truncated at 0 KiB)"));
+        assert_eq!(shown(900).len(), 10);
+        assert!(argv_cut(&cut) && !argv_cut(&shown(1000)));
+    }
 }

@@ -6,7 +6,7 @@ use std::{
     fmt::Write as _,
     os::{
         fd::{AsRawFd, RawFd},
-        unix::fs::PermissionsExt as _,
+        unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
     },
     path::Path,
     time::{Duration, Instant},
@@ -36,6 +36,7 @@ use crate::{
     identify::Digests,
     policy::Verdict,
     policy_file::{self, Policy},
+    watch::PolicyWatch,
 };
 
 /// The kernel's refusals (each fails the action with EPERM, or kills an exec that can no
@@ -54,6 +55,10 @@ const GRANTS: &str = "grants.json";
 
 /// State file: the refusal counts already in the audit trail.
 const REFUSALS_AUDITED: &str = "refusals-audited.json";
+
+/// How long the policy directory must stay quiet after a change before it is loaded: an
+/// editor's write, rename and cleanup load once.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Who is calling, from the socket's peer credentials.
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +88,15 @@ struct Agent {
     /// Created by `keyturn run`: removed when it empties.
     run: bool,
 }
+
+/// Why a pending hold was closed without a decision: (the audit record's `why`, the end of
+/// "hold ID was …" for a late decision).
+type Closed = (&'static str, &'static str);
+const EXITED: Closed = ("the process exited", "closed before a decision: the process exited");
+const SUPERSEDED: Closed = (
+    "the process exited or left the held syscall; its pid carries a newer hold",
+    "closed before a decision: the process exited or left the held syscall",
+);
 
 struct Pending {
     key: HoldKey,
@@ -165,6 +179,8 @@ struct Daemon {
     stats: Stats,
     refusals_audited: [u64; counter::COUNT as usize],
     run_serial: u64,
+    /// Whether changed policy files are loaded without a signal.
+    policies_watched: bool,
 }
 
 struct RingFd(RawFd);
@@ -177,7 +193,12 @@ impl AsRawFd for RingFd {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Watched before the first load, so that no change goes unseen.
+    let mut watch = PolicyWatch::new(&config.policies_dir)
+        .inspect_err(|e| tracing::warn!(error = %e, "policy files are loaded on SIGHUP only"))
+        .ok();
     let (mut daemon, listener) = Daemon::start(config)?;
+    daemon.policies_watched = watch.is_some();
     let (commands, mut inbox) = mpsc::channel::<Command>(64);
     tokio::spawn(serve_api(listener, commands.clone()));
     if !daemon.config.metrics.is_empty() {
@@ -193,6 +214,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let (mut hup, mut term, mut int) =
         (signal(SignalKind::hangup())?, signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    let mut reload_at = None;
     notify_systemd("READY=1");
     tracing::info!(mode = %daemon.enforcer.mode(), socket = %daemon.config.socket.display(), "keyturn daemon ready");
     loop {
@@ -210,7 +232,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let _ = command.reply.send(reply);
             }
             _ = tick.tick() => daemon.tick(),
-            _ = hup.recv() => daemon.reload(),
+            _ = hup.recv() => daemon.reload("SIGHUP"),
+            changed = policy_change(watch.as_ref()) => match changed {
+                Ok(()) => reload_at = Some(tokio::time::Instant::now() + RELOAD_DEBOUNCE),
+                Err(e) => {
+                    tracing::error!(error = %e, "lost the policy directory's watch; SIGHUP still reloads");
+                    watch = None;
+                    daemon.policies_watched = false;
+                }
+            },
+            () = sleep_until(reload_at) => {
+                reload_at = None;
+                daemon.reload("file change");
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -218,6 +252,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     daemon.record(json!({"type": "daemon_stop"}));
     let _ = std::fs::remove_file(&daemon.config.socket);
     Ok(())
+}
+
+/// The next change in the policy directory, if it is watched.
+async fn policy_change(watch: Option<&PolicyWatch>) -> std::io::Result<()> {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `sd_notify`: tells systemd (Type=notify) the daemon is ready.
@@ -337,6 +387,7 @@ impl Daemon {
             stats: Stats::default(),
             refusals_audited: refusals_audited.try_into().unwrap_or_default(),
             run_serial: 0,
+            policies_watched: false,
             config,
         };
         daemon.record(json!({"type": "daemon_start", "mode": daemon.enforcer.mode(),
@@ -398,24 +449,26 @@ impl Daemon {
         Ok(())
     }
 
-    /// SIGHUP: loads the policy directory again. A bad file keeps the last good set.
-    fn reload(&mut self) {
-        match policy_file::load_dir(&self.config.policies_dir) {
+    /// Loads the policy directory again (on SIGHUP, or a changed file). A bad file, or one
+    /// missing that an agent uses, keeps the last good set in force.
+    fn reload(&mut self, trigger: &str) {
+        let loaded = policy_file::load_dir(&self.config.policies_dir).map_err(|e| e.to_string()).and_then(
+            |policies| match self.agents.values().find(|a| !policies.contains_key(&a.policy)) {
+                Some(agent) => Err(format!("policy {:?} is in use by agent {:?}", agent.policy, agent.name)),
+                None => Ok(policies),
+            },
+        );
+        match loaded {
             Ok(policies) => {
-                if let Some(agent) = self.agents.values().find(|a| !policies.contains_key(&a.policy)) {
-                    let error = format!("policy {:?} is in use by agent {:?}", agent.policy, agent.name);
-                    tracing::error!(%error, "policy reload refused");
-                    self.record(json!({"type": "policy_load_failed", "error": error}));
-                    return;
-                }
+                self.record(json!({"type": "policy_reload", "trigger": trigger}));
                 self.policies = policies;
                 if let Err(e) = self.install_policies() {
                     tracing::error!(error = %e, "installing policies");
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "policy reload refused; keeping the last good policies");
-                self.record(json!({"type": "policy_load_failed", "error": e.to_string()}));
+            Err(error) => {
+                tracing::error!(%error, trigger, "policy reload refused; keeping the last good policies");
+                self.record(json!({"type": "policy_load_failed", "trigger": trigger, "error": error}));
             }
         }
     }
@@ -544,9 +597,8 @@ impl Daemon {
             match self.digests.identify(event) {
                 Ok(exe) => {
                     let judgement = policy.judge_exec(&exe, &mut self.digests, || {
-                        let read = context::exec_argv(event).unwrap_or_default();
-                        argv = Some(read.clone());
-                        read
+                        argv = context::exec_argv(event);
+                        argv.clone()
                     });
                     // A verdict that does not depend on argv holds for every exec of this
                     // file version: the kernel decides those by itself from now on.
@@ -557,11 +609,10 @@ impl Daemon {
                     {
                         tracing::warn!(error = %error_chain(&e), "recording an exec verdict in the kernel");
                     }
-                    self.record(
-                        json!({"type": "exec_judged", "id": id, "pid": event.tgid, "agent": agent_name,
-                        "path": exe.path, "sha256": exe.sha256, "verdict": judgement.verdict,
-                        "rule": judgement.rule, "recorded_in_kernel": recorded}),
-                    );
+                    records.push(json!({"type": "exec_judged", "id": id, "pid": event.tgid,
+                        "agent": agent_name, "path": context::printable(exe.path.as_os_str().as_bytes()),
+                        "sha256": exe.sha256, "verdict": judgement.verdict, "rule": judgement.rule,
+                        "recorded_in_kernel": recorded}));
                     (judgement.verdict, judgement.rule, Some(exe))
                 }
                 // Only a person can judge a program keyturn cannot verify.
@@ -647,9 +698,14 @@ impl Daemon {
 
     fn take_pending(&mut self, id: &str, peer: Peer) -> Result<Pending, String> {
         self.check_approver(peer)?;
+        if let Some(pending) = self.pending.get(id)
+            && let Some(closed) = self.gone(id, pending.key)
+        {
+            self.close_gone(id, closed);
+        }
         let Some(pending) = self.pending.get(id) else {
             return Err(match self.decided.get(id) {
-                Some(how) => format!("hold {id} was already decided: {how}"),
+                Some(how) => format!("hold {id} was {how}"),
                 None => format!("unknown hold id {id:?} (see keyturn pending)"),
             });
         };
@@ -662,6 +718,32 @@ impl Daemon {
         Ok(self.pending.remove(id).expect("present"))
     }
 
+    /// Why pending hold `id` at `key` can no longer be decided, if it cannot: its process
+    /// exited, or its pid carries a newer hold (the process exited and the pid was reused,
+    /// or it left the held syscall). A decision must never reach that newer hold.
+    fn gone(&self, id: &str, key: HoldKey) -> Option<Closed> {
+        match self.holds.get(&key) {
+            Some(held) if context::hold_id(held.event()) == id => held.exited().then_some(EXITED),
+            _ => Some(SUPERSEDED),
+        }
+    }
+
+    /// Closes pending hold `id` without a decision.
+    fn close_gone(&mut self, id: &str, (why, how): Closed) {
+        let Some(pending) = self.pending.remove(id) else { return };
+        self.record(json!({"type": "hold_closed", "id": id, "why": why}));
+        self.decision(id, how);
+        // Only this hold's own record: a newer hold of the same pid is left alone.
+        if self.holds.get(&pending.key).is_some_and(|held| context::hold_id(held.event()) == id)
+            && let Err(e) = self.holds.close(&mut self.enforcer, &pending.key)
+        {
+            tracing::error!(error = %e, "closing the hold of an exited process");
+        }
+        self.stats.exits += 1;
+    }
+
+    /// Remembers how hold `id` ended, for a clear error on a late decision
+    /// ("hold ID was HOW").
     fn decision(&mut self, id: &str, how: &'static str) {
         self.decided.insert(id.to_owned(), how);
         if self.decided.len() > 10_000 {
@@ -673,7 +755,7 @@ impl Daemon {
         let pending = self.take_pending(id, peer)?;
         self.record(json!({"type": "decision", "id": id, "verdict": "approve", "by_uid": peer.uid,
             "by_user": context::user_name(peer.uid), "scope": scope, "reason": reason}));
-        self.decision(id, "approved");
+        self.decision(id, "already decided: approved");
         let until = match scope {
             Scope::Once => None,
             Scope::For(seconds) => Some(Some(unix_now().saturating_add(seconds))),
@@ -693,7 +775,7 @@ impl Daemon {
         let pending = self.take_pending(id, peer)?;
         self.record(json!({"type": "decision", "id": id, "verdict": "deny", "by_uid": peer.uid,
             "by_user": context::user_name(peer.uid), "reason": reason, "on_deny": pending.on_deny}));
-        self.decision(id, "denied");
+        self.decision(id, "already decided: denied");
         self.holds.deny(&mut self.enforcer, &pending.key, pending.on_deny).map_err(|e| e.to_string())?;
         self.stats.denials += 1;
         let outcome = if pending.on_deny == OnDeny::Kill { "killed" } else { "failed with EPERM" };
@@ -702,8 +784,18 @@ impl Daemon {
     }
 
     fn tag(&mut self, path: &str, policy: String, name: Option<String>, run: bool) -> Reply {
+        let path = path.trim_start_matches('/');
+        if path.is_empty() {
+            return Err("refused: the cgroup v2 root holds every process on this host, approvers and \
+                        keyturn included; tag the cgroup an agent runs in"
+                .into());
+        }
         let name = name.unwrap_or_else(|| path.rsplit('/').next().unwrap_or(path).to_owned());
-        let agent = Agent { path: path.trim_start_matches('/').to_owned(), name, policy, run };
+        // Approvers read the name in `keyturn pending`: it must print as itself.
+        if context::printable(name.as_bytes()) != name {
+            return Err(format!("agent name {name:?} has control or invisible characters"));
+        }
+        let agent = Agent { path: path.to_owned(), name, policy, run };
         let id = self.apply_tag(agent.clone())?;
         self.record(json!({"type": "tag", "cgroup": agent.path, "agent": agent.name, "policy": agent.policy,
             "cgroup_id": id}));
@@ -734,10 +826,7 @@ impl Daemon {
         if let Some(agent) = self.agent_of_process(peer.pid) {
             return Err(format!("refused: the caller already runs under keyturn as agent {:?}", agent.name));
         }
-        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s[s.rfind(')')? + 2..].split_whitespace().nth(1)?.parse::<u32>().ok());
-        if parent != Some(peer.pid) {
+        if crate::procfs::stat(pid).map(|stat| stat.ppid) != Some(peer.pid) {
             return Err(format!("refused: process {pid} is not a child of the caller"));
         }
         if !self.policies.contains_key(&policy) {
@@ -763,6 +852,7 @@ impl Daemon {
             "egress_hold": self.enforcer.egress_hold(),
             "agents": self.agents.values().collect::<Vec<_>>(),
             "pending": self.pending.len(),
+            "policies_watched": self.policies_watched,
             "counters": {
                 "holds": counters[counter::HOLDS as usize],
                 "released_in_kernel": counters[counter::RELEASED as usize],
@@ -854,30 +944,21 @@ impl Daemon {
             tracing::error!(error = %e, "heartbeat");
         }
         self.audit_refusals();
+        // Before timeouts: a timeout must not reach a newer hold of a reused pid.
+        let gone: Vec<(String, Closed)> =
+            self.pending.iter().filter_map(|(id, p)| Some((id.clone(), self.gone(id, p.key)?))).collect();
+        for (id, closed) in gone {
+            self.close_gone(&id, closed);
+        }
         let now = Instant::now();
         let expired: Vec<String> =
             self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| id.clone()).collect();
         for id in expired {
             let pending = self.pending.remove(&id).expect("present");
             self.record(json!({"type": "timeout", "id": id, "on_timeout": pending.on_timeout}));
-            self.decision(&id, "timed out");
+            self.decision(&id, "already decided: timed out");
             let _ = self.holds.deny(&mut self.enforcer, &pending.key, pending.on_timeout);
             self.stats.timeouts += 1;
-        }
-        let exited: Vec<String> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| self.holds.get(&p.key).is_none_or(crate::held::HeldProcess::exited))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in exited {
-            let pending = self.pending.remove(&id).expect("present");
-            self.record(json!({"type": "hold_closed", "id": id, "why": "the process exited"}));
-            self.decision(&id, "closed: the process exited");
-            if let Err(e) = self.holds.close(&mut self.enforcer, &pending.key) {
-                tracing::error!(error = %e, "closing the hold of an exited process");
-            }
-            self.stats.exits += 1;
         }
         let emptied: Vec<String> = self
             .agents

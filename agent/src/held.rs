@@ -81,14 +81,6 @@ pub struct HeldProcess {
     frozen: Option<Frozen>,
 }
 
-/// The start time `/proc/PID/stat` reports, in ticks since boot.
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let fields = &stat[stat.rfind(')')? + 2..];
-    fields.split_whitespace().nth(19)?.parse().ok()
-}
-
 impl HeldProcess {
     /// Opens the process named by `event`, checking it is the very process that was held.
     pub fn open(event: &HoldEvent) -> Result<Self, HeldError> {
@@ -101,7 +93,9 @@ impl HeldProcess {
         // SAFETY: a fresh fd we own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| HeldError::Gone(pid))?) };
         // Checked after opening: if the pid was reused before, the start time differs.
-        if start_ticks(pid) != Some(event.hold.start_boottime / NS_PER_TICK) {
+        if crate::procfs::stat(pid).map(|stat| stat.start_ticks)
+            != Some(event.hold.start_boottime / NS_PER_TICK)
+        {
             return Err(HeldError::Gone(pid));
         }
         Ok(Self { pidfd, event: *event, frozen: None })

@@ -18,3 +18,5 @@ pub mod identify;
 pub mod mode;
 pub mod policy;
 pub mod policy_file;
+pub mod procfs;
+pub mod watch;

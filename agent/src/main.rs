@@ -94,7 +94,12 @@ enum Command {
         json: bool,
     },
     /// Install the binary, keyturn.service and a default config; enable and start the unit.
-    Install,
+    Install {
+        /// Stage everything under DIR (an image, a package) instead of /: the unit is
+        /// enabled by its symlink, as `systemctl --root` would, and nothing is started.
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -217,7 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(i32::from(report.mode.is_none()))
         }
-        Command::Install => install(),
+        Command::Install { root } => install(root.as_deref()),
     }
 }
 
@@ -231,9 +236,8 @@ fn print_pending(pending: &serde_json::Value) {
     for hold in holds {
         let text = |key: &str| hold[key].as_str().unwrap_or("").to_owned();
         let what = if text("kind") == "exec" {
-            let argv: Vec<&str> =
-                hold["argv"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
-            format!("{} {}", text("path"), argv.iter().skip(1).copied().collect::<Vec<_>>().join(" "))
+            let argv = hold["argv"].as_array().into_iter().flatten().skip(1).filter_map(|a| a.as_str());
+            std::iter::once(text("path").as_str()).chain(argv).map(shown_word).collect::<Vec<_>>().join(" ")
         } else {
             format!("{} {}:{}", text("protocol"), text("address"), hold["port"])
         };
@@ -247,6 +251,16 @@ fn print_pending(pending: &serde_json::Value) {
             text("policy_rule")
         );
     }
+}
+
+/// One word of a command line in the `pending` table: as it is, or in double quotes when it
+/// is empty or has blanks or quotes, so that words never run together. The daemon already
+/// made it printable (`context::printable`), where a backslash is always escaped.
+fn shown_word(word: &str) -> String {
+    if !word.is_empty() && !word.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+        return word.to_owned();
+    }
+    format!("\"{}\"", word.replace('"', "\\\""))
 }
 
 fn show_audit(dir: &Path, json: bool, follow: bool) -> anyhow::Result<i32> {
@@ -341,29 +355,89 @@ fn wait_for(pid: u32) -> anyhow::Result<i32> {
 }
 
 const UNIT: &str = include_str!("../../packaging/keyturn.service");
+const DEFAULT_CONFIG: &str = include_str!("../../packaging/keyturn.toml");
+const BINARY: &str = "/usr/local/bin/keyturn";
+const UNIT_PATH: &str = "/etc/systemd/system/keyturn.service";
+/// What `systemctl enable` creates for the unit's `WantedBy=multi-user.target`.
+const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/keyturn.service";
+const POLICIES_DIR: &str = "/etc/keyturn/policies";
 
-fn install() -> anyhow::Result<i32> {
-    let exe = std::env::current_exe()?;
-    let target = Path::new("/usr/local/bin/keyturn");
-    if exe != target {
-        std::fs::copy(&exe, target).with_context(|| format!("copying to {}", target.display()))?;
+/// Installs the binary, the unit and (unless one exists) the config, under `root` or `/`.
+/// Running it again updates the binary and the unit and never touches an existing config.
+fn install(root: Option<&Path>) -> anyhow::Result<i32> {
+    let under = |path: &str| root.unwrap_or(Path::new("/")).join(path.trim_start_matches('/'));
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let binary = under(BINARY);
+    if !same_file(&exe, &binary) {
+        place(&binary, 0o755, |to| std::fs::copy(&exe, to).map(drop))?;
     }
-    std::fs::create_dir_all("/etc/keyturn/policies")?;
-    let config = Path::new(keyturn::config::DEFAULT_PATH);
-    if !config.exists() {
-        std::fs::write(config, include_str!("../../packaging/keyturn.toml"))?;
+    place(&under(UNIT_PATH), 0o644, |to| std::fs::write(to, UNIT))?;
+    let config = under(keyturn::config::DEFAULT_PATH);
+    let kept = config.exists();
+    if !kept {
+        place(&config, 0o644, |to| std::fs::write(to, DEFAULT_CONFIG))?;
     }
-    std::fs::write("/etc/systemd/system/keyturn.service", UNIT)?;
-    println!("installed {}, /etc/systemd/system/keyturn.service, {}", target.display(), config.display());
+    make_dirs(&under(POLICIES_DIR))?;
+    println!("installed {}, {}", binary.display(), under(UNIT_PATH).display());
+    if kept {
+        println!("kept the existing {}", config.display());
+    } else {
+        println!("wrote {}", config.display());
+    }
+    if root.is_some() {
+        let link = under(WANTS_LINK);
+        make_dirs(link.parent().expect("the link has a directory"))?;
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(UNIT_PATH, &link)
+            .with_context(|| format!("creating {}", link.display()))?;
+        println!("keyturn.service enabled in {} (not started)", link.display());
+        return Ok(0);
+    }
     for args in [&["daemon-reload"][..], &["enable", "--now", "keyturn.service"]] {
         let status = Process::new("systemctl")
             .args(args)
             .status()
-            .context("running systemctl (is systemd the init system?)")?;
+            .context("running systemctl (is systemd the init system? --root DIR stages without it)")?;
         if !status.success() {
             bail!("systemctl {} failed: {status}", args.join(" "));
         }
     }
     println!("keyturn.service enabled and started");
     Ok(0)
+}
+
+/// Whether `a` and `b` are the same file (installing the installed binary again).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+fn make_dirs(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Puts a file at `path` with `mode`: `write` fills a temporary file beside it, which is
+/// then renamed over `path`, so that nobody (a running daemon, systemd) sees half a file
+/// and a busy executable can be replaced.
+fn place(path: &Path, mode: u32, write: impl FnOnce(&Path) -> std::io::Result<()>) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = path.parent().context("an installed file has a directory")?;
+    make_dirs(dir)?;
+    let name = path.file_name().context("an installed file has a name")?;
+    let temporary = dir.join(format!(".{}.new", name.display()));
+    write(&temporary)
+        .and_then(|()| std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode)))
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("writing {}", path.display()))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&temporary);
+        })
 }

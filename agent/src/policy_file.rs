@@ -146,16 +146,17 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Judges an exec the kernel held. `argv` is called only if a rule with argv words
-    /// names the program, at most once.
+    /// Judges an exec the kernel held. `argv` (as `context::printable` shows it; `None` if
+    /// it cannot be read, and then a rule with argv words holds) is called only if such a
+    /// rule names the program, at most once.
     pub fn judge_exec(
         &self,
         exe: &Executable,
         digests: &mut Digests,
-        argv: impl FnOnce() -> Vec<String>,
+        argv: impl FnOnce() -> Option<Vec<String>>,
     ) -> ExecJudgement {
         let mut argv = Some(argv);
-        let mut words: Vec<String> = Vec::new();
+        let mut words: Option<Vec<String>> = None;
         let mut argv_dependent = false;
         for rule in &self.exec {
             if !rule.names(exe, digests) {
@@ -166,7 +167,18 @@ impl Policy {
                     words = read();
                 }
                 argv_dependent = true;
-                if !rule.argv.iter().all(|word| words.contains(word)) {
+                let Some(words) = &words else {
+                    let rule = format!("argv could not be read to check {}", rule.describe());
+                    return ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent };
+                };
+                // A rule's words are compared as argv is shown: escaped.
+                let has = |word: &String| words.contains(&crate::context::printable(word.as_bytes()));
+                if !rule.argv.iter().all(has) {
+                    if crate::context::argv_cut(words) {
+                        // A word could sit in the part not read: ask rather than go on.
+                        let rule = format!("argv too long to check {}", rule.describe());
+                        return ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent };
+                    }
                     continue;
                 }
             }
@@ -412,7 +424,9 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, Policy>, PolicyError> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(policies) };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.extension().is_none_or(|e| e != "toml") {
+        // Hidden files are editors' (an emacs lock is a dangling `.#NAME.toml` symlink).
+        let hidden = entry.file_name().as_bytes().starts_with(b".");
+        if hidden || path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -594,7 +608,7 @@ action = "deny"
             parse("t", "t.toml", &format!("[[exec]]\npath = \"{}\"\naction = \"hold\"\n", flagged.display()))
                 .unwrap();
         let mut digests = Digests::default();
-        let no_argv = || panic!("no rule has argv words");
+        let no_argv = || -> Option<Vec<String>> { panic!("no rule has argv words") };
         for (program, verdict) in
             [(&flagged, Verdict::Hold), (&copy, Verdict::Hold), (&other, Verdict::Allow)]
         {
@@ -631,7 +645,7 @@ action = "deny"
         let exe = executable(&flagged, &mut digests);
         let judge = |argv: &[&str], digests: &mut Digests| {
             let argv: Vec<String> = argv.iter().map(|&a| a.to_owned()).collect();
-            policy.judge_exec(&exe, digests, move || argv)
+            policy.judge_exec(&exe, digests, move || Some(argv))
         };
         let forced = judge(&["git", "push", "--force"], &mut digests);
         assert_eq!((forced.verdict, forced.argv_dependent), (Verdict::Deny, true));

@@ -7,7 +7,7 @@ use std::{
     io::Read as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -15,6 +15,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+pub mod daemon;
 
 use agent_common::{HoldKey, Tag};
 use keyturn::{
@@ -174,6 +176,11 @@ impl TestCgroup {
     pub fn id(&self) -> u64 {
         cgroup::id(&self.dir).expect("cgroup id")
     }
+
+    /// Its path relative to the cgroup v2 root, as `keyturn tag` takes it.
+    pub fn relative(&self) -> String {
+        Hierarchy::find().expect("cgroup v2 mounted").relative(&self.dir)
+    }
 }
 
 impl Default for TestCgroup {
@@ -211,7 +218,7 @@ pub fn actor_path() -> PathBuf {
 }
 
 /// Makes the process `command` starts enter the cgroup at `dir` before it execs.
-pub fn enter_cgroup_on_exec(command: &mut Command, dir: &std::path::Path) -> std::io::Result<()> {
+pub fn enter_cgroup_on_exec(command: &mut Command, dir: &Path) -> std::io::Result<()> {
     let procs = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
     // SAFETY: after fork, only a write(2) to a file opened before it.
     unsafe {
@@ -226,6 +233,32 @@ pub fn enter_cgroup_on_exec(command: &mut Command, dir: &std::path::Path) -> std
     Ok(())
 }
 
+/// Spawns `command` as process `pid`, a pid that was just freed: `ns_last_pid` is set
+/// to the pid before it, then the child checks what it got. Other processes on the host
+/// may take the pid first, so this retries until `WAIT` has passed.
+pub fn spawn_with_pid(command: &mut Command, pid: u32) -> Child {
+    const MISSED: i32 = libc::EADDRINUSE;
+    let wanted = i32::try_from(pid).expect("pid");
+    // SAFETY: after fork, only getpid(2).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::getpid() == wanted { Ok(()) } else { Err(std::io::Error::from_raw_os_error(MISSED)) }
+        });
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).expect("write ns_last_pid");
+        match command.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(MISSED) => {
+                assert!(Instant::now() < deadline, "pid {pid} never came free again");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("spawn as pid {pid}: {e}"),
+        }
+    }
+}
+
 /// Starts `actor ARGS…` inside `cgroup` (or the test's own cgroup), stdout captured.
 pub fn spawn_actor(cgroup: Option<&TestCgroup>, args: &[&str]) -> Child {
     let mut command = Command::new(actor_path());
@@ -236,20 +269,19 @@ pub fn spawn_actor(cgroup: Option<&TestCgroup>, args: &[&str]) -> Child {
     command.spawn().expect("spawn actor")
 }
 
-fn state_of(stat_file: PathBuf) -> Option<char> {
-    let stat = fs::read_to_string(stat_file).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
+fn state_of(stat_file: &Path) -> Option<char> {
+    keyturn::procfs::stat_at(stat_file).map(|stat| char::from(stat.state))
 }
 
 /// The state letter of process `pid` (`T` stopped), or `None` once it is reaped.
 pub fn process_state(pid: u32) -> Option<char> {
-    state_of(PathBuf::from(format!("/proc/{pid}/stat")))
+    state_of(Path::new(&format!("/proc/{pid}/stat")))
 }
 
 /// The state letters of every thread of `pid`.
 pub fn thread_states(pid: u32) -> Vec<char> {
     fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| tasks.flatten().filter_map(|task| state_of(task.path().join("stat"))).collect())
+        .map(|tasks| tasks.flatten().filter_map(|task| state_of(&task.path().join("stat"))).collect())
         .unwrap_or_default()
 }
 

@@ -2,170 +2,21 @@
 //! the commands operators and approvers run, on the real kernel with real processes.
 
 use std::{
+    ffi::OsStr,
     fs,
+    os::unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use tests::{WAIT, held};
-
-/// A daemon under test, killed (and its pins removed) on drop.
-struct Daemon {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-fn keyturn_path() -> PathBuf {
-    std::env::var_os("KEYTURN_BIN").map_or_else(
-        || {
-            let exe = std::env::current_exe().expect("current exe");
-            exe.parent().and_then(Path::parent).expect("target dir").join("keyturn")
-        },
-        PathBuf::from,
-    )
-}
-
-impl Daemon {
-    /// A daemon whose approver group is `nogroup`, so that `nobody` can approve (to test
-    /// the refusals), with `policy` installed as `test.toml`.
-    fn start(policy: &str) -> Self {
-        Self::start_with(policy, "")
-    }
-
-    /// Like [`Daemon::start`], with `extra` lines appended to the daemon's config.
-    fn start_with(policy: &str, extra: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kt-daemon-{}-{}", std::process::id(), serial()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("policies")).expect("dirs");
-        fs::copy("/bin/echo", dir.join("flagged")).expect("copy echo");
-        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        fs::write(
-            dir.join("policies/test.toml"),
-            policy.replace("FLAGGED", &dir.join("flagged").display().to_string()),
-        )
-        .expect("policy");
-        let mode = tests::test_mode().map(|m| format!("mode = \"{m}\"\n")).unwrap_or_default();
-        fs::write(
-            dir.join("keyturn.toml"),
-            format!(
-                "state_dir = \"{0}/state\"\nsocket = \"{0}/keyturn.sock\"\npolicies_dir = \"{0}/policies\"\n\
-                 pin_dir = \"/sys/fs/bpf/{1}\"\napprover_group = \"nogroup\"\nmetrics = \"\"\n{mode}{extra}",
-                dir.display(),
-                dir.file_name().expect("name").to_string_lossy()
-            ),
-        )
-        .expect("config");
-        let mut daemon = Self { dir, child: None };
-        daemon.launch();
-        daemon
-    }
-
-    fn launch(&mut self) {
-        let log = fs::File::create(self.dir.join("daemon.log")).expect("log");
-        let child = Command::new(keyturn_path())
-            .args(["daemon", "--config"])
-            .arg(self.dir.join("keyturn.toml"))
-            .stderr(log)
-            .spawn()
-            .expect("start daemon");
-        self.child = Some(child);
-        // Loading and verifying the programs takes seconds under emulation on a busy host.
-        let deadline = Instant::now() + WAIT * 2;
-        while !self.dir.join("keyturn.sock").exists() {
-            assert!(Instant::now() < deadline, "daemon did not start: {}", self.log());
-            sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().expect("kill -9");
-        child.wait().expect("reap");
-        let _ = fs::remove_file(self.dir.join("keyturn.sock"));
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(keyturn_path());
-        command.arg("--config").arg(self.dir.join("keyturn.toml")).args(args);
-        command
-    }
-
-    /// Runs `keyturn ARGS…` as root.
-    fn cli(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run keyturn")
-    }
-
-    /// Runs `keyturn ARGS…` as `nobody`.
-    fn cli_as_nobody(&self, args: &[&str]) -> Output {
-        let mut command = Command::new("setpriv");
-        command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(keyturn_path()).args(args);
-        command.arg("--config").arg(self.dir.join("keyturn.toml"));
-        command.output().expect("run keyturn as nobody")
-    }
-
-    /// `keyturn run -- setpriv (as nobody) PROGRAM ARGS…`, in the background.
-    fn run_agent(&self, program: &str, args: &[&str]) -> Child {
-        let mut command = self.command(&["run", "--policy", "test", "--name", "test-agent"]);
-        command
-            .args(["--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", program])
-            .args(args);
-        command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("keyturn run")
-    }
-
-    fn flagged(&self) -> String {
-        self.dir.join("flagged").display().to_string()
-    }
-
-    /// Waits for one pending hold and returns it.
-    fn pending_one(&self) -> serde_json::Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let out = self.cli(&["pending", "--json"]);
-            assert!(out.status.success(), "pending: {}", String::from_utf8_lossy(&out.stderr));
-            let holds: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("pending json");
-            if let Some(hold) = holds.into_iter().next() {
-                return hold;
-            }
-            assert!(Instant::now() < deadline, "nothing held; daemon log: {}", self.log());
-            sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: plain kill of our own child.
-            unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGTERM) };
-            let _ = child.wait();
-        }
-        let name = self.dir.file_name().expect("name").to_string_lossy().into_owned();
-        let _ = fs::remove_dir_all(format!("/sys/fs/bpf/{name}"));
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn serial() -> u32 {
-    static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-const HOLD_FLAGGED: &str = "timeout = \"1m\"\n[[exec]]\npath = \"FLAGGED\"\naction = \"hold\"\n[egress_default]\naction = \"allow\"\n";
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn finish(child: Child) -> (i32, String) {
-    let out = child.wait_with_output().expect("wait");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use serde_json::Value;
+use tests::{
+    QUIET, TestCgroup, WAIT,
+    daemon::{Daemon, HOLD_FLAGGED, agent_in, assert_refused, finish, finish_bytes, keyturn_path, stderr},
+    held,
+};
 
 #[test]
 fn run_hold_approve_completes_and_everything_is_audited() {
@@ -360,13 +211,8 @@ fn sha256sum(path: &Path) -> String {
 }
 
 /// The audited events of `kind`.
-fn audit_events(daemon: &Daemon, kind: &str) -> Vec<serde_json::Value> {
-    let out = daemon.cli(&["audit", "--json"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("audit json")["event"].take())
-        .filter(|event| event["type"] == kind)
-        .collect()
+fn audit_events(daemon: &Daemon, kind: &str) -> Vec<Value> {
+    daemon.audit().into_iter().filter(|event| event["type"] == kind).collect()
 }
 
 #[test]
@@ -444,7 +290,7 @@ fn an_unflagged_program_is_judged_once_then_decided_in_the_kernel() {
 
 #[test]
 fn kernel_refusals_are_audited_by_reason() {
-    let daemon = Daemon::start_with(HOLD_FLAGGED, "max_pending = 1\n");
+    let daemon = Daemon::start_with_config(HOLD_FLAGGED, "max_pending = 1");
     let flagged = daemon.flagged();
     // Whichever comes first is held; with it pending, the other two are over the limit.
     let script = format!("{flagged} first & {flagged} second & {flagged} third & wait");
@@ -489,4 +335,314 @@ fn an_approval_for_the_agents_life_survives_a_daemon_restart() {
         released.iter().any(|e| e["by"] == "keyturn" && e["why"] == "an earlier approval's scope covers it"),
         "{released:?}"
     );
+}
+
+/// Asserts that `out`, what `keyturn pending` printed, is text that cannot steer a
+/// terminal: UTF-8 with no control character but newlines and no bidi override.
+fn assert_terminal_safe(out: &[u8]) {
+    let text = std::str::from_utf8(out).expect("pending prints UTF-8");
+    let unsafe_char =
+        text.chars().find(|&c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c));
+    assert_eq!(unsafe_char, None, "raw control character in {text:?}");
+}
+
+/// The audit event of hold `id`.
+fn hold_record(daemon: &Daemon, id: &str) -> Value {
+    daemon
+        .audit()
+        .into_iter()
+        .find(|e| e["type"] == "hold" && e["hold"]["id"] == id)
+        .unwrap_or_else(|| panic!("no hold record for {id}"))
+}
+
+fn pid_of(hold: &Value) -> u32 {
+    u32::try_from(hold["pid"].as_u64().expect("pid")).expect("pid fits")
+}
+
+fn id_of(hold: &Value) -> String {
+    hold["id"].as_str().expect("id").to_owned()
+}
+
+/// Bytes an agent chose reach an approver escaped, in `pending`, `pending --json` and the
+/// audit trail: a flagged program run through a hard link whose name is not UTF-8, from
+/// such a directory, with argv carrying terminal control sequences, a fake "approved"
+/// line, a C1 control and a bidi override. The program still runs with its bytes intact.
+#[test]
+fn hostile_bytes_are_shown_escaped_and_reach_the_program_intact() {
+    const LINK: &[u8] = b"fl\xff\x1b[2J\ragged";
+    const LINK_SHOWN: &str = "fl\\xff\\x1b[2J\\x0dagged";
+    let args: [&[u8]; 7] = [
+        b"\xff\xfe",
+        b"\x1b[2J\x1b[H",
+        b"ok\rkeyturn: approved",
+        b"\nfake line",
+        b"back\\slash",
+        "\u{9b}31m".as_bytes(),
+        "\u{202e}txt.exe".as_bytes(),
+    ];
+    let shown = [
+        "\\xff\\xfe",
+        "\\x1b[2J\\x1b[H",
+        "ok\\x0dkeyturn: approved",
+        "\\x0afake line",
+        "back\\\\slash",
+        "\\u{9b}31m",
+        "\\u{202e}txt.exe",
+    ];
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let link = daemon.dir.join(OsStr::from_bytes(LINK));
+    fs::hard_link(daemon.flagged(), &link).expect("hard link");
+    let cwd = daemon.dir.join(OsStr::from_bytes(b"cwd-\xfe\x1b]0;owned\x07"));
+    fs::create_dir(&cwd).expect("mkdir");
+    fs::set_permissions(&cwd, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let agent = daemon
+        .agent_command(&link, args.map(OsStr::from_bytes))
+        .current_dir(&cwd)
+        .spawn()
+        .expect("keyturn run");
+
+    let hold = daemon.pending_one();
+    let dir = daemon.dir.display();
+    assert_eq!(hold["path"], format!("{dir}/{LINK_SHOWN}"));
+    assert_eq!(hold["cwd"], format!("{dir}/cwd-\\xfe\\x1b]0;owned\\x07"));
+    assert_eq!(hold["argv"][0], hold["path"]);
+    assert_eq!(hold["argv"].as_array().expect("argv")[1..], shown.map(Value::from));
+    if hold["hold"] == "stopped" {
+        // The exec happened: the command name is the link's.
+        assert_eq!(hold["comm"], LINK_SHOWN);
+    }
+    let parent_argv = hold["parents"][0]["argv"].as_array().expect("keyturn run's argv");
+    assert!(parent_argv.contains(&Value::from(shown[1])), "{parent_argv:?}");
+
+    let json = daemon.cli(&["pending", "--json"]);
+    let table = daemon.cli(&["pending"]);
+    assert_terminal_safe(&json.stdout);
+    assert_terminal_safe(&table.stdout);
+    let table = String::from_utf8(table.stdout).expect("UTF-8");
+    assert_eq!(table.lines().count(), 2, "a header and one hold: {table}");
+    assert!(
+        table
+            .contains(&format!("{dir}/{LINK_SHOWN} \\xff\\xfe \\x1b[2J\\x1b[H \"ok\\x0dkeyturn: approved\"")),
+        "{table}"
+    );
+
+    let id = id_of(&hold);
+    let recorded = hold_record(&daemon, &id)["hold"].clone();
+    for field in ["path", "argv", "cwd", "comm", "parents"] {
+        assert_eq!(recorded[field], hold[field], "audit {field}");
+    }
+
+    let out = daemon.cli(&["approve", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, printed) = finish_bytes(agent);
+    assert_eq!(code, 0);
+    assert_eq!(printed, [&args.join(&b' ')[..], b"\n"].concat(), "echo printed its argv as it was given");
+}
+
+/// An argv of more than 1 MiB: the hold is listed with its argv cut at 1 MiB behind an
+/// explicit marker, every reply and audit record stays one valid JSON line, a word past
+/// the cut (which an argv rule looks for) still holds, and approving runs the whole argv.
+#[test]
+fn an_argv_over_one_mebibyte_is_cut_with_a_marker_and_still_runs_whole() {
+    const ARG_BYTES: usize = (128 << 10) - 1; // the kernel's longest argument
+    let daemon =
+        Daemon::start(&HOLD_FLAGGED.replacen("action = \"hold\"", "action = \"hold\"\nargv = [\"push\"]", 1));
+    let mut args: Vec<String> =
+        (b'a'..=b'h').map(|letter| char::from(letter).to_string().repeat(ARG_BYTES)).collect();
+    args.push("push".into());
+    let agent = daemon.agent_command(daemon.flagged(), &args).spawn().expect("keyturn run");
+
+    let hold = daemon.pending_one();
+    assert!(hold["policy_rule"].as_str().expect("rule").contains("argv too long"), "{}", hold["policy_rule"]);
+    let argv: Vec<&str> =
+        hold["argv"].as_array().expect("argv").iter().map(|a| a.as_str().expect("text")).collect();
+    let (marker, shown) = argv.split_last().expect("argv");
+    assert!(marker.starts_with("…(truncated at 1024 KiB)"), "{marker:?}");
+    let flagged = daemon.flagged();
+    let real: Vec<&str> = std::iter::once(flagged.as_str()).chain(args.iter().map(String::as_str)).collect();
+    let (last, whole) = shown.split_last().expect("shown");
+    assert_eq!(whole, &real[..whole.len()]);
+    assert!(real[whole.len()].starts_with(last));
+    let bytes: usize = shown.iter().map(|a| a.len() + 1).sum();
+    assert!(((1 << 20) - 4096..=(1 << 20) + 1).contains(&bytes), "{bytes} bytes shown");
+
+    let json = daemon.cli(&["pending", "--json"]);
+    assert!(json.stdout.len() < 3 << 19, "{} bytes: parents' argv are cut too", json.stdout.len());
+    assert_eq!(hold_record(&daemon, &id_of(&hold))["hold"]["argv"], hold["argv"]);
+    assert!(daemon.cli(&["audit", "verify"]).status.success());
+
+    assert!(daemon.cli(&["approve", &id_of(&hold)]).status.success());
+    let (code, printed) = finish(agent);
+    assert_eq!((code, printed.len()), (0, args.iter().map(|a| a.len() + 1).sum()));
+    assert_eq!(printed, args.join(" ") + "\n");
+}
+
+/// A held process killed by someone else, and its pid given to a new process that is held
+/// too: the old hold id reaches nothing. Approving or denying it fails, saying it was
+/// closed, the trail says so, and the new process stays held until its own hold is decided.
+#[test]
+fn a_hold_whose_pid_was_reused_decides_nothing() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let cgroup = TestCgroup::new();
+    daemon.tag(&cgroup, "reuse-agent");
+    let first = agent_in(&cgroup, daemon.flagged(), ["first"]).spawn().expect("spawn");
+    let old = daemon.pending_one();
+    let (pid, old_id) = (pid_of(&old), id_of(&old));
+    assert_eq!(pid, first.id());
+
+    tests::rogue_signal(pid, libc::SIGKILL);
+    assert_eq!(finish(first).0, 128 + libc::SIGKILL);
+    let second = tests::spawn_with_pid(&mut agent_in(&cgroup, daemon.flagged(), ["second"]), pid);
+    let new = daemon.pending_matching(|hold| hold["id"] != old_id.as_str());
+    assert_eq!(pid_of(&new), pid);
+
+    for verb in ["approve", "deny"] {
+        assert_refused(&daemon.cli(&[verb, &old_id]), &format!("hold {old_id} was closed before a decision"));
+    }
+    sleep(QUIET);
+    assert!(held(pid), "the new process with the old pid is still held");
+    assert_eq!(daemon.pending().iter().map(id_of).collect::<Vec<_>>(), [id_of(&new)]);
+    assert!(daemon.audit().iter().any(|e| e["type"] == "hold_closed" && e["id"] == old_id.as_str()));
+
+    assert!(daemon.cli(&["approve", &id_of(&new)]).status.success());
+    assert_eq!(finish(second), (0, "second\n".to_owned()));
+}
+
+/// An agent forks; parent and child both exec the flagged program: two holds, decided
+/// apart. Approving the child's releases only the child, denying the parent's kills only
+/// the parent, and a process the parent started before its hold runs on throughout.
+#[test]
+fn a_process_that_forks_while_held_is_decided_apart_from_its_child() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let cgroup = TestCgroup::new();
+    daemon.tag(&cgroup, "forking-agent");
+    let ticks = daemon.dir.join("ticks");
+    fs::write(&ticks, "").expect("ticks");
+    fs::set_permissions(&ticks, fs::Permissions::from_mode(0o666)).expect("chmod");
+    let (ticks_path, flagged) = (ticks.display(), daemon.flagged());
+    let script = format!(
+        "(while :; do echo tick >> '{ticks_path}'; sleep 0.05; done) </dev/null >/dev/null 2>&1 &
+         '{flagged}' from-child &
+         exec '{flagged}' from-parent"
+    );
+    let parent = agent_in(&cgroup, "/bin/sh", ["-c", &script]).spawn().expect("spawn");
+    let holds = daemon.pending_n(2);
+    let hold_of = |word: &str| holds.iter().find(|h| h["argv"][1] == word).expect(word).clone();
+    let (parent_hold, child_hold) = (hold_of("from-parent"), hold_of("from-child"));
+    assert_eq!(pid_of(&parent_hold), parent.id());
+    assert_ne!(pid_of(&child_hold), parent.id());
+    assert!(held(pid_of(&parent_hold)) && held(pid_of(&child_hold)));
+    let runs_on = || {
+        let ticked = || fs::read_to_string(&ticks).expect("ticks").len();
+        let (before, deadline) = (ticked(), Instant::now() + WAIT);
+        while ticked() == before && Instant::now() < deadline {
+            sleep(Duration::from_millis(20));
+        }
+        ticked() > before
+    };
+    assert!(runs_on(), "the loop the parent started before its hold is not held");
+
+    assert!(daemon.cli(&["approve", &id_of(&child_hold)]).status.success());
+    sleep(QUIET);
+    assert!(held(parent.id()), "approving the child released its parent");
+    assert!(daemon.cli(&["deny", &id_of(&parent_hold)]).status.success());
+    assert_eq!(finish(parent), (128 + libc::SIGKILL, "from-child\n".to_owned()));
+    assert!(runs_on(), "denying the parent killed the loop too");
+}
+
+/// A second program, a copy of `actor` (unlike busybox or echo, content no program the
+/// tests run shares), in the daemon's directory.
+fn second_program(daemon: &Daemon) -> String {
+    let path = daemon.dir.join("second");
+    fs::copy(tests::actor_path(), &path).expect("copy actor");
+    path.display().to_string()
+}
+
+/// A policy holding `second` and leaving the flagged program alone.
+fn hold_second(second: &str) -> String {
+    HOLD_FLAGGED.replace("FLAGGED", second)
+}
+
+/// Waits for the reload that `trigger` caused, from audit index `from` on; returns its
+/// record.
+fn wait_reload(daemon: &Daemon, from: usize, kind: &str, trigger: &str) -> Value {
+    daemon.wait_record(from, |e| e["type"] == kind && e["trigger"] == trigger)
+}
+
+/// That the flagged program runs unheld and `second` is held (then denied: it never runs).
+fn assert_second_held_and_flagged_runs(daemon: &Daemon, second: &str) {
+    assert_eq!(finish(daemon.run_agent(&daemon.flagged(), &["runs"])), (0, "runs\n".to_owned()));
+    let agent = daemon.run_agent(second, &["exec", "/bin/true"]);
+    let hold = daemon.pending_one();
+    assert_eq!(hold["path"], second);
+    assert!(daemon.cli(&["deny", &id_of(&hold)]).status.success());
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+}
+
+/// SIGHUP loads the policies again, including a file the watch on the policy directory
+/// cannot see change (reached through a symlink); a bad one is refused with file, line and
+/// reason in the log and the trail, and the last good policy stays in force.
+#[test]
+fn sighup_reloads_policies_and_a_bad_one_keeps_the_last_good_in_force() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let second = second_program(&daemon);
+    let target = daemon.dir.join("test-policy.toml");
+    fs::copy(daemon.policy_path("test"), &target).expect("copy policy");
+    let from = daemon.audit().len();
+    let link = daemon.dir.join("policies/test.link");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    fs::rename(&link, daemon.policy_path("test")).expect("replace by the symlink");
+    wait_reload(&daemon, from, "policy_reload", "file change");
+
+    fs::write(&target, hold_second(&second)).expect("write policy");
+    let from = daemon.audit().len();
+    daemon.signal(libc::SIGHUP);
+    wait_reload(&daemon, from, "policy_reload", "SIGHUP");
+    assert_second_held_and_flagged_runs(&daemon, &second);
+
+    fs::write(&target, "timeout = \"1m\"\n[[exec]]\npath = \"relative\"\naction = \"hold\"\n")
+        .expect("write");
+    let from = daemon.audit().len();
+    daemon.signal(libc::SIGHUP);
+    let failed = wait_reload(&daemon, from, "policy_load_failed", "SIGHUP");
+    let reason = "test.toml:2: exec path \"relative\" must be absolute";
+    assert!(failed["error"].as_str().expect("error").ends_with(reason), "{failed}");
+    assert!(daemon.log().contains(reason), "{}", daemon.log());
+    assert_second_held_and_flagged_runs(&daemon, &second);
+}
+
+/// A policy file written, with no signal, is loaded within a second, once for an editor's
+/// writes and rename; a bad one written the same way is refused and the last good stays.
+#[test]
+fn a_changed_policy_file_is_loaded_without_a_signal() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&daemon.cli(&["status"]).stdout).expect("status")["policies_watched"],
+        true
+    );
+    let second = second_program(&daemon);
+    let policy = hold_second(&second);
+    let from = daemon.audit().len();
+    // As an editor saves: the file written twice, then a temporary renamed over it.
+    daemon.write_policy("test", &policy);
+    daemon.write_policy("test", &policy);
+    let temporary = daemon.dir.join("policies/.test.toml.swp");
+    fs::write(&temporary, &policy).expect("write");
+    fs::rename(&temporary, daemon.policy_path("test")).expect("rename");
+    wait_reload(&daemon, from, "policy_reload", "file change");
+    sleep(QUIET);
+    let reloads = daemon.audit().iter().skip(from).filter(|e| e["type"] == "policy_reload").count();
+    assert_eq!(reloads, 1, "one load for one save");
+    assert_second_held_and_flagged_runs(&daemon, &second);
+
+    let from = daemon.audit().len();
+    daemon.write_policy("test", "[[exec]]\npath = \"relative\"\naction = \"hold\"\n");
+    let failed = wait_reload(&daemon, from, "policy_load_failed", "file change");
+    assert!(
+        failed["error"]
+            .as_str()
+            .expect("error")
+            .ends_with("test.toml:1: exec path \"relative\" must be absolute")
+    );
+    assert_second_held_and_flagged_runs(&daemon, &second);
 }

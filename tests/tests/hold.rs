@@ -253,11 +253,14 @@ fn flood_beyond_max_pending_is_refused_and_counted() {
 #[test]
 fn without_a_daemon_heartbeat_flagged_actions_fail() {
     let peer = Peer::new();
-    let mut kernel = Kernel::load_with(|o| o.liveness_timeout = std::time::Duration::from_millis(200));
+    // Long enough for the child started after the heartbeat below to connect in time, even
+    // under emulation on a busy host.
+    let liveness = std::time::Duration::from_secs(2);
+    let mut kernel = Kernel::load_with(|o| o.liveness_timeout = liveness);
     let cgroup = TestCgroup::new();
     kernel.set_policy(1, &hold_peer_policy(&peer, &[]));
     kernel.tag(&cgroup, 1, 16);
-    sleep(QUIET * 2);
+    sleep(liveness + QUIET);
     let absent_before = kernel.counter(counter::DAEMON_ABSENT);
     let e = egress(&peer, "tcp", peer.v4.into(), peer.v4.into(), 7015);
     let (out, status) = finish(start(Some(&cgroup), &e, &[]));

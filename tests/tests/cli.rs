@@ -1,0 +1,154 @@
+//! The operator's commands of the real `keyturn` binary end to end: tagging the cgroups
+//! agents run in, and installing the service.
+
+use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, process::Command};
+
+use serde_json::Value;
+use tests::{
+    TestCgroup,
+    daemon::{Daemon, HOLD_FLAGGED, NOBODY, agent_in, assert_refused, finish, keyturn_path, stderr},
+};
+
+fn tags(daemon: &Daemon) -> Vec<Value> {
+    let out = daemon.cli(&["tags", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("tags json")
+}
+
+/// Runs the flagged program in `cgroup` and expects it held for agent `name`; denies it.
+fn assert_held(daemon: &Daemon, cgroup: &TestCgroup, name: &str) {
+    let agent = agent_in(cgroup, daemon.flagged(), ["held"]).spawn().expect("spawn");
+    let hold = daemon.pending_one();
+    assert_eq!((&hold["agent"], hold["pid"].as_u64()), (&Value::from(name), Some(u64::from(agent.id()))));
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+}
+
+/// `tag` makes a cgroup an agent's: `tags` lists it, its flagged exec is held, and both
+/// survive the daemon's `kill -9` and restart; `untag` ends it all.
+#[test]
+fn tag_holds_survives_a_restart_and_untag_releases() {
+    let mut daemon = Daemon::start(HOLD_FLAGGED);
+    let cgroup = TestCgroup::new();
+    let path = cgroup.relative();
+    let out = daemon.cli(&["tag", &path, "--policy", "test", "--name", "build-agent"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = [serde_json::json!({"path": path, "name": "build-agent", "policy": "test", "run": false})];
+    assert_eq!(tags(&daemon), listed);
+    let table = String::from_utf8(daemon.cli(&["tags"]).stdout).expect("UTF-8");
+    assert_eq!(table, format!("{path}\tbuild-agent\tpolicy=test\n"));
+    assert_held(&daemon, &cgroup, "build-agent");
+
+    daemon.kill9();
+    daemon.launch();
+    assert_eq!(tags(&daemon), listed);
+    assert_held(&daemon, &cgroup, "build-agent");
+
+    let out = daemon.cli(&["untag", &path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(tags(&daemon).is_empty());
+    let free = agent_in(&cgroup, daemon.flagged(), ["untagged"]).spawn().expect("spawn");
+    assert_eq!(finish(free), (0, "untagged\n".to_owned()));
+    let trail: Vec<String> = daemon
+        .cli(&["audit", "--json"])
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+        .filter_map(|record| record["event"]["type"].as_str().map(str::to_owned))
+        .filter(|kind| kind.contains("tag"))
+        .collect();
+    assert_eq!(trail, ["tag", "untag"], "tagged once, restored (not re-tagged) after the restart, untagged");
+}
+
+/// Each bad `tag` or `untag` is refused with one clear line and a non-zero exit, and
+/// tags nothing.
+#[test]
+fn tag_and_untag_refuse_bad_input_with_one_clear_line() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let cgroup = TestCgroup::new();
+    let path = cgroup.relative();
+    let inside = format!("{path}/../{path}");
+    let file = format!("{path}/cgroup.procs");
+    for (args, reason) in [
+        (&["tag", &path, "--policy", "no-such-policy"][..], "no policy named \"no-such-policy\""),
+        (&["tag", "kt-no-such-cgroup"], "no cgroup at"),
+        (&["tag", &file], "no cgroup at"),
+        (&["tag", &inside], "must be relative to the cgroup v2 root and stay inside it"),
+        (&["tag", "/"], "refused: the cgroup v2 root holds every process"),
+        (&["tag", &path, "--name", "\x1b[2Jagent"], "has control or invisible characters"),
+        (&["untag", &path], "is not tagged"),
+        (&["untag", &inside], "must be relative to the cgroup v2 root"),
+    ] {
+        assert_refused(&daemon.cli(args), reason);
+    }
+    // nobody without the approver group `nogroup`.
+    assert_refused(&daemon.cli_as(NOBODY, NOBODY - 1, &["tag", &path]), "permission denied: uid 65534");
+    assert_refused(&daemon.cli_as(NOBODY, NOBODY - 1, &["untag", &path]), "permission denied: uid 65534");
+    assert!(tags(&daemon).is_empty());
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode()
+        & 0o7777
+}
+
+fn install(root: &Path) -> String {
+    let out = Command::new(keyturn_path()).args(["install", "--root"]).arg(root).output().expect("install");
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// `install --root` stages the binary, a hardened `Type=notify` unit (enabled by its
+/// symlink) and the default config, with sane modes. Running it again changes nothing and
+/// keeps an operator's edited config, and a daemon runs on the installed config.
+#[test]
+fn install_stages_the_service_idempotently_and_keeps_an_edited_config() {
+    let root = std::env::temp_dir().join(format!("kt-install-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    install(&root);
+
+    let binary = root.join("usr/local/bin/keyturn");
+    let unit = root.join("etc/systemd/system/keyturn.service");
+    let config = root.join("etc/keyturn/keyturn.toml");
+    let wants = root.join("etc/systemd/system/multi-user.target.wants/keyturn.service");
+    assert_eq!(fs::read(&binary).expect("binary"), fs::read(keyturn_path()).expect("built binary"));
+    let version = Command::new(&binary).arg("--version").output().expect("run the installed binary");
+    assert_eq!(String::from_utf8_lossy(&version.stdout), format!("keyturn {}\n", env!("CARGO_PKG_VERSION")));
+    let unit_text = fs::read_to_string(&unit).expect("unit");
+    for line in [
+        "Type=notify",
+        "ExecStart=/usr/local/bin/keyturn daemon",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(unit_text.lines().any(|l| l == line), "the unit lacks {line}");
+    }
+    assert_eq!(fs::read_link(&wants).expect("enabled"), Path::new("/etc/systemd/system/keyturn.service"));
+    for (path, expected) in [
+        (&binary, 0o755),
+        (&unit, 0o644),
+        (&config, 0o644),
+        (&root.join("etc/keyturn/policies"), 0o755),
+        (&root.join("usr/local/bin"), 0o755),
+    ] {
+        assert_eq!(mode(path), expected, "mode of {}", path.display());
+    }
+    let leftovers: Vec<_> =
+        fs::read_dir(root.join("usr/local/bin")).expect("bin").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers, ["keyturn"], "no temporary files left behind");
+
+    let edited = fs::read_to_string(&config).expect("config") + "max_pending = 8\n";
+    fs::write(&config, &edited).expect("edit the config");
+    let again = install(&root);
+    assert!(again.contains("kept the existing"), "{again}");
+    assert_eq!(fs::read_to_string(&config).expect("config"), edited);
+    assert_eq!(fs::read_to_string(&unit).expect("unit"), unit_text);
+    assert_eq!(fs::read(&binary).expect("binary"), fs::read(keyturn_path()).expect("built binary"));
+
+    let daemon = Daemon::start_with_config(HOLD_FLAGGED, &edited);
+    let status = daemon.cli(&["status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    drop(daemon);
+    fs::remove_dir_all(&root).expect("clean up");
+}
