@@ -6,14 +6,18 @@ use std::{
     time::Duration,
 };
 
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use ed25519_dalek::{
+    Signature, Signer as _, SigningKey, VerifyingKey,
+    pkcs8::{EncodePrivateKey as _, spki::der::pem::LineEnding},
+};
 use prost::Message as _;
 use proto::v1::{
-    Decision, Hello, HoldClosed, HoldRaised, HostMessage, Scope, SignedDecision, Verdict,
+    Decision, EnrolRequest, Hello, HoldClosed, HoldRaised, HostMessage, Scope, SignedDecision, Verdict,
     agent_service_client::AgentServiceClient, console_message, host_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::keys;
 
@@ -26,7 +30,7 @@ const DECIDED_MEMORY: usize = 4096;
 const MAX_UNSENT_CLOSURES: usize = 4096;
 
 pub struct ClientConfig {
-    /// `http://host:port` of the console (or its load balancer).
+    /// `https://host:port` of the console (or its load balancer); `http://` for plaintext.
     pub endpoint: String,
     /// This host's name, as the console knows it.
     pub host: String,
@@ -35,6 +39,65 @@ pub struct ClientConfig {
     pub key: SigningKey,
     /// The console keys whose decisions this host accepts.
     pub console_keys: Vec<VerifyingKey>,
+    /// Mutual TLS: the console's CA and this host's certificate (from [`enrol`]).
+    pub tls: Option<ClientTls>,
+}
+
+/// PEM documents for mutual TLS.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// The console's CA certificate.
+    pub ca: String,
+    /// This host's certificate, issued at enrolment for `ClientConfig::key`.
+    pub certificate: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("console endpoint {endpoint}: {source}")]
+    Endpoint { endpoint: String, source: tonic::transport::Error },
+    #[error("the host key cannot be written as PKCS#8: {0}")]
+    Key(String),
+    #[error("enrolling with the console: {}", .0.message())]
+    Enrol(tonic::Status),
+}
+
+/// A channel to `endpoint`, over TLS when `tls` is given: with this host's certificate, or
+/// with none (to enrol).
+async fn channel(
+    endpoint: &str,
+    tls: Option<(&str, Option<(&str, &SigningKey)>)>,
+) -> Result<tonic::transport::Channel, ClientError> {
+    let error = |source| ClientError::Endpoint { endpoint: endpoint.to_owned(), source };
+    let mut builder = Endpoint::from_shared(endpoint.to_owned()).map_err(error)?;
+    if let Some((ca, identity)) = tls {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((certificate, key)) = identity {
+            let key = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| ClientError::Key(e.to_string()))?;
+            config = config.identity(Identity::from_pem(certificate, key.as_bytes()));
+        }
+        builder = builder.tls_config(config).map_err(error)?;
+    }
+    builder.connect().await.map_err(error)
+}
+
+/// Enrols this host with a bootstrap token over TLS (trusting the console by `ca`); returns
+/// the certificate (PEM) to stream with.
+pub async fn enrol(
+    endpoint: &str,
+    ca: &str,
+    host: &str,
+    token: &str,
+    key: &SigningKey,
+) -> Result<String, ClientError> {
+    let mut client = AgentServiceClient::new(channel(endpoint, Some((ca, None))).await?);
+    let request = EnrolRequest {
+        host: host.to_owned(),
+        token: token.to_owned(),
+        public_key: key.verifying_key().to_bytes().to_vec(),
+        signature: key.sign(&proto::enrol_message(token, host)).to_bytes().to_vec(),
+    };
+    Ok(client.enrol(request).await.map_err(ClientError::Enrol)?.into_inner().certificate)
 }
 
 /// Why a decision from the console was refused. Each is worth an audit record.
@@ -185,9 +248,19 @@ impl State {
 
     /// One connection: challenge, hello, welcome, pending holds, then the exchange.
     async fn connect(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) -> End {
-        let mut client = match AgentServiceClient::connect(self.config.endpoint.clone()).await {
-            Ok(client) => client,
-            Err(e) => return End::Failed(format!("connecting to {}: {e}", self.config.endpoint)),
+        let tls = self
+            .config
+            .tls
+            .as_ref()
+            .map(|t| (t.ca.as_str(), Some((t.certificate.as_str(), &self.config.key))));
+        let mut client = match channel(&self.config.endpoint, tls).await {
+            Ok(channel) => AgentServiceClient::new(channel),
+            Err(e) => {
+                return End::Failed(format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
+                ));
+            }
         };
         let (out, out_rx) = mpsc::channel(256);
         let mut incoming = match client.stream(ReceiverStream::new(out_rx)).await {

@@ -5,7 +5,8 @@ use std::{collections::HashSet, pin::Pin, sync::Arc, time::Duration};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use proto::v1::{
-    Challenge, CloseReason, ConsoleMessage, Hello, HoldRaised, HostMessage, SignedDecision, Welcome,
+    Challenge, CloseReason, ConsoleMessage, EnrolRequest, EnrolResponse, Hello, HoldRaised, HostMessage,
+    SignedDecision, Welcome,
     agent_service_server::{AgentService, AgentServiceServer},
     console_message, host_message,
 };
@@ -17,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     keys::{self, Signer},
     store::{DecisionRequest, Event, Outcome, Raised, Store, StoreError},
+    tls::{self, Authority},
 };
 
 /// How long a host has to answer the challenge with its Hello.
@@ -27,16 +29,36 @@ const MAX_AWAITING: usize = 65_536;
 /// Longest hold id, host name, and other short strings a host may send.
 const MAX_NAME: usize = 256;
 
-/// One console replica: its store and its signing key.
+/// One console replica: its store, its signing key and, over mutual TLS, its CA.
 #[derive(Clone)]
 pub struct Console {
     store: Store,
     signer: Arc<Signer>,
+    tls: Option<Arc<Tls>>,
+}
+
+/// What serving over mutual TLS needs.
+pub struct Tls {
+    pub authority: Authority,
+    /// DNS names and IP addresses of the replica's server certificate.
+    pub names: Vec<String>,
 }
 
 impl Console {
+    /// A console that serves plaintext: hosts are known by the key of their first Hello.
     pub fn new(store: Store, signer: Signer) -> Self {
-        Self { store, signer: Arc::new(signer) }
+        Self { store, signer: Arc::new(signer), tls: None }
+    }
+
+    /// Serves over mutual TLS instead: hosts enrol with a bootstrap token, then stream
+    /// with the certificate they were issued.
+    #[must_use]
+    pub fn with_tls(self, tls: Tls) -> Self {
+        Self { tls: Some(Arc::new(tls)), ..self }
+    }
+
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_deref()
     }
 
     pub fn store(&self) -> &Store {
@@ -74,9 +96,24 @@ impl AgentService for Console {
         request: Request<Streaming<HostMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr();
+        let certificate = if self.tls.is_some() {
+            let certificates = request.peer_certs().unwrap_or_default();
+            let leaf = certificates
+                .first()
+                .ok_or_else(|| Status::unauthenticated("a client certificate is required: enrol first"))?;
+            Some(tls::certificate_fingerprint(leaf))
+        } else {
+            None
+        };
         let incoming = request.into_inner();
         let (out, out_rx) = mpsc::channel(256);
-        let session = Session { console: self.clone(), out, awaiting: HashSet::new(), host: String::new() };
+        let session = Session {
+            console: self.clone(),
+            out,
+            awaiting: HashSet::new(),
+            host: String::new(),
+            certificate,
+        };
         tokio::spawn(async move {
             let out = session.out.clone();
             if let Err(status) = session.run(incoming).await {
@@ -85,6 +122,36 @@ impl AgentService for Console {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn enrol(&self, request: Request<EnrolRequest>) -> Result<Response<EnrolResponse>, Status> {
+        let Some(tls) = &self.tls else {
+            return Err(Status::failed_precondition(
+                "this console serves plaintext: there is nothing to enrol in",
+            ));
+        };
+        let request = request.into_inner();
+        if !valid_name(&request.host) {
+            return Err(Status::invalid_argument(format!(
+                "host name {:?} is not a valid name",
+                request.host
+            )));
+        }
+        let key = public_key(&request.public_key)?;
+        let signature = Signature::from_slice(&request.signature)
+            .map_err(|_| Status::invalid_argument("enrol: signature is not 64 bytes"))?;
+        key.verify_strict(&proto::enrol_message(&request.token, &request.host), &signature)
+            .map_err(|_| Status::unauthenticated("enrol: the signature does not prove the key"))?;
+        let (certificate, fingerprint) = tls
+            .authority
+            .host_certificate(&request.host, &key)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.store
+            .enrol(&request.host, &request.token, &keys::fingerprint(&key), &fingerprint)
+            .await
+            .map_err(|e| store_status(&e))?;
+        tracing::info!(host = request.host, "host enrolled");
+        Ok(Response::new(EnrolResponse { certificate }))
     }
 }
 
@@ -95,13 +162,25 @@ struct Session {
     /// Holds raised on this stream whose decision has not been sent on it yet.
     awaiting: HashSet<String>,
     host: String,
+    /// SHA-256 of the client certificate the host presented (mutual TLS only).
+    certificate: Option<String>,
 }
 
 fn store_status(e: &StoreError) -> Status {
     match e {
-        StoreError::KeyMismatch { .. } => Status::permission_denied(e.to_string()),
+        StoreError::KeyMismatch { .. }
+        | StoreError::NotEnrolled(_)
+        | StoreError::CertificateMismatch(_)
+        | StoreError::BadToken(_) => Status::permission_denied(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
+}
+
+fn public_key(bytes: &[u8]) -> Result<VerifyingKey, Status> {
+    <[u8; 32]>::try_from(bytes)
+        .ok()
+        .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
+        .ok_or_else(|| Status::invalid_argument("public_key is not an Ed25519 key"))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -115,10 +194,7 @@ fn check_hello(hello: &Hello, challenge: &[u8]) -> Result<VerifyingKey, Status> 
     if !valid_name(&hello.host) {
         return Err(Status::invalid_argument(format!("host name {:?} is not a valid name", hello.host)));
     }
-    let key = <[u8; 32]>::try_from(hello.public_key.as_slice())
-        .ok()
-        .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
-        .ok_or_else(|| Status::invalid_argument("hello: public_key is not an Ed25519 key"))?;
+    let key = public_key(&hello.public_key)?;
     if keys::fingerprint(&key) != hello.key_fingerprint {
         return Err(Status::invalid_argument("hello: key_fingerprint is not the SHA-256 of public_key"));
     }
@@ -130,14 +206,15 @@ fn check_hello(hello: &Hello, challenge: &[u8]) -> Result<VerifyingKey, Status> 
     Ok(key)
 }
 
-fn check_hold(hold: &HoldRaised) -> Result<(), Status> {
+/// Why a hold cannot be taken in, if it cannot.
+fn malformed(hold: &HoldRaised) -> Option<&'static str> {
     if !valid_name(&hold.id) {
-        return Err(Status::invalid_argument(format!("hold id {:?} is not a valid id", hold.id)));
+        Some("its id is not a valid id")
+    } else if hold.deadline_ms == 0 {
+        Some("it has no deadline")
+    } else {
+        None
     }
-    if hold.deadline_ms == 0 {
-        return Err(Status::invalid_argument(format!("hold {}: no deadline", hold.id)));
-    }
-    Ok(())
 }
 
 impl Session {
@@ -161,7 +238,12 @@ impl Session {
         check_hello(&hello, &challenge)?;
         self.console
             .store
-            .register_host(&hello.host, &hello.key_fingerprint, &hello.agent_version)
+            .host_connected(
+                &hello.host,
+                &hello.key_fingerprint,
+                &hello.agent_version,
+                self.certificate.as_deref(),
+            )
             .await
             .map_err(|e| store_status(&e))?;
         self.host = hello.host;
@@ -194,7 +276,12 @@ impl Session {
         match message {
             host_message::Message::Hello(_) => Err(Status::invalid_argument("a second hello")),
             host_message::Message::HoldRaised(hold) => {
-                check_hold(&hold)?;
+                // Refused alone, not by ending the stream: the host would re-send it on every
+                // reconnection. Unanswered, it times out on its host.
+                if let Some(why) = malformed(&hold) {
+                    tracing::warn!(host = self.host, hold = hold.id, why, "refused a malformed hold");
+                    return Ok(());
+                }
                 match self.console.store.raise(&self.host, &hold).await.map_err(|e| store_status(&e))? {
                     Raised::New | Raised::Pending => {
                         if self.awaiting.len() >= MAX_AWAITING {

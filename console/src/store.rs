@@ -35,6 +35,12 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("host {host} is enrolled with key {enrolled}, and offered key {offered}")]
     KeyMismatch { host: String, enrolled: String, offered: String },
+    #[error("host {0} is not enrolled: it needs a bootstrap token")]
+    NotEnrolled(String),
+    #[error("host {0} presented a certificate other than the one it was issued")]
+    CertificateMismatch(String),
+    #[error("bootstrap token refused for host {0}: unknown, used, expired or for another host")]
+    BadToken(String),
     #[error("no hold {hold_id} on host {host}")]
     UnknownHold { host: String, hold_id: String },
     #[error("hold {hold_id} on host {host} is already decided: {status}")]
@@ -243,46 +249,66 @@ impl Store {
         self.events.subscribe()
     }
 
-    /// Records that `host` connected with the key `fingerprint`. The first connection
-    /// pins the key; a later one with another key is refused.
-    pub async fn register_host(
+    /// Records that `host` connected with the key `fingerprint`. Over mutual TLS
+    /// (`certificate` is the SHA-256 of the one it presented) the host must be enrolled with
+    /// that key and that certificate. Over plaintext, the first connection pins the key and
+    /// a later one with another key is refused.
+    pub async fn host_connected(
         &self,
         host: &str,
         fingerprint: &str,
         version: &str,
+        certificate: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO hosts (name, key_fingerprint, agent_version, first_seen_ms, last_seen_ms)
-             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(host)
-        .bind(fingerprint)
-        .bind(version)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            let event = serde_json::json!({"type": "host_enrolled", "host": host, "key": fingerprint});
-            audit(&mut tx, &event).await?;
-            tx.commit().await?;
-            return Ok(());
-        }
-        let enrolled: String = sqlx::query_scalar("SELECT key_fingerprint FROM hosts WHERE name = $1")
+        if certificate.is_none() {
+            let inserted = sqlx::query(
+                "INSERT INTO hosts (name, key_fingerprint, agent_version, first_seen_ms, last_seen_ms)
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO NOTHING",
+            )
             .bind(host)
-            .fetch_one(&mut *tx)
+            .bind(fingerprint)
+            .bind(version)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                let event = serde_json::json!({"type": "host_enrolled", "host": host, "key": fingerprint});
+                audit(&mut tx, &event).await?;
+                tx.commit().await?;
+                return Ok(());
+            }
+        }
+        let row = sqlx::query("SELECT key_fingerprint, certificate_sha256 FROM hosts WHERE name = $1")
+            .bind(host)
+            .fetch_optional(&mut *tx)
             .await?;
-        if enrolled != fingerprint {
-            let event = serde_json::json!({"type": "host_key_refused", "host": host, "key": fingerprint});
+        let refusal = match row {
+            None => Some(StoreError::NotEnrolled(host.to_owned())),
+            Some(row) => {
+                let (enrolled, issued): (String, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
+                if enrolled != fingerprint {
+                    Some(StoreError::KeyMismatch {
+                        host: host.to_owned(),
+                        enrolled,
+                        offered: fingerprint.to_owned(),
+                    })
+                } else if certificate.is_some() && issued.as_deref() != certificate {
+                    Some(StoreError::CertificateMismatch(host.to_owned()))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(refusal) = refusal {
+            let event = serde_json::json!({
+                "type": "host_refused", "host": host, "key": fingerprint, "why": refusal.to_string(),
+            });
             audit(&mut tx, &event).await?;
             tx.commit().await?;
-            return Err(StoreError::KeyMismatch {
-                host: host.to_owned(),
-                enrolled,
-                offered: fingerprint.to_owned(),
-            });
+            return Err(refusal);
         }
         sqlx::query("UPDATE hosts SET last_seen_ms = $2, agent_version = $3 WHERE name = $1")
             .bind(host)
@@ -290,6 +316,80 @@ impl Store {
             .bind(version)
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Makes a one-time bootstrap token for `host`, valid for `ttl`. Only its hash is kept.
+    pub async fn issue_token(&self, host: &str, ttl: Duration) -> Result<String, StoreError> {
+        let mut bytes = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+        let token = hex::encode(bytes);
+        let now = now_ms();
+        let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO enrolment_tokens (token_sha256, host, created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(hex::encode(Sha256::digest(&token)))
+        .bind(host)
+        .bind(now)
+        .bind(expires)
+        .execute(&mut *tx)
+        .await?;
+        audit(&mut tx, &serde_json::json!({"type": "token_issued", "host": host, "expires_at_ms": expires}))
+            .await?;
+        tx.commit().await?;
+        Ok(token)
+    }
+
+    /// Spends `token` (once, unexpired, issued for `host`) to enrol `host` with the key
+    /// `fingerprint` and the certificate `certificate` (SHA-256 of its DER). Re-enrolling
+    /// a host replaces its key and certificate: a token is an operator's say-so.
+    pub async fn enrol(
+        &self,
+        host: &str,
+        token: &str,
+        fingerprint: &str,
+        certificate: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let spent = sqlx::query(
+            "UPDATE enrolment_tokens SET used_at_ms = $3
+             WHERE token_sha256 = $1 AND host = $2 AND used_at_ms IS NULL AND expires_at_ms > $3",
+        )
+        .bind(hex::encode(Sha256::digest(token)))
+        .bind(host)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if spent != 1 {
+            audit(
+                &mut tx,
+                &serde_json::json!({"type": "enrolment_refused", "host": host, "key": fingerprint}),
+            )
+            .await?;
+            tx.commit().await?;
+            return Err(StoreError::BadToken(host.to_owned()));
+        }
+        sqlx::query(
+            "INSERT INTO hosts (name, key_fingerprint, agent_version, first_seen_ms, last_seen_ms, certificate_sha256)
+             VALUES ($1, $2, '', $3, $3, $4)
+             ON CONFLICT (name) DO UPDATE
+             SET key_fingerprint = excluded.key_fingerprint, certificate_sha256 = excluded.certificate_sha256",
+        )
+        .bind(host)
+        .bind(fingerprint)
+        .bind(now)
+        .bind(certificate)
+        .execute(&mut *tx)
+        .await?;
+        let event = serde_json::json!({
+            "type": "host_enrolled", "host": host, "key": fingerprint, "certificate": certificate,
+        });
+        audit(&mut tx, &event).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -14,6 +14,14 @@ pub const DECISION_CONTEXT: &[u8] = b"keyturn.v1.decision\0";
 /// Prefix of what a host signs in its `Hello`: this, the console's challenge, the host name.
 pub const HELLO_CONTEXT: &[u8] = b"keyturn.v1.hello\0";
 
+/// Prefix of what a host signs when it enrols: this, the bootstrap token, the host name.
+pub const ENROL_CONTEXT: &[u8] = b"keyturn.v1.enrol\0";
+
+/// The bytes a host signs to enrol with `token`: see [`ENROL_CONTEXT`].
+pub fn enrol_message(token: &str, host: &str) -> Vec<u8> {
+    [ENROL_CONTEXT, token.as_bytes(), b"\0", host.as_bytes()].concat()
+}
+
 /// The bytes a host signs to prove it holds its key: see [`HELLO_CONTEXT`].
 pub fn hello_message(challenge: &[u8], host: &str) -> Vec<u8> {
     [HELLO_CONTEXT, challenge, host.as_bytes()].concat()

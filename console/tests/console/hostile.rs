@@ -10,7 +10,8 @@ use console::{
 };
 use ed25519_dalek::SigningKey;
 use proto::v1::{
-    Challenge, ConsoleMessage, Decision, HostMessage, Scope, SignedDecision, Verdict, Welcome,
+    Challenge, ConsoleMessage, Decision, EnrolRequest, EnrolResponse, HostMessage, Scope, SignedDecision,
+    Verdict, Welcome,
     agent_service_server::{AgentService, AgentServiceServer},
     console_message, host_message,
 };
@@ -60,6 +61,10 @@ impl AgentService for Scripted {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn enrol(&self, _: Request<EnrolRequest>) -> Result<Response<EnrolResponse>, Status> {
+        Err(Status::unimplemented("a scripted console enrols no one"))
     }
 }
 

@@ -4,3 +4,4 @@
 mod hostile;
 mod streams;
 mod support;
+mod tls;

@@ -10,7 +10,7 @@ use console::{
 };
 use proto::v1::{Scope, Verdict};
 
-fn request(host: &str, hold_id: &str, verdict: Verdict, by: &str) -> DecisionRequest {
+pub fn request(host: &str, hold_id: &str, verdict: Verdict, by: &str) -> DecisionRequest {
     DecisionRequest {
         host: host.into(),
         hold_id: hold_id.into(),
@@ -46,8 +46,11 @@ async fn a_decision_reaches_its_host_signed_and_bound(db: Db) {
     let replica = db.other_replica(&running.console, &console_key).await;
     let (host, mut events) = connect(&running.endpoint(), "web-01", &key(2), &console_key);
     connected(&mut events).await;
+    // A malformed hold is refused alone; the stream goes on.
+    host.raise(hold("not a valid id!", 76));
     host.raise(hold("h1", 77));
     let record = stored(replica.store(), "web-01", "h1").await;
+    assert!(replica.store().hold("web-01", "not a valid id!").await.unwrap().is_none());
     assert_eq!((record.status.as_str(), record.nonce, record.kind.as_str()), ("pending", 77, "exec"));
 
     let signed = decided(replica.decide(&request("web-01", "h1", Verdict::Approve, "bob")).await);
@@ -99,7 +102,7 @@ async fn a_quorum_needs_distinct_people_and_not_the_requester(db: Db) {
     let console_key = key(1);
     let replica = db.console(&console_key).await;
     let store = replica.store();
-    store.register_host("db-01", "f", "test").await.unwrap();
+    store.host_connected("db-01", "f", "test", None).await.unwrap();
     let mut quorum_hold = hold("q1", 5);
     quorum_hold.quorum = 2;
     store.raise("db-01", &quorum_hold).await.unwrap();
@@ -128,7 +131,7 @@ async fn a_quorum_needs_distinct_people_and_not_the_requester(db: Db) {
 async fn a_hold_past_its_deadline_cannot_be_decided(db: Db) {
     let replica = db.console(&key(1)).await;
     let store = replica.store();
-    store.register_host("web-01", "f", "test").await.unwrap();
+    store.host_connected("web-01", "f", "test", None).await.unwrap();
     let mut late = hold("late", 1);
     late.deadline_ms = late.requested_at_ms - 1;
     store.raise("web-01", &late).await.unwrap();
@@ -144,7 +147,7 @@ async fn a_hold_past_its_deadline_cannot_be_decided(db: Db) {
 async fn the_audit_trail_names_an_edited_or_cut_record(db: Db) {
     let replica = db.console(&key(1)).await;
     let store = replica.store();
-    store.register_host("web-01", "f", "test").await.unwrap();
+    store.host_connected("web-01", "f", "test", None).await.unwrap();
     for n in 0..3 {
         store.raise("web-01", &hold(&format!("h{n}"), n)).await.unwrap();
     }
@@ -217,7 +220,7 @@ async fn a_host_key_is_pinned_at_its_first_connection(db: Db) {
     let replica = db.console(&console_key).await;
     assert!(replica.store().hold("web-01", "forged").await.unwrap().is_none());
     let events = replica.store().audit_events().await.unwrap();
-    assert!(events.iter().any(|e| e["type"] == "host_key_refused"), "{events:?}");
+    assert!(events.iter().any(|e| e["type"] == "host_refused"), "{events:?}");
 }
 
 async fn a_host_gets_only_its_own_decisions(db: Db) {

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use console::{Console, Store, client, keys::Signer};
+use console::{Console, Store, client, keys::Signer, server::Tls, tls::Authority};
 use ed25519_dalek::SigningKey;
 use proto::v1::{Exec, HoldKind, HoldRaised, hold_raised};
 use tokio::sync::{mpsc, oneshot};
@@ -188,13 +188,26 @@ pub struct Running {
 
 impl Running {
     pub fn start(url: &str, key: &SigningKey, addr: SocketAddr) -> Self {
+        Self::start_with(url, key, addr, None)
+    }
+
+    /// A replica serving mutual TLS, with the certificate authority in `ca_dir`.
+    pub fn start_tls(url: &str, key: &SigningKey, addr: SocketAddr, ca_dir: &Path) -> Self {
+        Self::start_with(url, key, addr, Some(ca_dir.to_owned()))
+    }
+
+    fn start_with(url: &str, key: &SigningKey, addr: SocketAddr, ca_dir: Option<PathBuf>) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready, is_ready) = std::sync::mpsc::channel::<(Console, SocketAddr)>();
         let (url, key) = (url.to_owned(), key.clone());
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(async move {
-                let console = Console::new(Store::open(&url).await.unwrap(), Signer::new(key));
+                let mut console = Console::new(Store::open(&url).await.unwrap(), Signer::new(key));
+                if let Some(dir) = ca_dir {
+                    let authority = Authority::load_or_create(&dir).unwrap();
+                    console = console.with_tls(Tls { authority, names: vec!["127.0.0.1".into()] });
+                }
                 let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
                 ready.send((console.clone(), listener.local_addr().unwrap())).unwrap();
                 tokio::select! {
@@ -208,7 +221,8 @@ impl Running {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.console.tls().is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
@@ -227,12 +241,23 @@ pub fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
-/// A host's client to `endpoint`, trusting `console`'s key.
+/// A host's client to `endpoint`, trusting `console`'s key, over plaintext.
 pub fn connect(
     endpoint: &str,
     host: &str,
     host_key: &SigningKey,
     console: &SigningKey,
+) -> (client::ClientHandle, mpsc::Receiver<client::ClientEvent>) {
+    connect_with(endpoint, host, host_key, console, None)
+}
+
+/// A host's client to `endpoint`, trusting `console`'s key, over mutual TLS when `tls` is given.
+pub fn connect_with(
+    endpoint: &str,
+    host: &str,
+    host_key: &SigningKey,
+    console: &SigningKey,
+    tls: Option<client::ClientTls>,
 ) -> (client::ClientHandle, mpsc::Receiver<client::ClientEvent>) {
     client::start(client::ClientConfig {
         endpoint: endpoint.to_owned(),
@@ -240,6 +265,7 @@ pub fn connect(
         agent_version: "test".to_owned(),
         key: host_key.clone(),
         console_keys: vec![console.verifying_key()],
+        tls,
     })
 }
 
