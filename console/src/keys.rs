@@ -98,3 +98,37 @@ impl Signer {
         SignedDecision { decision: bytes, signature: signature.to_bytes().to_vec(), key_id: self.id.clone() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_key_file_is_made_private_once_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("kt-console-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("sub").join("console.key");
+        let made = load_or_create(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_or_create(&path).unwrap().to_bytes(), made.to_bytes());
+        std::fs::write(&path, "not hex\n").unwrap();
+        assert!(matches!(load_or_create(&path), Err(KeyError::Malformed { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_signature_covers_the_exact_decision_bytes_under_a_context() {
+        let signer = Signer::new(SigningKey::from_bytes(&[1; 32]));
+        let signed = signer.sign(&Decision { hold_id: "h1".into(), nonce: 9, ..Decision::default() });
+        let signature = Signature::from_slice(&signed.signature).unwrap();
+        let public = signer.public_key();
+        assert!(public.verify_strict(&proto::decision_message(&signed.decision), &signature).is_ok());
+        // Without the context prefix (a signature made for anything else) it does not verify.
+        assert!(public.verify_strict(&signed.decision, &signature).is_err());
+        assert_eq!(signed.key_id, key_id(&public));
+        assert_eq!(public_key_from_hex(&hex::encode(public.as_bytes())).unwrap(), public);
+        assert!(public_key_from_hex("00").is_err());
+    }
+}

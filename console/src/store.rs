@@ -27,6 +27,8 @@ const EVENT_BACKLOG: usize = 4096;
 pub enum StoreError {
     #[error("database URL {0:?}: only sqlite:// and postgres:// are supported")]
     Scheme(String),
+    #[error("database URL {0:?}: an in-memory SQLite database differs per pooled connection; name a file")]
+    InMemory(String),
     #[error("connecting to the database: {0}")]
     Connect(#[source] sqlx::Error),
     #[error("migrating the database: {0}")]
@@ -215,6 +217,9 @@ impl Store {
     /// up to date. On PostgreSQL it also listens for the decisions other replicas make.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let backend = if url.starts_with("sqlite:") {
+            if url.contains(":memory:") || url.contains("mode=memory") {
+                return Err(StoreError::InMemory(url.to_owned()));
+            }
             Backend::Sqlite
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres

@@ -301,3 +301,13 @@ async fn a_decision_on_replica_a_reaches_a_host_on_replica_b() {
     assert_eq!((decision.hold_id.as_str(), decision.nonce, decision.verdict()), ("h1", 9, Verdict::Approve));
     assert!(latency < Duration::from_secs(1), "took {latency:?}");
 }
+
+#[tokio::test]
+async fn an_in_memory_or_unknown_database_is_refused() {
+    for url in ["sqlite::memory:", "sqlite://x.db?mode=memory"] {
+        let error = console::Store::open(url).await.err().expect("refused").to_string();
+        assert!(error.contains("differs per pooled connection"), "{error}");
+    }
+    let error = console::Store::open("mysql://db/keyturn").await.err().expect("refused").to_string();
+    assert!(error.contains("only sqlite:// and postgres://"), "{error}");
+}
