@@ -34,6 +34,11 @@ struct Cli {
 enum Command {
     /// Run the host daemon in the foreground (logs to stderr).
     Daemon,
+    /// Run the central console in the foreground; --config names the console's own file.
+    Console {
+        #[command(subcommand)]
+        action: Option<ConsoleCommand>,
+    },
     /// Start CMD in a new tagged cgroup, wait, and exit with its status.
     Run {
         #[arg(long, default_value = "default")]
@@ -103,6 +108,17 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Print a one-time bootstrap token with which HOST enrols for its certificate.
+    Token {
+        host: String,
+        /// How long the token stays valid.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Check every record; names the first one edited, removed, reordered or cut.
     Verify,
@@ -160,16 +176,24 @@ fn print_json(value: &serde_json::Value) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Command::Console { action } = &cli.command {
+        return run_console(cli.config.as_deref(), action.as_ref());
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
+        Command::Console { .. } => unreachable!("handled above: it does not read the daemon's config"),
         Command::Daemon => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logging();
             keyturn::daemon::check_not_running(&config)?;
             tokio::runtime::Runtime::new()?.block_on(keyturn::daemon::run(config))?;
             Ok(0)
@@ -224,6 +248,23 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Install { root } => install(root.as_deref()),
     }
+}
+
+/// `keyturn console`: the console's own config file, not the daemon's.
+fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow::Result<i32> {
+    let config = console::Config::load(config)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    match action {
+        None => {
+            init_logging();
+            runtime.block_on(console::run(config))?;
+        }
+        Some(ConsoleCommand::Token { host, ttl }) => {
+            let ttl = humantime::parse_duration(ttl).map_err(|e| anyhow!("--ttl {ttl:?}: {e}"))?;
+            println!("{}", runtime.block_on(console::issue_token(&config, host, ttl))?);
+        }
+    }
+    Ok(0)
 }
 
 fn print_pending(pending: &serde_json::Value) {

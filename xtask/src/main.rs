@@ -30,6 +30,8 @@ fn main() -> Result<()> {
         }
         "test" => {
             setup::run()?;
+            // Includes the console's suite, which starts PostgreSQL clusters as the postgres
+            // user (so it runs as root, as all of `test` does).
             cargo(&["test", "--workspace", "--exclude", "tests", "--exclude", "agent-ebpf"])?;
             // The daemon tests run the real `keyturn` binary.
             cargo(&["build", "--package", "agent"])?;

@@ -21,6 +21,8 @@ const PACKAGES: &[&str] = &[
     "zstd",
     // host integration tests: network namespaces and veth peers
     "iproute2",
+    // console tests: a throw-away PostgreSQL cluster per test (initdb + pg_ctl on a private port)
+    "postgresql",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

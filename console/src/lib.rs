@@ -1,0 +1,178 @@
+//! keyturn's console: the central approval service hosts stream their holds to, which
+//! stores them and sends back signed decisions, with several replicas on one database.
+
+pub mod client;
+pub mod keys;
+pub mod server;
+pub mod store;
+pub mod tls;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+pub use server::Console;
+pub use store::Store;
+
+/// How often a replica marks holds past their deadline `expired`.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("console config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error("listening on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("serving the host streams: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("listen = {0}: plaintext is only allowed on loopback; enable [tls]")]
+    PlaintextOffLoopback(SocketAddr),
+}
+
+/// `keyturn console`'s configuration (TOML).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where host daemons connect (gRPC).
+    pub listen: SocketAddr,
+    /// `sqlite://PATH?mode=rwc` or `postgres://…`; replicas of one console share one PostgreSQL.
+    pub database: String,
+    /// The Ed25519 key decisions are signed with (made if absent; replicas share it).
+    pub key: PathBuf,
+    pub tls: TlsConfig,
+}
+
+/// Mutual TLS between hosts and console.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Off: plaintext, hosts known by the key of their first Hello (loopback only).
+    pub enabled: bool,
+    /// The certificate authority (`ca.key`, `ca.pem`), made if absent; replicas share it.
+    pub dir: PathBuf,
+    /// DNS names and IP addresses hosts reach the console by.
+    pub names: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8471)),
+            database: "sqlite:///var/lib/keyturn/console.db?mode=rwc".into(),
+            key: PathBuf::from("/var/lib/keyturn/console.key"),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: PathBuf::from("/var/lib/keyturn/console-tls"),
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or the defaults when there is none.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConsoleError> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let error = |reason: String| ConsoleError::Config { path: path.to_owned(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| error(e.to_string()))
+    }
+}
+
+impl Console {
+    /// Opens the database and the signing key named by `config`.
+    pub async fn open(config: &Config) -> Result<Self, ConsoleError> {
+        let sqlite_file = config.database.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p));
+        if let Some(dir) =
+            sqlite_file.and_then(|f| std::path::Path::new(f).parent()).filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ConsoleError::Config { path: dir.to_owned(), reason: e.to_string() })?;
+        }
+        let store = Store::open(&config.database).await?;
+        let signer = keys::Signer::new(keys::load_or_create(&config.key)?);
+        let console = Self::new(store, signer);
+        if !config.tls.enabled {
+            return Ok(console);
+        }
+        let authority = tls::Authority::load_or_create(&config.tls.dir)?;
+        Ok(console.with_tls(server::Tls { authority, names: config.tls.names.clone() }))
+    }
+
+    /// Serves host streams on `listener` until the future is dropped, expiring overdue holds.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), ConsoleError> {
+        let store = self.store().clone();
+        let expiry = async move {
+            let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.expire().await {
+                    tracing::warn!(error = %e, "expiring overdue holds failed");
+                }
+            }
+        };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls() {
+            let identity = tls.authority.server_identity(&tls.names)?;
+            builder = builder.tls_config(
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(identity.certificate, identity.key))
+                    .client_ca_root(Certificate::from_pem(tls.authority.certificate()))
+                    // Enrol is called before the host has a certificate; Stream demands one.
+                    .client_auth_optional(true),
+            )?;
+        } else if !listener.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
+            return Err(ConsoleError::PlaintextOffLoopback(
+                listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            ));
+        }
+        let server =
+            builder.add_service(self.service()).serve_with_incoming(TcpListenerStream::new(listener));
+        tokio::select! {
+            result = server => Ok(result?),
+            () = expiry => unreachable!("the expiry loop never ends"),
+        }
+    }
+}
+
+/// Makes a one-time bootstrap token with which `host` can enrol within `ttl`
+/// (`keyturn console token HOST`).
+pub async fn issue_token(config: &Config, host: &str, ttl: Duration) -> Result<String, ConsoleError> {
+    Ok(Store::open(&config.database).await?.issue_token(host, ttl).await?)
+}
+
+/// Runs the console of `config` until interrupted (`keyturn console`).
+pub async fn run(config: Config) -> Result<(), ConsoleError> {
+    let console = Console::open(&config).await?;
+    let public = hex::encode(console.signer().public_key().as_bytes());
+    tracing::info!(
+        listen = %config.listen,
+        tls = config.tls.enabled,
+        key_id = console.signer().key_id(),
+        public_key = public,
+        "console starting: hosts must trust this public key{}",
+        if config.tls.enabled { " and the CA in the TLS directory" } else { "" }
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ConsoleError::Listen { addr: config.listen, source })?;
+    tokio::select! {
+        result = console.serve(listener) => result,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}

@@ -1,0 +1,33 @@
+//! keyturn's wire contract, generated from `proto/keyturn/v1/*.proto`, and the byte
+//! strings that separate what each signature is for.
+
+/// Messages and the `AgentService` client and server.
+pub mod v1 {
+    #![expect(clippy::pedantic, clippy::large_enum_variant, reason = "generated code")]
+    tonic::include_proto!("keyturn.v1");
+}
+
+/// Prefix of what a console signs for a decision: Ed25519 over this, then the encoded
+/// `Decision`. A signature made for anything else can never pass as a decision.
+pub const DECISION_CONTEXT: &[u8] = b"keyturn.v1.decision\0";
+
+/// Prefix of what a host signs in its `Hello`: this, the console's challenge, the host name.
+pub const HELLO_CONTEXT: &[u8] = b"keyturn.v1.hello\0";
+
+/// Prefix of what a host signs when it enrols: this, the bootstrap token, the host name.
+pub const ENROL_CONTEXT: &[u8] = b"keyturn.v1.enrol\0";
+
+/// The bytes a host signs to enrol with `token`: see [`ENROL_CONTEXT`].
+pub fn enrol_message(token: &str, host: &str) -> Vec<u8> {
+    [ENROL_CONTEXT, token.as_bytes(), b"\0", host.as_bytes()].concat()
+}
+
+/// The bytes a host signs to prove it holds its key: see [`HELLO_CONTEXT`].
+pub fn hello_message(challenge: &[u8], host: &str) -> Vec<u8> {
+    [HELLO_CONTEXT, challenge, host.as_bytes()].concat()
+}
+
+/// The bytes a console signs for the encoded decision `decision`.
+pub fn decision_message(decision: &[u8]) -> Vec<u8> {
+    [DECISION_CONTEXT, decision].concat()
+}
