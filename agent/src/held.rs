@@ -172,8 +172,8 @@ impl HeldProcess {
         Ok(())
     }
 
-    /// Removes the frozen cell once the killed process has left it.
-    fn remove_cell(&self) {
+    /// Removes the frozen cell once the process has left it (killed, or gone).
+    pub fn remove_cell(&self) {
         if let Some(frozen) = &self.frozen {
             for _ in 0..100 {
                 if cgroup::remove(&frozen.cell).is_ok() {

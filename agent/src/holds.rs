@@ -100,6 +100,7 @@ impl Holds {
         if let Some(held) = self.held.remove(key) {
             enforcer.forget(*key, held.event().hold.nonce)?;
             enforcer.finish(held.event().hold.root)?;
+            held.remove_cell();
         }
         Ok(())
     }

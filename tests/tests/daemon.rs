@@ -508,6 +508,27 @@ fn a_hold_whose_pid_was_reused_decides_nothing() {
     assert_eq!(finish(second), (0, "second\n".to_owned()));
 }
 
+/// A held process killed by someone else: its hold is closed, and the frozen cgroup it was
+/// kept in (`cgroup-sock` mode) goes with it.
+#[test]
+fn a_held_process_killed_by_someone_else_leaves_nothing_behind() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let cgroup = TestCgroup::new();
+    daemon.tag(&cgroup, "killed-agent");
+    let agent = agent_in(&cgroup, daemon.flagged(), ["never"]).spawn().expect("spawn");
+    let hold = daemon.pending_one();
+    tests::rogue_signal(pid_of(&hold), libc::SIGKILL);
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    daemon.wait_record(0, |e| e["type"] == "hold_closed" && e["id"] == id_of(&hold).as_str());
+    let cells: Vec<_> = fs::read_dir(&cgroup.dir)
+        .expect("cgroup dir")
+        .flatten()
+        .map(|entry| entry.file_name())
+        .filter(|name| name.to_string_lossy().starts_with("keyturn-held-"))
+        .collect();
+    assert!(cells.is_empty(), "frozen cells of closed holds are removed: {cells:?}");
+}
+
 /// An agent forks; parent and child both exec the flagged program: two holds, decided
 /// apart. Approving the child's releases only the child, denying the parent's kills only
 /// the parent, and a process the parent started before its hold runs on throughout.
