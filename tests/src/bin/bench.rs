@@ -88,10 +88,11 @@ fn main() -> ExitCode {
 fn worker(args: &[String]) -> Result<()> {
     match args {
         [kind, port] if kind == "hold" => hold_worker(port.parse()?),
+        [kind, dir, count] if kind == "judge" => judge_worker(Path::new(dir), count.parse()?),
         [kind, port, execs, connects] if kind == "ops" => {
             ops_worker(port.parse()?, execs.parse()?, connects.parse()?)
         }
-        _ => Err("usage: bench worker ops PORT EXECS CONNECTS | bench worker hold PORT".into()),
+        _ => Err("usage: bench worker ops PORT EXECS CONNECTS | hold PORT | judge DIR COUNT".into()),
     }
 }
 
@@ -119,9 +120,35 @@ fn time_ops(count: usize, mut op: impl FnMut() -> Result<()>) -> Result<Vec<u64>
         .collect()
 }
 
+/// Times the spawn of each of the `count` programs `DIR/program-N` twice: first seen (the
+/// daemon judges it) and then judged (the kernel decides it). Prints one line of each.
+fn judge_worker(dir: &Path, count: usize) -> Result<()> {
+    let programs: Vec<std::ffi::CString> = (0..count)
+        .map(|n| {
+            std::ffi::CString::new(dir.join(format!("program-{n}")).into_os_string().into_encoded_bytes())
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let line = |samples: &[u64]| samples.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+    for _ in 0..2 {
+        let mut samples = Vec::with_capacity(count);
+        for program in &programs {
+            let start = Instant::now();
+            spawn_wait(program)?;
+            samples.push(nanos(start.elapsed()));
+        }
+        println!("{}", line(&samples));
+    }
+    Ok(())
+}
+
 /// `posix_spawn` of /bin/true and `waitpid` for it.
 fn spawn_true() -> Result<()> {
-    let argv = [c"true".as_ptr().cast_mut(), std::ptr::null_mut()];
+    spawn_wait(c"/bin/true")
+}
+
+/// `posix_spawn` of `program` with no arguments, and `waitpid` for it.
+fn spawn_wait(program: &std::ffi::CStr) -> Result<()> {
+    let argv = [program.as_ptr().cast_mut(), std::ptr::null_mut()];
     let envp = [std::ptr::null_mut()];
     let mut pid = 0;
     // SAFETY: NUL-terminated argv and envp that outlive the call; no file actions or
@@ -129,7 +156,7 @@ fn spawn_true() -> Result<()> {
     let rc = unsafe {
         libc::posix_spawn(
             &raw mut pid,
-            c"/bin/true".as_ptr(),
+            program.as_ptr(),
             std::ptr::null(),
             std::ptr::null(),
             argv.as_ptr(),
@@ -137,12 +164,12 @@ fn spawn_true() -> Result<()> {
         )
     };
     if rc != 0 {
-        return Err(format!("posix_spawn /bin/true: {}", io::Error::from_raw_os_error(rc)).into());
+        return Err(format!("posix_spawn {program:?}: {}", io::Error::from_raw_os_error(rc)).into());
     }
     let mut status = 0;
     // SAFETY: waits for the child just spawned.
     if unsafe { libc::waitpid(pid, &raw mut status, 0) } != pid || status != 0 {
-        return Err(format!("/bin/true failed: wait status {status:#x}").into());
+        return Err(format!("{program:?} failed: wait status {status:#x}").into());
     }
     Ok(())
 }
@@ -629,6 +656,7 @@ fn bench() -> Result<()> {
     let memory = measure_memory(&mut loaded, &cgroups)?;
     loaded.unload()?;
     let overhead = measure_overhead(&cgroups, &pins, allowed_port, programs)?;
+    let judging = measure_judging()?;
     println!(
         "keyturn bench: {mode} mode, kernel {}, {} CPUs, one run of {} s",
         fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
@@ -637,8 +665,46 @@ fn bench() -> Result<()> {
     );
     print_overhead(&overhead);
     print_holds(&holds, held_port);
+    print_judging(&judging);
     print_memory(&memory);
     Ok(())
+}
+
+/// Programs judged per run of [`measure_judging`].
+const JUDGED_PROGRAMS: usize = 100;
+
+/// Spawn times of programs the daemon had not seen (judged in user space: identified,
+/// hashed, audited, released) and of the same programs once judged (decided in the kernel).
+struct JudgeTimes {
+    first: Vec<u64>,
+    judged: Vec<u64>,
+}
+
+/// Runs the real daemon (the `keyturn` binary, `KEYTURN_BIN`) and an agent under it that
+/// spawns fresh copies of /bin/true: the daemon judges each on its first exec.
+fn measure_judging() -> Result<JudgeTimes> {
+    let daemon = tests::daemon::Daemon::start(tests::daemon::HOLD_FLAGGED);
+    let dir = daemon.dir.join("programs");
+    fs::create_dir(&dir)?;
+    for n in 0..JUDGED_PROGRAMS {
+        fs::copy("/bin/true", dir.join(format!("program-{n}")))?;
+    }
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    // Older than the daemon's settling time for fresh files: what is measured is judging.
+    thread::sleep(SETTLE);
+    let bench = std::env::current_exe()?;
+    let out = daemon
+        .agent_command(&bench, ["worker", "judge", &dir.display().to_string(), &JUDGED_PROGRAMS.to_string()])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("judge worker: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let mut lines = out.stdout.lines();
+    let mut samples = || -> Result<Vec<u64>> {
+        let line = lines.next().ok_or("judge worker printed too little")??;
+        Ok(line.split_whitespace().map(str::parse).collect::<std::result::Result<_, _>>()?)
+    };
+    Ok(JudgeTimes { first: samples()?, judged: samples()? })
 }
 
 // The report.
@@ -770,6 +836,23 @@ fn print_holds(holds: &HoldTimes, port: u16) {
             micros(p99),
             micros(percentile(samples, 100)),
             verdict(p99 < TARGET_NS),
+        );
+    }
+}
+
+fn print_judging(times: &JudgeTimes) {
+    println!(
+        "\njudging: {JUDGED_PROGRAMS} new programs run by an agent under the real daemon (spawn and wait)"
+    );
+    println!("  {:<28}{:>11}{:>11}{:>11}", "", "p50", "p99", "max");
+    for (label, samples) in
+        [("first exec (daemon judges)", &times.first), ("next exec (kernel decides)", &times.judged)]
+    {
+        println!(
+            "  {label:<28}{:>11}{:>11}{:>11}",
+            micros(percentile(samples, 50)),
+            micros(percentile(samples, 99)),
+            micros(percentile(samples, 100)),
         );
     }
 }
