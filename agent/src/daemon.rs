@@ -856,14 +856,16 @@ impl Daemon {
         }
     }
 
-    fn approve(&mut self, id: &str, scope: Scope, reason: Option<&str>, decider: &Decider) -> Reply {
-        let pending = self.take_pending(id, decider)?;
-        self.release(id, &pending, scope, reason, decider)
+    fn approve(&mut self, id: &str, scope: Scope, reason: Option<&str>, peer: Peer) -> Reply {
+        let decider = Decider::Local(peer);
+        let pending = self.take_pending(id, &decider)?;
+        self.release(id, &pending, scope, reason, &decider)
     }
 
-    fn deny(&mut self, id: &str, reason: Option<&str>, decider: &Decider) -> Reply {
-        let pending = self.take_pending(id, decider)?;
-        self.refuse(id, &pending, reason, decider)
+    fn deny(&mut self, id: &str, reason: Option<&str>, peer: Peer) -> Reply {
+        let decider = Decider::Local(peer);
+        let pending = self.take_pending(id, &decider)?;
+        self.refuse(id, &pending, reason, &decider)
     }
 
     /// Applies `decider`'s approval of hold `id`, taken from the pending holds.
@@ -1103,10 +1105,8 @@ impl Daemon {
                 views.sort_by(|a, b| a.requested_at.cmp(&b.requested_at));
                 Ok(json!(views))
             }
-            Request::Approve { id, scope, reason } => {
-                self.approve(&id, scope, reason.as_deref(), &Decider::Local(peer))
-            }
-            Request::Deny { id, reason } => self.deny(&id, reason.as_deref(), &Decider::Local(peer)),
+            Request::Approve { id, scope, reason } => self.approve(&id, scope, reason.as_deref(), peer),
+            Request::Deny { id, reason } => self.deny(&id, reason.as_deref(), peer),
             Request::Status => Ok(self.status()),
         }
     }

@@ -225,3 +225,66 @@ pub fn scope(decision: &Decision) -> Scope {
         _ => Scope::Once,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(kind: &'static str) -> HoldView {
+        HoldView {
+            id: "00000000002a".into(),
+            kind,
+            agent: "claude".into(),
+            cgroup: "keyturn.run/claude-1".into(),
+            pid: 42,
+            tid: 43,
+            uid: 1000,
+            user: "dev".into(),
+            comm: "curl".into(),
+            requested_at: String::new(),
+            policy: "default".into(),
+            policy_rule: "rule".into(),
+            hold: "held",
+            path: None,
+            argv: None,
+            cwd: None,
+            sha256: None,
+            parents: None,
+            protocol: None,
+            address: None,
+            port: None,
+        }
+    }
+
+    #[test]
+    fn an_egress_hold_is_raised_with_its_destination_and_times() {
+        let mut egress = view("egress");
+        (egress.protocol, egress.address, egress.port) = (Some("tcp"), Some("203.0.113.7".into()), Some(443));
+        let at = UNIX_EPOCH + Duration::from_millis(1_500);
+        let raised = hold_raised(&egress, 42 << 16, at, at + Duration::from_mins(1));
+        assert_eq!(
+            (raised.id.as_str(), raised.nonce, raised.kind),
+            ("00000000002a", 42 << 16, HoldKind::Egress.into())
+        );
+        assert_eq!((raised.requested_at_ms, raised.deadline_ms, raised.quorum), (1_500, 61_500, 1));
+        assert_eq!((raised.pid, raised.uid, raised.user.as_str()), (42, 1000, "dev"));
+        let Some(hold_raised::Detail::Egress(destination)) = raised.detail else { panic!("{raised:?}") };
+        assert_eq!(
+            (destination.protocol.as_str(), destination.address.as_str(), destination.port),
+            ("tcp", "203.0.113.7", 443)
+        );
+    }
+
+    #[test]
+    fn a_console_scope_maps_onto_the_local_scopes_and_anything_unknown_is_once() {
+        let decision = |scope: proto::v1::Scope| Decision {
+            scope: scope.into(),
+            duration_secs: 90,
+            ..Decision::default()
+        };
+        assert_eq!(scope(&decision(proto::v1::Scope::Once)), Scope::Once);
+        assert_eq!(scope(&decision(proto::v1::Scope::ForDuration)), Scope::For(90));
+        assert_eq!(scope(&decision(proto::v1::Scope::Always)), Scope::Always);
+        assert_eq!(scope(&Decision { scope: 99, ..Decision::default() }), Scope::Once);
+    }
+}

@@ -231,6 +231,13 @@ fn decide(rt: &tokio::runtime::Runtime, console: &Console, id: &str, verdict: Ve
     assert!(matches!(outcome, Outcome::Decided(_)), "{outcome:?}");
 }
 
+/// The console link's state as `keyturn status` shows it.
+fn console_status(daemon: &Daemon) -> Value {
+    let out = daemon.cli(&["status"]);
+    assert!(out.status.success());
+    serde_json::from_slice::<Value>(&out.stdout).expect("status is JSON")["console"].take()
+}
+
 fn id_of(hold: &Value) -> String {
     hold["id"].as_str().expect("id").to_owned()
 }
@@ -364,14 +371,16 @@ fn a_hold_raised_while_the_console_is_down_reaches_it_when_it_starts() {
     let addr = free_addr();
     let daemon = Daemon::start_with_config(HOLD_FLAGGED, &console_section(&format!("http://{addr}"), ""));
     let agent = daemon.run_agent(&daemon.flagged(), &["waited-for-the-console"]);
-    // Held and listed here while no console answers.
+    // Held and listed here while no console answers, which `status` shows.
     let id = id_of(&daemon.pending_one());
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(daemon.pending().len(), 1);
+    assert_eq!(console_status(&daemon), "unreachable");
 
     let console = RunningConsole::start(&files, addr, false);
     stored(&rt, console.store(), &id, |r| r.status == "pending");
     decide(&rt, &console.console, &id, Verdict::Approve, "carol@example.com");
     assert_eq!(finish(agent), (0, "waited-for-the-console\n".to_owned()));
     assert_eq!(decisions(&daemon, &id)[0]["by"], "carol@example.com");
+    assert_eq!(console_status(&daemon), "connected");
 }
