@@ -384,3 +384,19 @@ fn a_hold_raised_while_the_console_is_down_reaches_it_when_it_starts() {
     assert_eq!(decisions(&daemon, &id)[0]["by"], "carol@example.com");
     assert_eq!(console_status(&daemon), "connected");
 }
+
+#[test]
+fn a_decision_made_while_the_daemon_was_down_reaches_the_hold_it_left_behind() {
+    let rt = runtime();
+    let (_files, console, mut daemon) = linked();
+    let agent = daemon.run_agent(&daemon.flagged(), &["decided-meanwhile"]);
+    let id = id_of(&daemon.pending_one());
+    stored(&rt, console.store(), &id, |r| r.status == "pending");
+    daemon.kill9();
+    decide(&rt, &console.console, &id, Verdict::Approve, "dave@example.com");
+    // The new daemon picks the hold up from the pinned map and raises it again; the console
+    // answers with the decision it made meanwhile.
+    daemon.launch();
+    assert_eq!(finish(agent), (0, "decided-meanwhile\n".to_owned()));
+    assert_eq!(decisions(&daemon, &id)[0]["by"], "dave@example.com");
+}
