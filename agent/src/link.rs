@@ -35,6 +35,8 @@ pub enum LinkError {
     NoCa(String),
     #[error("[console] endpoint {0:?}: neither https:// nor http://")]
     Scheme(String),
+    #[error("[console] endpoint {0:?}: plaintext (http://) only to a console on loopback; use https://")]
+    PlaintextOffLoopback(String),
     #[error("[console] this host's name: {0}")]
     HostName(std::io::Error),
 }
@@ -92,6 +94,10 @@ pub fn start(
         let ca_path = console.ca.as_ref().ok_or_else(|| LinkError::NoCa(console.endpoint.clone()))?;
         Some((read("the CA certificate", ca_path)?, config.console_certificate(console)))
     } else if console.endpoint.starts_with("http://") {
+        // Holds carry command lines, which may carry secrets.
+        if !loopback(&console.endpoint) {
+            return Err(LinkError::PlaintextOffLoopback(console.endpoint.clone()));
+        }
         None
     } else {
         return Err(LinkError::Scheme(console.endpoint.clone()));
@@ -108,6 +114,17 @@ pub fn start(
     let (events, events_rx) = mpsc::channel(1024);
     tokio::spawn(run(client, tls, console.token.clone(), up_rx, events));
     Ok((Link { up }, events_rx))
+}
+
+/// Whether the host of `endpoint` (`SCHEME://HOST[:PORT][/…]`) is this machine.
+fn loopback(endpoint: &str) -> bool {
+    let authority = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn read(what: &'static str, path: &Path) -> Result<String, LinkError> {
@@ -273,6 +290,23 @@ mod tests {
             (destination.protocol.as_str(), destination.address.as_str(), destination.port),
             ("tcp", "203.0.113.7", 443)
         );
+    }
+
+    #[test]
+    fn plaintext_is_for_a_console_on_this_machine_only() {
+        for endpoint in
+            ["http://127.0.0.1:8471", "http://localhost:8471/", "http://[::1]:8471", "http://127.0.0.2"]
+        {
+            assert!(loopback(endpoint), "{endpoint}");
+        }
+        for endpoint in [
+            "http://10.0.0.1:8471",
+            "http://console.example.com",
+            "http://localhost.evil.com",
+            "http://user@127.0.0.1",
+        ] {
+            assert!(!loopback(endpoint), "{endpoint}");
+        }
     }
 
     #[test]
