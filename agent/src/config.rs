@@ -33,6 +33,34 @@ pub struct Config {
     pub audit_max_bytes: u64,
     /// Prometheus metrics on this loopback address (empty: off).
     pub metrics: String,
+    /// The console holds are streamed to; without it, approvals are local only.
+    pub console: Option<ConsoleConfig>,
+}
+
+/// `[console]`: where this host streams its holds, whose decisions it accepts, and what it
+/// proves its identity with.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// `https://HOST:PORT` of the console (or its load balancer); `http://` only for a
+    /// console on loopback, which then serves plaintext.
+    pub endpoint: String,
+    /// The console's Ed25519 public keys (64 hex digits, as `keyturn console` logs at
+    /// start): a decision is acted on only when one of them signed it.
+    pub public_keys: Vec<String>,
+    /// This host's name at the console; by default the kernel's host name.
+    pub host: Option<String>,
+    /// This host's Ed25519 identity key, made on first start; by default
+    /// `STATE_DIR/console-host.key`.
+    pub key: Option<PathBuf>,
+    /// `https`: the console's CA certificate (`ca.pem` in its TLS directory).
+    pub ca: Option<PathBuf>,
+    /// `https`: this host's certificate, written at enrolment; by default
+    /// `STATE_DIR/console-host.pem`.
+    pub certificate: Option<PathBuf>,
+    /// `https`: the one-time token from `keyturn console token HOST`, used to enrol while
+    /// there is no certificate yet.
+    pub token: Option<String>,
 }
 
 impl Default for Config {
@@ -48,6 +76,7 @@ impl Default for Config {
             max_pending: 64,
             audit_max_bytes: 64 << 20,
             metrics: "127.0.0.1:9474".into(),
+            console: None,
         }
     }
 }
@@ -81,19 +110,31 @@ impl Config {
     pub fn audit_dir(&self) -> PathBuf {
         self.state_dir.join("audit")
     }
+
+    /// The host's identity key for the console.
+    pub fn console_key(&self, console: &ConsoleConfig) -> PathBuf {
+        console.key.clone().unwrap_or_else(|| self.state_dir.join("console-host.key"))
+    }
+
+    /// The host's certificate for the console.
+    pub fn console_certificate(&self, console: &ConsoleConfig) -> PathBuf {
+        console.certificate.clone().unwrap_or_else(|| self.state_dir.join("console-host.pem"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const INSTALLED: &str = include_str!("../../packaging/keyturn.toml");
+
     /// The config `keyturn install` writes shows every setting, commented out, with its
     /// built-in default (`mode` with an example: it has no default value).
     #[test]
     fn the_installed_config_shows_the_built_in_defaults() {
-        let installed = include_str!("../../packaging/keyturn.toml");
-        let uncommented: Vec<&str> = installed
+        let uncommented: Vec<&str> = INSTALLED
             .lines()
+            .take_while(|line| !line.starts_with("# [console]"))
             .filter_map(|line| {
                 line.strip_prefix("# ").filter(|l| l.contains(" = ") && !l.starts_with("mode "))
             })
@@ -101,5 +142,19 @@ mod tests {
         assert_eq!(uncommented.len(), 9, "{uncommented:?}");
         let parsed: Config = toml::from_str(&uncommented.join("\n")).expect("parses");
         assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
+    }
+
+    /// Its `[console]` example, uncommented, is a valid section.
+    #[test]
+    fn the_installed_config_shows_a_valid_console_section() {
+        let section: Vec<&str> = INSTALLED
+            .lines()
+            .skip_while(|line| !line.starts_with("# [console]"))
+            .filter_map(|line| line.strip_prefix("# ").filter(|l| l.starts_with('[') || l.contains(" = ")))
+            .collect();
+        let parsed: Config = toml::from_str(&section.join("\n")).expect("parses");
+        let console = parsed.console.as_ref().expect("a [console] section");
+        assert_eq!(console.public_keys.len(), 1);
+        assert_eq!(parsed.console_key(console), PathBuf::from("/var/lib/keyturn/console-host.key"));
     }
 }

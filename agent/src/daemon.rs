@@ -9,11 +9,13 @@ use std::{
         unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
     },
     path::Path,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use agent_common::{Action, HoldEvent, HoldKey, Tag, counter, hold_state, kind};
 use anyhow::{Context as _, bail};
+use console::client::ClientEvent;
+use proto::v1::{CloseReason, Decision};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::{
@@ -34,6 +36,7 @@ use crate::{
     held::{OnDeny, event_from_record},
     holds::{Happened, Holds},
     identify::Digests,
+    link::{self, Link},
     policy::Verdict,
     policy_file::{self, Policy},
     watch::PolicyWatch,
@@ -100,6 +103,8 @@ const SUPERSEDED: Closed = (
 
 struct Pending {
     key: HoldKey,
+    /// The kernel's nonce for this hold: a console decision must name it.
+    nonce: u64,
     view: HoldView,
     root: u64,
     action: Action,
@@ -181,6 +186,52 @@ struct Daemon {
     run_serial: u64,
     /// Whether changed policy files are loaded without a signal.
     policies_watched: bool,
+    /// The console holds are reported to, if one is configured.
+    link: Option<Link>,
+    console_connected: bool,
+}
+
+/// Who decides a hold: an approver on this host (known by the socket's credentials), or a
+/// person at the console (named in a decision the client verified).
+enum Decider<'a> {
+    Local(Peer),
+    Console(&'a Decision),
+}
+
+impl Decider<'_> {
+    /// Their name in the audit trail.
+    fn name(&self) -> String {
+        match self {
+            Self::Local(peer) => context::user_name(peer.uid),
+            Self::Console(decision) => decision.decided_by.clone(),
+        }
+    }
+
+    /// The `decision` record of their `verdict` on hold `id`.
+    fn record(&self, id: &str, verdict: &str, reason: Option<&str>) -> serde_json::Value {
+        let mut record = json!({"type": "decision", "id": id, "verdict": verdict, "reason": reason});
+        match self {
+            Self::Local(peer) => {
+                record["by_uid"] = json!(peer.uid);
+                record["by_user"] = json!(context::user_name(peer.uid));
+            }
+            Self::Console(decision) => {
+                record["by"] = json!(decision.decided_by);
+                record["via"] = json!("console");
+                record["approvers"] = json!(decision.approvers);
+            }
+        }
+        record
+    }
+
+    /// What the console is told about a hold they decided.
+    fn closed(&self, approved: bool) -> CloseReason {
+        match (self, approved) {
+            (Self::Console(_), _) => CloseReason::Decided,
+            (Self::Local(_), true) => CloseReason::ApprovedLocally,
+            (Self::Local(_), false) => CloseReason::DeniedLocally,
+        }
+    }
 }
 
 struct RingFd(RawFd);
@@ -197,7 +248,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut watch = PolicyWatch::new(&config.policies_dir)
         .inspect_err(|e| tracing::warn!(error = %e, "policy files are loaded on SIGHUP only"))
         .ok();
-    let (mut daemon, listener) = Daemon::start(config)?;
+    let (link, mut console_events) = match &config.console {
+        Some(console) => {
+            let (link, events) = link::start(&config, console)?;
+            (Some(link), Some(events))
+        }
+        None => (None, None),
+    };
+    let (mut daemon, listener) = Daemon::start(config, link)?;
     daemon.policies_watched = watch.is_some();
     let (commands, mut inbox) = mpsc::channel::<Command>(64);
     tokio::spawn(serve_api(listener, commands.clone()));
@@ -231,6 +289,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 };
                 let _ = command.reply.send(reply);
             }
+            event = console_event(console_events.as_mut()) => {
+                if let Some(event) = event {
+                    daemon.on_console(event);
+                } else {
+                    tracing::error!("the console link ended; approvals are local only");
+                    console_events = None;
+                }
+            }
             _ = tick.tick() => daemon.tick(),
             _ = hup.recv() => daemon.reload("SIGHUP"),
             changed = policy_change(watch.as_ref()) => match changed {
@@ -258,6 +324,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn policy_change(watch: Option<&PolicyWatch>) -> std::io::Result<()> {
     match watch {
         Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next event from the console, if one is configured.
+async fn console_event(events: Option<&mut mpsc::Receiver<ClientEvent>>) -> Option<ClientEvent> {
+    match events {
+        Some(events) => events.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -357,7 +431,7 @@ fn is_approver(uid: u32, gid: u32, group: &str) -> bool {
 }
 
 impl Daemon {
-    fn start(config: Config) -> anyhow::Result<(Self, UnixListener)> {
+    fn start(config: Config, link: Option<Link>) -> anyhow::Result<(Self, UnixListener)> {
         let hierarchy = Hierarchy::find()?;
         let audit = Audit::open(&config.audit_dir(), config.audit_max_bytes).context(
             "the audit trail does not verify; keyturn will not write onto a trail that was tampered with \
@@ -388,6 +462,8 @@ impl Daemon {
             refusals_audited: refusals_audited.try_into().unwrap_or_default(),
             run_serial: 0,
             policies_watched: false,
+            link,
+            console_connected: false,
             config,
         };
         daemon.record(json!({"type": "daemon_start", "mode": daemon.enforcer.mode(),
@@ -563,7 +639,10 @@ impl Daemon {
             }
             Ok(Happened::RogueContinueKilled(_)) => {
                 let id = context::hold_id(event);
-                self.pending.remove(&id);
+                if let Some(pending) = self.pending.remove(&id) {
+                    // Killed by keyturn: the hold could not be kept.
+                    self.report_closed(&id, pending.nonce, CloseReason::Abandoned);
+                }
                 self.decided.insert(id.clone(), "killed after a rogue SIGCONT");
                 self.record(
                     json!({"type": "rogue_sigcont", "id": id, "pid": event.tgid, "outcome": "killed"}),
@@ -650,14 +729,20 @@ impl Daemon {
             Duration::from_nanos(crate::enforcer::monotonic_ns().saturating_sub(event.hold.held_at_ns));
         tracing::warn!(id = %id, kind = view.kind, agent = %agent_name, pid = event.tgid, rule = %view.policy_rule,
             "action held, waiting for a decision: keyturn approve {id} | keyturn deny {id}");
+        let deadline = now + timeout.saturating_sub(waited);
+        if let Some(link) = &self.link {
+            let requested_at = context::wall_time(event.hold.held_at_ns);
+            link.raise(&view, event.hold.nonce, requested_at, SystemTime::now() + (deadline - now));
+        }
         self.pending.insert(
             id,
             Pending {
                 key,
+                nonce: event.hold.nonce,
                 view,
                 root,
                 action: event.hold.action,
-                deadline: now + timeout.saturating_sub(waited),
+                deadline,
                 on_timeout,
                 on_deny,
             },
@@ -696,8 +781,11 @@ impl Daemon {
         Ok(())
     }
 
-    fn take_pending(&mut self, id: &str, peer: Peer) -> Result<Pending, String> {
-        self.check_approver(peer)?;
+    /// Takes pending hold `id` for `decider` to decide, or says why they cannot.
+    fn take_pending(&mut self, id: &str, decider: &Decider) -> Result<Pending, String> {
+        if let Decider::Local(peer) = decider {
+            self.check_approver(*peer)?;
+        }
         if let Some(pending) = self.pending.get(id)
             && let Some(closed) = self.gone(id, pending.key)
         {
@@ -709,11 +797,20 @@ impl Daemon {
                 None => format!("unknown hold id {id:?} (see keyturn pending)"),
             });
         };
-        if pending.view.uid == peer.uid {
-            return Err(format!(
-                "refused: you run as uid {}, the user of the held process; no one approves their own action",
-                peer.uid
-            ));
+        match decider {
+            Decider::Local(peer) if pending.view.uid == peer.uid => {
+                return Err(format!(
+                    "refused: you run as uid {}, the user of the held process; no one approves their own action",
+                    peer.uid
+                ));
+            }
+            Decider::Console(decision) if decision.nonce != pending.nonce => {
+                return Err(format!(
+                    "decision for hold {id} names nonce {}, but the hold's nonce is {}",
+                    decision.nonce, pending.nonce
+                ));
+            }
+            _ => {}
         }
         Ok(self.pending.remove(id).expect("present"))
     }
@@ -732,6 +829,7 @@ impl Daemon {
     fn close_gone(&mut self, id: &str, (why, how): Closed) {
         let Some(pending) = self.pending.remove(id) else { return };
         self.record(json!({"type": "hold_closed", "id": id, "why": why}));
+        self.report_closed(id, pending.nonce, CloseReason::ProcessExited);
         self.decision(id, how);
         // Only this hold's own record: a newer hold of the same pid is left alone.
         if self.holds.get(&pending.key).is_some_and(|held| context::hold_id(held.event()) == id)
@@ -751,10 +849,37 @@ impl Daemon {
         }
     }
 
+    /// Tells the console, if there is one, that hold `id` ended on this host.
+    fn report_closed(&self, id: &str, nonce: u64, reason: CloseReason) {
+        if let Some(link) = &self.link {
+            link.close(id, nonce, reason);
+        }
+    }
+
     fn approve(&mut self, id: &str, scope: Scope, reason: Option<&str>, peer: Peer) -> Reply {
-        let pending = self.take_pending(id, peer)?;
-        self.record(json!({"type": "decision", "id": id, "verdict": "approve", "by_uid": peer.uid,
-            "by_user": context::user_name(peer.uid), "scope": scope, "reason": reason}));
+        let decider = Decider::Local(peer);
+        let pending = self.take_pending(id, &decider)?;
+        self.release(id, &pending, scope, reason, &decider)
+    }
+
+    fn deny(&mut self, id: &str, reason: Option<&str>, peer: Peer) -> Reply {
+        let decider = Decider::Local(peer);
+        let pending = self.take_pending(id, &decider)?;
+        self.refuse(id, &pending, reason, &decider)
+    }
+
+    /// Applies `decider`'s approval of hold `id`, taken from the pending holds.
+    fn release(
+        &mut self,
+        id: &str,
+        pending: &Pending,
+        scope: Scope,
+        reason: Option<&str>,
+        decider: &Decider,
+    ) -> Reply {
+        let mut record = decider.record(id, "approve", reason);
+        record["scope"] = json!(scope);
+        self.record(record);
         self.decision(id, "already decided: approved");
         let until = match scope {
             Scope::Once => None,
@@ -765,22 +890,69 @@ impl Daemon {
             self.grants.push(Grant { root: pending.root, action: pending.action, until });
             self.save_grants();
         }
-        self.holds.approve(&mut self.enforcer, &pending.key).map_err(|e| e.to_string())?;
+        let released = self.holds.approve(&mut self.enforcer, &pending.key).map_err(|e| e.to_string());
+        self.report_closed(id, pending.nonce, decider.closed(true));
+        released?;
         self.stats.approvals += 1;
-        self.record(json!({"type": "release", "id": id, "by": context::user_name(peer.uid)}));
+        self.record(json!({"type": "release", "id": id, "by": decider.name()}));
         Ok(json!({"id": id, "released": true}))
     }
 
-    fn deny(&mut self, id: &str, reason: Option<&str>, peer: Peer) -> Reply {
-        let pending = self.take_pending(id, peer)?;
-        self.record(json!({"type": "decision", "id": id, "verdict": "deny", "by_uid": peer.uid,
-            "by_user": context::user_name(peer.uid), "reason": reason, "on_deny": pending.on_deny}));
+    /// Applies `decider`'s denial of hold `id`, taken from the pending holds.
+    fn refuse(&mut self, id: &str, pending: &Pending, reason: Option<&str>, decider: &Decider) -> Reply {
+        let mut record = decider.record(id, "deny", reason);
+        record["on_deny"] = json!(pending.on_deny);
+        self.record(record);
         self.decision(id, "already decided: denied");
-        self.holds.deny(&mut self.enforcer, &pending.key, pending.on_deny).map_err(|e| e.to_string())?;
+        let denied =
+            self.holds.deny(&mut self.enforcer, &pending.key, pending.on_deny).map_err(|e| e.to_string());
+        self.report_closed(id, pending.nonce, decider.closed(false));
+        denied?;
         self.stats.denials += 1;
         let outcome = if pending.on_deny == OnDeny::Kill { "killed" } else { "failed with EPERM" };
         self.record(json!({"type": "denied", "id": id, "outcome": outcome}));
         Ok(json!({"id": id, "outcome": outcome}))
+    }
+
+    /// What the console link reports.
+    fn on_console(&mut self, event: ClientEvent) {
+        match event {
+            ClientEvent::Connected => {
+                tracing::info!("connected to the console");
+                self.console_connected = true;
+            }
+            ClientEvent::Disconnected(_) => self.console_connected = false,
+            ClientEvent::Decision(decision) => self.console_decision(&decision),
+            ClientEvent::Rejected(rejection) => self.record(
+                json!({"type": "decision_rejected", "via": "console", "reason": rejection.to_string()}),
+            ),
+        }
+    }
+
+    /// A decision the client verified (signature, host, a hold it waits on, its nonce),
+    /// applied like a local one: refused, and audited, if the hold is no longer pending.
+    fn console_decision(&mut self, decision: &Decision) {
+        let id = decision.hold_id.as_str();
+        let decider = Decider::Console(decision);
+        let pending = match self.take_pending(id, &decider) {
+            Ok(pending) => pending,
+            Err(why) => {
+                tracing::warn!(id, by = %decision.decided_by, error = %why, "refused a decision from the console");
+                self.record(json!({"type": "decision_rejected", "id": id, "by": decision.decided_by,
+                    "via": "console", "reason": why}));
+                return;
+            }
+        };
+        let reason = Some(decision.reason.as_str()).filter(|r| !r.is_empty());
+        // Anything but an explicit approval denies.
+        let applied = if proto::v1::Verdict::try_from(decision.verdict) == Ok(proto::v1::Verdict::Approve) {
+            self.release(id, &pending, link::scope(decision), reason, &decider)
+        } else {
+            self.refuse(id, &pending, reason, &decider)
+        };
+        if let Err(error) = applied {
+            tracing::error!(id, error = %error, "applying a decision from the console");
+        }
     }
 
     fn tag(&mut self, path: &str, policy: String, name: Option<String>, run: bool) -> Reply {
@@ -853,6 +1025,7 @@ impl Daemon {
             "agents": self.agents.values().collect::<Vec<_>>(),
             "pending": self.pending.len(),
             "policies_watched": self.policies_watched,
+            "console": self.link.as_ref().map(|_| if self.console_connected { "connected" } else { "unreachable" }),
             "counters": {
                 "holds": counters[counter::HOLDS as usize],
                 "released_in_kernel": counters[counter::RELEASED as usize],
@@ -956,6 +1129,7 @@ impl Daemon {
         for id in expired {
             let pending = self.pending.remove(&id).expect("present");
             self.record(json!({"type": "timeout", "id": id, "on_timeout": pending.on_timeout}));
+            self.report_closed(&id, pending.nonce, CloseReason::Timeout);
             self.decision(&id, "already decided: timed out");
             let _ = self.holds.deny(&mut self.enforcer, &pending.key, pending.on_timeout);
             self.stats.timeouts += 1;

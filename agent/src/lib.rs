@@ -15,6 +15,7 @@ pub mod enforcer;
 pub mod held;
 pub mod holds;
 pub mod identify;
+pub mod link;
 pub mod mode;
 pub mod policy;
 pub mod policy_file;

@@ -206,10 +206,11 @@ async fn audit(tx: &mut Transaction<'_, Any>, event: &serde_json::Value) -> Resu
     Ok(())
 }
 
-fn decode_signed(hold_id: &str, text: &str) -> Result<SignedDecision, StoreError> {
+/// A message about `hold_id` stored as the hex of its encoding.
+fn decode_stored<M: prost::Message + Default>(hold_id: &str, text: &str) -> Result<M, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt { hold_id: hold_id.to_owned(), reason };
     let bytes = hex::decode(text).map_err(|e| corrupt(e.to_string()))?;
-    SignedDecision::decode(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))
+    M::decode(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))
 }
 
 impl Store {
@@ -451,7 +452,7 @@ impl Store {
         }
         Ok(match (status.as_str(), signed) {
             ("pending", _) => Raised::Pending,
-            (_, Some(signed)) => Raised::Decided(decode_signed(&hold.id, &signed)?),
+            (_, Some(signed)) => Raised::Decided(decode_stored(&hold.id, &signed)?),
             _ => Raised::Finished(status),
         })
     }
@@ -664,7 +665,18 @@ impl Store {
                 .bind(hold_id)
                 .fetch_optional(&self.pool)
                 .await?;
-        signed.map(|s| decode_signed(hold_id, &s)).transpose()
+        signed.map(|s| decode_stored(hold_id, &s)).transpose()
+    }
+
+    /// Hold `hold_id` of `host` as its host raised it, with its full context.
+    pub async fn raised(&self, host: &str, hold_id: &str) -> Result<Option<HoldRaised>, StoreError> {
+        let raised: Option<String> =
+            sqlx::query_scalar("SELECT raised FROM holds WHERE host = $1 AND id = $2")
+                .bind(host)
+                .bind(hold_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        raised.map(|r| decode_stored(hold_id, &r)).transpose()
     }
 
     /// One hold, if the console knows it.
