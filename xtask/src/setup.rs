@@ -13,8 +13,9 @@ const PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
-    // VM tests of the LSM modes
+    // VM tests of the LSM modes (binutils: `strip` keeps the initramfs small)
     "qemu-system-x86",
+    "binutils",
     "busybox-static",
     "cpio",
     "xz-utils",

@@ -302,10 +302,10 @@ fn build_initramfs(vm_dir: &Path, kernel: &Kernel, payload: &Payload) -> Result<
         install(&staging, tool, tool)?;
     }
     for (name, executable) in &payload.tests {
-        install(&staging, executable, &Path::new("/tests").join(name))?;
+        install_stripped(&staging, executable, &Path::new("/tests").join(name))?;
     }
     for (_, binary, executable) in &payload.helpers {
-        install(&staging, executable, &Path::new("/").join(binary))?;
+        install_stripped(&staging, executable, &Path::new("/").join(binary))?;
     }
     write_file(&staging.join("etc/passwd"), PASSWD)?;
     write_file(&staging.join("etc/group"), GROUP)?;
@@ -365,6 +365,17 @@ fn install(staging: &Path, from: &Path, guest: &Path) -> Result<()> {
             copy_into(staging, &host_file(&library)?, &library)?;
         }
     }
+    Ok(())
+}
+
+/// [`install`] for the project's own executables, without their debug info: it makes
+/// them several times larger, and the initramfs is unpacked into the guest's memory.
+/// Symbols stay, so backtraces still name functions.
+fn install_stripped(staging: &Path, from: &Path, guest: &Path) -> Result<()> {
+    install(staging, from, guest)?;
+    let copy = in_guest(staging, guest);
+    let status = Command::new("strip").arg("--strip-debug").arg(&copy).status().context("run strip")?;
+    ensure!(status.success(), "strip --strip-debug {} failed: {status}", copy.display());
     Ok(())
 }
 
