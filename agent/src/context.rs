@@ -217,8 +217,9 @@ fn read_c_string(mem: &fs::File, addr: u64, max: usize) -> Option<Vec<u8>> {
 
 /// `/proc/PID/task/TID/syscall` once the thread has reached its stop: the hold event can
 /// arrive while the thread is still on its way there, when the file only says `running`.
+/// That takes microseconds; under emulation on a busy host, up to about a second.
 fn stopped_syscall(pid: u32, tid: u32) -> Option<String> {
-    for _ in 0..500 {
+    for _ in 0..2000 {
         let syscall = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
         if !syscall.starts_with("running") {
             return Some(syscall);
