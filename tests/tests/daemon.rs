@@ -296,9 +296,13 @@ fn kernel_refusals_are_audited_by_reason() {
     assert!(Command::new("mkfifo").args(["-m", "666"]).arg(&go).status().expect("mkfifo").success());
     let flagged = daemon.flagged();
     // The first is held; with it pending, the other two are over the limit. (Execs racing
-    // for the last slot may all be refused: the limit fails closed.)
-    let script =
-        format!("{flagged} first & read line < {}; {flagged} second & {flagged} third & wait", go.display());
+    // for the last slot may all be refused: the limit fails closed.) Each runs in a
+    // subshell: busybox's sh starts commands with vfork, and a vfork parent waits for its
+    // child's exec, which in LSM modes is what is held.
+    let script = format!(
+        "({flagged} first) & read line < {}; ({flagged} second) & ({flagged} third) & wait",
+        go.display()
+    );
     let agent = daemon.run_agent("/bin/sh", &["-c", &script]);
     let hold = daemon.pending_one();
     fs::write(&go, "\n").expect("let the agent go on");
@@ -547,9 +551,11 @@ fn a_process_that_forks_while_held_is_decided_apart_from_its_child() {
     fs::write(&ticks, "").expect("ticks");
     fs::set_permissions(&ticks, fs::Permissions::from_mode(0o666)).expect("chmod");
     let (ticks_path, flagged) = (ticks.display(), daemon.flagged());
+    // The child runs in a subshell: busybox's sh (the VMs') starts commands with vfork,
+    // and a vfork parent waits for its child's exec, which in LSM modes is what is held.
     let script = format!(
         "(while :; do echo tick >> '{ticks_path}'; sleep 0.05; done) </dev/null >/dev/null 2>&1 &
-         '{flagged}' from-child &
+         ('{flagged}' from-child) &
          exec '{flagged}' from-parent"
     );
     let parent = agent_in(&cgroup, "/bin/sh", ["-c", &script]).spawn().expect("spawn");
