@@ -293,19 +293,19 @@ fn an_unflagged_program_is_judged_once_then_decided_in_the_kernel() {
 fn kernel_refusals_are_audited_by_reason() {
     let daemon = Daemon::start_with_config(HOLD_FLAGGED, "max_pending = 1");
     let go = daemon.dir.join("go");
-    assert!(Command::new("mkfifo").args(["-m", "666"]).arg(&go).status().expect("mkfifo").success());
     let flagged = daemon.flagged();
     // The first is held; with it pending, the other two are over the limit. (Execs racing
     // for the last slot may all be refused: the limit fails closed.) Each runs in a
     // subshell: busybox's sh starts commands with vfork, and a vfork parent waits for its
-    // child's exec, which in LSM modes is what is held.
+    // child's exec, which in LSM modes is what is held. The shell waits for `go` with
+    // builtins only: any other program would be a new exec, refused at the limit.
     let script = format!(
-        "({flagged} first) & read line < {}; ({flagged} second) & ({flagged} third) & wait",
+        "({flagged} first) & while [ ! -e {0} ]; do :; done; ({flagged} second) & ({flagged} third) & wait",
         go.display()
     );
     let agent = daemon.run_agent("/bin/sh", &["-c", &script]);
     let hold = daemon.pending_one();
-    fs::write(&go, "\n").expect("let the agent go on");
+    fs::write(&go, "").expect("let the agent go on");
     let deadline = Instant::now() + WAIT;
     let refused = loop {
         let refused: u64 = audit_events(&daemon, "refused")
