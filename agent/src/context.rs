@@ -25,7 +25,7 @@ pub struct Parent {
 }
 
 /// What an approver sees of a held action (and what `keyturn pending --json` prints).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct HoldView {
     pub id: String,
     pub kind: &'static str,
@@ -303,20 +303,12 @@ pub fn describe(
         comm: printable(nul_terminated(&event.comm)),
         requested_at: humantime::format_rfc3339_millis(wall_time(event.hold.held_at_ns)).to_string(),
         policy: policy.into(),
-        policy_rule: String::new(),
         hold: match event.event_type {
             event_type::STOPPED => "stopped",
             event_type::DEFERRED => "deferred",
             _ => "held",
         },
-        path: None,
-        argv: None,
-        cwd: None,
-        sha256: None,
-        parents: None,
-        protocol: None,
-        address: None,
-        port: None,
+        ..HoldView::default()
     };
     if action.kind == kind::EXEC {
         let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();

@@ -77,8 +77,13 @@ impl Digests {
         Ok(digest)
     }
 
-    /// The version and digest of the file at `path` now.
+    /// The version and digest of the file at `path` now. A version hashed before costs
+    /// one `stat` (rule files are looked at on every judgement).
     pub fn of_path(&mut self, path: &Path) -> io::Result<(FileId, String)> {
+        let id = FileId::of(path)?;
+        if let Some(digest) = self.by_file.get(&id) {
+            return Ok((id, digest.clone()));
+        }
         let mut file = File::open(path)?;
         let id = FileId::from_metadata(&file.metadata()?);
         Ok((id, self.digest(id, &mut file)?))

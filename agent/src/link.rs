@@ -262,14 +262,7 @@ mod tests {
             policy: "default".into(),
             policy_rule: "rule".into(),
             hold: "held",
-            path: None,
-            argv: None,
-            cwd: None,
-            sha256: None,
-            parents: None,
-            protocol: None,
-            address: None,
-            port: None,
+            ..HoldView::default()
         }
     }
 

@@ -85,7 +85,8 @@ impl Console {
     }
 }
 
-type ConsoleStream = Pin<Box<dyn Stream<Item = Result<ConsoleMessage, Status>> + Send>>;
+/// What the console sends down one host's stream.
+pub type ConsoleStream = Pin<Box<dyn Stream<Item = Result<ConsoleMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AgentService for Console {

@@ -5,7 +5,6 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -13,7 +12,7 @@ use std::{
 use console::{
     Console, Store,
     keys::Signer,
-    server::Tls,
+    server::{ConsoleStream, Tls},
     store::{DecisionRequest, HoldRecord, Outcome},
     tls::Authority,
 };
@@ -30,7 +29,7 @@ use tests::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{
-    Stream, StreamExt as _,
+    StreamExt as _,
     wrappers::{ReceiverStream, TcpListenerStream},
 };
 use tonic::{Request, Response, Status, Streaming};
@@ -89,8 +88,6 @@ struct Injecting {
     console: Console,
     injected: Injected,
 }
-
-type ConsoleStream = Pin<Box<dyn Stream<Item = Result<ConsoleMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AgentService for Injecting {
