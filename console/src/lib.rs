@@ -1,8 +1,11 @@
 //! keyturn's console: the central approval service hosts stream their holds to, which
 //! stores them and sends back signed decisions, with several replicas on one database.
 
+pub mod api;
 pub mod client;
 pub mod keys;
+pub mod people;
+pub mod search;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -14,6 +17,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+pub use api::Api;
+pub use people::{Role, RoleMap};
 pub use server::Console;
 pub use store::Store;
 
@@ -36,6 +41,10 @@ pub enum ConsoleError {
     Serve(#[from] tonic::transport::Error),
     #[error("listen = {0}: plaintext is only allowed on loopback; enable [tls]")]
     PlaintextOffLoopback(SocketAddr),
+    #[error(
+        "[http] listen = {0}: the web UI and API are plaintext HTTP; off loopback, put a TLS proxy in front and set behind_tls_proxy = true"
+    )]
+    HttpOffLoopback(SocketAddr),
 }
 
 /// `keyturn console`'s configuration (TOML).
@@ -49,6 +58,25 @@ pub struct Config {
     /// The Ed25519 key decisions are signed with (made if absent; replicas share it).
     pub key: PathBuf,
     pub tls: TlsConfig,
+    pub http: HttpConfig,
+    /// Which identity-provider groups give which role.
+    pub roles: RoleMap,
+}
+
+/// The web UI and the JSON API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// A TLS-terminating proxy is in front: listening off loopback is allowed, and session
+    /// cookies are marked `Secure`.
+    pub behind_tls_proxy: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8470)), behind_tls_proxy: false }
+    }
 }
 
 /// Mutual TLS between hosts and console.
@@ -70,6 +98,8 @@ impl Default for Config {
             database: "sqlite:///var/lib/keyturn/console.db?mode=rwc".into(),
             key: PathBuf::from("/var/lib/keyturn/console.key"),
             tls: TlsConfig::default(),
+            http: HttpConfig::default(),
+            roles: RoleMap::default(),
         }
     }
 }
@@ -156,6 +186,18 @@ pub async fn issue_token(config: &Config, host: &str, ttl: Duration) -> Result<S
     Ok(Store::open(&config.database).await?.issue_token(host, ttl).await?)
 }
 
+/// Makes an API token for `person` with `role` (`keyturn console api-token`): the first
+/// admin's way in where no identity provider is configured, and automation's.
+pub async fn issue_api_token(
+    config: &Config,
+    person: &str,
+    role: Role,
+    name: &str,
+) -> Result<(String, String), ConsoleError> {
+    let store = Store::open(&config.database).await?;
+    Ok(store.create_api_token(person, role, name, "keyturn console api-token").await?)
+}
+
 /// Runs the console of `config` until interrupted (`keyturn console`).
 pub async fn run(config: Config) -> Result<(), ConsoleError> {
     let console = Console::open(&config).await?;
@@ -168,11 +210,18 @@ pub async fn run(config: Config) -> Result<(), ConsoleError> {
         "console starting: hosts must trust this public key{}",
         if config.tls.enabled { " and the CA in the TLS directory" } else { "" }
     );
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ConsoleError::Listen { addr: config.listen, source })?;
+    let http = config.http.listen;
+    if !http.ip().is_loopback() && !config.http.behind_tls_proxy {
+        return Err(ConsoleError::HttpOffLoopback(http));
+    }
+    let bind =
+        async |addr| TcpListener::bind(addr).await.map_err(|source| ConsoleError::Listen { addr, source });
+    let (hosts, people) = (bind(config.listen).await?, bind(http).await?);
+    tracing::info!(url = %format!("http://{http}/"), "web UI and API listening");
+    let api = Api::new(console.clone(), config.roles, config.http.behind_tls_proxy);
     tokio::select! {
-        result = console.serve(listener) => result,
+        result = console.serve(hosts) => result,
+        result = api.serve(people) => result,
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }

@@ -154,7 +154,7 @@ impl Drop for ListenerTask {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     backend: Backend,
     events: broadcast::Sender<Event>,
     _listener: Option<Arc<ListenerTask>>,
@@ -183,7 +183,10 @@ fn kind_name(kind: i32) -> &'static str {
 }
 
 /// Appends `event` to the audit trail inside `tx`, chained to the record before it.
-async fn audit(tx: &mut Transaction<'_, Any>, event: &serde_json::Value) -> Result<(), sqlx::Error> {
+pub(crate) async fn audit(
+    tx: &mut Transaction<'_, Any>,
+    event: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
     // Updating the head first takes its lock: concurrent appends, from any replica, queue here.
     let head =
         sqlx::query("UPDATE audit_head SET next_seq = next_seq + 1 WHERE id = 1 RETURNING next_seq, hash")
@@ -690,6 +693,14 @@ impl Store {
         .bind(hold_id)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// Appends one record to the audit trail on its own (a refused request, say).
+    pub async fn record(&self, event: &serde_json::Value) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        audit(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Checks the whole audit trail: sequence, chain, hashes, and that it ends where the

@@ -1,0 +1,153 @@
+//! Who is calling: an API token (`Authorization: Bearer kt_…`) or a browser session
+//! cookie; what their role lets them do; their API tokens; signing out.
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequestParts, Path, State, rejection::BytesRejection},
+    http::{HeaderMap, Method, StatusCode, header, request::Parts},
+    response::{IntoResponse as _, Response},
+};
+use serde::Deserialize;
+
+use super::{Api, ApiError, body, ok};
+use crate::people::{Principal, Role};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "keyturn_session";
+/// The header a browser session must send with every change: a cross-site form cannot
+/// set it, and the console answers no CORS preflight, so no other site can.
+pub const CSRF_HEADER: &str = "x-requested-with";
+
+impl FromRequestParts<Api> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, ApiError> {
+        let store = api.console.store();
+        if let Some(authorization) = parts.headers.get(header::AUTHORIZATION) {
+            let token =
+                authorization.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthenticated",
+                        "Authorization must be `Bearer <API token>`",
+                    )
+                })?;
+            return store.token_principal(token.trim()).await?.ok_or_else(|| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown or revoked API token")
+            });
+        }
+        let unauthenticated =
+            || ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "sign in, or send an API token");
+        let session = session_cookie(&parts.headers).ok_or_else(unauthenticated)?;
+        let principal = store.session_principal(session).await?.ok_or_else(unauthenticated)?;
+        let changes = !matches!(parts.method, Method::GET | Method::HEAD);
+        if changes && parts.headers.get(CSRF_HEADER).is_none_or(|v| v != "keyturn") {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                format!("a change in a browser session needs the header `{CSRF_HEADER}: keyturn`"),
+            ));
+        }
+        Ok(principal)
+    }
+}
+
+/// The value of the session cookie, if the request carries one.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+}
+
+/// Refuses unless `principal` has at least `role`.
+pub fn require(principal: &Principal, role: Role) -> Result<(), ApiError> {
+    if principal.role >= role {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this needs the {role} role; {} has {}", principal.person, principal.role),
+        ))
+    }
+}
+
+pub async fn me(principal: Principal) -> Response {
+    ok(principal)
+}
+
+/// How people sign in here: through the identity provider, or with an API token.
+pub async fn options(State(api): State<Api>) -> Response {
+    ok(serde_json::json!({"oidc": api.oidc_enabled()}))
+}
+
+pub async fn logout(State(api): State<Api>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if headers.get(CSRF_HEADER).is_none_or(|v| v != "keyturn") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            format!("signing out needs `{CSRF_HEADER}: keyturn`"),
+        ));
+    }
+    if let Some(session) = session_cookie(&headers) {
+        api.console.store().end_session(session).await?;
+    }
+    let expired = format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax");
+    Ok(([(header::SET_COOKIE, expired)], StatusCode::NO_CONTENT).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    name: String,
+    /// At most the caller's own role; the caller's role when absent.
+    role: Option<Role>,
+}
+
+/// Longest token name.
+const MAX_TOKEN_NAME: usize = 100;
+
+pub async fn create_token(
+    State(api): State<Api>,
+    principal: Principal,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: NewToken = body(bytes)?;
+    let name = request.name.trim();
+    if name.is_empty() || name.len() > MAX_TOKEN_NAME || name.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("a token needs a name of 1 to {MAX_TOKEN_NAME} printable characters"),
+        ));
+    }
+    let role = request.role.unwrap_or(principal.role);
+    require(&principal, role)?;
+    let (id, token) =
+        api.console.store().create_api_token(&principal.person, role, name, &principal.person).await?;
+    Ok((StatusCode::CREATED, ok(serde_json::json!({"id": id, "token": token, "role": role, "name": name})))
+        .into_response())
+}
+
+/// The caller's API tokens; an admin's call lists everyone's.
+pub async fn tokens(State(api): State<Api>, principal: Principal) -> Result<Response, ApiError> {
+    let owner = (principal.role < Role::Admin).then_some(principal.person.as_str());
+    Ok(ok(serde_json::json!({"tokens": api.console.store().api_tokens(owner).await?})))
+}
+
+/// Revokes one of the caller's API tokens (an admin: anyone's).
+pub async fn revoke_token(
+    State(api): State<Api>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let owner = (principal.role < Role::Admin).then_some(principal.person.as_str());
+    if api.console.store().revoke_api_token(&id, owner, &principal.person).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_token", format!("no live API token {id} of yours")))
+    }
+}
