@@ -33,8 +33,14 @@ pub struct Config {
     pub audit_max_bytes: u64,
     /// Prometheus metrics on this loopback address (empty: off).
     pub metrics: String,
-    /// The console holds are streamed to; without it, approvals are local only.
+    /// The console holds are streamed to; without it, the embedded console (if on).
     pub console: Option<ConsoleConfig>,
+    /// With no `[console]`, run a console inside the daemon (web UI on 127.0.0.1:8470);
+    /// off, approvals are local only.
+    pub embedded_console: bool,
+    /// The embedded console's own configuration (the format `keyturn console --config`
+    /// reads); by default SQLite and its key in `state_dir`, everything on loopback.
+    pub embedded_console_config: Option<PathBuf>,
 }
 
 /// `[console]`: where this host streams its holds, whose decisions it accepts, and what it
@@ -77,6 +83,8 @@ impl Default for Config {
             audit_max_bytes: 64 << 20,
             metrics: "127.0.0.1:9474".into(),
             console: None,
+            embedded_console: true,
+            embedded_console_config: None,
         }
     }
 }

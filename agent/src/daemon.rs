@@ -32,6 +32,7 @@ use crate::{
     cgroup::{self, Hierarchy},
     config::Config,
     context::{self, HoldView},
+    embedded,
     enforcer::{Enforcer, Options, error_chain},
     held::{OnDeny, event_from_record},
     holds::{Happened, Holds},
@@ -248,7 +249,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut watch = PolicyWatch::new(&config.policies_dir)
         .inspect_err(|e| tracing::warn!(error = %e, "policy files are loaded on SIGHUP only"))
         .ok();
-    let (link, mut console_events) = match &config.console {
+    let console = match &config.console {
+        Some(console) => Some(console.clone()),
+        None if config.embedded_console => Some(embedded::start(&config).await?),
+        None => None,
+    };
+    let (link, mut console_events) = match &console {
         Some(console) => {
             let (link, events) = link::start(&config, console)?;
             (Some(link), Some(events))

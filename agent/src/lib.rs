@@ -11,6 +11,7 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod doctor;
+pub mod embedded;
 pub mod enforcer;
 pub mod held;
 pub mod holds;

@@ -116,6 +116,18 @@ enum ConsoleCommand {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Print a new API token for PERSON (automation, or the first admin where no identity
+    /// provider is configured); also for the daemon's embedded console.
+    ApiToken {
+        /// Who the token acts as: decisions made with it name this person.
+        person: String,
+        /// viewer, approver or admin.
+        #[arg(long, default_value = "approver")]
+        role: console::Role,
+        /// What the token is for.
+        #[arg(long, default_value = "command line")]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +274,11 @@ fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow
         Some(ConsoleCommand::Token { host, ttl }) => {
             let ttl = humantime::parse_duration(ttl).map_err(|e| anyhow!("--ttl {ttl:?}: {e}"))?;
             println!("{}", runtime.block_on(console::issue_token(&config, host, ttl))?);
+        }
+        Some(ConsoleCommand::ApiToken { person, role, name }) => {
+            let (id, token) = runtime.block_on(console::issue_api_token(&config, person, *role, name))?;
+            eprintln!("API token {id} for {person} ({role}); shown this once:");
+            println!("{token}");
         }
     }
     Ok(0)

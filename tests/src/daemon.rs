@@ -65,11 +65,14 @@ impl Daemon {
         let mut daemon = Self { dir, child: None };
         daemon.write_policy("test", policy);
         let mode = crate::test_mode().map(|m| format!("mode = \"{m}\"\n")).unwrap_or_default();
+        // Daemons run side by side here: only a test that asks for it gets an embedded
+        // console (on addresses of its own).
+        let embedded = if config.contains("embedded_console") { "" } else { "embedded_console = false\n" };
         fs::write(
             daemon.dir.join("keyturn.toml"),
             format!(
                 "{config}\nstate_dir = \"{0}/state\"\nsocket = \"{0}/keyturn.sock\"\npolicies_dir = \"{0}/policies\"\n\
-                 pin_dir = \"/sys/fs/bpf/{1}\"\napprover_group = \"nogroup\"\nmetrics = \"\"\n{mode}",
+                 pin_dir = \"/sys/fs/bpf/{1}\"\napprover_group = \"nogroup\"\nmetrics = \"\"\n{mode}{embedded}",
                 daemon.dir.display(),
                 daemon.dir.file_name().expect("name").to_string_lossy()
             ),

@@ -1,0 +1,82 @@
+//! The console the daemon runs inside itself when no `[console]` is configured: SQLite in
+//! the state directory, host streams and the web UI on loopback, linked like any console.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use console::{Api, Console, ConsoleError};
+use tokio::net::TcpListener;
+
+use crate::config::{Config, ConsoleConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("embedded console: {0}")]
+    Console(#[from] ConsoleError),
+    #[error(
+        "embedded console: {what} {addr}: {source} (another console there? set embedded_console = false, \
+         or other addresses in embedded_console_config)"
+    )]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("embedded console {path}: {reason}")]
+    Unfit { path: PathBuf, reason: &'static str },
+}
+
+/// The embedded console's configuration: `embedded_console_config` if named, otherwise the
+/// console's defaults with its database and key in the daemon's state directory and its host
+/// streams in plaintext on loopback (they never leave the machine).
+fn console_config(config: &Config) -> Result<console::Config, EmbeddedError> {
+    if let Some(path) = &config.embedded_console_config {
+        let loaded = console::Config::load(Some(path))?;
+        if loaded.tls.enabled || !loaded.listen.ip().is_loopback() {
+            return Err(EmbeddedError::Unfit {
+                path: path.clone(),
+                reason: "an embedded console serves its own host on loopback: set `listen` to a loopback \
+                         address and [tls] enabled = false",
+            });
+        }
+        return Ok(loaded);
+    }
+    let mut defaults = console::Config::default();
+    defaults.database = format!("sqlite://{}?mode=rwc", config.state_dir.join("console.db").display());
+    defaults.key = config.state_dir.join("console.key");
+    defaults.tls.enabled = false;
+    Ok(defaults)
+}
+
+/// Starts the embedded console on this runtime; returns the `[console]` that links the
+/// daemon to it.
+pub async fn start(config: &Config) -> Result<ConsoleConfig, EmbeddedError> {
+    let console_config = console_config(config)?;
+    let console = Console::open(&console_config).await?;
+    let bind = async |what, addr| {
+        TcpListener::bind(addr).await.map_err(|source| EmbeddedError::Bind { what, addr, source })
+    };
+    let hosts = bind("host streams on", console_config.listen).await?;
+    let people = bind("web UI and API on", console_config.http.listen).await?;
+    let public_key = hex::encode(console.signer().public_key().as_bytes());
+    tracing::info!(
+        url = %format!("http://{}/", console_config.http.listen),
+        "embedded console: web UI and API listening"
+    );
+    let api = Api::new(console.clone(), console_config.roles, console_config.http.behind_tls_proxy);
+    tokio::spawn(async move {
+        if let Err(e) = api.serve(people).await {
+            tracing::error!(error = %e, "embedded console: the web UI and API stopped");
+        }
+    });
+    let endpoint = format!("http://{}", console_config.listen);
+    tokio::spawn(async move {
+        if let Err(e) = console.serve(hosts).await {
+            tracing::error!(error = %e, "embedded console: host streams stopped; approvals are local only");
+        }
+    });
+    Ok(ConsoleConfig {
+        endpoint,
+        public_keys: vec![public_key],
+        host: None,
+        key: None,
+        ca: None,
+        certificate: None,
+        token: None,
+    })
+}

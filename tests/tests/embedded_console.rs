@@ -1,0 +1,178 @@
+//! The daemon's embedded console: with no `[console]`, a held action appears in its HTTP
+//! API with its context, and an approver's API token releases or kills the process.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tests::{
+    WAIT,
+    daemon::{Daemon, HOLD_FLAGGED, finish, stderr},
+};
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
+}
+
+/// A daemon running its embedded console on addresses of its own, and that console's API.
+struct Embedded {
+    daemon: Daemon,
+    api: String,
+    console_config: std::path::PathBuf,
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Embedded {
+    fn start() -> Self {
+        let (hosts, people) = (free_addr(), free_addr());
+        let scratch =
+            std::env::temp_dir().join(format!("kt-embedded-{}-{}", std::process::id(), people.port()));
+        std::fs::create_dir_all(&scratch).expect("scratch");
+        let console_config = scratch.join("console.toml");
+        std::fs::write(
+            &console_config,
+            format!(
+                "listen = \"{hosts}\"\ndatabase = \"sqlite://{0}/console.db?mode=rwc\"\nkey = \"{0}/console.key\"\n\
+                 [tls]\nenabled = false\n[http]\nlisten = \"{people}\"\n",
+                scratch.display()
+            ),
+        )
+        .expect("console config");
+        let daemon = Daemon::start_with_config(
+            HOLD_FLAGGED,
+            &format!("embedded_console_config = \"{}\"", console_config.display()),
+        );
+        Self {
+            daemon,
+            api: format!("http://{people}/api"),
+            console_config,
+            rt: tokio::runtime::Runtime::new().expect("runtime"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A new API token for `person` with `role`, made with `keyturn console api-token`.
+    fn token(&self, person: &str, role: &str) -> String {
+        let config = self.console_config.to_str().expect("path");
+        let out = self.daemon.cli(&["console", "--config", config, "api-token", person, "--role", role]);
+        assert!(out.status.success(), "api-token: {}", stderr(&out));
+        String::from_utf8(out.stdout).expect("token").trim().to_owned()
+    }
+
+    /// `method path` with `token` and `body`: the status and the JSON answer.
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.rt.block_on(async {
+            let mut request = self.http.request(method, format!("{}{path}", self.api));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or(Value::Null))
+        })
+    }
+
+    /// Waits for a pending hold in the API and returns it.
+    fn pending_hold(&self, token: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, answer) =
+                self.call(reqwest::Method::GET, "/holds?status=pending", Some(token), None);
+            assert_eq!(status, 200, "{answer}");
+            if let Some(hold) = answer["holds"].as_array().and_then(|holds| holds.first()) {
+                return hold.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no hold reached the embedded console; log: {}",
+                self.daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        if let Some(dir) = self.console_config.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[test]
+fn an_approval_in_the_embedded_console_lets_the_process_run() {
+    let embedded = Embedded::start();
+    let approver = embedded.token("alice@example.com", "approver");
+    let (status, openapi) = embedded.call(reqwest::Method::GET, "/openapi.json", None, None);
+    assert_eq!((status, openapi["openapi"].as_str()), (200, Some("3.1.0")));
+    let (status, refused) = embedded.call(reqwest::Method::GET, "/holds", None, None);
+    assert_eq!((status, refused["error"]["code"].as_str()), (401, Some("unauthenticated")));
+
+    let child = embedded.daemon.run_agent(&embedded.daemon.flagged(), &["approved", "run"]);
+    let hold = embedded.pending_hold(&approver);
+    assert_eq!(hold["exec"]["argv"], json!([embedded.daemon.flagged(), "approved", "run"]));
+    assert_eq!(hold["agent"], "test-agent");
+    assert!(hold["rule"].as_str().is_some_and(|rule| rule.contains("exec path")), "{hold}");
+    assert!(hold["exec"]["sha256"].as_str().is_some_and(|digest| digest.len() == 64), "{hold}");
+    assert!(hold["deadline_ms"].as_i64() > hold["requested_at_ms"].as_i64());
+
+    let id = hold["id"].as_str().expect("id");
+    let body = json!({"scope": "once", "reason": "the test asked"});
+    let (status, answer) =
+        embedded.call(reqwest::Method::POST, &format!("/holds/{id}/approve"), Some(&approver), Some(body));
+    assert_eq!((status, answer["status"].as_str()), (200, Some("approved")), "{answer}");
+    assert_eq!(finish(child), (0, "approved run\n".to_owned()));
+    let decision = embedded.daemon.wait_record(0, |e| e["type"] == "decision" && e["via"] == "console");
+    assert_eq!(
+        (decision["by"].as_str(), decision["verdict"].as_str()),
+        (Some("alice@example.com"), Some("approve"))
+    );
+
+    let (status, again) =
+        embedded.call(reqwest::Method::POST, &format!("/holds/{id}/deny"), Some(&approver), None);
+    assert_eq!((status, again["error"]["code"].as_str()), (409, Some("already_decided")), "{again}");
+}
+
+#[test]
+fn a_viewer_cannot_approve_and_a_denial_kills_the_process() {
+    let embedded = Embedded::start();
+    let viewer = embedded.token("carol@example.com", "viewer");
+    let approver = embedded.token("bob@example.com", "approver");
+    let child = embedded.daemon.run_agent(&embedded.daemon.flagged(), &["never"]);
+    let hold = embedded.pending_hold(&viewer);
+    let id = hold["id"].as_str().expect("id");
+
+    let (status, refused) =
+        embedded.call(reqwest::Method::POST, &format!("/holds/{id}/approve"), Some(&viewer), None);
+    assert_eq!((status, refused["error"]["code"].as_str()), (403, Some("forbidden")), "{refused}");
+    let (_, still) = embedded.call(reqwest::Method::GET, &format!("/holds/{id}"), Some(&viewer), None);
+    assert_eq!(still["hold"]["status"], "pending");
+    let (_, audit) = embedded.call(reqwest::Method::GET, "/audit?q=decision_refused", Some(&viewer), None);
+    assert_eq!(audit["records"][0]["event"]["by"], "carol@example.com", "{audit}");
+
+    let (status, denied) = embedded.call(
+        reqwest::Method::POST,
+        &format!("/holds/{id}/deny"),
+        Some(&approver),
+        Some(json!({"reason": "not today"})),
+    );
+    assert_eq!((status, denied["status"].as_str()), (200, Some("denied")), "{denied}");
+    let (code, output) = finish(child);
+    assert_ne!(code, 0, "a denied process must not finish normally: {output}");
+    assert!(output.is_empty(), "the denied program must not have run: {output:?}");
+    let (_, verified) = embedded.call(reqwest::Method::GET, "/audit/verify", Some(&viewer), None);
+    assert!(verified["records"].as_i64() > Some(3), "{verified}");
+}
