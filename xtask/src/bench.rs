@@ -1,6 +1,6 @@
-//! `cargo xtask bench`: builds the `bench` program of package `tests` and the `keyturn`
-//! binary in release mode and runs the bench; it measures everything side by side in one
-//! run and prints its own report.
+//! `cargo xtask bench`: builds the `bench` and `console_bench` programs of package `tests`
+//! and the `keyturn` binary in release mode and runs both; each measures side by side in
+//! one run and prints its own report.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,15 +10,17 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 pub fn run() -> Result<()> {
-    crate::cargo(&["build", "--release", "--package", "tests", "--bin", "bench"])?;
+    crate::cargo(&["build", "--release", "--package", "tests", "--bin", "bench", "--bin", "console_bench"])?;
     crate::cargo(&["build", "--release", "--package", "agent"])?;
-    let bench = target_dir().join("release/bench");
-    let status = Command::new(&bench)
-        .env("KEYTURN_BIN", target_dir().join("release/keyturn"))
-        .status()
-        .with_context(|| format!("run {}", bench.display()))?;
-    if !status.success() {
-        bail!("{} failed: {status}", bench.display());
+    for name in ["bench", "console_bench"] {
+        let bench = target_dir().join("release").join(name);
+        let status = Command::new(&bench)
+            .env("KEYTURN_BIN", target_dir().join("release/keyturn"))
+            .status()
+            .with_context(|| format!("run {}", bench.display()))?;
+        if !status.success() {
+            bail!("{} failed: {status}", bench.display());
+        }
     }
     Ok(())
 }

@@ -1,0 +1,320 @@
+//! `cargo xtask bench`, the console's part: one real `keyturn console` (SQLite, mutual
+//! TLS) with 1,000 simulated hosts streaming 10,000 holds a minute, an approver polling the
+//! HTTP API and approving each hold; latencies from hold to API and approval to host.
+
+use std::{
+    collections::HashMap,
+    error::Error,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use console::{
+    Role, Store,
+    client::{self, ClientConfig, ClientEvent, ClientTls},
+};
+use ed25519_dalek::SigningKey;
+use proto::v1::{Exec, HoldKind, HoldRaised, hold_raised};
+use rand_core::OsRng;
+use tokio::sync::Semaphore;
+
+type Result<T, E = Box<dyn Error + Send + Sync>> = std::result::Result<T, E>;
+
+const HOSTS: usize = 1000;
+/// Holds raised per minute, spread over the hosts.
+const HOLDS_PER_MINUTE: u32 = 10_000;
+const LOAD: Duration = Duration::from_secs(60);
+/// Approvals in flight at once.
+const APPROVERS: usize = 16;
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// The approver's pause between two polls of the pending queue (a bound on resolution).
+const POLL: Duration = Duration::from_millis(20);
+
+/// When each hold was raised, seen in the API, approved, and released on its host.
+#[derive(Default)]
+struct Timeline {
+    raised: HashMap<String, Instant>,
+    visible: HashMap<String, Duration>,
+    approve_sent: HashMap<String, Instant>,
+    released: HashMap<String, Duration>,
+}
+
+type Shared = Arc<Mutex<Timeline>>;
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
+}
+
+/// The `keyturn` binary: `KEYTURN_BIN`, as `cargo xtask bench` sets it.
+fn keyturn() -> PathBuf {
+    std::env::var_os("KEYTURN_BIN").map_or_else(|| PathBuf::from("target/release/keyturn"), PathBuf::from)
+}
+
+/// The console under test, killed on drop.
+struct RunningConsole {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for RunningConsole {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl RunningConsole {
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Lets this process and the console it starts hold a connection per host.
+fn raise_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+        }
+    }
+}
+
+fn hold(id: String, nonce: u64) -> HoldRaised {
+    let now = console::store::now_ms().cast_unsigned();
+    HoldRaised {
+        id,
+        nonce,
+        kind: HoldKind::Exec.into(),
+        agent: "bench-agent".into(),
+        cgroup: "keyturn.run/bench".into(),
+        pid: 4242,
+        uid: 1001,
+        user: "agent".into(),
+        requested_at_ms: now,
+        policy: "default".into(),
+        policy_rule: "exec path \"/usr/bin/curl\" action Hold".into(),
+        deadline_ms: now + 600_000,
+        requester: "agent-owner@example.com".into(),
+        quorum: 1,
+        detail: Some(hold_raised::Detail::Exec(Exec {
+            path: "/usr/bin/curl".into(),
+            argv: vec!["curl".into(), "-T".into(), "dump.sql".into(), "https://example.com/upload".into()],
+            cwd: "/home/agent/project".into(),
+            sha256: "ab".repeat(32),
+            parents: vec![],
+        })),
+    }
+}
+
+fn percentiles(name: &str, samples: &mut [Duration]) {
+    samples.sort();
+    let at = |q: f64| {
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "an index")]
+        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[index].as_secs_f64() * 1000.0
+    };
+    if samples.is_empty() {
+        println!("{name:<34} no samples");
+        return;
+    }
+    println!(
+        "{name:<34} n={:<6} p50 {:>7.1} ms   p99 {:>7.1} ms   max {:>7.1} ms",
+        samples.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}
+
+async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + TIMEOUT;
+    while !ready() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Starts `keyturn console` with mutual TLS on loopback, its database in `dir`.
+async fn start_console(dir: &Path) -> Result<(RunningConsole, SocketAddr, SocketAddr)> {
+    let (hosts, http) = (free_addr(), free_addr());
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("console.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{hosts}\"\ndatabase = \"sqlite://{0}/console.db?mode=rwc\"\nkey = \"{0}/console.key\"\n\
+             [tls]\nenabled = true\ndir = \"{0}/tls\"\nnames = [\"127.0.0.1\"]\n[http]\nlisten = \"{http}\"\n",
+            dir.display()
+        ),
+    )?;
+    let child = Command::new(keyturn())
+        .args(["console", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let console = RunningConsole { child, dir: dir.to_owned() };
+    let deadline = Instant::now() + TIMEOUT;
+    while tokio::net::TcpStream::connect(http).await.is_err() {
+        if Instant::now() > deadline {
+            return Err("the console did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((console, hosts, http))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    raise_file_limit();
+    let dir = std::env::temp_dir().join(format!("kt-console-bench-{}", std::process::id()));
+    let (console, hosts_addr, http) = start_console(&dir).await?;
+    let store = Store::open(&format!("sqlite://{}/console.db?mode=rwc", dir.display())).await?;
+    let ca = std::fs::read_to_string(dir.join("tls/ca.pem"))?;
+    let console_key = console::keys::load_or_create(&dir.join("console.key"))?.verifying_key();
+    let (_, token) = store.create_api_token("approver@example.com", Role::Approver, "bench", "bench").await?;
+    let rss_idle = console.rss_kib();
+
+    // Enrol and connect every host with the real host client.
+    let endpoint = format!("https://{hosts_addr}");
+    let timeline: Shared = Arc::default();
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::with_capacity(HOSTS);
+    let started = Instant::now();
+    for n in 0..HOSTS {
+        let host = format!("bench-{n:04}");
+        let key = SigningKey::generate(&mut OsRng);
+        let enrolment = store.issue_token(&host, Duration::from_secs(600)).await?;
+        let certificate = client::enrol(&endpoint, &ca, &host, &enrolment, &key).await?;
+        let (handle, mut events) = client::start(ClientConfig {
+            endpoint: endpoint.clone(),
+            host,
+            agent_version: "bench".into(),
+            key,
+            console_keys: vec![console_key],
+            tls: Some(ClientTls { ca: ca.clone(), certificate }),
+        });
+        let (timeline, connected) = (timeline.clone(), connected.clone());
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                match event {
+                    ClientEvent::Connected => {
+                        connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    ClientEvent::Decision(decision) => {
+                        let mut timeline = timeline.lock().expect("timeline");
+                        if let Some(sent) = timeline.approve_sent.get(&decision.hold_id).copied() {
+                            timeline.released.insert(decision.hold_id, sent.elapsed());
+                        }
+                    }
+                    ClientEvent::Disconnected(why) => eprintln!("a host lost its stream: {why}"),
+                    ClientEvent::Rejected(why) => eprintln!("a host refused a decision: {why}"),
+                }
+            }
+        });
+        handles.push(handle);
+    }
+    wait_for("every host to connect", || connected.load(std::sync::atomic::Ordering::Relaxed) >= HOSTS).await?;
+    let connect_time = started.elapsed();
+    let rss_connected = console.rss_kib();
+
+    // The approver: polls the pending queue, approves each new hold.
+    let http_client = reqwest::Client::new();
+    let api = format!("http://{http}/api");
+    let approver = {
+        let (timeline, http_client, api, token) = (timeline.clone(), http_client.clone(), api.clone(), token.clone());
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(APPROVERS));
+            loop {
+                tokio::time::sleep(POLL).await;
+                let answer: serde_json::Value = match http_client
+                    .get(format!("{api}/holds?status=pending&limit=500"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                {
+                    Ok(response) => response.json().await.unwrap_or_default(),
+                    Err(e) => {
+                        eprintln!("polling the API failed: {e}");
+                        continue;
+                    }
+                };
+                let seen = Instant::now();
+                for hold in answer["holds"].as_array().into_iter().flatten() {
+                    let (Some(id), Some(hold_id)) = (hold["id"].as_str(), hold["hold_id"].as_str()) else { continue };
+                    {
+                        let mut timeline = timeline.lock().expect("timeline");
+                        let Some(raised) = timeline.raised.get(hold_id).copied() else { continue };
+                        if timeline.visible.contains_key(hold_id) {
+                            continue;
+                        }
+                        timeline.visible.insert(hold_id.to_owned(), seen - raised);
+                    }
+                    let permit = permits.clone().acquire_owned().await.expect("semaphore");
+                    let (timeline, http_client, api, token) =
+                        (timeline.clone(), http_client.clone(), api.clone(), token.clone());
+                    let (id, hold_id) = (id.to_owned(), hold_id.to_owned());
+                    tokio::spawn(async move {
+                        timeline.lock().expect("timeline").approve_sent.insert(hold_id, Instant::now());
+                        let response =
+                            http_client.post(format!("{api}/holds/{id}/approve")).bearer_auth(&token).send().await;
+                        if let Err(e) = response.and_then(reqwest::Response::error_for_status) {
+                            eprintln!("approving {id} failed: {e}");
+                        }
+                        drop(permit);
+                    });
+                }
+            }
+        })
+    };
+
+    // The load: holds spread evenly over the hosts and the minute.
+    let interval = Duration::from_secs(60) / HOLDS_PER_MINUTE;
+    let total = u32::try_from((LOAD.as_millis() / interval.as_millis().max(1)).max(1))?;
+    let mut tick = tokio::time::interval(interval);
+    let load_started = Instant::now();
+    for n in 0..total {
+        tick.tick().await;
+        let id = format!("{n:012x}");
+        timeline.lock().expect("timeline").raised.insert(id.clone(), Instant::now());
+        handles[n as usize % HOSTS].raise(hold(id, u64::from(n) + 1));
+    }
+    let load_time = load_started.elapsed();
+    let expected = total as usize;
+    wait_for("every hold to be released", || timeline.lock().expect("timeline").released.len() >= expected).await?;
+    approver.abort();
+    let rss_loaded = console.rss_kib();
+
+    let timeline = timeline.lock().expect("timeline");
+    println!("\nconsole at scale: {HOSTS} hosts over mutual TLS, SQLite, one console process");
+    println!("{:<34} {:.1} s (enrol + connect, one after another)", "hosts connected in", connect_time.as_secs_f64());
+    #[expect(clippy::cast_precision_loss, reason = "a rate for people")]
+    let rate = f64::from(total) / load_time.as_secs_f64() * 60.0;
+    println!("{:<34} {total} holds in {:.1} s ({rate:.0} a minute)", "load", load_time.as_secs_f64());
+    percentiles("hold raised -> visible in the API", &mut timeline.visible.values().copied().collect::<Vec<_>>());
+    percentiles("approve sent -> verified on host", &mut timeline.released.values().copied().collect::<Vec<_>>());
+    let per_host = rss_connected.saturating_sub(rss_idle) / u64::try_from(HOSTS)?;
+    println!(
+        "{:<34} idle {} MiB, {HOSTS} hosts {} MiB, after load {} MiB: {per_host} KiB per connected host",
+        "console RSS",
+        rss_idle / 1024,
+        rss_connected / 1024,
+        rss_loaded / 1024,
+    );
+    drop(console);
+    Ok(())
+}
