@@ -79,6 +79,8 @@ pub struct TokenInfo {
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// How long a sign-in may take between the redirect to the identity provider and its return.
 pub const LOGIN_LIFETIME: Duration = Duration::from_secs(600);
+/// How finely a token's last use is recorded.
+const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 /// The prefix of every API token, so scanners and people recognise a leaked one.
 const TOKEN_PREFIX: &str = "kt_";
 
@@ -112,7 +114,7 @@ impl Store {
     ) -> Result<(String, String), StoreError> {
         let id = secret()[..16].to_owned();
         let token = format!("{TOKEN_PREFIX}{}", secret());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO api_tokens (id, token_sha256, person, role, name, created_by, created_at_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -168,7 +170,7 @@ impl Store {
         owner: Option<&str>,
         by: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let revoked = sqlx::query(
             "UPDATE api_tokens SET revoked_at_ms = $3, revoked_by = $4
              WHERE id = $1 AND ($2 = '' OR person = $2) AND revoked_at_ms IS NULL",
@@ -193,16 +195,23 @@ impl Store {
             return Ok(None);
         }
         let row = sqlx::query(
-            "UPDATE api_tokens SET last_used_ms = $2 WHERE token_sha256 = $1 AND revoked_at_ms IS NULL
-             RETURNING id, person, role",
+            "SELECT id, person, role, last_used_ms FROM api_tokens WHERE token_sha256 = $1 AND revoked_at_ms IS NULL",
         )
         .bind(sha256(token))
-        .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let (id, person, role): (String, String, String) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let (id, person, role, last_used): (String, String, String, Option<i64>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        // Recorded to the minute: a write on every call would queue every reader behind it.
+        let now = now_ms();
+        if last_used.is_none_or(|last| now - last >= LAST_USED_RESOLUTION_MS) {
+            sqlx::query("UPDATE api_tokens SET last_used_ms = $2 WHERE id = $1")
+                .bind(&id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(Some(Principal {
             display_name: person.clone(),
             person,
@@ -215,7 +224,7 @@ impl Store {
     pub async fn create_session(&self, principal: &Principal) -> Result<String, StoreError> {
         let token = secret();
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO sessions (token_sha256, person, display_name, role, created_at_ms, expires_at_ms)
              VALUES ($1, $2, $3, $4, $5, $6)",

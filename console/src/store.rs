@@ -233,9 +233,22 @@ impl Store {
         install_default_drivers();
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // Writers queue for the lock (BEGIN IMMEDIATE) instead of failing.
+                        sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *connection).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await
             .map_err(StoreError::Connect)?;
+        if backend == Backend::Sqlite {
+            // Readers (the API, host sessions) never wait for a writer, nor writers for them.
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        }
         sqlx::migrate!("./migrations").run(&pool).await?;
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         let listener = match backend {
@@ -247,6 +260,15 @@ impl Store {
             }
         };
         Ok(Self { pool, backend, events, _listener: listener })
+    }
+
+    /// A transaction. On SQLite it takes the write lock at once: one that read first and
+    /// then wrote could fail with `SQLITE_BUSY` when another writer got there in between.
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -270,7 +292,7 @@ impl Store {
         certificate: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if certificate.is_none() {
             let inserted = sqlx::query(
                 "INSERT INTO hosts (name, key_fingerprint, agent_version, first_seen_ms, last_seen_ms)
@@ -336,7 +358,7 @@ impl Store {
         let token = hex::encode(bytes);
         let now = now_ms();
         let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO enrolment_tokens (token_sha256, host, created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4)",
         )
@@ -363,7 +385,7 @@ impl Store {
         certificate: &str,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let spent = sqlx::query(
             "UPDATE enrolment_tokens SET used_at_ms = $3
              WHERE token_sha256 = $1 AND host = $2 AND used_at_ms IS NULL AND expires_at_ms > $3",
@@ -406,7 +428,7 @@ impl Store {
     /// Stores a hold reported by `host`, once: a hold sent again after a reconnection is
     /// answered with what became of it.
     pub async fn raise(&self, host: &str, hold: &HoldRaised) -> Result<Raised, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let kind = kind_name(hold.kind);
         let inserted = sqlx::query(
             "INSERT INTO holds (host, id, nonce, kind, agent, requester, policy_rule, requested_at_ms,
@@ -463,7 +485,7 @@ impl Store {
     /// Records that `host` closed its hold `hold_id` (decided, timed out, process gone…).
     /// A hold still pending becomes `closed`: no decision can be made on it any more.
     pub async fn close(&self, host: &str, hold_id: &str, nonce: u64, reason: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE holds SET status = CASE status WHEN 'pending' THEN 'closed' ELSE status END,
                               closed_reason = $4
@@ -487,7 +509,7 @@ impl Store {
 
     /// Marks every pending hold past its deadline `expired`; returns how many.
     pub async fn expire(&self) -> Result<usize, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let rows = sqlx::query(
             "UPDATE holds SET status = 'expired' WHERE status = 'pending' AND deadline_ms <= $1 RETURNING host, id",
         )
@@ -517,7 +539,7 @@ impl Store {
             return Err(StoreError::Anonymous);
         }
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // Approvals count up (under the row's lock) until the quorum; a denial decides.
         let claim = if approve {
             "UPDATE holds SET approvals = approvals + 1
@@ -697,7 +719,7 @@ impl Store {
 
     /// Appends one record to the audit trail on its own (a refused request, say).
     pub async fn record(&self, event: &serde_json::Value) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         audit(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())

@@ -120,7 +120,12 @@ fn hold(id: String, nonce: u64) -> HoldRaised {
 fn percentiles(name: &str, samples: &mut [Duration]) {
     samples.sort();
     let at = |q: f64| {
-        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "an index")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "an index"
+        )]
         let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
         samples[index].as_secs_f64() * 1000.0
     };
@@ -164,7 +169,7 @@ async fn start_console(dir: &Path) -> Result<(RunningConsole, SocketAddr, Socket
     let child = Command::new(keyturn())
         .args(["console", "--config"])
         .arg(&config)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,sqlx=error")
         .stderr(Stdio::inherit())
         .spawn()?;
     let console = RunningConsole { child, dir: dir.to_owned() };
@@ -193,6 +198,7 @@ async fn main() -> Result<()> {
     let endpoint = format!("https://{hosts_addr}");
     let timeline: Shared = Arc::default();
     let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lost = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut handles = Vec::with_capacity(HOSTS);
     let started = Instant::now();
     for n in 0..HOSTS {
@@ -208,7 +214,7 @@ async fn main() -> Result<()> {
             console_keys: vec![console_key],
             tls: Some(ClientTls { ca: ca.clone(), certificate }),
         });
-        let (timeline, connected) = (timeline.clone(), connected.clone());
+        let (timeline, connected, lost) = (timeline.clone(), connected.clone(), lost.clone());
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match event {
@@ -221,14 +227,17 @@ async fn main() -> Result<()> {
                             timeline.released.insert(decision.hold_id, sent.elapsed());
                         }
                     }
-                    ClientEvent::Disconnected(why) => eprintln!("a host lost its stream: {why}"),
+                    ClientEvent::Disconnected(_) => {
+                        lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     ClientEvent::Rejected(why) => eprintln!("a host refused a decision: {why}"),
                 }
             }
         });
         handles.push(handle);
     }
-    wait_for("every host to connect", || connected.load(std::sync::atomic::Ordering::Relaxed) >= HOSTS).await?;
+    wait_for("every host to connect", || connected.load(std::sync::atomic::Ordering::Relaxed) >= HOSTS)
+        .await?;
     let connect_time = started.elapsed();
     let rss_connected = console.rss_kib();
 
@@ -236,7 +245,8 @@ async fn main() -> Result<()> {
     let http_client = reqwest::Client::new();
     let api = format!("http://{http}/api");
     let approver = {
-        let (timeline, http_client, api, token) = (timeline.clone(), http_client.clone(), api.clone(), token.clone());
+        let (timeline, http_client, api, token) =
+            (timeline.clone(), http_client.clone(), api.clone(), token.clone());
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(APPROVERS));
             loop {
@@ -255,7 +265,9 @@ async fn main() -> Result<()> {
                 };
                 let seen = Instant::now();
                 for hold in answer["holds"].as_array().into_iter().flatten() {
-                    let (Some(id), Some(hold_id)) = (hold["id"].as_str(), hold["hold_id"].as_str()) else { continue };
+                    let (Some(id), Some(hold_id)) = (hold["id"].as_str(), hold["hold_id"].as_str()) else {
+                        continue;
+                    };
                     {
                         let mut timeline = timeline.lock().expect("timeline");
                         let Some(raised) = timeline.raised.get(hold_id).copied() else { continue };
@@ -270,8 +282,11 @@ async fn main() -> Result<()> {
                     let (id, hold_id) = (id.to_owned(), hold_id.to_owned());
                     tokio::spawn(async move {
                         timeline.lock().expect("timeline").approve_sent.insert(hold_id, Instant::now());
-                        let response =
-                            http_client.post(format!("{api}/holds/{id}/approve")).bearer_auth(&token).send().await;
+                        let response = http_client
+                            .post(format!("{api}/holds/{id}/approve"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await;
                         if let Err(e) = response.and_then(reqwest::Response::error_for_status) {
                             eprintln!("approving {id} failed: {e}");
                         }
@@ -295,18 +310,30 @@ async fn main() -> Result<()> {
     }
     let load_time = load_started.elapsed();
     let expected = total as usize;
-    wait_for("every hold to be released", || timeline.lock().expect("timeline").released.len() >= expected).await?;
+    wait_for("every hold to be released", || timeline.lock().expect("timeline").released.len() >= expected)
+        .await?;
     approver.abort();
     let rss_loaded = console.rss_kib();
 
+    let lost = lost.load(std::sync::atomic::Ordering::Relaxed);
     let timeline = timeline.lock().expect("timeline");
     println!("\nconsole at scale: {HOSTS} hosts over mutual TLS, SQLite, one console process");
-    println!("{:<34} {:.1} s (enrol + connect, one after another)", "hosts connected in", connect_time.as_secs_f64());
+    println!(
+        "{:<34} {:.1} s (enrol + connect, one after another)",
+        "hosts connected in",
+        connect_time.as_secs_f64()
+    );
     #[expect(clippy::cast_precision_loss, reason = "a rate for people")]
     let rate = f64::from(total) / load_time.as_secs_f64() * 60.0;
     println!("{:<34} {total} holds in {:.1} s ({rate:.0} a minute)", "load", load_time.as_secs_f64());
-    percentiles("hold raised -> visible in the API", &mut timeline.visible.values().copied().collect::<Vec<_>>());
-    percentiles("approve sent -> verified on host", &mut timeline.released.values().copied().collect::<Vec<_>>());
+    percentiles(
+        "hold raised -> visible in the API",
+        &mut timeline.visible.values().copied().collect::<Vec<_>>(),
+    );
+    percentiles(
+        "approve sent -> verified on host",
+        &mut timeline.released.values().copied().collect::<Vec<_>>(),
+    );
     let per_host = rss_connected.saturating_sub(rss_idle) / u64::try_from(HOSTS)?;
     println!(
         "{:<34} idle {} MiB, {HOSTS} hosts {} MiB, after load {} MiB: {per_host} KiB per connected host",
@@ -315,6 +342,8 @@ async fn main() -> Result<()> {
         rss_connected / 1024,
         rss_loaded / 1024,
     );
+    println!("{:<34} {lost}", "host streams lost during the run");
     drop(console);
-    Ok(())
+    // The hosts' clients would only report the console going away.
+    std::process::exit(0)
 }
