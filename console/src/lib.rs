@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod keys;
+pub mod oidc;
 pub mod server;
 pub mod store;
 pub mod tls;
