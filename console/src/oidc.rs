@@ -411,3 +411,66 @@ fn random() -> String {
     OsRng.fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relying party of a provider that is never asked: no keys, nothing to fetch.
+    fn offline() -> Oidc {
+        let url = |path: &str| Url::parse(&format!("https://idp.example/{path}")).expect("url");
+        Oidc {
+            config: OidcConfig {
+                issuer: "https://idp.example".into(),
+                client_id: "keyturn".into(),
+                client_secret: None,
+                redirect_url: "https://console.example/auth/callback".into(),
+                scopes: default_scopes(),
+                groups_claim: default_groups_claim(),
+                ca: None,
+            },
+            scope: "openid".into(),
+            http: Client::new(),
+            metadata: Metadata {
+                issuer: "https://idp.example".into(),
+                authorization_endpoint: url("authorize"),
+                token_endpoint: url("token"),
+                jwks_uri: url("jwks"),
+            },
+            jwks: Mutex::new(Jwks { keys: JwkSet { keys: Vec::new() }, fetched: Instant::now() }),
+        }
+    }
+
+    fn token(alg: &str) -> String {
+        let part = |json: &str| URL_SAFE_NO_PAD.encode(json);
+        let claims = r#"{"iss":"https://idp.example","aud":"keyturn","sub":"mallory","exp":9999999999,"iat":0,"nonce":"n"}"#;
+        format!("{}.{}.{}", part(&format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#)), part(claims), part("sig"))
+    }
+
+    #[tokio::test]
+    async fn unsigned_and_hmac_tokens_are_refused() {
+        let oidc = offline();
+        let refused = oidc.verify_id_token(&token("none"), "n").await;
+        assert!(matches!(refused, Err(OidcError::Malformed(_))), "{refused:?}");
+        for alg in ["HS256", "HS384", "HS512"] {
+            let refused = oidc.verify_id_token(&token(alg), "n").await;
+            assert!(matches!(refused, Err(OidcError::Algorithm(_))), "{alg}: {refused:?}");
+        }
+    }
+
+    #[test]
+    fn begin_asks_for_a_pkce_s256_challenge_of_fresh_secrets() {
+        let oidc = offline();
+        let (url, pending) = oidc.begin();
+        let (_, other) = oidc.begin();
+        assert_ne!(pending.state, other.state);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&pending.verifier).expect("base64url").len(), 32);
+        let url = Url::parse(&url).expect("authorize url");
+        let param = |name: &str| url.query_pairs().find(|(n, _)| n == name).map(|(_, v)| v.into_owned());
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(pending.verifier.as_bytes()));
+        assert_eq!(param("code_challenge"), Some(challenge));
+        assert_eq!(param("code_challenge_method").as_deref(), Some("S256"));
+        assert_eq!(param("state"), Some(pending.state));
+        assert_eq!(param("nonce"), Some(pending.nonce));
+    }
+}

@@ -14,16 +14,17 @@ use reqwest::{Url, redirect};
 /// `dana@example.com` (`keyturn-admins`).
 pub const PASSWORD: &str = "correct horse battery staple";
 
-/// A client registered at the provider (confidential, `client_secret_basic`).
+/// A client registered at the provider: confidential (`client_secret_basic`) with a
+/// secret, else public.
 pub struct Client {
     pub id: &'static str,
-    pub secret: &'static str,
+    pub secret: Option<&'static str>,
 }
 
-/// The console's client: its ID tokens are signed with RS256.
-const CONSOLE: Client = Client { id: "keyturn-console", secret: "console-secret" };
-/// Another application at the same provider: its ID tokens are signed with ES256.
-const OTHER: Client = Client { id: "other-app", secret: "other-secret" };
+/// The console's client: confidential, its ID tokens signed with RS256.
+const CONSOLE: Client = Client { id: "keyturn-console", secret: Some("console-secret") };
+/// Another application at the same provider: public, its ID tokens signed with ES256.
+const OTHER: Client = Client { id: "other-app", secret: None };
 
 /// The provider, on a free loopback port; killed on drop.
 pub struct OidcProvider {
@@ -44,7 +45,7 @@ impl OidcProvider {
         let clients = serde_json::json!([
             { "client_id": CONSOLE.id, "client_secret": CONSOLE.secret, "redirect_uris": [redirect_url],
               "id_token_signed_response_alg": "RS256" },
-            { "client_id": OTHER.id, "client_secret": OTHER.secret, "redirect_uris": [redirect_url],
+            { "client_id": OTHER.id, "token_endpoint_auth_method": "none", "redirect_uris": [redirect_url],
               "id_token_signed_response_alg": "ES256" },
         ]);
         let mut child = Command::new("node")

@@ -12,7 +12,7 @@ fn config(provider: &OidcProvider, client: &Client) -> OidcConfig {
     OidcConfig {
         issuer: provider.issuer().to_owned(),
         client_id: client.id.to_owned(),
-        client_secret: Some(client.secret.to_owned()),
+        client_secret: client.secret.map(String::from),
         redirect_url: REDIRECT.to_owned(),
         scopes: ["openid", "email", "profile", "groups"].map(String::from).to_vec(),
         groups_claim: "groups".to_owned(),
@@ -41,7 +41,7 @@ async fn callback(oidc: &Oidc, login: &str) -> (PendingLogin, String, String) {
 #[tokio::test]
 async fn sign_in_names_the_person_and_groups() {
     let provider = OidcProvider::start(REDIRECT);
-    // The console's client has RS256 ID tokens; the other client ES256.
+    // The console's client is confidential with RS256 ID tokens; the other public with ES256.
     for (client, login, subject, name, group) in [
         (provider.client(), "alice@example.com", "u-alice", "Alice Approver", "keyturn-approvers"),
         (provider.other_client(), "dana@example.com", "u-dana", "Dana Admin", "keyturn-admins"),
@@ -129,16 +129,17 @@ async fn id_token_of_another_client_is_refused() {
     let provider = OidcProvider::start(REDIRECT);
     let other = provider.other_client();
     let (pending, _, code) = callback(&discover(&provider, other).await, "alice@example.com").await;
-    // The other client redeems its code, as it may; its ID token is then shown to the console.
+    // The other (public) client redeems its code, as it may; its ID token is then shown to
+    // the console.
     let form = [
         ("grant_type", "authorization_code"),
+        ("client_id", other.id),
         ("code", &code),
         ("redirect_uri", REDIRECT),
         ("code_verifier", &pending.verifier),
     ];
     let tokens: serde_json::Value = reqwest::Client::new()
         .post(format!("{}/token", provider.issuer()))
-        .basic_auth(other.id, Some(other.secret))
         .form(&form)
         .send()
         .await
