@@ -199,7 +199,7 @@ impl Oidc {
             Some(Host::Ipv6(ip)) => ip.is_loopback(),
             _ => false,
         };
-        if !(issuer.scheme() == "https" || issuer.scheme() == "http" && loopback) {
+        if !(issuer.scheme() == "https" || (issuer.scheme() == "http" && loopback)) {
             return Err(OidcError::InsecureIssuer(config.issuer.clone()));
         }
         let mut http =
