@@ -58,7 +58,19 @@ pub async fn start(config: &Config) -> Result<ConsoleConfig, EmbeddedError> {
         url = %format!("http://{}/", console_config.http.listen),
         "embedded console: web UI and API listening"
     );
-    let api = Api::new(console.clone(), console_config.roles, console_config.http.behind_tls_proxy);
+    // Enforcement must not wait on an identity provider: without it, API tokens still work.
+    let api = match console::http_api(&console, &console_config).await {
+        Ok(api) => api,
+        Err(e) => {
+            tracing::error!(error = %e, "embedded console: sign-in through the identity provider is off");
+            Api::new(
+                console.clone(),
+                None,
+                console_config.roles.clone(),
+                console_config.http.behind_tls_proxy,
+            )
+        }
+    };
     tokio::spawn(async move {
         if let Err(e) = api.serve(people).await {
             tracing::error!(error = %e, "embedded console: the web UI and API stopped");

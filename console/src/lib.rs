@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod keys;
+pub mod oidc;
 pub mod people;
 pub mod search;
 pub mod server;
@@ -37,6 +38,8 @@ pub enum ConsoleError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Oidc(#[from] oidc::OidcError),
     #[error("serving the host streams: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("listen = {0}: plaintext is only allowed on loopback; enable [tls]")]
@@ -61,6 +64,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Which identity-provider groups give which role.
     pub roles: RoleMap,
+    /// Sign-in through an OpenID Connect provider; without it, API tokens only.
+    pub oidc: Option<oidc::OidcConfig>,
 }
 
 /// The web UI and the JSON API.
@@ -100,6 +105,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             http: HttpConfig::default(),
             roles: RoleMap::default(),
+            oidc: None,
         }
     }
 }
@@ -186,6 +192,15 @@ pub async fn issue_token(config: &Config, host: &str, ttl: Duration) -> Result<S
     Ok(Store::open(&config.database).await?.issue_token(host, ttl).await?)
 }
 
+/// The web UI and API of `console`, signing people in through the provider `config` names.
+pub async fn http_api(console: &Console, config: &Config) -> Result<Api, ConsoleError> {
+    let oidc = match &config.oidc {
+        Some(oidc) => Some(oidc::Oidc::discover(oidc).await?),
+        None => None,
+    };
+    Ok(Api::new(console.clone(), oidc, config.roles.clone(), config.http.behind_tls_proxy))
+}
+
 /// Makes an API token for `person` with `role` (`keyturn console api-token`): the first
 /// admin's way in where no identity provider is configured, and automation's.
 pub async fn issue_api_token(
@@ -218,7 +233,7 @@ pub async fn run(config: Config) -> Result<(), ConsoleError> {
         async |addr| TcpListener::bind(addr).await.map_err(|source| ConsoleError::Listen { addr, source });
     let (hosts, people) = (bind(config.listen).await?, bind(http).await?);
     tracing::info!(url = %format!("http://{http}/"), "web UI and API listening");
-    let api = Api::new(console.clone(), config.roles, config.http.behind_tls_proxy);
+    let api = http_api(&console, &config).await?;
     tokio::select! {
         result = console.serve(hosts) => result,
         result = api.serve(people) => result,

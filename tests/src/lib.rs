@@ -17,6 +17,7 @@ use std::{
 };
 
 pub mod daemon;
+pub mod oidc;
 
 use agent_common::{HoldKey, Tag};
 use keyturn::{

@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 const USAGE: &str = "usage: cargo xtask <setup | run | test | vm | bench>
-  setup   install what this machine lacks (Debian packages, rust-src, bpf-linker, VM kernels)
+  setup   install what this machine lacks (Debian packages, rust-src, bpf-linker, VM kernels, tests/js)
   run     setup, build, and start the keyturn daemon with its embedded defaults
   test    setup, then every test: unit, host integration, fuzzing, VM (Debian 6.1 and 6.12)
   vm      only the VM tests

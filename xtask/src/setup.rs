@@ -1,8 +1,12 @@
 //! Installs what a fresh machine lacks, idempotently: Debian packages, the nightly
 //! `rust-src` component, bpf-linker built against Debian's LLVM 22, cargo-fuzz, the VM
-//! test kernels.
+//! test kernels, the Node packages of the tests' OpenID provider.
 
-use std::process::{Command, Stdio};
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -24,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     // console tests: a throw-away PostgreSQL cluster per test (initdb + pg_ctl on a private port)
     "postgresql",
+    // console tests: a real OpenID provider (oidc-provider in tests/js; npm comes below)
+    "nodejs",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -33,6 +39,7 @@ pub fn run() -> Result<()> {
     install_rust_src()?;
     install_bpf_linker()?;
     install_cargo_fuzz()?;
+    install_test_js()?;
     crate::vm::install_kernels()
 }
 
@@ -42,7 +49,12 @@ fn output(program: &str, args: &[&str]) -> Option<String> {
 }
 
 fn run_command(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    run_command_in(Path::new("."), program, args, envs)
+}
+
+fn run_command_in(dir: &Path, program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     let status = Command::new(program)
+        .current_dir(dir)
         .args(args)
         .envs(envs.iter().copied())
         .status()
@@ -90,6 +102,24 @@ fn install_cargo_fuzz() -> Result<()> {
     }
     eprintln!("setup: installing cargo-fuzz");
     run_command(env!("CARGO"), &["install", "cargo-fuzz", "--locked"], &[])
+}
+
+/// The Node packages of `tests/js` (the OpenID provider of the console's tests), as
+/// `package-lock.json` pins them: `npm ci` when `node_modules` is missing or older.
+fn install_test_js() -> Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/js");
+    let modified = |file: &str| fs::metadata(dir.join(file)).and_then(|m| m.modified()).ok();
+    let lock = modified("package-lock.json").context("tests/js/package-lock.json is missing")?;
+    if modified("node_modules/.package-lock.json").is_some_and(|installed| installed >= lock) {
+        return Ok(());
+    }
+    if output("npm", &["--version"]).is_none() {
+        // Debian's nodejs comes without npm (NodeSource's includes it).
+        eprintln!("setup: installing npm");
+        run_command("apt-get", &["install", "-y", "-qq", "--no-install-recommends", "npm"], &[])?;
+    }
+    eprintln!("setup: installing the Node packages of tests/js");
+    run_command_in(&dir, "npm", &["ci", "--no-audit", "--no-fund"], &[])
 }
 
 fn install_bpf_linker() -> Result<()> {

@@ -81,7 +81,7 @@ pub async fn me(principal: Principal) -> Response {
 
 /// How people sign in here: through the identity provider, or with an API token.
 pub async fn options(State(api): State<Api>) -> Response {
-    ok(serde_json::json!({"oidc": api.oidc_enabled()}))
+    ok(serde_json::json!({"oidc": api.oidc.is_some()}))
 }
 
 pub async fn logout(State(api): State<Api>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -150,4 +150,85 @@ pub async fn revoke_token(
     } else {
         Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_token", format!("no live API token {id} of yours")))
     }
+}
+
+/// Starts signing in: remembers the sign-in's secrets and sends the browser to the
+/// identity provider.
+pub async fn login(State(api): State<Api>) -> Result<Response, ApiError> {
+    let oidc = api.oidc.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no identity provider is configured: sign in with an API token",
+        )
+    })?;
+    let (url, pending) = oidc.begin();
+    let kept = serde_json::to_string(&pending)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    api.console.store().begin_login(&pending.state, &kept).await?;
+    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Where the identity provider sends the browser back: the code is exchanged and the ID
+/// token verified; a person whose groups give a role gets a session.
+pub async fn callback(
+    State(api): State<Api>,
+    callback: Result<axum::extract::Query<Callback>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let failed = |message: String| ApiError::new(StatusCode::FORBIDDEN, "sign_in_failed", message);
+    let oidc = api.oidc.as_ref().ok_or_else(|| failed("no identity provider is configured".into()))?;
+    let axum::extract::Query(callback) = callback.map_err(|e| failed(e.body_text()))?;
+    if let Some(error) = callback.error {
+        return Err(failed(format!(
+            "the identity provider refused: {error} {}",
+            callback.error_description.unwrap_or_default()
+        )));
+    }
+    let (Some(code), Some(state)) = (callback.code, callback.state) else {
+        return Err(failed("the callback carries no code and state".into()));
+    };
+    let store = api.console.store();
+    let kept =
+        store.take_login(&state).await?.ok_or_else(|| failed("unknown, used or expired sign-in".into()))?;
+    let pending =
+        serde_json::from_str(&kept).map_err(|e| failed(format!("the kept sign-in does not read: {e}")))?;
+    let identity = oidc.finish(&pending, &state, &code).await.map_err(|e| {
+        tracing::warn!(error = %e, "sign-in failed");
+        failed(e.to_string())
+    })?;
+    let person = identity.person();
+    let Some(role) = api.roles.role(&identity.groups) else {
+        store
+            .record(
+                &serde_json::json!({"type": "sign_in_refused", "person": person, "groups": identity.groups}),
+            )
+            .await?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no_role",
+            format!("{person} is in none of the groups that [roles] gives a role"),
+        ));
+    };
+    let principal = Principal {
+        display_name: identity.name.unwrap_or_else(|| person.clone()),
+        person,
+        role,
+        via: "session".into(),
+    };
+    let session = store.create_session(&principal).await?;
+    let secure = if api.secure_cookies { "; Secure" } else { "" };
+    let cookie = format!(
+        "{SESSION_COOKIE}={session}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        crate::people::SESSION_LIFETIME.as_secs()
+    );
+    Ok((StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, "/".to_owned())])
+        .into_response())
 }

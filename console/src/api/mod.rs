@@ -17,7 +17,7 @@ use axum::{
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::TcpListener;
 
-use crate::{ConsoleError, people::RoleMap, server::Console, store::StoreError};
+use crate::{ConsoleError, oidc::Oidc, people::RoleMap, server::Console, store::StoreError};
 
 /// Largest request body the API reads.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -26,18 +26,15 @@ pub const MAX_BODY: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct Api {
     console: Console,
+    oidc: Option<Arc<Oidc>>,
     roles: Arc<RoleMap>,
     /// Session cookies only over HTTPS (the console is behind a TLS-terminating proxy).
     secure_cookies: bool,
 }
 
 impl Api {
-    pub fn new(console: Console, roles: RoleMap, secure_cookies: bool) -> Self {
-        Self { console, roles: Arc::new(roles), secure_cookies }
-    }
-
-    fn oidc_enabled(&self) -> bool {
-        false
+    pub fn new(console: Console, oidc: Option<Oidc>, roles: RoleMap, secure_cookies: bool) -> Self {
+        Self { console, oidc: oidc.map(Arc::new), roles: Arc::new(roles), secure_cookies }
     }
 
     /// Every route: API, sign-in, UI.
@@ -55,6 +52,8 @@ impl Api {
             .route("/api/tokens/{id}", delete(auth::revoke_token))
             .route("/api/{*rest}", axum::routing::any(unknown_route))
             .route("/auth/options", get(auth::options))
+            .route("/auth/login", get(auth::login))
+            .route("/auth/callback", get(auth::callback))
             .route("/auth/logout", post(auth::logout))
             .route("/", get(|| ui(include_str!("../../ui/index.html"), "text/html; charset=utf-8")))
             .route("/app.js", get(|| ui(include_str!("../../ui/app.js"), "text/javascript; charset=utf-8")))

@@ -1,0 +1,276 @@
+//! The console's OpenID Connect sign-in against a real provider (`oidc-provider` on Node):
+//! who signs in, and every way a callback or an ID token is refused.
+
+use console::oidc::{Identity, Oidc, OidcConfig, OidcError, PendingLogin};
+use reqwest::Url;
+use tests::oidc::{Client, OidcProvider, PASSWORD, sign_in};
+
+/// Where the provider sends the browser back; `sign_in` stops there, nothing listens.
+const REDIRECT: &str = "http://127.0.0.1:8470/auth/callback";
+
+fn config(provider: &OidcProvider, client: &Client) -> OidcConfig {
+    OidcConfig {
+        issuer: provider.issuer().to_owned(),
+        client_id: client.id.to_owned(),
+        client_secret: client.secret.map(String::from),
+        redirect_url: REDIRECT.to_owned(),
+        scopes: ["openid", "email", "profile", "groups"].map(String::from).to_vec(),
+        groups_claim: "groups".to_owned(),
+        ca: None,
+    }
+}
+
+async fn discover(provider: &OidcProvider, client: &Client) -> Oidc {
+    Oidc::discover(&config(provider, client)).await.expect("discover")
+}
+
+/// Begins a sign-in and plays the browser through it: the pending login, and the
+/// callback's `state` and `code`.
+async fn callback(oidc: &Oidc, login: &str) -> (PendingLogin, String, String) {
+    let (authorize, pending) = oidc.begin();
+    let callback = sign_in(&authorize, login, PASSWORD).await.expect("signed in");
+    assert!(callback.starts_with(REDIRECT), "{callback}");
+    let query = |name: &str| {
+        let url = Url::parse(&callback).expect("callback URL");
+        url.query_pairs().find(|(n, _)| n == name).map(|(_, v)| v.into_owned())
+    };
+    let code = query("code").unwrap_or_else(|| panic!("no code in {callback}"));
+    (pending, query("state").expect("state"), code)
+}
+
+#[tokio::test]
+async fn sign_in_names_the_person_and_groups() {
+    let provider = OidcProvider::start(REDIRECT);
+    // The console's client is confidential with RS256 ID tokens; the other public with ES256.
+    for (client, login, subject, name, group) in [
+        (provider.client(), "alice@example.com", "u-alice", "Alice Approver", "keyturn-approvers"),
+        (provider.other_client(), "dana@example.com", "u-dana", "Dana Admin", "keyturn-admins"),
+    ] {
+        let oidc = discover(&provider, client).await;
+        let (pending, state, code) = callback(&oidc, login).await;
+        let identity = oidc.finish(&pending, &state, &code).await.expect("finish");
+        assert_eq!(
+            identity,
+            Identity {
+                issuer: provider.issuer().to_owned(),
+                subject: subject.to_owned(),
+                email: Some(login.to_owned()),
+                name: Some(name.to_owned()),
+                groups: vec![group.to_owned()],
+            }
+        );
+        assert_eq!(identity.person(), login);
+    }
+}
+
+#[tokio::test]
+async fn wrong_state_is_refused() {
+    let provider = OidcProvider::start(REDIRECT);
+    let oidc = discover(&provider, provider.client()).await;
+    let (pending, _, code) = callback(&oidc, "alice@example.com").await;
+    let (_, other) = oidc.begin();
+    let refused = oidc.finish(&pending, &other.state, &code).await;
+    assert!(matches!(refused, Err(OidcError::StateMismatch)), "{refused:?}");
+}
+
+#[tokio::test]
+async fn replayed_code_is_refused() {
+    let provider = OidcProvider::start(REDIRECT);
+    let oidc = discover(&provider, provider.client()).await;
+    let (pending, state, code) = callback(&oidc, "bob@example.com").await;
+    oidc.finish(&pending, &state, &code).await.expect("first use");
+    let refused = oidc.finish(&pending, &state, &code).await;
+    assert!(
+        matches!(&refused, Err(OidcError::TokenRefused { status: 400, error, .. }) if error == "invalid_grant"),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn nonce_of_another_sign_in_is_refused() {
+    let provider = OidcProvider::start(REDIRECT);
+    let oidc = discover(&provider, provider.client()).await;
+    let (pending, state, code) = callback(&oidc, "alice@example.com").await;
+    let (_, other) = oidc.begin();
+    let mixed = PendingLogin { nonce: other.nonce, ..pending };
+    let refused = oidc.finish(&mixed, &state, &code).await;
+    assert!(matches!(refused, Err(OidcError::NonceMismatch)), "{refused:?}");
+}
+
+#[tokio::test]
+async fn expired_sign_in_is_refused() {
+    let provider = OidcProvider::start(REDIRECT);
+    let oidc = discover(&provider, provider.client()).await;
+    let (pending, state, code) = callback(&oidc, "carol@example.com").await;
+    let stale = PendingLogin { created_ms: pending.created_ms - 11 * 60 * 1000, ..pending };
+    let refused = oidc.finish(&stale, &state, &code).await;
+    assert!(matches!(refused, Err(OidcError::PendingExpired)), "{refused:?}");
+}
+
+#[tokio::test]
+async fn wrong_password_yields_no_code() {
+    let provider = OidcProvider::start(REDIRECT);
+    let oidc = discover(&provider, provider.client()).await;
+    let (authorize, _) = oidc.begin();
+    assert_eq!(sign_in(&authorize, "alice@example.com", "not the password").await, None);
+}
+
+#[tokio::test]
+async fn plain_http_issuer_off_loopback_is_refused() {
+    let provider = OidcProvider::start(REDIRECT);
+    let config =
+        OidcConfig { issuer: "http://idp.example.com".to_owned(), ..config(&provider, provider.client()) };
+    let refused = Oidc::discover(&config).await;
+    assert!(matches!(refused, Err(OidcError::InsecureIssuer(_))), "{:?}", refused.err());
+}
+
+#[tokio::test]
+async fn id_token_of_another_client_is_refused() {
+    let provider = OidcProvider::start(REDIRECT);
+    let other = provider.other_client();
+    let (pending, _, code) = callback(&discover(&provider, other).await, "alice@example.com").await;
+    // The other (public) client redeems its code, as it may; its ID token is then shown to
+    // the console.
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("client_id", other.id),
+        ("code", &code),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", &pending.verifier),
+    ];
+    let tokens: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/token", provider.issuer()))
+        .form(&form)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("token endpoint")
+        .json()
+        .await
+        .expect("token response");
+    let id_token = tokens["id_token"].as_str().expect("id_token");
+    let console = discover(&provider, provider.client()).await;
+    let refused = console.verify_id_token(id_token, &pending.nonce).await;
+    assert!(matches!(refused, Err(OidcError::WrongAudience)), "{refused:?}");
+}
+
+/// A console serving its HTTP side on `addr`, signing people in through `provider`; only
+/// approvers and admins have roles.
+async fn console_with_sign_in(provider: &OidcProvider, addr: std::net::SocketAddr, dir: &std::path::Path) {
+    let roles = console::RoleMap {
+        admin: vec!["keyturn-admins".into()],
+        approver: vec!["keyturn-approvers".into()],
+        viewer: vec![],
+    };
+    let store = console::Store::open(&format!("sqlite://{}/console.db?mode=rwc", dir.display()))
+        .await
+        .expect("store");
+    let signer = console::keys::Signer::new(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
+    let mut oidc_config = config(provider, provider.client());
+    oidc_config.redirect_url = format!("http://{addr}/auth/callback");
+    let oidc = Oidc::discover(&oidc_config).await.expect("discover");
+    let api = console::Api::new(console::Console::new(store, signer), Some(oidc), roles, false);
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    tokio::spawn(api.serve(listener));
+}
+
+#[tokio::test]
+async fn the_console_signs_people_in_with_the_role_of_their_groups() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let provider = OidcProvider::start(&format!("http://{addr}/auth/callback"));
+    let dir = std::env::temp_dir().join(format!("kt-oidc-console-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    console_with_sign_in(&provider, addr, &dir).await;
+    let browser =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let base = format!("http://{addr}");
+
+    let options: serde_json::Value = browser
+        .get(format!("{base}/auth/options"))
+        .send()
+        .await
+        .expect("options")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(options["oidc"], true);
+
+    // Signs `login` in through the console's routes; the callback's answer.
+    let sign_in_as = async |login: &str| {
+        let login_page = browser.get(format!("{base}/auth/login")).send().await.expect("login");
+        assert_eq!(login_page.status(), 303);
+        let authorize = login_page.headers()["location"].to_str().expect("location").to_owned();
+        let callback = sign_in(&authorize, login, PASSWORD).await.expect("the provider let them in");
+        browser.get(callback).send().await.expect("callback")
+    };
+
+    let signed_in = sign_in_as("alice@example.com").await;
+    assert_eq!(signed_in.status(), 303, "{:?}", signed_in.text().await);
+    assert_eq!(signed_in.headers()["location"], "/");
+    let cookie = signed_in.headers()["set-cookie"].to_str().expect("cookie").to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    let session = cookie.split(';').next().expect("pair").to_owned();
+    let me: serde_json::Value = browser
+        .get(format!("{base}/api/me"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (me["person"].as_str(), me["role"].as_str()),
+        (Some("alice@example.com"), Some("approver")),
+        "{me}"
+    );
+
+    // A change in a browser session needs the header no other site can send.
+    let forged = browser
+        .post(format!("{base}/api/tokens"))
+        .header("cookie", &session)
+        .body(r#"{"name":"x"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(forged.status(), 403);
+    let forged: serde_json::Value = forged.json().await.expect("json");
+    assert_eq!(forged["error"]["code"], "csrf");
+    let made = browser
+        .post(format!("{base}/api/tokens"))
+        .header("cookie", &session)
+        .header("x-requested-with", "keyturn")
+        .body(r#"{"name":"ci"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(made.status(), 201);
+
+    // Carol's groups give no role here: no session.
+    let refused = sign_in_as("carol@example.com").await;
+    assert_eq!(refused.status(), 403);
+    assert!(refused.headers().get("set-cookie").is_none());
+    let refused: serde_json::Value = refused.json().await.expect("json");
+    assert_eq!(refused["error"]["code"], "no_role", "{refused}");
+
+    // A callback with a state the console never issued opens nothing.
+    let bogus = browser
+        .get(format!("{base}/auth/callback?code=abc&state=never-issued"))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(bogus.status(), 403);
+
+    // Signing out ends the session.
+    let out = browser
+        .post(format!("{base}/auth/logout"))
+        .header("cookie", &session)
+        .header("x-requested-with", "keyturn")
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(out.status(), 204);
+    let after = browser.get(format!("{base}/api/me")).header("cookie", &session).send().await.expect("me");
+    assert_eq!(after.status(), 401);
+    let _ = std::fs::remove_dir_all(&dir);
+}
