@@ -1,8 +1,11 @@
 //! Installs what a fresh machine lacks, idempotently: Debian packages, the nightly
-//! `rust-src` component, bpf-linker built against Debian's LLVM 22, cargo-fuzz, the VM
-//! test kernels.
+//! `rust-src` component, bpf-linker built against Debian's LLVM 22, cargo-fuzz, the browser
+//! test's npm packages, the VM test kernels.
 
-use std::process::{Command, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -24,6 +27,9 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     // console tests: a throw-away PostgreSQL cluster per test (initdb + pg_ctl on a private port)
     "postgresql",
+    // web UI tests: Debian's headless Chromium, driven from Node by playwright-core (tests/browser)
+    "chromium",
+    "nodejs",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -33,6 +39,7 @@ pub fn run() -> Result<()> {
     install_rust_src()?;
     install_bpf_linker()?;
     install_cargo_fuzz()?;
+    install_browser_packages()?;
     crate::vm::install_kernels()
 }
 
@@ -90,6 +97,27 @@ fn install_cargo_fuzz() -> Result<()> {
     }
     eprintln!("setup: installing cargo-fuzz");
     run_command(env!("CARGO"), &["install", "cargo-fuzz", "--locked"], &[])
+}
+
+/// tests/browser's npm packages (playwright-core, never a browser: the tests drive Debian's
+/// Chromium), exactly as package-lock.json pins them.
+fn install_browser_packages() -> Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser");
+    let modified = |path: &Path| path.metadata().and_then(|m| m.modified()).ok();
+    let lock = modified(&dir.join("package-lock.json")).context("tests/browser/package-lock.json")?;
+    if modified(&dir.join("node_modules")).is_some_and(|installed| installed >= lock) {
+        return Ok(());
+    }
+    eprintln!("setup: npm ci in tests/browser");
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .context("run npm")?;
+    if !status.success() {
+        bail!("npm ci in {} failed: {status}", dir.display());
+    }
+    Ok(())
 }
 
 fn install_bpf_linker() -> Result<()> {
