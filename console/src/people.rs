@@ -76,9 +76,9 @@ pub struct TokenInfo {
 }
 
 /// How long a browser session lasts after sign-in.
-pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+pub const SESSION_LIFETIME: Duration = Duration::from_hours(12);
 /// How long a sign-in may take between the redirect to the identity provider and its return.
-pub const LOGIN_LIFETIME: Duration = Duration::from_secs(600);
+pub const LOGIN_LIFETIME: Duration = Duration::from_mins(10);
 /// The prefix of every API token, so scanners and people recognise a leaked one.
 const TOKEN_PREFIX: &str = "kt_";
 

@@ -56,9 +56,15 @@ impl Api {
             .route("/api/{*rest}", axum::routing::any(unknown_route))
             .route("/auth/options", get(auth::options))
             .route("/auth/logout", post(auth::logout))
-            .route("/", get(|| ui(include_str!("../../ui/index.html"), "text/html; charset=utf-8")))
-            .route("/app.js", get(|| ui(include_str!("../../ui/app.js"), "text/javascript; charset=utf-8")))
-            .route("/style.css", get(|| ui(include_str!("../../ui/style.css"), "text/css; charset=utf-8")))
+            .route("/", get(async || ui(include_str!("../../ui/index.html"), "text/html; charset=utf-8")))
+            .route(
+                "/app.js",
+                get(async || ui(include_str!("../../ui/app.js"), "text/javascript; charset=utf-8")),
+            )
+            .route(
+                "/style.css",
+                get(async || ui(include_str!("../../ui/style.css"), "text/css; charset=utf-8")),
+            )
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(axum::middleware::map_response(harden))
             .with_state(self)
@@ -151,7 +157,7 @@ async fn unknown_route() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route: see /api/openapi.json")
 }
 
-async fn ui(text: &'static str, content_type: &'static str) -> Response {
+fn ui(text: &'static str, content_type: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
