@@ -84,16 +84,18 @@ impl Served {
     }
 
     fn token(&self, rt: &tokio::runtime::Runtime, person: &str, role: Role) -> String {
-        rt.block_on(self.store().create_api_token(person, role, "browser test", "web_ui test")).expect("token").1
+        rt.block_on(self.store().create_api_token(person, role, "browser test", "web_ui test"))
+            .expect("token")
+            .1
     }
 
     /// Waits until the console has hold `id` of this test's host pending.
     fn pending(&self, rt: &tokio::runtime::Runtime, id: &str) {
         let deadline = Instant::now() + WAIT;
-        while !rt
+        while rt
             .block_on(self.store().hold(HOST, id))
             .expect("read the store")
-            .is_some_and(|r| r.status == "pending")
+            .is_none_or(|r| r.status != "pending")
         {
             assert!(Instant::now() < deadline, "hold {id} did not reach the console");
             std::thread::sleep(Duration::from_millis(20));
@@ -118,7 +120,10 @@ struct Browser {
 
 impl Browser {
     fn step(&self, name: &str) -> &Value {
-        self.steps.iter().find(|s| s["step"] == name).unwrap_or_else(|| panic!("no step {name}: {}", self.log))
+        self.steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}: {}", self.log))
     }
 }
 
@@ -192,7 +197,10 @@ fn a_person_approves_a_held_exec_in_the_browser_and_it_runs() {
 
     assert_eq!(finish(agent), (0, "approved in the browser\n".to_owned()));
     let decided = &console_audit(&rt, &served, "decided", &id)[0];
-    assert_eq!((decided["by"].clone(), decided["reason"].clone()), ("bob@example.com".into(), "expected by the test".into()));
+    assert_eq!(
+        (decided["by"].clone(), decided["reason"].clone()),
+        ("bob@example.com".into(), "expected by the test".into())
+    );
     let host = daemon.wait_record(0, |e| e["type"] == "decision" && e["id"] == id.as_str());
     assert_eq!((host["verdict"].clone(), host["by"].clone()), ("approve".into(), "bob@example.com".into()));
     assert_eq!(host["reason"], "expected by the test");
@@ -213,7 +221,10 @@ fn a_viewer_is_refused_in_the_browser_and_the_process_stays_held_until_denied() 
     assert_eq!(run.step("refused")["code"], "forbidden");
     assert!(text(&run.step("refused")["message"]).contains("approver role"), "{}", run.log);
     let refused = &console_audit(&rt, &served, "decision_refused", &id)[0];
-    assert_eq!((refused["by"].clone(), refused["code"].clone()), ("vera@example.com".into(), "forbidden".into()));
+    assert_eq!(
+        (refused["by"].clone(), refused["code"].clone()),
+        ("vera@example.com".into(), "forbidden".into())
+    );
     assert_eq!(daemon.pending().len(), 1, "still held");
 
     let approver = served.token(&rt, "bob@example.com", Role::Approver);
