@@ -73,6 +73,8 @@ async function run(page) {
     left: (await page.getByTestId("hold-left").textContent()).trim(),
   };
   say("context", context);
+  const images = await page.locator("main img").count();
+  if (images) throw new Error(`${images} <img> in the page: agent data was rendered as markup`);
   if (opts["expect-argv"] !== undefined && context.argv !== opts["expect-argv"]) {
     throw new Error(`command line ${JSON.stringify(context.argv)}, expected ${JSON.stringify(opts["expect-argv"])}`);
   }
@@ -121,12 +123,21 @@ try {
   });
   context.setDefaultTimeout(TIMEOUT_MS);
   const page = context.pages()[0] ?? (await context.newPage());
-  page.on("pageerror", (error) => say("page_error", { message: error.message }));
+  const pageErrors = [];
+  page.on("pageerror", (error) => {
+    pageErrors.push(error.message);
+    say("page_error", { message: error.message });
+  });
+  page.on("dialog", (dialog) => {
+    pageErrors.push(`dialog: ${dialog.message()}`);
+    dialog.dismiss();
+  });
   page.on("console", (message) => {
     if (message.type() === "error") say("console_error", { text: message.text() });
   });
   try {
     await run(page);
+    if (pageErrors.length) throw new Error(`the page failed: ${pageErrors.join("; ")}`);
     code = 0;
   } catch (error) {
     const screenshot = join(tmpdir(), `keyturn-ui-failure-${process.pid}.png`);

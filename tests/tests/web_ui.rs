@@ -170,11 +170,16 @@ fn a_person_approves_a_held_exec_in_the_browser_and_it_runs() {
     let served = Served::start();
     let daemon = served.daemon();
     let token = served.token(&rt, "bob@example.com", Role::Approver);
-    let agent = daemon.run_agent(&daemon.flagged(), &["approved in the browser"]);
+    // Markup from the agent is shown as text, never acted on; the daemon already escaped
+    // the terminal escape (the UI would mark a raw one too).
+    let hostile = "<img src=x onerror=alert(1)>approved\x1b[1m";
+    let agent = daemon.run_agent(&daemon.flagged(), &[hostile]);
     let hold = daemon.pending_one();
     let id = text(&hold["id"]).to_owned();
     served.pending(&rt, &id);
     let argv: Vec<&str> = hold["argv"].as_array().expect("argv").iter().map(text).collect();
+    assert_eq!(argv[1], hostile.replace('\x1b', "\\x1b"));
+    let shown = argv.join(" ");
 
     let run = browser(
         &served,
@@ -183,7 +188,7 @@ fn a_person_approves_a_held_exec_in_the_browser_and_it_runs() {
             "--token",
             &token,
             "--expect-argv",
-            &argv.join(" "),
+            &shown,
             "--expect-rule",
             text(&hold["policy_rule"]),
             "--reason",
@@ -192,10 +197,10 @@ fn a_person_approves_a_held_exec_in_the_browser_and_it_runs() {
     );
     assert!(run.success, "{}", run.log);
     assert_eq!(run.step("signed_in")["role"], "approver");
-    assert_eq!(run.step("context")["argv"], argv.join(" "));
+    assert_eq!(run.step("context")["argv"], shown.as_str());
     assert!(text(&run.step("shown")["decision"]).contains("bob@example.com"), "{}", run.log);
 
-    assert_eq!(finish(agent), (0, "approved in the browser\n".to_owned()));
+    assert_eq!(finish(agent), (0, format!("{hostile}\n")));
     let decided = &console_audit(&rt, &served, "decided", &id)[0];
     assert_eq!(
         (decided["by"].clone(), decided["reason"].clone()),
