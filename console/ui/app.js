@@ -169,6 +169,8 @@ $("sign-out").addEventListener("click", async () => {
   sessionStorage.removeItem(TOKEN_KEY);
   if (!token) await api("/auth/logout", { method: "POST" }).catch(() => {});
   me = null;
+  clearInterval(queueTimer);
+  queueTimer = null;
   $("who").hidden = $("nav").hidden = true;
   location.hash = "";
   showSignIn();
@@ -177,7 +179,9 @@ $("sign-out").addEventListener("click", async () => {
 // ---- Views and routing ----------------------------------------------------------
 
 const VIEWS = ["signin", "pending", "hold", "history", "audit"];
+/** The open hold's poll; the pending queue's own runs on every view, for its count. */
 let timer = null;
+let queueTimer = null;
 
 function show(view) {
   clearInterval(timer);
@@ -190,21 +194,27 @@ function show(view) {
   }
 }
 
-/** Runs `load` now and every second while the view stays. */
-function poll(load) {
-  load();
-  timer = setInterval(load, POLL_MS);
+/** Opens hold `id` when its row is clicked anywhere but on its link. */
+function linkRow(row, id) {
+  row.dataset.holdId = id;
+  row.addEventListener("click", (event) => {
+    if (!event.target.closest("a")) location.hash = holdHref(id);
+  });
+  return row;
 }
 
 async function route() {
   $("notice").hidden = true;
   if (!me && !(await signedIn())) return showSignIn();
+  if (!queueTimer) {
+    loadPending();
+    queueTimer = setInterval(loadPending, POLL_MS);
+  }
   const [, view, arg] = location.hash.match(/^#\/([a-z]+)\/?(.*)$/) ?? [];
   if (view === "hold" && arg) return openHold(decodeURIComponent(arg));
   if (view === "history") return openHistory();
   if (view === "audit") return openAudit();
   show("pending");
-  poll(loadPending);
 }
 
 window.addEventListener("hashchange", route);
@@ -212,6 +222,8 @@ window.addEventListener("hashchange", route);
 /** A failed load: sign in again when the session or token is gone; else say so. */
 function failed(error) {
   if (error.code === "unauthenticated") {
+    clearInterval(queueTimer);
+    queueTimer = null;
     me = null;
     sessionStorage.removeItem(TOKEN_KEY);
     $("who").hidden = $("nav").hidden = true;
@@ -246,13 +258,15 @@ async function loadPending() {
     const value = $(`pending-${kind}`).value;
     if (value) params.set(kind, value);
   }
+  const updated = $("pending-updated");
   let data;
   try {
     ({ data } = await api(`/api/holds?${params}`));
   } catch (error) {
-    return failed(error);
+    if (error.code === "unauthenticated") return failed(error);
+    updated.className = "error";
+    return showError(updated, error);
   }
-  $("notice").hidden = true;
   remember("host", data.holds.map((h) => h.host));
   remember("agent", data.holds.map((h) => h.agent));
   const rows = data.holds.map((hold) => {
@@ -269,16 +283,13 @@ async function loadPending() {
       el("td", { className: left < 60_000 ? "num urgent" : "num" }, duration(left)),
     );
     row.dataset.testid = "hold-row";
-    row.dataset.holdId = hold.id;
-    row.addEventListener("click", (event) => {
-      if (!event.target.closest("a")) location.hash = holdHref(hold.id);
-    });
-    return row;
+    return linkRow(row, hold.id);
   });
   $("pending-rows").replaceChildren(...rows);
   $("pending-empty").hidden = rows.length > 0;
   $("pending-count").textContent = rows.length ? String(rows.length) : "";
-  $("pending-updated").textContent = `updated ${new Date(data.now_ms).toLocaleTimeString()}`;
+  updated.className = "hint";
+  updated.textContent = `updated ${new Date(data.now_ms).toLocaleTimeString()}`;
 }
 
 for (const kind of ["host", "agent"]) $(`pending-${kind}`).addEventListener("change", loadPending);
@@ -370,7 +381,8 @@ function openHold(id) {
     $("decide").hidden = true;
     $("decide-error").hidden = $("decide-result").hidden = true;
   }
-  poll(loadHold);
+  loadHold();
+  timer = setInterval(loadHold, POLL_MS);
 }
 
 async function decide(verdict) {
@@ -437,8 +449,7 @@ async function loadHistory(more) {
         el("td", {}, timestamp(hold.requested_at_ms)),
       );
       row.dataset.testid = "history-row";
-      row.dataset.holdId = hold.id;
-      return row;
+      return linkRow(row, hold.id);
     });
   if (more) $("history-rows").append(...rows);
   else $("history-rows").replaceChildren(...rows);
