@@ -65,6 +65,7 @@ impl Api {
                 "/style.css",
                 get(async || ui(include_str!("../../ui/style.css"), "text/css; charset=utf-8")),
             )
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(axum::middleware::map_response(harden))
             .with_state(self)
@@ -155,6 +156,14 @@ async fn openapi() -> Response {
 
 async fn unknown_route() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route: see /api/openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route has no such method: see /api/openapi.json",
+    )
 }
 
 fn ui(text: &'static str, content_type: &'static str) -> Response {

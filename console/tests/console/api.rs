@@ -302,6 +302,9 @@ async fn the_openapi_document_and_the_router_agree() {
             );
         }
     }
+    // A known route with another method is refused in the API's error shape too.
+    let (status, body) = api.call(Method::PUT, "/api/holds", &As::Token(&admin), None).await;
+    refused(&(status, body), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     let source = include_str!("../../src/api/mod.rs");
     let routes: BTreeSet<&str> = source
         .split(".route(\"")
