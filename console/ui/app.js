@@ -360,6 +360,7 @@ function renderHold(hold, nowMs) {
   $("hold-parents").replaceChildren(...parents);
   $("parents-title").hidden = $("hold-parents").parentElement.hidden = parents.length === 0;
   $("decide").hidden = hold.status !== "pending";
+  $("decide-role").hidden = me?.role !== "viewer";
 }
 
 async function loadHold() {
