@@ -76,9 +76,9 @@ pub struct TokenInfo {
 }
 
 /// How long a browser session lasts after sign-in.
-pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+pub const SESSION_LIFETIME: Duration = Duration::from_hours(12);
 /// How long a sign-in may take between the redirect to the identity provider and its return.
-pub const LOGIN_LIFETIME: Duration = Duration::from_secs(600);
+pub const LOGIN_LIFETIME: Duration = Duration::from_mins(10);
 /// How finely a token's last use is recorded.
 const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 /// The prefix of every API token, so scanners and people recognise a leaked one.

@@ -57,13 +57,13 @@ const DETAIL: &str =
         h.deadline_ms, h.quorum, h.approvals, h.status, h.closed_reason, h.raised, d.signed
     FROM holds h LEFT JOIN decisions d ON d.host = h.host AND d.hold_id = h.id";
 
-fn corrupt(hold_id: &str, reason: impl ToString) -> StoreError {
+fn corrupt(hold_id: &str, reason: &impl ToString) -> StoreError {
     StoreError::Corrupt { hold_id: hold_id.to_owned(), reason: reason.to_string() }
 }
 
 fn decode<M: prost::Message + Default>(hold_id: &str, hex_text: &str) -> Result<M, StoreError> {
-    let bytes = hex::decode(hex_text).map_err(|e| corrupt(hold_id, e))?;
-    M::decode(bytes.as_slice()).map_err(|e| corrupt(hold_id, e))
+    let bytes = hex::decode(hex_text).map_err(|e| corrupt(hold_id, &e))?;
+    M::decode(bytes.as_slice()).map_err(|e| corrupt(hold_id, &e))
 }
 
 /// `text` for a LIKE pattern that matches it literally anywhere.
@@ -128,7 +128,7 @@ impl Store {
         let decision = match row.try_get::<Option<String>, _>(14)? {
             Some(signed) => {
                 let signed: SignedDecision = decode(&record.id, &signed)?;
-                Some(Decision::decode(signed.decision.as_slice()).map_err(|e| corrupt(&record.id, e))?)
+                Some(Decision::decode(signed.decision.as_slice()).map_err(|e| corrupt(&record.id, &e))?)
             }
             None => None,
         };

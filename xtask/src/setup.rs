@@ -1,6 +1,6 @@
 //! Installs what a fresh machine lacks, idempotently: Debian packages, the nightly
-//! `rust-src` component, bpf-linker built against Debian's LLVM 22, cargo-fuzz, the VM
-//! test kernels, the Node packages of the tests' OpenID provider.
+//! `rust-src` component, bpf-linker built against Debian's LLVM 22, cargo-fuzz, the tests'
+//! npm packages (OpenID provider, browser driver), the VM test kernels.
 
 use std::{
     fs,
@@ -28,7 +28,9 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     // console tests: a throw-away PostgreSQL cluster per test (initdb + pg_ctl on a private port)
     "postgresql",
-    // console tests: a real OpenID provider (oidc-provider in tests/js; npm comes below)
+    // web UI tests: Debian's headless Chromium, driven from Node by playwright-core
+    // (tests/browser); a real OpenID provider (oidc-provider in tests/js); npm comes below
+    "chromium",
     "nodejs",
 ];
 
@@ -39,7 +41,7 @@ pub fn run() -> Result<()> {
     install_rust_src()?;
     install_bpf_linker()?;
     install_cargo_fuzz()?;
-    install_test_js()?;
+    install_node_packages()?;
     crate::vm::install_kernels()
 }
 
@@ -104,22 +106,27 @@ fn install_cargo_fuzz() -> Result<()> {
     run_command(env!("CARGO"), &["install", "cargo-fuzz", "--locked"], &[])
 }
 
-/// The Node packages of `tests/js` (the OpenID provider of the console's tests), as
-/// `package-lock.json` pins them: `npm ci` when `node_modules` is missing or older.
-fn install_test_js() -> Result<()> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/js");
-    let modified = |file: &str| fs::metadata(dir.join(file)).and_then(|m| m.modified()).ok();
-    let lock = modified("package-lock.json").context("tests/js/package-lock.json is missing")?;
-    if modified("node_modules/.package-lock.json").is_some_and(|installed| installed >= lock) {
-        return Ok(());
+/// The tests' Node packages as each `package-lock.json` pins them (`tests/js`: the OpenID
+/// provider; `tests/browser`: playwright-core, never a browser: the tests drive Debian's
+/// Chromium): `npm ci` where `node_modules` is missing or older than the lock.
+fn install_node_packages() -> Result<()> {
+    for dir in ["js", "browser"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests").join(dir);
+        let modified = |file: &str| fs::metadata(dir.join(file)).and_then(|m| m.modified()).ok();
+        let lock =
+            modified("package-lock.json").with_context(|| format!("{}/package-lock.json", dir.display()))?;
+        if modified("node_modules/.package-lock.json").is_some_and(|installed| installed >= lock) {
+            continue;
+        }
+        if output("npm", &["--version"]).is_none() {
+            // Debian's nodejs comes without npm (NodeSource's includes it).
+            eprintln!("setup: installing npm");
+            run_command("apt-get", &["install", "-y", "-qq", "--no-install-recommends", "npm"], &[])?;
+        }
+        eprintln!("setup: npm ci in {}", dir.display());
+        run_command_in(&dir, "npm", &["ci", "--no-audit", "--no-fund"], &[])?;
     }
-    if output("npm", &["--version"]).is_none() {
-        // Debian's nodejs comes without npm (NodeSource's includes it).
-        eprintln!("setup: installing npm");
-        run_command("apt-get", &["install", "-y", "-qq", "--no-install-recommends", "npm"], &[])?;
-    }
-    eprintln!("setup: installing the Node packages of tests/js");
-    run_command_in(&dir, "npm", &["ci", "--no-audit", "--no-fund"], &[])
+    Ok(())
 }
 
 fn install_bpf_linker() -> Result<()> {

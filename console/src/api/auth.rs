@@ -158,7 +158,7 @@ pub async fn login(State(api): State<Api>) -> Result<Response, ApiError> {
     let oidc = api.oidc.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            "no_identity_provider",
             "no identity provider is configured: sign in with an API token",
         )
     })?;

@@ -55,9 +55,16 @@ impl Api {
             .route("/auth/login", get(auth::login))
             .route("/auth/callback", get(auth::callback))
             .route("/auth/logout", post(auth::logout))
-            .route("/", get(|| ui(include_str!("../../ui/index.html"), "text/html; charset=utf-8")))
-            .route("/app.js", get(|| ui(include_str!("../../ui/app.js"), "text/javascript; charset=utf-8")))
-            .route("/style.css", get(|| ui(include_str!("../../ui/style.css"), "text/css; charset=utf-8")))
+            .route("/", get(async || ui(include_str!("../../ui/index.html"), "text/html; charset=utf-8")))
+            .route(
+                "/app.js",
+                get(async || ui(include_str!("../../ui/app.js"), "text/javascript; charset=utf-8")),
+            )
+            .route(
+                "/style.css",
+                get(async || ui(include_str!("../../ui/style.css"), "text/css; charset=utf-8")),
+            )
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(axum::middleware::map_response(harden))
             .with_state(self)
@@ -150,7 +157,15 @@ async fn unknown_route() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route: see /api/openapi.json")
 }
 
-async fn ui(text: &'static str, content_type: &'static str) -> Response {
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route has no such method: see /api/openapi.json",
+    )
+}
+
+fn ui(text: &'static str, content_type: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 

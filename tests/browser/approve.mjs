@@ -1,0 +1,153 @@
+// Drives the console's web UI in Debian's headless Chromium: sign in, find a held action in
+// the pending queue, check its context, approve it once. Prints what it saw as JSON lines.
+//
+//   node approve.mjs --url URL --hold HOLD@HOST --token kt_… [--expect-argv TEXT]
+//        [--expect-rule TEXT] [--reason TEXT] [--expect approved|<error code>]
+//   (--login NAME --password SECRET instead of --token: sign in through the identity provider)
+//
+// Exits 0 only if the UI shows the expected outcome; otherwise saves a screenshot in the
+// temp dir and exits 1.
+
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { chromium } from "playwright-core";
+
+const { values: opts } = parseArgs({
+  options: {
+    url: { type: "string" },
+    hold: { type: "string" },
+    token: { type: "string" },
+    login: { type: "string" },
+    password: { type: "string" },
+    "expect-argv": { type: "string" },
+    "expect-rule": { type: "string" },
+    reason: { type: "string", default: "checked in the browser test" },
+    expect: { type: "string", default: "approved" },
+  },
+});
+if (!opts.url || !opts.hold || !(opts.token || opts.login)) {
+  console.error("usage: approve.mjs --url URL --hold HOLD@HOST (--token T | --login L --password P) …");
+  process.exit(2);
+}
+
+const TIMEOUT_MS = 15_000;
+
+const say = (step, fields = {}) => console.log(JSON.stringify({ step, ...fields }));
+
+/** Signs in with an API token on the console's own sign-in screen. */
+async function signInWithToken(page, token) {
+  await page.getByTestId("token-input").fill(token);
+  await page.getByTestId("token-submit").click();
+}
+
+/** Signs in through the identity provider's login form, which sends the browser back. */
+async function signInWithProvider(page, login, password) {
+  await page.getByTestId("oidc-signin").click();
+  await page.locator('input[name="login"]').fill(login);
+  await page.locator('input[name="password"]').fill(password);
+  await page.locator('[type="submit"]').click();
+  await page.waitForURL((url) => url.origin === new URL(opts.url).origin);
+}
+
+async function run(page) {
+  await page.goto(opts.url);
+  if (opts.token) await signInWithToken(page, opts.token);
+  else await signInWithProvider(page, opts.login, opts.password);
+  const who = page.getByTestId("whoami");
+  await who.waitFor();
+  say("signed_in", { whoami: (await who.textContent()).trim(), role: await page.getByTestId("whoami-role").textContent() });
+
+  const row = page.locator(`[data-testid="hold-row"][data-hold-id=${JSON.stringify(opts.hold)}]`);
+  await row.waitFor();
+  say("queued", { id: opts.hold, row: (await row.innerText()).split("\t").map((cell) => cell.trim()) });
+  await row.click();
+
+  const argv = page.getByTestId("hold-argv");
+  await argv.waitFor();
+  const context = {
+    argv: (await argv.textContent()).trim(),
+    rule: (await page.getByTestId("hold-rule").textContent()).trim(),
+    status: (await page.getByTestId("hold-status").textContent()).trim(),
+    left: (await page.getByTestId("hold-left").textContent()).trim(),
+  };
+  say("context", context);
+  const images = await page.locator("main img").count();
+  if (images) throw new Error(`${images} <img> in the page: agent data was rendered as markup`);
+  if (opts["expect-argv"] !== undefined && context.argv !== opts["expect-argv"]) {
+    throw new Error(`command line ${JSON.stringify(context.argv)}, expected ${JSON.stringify(opts["expect-argv"])}`);
+  }
+  if (opts["expect-rule"] !== undefined && context.rule !== opts["expect-rule"]) {
+    throw new Error(`rule ${JSON.stringify(context.rule)}, expected ${JSON.stringify(opts["expect-rule"])}`);
+  }
+
+  await page.getByTestId("scope-once").check();
+  await page.getByTestId("reason").fill(opts.reason);
+  await page.getByTestId("approve").click();
+  const result = page.getByTestId("decide-result");
+  const error = page.getByTestId("decide-error");
+  await page.locator('[data-testid="decide-result"]:not([hidden]), [data-testid="decide-error"]:not([hidden])').waitFor();
+  if (await error.isVisible()) {
+    const code = await error.getAttribute("data-code");
+    say("refused", { code, message: (await error.textContent()).trim() });
+    if (code !== opts.expect) throw new Error(`refused with ${code}, expected ${opts.expect}`);
+    return;
+  }
+  say("decided", { result: (await result.textContent()).trim() });
+  if (opts.expect !== "approved") throw new Error(`approved, expected ${opts.expect}`);
+  await page.locator('[data-testid="hold-status"]', { hasText: "approved" }).waitFor();
+  say("shown", {
+    status: (await page.getByTestId("hold-status").textContent()).trim(),
+    decision: (await page.getByTestId("hold-decision").textContent()).trim(),
+  });
+}
+
+const profile = mkdtempSync(join(tmpdir(), "keyturn-chromium-"));
+let context;
+let code = 1;
+try {
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  context.setDefaultTimeout(TIMEOUT_MS);
+  const page = context.pages()[0] ?? (await context.newPage());
+  const pageErrors = [];
+  page.on("pageerror", (error) => {
+    pageErrors.push(error.message);
+    say("page_error", { message: error.message });
+  });
+  page.on("dialog", (dialog) => {
+    pageErrors.push(`dialog: ${dialog.message()}`);
+    dialog.dismiss();
+  });
+  page.on("console", (message) => {
+    if (message.type() === "error") say("console_error", { text: message.text() });
+  });
+  try {
+    await run(page);
+    if (pageErrors.length) throw new Error(`the page failed: ${pageErrors.join("; ")}`);
+    code = 0;
+  } catch (error) {
+    const screenshot = join(tmpdir(), `keyturn-ui-failure-${process.pid}.png`);
+    await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
+    say("failed", { error: String(error?.message ?? error), screenshot });
+  }
+} catch (error) {
+  say("failed", { error: String(error?.message ?? error) });
+} finally {
+  await context?.close().catch(() => {});
+  rmSync(profile, { recursive: true, force: true });
+}
+process.exit(code);

@@ -1,0 +1,249 @@
+//! The console's web UI in a real headless Chromium (tests/browser, playwright-core): a
+//! person approves a held exec of the real daemon there, and a viewer's approval is refused.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use console::{Api, Console, Role, RoleMap, Store, keys::Signer};
+use ed25519_dalek::SigningKey;
+use serde_json::Value;
+use tests::{
+    WAIT,
+    daemon::{Daemon, HOLD_FLAGGED, finish},
+};
+use tokio::sync::oneshot;
+
+/// The name the test daemons give themselves at the console.
+const HOST: &str = "ui-host";
+
+fn console_key() -> SigningKey {
+    SigningKey::from_bytes(&[7; 32])
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+/// A console on SQLite in a runtime of its own thread: host streams on one loopback port,
+/// the web UI and API on another; everything ends, and its files go, on drop.
+struct Served {
+    console: Console,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    fn start() -> Self {
+        static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kt-web-ui-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("console dir");
+        let database = format!("sqlite://{}/console.db?mode=rwc", dir.display());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ready, is_ready) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let console =
+                    Console::new(Store::open(&database).await.expect("store"), Signer::new(console_key()));
+                let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+                let (grpc, http) = (bind().await.expect("bind"), bind().await.expect("bind"));
+                let addrs = (grpc.local_addr().expect("addr"), http.local_addr().expect("addr"));
+                ready.send((console.clone(), addrs)).expect("ready");
+                let api = Api::new(console.clone(), None, RoleMap::default(), false);
+                tokio::select! {
+                    result = console.serve(grpc) => result.expect("serve hosts"),
+                    result = api.serve(http) => result.expect("serve the API"),
+                    _ = stopped => {}
+                }
+            });
+        });
+        let (console, (grpc, http)) = is_ready.recv().expect("the console started");
+        Self { console, http, grpc, dir, stop: Some(stop), thread: Some(thread) }
+    }
+
+    fn store(&self) -> &Store {
+        self.console.store()
+    }
+
+    /// A daemon linked to this console over plaintext, holding its `flagged` program.
+    fn daemon(&self) -> Daemon {
+        let public = hex::encode(console_key().verifying_key().as_bytes());
+        let section = format!(
+            "console = {{ endpoint = \"http://{}\", public_keys = [\"{public}\"], host = \"{HOST}\" }}",
+            self.grpc
+        );
+        Daemon::start_with_config(HOLD_FLAGGED, &section)
+    }
+
+    fn token(&self, rt: &tokio::runtime::Runtime, person: &str, role: Role) -> String {
+        rt.block_on(self.store().create_api_token(person, role, "browser test", "web_ui test"))
+            .expect("token")
+            .1
+    }
+
+    /// Waits until the console has hold `id` of this test's host pending.
+    fn pending(&self, rt: &tokio::runtime::Runtime, id: &str) {
+        let deadline = Instant::now() + WAIT;
+        while rt
+            .block_on(self.store().hold(HOST, id))
+            .expect("read the store")
+            .is_none_or(|r| r.status != "pending")
+        {
+            assert!(Instant::now() < deadline, "hold {id} did not reach the console");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.stop.take().expect("running").send(());
+        self.thread.take().expect("running").join().expect("the console thread");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What the browser script did: whether it succeeded, and the JSON lines it printed.
+struct Browser {
+    success: bool,
+    steps: Vec<Value>,
+    log: String,
+}
+
+impl Browser {
+    fn step(&self, name: &str) -> &Value {
+        self.steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}: {}", self.log))
+    }
+}
+
+/// Runs `tests/browser/approve.mjs` against `served` for hold `HOLD@HOST` with `args`.
+fn browser(served: &Served, hold: &str, args: &[&str]) -> Browser {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "{}: no node_modules; run `cargo xtask setup` (npm ci)",
+        dir.display()
+    );
+    let started = Instant::now();
+    let out = Command::new("node")
+        .arg(dir.join("approve.mjs"))
+        .args(["--url", &format!("http://{}/", served.http), "--hold", hold])
+        .args(args)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let log = format!(
+        "{:?} in {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("browser: {log}");
+    let steps = stdout.lines().map(|line| serde_json::from_str(line).expect("a JSON line")).collect();
+    Browser { success: out.status.success(), steps, log }
+}
+
+/// The console's audit events of `type` about hold `id`.
+fn console_audit(rt: &tokio::runtime::Runtime, served: &Served, kind: &str, id: &str) -> Vec<Value> {
+    let events = rt.block_on(served.store().audit_events()).expect("audit");
+    events.into_iter().filter(|e| e["type"] == kind && e["hold"] == id).collect()
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().expect("a string")
+}
+
+#[test]
+fn a_person_approves_a_held_exec_in_the_browser_and_it_runs() {
+    let rt = runtime();
+    let served = Served::start();
+    let daemon = served.daemon();
+    let token = served.token(&rt, "bob@example.com", Role::Approver);
+    // Markup from the agent is shown as text, never acted on; the daemon already escaped
+    // the terminal escape (the UI would mark a raw one too).
+    let hostile = "<img src=x onerror=alert(1)>approved\x1b[1m";
+    let agent = daemon.run_agent(&daemon.flagged(), &[hostile]);
+    let hold = daemon.pending_one();
+    let id = text(&hold["id"]).to_owned();
+    served.pending(&rt, &id);
+    let argv: Vec<&str> = hold["argv"].as_array().expect("argv").iter().map(text).collect();
+    assert_eq!(argv[1], hostile.replace('\x1b', "\\x1b"));
+    let shown = argv.join(" ");
+
+    let run = browser(
+        &served,
+        &format!("{id}@{HOST}"),
+        &[
+            "--token",
+            &token,
+            "--expect-argv",
+            &shown,
+            "--expect-rule",
+            text(&hold["policy_rule"]),
+            "--reason",
+            "expected by the test",
+        ],
+    );
+    assert!(run.success, "{}", run.log);
+    assert_eq!(run.step("signed_in")["role"], "approver");
+    assert_eq!(run.step("context")["argv"], shown.as_str());
+    assert!(text(&run.step("shown")["decision"]).contains("bob@example.com"), "{}", run.log);
+
+    assert_eq!(finish(agent), (0, format!("{hostile}\n")));
+    let decided = &console_audit(&rt, &served, "decided", &id)[0];
+    assert_eq!(
+        (decided["by"].clone(), decided["reason"].clone()),
+        ("bob@example.com".into(), "expected by the test".into())
+    );
+    let host = daemon.wait_record(0, |e| e["type"] == "decision" && e["id"] == id.as_str());
+    assert_eq!((host["verdict"].clone(), host["by"].clone()), ("approve".into(), "bob@example.com".into()));
+    assert_eq!(host["reason"], "expected by the test");
+}
+
+#[test]
+fn a_viewer_is_refused_in_the_browser_and_the_process_stays_held_until_denied() {
+    let rt = runtime();
+    let served = Served::start();
+    let daemon = served.daemon();
+    let viewer = served.token(&rt, "vera@example.com", Role::Viewer);
+    let agent = daemon.run_agent(&daemon.flagged(), &["must-not-print"]);
+    let id = text(&daemon.pending_one()["id"]).to_owned();
+    served.pending(&rt, &id);
+
+    let run = browser(&served, &format!("{id}@{HOST}"), &["--token", &viewer, "--expect", "forbidden"]);
+    assert!(run.success, "{}", run.log);
+    assert_eq!(run.step("refused")["code"], "forbidden");
+    assert!(text(&run.step("refused")["message"]).contains("approver role"), "{}", run.log);
+    let refused = &console_audit(&rt, &served, "decision_refused", &id)[0];
+    assert_eq!(
+        (refused["by"].clone(), refused["code"].clone()),
+        ("vera@example.com".into(), "forbidden".into())
+    );
+    assert_eq!(daemon.pending().len(), 1, "still held");
+
+    let approver = served.token(&rt, "bob@example.com", Role::Approver);
+    let denied = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{}/api/holds/{id}@{HOST}/deny", served.http))
+            .bearer_auth(&approver)
+            .json(&serde_json::json!({"reason": "not today"}))
+            .send()
+            .await
+            .expect("deny")
+    });
+    assert_eq!(denied.status(), 200);
+    assert_eq!(finish(agent), (128 + libc::SIGKILL, String::new()));
+    let host = daemon.wait_record(0, |e| e["type"] == "decision" && e["id"] == id.as_str());
+    assert_eq!((host["verdict"].clone(), host["by"].clone()), ("deny".into(), "bob@example.com".into()));
+}
