@@ -1,5 +1,6 @@
 //! The console's web UI in a real headless Chromium (tests/browser, playwright-core): a
-//! person approves a held exec of the real daemon there, and a viewer's approval is refused.
+//! person signs in through a real OpenID provider and approves a held exec of the real
+//! daemon there, and a viewer's approval is refused.
 
 use std::{
     net::SocketAddr,
@@ -8,12 +9,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use console::{Api, Console, Role, RoleMap, Store, keys::Signer};
+use console::{
+    Api, Console, Role, RoleMap, Store,
+    keys::Signer,
+    oidc::{Oidc, OidcConfig},
+};
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 use tests::{
     WAIT,
     daemon::{Daemon, HOLD_FLAGGED, finish},
+    oidc::{OidcProvider, PASSWORD},
 };
 use tokio::sync::oneshot;
 
@@ -41,6 +47,22 @@ struct Served {
 
 impl Served {
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// The same, signing people in through `provider` too (groups give the roles), whose
+    /// redirect must be `http://HTTP/auth/callback`.
+    fn start_with(sign_in: Option<(&OidcProvider, SocketAddr)>) -> Self {
+        let oidc = sign_in.map(|(provider, http)| OidcConfig {
+            issuer: provider.issuer().to_owned(),
+            client_id: provider.client().id.to_owned(),
+            client_secret: provider.client().secret.map(String::from),
+            redirect_url: format!("http://{http}/auth/callback"),
+            scopes: ["openid", "email", "profile", "groups"].map(String::from).to_vec(),
+            groups_claim: "groups".to_owned(),
+            ca: None,
+        });
+        let http = sign_in.map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |(_, http)| http);
         static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("kt-web-ui-{}-{n}", std::process::id()));
@@ -53,11 +75,20 @@ impl Served {
             runtime().block_on(async move {
                 let console =
                     Console::new(Store::open(&database).await.expect("store"), Signer::new(console_key()));
-                let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
-                let (grpc, http) = (bind().await.expect("bind"), bind().await.expect("bind"));
+                let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let http = tokio::net::TcpListener::bind(http).await.expect("bind");
                 let addrs = (grpc.local_addr().expect("addr"), http.local_addr().expect("addr"));
+                let oidc = match &oidc {
+                    Some(config) => Some(Oidc::discover(config).await.expect("discover the provider")),
+                    None => None,
+                };
+                let roles = RoleMap {
+                    admin: vec!["keyturn-admins".into()],
+                    approver: vec!["keyturn-approvers".into()],
+                    viewer: vec!["keyturn-viewers".into()],
+                };
                 ready.send((console.clone(), addrs)).expect("ready");
-                let api = Api::new(console.clone(), None, RoleMap::default(), false);
+                let api = Api::new(console.clone(), oidc, roles, false);
                 tokio::select! {
                     result = console.serve(grpc) => result.expect("serve hosts"),
                     result = api.serve(http) => result.expect("serve the API"),
@@ -165,11 +196,12 @@ fn text(value: &Value) -> &str {
 }
 
 #[test]
-fn a_person_approves_a_held_exec_in_the_browser_and_it_runs() {
+fn a_person_signs_in_and_approves_a_held_exec_in_the_browser_and_it_runs() {
     let rt = runtime();
-    let served = Served::start();
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let provider = OidcProvider::start(&format!("http://{http}/auth/callback"));
+    let served = Served::start_with(Some((&provider, http)));
     let daemon = served.daemon();
-    let token = served.token(&rt, "bob@example.com", Role::Approver);
     // Markup from the agent is shown as text, never acted on; the daemon already escaped
     // the terminal escape (the UI would mark a raw one too).
     let hostile = "<img src=x onerror=alert(1)>approved\x1b[1m";
@@ -185,8 +217,10 @@ fn a_person_approves_a_held_exec_in_the_browser_and_it_runs() {
         &served,
         &format!("{id}@{HOST}"),
         &[
-            "--token",
-            &token,
+            "--login",
+            "bob@example.com",
+            "--password",
+            PASSWORD,
             "--expect-argv",
             &shown,
             "--expect-rule",
