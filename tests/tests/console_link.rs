@@ -461,3 +461,43 @@ fn a_quorum_hold_is_released_only_once_two_distinct_people_approve() {
     let decision = &decisions(&daemon, &id)[0];
     assert_eq!(decision["approvers"], serde_json::json!(["alice@example.com", "bob@example.com"]));
 }
+
+/// The host checks a console approval against its own policy: a quorum=2 hold is not
+/// released by a signed approval that names fewer distinct approvers, or that counts the
+/// agent's requester among them.
+#[test]
+fn the_host_refuses_an_approval_short_of_its_quorum_or_by_the_requester() {
+    let rt = runtime();
+    let (_files, console, daemon) =
+        linked_with(&HOLD_FLAGGED.replacen("action = \"hold\"", "action = \"hold\"\nquorum = 2", 1));
+    let signer = Signer::new(console_key());
+    for (approvers, says) in [
+        (["alice@example.com", "alice@example.com"], "names 1 distinct approvers, but the hold needs 2"),
+        (["alice@example.com", "carol@example.com"], "counts its requester \"carol@example.com\""),
+    ] {
+        let agent = daemon.run_agent_for("carol@example.com", &daemon.flagged(), &["must-not-print"]);
+        let id = id_of(&daemon.pending_one());
+        let record = stored(&rt, console.store(), &id, |r| r.status == "pending");
+        let approval = Decision {
+            hold_id: id.clone(),
+            nonce: record.nonce.cast_unsigned(),
+            host: HOST.into(),
+            verdict: Verdict::Approve.into(),
+            scope: Scope::Once.into(),
+            decided_by: approvers[1].into(),
+            approvers: approvers.map(str::to_owned).to_vec(),
+            quorum: 2,
+            ..Decision::default()
+        };
+        let from = daemon.audit().len();
+        console.inject(signer.sign(&approval));
+        let rejected = daemon.wait_record(from, |e| e["type"] == "decision_rejected");
+        assert!(
+            rejected["reason"].as_str().expect("reason").contains(says),
+            "{rejected} does not say {says:?}"
+        );
+        assert_eq!(daemon.pending_one()["id"], id.as_str(), "still held");
+        assert!(daemon.cli(&["deny", &id]).status.success());
+        assert_eq!(finish(agent), (128 + libc::SIGKILL, String::new()));
+    }
+}
