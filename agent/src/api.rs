@@ -28,6 +28,8 @@ pub enum Request {
         path: String,
         policy: String,
         name: Option<String>,
+        /// Who launched the agent; `None`: the caller, as `unix:NAME`.
+        requester: Option<String>,
     },
     Untag {
         path: String,
@@ -38,6 +40,8 @@ pub enum Request {
         pid: u32,
         policy: String,
         name: Option<String>,
+        /// Who launched the agent; `None`: the caller, as `unix:NAME`.
+        requester: Option<String>,
     },
     Pending,
     Approve {
@@ -53,6 +57,25 @@ pub enum Request {
 }
 
 pub type Reply = Result<serde_json::Value, String>;
+
+/// Longest requester identity, in bytes.
+pub const REQUESTER_BYTES: usize = 256;
+
+/// Checks a requester identity (the person or service account that launched an agent,
+/// such as an email address): not blank, at most [`REQUESTER_BYTES`], and printable as
+/// itself, since approvers read it and the console compares it with theirs.
+pub fn check_requester(who: &str) -> Result<(), String> {
+    if who.trim().is_empty() {
+        return Err("requester is empty".into());
+    }
+    if who.len() > REQUESTER_BYTES {
+        return Err(format!("requester is {} bytes, more than {REQUESTER_BYTES}", who.len()));
+    }
+    if who.chars().any(|c| c.is_control() || crate::context::hides_text(c)) {
+        return Err(format!("requester {who:?} has control or invisible characters"));
+    }
+    Ok(())
+}
 
 /// Sends `request` to the daemon at `socket` and waits for its reply.
 pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, String> {
@@ -74,4 +97,29 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, Strin
     let mut reply = String::new();
     BufReader::new(stream).read_line(&mut reply).map_err(|e| format!("reading the daemon's reply: {e}"))?;
     serde_json::from_str::<Reply>(&reply).map_err(|e| format!("the daemon's reply is malformed: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_requester_is_a_printable_identity_of_at_most_256_bytes() {
+        for good in
+            ["alice@example.com", "unix:root", "svc/ci-runner 7", "DOMAIN\\ci", "é".repeat(128).as_str()]
+        {
+            assert_eq!(check_requester(good), Ok(()), "{good:?}");
+        }
+        for (bad, says) in [
+            ("", "empty"),
+            ("  ", "empty"),
+            (&"a".repeat(257), "257 bytes, more than 256"),
+            ("alice\n@example.com", "control or invisible"),
+            ("alice\u{1b}[2J", "control or invisible"),
+            ("bob\u{202e}moc.elpmaxe", "control or invisible"),
+        ] {
+            let error = check_requester(bad).expect_err(bad);
+            assert!(error.contains(says), "{bad:?}: {error}");
+        }
+    }
 }

@@ -30,6 +30,9 @@ pub struct HoldView {
     pub id: String,
     pub kind: &'static str,
     pub agent: String,
+    /// Who launched the agent (`keyturn run`/`tag --requester`, else `unix:NAME` of the
+    /// user who ran it).
+    pub requester: String,
     pub cgroup: String,
     pub pid: u32,
     pub tid: u32,
@@ -39,6 +42,8 @@ pub struct HoldView {
     pub requested_at: String,
     pub policy: String,
     pub policy_rule: String,
+    /// How many distinct people must approve: the flagging rule's `quorum`.
+    pub quorum: u32,
     /// `held`: stopped in the syscall; `stopped`: exec happened, stopped before its
     /// first instruction; `deferred`: failed with EPERM, approval lets a retry through.
     pub hold: &'static str,
@@ -90,7 +95,7 @@ pub fn printable(bytes: &[u8]) -> String {
 
 /// Unicode formatting characters that print as nothing or change the order in which the
 /// text around them is shown.
-fn hides_text(c: char) -> bool {
+pub fn hides_text(c: char) -> bool {
     matches!(
         c,
         '\u{ad}'

@@ -27,7 +27,7 @@ use tokio::{
 };
 
 use crate::{
-    api::{Reply, Request, Scope},
+    api::{self, Reply, Request, Scope},
     audit::Audit,
     cgroup::{self, Hierarchy},
     config::Config,
@@ -89,6 +89,10 @@ struct Agent {
     path: String,
     name: String,
     policy: String,
+    /// Who launched the agent, as the tagging or `keyturn run` request said (empty in a
+    /// tag from before requesters were recorded).
+    #[serde(default)]
+    requester: String,
     /// Created by `keyturn run`: removed when it empties.
     run: bool,
 }
@@ -674,11 +678,12 @@ impl Daemon {
             return;
         };
         let id = context::hold_id(event);
-        let (agent_name, policy_name, timeout, on_timeout, on_deny) =
-            (agent.name.clone(), policy.name.clone(), policy.timeout, policy.on_timeout, policy.on_deny);
+        let (agent_name, requester, policy_name) =
+            (agent.name.clone(), agent.requester.clone(), policy.name.clone());
+        let (timeout, on_timeout, on_deny) = (policy.timeout, policy.on_timeout, policy.on_deny);
         let mut argv = None;
         let mut records = Vec::new();
-        let (verdict, rule, executable) = if event.hold.action.kind == kind::EXEC {
+        let (verdict, rule, quorum, executable) = if event.hold.action.kind == kind::EXEC {
             match self.digests.identify(event) {
                 Ok(exe) => {
                     let judgement = policy.judge_exec(&exe, &mut self.digests, || {
@@ -698,13 +703,14 @@ impl Daemon {
                         "agent": agent_name, "path": context::printable(exe.path.as_os_str().as_bytes()),
                         "sha256": exe.sha256, "verdict": judgement.verdict, "rule": judgement.rule,
                         "recorded_in_kernel": recorded}));
-                    (judgement.verdict, judgement.rule, Some(exe))
+                    (judgement.verdict, judgement.rule, judgement.quorum, Some(exe))
                 }
                 // Only a person can judge a program keyturn cannot verify.
-                Err(why) => (Verdict::Hold, why, None),
+                Err(why) => (Verdict::Hold, why, 1, None),
             }
         } else {
-            (Verdict::Hold, policy.egress_rule(&event.hold.action), None)
+            let (rule, quorum) = policy.egress_rule(&event.hold.action);
+            (Verdict::Hold, rule, quorum, None)
         };
         let now = Instant::now();
         let granted = self.grants.iter().any(|g| g.covers(root, &event.hold.action, unix_now()));
@@ -727,7 +733,7 @@ impl Daemon {
         let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
         let mut view =
             context::describe(event, &agent_name, &cgroup, &policy_name, executable.as_ref(), argv);
-        view.policy_rule = rule;
+        (view.policy_rule, view.quorum, view.requester) = (rule, quorum, requester);
         records.push(json!({"type": "hold", "restored": restored, "hold": view}));
         self.record_all(records);
         self.holds.park(&key);
@@ -787,8 +793,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// Takes pending hold `id` for `decider` to decide, or says why they cannot.
-    fn take_pending(&mut self, id: &str, decider: &Decider) -> Result<Pending, String> {
+    /// Takes pending hold `id` for `decider` to approve (or deny), or says why they cannot.
+    fn take_pending(&mut self, id: &str, decider: &Decider, approve: bool) -> Result<Pending, String> {
         if let Decider::Local(peer) = decider {
             self.check_approver(*peer)?;
         }
@@ -810,11 +816,35 @@ impl Daemon {
                     peer.uid
                 ));
             }
+            Decider::Local(_) if approve && pending.view.quorum > 1 => {
+                return Err(format!(
+                    "refused: hold {id} needs {} distinct approvers; approve it in the console \
+                     (keyturn deny still works here)",
+                    pending.view.quorum
+                ));
+            }
             Decider::Console(decision) if decision.nonce != pending.nonce => {
                 return Err(format!(
                     "decision for hold {id} names nonce {}, but the hold's nonce is {}",
                     decision.nonce, pending.nonce
                 ));
+            }
+            // The console counts approvers; the host checks its count against its own policy.
+            Decider::Console(decision) if approve => {
+                let approvers: std::collections::HashSet<&String> = decision.approvers.iter().collect();
+                if approvers.len() < pending.view.quorum as usize {
+                    return Err(format!(
+                        "approval of hold {id} names {} distinct approvers, but the hold needs {}",
+                        approvers.len(),
+                        pending.view.quorum
+                    ));
+                }
+                if approvers.contains(&pending.view.requester) {
+                    return Err(format!(
+                        "approval of hold {id} counts its requester {:?} among the approvers",
+                        pending.view.requester
+                    ));
+                }
             }
             _ => {}
         }
@@ -864,13 +894,13 @@ impl Daemon {
 
     fn approve(&mut self, id: &str, scope: Scope, reason: Option<&str>, peer: Peer) -> Reply {
         let decider = Decider::Local(peer);
-        let pending = self.take_pending(id, &decider)?;
+        let pending = self.take_pending(id, &decider, true)?;
         self.release(id, &pending, scope, reason, &decider)
     }
 
     fn deny(&mut self, id: &str, reason: Option<&str>, peer: Peer) -> Reply {
         let decider = Decider::Local(peer);
-        let pending = self.take_pending(id, &decider)?;
+        let pending = self.take_pending(id, &decider, false)?;
         self.refuse(id, &pending, reason, &decider)
     }
 
@@ -940,7 +970,9 @@ impl Daemon {
     fn console_decision(&mut self, decision: &Decision) {
         let id = decision.hold_id.as_str();
         let decider = Decider::Console(decision);
-        let pending = match self.take_pending(id, &decider) {
+        // Anything but an explicit approval denies.
+        let approve = proto::v1::Verdict::try_from(decision.verdict) == Ok(proto::v1::Verdict::Approve);
+        let pending = match self.take_pending(id, &decider, approve) {
             Ok(pending) => pending,
             Err(why) => {
                 tracing::warn!(id, by = %decision.decided_by, error = %why, "refused a decision from the console");
@@ -950,8 +982,7 @@ impl Daemon {
             }
         };
         let reason = Some(decision.reason.as_str()).filter(|r| !r.is_empty());
-        // Anything but an explicit approval denies.
-        let applied = if proto::v1::Verdict::try_from(decision.verdict) == Ok(proto::v1::Verdict::Approve) {
+        let applied = if approve {
             self.release(id, &pending, link::scope(decision), reason, &decider)
         } else {
             self.refuse(id, &pending, reason, &decider)
@@ -961,7 +992,14 @@ impl Daemon {
         }
     }
 
-    fn tag(&mut self, path: &str, policy: String, name: Option<String>, run: bool) -> Reply {
+    fn tag(
+        &mut self,
+        path: &str,
+        policy: String,
+        name: Option<String>,
+        requester: String,
+        run: bool,
+    ) -> Reply {
         let path = path.trim_start_matches('/');
         if path.is_empty() {
             return Err("refused: the cgroup v2 root holds every process on this host, approvers and \
@@ -973,12 +1011,13 @@ impl Daemon {
         if context::printable(name.as_bytes()) != name {
             return Err(format!("agent name {name:?} has control or invisible characters"));
         }
-        let agent = Agent { path: path.to_owned(), name, policy, run };
+        let agent = Agent { path: path.to_owned(), name, policy, requester, run };
         let id = self.apply_tag(agent.clone())?;
         self.record(json!({"type": "tag", "cgroup": agent.path, "agent": agent.name, "policy": agent.policy,
-            "cgroup_id": id}));
+            "requester": agent.requester, "cgroup_id": id}));
         self.save_tags();
-        Ok(json!({"cgroup": agent.path, "cgroup_id": id, "agent": agent.name, "policy": agent.policy}))
+        Ok(json!({"cgroup": agent.path, "cgroup_id": id, "agent": agent.name, "policy": agent.policy,
+            "requester": agent.requester}))
     }
 
     fn untag(&mut self, path: &str) -> Reply {
@@ -1000,7 +1039,14 @@ impl Daemon {
     }
 
     /// `keyturn run`: a new cgroup under `keyturn.run/`, tagged, with the caller's child in it.
-    fn run_agent(&mut self, pid: u32, policy: String, name: Option<String>, peer: Peer) -> Reply {
+    fn run_agent(
+        &mut self,
+        pid: u32,
+        policy: String,
+        name: Option<String>,
+        requester: String,
+        peer: Peer,
+    ) -> Reply {
         if let Some(agent) = self.agent_of_process(peer.pid) {
             return Err(format!("refused: the caller already runs under keyturn as agent {:?}", agent.name));
         }
@@ -1018,7 +1064,7 @@ impl Daemon {
         let dir = self.hierarchy.dir(&path).map_err(|e| e.to_string())?;
         cgroup::create(dir.parent().expect("has parent")).map_err(|e| e.to_string())?;
         cgroup::create(&dir).map_err(|e| e.to_string())?;
-        let reply = self.tag(&path, policy, Some(name), true)?;
+        let reply = self.tag(&path, policy, Some(name), requester, true)?;
         cgroup::move_process(&dir, pid).map_err(|e| e.to_string())?;
         Ok(reply)
     }
@@ -1095,16 +1141,18 @@ impl Daemon {
 
     fn handle(&mut self, request: Request, peer: Peer) -> Reply {
         match request {
-            Request::Tag { path, policy, name } => {
+            Request::Tag { path, policy, name, requester } => {
                 self.check_approver(peer)?;
-                self.tag(&path, policy, name, false)
+                self.tag(&path, policy, name, requester_or_caller(requester, peer)?, false)
             }
             Request::Untag { path } => {
                 self.check_approver(peer)?;
                 self.untag(&path)
             }
             Request::Tags => Ok(json!(self.agents.values().collect::<Vec<_>>())),
-            Request::Run { pid, policy, name } => self.run_agent(pid, policy, name, peer),
+            Request::Run { pid, policy, name, requester } => {
+                self.run_agent(pid, policy, name, requester_or_caller(requester, peer)?, peer)
+            }
             Request::Pending => {
                 self.check_approver(peer)?;
                 let mut views: Vec<&HoldView> = self.pending.values().map(|p| &p.view).collect();
@@ -1152,6 +1200,14 @@ impl Daemon {
                 let _ = cgroup::remove(&dir);
             }
         }
+    }
+}
+
+/// The requester a tagging request names, checked; else the calling user, `unix:NAME`.
+fn requester_or_caller(requester: Option<String>, peer: Peer) -> Result<String, String> {
+    match requester {
+        Some(requester) => api::check_requester(&requester).map(|()| requester),
+        None => Ok(format!("unix:{}", context::user_name(peer.uid))),
     }
 }
 

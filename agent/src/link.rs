@@ -224,8 +224,8 @@ fn hold_raised(view: &HoldView, nonce: u64, requested_at: SystemTime, deadline: 
         policy: view.policy.clone(),
         policy_rule: view.policy_rule.clone(),
         deadline_ms: unix_ms(deadline),
-        requester: String::new(),
-        quorum: 1,
+        requester: view.requester.clone(),
+        quorum: view.quorum,
         detail: Some(detail),
     }
 }
@@ -261,6 +261,8 @@ mod tests {
             requested_at: String::new(),
             policy: "default".into(),
             policy_rule: "rule".into(),
+            requester: "alice@example.com".into(),
+            quorum: 2,
             hold: "held",
             ..HoldView::default()
         }
@@ -276,7 +278,8 @@ mod tests {
             (raised.id.as_str(), raised.nonce, raised.kind),
             ("00000000002a", 42 << 16, HoldKind::Egress.into())
         );
-        assert_eq!((raised.requested_at_ms, raised.deadline_ms, raised.quorum), (1_500, 61_500, 1));
+        assert_eq!((raised.requested_at_ms, raised.deadline_ms, raised.quorum), (1_500, 61_500, 2));
+        assert_eq!(raised.requester, "alice@example.com");
         assert_eq!((raised.pid, raised.uid, raised.user.as_str()), (42, 1000, "dev"));
         let Some(hold_raised::Detail::Egress(destination)) = raised.detail else { panic!("{raised:?}") };
         assert_eq!(

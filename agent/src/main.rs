@@ -45,6 +45,8 @@ enum Command {
         policy: String,
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        requester: RequesterArg,
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
@@ -55,6 +57,8 @@ enum Command {
         policy: String,
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        requester: RequesterArg,
     },
     /// Stop enforcing on a tagged cgroup.
     Untag { path: String },
@@ -137,6 +141,19 @@ enum AuditCommand {
 }
 
 #[derive(Args)]
+struct RequesterArg {
+    /// Who launches the agent (a person or service account, such as an email address): the
+    /// console lets no one approve the holds of an agent they launched. Default: the user
+    /// calling, as `unix:NAME`.
+    #[arg(long, value_name = "WHO", value_parser = parse_requester)]
+    requester: Option<String>,
+}
+
+fn parse_requester(who: &str) -> Result<String, String> {
+    api::check_requester(who).map(|()| who.to_owned())
+}
+
+#[derive(Args)]
 #[group(multiple = false)]
 struct ScopeArgs {
     /// Release this action only (the default).
@@ -210,9 +227,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             tokio::runtime::Runtime::new()?.block_on(keyturn::daemon::run(config))?;
             Ok(0)
         }
-        Command::Run { policy, name, command } => run_agent(&config, policy, name, &command),
-        Command::Tag { path, policy, name } => {
-            print_json(&call(&config, &Request::Tag { path, policy, name })?)
+        Command::Run { policy, name, requester: RequesterArg { requester }, command } => {
+            run_agent(&config, policy, name, requester, &command)
+        }
+        Command::Tag { path, policy, name, requester: RequesterArg { requester } } => {
+            print_json(&call(&config, &Request::Tag { path, policy, name, requester })?)
         }
         Command::Untag { path } => print_json(&call(&config, &Request::Untag { path })?),
         Command::Tags { json } => {
@@ -221,11 +240,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 return print_json(&tags);
             }
             for agent in tags.as_array().into_iter().flatten() {
+                let text = |key: &str| agent[key].as_str().unwrap_or("").to_owned();
                 println!(
-                    "{}\t{}\tpolicy={}",
-                    agent["path"].as_str().unwrap_or(""),
-                    agent["name"].as_str().unwrap_or(""),
-                    agent["policy"].as_str().unwrap_or("")
+                    "{}\t{}\tpolicy={}\trequester={}",
+                    text("path"),
+                    text("name"),
+                    text("policy"),
+                    text("requester")
                 );
             }
             Ok(0)
@@ -348,6 +369,7 @@ fn run_agent(
     config: &Config,
     policy: String,
     name: Option<String>,
+    requester: Option<String>,
     command: &[OsString],
 ) -> anyhow::Result<i32> {
     let argv: Vec<CString> = command
@@ -363,7 +385,7 @@ fn run_agent(
     }
     // SAFETY: fresh fds from pipe2.
     let (gate_read, gate_write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the child only calls async-signal-safe functions (read, execvp, write, _exit)
+    // SAFETY: the child only calls async-signal-safe functions (close, read, execvp, write, _exit)
     // on memory prepared before the fork. std's spawn cannot be used: it waits for the exec,
     // which must wait for the daemon.
     let pid = unsafe { libc::fork() };
@@ -373,6 +395,8 @@ fn run_agent(
     if pid == 0 {
         // SAFETY: see above.
         unsafe {
+            // Only the parent writes: a refusal closes the gate, and the read sees its end.
+            libc::close(gate_write.as_raw_fd());
             let mut go = [0u8; 1];
             if libc::read(gate_read.as_raw_fd(), go.as_mut_ptr().cast(), 1) == 1 {
                 libc::execvp(pointers[0], pointers.as_ptr());
@@ -385,7 +409,7 @@ fn run_agent(
     }
     drop(gate_read);
     let pid = u32::try_from(pid).expect("fork returned a pid");
-    if let Err(e) = call(config, &Request::Run { pid, policy, name }) {
+    if let Err(e) = call(config, &Request::Run { pid, policy, name, requester }) {
         drop(gate_write);
         wait_for(pid)?;
         return Err(e);

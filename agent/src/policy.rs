@@ -128,6 +128,8 @@ pub struct EgressSpec {
     /// A `agent_common::protocol` constant; `ANY` matches every protocol.
     pub protocol: u32,
     pub verdict: Verdict,
+    /// How many distinct people must approve a hold this rule flags.
+    pub quorum: u32,
 }
 
 /// The part of a policy the kernel decides by itself.
@@ -234,7 +236,7 @@ mod tests {
     use super::*;
 
     fn rule(cidr: &str, ports: &[(u16, u16)], protocol: u32, verdict: Verdict) -> EgressSpec {
-        EgressSpec { cidr: cidr.parse().unwrap(), ports: ports.to_vec(), protocol, verdict }
+        EgressSpec { cidr: cidr.parse().unwrap(), ports: ports.to_vec(), protocol, verdict, quorum: 1 }
     }
 
     #[test]

@@ -51,6 +51,7 @@ struct ExecRuleFile {
     action: Verdict,
     #[serde(default)]
     argv: Vec<String>,
+    quorum: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -78,6 +79,7 @@ struct EgressRuleFile {
     #[serde(default)]
     protocol: ProtocolFile,
     action: Verdict,
+    quorum: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -99,6 +101,8 @@ pub struct ExecRule {
     pub action: Verdict,
     /// Hold only when argv contains all these words; otherwise the exec is allowed.
     pub argv: Vec<String>,
+    /// How many distinct people must approve a hold this rule flags.
+    pub quorum: u32,
 }
 
 impl ExecRule {
@@ -128,6 +132,8 @@ pub struct ExecJudgement {
     /// Whether argv took part: then the verdict is for this exec only, not for every exec
     /// of the same file version.
     pub argv_dependent: bool,
+    /// How many distinct people must approve, if the verdict is a hold.
+    pub quorum: u32,
 }
 
 /// A loaded, valid policy.
@@ -162,37 +168,42 @@ impl Policy {
             if !rule.names(exe, digests) {
                 continue;
             }
+            // This rule's hold with `why` it holds, or its own verdict.
+            let judged = |verdict, why: &str, argv_dependent| ExecJudgement {
+                verdict,
+                rule: format!("{why}{}", rule.describe()),
+                argv_dependent,
+                quorum: rule.quorum,
+            };
             if !rule.argv.is_empty() {
                 if let Some(read) = argv.take() {
                     words = read();
                 }
                 argv_dependent = true;
                 let Some(words) = &words else {
-                    let rule = format!("argv could not be read to check {}", rule.describe());
-                    return ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent };
+                    return judged(Verdict::Hold, "argv could not be read to check ", true);
                 };
                 // A rule's words are compared as argv is shown: escaped.
                 let has = |word: &String| words.contains(&crate::context::printable(word.as_bytes()));
                 if !rule.argv.iter().all(has) {
                     if crate::context::argv_cut(words) {
                         // A word could sit in the part not read: ask rather than go on.
-                        let rule = format!("argv too long to check {}", rule.describe());
-                        return ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent };
+                        return judged(Verdict::Hold, "argv too long to check ", true);
                     }
                     continue;
                 }
             }
-            return ExecJudgement { verdict: rule.action, rule: rule.describe(), argv_dependent };
+            return judged(rule.action, "", argv_dependent);
         }
-        ExecJudgement { verdict: self.exec_default, rule: "exec_default".into(), argv_dependent }
+        ExecJudgement { verdict: self.exec_default, rule: "exec_default".into(), argv_dependent, quorum: 1 }
     }
 
-    /// The rule that held an egress action, as an approver reads it.
-    pub fn egress_rule(&self, action: &Action) -> String {
+    /// The rule that held an egress action, as an approver reads it, and its quorum.
+    pub fn egress_rule(&self, action: &Action) -> (String, u32) {
         let port = u16::try_from(action.port).unwrap_or(0);
         self.kernel.rule_for(action.addr, port, action.protocol).map_or_else(
-            || "egress_default".into(),
-            |r| format!("egress {} action {:?}", display_cidr(&r.cidr), r.verdict),
+            || ("egress_default".into(), 1),
+            |r| (format!("egress {} action {:?}", display_cidr(&r.cidr), r.verdict), r.quorum),
         )
     }
 }
@@ -269,6 +280,18 @@ fn line_of(text: &str, offset: usize) -> usize {
 fn rule_line(text: &str, table: &str, index: usize) -> usize {
     let header = format!("[[{table}]]");
     text.match_indices(&header).nth(index).map_or(1, |(offset, _)| line_of(text, offset))
+}
+
+/// Most distinct approvers a rule may ask for.
+const MAX_QUORUM: i64 = 9;
+
+/// A rule's `quorum`: 1 unless written, else 1 to [`MAX_QUORUM`].
+fn parse_quorum(quorum: Option<i64>) -> Result<u32, String> {
+    match quorum {
+        None => Ok(1),
+        Some(n @ 1..=MAX_QUORUM) => Ok(u32::try_from(n).expect("1 to 9")),
+        Some(n) => Err(format!("quorum {n}: must be 1 to {MAX_QUORUM} distinct approvers")),
+    }
 }
 
 fn parse_port(port: &PortFile) -> Result<(u16, u16), String> {
@@ -360,6 +383,7 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
         if exec.iter().any(|r: &ExecRule| r.pattern == rule.path && r.argv == rule.argv) {
             return Err(error(line, format!("exec path {:?} has two rules for the same argv", rule.path)));
         }
+        let quorum = parse_quorum(rule.quorum).map_err(|e| error(line, e))?;
         let path = Path::new(&rule.path);
         let dir = path.parent().unwrap_or(Path::new("/"));
         exec.push(ExecRule {
@@ -368,6 +392,7 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
             name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             action: rule.action,
             argv: rule.argv.clone(),
+            quorum,
         });
     }
 
@@ -382,7 +407,8 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
             ProtocolFile::Udp => protocol::UDP,
             ProtocolFile::Any => protocol::ANY,
         };
-        let spec = EgressSpec { cidr, ports, protocol, verdict: rule.action };
+        let quorum = parse_quorum(rule.quorum).map_err(|e| error(line, e))?;
+        let spec = EgressSpec { cidr, ports, protocol, verdict: rule.action, quorum };
         if egress
             .iter()
             .any(|e: &EgressSpec| e.cidr == spec.cidr && e.ports == spec.ports && e.protocol == spec.protocol)
@@ -474,12 +500,14 @@ action = "hold"
 path = "/usr/bin/git"
 action = "hold"
 argv = ["push"]
+quorum = 2
 
 [[egress]]
 cidr = "10.0.0.0/8"
 ports = [443, "8000-8100"]
 protocol = "tcp"
 action = "hold"
+quorum = 9
 
 [egress_default]
 action = "deny"
@@ -489,6 +517,7 @@ action = "deny"
         assert_eq!(policy.kernel.egress[0].ports, vec![(443, 443), (8000, 8100)]);
         assert_eq!(policy.kernel.egress_default, Verdict::Deny);
         assert_eq!(policy.exec[1].argv, vec!["push".to_owned()]);
+        assert_eq!((policy.exec[0].quorum, policy.exec[1].quorum, policy.kernel.egress[0].quorum), (1, 2, 9));
     }
 
     #[test]
@@ -524,18 +553,44 @@ action = "deny"
         assert!(err(&format!("{twice}\n{twice}")).reason.contains("repeats"));
     }
 
+    #[test]
+    fn a_quorum_is_1_to_9_and_anything_else_is_refused_at_its_rule() {
+        let exec = |quorum: &str| {
+            format!("timeout = \"1m\"\n\n[[exec]]\npath = \"/x\"\naction = \"hold\"\nquorum = {quorum}\n")
+        };
+        let egress = |quorum: &str| {
+            format!("[[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"hold\"\nquorum = {quorum}\n")
+        };
+        assert_eq!(parse("t", "t.toml", &exec("1")).unwrap().exec[0].quorum, 1);
+        assert_eq!(parse("t", "t.toml", &egress("3")).unwrap().kernel.egress[0].quorum, 3);
+        for (text, line, says) in [
+            (exec("0"), 3, "quorum 0: must be 1 to 9 distinct approvers"),
+            (exec("-2"), 3, "quorum -2: must be 1 to 9 distinct approvers"),
+            (exec("10"), 3, "quorum 10: must be 1 to 9 distinct approvers"),
+            (egress("0"), 1, "quorum 0: must be 1 to 9 distinct approvers"),
+            (egress("99999999999"), 1, "quorum 99999999999: must be 1 to 9"),
+            (exec("1.5"), 6, "invalid type: floating point `1.5`, expected i64"),
+            (exec("\"2\""), 6, "invalid type: string \"2\", expected i64"),
+            (egress("true"), 4, "invalid type: boolean `true`, expected i64"),
+        ] {
+            let e = err(&text);
+            assert_eq!((e.file.as_str(), e.line), ("t.toml", line), "{e}");
+            assert!(e.reason.contains(says), "{e} does not say {says:?}");
+        }
+    }
+
     /// Mutation fuzzing: thousands of corrupted variants of valid policies must each be
     /// either accepted or refused with a line inside the file, never panic.
     #[test]
     fn mutated_policies_never_panic_and_errors_point_into_the_file() {
         const ALPHABET: &[&str] = &[
             "\"", "[", "]", "[[", "]]", "=", "\n", "#", "-", "/", ".", ":", "0", "9", "65536", "-1", "1e9",
-            "a", "é", "\u{0}", "\\", "'", "{", "}", ",", " ", "action", "hold", "cidr", "ports", "::",
-            "/129",
+            "a", "é", "\u{0}", "\\", "'", "{", "}", ",", " ", "action", "hold", "cidr", "ports", "quorum",
+            "::", "/129",
         ];
         let seeds = [
             default_policy_text(),
-            "timeout = \"1m\"\n[[exec]]\npath = \"/bin/sh\"\naction = \"hold\"\nargv = [\"-c\"]\n[[egress]]\n\
+            "timeout = \"1m\"\n[[exec]]\npath = \"/bin/sh\"\naction = \"hold\"\nargv = [\"-c\"]\nquorum = 2\n[[egress]]\n\
              cidr = \"fd00::/8\"\nports = [22, \"80-90\"]\nprotocol = \"udp\"\naction = \"deny\"\n"
                 .to_owned(),
         ];

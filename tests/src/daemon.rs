@@ -157,8 +157,18 @@ impl Daemon {
         program: impl AsRef<OsStr>,
         args: impl IntoIterator<Item = A>,
     ) -> Command {
-        let mut command = self.command(&["run", "--policy", "test", "--name", "test-agent", "--"]);
-        command.args(as_nobody()).arg(program).args(args);
+        self.agent_command_with(&[], program, args)
+    }
+
+    /// [`Self::agent_command`] with `run_args` for `keyturn run` itself.
+    fn agent_command_with<A: AsRef<OsStr>>(
+        &self,
+        run_args: &[&str],
+        program: impl AsRef<OsStr>,
+        args: impl IntoIterator<Item = A>,
+    ) -> Command {
+        let mut command = self.command(&["run", "--policy", "test", "--name", "test-agent"]);
+        command.args(run_args).arg("--").args(as_nobody()).arg(program).args(args);
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         command
     }
@@ -166,6 +176,11 @@ impl Daemon {
     /// [`Self::agent_command`], started.
     pub fn run_agent(&self, program: &str, args: &[&str]) -> Child {
         self.agent_command(program, args).spawn().expect("keyturn run")
+    }
+
+    /// [`Self::run_agent`] on behalf of `requester` (`keyturn run --requester`).
+    pub fn run_agent_for(&self, requester: &str, program: &str, args: &[&str]) -> Child {
+        self.agent_command_with(&["--requester", requester], program, args).spawn().expect("keyturn run")
     }
 
     /// `keyturn tag` of `cgroup` under the `test` policy, as agent `name`.

@@ -15,34 +15,47 @@ fn tags(daemon: &Daemon) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).expect("tags json")
 }
 
-/// Runs the flagged program in `cgroup` and expects it held for agent `name`; denies it.
-fn assert_held(daemon: &Daemon, cgroup: &TestCgroup, name: &str) {
+/// Runs the flagged program in `cgroup` and expects it held for agent `name`, launched by
+/// `requester`; denies it.
+fn assert_held(daemon: &Daemon, cgroup: &TestCgroup, name: &str, requester: &str) {
     let agent = agent_in(cgroup, daemon.flagged(), ["held"]).spawn().expect("spawn");
     let hold = daemon.pending_one();
     assert_eq!((&hold["agent"], hold["pid"].as_u64()), (&Value::from(name), Some(u64::from(agent.id()))));
+    assert_eq!(hold["requester"], requester);
     assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
     assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
 }
 
-/// `tag` makes a cgroup an agent's: `tags` lists it, its flagged exec is held, and both
-/// survive the daemon's `kill -9` and restart; `untag` ends it all.
+/// `tag` makes a cgroup an agent's, launched by whom `--requester` names: `tags` lists it,
+/// its flagged exec is held, and both survive the daemon's `kill -9` and restart; `untag`
+/// ends it all.
 #[test]
 fn tag_holds_survives_a_restart_and_untag_releases() {
     let mut daemon = Daemon::start(HOLD_FLAGGED);
     let cgroup = TestCgroup::new();
     let path = cgroup.relative();
-    let out = daemon.cli(&["tag", &path, "--policy", "test", "--name", "build-agent"]);
+    let out = daemon.cli(&[
+        "tag",
+        &path,
+        "--policy",
+        "test",
+        "--name",
+        "build-agent",
+        "--requester",
+        "ci@example.com",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let listed = [serde_json::json!({"path": path, "name": "build-agent", "policy": "test", "run": false})];
+    let listed = [serde_json::json!({"path": path, "name": "build-agent", "policy": "test",
+        "requester": "ci@example.com", "run": false})];
     assert_eq!(tags(&daemon), listed);
     let table = String::from_utf8(daemon.cli(&["tags"]).stdout).expect("UTF-8");
-    assert_eq!(table, format!("{path}\tbuild-agent\tpolicy=test\n"));
-    assert_held(&daemon, &cgroup, "build-agent");
+    assert_eq!(table, format!("{path}\tbuild-agent\tpolicy=test\trequester=ci@example.com\n"));
+    assert_held(&daemon, &cgroup, "build-agent", "ci@example.com");
 
     daemon.kill9();
     daemon.launch();
     assert_eq!(tags(&daemon), listed);
-    assert_held(&daemon, &cgroup, "build-agent");
+    assert_held(&daemon, &cgroup, "build-agent", "ci@example.com");
 
     let out = daemon.cli(&["untag", &path]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -13,7 +13,7 @@ use console::{
     Console, Store,
     keys::Signer,
     server::{ConsoleStream, Tls},
-    store::{DecisionRequest, HoldRecord, Outcome},
+    store::{DecisionRequest, HoldRecord, Outcome, StoreError},
     tls::Authority,
 };
 use ed25519_dalek::SigningKey;
@@ -26,6 +26,7 @@ use serde_json::Value;
 use tests::{
     WAIT,
     daemon::{Daemon, HOLD_FLAGGED, finish},
+    held,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{
@@ -188,10 +189,14 @@ fn console_section(endpoint: &str, extra: &str) -> String {
 
 /// A plaintext console and a daemon linked to it.
 fn linked() -> (Files, RunningConsole, Daemon) {
+    linked_with(HOLD_FLAGGED)
+}
+
+/// [`linked`], the daemon with `policy` as its `test` policy.
+fn linked_with(policy: &str) -> (Files, RunningConsole, Daemon) {
     let files = Files::new();
     let console = RunningConsole::start(&files, free_addr(), false);
-    let daemon =
-        Daemon::start_with_config(HOLD_FLAGGED, &console_section(&format!("http://{}", console.addr), ""));
+    let daemon = Daemon::start_with_config(policy, &console_section(&format!("http://{}", console.addr), ""));
     (files, console, daemon)
 }
 
@@ -213,9 +218,9 @@ fn stored(
     }
 }
 
-/// `person`'s decision on hold `id` at the console.
-fn decide(rt: &tokio::runtime::Runtime, console: &Console, id: &str, verdict: Verdict, person: &str) {
-    let request = DecisionRequest {
+/// `person`'s `verdict` on hold `id`, as the console is asked it.
+fn decision_request(id: &str, verdict: Verdict, person: &str) -> DecisionRequest {
+    DecisionRequest {
         host: HOST.into(),
         hold_id: id.into(),
         verdict,
@@ -223,8 +228,12 @@ fn decide(rt: &tokio::runtime::Runtime, console: &Console, id: &str, verdict: Ve
         duration_secs: 0,
         reason: format!("{person} says so"),
         decided_by: person.into(),
-    };
-    let outcome = rt.block_on(console.decide(&request)).expect("decided");
+    }
+}
+
+/// `person`'s decision on hold `id` at the console.
+fn decide(rt: &tokio::runtime::Runtime, console: &Console, id: &str, verdict: Verdict, person: &str) {
+    let outcome = rt.block_on(console.decide(&decision_request(id, verdict, person))).expect("decided");
     assert!(matches!(outcome, Outcome::Decided(_)), "{outcome:?}");
 }
 
@@ -396,4 +405,99 @@ fn a_decision_made_while_the_daemon_was_down_reaches_the_hold_it_left_behind() {
     daemon.launch();
     assert_eq!(finish(agent), (0, "decided-meanwhile\n".to_owned()));
     assert_eq!(decisions(&daemon, &id)[0]["by"], "dave@example.com");
+}
+
+#[test]
+fn the_person_who_launched_an_agent_cannot_approve_its_holds_and_another_can() {
+    let rt = runtime();
+    let (_files, console, daemon) = linked();
+    let agent = daemon.run_agent_for("alice@example.com", &daemon.flagged(), &["approved-by-bob"]);
+    let id = id_of(&daemon.pending_one());
+    let record = stored(&rt, console.store(), &id, |r| r.status == "pending");
+    assert_eq!((record.requester.as_str(), record.quorum), ("alice@example.com", 1));
+
+    let own =
+        rt.block_on(console.console.decide(&decision_request(&id, Verdict::Approve, "alice@example.com")));
+    assert!(
+        matches!(&own, Err(StoreError::SelfApproval { person, .. }) if person == "alice@example.com"),
+        "{own:?}"
+    );
+    stored(&rt, console.store(), &id, |r| r.status == "pending");
+    decide(&rt, &console.console, &id, Verdict::Approve, "bob@example.com");
+    assert_eq!(finish(agent), (0, "approved-by-bob\n".to_owned()));
+    let decision = &decisions(&daemon, &id)[0];
+    assert_eq!(
+        (&decision["by"], &decision["approvers"]),
+        (&Value::from("bob@example.com"), &serde_json::json!(["bob@example.com"]))
+    );
+}
+
+#[test]
+fn a_quorum_hold_is_released_only_once_two_distinct_people_approve() {
+    let rt = runtime();
+    let (_files, console, daemon) =
+        linked_with(&HOLD_FLAGGED.replacen("action = \"hold\"", "action = \"hold\"\nquorum = 2", 1));
+    let agent = daemon.run_agent_for("carol@example.com", &daemon.flagged(), &["approved-by-two"]);
+    let hold = daemon.pending_one();
+    let id = id_of(&hold);
+    assert_eq!(hold["quorum"], 2);
+    assert_eq!(stored(&rt, console.store(), &id, |r| r.status == "pending").quorum, 2);
+
+    let approve =
+        |person: &str| rt.block_on(console.console.decide(&decision_request(&id, Verdict::Approve, person)));
+    let first = approve("alice@example.com");
+    assert!(matches!(first, Ok(Outcome::AwaitingQuorum { approvals: 1, quorum: 2 })), "{first:?}");
+    let again = approve("alice@example.com");
+    assert!(matches!(again, Err(StoreError::AlreadyApproved { .. })), "{again:?}");
+    // One approval decides nothing: the process stays held.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(daemon.pending_one()["id"], id.as_str());
+    assert!(held(u32::try_from(hold["pid"].as_u64().expect("pid")).expect("pid")));
+    assert!(decisions(&daemon, &id).is_empty());
+
+    let second = approve("bob@example.com");
+    assert!(matches!(second, Ok(Outcome::Decided(_))), "{second:?}");
+    assert_eq!(finish(agent), (0, "approved-by-two\n".to_owned()));
+    let decision = &decisions(&daemon, &id)[0];
+    assert_eq!(decision["approvers"], serde_json::json!(["alice@example.com", "bob@example.com"]));
+}
+
+/// The host checks a console approval against its own policy: a quorum=2 hold is not
+/// released by a signed approval that names fewer distinct approvers, or that counts the
+/// agent's requester among them.
+#[test]
+fn the_host_refuses_an_approval_short_of_its_quorum_or_by_the_requester() {
+    let rt = runtime();
+    let (_files, console, daemon) =
+        linked_with(&HOLD_FLAGGED.replacen("action = \"hold\"", "action = \"hold\"\nquorum = 2", 1));
+    let signer = Signer::new(console_key());
+    for (approvers, says) in [
+        (["alice@example.com", "alice@example.com"], "names 1 distinct approvers, but the hold needs 2"),
+        (["alice@example.com", "carol@example.com"], "counts its requester \"carol@example.com\""),
+    ] {
+        let agent = daemon.run_agent_for("carol@example.com", &daemon.flagged(), &["must-not-print"]);
+        let id = id_of(&daemon.pending_one());
+        let record = stored(&rt, console.store(), &id, |r| r.status == "pending");
+        let approval = Decision {
+            hold_id: id.clone(),
+            nonce: record.nonce.cast_unsigned(),
+            host: HOST.into(),
+            verdict: Verdict::Approve.into(),
+            scope: Scope::Once.into(),
+            decided_by: approvers[1].into(),
+            approvers: approvers.map(str::to_owned).to_vec(),
+            quorum: 2,
+            ..Decision::default()
+        };
+        let from = daemon.audit().len();
+        console.inject(signer.sign(&approval));
+        let rejected = daemon.wait_record(from, |e| e["type"] == "decision_rejected");
+        assert!(
+            rejected["reason"].as_str().expect("reason").contains(says),
+            "{rejected} does not say {says:?}"
+        );
+        assert_eq!(daemon.pending_one()["id"], id.as_str(), "still held");
+        assert!(daemon.cli(&["deny", &id]).status.success());
+        assert_eq!(finish(agent), (128 + libc::SIGKILL, String::new()));
+    }
 }

@@ -106,6 +106,75 @@ fn no_one_approves_their_own_action() {
     assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
 }
 
+/// A hold names who launched its agent: whom `run --requester` names, else the user who
+/// ran `keyturn run`; `pending --json` and the audit trail show it. An agent cannot launch
+/// or tag anything under another name.
+#[test]
+fn a_hold_names_who_launched_its_agent() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    for (requester, expected) in [(Some("alice@example.com"), "alice@example.com"), (None, "unix:root")] {
+        let agent = match requester {
+            Some(requester) => daemon.run_agent_for(requester, &daemon.flagged(), &["x"]),
+            None => daemon.run_agent(&daemon.flagged(), &["x"]),
+        };
+        let hold = daemon.pending_one();
+        assert_eq!(
+            (&hold["requester"], &hold["quorum"]),
+            (&Value::from(expected), &Value::from(1)),
+            "{hold}"
+        );
+        assert_eq!(hold_record(&daemon, &id_of(&hold))["hold"]["requester"], expected);
+        assert!(daemon.cli(&["deny", &id_of(&hold)]).status.success());
+        assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    }
+
+    let bad = daemon.cli(&["run", "--requester", "alice\u{1b}[2J", "--", "true"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("has control or invisible characters"), "{}", stderr(&bad));
+
+    let config = daemon.dir.join("keyturn.toml");
+    let config = config.to_str().expect("UTF-8");
+    for (inner, says) in [
+        (
+            &["run", "--requester", "mallory@example.com", "--config", config, "--", "true"][..],
+            "already runs under keyturn",
+        ),
+        (
+            &["tag", "keyturn.run", "--requester", "mallory@example.com", "--config", config],
+            "inside the tagged cgroup",
+        ),
+    ] {
+        let inside = daemon
+            .command(&["run", "--policy", "test", "--requester", "alice@example.com", "--"])
+            .arg(keyturn_path())
+            .args(inner)
+            .output()
+            .expect("run");
+        assert!(!inside.status.success() && stderr(&inside).contains(says), "{}", stderr(&inside));
+    }
+}
+
+/// A hold flagged by a rule with `quorum = 2` needs two approvers at the console: an
+/// approver on this host is refused, and the hold stays; a denial here still kills.
+#[test]
+fn a_quorum_hold_is_not_approved_locally_but_can_be_denied() {
+    let daemon =
+        Daemon::start(&HOLD_FLAGGED.replacen("action = \"hold\"", "action = \"hold\"\nquorum = 2", 1));
+    let agent = daemon.run_agent(&daemon.flagged(), &["must-not-print"]);
+    let hold = daemon.pending_one();
+    let id = id_of(&hold);
+    assert_eq!(hold["quorum"], 2);
+    assert_refused(
+        &daemon.cli(&["approve", &id, "--reason", "alone"]),
+        &format!("refused: hold {id} needs 2 distinct approvers; approve it in the console"),
+    );
+    assert_eq!(daemon.pending_one()["id"], id.as_str());
+    assert!(held(pid_of(&hold)));
+    let out = daemon.cli(&["deny", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(finish(agent), (128 + libc::SIGKILL, String::new()));
+}
+
 #[test]
 fn racing_deciders_get_exactly_one_decision() {
     let daemon = Daemon::start(HOLD_FLAGGED);

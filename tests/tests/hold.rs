@@ -188,8 +188,13 @@ fn allowed_and_denied_destinations_are_decided_in_the_kernel() {
     let mut kernel = Kernel::load();
     let cgroup = TestCgroup::new();
     let mut policy = hold_peer_policy(&peer, &[]);
-    let rule =
-        |ports: Vec<(u16, u16)>, verdict| EgressSpec { cidr: peer.v4_net, ports, protocol: 0, verdict };
+    let rule = |ports: Vec<(u16, u16)>, verdict| EgressSpec {
+        cidr: peer.v4_net,
+        ports,
+        protocol: 0,
+        verdict,
+        quorum: 1,
+    };
     policy.egress.insert(0, rule(vec![(7011, 7011)], Verdict::Allow));
     policy.egress.insert(0, rule(vec![(7012, 7012)], Verdict::Deny));
     kernel.set_policy(1, &policy);

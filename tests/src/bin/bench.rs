@@ -305,6 +305,7 @@ fn allowed_policy() -> Result<KernelPolicy> {
             ports: vec![],
             protocol: protocol::ANY,
             verdict: Verdict::Allow,
+            quorum: 1,
         }],
     })
 }
@@ -320,6 +321,7 @@ fn hold_policy(port: u16) -> Result<KernelPolicy> {
             ports: vec![(port, port)],
             protocol: protocol::TCP,
             verdict: Verdict::Hold,
+            quorum: 1,
         }],
     })
 }
