@@ -36,11 +36,12 @@ fn console_config(config: &Config) -> Result<console::Config, EmbeddedError> {
         }
         return Ok(loaded);
     }
-    let mut defaults = console::Config::default();
-    defaults.database = format!("sqlite://{}?mode=rwc", config.state_dir.join("console.db").display());
-    defaults.key = config.state_dir.join("console.key");
-    defaults.tls.enabled = false;
-    Ok(defaults)
+    Ok(console::Config {
+        database: format!("sqlite://{}?mode=rwc", config.state_dir.join("console.db").display()),
+        key: config.state_dir.join("console.key"),
+        tls: console::TlsConfig { enabled: false, ..console::TlsConfig::default() },
+        ..console::Config::default()
+    })
 }
 
 /// Starts the embedded console on this runtime; returns the `[console]` that links the

@@ -53,6 +53,7 @@ impl Served {
     /// The same, signing people in through `provider` too (groups give the roles), whose
     /// redirect must be `http://HTTP/auth/callback`.
     fn start_with(sign_in: Option<(&OidcProvider, SocketAddr)>) -> Self {
+        static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let oidc = sign_in.map(|(provider, http)| OidcConfig {
             issuer: provider.issuer().to_owned(),
             client_id: provider.client().id.to_owned(),
@@ -63,7 +64,6 @@ impl Served {
             ca: None,
         });
         let http = sign_in.map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |(_, http)| http);
-        static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("kt-web-ui-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

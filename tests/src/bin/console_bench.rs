@@ -8,6 +8,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -26,10 +27,10 @@ type Result<T, E = Box<dyn Error + Send + Sync>> = std::result::Result<T, E>;
 const HOSTS: usize = 1000;
 /// Holds raised per minute, spread over the hosts.
 const HOLDS_PER_MINUTE: u32 = 10_000;
-const LOAD: Duration = Duration::from_secs(60);
+const LOAD: Duration = Duration::from_mins(1);
 /// Approvals in flight at once.
 const APPROVERS: usize = 16;
-const TIMEOUT: Duration = Duration::from_secs(120);
+const TIMEOUT: Duration = Duration::from_mins(2);
 /// The approver's pause between two polls of the pending queue (a bound on resolution).
 const POLL: Duration = Duration::from_millis(20);
 
@@ -183,6 +184,114 @@ async fn start_console(dir: &Path) -> Result<(RunningConsole, SocketAddr, Socket
     Ok((console, hosts, http))
 }
 
+/// The simulated hosts: each a real `console::client` with a key and certificate of its own.
+struct Fleet {
+    handles: Vec<client::ClientHandle>,
+    /// Streams that broke (each client reconnects).
+    lost: Arc<AtomicUsize>,
+}
+
+impl Fleet {
+    /// Enrols [`HOSTS`] hosts with tokens from `store`, connects them, and waits until all are.
+    async fn connect(
+        store: &Store,
+        endpoint: &str,
+        ca: &str,
+        console_key: ed25519_dalek::VerifyingKey,
+        timeline: &Shared,
+    ) -> Result<Self> {
+        let connected = Arc::new(AtomicUsize::new(0));
+        let lost = Arc::new(AtomicUsize::new(0));
+        let mut handles = Vec::with_capacity(HOSTS);
+        for n in 0..HOSTS {
+            let host = format!("bench-{n:04}");
+            let key = SigningKey::generate(&mut OsRng);
+            let enrolment = store.issue_token(&host, Duration::from_mins(10)).await?;
+            let certificate = client::enrol(endpoint, ca, &host, &enrolment, &key).await?;
+            let (handle, mut events) = client::start(ClientConfig {
+                endpoint: endpoint.to_owned(),
+                host,
+                agent_version: "bench".into(),
+                key,
+                console_keys: vec![console_key],
+                tls: Some(ClientTls { ca: ca.to_owned(), certificate }),
+            });
+            let (timeline, connected, lost) = (timeline.clone(), connected.clone(), lost.clone());
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    match event {
+                        ClientEvent::Connected => {
+                            connected.fetch_add(1, Ordering::Relaxed);
+                        }
+                        ClientEvent::Decision(decision) => {
+                            let mut timeline = timeline.lock().expect("timeline");
+                            if let Some(sent) = timeline.approve_sent.get(&decision.hold_id).copied() {
+                                timeline.released.insert(decision.hold_id, sent.elapsed());
+                            }
+                        }
+                        ClientEvent::Disconnected(_) => {
+                            lost.fetch_add(1, Ordering::Relaxed);
+                        }
+                        ClientEvent::Rejected(why) => eprintln!("a host refused a decision: {why}"),
+                    }
+                }
+            });
+            handles.push(handle);
+        }
+        wait_for("every host to connect", || connected.load(Ordering::Relaxed) >= HOSTS).await?;
+        Ok(Self { handles, lost })
+    }
+}
+
+/// The approver: polls the pending queue, marks when each hold became visible, and
+/// approves it (at most [`APPROVERS`] approvals in flight).
+async fn approve_all(api: String, token: String, timeline: Shared) {
+    let http_client = reqwest::Client::new();
+    let permits = Arc::new(Semaphore::new(APPROVERS));
+    loop {
+        tokio::time::sleep(POLL).await;
+        let answer: serde_json::Value = match http_client
+            .get(format!("{api}/holds?status=pending&limit=500"))
+            .bearer_auth(&token)
+            .send()
+            .await
+        {
+            Ok(response) => response.json().await.unwrap_or_default(),
+            Err(e) => {
+                eprintln!("polling the API failed: {e}");
+                continue;
+            }
+        };
+        let seen = Instant::now();
+        for hold in answer["holds"].as_array().into_iter().flatten() {
+            let (Some(id), Some(hold_id)) = (hold["id"].as_str(), hold["hold_id"].as_str()) else {
+                continue;
+            };
+            {
+                let mut timeline = timeline.lock().expect("timeline");
+                let Some(raised) = timeline.raised.get(hold_id).copied() else { continue };
+                if timeline.visible.contains_key(hold_id) {
+                    continue;
+                }
+                timeline.visible.insert(hold_id.to_owned(), seen - raised);
+            }
+            let permit = permits.clone().acquire_owned().await.expect("semaphore");
+            let (timeline, http_client, api, token) =
+                (timeline.clone(), http_client.clone(), api.clone(), token.clone());
+            let (id, hold_id) = (id.to_owned(), hold_id.to_owned());
+            tokio::spawn(async move {
+                timeline.lock().expect("timeline").approve_sent.insert(hold_id, Instant::now());
+                let response =
+                    http_client.post(format!("{api}/holds/{id}/approve")).bearer_auth(&token).send().await;
+                if let Err(e) = response.and_then(reqwest::Response::error_for_status) {
+                    eprintln!("approving {id} failed: {e}");
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     raise_file_limit();
@@ -194,111 +303,16 @@ async fn main() -> Result<()> {
     let (_, token) = store.create_api_token("approver@example.com", Role::Approver, "bench", "bench").await?;
     let rss_idle = console.rss_kib();
 
-    // Enrol and connect every host with the real host client.
-    let endpoint = format!("https://{hosts_addr}");
+    // Every host enrols and connects with the real host client.
     let timeline: Shared = Arc::default();
-    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let lost = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut handles = Vec::with_capacity(HOSTS);
     let started = Instant::now();
-    for n in 0..HOSTS {
-        let host = format!("bench-{n:04}");
-        let key = SigningKey::generate(&mut OsRng);
-        let enrolment = store.issue_token(&host, Duration::from_secs(600)).await?;
-        let certificate = client::enrol(&endpoint, &ca, &host, &enrolment, &key).await?;
-        let (handle, mut events) = client::start(ClientConfig {
-            endpoint: endpoint.clone(),
-            host,
-            agent_version: "bench".into(),
-            key,
-            console_keys: vec![console_key],
-            tls: Some(ClientTls { ca: ca.clone(), certificate }),
-        });
-        let (timeline, connected, lost) = (timeline.clone(), connected.clone(), lost.clone());
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                match event {
-                    ClientEvent::Connected => {
-                        connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    ClientEvent::Decision(decision) => {
-                        let mut timeline = timeline.lock().expect("timeline");
-                        if let Some(sent) = timeline.approve_sent.get(&decision.hold_id).copied() {
-                            timeline.released.insert(decision.hold_id, sent.elapsed());
-                        }
-                    }
-                    ClientEvent::Disconnected(_) => {
-                        lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    ClientEvent::Rejected(why) => eprintln!("a host refused a decision: {why}"),
-                }
-            }
-        });
-        handles.push(handle);
-    }
-    wait_for("every host to connect", || connected.load(std::sync::atomic::Ordering::Relaxed) >= HOSTS)
-        .await?;
+    let fleet = Fleet::connect(&store, &format!("https://{hosts_addr}"), &ca, console_key, &timeline).await?;
     let connect_time = started.elapsed();
     let rss_connected = console.rss_kib();
-
-    // The approver: polls the pending queue, approves each new hold.
-    let http_client = reqwest::Client::new();
-    let api = format!("http://{http}/api");
-    let approver = {
-        let (timeline, http_client, api, token) =
-            (timeline.clone(), http_client.clone(), api.clone(), token.clone());
-        tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(APPROVERS));
-            loop {
-                tokio::time::sleep(POLL).await;
-                let answer: serde_json::Value = match http_client
-                    .get(format!("{api}/holds?status=pending&limit=500"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                {
-                    Ok(response) => response.json().await.unwrap_or_default(),
-                    Err(e) => {
-                        eprintln!("polling the API failed: {e}");
-                        continue;
-                    }
-                };
-                let seen = Instant::now();
-                for hold in answer["holds"].as_array().into_iter().flatten() {
-                    let (Some(id), Some(hold_id)) = (hold["id"].as_str(), hold["hold_id"].as_str()) else {
-                        continue;
-                    };
-                    {
-                        let mut timeline = timeline.lock().expect("timeline");
-                        let Some(raised) = timeline.raised.get(hold_id).copied() else { continue };
-                        if timeline.visible.contains_key(hold_id) {
-                            continue;
-                        }
-                        timeline.visible.insert(hold_id.to_owned(), seen - raised);
-                    }
-                    let permit = permits.clone().acquire_owned().await.expect("semaphore");
-                    let (timeline, http_client, api, token) =
-                        (timeline.clone(), http_client.clone(), api.clone(), token.clone());
-                    let (id, hold_id) = (id.to_owned(), hold_id.to_owned());
-                    tokio::spawn(async move {
-                        timeline.lock().expect("timeline").approve_sent.insert(hold_id, Instant::now());
-                        let response = http_client
-                            .post(format!("{api}/holds/{id}/approve"))
-                            .bearer_auth(&token)
-                            .send()
-                            .await;
-                        if let Err(e) = response.and_then(reqwest::Response::error_for_status) {
-                            eprintln!("approving {id} failed: {e}");
-                        }
-                        drop(permit);
-                    });
-                }
-            }
-        })
-    };
+    let approver = tokio::spawn(approve_all(format!("http://{http}/api"), token, timeline.clone()));
 
     // The load: holds spread evenly over the hosts and the minute.
-    let interval = Duration::from_secs(60) / HOLDS_PER_MINUTE;
+    let interval = Duration::from_mins(1) / HOLDS_PER_MINUTE;
     let total = u32::try_from((LOAD.as_millis() / interval.as_millis().max(1)).max(1))?;
     let mut tick = tokio::time::interval(interval);
     let load_started = Instant::now();
@@ -306,7 +320,7 @@ async fn main() -> Result<()> {
         tick.tick().await;
         let id = format!("{n:012x}");
         timeline.lock().expect("timeline").raised.insert(id.clone(), Instant::now());
-        handles[n as usize % HOSTS].raise(hold(id, u64::from(n) + 1));
+        fleet.handles[n as usize % HOSTS].raise(hold(id, u64::from(n) + 1));
     }
     let load_time = load_started.elapsed();
     let expected = total as usize;
@@ -315,7 +329,7 @@ async fn main() -> Result<()> {
     approver.abort();
     let rss_loaded = console.rss_kib();
 
-    let lost = lost.load(std::sync::atomic::Ordering::Relaxed);
+    let lost = fleet.lost.load(Ordering::Relaxed);
     let timeline = timeline.lock().expect("timeline");
     println!("\nconsole at scale: {HOSTS} hosts over mutual TLS, SQLite, one console process");
     println!(
@@ -323,7 +337,6 @@ async fn main() -> Result<()> {
         "hosts connected in",
         connect_time.as_secs_f64()
     );
-    #[expect(clippy::cast_precision_loss, reason = "a rate for people")]
     let rate = f64::from(total) / load_time.as_secs_f64() * 60.0;
     println!("{:<34} {total} holds in {:.1} s ({rate:.0} a minute)", "load", load_time.as_secs_f64());
     percentiles(
