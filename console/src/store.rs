@@ -728,9 +728,21 @@ impl Store {
     /// Checks the whole audit trail: sequence, chain, hashes, and that it ends where the
     /// head says (nothing cut off). Names the first bad record.
     pub async fn verify_audit(&self) -> Result<AuditHead, StoreError> {
+        // One snapshot for the records and the head: an append committed in between would
+        // otherwise make a sound trail look cut off.
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN").await?,
+            Backend::Postgres => {
+                self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?
+            }
+        };
         let rows = sqlx::query("SELECT seq, at_ms, prev, event, hash FROM audit ORDER BY seq")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        let head =
+            sqlx::query("SELECT next_seq, hash FROM audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
+        let (next, head_hash): (i64, String) = (head.try_get(0)?, head.try_get(1)?);
+        drop(tx);
         let mut prev = "0".repeat(64);
         let mut expected = 0;
         for row in rows {
@@ -749,9 +761,6 @@ impl Store {
             expected += 1;
             prev = hash;
         }
-        let head =
-            sqlx::query("SELECT next_seq, hash FROM audit_head WHERE id = 1").fetch_one(&self.pool).await?;
-        let (next, head_hash): (i64, String) = (head.try_get(0)?, head.try_get(1)?);
         if next != expected || head_hash != prev {
             return Err(StoreError::AuditBroken {
                 seq: expected,
