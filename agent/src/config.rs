@@ -1,7 +1,7 @@
 //! `keyturn.toml`: where the daemon keeps its state and who may approve. Every field has a
 //! built-in default, so the daemon starts with no file at all.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -38,6 +38,10 @@ pub struct Config {
     /// With no `[console]`, run a console inside the daemon (web UI on 127.0.0.1:8470);
     /// off, approvals are local only.
     pub embedded_console: bool,
+    /// Who each local user is at the console (`alice = "alice@example.com"`): an agent
+    /// they start is recorded as theirs, so they cannot approve its holds there. Unmapped
+    /// users are recorded as `unix:NAME`.
+    pub people: HashMap<String, String>,
     /// The embedded console's own configuration (the format `keyturn console --config`
     /// reads); by default SQLite and its key in `state_dir`, everything on loopback.
     pub embedded_console_config: Option<PathBuf>,
@@ -85,6 +89,7 @@ impl Default for Config {
             console: None,
             embedded_console: true,
             embedded_console_config: None,
+            people: HashMap::new(),
         }
     }
 }

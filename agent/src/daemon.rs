@@ -255,7 +255,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .ok();
     let console = match &config.console {
         Some(console) => Some(console.clone()),
-        None if config.embedded_console => Some(embedded::start(&config).await?),
+        // Enforcement never waits on the console: holds stay decidable on this host.
+        None if config.embedded_console => embedded::start(&config)
+            .await
+            .inspect_err(|e| tracing::error!(error = %e, "approvals are local only"))
+            .ok(),
         None => None,
     };
     let (link, mut console_events) = match &console {
@@ -839,7 +843,7 @@ impl Daemon {
                         pending.view.quorum
                     ));
                 }
-                if approvers.contains(&pending.view.requester) {
+                if approvers.iter().any(|a| a.eq_ignore_ascii_case(&pending.view.requester)) {
                     return Err(format!(
                         "approval of hold {id} counts its requester {:?} among the approvers",
                         pending.view.requester
@@ -1143,7 +1147,8 @@ impl Daemon {
         match request {
             Request::Tag { path, policy, name, requester } => {
                 self.check_approver(peer)?;
-                self.tag(&path, policy, name, requester_or_caller(requester, peer)?, false)
+                let requester = requester_or_caller(requester, peer, &self.config.people)?;
+                self.tag(&path, policy, name, requester, false)
             }
             Request::Untag { path } => {
                 self.check_approver(peer)?;
@@ -1151,7 +1156,13 @@ impl Daemon {
             }
             Request::Tags => Ok(json!(self.agents.values().collect::<Vec<_>>())),
             Request::Run { pid, policy, name, requester } => {
-                self.run_agent(pid, policy, name, requester_or_caller(requester, peer)?, peer)
+                // Only an operator may say someone else launched it: anyone could otherwise
+                // name a stranger and approve their own agent's holds.
+                if requester.is_some() {
+                    self.check_approver(peer).map_err(|e| format!("--requester: {e}"))?;
+                }
+                let requester = requester_or_caller(requester, peer, &self.config.people)?;
+                self.run_agent(pid, policy, name, requester, peer)
             }
             Request::Pending => {
                 self.check_approver(peer)?;
@@ -1203,12 +1214,18 @@ impl Daemon {
     }
 }
 
-/// The requester a tagging request names, checked; else the calling user, `unix:NAME`.
-fn requester_or_caller(requester: Option<String>, peer: Peer) -> Result<String, String> {
-    match requester {
-        Some(requester) => api::check_requester(&requester).map(|()| requester),
-        None => Ok(format!("unix:{}", context::user_name(peer.uid))),
+/// The requester a tagging request names, checked; else the calling user as `people` names
+/// them at the console, or `unix:NAME`.
+fn requester_or_caller(
+    requester: Option<String>,
+    peer: Peer,
+    people: &HashMap<String, String>,
+) -> Result<String, String> {
+    if let Some(requester) = requester {
+        return api::check_requester(&requester).map(|()| requester);
     }
+    let user = context::user_name(peer.uid);
+    Ok(people.get(&user).cloned().unwrap_or_else(|| format!("unix:{user}")))
 }
 
 /// Whether the cgroup at `path` (or a descendant) still has processes.

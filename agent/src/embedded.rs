@@ -6,7 +6,10 @@ use std::{net::SocketAddr, path::PathBuf};
 use console::{Api, Console, ConsoleError};
 use tokio::net::TcpListener;
 
-use crate::config::{Config, ConsoleConfig};
+use crate::{
+    config::{Config, ConsoleConfig},
+    link::{self, LinkError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -17,6 +20,10 @@ pub enum EmbeddedError {
          or other addresses in embedded_console_config)"
     )]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("embedded console: {0}")]
+    Link(#[from] LinkError),
+    #[error("embedded console: {0}")]
+    Key(#[from] console::keys::KeyError),
     #[error("embedded console {path}: {reason}")]
     Unfit { path: PathBuf, reason: &'static str },
 }
@@ -48,7 +55,20 @@ fn console_config(config: &Config) -> Result<console::Config, EmbeddedError> {
 /// daemon to it.
 pub async fn start(config: &Config) -> Result<ConsoleConfig, EmbeddedError> {
     let console_config = console_config(config)?;
-    let console = Console::open(&console_config).await?;
+    let link = ConsoleConfig {
+        endpoint: format!("http://{}", console_config.listen),
+        public_keys: Vec::new(),
+        host: None,
+        key: None,
+        ca: None,
+        certificate: None,
+        token: None,
+    };
+    // Any local user can reach the port: only this daemon's own identity is served.
+    let host_key = console::keys::load_or_create(&config.console_key(&link))?;
+    let console = Console::open(&console_config)
+        .await?
+        .serving_only(&link::host_name(&link)?, &console::keys::fingerprint(&host_key.verifying_key()));
     let bind = async |what, addr| {
         TcpListener::bind(addr).await.map_err(|source| EmbeddedError::Bind { what, addr, source })
     };
@@ -77,19 +97,10 @@ pub async fn start(config: &Config) -> Result<ConsoleConfig, EmbeddedError> {
             tracing::error!(error = %e, "embedded console: the web UI and API stopped");
         }
     });
-    let endpoint = format!("http://{}", console_config.listen);
     tokio::spawn(async move {
         if let Err(e) = console.serve(hosts).await {
             tracing::error!(error = %e, "embedded console: host streams stopped; approvals are local only");
         }
     });
-    Ok(ConsoleConfig {
-        endpoint,
-        public_keys: vec![public_key],
-        host: None,
-        key: None,
-        ca: None,
-        certificate: None,
-        token: None,
-    })
+    Ok(ConsoleConfig { public_keys: vec![public_key], ..link })
 }

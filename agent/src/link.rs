@@ -82,13 +82,7 @@ pub fn start(
     if console_keys.is_empty() {
         return Err(LinkError::NoPublicKeys);
     }
-    let host = match &console.host {
-        Some(host) => host.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map_err(LinkError::HostName)?
-            .trim()
-            .to_owned(),
-    };
+    let host = host_name(console)?;
     let key = keys::load_or_create(&config.console_key(console))?;
     let tls = if console.endpoint.starts_with("https://") {
         let ca_path = console.ca.as_ref().ok_or_else(|| LinkError::NoCa(console.endpoint.clone()))?;
@@ -114,6 +108,17 @@ pub fn start(
     let (events, events_rx) = mpsc::channel(1024);
     tokio::spawn(run(client, tls, console.token.clone(), up_rx, events));
     Ok((Link { up }, events_rx))
+}
+
+/// This host's name at `console`: as configured, else the kernel's host name.
+pub fn host_name(console: &ConsoleConfig) -> Result<String, LinkError> {
+    match &console.host {
+        Some(host) => Ok(host.clone()),
+        None => Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_err(LinkError::HostName)?
+            .trim()
+            .to_owned()),
+    }
 }
 
 /// Whether the host of `endpoint` (`SCHEME://HOST[:PORT][/…]`) is this machine.

@@ -112,6 +112,9 @@ impl Store {
         name: &str,
         created_by: &str,
     ) -> Result<(String, String), StoreError> {
+        if person.trim().is_empty() {
+            return Err(StoreError::Anonymous);
+        }
         let id = secret()[..16].to_owned();
         let token = format!("{TOKEN_PREFIX}{}", secret());
         let mut tx = self.begin().await?;
@@ -222,6 +225,9 @@ impl Store {
 
     /// Opens a browser session for `principal`; returns the cookie's secret.
     pub async fn create_session(&self, principal: &Principal) -> Result<String, StoreError> {
+        if principal.person.trim().is_empty() {
+            return Err(StoreError::Anonymous);
+        }
         let token = secret();
         let now = now_ms();
         let mut tx = self.begin().await?;

@@ -35,6 +35,8 @@ pub struct Console {
     store: Store,
     signer: Arc<Signer>,
     tls: Option<Arc<Tls>>,
+    /// The one host (name, key fingerprint) this console serves, if it serves only one.
+    sole_host: Option<Arc<(String, String)>>,
 }
 
 /// What serving over mutual TLS needs.
@@ -47,7 +49,7 @@ pub struct Tls {
 impl Console {
     /// A console that serves plaintext: hosts are known by the key of their first Hello.
     pub fn new(store: Store, signer: Signer) -> Self {
-        Self { store, signer: Arc::new(signer), tls: None }
+        Self { store, signer: Arc::new(signer), tls: None, sole_host: None }
     }
 
     /// Serves over mutual TLS instead: hosts enrol with a bootstrap token, then stream
@@ -55,6 +57,13 @@ impl Console {
     #[must_use]
     pub fn with_tls(self, tls: Tls) -> Self {
         Self { tls: Some(Arc::new(tls)), ..self }
+    }
+
+    /// Serves only `host` with the key `fingerprint` and refuses every other Hello: the
+    /// console a daemon runs inside itself, on a port any local user can reach.
+    #[must_use]
+    pub fn serving_only(self, host: &str, fingerprint: &str) -> Self {
+        Self { sole_host: Some(Arc::new((host.to_owned(), fingerprint.to_owned()))), ..self }
     }
 
     pub fn tls(&self) -> Option<&Tls> {
@@ -237,6 +246,11 @@ impl Session {
             return Err(Status::invalid_argument("the first message must be a hello"));
         };
         check_hello(&hello, &challenge)?;
+        if let Some(sole) = &self.console.sole_host
+            && (hello.host != sole.0 || hello.key_fingerprint != sole.1)
+        {
+            return Err(Status::permission_denied("this console serves only the host it runs on"));
+        }
         self.console
             .store
             .host_connected(

@@ -53,7 +53,7 @@ pub enum StoreError {
     SelfApproval { person: String, hold_id: String },
     #[error("{person} has already approved hold {hold_id}")]
     AlreadyApproved { person: String, hold_id: String },
-    #[error("a decision must name who made it")]
+    #[error("a decision, token or session must name a person")]
     Anonymous,
     #[error("a decision must approve or deny")]
     NoVerdict,
@@ -560,7 +560,8 @@ impl Store {
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
         let mut approvers = Vec::new();
         if approve {
-            if !requester.is_empty() && requester == request.decided_by {
+            // Email addresses are compared without regard to case, as providers do.
+            if !requester.is_empty() && requester.eq_ignore_ascii_case(&request.decided_by) {
                 return Err(StoreError::SelfApproval { person: requester, hold_id: hold_id.clone() });
             }
             approvers = self.add_approval(&mut tx, request, now).await?;
@@ -640,7 +641,7 @@ impl Store {
         .bind(&request.hold_id)
         .fetch_all(&mut **tx)
         .await?;
-        if approvers.contains(&request.decided_by) {
+        if approvers.iter().any(|a| a.eq_ignore_ascii_case(&request.decided_by)) {
             return Err(StoreError::AlreadyApproved {
                 person: request.decided_by.clone(),
                 hold_id: request.hold_id.clone(),

@@ -45,7 +45,8 @@ async function api(path, { method = "GET", body } = {}) {
 // ---- Rendering untrusted text -------------------------------------------------------
 
 /** Control, bidirectional and invisible characters, shown as escapes rather than acted on. */
-const HIDDEN = /[\u0000-\u001f\u007f-\u009f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/gu;
+const HIDDEN =
+  /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\u{e0000}-\u{e007f}]/gu;
 const NAMED = { "\n": "\\n", "\r": "\\r", "\t": "\\t", "\u001b": "\\e" };
 
 /** `text` as nodes: plain text, each hidden character as a marked escape. */

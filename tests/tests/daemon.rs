@@ -137,7 +137,7 @@ fn a_hold_names_who_launched_its_agent() {
     for (inner, says) in [
         (
             &["run", "--requester", "mallory@example.com", "--config", config, "--", "true"][..],
-            "already runs under keyturn",
+            "--requester: refused: the caller runs inside the tagged cgroup",
         ),
         (
             &["tag", "keyturn.run", "--requester", "mallory@example.com", "--config", config],
@@ -152,6 +152,28 @@ fn a_hold_names_who_launched_its_agent() {
             .expect("run");
         assert!(!inside.status.success() && stderr(&inside).contains(says), "{}", stderr(&inside));
     }
+}
+
+/// Only an operator may name someone else as an agent's requester; anyone else's agent is
+/// recorded as theirs, as `people` maps them to a person at the console.
+#[test]
+fn only_an_operator_names_a_requester() {
+    let daemon = Daemon::start_with_config(HOLD_FLAGGED, "people = { root = \"ops@example.com\" }");
+    let config = daemon.dir.join("keyturn.toml");
+    let config = config.to_str().expect("UTF-8");
+    let stranger = daemon.cli_as(
+        4321,
+        4321,
+        &["run", "--requester", "someone-else@example.com", "--config", config, "--", "true"],
+    );
+    assert!(!stranger.status.success());
+    assert!(stderr(&stranger).contains("--requester: permission denied"), "{}", stderr(&stranger));
+
+    let agent = daemon.run_agent(&daemon.flagged(), &["x"]);
+    let hold = daemon.pending_one();
+    assert_eq!(hold["requester"], "ops@example.com", "{hold}");
+    assert!(daemon.cli(&["deny", &id_of(&hold)]).status.success());
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
 }
 
 /// A hold flagged by a rule with `quorum = 2` needs two approvers at the console: an

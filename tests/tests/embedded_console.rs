@@ -19,6 +19,8 @@ fn free_addr() -> SocketAddr {
 /// A daemon running its embedded console on addresses of its own, and that console's API.
 struct Embedded {
     daemon: Daemon,
+    /// Where the embedded console serves host streams.
+    hosts: SocketAddr,
     api: String,
     console_config: std::path::PathBuf,
     rt: tokio::runtime::Runtime,
@@ -47,6 +49,7 @@ impl Embedded {
         );
         Self {
             daemon,
+            hosts,
             api: format!("http://{people}/api"),
             console_config,
             rt: tokio::runtime::Runtime::new().expect("runtime"),
@@ -175,4 +178,38 @@ fn a_viewer_cannot_approve_and_a_denial_kills_the_process() {
     assert!(output.is_empty(), "the denied program must not have run: {output:?}");
     let (_, verified) = embedded.call(reqwest::Method::GET, "/audit/verify", Some(&viewer), None);
     assert!(verified["records"].as_i64() > Some(3), "{verified}");
+}
+
+/// The embedded console is reachable by every local user: it serves the daemon's own host
+/// identity and nothing else, so nobody can slip in holds under another host or this one.
+#[test]
+fn the_embedded_console_serves_only_its_own_host() {
+    let embedded = Embedded::start();
+    let approver = embedded.token("alice@example.com", "approver");
+    // The daemon's own link is up once a hold of it arrives.
+    let child = embedded.daemon.run_agent(&embedded.daemon.flagged(), &["mine"]);
+    let hold = embedded.pending_hold(&approver);
+    let own_host = hold["host"].as_str().expect("host").to_owned();
+    for host in ["intruder", own_host.as_str()] {
+        let refusal = embedded.rt.block_on(async {
+            let (_handle, mut events) = console::client::start(console::client::ClientConfig {
+                endpoint: format!("http://{}", embedded.hosts),
+                host: host.to_owned(),
+                agent_version: "intruder".into(),
+                key: ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
+                console_keys: vec![],
+                tls: None,
+            });
+            match tokio::time::timeout(WAIT, events.recv()).await.expect("an answer in time") {
+                Some(console::client::ClientEvent::Disconnected(why)) => why,
+                other => panic!("{host}: expected a refusal, got {other:?}"),
+            }
+        });
+        assert!(refusal.contains("serves only the host it runs on"), "{host}: {refusal}");
+    }
+    let id = hold["id"].as_str().expect("id");
+    let (status, _) =
+        embedded.call(reqwest::Method::POST, &format!("/holds/{id}/approve"), Some(&approver), None);
+    assert_eq!(status, 200, "the daemon's own host still decides");
+    assert_eq!(finish(child), (0, "mine\n".to_owned()));
 }

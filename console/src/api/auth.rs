@@ -205,6 +205,9 @@ pub async fn callback(
         failed(e.to_string())
     })?;
     let person = identity.person();
+    if person.trim().is_empty() {
+        return Err(failed("the identity provider named nobody (an empty email)".into()));
+    }
     let Some(role) = api.roles.role(&identity.groups) else {
         store
             .record(

@@ -111,6 +111,7 @@ impl From<StoreError> for ApiError {
             StoreError::SelfApproval { .. } => (StatusCode::FORBIDDEN, "self_approval"),
             StoreError::AlreadyApproved { .. } => (StatusCode::CONFLICT, "already_approved"),
             StoreError::AuditBroken { .. } => (StatusCode::CONFLICT, "audit_broken"),
+            StoreError::Anonymous => (StatusCode::BAD_REQUEST, "bad_request"),
             _ => {
                 tracing::error!(error = %error, "API request failed");
                 return Self::new(
