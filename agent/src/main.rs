@@ -131,6 +131,9 @@ enum ConsoleCommand {
         /// What the token is for.
         #[arg(long, default_value = "command line")]
         name: String,
+        /// How long it is valid (at most 365 days).
+        #[arg(long, default_value = "90d")]
+        ttl: String,
     },
 }
 
@@ -296,8 +299,13 @@ fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow
             let ttl = humantime::parse_duration(ttl).map_err(|e| anyhow!("--ttl {ttl:?}: {e}"))?;
             println!("{}", runtime.block_on(console::issue_token(&config, host, ttl))?);
         }
-        Some(ConsoleCommand::ApiToken { person, role, name }) => {
-            let (id, token) = runtime.block_on(console::issue_api_token(&config, person, *role, name))?;
+        Some(ConsoleCommand::ApiToken { person, role, name, ttl }) => {
+            let lifetime = humantime::parse_duration(ttl).map_err(|e| anyhow!("--ttl {ttl:?}: {e}"))?;
+            if lifetime.is_zero() || lifetime > console::people::MAX_TOKEN_LIFETIME {
+                bail!("--ttl {ttl:?}: a token lasts from a second to 365 days");
+            }
+            let (id, token) =
+                runtime.block_on(console::issue_api_token(&config, person, *role, name, lifetime))?;
             eprintln!("API token {id} for {person} ({role}); shown this once:");
             println!("{token}");
         }

@@ -208,9 +208,10 @@ pub async fn issue_api_token(
     person: &str,
     role: Role,
     name: &str,
+    lifetime: Duration,
 ) -> Result<(String, String), ConsoleError> {
     let store = Store::open(&config.database).await?;
-    Ok(store.create_api_token(person, role, name, "keyturn console api-token").await?)
+    Ok(store.create_api_token(person, role, name, "keyturn console api-token", lifetime).await?)
 }
 
 /// Runs the console of `config` until interrupted (`keyturn console`).

@@ -73,8 +73,13 @@ pub struct TokenInfo {
     pub created_at_ms: i64,
     pub last_used_ms: Option<i64>,
     pub revoked_at_ms: Option<i64>,
+    pub expires_at_ms: Option<i64>,
 }
 
+/// How long an API token lasts when its maker names no lifetime.
+pub const TOKEN_LIFETIME: Duration = Duration::from_hours(90 * 24);
+/// The longest an API token may last.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_hours(365 * 24);
 /// How long a browser session lasts after sign-in.
 pub const SESSION_LIFETIME: Duration = Duration::from_hours(12);
 /// How long a sign-in may take between the redirect to the identity provider and its return.
@@ -103,14 +108,15 @@ fn role_of(text: &str) -> Result<Role, StoreError> {
 }
 
 impl Store {
-    /// Makes an API token for `person` with `role`, on `created_by`'s say-so; returns its id
-    /// and the secret, which is not kept.
+    /// Makes an API token for `person` with `role`, on `created_by`'s say-so, valid for
+    /// `lifetime`; returns its id and the secret, which is not kept.
     pub async fn create_api_token(
         &self,
         person: &str,
         role: Role,
         name: &str,
         created_by: &str,
+        lifetime: Duration,
     ) -> Result<(String, String), StoreError> {
         if person.trim().is_empty() {
             return Err(StoreError::Anonymous);
@@ -119,8 +125,8 @@ impl Store {
         let token = format!("{TOKEN_PREFIX}{}", secret());
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO api_tokens (id, token_sha256, person, role, name, created_by, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO api_tokens (id, token_sha256, person, role, name, created_by, created_at_ms, expires_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&id)
         .bind(sha256(&token))
@@ -129,11 +135,12 @@ impl Store {
         .bind(name)
         .bind(created_by)
         .bind(now_ms())
+        .bind(now_ms().saturating_add(millis(lifetime)))
         .execute(&mut *tx)
         .await?;
         let event = serde_json::json!({
             "type": "api_token_created", "token": id, "person": person, "role": role, "name": name,
-            "by": created_by,
+            "by": created_by, "lifetime_secs": lifetime.as_secs(),
         });
         audit(&mut tx, &event).await?;
         tx.commit().await?;
@@ -143,7 +150,7 @@ impl Store {
     /// The API tokens of `person`, or everyone's when `person` is `None`; newest first.
     pub async fn api_tokens(&self, person: Option<&str>) -> Result<Vec<TokenInfo>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, person, role, name, created_by, created_at_ms, last_used_ms, revoked_at_ms
+            "SELECT id, person, role, name, created_by, created_at_ms, last_used_ms, revoked_at_ms, expires_at_ms
              FROM api_tokens WHERE $1 = '' OR person = $1 ORDER BY created_at_ms DESC, id",
         )
         .bind(person.unwrap_or(""))
@@ -160,6 +167,7 @@ impl Store {
                     created_at_ms: row.try_get(5)?,
                     last_used_ms: row.try_get(6)?,
                     revoked_at_ms: row.try_get(7)?,
+                    expires_at_ms: row.try_get(8)?,
                 })
             })
             .collect()
@@ -198,9 +206,11 @@ impl Store {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT id, person, role, last_used_ms FROM api_tokens WHERE token_sha256 = $1 AND revoked_at_ms IS NULL",
+            "SELECT id, person, role, last_used_ms FROM api_tokens
+             WHERE token_sha256 = $1 AND revoked_at_ms IS NULL AND (expires_at_ms IS NULL OR expires_at_ms > $2)",
         )
         .bind(sha256(token))
+        .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };

@@ -195,16 +195,28 @@ async fn the_console_signs_people_in_with_the_role_of_their_groups() {
         .expect("json");
     assert_eq!(options["oidc"], true);
 
-    // Signs `login` in through the console's routes; the callback's answer.
-    let sign_in_as = async |login: &str| {
+    // Signs `login` in through the console's routes (as the browser that began it, or
+    // not); the callback's answer.
+    let sign_in_as = async |login: &str, same_browser: bool| {
         let login_page = browser.get(format!("{base}/auth/login")).send().await.expect("login");
         assert_eq!(login_page.status(), 303);
         let authorize = login_page.headers()["location"].to_str().expect("location").to_owned();
+        let bound = login_page.headers()["set-cookie"].to_str().expect("cookie").to_owned();
+        let bound = bound.split(';').next().expect("pair").to_owned();
         let callback = sign_in(&authorize, login, PASSWORD).await.expect("the provider let them in");
-        browser.get(callback).send().await.expect("callback")
+        let request = browser.get(callback);
+        let request = if same_browser { request.header("cookie", bound) } else { request };
+        request.send().await.expect("callback")
     };
 
-    let signed_in = sign_in_as("alice@example.com").await;
+    // A callback opened in another browser (an attacker's sign-in, planted) opens nothing.
+    let planted = sign_in_as("bob@example.com", false).await;
+    assert_eq!(planted.status(), 403);
+    assert!(planted.headers().get("set-cookie").is_none());
+    let planted: serde_json::Value = planted.json().await.expect("json");
+    assert_eq!(planted["error"]["code"], "sign_in_failed", "{planted}");
+
+    let signed_in = sign_in_as("alice@example.com", true).await;
     assert_eq!(signed_in.status(), 303, "{:?}", signed_in.text().await);
     assert_eq!(signed_in.headers()["location"], "/");
     let cookie = signed_in.headers()["set-cookie"].to_str().expect("cookie").to_owned();
@@ -247,7 +259,7 @@ async fn the_console_signs_people_in_with_the_role_of_their_groups() {
     assert_eq!(made.status(), 201);
 
     // Carol's groups give no role here: no session.
-    let refused = sign_in_as("carol@example.com").await;
+    let refused = sign_in_as("carol@example.com", true).await;
     assert_eq!(refused.status(), 403);
     assert!(refused.headers().get("set-cookie").is_none());
     let refused: serde_json::Value = refused.json().await.expect("json");

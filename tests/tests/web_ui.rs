@@ -13,6 +13,7 @@ use console::{
     Api, Console, Role, RoleMap, Store,
     keys::Signer,
     oidc::{Oidc, OidcConfig},
+    people::TOKEN_LIFETIME,
 };
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
@@ -115,9 +116,15 @@ impl Served {
     }
 
     fn token(&self, rt: &tokio::runtime::Runtime, person: &str, role: Role) -> String {
-        rt.block_on(self.store().create_api_token(person, role, "browser test", "web_ui test"))
-            .expect("token")
-            .1
+        rt.block_on(self.store().create_api_token(
+            person,
+            role,
+            "browser test",
+            "web_ui test",
+            TOKEN_LIFETIME,
+        ))
+        .expect("token")
+        .1
     }
 
     /// Waits until the console has hold `id` of this test's host pending.

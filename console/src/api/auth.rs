@@ -1,6 +1,8 @@
 //! Who is calling: an API token (`Authorization: Bearer kt_…`) or a browser session
 //! cookie; what their role lets them do; their API tokens; signing out.
 
+use std::time::Duration;
+
 use axum::{
     body::Bytes,
     extract::{FromRequestParts, Path, State, rejection::BytesRejection},
@@ -10,10 +12,13 @@ use axum::{
 use serde::Deserialize;
 
 use super::{Api, ApiError, body, ok};
-use crate::people::{Principal, Role};
+use crate::people::{MAX_TOKEN_LIFETIME, Principal, Role, TOKEN_LIFETIME};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "keyturn_session";
+/// The cookie that ties a sign-in to the browser that began it: a callback URL opened in
+/// any other browser (login CSRF) opens no session.
+const LOGIN_COOKIE: &str = "keyturn_login";
 /// The header a browser session must send with every change: a cross-site form cannot
 /// set it, and the console answers no CORS preflight, so no other site can.
 pub const CSRF_HEADER: &str = "x-requested-with";
@@ -52,14 +57,18 @@ impl FromRequestParts<Api> for Principal {
     }
 }
 
-/// The value of the session cookie, if the request carries one.
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The value of cookie `name`, if the request carries it.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .find_map(|pair| pair.trim().strip_prefix(name)?.strip_prefix('='))
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, SESSION_COOKIE)
 }
 
 /// Refuses unless `principal` has at least `role`.
@@ -105,6 +114,8 @@ pub struct NewToken {
     name: String,
     /// At most the caller's own role; the caller's role when absent.
     role: Option<Role>,
+    /// Days until it expires: 90 when absent, at most 365.
+    expires_in_days: Option<u64>,
 }
 
 /// Longest token name.
@@ -126,8 +137,21 @@ pub async fn create_token(
     }
     let role = request.role.unwrap_or(principal.role);
     require(&principal, role)?;
+    let max_days = MAX_TOKEN_LIFETIME.as_secs() / 86_400;
+    let lifetime = match request.expires_in_days {
+        None => TOKEN_LIFETIME,
+        Some(days @ 1..) if days <= max_days => Duration::from_hours(days * 24),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("expires_in_days is 1 to {max_days}"),
+            ));
+        }
+    };
+    let store = api.console.store();
     let (id, token) =
-        api.console.store().create_api_token(&principal.person, role, name, &principal.person).await?;
+        store.create_api_token(&principal.person, role, name, &principal.person, lifetime).await?;
     Ok((StatusCode::CREATED, ok(serde_json::json!({"id": id, "token": token, "role": role, "name": name})))
         .into_response())
 }
@@ -166,7 +190,13 @@ pub async fn login(State(api): State<Api>) -> Result<Response, ApiError> {
     let kept = serde_json::to_string(&pending)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     api.console.store().begin_login(&pending.state, &kept).await?;
-    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response())
+    let secure = if api.secure_cookies { "; Secure" } else { "" };
+    let bound = format!(
+        "{LOGIN_COOKIE}={}; Path=/auth; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        pending.state,
+        crate::people::LOGIN_LIFETIME.as_secs()
+    );
+    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, url), (header::SET_COOKIE, bound)]).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +211,7 @@ pub struct Callback {
 /// token verified; a person whose groups give a role gets a session.
 pub async fn callback(
     State(api): State<Api>,
+    headers: HeaderMap,
     callback: Result<axum::extract::Query<Callback>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let failed = |message: String| ApiError::new(StatusCode::FORBIDDEN, "sign_in_failed", message);
@@ -195,6 +226,9 @@ pub async fn callback(
     let (Some(code), Some(state)) = (callback.code, callback.state) else {
         return Err(failed("the callback carries no code and state".into()));
     };
+    if cookie(&headers, LOGIN_COOKIE) != Some(state.as_str()) {
+        return Err(failed("this sign-in was not begun in this browser".into()));
+    }
     let store = api.console.store();
     let kept =
         store.take_login(&state).await?.ok_or_else(|| failed("unknown, used or expired sign-in".into()))?;

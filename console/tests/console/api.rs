@@ -7,7 +7,7 @@ use crate::support::{Db, Running, connect, connected, hold, key, loopback, store
 use console::{
     Api, RoleMap,
     client::{ClientEvent, ClientHandle},
-    people::{Principal, Role},
+    people::{Principal, Role, TOKEN_LIFETIME},
 };
 use proto::v1::HoldRaised;
 use reqwest::{Method, StatusCode};
@@ -62,7 +62,13 @@ impl Fixture {
     }
 
     async fn token(&self, person: &str, role: Role) -> String {
-        self.running.console.store().create_api_token(person, role, "test", "api test").await.unwrap().1
+        self.running
+            .console
+            .store()
+            .create_api_token(person, role, "test", "api test", TOKEN_LIFETIME)
+            .await
+            .unwrap()
+            .1
     }
 
     async fn call(
@@ -126,13 +132,34 @@ async fn every_refusal_has_its_status_and_code(db: Db) {
 
     refused(&api.get("/api/holds", &As::Nobody).await, StatusCode::UNAUTHORIZED, "unauthenticated");
     refused(&api.get("/api/me", &As::Token("kt_forged")).await, StatusCode::UNAUTHORIZED, "unauthenticated");
-    let (revoked_id, revoked) =
-        api.running.console.store().create_api_token("bob", Role::Approver, "old", "t").await.unwrap();
+    let (revoked_id, revoked) = api
+        .running
+        .console
+        .store()
+        .create_api_token("bob", Role::Approver, "old", "t", TOKEN_LIFETIME)
+        .await
+        .unwrap();
     assert_eq!(
         api.call(Method::DELETE, &format!("/api/tokens/{revoked_id}"), &As::Token(&bob), None).await.0,
         StatusCode::NO_CONTENT
     );
     refused(&api.get("/api/me", &As::Token(&revoked)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let (_, expired) = api
+        .running
+        .console
+        .store()
+        .create_api_token("bob", Role::Approver, "spent", "t", std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    refused(&api.get("/api/me", &As::Token(&expired)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    for days in ["0", "366"] {
+        let body = format!(r#"{{"name": "ci", "expires_in_days": {days}}}"#);
+        refused(
+            &api.post("/api/tokens", &As::Token(&bob), &body).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        );
+    }
 
     refused(&api.post(&approve, &As::Token(&viewer), "{}").await, StatusCode::FORBIDDEN, "forbidden");
     let refusal = &api.audited("decision_refused").await[0];

@@ -16,6 +16,7 @@ use std::{
 use console::{
     Role, Store,
     client::{self, ClientConfig, ClientEvent, ClientTls},
+    people::TOKEN_LIFETIME,
 };
 use ed25519_dalek::SigningKey;
 use proto::v1::{Exec, HoldKind, HoldRaised, hold_raised};
@@ -300,7 +301,9 @@ async fn main() -> Result<()> {
     let store = Store::open(&format!("sqlite://{}/console.db?mode=rwc", dir.display())).await?;
     let ca = std::fs::read_to_string(dir.join("tls/ca.pem"))?;
     let console_key = console::keys::load_or_create(&dir.join("console.key"))?.verifying_key();
-    let (_, token) = store.create_api_token("approver@example.com", Role::Approver, "bench", "bench").await?;
+    let (_, token) = store
+        .create_api_token("approver@example.com", Role::Approver, "bench", "bench", TOKEN_LIFETIME)
+        .await?;
     let rss_idle = console.rss_kib();
 
     // Every host enrols and connects with the real host client.
