@@ -120,6 +120,7 @@ fn refused((status, body): &(StatusCode, Value), expected: StatusCode, code: &st
 
 crate::both_databases!(
     every_refusal_has_its_status_and_code,
+    tokens_expire,
     holds_list_newest_first_and_filter,
     a_quorum_of_two_is_awaited_then_decided,
 );
@@ -144,22 +145,6 @@ async fn every_refusal_has_its_status_and_code(db: Db) {
         StatusCode::NO_CONTENT
     );
     refused(&api.get("/api/me", &As::Token(&revoked)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
-    let (_, expired) = api
-        .running
-        .console
-        .store()
-        .create_api_token("bob", Role::Approver, "spent", "t", std::time::Duration::ZERO)
-        .await
-        .unwrap();
-    refused(&api.get("/api/me", &As::Token(&expired)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
-    for days in ["0", "366"] {
-        let body = format!(r#"{{"name": "ci", "expires_in_days": {days}}}"#);
-        refused(
-            &api.post("/api/tokens", &As::Token(&bob), &body).await,
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-        );
-    }
 
     refused(&api.post(&approve, &As::Token(&viewer), "{}").await, StatusCode::FORBIDDEN, "forbidden");
     let refusal = &api.audited("decision_refused").await[0];
@@ -341,4 +326,29 @@ async fn the_openapi_document_and_the_router_agree() {
     for route in routes {
         assert!(paths.contains_key(route), "{route} is routed but not in openapi.json");
     }
+}
+
+/// An API token stops working when it expires; a lifetime outside 1 to 365 days is refused.
+async fn tokens_expire(db: Db) {
+    let api = Fixture::start(&db).await;
+    let bob = api.token("bob", Role::Approver).await;
+    let store = api.running.console.store();
+    let (_, expired) =
+        store.create_api_token("bob", Role::Approver, "spent", "t", std::time::Duration::ZERO).await.unwrap();
+    refused(&api.get("/api/me", &As::Token(&expired)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    for days in ["0", "366"] {
+        let body = format!(r#"{{"name": "ci", "expires_in_days": {days}}}"#);
+        refused(
+            &api.post("/api/tokens", &As::Token(&bob), &body).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        );
+    }
+    let (status, made) =
+        api.post("/api/tokens", &As::Token(&bob), r#"{"name": "ci", "expires_in_days": 1}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let (_, listed) = api.get("/api/tokens", &As::Token(&bob)).await;
+    let expires = listed["tokens"][0]["expires_at_ms"].as_i64().expect("an expiry");
+    let day = 24 * 3600 * 1000;
+    assert!((console::store::now_ms() + day - expires).abs() < 60_000, "{listed}");
 }
