@@ -453,10 +453,16 @@ async function loadHistory(more) {
       row.dataset.testid = "history-row";
       return linkRow(row, hold.id);
     });
-  if (more) $("history-rows").append(...rows);
-  else $("history-rows").replaceChildren(...rows);
+  fillPage("history", rows, data.holds.length, more);
   historyBefore = data.holds.at(-1)?.requested_at_ms ?? 0;
-  $("history-more").hidden = data.holds.length < PAGE;
+}
+
+/** Shows `rows` in table `NAME-rows` (after those there, for the next page), and the
+ * `NAME-more` button while a full page of `fetched` came back. */
+function fillPage(name, rows, fetched, more) {
+  if (more) $(`${name}-rows`).append(...rows);
+  else $(`${name}-rows`).replaceChildren(...rows);
+  $(`${name}-more`).hidden = fetched < PAGE;
 }
 
 function openHistory() {
@@ -507,10 +513,8 @@ async function loadAudit(more) {
     row.dataset.testid = "audit-row";
     return row;
   });
-  if (more) $("audit-rows").append(...rows);
-  else $("audit-rows").replaceChildren(...rows);
+  fillPage("audit", rows, data.records.length, more);
   auditBefore = data.records.at(-1)?.seq ?? 0;
-  $("audit-more").hidden = data.records.length < PAGE;
 }
 
 function openAudit() {
