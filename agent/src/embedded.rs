@@ -58,7 +58,8 @@ pub async fn start(config: &Config) -> Result<ConsoleConfig, EmbeddedError> {
     let link = ConsoleConfig {
         endpoint: format!("http://{}", console_config.listen),
         public_keys: Vec::new(),
-        host: None,
+        // Only this host streams here: a machine with no host name is `localhost`.
+        host: Some(link::kernel_host_name()?.unwrap_or_else(|| "localhost".to_owned())),
         key: None,
         ca: None,
         certificate: None,

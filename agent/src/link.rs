@@ -39,6 +39,8 @@ pub enum LinkError {
     PlaintextOffLoopback(String),
     #[error("[console] this host's name: {0}")]
     HostName(std::io::Error),
+    #[error("[console] the kernel has no host name: name this host with `host`")]
+    NoHostName,
 }
 
 /// What the daemon sends up.
@@ -114,11 +116,15 @@ pub fn start(
 pub fn host_name(console: &ConsoleConfig) -> Result<String, LinkError> {
     match &console.host {
         Some(host) => Ok(host.clone()),
-        None => Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map_err(LinkError::HostName)?
-            .trim()
-            .to_owned()),
+        None => kernel_host_name()?.ok_or(LinkError::NoHostName),
     }
+}
+
+/// The kernel's host name, unless none was set (`(none)`).
+pub fn kernel_host_name() -> Result<Option<String>, LinkError> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(LinkError::HostName)?;
+    let name = name.trim();
+    Ok((!name.is_empty() && name != "(none)").then(|| name.to_owned()))
 }
 
 /// Whether the host of `endpoint` (`SCHEME://HOST[:PORT][/…]`) is this machine.

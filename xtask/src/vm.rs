@@ -1,5 +1,5 @@
-//! `cargo xtask vm`: boots Debian's own 6.1 and 6.12 kernels in qemu (TCG) and runs every
-//! integration test executable of package `tests` inside them in the BPF LSM modes.
+//! `cargo xtask vm`: boots Debian's own 6.1 and 6.12 kernels in qemu (TCG) and runs the
+//! integration test executables of package `tests` inside them in the BPF LSM modes.
 
 use std::{
     collections::HashMap,
@@ -27,6 +27,9 @@ const BOOT_TIMEOUT: Duration = Duration::from_mins(3);
 const VM_MEMORY_MIB: &str = "2048";
 /// Parallel tests per executable in the guest; TCG runs two vCPUs on two host threads.
 const TEST_THREADS: &str = "--test-threads=2";
+/// Test executables that run on the host only: what they test does not depend on the
+/// kernel (an OpenID provider, a browser), and the guest has no Node or Chromium.
+const HOST_ONLY: [&str; 2] = ["oidc", "web_ui"];
 /// Starts every line `/init` prints about a test run; the runner parses them afterwards.
 const MARKER: &str = "KEYTURN-VM";
 /// Kernel modules the tests need (`ip link add … type veth`).
@@ -245,7 +248,11 @@ fn only_entry(dir: &Path, prefix: &str) -> Result<PathBuf> {
 
 fn build_payload(root: &Path) -> Result<Payload> {
     let manifest = root.join("tests/Cargo.toml");
-    let tests = cargo_executables(root, &["test", "--package", "tests", "--no-run"], &manifest, "test")?;
+    let tests: Vec<_> =
+        cargo_executables(root, &["test", "--package", "tests", "--no-run"], &manifest, "test")?
+            .into_iter()
+            .filter(|(name, _)| !HOST_ONLY.contains(&name.as_str()))
+            .collect();
     ensure!(!tests.is_empty(), "cargo built no integration test executable of package tests");
     let helpers = HELPERS
         .into_iter()
