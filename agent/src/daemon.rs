@@ -1181,6 +1181,7 @@ impl Daemon {
         if let Err(e) = self.enforcer.heartbeat() {
             tracing::error!(error = %e, "heartbeat");
         }
+        self.holds.sweep_cells();
         self.audit_refusals();
         // Before timeouts: a timeout must not reach a newer hold of a reused pid.
         let gone: Vec<(String, Closed)> =

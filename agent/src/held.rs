@@ -172,16 +172,18 @@ impl HeldProcess {
         Ok(())
     }
 
-    /// Removes the frozen cell once the process has left it (killed, or gone).
-    pub fn remove_cell(&self) {
-        if let Some(frozen) = &self.frozen {
-            for _ in 0..100 {
-                if cgroup::remove(&frozen.cell).is_ok() {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(2));
+    /// Removes the frozen cell once the process has left it (killed, or gone); the cell,
+    /// if the process is still leaving it after a moment (a loaded machine), to try later.
+    #[must_use = "a cell still there must be removed later"]
+    pub fn remove_cell(&self) -> Option<PathBuf> {
+        let frozen = self.frozen.as_ref()?;
+        for _ in 0..100 {
+            if cgroup::remove(&frozen.cell).is_ok() {
+                return None;
             }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
+        Some(frozen.cell.clone())
     }
 
     /// Lets the held action happen: a restarted syscall finds its approval, a deferred one
@@ -213,7 +215,6 @@ impl HeldProcess {
         if on_deny == OnDeny::Kill || stopped {
             self.signal(libc::SIGKILL)?;
             enforcer.forget(key, nonce)?;
-            self.remove_cell();
         } else {
             enforcer.decide(key, nonce, hold_state::DENIED)?;
             if self.event.event_type == event_type::HELD {

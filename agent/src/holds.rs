@@ -1,12 +1,12 @@
 //! The held actions user space knows of, kept in step with the kernel's events: every
 //! hold gets exactly one verdict, and tampering with a held process is answered.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::PathBuf};
 
 use agent_common::{HoldEvent, HoldKey, event_type};
 
 use crate::{
-    cgroup::Hierarchy,
+    cgroup::{self, Hierarchy},
     enforcer::{Enforcer, EnforcerError},
     held::{HeldError, HeldProcess, OnDeny, hold_key},
 };
@@ -32,6 +32,8 @@ pub enum Happened {
 pub struct Holds {
     held: HashMap<HoldKey, HeldProcess>,
     hierarchy: Option<Hierarchy>,
+    /// Frozen cells of closed holds whose process was still leaving them: removed later.
+    leftover_cells: Vec<PathBuf>,
 }
 
 impl Holds {
@@ -50,6 +52,8 @@ impl Holds {
                 Some(held) => {
                     let key = held.key();
                     held.deny(enforcer, OnDeny::Kill)?;
+                    let leftover = held.remove_cell();
+                    self.leftover_cells.extend(leftover);
                     self.held.remove(&key);
                     Ok(Happened::RogueContinueKilled(key))
                 }
@@ -100,9 +104,14 @@ impl Holds {
         if let Some(held) = self.held.remove(key) {
             enforcer.forget(*key, held.event().hold.nonce)?;
             enforcer.finish(held.event().hold.root)?;
-            held.remove_cell();
+            self.leftover_cells.extend(held.remove_cell());
         }
         Ok(())
+    }
+
+    /// Tries again to remove the frozen cells that outlived their holds.
+    pub fn sweep_cells(&mut self) {
+        self.leftover_cells.retain(|cell| cgroup::remove(cell).is_err());
     }
 
     fn take(&mut self, key: HoldKey) -> Result<HeldProcess, HeldError> {
@@ -125,6 +134,7 @@ impl Holds {
     ) -> Result<HeldProcess, HeldError> {
         let held = self.take(*key)?;
         held.deny(enforcer, on_deny)?;
+        self.leftover_cells.extend(held.remove_cell());
         Ok(held)
     }
 }
