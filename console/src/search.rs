@@ -5,7 +5,7 @@ use prost::Message as _;
 use proto::v1::{Decision, HoldRaised, SignedDecision};
 use sqlx::Row as _;
 
-use crate::store::{HoldRecord, Store, StoreError};
+use crate::store::{HoldRecord, Store, StoreError, decode_stored};
 
 /// Most holds or audit records one query returns.
 pub const MAX_LIMIT: i64 = 500;
@@ -56,15 +56,6 @@ const DETAIL: &str =
     "SELECT h.host, h.id, h.nonce, h.kind, h.agent, h.requester, h.policy_rule, h.requested_at_ms,
         h.deadline_ms, h.quorum, h.approvals, h.status, h.closed_reason, h.raised, d.signed
     FROM holds h LEFT JOIN decisions d ON d.host = h.host AND d.hold_id = h.id";
-
-fn corrupt(hold_id: &str, reason: &impl ToString) -> StoreError {
-    StoreError::Corrupt { hold_id: hold_id.to_owned(), reason: reason.to_string() }
-}
-
-fn decode<M: prost::Message + Default>(hold_id: &str, hex_text: &str) -> Result<M, StoreError> {
-    let bytes = hex::decode(hex_text).map_err(|e| corrupt(hold_id, &e))?;
-    M::decode(bytes.as_slice()).map_err(|e| corrupt(hold_id, &e))
-}
 
 /// `text` for a LIKE pattern that matches it literally anywhere.
 fn contains_pattern(text: &str) -> String {
@@ -124,14 +115,18 @@ impl Store {
             status: row.try_get(11)?,
             closed_reason: row.try_get(12)?,
         };
-        let raised: HoldRaised = decode(&record.id, &row.try_get::<String, _>(13)?)?;
-        let decision = match row.try_get::<Option<String>, _>(14)? {
-            Some(signed) => {
-                let signed: SignedDecision = decode(&record.id, &signed)?;
-                Some(Decision::decode(signed.decision.as_slice()).map_err(|e| corrupt(&record.id, &e))?)
-            }
-            None => None,
-        };
+        let raised: HoldRaised = decode_stored(&record.id, &row.try_get::<String, _>(13)?)?;
+        let decision =
+            match row.try_get::<Option<String>, _>(14)? {
+                Some(signed) => {
+                    let signed: SignedDecision = decode_stored(&record.id, &signed)?;
+                    Some(Decision::decode(signed.decision.as_slice()).map_err(|e| StoreError::Corrupt {
+                        hold_id: record.id.clone(),
+                        reason: e.to_string(),
+                    })?)
+                }
+                None => None,
+            };
         let approvers = match &decision {
             Some(decision) => decision.approvers.clone(),
             None if record.approvals > 0 => {

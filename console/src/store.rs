@@ -210,7 +210,7 @@ pub(crate) async fn audit(
 }
 
 /// A message about `hold_id` stored as the hex of its encoding.
-fn decode_stored<M: prost::Message + Default>(hold_id: &str, text: &str) -> Result<M, StoreError> {
+pub(crate) fn decode_stored<M: prost::Message + Default>(hold_id: &str, text: &str) -> Result<M, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt { hold_id: hold_id.to_owned(), reason };
     let bytes = hex::decode(text).map_err(|e| corrupt(e.to_string()))?;
     M::decode(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))

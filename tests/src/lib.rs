@@ -487,3 +487,8 @@ pub fn hold_peer_policy(peer: &Peer, flagged: &[PathBuf]) -> KernelPolicy {
         egress: vec![hold(peer.v4_net), hold(peer.v6_net)],
     }
 }
+
+/// A loopback address with a port free right now, for a server a test starts.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
+}

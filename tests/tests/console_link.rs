@@ -47,10 +47,6 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().expect("runtime")
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
-}
-
 /// The console's files (SQLite database, certificate authority), removed on drop.
 struct Files(PathBuf);
 
@@ -195,7 +191,7 @@ fn linked() -> (Files, RunningConsole, Daemon) {
 /// [`linked`], the daemon with `policy` as its `test` policy.
 fn linked_with(policy: &str) -> (Files, RunningConsole, Daemon) {
     let files = Files::new();
-    let console = RunningConsole::start(&files, free_addr(), false);
+    let console = RunningConsole::start(&files, tests::free_addr(), false);
     let daemon = Daemon::start_with_config(policy, &console_section(&format!("http://{}", console.addr), ""));
     (files, console, daemon)
 }
@@ -257,7 +253,7 @@ fn decisions(daemon: &Daemon, id: &str) -> Vec<Value> {
 fn a_held_exec_reaches_the_console_with_its_context_and_runs_once_a_person_approves_it() {
     let rt = runtime();
     let files = Files::new();
-    let console = RunningConsole::start(&files, free_addr(), true);
+    let console = RunningConsole::start(&files, tests::free_addr(), true);
     let token = rt.block_on(console.store().issue_token(HOST, Duration::from_mins(10))).expect("token");
     let extra = format!(", ca = \"{}\", token = \"{token}\"", files.ca_dir().join("ca.pem").display());
     let daemon = Daemon::start_with_config(
@@ -374,7 +370,7 @@ fn decisions_the_host_must_not_act_on_are_refused_and_audited() {
 fn a_hold_raised_while_the_console_is_down_reaches_it_when_it_starts() {
     let rt = runtime();
     let files = Files::new();
-    let addr = free_addr();
+    let addr = tests::free_addr();
     let daemon = Daemon::start_with_config(HOLD_FLAGGED, &console_section(&format!("http://{addr}"), ""));
     let agent = daemon.run_agent(&daemon.flagged(), &["waited-for-the-console"]);
     // Held and listed here while no console answers, which `status` shows.

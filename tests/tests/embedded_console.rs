@@ -12,10 +12,6 @@ use tests::{
     daemon::{Daemon, HOLD_FLAGGED, finish, stderr},
 };
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
-}
-
 /// A daemon running its embedded console on addresses of its own, and that console's API.
 struct Embedded {
     daemon: Daemon,
@@ -29,7 +25,7 @@ struct Embedded {
 
 impl Embedded {
     fn start() -> Self {
-        let (hosts, people) = (free_addr(), free_addr());
+        let (hosts, people) = (tests::free_addr(), tests::free_addr());
         let scratch =
             std::env::temp_dir().join(format!("kt-embedded-{}-{}", std::process::id(), people.port()));
         std::fs::create_dir_all(&scratch).expect("scratch");

@@ -45,16 +45,24 @@ impl FromRequestParts<Api> for Principal {
             || ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "sign in, or send an API token");
         let session = session_cookie(&parts.headers).ok_or_else(unauthenticated)?;
         let principal = store.session_principal(session).await?.ok_or_else(unauthenticated)?;
-        let changes = !matches!(parts.method, Method::GET | Method::HEAD);
-        if changes && parts.headers.get(CSRF_HEADER).is_none_or(|v| v != "keyturn") {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "csrf",
-                format!("a change in a browser session needs the header `{CSRF_HEADER}: keyturn`"),
-            ));
+        if !matches!(parts.method, Method::GET | Method::HEAD) {
+            check_csrf(&parts.headers)?;
         }
         Ok(principal)
     }
+}
+
+/// Refuses a change made in a browser session without the header only this console's
+/// own pages send.
+fn check_csrf(headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.get(CSRF_HEADER).is_none_or(|v| v != "keyturn") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            format!("a change in a browser session needs the header `{CSRF_HEADER}: keyturn`"),
+        ));
+    }
+    Ok(())
 }
 
 /// The value of cookie `name`, if the request carries it.
@@ -94,13 +102,7 @@ pub async fn options(State(api): State<Api>) -> Response {
 }
 
 pub async fn logout(State(api): State<Api>, headers: HeaderMap) -> Result<Response, ApiError> {
-    if headers.get(CSRF_HEADER).is_none_or(|v| v != "keyturn") {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "csrf",
-            format!("signing out needs `{CSRF_HEADER}: keyturn`"),
-        ));
-    }
+    check_csrf(&headers)?;
     if let Some(session) = session_cookie(&headers) {
         api.console.store().end_session(session).await?;
     }

@@ -204,11 +204,11 @@ async fn decide(
         store.record(&event).await?;
         Err::<Response, _>(error)
     };
-    // Only decisions on holds that exist are worth a record: the path is the caller's.
-    if store.hold(host, hold_id).await?.is_none() {
-        return Err(StoreError::UnknownHold { host: host.to_owned(), hold_id: hold_id.to_owned() }.into());
-    }
     if let Err(error) = require(principal, Role::Approver) {
+        // Only refusals on holds that exist are worth a record: the path is the caller's.
+        if store.hold(host, hold_id).await?.is_none() {
+            return Err(StoreError::UnknownHold { host: host.to_owned(), hold_id: hold_id.to_owned() }.into());
+        }
         return refused(error).await;
     }
     let request = DecisionRequest {

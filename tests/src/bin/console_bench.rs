@@ -46,10 +46,6 @@ struct Timeline {
 
 type Shared = Arc<Mutex<Timeline>>;
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
-}
-
 /// The `keyturn` binary: `KEYTURN_BIN`, as `cargo xtask bench` sets it.
 fn keyturn() -> PathBuf {
     std::env::var_os("KEYTURN_BIN").map_or_else(|| PathBuf::from("target/release/keyturn"), PathBuf::from)
@@ -157,7 +153,7 @@ async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
 
 /// Starts `keyturn console` with mutual TLS on loopback, its database in `dir`.
 async fn start_console(dir: &Path) -> Result<(RunningConsole, SocketAddr, SocketAddr)> {
-    let (hosts, http) = (free_addr(), free_addr());
+    let (hosts, http) = (tests::free_addr(), tests::free_addr());
     std::fs::create_dir_all(dir)?;
     let config = dir.join("console.toml");
     std::fs::write(
