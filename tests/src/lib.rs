@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    io::Read as _,
+    io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
@@ -18,6 +18,7 @@ use std::{
 
 pub mod daemon;
 pub mod oidc;
+pub mod runtimes;
 
 use agent_common::{HoldKey, Tag};
 use keyturn::{
@@ -413,6 +414,23 @@ impl Peer {
 
     /// A TCP listener on the peer at `addr:port`, recording every byte it receives.
     pub fn tcp(&self, addr: IpAddr, port: u16) -> Received {
+        self.serve_tcp(addr, port, None)
+    }
+
+    /// An HTTP server on the peer at `addr:port`, recording every byte it receives: each
+    /// request (once its headers are in) gets `200 OK` with `body`, and the connection is
+    /// closed.
+    pub fn http(&self, addr: IpAddr, port: u16, body: &str) -> Received {
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        self.serve_tcp(addr, port, Some(answer))
+    }
+
+    /// A TCP listener recording what it receives, and sending `answer` once a request's
+    /// headers are in, if there is one.
+    fn serve_tcp(&self, addr: IpAddr, port: u16, answer: Option<String>) -> Received {
         let received = Received::default();
         let sink = received.clone();
         let listener = self.in_netns(move || {
@@ -433,14 +451,21 @@ impl Peer {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { break };
-                let sink = sink.clone();
+                let (sink, answer) = (sink.clone(), answer.clone());
                 std::thread::spawn(move || {
-                    let mut buf = [0u8; 4096];
+                    let (mut buf, mut request) = ([0u8; 4096], Vec::new());
                     while let Ok(n) = stream.read(&mut buf) {
                         if n == 0 {
                             break;
                         }
                         sink.0.lock().expect("lock").extend_from_slice(&buf[..n]);
+                        request.extend_from_slice(&buf[..n]);
+                        if let Some(answer) = &answer
+                            && request.windows(4).any(|w| w == b"\r\n\r\n")
+                        {
+                            let _ = stream.write_all(answer.as_bytes());
+                            break;
+                        }
                     }
                 });
             }
