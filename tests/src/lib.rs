@@ -366,6 +366,8 @@ pub struct Peer {
     pub v6: Ipv6Addr,
     pub v4_net: Cidr,
     pub v6_net: Cidr,
+    /// Keeps the peer's subnets this peer's alone while it lives (see [`claim_subnet`]).
+    _subnet_lock: fs::File,
 }
 
 fn ip(args: &[&str]) {
@@ -373,9 +375,33 @@ fn ip(args: &[&str]) {
     assert!(status.success(), "ip {args:?} failed");
 }
 
+/// Claims a subnet number `N` (`10.213.N.0/24`, `fd00:6b74:0:N::/64`) for a peer: one no
+/// address on this host is in yet, locked against the peers of other test processes that
+/// run beside this one (two routes to one subnet would send a test's packets to another's
+/// peer). The lock lasts as long as the file returned.
+fn claim_subnet() -> (u8, fs::File) {
+    let locks = Path::new("/run/keyturn-test-peers");
+    fs::create_dir_all(locks).expect("create the peers' lock directory");
+    let addresses = Command::new("ip").args(["-o", "-4", "addr"]).output().expect("run ip").stdout;
+    let addresses = String::from_utf8_lossy(&addresses);
+    let first = SERIAL.fetch_add(1, Ordering::Relaxed) + std::process::id();
+    for offset in 0..250 {
+        let serial = u8::try_from((first + offset) % 250 + 1).expect("below 251");
+        if addresses.contains(&format!(" 10.213.{serial}.")) {
+            continue;
+        }
+        let lock = fs::File::create(locks.join(serial.to_string())).expect("create a peer lock");
+        // SAFETY: flock on a file we own; non-blocking.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return (serial, lock);
+        }
+    }
+    panic!("every subnet 10.213.1-250.0/24 is taken on this host");
+}
+
 impl Peer {
     pub fn new() -> Self {
-        let serial = u8::try_from(SERIAL.fetch_add(1, Ordering::Relaxed) % 250 + 1).expect("below 251");
+        let (serial, subnet_lock) = claim_subnet();
         let netns = unique("ktns");
         let (host_if, peer_if) = (unique("kth"), unique("ktp"));
         ip(&["netns", "add", &netns]);
@@ -396,6 +422,7 @@ impl Peer {
             v6,
             v4_net: format!("10.213.{serial}.0/24").parse().expect("cidr"),
             v6_net: format!("fd00:6b74:0:{serial:x}::/64").parse().expect("cidr"),
+            _subnet_lock: subnet_lock,
         }
     }
 
