@@ -17,10 +17,15 @@ import threading
 import time
 
 
+def say(line):
+    """Prints a line with one write(2): lines from different threads never mix."""
+    os.write(1, f"{line}\n".encode())
+
+
 def acting():
     """Says which process and thread is about to act: /proc/thread-self is PID/task/TID."""
     pid, _, tid = os.readlink("/proc/thread-self").split("/")
-    print(f"acting {pid} {tid}", flush=True)
+    say(f"acting {pid} {tid}")
 
 
 def send_report(host, port, report):
@@ -52,7 +57,7 @@ def pool(host, port, report):
     with concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="tool") as tools:
         digest = tools.submit(lambda: hashlib.sha256(report.encode()).hexdigest())
         upload = tools.submit(send_report, host, port, report)
-        print(f"digest {digest.result()[:16]}", flush=True)
+        say(f"digest {digest.result()[:16]}")
         return upload.result()
 
 
@@ -89,7 +94,7 @@ PATTERNS = {
 def main():
     pattern, host, port, report = sys.argv[1:]
     sent = PATTERNS[pattern](host, int(port), report)
-    print(f"sent {sent}", flush=True)
+    say(f"sent {sent}")
 
 
 if __name__ == "__main__":
