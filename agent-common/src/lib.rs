@@ -18,6 +18,8 @@ pub mod capacity {
     pub const EGRESS_RULES: u32 = 65_536;
     /// Holds that may exist at once on one host (held, approved-not-yet-consumed, denied).
     pub const HOLDS: u32 = 16_384;
+    /// Processes keyturn may have stopped at once: at most one per hold.
+    pub const STOPS: u32 = HOLDS;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// Deepest cgroup level the kernel walks to find a tagged ancestor.
@@ -226,8 +228,12 @@ pub struct Hold {
     pub action: Action,
     /// Random per hold; a decision must name it.
     pub nonce: u64,
-    /// The process's `start_boottime`: a reused pid never matches a dead process's hold.
-    pub start_boottime: u64,
+    /// The held thread's `start_boottime`: with the tid it names one thread for ever, so a
+    /// reused tid never matches a dead thread's hold.
+    pub thread_start: u64,
+    /// The process's (its thread group leader's) `start_boottime`: with the tgid it names
+    /// one process for ever. `/proc/PID/stat` shows this one, not the thread's.
+    pub process_start: u64,
     /// The tagged root the process was under when held.
     pub root: u64,
     /// `CLOCK_MONOTONIC` nanoseconds when the hold was raised.
@@ -236,6 +242,19 @@ pub struct Hold {
     pub state: u32,
     /// An [`event_type`] constant: `HELD`, `DEFERRED` or `STOPPED`.
     pub event_type: u32,
+}
+
+/// A process keyturn stopped (`SIGSTOP`) and has not yet resumed or killed: value of
+/// `STOPS`, keyed by tgid. Written by the hooks whenever they stop a process, removed by
+/// user space just before it resumes or kills one, so that a process stopped by keyturn
+/// can always be told from one stopped by anyone else.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stop {
+    /// [`Hold::process_start`] of the stopped process.
+    pub process_start: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds of the latest stop.
+    pub stopped_at_ns: u64,
 }
 
 /// What the kernel knows of a held action, sent to user space through `EVENTS`.
@@ -273,6 +292,7 @@ pub struct KernelOffsets {
     pub socket_type: u32,
     pub msghdr_name: u32,
     pub task_tgid: u32,
+    pub task_group_leader: u32,
     /// `inode` ctime seconds (`time64_t`) and nanoseconds (the low 32 bits are read):
     /// `i_ctime_sec`/`i_ctime_nsec` since 6.11, `i_ctime` (a `timespec64`) before.
     pub inode_ctime_sec: u32,
@@ -283,7 +303,7 @@ pub struct KernelOffsets {
 mod pod {
     use super::{
         Action, CachedTag, Config, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey, KernelOffsets,
-        PolicyDefaults, Tag,
+        PolicyDefaults, Stop, Tag,
     };
     // SAFETY: every type is repr(C), Copy, and has no implicit padding.
     unsafe impl aya::Pod for Tag {}
@@ -298,6 +318,7 @@ mod pod {
     unsafe impl aya::Pod for Hold {}
     unsafe impl aya::Pod for HoldEvent {}
     unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for Stop {}
 }
 
 #[cfg(test)]
@@ -314,12 +335,13 @@ mod tests {
         assert_eq!(size_of::<EgressKey>(), 20);
         assert_eq!(size_of::<EgressRule>(), 8 + 8 * 8);
         assert_eq!(size_of::<Action>(), 4 * 4 + 2 * 8 + 16);
-        assert_eq!(size_of::<Hold>(), size_of::<Action>() + 4 * 8 + 2 * 4);
+        assert_eq!(size_of::<Hold>(), size_of::<Action>() + 5 * 8 + 2 * 4);
         assert_eq!(
             size_of::<HoldEvent>(),
             8 + size_of::<Hold>() + 8 + 8 + 4 * 4 + 16 + super::capacity::PATH_BYTES
         );
-        assert_eq!(size_of::<KernelOffsets>(), 12 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 13 * 4);
+        assert_eq!(size_of::<super::Stop>(), 2 * 8);
         assert_eq!(size_of::<super::ExecKey>(), 4 + 4 + 8 + 8);
     }
 }

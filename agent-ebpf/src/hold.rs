@@ -2,12 +2,13 @@
 //! policy says of it, either let it through, refuse it, or stop the process and ask.
 
 use agent_common::{
-    Action, Hold, HoldEvent, HoldKey, PolicyDefaults, capacity, counter, event_type, hold_state, verdict,
+    Action, Hold, HoldEvent, HoldKey, PolicyDefaults, Stop, capacity, counter, event_type, hold_state,
+    verdict,
 };
 
 use crate::{
     kernel,
-    maps::{CONFIG, COUNTERS, EVENTS, HOLDS, HOLDS_FINISHED, HOLDS_STARTED, POLICIES},
+    maps::{CONFIG, COUNTERS, EVENTS, HOLDS, HOLDS_FINISHED, HOLDS_STARTED, POLICIES, STOPS},
     tag::Tagged,
 };
 
@@ -65,7 +66,7 @@ pub fn enforce(
     }
     let (tgid, tid) = kernel::current_ids();
     let key = HoldKey { tgid, tid: if waiting == Waiting::Retry { 0 } else { tid } };
-    let Ok(start_boottime) = kernel::current_start_boottime() else {
+    let Ok((thread_start, process_start)) = kernel::current_start_times() else {
         count(counter::HOLD_TABLE_REFUSED);
         return Outcome::Refuse;
     };
@@ -73,7 +74,7 @@ pub fn enforce(
     if let Some(existing) = HOLDS.get_ptr(key) {
         // SAFETY: the record is only replaced whole; fields are read by value.
         let existing = unsafe { &*existing };
-        if existing.start_boottime == start_boottime {
+        if existing.thread_start == thread_start && existing.process_start == process_start {
             if existing.action == *action {
                 return decided(&key, existing, waiting);
             }
@@ -108,7 +109,8 @@ pub fn enforce(
     let hold = Hold {
         action: *action,
         nonce: kernel::random_u64(),
-        start_boottime,
+        thread_start,
+        process_start,
         root: tagged.root,
         held_at_ns: kernel::now_ns(),
         state: hold_state::PENDING,
@@ -120,7 +122,7 @@ pub fn enforce(
         count(counter::HOLD_TABLE_REFUSED);
         return Outcome::Refuse;
     }
-    if waiting != Waiting::Retry && !kernel::signal_current(kernel::SIGSTOP) {
+    if waiting != Waiting::Retry && !stop_current(tgid, process_start) {
         let _ = HOLDS.remove(key);
         entry.discard(0);
         release_slot(tagged.root);
@@ -144,11 +146,11 @@ fn decided(key: &HoldKey, hold: &Hold, waiting: Waiting) -> Outcome {
         }
         hold_state::PENDING if waiting != Waiting::Retry => {
             // Resumed by a SIGCONT that was not keyturn's: stop it again, same hold.
-            if !kernel::signal_current(kernel::SIGSTOP) {
+            if !stop_current(key.tgid, hold.process_start) {
                 count(counter::SIGNAL_FAILED);
                 return Outcome::Refuse;
             }
-            report_rogue_continue(hold, key.tgid);
+            report_rogue_continue(hold, key.tgid, key.tid);
             Outcome::Held
         }
         hold_state::PENDING => Outcome::Refuse,
@@ -162,7 +164,7 @@ fn decided(key: &HoldKey, hold: &Hold, waiting: Waiting) -> Outcome {
 
 /// Counts a SIGCONT that was not keyturn's and tells user space (best effort: the hold
 /// itself was reported already).
-pub fn report_rogue_continue(hold: &Hold, tgid: u32) {
+pub fn report_rogue_continue(hold: &Hold, tgid: u32, tid: u32) {
     count(counter::ROGUE_CONTINUE);
     if let Some(mut entry) = EVENTS.reserve::<HoldEvent>(0) {
         let event = entry.as_mut_ptr();
@@ -173,9 +175,20 @@ pub fn report_rogue_continue(hold: &Hold, tgid: u32) {
             (*event).hold = *hold;
             (*event).at_ns = kernel::now_ns();
             (*event).tgid = tgid;
+            (*event).tid = tid;
         }
         entry.submit(0);
     }
+}
+
+/// Stops the current process and records the stop in `STOPS`; `true` only if the kernel
+/// queued the signal. The record is written first: a stop keyturn made is never unrecorded.
+fn stop_current(tgid: u32, process_start: u64) -> bool {
+    let stop = Stop { process_start, stopped_at_ns: kernel::now_ns() };
+    if STOPS.insert(tgid, stop, 0).is_err() {
+        return false;
+    }
+    kernel::signal_current(kernel::SIGSTOP)
 }
 
 fn daemon_alive() -> bool {

@@ -23,6 +23,7 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     socket_type: 0,
     msghdr_name: 0,
     task_tgid: 0,
+    task_group_leader: 0,
     inode_ctime_sec: 0,
     inode_ctime_nsec: 0,
 });
@@ -68,12 +69,15 @@ pub fn current_comm() -> [u8; 16] {
     bpf_get_current_comm().unwrap_or([0; 16])
 }
 
-/// The current task's `start_boottime`: with the tgid it names one process for ever.
+/// The `start_boottime` of the current thread and of its process (the thread group
+/// leader's): each, with its id, names one thread or process for ever.
 #[inline(always)]
-pub fn current_start_boottime() -> Result<u64, i32> {
+pub fn current_start_times() -> Result<(u64, u64), i32> {
     // SAFETY: plain helper call.
     let task = unsafe { generated::bpf_get_current_task() };
-    read(task, offsets().task_start_boottime)
+    let offsets = offsets();
+    let leader: u64 = read(task, offsets.task_group_leader)?;
+    Ok((read(task, offsets.task_start_boottime)?, read(leader, offsets.task_start_boottime)?))
 }
 
 pub fn now_ns() -> u64 {

@@ -2,7 +2,8 @@
 //! pending holds outlive a daemon restart; capacities live in `agent_common::capacity`.
 
 use agent_common::{
-    CachedTag, Config, EgressKey, EgressRule, ExecKey, Hold, HoldKey, PolicyDefaults, Tag, capacity, counter,
+    CachedTag, Config, EgressKey, EgressRule, ExecKey, Hold, HoldKey, PolicyDefaults, Stop, Tag, capacity,
+    counter,
 };
 use aya_ebpf::{
     macros::map,
@@ -40,6 +41,12 @@ pub static EGRESS_RULES: LpmTrie<EgressKey, EgressRule> = LpmTrie::pinned(capaci
 /// space, consumed by the hook when the held syscall restarts.
 #[map]
 pub static HOLDS: HashMap<HoldKey, Hold> = HashMap::pinned(capacity::HOLDS, 0);
+
+/// Processes keyturn stopped and has not resumed or killed (tgid → stop): written by the
+/// hooks on every stop, removed by user space just before it resumes or kills one. Lets
+/// the daemon tell its own stops from anyone else's, even after a restart.
+#[map]
+pub static STOPS: HashMap<u32, Stop> = HashMap::pinned(capacity::STOPS, 0);
 
 /// Holds ever raised per tagged root; incremented only by the hooks.
 #[map]

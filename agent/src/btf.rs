@@ -163,6 +163,7 @@ impl Btf {
             socket_type: self.member_offset("socket", "type")?,
             msghdr_name: self.member_offset("msghdr", "msg_name")?,
             task_tgid: self.member_offset("task_struct", "tgid")?,
+            task_group_leader: self.member_offset("task_struct", "group_leader")?,
             inode_ctime_sec,
             inode_ctime_nsec,
         })

@@ -10,7 +10,7 @@ use std::{
 };
 
 use agent_common::{
-    Config, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey, PolicyDefaults, Tag, counter,
+    Config, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey, PolicyDefaults, Stop, Tag, counter,
     hold_state,
 };
 use aya::{
@@ -175,6 +175,15 @@ fn map_error(map: &'static str) -> impl FnOnce(MapError) -> EnforcerError {
     move |source| EnforcerError::Map { map, source }
 }
 
+/// A map removal's result, with "no such key" counted as done.
+fn absent_ok(removed: Result<(), MapError>) -> Result<(), MapError> {
+    match removed {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
 fn pin_error(path: &Path) -> impl FnOnce(std::io::Error) -> EnforcerError + '_ {
     move |source| EnforcerError::Pin { path: path.to_owned(), source }
 }
@@ -316,10 +325,7 @@ impl Enforcer {
     /// Stops enforcing on the cgroup tagged as `id` and detaches its programs.
     pub fn untag(&mut self, id: u64) -> Result<()> {
         let mut roots: HashMap<_, u64, Tag> = self.map_mut("TAGGED_ROOTS")?;
-        match roots.remove(&id) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_error("TAGGED_ROOTS")(e)),
-        }
+        absent_ok(roots.remove(&id)).map_err(map_error("TAGGED_ROOTS"))?;
         self.bump_generation()?;
         for spec in self.programs {
             let path = self.link_path(&id.to_string(), spec.name)?;
@@ -472,6 +478,20 @@ impl Enforcer {
             let _ = holds.remove(&key);
         }
         Ok(())
+    }
+
+    /// The processes the hooks stopped that user space has not resumed or killed since:
+    /// tgid → stop.
+    pub fn stops(&self) -> Result<Vec<(u32, Stop)>> {
+        let stops: HashMap<_, u32, Stop> = self.map("STOPS")?;
+        stops.iter().collect::<Result<_, _>>().map_err(map_error("STOPS"))
+    }
+
+    /// Forgets the stop of process `tgid`: called just before keyturn resumes or kills it
+    /// (a hook that stops it again meanwhile records the new stop after this).
+    pub fn forget_stop(&mut self, tgid: u32) -> Result<()> {
+        let mut stops: HashMap<_, u32, Stop> = self.map_mut("STOPS")?;
+        absent_ok(stops.remove(&tgid)).map_err(map_error("STOPS"))
     }
 
     /// Records that one hold under `root` is closed, freeing a pending slot.

@@ -4,7 +4,7 @@
 use std::{
     io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use agent_common::{Hold, HoldEvent, HoldKey, event_type, hold_state};
@@ -82,7 +82,9 @@ pub struct HeldProcess {
 }
 
 impl HeldProcess {
-    /// Opens the process named by `event`, checking it is the very process that was held.
+    /// Opens the process named by `event`, checking it is the very process that was held
+    /// and, unless any of its threads may retry a deferred hold, that the thread that was
+    /// held is still there: a pid or tid reused since never inherits a hold.
     pub fn open(event: &HoldEvent) -> Result<Self, HeldError> {
         let pid = event.tgid;
         // SAFETY: pidfd_open takes a pid and flags, returns an fd or -1.
@@ -92,9 +94,16 @@ impl HeldProcess {
         }
         // SAFETY: a fresh fd we own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| HeldError::Gone(pid))?) };
-        // Checked after opening: if the pid was reused before, the start time differs.
-        if crate::procfs::stat(pid).map(|stat| stat.start_ticks)
-            != Some(event.hold.start_boottime / NS_PER_TICK)
+        // Checked after opening: if the pid was reused before, the start time differs. The
+        // kernel's record has both: `/proc/PID/stat` shows the process's, and the thread's
+        // own file its own.
+        let started = |stat: &Path, start_ns: u64| {
+            crate::procfs::stat_at(stat).map(|stat| stat.start_ticks) == Some(start_ns / NS_PER_TICK)
+        };
+        let (hold, process) = (&event.hold, Path::new("/proc").join(pid.to_string()));
+        let thread = process.join("task").join(event.tid.to_string()).join("stat");
+        if !started(&process.join("stat"), hold.process_start)
+            || (event.event_type != event_type::DEFERRED && !started(&thread, hold.thread_start))
         {
             return Err(HeldError::Gone(pid));
         }
@@ -115,6 +124,14 @@ impl HeldProcess {
         // SAFETY: one valid pollfd, no waiting.
         let ready = unsafe { libc::poll(&raw mut fd, 1, 0) };
         ready > 0
+    }
+
+    /// Resumes (`SIGCONT`) or kills (`SIGKILL`) the process, forgetting keyturn's stop of it
+    /// first: a hook that stops it again (another of its threads, still held) records that
+    /// new stop after this.
+    fn end_stop(&self, enforcer: &mut Enforcer, signal: i32) -> Result<(), HeldError> {
+        enforcer.forget_stop(self.event.tgid)?;
+        self.signal(signal)
     }
 
     fn signal(&self, signal: i32) -> Result<(), HeldError> {
@@ -194,14 +211,14 @@ impl HeldProcess {
             event_type::STOPPED => {
                 enforcer.forget(key, nonce)?;
                 self.thaw()?;
-                self.signal(libc::SIGCONT)?;
+                self.end_stop(enforcer, libc::SIGCONT)?;
             }
             event_type::DEFERRED => {
                 enforcer.decide(key, nonce, hold_state::APPROVED)?;
             }
             _ => {
                 enforcer.decide(key, nonce, hold_state::APPROVED)?;
-                self.signal(libc::SIGCONT)?;
+                self.end_stop(enforcer, libc::SIGCONT)?;
             }
         }
         enforcer.finish(self.event.hold.root)?;
@@ -213,12 +230,12 @@ impl HeldProcess {
         let (key, nonce) = (self.key(), self.event.hold.nonce);
         let stopped = self.event.event_type == event_type::STOPPED;
         if on_deny == OnDeny::Kill || stopped {
-            self.signal(libc::SIGKILL)?;
+            self.end_stop(enforcer, libc::SIGKILL)?;
             enforcer.forget(key, nonce)?;
         } else {
             enforcer.decide(key, nonce, hold_state::DENIED)?;
             if self.event.event_type == event_type::HELD {
-                self.signal(libc::SIGCONT)?;
+                self.end_stop(enforcer, libc::SIGCONT)?;
             }
         }
         enforcer.finish(self.event.hold.root)?;

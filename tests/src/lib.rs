@@ -339,13 +339,38 @@ pub fn rogue_signal(pid: u32, signal: i32) {
     assert_eq!(unsafe { libc::kill(i32::try_from(pid).expect("pid"), signal) }, 0);
 }
 
-/// Bytes a listener on the peer received.
+/// Bytes a listener on the peer received, and the TCP connections it accepted.
 #[derive(Clone, Default)]
-pub struct Received(Arc<Mutex<Vec<u8>>>);
+pub struct Received {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    connections: Arc<AtomicU32>,
+}
 
 impl Received {
     pub fn bytes(&self) -> Vec<u8> {
-        self.0.lock().expect("lock").clone()
+        self.bytes.lock().expect("lock").clone()
+    }
+
+    fn record(&self, bytes: &[u8]) {
+        self.bytes.lock().expect("lock").extend_from_slice(bytes);
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u32 {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `count` TCP connections were accepted.
+    pub fn wait_connections(&self, count: u32) {
+        let deadline = Instant::now() + WAIT;
+        while self.connections() < count {
+            assert!(
+                Instant::now() < deadline,
+                "peer accepted {} connections, not {count}",
+                self.connections()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Waits until `expected` was received.
@@ -478,6 +503,7 @@ impl Peer {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { break };
+                sink.connections.fetch_add(1, Ordering::SeqCst);
                 let (sink, answer) = (sink.clone(), answer.clone());
                 std::thread::spawn(move || {
                     let (mut buf, mut request) = ([0u8; 4096], Vec::new());
@@ -485,7 +511,7 @@ impl Peer {
                         if n == 0 {
                             break;
                         }
-                        sink.0.lock().expect("lock").extend_from_slice(&buf[..n]);
+                        sink.record(&buf[..n]);
                         request.extend_from_slice(&buf[..n]);
                         if let Some(answer) = &answer
                             && request.windows(4).any(|w| w == b"\r\n\r\n")
@@ -508,7 +534,7 @@ impl Peer {
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = socket.recv(&mut buf) {
-                sink.0.lock().expect("lock").extend_from_slice(&buf[..n]);
+                sink.record(&buf[..n]);
             }
         });
         received

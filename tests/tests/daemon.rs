@@ -247,6 +247,39 @@ fn a_timeout_applies_on_timeout() {
     assert_eq!(timeouts[0]["id"], holds[0]["hold"]["id"]);
 }
 
+/// A connect from a thread started 0.3 s after its process is held, listed with that
+/// thread's tid and its destination, and timed out and audited like any other hold: never
+/// dropped as "process gone" with the process left stopped.
+#[test]
+fn a_late_threads_connect_is_listed_and_times_out_like_any_hold() {
+    let peer = tests::Peer::new();
+    let policy = format!(
+        "timeout = \"2s\"\n[[egress]]\ncidr = \"{}\"\naction = \"hold\"\n[egress_default]\naction = \"allow\"\n",
+        keyturn::policy::display_cidr(&peer.v4_net)
+    );
+    let daemon = Daemon::start(&policy);
+    let received = peer.tcp(peer.v4.into(), 7101);
+    let (to, actor) = (peer.v4.to_string(), tests::actor_path());
+    let agent =
+        daemon.run_agent(actor.to_str().expect("utf-8"), &["late-thread", "300", "tcp", &to, "7101", "late"]);
+    let hold = daemon.pending_one();
+    let (pid, tid) = (pid_of(&hold), u32::try_from(hold["tid"].as_u64().expect("tid")).expect("tid"));
+    assert_ne!(tid, pid, "the hold names the late thread: {hold}");
+    assert!(Path::new(&format!("/proc/{pid}/task/{tid}")).exists(), "{tid} is a thread of {pid}");
+    assert_eq!(
+        (hold["kind"].as_str(), hold["address"].as_str(), hold["port"].as_u64()),
+        (Some("egress"), Some(to.as_str()), Some(7101))
+    );
+    assert!(held(pid));
+    let (code, _) = finish(agent);
+    assert_eq!(code, 128 + libc::SIGKILL, "on_timeout kills");
+    assert!(received.bytes().is_empty());
+    let timeouts = audit_events(&daemon, "timeout");
+    assert_eq!(timeouts.len(), 1);
+    assert_eq!(timeouts[0]["id"], hold["id"]);
+    assert!(audit_events(&daemon, "hold_closed").is_empty(), "no hold was dropped");
+}
+
 #[test]
 fn a_bad_policy_is_refused_with_file_and_line() {
     let dir = std::env::temp_dir().join(format!("kt-badpolicy-{}", std::process::id()));

@@ -143,6 +143,69 @@ fn multi_threaded_process_is_stopped_whole() {
     assert!(finish(child).1.success());
 }
 
+/// A connect from a thread started well after its process: the kernel names that thread,
+/// and user space opens it as the very thread that was held (not "process gone").
+#[test]
+fn a_thread_started_late_is_held_as_itself_and_decided() {
+    let (peer, mut kernel, cgroup) = setup();
+    let e = egress(&peer, "tcp", peer.v4.into(), peer.v4.into(), 7018);
+    let child = start(Some(&cgroup), &e, &["late-thread", "300"]);
+    let pid = child.id();
+    let key = kernel.expect_hold(pid);
+    assert_ne!(key.tid, pid, "the connect came from the late thread, not the main one");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}/task/{}", key.tid)).exists(),
+        "the held tid is a thread of the held process"
+    );
+    wait_stopped(pid);
+    sleep(QUIET);
+    assert!(e.received.bytes().is_empty());
+    kernel.approve(&key);
+    e.received.wait_for(MESSAGE);
+    let (out, status) = finish(child);
+    assert!(status.success(), "{out}");
+}
+
+/// Two threads of one process connecting at once: approving the first hold approves only
+/// that thread's connect. The other thread's connect is held on its own (raised before or
+/// after the first approval: the first stop may catch that thread before its connect), and
+/// since a stop is the whole process's, the approved thread may itself wait for that second
+/// decision before its connect runs; it never needs a second approval.
+#[test]
+fn approving_one_threads_hold_releases_only_that_threads_action() {
+    let (peer, mut kernel, cgroup) = setup();
+    let e = egress(&peer, "tcp", peer.v4.into(), peer.v4.into(), 7019);
+    let child = start(Some(&cgroup), &e, &["each-thread", "2"]);
+    let pid = child.id();
+    let first = kernel.expect_hold(pid);
+    wait_stopped(pid);
+    kernel.approve(&first);
+    let second = match kernel.expect_event(pid) {
+        Happened::Held(key) | Happened::RogueContinueReheld(key) => key,
+        other => panic!("expected the other thread's hold, got {other:?}"),
+    };
+    assert_eq!(second.tgid, pid);
+    assert_ne!(second.tid, first.tid, "the second hold is the other thread's");
+    wait_stopped(pid);
+    sleep(QUIET);
+    assert!(e.received.connections() <= 1, "the second thread's connect went out unapproved");
+    let records = kernel.enforcer().holds().expect("holds");
+    let state = |key| records.iter().find(|(k, _)| *k == key).map(|(_, hold)| hold.state);
+    assert_eq!(state(second), Some(agent_common::hold_state::PENDING));
+    assert!(
+        matches!(state(first), None | Some(agent_common::hold_state::APPROVED)),
+        "the first thread's approval is used or still waiting for its restart"
+    );
+    kernel.approve(&second);
+    e.received.wait_connections(2);
+    let deadline = std::time::Instant::now() + tests::WAIT;
+    while String::from_utf8_lossy(&e.received.bytes()).matches(MESSAGE).count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the threads' data never arrived");
+        sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(finish(child).1.success());
+}
+
 #[test]
 fn deny_kills_the_held_process() {
     let (peer, mut kernel, cgroup) = setup();

@@ -4,6 +4,9 @@
 //! - `tcp ADDR PORT MSG`, `udp ADDR PORT MSG` (sendto), `udp-connected ADDR PORT MSG`,
 //!   `tfo ADDR PORT MSG` (TCP fast open: sendto with `MSG_FASTOPEN`)
 //! - `threads N ACTION…`: start N idle threads, then perform ACTION on the main thread
+//! - `late-thread MS ACTION…`: after MS milliseconds, perform ACTION on a new thread
+//! - `each-thread N ACTION ADDR PORT MSG`: N threads at once each perform ACTION with the
+//!   message `MSG-i` (i = 1..N)
 //! - `retry ACTION…`: perform ACTION, retrying every 50 ms for 10 s while it fails with EPERM
 //! - `exec PATH ARGS…`: execv PATH
 //!
@@ -123,6 +126,22 @@ fn act(args: &[String]) -> std::io::Result<()> {
                 });
             }
             return act(&args[2..]);
+        }
+        "late-thread" => {
+            std::thread::sleep(std::time::Duration::from_millis(args[1].parse().expect("milliseconds")));
+            let rest = args[2..].to_vec();
+            return std::thread::spawn(move || act(&rest)).join().expect("actor thread");
+        }
+        "each-thread" => {
+            let count: usize = args[1].parse().expect("thread count");
+            let threads: Vec<_> = (1..=count)
+                .map(|i| {
+                    let mut own = args[2..].to_vec();
+                    own[3] = format!("{}-{i}", own[3]);
+                    std::thread::spawn(move || act(&own))
+                })
+                .collect();
+            return threads.into_iter().try_for_each(|t| t.join().expect("actor thread"));
         }
         "exec" => {
             let words: Vec<CString> =
