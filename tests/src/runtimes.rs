@@ -28,7 +28,7 @@ pub const JVM_FLAGS: [&str; 4] =
 
 /// The directory the runtimes' programs are in: `KEYTURN_RUNTIMES` (the VM guests' copy),
 /// else where `tests/build.rs` built them.
-pub fn dir() -> PathBuf {
+fn dir() -> PathBuf {
     std::env::var_os("KEYTURN_RUNTIMES")
         .map_or_else(|| Path::new(env!("OUT_DIR")).join("runtimes"), PathBuf::from)
 }

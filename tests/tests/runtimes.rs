@@ -97,7 +97,8 @@ impl Egress {
     }
 }
 
-/// Runs every case once per decision, side by side, with one daemon and one peer.
+/// Runs every case once per decision, side by side, with one daemon and one peer; then
+/// checks the audit trail: each action held once and decided once, none dropped.
 fn run_cases<C: Sync>(cases: &[C], check: impl Fn(&Lab, &C, u16, Decision) + Sync) {
     let lab = Lab::start();
     std::thread::scope(|scope| {
@@ -110,6 +111,18 @@ fn run_cases<C: Sync>(cases: &[C], check: impl Fn(&Lab, &C, u16, Decision) + Syn
             }
         }
     });
+    let trail = lab.daemon.audit();
+    let ids = |kind: &str, id: fn(&Value) -> &Value| {
+        let mut ids: Vec<String> =
+            trail.iter().filter(|e| e["type"] == kind).map(|e| id(e).to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let held = ids("hold", |e| &e["hold"]["id"]);
+    assert_eq!(held.len(), cases.len() * DECISIONS.len(), "one hold per case: {held:?}");
+    assert_eq!(ids("decision", |e| &e["id"]), held, "one decision per hold");
+    assert_eq!(ids("hold_closed", |e| &e["id"]), Vec::<String>::new(), "holds closed without a decision");
+    assert!(lab.daemon.cli(&["audit", "verify"]).status.success());
 }
 
 /// One held connection: the agent acts, the hold is listed with its process, thread and
