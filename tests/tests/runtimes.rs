@@ -4,7 +4,7 @@
 //! children). Each action must be held, listed by `keyturn pending` with the process and
 //! the thread that acted, and decided: an approval completes it, a denial kills.
 
-use std::{net::IpAddr, path::Path, thread::sleep};
+use std::{net::IpAddr, path::Path, thread::sleep, time::Duration};
 
 use serde_json::Value;
 use tests::{
@@ -262,6 +262,31 @@ fn java_http_client_from_its_executor_is_held_listed_and_decided() {
         },
     }];
     run_cases(&cases, check_egress);
+}
+
+/// An agent's own timeouts run while it is held. Go's `net/http` gives each dial a deadline
+/// (30 s in its `DefaultTransport`), computed before `connect(2)`: an approval that comes
+/// later lets the connect happen (the peer accepts the connection), but Go has already
+/// given up (`dial tcp …: i/o timeout`) and closes it unused. Shown with a 1 s dial timeout
+/// and an approver who takes 2 s. Fails on the landed code: the approval does not complete
+/// the action for such an agent (Go programs like kubectl or terraform included).
+#[test]
+fn a_go_request_approved_after_its_own_dial_timeout_still_completes() {
+    const DIAL_TIMEOUT_SECS: u64 = 1;
+    let lab = Lab::start();
+    let target =
+        Target { host: lab.peer.v4.into(), port: FIRST_PORT, report: "report-after-its-dial-timeout".into() };
+    let received = lab.peer.http(target.host, target.port, BODY);
+    let dial_timeout = format!("-dial-timeout={DIAL_TIMEOUT_SECS}s");
+    let mut agent = lab.run(&[program("go-agent"), dial_timeout, "http".into(), target.url()]);
+    let (pid, _) = agent.acting();
+    let hold = lab.daemon.pending_matching(|hold| hold["pid"] == pid && hold["kind"] == "egress");
+    // The approver takes longer than the agent's dial timeout.
+    sleep(Duration::from_secs(2 * DIAL_TIMEOUT_SECS));
+    decide(&lab.daemon, &hold, Decision::Approve.verb());
+    let finished = agent.finish();
+    assert_eq!(finished.code, 0, "approved, yet the agent failed: {finished:?}");
+    received.wait_for(&format!("GET /{} HTTP/1.1", target.report));
 }
 
 fn node(pattern: &str, target: &Target) -> Vec<String> {

@@ -2,7 +2,9 @@
 // workspace, another makes the tool call, a raw TCP report (dial) or an HTTP GET through
 // net/http (http), on an OS thread the Go scheduler picks, never the main one.
 //
-// Usage: agent dial HOST:PORT REPORT | agent http URL
+// Usage: agent [-dial-timeout D] dial HOST:PORT REPORT | agent [-dial-timeout D] http URL
+//
+// -dial-timeout gives each dial a deadline, as net/http's DefaultTransport does (30 s).
 //
 // The thread that connects prints "acting PID TID" just before it connects; the agent
 // prints "sent N" (dial) or "status CODE body BODY" (http) once done.
@@ -11,6 +13,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -24,6 +27,8 @@ import (
 // Goroutines kept busy while the tool call runs, so that the scheduler spreads work over
 // several OS threads.
 const indexers = 3
+
+var dialer net.Dialer
 
 func init() {
 	// init runs on the main thread, and locking it there makes main run there too: the
@@ -64,7 +69,7 @@ func report(addr, text string) (string, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	acting()
-	conn, err := net.Dial("tcp", addr)
+	conn, err := dialer.Dial("tcp", addr)
 	if err != nil {
 		return "", err
 	}
@@ -83,7 +88,6 @@ func reportingDial(ctx context.Context, network, addr string) (net.Conn, error) 
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	acting()
-	var dialer net.Dialer
 	return dialer.DialContext(ctx, network, addr)
 }
 
@@ -112,14 +116,17 @@ func main() {
 	if runtime.GOMAXPROCS(0) < 4 {
 		runtime.GOMAXPROCS(4)
 	}
+	flag.DurationVar(&dialer.Timeout, "dial-timeout", 0, "a deadline for each dial (0: none)")
+	flag.Parse()
+	args := flag.Args()
 	var tool func() (string, error)
 	switch {
-	case len(os.Args) == 4 && os.Args[1] == "dial":
-		tool = func() (string, error) { return report(os.Args[2], os.Args[3]) }
-	case len(os.Args) == 3 && os.Args[1] == "http":
-		tool = func() (string, error) { return fetch(os.Args[2]) }
+	case len(args) == 3 && args[0] == "dial":
+		tool = func() (string, error) { return report(args[1], args[2]) }
+	case len(args) == 2 && args[0] == "http":
+		tool = func() (string, error) { return fetch(args[1]) }
 	default:
-		fmt.Fprintln(os.Stderr, "usage: agent dial HOST:PORT REPORT | agent http URL")
+		fmt.Fprintln(os.Stderr, "usage: agent [-dial-timeout D] dial HOST:PORT REPORT | agent [-dial-timeout D] http URL")
 		os.Exit(2)
 	}
 
