@@ -28,6 +28,7 @@ import (
 // several OS threads.
 const indexers = 3
 
+// dialer makes every connection; -dial-timeout sets its Timeout.
 var dialer net.Dialer
 
 func init() {
