@@ -181,7 +181,7 @@ fn approving_one_threads_hold_releases_only_that_threads_action() {
     wait_stopped(pid);
     kernel.approve(&first);
     let second = match kernel.expect_event(pid) {
-        Happened::Held(key) | Happened::RogueContinueReheld(key) => key,
+        Happened::Held(key) | Happened::ReheldAfterRelease(key) => key,
         other => panic!("expected the other thread's hold, got {other:?}"),
     };
     assert_eq!(second.tgid, pid);
