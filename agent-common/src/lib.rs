@@ -277,6 +277,9 @@ pub struct HoldEvent {
     pub path: [u8; capacity::PATH_BYTES],
 }
 
+/// A [`KernelOffsets`] field for a member this kernel does not have.
+pub const ABSENT: u32 = u32::MAX;
+
 /// Byte offsets of kernel struct fields, resolved from the running kernel's BTF at load
 /// time and handed to the programs as a global (Rust BPF programs get no CO-RE).
 #[repr(C)]
@@ -293,6 +296,9 @@ pub struct KernelOffsets {
     pub msghdr_name: u32,
     pub task_tgid: u32,
     pub task_group_leader: u32,
+    pub task_flags: u32,
+    /// `task_struct.io_uring`, or [`ABSENT`] on a kernel built without io_uring.
+    pub task_io_uring: u32,
     /// `inode` ctime seconds (`time64_t`) and nanoseconds (the low 32 bits are read):
     /// `i_ctime_sec`/`i_ctime_nsec` since 6.11, `i_ctime` (a `timespec64`) before.
     pub inode_ctime_sec: u32,
@@ -340,7 +346,7 @@ mod tests {
             size_of::<HoldEvent>(),
             8 + size_of::<Hold>() + 8 + 8 + 4 * 4 + 16 + super::capacity::PATH_BYTES
         );
-        assert_eq!(size_of::<KernelOffsets>(), 13 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 15 * 4);
         assert_eq!(size_of::<super::Stop>(), 2 * 8);
         assert_eq!(size_of::<super::ExecKey>(), 4 + 4 + 8 + 8);
     }

@@ -1,7 +1,7 @@
 //! Egress hooks: hold a connection or datagram to a destination the policy does not allow,
 //! before any packet leaves. IPv4 and IPv4-mapped IPv6 destinations are the same thing.
 
-use agent_common::{Action, EgressKey, V4_MAPPED_PREFIX, capacity, kind, protocol};
+use agent_common::{Action, EgressKey, V4_MAPPED_PREFIX, capacity, kind, protocol, verdict};
 use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
 
 use crate::{
@@ -51,7 +51,10 @@ fn verdict(tagged: &Tagged, to: &Destination) -> u32 {
     rule.fallback
 }
 
-/// Decides egress to `to` for the current task.
+/// Decides egress to `to` for the current task. A thread that uses io_uring waits by
+/// failing and retrying rather than by a restart (see [`kernel::current_uses_io_uring`]):
+/// its held action fails with EPERM at once, and an approval lets the same action through
+/// when it is tried again.
 pub fn check(to: &Destination, waiting: Waiting) -> Outcome {
     let Some(tagged) = tag::current() else {
         return Outcome::Allow;
@@ -63,7 +66,16 @@ pub fn check(to: &Destination, waiting: Waiting) -> Outcome {
         addr: to.addr,
         ..Action::default()
     };
-    hold::enforce(&tagged, &action, verdict(&tagged, to), waiting, 0)
+    let policy_verdict = verdict(&tagged, to);
+    let waiting = if policy_verdict == verdict::HOLD
+        && waiting == Waiting::Restart
+        && kernel::current_uses_io_uring()
+    {
+        Waiting::Retry
+    } else {
+        waiting
+    };
+    hold::enforce(&tagged, &action, policy_verdict, waiting, 0)
 }
 
 /// Reads the destination of a kernel `struct sockaddr *`. `None`: not an IP destination.

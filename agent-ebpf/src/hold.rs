@@ -74,7 +74,11 @@ pub fn enforce(
     if let Some(existing) = HOLDS.get_ptr(key) {
         // SAFETY: the record is only replaced whole; fields are read by value.
         let existing = unsafe { &*existing };
-        if existing.thread_start == thread_start && existing.process_start == process_start {
+        // A deferred hold is the process's (any of its threads may retry: an io_uring
+        // retry may run on another io-wq worker); any other hold is one thread's.
+        let same_holder = existing.process_start == process_start
+            && (waiting == Waiting::Retry || existing.thread_start == thread_start);
+        if same_holder {
             if existing.action == *action {
                 return decided(&key, existing, waiting);
             }

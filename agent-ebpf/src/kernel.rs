@@ -24,6 +24,8 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     msghdr_name: 0,
     task_tgid: 0,
     task_group_leader: 0,
+    task_flags: 0,
+    task_io_uring: 0,
     inode_ctime_sec: 0,
     inode_ctime_nsec: 0,
 });
@@ -78,6 +80,25 @@ pub fn current_start_times() -> Result<(u64, u64), i32> {
     let offsets = offsets();
     let leader: u64 = read(task, offsets.task_group_leader)?;
     Ok((read(task, offsets.task_start_boottime)?, read(leader, offsets.task_start_boottime)?))
+}
+
+/// `task_struct.flags` bit of io_uring's own threads: io-wq workers and the SQPOLL thread.
+const PF_IO_WORKER: u32 = 0x10;
+
+/// Whether the current thread works for io_uring or has submitted to it, so that the call
+/// being decided may be an io_uring request: those complete with the syscall's error in
+/// their completion entry, and -ERESTARTNOINTR would reach the application instead of
+/// restarting anything. Unreadable task fields count as io_uring (the safe answer).
+#[inline(always)]
+pub fn current_uses_io_uring() -> bool {
+    // SAFETY: plain helper call.
+    let task = unsafe { generated::bpf_get_current_task() };
+    let offsets = offsets();
+    let Ok(flags) = read::<u32>(task, offsets.task_flags) else { return true };
+    if flags & PF_IO_WORKER != 0 {
+        return true;
+    }
+    offsets.task_io_uring != agent_common::ABSENT && read::<u64>(task, offsets.task_io_uring) != Ok(0)
 }
 
 pub fn now_ns() -> u64 {

@@ -164,6 +164,11 @@ impl Btf {
             msghdr_name: self.member_offset("msghdr", "msg_name")?,
             task_tgid: self.member_offset("task_struct", "tgid")?,
             task_group_leader: self.member_offset("task_struct", "group_leader")?,
+            task_flags: self.member_offset("task_struct", "flags")?,
+            task_io_uring: match self.member_offset("task_struct", "io_uring") {
+                Err(BtfError::NoMember { .. }) => agent_common::ABSENT,
+                offset => offset?,
+            },
             inode_ctime_sec,
             inode_ctime_nsec,
         })

@@ -34,10 +34,11 @@ use crate::{
     context::{self, HoldView},
     embedded,
     enforcer::{Enforcer, Options, error_chain},
-    held::{OnDeny, event_from_record},
+    held::{self, HeldError, HeldProcess, OnDeny, event_from_record},
     holds::{Happened, Holds},
     identify::Digests,
     link::{self, Link},
+    orphans::{self, Orphan},
     policy::Verdict,
     policy_file::{self, Policy},
     watch::PolicyWatch,
@@ -169,6 +170,8 @@ struct Stats {
     timeouts: u64,
     exits: u64,
     auto_released: u64,
+    /// Stops, frozen cells and kernel records no pending hold accounted for.
+    orphaned: u64,
 }
 
 struct Daemon {
@@ -645,6 +648,10 @@ impl Daemon {
                     "outcome": "held again"}),
                 );
             }
+            Ok(Happened::ReheldAfterRelease(key)) => {
+                self.record(json!({"type": "held_again", "id": context::hold_id(event), "pid": event.tgid,
+                    "tid": key.tid, "why": "keyturn resumed the process for another of its threads"}));
+            }
             Ok(Happened::RogueContinueFrozen(_)) => {
                 self.record(
                     json!({"type": "rogue_sigcont", "id": context::hold_id(event), "pid": event.tgid,
@@ -949,7 +956,7 @@ impl Daemon {
         self.report_closed(id, pending.nonce, decider.closed(false));
         denied?;
         self.stats.denials += 1;
-        let outcome = if pending.on_deny == OnDeny::Kill { "killed" } else { "failed with EPERM" };
+        let outcome = denial_outcome(pending.on_deny);
         self.record(json!({"type": "denied", "id": id, "outcome": outcome}));
         Ok(json!({"id": id, "outcome": outcome}))
     }
@@ -1091,6 +1098,7 @@ impl Daemon {
                 "timeouts": self.stats.timeouts,
                 "exited_while_held": self.stats.exits,
                 "auto_released": self.stats.auto_released,
+                "orphaned": self.stats.orphaned,
                 "rogue_sigconts": counters[counter::ROGUE_CONTINUE as usize],
                 "exec_killed": counters[counter::EXEC_KILLED as usize],
             },
@@ -1200,6 +1208,7 @@ impl Daemon {
             let _ = self.holds.deny(&mut self.enforcer, &pending.key, pending.on_timeout);
             self.stats.timeouts += 1;
         }
+        self.sweep_orphans();
         let emptied: Vec<String> = self
             .agents
             .values()
@@ -1213,6 +1222,109 @@ impl Daemon {
             }
         }
     }
+}
+
+impl Daemon {
+    /// Enforces the invariant that no process in a tagged cgroup is stopped or frozen by
+    /// keyturn without a pending hold (see [`orphans`]): every orphan is settled at once by
+    /// its policy's `on_timeout`, audited as `hold_orphaned` and counted.
+    fn sweep_orphans(&mut self) {
+        // Events already reported are holds, not orphans.
+        self.drain_events();
+        let mut snapshot = orphans::Snapshot {
+            now_ns: crate::enforcer::monotonic_ns(),
+            records: self.enforcer.holds().unwrap_or_default(),
+            stops: self.enforcer.stops().unwrap_or_default(),
+            kept: self.holds.kept(),
+            ..orphans::Snapshot::default()
+        };
+        for agent in self.agents.values() {
+            if let Ok(dir) = self.hierarchy.dir(&agent.path) {
+                snapshot.observe(&dir);
+            }
+        }
+        for cell in snapshot.empty_cells.drain(..) {
+            self.holds.remove_cell_later(cell);
+        }
+        for orphan in orphans::find(&snapshot) {
+            self.settle_orphan(&orphan);
+        }
+        for pid in orphans::stale_stops(&snapshot) {
+            let _ = self.enforcer.forget_stop(pid);
+        }
+    }
+
+    /// The `on_timeout` of the policy of the agent tagged at `root`: kill if none is known.
+    fn on_timeout_of(&self, root: u64) -> OnDeny {
+        self.agents
+            .get(&root)
+            .and_then(|agent| self.policies.get(&agent.policy))
+            .map_or(OnDeny::Kill, |policy| policy.on_timeout)
+    }
+
+    /// Settles one orphan and audits how.
+    fn settle_orphan(&mut self, orphan: &Orphan) {
+        let (pid, tid, outcome) = match orphan {
+            Orphan::Record { key, hold } => {
+                let on_timeout = self.on_timeout_of(hold.root);
+                let outcome = if let Ok(held) = HeldProcess::open(&event_from_record(*key, hold)) {
+                    match held.deny(&mut self.enforcer, on_timeout) {
+                        Ok(()) => {
+                            self.holds.remove_cell_later_of(&held);
+                            denial_outcome(on_timeout)
+                        }
+                        Err(e) => format!("could not be settled: {e}"),
+                    }
+                } else {
+                    let _ = self.enforcer.forget(*key, hold.nonce);
+                    let _ = self.enforcer.finish(hold.root);
+                    "record removed: the process is gone".to_owned()
+                };
+                (key.tgid, Some(key.tid), outcome)
+            }
+            Orphan::Lost { key } => {
+                // Its record is gone: an approval could never release it, and a denial
+                // could never fail its syscall. Only a kill ends the stop.
+                if let Some(id) = self.pending.iter().find(|(_, p)| p.key == *key).map(|(id, _)| id.clone())
+                    && let Some(pending) = self.pending.remove(&id)
+                {
+                    self.report_closed(&id, pending.nonce, CloseReason::Abandoned);
+                    self.decision(&id, "closed: its kernel record was lost");
+                }
+                let outcome = match self.holds.deny(&mut self.enforcer, key, OnDeny::Kill) {
+                    Ok(_) | Err(HeldError::Gone(_)) => "killed".to_owned(),
+                    Err(e) => format!("could not be settled: {e}"),
+                };
+                (key.tgid, Some(key.tid), outcome)
+            }
+            Orphan::Stopped { pid } | Orphan::Frozen { pid, .. } => {
+                let start = procfs_start(*pid);
+                let outcome = match start.map(|start| held::kill(&mut self.enforcer, *pid, start)) {
+                    Some(Ok(())) => "killed".to_owned(),
+                    Some(Err(e)) => format!("could not be settled: {e}"),
+                    None => "gone".to_owned(),
+                };
+                if let Orphan::Frozen { cell, .. } = orphan {
+                    self.holds.remove_cell_later(cell.clone());
+                }
+                (*pid, None, outcome)
+            }
+        };
+        tracing::error!(pid, reason = orphan.reason(), %outcome, "settled a stop no pending hold accounted for");
+        self.stats.orphaned += 1;
+        self.record(json!({"type": "hold_orphaned", "pid": pid, "tid": tid, "reason": orphan.reason(),
+            "outcome": outcome}));
+    }
+}
+
+/// What a denial under `on_deny` does to the held action, as the audit trail says it.
+fn denial_outcome(on_deny: OnDeny) -> String {
+    if on_deny == OnDeny::Kill { "killed" } else { "failed with EPERM" }.to_owned()
+}
+
+/// The start time of process `pid` in clock ticks, if it exists.
+fn procfs_start(pid: u32) -> Option<u64> {
+    crate::procfs::stat(pid).map(|stat| stat.start_ticks)
 }
 
 /// The requester a tagging request names, checked; else the calling user as `people` names

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// `start_boottime` nanoseconds per `/proc/PID/stat` start-time tick (`USER_HZ` = 100).
-const NS_PER_TICK: u64 = 10_000_000;
+pub const NS_PER_TICK: u64 = 10_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HeldError {
@@ -64,6 +64,40 @@ pub fn event_from_record(key: HoldKey, hold: &Hold) -> HoldEvent {
     }
 }
 
+/// A pidfd of process `pid`.
+fn pidfd_open(pid: u32) -> Result<OwnedFd, HeldError> {
+    // SAFETY: pidfd_open takes a pid and flags, returns an fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(HeldError::Gone(pid));
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| HeldError::Gone(pid))?) })
+}
+
+/// Sends `signal` to the process behind `pidfd` (`pid`, for errors).
+fn pidfd_signal(pidfd: &OwnedFd, pid: u32, signal: i32) -> Result<(), HeldError> {
+    // SAFETY: pidfd_send_signal with a valid pidfd, no siginfo, no flags.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<()>(), 0)
+    };
+    if rc < 0 {
+        return Err(HeldError::Signal { pid, source: io::Error::last_os_error() });
+    }
+    Ok(())
+}
+
+/// Kills process `pid` if it is still the one that started at `start_ticks` (clock ticks
+/// since boot, as `/proc/PID/stat` shows them), and forgets keyturn's stop of it.
+pub fn kill(enforcer: &mut Enforcer, pid: u32, start_ticks: u64) -> Result<(), HeldError> {
+    let pidfd = pidfd_open(pid)?;
+    if crate::procfs::stat(pid).map(|stat| stat.start_ticks) != Some(start_ticks) {
+        return Err(HeldError::Gone(pid));
+    }
+    enforcer.forget_stop(pid)?;
+    pidfd_signal(&pidfd, pid, libc::SIGKILL)
+}
+
 /// A frozen cgroup a process stopped after exec is kept in until decided.
 struct Frozen {
     /// The cgroup the process came from and goes back to.
@@ -87,13 +121,7 @@ impl HeldProcess {
     /// held is still there: a pid or tid reused since never inherits a hold.
     pub fn open(event: &HoldEvent) -> Result<Self, HeldError> {
         let pid = event.tgid;
-        // SAFETY: pidfd_open takes a pid and flags, returns an fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(HeldError::Gone(pid));
-        }
-        // SAFETY: a fresh fd we own.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| HeldError::Gone(pid))?) };
+        let pidfd = pidfd_open(pid)?;
         // Checked after opening: if the pid was reused before, the start time differs. The
         // kernel's record has both: `/proc/PID/stat` shows the process's, and the thread's
         // own file its own.
@@ -135,27 +163,14 @@ impl HeldProcess {
     }
 
     fn signal(&self, signal: i32) -> Result<(), HeldError> {
-        // SAFETY: pidfd_send_signal with a valid pidfd, no siginfo, no flags.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                signal,
-                std::ptr::null::<()>(),
-                0,
-            )
-        };
-        if rc < 0 {
-            return Err(HeldError::Signal { pid: self.event.tgid, source: io::Error::last_os_error() });
-        }
-        Ok(())
+        pidfd_signal(&self.pidfd, self.event.tgid, signal)
     }
 
     /// For an exec stopped after the fact (`cgroup-sock` mode): moves the process into a
     /// frozen cgroup of its own, where a SIGCONT from anyone else cannot run it.
     pub fn freeze(&mut self, hierarchy: &Hierarchy) -> Result<(), HeldError> {
         let pid = self.event.tgid;
-        let name = format!("keyturn-held-{pid}");
+        let name = format!("{}{pid}", crate::orphans::CELL_PREFIX);
         let current = hierarchy.of_process(pid)?;
         if current.file_name().is_some_and(|n| *n == *name) {
             // Frozen by a daemon that is gone: adopt the cell.

@@ -20,6 +20,9 @@ pub enum Happened {
     GoneBeforeOpen(HoldKey),
     /// A SIGCONT that was not keyturn's hit a held process that the kernel held again.
     RogueContinueReheld(HoldKey),
+    /// keyturn resumed the process for another of its threads' decisions, and this
+    /// thread's restarted syscall found its own hold still pending: held again.
+    ReheldAfterRelease(HoldKey),
     /// A SIGCONT that was not keyturn's hit an exec stopped after the fact while it was
     /// frozen: it cannot run, and the hold stands.
     RogueContinueFrozen(HoldKey),
@@ -34,6 +37,8 @@ pub struct Holds {
     hierarchy: Option<Hierarchy>,
     /// Frozen cells of closed holds whose process was still leaving them: removed later.
     leftover_cells: Vec<PathBuf>,
+    /// When keyturn last resumed each process it decided a hold of (tgid → monotonic ns).
+    resumed: HashMap<u32, u64>,
 }
 
 impl Holds {
@@ -56,6 +61,9 @@ impl Holds {
                     self.leftover_cells.extend(leftover);
                     self.held.remove(&key);
                     Ok(Happened::RogueContinueKilled(key))
+                }
+                None if self.resumed.get(&event.tgid).is_some_and(|&at| at >= event.hold.held_at_ns) => {
+                    Ok(Happened::ReheldAfterRelease(key))
                 }
                 None => Ok(Happened::RogueContinueReheld(key)),
             };
@@ -98,6 +106,21 @@ impl Holds {
         self.held.get(key)
     }
 
+    /// The holds kept here (being judged or waiting for a decision): key → nonce.
+    pub fn kept(&self) -> HashMap<HoldKey, u64> {
+        self.held.iter().map(|(key, held)| (*key, held.event().hold.nonce)).collect()
+    }
+
+    /// Removes the frozen cell of `held`, a hold kept elsewhere, once its process left it.
+    pub fn remove_cell_later_of(&mut self, held: &HeldProcess) {
+        self.leftover_cells.extend(held.remove_cell());
+    }
+
+    /// Keeps `cell` to remove once its process has left it.
+    pub fn remove_cell_later(&mut self, cell: PathBuf) {
+        self.leftover_cells.push(cell);
+    }
+
     /// Closes hold `key` without a decision (its process is gone, or its thread moved on
     /// to a new hold): its kernel record, if still this hold's, and its pending slot.
     pub fn close(&mut self, enforcer: &mut Enforcer, key: &HoldKey) -> Result<(), HeldError> {
@@ -114,8 +137,15 @@ impl Holds {
         self.leftover_cells.retain(|cell| cgroup::remove(cell).is_err());
     }
 
+    /// Takes hold `key` out to be decided, noting that keyturn resumes its process now.
     fn take(&mut self, key: HoldKey) -> Result<HeldProcess, HeldError> {
-        self.held.remove(&key).ok_or(HeldError::Enforcer(EnforcerError::NoHold(key)))
+        let held = self.held.remove(&key).ok_or(HeldError::Enforcer(EnforcerError::NoHold(key)))?;
+        if self.resumed.len() >= 4096 {
+            let held = &self.held;
+            self.resumed.retain(|tgid, _| held.keys().any(|key| key.tgid == *tgid));
+        }
+        self.resumed.insert(key.tgid, crate::enforcer::monotonic_ns());
+        Ok(held)
     }
 
     /// Releases the held action `key`.

@@ -18,6 +18,7 @@ pub mod holds;
 pub mod identify;
 pub mod link;
 pub mod mode;
+pub mod orphans;
 pub mod policy;
 pub mod policy_file;
 pub mod procfs;

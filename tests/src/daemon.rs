@@ -189,6 +189,27 @@ impl Daemon {
         assert!(out.status.success(), "tag: {}", stderr(&out));
     }
 
+    /// Where the daemon pins its programs and maps.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf").join(self.dir.file_name().expect("name"))
+    }
+
+    /// The daemon's pinned hash map `name`, to put the kernel in a state on purpose.
+    pub fn pinned_map<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &str,
+    ) -> aya::maps::HashMap<aya::maps::MapData, K, V> {
+        let data = aya::maps::MapData::from_pin(self.pin_dir().join(name)).expect("open pinned map");
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("a hash map")
+    }
+
+    /// `keyturn status` as JSON.
+    pub fn status(&self) -> Value {
+        let out = self.cli(&["status"]);
+        assert!(out.status.success(), "status: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+
     pub fn flagged(&self) -> String {
         self.dir.join("flagged").display().to_string()
     }

@@ -280,6 +280,110 @@ fn a_late_threads_connect_is_listed_and_times_out_like_any_hold() {
     assert!(audit_events(&daemon, "hold_closed").is_empty(), "no hold was dropped");
 }
 
+/// Process `pid`'s start time as the kernel's records carry it (nanoseconds since boot,
+/// to the clock tick `/proc` shows).
+fn process_start_ns(pid: u32) -> u64 {
+    keyturn::procfs::stat(pid).expect("stat").start_ticks * keyturn::held::NS_PER_TICK
+}
+
+/// A process `sleep`ing as `nobody` in `cgroup`, stopped by the test once it runs sleep
+/// (after its execs were judged and released, whose SIGCONT would end an earlier stop).
+fn stopped_agent(cgroup: &TestCgroup) -> Child {
+    let agent = agent_in(cgroup, "/bin/sleep", ["1000"]).spawn().expect("spawn");
+    let sleeping = || {
+        fs::read_link(format!("/proc/{}/exe", agent.id())).ok().as_deref()
+            == Some(Path::new("/usr/bin/sleep"))
+            && tests::process_state(agent.id()) == Some('S')
+    };
+    let deadline = Instant::now() + WAIT;
+    while !sleeping() {
+        assert!(Instant::now() < deadline, "the agent never ran sleep");
+        sleep(Duration::from_millis(5));
+    }
+    tests::rogue_signal(agent.id(), libc::SIGSTOP);
+    agent
+}
+
+/// Waits for the `hold_orphaned` record of `pid`.
+fn orphaned(daemon: &Daemon, pid: u32) -> Value {
+    daemon.wait_record(0, |e| e["type"] == "hold_orphaned" && e["pid"] == pid)
+}
+
+/// A process keyturn's kernel side recorded stopping, with no pending hold anywhere (a
+/// state made here on purpose): the sweep settles it by `on_timeout` (kill) at once, audits
+/// it and counts it; a stop the kernel did not record (anyone else's) is left alone.
+#[test]
+fn a_stop_of_keyturns_without_a_pending_hold_is_settled_and_anyone_elses_is_left_alone() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let cgroup = TestCgroup::new();
+    daemon.tag(&cgroup, "orphan-agent");
+    let theirs = stopped_agent(&cgroup);
+    let ours = stopped_agent(&cgroup);
+    let stop = agent_common::Stop {
+        process_start: process_start_ns(ours.id()),
+        stopped_at_ns: keyturn::enforcer::monotonic_ns() - 10_000_000_000,
+    };
+    daemon.pinned_map::<u32, agent_common::Stop>("STOPS").insert(ours.id(), stop, 0).expect("insert");
+
+    let record = orphaned(&daemon, ours.id());
+    assert_eq!(record["reason"], "stopped by keyturn with no pending hold");
+    assert_eq!(record["outcome"], "killed");
+    assert_eq!(finish(ours).0, 128 + libc::SIGKILL);
+    assert!(daemon.status()["counters"]["orphaned"].as_u64() >= Some(1));
+
+    sleep(QUIET * 3);
+    assert_eq!(tests::process_state(theirs.id()), Some('T'), "a stop keyturn never made is not its to end");
+    assert!(!daemon.audit().iter().any(|e| e["type"] == "hold_orphaned" && e["pid"] == theirs.id()));
+    tests::rogue_signal(theirs.id(), libc::SIGKILL);
+    assert_eq!(finish(theirs).0, 128 + libc::SIGKILL);
+}
+
+/// A pending kernel hold record that no event reported (made here on purpose) for a
+/// stopped process: the sweep decides it by the policy's `on_timeout`, here `fail`: the
+/// record is denied and the process resumed, so its restarted syscall fails with EPERM.
+/// With `on_timeout = "kill"` it is killed.
+#[test]
+fn a_kernel_hold_record_nobody_reported_is_decided_by_on_timeout() {
+    for (on_timeout, outcome) in [("fail", "failed with EPERM"), ("kill", "killed")] {
+        let daemon = Daemon::start(&format!("on_timeout = \"{on_timeout}\"\n{HOLD_FLAGGED}"));
+        let cgroup = TestCgroup::new();
+        daemon.tag(&cgroup, "orphan-agent");
+        let agent = stopped_agent(&cgroup);
+        let pid = agent.id();
+        let hold = agent_common::Hold {
+            action: agent_common::Action::default(),
+            nonce: 42,
+            thread_start: process_start_ns(pid),
+            process_start: process_start_ns(pid),
+            root: cgroup.id(),
+            held_at_ns: keyturn::enforcer::monotonic_ns() - 10_000_000_000,
+            state: agent_common::hold_state::PENDING,
+            event_type: agent_common::event_type::HELD,
+        };
+        let key = agent_common::HoldKey { tgid: pid, tid: pid };
+        daemon
+            .pinned_map::<agent_common::HoldKey, agent_common::Hold>("HOLDS")
+            .insert(key, hold, 0)
+            .expect("insert");
+
+        let record = orphaned(&daemon, pid);
+        assert_eq!(record["reason"], "a kernel hold record that no pending hold stands for");
+        assert_eq!(record["outcome"], outcome);
+        if on_timeout == "fail" {
+            // Resumed: the sleep it was stopped in goes on (nothing restarts it into a hold).
+            let deadline = Instant::now() + WAIT;
+            while tests::process_state(pid) == Some('T') {
+                assert!(Instant::now() < deadline, "the orphaned record's process was never resumed");
+                sleep(Duration::from_millis(20));
+            }
+            let records = daemon.pinned_map::<agent_common::HoldKey, agent_common::Hold>("HOLDS");
+            assert_eq!(records.get(&key, 0).map(|h| h.state).ok(), Some(agent_common::hold_state::DENIED));
+            tests::rogue_signal(pid, libc::SIGKILL);
+        }
+        assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    }
+}
+
 #[test]
 fn a_bad_policy_is_refused_with_file_and_line() {
     let dir = std::env::temp_dir().join(format!("kt-badpolicy-{}", std::process::id()));

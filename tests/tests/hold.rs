@@ -20,6 +20,7 @@ use tests::{
 const MESSAGE: &str = "hello-keyturn";
 
 /// One egress scenario: which actor action, to which address, heard by which listener.
+#[derive(Clone)]
 struct Egress {
     action: &'static str,
     to: IpAddr,
@@ -181,7 +182,7 @@ fn approving_one_threads_hold_releases_only_that_threads_action() {
     wait_stopped(pid);
     kernel.approve(&first);
     let second = match kernel.expect_event(pid) {
-        Happened::Held(key) | Happened::RogueContinueReheld(key) => key,
+        Happened::Held(key) | Happened::ReheldAfterRelease(key) => key,
         other => panic!("expected the other thread's hold, got {other:?}"),
     };
     assert_eq!(second.tgid, pid);
@@ -204,6 +205,60 @@ fn approving_one_threads_hold_releases_only_that_threads_action() {
         sleep(std::time::Duration::from_millis(5));
     }
     assert!(finish(child).1.success());
+}
+
+/// An egress held in a thread that uses io_uring (a request it submitted, or one an io-wq
+/// worker runs for it): -ERESTARTNOINTR cannot restart an io_uring request, so the action
+/// fails with EPERM at once and the hold is deferred (listed, decided like any other, the
+/// process runs on). Nothing reaches the peer before the approval; after it, the same
+/// action retried goes through. The application never sees 513.
+fn io_uring_is_deferred_and_an_approved_retry_delivers(how: &'static str, port: u16) {
+    let (peer, mut kernel, cgroup) = setup();
+    let action = if how.starts_with("udp") { "udp" } else { "tcp" };
+    let e = egress(&peer, action, peer.v4.into(), peer.v4.into(), port);
+    let child = start(Some(&cgroup), &Egress { action: how, ..e.clone() }, &["retry", "uring"]);
+    let pid = child.id();
+    let key = kernel.expect_hold(pid);
+    assert_eq!(key.tid, 0, "a deferred hold: any thread of the process may retry");
+    let held = kernel.holds.get(&key).expect("kept").event();
+    assert_eq!(held.event_type, agent_common::event_type::DEFERRED);
+    sleep(QUIET);
+    assert_ne!(process_state(pid), Some('T'), "an io_uring request is never held by a stop");
+    assert!(e.received.bytes().is_empty(), "nothing may reach the peer before the approval");
+    kernel.approve(&key);
+    e.received.wait_for(MESSAGE);
+    let (out, status) = finish(child);
+    assert!(status.success(), "{out}");
+    assert_eq!(out.trim(), "ok");
+}
+
+#[test]
+fn io_uring_connect_is_deferred_and_an_approved_retry_delivers() {
+    io_uring_is_deferred_and_an_approved_retry_delivers("tcp", 7020);
+}
+
+#[test]
+fn io_uring_connect_run_by_an_io_wq_worker_is_deferred_too() {
+    io_uring_is_deferred_and_an_approved_retry_delivers("tcp-async", 7021);
+}
+
+#[test]
+fn io_uring_sendmsg_is_deferred_and_an_approved_retry_delivers() {
+    io_uring_is_deferred_and_an_approved_retry_delivers("udp", 7022);
+}
+
+/// Denying an io_uring egress hold kills the process; nothing ever reached the peer.
+#[test]
+fn a_denied_io_uring_connect_kills_and_delivers_nothing() {
+    let (peer, mut kernel, cgroup) = setup();
+    let e = egress(&peer, "tcp", peer.v4.into(), peer.v4.into(), 7023);
+    let child = start(Some(&cgroup), &e, &["retry", "uring"]);
+    let key = kernel.expect_hold(child.id());
+    kernel.deny(&key, OnDeny::Kill);
+    assert_eq!(finish(child).1.signal(), Some(libc::SIGKILL));
+    sleep(QUIET);
+    assert!(e.received.bytes().is_empty(), "a denied connection must never reach the peer");
+    assert_eq!(e.received.connections(), 0);
 }
 
 #[test]

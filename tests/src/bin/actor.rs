@@ -8,6 +8,9 @@
 //! - `each-thread N ACTION ADDR PORT MSG`: N threads at once each perform ACTION with the
 //!   message `MSG-i` (i = 1..N)
 //! - `retry ACTION…`: perform ACTION, retrying every 50 ms for 10 s while it fails with EPERM
+//! - `uring tcp ADDR PORT MSG`: connect and send through io_uring (`IORING_OP_CONNECT`,
+//!   `IORING_OP_SEND`); `uring tcp-async …` the same with `IOSQE_ASYNC` (an io-wq worker
+//!   runs the connect); `uring udp ADDR PORT MSG`: one `IORING_OP_SENDMSG` naming ADDR
 //! - `exec PATH ARGS…`: execv PATH
 //!
 //! Prints `ok` and exits 0, or prints `error: ERRNO` and exits 1.
@@ -16,7 +19,10 @@ use std::{
     ffi::CString,
     io::Write as _,
     net::{SocketAddr, TcpStream, UdpSocket},
-    os::unix::ffi::OsStrExt as _,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::ffi::OsStrExt as _,
+    },
 };
 
 fn fail(error: &std::io::Error) -> ! {
@@ -84,6 +90,56 @@ fn fast_open(to: &SocketAddr, message: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Submits `entry` on `ring` and waits for its completion: its result, or its error.
+fn uring_submit(ring: &mut io_uring::IoUring, entry: &io_uring::squeue::Entry) -> std::io::Result<i32> {
+    // SAFETY: every buffer `entry` points to outlives this call, which waits for it.
+    unsafe { ring.submission().push(entry).map_err(std::io::Error::other)? };
+    ring.submit_and_wait(1)?;
+    let result = ring.completion().next().expect("a completion").result();
+    if result < 0 { Err(std::io::Error::from_raw_os_error(-result)) } else { Ok(result) }
+}
+
+/// `uring tcp|udp ADDR PORT MSG`.
+fn uring(args: &[String]) -> std::io::Result<()> {
+    use io_uring::{opcode, types::Fd};
+    let to = SocketAddr::new(args[1].parse().expect("address"), args[2].parse().expect("port"));
+    let (addr, len) = sockaddr(&to);
+    let message = args[3].as_bytes();
+    let mut ring = io_uring::IoUring::new(4)?;
+    let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let tcp = args[0].starts_with("tcp");
+    let kind = if tcp { libc::SOCK_STREAM } else { libc::SOCK_DGRAM };
+    // SAFETY: a plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(family, kind, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nothing else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let fd = Fd(socket.as_raw_fd());
+    if tcp {
+        let mut connect = opcode::Connect::new(fd, (&raw const addr).cast(), len).build();
+        if args[0] == "tcp-async" {
+            connect = connect.flags(io_uring::squeue::Flags::ASYNC);
+        }
+        uring_submit(&mut ring, &connect)?;
+        uring_submit(
+            &mut ring,
+            &opcode::Send::new(fd, message.as_ptr(), u32::try_from(message.len()).expect("length")).build(),
+        )?;
+    } else {
+        let mut iov = libc::iovec { iov_base: message.as_ptr().cast_mut().cast(), iov_len: message.len() };
+        // SAFETY: an all-zero msghdr is valid; its pointers are set just below.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_name = (&raw const addr).cast_mut().cast();
+        header.msg_namelen = len;
+        header.msg_iov = &raw mut iov;
+        header.msg_iovlen = 1;
+        uring_submit(&mut ring, &opcode::SendMsg::new(fd, &raw const header).build())?;
+    }
+    Ok(())
+}
+
 fn act(args: &[String]) -> std::io::Result<()> {
     let target = || -> SocketAddr {
         let ip: std::net::IpAddr = args[1].parse().expect("address");
@@ -143,6 +199,7 @@ fn act(args: &[String]) -> std::io::Result<()> {
                 .collect();
             return threads.into_iter().try_for_each(|t| t.join().expect("actor thread"));
         }
+        "uring" => uring(&args[1..])?,
         "exec" => {
             let words: Vec<CString> =
                 args[1..].iter().map(|a| CString::new(a.as_bytes()).expect("no NUL")).collect();
