@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    io::Read as _,
+    io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
@@ -18,6 +18,7 @@ use std::{
 
 pub mod daemon;
 pub mod oidc;
+pub mod runtimes;
 
 use agent_common::{HoldKey, Tag};
 use keyturn::{
@@ -390,6 +391,8 @@ pub struct Peer {
     pub v6: Ipv6Addr,
     pub v4_net: Cidr,
     pub v6_net: Cidr,
+    /// Keeps the peer's subnets this peer's alone while it lives (see [`claim_subnet`]).
+    _subnet_lock: fs::File,
 }
 
 fn ip(args: &[&str]) {
@@ -397,9 +400,33 @@ fn ip(args: &[&str]) {
     assert!(status.success(), "ip {args:?} failed");
 }
 
+/// Claims a subnet number `N` (`10.213.N.0/24`, `fd00:6b74:0:N::/64`) for a peer: one no
+/// address on this host is in yet, locked against the peers of other test processes that
+/// run beside this one (two routes to one subnet would send a test's packets to another's
+/// peer). The lock lasts as long as the file returned.
+fn claim_subnet() -> (u8, fs::File) {
+    let locks = Path::new("/run/keyturn-test-peers");
+    fs::create_dir_all(locks).expect("create the peers' lock directory");
+    let addresses = Command::new("ip").args(["-o", "-4", "addr"]).output().expect("run ip").stdout;
+    let addresses = String::from_utf8_lossy(&addresses);
+    let first = SERIAL.fetch_add(1, Ordering::Relaxed) + std::process::id();
+    for offset in 0..250 {
+        let serial = u8::try_from((first + offset) % 250 + 1).expect("below 251");
+        if addresses.contains(&format!(" 10.213.{serial}.")) {
+            continue;
+        }
+        let lock = fs::File::create(locks.join(serial.to_string())).expect("create a peer lock");
+        // SAFETY: flock on a file we own; non-blocking.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return (serial, lock);
+        }
+    }
+    panic!("every subnet 10.213.1-250.0/24 is taken on this host");
+}
+
 impl Peer {
     pub fn new() -> Self {
-        let serial = u8::try_from(SERIAL.fetch_add(1, Ordering::Relaxed) % 250 + 1).expect("below 251");
+        let (serial, subnet_lock) = claim_subnet();
         let netns = unique("ktns");
         let (host_if, peer_if) = (unique("kth"), unique("ktp"));
         ip(&["netns", "add", &netns]);
@@ -420,6 +447,7 @@ impl Peer {
             v6,
             v4_net: format!("10.213.{serial}.0/24").parse().expect("cidr"),
             v6_net: format!("fd00:6b74:0:{serial:x}::/64").parse().expect("cidr"),
+            _subnet_lock: subnet_lock,
         }
     }
 
@@ -438,6 +466,23 @@ impl Peer {
 
     /// A TCP listener on the peer at `addr:port`, recording every byte it receives.
     pub fn tcp(&self, addr: IpAddr, port: u16) -> Received {
+        self.serve_tcp(addr, port, None)
+    }
+
+    /// An HTTP server on the peer at `addr:port`, recording every byte it receives: each
+    /// request (once its headers are in) gets `200 OK` with `body`, and the connection is
+    /// closed.
+    pub fn http(&self, addr: IpAddr, port: u16, body: &str) -> Received {
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        self.serve_tcp(addr, port, Some(answer))
+    }
+
+    /// A TCP listener recording what it receives, and sending `answer` once a request's
+    /// headers are in, if there is one.
+    fn serve_tcp(&self, addr: IpAddr, port: u16, answer: Option<String>) -> Received {
         let received = Received::default();
         let sink = received.clone();
         let listener = self.in_netns(move || {
@@ -459,14 +504,21 @@ impl Peer {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { break };
                 sink.connections.fetch_add(1, Ordering::SeqCst);
-                let sink = sink.clone();
+                let (sink, answer) = (sink.clone(), answer.clone());
                 std::thread::spawn(move || {
-                    let mut buf = [0u8; 4096];
+                    let (mut buf, mut request) = ([0u8; 4096], Vec::new());
                     while let Ok(n) = stream.read(&mut buf) {
                         if n == 0 {
                             break;
                         }
                         sink.record(&buf[..n]);
+                        request.extend_from_slice(&buf[..n]);
+                        if let Some(answer) = &answer
+                            && request.windows(4).any(|w| w == b"\r\n\r\n")
+                        {
+                            let _ = stream.write_all(answer.as_bytes());
+                            break;
+                        }
                     }
                 });
             }

@@ -32,6 +32,14 @@ const PACKAGES: &[&str] = &[
     // (tests/browser); a real OpenID provider (oidc-provider in tests/js); npm comes below
     "chromium",
     "nodejs",
+    // agent runtimes suite (tests/runtimes, built by tests/build.rs): Go (static, no cgo),
+    // Java 17 (javac; the JVM runs the HttpClient agent), C (cc -pthread -static), and
+    // Debian's own python3 (not a pyenv shim); Node comes above
+    "golang",
+    "openjdk-17-jdk-headless",
+    "gcc",
+    "libc6-dev",
+    "python3",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

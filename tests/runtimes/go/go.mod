@@ -1,0 +1,3 @@
+module keyturn.test/runtimes/agent
+
+go 1.19

@@ -1,0 +1,408 @@
+//! Real agent runtimes under the real daemon: Python, Go, Java and Node programs connect to
+//! a peer host, and C programs exec a flagged program, from the threads their runtimes use
+//! (late threads, pool workers, event loops, goroutines, executors, worker threads, vfork
+//! children). Each action must be held, listed by `keyturn pending` with the process and
+//! the thread that acted, and decided: an approval completes it, a denial kills.
+
+use std::{net::IpAddr, path::Path, thread::sleep, time::Duration};
+
+use serde_json::Value;
+use tests::{
+    QUIET, Received, frozen, held, process_state,
+    runtimes::{
+        JAVA, JVM_FLAGS, Lab, NODE, PYTHON, decide, field, interpreter, program, thread_name, threads,
+        wait_all_stopped, wait_until,
+    },
+};
+
+/// What the HTTP server on the peer answers.
+const BODY: &str = "next-step: tidy the repo";
+/// First port of a test's listeners on the peer; each case gets its own.
+const FIRST_PORT: u16 = 7100;
+
+#[derive(Clone, Copy, Debug)]
+enum Decision {
+    Approve,
+    Deny,
+}
+
+impl Decision {
+    /// The `keyturn` command that makes it.
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+const DECISIONS: [Decision; 2] = [Decision::Approve, Decision::Deny];
+
+/// Which thread of the agent acts.
+#[derive(Clone, Copy)]
+enum Caller {
+    /// The main thread (its tid is the pid), as the program reports it.
+    Main,
+    /// Another thread, as the program reports it.
+    Other,
+    /// Another thread, as the program reports it, started at least `LATE_TICKS` after its
+    /// process: its start time is its own, not its process's.
+    Late,
+    /// A thread the runtime picks; the program reports only its pid. Not the main thread,
+    /// and its name (`/proc/PID/task/TID/comm`) starts with this.
+    Picked(&'static str),
+}
+
+/// 0.3 s in the clock ticks of `/proc/PID/stat` (`USER_HZ` = 100).
+const LATE_TICKS: u64 = 30;
+
+/// When thread `tid` of `pid` started, in clock ticks since boot.
+fn started(pid: u32, tid: u32) -> u64 {
+    let stat = format!("/proc/{pid}/task/{tid}/stat");
+    keyturn::procfs::stat_at(Path::new(&stat)).unwrap_or_else(|| panic!("{stat} unreadable")).start_ticks
+}
+
+/// Where a case's agent connects, and what it sends: the report itself over raw TCP, or
+/// a GET of `/REPORT` over HTTP.
+struct Target {
+    host: IpAddr,
+    port: u16,
+    report: String,
+}
+
+impl Target {
+    fn url(&self) -> String {
+        format!("http://{}:{}/{}", self.host, self.port, self.report)
+    }
+}
+
+/// A connection an agent makes, held by the policy's egress rule for the peer.
+struct Egress {
+    name: &'static str,
+    caller: Caller,
+    http: bool,
+    /// The agent's argv for a target.
+    argv: fn(&Target) -> Vec<String>,
+}
+
+impl Egress {
+    /// What the peer receives once the connection is approved.
+    fn arrives(&self, target: &Target) -> String {
+        if self.http { format!("GET /{} HTTP/1.1", target.report) } else { target.report.clone() }
+    }
+
+    /// The line the agent prints once done.
+    fn done_line(&self, target: &Target) -> String {
+        if self.http { format!("status 200 body {BODY}") } else { format!("sent {}", target.report.len()) }
+    }
+}
+
+/// Runs every case once per decision, side by side, with one daemon and one peer; then
+/// checks the audit trail: each action held once and decided once, none dropped.
+fn run_cases<C: Sync>(cases: &[C], check: impl Fn(&Lab, &C, u16, Decision) + Sync) {
+    let lab = Lab::start();
+    std::thread::scope(|scope| {
+        let mut port = FIRST_PORT;
+        for case in cases {
+            for decision in DECISIONS {
+                let (lab, check) = (&lab, &check);
+                scope.spawn(move || check(lab, case, port, decision));
+                port += 1;
+            }
+        }
+    });
+    let trail = lab.daemon.audit();
+    let ids = |kind: &str, id: fn(&Value) -> &Value| {
+        let mut ids: Vec<String> =
+            trail.iter().filter(|e| e["type"] == kind).map(|e| id(e).to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let held = ids("hold", |e| &e["hold"]["id"]);
+    assert_eq!(held.len(), cases.len() * DECISIONS.len(), "one hold per case: {held:?}");
+    assert_eq!(ids("decision", |e| &e["id"]), held, "one decision per hold");
+    assert_eq!(ids("hold_closed", |e| &e["id"]), Vec::<String>::new(), "holds closed without a decision");
+    assert!(lab.daemon.cli(&["audit", "verify"]).status.success());
+}
+
+/// One held connection: the agent acts, the hold is listed with its process, thread and
+/// destination, the process is stopped whole and nothing reached the peer; then the
+/// decision, and its outcome.
+fn check_egress(lab: &Lab, case: &Egress, port: u16, decision: Decision) {
+    let target = Target {
+        host: lab.peer.v4.into(),
+        port,
+        report: format!("report-{}-{}", case.name, decision.verb()),
+    };
+    let received: Received =
+        if case.http { lab.peer.http(target.host, port, BODY) } else { lab.peer.tcp(target.host, port) };
+    let mut agent = lab.run(&(case.argv)(&target));
+    let (pid, reported) = match case.caller {
+        Caller::Picked(_) => (agent.number("pid"), None),
+        Caller::Main | Caller::Other | Caller::Late => {
+            let (pid, tid) = agent.acting();
+            (pid, Some(tid))
+        }
+    };
+    let hold = lab.daemon.pending_matching(|hold| hold["pid"] == pid && hold["kind"] == "egress");
+    let what = format!("{} ({}): {hold}", case.name, decision.verb());
+    assert_eq!(
+        (&hold["address"], &hold["port"], &hold["protocol"], &hold["hold"]),
+        (
+            &Value::from(target.host.to_string()),
+            &Value::from(port),
+            &Value::from("tcp"),
+            &Value::from("held")
+        ),
+        "{what}"
+    );
+    let tid = field(&hold, "tid");
+    match case.caller {
+        Caller::Main => assert_eq!((reported, tid), (Some(pid), pid), "{what}"),
+        Caller::Other | Caller::Late => {
+            assert!(reported.is_some_and(|t| t != pid), "{what}: the program acted from its main thread");
+            assert_eq!(Some(tid), reported, "{what}");
+        }
+        Caller::Picked(name) => {
+            assert!(tid != pid && threads(pid).contains(&tid), "{what}: tid {tid} of {:?}", threads(pid));
+            let comm = thread_name(pid, tid);
+            assert!(comm.starts_with(name), "{what}: thread {tid} is {comm:?}, not {name}…");
+        }
+    }
+    if let Caller::Late = case.caller {
+        let late = started(pid, tid) - started(pid, pid);
+        assert!(late >= LATE_TICKS, "{what}: the thread started only {late} ticks after its process");
+    }
+    wait_all_stopped(pid);
+    let nothing_reached = || received.connections() == 0 && received.bytes().is_empty();
+    assert!(nothing_reached(), "{what}: reached the peer while held: {:?}", received.bytes());
+
+    decide(&lab.daemon, &hold, decision.verb());
+    let done_line = case.done_line(&target);
+    let finished = agent.finish();
+    match decision {
+        Decision::Approve => {
+            received.wait_for(&case.arrives(&target));
+            assert_eq!(finished.code, 0, "{}: {finished:?}", case.name);
+            assert!(finished.stdout.contains(&done_line), "{}: {finished:?}", case.name);
+        }
+        Decision::Deny => {
+            assert_eq!(finished.code, 128 + libc::SIGKILL, "{}: {finished:?}", case.name);
+            assert!(!finished.stdout.contains(&done_line), "{}: {finished:?}", case.name);
+            sleep(QUIET);
+            assert!(nothing_reached(), "{}: a denied connection reached the peer", case.name);
+        }
+    }
+}
+
+/// `INTERPRETER SCRIPT PATTERN HOST PORT REPORT`, how the Python and Node agents run.
+fn script(interpreter_path: &'static str, name: &str, pattern: &str, target: &Target) -> Vec<String> {
+    let (host, port) = (target.host.to_string(), target.port.to_string());
+    [interpreter(interpreter_path), &program(name), pattern, &host, &port, &target.report]
+        .map(str::to_owned)
+        .into()
+}
+
+fn python(pattern: &str, target: &Target) -> Vec<String> {
+    script(PYTHON, "agent.py", pattern, target)
+}
+
+/// Python: a `threading.Thread` started 0.3 s after its process (its start time is its
+/// own, not its process's), a `ThreadPoolExecutor` worker, and `asyncio.open_connection`
+/// on the main thread's event loop.
+#[test]
+fn python_threads_pools_and_asyncio_are_held_listed_and_decided() {
+    let cases = [
+        Egress { name: "late-thread", caller: Caller::Late, http: false, argv: |t| python("late-thread", t) },
+        Egress { name: "pool", caller: Caller::Other, http: false, argv: |t| python("pool", t) },
+        Egress { name: "asyncio", caller: Caller::Main, http: false, argv: |t| python("asyncio", t) },
+    ];
+    run_cases(&cases, check_egress);
+}
+
+/// Go: `net.Dial` from a goroutine, and `net/http` (whose transport dials in a goroutine of
+/// its own), with `GOMAXPROCS` ≥ 4 and goroutines busy meanwhile; the main goroutine keeps
+/// the main thread, so every connect comes from another OS thread.
+#[test]
+fn go_dial_and_net_http_from_goroutines_are_held_listed_and_decided() {
+    let cases = [
+        Egress {
+            name: "go-dial",
+            caller: Caller::Other,
+            http: false,
+            argv: |t| {
+                vec![program("go-agent"), "dial".into(), format!("{}:{}", t.host, t.port), t.report.clone()]
+            },
+        },
+        Egress {
+            name: "go-http",
+            caller: Caller::Other,
+            http: true,
+            argv: |t| vec![program("go-agent"), "http".into(), t.url()],
+        },
+    ];
+    run_cases(&cases, check_egress);
+}
+
+/// Java: `HttpClient.sendAsync`; the client connects from a thread of its executor, which
+/// the JDK names `HttpClient-N-Worker-M` (`HttpClient-1-Wo` in `comm`). One JVM per
+/// decision: a JVM start costs seconds under emulation.
+#[test]
+fn java_http_client_from_its_executor_is_held_listed_and_decided() {
+    let cases = [Egress {
+        name: "java-http-client",
+        caller: Caller::Picked("HttpClient-"),
+        http: true,
+        argv: |t| {
+            let classes = program("java");
+            let mut argv = vec![interpreter(JAVA).to_owned()];
+            argv.extend(JVM_FLAGS.map(str::to_owned));
+            argv.extend(["-cp".into(), classes, "Agent".into(), t.url()]);
+            argv
+        },
+    }];
+    run_cases(&cases, check_egress);
+}
+
+/// An agent's own timeouts run while it is held. Go's `net/http` gives each dial a deadline
+/// (30 s in its `DefaultTransport`), computed before `connect(2)`: an approval that comes
+/// later lets the connect happen (the peer accepts the connection), but Go has already
+/// given up (`dial tcp …: i/o timeout`) and closes it unused. Shown with a 1 s dial timeout
+/// and an approver who takes 2 s. Fails on the landed code: the approval does not complete
+/// the action for such an agent (Go programs like kubectl or terraform included).
+#[test]
+fn a_go_request_approved_after_its_own_dial_timeout_still_completes() {
+    const DIAL_TIMEOUT_SECS: u64 = 1;
+    let lab = Lab::start();
+    let target =
+        Target { host: lab.peer.v4.into(), port: FIRST_PORT, report: "report-after-its-dial-timeout".into() };
+    let received = lab.peer.http(target.host, target.port, BODY);
+    let dial_timeout = format!("-dial-timeout={DIAL_TIMEOUT_SECS}s");
+    let mut agent = lab.run(&[program("go-agent"), dial_timeout, "http".into(), target.url()]);
+    let (pid, _) = agent.acting();
+    let hold = lab.daemon.pending_matching(|hold| hold["pid"] == pid && hold["kind"] == "egress");
+    // The approver takes longer than the agent's dial timeout.
+    sleep(Duration::from_secs(2 * DIAL_TIMEOUT_SECS));
+    decide(&lab.daemon, &hold, Decision::Approve.verb());
+    let finished = agent.finish();
+    assert_eq!(finished.code, 0, "approved, yet the agent failed: {finished:?}");
+    received.wait_for(&format!("GET /{} HTTP/1.1", target.report));
+}
+
+fn node(pattern: &str, target: &Target) -> Vec<String> {
+    script(NODE, "agent.mjs", pattern, target)
+}
+
+/// Node: `net.connect` from the main thread's event loop and from a `worker_threads`
+/// Worker.
+#[test]
+fn node_main_thread_and_worker_connects_are_held_listed_and_decided() {
+    let cases = [
+        Egress { name: "node-main", caller: Caller::Main, http: false, argv: |t| node("main", t) },
+        Egress { name: "node-worker", caller: Caller::Other, http: false, argv: |t| node("worker", t) },
+    ];
+    run_cases(&cases, check_egress);
+}
+
+/// How a C agent runs the flagged program.
+#[derive(Clone, Copy)]
+enum Exec {
+    /// `execv` from a thread other than the main one: the whole process becomes the
+    /// program.
+    FromThread,
+    /// A child started with `posix_spawn` or `vfork` + `execv` by a multi-threaded parent.
+    Spawn(&'static str),
+}
+
+/// One held exec: the hold is listed with its process, thread, path and argv, and the
+/// process is held before the program did anything; then the decision, and its outcome.
+///
+/// What differs between modes: the LSM modes hold the `execve` itself, before it happens,
+/// in the thread that called it (a vfork or `posix_spawn` parent then waits inside
+/// `vfork`/`posix_spawn` until the decision); `cgroup-sock` stops the new program after
+/// the exec, before its first instruction, and keeps it frozen (`hold` is `stopped`): the
+/// thread that called `execve` has by then taken over its process's id, and the spawning
+/// parent has already gone on to wait for its child. Either way the flagged program has
+/// printed nothing until approved.
+fn check_exec(lab: &Lab, case: &Exec, _port: u16, decision: Decision) {
+    let flagged = lab.daemon.flagged();
+    let (argv, word) = match *case {
+        Exec::FromThread => {
+            let word = format!("from-thread-{}", decision.verb());
+            (vec![program("exec-thread"), flagged.clone(), word.clone()], word)
+        }
+        Exec::Spawn(how) => {
+            let word = format!("{how}-{}", decision.verb());
+            (vec![program("spawn"), how.into(), flagged.clone(), word.clone()], word)
+        }
+    };
+    let mut agent = lab.run(&argv);
+    // The hold, the thread that calls execve, and the parent that spawned it.
+    let (hold, execing, parent) = match *case {
+        Exec::FromThread => {
+            let (pid, tid) = agent.acting();
+            assert_ne!(tid, pid, "{word}: the program did not exec from another thread");
+            (lab.daemon.pending_matching(|hold| hold["pid"] == pid && hold["kind"] == "exec"), tid, None)
+        }
+        Exec::Spawn(_) => {
+            let parent = agent.number("parent");
+            let hold = lab
+                .daemon
+                .pending_matching(|hold| hold["kind"] == "exec" && hold["argv"][1] == word.as_str());
+            let child = field(&hold, "pid");
+            assert_ne!(child, parent, "{word}: {hold}");
+            assert_eq!(hold["parents"][0]["pid"], parent, "{word}: {hold}");
+            assert!(!held(parent), "{word}: the parent is held, state {:?}", process_state(parent));
+            assert!(
+                lab.daemon.pending().iter().all(|hold| hold["pid"] != parent),
+                "{word}: a hold lists the parent"
+            );
+            (hold, child, Some(parent))
+        }
+    };
+    let pid = field(&hold, "pid");
+    assert_eq!(
+        (&hold["kind"], &hold["path"], &hold["argv"]),
+        (
+            &Value::from("exec"),
+            &Value::from(flagged.as_str()),
+            &Value::from(vec![flagged.as_str(), word.as_str()])
+        ),
+        "{word}: {hold}"
+    );
+    match hold["hold"].as_str() {
+        Some("held") => {
+            assert_eq!(field(&hold, "tid"), execing, "{word}: {hold}");
+            wait_all_stopped(pid);
+        }
+        Some("stopped") => {
+            assert_eq!(field(&hold, "tid"), pid, "{word}: {hold}");
+            wait_until(|| format!("{word}: process {pid} frozen"), || frozen(pid));
+        }
+        _ => panic!("{word}: an exec is held before it happens or stopped after it: {hold}"),
+    }
+    assert!(!agent.printed().contains(&word), "{word}: the program ran while held");
+
+    decide(&lab.daemon, &hold, decision.verb());
+    let finished = agent.finish();
+    let (code, ran) = (finished.code, finished.stdout.contains(&word));
+    match decision {
+        Decision::Approve => assert!(code == 0 && ran, "{word}: {finished:?}"),
+        Decision::Deny => assert!(code == 128 + libc::SIGKILL && !ran, "{word}: {finished:?}"),
+    }
+    if parent.is_some() {
+        // The parent waited for its child and says how it ended.
+        let ended = match decision {
+            Decision::Approve => format!("child {pid} exited 0"),
+            Decision::Deny => format!("child {pid} killed by signal {}", libc::SIGKILL),
+        };
+        assert!(finished.stdout.contains(&ended), "{word}: {finished:?}");
+    }
+}
+
+/// C: `execv` of the flagged program from a thread other than the main one, and
+/// `posix_spawn` and `vfork` + `execv` of it from a multi-threaded parent.
+#[test]
+fn exec_from_a_thread_posix_spawn_and_vfork_are_held_listed_and_decided() {
+    run_cases(&[Exec::FromThread, Exec::Spawn("posix_spawn"), Exec::Spawn("vfork")], check_exec);
+}
