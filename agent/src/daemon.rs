@@ -9,6 +9,7 @@ use std::{
         unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
     },
     path::Path,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -36,11 +37,12 @@ use crate::{
     enforcer::{Enforcer, Options, error_chain},
     held::{self, HeldError, HeldProcess, OnDeny, event_from_record},
     holds::{Happened, Holds},
-    identify::Digests,
+    identify::Executable,
+    judge::{Judge, Judged},
     link::{self, Link},
     orphans::{self, Orphan},
     policy::Verdict,
-    policy_file::{self, Policy},
+    policy_file::{self, ExecJudgement, Policy},
     watch::PolicyWatch,
 };
 
@@ -179,9 +181,9 @@ struct Daemon {
     hierarchy: Hierarchy,
     enforcer: Enforcer,
     holds: Holds,
-    digests: Digests,
+    judge: Judge,
     audit: Audit,
-    policies: BTreeMap<String, Policy>,
+    policies: BTreeMap<String, Arc<Policy>>,
     policy_ids: BTreeMap<String, u32>,
     /// Root cgroup id → agent.
     agents: BTreeMap<u64, Agent>,
@@ -272,7 +274,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let (mut daemon, listener) = Daemon::start(config, link)?;
+    let (judge, mut judged) = Judge::new();
+    let (mut daemon, listener) = Daemon::start(config, link, judge)?;
     daemon.policies_watched = watch.is_some();
     let (commands, mut inbox) = mpsc::channel::<Command>(64);
     tokio::spawn(serve_api(listener, commands.clone()));
@@ -299,6 +302,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 daemon.drain_events();
                 guard.clear_ready();
             }
+            Some(judged) = judged.recv() => daemon.judged(judged),
             Some(command) = inbox.recv() => {
                 let reply = match command.ask {
                     Ask::Api(request, peer) => daemon.handle(request, peer),
@@ -448,13 +452,13 @@ fn is_approver(uid: u32, gid: u32, group: &str) -> bool {
 }
 
 impl Daemon {
-    fn start(config: Config, link: Option<Link>) -> anyhow::Result<(Self, UnixListener)> {
+    fn start(config: Config, link: Option<Link>, judge: Judge) -> anyhow::Result<(Self, UnixListener)> {
         let hierarchy = Hierarchy::find()?;
         let audit = Audit::open(&config.audit_dir(), config.audit_max_bytes).context(
             "the audit trail does not verify; keyturn will not write onto a trail that was tampered with \
              (move it aside after investigating, then start again)",
         )?;
-        let policies = policy_file::load_dir(&config.policies_dir)?;
+        let policies = shared(policy_file::load_dir(&config.policies_dir)?);
         let enforcer = Enforcer::load(&Options {
             mode: config.mode,
             pin_dir: config.pin_dir.clone(),
@@ -467,7 +471,7 @@ impl Daemon {
             hierarchy,
             enforcer,
             holds: Holds::default(),
-            digests: Digests::default(),
+            judge,
             audit,
             policies,
             policy_ids,
@@ -554,7 +558,7 @@ impl Daemon {
         match loaded {
             Ok(policies) => {
                 self.record(json!({"type": "policy_reload", "trigger": trigger}));
-                self.policies = policies;
+                self.policies = shared(policies);
                 if let Err(e) = self.install_policies() {
                     tracing::error!(error = %e, "installing policies");
                 }
@@ -673,56 +677,90 @@ impl Daemon {
         }
     }
 
+    /// The agent and policy a hold under `root` is judged by. Every tag names a loaded
+    /// policy (tagging and reloads check it); `default` is always loaded.
+    fn agent_and_policy(&self, root: u64) -> Option<(&Agent, &Arc<Policy>)> {
+        let agent = self.agents.get(&root)?;
+        let policy = self.policies.get(&agent.policy).or_else(|| self.policies.get("default"))?;
+        Some((agent, policy))
+    }
+
+    /// A new hold: an exec goes to the judges (its answer arrives in [`Self::judged`]), an
+    /// egress is decided here.
     fn new_hold(&mut self, key: HoldKey, event: &HoldEvent, restored: bool) {
-        let root = event.hold.root;
-        // Every tag names a loaded policy (tagging and reloads check it); `default` is
-        // always loaded.
-        let known = self.agents.get(&root).and_then(|agent| {
-            let policy = self.policies.get(&agent.policy).or_else(|| self.policies.get("default"))?;
-            Some((agent, policy))
-        });
-        let Some((agent, policy)) = known else {
+        let Some((_, policy)) = self.agent_and_policy(event.hold.root) else {
             // Fail closed: a hold under a root no agent is known for is refused.
             self.record(json!({"type": "hold", "id": context::hold_id(event), "pid": event.tgid,
                 "error": "no agent known for this cgroup"}));
             let _ = self.holds.deny(&mut self.enforcer, &key, OnDeny::Kill);
             return;
         };
-        let id = context::hold_id(event);
+        if event.hold.action.kind == kind::EXEC {
+            self.judge.submit(key, *event, restored, policy.clone());
+            return;
+        }
+        let (rule, quorum) = policy.egress_rule(&event.hold.action);
+        let judgement = ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: false, quorum };
+        self.settle_new_hold(key, event, restored, &judgement, None, None, Vec::new());
+    }
+
+    /// A judged exec hold, if it is still kept (its process may have gone meanwhile).
+    fn judged(&mut self, judged: Judged) {
+        let Judged { key, event, restored, outcome, argv } = judged;
+        let kept = self.holds.get(&key).is_some_and(|held| held.event().hold.nonce == event.hold.nonce);
+        let known = self
+            .agent_and_policy(event.hold.root)
+            .map(|(agent, policy)| (agent.name.clone(), policy.name.clone()));
+        let (true, Some((agent_name, policy_name))) = (kept, known) else { return };
+        let mut records = Vec::new();
+        let (judgement, executable) = match outcome {
+            Ok((exe, judgement)) => {
+                // A verdict that does not depend on argv holds for every exec of this file
+                // version: the kernel decides those by itself from now on.
+                let recorded = judgement.verdict == Verdict::Allow && !judgement.argv_dependent;
+                if recorded
+                    && let Some(&policy_id) = self.policy_ids.get(&policy_name)
+                    && let Err(e) = self.enforcer.record_exec_verdict(policy_id, exe.file, Verdict::Allow)
+                {
+                    tracing::warn!(error = %error_chain(&e), "recording an exec verdict in the kernel");
+                }
+                records.push(
+                    json!({"type": "exec_judged", "id": context::hold_id(&event), "pid": event.tgid,
+                    "agent": agent_name, "path": context::printable(exe.path.as_os_str().as_bytes()),
+                    "sha256": exe.sha256, "verdict": judgement.verdict, "rule": judgement.rule,
+                    "recorded_in_kernel": recorded}),
+                );
+                (judgement, Some(exe))
+            }
+            // Only a person can judge a program keyturn cannot verify.
+            Err(why) => {
+                (ExecJudgement { verdict: Verdict::Hold, rule: why, argv_dependent: true, quorum: 1 }, None)
+            }
+        };
+        self.settle_new_hold(key, &event, restored, &judgement, executable.as_ref(), argv, records);
+    }
+
+    /// Ends a judged hold: released when the policy or an earlier approval's scope allows
+    /// it, refused when the policy denies it, else pending for a person. `records` (the
+    /// judgement's) are written with the outcome's, with one flush to disk.
+    #[expect(clippy::too_many_arguments, reason = "one hold's judgement, handed on whole")]
+    fn settle_new_hold(
+        &mut self,
+        key: HoldKey,
+        event: &HoldEvent,
+        restored: bool,
+        judgement: &ExecJudgement,
+        executable: Option<&Executable>,
+        argv: Option<Vec<String>>,
+        mut records: Vec<serde_json::Value>,
+    ) {
+        let root = event.hold.root;
+        let Some((agent, policy)) = self.agent_and_policy(root) else { return };
         let (agent_name, requester, policy_name) =
             (agent.name.clone(), agent.requester.clone(), policy.name.clone());
         let (timeout, on_timeout, on_deny) = (policy.timeout, policy.on_timeout, policy.on_deny);
-        let mut argv = None;
-        let mut records = Vec::new();
-        let (verdict, rule, quorum, executable) = if event.hold.action.kind == kind::EXEC {
-            match self.digests.identify(event) {
-                Ok(exe) => {
-                    let judgement = policy.judge_exec(&exe, &mut self.digests, || {
-                        argv = context::exec_argv(event);
-                        argv.clone()
-                    });
-                    // A verdict that does not depend on argv holds for every exec of this
-                    // file version: the kernel decides those by itself from now on.
-                    let recorded = judgement.verdict == Verdict::Allow && !judgement.argv_dependent;
-                    if recorded
-                        && let Some(&policy_id) = self.policy_ids.get(&policy_name)
-                        && let Err(e) = self.enforcer.record_exec_verdict(policy_id, exe.file, Verdict::Allow)
-                    {
-                        tracing::warn!(error = %error_chain(&e), "recording an exec verdict in the kernel");
-                    }
-                    records.push(json!({"type": "exec_judged", "id": id, "pid": event.tgid,
-                        "agent": agent_name, "path": context::printable(exe.path.as_os_str().as_bytes()),
-                        "sha256": exe.sha256, "verdict": judgement.verdict, "rule": judgement.rule,
-                        "recorded_in_kernel": recorded}));
-                    (judgement.verdict, judgement.rule, judgement.quorum, Some(exe))
-                }
-                // Only a person can judge a program keyturn cannot verify.
-                Err(why) => (Verdict::Hold, why, 1, None),
-            }
-        } else {
-            let (rule, quorum) = policy.egress_rule(&event.hold.action);
-            (Verdict::Hold, rule, quorum, None)
-        };
+        let id = context::hold_id(event);
+        let verdict = judgement.verdict;
         let now = Instant::now();
         let granted = self.grants.iter().any(|g| g.covers(root, &event.hold.action, unix_now()));
         if granted || verdict == Verdict::Allow {
@@ -742,9 +780,9 @@ impl Daemon {
             return;
         }
         let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
-        let mut view =
-            context::describe(event, &agent_name, &cgroup, &policy_name, executable.as_ref(), argv);
-        (view.policy_rule, view.quorum, view.requester) = (rule, quorum, requester);
+        let mut view = context::describe(event, &agent_name, &cgroup, &policy_name, executable, argv);
+        (view.policy_rule, view.quorum, view.requester) =
+            (judgement.rule.clone(), judgement.quorum, requester);
         records.push(json!({"type": "hold", "restored": restored, "hold": view}));
         self.record_all(records);
         self.holds.park(&key);
@@ -1315,6 +1353,11 @@ impl Daemon {
         self.record(json!({"type": "hold_orphaned", "pid": pid, "tid": tid, "reason": orphan.reason(),
             "outcome": outcome}));
     }
+}
+
+/// Policies by name, each shared with the judges that apply it.
+fn shared(policies: BTreeMap<String, Policy>) -> BTreeMap<String, Arc<Policy>> {
+    policies.into_iter().map(|(name, policy)| (name, Arc::new(policy))).collect()
 }
 
 /// What a denial under `on_deny` does to the held action, as the audit trail says it.

@@ -1,12 +1,14 @@
 //! Which program a held exec runs: the very file version the kernel named, opened and
-//! checked, with its canonical path and SHA-256 (cached per file version).
+//! checked, with its canonical path and SHA-256 (cached per file version), without waiting
+//! for a freshly written file's change time to settle where a read lease can be had.
 
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
     io::{self, Read as _},
-    os::unix::ffi::OsStrExt as _,
+    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
+    sync::Mutex,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -15,10 +17,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::policy::FileId;
 
-/// How old a file version's change time must be before its content is trusted to belong
-/// to it. A write within the same clock tick as the last change would not move the change
-/// time; once this much has passed, every write moves it. Kernels keep ctime with at
-/// worst jiffy (10 ms) granularity.
+/// How old a file version's change time must be before its content is known to belong to
+/// it for good. A write within the same clock tick as the last change would not move the
+/// change time; once this much has passed, every write moves it. Kernels keep ctime with
+/// at worst jiffy (10 ms) granularity.
 const SETTLE: Duration = Duration::from_millis(20);
 
 /// Digests kept at most; the cache is cleared when full (a miss only costs a re-read).
@@ -33,80 +35,144 @@ pub struct Executable {
     pub sha256: String,
 }
 
-/// SHA-256 digests by file version, and the contents each rule pattern has named.
-#[derive(Default)]
-pub struct Digests {
-    by_file: HashMap<FileId, String>,
-    /// Rule pattern → digests of every file it named since the daemon started, so a copy
-    /// made before a flagged program was upgraded is still recognised after.
-    named: HashMap<String, HashSet<String>>,
+/// A read lease on a freshly written executable, held until its change time has settled:
+/// while it is held nobody can open the file for writing (an open for writing waits for
+/// the lease to end), so the content that was hashed stays the content of that version,
+/// and once it ends any write moves the change time and so makes a new version.
+#[derive(Debug)]
+pub struct Lease {
+    file: File,
+    until: SystemTime,
 }
 
-fn realtime_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+impl Lease {
+    /// Keeps the lease until the file's change time has settled, then lets it go.
+    pub fn wait_out(self) {
+        if let Ok(left) = self.until.duration_since(SystemTime::now()) {
+            std::thread::sleep(left);
+        }
+        drop(self.file);
+    }
+}
+
+/// SHA-256 digests by file version, and the contents each rule pattern has named. Shared
+/// by the judges that run in parallel: files are read and hashed outside the locks.
+#[derive(Default)]
+pub struct Digests {
+    by_file: Mutex<HashMap<FileId, String>>,
+    /// Rule pattern → digests of every file it named since the daemon started, so a copy
+    /// made before a flagged program was upgraded is still recognised after.
+    named: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+/// When `id`'s change time is old enough for its content to be known for good.
+fn settled_at(id: FileId) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(id.changed_ns) + SETTLE
+}
+
+/// `fcntl(2)`'s `F_SETSIG` (Linux's `__F_SETSIG`), which the libc crate does not name.
+const F_SETSIG: libc::c_int = 10;
+
+/// Takes a read lease on `file`: granted only while nobody has the file open for writing.
+/// A writer who comes while it is held waits for it to end; the kernel tells the holder
+/// with a signal, by default SIGIO, which would end the daemon: it is made SIGURG, which
+/// is ignored unless handled.
+fn read_lease(file: &File) -> bool {
+    // SAFETY: fcntl on a valid fd with integer arguments.
+    unsafe {
+        libc::fcntl(file.as_raw_fd(), F_SETSIG, libc::SIGURG) == 0
+            && libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) == 0
+    }
+}
+
+/// Whether the read lease on `file` is still whole: nobody has asked to write since.
+fn lease_intact(file: &File) -> bool {
+    // SAFETY: fcntl on a valid fd, no argument.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLEASE) == libc::F_RDLCK }
 }
 
 impl Digests {
-    /// The digest of `file`, which must be version `id` before and after it is read: a
-    /// file changed meanwhile is an error, never a digest of the wrong content.
-    fn digest(&mut self, id: FileId, file: &mut File) -> io::Result<String> {
-        if let Some(digest) = self.by_file.get(&id) {
-            return Ok(digest.clone());
+    fn cached(&self, id: FileId) -> Option<String> {
+        self.by_file.lock().expect("digests lock").get(&id).cloned()
+    }
+
+    fn cache(&self, id: FileId, digest: &str) {
+        let mut by_file = self.by_file.lock().expect("digests lock");
+        if by_file.len() >= CACHED_DIGESTS {
+            by_file.clear();
         }
-        let settled_at = id.changed_ns.saturating_add(u64::try_from(SETTLE.as_nanos()).unwrap_or(u64::MAX));
-        std::thread::sleep(Duration::from_nanos(settled_at.saturating_sub(realtime_ns())).min(SETTLE));
+        by_file.insert(id, digest.to_owned());
+    }
+
+    /// The digest of `file`, which must be version `id` before and after it is read: a
+    /// file changed meanwhile is an error, never a digest of the wrong content. A version
+    /// whose change time has not settled yet is read under a read lease, returned to be
+    /// held until it has ([`Lease::wait_out`]); where no lease can be had (someone has the
+    /// file open for writing, or the filesystem has no leases), the read waits until then.
+    fn digest(&self, id: FileId, file: File) -> io::Result<(String, Option<Lease>)> {
+        if let Some(digest) = self.cached(id) {
+            return Ok((digest, None));
+        }
+        let until = settled_at(id);
+        let leased = SystemTime::now() < until && read_lease(&file);
+        if !leased && let Ok(left) = until.duration_since(SystemTime::now()) {
+            std::thread::sleep(left.min(SETTLE));
+        }
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
+        let mut reader = &file;
         loop {
-            let n = file.read(&mut buf)?;
+            let n = reader.read(&mut buf)?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
         }
-        if FileId::from_metadata(&file.metadata()?) != id {
-            return Err(io::Error::other("the file changed while it was being read"));
+        if FileId::from_metadata(&file.metadata()?) != id || (leased && !lease_intact(&file)) {
+            return Err(io::Error::other(
+                "the file changed, or was opened for writing, while it was being read",
+            ));
         }
         let digest = hex::encode(hasher.finalize());
-        if self.by_file.len() >= CACHED_DIGESTS {
-            self.by_file.clear();
-        }
-        self.by_file.insert(id, digest.clone());
-        Ok(digest)
+        self.cache(id, &digest);
+        Ok((digest, leased.then_some(Lease { file, until })))
     }
 
     /// The version and digest of the file at `path` now. A version hashed before costs
     /// one `stat` (rule files are looked at on every judgement).
-    pub fn of_path(&mut self, path: &Path) -> io::Result<(FileId, String)> {
+    pub fn of_path(&self, path: &Path) -> io::Result<(FileId, String)> {
         let id = FileId::of(path)?;
-        if let Some(digest) = self.by_file.get(&id) {
-            return Ok((id, digest.clone()));
+        if let Some(digest) = self.cached(id) {
+            return Ok((id, digest));
         }
-        let mut file = File::open(path)?;
+        let file = File::open(path)?;
         let id = FileId::from_metadata(&file.metadata()?);
-        Ok((id, self.digest(id, &mut file)?))
+        let (digest, lease) = self.digest(id, file)?;
+        lease.map(Lease::wait_out);
+        Ok((id, digest))
     }
 
     /// Whether `sha256` is the content of one of `files`, which `pattern` names now, or of
     /// a file it named before.
-    pub fn named_by(&mut self, pattern: &str, files: &[PathBuf], sha256: &str) -> bool {
+    pub fn named_by(&self, pattern: &str, files: &[PathBuf], sha256: &str) -> bool {
         let current: Vec<String> =
             files.iter().filter_map(|f| self.of_path(f).ok()).map(|(_, d)| d).collect();
-        let named = self.named.entry(pattern.to_owned()).or_default();
+        let mut named = self.named.lock().expect("digests lock");
+        let named = named.entry(pattern.to_owned()).or_default();
         named.extend(current);
         named.contains(sha256)
     }
 
     /// Identifies the program of an exec hold. Only a file that is verifiably the version
     /// the kernel named is returned; anything else is an error an approver gets to see.
-    pub fn identify(&mut self, event: &HoldEvent) -> Result<Executable, String> {
+    /// A freshly written file comes with the lease its content was read under, to be held
+    /// until its change time has settled ([`Lease::wait_out`]).
+    pub fn identify(&self, event: &HoldEvent) -> Result<(Executable, Option<Lease>), String> {
         let want = FileId::of_action(&event.hold.action);
         let mut tried = Vec::new();
         for candidate in candidates(event) {
             match self.open_as(&candidate, want) {
-                Ok(executable) => return Ok(executable),
+                Ok(identified) => return Ok(identified),
                 Err(e) => tried.push(format!("{}: {e}", candidate.display())),
             }
         }
@@ -118,15 +184,15 @@ impl Digests {
         Err(format!("could not verify the executable ({})", tried.join("; ")))
     }
 
-    fn open_as(&mut self, candidate: &Path, want: FileId) -> io::Result<Executable> {
+    fn open_as(&self, candidate: &Path, want: FileId) -> io::Result<(Executable, Option<Lease>)> {
         let path = std::fs::canonicalize(candidate)?;
-        let mut file = File::open(&path)?;
+        let file = File::open(&path)?;
         let id = FileId::from_metadata(&file.metadata()?);
         if id != want {
             return Err(io::Error::other("not the file version the kernel named"));
         }
-        let sha256 = self.digest(id, &mut file)?;
-        Ok(Executable { file: id, path, sha256 })
+        let (sha256, lease) = self.digest(id, file)?;
+        Ok((Executable { file: id, path, sha256 }, lease))
     }
 }
 
@@ -149,4 +215,66 @@ fn candidates(event: &HoldEvent) -> Vec<PathBuf> {
         candidates.push(Path::new(&base).join(named.strip_prefix("/").unwrap_or(named)));
     }
     candidates
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs::OpenOptions, io::Write as _, os::unix::fs::OpenOptionsExt as _};
+
+    use super::*;
+
+    fn fresh_file(name: &str) -> (PathBuf, FileId) {
+        let dir = std::env::temp_dir().join(format!("kt-identify-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("program");
+        std::fs::write(&path, b"#!/bin/sh\necho fresh\n").unwrap();
+        let id = FileId::of(&path).unwrap();
+        (path, id)
+    }
+
+    fn open_for_writing_at_once(path: &Path) -> io::Result<File> {
+        OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path)
+    }
+
+    /// A file written a moment ago is hashed at once under a read lease: while the lease
+    /// is held nobody can open the file for writing, and once its change time has settled
+    /// the lease goes.
+    #[test]
+    fn a_fresh_file_is_read_under_a_lease_that_keeps_writers_out_until_it_settles() {
+        let (path, id) = fresh_file("lease");
+        let digests = Digests::default();
+        let (digest, lease) = digests.digest(id, File::open(&path).unwrap()).unwrap();
+        assert_eq!(digest, hex::encode(Sha256::digest(b"#!/bin/sh\necho fresh\n")));
+        let lease = lease.expect("a fresh file is leased");
+        let refused = open_for_writing_at_once(&path).expect_err("a writer must wait for the lease");
+        assert_eq!(refused.raw_os_error(), Some(libc::EWOULDBLOCK));
+        lease.wait_out();
+        assert!(SystemTime::now() >= settled_at(id));
+        open_for_writing_at_once(&path).expect("a writer once the lease is gone");
+    }
+
+    /// Where a lease cannot be had (someone has the file open for writing), the content is
+    /// read only once the change time has settled, as without leases.
+    #[test]
+    fn a_file_someone_writes_is_read_only_once_settled() {
+        let (path, id) = fresh_file("writer");
+        let mut writer = OpenOptions::new().append(true).open(&path).unwrap();
+        let digests = Digests::default();
+        let (_, lease) = digests.digest(id, File::open(&path).unwrap()).unwrap();
+        assert!(lease.is_none());
+        assert!(SystemTime::now() >= settled_at(id));
+        writer.write_all(b"echo more\n").unwrap();
+        assert_ne!(FileId::of(&path).unwrap(), id, "a write after settling makes a new version");
+    }
+
+    /// A version that settled long ago needs no lease and no wait.
+    #[test]
+    fn a_settled_file_needs_no_lease() {
+        let digests = Digests::default();
+        let path = Path::new("/bin/sh");
+        let file = File::open(path).unwrap();
+        let id = FileId::from_metadata(&file.metadata().unwrap());
+        let (_, lease) = digests.digest(id, file).unwrap();
+        assert!(lease.is_none());
+    }
 }

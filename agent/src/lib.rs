@@ -16,6 +16,7 @@ pub mod enforcer;
 pub mod held;
 pub mod holds;
 pub mod identify;
+pub mod judge;
 pub mod link;
 pub mod mode;
 pub mod orphans;

@@ -108,7 +108,7 @@ pub struct ExecRule {
 impl ExecRule {
     /// Whether this rule names `exe`: by its canonical path, or by its content being that
     /// of a file the pattern names now (a copy, a link, an older or newer install).
-    fn names(&self, exe: &Executable, digests: &mut Digests) -> bool {
+    fn names(&self, exe: &Executable, digests: &Digests) -> bool {
         let by_path = exe.path.parent() == Some(self.dir.as_path())
             && exe.path.file_name().is_some_and(|n| glob_match(self.name.as_bytes(), n.as_bytes()));
         by_path || digests.named_by(&self.pattern, &resolve_executables(&self.pattern), &exe.sha256)
@@ -158,7 +158,7 @@ impl Policy {
     pub fn judge_exec(
         &self,
         exe: &Executable,
-        digests: &mut Digests,
+        digests: &Digests,
         argv: impl FnOnce() -> Option<Vec<String>>,
     ) -> ExecJudgement {
         let mut argv = Some(argv);
@@ -651,7 +651,7 @@ action = "deny"
         (dir, flagged, other, copy)
     }
 
-    fn executable(path: &Path, digests: &mut Digests) -> Executable {
+    fn executable(path: &Path, digests: &Digests) -> Executable {
         let (file, sha256) = digests.of_path(path).unwrap();
         Executable { file, path: std::fs::canonicalize(path).unwrap(), sha256 }
     }
@@ -662,12 +662,12 @@ action = "deny"
         let policy =
             parse("t", "t.toml", &format!("[[exec]]\npath = \"{}\"\naction = \"hold\"\n", flagged.display()))
                 .unwrap();
-        let mut digests = Digests::default();
+        let digests = Digests::default();
         let no_argv = || -> Option<Vec<String>> { panic!("no rule has argv words") };
         for (program, verdict) in
             [(&flagged, Verdict::Hold), (&copy, Verdict::Hold), (&other, Verdict::Allow)]
         {
-            let judged = policy.judge_exec(&executable(program, &mut digests), &mut digests, no_argv);
+            let judged = policy.judge_exec(&executable(program, &digests), &digests, no_argv);
             assert_eq!(judged.verdict, verdict, "{}", program.display());
             assert!(!judged.argv_dependent);
         }
@@ -676,11 +676,11 @@ action = "deny"
         std::fs::remove_file(&flagged).unwrap();
         std::fs::copy("/bin/false", &flagged).unwrap();
         for program in [&copy, &other] {
-            let judged = policy.judge_exec(&executable(program, &mut digests), &mut digests, no_argv);
+            let judged = policy.judge_exec(&executable(program, &digests), &digests, no_argv);
             assert_eq!(judged.verdict, Verdict::Hold, "{}", program.display());
         }
-        let mut fresh = Digests::default();
-        let judged = policy.judge_exec(&executable(&copy, &mut fresh), &mut fresh, no_argv);
+        let fresh = Digests::default();
+        let judged = policy.judge_exec(&executable(&copy, &fresh), &fresh, no_argv);
         assert_eq!(judged.verdict, Verdict::Allow, "only contents seen at the pattern are remembered");
         std::fs::remove_dir_all(dir).ok();
     }
@@ -696,16 +696,16 @@ action = "deny"
             dir.display()
         );
         let policy = parse("t", "t.toml", &text).unwrap();
-        let mut digests = Digests::default();
-        let exe = executable(&flagged, &mut digests);
-        let judge = |argv: &[&str], digests: &mut Digests| {
+        let digests = Digests::default();
+        let exe = executable(&flagged, &digests);
+        let judge = |argv: &[&str], digests: &Digests| {
             let argv: Vec<String> = argv.iter().map(|&a| a.to_owned()).collect();
             policy.judge_exec(&exe, digests, move || Some(argv))
         };
-        let forced = judge(&["git", "push", "--force"], &mut digests);
+        let forced = judge(&["git", "push", "--force"], &digests);
         assert_eq!((forced.verdict, forced.argv_dependent), (Verdict::Deny, true));
-        assert_eq!(judge(&["git", "push"], &mut digests).verdict, Verdict::Hold);
-        let status = judge(&["git", "status"], &mut digests);
+        assert_eq!(judge(&["git", "push"], &digests).verdict, Verdict::Hold);
+        let status = judge(&["git", "status"], &digests);
         assert_eq!((status.verdict, status.rule.as_str()), (Verdict::Hold, "exec_default"));
         assert!(status.argv_dependent, "argv decided that no rule applies: not for every exec");
         std::fs::remove_dir_all(dir).ok();
@@ -714,7 +714,7 @@ action = "deny"
     #[test]
     fn every_write_makes_a_new_file_version() {
         let (dir, flagged, _, _) = programs("version");
-        let mut digests = Digests::default();
+        let digests = Digests::default();
         let (before, _) = digests.of_path(&flagged).unwrap();
         std::fs::write(&flagged, b"#!/bin/sh\n").unwrap();
         let (after, _) = digests.of_path(&flagged).unwrap();
