@@ -5,7 +5,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use crate::mode::Mode;
+use crate::kernel::mode::Mode;
 
 pub const DEFAULT_PATH: &str = "/etc/keyturn/keyturn.toml";
 

@@ -1,26 +1,39 @@
-//! keyturn's host side: loads the kernel hold, tags agent cgroups, decides held actions.
+//! keyturn's host side: the kernel holds flagged actions of AI agents' processes, and the
+//! daemon asks a person about each, then releases or refuses it.
 //!
-//! [`enforcer::Enforcer`] owns the BPF object; [`held::HeldProcess`] carries a decision to
-//! a held process; [`policy::KernelPolicy`] is what the kernel decides by itself.
+//! # Layout
+//!
+//! - [`kernel`]: the BPF programs, loaded, attached and pinned in the strongest mode the
+//!   kernel supports; [`kernel::Enforcer`] is the one owner of their maps.
+//! - [`hold`]: a held action: the process the kernel holds, the table of them, what an
+//!   approver is shown, which program an exec runs and how it is judged.
+//! - [`policy`]: policy files, and the part of a policy the kernel decides by itself.
+//! - [`daemon`]: `keyturn daemon`: the loop that takes in the kernel's events, keeps the
+//!   pending holds, applies decisions and timeouts, and serves the local API.
+//! - [`console_link`]: the daemon's connection to the console, and the embedded console.
+//! - [`cli`]: the `keyturn` command line.
+//! - [`audit`], [`config`], [`cgroup`]: the audit trail, the daemon's configuration, the
+//!   cgroup v2 hierarchy.
+//!
+//! # Words
+//!
+//! - A *hold record* is the kernel's entry for a held action (`agent_common::Hold`, in the
+//!   `HOLDS` map); a *stop* is keyturn's `SIGSTOP` of a process, recorded in `STOPS`.
+//! - A *held process* is a process reached through a pidfd for one hold record; the
+//!   daemon keeps them in its *table of held processes* ([`hold::table::Holds`]).
+//! - A *pending hold* is one waiting for a person's decision.
+//! - People *approve* or *deny*; the mechanism then *releases* the held action (the
+//!   syscall completes) or *kills* the process (or *fails* the syscall, per `on_deny`).
+//!   A hold that ends without a decision (its process exited) is *closed*.
+//! - A *tagged root* is a cgroup an operator tagged; an *agent* is what runs under it.
+//! - A *link* is a BPF link; the console connection is the *console link*.
 
-pub mod api;
 pub mod audit;
-pub mod btf;
 pub mod cgroup;
+pub mod cli;
 pub mod config;
-pub mod context;
+pub mod console_link;
 pub mod daemon;
-pub mod doctor;
-pub mod embedded;
-pub mod enforcer;
-pub mod held;
-pub mod holds;
-pub mod identify;
-pub mod judge;
-pub mod link;
-pub mod mode;
-pub mod orphans;
+pub mod hold;
+pub mod kernel;
 pub mod policy;
-pub mod policy_file;
-pub mod procfs;
-pub mod watch;

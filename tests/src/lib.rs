@@ -23,9 +23,9 @@ pub mod runtimes;
 use agent_common::{HoldKey, Tag};
 use keyturn::{
     cgroup::{self, Hierarchy},
-    enforcer::{Enforcer, Options},
-    holds::{Happened, Holds},
-    mode::Mode,
+    hold::table::{Happened, Holds},
+    kernel::mode::Mode,
+    kernel::{Enforcer, Options},
     policy::{Cidr, EgressSpec, FileId, KernelPolicy, Verdict},
 };
 
@@ -135,7 +135,7 @@ impl Kernel {
         self.holds.approve(enforcer, key).expect("approve");
     }
 
-    pub fn deny(&mut self, key: &HoldKey, on_deny: keyturn::held::OnDeny) {
+    pub fn deny(&mut self, key: &HoldKey, on_deny: keyturn::hold::process::OnDeny) {
         let enforcer = self.enforcer.as_mut().expect("loaded");
         self.holds.deny(enforcer, key, on_deny).expect("deny");
     }
@@ -272,7 +272,7 @@ pub fn spawn_actor(cgroup: Option<&TestCgroup>, args: &[&str]) -> Child {
 }
 
 fn state_of(stat_file: &Path) -> Option<char> {
-    keyturn::procfs::stat_at(stat_file).map(|stat| char::from(stat.state))
+    keyturn::hold::procfs::stat_at(stat_file).map(|stat| char::from(stat.state))
 }
 
 /// The state letter of process `pid` (`T` stopped), or `None` once it is reaped.

@@ -283,7 +283,7 @@ fn a_late_threads_connect_is_listed_and_times_out_like_any_hold() {
 /// Process `pid`'s start time as the kernel's records carry it (nanoseconds since boot,
 /// to the clock tick `/proc` shows).
 fn process_start_ns(pid: u32) -> u64 {
-    keyturn::procfs::stat(pid).expect("stat").start_ticks * keyturn::held::NS_PER_TICK
+    keyturn::hold::procfs::stat(pid).expect("stat").start_ticks * keyturn::hold::process::NS_PER_TICK
 }
 
 /// A process `sleep`ing as `nobody` in `cgroup`, stopped by the test once it runs sleep
@@ -321,7 +321,7 @@ fn a_stop_of_keyturns_without_a_pending_hold_is_settled_and_anyone_elses_is_left
     let ours = stopped_agent(&cgroup);
     let stop = agent_common::Stop {
         process_start: process_start_ns(ours.id()),
-        stopped_at_ns: keyturn::enforcer::monotonic_ns() - 10_000_000_000,
+        stopped_at_ns: keyturn::kernel::monotonic_ns() - 10_000_000_000,
     };
     daemon.pinned_map::<u32, agent_common::Stop>("STOPS").insert(ours.id(), stop, 0).expect("insert");
 
@@ -356,7 +356,7 @@ fn a_kernel_hold_record_nobody_reported_is_decided_by_on_timeout() {
             thread_start: process_start_ns(pid),
             process_start: process_start_ns(pid),
             root: cgroup.id(),
-            held_at_ns: keyturn::enforcer::monotonic_ns() - 10_000_000_000,
+            held_at_ns: keyturn::kernel::monotonic_ns() - 10_000_000_000,
             state: agent_common::hold_state::PENDING,
             event_type: agent_common::event_type::HELD,
         };

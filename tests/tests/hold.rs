@@ -6,10 +6,10 @@ use std::{net::IpAddr, os::unix::process::ExitStatusExt as _, path::PathBuf, thr
 
 use agent_common::counter;
 use keyturn::{
-    enforcer::EgressHold,
-    held::OnDeny,
-    holds::Happened,
-    mode::Mode,
+    hold::process::OnDeny,
+    hold::table::Happened,
+    kernel::EgressHold,
+    kernel::mode::Mode,
     policy::{EgressSpec, FileId, KernelPolicy, Verdict},
 };
 use tests::{
@@ -412,8 +412,8 @@ fn holds_survive_a_daemon_restart() {
     let records = kernel.enforcer().holds().expect("holds");
     let (_, hold) = records.iter().find(|(k, _)| *k == key).expect("the hold is still in the pinned map");
     // The restarted daemon rebuilds its view from the pinned record and decides.
-    let event = keyturn::held::event_from_record(key, hold);
-    let reopened = keyturn::held::HeldProcess::open(&event).expect("reopen the held process");
+    let event = keyturn::hold::process::event_from_record(key, hold);
+    let reopened = keyturn::hold::process::HeldProcess::open(&event).expect("reopen the held process");
     reopened.release(kernel.enforcer()).expect("release");
     e.received.wait_for(MESSAGE);
     assert!(finish(child).1.success());

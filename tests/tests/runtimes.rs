@@ -59,7 +59,9 @@ const LATE_TICKS: u64 = 30;
 /// When thread `tid` of `pid` started, in clock ticks since boot.
 fn started(pid: u32, tid: u32) -> u64 {
     let stat = format!("/proc/{pid}/task/{tid}/stat");
-    keyturn::procfs::stat_at(Path::new(&stat)).unwrap_or_else(|| panic!("{stat} unreadable")).start_ticks
+    keyturn::hold::procfs::stat_at(Path::new(&stat))
+        .unwrap_or_else(|| panic!("{stat} unreadable"))
+        .start_ticks
 }
 
 /// Where a case's agent connects, and what it sends: the report itself over raw TCP, or

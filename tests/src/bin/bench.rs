@@ -16,8 +16,8 @@ use std::{
 use agent_common::{HoldEvent, Tag, event_type, protocol};
 use keyturn::{
     cgroup::{self, Hierarchy},
-    enforcer::{Enforcer, Options, error_chain, monotonic_ns},
-    held::HeldProcess,
+    hold::process::HeldProcess,
+    kernel::{Enforcer, Options, error_chain, monotonic_ns},
     policy::{EgressSpec, KernelPolicy, Verdict},
 };
 

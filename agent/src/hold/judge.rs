@@ -8,10 +8,10 @@ use agent_common::{HoldEvent, HoldKey};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
-    context,
-    identify::{Digests, Executable},
+    hold::context,
+    hold::identity::{Digests, Executable},
     policy::Verdict,
-    policy_file::{ExecJudgement, Policy},
+    policy::file::{ExecJudgement, Policy},
 };
 
 /// Judgements that may run at once: enough to keep a build's fresh executables moving on
@@ -66,7 +66,7 @@ impl Judge {
 }
 
 type Judgement =
-    (Result<(Executable, ExecJudgement), String>, Option<Vec<String>>, Option<crate::identify::Lease>);
+    (Result<(Executable, ExecJudgement), String>, Option<Vec<String>>, Option<crate::hold::identity::Lease>);
 
 /// Identifies and judges the exec of `event` under `policy`. The argv is read only if a
 /// rule asks for it or the verdict goes to a person (reading it may wait for the held

@@ -13,8 +13,8 @@ use agent_common::{Action, protocol};
 use serde::Deserialize;
 
 use crate::{
-    held::OnDeny,
-    identify::{Digests, Executable},
+    hold::identity::{Digests, Executable},
+    hold::process::OnDeny,
     policy::{Cidr, EgressSpec, KernelPolicy, Verdict, display_cidr},
 };
 
@@ -184,9 +184,9 @@ impl Policy {
                     return judged(Verdict::Hold, "argv could not be read to check ", true);
                 };
                 // A rule's words are compared as argv is shown: escaped.
-                let has = |word: &String| words.contains(&crate::context::printable(word.as_bytes()));
+                let has = |word: &String| words.contains(&crate::hold::context::printable(word.as_bytes()));
                 if !rule.argv.iter().all(has) {
-                    if crate::context::argv_cut(words) {
+                    if crate::hold::context::argv_cut(words) {
                         // A word could sit in the part not read: ask rather than go on.
                         return judged(Verdict::Hold, "argv too long to check ", true);
                     }

@@ -71,7 +71,7 @@ pub fn check_requester(who: &str) -> Result<(), String> {
     if who.len() > REQUESTER_BYTES {
         return Err(format!("requester is {} bytes, more than {REQUESTER_BYTES}", who.len()));
     }
-    if who.chars().any(|c| c.is_control() || crate::context::hides_text(c)) {
+    if who.chars().any(|c| c.is_control() || crate::hold::context::hides_text(c)) {
         return Err(format!("requester {who:?} has control or invisible characters"));
     }
     Ok(())

@@ -2,7 +2,10 @@
 
 use std::{fs, path::Path};
 
-use crate::{cgroup::Hierarchy, enforcer, mode::Mode};
+use crate::{
+    cgroup::Hierarchy,
+    kernel::{self, mode::Mode},
+};
 
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
@@ -12,7 +15,7 @@ pub struct Report {
     pub bpf_lsm_listed: bool,
     pub lockdown: Option<String>,
     pub cgroup2: Option<String>,
-    pub attempts: Vec<enforcer::Attempt>,
+    pub attempts: Vec<kernel::Attempt>,
     pub mode: Option<Mode>,
     pub sock_addr_can_signal: bool,
 }
@@ -32,12 +35,12 @@ fn securityfs(file: &str) -> Option<String> {
 pub fn report() -> Report {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     let lsms = securityfs("lsm");
-    let (attempts, mode) = match enforcer::probe() {
+    let (attempts, mode) = match kernel::probe() {
         Ok(probe) => probe,
         Err(e) => (
-            vec![enforcer::Attempt {
+            vec![kernel::Attempt {
                 what: "load keyturn's BPF object".into(),
-                result: Err(enforcer::error_chain(&e)),
+                result: Err(kernel::error_chain(&e)),
             }],
             None,
         ),
@@ -45,7 +48,7 @@ pub fn report() -> Report {
     let sock_addr_can_signal = attempts.iter().any(|a| a.what.contains("connect4_hold") && a.result.is_ok());
     Report {
         kernel,
-        btf: Path::new(crate::btf::Btf::SYS_PATH).exists(),
+        btf: Path::new(crate::kernel::btf::Btf::SYS_PATH).exists(),
         bpf_lsm_listed: lsms.as_deref().is_some_and(|l| l.split(',').any(|m| m == "bpf")),
         lsms,
         lockdown: securityfs("lockdown"),

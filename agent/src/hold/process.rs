@@ -11,7 +11,7 @@ use agent_common::{Hold, HoldEvent, HoldKey, event_type, hold_state};
 
 use crate::{
     cgroup::{self, CgroupError, Hierarchy},
-    enforcer::{Enforcer, EnforcerError, monotonic_ns},
+    kernel::{Enforcer, EnforcerError, monotonic_ns},
 };
 
 /// `start_boottime` nanoseconds per `/proc/PID/stat` start-time tick (`USER_HZ` = 100).
@@ -91,7 +91,7 @@ fn pidfd_signal(pidfd: &OwnedFd, pid: u32, signal: i32) -> Result<(), HeldError>
 /// since boot, as `/proc/PID/stat` shows them), and forgets keyturn's stop of it.
 pub fn kill(enforcer: &mut Enforcer, pid: u32, start_ticks: u64) -> Result<(), HeldError> {
     let pidfd = pidfd_open(pid)?;
-    if crate::procfs::stat(pid).map(|stat| stat.start_ticks) != Some(start_ticks) {
+    if crate::hold::procfs::stat(pid).map(|stat| stat.start_ticks) != Some(start_ticks) {
         return Err(HeldError::Gone(pid));
     }
     enforcer.forget_stop(pid)?;
@@ -126,7 +126,7 @@ impl HeldProcess {
         // kernel's record has both: `/proc/PID/stat` shows the process's, and the thread's
         // own file its own.
         let started = |stat: &Path, start_ns: u64| {
-            crate::procfs::stat_at(stat).map(|stat| stat.start_ticks) == Some(start_ns / NS_PER_TICK)
+            crate::hold::procfs::stat_at(stat).map(|stat| stat.start_ticks) == Some(start_ns / NS_PER_TICK)
         };
         let (hold, process) = (&event.hold, Path::new("/proc").join(pid.to_string()));
         let thread = process.join("task").join(event.tid.to_string()).join("stat");
@@ -170,7 +170,7 @@ impl HeldProcess {
     /// frozen cgroup of its own, where a SIGCONT from anyone else cannot run it.
     pub fn freeze(&mut self, hierarchy: &Hierarchy) -> Result<(), HeldError> {
         let pid = self.event.tgid;
-        let name = format!("{}{pid}", crate::orphans::CELL_PREFIX);
+        let name = format!("{}{pid}", crate::hold::orphans::CELL_PREFIX);
         let current = hierarchy.of_process(pid)?;
         if current.file_name().is_some_and(|n| *n == *name) {
             // Frozen by a daemon that is gone: adopt the cell.

@@ -14,7 +14,7 @@ use std::{
 use agent_common::{HoldEvent, event_type, kind, protocol};
 use serde::Serialize;
 
-use crate::{enforcer::monotonic_ns, identify::Executable, procfs};
+use crate::{hold::identity::Executable, hold::procfs, kernel::monotonic_ns};
 
 /// One ancestor of the held process.
 #[derive(Clone, Debug, Serialize)]

@@ -1,6 +1,8 @@
 //! The daemon's link to a console: enrolment, then `console::client` in a task of its own,
 //! and the daemon's holds and decisions as the wire contract spells them.
 
+pub mod embedded;
+
 use std::{
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -14,9 +16,9 @@ use proto::v1::{CloseReason, Decision, Egress, Exec, HoldClosed, HoldKind, HoldR
 use tokio::sync::mpsc;
 
 use crate::{
-    api::Scope,
     config::{Config, ConsoleConfig},
-    context::{HoldView, Parent},
+    daemon::api::Scope,
+    hold::context::{HoldView, Parent},
 };
 
 /// First wait before enrolling again after a failure; doubled up to [`MAX_ENROL_BACKOFF`].

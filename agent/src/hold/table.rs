@@ -7,8 +7,8 @@ use agent_common::{HoldEvent, HoldKey, event_type};
 
 use crate::{
     cgroup::{self, Hierarchy},
-    enforcer::{Enforcer, EnforcerError},
-    held::{HeldError, HeldProcess, OnDeny, hold_key},
+    hold::process::{HeldError, HeldProcess, OnDeny, hold_key},
+    kernel::{Enforcer, EnforcerError},
 };
 
 /// What an event meant, for the audit trail and the caller.
@@ -144,7 +144,7 @@ impl Holds {
             let held = &self.held;
             self.resumed.retain(|tgid, _| held.keys().any(|key| key.tgid == *tgid));
         }
-        self.resumed.insert(key.tgid, crate::enforcer::monotonic_ns());
+        self.resumed.insert(key.tgid, crate::kernel::monotonic_ns());
         Ok(held)
     }
 

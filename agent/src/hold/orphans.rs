@@ -10,7 +10,7 @@ use std::{
 
 use agent_common::{Hold, HoldKey, Stop, hold_state};
 
-use crate::{held::NS_PER_TICK, procfs};
+use crate::{hold::process::NS_PER_TICK, hold::procfs};
 
 /// How long a kernel record or stop may go unaccounted for before it is an orphan: its
 /// event may still be on its way through the ring buffer and the daemon's intake.

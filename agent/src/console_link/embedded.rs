@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     config::{Config, ConsoleConfig},
-    link::{self, LinkError},
+    console_link::{self, LinkError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +59,7 @@ pub async fn start(config: &Config) -> Result<ConsoleConfig, EmbeddedError> {
         endpoint: format!("http://{}", console_config.listen),
         public_keys: Vec::new(),
         // Only this host streams here: a machine with no host name is `localhost`.
-        host: Some(link::kernel_host_name()?.unwrap_or_else(|| "localhost".to_owned())),
+        host: Some(console_link::kernel_host_name()?.unwrap_or_else(|| "localhost".to_owned())),
         key: None,
         ca: None,
         certificate: None,
@@ -67,9 +67,10 @@ pub async fn start(config: &Config) -> Result<ConsoleConfig, EmbeddedError> {
     };
     // Any local user can reach the port: only this daemon's own identity is served.
     let host_key = console::keys::load_or_create(&config.console_key(&link))?;
-    let console = Console::open(&console_config)
-        .await?
-        .serving_only(&link::host_name(&link)?, &console::keys::fingerprint(&host_key.verifying_key()));
+    let console = Console::open(&console_config).await?.serving_only(
+        &console_link::host_name(&link)?,
+        &console::keys::fingerprint(&host_key.verifying_key()),
+    );
     let bind = async |what, addr| {
         TcpListener::bind(addr).await.map_err(|source| EmbeddedError::Bind { what, addr, source })
     };

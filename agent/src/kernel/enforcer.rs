@@ -23,9 +23,9 @@ use aya::{
 };
 
 use crate::{
-    btf::{Btf, BtfError},
     cgroup::{self, CgroupError},
-    mode::Mode,
+    kernel::btf::{Btf, BtfError},
+    kernel::mode::Mode,
     policy::{FileId, KernelPolicy, Verdict},
 };
 

@@ -148,7 +148,9 @@ impl Digests {
         let file = File::open(path)?;
         let id = FileId::from_metadata(&file.metadata()?);
         let (digest, lease) = self.digest(id, file)?;
-        lease.map(Lease::wait_out);
+        if let Some(lease) = lease {
+            lease.wait_out();
+        }
         Ok((id, digest))
     }
 

@@ -1,6 +1,8 @@
 //! `keyturn daemon`: owns the enforcer, turns kernel events into pending holds with full
 //! context, serves the local API, applies decisions, timeouts and exits, audits every step.
 
+pub mod api;
+
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
@@ -28,23 +30,22 @@ use tokio::{
 };
 
 use crate::{
-    api::{self, Reply, Request, Scope},
     audit::Audit,
     cgroup::{self, Hierarchy},
     config::Config,
-    context::{self, HoldView},
-    embedded,
-    enforcer::{Enforcer, Options, error_chain},
-    held::{self, HeldError, HeldProcess, OnDeny, event_from_record},
-    holds::{Happened, Holds},
-    identify::Executable,
-    judge::{Judge, Judged},
-    link::{self, Link},
-    orphans::{self, Orphan},
-    policy::Verdict,
-    policy_file::{self, ExecJudgement, Policy},
-    watch::PolicyWatch,
+    console_link::{self, Link, embedded},
+    hold::{
+        context::{self, HoldView},
+        identity::Executable,
+        judge::{Judge, Judged},
+        orphans::{self, Orphan},
+        process::{self, HeldError, HeldProcess, OnDeny, event_from_record},
+        table::{Happened, Holds},
+    },
+    kernel::{Enforcer, Options, error_chain},
+    policy::{self, ExecJudgement, Policy, Verdict, watch::PolicyWatch},
 };
+use api::{Reply, Request, Scope};
 
 /// The kernel's refusals (each fails the action with EPERM, or kills an exec that can no
 /// longer fail), by counter and the reason the audit trail and `status` give.
@@ -269,7 +270,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (link, mut console_events) = match &console {
         Some(console) => {
-            let (link, events) = link::start(&config, console)?;
+            let (link, events) = console_link::start(&config, console)?;
             (Some(link), Some(events))
         }
         None => (None, None),
@@ -458,7 +459,7 @@ impl Daemon {
             "the audit trail does not verify; keyturn will not write onto a trail that was tampered with \
              (move it aside after investigating, then start again)",
         )?;
-        let policies = shared(policy_file::load_dir(&config.policies_dir)?);
+        let policies = shared(policy::file::load_dir(&config.policies_dir)?);
         let enforcer = Enforcer::load(&Options {
             mode: config.mode,
             pin_dir: config.pin_dir.clone(),
@@ -549,7 +550,7 @@ impl Daemon {
     /// Loads the policy directory again (on SIGHUP, or a changed file). A bad file, or one
     /// missing that an agent uses, keeps the last good set in force.
     fn reload(&mut self, trigger: &str) {
-        let loaded = policy_file::load_dir(&self.config.policies_dir).map_err(|e| e.to_string()).and_then(
+        let loaded = policy::file::load_dir(&self.config.policies_dir).map_err(|e| e.to_string()).and_then(
             |policies| match self.agents.values().find(|a| !policies.contains_key(&a.policy)) {
                 Some(agent) => Err(format!("policy {:?} is in use by agent {:?}", agent.policy, agent.name)),
                 None => Ok(policies),
@@ -787,7 +788,7 @@ impl Daemon {
         self.record_all(records);
         self.holds.park(&key);
         let waited =
-            Duration::from_nanos(crate::enforcer::monotonic_ns().saturating_sub(event.hold.held_at_ns));
+            Duration::from_nanos(crate::kernel::monotonic_ns().saturating_sub(event.hold.held_at_ns));
         tracing::warn!(id = %id, kind = view.kind, agent = %agent_name, pid = event.tgid, rule = %view.policy_rule,
             "action held, waiting for a decision: keyturn approve {id} | keyturn deny {id}");
         let deadline = now + timeout.saturating_sub(waited);
@@ -1032,7 +1033,7 @@ impl Daemon {
         };
         let reason = Some(decision.reason.as_str()).filter(|r| !r.is_empty());
         let applied = if approve {
-            self.release(id, &pending, link::scope(decision), reason, &decider)
+            self.release(id, &pending, console_link::scope(decision), reason, &decider)
         } else {
             self.refuse(id, &pending, reason, &decider)
         };
@@ -1099,7 +1100,7 @@ impl Daemon {
         if let Some(agent) = self.agent_of_process(peer.pid) {
             return Err(format!("refused: the caller already runs under keyturn as agent {:?}", agent.name));
         }
-        if crate::procfs::stat(pid).map(|stat| stat.ppid) != Some(peer.pid) {
+        if crate::hold::procfs::stat(pid).map(|stat| stat.ppid) != Some(peer.pid) {
             return Err(format!("refused: process {pid} is not a child of the caller"));
         }
         if !self.policies.contains_key(&policy) {
@@ -1270,7 +1271,7 @@ impl Daemon {
         // Events already reported are holds, not orphans.
         self.drain_events();
         let mut snapshot = orphans::Snapshot {
-            now_ns: crate::enforcer::monotonic_ns(),
+            now_ns: crate::kernel::monotonic_ns(),
             records: self.enforcer.holds().unwrap_or_default(),
             stops: self.enforcer.stops().unwrap_or_default(),
             kept: self.holds.kept(),
@@ -1337,7 +1338,7 @@ impl Daemon {
             }
             Orphan::Stopped { pid } | Orphan::Frozen { pid, .. } => {
                 let start = procfs_start(*pid);
-                let outcome = match start.map(|start| held::kill(&mut self.enforcer, *pid, start)) {
+                let outcome = match start.map(|start| process::kill(&mut self.enforcer, *pid, start)) {
                     Some(Ok(())) => "killed".to_owned(),
                     Some(Err(e)) => format!("could not be settled: {e}"),
                     None => "gone".to_owned(),
@@ -1367,7 +1368,7 @@ fn denial_outcome(on_deny: OnDeny) -> String {
 
 /// The start time of process `pid` in clock ticks, if it exists.
 fn procfs_start(pid: u32) -> Option<u64> {
-    crate::procfs::stat(pid).map(|stat| stat.start_ticks)
+    crate::hold::procfs::stat(pid).map(|stat| stat.start_ticks)
 }
 
 /// The requester a tagging request names, checked; else the calling user as `people` names

@@ -1,0 +1,310 @@
+//! The `keyturn` command line: the daemon, the console, and the commands operators and
+//! approvers use; [`print`] shows replies, [`launch`] starts agents, [`install`] the unit.
+
+mod install;
+mod launch;
+mod print;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    audit,
+    config::Config,
+    daemon::api::{self, Request, Scope},
+};
+use install::install;
+use launch::run_agent;
+use print::{print_json, print_pending, show_audit};
+
+#[derive(Parser)]
+#[command(name = "keyturn", version, about = "A person in the loop for what AI agents do on this host")]
+struct Cli {
+    /// The daemon's configuration file.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host daemon in the foreground (logs to stderr).
+    Daemon,
+    /// Run the central console in the foreground; --config names the console's own file.
+    Console {
+        #[command(subcommand)]
+        action: Option<ConsoleCommand>,
+    },
+    /// Start CMD in a new tagged cgroup, wait, and exit with its status.
+    Run {
+        #[arg(long, default_value = "default")]
+        policy: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        requester: RequesterArg,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Tag an existing cgroup (path relative to the cgroup v2 root) as an agent's.
+    Tag {
+        path: String,
+        #[arg(long, default_value = "default")]
+        policy: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        requester: RequesterArg,
+    },
+    /// Stop enforcing on a tagged cgroup.
+    Untag { path: String },
+    /// List tagged cgroups.
+    Tags {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List held actions waiting for a decision.
+    Pending {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a held action.
+    Approve {
+        id: String,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a held action (the policy's `on_deny` happens: by default the process is killed).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Read the audit trail, or verify it.
+    Audit {
+        #[command(subcommand)]
+        verify: Option<AuditCommand>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Mode, tagged cgroups, pending holds and counters.
+    Status,
+    /// Report what this kernel offers and which enforcement mode keyturn would use.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install the binary, keyturn.service and a default config; enable and start the unit.
+    Install {
+        /// Stage everything under DIR (an image, a package) instead of /: the unit is
+        /// enabled by its symlink, as `systemctl --root` would, and nothing is started.
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Print a one-time bootstrap token with which HOST enrols for its certificate.
+    Token {
+        host: String,
+        /// How long the token stays valid.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Print a new API token for PERSON (automation, or the first admin where no identity
+    /// provider is configured); also for the daemon's embedded console.
+    ApiToken {
+        /// Who the token acts as: decisions made with it name this person.
+        person: String,
+        /// viewer, approver or admin.
+        #[arg(long, default_value = "approver")]
+        role: console::Role,
+        /// What the token is for.
+        #[arg(long, default_value = "command line")]
+        name: String,
+        /// How long it is valid (at most 365 days).
+        #[arg(long, default_value = "90d")]
+        ttl: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every record; names the first one edited, removed, reordered or cut.
+    Verify,
+}
+
+#[derive(Args)]
+struct RequesterArg {
+    /// Who launches the agent (a person or service account, such as an email address): the
+    /// console lets no one approve the holds of an agent they launched. Default: the user
+    /// calling, as `unix:NAME`.
+    #[arg(long, value_name = "WHO", value_parser = parse_requester)]
+    requester: Option<String>,
+}
+
+fn parse_requester(who: &str) -> Result<String, String> {
+    api::check_requester(who).map(|()| who.to_owned())
+}
+
+#[derive(Args)]
+#[group(multiple = false)]
+struct ScopeArgs {
+    /// Release this action only (the default).
+    #[arg(long)]
+    once: bool,
+    /// Also allow the same action by the same agent for this long (e.g. 10m).
+    #[arg(long = "for", value_name = "DURATION")]
+    duration: Option<String>,
+    /// Also allow the same action by the same agent for the life of its cgroup.
+    #[arg(long)]
+    always: bool,
+}
+
+impl ScopeArgs {
+    fn scope(&self) -> anyhow::Result<Scope> {
+        if self.always {
+            return Ok(Scope::Always);
+        }
+        match &self.duration {
+            Some(text) => {
+                let duration = humantime::parse_duration(text).map_err(|e| anyhow!("--for {text:?}: {e}"))?;
+                Ok(Scope::For(duration.as_secs().max(1)))
+            }
+            None => Ok(Scope::Once),
+        }
+    }
+}
+
+/// Runs the command line and exits with its status.
+pub fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keyturn: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+pub(crate) fn call(config: &Config, request: &Request) -> anyhow::Result<serde_json::Value> {
+    api::call(&config.socket, request).map_err(|e| anyhow!(e))
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Command::Console { action } = &cli.command {
+        return run_console(cli.config.as_deref(), action.as_ref());
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Console { .. } => unreachable!("handled above: it does not read the daemon's config"),
+        Command::Daemon => {
+            init_logging();
+            crate::daemon::check_not_running(&config)?;
+            tokio::runtime::Runtime::new()?.block_on(crate::daemon::run(config))?;
+            Ok(0)
+        }
+        Command::Run { policy, name, requester: RequesterArg { requester }, command } => {
+            run_agent(&config, policy, name, requester, &command)
+        }
+        Command::Tag { path, policy, name, requester: RequesterArg { requester } } => {
+            print_json(&call(&config, &Request::Tag { path, policy, name, requester })?)
+        }
+        Command::Untag { path } => print_json(&call(&config, &Request::Untag { path })?),
+        Command::Tags { json } => {
+            let tags = call(&config, &Request::Tags)?;
+            if json {
+                return print_json(&tags);
+            }
+            for agent in tags.as_array().into_iter().flatten() {
+                let text = |key: &str| agent[key].as_str().unwrap_or("").to_owned();
+                println!(
+                    "{}\t{}\tpolicy={}\trequester={}",
+                    text("path"),
+                    text("name"),
+                    text("policy"),
+                    text("requester")
+                );
+            }
+            Ok(0)
+        }
+        Command::Pending { json } => {
+            let pending = call(&config, &Request::Pending)?;
+            if json {
+                return print_json(&pending);
+            }
+            print_pending(&pending);
+            Ok(0)
+        }
+        Command::Approve { id, scope, reason } => {
+            print_json(&call(&config, &Request::Approve { id, scope: scope.scope()?, reason })?)
+        }
+        Command::Deny { id, reason } => print_json(&call(&config, &Request::Deny { id, reason })?),
+        Command::Audit { verify: Some(AuditCommand::Verify), .. } => {
+            let head = audit::verify(&config.audit_dir())?;
+            println!("audit trail intact: {} records, last hash {}", head.records, head.hash);
+            Ok(0)
+        }
+        Command::Audit { verify: None, json, follow } => show_audit(&config.audit_dir(), json, follow),
+        Command::Status => print_json(&call(&config, &Request::Status)?),
+        Command::Doctor { json } => {
+            let report = crate::kernel::doctor::report();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                crate::kernel::doctor::print(&report);
+            }
+            Ok(i32::from(report.mode.is_none()))
+        }
+        Command::Install { root } => install(root.as_deref()),
+    }
+}
+
+/// `keyturn console`: the console's own config file, not the daemon's.
+fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow::Result<i32> {
+    let config = console::Config::load(config)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    match action {
+        None => {
+            init_logging();
+            runtime.block_on(console::run(config))?;
+        }
+        Some(ConsoleCommand::Token { host, ttl }) => {
+            let ttl = humantime::parse_duration(ttl).map_err(|e| anyhow!("--ttl {ttl:?}: {e}"))?;
+            println!("{}", runtime.block_on(console::issue_token(&config, host, ttl))?);
+        }
+        Some(ConsoleCommand::ApiToken { person, role, name, ttl }) => {
+            let lifetime = humantime::parse_duration(ttl).map_err(|e| anyhow!("--ttl {ttl:?}: {e}"))?;
+            if lifetime.is_zero() || lifetime > console::people::MAX_TOKEN_LIFETIME {
+                bail!("--ttl {ttl:?}: a token lasts from a second to 365 days");
+            }
+            let (id, token) =
+                runtime.block_on(console::issue_api_token(&config, person, *role, name, lifetime))?;
+            eprintln!("API token {id} for {person} ({role}); shown this once:");
+            println!("{token}");
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,9 @@
+//! The kernel: keyturn's BPF programs loaded in the strongest mode this kernel supports,
+//! attached and pinned, with [`Enforcer`] the one owner of their maps.
+
+pub mod btf;
+pub mod doctor;
+mod enforcer;
+pub mod mode;
+
+pub use enforcer::{Attempt, EgressHold, Enforcer, EnforcerError, Options, error_chain, monotonic_ns, probe};
