@@ -37,3 +37,4 @@ pub mod daemon;
 pub mod hold;
 pub mod kernel;
 pub mod policy;
+mod state;

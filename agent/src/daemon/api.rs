@@ -8,6 +8,11 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _},
+    net::{UnixListener, UnixStream as AsyncUnixStream},
+    sync::{mpsc, oneshot},
+};
 
 /// How far an approval reaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,4 +127,62 @@ mod tests {
             assert!(error.contains(says), "{bad:?}: {error}");
         }
     }
+}
+
+// The daemon's side.
+
+/// Who is calling, from the socket's peer credentials.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// What the daemon's owner task is asked.
+pub(super) enum Ask {
+    Api(Request, Peer),
+    Metrics,
+}
+
+/// A question for the owner task, with where its answer goes.
+pub(super) struct Command {
+    pub ask: Ask,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// Answers the local API's connections, each through the owner task.
+pub(super) async fn serve_api(listener: UnixListener, commands: mpsc::Sender<Command>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(answer(stream, commands.clone()));
+    }
+}
+
+/// One request, one reply. Requests are bounded in size; malformed ones get an error.
+async fn answer(stream: AsyncUnixStream, commands: mpsc::Sender<Command>) {
+    let Ok(cred) = stream.peer_cred() else { return };
+    let peer = Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let reply = match tokio::io::BufReader::new(read.take(64 << 10)).read_line(&mut line).await {
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => ask(&commands, Ask::Api(request, peer)).await,
+            Err(e) => Err(format!("malformed request: {e}")),
+        },
+        Err(e) => Err(format!("reading the request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    out.push(b'\n');
+    let _ = write.write_all(&out).await;
+}
+
+/// Asks the owner task and waits for its answer.
+pub(super) async fn ask(commands: &mpsc::Sender<Command>, ask: Ask) -> Reply {
+    let (reply, answer) = oneshot::channel();
+    commands.send(Command { ask, reply }).await.map_err(|_| "the daemon is stopping".to_owned())?;
+    answer.await.map_err(|_| "the daemon is stopping".to_owned())?
 }

@@ -1,0 +1,213 @@
+//! Agents: the cgroups operators tag, who launched each, and who may decide their holds.
+
+use std::collections::HashMap;
+
+use agent_common::Tag;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    Daemon,
+    api::{self, Peer, Reply},
+};
+use crate::{
+    cgroup::{self, Hierarchy},
+    hold::context,
+    kernel::error_chain,
+    state::{read_json, write_json},
+};
+
+/// A tagged cgroup and who runs in it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct Agent {
+    /// Path relative to the cgroup v2 root.
+    pub(super) path: String,
+    pub(super) name: String,
+    pub(super) policy: String,
+    /// Who launched the agent, as the tagging or `keyturn run` request said (empty in a
+    /// tag from before requesters were recorded).
+    #[serde(default)]
+    pub(super) requester: String,
+    /// Created by `keyturn run`: removed when it empties.
+    pub(super) run: bool,
+}
+
+/// Whether `uid` is root or a member of group `group` (by /etc/group or primary gid).
+pub(super) fn is_approver(uid: u32, gid: u32, group: &str) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let user = context::user_name(uid);
+    std::fs::read_to_string("/etc/group").is_ok_and(|groups| {
+        groups.lines().any(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            fields.len() == 4
+                && fields[0] == group
+                && (fields[2].parse::<u32>().ok() == Some(gid) || fields[3].split(',').any(|m| m == user))
+        })
+    })
+}
+
+/// The requester a tagging request names, checked; else the calling user as `people` names
+/// them at the console, or `unix:NAME`.
+pub(super) fn requester_or_caller(
+    requester: Option<String>,
+    peer: Peer,
+    people: &HashMap<String, String>,
+) -> Result<String, String> {
+    if let Some(requester) = requester {
+        return api::check_requester(&requester).map(|()| requester);
+    }
+    let user = context::user_name(peer.uid);
+    Ok(people.get(&user).cloned().unwrap_or_else(|| format!("unix:{user}")))
+}
+
+/// Whether the cgroup at `path` (or a descendant) still has processes.
+pub(super) fn populated(hierarchy: &Hierarchy, path: &str) -> bool {
+    let Ok(dir) = hierarchy.dir(path) else { return false };
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .is_ok_and(|events| !events.lines().any(|l| l == "populated 0"))
+}
+
+impl Daemon {
+    pub(super) fn save_tags(&self) {
+        let agents: Vec<&Agent> = self.agents.values().collect();
+        if let Err(e) = write_json(&self.config.state_dir.join("tags.json"), &agents) {
+            tracing::error!(error = %e, "saving tags");
+        }
+    }
+
+    pub(super) fn restore_tags(&mut self) -> anyhow::Result<()> {
+        let agents: Vec<Agent> = read_json(&self.config.state_dir.join("tags.json"))?;
+        for agent in agents {
+            if let Err(e) = self.apply_tag(agent.clone()) {
+                self.record(json!({"type": "tag_lost", "cgroup": agent.path, "error": e}));
+            }
+        }
+        self.save_tags();
+        Ok(())
+    }
+
+    pub(super) fn apply_tag(&mut self, agent: Agent) -> Result<u64, String> {
+        if !self.policies.contains_key(&agent.policy) {
+            return Err(format!("no policy named {:?}", agent.policy));
+        }
+        let dir = self.hierarchy.dir(&agent.path).map_err(|e| e.to_string())?;
+        if !dir.is_dir() {
+            return Err(format!("no cgroup at {}", dir.display()));
+        }
+        let tag = Tag { policy: self.policy_id(&agent.policy), max_pending: self.config.max_pending };
+        let id = self.enforcer.tag(&dir, tag).map_err(|e| error_chain(&e))?;
+        self.agents.insert(id, agent);
+        Ok(id)
+    }
+
+    /// The agent a process runs under, if any: its cgroup or an ancestor is tagged.
+    pub(super) fn agent_of_process(&self, pid: u32) -> Option<&Agent> {
+        let mut dir = self.hierarchy.of_process(pid).ok()?;
+        loop {
+            if let Ok(id) = cgroup::id(&dir)
+                && let Some(agent) = self.agents.get(&id)
+            {
+                return Some(agent);
+            }
+            if dir == self.hierarchy.root() || !dir.pop() {
+                return None;
+            }
+        }
+    }
+
+    /// Refuses callers who must not decide: agents, and anyone not an approver.
+    pub(super) fn check_approver(&self, peer: Peer) -> Result<(), String> {
+        if let Some(agent) = self.agent_of_process(peer.pid) {
+            return Err(format!(
+                "refused: the caller runs inside the tagged cgroup of agent {:?}; an agent cannot decide its own holds",
+                agent.name
+            ));
+        }
+        if !is_approver(peer.uid, peer.gid, &self.config.approver_group) {
+            return Err(format!(
+                "permission denied: uid {} is neither root nor in group {:?}",
+                peer.uid, self.config.approver_group
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn tag(
+        &mut self,
+        path: &str,
+        policy: String,
+        name: Option<String>,
+        requester: String,
+        run: bool,
+    ) -> Reply {
+        let path = path.trim_start_matches('/');
+        if path.is_empty() {
+            return Err("refused: the cgroup v2 root holds every process on this host, approvers and \
+                        keyturn included; tag the cgroup an agent runs in"
+                .into());
+        }
+        let name = name.unwrap_or_else(|| path.rsplit('/').next().unwrap_or(path).to_owned());
+        // Approvers read the name in `keyturn pending`: it must print as itself.
+        if context::printable(name.as_bytes()) != name {
+            return Err(format!("agent name {name:?} has control or invisible characters"));
+        }
+        let agent = Agent { path: path.to_owned(), name, policy, requester, run };
+        let id = self.apply_tag(agent.clone())?;
+        self.record(json!({"type": "tag", "cgroup": agent.path, "agent": agent.name, "policy": agent.policy,
+            "requester": agent.requester, "cgroup_id": id}));
+        self.save_tags();
+        Ok(json!({"cgroup": agent.path, "cgroup_id": id, "agent": agent.name, "policy": agent.policy,
+            "requester": agent.requester}))
+    }
+
+    pub(super) fn untag(&mut self, path: &str) -> Reply {
+        let dir = self.hierarchy.dir(path).map_err(|e| e.to_string())?;
+        let id = self
+            .agents
+            .iter()
+            .find(|(_, a)| a.path == path.trim_start_matches('/'))
+            .map(|(&id, _)| id)
+            .or_else(|| cgroup::id(&dir).ok().filter(|id| self.agents.contains_key(id)))
+            .ok_or_else(|| format!("{path:?} is not tagged"))?;
+        self.enforcer.untag(id).map_err(|e| error_chain(&e))?;
+        let agent = self.agents.remove(&id).expect("present");
+        self.grants.retain(|g| g.root != id);
+        self.save_grants();
+        self.record(json!({"type": "untag", "cgroup": agent.path, "agent": agent.name}));
+        self.save_tags();
+        Ok(json!({"cgroup": agent.path, "untagged": true}))
+    }
+
+    /// `keyturn run`: a new cgroup under `keyturn.run/`, tagged, with the caller's child in it.
+    pub(super) fn run_agent(
+        &mut self,
+        pid: u32,
+        policy: String,
+        name: Option<String>,
+        requester: String,
+        peer: Peer,
+    ) -> Reply {
+        if let Some(agent) = self.agent_of_process(peer.pid) {
+            return Err(format!("refused: the caller already runs under keyturn as agent {:?}", agent.name));
+        }
+        if crate::hold::procfs::stat(pid).map(|stat| stat.ppid) != Some(peer.pid) {
+            return Err(format!("refused: process {pid} is not a child of the caller"));
+        }
+        if !self.policies.contains_key(&policy) {
+            return Err(format!("no policy named {policy:?}"));
+        }
+        self.run_serial += 1;
+        let name = name.unwrap_or_else(|| format!("run-{pid}"));
+        let safe: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let path = format!("keyturn.run/{safe}-{}-{}", std::process::id(), self.run_serial);
+        let dir = self.hierarchy.dir(&path).map_err(|e| e.to_string())?;
+        cgroup::create(dir.parent().expect("has parent")).map_err(|e| e.to_string())?;
+        cgroup::create(&dir).map_err(|e| e.to_string())?;
+        let reply = self.tag(&path, policy, Some(name), requester, true)?;
+        cgroup::move_process(&dir, pid).map_err(|e| e.to_string())?;
+        Ok(reply)
+    }
+}

@@ -1,0 +1,305 @@
+//! Decisions: pending holds, the rules of who may decide them, and what approval, denial
+//! and closing do.
+
+use std::time::Instant;
+
+use agent_common::{Action, HoldKey};
+use console::client::ClientEvent;
+use proto::v1::{CloseReason, Decision};
+use serde_json::json;
+
+use super::{
+    Daemon,
+    api::{Peer, Reply, Scope},
+    grants::{Grant, unix_now},
+};
+use crate::{
+    console_link,
+    hold::{
+        context::{self, HoldView},
+        process::OnDeny,
+    },
+};
+
+/// Why a pending hold was closed without a decision: (the audit record's `why`, the end of
+/// "hold ID was …" for a late decision).
+pub(super) type Closed = (&'static str, &'static str);
+
+pub(super) const EXITED: Closed = ("the process exited", "closed before a decision: the process exited");
+
+pub(super) const SUPERSEDED: Closed = (
+    "the process exited or left the held syscall; its pid carries a newer hold",
+    "closed before a decision: the process exited or left the held syscall",
+);
+
+pub(super) struct Pending {
+    pub(super) key: HoldKey,
+    /// The kernel's nonce for this hold: a console decision must name it.
+    pub(super) nonce: u64,
+    pub(super) view: HoldView,
+    pub(super) root: u64,
+    pub(super) action: Action,
+    pub(super) deadline: Instant,
+    pub(super) on_timeout: OnDeny,
+    pub(super) on_deny: OnDeny,
+}
+
+/// Who decides a hold: an approver on this host (known by the socket's credentials), or a
+/// person at the console (named in a decision the client verified).
+pub(super) enum Decider<'a> {
+    Local(Peer),
+    Console(&'a Decision),
+}
+
+impl Decider<'_> {
+    /// Their name in the audit trail.
+    pub(super) fn name(&self) -> String {
+        match self {
+            Self::Local(peer) => context::user_name(peer.uid),
+            Self::Console(decision) => decision.decided_by.clone(),
+        }
+    }
+
+    /// The `decision` record of their `verdict` on hold `id`.
+    pub(super) fn record(&self, id: &str, verdict: &str, reason: Option<&str>) -> serde_json::Value {
+        let mut record = json!({"type": "decision", "id": id, "verdict": verdict, "reason": reason});
+        match self {
+            Self::Local(peer) => {
+                record["by_uid"] = json!(peer.uid);
+                record["by_user"] = json!(context::user_name(peer.uid));
+            }
+            Self::Console(decision) => {
+                record["by"] = json!(decision.decided_by);
+                record["via"] = json!("console");
+                record["approvers"] = json!(decision.approvers);
+            }
+        }
+        record
+    }
+
+    /// What the console is told about a hold they decided.
+    pub(super) fn closed(&self, approved: bool) -> CloseReason {
+        match (self, approved) {
+            (Self::Console(_), _) => CloseReason::Decided,
+            (Self::Local(_), true) => CloseReason::ApprovedLocally,
+            (Self::Local(_), false) => CloseReason::DeniedLocally,
+        }
+    }
+}
+
+/// What a denial under `on_deny` does to the held action, as the audit trail says it.
+pub(super) fn denial_outcome(on_deny: OnDeny) -> String {
+    if on_deny == OnDeny::Kill { "killed" } else { "failed with EPERM" }.to_owned()
+}
+
+impl Daemon {
+    /// Takes pending hold `id` for `decider` to approve (or deny), or says why they cannot.
+    pub(super) fn take_pending(
+        &mut self,
+        id: &str,
+        decider: &Decider,
+        approve: bool,
+    ) -> Result<Pending, String> {
+        if let Decider::Local(peer) = decider {
+            self.check_approver(*peer)?;
+        }
+        if let Some(pending) = self.pending.get(id)
+            && let Some(closed) = self.gone(id, pending.key)
+        {
+            self.close_gone(id, closed);
+        }
+        let Some(pending) = self.pending.get(id) else {
+            return Err(match self.decided.get(id) {
+                Some(how) => format!("hold {id} was {how}"),
+                None => format!("unknown hold id {id:?} (see keyturn pending)"),
+            });
+        };
+        match decider {
+            Decider::Local(peer) if pending.view.uid == peer.uid => {
+                return Err(format!(
+                    "refused: you run as uid {}, the user of the held process; no one approves their own action",
+                    peer.uid
+                ));
+            }
+            Decider::Local(_) if approve && pending.view.quorum > 1 => {
+                return Err(format!(
+                    "refused: hold {id} needs {} distinct approvers; approve it in the console \
+                     (keyturn deny still works here)",
+                    pending.view.quorum
+                ));
+            }
+            Decider::Console(decision) if decision.nonce != pending.nonce => {
+                return Err(format!(
+                    "decision for hold {id} names nonce {}, but the hold's nonce is {}",
+                    decision.nonce, pending.nonce
+                ));
+            }
+            // The console counts approvers; the host checks its count against its own policy.
+            Decider::Console(decision) if approve => {
+                let approvers: std::collections::HashSet<&String> = decision.approvers.iter().collect();
+                if approvers.len() < pending.view.quorum as usize {
+                    return Err(format!(
+                        "approval of hold {id} names {} distinct approvers, but the hold needs {}",
+                        approvers.len(),
+                        pending.view.quorum
+                    ));
+                }
+                if approvers.iter().any(|a| a.eq_ignore_ascii_case(&pending.view.requester)) {
+                    return Err(format!(
+                        "approval of hold {id} counts its requester {:?} among the approvers",
+                        pending.view.requester
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(self.pending.remove(id).expect("present"))
+    }
+
+    /// Why pending hold `id` at `key` can no longer be decided, if it cannot: its process
+    /// exited, or its pid carries a newer hold (the process exited and the pid was reused,
+    /// or it left the held syscall). A decision must never reach that newer hold.
+    pub(super) fn gone(&self, id: &str, key: HoldKey) -> Option<Closed> {
+        match self.holds.get(&key) {
+            Some(held) if context::hold_id(held.event()) == id => held.exited().then_some(EXITED),
+            _ => Some(SUPERSEDED),
+        }
+    }
+
+    /// Closes pending hold `id` without a decision.
+    pub(super) fn close_gone(&mut self, id: &str, (why, how): Closed) {
+        let Some(pending) = self.pending.remove(id) else { return };
+        self.record(json!({"type": "hold_closed", "id": id, "why": why}));
+        self.report_closed(id, pending.nonce, CloseReason::ProcessExited);
+        self.decision(id, how);
+        // Only this hold's own record: a newer hold of the same pid is left alone.
+        if self.holds.get(&pending.key).is_some_and(|held| context::hold_id(held.event()) == id)
+            && let Err(e) = self.holds.close(&mut self.enforcer, &pending.key)
+        {
+            tracing::error!(error = %e, "closing the hold of an exited process");
+        }
+        self.stats.exits += 1;
+    }
+
+    /// Remembers how hold `id` ended, for a clear error on a late decision
+    /// ("hold ID was HOW").
+    pub(super) fn decision(&mut self, id: &str, how: &'static str) {
+        self.decided.insert(id.to_owned(), how);
+        if self.decided.len() > 10_000 {
+            self.decided.clear();
+        }
+    }
+
+    /// Tells the console, if there is one, that hold `id` ended on this host.
+    pub(super) fn report_closed(&self, id: &str, nonce: u64, reason: CloseReason) {
+        if let Some(link) = &self.link {
+            link.close(id, nonce, reason);
+        }
+    }
+
+    pub(super) fn approve(&mut self, id: &str, scope: Scope, reason: Option<&str>, peer: Peer) -> Reply {
+        let decider = Decider::Local(peer);
+        let pending = self.take_pending(id, &decider, true)?;
+        self.release(id, &pending, scope, reason, &decider)
+    }
+
+    pub(super) fn deny(&mut self, id: &str, reason: Option<&str>, peer: Peer) -> Reply {
+        let decider = Decider::Local(peer);
+        let pending = self.take_pending(id, &decider, false)?;
+        self.refuse(id, &pending, reason, &decider)
+    }
+
+    /// Applies `decider`'s approval of hold `id`, taken from the pending holds.
+    pub(super) fn release(
+        &mut self,
+        id: &str,
+        pending: &Pending,
+        scope: Scope,
+        reason: Option<&str>,
+        decider: &Decider,
+    ) -> Reply {
+        let mut record = decider.record(id, "approve", reason);
+        record["scope"] = json!(scope);
+        self.record(record);
+        self.decision(id, "already decided: approved");
+        let until = match scope {
+            Scope::Once => None,
+            Scope::For(seconds) => Some(Some(unix_now().saturating_add(seconds))),
+            Scope::Always => Some(None),
+        };
+        if let Some(until) = until {
+            self.grants.push(Grant { root: pending.root, action: pending.action, until });
+            self.save_grants();
+        }
+        let released = self.holds.approve(&mut self.enforcer, &pending.key).map_err(|e| e.to_string());
+        self.report_closed(id, pending.nonce, decider.closed(true));
+        released?;
+        self.stats.approvals += 1;
+        self.record(json!({"type": "release", "id": id, "by": decider.name()}));
+        Ok(json!({"id": id, "released": true}))
+    }
+
+    /// Applies `decider`'s denial of hold `id`, taken from the pending holds.
+    pub(super) fn refuse(
+        &mut self,
+        id: &str,
+        pending: &Pending,
+        reason: Option<&str>,
+        decider: &Decider,
+    ) -> Reply {
+        let mut record = decider.record(id, "deny", reason);
+        record["on_deny"] = json!(pending.on_deny);
+        self.record(record);
+        self.decision(id, "already decided: denied");
+        let denied =
+            self.holds.deny(&mut self.enforcer, &pending.key, pending.on_deny).map_err(|e| e.to_string());
+        self.report_closed(id, pending.nonce, decider.closed(false));
+        denied?;
+        self.stats.denials += 1;
+        let outcome = denial_outcome(pending.on_deny);
+        self.record(json!({"type": "denied", "id": id, "outcome": outcome}));
+        Ok(json!({"id": id, "outcome": outcome}))
+    }
+
+    /// What the console link reports.
+    pub(super) fn on_console(&mut self, event: ClientEvent) {
+        match event {
+            ClientEvent::Connected => {
+                tracing::info!("connected to the console");
+                self.console_connected = true;
+            }
+            ClientEvent::Disconnected(_) => self.console_connected = false,
+            ClientEvent::Decision(decision) => self.console_decision(&decision),
+            ClientEvent::Rejected(rejection) => self.record(
+                json!({"type": "decision_rejected", "via": "console", "reason": rejection.to_string()}),
+            ),
+        }
+    }
+
+    /// A decision the client verified (signature, host, a hold it waits on, its nonce),
+    /// applied like a local one: refused, and audited, if the hold is no longer pending.
+    pub(super) fn console_decision(&mut self, decision: &Decision) {
+        let id = decision.hold_id.as_str();
+        let decider = Decider::Console(decision);
+        // Anything but an explicit approval denies.
+        let approve = proto::v1::Verdict::try_from(decision.verdict) == Ok(proto::v1::Verdict::Approve);
+        let pending = match self.take_pending(id, &decider, approve) {
+            Ok(pending) => pending,
+            Err(why) => {
+                tracing::warn!(id, by = %decision.decided_by, error = %why, "refused a decision from the console");
+                self.record(json!({"type": "decision_rejected", "id": id, "by": decision.decided_by,
+                    "via": "console", "reason": why}));
+                return;
+            }
+        };
+        let reason = Some(decision.reason.as_str()).filter(|r| !r.is_empty());
+        let applied = if approve {
+            self.release(id, &pending, console_link::scope(decision), reason, &decider)
+        } else {
+            self.refuse(id, &pending, reason, &decider)
+        };
+        if let Err(error) = applied {
+            tracing::error!(id, error = %error, "applying a decision from the console");
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Grants: approvals that reach beyond one action (`--for`, `--always`), kept across restarts.
+
+use agent_common::Action;
+use serde::{Deserialize, Serialize};
+
+use super::Daemon;
+use crate::state::{read_json, write_json};
+
+/// State file: approval scopes beyond one action.
+pub(super) const GRANTS: &str = "grants.json";
+
+/// An approval that reaches beyond one action. Kept in the state directory: a restart
+/// must not forget an approval "for the life of the agent's cgroup".
+#[derive(Serialize, Deserialize)]
+pub(super) struct Grant {
+    pub(super) root: u64,
+    #[serde(with = "action_bytes")]
+    pub(super) action: Action,
+    /// Unix seconds when it ends; `None`: when the agent's cgroup goes.
+    pub(super) until: Option<u64>,
+}
+
+impl Grant {
+    pub(super) fn covers(&self, root: u64, action: &Action, now: u64) -> bool {
+        self.root == root && self.action == *action && self.until.is_none_or(|until| until > now)
+    }
+}
+
+/// An [`Action`] as the hex of its bytes (it is plain data: every byte pattern is valid).
+mod action_bytes {
+    use agent_common::Action;
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(action: &Action, serializer: S) -> Result<S::Ok, S::Error> {
+        // SAFETY: Action is repr(C) plain data without padding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(action).cast::<u8>(), size_of::<Action>())
+        };
+        serializer.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Action, D::Error> {
+        let bytes = hex::decode(String::deserialize(deserializer)?).map_err(D::Error::custom)?;
+        if bytes.len() != size_of::<Action>() {
+            return Err(D::Error::custom("not an action"));
+        }
+        // SAFETY: the length matches and Action accepts every byte pattern.
+        Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Action>()) })
+    }
+}
+
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Daemon {
+    pub(super) fn save_grants(&self) {
+        if let Err(e) = write_json(&self.config.state_dir.join(GRANTS), &self.grants) {
+            tracing::error!(error = %e, "saving approval scopes");
+        }
+    }
+
+    /// Approval scopes a previous daemon gave, for agents still tagged and not expired.
+    pub(super) fn restore_grants(&mut self) -> anyhow::Result<()> {
+        let grants: Vec<Grant> = read_json(&self.config.state_dir.join(GRANTS))?;
+        let now = unix_now();
+        self.grants = grants
+            .into_iter()
+            .filter(|g| self.agents.contains_key(&g.root) && g.until.is_none_or(|until| until > now))
+            .collect();
+        self.save_grants();
+        Ok(())
+    }
+}

@@ -1,0 +1,216 @@
+//! Intake: the kernel's events become holds: judged, released, refused or pending.
+
+use std::{
+    os::unix::ffi::OsStrExt as _,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use agent_common::{HoldEvent, HoldKey, hold_state, kind};
+use proto::v1::CloseReason;
+use serde_json::json;
+
+use super::{Daemon, agents::Agent, decisions::Pending, grants::unix_now};
+use crate::{
+    hold::{
+        context,
+        identity::Executable,
+        judge::Judged,
+        process::{OnDeny, event_from_record},
+        table::Happened,
+    },
+    kernel::error_chain,
+    policy::{ExecJudgement, Policy, Verdict},
+};
+
+impl Daemon {
+    /// Holds a previous daemon left in the pinned map: picked up again, none lost.
+    pub(super) fn restore_holds(&mut self) {
+        let records = self.enforcer.holds().unwrap_or_default();
+        for (key, hold) in records {
+            if hold.state != hold_state::PENDING {
+                continue;
+            }
+            let event = event_from_record(key, &hold);
+            self.on_event(&event, true);
+        }
+    }
+
+    pub(super) fn drain_events(&mut self) {
+        for event in self.enforcer.read_events() {
+            self.on_event(&event, false);
+        }
+    }
+
+    pub(super) fn on_event(&mut self, event: &HoldEvent, restored: bool) {
+        match self.holds.on_event(&mut self.enforcer, event) {
+            Ok(Happened::Held(key)) => self.new_hold(key, event, restored),
+            Ok(Happened::GoneBeforeOpen(_)) => {
+                self.record(
+                    json!({"type": "hold_closed", "id": context::hold_id(event), "why": "process gone"}),
+                );
+            }
+            Ok(Happened::RogueContinueReheld(_)) => {
+                self.record(
+                    json!({"type": "rogue_sigcont", "id": context::hold_id(event), "pid": event.tgid,
+                    "outcome": "held again"}),
+                );
+            }
+            Ok(Happened::ReheldAfterRelease(key)) => {
+                self.record(json!({"type": "held_again", "id": context::hold_id(event), "pid": event.tgid,
+                    "tid": key.tid, "why": "keyturn resumed the process for another of its threads"}));
+            }
+            Ok(Happened::RogueContinueFrozen(_)) => {
+                self.record(
+                    json!({"type": "rogue_sigcont", "id": context::hold_id(event), "pid": event.tgid,
+                    "outcome": "still held (frozen)"}),
+                );
+            }
+            Ok(Happened::RogueContinueKilled(_)) => {
+                let id = context::hold_id(event);
+                if let Some(pending) = self.pending.remove(&id) {
+                    // Killed by keyturn: the hold could not be kept.
+                    self.report_closed(&id, pending.nonce, CloseReason::Abandoned);
+                }
+                self.decided.insert(id.clone(), "killed after a rogue SIGCONT");
+                self.record(
+                    json!({"type": "rogue_sigcont", "id": id, "pid": event.tgid, "outcome": "killed"}),
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "handling a kernel event"),
+        }
+    }
+
+    /// The agent and policy a hold under `root` is judged by. Every tag names a loaded
+    /// policy (tagging and reloads check it); `default` is always loaded.
+    pub(super) fn agent_and_policy(&self, root: u64) -> Option<(&Agent, &Arc<Policy>)> {
+        let agent = self.agents.get(&root)?;
+        let policy = self.policies.get(&agent.policy).or_else(|| self.policies.get("default"))?;
+        Some((agent, policy))
+    }
+
+    /// A new hold: an exec goes to the judges (its answer arrives in [`Self::judged`]), an
+    /// egress is decided here.
+    pub(super) fn new_hold(&mut self, key: HoldKey, event: &HoldEvent, restored: bool) {
+        let Some((_, policy)) = self.agent_and_policy(event.hold.root) else {
+            // Fail closed: a hold under a root no agent is known for is refused.
+            self.record(json!({"type": "hold", "id": context::hold_id(event), "pid": event.tgid,
+                "error": "no agent known for this cgroup"}));
+            let _ = self.holds.deny(&mut self.enforcer, &key, OnDeny::Kill);
+            return;
+        };
+        if event.hold.action.kind == kind::EXEC {
+            self.judge.submit(key, *event, restored, policy.clone());
+            return;
+        }
+        let (rule, quorum) = policy.egress_rule(&event.hold.action);
+        let judgement = ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: false, quorum };
+        self.settle_new_hold(key, event, restored, &judgement, None, None, Vec::new());
+    }
+
+    /// A judged exec hold, if it is still kept (its process may have gone meanwhile).
+    pub(super) fn judged(&mut self, judged: Judged) {
+        let Judged { key, event, restored, outcome, argv } = judged;
+        let kept = self.holds.get(&key).is_some_and(|held| held.event().hold.nonce == event.hold.nonce);
+        let known = self
+            .agent_and_policy(event.hold.root)
+            .map(|(agent, policy)| (agent.name.clone(), policy.name.clone()));
+        let (true, Some((agent_name, policy_name))) = (kept, known) else { return };
+        let mut records = Vec::new();
+        let (judgement, executable) = match outcome {
+            Ok((exe, judgement)) => {
+                // A verdict that does not depend on argv holds for every exec of this file
+                // version: the kernel decides those by itself from now on.
+                let recorded = judgement.verdict == Verdict::Allow && !judgement.argv_dependent;
+                if recorded
+                    && let Some(&policy_id) = self.policy_ids.get(&policy_name)
+                    && let Err(e) = self.enforcer.record_exec_verdict(policy_id, exe.file, Verdict::Allow)
+                {
+                    tracing::warn!(error = %error_chain(&e), "recording an exec verdict in the kernel");
+                }
+                records.push(
+                    json!({"type": "exec_judged", "id": context::hold_id(&event), "pid": event.tgid,
+                    "agent": agent_name, "path": context::printable(exe.path.as_os_str().as_bytes()),
+                    "sha256": exe.sha256, "verdict": judgement.verdict, "rule": judgement.rule,
+                    "recorded_in_kernel": recorded}),
+                );
+                (judgement, Some(exe))
+            }
+            // Only a person can judge a program keyturn cannot verify.
+            Err(why) => {
+                (ExecJudgement { verdict: Verdict::Hold, rule: why, argv_dependent: true, quorum: 1 }, None)
+            }
+        };
+        self.settle_new_hold(key, &event, restored, &judgement, executable.as_ref(), argv, records);
+    }
+
+    /// Ends a judged hold: released when the policy or an earlier approval's scope allows
+    /// it, refused when the policy denies it, else pending for a person. `records` (the
+    /// judgement's) are written with the outcome's, with one flush to disk.
+    #[expect(clippy::too_many_arguments, reason = "one hold's judgement, handed on whole")]
+    pub(super) fn settle_new_hold(
+        &mut self,
+        key: HoldKey,
+        event: &HoldEvent,
+        restored: bool,
+        judgement: &ExecJudgement,
+        executable: Option<&Executable>,
+        argv: Option<Vec<String>>,
+        mut records: Vec<serde_json::Value>,
+    ) {
+        let root = event.hold.root;
+        let Some((agent, policy)) = self.agent_and_policy(root) else { return };
+        let (agent_name, requester, policy_name) =
+            (agent.name.clone(), agent.requester.clone(), policy.name.clone());
+        let (timeout, on_timeout, on_deny) = (policy.timeout, policy.on_timeout, policy.on_deny);
+        let id = context::hold_id(event);
+        let verdict = judgement.verdict;
+        let now = Instant::now();
+        let granted = self.grants.iter().any(|g| g.covers(root, &event.hold.action, unix_now()));
+        if granted || verdict == Verdict::Allow {
+            let why = if granted { "an earlier approval's scope covers it" } else { "the policy allows it" };
+            records.push(json!({"type": "release", "id": id, "by": "keyturn", "why": why}));
+            self.record_all(records);
+            match self.holds.approve(&mut self.enforcer, &key) {
+                Ok(_) => self.stats.auto_released += 1,
+                Err(e) => tracing::error!(error = %e, "auto-release"),
+            }
+            return;
+        }
+        if verdict == Verdict::Deny {
+            records.push(json!({"type": "deny", "id": id, "by": "keyturn", "why": "the policy denies it"}));
+            self.record_all(records);
+            let _ = self.holds.deny(&mut self.enforcer, &key, on_deny);
+            return;
+        }
+        let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
+        let mut view = context::describe(event, &agent_name, &cgroup, &policy_name, executable, argv);
+        (view.policy_rule, view.quorum, view.requester) =
+            (judgement.rule.clone(), judgement.quorum, requester);
+        records.push(json!({"type": "hold", "restored": restored, "hold": view}));
+        self.record_all(records);
+        self.holds.park(&key);
+        let waited =
+            Duration::from_nanos(crate::kernel::monotonic_ns().saturating_sub(event.hold.held_at_ns));
+        tracing::warn!(id = %id, kind = view.kind, agent = %agent_name, pid = event.tgid, rule = %view.policy_rule,
+            "action held, waiting for a decision: keyturn approve {id} | keyturn deny {id}");
+        let deadline = now + timeout.saturating_sub(waited);
+        if let Some(link) = &self.link {
+            let requested_at = context::wall_time(event.hold.held_at_ns);
+            link.raise(&view, event.hold.nonce, requested_at, SystemTime::now() + (deadline - now));
+        }
+        self.pending.insert(
+            id,
+            Pending {
+                key,
+                nonce: event.hold.nonce,
+                view,
+                root,
+                action: event.hold.action,
+                deadline,
+                on_timeout,
+                on_deny,
+            },
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! What `keyturn status` and the metrics show: the mode, agents, pending holds, counters,
+//! and the kernel's refusals, each also audited.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use agent_common::counter;
+use serde_json::json;
+use tokio::{io::AsyncWriteExt as _, sync::mpsc};
+
+use super::{
+    Daemon,
+    api::{Ask, Command, ask},
+};
+use crate::state::write_json;
+
+/// The kernel's refusals (each fails the action with EPERM, or kills an exec that can no
+/// longer fail), by counter and the reason the audit trail and `status` give.
+pub(super) const REFUSALS: [(u32, &str); 6] = [
+    (counter::FLOOD_REFUSED, "flood"),
+    (counter::RINGBUF_FULL, "ringbuf_full"),
+    (counter::SIGNAL_FAILED, "signal_failed"),
+    (counter::DAEMON_ABSENT, "daemon_absent"),
+    (counter::HOLD_TABLE_REFUSED, "hold_table"),
+    (counter::EXEC_KILLED, "exec_killed"),
+];
+
+/// State file: the refusal counts already in the audit trail.
+pub(super) const REFUSALS_AUDITED: &str = "refusals-audited.json";
+
+#[derive(Default)]
+pub(super) struct Stats {
+    pub(super) approvals: u64,
+    pub(super) denials: u64,
+    pub(super) timeouts: u64,
+    pub(super) exits: u64,
+    pub(super) auto_released: u64,
+    /// Stops, frozen cells and kernel records no pending hold accounted for.
+    pub(super) orphaned: u64,
+}
+
+/// Prometheus text format on a loopback port, one response per connection.
+pub(super) async fn serve_metrics(listener: tokio::net::TcpListener, commands: mpsc::Sender<Command>) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let body = ask(&commands, Ask::Metrics).await.ok().and_then(|v| v.as_str().map(str::to_owned));
+        let body = body.unwrap_or_default();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+    }
+}
+
+impl Daemon {
+    pub(super) fn status(&self) -> serde_json::Value {
+        let counters = self.enforcer.counters().unwrap_or_default();
+        json!({
+            "mode": self.enforcer.mode(),
+            "egress_hold": self.enforcer.egress_hold(),
+            "agents": self.agents.values().collect::<Vec<_>>(),
+            "pending": self.pending.len(),
+            "policies_watched": self.policies_watched,
+            "console": self.link.as_ref().map(|_| if self.console_connected { "connected" } else { "unreachable" }),
+            "counters": {
+                "holds": counters[counter::HOLDS as usize],
+                "released_in_kernel": counters[counter::RELEASED as usize],
+                "denied_in_kernel": counters[counter::DENIED as usize],
+                "approvals": self.stats.approvals,
+                "denials": self.stats.denials,
+                "timeouts": self.stats.timeouts,
+                "exited_while_held": self.stats.exits,
+                "auto_released": self.stats.auto_released,
+                "orphaned": self.stats.orphaned,
+                "rogue_sigconts": counters[counter::ROGUE_CONTINUE as usize],
+                "exec_killed": counters[counter::EXEC_KILLED as usize],
+            },
+            "refused": REFUSALS.iter().map(|&(index, reason)| (reason, counters[index as usize]))
+                .collect::<BTreeMap<_, _>>(),
+        })
+    }
+
+    /// Audits what the kernel refused since the last look, per reason. The kernel only
+    /// counts refusals (an event per refusal would let a flood crowd out real holds); the
+    /// counters are pinned, so refusals made while no daemon ran are audited at start.
+    pub(super) fn audit_refusals(&mut self) {
+        let Ok(counters) = self.enforcer.counters() else { return };
+        let mut changed = false;
+        for (index, reason) in REFUSALS {
+            let (now, audited) = (counters[index as usize], self.refusals_audited[index as usize]);
+            if now != audited {
+                // Counters start again from zero when the maps are created anew.
+                let count = if now > audited { now - audited } else { now };
+                self.record(json!({"type": "refused", "reason": reason, "count": count}));
+                changed = true;
+            }
+        }
+        if changed {
+            self.refusals_audited = counters;
+            if let Err(e) = write_json(&self.config.state_dir.join(REFUSALS_AUDITED), &self.refusals_audited)
+            {
+                tracing::error!(error = %e, "saving the audited refusal counts");
+            }
+        }
+    }
+
+    pub(super) fn metrics(&self) -> String {
+        let status = self.status();
+        let mut text = format!(
+            "keyturn_pending_holds {}\nkeyturn_tagged_cgroups {}\n",
+            self.pending.len(),
+            self.agents.len()
+        );
+        if let Some(counters) = status["counters"].as_object() {
+            for (name, value) in counters {
+                let _ = writeln!(text, "keyturn_{name}_total {value}");
+            }
+        }
+        if let Some(refused) = status["refused"].as_object() {
+            for (reason, value) in refused {
+                let _ = writeln!(text, "keyturn_refused_total{{reason=\"{reason}\"}} {value}");
+            }
+        }
+        text
+    }
+}

@@ -1,0 +1,108 @@
+//! The orphan sweep: every stop keyturn made has a pending hold, checked on every tick.
+
+use proto::v1::CloseReason;
+use serde_json::json;
+
+use super::{Daemon, decisions::denial_outcome};
+use crate::hold::{
+    orphans::{self, Orphan},
+    process::{self, HeldError, HeldProcess, OnDeny, event_from_record},
+};
+
+/// The start time of process `pid` in clock ticks, if it exists.
+pub(super) fn procfs_start(pid: u32) -> Option<u64> {
+    crate::hold::procfs::stat(pid).map(|stat| stat.start_ticks)
+}
+
+impl Daemon {
+    /// Enforces the invariant that no process in a tagged cgroup is stopped or frozen by
+    /// keyturn without a pending hold (see [`orphans`]): every orphan is settled at once by
+    /// its policy's `on_timeout`, audited as `hold_orphaned` and counted.
+    pub(super) fn sweep_orphans(&mut self) {
+        // Events already reported are holds, not orphans.
+        self.drain_events();
+        let mut snapshot = orphans::Snapshot {
+            now_ns: crate::kernel::monotonic_ns(),
+            records: self.enforcer.holds().unwrap_or_default(),
+            stops: self.enforcer.stops().unwrap_or_default(),
+            kept: self.holds.kept(),
+            ..orphans::Snapshot::default()
+        };
+        for agent in self.agents.values() {
+            if let Ok(dir) = self.hierarchy.dir(&agent.path) {
+                snapshot.observe(&dir);
+            }
+        }
+        for cell in snapshot.empty_cells.drain(..) {
+            self.holds.remove_cell_later(cell);
+        }
+        for orphan in orphans::find(&snapshot) {
+            self.settle_orphan(&orphan);
+        }
+        for pid in orphans::stale_stops(&snapshot) {
+            let _ = self.enforcer.forget_stop(pid);
+        }
+    }
+
+    /// The `on_timeout` of the policy of the agent tagged at `root`: kill if none is known.
+    pub(super) fn on_timeout_of(&self, root: u64) -> OnDeny {
+        self.agents
+            .get(&root)
+            .and_then(|agent| self.policies.get(&agent.policy))
+            .map_or(OnDeny::Kill, |policy| policy.on_timeout)
+    }
+
+    /// Settles one orphan and audits how.
+    pub(super) fn settle_orphan(&mut self, orphan: &Orphan) {
+        let (pid, tid, outcome) = match orphan {
+            Orphan::Record { key, hold } => {
+                let on_timeout = self.on_timeout_of(hold.root);
+                let outcome = if let Ok(held) = HeldProcess::open(&event_from_record(*key, hold)) {
+                    match held.deny(&mut self.enforcer, on_timeout) {
+                        Ok(()) => {
+                            self.holds.remove_cell_later_of(&held);
+                            denial_outcome(on_timeout)
+                        }
+                        Err(e) => format!("could not be settled: {e}"),
+                    }
+                } else {
+                    let _ = self.enforcer.forget(*key, hold.nonce);
+                    let _ = self.enforcer.finish(hold.root);
+                    "record removed: the process is gone".to_owned()
+                };
+                (key.tgid, Some(key.tid), outcome)
+            }
+            Orphan::Lost { key } => {
+                // Its record is gone: an approval could never release it, and a denial
+                // could never fail its syscall. Only a kill ends the stop.
+                if let Some(id) = self.pending.iter().find(|(_, p)| p.key == *key).map(|(id, _)| id.clone())
+                    && let Some(pending) = self.pending.remove(&id)
+                {
+                    self.report_closed(&id, pending.nonce, CloseReason::Abandoned);
+                    self.decision(&id, "closed: its kernel record was lost");
+                }
+                let outcome = match self.holds.deny(&mut self.enforcer, key, OnDeny::Kill) {
+                    Ok(_) | Err(HeldError::Gone(_)) => "killed".to_owned(),
+                    Err(e) => format!("could not be settled: {e}"),
+                };
+                (key.tgid, Some(key.tid), outcome)
+            }
+            Orphan::Stopped { pid } | Orphan::Frozen { pid, .. } => {
+                let start = procfs_start(*pid);
+                let outcome = match start.map(|start| process::kill(&mut self.enforcer, *pid, start)) {
+                    Some(Ok(())) => "killed".to_owned(),
+                    Some(Err(e)) => format!("could not be settled: {e}"),
+                    None => "gone".to_owned(),
+                };
+                if let Orphan::Frozen { cell, .. } = orphan {
+                    self.holds.remove_cell_later(cell.clone());
+                }
+                (*pid, None, outcome)
+            }
+        };
+        tracing::error!(pid, reason = orphan.reason(), %outcome, "settled a stop no pending hold accounted for");
+        self.stats.orphaned += 1;
+        self.record(json!({"type": "hold_orphaned", "pid": pid, "tid": tid, "reason": orphan.reason(),
+            "outcome": outcome}));
+    }
+}
