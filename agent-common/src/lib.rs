@@ -1,7 +1,8 @@
 //! Types and constants shared by keyturn's BPF programs and its user space.
 //!
-//! Everything here is `#[repr(C)]`, `Copy`, free of implicit padding, and uses `u32` tags
-//! instead of Rust enums or `bool`, so both sides agree on every byte.
+//! Everything here is `#[repr(C)]`, `Copy`, free of implicit padding (user space derives
+//! `bytemuck::Pod`, which refuses padding at compile time), and uses `u32` tags instead of
+//! Rust enums or `bool`, so both sides agree on every byte.
 #![no_std]
 
 /// Map capacities. Each is the upper bound of what one host is expected to need, with room.
@@ -107,6 +108,7 @@ pub mod protocol {
 
 /// One tagged cgroup root, written by user space into `TAGGED_ROOTS`.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tag {
     /// Index into `POLICIES`.
@@ -117,6 +119,7 @@ pub struct Tag {
 
 /// The kernel's cached answer to "which tagged root is this cgroup under?".
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CachedTag {
     /// The tagged root's cgroup id, or 0 when the cgroup is not tagged.
@@ -128,6 +131,7 @@ pub struct CachedTag {
 
 /// Process-wide settings, written by user space into `CONFIG[0]`.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// `CLOCK_MONOTONIC` nanoseconds of the daemon's last heartbeat.
@@ -140,6 +144,7 @@ pub struct Config {
 
 /// Defaults of one policy, `POLICIES[policy]`.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyDefaults {
     /// Verdict for an executable with no entry in `EXEC_RULES`. The daemon sets `HOLD`:
@@ -153,6 +158,7 @@ pub struct PolicyDefaults {
 /// change time is part of it, so any write, rename, link or chmod makes a new identity
 /// that user space has to judge again.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ExecKey {
     pub policy: u32,
@@ -166,6 +172,7 @@ pub struct ExecKey {
 /// Data part of an `EGRESS_RULES` LPM key: the policy id (big endian, so it forms the
 /// first 32 bits of every prefix) followed by the IPv6 or IPv4-mapped address.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EgressKey {
     pub policy_be: [u8; 4],
@@ -174,6 +181,7 @@ pub struct EgressKey {
 
 /// One port range of an [`EgressRule`]; `protocol` 0 matches any protocol.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortRule {
     pub low: u16,
@@ -185,6 +193,7 @@ pub struct PortRule {
 /// What a destination prefix says, with the rules of the prefixes containing it already
 /// folded in by user space: the first matching port rule wins, else `fallback`.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EgressRule {
     pub count: u32,
@@ -194,6 +203,7 @@ pub struct EgressRule {
 
 /// Exactly what was held: the restarted syscall must match it to be released.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Action {
     /// A [`kind`] constant.
@@ -215,6 +225,7 @@ pub struct Action {
 /// Key of `HOLDS`: the thread whose syscall is held. `tid` is 0 for deferred egress
 /// holds, which any thread of the process may retry.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HoldKey {
     pub tgid: u32,
@@ -223,6 +234,7 @@ pub struct HoldKey {
 
 /// A hold record in `HOLDS`, created by the kernel, decided by user space.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hold {
     pub action: Action,
@@ -249,6 +261,7 @@ pub struct Hold {
 /// user space just before it resumes or kills one, so that a process stopped by keyturn
 /// can always be told from one stopped by anyone else.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stop {
     /// [`Hold::process_start`] of the stopped process.
@@ -259,6 +272,7 @@ pub struct Stop {
 
 /// What the kernel knows of a held action, sent to user space through `EVENTS`.
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug)]
 pub struct HoldEvent {
     /// An [`event_type`] constant.
@@ -283,6 +297,7 @@ pub const ABSENT: u32 = u32::MAX;
 /// Byte offsets of kernel struct fields, resolved from the running kernel's BTF at load
 /// time and handed to the programs as a global (Rust BPF programs get no CO-RE).
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
     pub binprm_file: u32,
@@ -311,7 +326,8 @@ mod pod {
         Action, CachedTag, Config, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey, KernelOffsets,
         PolicyDefaults, Stop, Tag,
     };
-    // SAFETY: every type is repr(C), Copy, and has no implicit padding.
+    // SAFETY: every type is repr(C), Copy, and has no padding (bytemuck::Pod, derived
+    // above, refuses padding at compile time).
     unsafe impl aya::Pod for Tag {}
     unsafe impl aya::Pod for CachedTag {}
     unsafe impl aya::Pod for Config {}
@@ -325,29 +341,4 @@ mod pod {
     unsafe impl aya::Pod for HoldEvent {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Stop {}
-}
-
-#[cfg(test)]
-mod tests {
-    extern crate std;
-    use super::{Action, CachedTag, EgressKey, EgressRule, Hold, HoldEvent, KernelOffsets};
-    use core::mem::size_of;
-
-    /// The structs are laid out without implicit padding: their sizes are the sums of
-    /// their fields, so kernel and user space cannot disagree on a byte.
-    #[test]
-    fn no_implicit_padding() {
-        assert_eq!(size_of::<CachedTag>(), 8 + 8 + 8);
-        assert_eq!(size_of::<EgressKey>(), 20);
-        assert_eq!(size_of::<EgressRule>(), 8 + 8 * 8);
-        assert_eq!(size_of::<Action>(), 4 * 4 + 2 * 8 + 16);
-        assert_eq!(size_of::<Hold>(), size_of::<Action>() + 5 * 8 + 2 * 4);
-        assert_eq!(
-            size_of::<HoldEvent>(),
-            8 + size_of::<Hold>() + 8 + 8 + 4 * 4 + 16 + super::capacity::PATH_BYTES
-        );
-        assert_eq!(size_of::<KernelOffsets>(), 15 * 4);
-        assert_eq!(size_of::<super::Stop>(), 2 * 8);
-        assert_eq!(size_of::<super::ExecKey>(), 4 + 4 + 8 + 8);
-    }
 }

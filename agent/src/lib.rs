@@ -13,7 +13,9 @@
 //! - [`console_link`]: the daemon's connection to the console, and the embedded console.
 //! - [`cli`]: the `keyturn` command line.
 //! - [`audit`], [`config`], [`cgroup`]: the audit trail, the daemon's configuration, the
-//!   cgroup v2 hierarchy.
+//!   cgroup v2 hierarchy; `state`: files kept across restarts; `sys`: every system call
+//!   no safe crate API makes, the crate's only `unsafe` code besides two `AsyncFd`
+//!   registrations.
 //!
 //! # Words
 //!
@@ -38,3 +40,4 @@ pub mod hold;
 pub mod kernel;
 pub mod policy;
 mod state;
+mod sys;

@@ -32,20 +32,12 @@ mod action_bytes {
     use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
 
     pub fn serialize<S: Serializer>(action: &Action, serializer: S) -> Result<S::Ok, S::Error> {
-        // SAFETY: Action is repr(C) plain data without padding.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(std::ptr::from_ref(action).cast::<u8>(), size_of::<Action>())
-        };
-        serializer.serialize_str(&hex::encode(bytes))
+        serializer.serialize_str(&hex::encode(bytemuck::bytes_of(action)))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Action, D::Error> {
         let bytes = hex::decode(String::deserialize(deserializer)?).map_err(D::Error::custom)?;
-        if bytes.len() != size_of::<Action>() {
-            return Err(D::Error::custom("not an action"));
-        }
-        // SAFETY: the length matches and Action accepts every byte pattern.
-        Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Action>()) })
+        bytemuck::try_pod_read_unaligned(&bytes).map_err(|_| D::Error::custom("not an action"))
     }
 }
 

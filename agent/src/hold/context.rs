@@ -237,8 +237,8 @@ fn stopped_syscall(pid: u32, tid: u32) -> Option<String> {
 /// The argv a process stopped inside execve/execveat passed: read from its registers
 /// (`/proc/PID/syscall`) and memory, since the exec has not happened yet.
 fn pending_exec_argv(pid: u32, tid: u32) -> Option<Vec<String>> {
-    const EXECVE: u64 = 59;
-    const EXECVEAT: u64 = 322;
+    const EXECVE: u64 = libc::SYS_execve as u64;
+    const EXECVEAT: u64 = libc::SYS_execveat as u64;
     let syscall = stopped_syscall(pid, tid)?;
     let fields: Vec<u64> = syscall
         .split_whitespace()

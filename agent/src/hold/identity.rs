@@ -6,7 +6,7 @@ use std::{
     collections::{HashMap, HashSet},
     fs::File,
     io::{self, Read as _},
-    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
     sync::Mutex,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -15,7 +15,7 @@ use std::{
 use agent_common::{HoldEvent, event_type};
 use sha2::{Digest as _, Sha256};
 
-use crate::policy::FileId;
+use crate::{policy::FileId, sys};
 
 /// How old a file version's change time must be before its content is known to belong to
 /// it for good. A write within the same clock tick as the last change would not move the
@@ -70,27 +70,6 @@ fn settled_at(id: FileId) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(id.changed_ns) + SETTLE
 }
 
-/// `fcntl(2)`'s `F_SETSIG` (Linux's `__F_SETSIG`), which the libc crate does not name.
-const F_SETSIG: libc::c_int = 10;
-
-/// Takes a read lease on `file`: granted only while nobody has the file open for writing.
-/// A writer who comes while it is held waits for it to end; the kernel tells the holder
-/// with a signal, by default SIGIO, which would end the daemon: it is made SIGURG, which
-/// is ignored unless handled.
-fn read_lease(file: &File) -> bool {
-    // SAFETY: fcntl on a valid fd with integer arguments.
-    unsafe {
-        libc::fcntl(file.as_raw_fd(), F_SETSIG, libc::SIGURG) == 0
-            && libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) == 0
-    }
-}
-
-/// Whether the read lease on `file` is still whole: nobody has asked to write since.
-fn lease_intact(file: &File) -> bool {
-    // SAFETY: fcntl on a valid fd, no argument.
-    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLEASE) == libc::F_RDLCK }
-}
-
 impl Digests {
     fn cached(&self, id: FileId) -> Option<String> {
         self.by_file.lock().expect("digests lock").get(&id).cloned()
@@ -114,7 +93,7 @@ impl Digests {
             return Ok((digest, None));
         }
         let until = settled_at(id);
-        let leased = SystemTime::now() < until && read_lease(&file);
+        let leased = SystemTime::now() < until && sys::take_read_lease(&file);
         if !leased && let Ok(left) = until.duration_since(SystemTime::now()) {
             std::thread::sleep(left.min(SETTLE));
         }
@@ -128,7 +107,7 @@ impl Digests {
             }
             hasher.update(&buf[..n]);
         }
-        if FileId::from_metadata(&file.metadata()?) != id || (leased && !lease_intact(&file)) {
+        if FileId::from_metadata(&file.metadata()?) != id || (leased && !sys::read_lease_held(&file)) {
             return Err(io::Error::other(
                 "the file changed, or was opened for writing, while it was being read",
             ));

@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -12,6 +12,7 @@ use agent_common::{Hold, HoldEvent, HoldKey, event_type, hold_state};
 use crate::{
     cgroup::{self, CgroupError, Hierarchy},
     kernel::{Enforcer, EnforcerError, monotonic_ns},
+    sys::{self, Ending},
 };
 
 /// `start_boottime` nanoseconds per `/proc/PID/stat` start-time tick (`USER_HZ` = 100).
@@ -64,38 +65,15 @@ pub fn event_from_record(key: HoldKey, hold: &Hold) -> HoldEvent {
     }
 }
 
-/// A pidfd of process `pid`.
-fn pidfd_open(pid: u32) -> Result<OwnedFd, HeldError> {
-    // SAFETY: pidfd_open takes a pid and flags, returns an fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(HeldError::Gone(pid));
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| HeldError::Gone(pid))?) })
-}
-
-/// Sends `signal` to the process behind `pidfd` (`pid`, for errors).
-fn pidfd_signal(pidfd: &OwnedFd, pid: u32, signal: i32) -> Result<(), HeldError> {
-    // SAFETY: pidfd_send_signal with a valid pidfd, no siginfo, no flags.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<()>(), 0)
-    };
-    if rc < 0 {
-        return Err(HeldError::Signal { pid, source: io::Error::last_os_error() });
-    }
-    Ok(())
-}
-
 /// Kills process `pid` if it is still the one that started at `start_ticks` (clock ticks
 /// since boot, as `/proc/PID/stat` shows them), and forgets keyturn's stop of it.
 pub fn kill(enforcer: &mut Enforcer, pid: u32, start_ticks: u64) -> Result<(), HeldError> {
-    let pidfd = pidfd_open(pid)?;
+    let pidfd = sys::pidfd_open(pid).map_err(|_| HeldError::Gone(pid))?;
     if crate::hold::procfs::stat(pid).map(|stat| stat.start_ticks) != Some(start_ticks) {
         return Err(HeldError::Gone(pid));
     }
     enforcer.forget_stop(pid)?;
-    pidfd_signal(&pidfd, pid, libc::SIGKILL)
+    sys::pidfd_signal(&pidfd, Ending::Kill).map_err(|source| HeldError::Signal { pid, source })
 }
 
 /// A frozen cgroup a process stopped after exec is kept in until decided.
@@ -121,7 +99,7 @@ impl HeldProcess {
     /// held is still there: a pid or tid reused since never inherits a hold.
     pub fn open(event: &HoldEvent) -> Result<Self, HeldError> {
         let pid = event.tgid;
-        let pidfd = pidfd_open(pid)?;
+        let pidfd = sys::pidfd_open(pid).map_err(|_| HeldError::Gone(pid))?;
         // Checked after opening: if the pid was reused before, the start time differs. The
         // kernel's record has both: `/proc/PID/stat` shows the process's, and the thread's
         // own file its own.
@@ -148,22 +126,16 @@ impl HeldProcess {
 
     /// Whether the process has exited (its pidfd is readable).
     pub fn exited(&self) -> bool {
-        let mut fd = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd, no waiting.
-        let ready = unsafe { libc::poll(&raw mut fd, 1, 0) };
-        ready > 0
+        sys::readable(&self.pidfd, 0)
     }
 
     /// Resumes (`SIGCONT`) or kills (`SIGKILL`) the process, forgetting keyturn's stop of it
     /// first: a hook that stops it again (another of its threads, still held) records that
     /// new stop after this.
-    fn end_stop(&self, enforcer: &mut Enforcer, signal: i32) -> Result<(), HeldError> {
+    fn end_stop(&self, enforcer: &mut Enforcer, ending: Ending) -> Result<(), HeldError> {
         enforcer.forget_stop(self.event.tgid)?;
-        self.signal(signal)
-    }
-
-    fn signal(&self, signal: i32) -> Result<(), HeldError> {
-        pidfd_signal(&self.pidfd, self.event.tgid, signal)
+        sys::pidfd_signal(&self.pidfd, ending)
+            .map_err(|source| HeldError::Signal { pid: self.event.tgid, source })
     }
 
     /// For an exec stopped after the fact (`cgroup-sock` mode): moves the process into a
@@ -226,14 +198,14 @@ impl HeldProcess {
             event_type::STOPPED => {
                 enforcer.forget(key, nonce)?;
                 self.thaw()?;
-                self.end_stop(enforcer, libc::SIGCONT)?;
+                self.end_stop(enforcer, Ending::Resume)?;
             }
             event_type::DEFERRED => {
                 enforcer.decide(key, nonce, hold_state::APPROVED)?;
             }
             _ => {
                 enforcer.decide(key, nonce, hold_state::APPROVED)?;
-                self.end_stop(enforcer, libc::SIGCONT)?;
+                self.end_stop(enforcer, Ending::Resume)?;
             }
         }
         enforcer.finish(self.event.hold.root)?;
@@ -245,12 +217,12 @@ impl HeldProcess {
         let (key, nonce) = (self.key(), self.event.hold.nonce);
         let stopped = self.event.event_type == event_type::STOPPED;
         if on_deny == OnDeny::Kill || stopped {
-            self.end_stop(enforcer, libc::SIGKILL)?;
+            self.end_stop(enforcer, Ending::Kill)?;
             enforcer.forget(key, nonce)?;
         } else {
             enforcer.decide(key, nonce, hold_state::DENIED)?;
             if self.event.event_type == event_type::HELD {
-                self.end_stop(enforcer, libc::SIGCONT)?;
+                self.end_stop(enforcer, Ending::Resume)?;
             }
         }
         enforcer.finish(self.event.hold.root)?;

@@ -27,6 +27,7 @@ use crate::{
     kernel::btf::{Btf, BtfError},
     kernel::mode::Mode,
     policy::{FileId, KernelPolicy, Verdict},
+    sys::monotonic_ns,
 };
 
 /// The compiled BPF object, built by build.rs from `agent-ebpf`.
@@ -186,14 +187,6 @@ fn absent_ok(removed: Result<(), MapError>) -> Result<(), MapError> {
 
 fn pin_error(path: &Path) -> impl FnOnce(std::io::Error) -> EnforcerError + '_ {
     move |source| EnforcerError::Pin { path: path.to_owned(), source }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// Makes sure `dir` is on a mounted bpffs, mounting one at /sys/fs/bpf if needed.
@@ -427,9 +420,8 @@ impl Enforcer {
         let mut events = Vec::new();
         while let Some(item) = self.events.next() {
             if item.len() >= size_of::<HoldEvent>() {
-                // SAFETY: the kernel wrote a whole HoldEvent; read_unaligned copes with
-                // the ring buffer's 8-byte alignment.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HoldEvent>()) });
+                // The ring buffer aligns records to 8 bytes only.
+                events.push(bytemuck::pod_read_unaligned(&item[..size_of::<HoldEvent>()]));
             }
         }
         events
@@ -441,10 +433,7 @@ impl Enforcer {
         if !events.is_empty() {
             return events;
         }
-        let mut fd = libc::pollfd { fd: self.events_fd(), events: libc::POLLIN, revents: 0 };
-        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&raw mut fd, 1, millis) };
+        crate::sys::readable(&self.events, u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX));
         self.read_events()
     }
 

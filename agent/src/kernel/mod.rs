@@ -6,4 +6,5 @@ pub mod doctor;
 mod enforcer;
 pub mod mode;
 
-pub use enforcer::{Attempt, EgressHold, Enforcer, EnforcerError, Options, error_chain, monotonic_ns, probe};
+pub use crate::sys::monotonic_ns;
+pub use enforcer::{Attempt, EgressHold, Enforcer, EnforcerError, Options, error_chain, probe};

@@ -3,82 +3,78 @@
 
 use std::{
     io,
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::ffi::OsStrExt as _,
-    },
+    os::fd::{AsFd as _, AsRawFd, RawFd},
     path::{Path, PathBuf},
 };
 
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// What changes a policy file: written and closed, renamed into or out of the directory,
 /// removed; and the directory itself going away.
-const MASK: u32 = libc::IN_CLOSE_WRITE
-    | libc::IN_MOVED_TO
-    | libc::IN_MOVED_FROM
-    | libc::IN_DELETE
-    | libc::IN_DELETE_SELF
-    | libc::IN_MOVE_SELF
-    | libc::IN_ONLYDIR;
+const MASK: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_MOVE_SELF)
+    .union(AddWatchFlags::IN_ONLYDIR);
 
 /// Events that concern the directory as a whole rather than one file in it.
-const WHOLE: u32 = libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED | libc::IN_Q_OVERFLOW;
+const WHOLE: AddWatchFlags = AddWatchFlags::IN_DELETE_SELF
+    .union(AddWatchFlags::IN_MOVE_SELF)
+    .union(AddWatchFlags::IN_IGNORED)
+    .union(AddWatchFlags::IN_Q_OVERFLOW);
+
+/// The inotify instance, as the runtime polls it.
+struct Watched(Inotify);
+
+impl AsRawFd for Watched {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
 
 /// An inotify watch on the policy directory.
 pub struct PolicyWatch {
-    fd: AsyncFd<OwnedFd>,
+    inotify: AsyncFd<Watched>,
     dir: PathBuf,
 }
 
 impl PolicyWatch {
     /// Starts watching `dir`, which must exist.
     pub fn new(dir: &Path) -> io::Result<Self> {
-        // SAFETY: inotify_init1 takes flags and returns a new fd or -1.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: the AsyncFd owns the OwnedFd, which stays open, the same fd, until dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
-        let watch = Self { fd, dir: dir.to_owned() };
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        // SAFETY: the AsyncFd owns the inotify instance, so its fd stays open, the same fd,
+        // until the AsyncFd is dropped.
+        let inotify = unsafe { AsyncFd::register_with_interest(Watched(inotify), Interest::READABLE) }?;
+        let watch = Self { inotify, dir: dir.to_owned() };
         watch.add()?;
         Ok(watch)
     }
 
     fn add(&self) -> io::Result<()> {
-        let path = std::ffi::CString::new(self.dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: a valid inotify fd and a NUL-terminated path.
-        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), path.as_ptr(), MASK) };
-        if wd < 0 {
-            return Err(io::Error::other(format!(
-                "watching {}: {}",
-                self.dir.display(),
-                io::Error::last_os_error()
-            )));
-        }
-        Ok(())
+        self.inotify
+            .get_ref()
+            .0
+            .add_watch(&self.dir, MASK)
+            .map(drop)
+            .map_err(|e| io::Error::other(format!("watching {}: {e}", self.dir.display())))
     }
 
     /// Waits until a policy file (`NAME.toml`) changed, or the directory itself did.
     /// An error means the watch is lost (the directory went away and did not come back).
     pub async fn changed(&self) -> io::Result<()> {
         loop {
-            let mut guard = self.fd.readable().await?;
+            let mut guard = self.inotify.readable().await?;
             let mut changed = false;
             let mut lost = false;
-            let mut buffer = [0u8; 4096];
-            while let Ok(read) = guard.try_io(|fd| {
-                // SAFETY: reads into a buffer we own, at most its length.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
-                usize::try_from(n).map_err(|_| io::Error::last_os_error())
-            }) {
-                for (mask, name) in events(&buffer[..read?]) {
-                    changed |= mask & WHOLE != 0 || name.ends_with(b".toml");
-                    lost |= mask & libc::IN_IGNORED != 0;
+            while let Ok(events) = guard.try_io(|inotify| Ok(inotify.get_ref().0.read_events()?)) {
+                for event in events? {
+                    let is_policy =
+                        event.name.as_ref().is_some_and(|name| name.as_encoded_bytes().ends_with(b".toml"));
+                    changed |= event.mask.intersects(WHOLE) || is_policy;
+                    lost |= event.mask.contains(AddWatchFlags::IN_IGNORED);
                 }
             }
             if lost {
@@ -90,21 +86,4 @@ impl PolicyWatch {
             }
         }
     }
-}
-
-/// The (mask, name) of each `struct inotify_event` in `buffer`.
-fn events(buffer: &[u8]) -> Vec<(u32, &[u8])> {
-    const HEADER: usize = size_of::<libc::inotify_event>();
-    let mut events = Vec::new();
-    let mut at = 0;
-    while at + HEADER <= buffer.len() {
-        // SAFETY: the kernel wrote whole events; read_unaligned copes with any alignment.
-        let event: libc::inotify_event =
-            unsafe { std::ptr::read_unaligned(buffer[at..].as_ptr().cast::<libc::inotify_event>()) };
-        let name_end = (at + HEADER + event.len as usize).min(buffer.len());
-        let name = &buffer[at + HEADER..name_end];
-        events.push((event.mask, &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())]));
-        at = name_end;
-    }
-    events
 }

@@ -1,0 +1,122 @@
+//! Every system call keyturn makes, kept behind this one fence: those no safe API offers
+//! are the only `unsafe` code of the crate (read leases, starting a command behind a
+//! gate); the rest are thin wrappers over nix and rustix, named for what keyturn does.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::fd::{AsFd, AsRawFd as _, OwnedFd},
+};
+
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::wait::{WaitStatus, waitpid},
+    time::{ClockId, clock_gettime},
+    unistd::Pid,
+};
+use rustix::process::{PidfdFlags, Signal};
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the BPF programs' `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec()).unwrap_or(0)
+    })
+}
+
+/// Whether `fd` is readable within `timeout_ms` (0: now).
+pub fn readable(fd: impl AsFd, timeout_ms: u16) -> bool {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::from(timeout_ms)).is_ok_and(|ready| ready > 0)
+}
+
+/// A pidfd of process `pid`: signals sent through it reach that process or nobody.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid =
+        i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw).ok_or(io::ErrorKind::NotFound)?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// A signal keyturn sends to a held process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// `SIGCONT`: the process goes on.
+    Resume,
+    /// `SIGKILL`.
+    Kill,
+}
+
+/// Sends `ending` to the process behind `pidfd`.
+pub fn pidfd_signal(pidfd: impl AsFd, ending: Ending) -> io::Result<()> {
+    let signal = match ending {
+        Ending::Resume => Signal::CONT,
+        Ending::Kill => Signal::KILL,
+    };
+    Ok(rustix::process::pidfd_send_signal(pidfd, signal)?)
+}
+
+/// `fcntl(2)`'s `F_SETSIG` (Linux's `__F_SETSIG`), which the libc crate does not name.
+const F_SETSIG: libc::c_int = 10;
+
+/// Takes a read lease on `file` (no safe crate offers leases): granted only while nobody
+/// has the file open for writing, and while it is held a writer's open waits for it to
+/// end. The kernel tells the holder with a signal, by default SIGIO, which would end the
+/// daemon; it is made SIGURG, which is ignored unless handled.
+pub fn take_read_lease(file: &File) -> bool {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on an fd `file` keeps open, with integer arguments only.
+    unsafe {
+        libc::fcntl(fd, F_SETSIG, libc::SIGURG) == 0 && libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0
+    }
+}
+
+/// Whether the read lease on `file` is still whole: nobody has asked to write since.
+pub fn read_lease_held(file: &File) -> bool {
+    // SAFETY: fcntl on an fd `file` keeps open, with no argument.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLEASE) == libc::F_RDLCK }
+}
+
+/// Starts `argv` as a child held back behind a gate: it waits until a byte is written to
+/// the returned fd, then execs; if the fd is closed without a byte it exits with 126.
+/// (std's spawn cannot do this: it waits for the exec, which must wait for the caller.)
+/// The caller must be single-threaded, as the command line is.
+pub fn spawn_gated(argv: &[CString]) -> io::Result<(u32, OwnedFd)> {
+    let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|arg| arg.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    let (gate_read, gate_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (read_fd, write_fd) = (gate_read.as_raw_fd(), gate_write.as_raw_fd());
+    // SAFETY: the child only calls async-signal-safe functions (close, read, execvp,
+    // write, _exit) on memory prepared before the fork, and the caller is single-threaded.
+    let pid = unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            // Only the parent writes: a refusal closes the gate, and the read sees its end.
+            libc::close(write_fd);
+            let mut go = [0u8; 1];
+            if libc::read(read_fd, go.as_mut_ptr().cast(), 1) == 1 {
+                libc::execvp(pointers[0], pointers.as_ptr());
+                let message = b"keyturn: cannot execute the command\n";
+                libc::write(2, message.as_ptr().cast(), message.len());
+                libc::_exit(127);
+            }
+            libc::_exit(126);
+        }
+        pid
+    };
+    let pid = u32::try_from(pid).map_err(|_| io::Error::last_os_error())?;
+    drop(gate_read);
+    Ok((pid, gate_write))
+}
+
+/// Waits for child `pid`; its exit code, or 128 + the signal that killed it.
+pub fn wait_for(pid: u32) -> io::Result<i32> {
+    let pid = Pid::from_raw(i32::try_from(pid).map_err(|_| io::ErrorKind::InvalidInput)?);
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
