@@ -235,7 +235,7 @@ pub struct HoldKey {
 /// A hold record in `HOLDS`, created by the kernel, decided by user space.
 #[repr(C)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Hold {
     pub action: Action,
     /// Random per hold; a decision must name it.
@@ -250,10 +250,17 @@ pub struct Hold {
     pub root: u64,
     /// `CLOCK_MONOTONIC` nanoseconds when the hold was raised.
     pub held_at_ns: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds when user space decided it; 0 while pending.
+    pub decided_at_ns: u64,
     /// A [`hold_state`] constant.
     pub state: u32,
     /// An [`event_type`] constant: `HELD`, `DEFERRED` or `STOPPED`.
     pub event_type: u32,
+    /// 1 once a SIGCONT that was not keyturn's has been reported for this hold: later
+    /// ones are only counted, so a flood of them cannot fill the ring buffer (user space
+    /// clears it when it resumes the process itself, expecting the re-hold).
+    pub rogue_reported: u32,
+    pub padding: u32,
 }
 
 /// A process keyturn stopped (`SIGSTOP`) and has not yet resumed or killed: value of

@@ -94,6 +94,6 @@ pub fn signal_generated(ctx: &BtfTracePointContext) {
         && hold.state == agent_common::hold_state::PENDING
         && hold.event_type == agent_common::event_type::STOPPED
     {
-        hold::report_rogue_continue(hold, tgid, tgid);
+        hold::report_rogue_continue(&key, tgid);
     }
 }

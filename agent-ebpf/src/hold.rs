@@ -117,8 +117,11 @@ pub fn enforce(
         process_start,
         root: tagged.root,
         held_at_ns: kernel::now_ns(),
+        decided_at_ns: 0,
         state: hold_state::PENDING,
         event_type: kind,
+        rogue_reported: 0,
+        padding: 0,
     };
     if HOLDS.insert(key, hold, 0).is_err() {
         entry.discard(0);
@@ -154,7 +157,7 @@ fn decided(key: &HoldKey, hold: &Hold, waiting: Waiting) -> Outcome {
                 count(counter::SIGNAL_FAILED);
                 return Outcome::Refuse;
             }
-            report_rogue_continue(hold, key.tgid, key.tid);
+            report_rogue_continue(key, key.tgid);
             Outcome::Held
         }
         hold_state::PENDING => Outcome::Refuse,
@@ -166,17 +169,26 @@ fn decided(key: &HoldKey, hold: &Hold, waiting: Waiting) -> Outcome {
     }
 }
 
-/// Counts a SIGCONT that was not keyturn's and tells user space (best effort: the hold
-/// itself was reported already).
-pub fn report_rogue_continue(hold: &Hold, tgid: u32, tid: u32) {
+/// Counts a SIGCONT that was not keyturn's at the hold of `key` (for process `tgid`), and
+/// tells user space the first time only (best effort: the hold itself was reported
+/// already), so that a flood of them cannot crowd real holds out of the ring buffer.
+pub fn report_rogue_continue(key: &HoldKey, tgid: u32) {
     count(counter::ROGUE_CONTINUE);
+    let Some(hold) = HOLDS.get_ptr_mut(key) else { return };
+    // SAFETY: a pointer into the map value, read and written as whole fields.
+    let hold = unsafe { &mut *hold };
+    if hold.rogue_reported != 0 {
+        return;
+    }
+    hold.rogue_reported = 1;
+    let (hold, tid) = (*hold, key.tid);
     if let Some(mut entry) = EVENTS.reserve::<HoldEvent>(0) {
         let event = entry.as_mut_ptr();
         // SAFETY: `event` points to a reserved record; unset fields are zeroed first.
         unsafe {
             core::ptr::write_bytes(event, 0, 1);
             (*event).event_type = event_type::ROGUE_CONTINUE;
-            (*event).hold = *hold;
+            (*event).hold = hold;
             (*event).at_ns = kernel::now_ns();
             (*event).tgid = tgid;
             (*event).tid = tid;

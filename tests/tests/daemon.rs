@@ -357,8 +357,11 @@ fn a_kernel_hold_record_nobody_reported_is_decided_by_on_timeout() {
             process_start: process_start_ns(pid),
             root: cgroup.id(),
             held_at_ns: keyturn::kernel::monotonic_ns() - 10_000_000_000,
+            decided_at_ns: 0,
             state: agent_common::hold_state::PENDING,
             event_type: agent_common::event_type::HELD,
+            rogue_reported: 0,
+            padding: 0,
         };
         let key = agent_common::HoldKey { tgid: pid, tid: pid };
         daemon

@@ -76,6 +76,34 @@ fn held_rogue_approved(kernel: &mut Kernel, cgroup: &TestCgroup, e: &Egress, ext
     assert_eq!(out.trim(), "ok");
 }
 
+/// A flood of SIGCONTs at a held process: each one holds it again and is counted, but only
+/// the first is reported, so the flood cannot fill the ring buffer that every agent's
+/// holds go through. The hold stands, and its approval still delivers.
+#[test]
+fn a_flood_of_rogue_sigconts_is_counted_and_reported_once() {
+    let (peer, mut kernel, cgroup) = setup();
+    let e = egress(&peer, "tcp", peer.v4.into(), peer.v4.into(), 7024);
+    let child = start(Some(&cgroup), &e, &[]);
+    let pid = child.id();
+    let key = kernel.expect_hold(pid);
+    wait_stopped(pid);
+    let before = kernel.counter(counter::ROGUE_CONTINUE);
+    for _ in 0..500 {
+        rogue_signal(pid, libc::SIGCONT);
+        wait_stopped(pid);
+    }
+    assert!(matches!(kernel.expect_event(pid), Happened::RogueContinueReheld(reheld) if reheld == key));
+    sleep(QUIET);
+    let more: Vec<_> =
+        kernel.enforcer().wait_events(QUIET).into_iter().filter(|event| event.tgid == pid).collect();
+    assert!(more.is_empty(), "one report per hold, not {} more", more.len());
+    assert!(kernel.counter(counter::ROGUE_CONTINUE) >= before + 500, "every rogue SIGCONT is counted");
+    assert!(e.received.bytes().is_empty());
+    kernel.approve(&key);
+    e.received.wait_for(MESSAGE);
+    assert!(finish(child).1.success());
+}
+
 #[test]
 fn tcp_connect_is_held_and_approval_delivers() {
     let (peer, mut kernel, cgroup) = setup();

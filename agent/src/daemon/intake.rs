@@ -11,12 +11,23 @@ use proto::v1::CloseReason;
 use serde_json::json;
 
 use super::{Daemon, agents::Agent, decisions::Pending, grants::unix_now};
+
+/// How long the judges may take over an exec hold before it goes to a person as it is.
+const JUDGING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An exec hold with the judges.
+pub(super) struct Judging {
+    nonce: u64,
+    event: HoldEvent,
+    restored: bool,
+    deadline: Instant,
+}
 use crate::{
     hold::{
         context,
         identity::Executable,
         judge::Judged,
-        process::{OnDeny, event_from_record},
+        process::{HeldProcess, OnDeny, event_from_record},
         table::Happened,
     },
     kernel::error_chain,
@@ -100,7 +111,8 @@ impl Daemon {
             return;
         };
         if event.hold.action.kind == kind::EXEC {
-            self.judge.submit(key, *event, restored, policy.clone());
+            let policy = policy.clone();
+            self.judge_exec(key, event, restored, policy);
             return;
         }
         let (rule, quorum) = policy.egress_rule(&event.hold.action);
@@ -108,14 +120,38 @@ impl Daemon {
         self.settle_new_hold(key, event, restored, &judgement, None, None, Vec::new());
     }
 
-    /// A judged exec hold, if it is still kept (its process may have gone meanwhile).
+    /// Hands the exec hold `key` to the judges, with a deadline for their answer.
+    fn judge_exec(&mut self, key: HoldKey, event: &HoldEvent, restored: bool, policy: Arc<Policy>) {
+        let judging = Judging {
+            nonce: event.hold.nonce,
+            event: *event,
+            restored,
+            deadline: Instant::now() + JUDGING_TIMEOUT,
+        };
+        self.judging.insert(key, judging);
+        self.judge.submit(key, *event, restored, policy);
+    }
+
+    /// A judged exec hold, if it is still being judged (its process may have gone, or its
+    /// judgement timed out, meanwhile). A judgement under a policy since replaced is made
+    /// again under the new one.
     pub(super) fn judged(&mut self, judged: Judged) {
-        let Judged { key, event, restored, outcome, argv } = judged;
-        let kept = self.holds.get(&key).is_some_and(|held| held.event().hold.nonce == event.hold.nonce);
-        let known = self
+        let Judged { key, event, restored, outcome, argv, policy: judged_under } = judged;
+        if self.judging.get(&key).is_none_or(|judging| judging.nonce != event.hold.nonce) {
+            return;
+        }
+        self.judging.remove(&key);
+        let Some((agent_name, policy)) = self
             .agent_and_policy(event.hold.root)
-            .map(|(agent, policy)| (agent.name.clone(), policy.name.clone()));
-        let (true, Some((agent_name, policy_name))) = (kept, known) else { return };
+            .map(|(agent, policy)| (agent.name.clone(), policy.clone()))
+        else {
+            return;
+        };
+        if !Arc::ptr_eq(&policy, &judged_under) {
+            self.judge_exec(key, &event, restored, policy);
+            return;
+        }
+        let policy_name = policy.name.clone();
         let mut records = Vec::new();
         let (judgement, executable) = match outcome {
             Ok((exe, judgement)) => {
@@ -144,6 +180,22 @@ impl Daemon {
         self.settle_new_hold(key, &event, restored, &judgement, executable.as_ref(), argv, records);
     }
 
+    /// Sends to a person every exec hold whose judgement is overdue: whatever holds the
+    /// judge up (a file that never answers, a FUSE mount the agent serves), the hold is
+    /// listed, and its timeout runs. A late judgement is then ignored.
+    pub(super) fn judgements_overdue(&mut self) {
+        let now = Instant::now();
+        let overdue: Vec<HoldKey> =
+            self.judging.iter().filter(|(_, judging)| judging.deadline <= now).map(|(key, _)| *key).collect();
+        for key in overdue {
+            let Some(Judging { event, restored, .. }) = self.judging.remove(&key) else { continue };
+            let rule =
+                format!("could not be judged within {JUDGING_TIMEOUT:?} (its file was not read in time)");
+            let judgement = ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: true, quorum: 1 };
+            self.settle_new_hold(key, &event, restored, &judgement, None, None, Vec::new());
+        }
+    }
+
     /// Ends a judged hold: released when the policy or an earlier approval's scope allows
     /// it, refused when the policy denies it, else pending for a person. `records` (the
     /// judgement's) are written with the outcome's, with one flush to disk.
@@ -159,6 +211,17 @@ impl Daemon {
         mut records: Vec<serde_json::Value>,
     ) {
         let root = event.hold.root;
+        if self.holds.get(&key).is_none_or(HeldProcess::exited) {
+            // Gone while it was judged: nothing is described, frozen or decided by its pid.
+            if let Err(e) = self.holds.close(&mut self.enforcer, &key) {
+                tracing::error!(error = %e, "closing the hold of an exited process");
+            }
+            self.record(
+                json!({"type": "hold_closed", "id": context::hold_id(event), "why": "the process exited"}),
+            );
+            self.stats.exits += 1;
+            return;
+        }
         let Some((agent, policy)) = self.agent_and_policy(root) else { return };
         let (agent_name, requester, policy_name) =
             (agent.name.clone(), agent.requester.clone(), policy.name.clone());

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::counter;
+use agent_common::{HoldKey, counter};
 use anyhow::{Context as _, bail};
 use console::client::ClientEvent;
 use proto::v1::CloseReason;
@@ -36,7 +36,7 @@ use crate::{
     cgroup::{self, Hierarchy},
     config::Config,
     console_link::{self, Link, embedded},
-    hold::{context::HoldView, judge::Judge, table::Holds},
+    hold::{context::HoldView, judge::Judge, orphans::Orphan, table::Holds},
     kernel::{Enforcer, Options},
     policy::{self, Policy, watch::PolicyWatch},
     state::{read_json, write_json},
@@ -45,6 +45,7 @@ use agents::{Agent, populated, requester_or_caller};
 use api::{Ask, Command, Peer, Reply, Request, serve_api};
 use decisions::{Closed, Pending};
 use grants::Grant;
+use intake::Judging;
 use status::{REFUSALS_AUDITED, Stats, serve_metrics};
 
 /// How long the policy directory must stay quiet after a change before it is loaded: an
@@ -63,6 +64,10 @@ struct Daemon {
     /// Root cgroup id → agent.
     agents: BTreeMap<u64, Agent>,
     pending: BTreeMap<String, Pending>,
+    /// Exec holds with the judges.
+    judging: HashMap<HoldKey, Judging>,
+    /// What the last sweeps found unaccounted for, and since when.
+    suspects: HashMap<Orphan, Instant>,
     /// Ids decided recently → how, for clear errors on late decisions.
     decided: HashMap<String, &'static str>,
     grants: Vec<Grant>,
@@ -232,6 +237,8 @@ impl Daemon {
             policy_ids,
             agents: BTreeMap::new(),
             pending: BTreeMap::new(),
+            judging: HashMap::new(),
+            suspects: HashMap::new(),
             decided: HashMap::new(),
             grants: Vec::new(),
             stats: Stats::default(),
@@ -365,6 +372,7 @@ impl Daemon {
         }
         self.holds.sweep_cells();
         self.audit_refusals();
+        self.judgements_overdue();
         // Before timeouts: a timeout must not reach a newer hold of a reused pid.
         let gone: Vec<(String, Closed)> =
             self.pending.iter().filter_map(|(id, p)| Some((id.clone(), self.gone(id, p.key)?))).collect();

@@ -24,7 +24,7 @@ pub(super) const REFUSALS: [(u32, &str); 6] = [
     (counter::EXEC_KILLED, "exec_killed"),
 ];
 
-/// State file: the refusal counts already in the audit trail.
+/// State file: the refusal (and rogue SIGCONT) counts already in the audit trail.
 pub(super) const REFUSALS_AUDITED: &str = "refusals-audited.json";
 
 #[derive(Default)]
@@ -85,12 +85,18 @@ impl Daemon {
     pub(super) fn audit_refusals(&mut self) {
         let Ok(counters) = self.enforcer.counters() else { return };
         let mut changed = false;
-        for (index, reason) in REFUSALS {
+        let counted = REFUSALS.iter().map(|&(index, reason)| (index, Some(reason)));
+        // SIGCONTs that were not keyturn's: each held the process again, and only the
+        // first at each hold has a record of its own.
+        for (index, reason) in counted.chain([(counter::ROGUE_CONTINUE, None)]) {
             let (now, audited) = (counters[index as usize], self.refusals_audited[index as usize]);
             if now != audited {
                 // Counters start again from zero when the maps are created anew.
                 let count = if now > audited { now - audited } else { now };
-                self.record(json!({"type": "refused", "reason": reason, "count": count}));
+                self.record(match reason {
+                    Some(reason) => json!({"type": "refused", "reason": reason, "count": count}),
+                    None => json!({"type": "rogue_sigconts", "count": count}),
+                });
                 changed = true;
             }
         }

@@ -3,16 +3,16 @@
 use proto::v1::CloseReason;
 use serde_json::json;
 
+use std::time::{Duration, Instant};
+
 use super::{Daemon, decisions::denial_outcome};
+
+/// How long something must stay an orphan, sweep after sweep, before it is settled.
+const SUSPECT_GRACE: Duration = Duration::from_secs(2);
 use crate::hold::{
     orphans::{self, Orphan},
     process::{self, HeldError, HeldProcess, OnDeny, event_from_record},
 };
-
-/// The start time of process `pid` in clock ticks, if it exists.
-pub(super) fn procfs_start(pid: u32) -> Option<u64> {
-    crate::hold::procfs::stat(pid).map(|stat| stat.start_ticks)
-}
 
 impl Daemon {
     /// Enforces the invariant that no process in a tagged cgroup is stopped or frozen by
@@ -36,11 +36,23 @@ impl Daemon {
         for cell in snapshot.empty_cells.drain(..) {
             self.holds.remove_cell_later(cell);
         }
-        for orphan in orphans::find(&snapshot) {
-            self.settle_orphan(&orphan);
+        // An orphan is settled only once it has stayed one for a grace period, however
+        // old the kernel says it is: its event may have been waiting behind others.
+        let found = orphans::find(&snapshot);
+        let now = Instant::now();
+        self.suspects.retain(|orphan, _| found.contains(orphan));
+        for orphan in found {
+            let since = *self.suspects.entry(orphan.clone()).or_insert(now);
+            if now.duration_since(since) >= SUSPECT_GRACE {
+                self.suspects.remove(&orphan);
+                self.settle_orphan(&orphan);
+            }
         }
         for pid in orphans::stale_stops(&snapshot) {
             let _ = self.enforcer.forget_stop(pid);
+        }
+        for (key, nonce) in orphans::stale_records(&snapshot) {
+            let _ = self.enforcer.forget(key, nonce);
         }
     }
 
@@ -87,12 +99,11 @@ impl Daemon {
                 };
                 (key.tgid, Some(key.tid), outcome)
             }
-            Orphan::Stopped { pid } | Orphan::Frozen { pid, .. } => {
-                let start = procfs_start(*pid);
-                let outcome = match start.map(|start| process::kill(&mut self.enforcer, *pid, start)) {
-                    Some(Ok(())) => "killed".to_owned(),
-                    Some(Err(e)) => format!("could not be settled: {e}"),
-                    None => "gone".to_owned(),
+            Orphan::Stopped { pid, start_ticks } | Orphan::Frozen { pid, start_ticks, .. } => {
+                let outcome = match process::kill(&mut self.enforcer, *pid, *start_ticks) {
+                    Ok(()) => "killed".to_owned(),
+                    Err(HeldError::Gone(_)) => "gone".to_owned(),
+                    Err(e) => format!("could not be settled: {e}"),
                 };
                 if let Orphan::Frozen { cell, .. } = orphan {
                     self.holds.remove_cell_later(cell.clone());

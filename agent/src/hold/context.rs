@@ -329,7 +329,9 @@ pub fn describe(
             |exe| exe.path.clone(),
         );
         view.path = Some(printable(path.as_os_str().as_bytes()));
-        view.argv = argv.or_else(|| exec_argv(event));
+        // Read by the judges: here it could wait on the held thread or on what the agent
+        // mapped into its memory.
+        view.argv = argv;
         view.cwd = cwd.map(|c| printable(c.as_os_str().as_bytes()));
         view.sha256 = executable.map(|exe| exe.sha256.clone());
         view.parents = Some(parents(pid));

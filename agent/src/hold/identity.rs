@@ -4,9 +4,9 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fs::File,
+    fs::{File, OpenOptions},
     io::{self, Read as _},
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::Mutex,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -20,8 +20,16 @@ use crate::{policy::FileId, sys};
 /// How old a file version's change time must be before its content is known to belong to
 /// it for good. A write within the same clock tick as the last change would not move the
 /// change time; once this much has passed, every write moves it. Kernels keep ctime with
-/// at worst jiffy (10 ms) granularity.
+/// at worst jiffy (10 ms) granularity on filesystems that keep sub-second times.
 const SETTLE: Duration = Duration::from_millis(20);
+
+/// The same on a filesystem that keeps whole seconds (ext4 with small inodes) or two (FAT):
+/// its change times have no sub-second part.
+const SETTLE_COARSE: Duration = Duration::from_secs(2);
+
+/// The largest executable hashed; a larger one goes to a person, unverified, rather than
+/// keep a judge busy (a sparse file can claim exabytes).
+const LARGEST: u64 = 1 << 30;
 
 /// Digests kept at most; the cache is cleared when full (a miss only costs a re-read).
 const CACHED_DIGESTS: usize = 16_384;
@@ -66,8 +74,16 @@ pub struct Digests {
 }
 
 /// When `id`'s change time is old enough for its content to be known for good.
+/// How long after its change time the content of `id` is known for good.
+fn settle(id: FileId) -> Duration {
+    if id.changed_ns.is_multiple_of(1_000_000_000) { SETTLE_COARSE } else { SETTLE }
+}
+
+/// When the content of `id` is known for good: its change time plus [`settle`], but never
+/// later than that long from now (a clock set back must not make it wait for ever).
 fn settled_at(id: FileId) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(id.changed_ns) + SETTLE
+    let settle = settle(id);
+    (UNIX_EPOCH + Duration::from_nanos(id.changed_ns) + settle).min(SystemTime::now() + settle)
 }
 
 impl Digests {
@@ -95,7 +111,7 @@ impl Digests {
         let until = settled_at(id);
         let leased = SystemTime::now() < until && sys::take_read_lease(&file);
         if !leased && let Ok(left) = until.duration_since(SystemTime::now()) {
-            std::thread::sleep(left.min(SETTLE));
+            std::thread::sleep(left);
         }
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
@@ -167,10 +183,20 @@ impl Digests {
 
     fn open_as(&self, candidate: &Path, want: FileId) -> io::Result<(Executable, Option<Lease>)> {
         let path = std::fs::canonicalize(candidate)?;
-        let file = File::open(&path)?;
-        let id = FileId::from_metadata(&file.metadata()?);
+        // Never waits on what an agent put there: a FIFO or a device is opened without
+        // blocking, then refused.
+        let file =
+            OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(&path)?;
+        let metadata = file.metadata()?;
+        let id = FileId::from_metadata(&metadata);
         if id != want {
             return Err(io::Error::other("not the file version the kernel named"));
+        }
+        if !metadata.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        if metadata.len() > LARGEST {
+            return Err(io::Error::other(format!("{} bytes: too large to hash", metadata.len())));
         }
         let (sha256, lease) = self.digest(id, file)?;
         Ok((Executable { file: id, path, sha256 }, lease))
@@ -246,6 +272,32 @@ mod tests {
         assert!(SystemTime::now() >= settled_at(id));
         writer.write_all(b"echo more\n").unwrap();
         assert_ne!(FileId::of(&path).unwrap(), id, "a write after settling makes a new version");
+    }
+
+    /// A file an agent put where a program was expected (a FIFO nobody writes) is opened
+    /// without blocking and refused, never waited on.
+    #[test]
+    fn a_fifo_is_refused_at_once() {
+        let dir = std::env::temp_dir().join(format!("kt-identify-{}-fifo", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("program");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let id = FileId::of(&fifo).unwrap();
+        let refused = Digests::default().open_as(&fifo, id).expect_err("a FIFO is no program");
+        assert_eq!(refused.to_string(), "not a regular file");
+    }
+
+    /// A change time with no sub-second part comes from a filesystem that keeps whole
+    /// seconds (or two): its content is known for good only two seconds on.
+    #[test]
+    fn coarse_change_times_settle_in_seconds() {
+        let fine = FileId { dev: 1, ino: 2, changed_ns: 1_700_000_000_123_456_789 };
+        let coarse = FileId { changed_ns: 1_700_000_000_000_000_000, ..fine };
+        assert_eq!((settle(fine), settle(coarse)), (SETTLE, SETTLE_COARSE));
+        // Never later than that long from now, whatever the change time says.
+        let future = FileId { changed_ns: u64::MAX / 2, ..fine };
+        assert!(settled_at(future) <= SystemTime::now() + SETTLE);
     }
 
     /// A version that settled long ago needs no lease and no wait.

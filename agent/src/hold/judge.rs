@@ -1,8 +1,13 @@
 //! Judging held execs off the daemon's owner task: the executable is identified (opened,
 //! verified, hashed) and the policy applied on the blocking pool, several at once, so a
 //! large or slow file never stalls decisions. Each judgement comes back as a [`Judged`].
+//! Each tagged root gets a fair share of the judges: an agent whose files make judging
+//! hang (a FUSE mount it serves) only ever holds up its own.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use agent_common::{HoldEvent, HoldKey};
 use tokio::sync::{Semaphore, mpsc};
@@ -18,6 +23,9 @@ use crate::{
 /// a small machine without letting a flood of execs take every thread.
 const PARALLEL: usize = 8;
 
+/// Judgements of one tagged root that may run at once.
+const PARALLEL_PER_ROOT: usize = 2;
+
 /// A judged exec hold, for the owner task to act on.
 pub struct Judged {
     pub key: HoldKey,
@@ -29,12 +37,16 @@ pub struct Judged {
     pub outcome: Result<(Executable, ExecJudgement), String>,
     /// The argv the exec passed, when a rule needed it or a person will be asked.
     pub argv: Option<Vec<String>>,
+    /// The policy it was judged under.
+    pub policy: Arc<Policy>,
 }
 
 /// Hands exec holds to judges and their judgements back to the owner task.
 pub struct Judge {
     digests: Arc<Digests>,
     permits: Arc<Semaphore>,
+    /// Each tagged root's share of the permits.
+    shares: Mutex<HashMap<u64, Arc<Semaphore>>>,
     done: mpsc::UnboundedSender<Judged>,
 }
 
@@ -42,19 +54,23 @@ impl Judge {
     /// A judge, and where its judgements arrive.
     pub fn new() -> (Self, mpsc::UnboundedReceiver<Judged>) {
         let (done, judged) = mpsc::unbounded_channel();
-        (Self { digests: Arc::default(), permits: Arc::new(Semaphore::new(PARALLEL)), done }, judged)
+        let permits = Arc::new(Semaphore::new(PARALLEL));
+        (Self { digests: Arc::default(), permits, shares: Mutex::default(), done }, judged)
     }
 
     /// Judges the exec hold `key` under `policy`; the judgement arrives later. Must be
     /// called from within the daemon's runtime.
     pub fn submit(&self, key: HoldKey, event: HoldEvent, restored: bool, policy: Arc<Policy>) {
         let (digests, permits, done) = (self.digests.clone(), self.permits.clone(), self.done.clone());
+        let share = self.share(event.hold.root);
         tokio::spawn(async move {
-            let Ok(permit) = permits.acquire_owned().await else { return };
+            let (Ok(share), Ok(permit)) = (share.acquire_owned().await, permits.acquire_owned().await) else {
+                return;
+            };
             let _ = tokio::task::spawn_blocking(move || {
                 let (outcome, argv, lease) = judge(&digests, &event, &policy);
-                drop(permit);
-                let _ = done.send(Judged { key, event, restored, outcome, argv });
+                drop((permit, share));
+                let _ = done.send(Judged { key, event, restored, outcome, argv, policy });
                 // A fresh file's lease outlives the judgement until its change time settled.
                 if let Some(lease) = lease {
                     lease.wait_out();
@@ -62,6 +78,16 @@ impl Judge {
             })
             .await;
         });
+    }
+
+    /// The share of the judges of the tagged root `root`. Shares nobody is using are
+    /// forgotten once many roots have come and gone (`keyturn run` makes one per run).
+    fn share(&self, root: u64) -> Arc<Semaphore> {
+        let mut shares = self.shares.lock().expect("shares lock");
+        if shares.len() >= 1024 {
+            shares.retain(|_, share| share.available_permits() < PARALLEL_PER_ROOT);
+        }
+        shares.entry(root).or_insert_with(|| Arc::new(Semaphore::new(PARALLEL_PER_ROOT))).clone()
     }
 }
 

@@ -49,17 +49,18 @@ pub struct Snapshot {
 }
 
 /// Something the invariant does not account for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Orphan {
     /// A pending kernel record no kept hold stands for: its thread may be stopped, and
     /// nobody would ever be asked about it.
     Record { key: HoldKey, hold: Hold },
     /// A kept hold whose kernel record is gone or replaced: it can never be released.
     Lost { key: HoldKey },
-    /// A process keyturn stopped that has no kept hold.
-    Stopped { pid: u32 },
+    /// A process keyturn stopped that has no kept hold; `start_ticks` as it was observed,
+    /// so that a pid reused since is never taken for it.
+    Stopped { pid: u32, start_ticks: u64 },
     /// A process waiting in a frozen cell that has no kept hold.
-    Frozen { pid: u32, cell: PathBuf },
+    Frozen { pid: u32, start_ticks: u64, cell: PathBuf },
 }
 
 impl Orphan {
@@ -106,17 +107,45 @@ pub fn find(snapshot: &Snapshot) -> Vec<Orphan> {
         if kept_processes.contains(&process.pid) || recorded_processes.contains(&process.pid) {
             continue;
         }
+        let (pid, start_ticks) = (process.pid, process.start_ticks);
         if let Some(cell) = &process.cell {
-            orphans.push(Orphan::Frozen { pid: process.pid, cell: cell.clone() });
+            orphans.push(Orphan::Frozen { pid, start_ticks, cell: cell.clone() });
         } else if process.stopped
             && stops.get(&process.pid).is_some_and(|stop| {
                 stop.process_start / NS_PER_TICK == process.start_ticks && old(stop.stopped_at_ns)
             })
         {
-            orphans.push(Orphan::Stopped { pid: process.pid });
+            orphans.push(Orphan::Stopped { pid, start_ticks });
         }
     }
     orphans
+}
+
+/// How long a decided deferred hold's record waits for the retry it lets through or fails.
+const DEFERRED_DECISION_NS: u64 = 60_000_000_000;
+
+/// Decided hold records nothing will consume: their thread (or, for a deferred hold, their
+/// process) is gone, or a deferred hold was decided a minute ago and never retried. The
+/// hold table is the host's: left there, they would fill it and refuse every hold.
+pub fn stale_records(snapshot: &Snapshot) -> Vec<(HoldKey, u64)> {
+    let started = |path: String, start_ns: u64| {
+        procfs::stat_at(Path::new(&path)).is_some_and(|stat| stat.start_ticks == start_ns / NS_PER_TICK)
+    };
+    snapshot
+        .records
+        .iter()
+        .filter(|(key, hold)| {
+            if hold.state == hold_state::PENDING {
+                return false;
+            }
+            if key.tid == 0 {
+                return snapshot.now_ns.saturating_sub(hold.decided_at_ns) >= DEFERRED_DECISION_NS
+                    || !started(format!("/proc/{}/stat", key.tgid), hold.process_start);
+            }
+            !started(format!("/proc/{}/task/{}/stat", key.tgid, key.tid), hold.thread_start)
+        })
+        .map(|(key, hold)| (*key, hold.nonce))
+        .collect()
 }
 
 /// Stop records that no longer stand for a stopped process: the process is gone (or its
@@ -188,8 +217,11 @@ mod tests {
             process_start: 5 * SECOND,
             root: 1,
             held_at_ns,
+            decided_at_ns: 0,
             state,
             event_type: event_type::HELD,
+            rogue_reported: 0,
+            padding: 0,
         }
     }
 
@@ -261,7 +293,29 @@ mod tests {
         s.processes.push(stopped(40));
         // Running.
         s.processes.push(Observed { stopped: false, ..stopped(50) });
-        assert_eq!(find(&s), [Orphan::Stopped { pid: 10 }]);
+        assert_eq!(find(&s), [Orphan::Stopped { pid: 10, start_ticks: 5 * SECOND / NS_PER_TICK }]);
+    }
+
+    /// Decided records nothing will consume go: a dead thread's, and a deferred hold's
+    /// decided a minute ago; a live thread's approval waiting for its restart stays.
+    #[test]
+    fn decided_records_nothing_will_consume_are_stale() {
+        let me = std::process::id();
+        let started = procfs::stat(me).unwrap().start_ticks * NS_PER_TICK;
+        let mine = |state, decided_at_ns| Hold {
+            thread_start: started,
+            process_start: started,
+            decided_at_ns,
+            ..hold(1, state, NOW - SECOND)
+        };
+        let mut s = snapshot();
+        s.records.push((key(me, me), mine(hold_state::APPROVED, NOW - SECOND)));
+        s.records.push((key(me, 0), mine(hold_state::APPROVED, NOW - SECOND)));
+        s.records.push((key(me, 0), mine(hold_state::DENIED, NOW - DEFERRED_DECISION_NS)));
+        s.records.push((key(me, u32::MAX), mine(hold_state::APPROVED, NOW - SECOND)));
+        s.records.push((key(me, me), mine(hold_state::PENDING, 0)));
+        let stale: Vec<HoldKey> = stale_records(&s).into_iter().map(|(key, _)| key).collect();
+        assert_eq!(stale, [key(me, 0), key(me, u32::MAX)]);
     }
 
     #[test]
@@ -272,6 +326,6 @@ mod tests {
         s.processes.push(Observed { cell: Some(cell.with_file_name("keyturn-held-11")), ..stopped(11) });
         s.kept.insert(key(11, 11), 3);
         s.records.push((key(11, 11), hold(3, hold_state::PENDING, NOW)));
-        assert_eq!(find(&s), [Orphan::Frozen { pid: 10, cell }]);
+        assert_eq!(find(&s), [Orphan::Frozen { pid: 10, start_ticks: 5 * SECOND / NS_PER_TICK, cell }]);
     }
 }

@@ -138,12 +138,33 @@ impl HeldProcess {
             .map_err(|source| HeldError::Signal { pid: self.event.tgid, source })
     }
 
+    /// Whether the process is still the very one that was held: alive behind its pidfd,
+    /// and its pid still naming a process with its start time.
+    fn still_held(&self) -> bool {
+        !self.exited()
+            && crate::hold::procfs::stat(self.event.tgid).map(|stat| stat.start_ticks)
+                == Some(self.event.hold.process_start / NS_PER_TICK)
+    }
+
     /// For an exec stopped after the fact (`cgroup-sock` mode): moves the process into a
-    /// frozen cgroup of its own, where a SIGCONT from anyone else cannot run it.
+    /// frozen cgroup of its own, where a SIGCONT from anyone else cannot run it. A cgroup
+    /// is moved by pid number, so the process is checked before and after: a pid that
+    /// came to name another process (the held one was killed) is never left frozen, and
+    /// a cell is only made under the hold's tagged root.
     pub fn freeze(&mut self, hierarchy: &Hierarchy) -> Result<(), HeldError> {
         let pid = self.event.tgid;
+        if !self.still_held() {
+            return Err(HeldError::Gone(pid));
+        }
         let name = format!("{}{pid}", crate::hold::orphans::CELL_PREFIX);
         let current = hierarchy.of_process(pid)?;
+        let under_root = current
+            .ancestors()
+            .take_while(|dir| dir.starts_with(hierarchy.root()))
+            .any(|dir| cgroup::id(dir).is_ok_and(|id| id == self.event.hold.root));
+        if !under_root {
+            return Err(HeldError::Gone(pid));
+        }
         if current.file_name().is_some_and(|n| *n == *name) {
             // Frozen by a daemon that is gone: adopt the cell.
             cgroup::write(&current, "cgroup.freeze", "1")?;
@@ -157,6 +178,12 @@ impl HeldProcess {
         if let Err(e) = cgroup::move_process(&cell, pid) {
             let _ = cgroup::remove(&cell);
             return Err(e.into());
+        }
+        if !self.still_held() {
+            // Whatever the pid names now goes back where it was, thawed.
+            let _ = cgroup::move_process(&current, pid);
+            let _ = cgroup::remove(&cell);
+            return Err(HeldError::Gone(pid));
         }
         self.frozen = Some(Frozen { home: current, cell, since_ns: monotonic_ns() });
         Ok(())

@@ -1,7 +1,10 @@
 //! The held actions user space knows of, kept in step with the kernel's events: every
 //! hold gets exactly one verdict, and tampering with a held process is answered.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+};
 
 use agent_common::{HoldEvent, HoldKey, event_type};
 
@@ -37,8 +40,9 @@ pub struct Holds {
     hierarchy: Option<Hierarchy>,
     /// Frozen cells of closed holds whose process was still leaving them: removed later.
     leftover_cells: Vec<PathBuf>,
-    /// When keyturn last resumed each process it decided a hold of (tgid → monotonic ns).
-    resumed: HashMap<u32, u64>,
+    /// Holds whose process keyturn resumed for another thread's decision: their thread's
+    /// restarted syscall is held again, and that is no rogue SIGCONT.
+    expected_reholds: HashSet<HoldKey>,
 }
 
 impl Holds {
@@ -62,9 +66,7 @@ impl Holds {
                     self.held.remove(&key);
                     Ok(Happened::RogueContinueKilled(key))
                 }
-                None if self.resumed.get(&event.tgid).is_some_and(|&at| at >= event.hold.held_at_ns) => {
-                    Ok(Happened::ReheldAfterRelease(key))
-                }
+                None if self.expected_reholds.remove(&key) => Ok(Happened::ReheldAfterRelease(key)),
                 None => Ok(Happened::RogueContinueReheld(key)),
             };
         }
@@ -137,20 +139,26 @@ impl Holds {
         self.leftover_cells.retain(|cell| cgroup::remove(cell).is_err());
     }
 
-    /// Takes hold `key` out to be decided, noting that keyturn resumes its process now.
-    fn take(&mut self, key: HoldKey) -> Result<HeldProcess, HeldError> {
+    /// Takes hold `key` out to be decided. Its process is about to be resumed (or killed):
+    /// the other holds of the process will be held again, which the kernel then reports.
+    fn take(&mut self, enforcer: &mut Enforcer, key: HoldKey) -> Result<HeldProcess, HeldError> {
         let held = self.held.remove(&key).ok_or(HeldError::Enforcer(EnforcerError::NoHold(key)))?;
-        if self.resumed.len() >= 4096 {
-            let held = &self.held;
-            self.resumed.retain(|tgid, _| held.keys().any(|key| key.tgid == *tgid));
+        self.expected_reholds.retain(|expected| self.held.contains_key(expected));
+        for (other, nonce) in self
+            .held
+            .iter()
+            .filter(|(other, _)| other.tgid == key.tgid)
+            .map(|(k, h)| (*k, h.event().hold.nonce))
+        {
+            enforcer.expect_rehold(other, nonce)?;
+            self.expected_reholds.insert(other);
         }
-        self.resumed.insert(key.tgid, crate::kernel::monotonic_ns());
         Ok(held)
     }
 
     /// Releases the held action `key`.
     pub fn approve(&mut self, enforcer: &mut Enforcer, key: &HoldKey) -> Result<HeldProcess, HeldError> {
-        let held = self.take(*key)?;
+        let held = self.take(enforcer, *key)?;
         held.release(enforcer)?;
         Ok(held)
     }
@@ -162,7 +170,7 @@ impl Holds {
         key: &HoldKey,
         on_deny: OnDeny,
     ) -> Result<HeldProcess, HeldError> {
-        let held = self.take(*key)?;
+        let held = self.take(enforcer, *key)?;
         held.deny(enforcer, on_deny)?;
         self.leftover_cells.extend(held.remove_cell());
         Ok(held)

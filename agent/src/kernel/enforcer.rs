@@ -456,8 +456,23 @@ impl Enforcer {
             return Err(EnforcerError::Stale { key });
         }
         hold.state = state;
+        hold.decided_at_ns = monotonic_ns();
         holds.insert(key, hold, 0).map_err(map_error("HOLDS"))?;
         Ok(hold)
+    }
+
+    /// Lets the kernel report the next SIGCONT that restarts the pending hold `key` (named by
+    /// its `nonce`): keyturn is about to resume its process for another thread's decision.
+    pub fn expect_rehold(&mut self, key: HoldKey, nonce: u64) -> Result<()> {
+        let mut holds: HashMap<_, HoldKey, Hold> = self.map_mut("HOLDS")?;
+        if let Ok(mut hold) = holds.get(&key, 0)
+            && hold.nonce == nonce
+            && hold.state == hold_state::PENDING
+        {
+            hold.rogue_reported = 0;
+            holds.insert(key, hold, 0).map_err(map_error("HOLDS"))?;
+        }
+        Ok(())
     }
 
     /// Removes the hold `key` if it still carries `nonce`.
