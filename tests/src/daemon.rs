@@ -68,11 +68,12 @@ impl Daemon {
         // Daemons run side by side here: only a test that asks for it gets an embedded
         // console (on addresses of its own).
         let embedded = if config.contains("embedded_console") { "" } else { "embedded_console = false\n" };
+        let approvers = if config.contains("approver_group") { "" } else { "approver_group = \"nogroup\"\n" };
         fs::write(
             daemon.dir.join("keyturn.toml"),
             format!(
                 "{config}\nstate_dir = \"{0}/state\"\nsocket = \"{0}/keyturn.sock\"\npolicies_dir = \"{0}/policies\"\n\
-                 pin_dir = \"/sys/fs/bpf/{1}\"\napprover_group = \"nogroup\"\nmetrics = \"\"\n{mode}{embedded}",
+                 pin_dir = \"/sys/fs/bpf/{1}\"\nmetrics = \"\"\n{mode}{embedded}{approvers}",
                 daemon.dir.display(),
                 daemon.dir.file_name().expect("name").to_string_lossy()
             ),

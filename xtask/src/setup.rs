@@ -26,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "zstd",
     // host integration tests: network namespaces and veth peers
     "iproute2",
+    // approvers whose group comes from NSS, not /etc/group (tests/tests/nss.rs)
+    "libnss-extrausers",
     // console tests: a throw-away PostgreSQL cluster per test (initdb + pg_ctl on a private port)
     "postgresql",
     // web UI tests: Debian's headless Chromium, driven from Node by playwright-core

@@ -28,8 +28,8 @@ const VM_MEMORY_MIB: &str = "2048";
 /// Parallel tests per executable in the guest; TCG runs two vCPUs on two host threads.
 const TEST_THREADS: &str = "--test-threads=2";
 /// Test executables that run on the host only: what they test does not depend on the
-/// kernel (an OpenID provider, a browser), and the guest has no Node or Chromium.
-const HOST_ONLY: [&str; 2] = ["oidc", "web_ui"];
+/// kernel (an OpenID provider, a browser, NSS modules), and the guest has none of them.
+const HOST_ONLY: [&str; 3] = ["nss", "oidc", "web_ui"];
 /// Starts every line `/init` prints about a test run; the runner parses them afterwards.
 const MARKER: &str = "KEYTURN-VM";
 /// Kernel modules the tests need (`ip link add … type veth`).

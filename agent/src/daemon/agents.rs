@@ -1,8 +1,9 @@
 //! Agents: the cgroups operators tag, who launched each, and who may decide their holds.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, ffi::CString};
 
 use agent_common::Tag;
+use nix::unistd::{Group, Uid, User, getgrouplist};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -32,20 +33,22 @@ pub(super) struct Agent {
     pub(super) run: bool,
 }
 
-/// Whether `uid` is root or a member of group `group` (by /etc/group or primary gid).
+/// Whether `uid` is root or a member of group `group` (its primary group, a member listed
+/// with the group, or one whose group list has it).
 pub(super) fn is_approver(uid: u32, gid: u32, group: &str) -> bool {
     if uid == 0 {
         return true;
     }
-    let user = context::user_name(uid);
-    std::fs::read_to_string("/etc/group").is_ok_and(|groups| {
-        groups.lines().any(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            fields.len() == 4
-                && fields[0] == group
-                && (fields[2].parse::<u32>().ok() == Some(gid) || fields[3].split(',').any(|m| m == user))
-        })
-    })
+    // Through NSS, as every program on the host sees them: files, LDAP, SSSD, extrausers.
+    let Ok(Some(group)) = Group::from_name(group) else { return false };
+    if group.gid.as_raw() == gid {
+        return true;
+    }
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else { return false };
+    // Some sources list no members with the group: the user's own group list has them.
+    group.mem.contains(&user.name)
+        || CString::new(user.name.as_bytes())
+            .is_ok_and(|name| getgrouplist(&name, user.gid).is_ok_and(|groups| groups.contains(&group.gid)))
 }
 
 /// The requester a tagging request names, checked; else the calling user as `people` names

@@ -167,18 +167,12 @@ fn nul_terminated(bytes: &[u8]) -> &[u8] {
     &bytes[..bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())]
 }
 
-/// The user name of `uid` from /etc/passwd, else the number.
+/// The user name of `uid` as NSS knows it (files, LDAP, SSSD…), else the number.
 pub fn user_name(uid: u32) -> String {
-    fs::read_to_string("/etc/passwd")
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
-        .and_then(|passwd| {
-            passwd.lines().find_map(|line| {
-                let mut fields = line.split(':');
-                let name = fields.next()?;
-                (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
-            })
-        })
-        .unwrap_or_else(|| uid.to_string())
+        .flatten()
+        .map_or_else(|| uid.to_string(), |user| user.name)
 }
 
 /// The argv of `pid` from `/proc/PID/cmdline`, empty arguments included.
