@@ -69,11 +69,12 @@ impl Daemon {
         // console (on addresses of its own).
         let embedded = if config.contains("embedded_console") { "" } else { "embedded_console = false\n" };
         let approvers = if config.contains("approver_group") { "" } else { "approver_group = \"nogroup\"\n" };
+        let metrics = if config.contains("metrics") { "" } else { "metrics = \"\"\n" };
         fs::write(
             daemon.dir.join("keyturn.toml"),
             format!(
                 "{config}\nstate_dir = \"{0}/state\"\nsocket = \"{0}/keyturn.sock\"\npolicies_dir = \"{0}/policies\"\n\
-                 pin_dir = \"/sys/fs/bpf/{1}\"\nmetrics = \"\"\n{mode}{embedded}{approvers}",
+                 pin_dir = \"/sys/fs/bpf/{1}\"\n{mode}{embedded}{approvers}{metrics}",
                 daemon.dir.display(),
                 daemon.dir.file_name().expect("name").to_string_lossy()
             ),

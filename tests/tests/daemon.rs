@@ -387,6 +387,35 @@ fn a_kernel_hold_record_nobody_reported_is_decided_by_on_timeout() {
     }
 }
 
+/// The metrics answer an HTTP GET of `/metrics` in Prometheus' text format, with the
+/// pending holds and every counter; anything else is not found.
+#[test]
+fn metrics_are_served_over_http() {
+    use std::io::{Read as _, Write as _};
+    let addr = tests::free_addr();
+    let daemon = Daemon::start_with_config(HOLD_FLAGGED, &format!("metrics = \"{addr}\""));
+    let agent = daemon.run_agent(&daemon.flagged(), &["x"]);
+    let hold = daemon.pending_one();
+    let get = |path: &str| {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        response
+    };
+    let response = get("/metrics");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.contains("content-type: text/plain; version=0.0.4"), "{response}");
+    for line in
+        ["keyturn_pending_holds 1", "keyturn_orphaned_total 0", "keyturn_refused_total{reason=\"flood\"} 0"]
+    {
+        assert!(response.lines().any(|l| l == line), "no {line:?} in {response}");
+    }
+    assert!(get("/").starts_with("HTTP/1.1 404"));
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+}
+
 #[test]
 fn a_bad_policy_is_refused_with_file_and_line() {
     let dir = std::env::temp_dir().join(format!("kt-badpolicy-{}", std::process::id()));

@@ -130,7 +130,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (mut hup, mut term, mut int) =
         (signal(SignalKind::hangup())?, signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
     let mut reload_at = None;
-    notify_systemd("READY=1");
+    // systemd (Type=notify), on a path or abstract socket alike.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "telling systemd the daemon is ready");
+    }
     tracing::info!(mode = %daemon.enforcer.mode(), socket = %daemon.config.socket.display(), "keyturn daemon ready");
     loop {
         tokio::select! {
@@ -199,15 +202,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// `sd_notify`: tells systemd (Type=notify) the daemon is ready.
-fn notify_systemd(state: &str) {
-    if let Some(path) = std::env::var_os("NOTIFY_SOCKET")
-        && let Ok(socket) = std::os::unix::net::UnixDatagram::unbound()
-    {
-        let _ = socket.send_to(state.as_bytes(), path);
     }
 }
 

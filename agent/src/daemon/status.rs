@@ -4,8 +4,14 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use agent_common::counter;
+use axum::{
+    Router,
+    http::{StatusCode, header},
+    response::IntoResponse as _,
+    routing::get,
+};
 use serde_json::json;
-use tokio::{io::AsyncWriteExt as _, sync::mpsc};
+use tokio::sync::mpsc;
 
 use super::{
     Daemon,
@@ -39,15 +45,19 @@ pub(super) struct Stats {
 }
 
 /// Prometheus text format on a loopback port, one response per connection.
+/// Serves the metrics, in Prometheus' text format, at `GET /metrics`.
 pub(super) async fn serve_metrics(listener: tokio::net::TcpListener, commands: mpsc::Sender<Command>) {
-    while let Ok((mut stream, _)) = listener.accept().await {
-        let body = ask(&commands, Ask::Metrics).await.ok().and_then(|v| v.as_str().map(str::to_owned));
-        let body = body.unwrap_or_default();
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = stream.write_all(response.as_bytes()).await;
+    let metrics = move || async move {
+        match ask(&commands, Ask::Metrics).await {
+            Ok(serde_json::Value::String(body)) => {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+            }
+            _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        }
+    };
+    let app = Router::new().route("/metrics", get(metrics));
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "serving metrics");
     }
 }
 
