@@ -12,6 +12,7 @@ use super::{
     api::{self, Peer, Reply},
 };
 use crate::{
+    audit::AuditEvent,
     cgroup::{self, Hierarchy},
     hold::context,
     kernel::error_chain,
@@ -84,7 +85,7 @@ impl Daemon {
         let agents: Vec<Agent> = read_json(&self.config.state_dir.join("tags.json"))?;
         for agent in agents {
             if let Err(e) = self.apply_tag(agent.clone()) {
-                self.record(json!({"type": "tag_lost", "cgroup": agent.path, "error": e}));
+                self.record(AuditEvent::TagLost { cgroup: agent.path, error: e });
             }
         }
         self.save_tags();
@@ -158,8 +159,13 @@ impl Daemon {
         }
         let agent = Agent { path: path.to_owned(), name, policy, requester, run };
         let id = self.apply_tag(agent.clone())?;
-        self.record(json!({"type": "tag", "cgroup": agent.path, "agent": agent.name, "policy": agent.policy,
-            "requester": agent.requester, "cgroup_id": id}));
+        self.record(AuditEvent::Tag {
+            cgroup: agent.path.clone(),
+            agent: agent.name.clone(),
+            policy: agent.policy.clone(),
+            requester: agent.requester.clone(),
+            cgroup_id: id,
+        });
         self.save_tags();
         Ok(json!({"cgroup": agent.path, "cgroup_id": id, "agent": agent.name, "policy": agent.policy,
             "requester": agent.requester}))
@@ -178,7 +184,7 @@ impl Daemon {
         let agent = self.agents.remove(&id).expect("present");
         self.grants.retain(|g| g.root != id);
         self.save_grants();
-        self.record(json!({"type": "untag", "cgroup": agent.path, "agent": agent.name}));
+        self.record(AuditEvent::Untag { cgroup: agent.path.clone(), agent: agent.name.clone() });
         self.save_tags();
         Ok(json!({"cgroup": agent.path, "untagged": true}))
     }

@@ -14,6 +14,7 @@ use super::{
     grants::{Grant, unix_now},
 };
 use crate::{
+    audit::{AuditEvent, DecidedBy},
     console_link,
     hold::{
         context::{self, HoldView},
@@ -60,21 +61,16 @@ impl Decider<'_> {
         }
     }
 
-    /// The `decision` record of their `verdict` on hold `id`.
-    pub(super) fn record(&self, id: &str, verdict: &str, reason: Option<&str>) -> serde_json::Value {
-        let mut record = json!({"type": "decision", "id": id, "verdict": verdict, "reason": reason});
+    /// Who they are, as the audit trail records a decision.
+    pub(super) fn audited(&self) -> DecidedBy {
         match self {
-            Self::Local(peer) => {
-                record["by_uid"] = json!(peer.uid);
-                record["by_user"] = json!(context::user_name(peer.uid));
-            }
-            Self::Console(decision) => {
-                record["by"] = json!(decision.decided_by);
-                record["via"] = json!("console");
-                record["approvers"] = json!(decision.approvers);
-            }
+            Self::Local(peer) => DecidedBy::Local { by_uid: peer.uid, by_user: context::user_name(peer.uid) },
+            Self::Console(decision) => DecidedBy::Console {
+                by: decision.decided_by.clone(),
+                via: "console",
+                approvers: decision.approvers.clone(),
+            },
         }
-        record
     }
 
     /// What the console is told about a hold they decided.
@@ -169,7 +165,7 @@ impl Daemon {
     /// Closes pending hold `id` without a decision.
     pub(super) fn close_gone(&mut self, id: &str, (why, how): Closed) {
         let Some(pending) = self.pending.remove(id) else { return };
-        self.record(json!({"type": "hold_closed", "id": id, "why": why}));
+        self.record(AuditEvent::HoldClosed { id: id.to_owned(), why: why.to_owned() });
         self.report_closed(id, pending.nonce, CloseReason::ProcessExited);
         self.decision(id, how);
         // Only this hold's own record: a newer hold of the same pid is left alone.
@@ -218,9 +214,14 @@ impl Daemon {
         reason: Option<&str>,
         decider: &Decider,
     ) -> Reply {
-        let mut record = decider.record(id, "approve", reason);
-        record["scope"] = json!(scope);
-        self.record(record);
+        self.record(AuditEvent::Decision {
+            id: id.to_owned(),
+            verdict: "approve",
+            reason: reason.map(str::to_owned),
+            by: decider.audited(),
+            scope: Some(scope),
+            on_deny: None,
+        });
         self.decision(id, "already decided: approved");
         let until = match scope {
             Scope::Once => None,
@@ -235,7 +236,7 @@ impl Daemon {
         self.report_closed(id, pending.nonce, decider.closed(true));
         released?;
         self.stats.approvals += 1;
-        self.record(json!({"type": "release", "id": id, "by": decider.name()}));
+        self.record(AuditEvent::Release { id: id.to_owned(), by: decider.name(), why: None });
         Ok(json!({"id": id, "released": true}))
     }
 
@@ -247,9 +248,14 @@ impl Daemon {
         reason: Option<&str>,
         decider: &Decider,
     ) -> Reply {
-        let mut record = decider.record(id, "deny", reason);
-        record["on_deny"] = json!(pending.on_deny);
-        self.record(record);
+        self.record(AuditEvent::Decision {
+            id: id.to_owned(),
+            verdict: "deny",
+            reason: reason.map(str::to_owned),
+            by: decider.audited(),
+            scope: None,
+            on_deny: Some(pending.on_deny),
+        });
         self.decision(id, "already decided: denied");
         let denied =
             self.holds.deny(&mut self.enforcer, &pending.key, pending.on_deny).map_err(|e| e.to_string());
@@ -257,7 +263,7 @@ impl Daemon {
         denied?;
         self.stats.denials += 1;
         let outcome = denial_outcome(pending.on_deny);
-        self.record(json!({"type": "denied", "id": id, "outcome": outcome}));
+        self.record(AuditEvent::Denied { id: id.to_owned(), outcome: outcome.clone() });
         Ok(json!({"id": id, "outcome": outcome}))
     }
 
@@ -270,9 +276,12 @@ impl Daemon {
             }
             ClientEvent::Disconnected(_) => self.console_connected = false,
             ClientEvent::Decision(decision) => self.console_decision(&decision),
-            ClientEvent::Rejected(rejection) => self.record(
-                json!({"type": "decision_rejected", "via": "console", "reason": rejection.to_string()}),
-            ),
+            ClientEvent::Rejected(rejection) => self.record(AuditEvent::DecisionRejected {
+                id: None,
+                by: None,
+                via: "console",
+                reason: rejection.to_string(),
+            }),
         }
     }
 
@@ -287,8 +296,12 @@ impl Daemon {
             Ok(pending) => pending,
             Err(why) => {
                 tracing::warn!(id, by = %decision.decided_by, error = %why, "refused a decision from the console");
-                self.record(json!({"type": "decision_rejected", "id": id, "by": decision.decided_by,
-                    "via": "console", "reason": why}));
+                self.record(AuditEvent::DecisionRejected {
+                    id: Some(id.to_owned()),
+                    by: Some(decision.decided_by.clone()),
+                    via: "console",
+                    reason: why,
+                });
                 return;
             }
         };

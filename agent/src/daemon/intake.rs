@@ -8,7 +8,6 @@ use std::{
 
 use agent_common::{HoldEvent, HoldKey, hold_state, kind};
 use proto::v1::CloseReason;
-use serde_json::json;
 
 use super::{Daemon, agents::Agent, decisions::Pending, grants::unix_now};
 
@@ -23,6 +22,7 @@ pub(super) struct Judging {
     deadline: Instant,
 }
 use crate::{
+    audit::AuditEvent,
     hold::{
         context,
         identity::Executable,
@@ -57,25 +57,32 @@ impl Daemon {
         match self.holds.on_event(&mut self.enforcer, event) {
             Ok(Happened::Held(key)) => self.new_hold(key, event, restored),
             Ok(Happened::GoneBeforeOpen(_)) => {
-                self.record(
-                    json!({"type": "hold_closed", "id": context::hold_id(event), "why": "process gone"}),
-                );
+                self.record(AuditEvent::HoldClosed {
+                    id: context::hold_id(event),
+                    why: "process gone".into(),
+                });
             }
             Ok(Happened::RogueContinueReheld(_)) => {
-                self.record(
-                    json!({"type": "rogue_sigcont", "id": context::hold_id(event), "pid": event.tgid,
-                    "outcome": "held again"}),
-                );
+                self.record(AuditEvent::RogueSigcont {
+                    id: context::hold_id(event),
+                    pid: event.tgid,
+                    outcome: "held again",
+                });
             }
             Ok(Happened::ReheldAfterRelease(key)) => {
-                self.record(json!({"type": "held_again", "id": context::hold_id(event), "pid": event.tgid,
-                    "tid": key.tid, "why": "keyturn resumed the process for another of its threads"}));
+                self.record(AuditEvent::HeldAgain {
+                    id: context::hold_id(event),
+                    pid: event.tgid,
+                    tid: key.tid,
+                    why: "keyturn resumed the process for another of its threads",
+                });
             }
             Ok(Happened::RogueContinueFrozen(_)) => {
-                self.record(
-                    json!({"type": "rogue_sigcont", "id": context::hold_id(event), "pid": event.tgid,
-                    "outcome": "still held (frozen)"}),
-                );
+                self.record(AuditEvent::RogueSigcont {
+                    id: context::hold_id(event),
+                    pid: event.tgid,
+                    outcome: "still held (frozen)",
+                });
             }
             Ok(Happened::RogueContinueKilled(_)) => {
                 let id = context::hold_id(event);
@@ -84,9 +91,7 @@ impl Daemon {
                     self.report_closed(&id, pending.nonce, CloseReason::Abandoned);
                 }
                 self.decided.insert(id.clone(), "killed after a rogue SIGCONT");
-                self.record(
-                    json!({"type": "rogue_sigcont", "id": id, "pid": event.tgid, "outcome": "killed"}),
-                );
+                self.record(AuditEvent::RogueSigcont { id, pid: event.tgid, outcome: "killed" });
             }
             Err(e) => tracing::error!(error = %e, "handling a kernel event"),
         }
@@ -105,8 +110,11 @@ impl Daemon {
     pub(super) fn new_hold(&mut self, key: HoldKey, event: &HoldEvent, restored: bool) {
         let Some((_, policy)) = self.agent_and_policy(event.hold.root) else {
             // Fail closed: a hold under a root no agent is known for is refused.
-            self.record(json!({"type": "hold", "id": context::hold_id(event), "pid": event.tgid,
-                "error": "no agent known for this cgroup"}));
+            self.record(AuditEvent::HoldRefused {
+                id: context::hold_id(event),
+                pid: event.tgid,
+                error: "no agent known for this cgroup",
+            });
             let _ = self.holds.deny(&mut self.enforcer, &key, OnDeny::Kill);
             return;
         };
@@ -164,12 +172,16 @@ impl Daemon {
                 {
                     tracing::warn!(error = %error_chain(&e), "recording an exec verdict in the kernel");
                 }
-                records.push(
-                    json!({"type": "exec_judged", "id": context::hold_id(&event), "pid": event.tgid,
-                    "agent": agent_name, "path": context::printable(exe.path.as_os_str().as_bytes()),
-                    "sha256": exe.sha256, "verdict": judgement.verdict, "rule": judgement.rule,
-                    "recorded_in_kernel": recorded}),
-                );
+                records.push(AuditEvent::ExecJudged {
+                    id: context::hold_id(&event),
+                    pid: event.tgid,
+                    agent: agent_name,
+                    path: context::printable(exe.path.as_os_str().as_bytes()),
+                    sha256: exe.sha256.clone(),
+                    verdict: judgement.verdict,
+                    rule: judgement.rule.clone(),
+                    recorded_in_kernel: recorded,
+                });
                 (judgement, Some(exe))
             }
             // Only a person can judge a program keyturn cannot verify.
@@ -208,7 +220,7 @@ impl Daemon {
         judgement: &ExecJudgement,
         executable: Option<&Executable>,
         argv: Option<Vec<String>>,
-        mut records: Vec<serde_json::Value>,
+        mut records: Vec<AuditEvent>,
     ) {
         let root = event.hold.root;
         if self.holds.get(&key).is_none_or(HeldProcess::exited) {
@@ -216,9 +228,10 @@ impl Daemon {
             if let Err(e) = self.holds.close(&mut self.enforcer, &key) {
                 tracing::error!(error = %e, "closing the hold of an exited process");
             }
-            self.record(
-                json!({"type": "hold_closed", "id": context::hold_id(event), "why": "the process exited"}),
-            );
+            self.record(AuditEvent::HoldClosed {
+                id: context::hold_id(event),
+                why: "the process exited".into(),
+            });
             self.stats.exits += 1;
             return;
         }
@@ -232,7 +245,7 @@ impl Daemon {
         let granted = self.grants.iter().any(|g| g.covers(root, &event.hold.action, unix_now()));
         if granted || verdict == Verdict::Allow {
             let why = if granted { "an earlier approval's scope covers it" } else { "the policy allows it" };
-            records.push(json!({"type": "release", "id": id, "by": "keyturn", "why": why}));
+            records.push(AuditEvent::Release { id, by: "keyturn".into(), why: Some(why) });
             self.record_all(records);
             match self.holds.approve(&mut self.enforcer, &key) {
                 Ok(_) => self.stats.auto_released += 1,
@@ -241,7 +254,7 @@ impl Daemon {
             return;
         }
         if verdict == Verdict::Deny {
-            records.push(json!({"type": "deny", "id": id, "by": "keyturn", "why": "the policy denies it"}));
+            records.push(AuditEvent::Deny { id, by: "keyturn", why: "the policy denies it" });
             self.record_all(records);
             let _ = self.holds.deny(&mut self.enforcer, &key, on_deny);
             return;
@@ -250,7 +263,7 @@ impl Daemon {
         let mut view = context::describe(event, &agent_name, &cgroup, &policy_name, executable, argv);
         (view.policy_rule, view.quorum, view.requester) =
             (judgement.rule.clone(), judgement.quorum, requester);
-        records.push(json!({"type": "hold", "restored": restored, "hold": view}));
+        records.push(AuditEvent::Hold { restored, hold: Box::new(view.clone()) });
         self.record_all(records);
         self.holds.park(&key);
         let waited =

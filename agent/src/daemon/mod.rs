@@ -32,7 +32,7 @@ use tokio::{
 };
 
 use crate::{
-    audit::Audit,
+    audit::{Audit, AuditEvent},
     cgroup::{self, Hierarchy},
     config::Config,
     console_link::{self, Link, embedded},
@@ -176,7 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
     }
-    daemon.record(json!({"type": "daemon_stop"}));
+    daemon.record(AuditEvent::DaemonStop);
     let _ = std::fs::remove_file(&daemon.config.socket);
     Ok(())
 }
@@ -243,8 +243,11 @@ impl Daemon {
             console_connected: false,
             config,
         };
-        daemon.record(json!({"type": "daemon_start", "mode": daemon.enforcer.mode(),
-            "egress_hold": daemon.enforcer.egress_hold(), "version": env!("CARGO_PKG_VERSION")}));
+        daemon.record(AuditEvent::DaemonStart {
+            mode: daemon.enforcer.mode(),
+            egress_hold: daemon.enforcer.egress_hold(),
+            version: env!("CARGO_PKG_VERSION"),
+        });
         daemon.install_policies()?;
         daemon.restore_tags()?;
         daemon.restore_grants()?;
@@ -267,12 +270,12 @@ impl Daemon {
 
     /// Appends to the audit trail. A record that cannot be written stops the daemon:
     /// nothing may be acted on without its record.
-    fn record(&mut self, event: serde_json::Value) {
+    fn record(&mut self, event: AuditEvent) {
         self.record_all(vec![event]);
     }
 
     /// Appends several records with one flush to disk.
-    fn record_all(&mut self, events: Vec<serde_json::Value>) {
+    fn record_all(&mut self, events: Vec<AuditEvent>) {
         if let Err(e) = self.audit.record_all(events) {
             tracing::error!(error = %e, "cannot write the audit trail; stopping");
             std::process::exit(70);
@@ -297,7 +300,7 @@ impl Daemon {
             let id = self.policy_id(&name);
             let kernel = self.policies[&name].kernel.clone();
             self.enforcer.set_policy(id, &kernel)?;
-            self.record(json!({"type": "policy_load", "policy": name, "id": id}));
+            self.record(AuditEvent::PolicyLoad { policy: name, id });
         }
         Ok(())
     }
@@ -313,7 +316,7 @@ impl Daemon {
         );
         match loaded {
             Ok(policies) => {
-                self.record(json!({"type": "policy_reload", "trigger": trigger}));
+                self.record(AuditEvent::PolicyReload { trigger: trigger.to_owned() });
                 self.policies = shared(policies);
                 if let Err(e) = self.install_policies() {
                     tracing::error!(error = %e, "installing policies");
@@ -321,7 +324,7 @@ impl Daemon {
             }
             Err(error) => {
                 tracing::error!(%error, trigger, "policy reload refused; keeping the last good policies");
-                self.record(json!({"type": "policy_load_failed", "trigger": trigger, "error": error}));
+                self.record(AuditEvent::PolicyLoadFailed { trigger: trigger.to_owned(), error });
             }
         }
     }
@@ -378,7 +381,7 @@ impl Daemon {
             self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| id.clone()).collect();
         for id in expired {
             let pending = self.pending.remove(&id).expect("present");
-            self.record(json!({"type": "timeout", "id": id, "on_timeout": pending.on_timeout}));
+            self.record(AuditEvent::Timeout { id: id.clone(), on_timeout: pending.on_timeout });
             self.report_closed(&id, pending.nonce, CloseReason::Timeout);
             self.decision(&id, "already decided: timed out");
             let _ = self.holds.deny(&mut self.enforcer, &pending.key, pending.on_timeout);

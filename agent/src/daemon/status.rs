@@ -17,6 +17,7 @@ use super::{
     Daemon,
     api::{Ask, Command, ask},
 };
+use crate::audit::AuditEvent;
 use crate::state::write_json;
 
 /// The kernel's refusals (each fails the action with EPERM, or kills an exec that can no
@@ -104,8 +105,8 @@ impl Daemon {
                 // Counters start again from zero when the maps are created anew.
                 let count = if now > audited { now - audited } else { now };
                 self.record(match reason {
-                    Some(reason) => json!({"type": "refused", "reason": reason, "count": count}),
-                    None => json!({"type": "rogue_sigconts", "count": count}),
+                    Some(reason) => AuditEvent::Refused { reason, count },
+                    None => AuditEvent::RogueSigconts { count },
                 });
                 changed = true;
             }

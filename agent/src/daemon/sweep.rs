@@ -1,7 +1,6 @@
 //! The orphan sweep: every stop keyturn made has a pending hold, checked on every tick.
 
 use proto::v1::CloseReason;
-use serde_json::json;
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +8,7 @@ use super::{Daemon, decisions::denial_outcome};
 
 /// How long something must stay an orphan, sweep after sweep, before it is settled.
 const SUSPECT_GRACE: Duration = Duration::from_secs(2);
+use crate::audit::AuditEvent;
 use crate::hold::{
     orphans::{self, Orphan},
     process::{self, HeldError, HeldProcess, OnDeny, event_from_record},
@@ -113,7 +113,6 @@ impl Daemon {
         };
         tracing::error!(pid, reason = orphan.reason(), %outcome, "settled a stop no pending hold accounted for");
         self.stats.orphaned += 1;
-        self.record(json!({"type": "hold_orphaned", "pid": pid, "tid": tid, "reason": orphan.reason(),
-            "outcome": outcome}));
+        self.record(AuditEvent::HoldOrphaned { pid, tid, reason: orphan.reason(), outcome });
     }
 }

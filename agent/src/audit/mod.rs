@@ -1,6 +1,10 @@
 //! The audit trail: append-only JSON lines, each record hash-chained to the one before,
 //! fsynced before anything it records is acted on, rotated by size with the chain intact.
 
+mod event;
+
+pub use event::{AuditEvent, DecidedBy};
+
 use std::{
     fs::{self, File, OpenOptions},
     io::{BufRead as _, BufReader, Write as _},
@@ -90,17 +94,18 @@ impl Audit {
     }
 
     /// Appends `event` and makes it durable before returning.
-    pub fn record(&mut self, event: serde_json::Value) -> Result<(), AuditError> {
+    pub fn record(&mut self, event: &impl Serialize) -> Result<(), AuditError> {
         self.record_all([event])
     }
 
     /// Appends `events` in order and makes them durable, with one flush to disk, before
     /// returning.
-    pub fn record_all(
+    pub fn record_all<E: Serialize>(
         &mut self,
-        events: impl IntoIterator<Item = serde_json::Value>,
+        events: impl IntoIterator<Item = E>,
     ) -> Result<(), AuditError> {
         for event in events {
+            let event = serde_json::to_value(event).expect("audit events serialize");
             if self.size >= self.max_size {
                 self.file.sync_data().map_err(io(&self.path))?;
                 self.rotate()?;
@@ -210,7 +215,7 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         let mut audit = Audit::open(&dir, max_size).unwrap();
         for n in 0..records {
-            audit.record(json!({"type": "test", "n": n})).unwrap();
+            audit.record(&json!({"type": "test", "n": n})).unwrap();
         }
         dir
     }
@@ -226,7 +231,7 @@ mod tests {
         let dir = trail(20, 600);
         assert!(files(&dir).unwrap().len() > 1, "small max size rotates");
         let mut audit = Audit::open(&dir, 600).unwrap();
-        audit.record(json!({"type": "after-reopen"})).unwrap();
+        audit.record(&json!({"type": "after-reopen"})).unwrap();
         let files_before = files(&dir).unwrap().len();
         audit.record_all((0..10).map(|n| json!({"type": "batch", "n": n}))).unwrap();
         assert!(files(&dir).unwrap().len() > files_before, "a batch rotates as it goes");
