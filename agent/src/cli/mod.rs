@@ -10,13 +10,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, bail};
+use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
     audit,
     config::Config,
-    daemon::api::{self, Request, Scope},
+    daemon::{
+        Agent, Status,
+        api::{self, Request, Scope},
+    },
+    hold::context::HoldView,
 };
 use install::install;
 use launch::run_agent;
@@ -200,6 +204,11 @@ pub fn main() {
     std::process::exit(code);
 }
 
+/// The daemon's reply to `request`, as a `T`.
+fn call_as<T: serde::de::DeserializeOwned>(config: &Config, request: &Request) -> anyhow::Result<T> {
+    serde_json::from_value(call(config, request)?).context("reading the daemon's reply")
+}
+
 pub(crate) fn call(config: &Config, request: &Request) -> anyhow::Result<serde_json::Value> {
     api::call(&config.socket, request).map_err(|e| anyhow!(e))
 }
@@ -234,24 +243,20 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Untag { path } => print_json(&call(&config, &Request::Untag { path })?),
         Command::Tags { json } => {
-            let tags = call(&config, &Request::Tags)?;
+            let tags: Vec<Agent> = call_as(&config, &Request::Tags)?;
             if json {
                 return print_json(&tags);
             }
-            for agent in tags.as_array().into_iter().flatten() {
-                let text = |key: &str| agent[key].as_str().unwrap_or("").to_owned();
+            for agent in tags {
                 println!(
                     "{}\t{}\tpolicy={}\trequester={}",
-                    text("path"),
-                    text("name"),
-                    text("policy"),
-                    text("requester")
+                    agent.path, agent.name, agent.policy, agent.requester
                 );
             }
             Ok(0)
         }
         Command::Pending { json } => {
-            let pending = call(&config, &Request::Pending)?;
+            let pending: Vec<HoldView> = call_as(&config, &Request::Pending)?;
             if json {
                 return print_json(&pending);
             }
@@ -268,7 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Audit { verify: None, json, follow } => show_audit(&config.audit_dir(), json, follow),
-        Command::Status => print_json(&call(&config, &Request::Status)?),
+        Command::Status => print_json(&call_as::<Status>(&config, &Request::Status)?),
         Command::Doctor { json } => {
             let report = crate::kernel::doctor::report();
             if json {

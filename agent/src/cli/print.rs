@@ -2,38 +2,49 @@
 
 use std::{io::Write as _, path::Path, time::Duration};
 
-use crate::audit;
+use serde::Serialize;
 
-pub fn print_json(value: &serde_json::Value) -> anyhow::Result<i32> {
+use crate::{
+    audit,
+    hold::context::{ActionKind, HoldView, Waiting},
+};
+
+pub fn print_json(value: &impl Serialize) -> anyhow::Result<i32> {
     let mut out = std::io::stdout().lock();
     // A closed pipe (`keyturn status | head`) is not an error worth a panic.
     let _ = writeln!(out, "{}", serde_json::to_string_pretty(value)?);
     Ok(0)
 }
 
-pub fn print_pending(pending: &serde_json::Value) {
-    let holds = pending.as_array().map(Vec::as_slice).unwrap_or_default();
+pub fn print_pending(holds: &[HoldView]) {
     if holds.is_empty() {
         println!("no held actions");
         return;
     }
     println!("{:<14} {:<7} {:<16} {:>8} {:<10} WHAT", "ID", "KIND", "AGENT", "PID", "USER");
     for hold in holds {
-        let text = |key: &str| hold[key].as_str().unwrap_or("").to_owned();
-        let what = if text("kind") == "exec" {
-            let argv = hold["argv"].as_array().into_iter().flatten().skip(1).filter_map(|a| a.as_str());
-            std::iter::once(text("path").as_str()).chain(argv).map(shown_word).collect::<Vec<_>>().join(" ")
+        let (kind, what) = match hold.kind {
+            ActionKind::Exec => {
+                let path = hold.path.as_deref().unwrap_or_default();
+                let argv = hold.argv.iter().flatten().skip(1).map(String::as_str);
+                ("exec", std::iter::once(path).chain(argv).map(shown_word).collect::<Vec<_>>().join(" "))
+            }
+            ActionKind::Egress => {
+                let (protocol, address) = (
+                    hold.protocol.as_deref().unwrap_or_default(),
+                    hold.address.as_deref().unwrap_or_default(),
+                );
+                ("egress", format!("{protocol} {address}:{}", hold.port.unwrap_or_default()))
+            }
+        };
+        let deferred = if hold.hold == Waiting::Deferred {
+            " (deferred: failed, a retry goes through once approved)"
         } else {
-            format!("{} {}:{}", text("protocol"), text("address"), hold["port"])
+            ""
         };
         println!(
-            "{:<14} {:<7} {:<16} {:>8} {:<10} {what}  [{}]",
-            text("id"),
-            text("kind"),
-            text("agent"),
-            hold["pid"],
-            text("user"),
-            text("policy_rule")
+            "{:<14} {kind:<7} {:<16} {:>8} {:<10} {what}  [{}]{deferred}",
+            hold.id, hold.agent, hold.pid, hold.user, hold.policy_rule
         );
     }
 }

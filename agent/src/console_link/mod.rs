@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::{
     config::{Config, ConsoleConfig},
     daemon::api::Scope,
-    hold::context::{HoldView, Parent},
+    hold::context::{ActionKind, HoldView, Parent},
 };
 
 /// First wait before enrolling again after a failure; doubled up to [`MAX_ENROL_BACKOFF`].
@@ -209,7 +209,7 @@ fn unix_ms(time: SystemTime) -> u64 {
 
 /// `view` as the console is told it.
 fn hold_raised(view: &HoldView, nonce: u64, requested_at: SystemTime, deadline: SystemTime) -> HoldRaised {
-    let detail = if view.kind == "exec" {
+    let detail = if view.kind == ActionKind::Exec {
         hold_raised::Detail::Exec(Exec {
             path: view.path.clone().unwrap_or_default(),
             argv: view.argv.clone().unwrap_or_default(),
@@ -219,7 +219,7 @@ fn hold_raised(view: &HoldView, nonce: u64, requested_at: SystemTime, deadline: 
         })
     } else {
         hold_raised::Detail::Egress(Egress {
-            protocol: view.protocol.unwrap_or_default().to_owned(),
+            protocol: view.protocol.clone().unwrap_or_default(),
             address: view.address.clone().unwrap_or_default(),
             port: view.port.map_or(0, u32::from),
         })
@@ -227,7 +227,7 @@ fn hold_raised(view: &HoldView, nonce: u64, requested_at: SystemTime, deadline: 
     HoldRaised {
         id: view.id.clone(),
         nonce,
-        kind: if view.kind == "exec" { HoldKind::Exec } else { HoldKind::Egress }.into(),
+        kind: if view.kind == ActionKind::Exec { HoldKind::Exec } else { HoldKind::Egress }.into(),
         agent: view.agent.clone(),
         cgroup: view.cgroup.clone(),
         pid: view.pid,
@@ -259,8 +259,9 @@ pub fn scope(decision: &Decision) -> Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hold::context::Waiting;
 
-    fn view(kind: &'static str) -> HoldView {
+    fn view(kind: ActionKind) -> HoldView {
         HoldView {
             id: "00000000002a".into(),
             kind,
@@ -276,15 +277,16 @@ mod tests {
             policy_rule: "rule".into(),
             requester: "alice@example.com".into(),
             quorum: 2,
-            hold: "held",
+            hold: Waiting::Held,
             ..HoldView::default()
         }
     }
 
     #[test]
     fn an_egress_hold_is_raised_with_its_destination_and_times() {
-        let mut egress = view("egress");
-        (egress.protocol, egress.address, egress.port) = (Some("tcp"), Some("203.0.113.7".into()), Some(443));
+        let mut egress = view(ActionKind::Egress);
+        (egress.protocol, egress.address, egress.port) =
+            (Some("tcp".into()), Some("203.0.113.7".into()), Some(443));
         let at = UNIX_EPOCH + Duration::from_millis(1_500);
         let raised = hold_raised(&egress, 42 << 16, at, at + Duration::from_mins(1));
         assert_eq!(

@@ -21,17 +21,17 @@ use crate::{
 
 /// A tagged cgroup and who runs in it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(super) struct Agent {
+pub struct Agent {
     /// Path relative to the cgroup v2 root.
-    pub(super) path: String,
-    pub(super) name: String,
-    pub(super) policy: String,
+    pub path: String,
+    pub name: String,
+    pub policy: String,
     /// Who launched the agent, as the tagging or `keyturn run` request said (empty in a
     /// tag from before requesters were recorded).
     #[serde(default)]
-    pub(super) requester: String,
+    pub requester: String,
     /// Created by `keyturn run`: removed when it empties.
-    pub(super) run: bool,
+    pub run: bool,
 }
 
 /// Whether `uid` is root or a member of group `group` (its primary group, a member listed

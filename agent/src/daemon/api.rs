@@ -63,6 +63,11 @@ pub enum Request {
 
 pub type Reply = Result<serde_json::Value, String>;
 
+/// The reply carrying `value`.
+pub fn reply(value: impl Serialize) -> Reply {
+    serde_json::to_value(value).map_err(|e| format!("an unserializable reply: {e}"))
+}
+
 /// Longest requester identity, in bytes.
 pub const REQUESTER_BYTES: usize = 256;
 

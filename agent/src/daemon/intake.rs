@@ -268,7 +268,7 @@ impl Daemon {
         self.holds.park(&key);
         let waited =
             Duration::from_nanos(crate::kernel::monotonic_ns().saturating_sub(event.hold.held_at_ns));
-        tracing::warn!(id = %id, kind = view.kind, agent = %agent_name, pid = event.tgid, rule = %view.policy_rule,
+        tracing::warn!(id = %id, kind = ?view.kind, agent = %agent_name, pid = event.tgid, rule = %view.policy_rule,
             "action held, waiting for a decision: keyturn approve {id} | keyturn deny {id}");
         let deadline = now + timeout.saturating_sub(waited);
         if let Some(link) = &self.link {

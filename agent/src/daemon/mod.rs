@@ -9,6 +9,9 @@ mod intake;
 mod status;
 mod sweep;
 
+pub use agents::Agent;
+pub use status::{Counters, Status};
+
 use std::{
     collections::{BTreeMap, HashMap},
     os::{
@@ -23,7 +26,6 @@ use agent_common::{HoldKey, counter};
 use anyhow::{Context as _, bail};
 use console::client::ClientEvent;
 use proto::v1::CloseReason;
-use serde_json::json;
 use tokio::{
     io::unix::AsyncFd,
     net::UnixListener,
@@ -41,7 +43,7 @@ use crate::{
     policy::{self, Policy, watch::PolicyWatch},
     state::{read_json, write_json},
 };
-use agents::{Agent, populated, requester_or_caller};
+use agents::{populated, requester_or_caller};
 use api::{Ask, Command, Peer, Reply, Request, serve_api};
 use decisions::{Closed, Pending};
 use grants::Grant;
@@ -146,7 +148,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(command) = inbox.recv() => {
                 let reply = match command.ask {
                     Ask::Api(request, peer) => daemon.handle(request, peer),
-                    Ask::Metrics => Ok(json!(daemon.metrics())),
+                    Ask::Metrics => api::reply(daemon.metrics()),
                 };
                 let _ = command.reply.send(reply);
             }
@@ -340,7 +342,7 @@ impl Daemon {
                 self.check_approver(peer)?;
                 self.untag(&path)
             }
-            Request::Tags => Ok(json!(self.agents.values().collect::<Vec<_>>())),
+            Request::Tags => api::reply(self.agents.values().collect::<Vec<_>>()),
             Request::Run { pid, policy, name, requester } => {
                 // Only an operator may say someone else launched it: anyone could otherwise
                 // name a stranger and approve their own agent's holds.
@@ -354,11 +356,11 @@ impl Daemon {
                 self.check_approver(peer)?;
                 let mut views: Vec<&HoldView> = self.pending.values().map(|p| &p.view).collect();
                 views.sort_by(|a, b| a.requested_at.cmp(&b.requested_at));
-                Ok(json!(views))
+                api::reply(views)
             }
             Request::Approve { id, scope, reason } => self.approve(&id, scope, reason.as_deref(), peer),
             Request::Deny { id, reason } => self.deny(&id, reason.as_deref(), peer),
-            Request::Status => Ok(self.status()),
+            Request::Status => api::reply(self.status()),
         }
     }
 

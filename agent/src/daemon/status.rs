@@ -10,15 +10,49 @@ use axum::{
     response::IntoResponse as _,
     routing::get,
 };
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{
-    Daemon,
+    Agent, Daemon,
     api::{Ask, Command, ask},
 };
-use crate::audit::AuditEvent;
-use crate::state::write_json;
+use crate::{
+    audit::AuditEvent,
+    kernel::{EgressHold, mode::Mode},
+    state::write_json,
+};
+
+/// What `keyturn status` shows.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub mode: Mode,
+    pub egress_hold: EgressHold,
+    pub agents: Vec<Agent>,
+    pub pending: usize,
+    pub policies_watched: bool,
+    /// `connected` or `unreachable`; none without a console.
+    pub console: Option<String>,
+    pub counters: Counters,
+    /// The kernel's refusals by reason, since its maps were made.
+    pub refused: BTreeMap<String, u64>,
+}
+
+/// What happened to holds, in the kernel and here, since start.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Counters {
+    pub holds: u64,
+    pub released_in_kernel: u64,
+    pub denied_in_kernel: u64,
+    pub approvals: u64,
+    pub denials: u64,
+    pub timeouts: u64,
+    pub exited_while_held: u64,
+    pub auto_released: u64,
+    pub orphaned: u64,
+    pub rogue_sigconts: u64,
+    pub exec_killed: u64,
+}
 
 /// The kernel's refusals (each fails the action with EPERM, or kills an exec that can no
 /// longer fail), by counter and the reason the audit trail and `status` give.
@@ -63,31 +97,34 @@ pub(super) async fn serve_metrics(listener: tokio::net::TcpListener, commands: m
 }
 
 impl Daemon {
-    pub(super) fn status(&self) -> serde_json::Value {
+    pub(super) fn status(&self) -> Status {
         let counters = self.enforcer.counters().unwrap_or_default();
-        json!({
-            "mode": self.enforcer.mode(),
-            "egress_hold": self.enforcer.egress_hold(),
-            "agents": self.agents.values().collect::<Vec<_>>(),
-            "pending": self.pending.len(),
-            "policies_watched": self.policies_watched,
-            "console": self.link.as_ref().map(|_| if self.console_connected { "connected" } else { "unreachable" }),
-            "counters": {
-                "holds": counters[counter::HOLDS as usize],
-                "released_in_kernel": counters[counter::RELEASED as usize],
-                "denied_in_kernel": counters[counter::DENIED as usize],
-                "approvals": self.stats.approvals,
-                "denials": self.stats.denials,
-                "timeouts": self.stats.timeouts,
-                "exited_while_held": self.stats.exits,
-                "auto_released": self.stats.auto_released,
-                "orphaned": self.stats.orphaned,
-                "rogue_sigconts": counters[counter::ROGUE_CONTINUE as usize],
-                "exec_killed": counters[counter::EXEC_KILLED as usize],
+        let kernel = |index: u32| counters[index as usize];
+        Status {
+            mode: self.enforcer.mode(),
+            egress_hold: self.enforcer.egress_hold(),
+            agents: self.agents.values().cloned().collect(),
+            pending: self.pending.len(),
+            policies_watched: self.policies_watched,
+            console: self
+                .link
+                .as_ref()
+                .map(|_| if self.console_connected { "connected" } else { "unreachable" }.into()),
+            counters: Counters {
+                holds: kernel(counter::HOLDS),
+                released_in_kernel: kernel(counter::RELEASED),
+                denied_in_kernel: kernel(counter::DENIED),
+                approvals: self.stats.approvals,
+                denials: self.stats.denials,
+                timeouts: self.stats.timeouts,
+                exited_while_held: self.stats.exits,
+                auto_released: self.stats.auto_released,
+                orphaned: self.stats.orphaned,
+                rogue_sigconts: kernel(counter::ROGUE_CONTINUE),
+                exec_killed: kernel(counter::EXEC_KILLED),
             },
-            "refused": REFUSALS.iter().map(|&(index, reason)| (reason, counters[index as usize]))
-                .collect::<BTreeMap<_, _>>(),
-        })
+            refused: REFUSALS.iter().map(|&(index, reason)| (reason.to_owned(), kernel(index))).collect(),
+        }
     }
 
     /// Audits what the kernel refused since the last look, per reason. The kernel only
@@ -124,18 +161,17 @@ impl Daemon {
         let status = self.status();
         let mut text = format!(
             "keyturn_pending_holds {}\nkeyturn_tagged_cgroups {}\n",
-            self.pending.len(),
-            self.agents.len()
+            status.pending,
+            status.agents.len()
         );
-        if let Some(counters) = status["counters"].as_object() {
+        // Each counter by its name in `status`.
+        if let Ok(serde_json::Value::Object(counters)) = serde_json::to_value(&status.counters) {
             for (name, value) in counters {
                 let _ = writeln!(text, "keyturn_{name}_total {value}");
             }
         }
-        if let Some(refused) = status["refused"].as_object() {
-            for (reason, value) in refused {
-                let _ = writeln!(text, "keyturn_refused_total{{reason=\"{reason}\"}} {value}");
-            }
+        for (reason, value) in &status.refused {
+            let _ = writeln!(text, "keyturn_refused_total{{reason=\"{reason}\"}} {value}");
         }
         text
     }

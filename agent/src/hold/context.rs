@@ -12,23 +12,45 @@ use std::{
 };
 
 use agent_common::{HoldEvent, event_type, kind, protocol};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{hold::identity::Executable, hold::procfs, kernel::monotonic_ns};
 
 /// One ancestor of the held process.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Parent {
     pub pid: u32,
     pub comm: String,
     pub argv: Vec<String>,
 }
 
+/// Which family of action is held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    #[default]
+    Exec,
+    Egress,
+}
+
+/// How a held action waits for its decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Waiting {
+    /// Stopped in the syscall, which restarts when released.
+    #[default]
+    Held,
+    /// The exec happened; stopped before the new program's first instruction.
+    Stopped,
+    /// Failed with EPERM; an approval lets a retry through.
+    Deferred,
+}
+
 /// What an approver sees of a held action (and what `keyturn pending --json` prints).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct HoldView {
     pub id: String,
-    pub kind: &'static str,
+    pub kind: ActionKind,
     pub agent: String,
     /// Who launched the agent (`keyturn run`/`tag --requester`, else `unix:NAME` of the
     /// user who ran it).
@@ -44,9 +66,7 @@ pub struct HoldView {
     pub policy_rule: String,
     /// How many distinct people must approve: the flagging rule's `quorum`.
     pub quorum: u32,
-    /// `held`: stopped in the syscall; `stopped`: exec happened, stopped before its
-    /// first instruction; `deferred`: failed with EPERM, approval lets a retry through.
-    pub hold: &'static str,
+    pub hold: Waiting,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,7 +78,7 @@ pub struct HoldView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parents: Option<Vec<Parent>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<&'static str>,
+    pub protocol: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -292,7 +312,7 @@ pub fn describe(
     let pid = event.tgid;
     let mut view = HoldView {
         id: hold_id(event),
-        kind: if action.kind == kind::EXEC { "exec" } else { "egress" },
+        kind: if action.kind == kind::EXEC { ActionKind::Exec } else { ActionKind::Egress },
         agent: agent.into(),
         cgroup: cgroup.into(),
         pid,
@@ -303,9 +323,9 @@ pub fn describe(
         requested_at: humantime::format_rfc3339_millis(wall_time(event.hold.held_at_ns)).to_string(),
         policy: policy.into(),
         hold: match event.event_type {
-            event_type::STOPPED => "stopped",
-            event_type::DEFERRED => "deferred",
-            _ => "held",
+            event_type::STOPPED => Waiting::Stopped,
+            event_type::DEFERRED => Waiting::Deferred,
+            _ => Waiting::Held,
         },
         ..HoldView::default()
     };
@@ -333,11 +353,14 @@ pub fn describe(
         let v6 = Ipv6Addr::from(action.addr);
         view.address = Some(v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string()));
         view.port = u16::try_from(action.port).ok();
-        view.protocol = Some(match action.protocol {
-            protocol::TCP => "tcp",
-            protocol::UDP => "udp",
-            _ => "any",
-        });
+        view.protocol = Some(
+            match action.protocol {
+                protocol::TCP => "tcp",
+                protocol::UDP => "udp",
+                _ => "any",
+            }
+            .to_owned(),
+        );
         view.parents = Some(parents(pid));
         view.argv = Some(proc_argv(pid, HELD_ARGV_BYTES));
     }

@@ -120,7 +120,7 @@ const CGROUP_SOCK_RETRY: &[ProgramSpec] = &[
 ];
 
 /// How a held egress waits in the chosen mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EgressHold {
     /// Stopped in the syscall, which restarts on release.
