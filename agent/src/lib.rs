@@ -10,7 +10,10 @@
 //! - [`policy`]: policy files, and the part of a policy the kernel decides by itself.
 //! - [`daemon`]: `keyturn daemon`: the loop that takes in the kernel's events, keeps the
 //!   pending holds, applies decisions and timeouts, and serves the local API.
-//! - [`console_link`]: the daemon's connection to the console, and the embedded console.
+//! - [`console_link`]: the daemon's connection to the console (through the `host-client`
+//!   crate, which speaks the console's protocol), and the embedded console. The embedded
+//!   console and the `keyturn console` command are this crate's only uses of the
+//!   `console` crate.
 //! - [`cli`]: the `keyturn` command line.
 //! - [`audit`], [`config`], [`cgroup`]: the audit trail, the daemon's configuration, the
 //!   cgroup v2 hierarchy; `state`: files kept across restarts; `sys`: every system call

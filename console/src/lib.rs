@@ -2,7 +2,6 @@
 //! stores them and sends back signed decisions, with several replicas on one database.
 
 pub mod api;
-pub mod client;
 pub mod keys;
 pub mod oidc;
 pub mod people;
@@ -33,7 +32,7 @@ pub enum ConsoleError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
-    Key(#[from] keys::KeyError),
+    Key(#[from] host_client::keys::KeyError),
     #[error("listening on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
@@ -141,7 +140,7 @@ impl Console {
                 .map_err(|e| ConsoleError::Config { path: dir.to_owned(), reason: e.to_string() })?;
         }
         let store = Store::open(&config.database).await?;
-        let signer = keys::Signer::new(keys::load_or_create(&config.key)?);
+        let signer = keys::Signer::new(host_client::keys::load_or_create(&config.key)?);
         let console = Self::new(store, signer);
         if !config.tls.enabled {
             return Ok(console);

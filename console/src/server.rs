@@ -16,7 +16,7 @@ use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    keys::{self, Signer},
+    keys::Signer,
     store::{DecisionRequest, Event, Outcome, Raised, Store, StoreError},
     tls::{self, Authority},
 };
@@ -157,7 +157,7 @@ impl AgentService for Console {
             .host_certificate(&request.host, &key)
             .map_err(|e| Status::internal(e.to_string()))?;
         self.store
-            .enrol(&request.host, &request.token, &keys::fingerprint(&key), &fingerprint)
+            .enrol(&request.host, &request.token, &host_client::keys::fingerprint(&key), &fingerprint)
             .await
             .map_err(|e| store_status(&e))?;
         tracing::info!(host = request.host, "host enrolled");
@@ -205,7 +205,7 @@ fn check_hello(hello: &Hello, challenge: &[u8]) -> Result<VerifyingKey, Status> 
         return Err(Status::invalid_argument(format!("host name {:?} is not a valid name", hello.host)));
     }
     let key = public_key(&hello.public_key)?;
-    if keys::fingerprint(&key) != hello.key_fingerprint {
+    if host_client::keys::fingerprint(&key) != hello.key_fingerprint {
         return Err(Status::invalid_argument("hello: key_fingerprint is not the SHA-256 of public_key"));
     }
     let signature = Signature::from_slice(&hello.signature)

@@ -188,7 +188,7 @@ fn the_embedded_console_serves_only_its_own_host() {
     let own_host = hold["host"].as_str().expect("host").to_owned();
     for host in ["intruder", own_host.as_str()] {
         let refusal = embedded.rt.block_on(async {
-            let (_handle, mut events) = console::client::start(console::client::ClientConfig {
+            let (_handle, mut events) = host_client::start(host_client::ClientConfig {
                 endpoint: format!("http://{}", embedded.hosts),
                 host: host.to_owned(),
                 agent_version: "intruder".into(),
@@ -197,7 +197,7 @@ fn the_embedded_console_serves_only_its_own_host() {
                 tls: None,
             });
             match tokio::time::timeout(WAIT, events.recv()).await.expect("an answer in time") {
-                Some(console::client::ClientEvent::Disconnected(why)) => why,
+                Some(host_client::ClientEvent::Disconnected(why)) => why,
                 other => panic!("{host}: expected a refusal, got {other:?}"),
             }
         });

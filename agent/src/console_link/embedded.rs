@@ -23,7 +23,7 @@ pub enum EmbeddedError {
     #[error("embedded console: {0}")]
     Link(#[from] LinkError),
     #[error("embedded console: {0}")]
-    Key(#[from] console::keys::KeyError),
+    Key(#[from] host_client::keys::KeyError),
     #[error("embedded console {path}: {reason}")]
     Unfit { path: PathBuf, reason: &'static str },
 }
@@ -66,10 +66,10 @@ pub async fn start(config: &Config) -> Result<ConsoleConfig, EmbeddedError> {
         token: None,
     };
     // Any local user can reach the port: only this daemon's own identity is served.
-    let host_key = console::keys::load_or_create(&config.console_key(&link))?;
+    let host_key = host_client::keys::load_or_create(&config.console_key(&link))?;
     let console = Console::open(&console_config).await?.serving_only(
         &console_link::host_name(&link)?,
-        &console::keys::fingerprint(&host_key.verifying_key()),
+        &host_client::keys::fingerprint(&host_key.verifying_key()),
     );
     let bind = async |what, addr| {
         TcpListener::bind(addr).await.map_err(|source| EmbeddedError::Bind { what, addr, source })

@@ -1,4 +1,4 @@
-//! The daemon's link to a console: enrolment, then `console::client` in a task of its own,
+//! The daemon's link to a console: enrolment, then `host_client` in a task of its own,
 //! and the daemon's holds and decisions as the wire contract spells them.
 
 pub mod embedded;
@@ -8,10 +8,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use console::{
-    client::{self, ClientConfig, ClientEvent, ClientTls},
-    keys,
-};
+use host_client::{self as client, ClientConfig, ClientEvent, ClientTls, keys};
 use proto::v1::{CloseReason, Decision, Egress, Exec, HoldClosed, HoldKind, HoldRaised, hold_raised};
 use tokio::sync::mpsc;
 

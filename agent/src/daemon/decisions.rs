@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use agent_common::{Action, HoldKey};
-use console::client::ClientEvent;
+use host_client::ClientEvent;
 use proto::v1::{CloseReason, Decision};
 use serde_json::json;
 

@@ -24,7 +24,7 @@ use std::{
 
 use agent_common::{HoldKey, counter};
 use anyhow::{Context as _, bail};
-use console::client::ClientEvent;
+use host_client::ClientEvent;
 use proto::v1::CloseReason;
 use tokio::{
     io::unix::AsyncFd,

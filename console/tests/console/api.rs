@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use crate::support::{Db, Running, connect, connected, hold, key, loopback, stored};
 use console::{
     Api, RoleMap,
-    client::{ClientEvent, ClientHandle},
     people::{Principal, Role, TOKEN_LIFETIME},
 };
+use host_client::{ClientEvent, ClientHandle};
 use proto::v1::HoldRaised;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

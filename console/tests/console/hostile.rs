@@ -4,11 +4,9 @@
 use std::pin::Pin;
 
 use crate::support::{connect, hold, key, next_event};
-use console::{
-    client::{ClientEvent, Rejection},
-    keys::Signer,
-};
+use console::keys::Signer;
 use ed25519_dalek::SigningKey;
+use host_client::{ClientEvent, Rejection};
 use proto::v1::{
     Challenge, ConsoleMessage, Decision, EnrolRequest, EnrolResponse, HostMessage, Scope, SignedDecision,
     Verdict, Welcome,
@@ -118,9 +116,9 @@ async fn forged_replayed_and_misbound_decisions_are_refused() {
 
     let (host, mut events) = connect(&endpoint, "web-01", &key(2), &console_key);
     host.raise(hold("h1", 77));
-    let key_id = console::keys::key_id(&console_key.verifying_key());
+    let key_id = host_client::keys::key_id(&console_key.verifying_key());
     let expected = [
-        Rejection::UnknownKey(console::keys::key_id(&attacker.verifying_key())),
+        Rejection::UnknownKey(host_client::keys::key_id(&attacker.verifying_key())),
         Rejection::BadSignature(key_id.clone()),
         Rejection::BadSignature(key_id),
         Rejection::WrongHost("web-02".into()),

@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use crate::support::{Db, Running, connect, connected, hold, key, loopback, next_event, stored};
-use console::{
-    client::ClientEvent,
-    store::{DecisionRequest, Outcome, StoreError},
-};
+use console::store::{DecisionRequest, Outcome, StoreError};
+use host_client::ClientEvent;
 use proto::v1::{Scope, Verdict};
 
 pub fn request(host: &str, hold_id: &str, verdict: Verdict, by: &str) -> DecisionRequest {
@@ -61,7 +59,7 @@ async fn a_decision_reaches_its_host_signed_and_bound(db: Db) {
     // What the host verified is exactly what the console signed and stored.
     let stored_signed = replica.store().decision("web-01", "h1").await.unwrap().unwrap();
     assert_eq!(stored_signed, signed);
-    assert_eq!(console::client::verify(&signed, &[console_key.verifying_key()]).unwrap(), decision);
+    assert_eq!(host_client::verify(&signed, &[console_key.verifying_key()]).unwrap(), decision);
 
     let again = replica.decide(&request("web-01", "h1", Verdict::Deny, "carol")).await;
     assert!(
@@ -118,7 +116,7 @@ async fn a_quorum_needs_distinct_people_and_not_the_requester(db: Db) {
     assert_eq!(store.hold("db-01", "q1").await.unwrap().unwrap().approvals, 1, "refusals leave no trace");
 
     let signed = decided(replica.decide(&request("db-01", "q1", Verdict::Approve, "carol")).await);
-    let decision = console::client::verify(&signed, &[console_key.verifying_key()]).unwrap();
+    let decision = host_client::verify(&signed, &[console_key.verifying_key()]).unwrap();
     assert_eq!(decision.approvers, ["bob", "carol"]);
     assert_eq!(decision.quorum, 2);
 

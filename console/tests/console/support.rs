@@ -10,8 +10,9 @@ use std::{
     time::Duration,
 };
 
-use console::{Console, Store, client, keys::Signer, server::Tls, tls::Authority};
+use console::{Console, Store, keys::Signer, server::Tls, tls::Authority};
 use ed25519_dalek::SigningKey;
+use host_client as client;
 use proto::v1::{Exec, HoldKind, HoldRaised, hold_raised};
 use tokio::sync::{mpsc, oneshot};
 

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use console::client::{self, ClientError, ClientEvent, ClientTls};
 use ed25519_dalek::Signer as _;
+use host_client::{ClientError, ClientEvent, ClientTls};
 use proto::v1::{EnrolRequest, HostMessage, Verdict, agent_service_client::AgentServiceClient};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -35,15 +35,16 @@ async fn a_host_enrols_with_a_token_then_streams_over_mutual_tls(db: Db) {
     let (store, endpoint, ca) = (running.console.store().clone(), running.endpoint(), ca(&ca_dir));
 
     let token = store.issue_token("web-01", HOUR).await.unwrap();
-    let wrong_host = client::enrol(&endpoint, &ca, "web-02", &token, &host_key).await;
+    let wrong_host = host_client::enrol(&endpoint, &ca, "web-02", &token, &host_key).await;
     assert!(
         matches!(wrong_host, Err(ClientError::Enrol(ref s)) if s.code() == tonic::Code::PermissionDenied)
     );
-    let certificate = client::enrol(&endpoint, &ca, "web-01", &token, &host_key).await.unwrap();
-    let reused = client::enrol(&endpoint, &ca, "web-01", &token, &host_key).await.unwrap_err().to_string();
+    let certificate = host_client::enrol(&endpoint, &ca, "web-01", &token, &host_key).await.unwrap();
+    let reused =
+        host_client::enrol(&endpoint, &ca, "web-01", &token, &host_key).await.unwrap_err().to_string();
     assert!(reused.contains("bootstrap token refused for host web-01"), "{reused}");
     let expired = store.issue_token("web-01", Duration::ZERO).await.unwrap();
-    assert!(client::enrol(&endpoint, &ca, "web-01", &expired, &host_key).await.is_err());
+    assert!(host_client::enrol(&endpoint, &ca, "web-01", &expired, &host_key).await.is_err());
 
     let tls = ClientTls { ca: ca.clone(), certificate };
     let (host, mut events) = connect_with(&endpoint, "web-01", &host_key, &console_key, Some(tls));
@@ -74,7 +75,7 @@ async fn without_its_current_certificate_a_host_cannot_stream() {
         let (store, endpoint, ca) = (store.clone(), endpoint.clone(), ca.clone());
         async move {
             let token = store.issue_token(host, HOUR).await.unwrap();
-            client::enrol(&endpoint, &ca, host, &token, host_key).await.unwrap()
+            host_client::enrol(&endpoint, &ca, host, &token, host_key).await.unwrap()
         }
     };
     let stale = enrol("web-01", &web1).await;

@@ -13,12 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use console::{
-    Role, Store,
-    client::{self, ClientConfig, ClientEvent, ClientTls},
-    people::TOKEN_LIFETIME,
-};
+use console::{Role, Store, people::TOKEN_LIFETIME};
 use ed25519_dalek::SigningKey;
+use host_client::{self as client, ClientConfig, ClientEvent, ClientTls};
 use proto::v1::{Exec, HoldKind, HoldRaised, hold_raised};
 use rand_core::OsRng;
 use tokio::sync::Semaphore;
@@ -181,7 +178,7 @@ async fn start_console(dir: &Path) -> Result<(RunningConsole, SocketAddr, Socket
     Ok((console, hosts, http))
 }
 
-/// The simulated hosts: each a real `console::client` with a key and certificate of its own.
+/// The simulated hosts: each a real `host_client` with a key and certificate of its own.
 struct Fleet {
     handles: Vec<client::ClientHandle>,
     /// Streams that broke (each client reconnects).
@@ -296,7 +293,7 @@ async fn main() -> Result<()> {
     let (console, hosts_addr, http) = start_console(&dir).await?;
     let store = Store::open(&format!("sqlite://{}/console.db?mode=rwc", dir.display())).await?;
     let ca = std::fs::read_to_string(dir.join("tls/ca.pem"))?;
-    let console_key = console::keys::load_or_create(&dir.join("console.key"))?.verifying_key();
+    let console_key = host_client::keys::load_or_create(&dir.join("console.key"))?.verifying_key();
     let (_, token) = store
         .create_api_token("approver@example.com", Role::Approver, "bench", "bench", TOKEN_LIFETIME)
         .await?;

@@ -1,5 +1,9 @@
-//! The host's side of the stream: sends holds, receives decisions and hands over only those
-//! signed by a trusted console key and bound to a hold this host is waiting on.
+//! The host's end of the console protocol, used by the agent's console link and by the
+//! console's own tests: enrolment, the stream that sends holds and receives decisions,
+//! handing over only those signed by a trusted console key and bound to a hold this host
+//! is waiting on; and the key files and key names both ends share ([`keys`]).
+
+pub mod keys;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -18,8 +22,6 @@ use proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-
-use crate::keys;
 
 /// First wait before reconnecting; doubled after each failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
