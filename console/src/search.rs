@@ -1,9 +1,11 @@
 //! What approvers read: holds with their full context and what became of them, and the
 //! audit trail, filtered and newest first.
 
+use std::fmt::Write as _;
+
 use prost::Message as _;
 use proto::v1::{Decision, HoldRaised, SignedDecision};
-use sqlx::Row as _;
+use sqlx::{FromRow as _, Row as _};
 
 use crate::store::{HoldRecord, Store, StoreError, decode_stored};
 
@@ -51,7 +53,7 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-/// A hold's row with its decision, in the column order [`Store::detail`] reads.
+/// A hold's row ([`HoldRecord`]'s columns, by name) with its context and its decision.
 const DETAIL: &str =
     "SELECT h.host, h.id, h.nonce, h.kind, h.agent, h.requester, h.policy_rule, h.requested_at_ms,
         h.deadline_ms, h.quorum, h.approvals, h.status, h.closed_reason, h.raised, d.signed
@@ -100,24 +102,10 @@ impl Store {
     }
 
     async fn detail(&self, row: &sqlx::any::AnyRow) -> Result<HoldDetail, StoreError> {
-        let record = HoldRecord {
-            host: row.try_get(0)?,
-            id: row.try_get(1)?,
-            nonce: row.try_get(2)?,
-            kind: row.try_get(3)?,
-            agent: row.try_get(4)?,
-            requester: row.try_get(5)?,
-            policy_rule: row.try_get(6)?,
-            requested_at_ms: row.try_get(7)?,
-            deadline_ms: row.try_get(8)?,
-            quorum: row.try_get(9)?,
-            approvals: row.try_get(10)?,
-            status: row.try_get(11)?,
-            closed_reason: row.try_get(12)?,
-        };
-        let raised: HoldRaised = decode_stored(&record.id, &row.try_get::<String, _>(13)?)?;
+        let record = HoldRecord::from_row(row)?;
+        let raised: HoldRaised = decode_stored(&record.id, &row.try_get::<String, _>("raised")?)?;
         let decision =
-            match row.try_get::<Option<String>, _>(14)? {
+            match row.try_get::<Option<String>, _>("signed")? {
                 Some(signed) => {
                     let signed: SignedDecision = decode_stored(&record.id, &signed)?;
                     Some(Decision::decode(signed.decision.as_slice()).map_err(|e| StoreError::Corrupt {
@@ -145,22 +133,19 @@ impl Store {
 
     /// Audit records matching `filter`, newest first (unverified: see [`Store::verify_audit`]).
     pub async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut words = filter.text.split_whitespace().map(contains_pattern).collect::<Vec<_>>();
-        // Up to three words are matched in SQL; an empty word matches everything.
-        words.resize(3, "%".into());
-        let rows = sqlx::query(
-            "SELECT seq, at_ms, event, hash FROM audit
-             WHERE ($1 <= 0 OR seq < $1)
-               AND event LIKE $2 ESCAPE '\\' AND event LIKE $3 ESCAPE '\\' AND event LIKE $4 ESCAPE '\\'
-             ORDER BY seq DESC LIMIT $5",
-        )
-        .bind(filter.before_seq)
-        .bind(&words[0])
-        .bind(&words[1])
-        .bind(&words[2])
-        .bind(filter.limit.clamp(1, MAX_LIMIT))
-        .fetch_all(&self.pool)
-        .await?;
+        // Every word must appear: one LIKE each, $2 on ($1 is the paging bound).
+        let words: Vec<String> = filter.text.split_whitespace().map(contains_pattern).collect();
+        let matches = (2..).take(words.len()).fold(String::new(), |mut sql, n| {
+            let _ = write!(sql, " AND event LIKE ${n} ESCAPE '\\'");
+            sql
+        });
+        let sql = format!(
+            "SELECT seq, at_ms, event, hash FROM audit WHERE ($1 <= 0 OR seq < $1){matches}
+             ORDER BY seq DESC LIMIT ${}",
+            words.len() + 2
+        );
+        let query = words.iter().fold(sqlx::query(&sql).bind(filter.before_seq), sqlx::query::Query::bind);
+        let rows = query.bind(filter.limit.clamp(1, MAX_LIMIT)).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 let event: String = row.try_get(2)?;

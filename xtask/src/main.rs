@@ -51,25 +51,30 @@ fn main() -> Result<()> {
     }
 }
 
-/// Seconds of coverage-guided fuzzing of the policy parser in every test run.
-const FUZZ_SECONDS: u32 = 30;
+/// The fuzz targets (`fuzz/fuzz_targets`) and the seconds each is fuzzed in every test run:
+/// what hostile or corrupt bytes reach first, the operator's policy files and the kernel's
+/// BTF.
+const FUZZ_TARGETS: [(&str, &str, u32); 2] =
+    [("policy", "the policy parser", 20), ("btf", "the BTF reader", 10)];
 
-/// Fuzzes the policy parser (`fuzz/`) with nightly's libFuzzer for [`FUZZ_SECONDS`],
-/// starting from the seeds in `fuzz/seeds`; new inputs go to a scratch corpus.
+/// Fuzzes each of [`FUZZ_TARGETS`] with nightly's libFuzzer, starting from the seeds in
+/// `fuzz/seeds/TARGET`; new inputs go to a scratch corpus.
 fn fuzz() -> Result<()> {
-    let corpus = std::env::temp_dir().join("keyturn-fuzz-corpus");
-    std::fs::create_dir_all(&corpus).context("fuzz corpus")?;
     let fuzz_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let status = Command::new("rustup")
-        .args(["run", "nightly", "cargo", "fuzz", "run", "policy"])
-        .arg(&corpus)
-        .arg("seeds/policy")
-        .args(["--", &format!("-max_total_time={FUZZ_SECONDS}")])
-        .current_dir(fuzz_dir)
-        .status()
-        .context("run cargo fuzz")?;
-    if !status.success() {
-        bail!("fuzzing the policy parser failed: {status} (the crashing input is under fuzz/artifacts)");
+    for (target, what, seconds) in FUZZ_TARGETS {
+        let corpus = std::env::temp_dir().join(format!("keyturn-fuzz-corpus-{target}"));
+        std::fs::create_dir_all(&corpus).context("fuzz corpus")?;
+        let status = Command::new("rustup")
+            .args(["run", "nightly", "cargo", "fuzz", "run", target])
+            .arg(&corpus)
+            .arg(format!("seeds/{target}"))
+            .args(["--", &format!("-max_total_time={seconds}")])
+            .current_dir(&fuzz_dir)
+            .status()
+            .context("run cargo fuzz")?;
+        if !status.success() {
+            bail!("fuzzing {what} failed: {status} (the crashing input is under fuzz/artifacts)");
+        }
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Decisions: pending holds, the rules of who may decide them, and what approval, denial
 //! and closing do.
 
-use std::time::Instant;
+use std::{collections::HashSet, time::Instant};
 
 use agent_common::{Action, HoldKey};
 use host_client::ClientEvent;
@@ -83,6 +83,46 @@ impl Decider<'_> {
     }
 }
 
+/// Why `decider` may not decide the pending hold `id` (approve it if `approve`, else deny
+/// it), if they may not: the rules every decision meets, wherever it comes from.
+pub(super) fn refusal(id: &str, pending: &Pending, decider: &Decider, approve: bool) -> Option<String> {
+    match decider {
+        Decider::Local(peer) if pending.view.uid == peer.uid => Some(format!(
+            "refused: you run as uid {}, the user of the held process; no one approves their own action",
+            peer.uid
+        )),
+        Decider::Local(_) if approve && pending.view.quorum > 1 => Some(format!(
+            "refused: hold {id} needs {} distinct approvers; approve it in the console \
+             (keyturn deny still works here)",
+            pending.view.quorum
+        )),
+        Decider::Console(decision) if decision.nonce != pending.nonce => Some(format!(
+            "decision for hold {id} names nonce {}, but the hold's nonce is {}",
+            decision.nonce, pending.nonce
+        )),
+        // The console counts approvers; the host checks its count against its own policy,
+        // naming people as the console compares them: without regard to case.
+        Decider::Console(decision) if approve => {
+            let approvers: HashSet<String> = decision.approvers.iter().map(|a| a.to_lowercase()).collect();
+            if approvers.len() < pending.view.quorum as usize {
+                Some(format!(
+                    "approval of hold {id} names {} distinct approvers, but the hold needs {}",
+                    approvers.len(),
+                    pending.view.quorum
+                ))
+            } else if approvers.contains(&pending.view.requester.to_lowercase()) {
+                Some(format!(
+                    "approval of hold {id} counts its requester {:?} among the approvers",
+                    pending.view.requester
+                ))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
 /// What a denial under `on_deny` does to the held action, as the audit trail says it.
 pub(super) fn denial_outcome(on_deny: OnDeny) -> String {
     if on_deny == OnDeny::Kill { "killed" } else { "failed with EPERM" }.to_owned()
@@ -110,44 +150,8 @@ impl Daemon {
                 None => format!("unknown hold id {id:?} (see keyturn pending)"),
             });
         };
-        match decider {
-            Decider::Local(peer) if pending.view.uid == peer.uid => {
-                return Err(format!(
-                    "refused: you run as uid {}, the user of the held process; no one approves their own action",
-                    peer.uid
-                ));
-            }
-            Decider::Local(_) if approve && pending.view.quorum > 1 => {
-                return Err(format!(
-                    "refused: hold {id} needs {} distinct approvers; approve it in the console \
-                     (keyturn deny still works here)",
-                    pending.view.quorum
-                ));
-            }
-            Decider::Console(decision) if decision.nonce != pending.nonce => {
-                return Err(format!(
-                    "decision for hold {id} names nonce {}, but the hold's nonce is {}",
-                    decision.nonce, pending.nonce
-                ));
-            }
-            // The console counts approvers; the host checks its count against its own policy.
-            Decider::Console(decision) if approve => {
-                let approvers: std::collections::HashSet<&String> = decision.approvers.iter().collect();
-                if approvers.len() < pending.view.quorum as usize {
-                    return Err(format!(
-                        "approval of hold {id} names {} distinct approvers, but the hold needs {}",
-                        approvers.len(),
-                        pending.view.quorum
-                    ));
-                }
-                if approvers.iter().any(|a| a.eq_ignore_ascii_case(&pending.view.requester)) {
-                    return Err(format!(
-                        "approval of hold {id} counts its requester {:?} among the approvers",
-                        pending.view.requester
-                    ));
-                }
-            }
-            _ => {}
+        if let Some(refusal) = refusal(id, pending, decider, approve) {
+            return Err(refusal);
         }
         Ok(self.pending.remove(id).expect("present"))
     }
@@ -314,5 +318,83 @@ impl Daemon {
         if let Err(error) = applied {
             tracing::error!(id, error = %error, "applying a decision from the console");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use agent_common::{Action, HoldKey};
+    use proto::v1::Decision;
+
+    use super::*;
+
+    const HELD_UID: u32 = 1000;
+
+    fn pending(quorum: u32) -> Pending {
+        let view =
+            HoldView { uid: HELD_UID, quorum, requester: "Alice@example.com".into(), ..HoldView::default() };
+        Pending {
+            key: HoldKey { tgid: 1, tid: 1 },
+            nonce: 7,
+            view,
+            root: 1,
+            action: Action::default(),
+            deadline: Instant::now(),
+            on_timeout: OnDeny::Kill,
+            on_deny: OnDeny::Kill,
+        }
+    }
+
+    fn local(uid: u32) -> Decider<'static> {
+        Decider::Local(Peer { uid, gid: uid, pid: 1 })
+    }
+
+    fn console(nonce: u64, approvers: &[&str]) -> Decision {
+        Decision {
+            nonce,
+            approvers: approvers.iter().map(|a| (*a).to_owned()).collect(),
+            ..Decision::default()
+        }
+    }
+
+    #[test]
+    fn no_one_decides_their_own_process_s_hold_on_the_host() {
+        assert!(
+            refusal("h", &pending(1), &local(HELD_UID), true).unwrap().contains("no one approves their own")
+        );
+        assert!(refusal("h", &pending(1), &local(HELD_UID), false).is_some(), "nor denies it");
+        assert_eq!(refusal("h", &pending(1), &local(0), true), None);
+    }
+
+    #[test]
+    fn a_quorum_is_approved_only_at_the_console_but_denied_anywhere() {
+        assert!(refusal("h", &pending(2), &local(0), true).unwrap().contains("needs 2 distinct approvers"));
+        assert_eq!(refusal("h", &pending(2), &local(0), false), None);
+        let two = console(7, &["bob@example.com", "carol@example.com"]);
+        assert_eq!(refusal("h", &pending(2), &Decider::Console(&two), true), None);
+    }
+
+    #[test]
+    fn a_console_decision_must_name_the_hold_s_nonce() {
+        let wrong = console(8, &["bob@example.com"]);
+        assert!(refusal("h", &pending(1), &Decider::Console(&wrong), false).unwrap().contains("nonce 8"));
+    }
+
+    #[test]
+    fn approvers_are_counted_once_each_whatever_their_case_and_never_the_requester() {
+        let same_person = console(7, &["bob@example.com", "BOB@example.com"]);
+        assert!(
+            refusal("h", &pending(2), &Decider::Console(&same_person), true)
+                .unwrap()
+                .contains("names 1 distinct")
+        );
+        let requester = console(7, &["alice@EXAMPLE.com", "bob@example.com"]);
+        assert!(
+            refusal("h", &pending(2), &Decider::Console(&requester), true).unwrap().contains("requester")
+        );
+        // A denial needs no count.
+        assert_eq!(refusal("h", &pending(2), &Decider::Console(&console(7, &[])), false), None);
     }
 }

@@ -64,3 +64,34 @@ impl Daemon {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use agent_common::Action;
+
+    use super::*;
+
+    #[test]
+    fn a_grant_covers_its_agent_s_same_action_until_it_ends() {
+        let action = Action { kind: 2, port: 443, ..Action::default() };
+        let other = Action { port: 80, ..action };
+        let for_ten_minutes = Grant { root: 5, action, until: Some(1_000 + 600) };
+        assert!(for_ten_minutes.covers(5, &action, 1_000));
+        assert!(for_ten_minutes.covers(5, &action, 1_599));
+        assert!(!for_ten_minutes.covers(5, &action, 1_600), "expired");
+        assert!(!for_ten_minutes.covers(6, &action, 1_000), "another agent");
+        assert!(!for_ten_minutes.covers(5, &other, 1_000), "another action");
+        let always = Grant { root: 5, action, until: None };
+        assert!(always.covers(5, &action, u64::MAX));
+    }
+
+    #[test]
+    fn a_grant_is_kept_as_the_bytes_of_its_action() {
+        let grant =
+            Grant { root: 5, action: Action { kind: 2, port: 443, ..Action::default() }, until: None };
+        let text = serde_json::to_string(&grant).unwrap();
+        let back: Grant = serde_json::from_str(&text).unwrap();
+        assert_eq!((back.root, back.action, back.until), (5, grant.action, None));
+        assert!(serde_json::from_str::<Grant>(&text.replace("\"action\":\"", "\"action\":\"00")).is_err());
+    }
+}

@@ -20,6 +20,8 @@ pub enum BtfError {
 }
 
 const KIND_STRUCT: u32 = 4;
+/// How far typedef chains and anonymous members are followed.
+const MAX_DEPTH: u32 = 32;
 const KIND_UNION: u32 = 5;
 
 /// One struct or union: its members as (name offset, type id, bit offset).
@@ -113,22 +115,31 @@ impl Btf {
         std::str::from_utf8(&rest[..end]).unwrap_or_default()
     }
 
+    /// The type `id` names through typedefs and modifiers; a chain that loops (a malformed
+    /// blob) ends where it started.
     fn resolve(&self, mut id: u32) -> u32 {
-        while let Some(&target) = self.aliases.get(&id) {
-            id = target;
+        for _ in 0..MAX_DEPTH {
+            match self.aliases.get(&id) {
+                Some(&target) => id = target,
+                None => return id,
+            }
         }
         id
     }
 
-    /// Bit offset of `member` in the composite `id`, searching anonymous members too.
-    fn find(&self, id: u32, member: &str) -> Option<(u32, bool)> {
+    /// Bit offset of `member` in the composite `id`, searching anonymous members too, at
+    /// most [`MAX_DEPTH`] deep (a malformed blob may nest a struct in itself).
+    fn find(&self, id: u32, member: &str, depth: u32) -> Option<(u32, bool)> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
         let composite = self.composites.get(&self.resolve(id))?;
         for &(name_off, type_id, offset) in &composite.members {
             let (bits, bitfield) =
                 if composite.kind_flag { (offset & 0x00ff_ffff, offset >> 24 != 0) } else { (offset, false) };
             if name_off == 0 {
-                if let Some((inner, inner_bitfield)) = self.find(type_id, member) {
-                    return Some((bits + inner, inner_bitfield));
+                if let Some((inner, inner_bitfield)) = self.find(type_id, member, depth + 1) {
+                    return Some((bits.checked_add(inner)?, inner_bitfield));
                 }
             } else if self.string(name_off) == member {
                 return Some((bits, bitfield));
@@ -141,7 +152,7 @@ impl Btf {
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
         let id = *self.by_name.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
         let (bits, bitfield) = self
-            .find(id, member)
+            .find(id, member, 0)
             .ok_or_else(|| BtfError::NoMember { strukt: strukt.into(), member: member.into() })?;
         if bitfield || bits % 8 != 0 {
             return Err(BtfError::Bitfield { strukt: strukt.into(), member: member.into() });
@@ -183,5 +194,111 @@ impl Btf {
         let timespec =
             self.member_offset("inode", "__i_ctime").or_else(|_| self.member_offset("inode", "i_ctime"))?;
         Ok((timespec, timespec + 8))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob as the kernel lays it out: a 24-byte header, the types, the strings.
+    fn blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
+        let types: Vec<u8> = types.iter().flat_map(|word| word.to_le_bytes()).collect();
+        let mut data = vec![0x9f, 0xeb, 1, 0];
+        for word in [24, 0, u32::try_from(types.len()).unwrap(), u32::try_from(types.len()).unwrap()] {
+            data.extend(word.to_le_bytes());
+        }
+        data.extend(u32::try_from(strings.len()).unwrap().to_le_bytes());
+        data.extend(types);
+        data.extend(strings);
+        data
+    }
+
+    const STRINGS: &[u8] = b"\0int\0outer\0a\0b\0c\0d\0outer_t\0";
+    // Offsets of the names in STRINGS.
+    const INT: u32 = 1;
+    const OUTER: u32 = 5;
+    const A: u32 = 11;
+    const B: u32 = 13;
+    const C: u32 = 15;
+    const D: u32 = 17;
+    const OUTER_T: u32 = 19;
+
+    /// `struct outer { int a; union { int b; int c; }; int d: 3; }` and `typedef outer_t`.
+    fn outer() -> Vec<u8> {
+        let info = |kind: u32, vlen: u32, kind_flag: u32| kind << 24 | vlen | kind_flag << 31;
+        blob(
+            &[
+                INT,
+                info(1, 0, 0),
+                4,
+                32, // 1: int
+                0,
+                info(KIND_UNION, 2, 0),
+                4,
+                B,
+                1,
+                0,
+                C,
+                1,
+                0, // 2: union { b; c; }
+                OUTER,
+                info(KIND_STRUCT, 3, 1),
+                12,
+                A,
+                1,
+                0,
+                0,
+                2,
+                32,
+                D,
+                1,
+                3 << 24 | 64, // 3
+                OUTER_T,
+                info(8, 0, 0),
+                3, // 4: typedef outer_t
+            ],
+            STRINGS,
+        )
+    }
+
+    #[test]
+    fn members_are_found_through_anonymous_unions_and_bitfields_refused() {
+        let btf = Btf::parse(&outer()).unwrap();
+        assert_eq!(btf.member_offset("outer", "a").unwrap(), 0);
+        assert_eq!(btf.member_offset("outer", "c").unwrap(), 4);
+        assert!(matches!(btf.member_offset("outer", "d"), Err(BtfError::Bitfield { .. })));
+        assert!(matches!(btf.member_offset("outer", "e"), Err(BtfError::NoMember { .. })));
+        assert!(matches!(btf.member_offset("inner", "a"), Err(BtfError::NoStruct(_))));
+    }
+
+    #[test]
+    fn malformed_blobs_are_errors_never_panics() {
+        let good = outer();
+        assert!(matches!(Btf::parse(&good[..1]), Err(BtfError::Malformed(_))));
+        assert!(matches!(Btf::parse(&[0; 24]), Err(BtfError::Malformed("bad magic"))));
+        for cut in [4, 20, 30, good.len() - 1] {
+            assert!(Btf::parse(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut unknown_kind = good.clone();
+        unknown_kind[24 + 7] = 31;
+        assert!(Btf::parse(&unknown_kind).is_err());
+    }
+
+    #[test]
+    fn a_type_that_contains_itself_ends_the_search() {
+        // struct loop { union-less anonymous member of type loop }; typedef t = t.
+        let info = |kind: u32, vlen: u32| kind << 24 | vlen;
+        let btf =
+            Btf::parse(&blob(&[OUTER, info(KIND_STRUCT, 1), 4, 0, 1, 0, OUTER_T, info(8, 0), 2], STRINGS))
+                .unwrap();
+        assert!(btf.member_offset("outer", "a").is_err());
+        assert_eq!(btf.resolve(2), 2);
+    }
+
+    #[test]
+    fn the_running_kernel_has_every_offset_keyturn_reads() {
+        let offsets = Btf::from_sys_fs().unwrap().kernel_offsets().unwrap();
+        assert!(offsets.task_start_boottime > 0 && offsets.task_group_leader > 0 && offsets.inode_ino > 0);
     }
 }

@@ -23,7 +23,7 @@ const MAX_REASON: usize = 1024;
 /// Longest approval `for` a duration: thirty days.
 const MAX_DURATION_SECS: u64 = 30 * 24 * 3600;
 /// Most words an audit search matches.
-const MAX_SEARCH_WORDS: usize = 3;
+const MAX_SEARCH_WORDS: usize = 8;
 
 fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query.map(|Query(q)| q).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))

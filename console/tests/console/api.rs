@@ -267,7 +267,12 @@ async fn holds_list_newest_first_and_filter(db: Db) {
         (records[0]["event"]["type"].as_str(), records[0]["event"]["hold"].as_str()),
         (Some("decided"), Some("h1"))
     );
-    refused(&api.get("/api/audit?q=a+b+c+d", &bob).await, StatusCode::BAD_REQUEST, "bad_request");
+    // Every word counts, the fourth and later included.
+    let (_, found) = api.get("/api/audit?q=tangerine+policy+decided+h1", &bob).await;
+    assert_eq!(found["records"].as_array().unwrap().len(), 1, "{found}");
+    let (_, none) = api.get("/api/audit?q=tangerine+policy+decided+h1+kumquat", &bob).await;
+    assert_eq!(none["records"].as_array().unwrap().len(), 0, "{none}");
+    refused(&api.get("/api/audit?q=a+b+c+d+e+f+g+h+i", &bob).await, StatusCode::BAD_REQUEST, "bad_request");
     let (status, head) = api.get("/api/audit/verify", &bob).await;
     assert_eq!(status, StatusCode::OK);
     assert!(head["records"].as_i64().unwrap() >= 5, "{head}");
