@@ -24,6 +24,12 @@ const PACKAGES: &[&str] = &[
     "cpio",
     "xz-utils",
     "zstd",
+    // the VM guests' agent runtimes (xtask/src/vm/runtimes.rs): Debian's Python 3.11 and
+    // OpenJDK 17 and NodeSource's Node 20 (`nodejs`, below) are copied from this machine into
+    // an ext4 image that mkfs.ext4 (e2fsprogs) builds
+    "python3.11",
+    "openjdk-17-jre-headless",
+    "e2fsprogs",
     // host integration tests: network namespaces and veth peers
     "iproute2",
     // approvers whose group comes from NSS, not /etc/group (tests/tests/nss.rs)

@@ -1,6 +1,8 @@
 //! `cargo xtask vm`: boots Debian's own 6.1 and 6.12 kernels in qemu (TCG) and runs the
 //! integration test executables of package `tests` inside them in the BPF LSM modes.
 
+mod runtimes;
+
 use std::{
     collections::HashMap,
     fs,
@@ -25,6 +27,10 @@ const RUN_TIMEOUT: Duration = Duration::from_mins(10);
 const BOOT_TIMEOUT: Duration = Duration::from_mins(3);
 /// Guest memory in MiB: the initramfs (test executables with debug info) lives in RAM.
 const VM_MEMORY_MIB: &str = "2048";
+/// The emulated CPU: the plain x86-64 baseline. With `max` (AVX2, XSAVE, PKU, LA57…) the
+/// guest kernel spends more time in every context switch, and the same two suites ran
+/// 9 to 31 % slower in four paired boots; nothing the tests load needs more.
+const CPU_MODEL: &str = "qemu64";
 /// Parallel tests per executable in the guest; TCG runs two vCPUs on two host threads.
 const TEST_THREADS: &str = "--test-threads=2";
 /// Test executables that run on the host only: what they test does not depend on the
@@ -32,8 +38,9 @@ const TEST_THREADS: &str = "--test-threads=2";
 const HOST_ONLY: [&str; 3] = ["nss", "oidc", "web_ui"];
 /// Starts every line `/init` prints about a test run; the runner parses them afterwards.
 const MARKER: &str = "KEYTURN-VM";
-/// Kernel modules the tests need (`ip link add … type veth`).
-const MODULES: [&str; 1] = ["veth"];
+/// Kernel modules the tests need (`ip link add … type veth`) and the disk the runtimes
+/// image is attached as (built into 6.12, modules in 6.1).
+const MODULES: [&str; 3] = ["veth", "virtio_pci", "virtio_blk"];
 /// Host programs the tests run by name (`echo` also by its path, `/bin/echo`); busybox's
 /// applets of the same names lack what the tests use (`ip … type veth`, `setpriv --reuid`).
 const TOOLS: [&str; 3] = ["echo", "ip", "setpriv"];
@@ -46,6 +53,12 @@ const HELPERS: [(&str, &str, &str); 2] =
 /// Users and groups the tests name (`setpriv --reuid=65534`, approver group `nogroup`).
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
+/// `localhost`, as the runtimes' HTTP clients resolve it.
+const HOSTS: &str = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n";
+/// Where the guest gets the programs the build script of package `tests` writes to
+/// `$OUT_DIR/runtimes` (Go, Java, C, Python and Node agents), and the variable naming it.
+const PROGRAMS_DIR: &str = "/runtimes";
+const PROGRAMS_VARIABLE: &str = "KEYTURN_RUNTIMES";
 
 /// A Debian kernel series: its packages are `{prefix}N{suffix}` (signed) and
 /// `{prefix}N{suffix}-unsigned`, and only the newest N is worth booting.
@@ -69,11 +82,12 @@ struct Kernel {
     modules: PathBuf,
 }
 
-/// What the guest runs: test executables by target name, and the `HELPERS` they start
-/// as (variable, binary name, executable).
+/// What the guest runs: test executables by target name, the `HELPERS` they start as
+/// (variable, binary name, executable), and the build script's programs directory, if any.
 struct Payload {
     tests: Vec<(String, PathBuf)>,
     helpers: Vec<(&'static str, &'static str, PathBuf)>,
+    programs: Option<PathBuf>,
 }
 
 /// The console of one guest and how long it ran.
@@ -88,8 +102,8 @@ struct Run {
     kernel: String,
     mode: &'static str,
     test: String,
-    /// Tests passed, or why the run counts as failed.
-    outcome: Result<u32, String>,
+    /// What passed, or why the run counts as failed.
+    outcome: Result<String, String>,
 }
 
 fn workspace_root() -> Result<&'static Path> {
@@ -111,26 +125,41 @@ pub fn run() -> Result<()> {
     let vm_dir = root.join("target/vm");
     let kernels = fetch_kernels(&vm_dir)?;
     let payload = build_payload(root)?;
+    let image = runtimes::build_image(&vm_dir)?;
     let mut runs = Vec::new();
     let mut timings = Vec::new();
     for kernel in &kernels {
-        let initrd = build_initramfs(&vm_dir, kernel, &payload)?;
-        let boot = boot(kernel, &initrd, vm_timeout(&payload))?;
-        let log = vm_dir.join(format!("{}.log", kernel.release));
-        fs::write(&log, &boot.console).with_context(|| format!("write {}", log.display()))?;
-        timings.push(format!(
-            "{} ({}): {:.0?}, console in {}",
-            kernel.release,
-            kernel.package,
-            boot.elapsed,
-            log.display()
-        ));
-        runs.extend(judge_boot(kernel, &payload, &boot));
+        let (timing, kernel_runs) = test_kernel(&vm_dir, kernel, &payload, &image)?;
+        timings.push(timing);
+        runs.extend(kernel_runs);
     }
     print_summary(&runs, &timings);
     let failed = runs.iter().filter(|run| run.outcome.is_err()).count();
     ensure!(failed == 0, "{failed} of {} VM test runs failed", runs.len());
     Ok(())
+}
+
+/// Builds the initramfs of `kernel`, boots it and judges its runs; returns how long it took
+/// with them.
+fn test_kernel(
+    vm_dir: &Path,
+    kernel: &Kernel,
+    payload: &Payload,
+    image: &runtimes::Image,
+) -> Result<(String, Vec<Run>)> {
+    let initrd = build_initramfs(vm_dir, kernel, payload, image)?;
+    let boot = boot(kernel, &initrd, &image.path, vm_timeout(payload))?;
+    let log = vm_dir.join(format!("{}.log", kernel.release));
+    fs::write(&log, &boot.console).with_context(|| format!("write {}", log.display()))?;
+    let idle = idle_percent(&boot.console).map_or_else(String::new, |idle| format!(", CPUs {idle}% idle"));
+    let timing = format!(
+        "{} ({}): {:.0?}{idle}, console in {}",
+        kernel.release,
+        kernel.package,
+        boot.elapsed,
+        log.display()
+    );
+    Ok((timing, judge_boot(kernel, payload, &boot)))
 }
 
 // ---- Kernels ----
@@ -248,59 +277,85 @@ fn only_entry(dir: &Path, prefix: &str) -> Result<PathBuf> {
 
 fn build_payload(root: &Path) -> Result<Payload> {
     let manifest = root.join("tests/Cargo.toml");
-    let tests: Vec<_> =
-        cargo_executables(root, &["test", "--package", "tests", "--no-run"], &manifest, "test")?
-            .into_iter()
-            .filter(|(name, _)| !HOST_ONLY.contains(&name.as_str()))
-            .collect();
+    let messages = cargo_messages(root, &["test", "--package", "tests", "--no-run"])?;
+    let tests: Vec<_> = executables(&messages, &manifest, "test")
+        .into_iter()
+        .filter(|(name, _)| !HOST_ONLY.contains(&name.as_str()))
+        .collect();
     ensure!(!tests.is_empty(), "cargo built no integration test executable of package tests");
+    let programs = build_script_out_dir(&messages, &manifest)
+        .map(|out_dir| out_dir.join("runtimes"))
+        .filter(|programs| programs.is_dir());
     let helpers = HELPERS
         .into_iter()
         .map(|(variable, package, binary)| Ok((variable, binary, build_binary(root, package, binary)?)))
         .collect::<Result<_>>()?;
-    Ok(Payload { tests, helpers })
+    Ok(Payload { tests, helpers, programs })
 }
 
 fn build_binary(root: &Path, package: &str, binary: &str) -> Result<PathBuf> {
     let manifest = root.join(package).join("Cargo.toml");
-    cargo_executables(root, &["build", "--package", package, "--bin", binary], &manifest, "bin")?
+    let messages = cargo_messages(root, &["build", "--package", package, "--bin", binary])?;
+    executables(&messages, &manifest, "bin")
         .into_iter()
         .find_map(|(name, path)| (name == binary).then_some(path))
         .with_context(|| format!("cargo built no {binary} executable"))
 }
 
-/// Runs cargo `args` and returns (target name, executable) of every artifact of the package
-/// at `manifest` whose target kind is `kind`.
-fn cargo_executables(
-    root: &Path,
-    args: &[&str],
-    manifest: &Path,
-    kind: &str,
-) -> Result<Vec<(String, PathBuf)>> {
+/// Runs cargo `args` and returns the JSON messages it printed.
+fn cargo_messages(root: &Path, args: &[&str]) -> Result<Vec<Value>> {
     let json = command_output(
         Command::new(env!("CARGO"))
             .args(args)
             .arg("--message-format=json-render-diagnostics")
             .current_dir(root),
     )?;
+    Ok(json.lines().filter_map(|line| serde_json::from_str(line).ok()).collect())
+}
+
+/// (target name, executable) of every artifact of the package at `manifest` whose target
+/// kind is `kind`.
+fn executables(messages: &[Value], manifest: &Path, kind: &str) -> Vec<(String, PathBuf)> {
     let mut found = Vec::new();
-    for message in json.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()) {
-        let is_wanted = message["reason"] == "compiler-artifact"
-            && message["manifest_path"].as_str().is_some_and(|path| Path::new(path) == manifest)
-            && message["target"]["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|k| k == kind));
+    for message in artifacts(messages, manifest) {
+        let is_wanted =
+            message["target"]["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|k| k == kind));
         if let (true, Some(name), Some(executable)) =
             (is_wanted, message["target"]["name"].as_str(), message["executable"].as_str())
         {
             found.push((name.to_owned(), PathBuf::from(executable)));
         }
     }
-    Ok(found)
+    found
+}
+
+/// The `OUT_DIR` of the build script of the package at `manifest`, if it has one.
+fn build_script_out_dir(messages: &[Value], manifest: &Path) -> Option<PathBuf> {
+    let package = artifacts(messages, manifest).find_map(|message| message["package_id"].as_str())?;
+    messages
+        .iter()
+        .filter(|message| message["reason"] == "build-script-executed" && message["package_id"] == package)
+        .find_map(|message| message["out_dir"].as_str().map(PathBuf::from))
+}
+
+/// The `compiler-artifact` messages of the package at `manifest`.
+fn artifacts<'a>(messages: &'a [Value], manifest: &'a Path) -> impl Iterator<Item = &'a Value> {
+    messages.iter().filter(move |message| {
+        message["reason"] == "compiler-artifact"
+            && message["manifest_path"].as_str().is_some_and(|path| Path::new(path) == manifest)
+    })
 }
 
 // ---- Initramfs ----
 
-/// Stages and packs the initramfs for `kernel`; returns the cpio archive.
-fn build_initramfs(vm_dir: &Path, kernel: &Kernel, payload: &Payload) -> Result<PathBuf> {
+/// Stages and packs the initramfs for `kernel`, ready to mount the runtimes `image`;
+/// returns the cpio archive.
+fn build_initramfs(
+    vm_dir: &Path,
+    kernel: &Kernel,
+    payload: &Payload,
+    image: &runtimes::Image,
+) -> Result<PathBuf> {
     let staging = vm_dir.join("initramfs").join(&kernel.release);
     remove_dir_if_present(&staging)?;
     merged_usr(&staging)?;
@@ -314,9 +369,14 @@ fn build_initramfs(vm_dir: &Path, kernel: &Kernel, payload: &Payload) -> Result<
     for (_, binary, executable) in &payload.helpers {
         install_stripped(&staging, executable, &Path::new("/").join(binary))?;
     }
+    if let Some(programs) = &payload.programs {
+        install_tree(&staging, programs, Path::new(PROGRAMS_DIR))?;
+    }
     write_file(&staging.join("etc/passwd"), PASSWD)?;
     write_file(&staging.join("etc/group"), GROUP)?;
+    write_file(&staging.join("etc/hosts"), HOSTS)?;
     install_busybox(&staging, &tools)?;
+    runtimes::stage_mount_points(image, &staging)?;
     let modules = stage_modules(kernel, &staging)?;
     write_init(&staging, payload, &modules)?;
     console_node(&staging)?;
@@ -383,6 +443,26 @@ fn install_stripped(staging: &Path, from: &Path, guest: &Path) -> Result<()> {
     let copy = in_guest(staging, guest);
     let status = Command::new("strip").arg("--strip-debug").arg(&copy).status().context("run strip")?;
     ensure!(status.success(), "strip --strip-debug {} failed: {status}", copy.display());
+    Ok(())
+}
+
+/// [`install`] for every file under the host directory `from`, at `guest`; links are
+/// copied as links.
+fn install_tree(staging: &Path, from: &Path, guest: &Path) -> Result<()> {
+    create_dir(&in_guest(staging, guest))?;
+    for entry in fs::read_dir(from).with_context(|| format!("list {}", from.display()))?.flatten() {
+        let (path, guest) = (entry.path(), guest.join(entry.file_name()));
+        let kind = entry.file_type().with_context(|| format!("stat {}", path.display()))?;
+        if kind.is_dir() {
+            install_tree(staging, &path, &guest)?;
+        } else if kind.is_symlink() {
+            let target = fs::read_link(&path).with_context(|| format!("read link {}", path.display()))?;
+            let link = in_guest(staging, &guest);
+            symlink(target, &link).with_context(|| format!("create link {}", link.display()))?;
+        } else {
+            install(staging, &path, &guest)?;
+        }
+    }
     Ok(())
 }
 
@@ -536,8 +616,11 @@ fn decompress(source: &Path, target: &Path) -> Result<()> {
 /// every mode between marker lines, and powers off.
 fn write_init(staging: &Path, payload: &Payload, modules: &[String]) -> Result<()> {
     let tests: Vec<&str> = payload.tests.iter().map(|(name, _)| name.as_str()).collect();
-    let helpers: Vec<String> =
+    let mut variables: Vec<String> =
         payload.helpers.iter().map(|(variable, binary, _)| format!("{variable}=/{binary}")).collect();
+    if payload.programs.is_some() {
+        variables.push(format!("{PROGRAMS_VARIABLE}={PROGRAMS_DIR}"));
+    }
     let script = format!(
         r#"#!/bin/sh
 # Written by `cargo xtask vm`.
@@ -555,11 +638,11 @@ mkdir -p /run/netns
 ip link set lo up
 for module in {modules}; do insmod "$module" || echo "{MARKER} cannot insmod $module"; done
 echo "{MARKER} kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
-failed=0
+{runtimes}failed=0
 for mode in {modes}; do
   for test in {tests}; do
     echo "{MARKER} mode=$mode test=$test start"
-    KEYTURN_TEST_MODE=$mode {helpers} RUST_BACKTRACE=1 \
+    KEYTURN_TEST_MODE=$mode {variables} RUST_BACKTRACE=1 \
       timeout {run_timeout} "/tests/$test" {TEST_THREADS} --color=never
     code=$?
     echo "{MARKER} mode=$mode test=$test exit=$code"
@@ -567,12 +650,14 @@ for mode in {modes}; do
   done
 done
 [ "$failed" = 0 ] || {{ echo "{MARKER} kernel log follows"; dmesg; }}
+echo "{MARKER} $(head -n 1 /proc/stat)"
 poweroff -f
 "#,
         modules = modules.join(" "),
         modes = MODES.join(" "),
         tests = tests.join(" "),
-        helpers = helpers.join(" "),
+        runtimes = runtimes::init_lines(),
+        variables = variables.join(" "),
         run_timeout = RUN_TIMEOUT.as_secs(),
     );
     let init = staging.join("init");
@@ -634,16 +719,21 @@ fn vm_timeout(payload: &Payload) -> Duration {
     BOOT_TIMEOUT + RUN_TIMEOUT * u32::try_from(runs).unwrap_or(u32::MAX)
 }
 
-/// Boots `kernel` with `initrd` under TCG, streaming and capturing its serial console,
-/// and kills qemu after `timeout`.
-fn boot(kernel: &Kernel, initrd: &Path, timeout: Duration) -> Result<Boot> {
+/// Boots `kernel` with `initrd` and the runtimes `image` (read-only) under TCG, streaming
+/// and capturing its serial console, and kills qemu after `timeout`.
+fn boot(kernel: &Kernel, initrd: &Path, image: &Path, timeout: Duration) -> Result<Boot> {
     let started = Instant::now();
+    // qemu reads two commas in an option's value as one.
+    let image = image.to_str().context("the runtimes image path is not UTF-8")?.replace(',', ",,");
+    let drive = format!("if=virtio,readonly=on,format=raw,file={image}");
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", VM_MEMORY_MIB, "-smp", "2"])
+        .args(["-accel", "tcg,thread=multi", "-cpu", CPU_MODEL, "-m", VM_MEMORY_MIB, "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-nic", "none", "-kernel"])
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
+        .arg("-drive")
+        .arg(drive)
         .args(["-append", "console=ttyS0 quiet panic=-1 lsm=lockdown,capability,landlock,bpf"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -705,12 +795,20 @@ fn skip_escape_sequence(chars: &mut std::str::Chars) {
 
 // ---- Verdicts ----
 
+/// The runtimes' check, then every test executable in every mode.
 fn judge_boot(kernel: &Kernel, payload: &Payload, boot: &Boot) -> Vec<Run> {
-    let mut runs = Vec::new();
+    let blame = |why: String| if boot.timed_out { format!("{why} (the VM timed out)") } else { why };
+    let runtimes = runtimes::judge(&boot.console).map_err(blame);
+    let mut runs = vec![Run {
+        kernel: kernel.release.clone(),
+        mode: "boot",
+        test: "runtimes".to_owned(),
+        outcome: runtimes,
+    }];
     for mode in MODES {
         for (test, _) in &payload.tests {
-            let outcome = judge_run(&boot.console, mode, test)
-                .map_err(|why| if boot.timed_out { format!("{why} (the VM timed out)") } else { why });
+            let outcome =
+                judge_run(&boot.console, mode, test).map(|passed| format!("{passed} tests")).map_err(blame);
             runs.push(Run { kernel: kernel.release.clone(), mode, test: test.clone(), outcome });
         }
     }
@@ -762,6 +860,17 @@ fn parse_summary(summary: &str) -> Result<u32, String> {
     }
 }
 
+/// How much of its CPUs' time the guest left idle, from the `cpu` line of `/proc/stat` that
+/// `/init` prints last (user, nice, system, idle, iowait, irq, softirq, steal…): near 0,
+/// the tests wait for the emulated CPUs rather than for timeouts.
+fn idle_percent(console: &str) -> Option<u64> {
+    let marker = format!("{MARKER} cpu ");
+    let line = console.lines().find_map(|line| line.split_once(&marker).map(|(_, ticks)| ticks))?;
+    let ticks: Vec<u64> = line.split_whitespace().take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
+    let total: u64 = ticks.iter().sum();
+    (ticks.len() == 8 && total > 0).then(|| (ticks[3] + ticks[4]) * 100 / total)
+}
+
 fn print_summary(runs: &[Run], timings: &[String]) {
     println!("\nVM test runs");
     for timing in timings {
@@ -772,7 +881,7 @@ fn print_summary(runs: &[Run], timings: &[String]) {
     println!("{:width$}  {:10}  {:test_width$}  result", "kernel", "mode", "test");
     for run in runs {
         let result = match &run.outcome {
-            Ok(passed) => format!("passed ({passed} tests)"),
+            Ok(passed) => format!("passed ({passed})"),
             Err(why) => format!("FAILED: {why}"),
         };
         println!("{:width$}  {:10}  {:test_width$}  {result}", run.kernel, run.mode, run.test);
@@ -867,6 +976,32 @@ mod tests {
     fn a_failed_run_names_its_failed_tests() {
         let failing = PASSING.replace("test b ... ok", "test b ... FAILED").replace("exit=0", "exit=101");
         assert_eq!(judge_run(&failing, "lsm", "hold"), Err("exit 101, failed: b".to_owned()));
+    }
+
+    #[test]
+    fn the_build_script_out_dir_is_the_one_of_the_package_asked_for() {
+        let messages: Vec<Value> = [
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/agent#0.1.0","manifest_path":"/w/agent/Cargo.toml"}"#,
+            r#"{"reason":"build-script-executed","package_id":"path+file:///w/agent#0.1.0","out_dir":"/t/agent-1/out"}"#,
+            r#"{"reason":"build-script-executed","package_id":"path+file:///w/tests#0.1.0","out_dir":"/t/tests-2/out"}"#,
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/tests#0.1.0","manifest_path":"/w/tests/Cargo.toml"}"#,
+        ]
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+        let out_dir = |manifest: &str| build_script_out_dir(&messages, Path::new(manifest));
+        assert_eq!(out_dir("/w/tests/Cargo.toml"), Some(PathBuf::from("/t/tests-2/out")));
+        assert_eq!(out_dir("/w/agent/Cargo.toml"), Some(PathBuf::from("/t/agent-1/out")));
+        assert_eq!(out_dir("/w/console/Cargo.toml"), None);
+        assert_eq!(build_script_out_dir(&messages[..1], Path::new("/w/agent/Cargo.toml")), None);
+    }
+
+    #[test]
+    fn idle_time_comes_from_the_last_cpu_line() {
+        let console = "KEYTURN-VM mode=lsm test=hold exit=0\nKEYTURN-VM cpu  580 0 220 1100 100 0 0 0 0 0\n";
+        assert_eq!(idle_percent(console), Some(60));
+        assert_eq!(idle_percent("KEYTURN-VM cpu  1 2\n"), None);
+        assert_eq!(idle_percent(PASSING), None);
     }
 
     #[test]
