@@ -33,12 +33,14 @@
 //! - A *tagged root* is a cgroup an operator tagged; an *agent* is what runs under it.
 //! - A *link* is a BPF link; the console connection is the *console link*.
 
-pub mod audit;
+// Public: the command line for the binary; the kernel, hold, policy and cgroup rooms for
+// the privileged tests (the tests crate) and the fuzz targets. The rest is the daemon's own.
+pub(crate) mod audit;
 pub mod cgroup;
 pub mod cli;
-pub mod config;
-pub mod console_link;
-pub mod daemon;
+pub(crate) mod config;
+pub(crate) mod console_link;
+pub(crate) mod daemon;
 pub mod hold;
 pub mod kernel;
 pub mod policy;

@@ -46,16 +46,14 @@ mod tests {
         }
     }
 
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("kt-state-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn scratch() -> tempfile::TempDir {
+        tempfile::Builder::new().prefix("kt-state-").tempdir().unwrap()
     }
 
     #[test]
     fn a_write_stopped_half_way_leaves_the_last_whole_one() {
-        let dir = scratch("half");
+        let scratch = scratch();
+        let dir = scratch.path();
         let path = dir.join("tags.json");
         write_json(&path, &vec!["first"]).unwrap();
         assert!(write_json(&path, &FailsHalfWay).is_err());
@@ -66,7 +64,8 @@ mod tests {
 
     #[test]
     fn a_temporary_file_a_crash_left_is_never_read() {
-        let dir = scratch("crash");
+        let scratch = scratch();
+        let dir = scratch.path();
         let path = dir.join("grants.json");
         write_json(&path, &vec![1, 2, 3]).unwrap();
         std::fs::write(dir.join(".tmpAbCdEf"), b"[1, 2").unwrap();

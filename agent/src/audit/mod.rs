@@ -93,11 +93,6 @@ impl Audit {
         Ok(Self { dir: dir.to_owned(), file, path, size, max_size, seq, prev })
     }
 
-    /// Appends `event` and makes it durable before returning.
-    pub fn record(&mut self, event: &impl Serialize) -> Result<(), AuditError> {
-        self.record_all([event])
-    }
-
     /// Appends `events` in order and makes them durable, with one flush to disk, before
     /// returning.
     pub fn record_all<E: Serialize>(
@@ -206,17 +201,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn trail(records: u64, max_size: u64) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "kt-audit-{}-{records}-{max_size}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        let mut audit = Audit::open(&dir, max_size).unwrap();
-        for n in 0..records {
-            audit.record(&json!({"type": "test", "n": n})).unwrap();
-        }
+    /// A trail of `records` test events in a directory removed when the guard drops.
+    fn trail(records: u64, max_size: u64) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new().prefix("kt-audit-").tempdir().unwrap();
+        let mut audit = Audit::open(dir.path(), max_size).unwrap();
+        audit.record_all((0..records).map(|n| json!({"type": "test", "n": n}))).unwrap();
         dir
     }
 
@@ -228,10 +217,11 @@ mod tests {
 
     #[test]
     fn an_intact_trail_verifies_across_rotation_and_reopening() {
-        let dir = trail(20, 600);
+        let guard = trail(20, 600);
+        let dir = guard.path();
         assert!(files(&dir).unwrap().len() > 1, "small max size rotates");
         let mut audit = Audit::open(&dir, 600).unwrap();
-        audit.record(&json!({"type": "after-reopen"})).unwrap();
+        audit.record_all([json!({"type": "after-reopen"})]).unwrap();
         let files_before = files(&dir).unwrap().len();
         audit.record_all((0..10).map(|n| json!({"type": "batch", "n": n}))).unwrap();
         assert!(files(&dir).unwrap().len() > files_before, "a batch rotates as it goes");
@@ -240,7 +230,8 @@ mod tests {
 
     #[test]
     fn an_edited_record_is_named() {
-        let dir = trail(5, 1 << 20);
+        let guard = trail(5, 1 << 20);
+        let dir = guard.path();
         let (file, mut lines) = lines(&dir);
         lines[2] = lines[2].replace("\"n\":2", "\"n\":7");
         fs::write(&file, lines.join("\n") + "\n").unwrap();
@@ -250,7 +241,8 @@ mod tests {
 
     #[test]
     fn removed_reordered_and_truncated_records_are_named() {
-        let dir = trail(5, 1 << 20);
+        let guard = trail(5, 1 << 20);
+        let dir = guard.path();
         let (file, lines) = lines(&dir);
         let mut removed = lines.clone();
         removed.remove(1);

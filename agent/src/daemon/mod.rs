@@ -10,7 +10,7 @@ mod status;
 mod sweep;
 
 pub use agents::Agent;
-pub use status::{Counters, Status};
+pub use status::Status;
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -230,13 +230,17 @@ mod tests {
 
     use super::*;
 
-    fn fresh_file(name: &str) -> (PathBuf, FileId) {
-        let dir = std::env::temp_dir().join(format!("kt-identify-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("program");
+    fn scratch() -> tempfile::TempDir {
+        tempfile::Builder::new().prefix("kt-identify-").tempdir().unwrap()
+    }
+
+    /// A program written just now; the file goes with the directory guard.
+    fn fresh_file() -> (tempfile::TempDir, PathBuf, FileId) {
+        let dir = scratch();
+        let path = dir.path().join("program");
         std::fs::write(&path, b"#!/bin/sh\necho fresh\n").unwrap();
         let id = FileId::of(&path).unwrap();
-        (path, id)
+        (dir, path, id)
     }
 
     fn open_for_writing_at_once(path: &Path) -> io::Result<File> {
@@ -248,7 +252,7 @@ mod tests {
     /// the lease goes.
     #[test]
     fn a_fresh_file_is_read_under_a_lease_that_keeps_writers_out_until_it_settles() {
-        let (path, id) = fresh_file("lease");
+        let (_dir, path, id) = fresh_file();
         let digests = Digests::default();
         let (digest, lease) = digests.digest(id, File::open(&path).unwrap()).unwrap();
         assert_eq!(digest, hex::encode(Sha256::digest(b"#!/bin/sh\necho fresh\n")));
@@ -264,7 +268,7 @@ mod tests {
     /// read only once the change time has settled, as without leases.
     #[test]
     fn a_file_someone_writes_is_read_only_once_settled() {
-        let (path, id) = fresh_file("writer");
+        let (_dir, path, id) = fresh_file();
         let mut writer = OpenOptions::new().append(true).open(&path).unwrap();
         let digests = Digests::default();
         let (_, lease) = digests.digest(id, File::open(&path).unwrap()).unwrap();
@@ -278,10 +282,8 @@ mod tests {
     /// without blocking and refused, never waited on.
     #[test]
     fn a_fifo_is_refused_at_once() {
-        let dir = std::env::temp_dir().join(format!("kt-identify-{}-fifo", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join("program");
-        let _ = std::fs::remove_file(&fifo);
+        let dir = scratch();
+        let fifo = dir.path().join("program");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let id = FileId::of(&fifo).unwrap();
         let refused = Digests::default().open_as(&fifo, id).expect_err("a FIFO is no program");
