@@ -124,8 +124,11 @@ pub fn ancestor_cgroup(level: i32) -> u64 {
     unsafe { generated::bpf_get_current_ancestor_cgroup_id(level) }
 }
 
-/// Sends `signal` to the current process; `true` only if the kernel queued it.
+/// Sends `signal` to the current thread (a SIGSTOP still stops its whole process); `true`
+/// only if the kernel queued it. Never process-wide: while another thread's SIGSTOP is
+/// still pending for the process, a second one is merged into it without marking this
+/// thread, which then returns -ERESTARTNOINTR (513) to user space instead of stopping.
 pub fn signal_current(signal: u32) -> bool {
     // SAFETY: plain helper call.
-    unsafe { generated::bpf_send_signal(signal) == 0 }
+    unsafe { generated::bpf_send_signal_thread(signal) == 0 }
 }
