@@ -110,6 +110,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
@@ -290,7 +295,7 @@ impl Drop for Daemon {
 }
 
 /// `setpriv` arguments that run what follows as `nobody`.
-fn as_nobody() -> [String; 4] {
+pub fn as_nobody() -> [String; 4] {
     ["setpriv".into(), format!("--reuid={NOBODY}"), format!("--regid={NOGROUP}"), "--clear-groups".into()]
 }
 

@@ -17,8 +17,10 @@ use std::{
 };
 
 pub mod daemon;
+pub mod embedded;
 pub mod oidc;
 pub mod runtimes;
+pub mod working_day;
 
 use agent_common::{HoldKey, Tag};
 use keyturn::{
@@ -449,6 +451,13 @@ impl Peer {
             v6_net: format!("fd00:6b74:0:{serial:x}::/64").parse().expect("cidr"),
             _subnet_lock: subnet_lock,
         }
+    }
+
+    /// A command that runs `program` inside the peer's network namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns]).arg(program);
+        command
     }
 
     /// Runs `f` on a thread that lives in the peer's namespace.

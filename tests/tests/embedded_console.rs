@@ -1,119 +1,16 @@
 //! The daemon's embedded console: with no `[console]`, a held action appears in its HTTP
 //! API with its context, and an approver's API token releases or kills the process.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
-
-use serde_json::{Value, json};
+use serde_json::json;
 use tests::{
     WAIT,
-    daemon::{Daemon, HOLD_FLAGGED, finish, stderr},
+    daemon::{HOLD_FLAGGED, finish},
+    embedded::Embedded,
 };
-
-/// A daemon running its embedded console on addresses of its own, and that console's API.
-struct Embedded {
-    daemon: Daemon,
-    /// Where the embedded console serves host streams.
-    hosts: SocketAddr,
-    api: String,
-    console_config: std::path::PathBuf,
-    rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
-}
-
-impl Embedded {
-    fn start() -> Self {
-        let (hosts, people) = (tests::free_addr(), tests::free_addr());
-        let scratch =
-            std::env::temp_dir().join(format!("kt-embedded-{}-{}", std::process::id(), people.port()));
-        std::fs::create_dir_all(&scratch).expect("scratch");
-        let console_config = scratch.join("console.toml");
-        std::fs::write(
-            &console_config,
-            format!(
-                "listen = \"{hosts}\"\ndatabase = \"sqlite://{0}/console.db?mode=rwc\"\nkey = \"{0}/console.key\"\n\
-                 [tls]\nenabled = false\n[http]\nlisten = \"{people}\"\n",
-                scratch.display()
-            ),
-        )
-        .expect("console config");
-        let daemon = Daemon::start_with_config(
-            HOLD_FLAGGED,
-            &format!("embedded_console_config = \"{}\"", console_config.display()),
-        );
-        Self {
-            daemon,
-            hosts,
-            api: format!("http://{people}/api"),
-            console_config,
-            rt: tokio::runtime::Runtime::new().expect("runtime"),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    /// A new API token for `person` with `role`, made with `keyturn console api-token`.
-    fn token(&self, person: &str, role: &str) -> String {
-        let config = self.console_config.to_str().expect("path");
-        let out = self.daemon.cli(&["console", "--config", config, "api-token", person, "--role", role]);
-        assert!(out.status.success(), "api-token: {}", stderr(&out));
-        String::from_utf8(out.stdout).expect("token").trim().to_owned()
-    }
-
-    /// `method path` with `token` and `body`: the status and the JSON answer.
-    fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        self.rt.block_on(async {
-            let mut request = self.http.request(method, format!("{}{path}", self.api));
-            if let Some(token) = token {
-                request = request.bearer_auth(token);
-            }
-            if let Some(body) = body {
-                request = request.json(&body);
-            }
-            let response = request.send().await.expect("request");
-            let status = response.status().as_u16();
-            (status, response.json().await.unwrap_or(Value::Null))
-        })
-    }
-
-    /// Waits for a pending hold in the API and returns it.
-    fn pending_hold(&self, token: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (status, answer) =
-                self.call(reqwest::Method::GET, "/holds?status=pending", Some(token), None);
-            assert_eq!(status, 200, "{answer}");
-            if let Some(hold) = answer["holds"].as_array().and_then(|holds| holds.first()) {
-                return hold.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no hold reached the embedded console; log: {}",
-                self.daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Embedded {
-    fn drop(&mut self) {
-        if let Some(dir) = self.console_config.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
 
 #[test]
 fn an_approval_in_the_embedded_console_lets_the_process_run() {
-    let embedded = Embedded::start();
+    let embedded = Embedded::start(HOLD_FLAGGED);
     let approver = embedded.token("alice@example.com", "approver");
     let (status, openapi) = embedded.call(reqwest::Method::GET, "/openapi.json", None, None);
     assert_eq!((status, openapi["openapi"].as_str()), (200, Some("3.1.0")));
@@ -147,7 +44,7 @@ fn an_approval_in_the_embedded_console_lets_the_process_run() {
 
 #[test]
 fn a_viewer_cannot_approve_and_a_denial_kills_the_process() {
-    let embedded = Embedded::start();
+    let embedded = Embedded::start(HOLD_FLAGGED);
     let viewer = embedded.token("carol@example.com", "viewer");
     let approver = embedded.token("bob@example.com", "approver");
     let child = embedded.daemon.run_agent(&embedded.daemon.flagged(), &["never"]);
@@ -180,7 +77,7 @@ fn a_viewer_cannot_approve_and_a_denial_kills_the_process() {
 /// identity and nothing else, so nobody can slip in holds under another host or this one.
 #[test]
 fn the_embedded_console_serves_only_its_own_host() {
-    let embedded = Embedded::start();
+    let embedded = Embedded::start(HOLD_FLAGGED);
     let approver = embedded.token("alice@example.com", "approver");
     // The daemon's own link is up once a hold of it arrives.
     let child = embedded.daemon.run_agent(&embedded.daemon.flagged(), &["mine"]);

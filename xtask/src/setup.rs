@@ -34,6 +34,18 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     // approvers whose group comes from NSS, not /etc/group (tests/tests/nss.rs)
     "libnss-extrausers",
+    // the working day (tests/working-day): git over HTTP (git http-backend), Debian's python3
+    // with venv, and pip, setuptools and wheel to build the package index's wheels, curl,
+    // wget and make; gcc and libc6-dev come with the runtimes below, nm with binutils above,
+    // npm with the Node packages
+    "git",
+    "python3-venv",
+    "python3-pip",
+    "python3-setuptools",
+    "python3-wheel",
+    "curl",
+    "wget",
+    "make",
     // console tests: a throw-away PostgreSQL cluster per test (initdb + pg_ctl on a private port)
     "postgresql",
     // web UI tests: Debian's headless Chromium, driven from Node by playwright-core

@@ -1,0 +1,3 @@
+const { titleCase } = require("kt-strings");
+
+exports.greet = (name) => `Hello, ${titleCase(name) || "Stranger"}!`;

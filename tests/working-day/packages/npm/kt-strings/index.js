@@ -1,0 +1,6 @@
+exports.titleCase = (text) =>
+  text
+    .split(" ")
+    .filter(Boolean)
+    .map((word) => word[0].toUpperCase() + word.slice(1))
+    .join(" ");

@@ -1,0 +1,1 @@
+"""Summaries of texts for the weekly report."""
