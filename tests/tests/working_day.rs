@@ -21,7 +21,8 @@ use tests::{
 
 /// How a step the approver denied ends under the day's policy (`on_deny`): killed.
 fn denied_status(policy: &str) -> i32 {
-    let policy = keyturn::policy::file::parse("test", "test.toml", policy).expect("the day's policy is valid");
+    let policy =
+        keyturn::policy::file::parse("test", "test.toml", policy).expect("the day's policy is valid");
     assert_eq!(policy.on_deny, OnDeny::Kill, "the test expects denied actions to be killed");
     128 + libc::SIGKILL
 }
