@@ -315,6 +315,8 @@ pub struct KernelOffsets {
     pub super_block_dev: u32,
     pub task_start_boottime: u32,
     pub socket_type: u32,
+    /// `socket.state` (`SS_UNCONNECTED`, `SS_CONNECTING`…).
+    pub socket_state: u32,
     pub msghdr_name: u32,
     pub task_tgid: u32,
     pub task_group_leader: u32,

@@ -15,6 +15,8 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u16 = 1;
 const SOCK_DGRAM: u16 = 2;
+/// `socket_state`: a stream socket connects somewhere new only from `SS_UNCONNECTED`.
+const SS_UNCONNECTED: u32 = 1;
 const IPPROTO_MPTCP: u32 = 262;
 
 /// A destination: address (IPv4 mapped into IPv6), port, protocol.
@@ -100,8 +102,25 @@ fn socket_protocol(socket: u64) -> Result<u32, i32> {
     })
 }
 
+/// Whether `socket` is a stream socket already connecting or connected: its connect can
+/// only wait for or report the connection it has (`EALREADY`, `EISCONN`), never reach a
+/// new destination. The LSM hook runs on every `connect` call, unlike the cgroup hooks:
+/// a connect restarted after its thread was stopped for another thread's hold, or asked
+/// again by its program (or by io_uring on some kernels) for its result, is one already
+/// decided, and must not be held again.
+fn already_connecting(socket: u64) -> Result<bool, i32> {
+    let socket_type: u16 = kernel::read(socket, kernel::offsets().socket_type)?;
+    let state: u32 = kernel::read(socket, kernel::offsets().socket_state)?;
+    Ok(socket_type == SOCK_STREAM && state != SS_UNCONNECTED)
+}
+
 /// Decides `socket_connect(sock, address, addrlen)`: unreadable arguments are refused.
 pub fn connect(socket: u64, sockaddr: u64) -> Outcome {
+    match already_connecting(socket) {
+        Ok(true) => return Outcome::Allow,
+        Ok(false) => {}
+        Err(_) => return Outcome::Refuse,
+    }
     let destination = socket_protocol(socket).and_then(|protocol| sockaddr_destination(sockaddr, protocol));
     match destination {
         Ok(Some(to)) => check(&to, Waiting::Restart),

@@ -21,6 +21,7 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     super_block_dev: 0,
     task_start_boottime: 0,
     socket_type: 0,
+    socket_state: 0,
     msghdr_name: 0,
     task_tgid: 0,
     task_group_leader: 0,

@@ -145,6 +145,21 @@ impl Kernel {
     pub fn counter(&mut self, index: u32) -> u64 {
         self.enforcer().counters().expect("counters")[index as usize]
     }
+
+    /// The kernel side as a failure message shows it: every counter and hold record.
+    pub fn state(&mut self) -> String {
+        let counters = self.enforcer().counters().expect("counters");
+        let records: Vec<String> = self
+            .enforcer()
+            .holds()
+            .expect("holds")
+            .iter()
+            .map(|(key, hold)| {
+                format!("{}/{}: state {} type {}", key.tgid, key.tid, hold.state, hold.event_type)
+            })
+            .collect();
+        format!("counters {counters:?}, hold records [{}]", records.join(", "))
+    }
 }
 
 impl Drop for Kernel {
@@ -330,7 +345,12 @@ pub fn finish(mut child: Child) -> (String, std::process::ExitStatus) {
             child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read stdout");
             return (out, status);
         }
-        assert!(Instant::now() < deadline, "process {} did not finish", child.id());
+        assert!(
+            Instant::now() < deadline,
+            "process {} did not finish (state {:?})",
+            child.id(),
+            process_state(child.id())
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -290,9 +290,10 @@ fn process_start_ns(pid: u32) -> u64 {
 /// (after its execs were judged and released, whose SIGCONT would end an earlier stop).
 fn stopped_agent(cgroup: &TestCgroup) -> Child {
     let agent = agent_in(cgroup, "/bin/sleep", ["1000"]).spawn().expect("spawn");
+    // Wherever the host or guest keeps it (coreutils, or a busybox applet in the VMs).
+    let program = fs::canonicalize("/bin/sleep").expect("sleep");
     let sleeping = || {
-        fs::read_link(format!("/proc/{}/exe", agent.id())).ok().as_deref()
-            == Some(Path::new("/usr/bin/sleep"))
+        fs::read_link(format!("/proc/{}/exe", agent.id())).ok() == Some(program.clone())
             && tests::process_state(agent.id()) == Some('S')
     };
     let deadline = Instant::now() + WAIT;

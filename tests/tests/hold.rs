@@ -226,13 +226,14 @@ fn approving_one_threads_hold_releases_only_that_threads_action() {
         "the first thread's approval is used or still waiting for its restart"
     );
     kernel.approve(&second);
+    let (out, status) = finish(child);
+    assert!(status.success(), "{out}");
     e.received.wait_connections(2);
     let deadline = std::time::Instant::now() + tests::WAIT;
     while String::from_utf8_lossy(&e.received.bytes()).matches(MESSAGE).count() < 2 {
         assert!(std::time::Instant::now() < deadline, "the threads' data never arrived");
         sleep(std::time::Duration::from_millis(5));
     }
-    assert!(finish(child).1.success());
 }
 
 /// An egress held in a thread that uses io_uring (a request it submitted, or one an io-wq
@@ -254,10 +255,10 @@ fn io_uring_is_deferred_and_an_approved_retry_delivers(how: &'static str, port: 
     assert_ne!(process_state(pid), Some('T'), "an io_uring request is never held by a stop");
     assert!(e.received.bytes().is_empty(), "nothing may reach the peer before the approval");
     kernel.approve(&key);
-    e.received.wait_for(MESSAGE);
     let (out, status) = finish(child);
-    assert!(status.success(), "{out}");
+    assert!(status.success(), "{out} ({})", kernel.state());
     assert_eq!(out.trim(), "ok");
+    e.received.wait_for(MESSAGE);
 }
 
 #[test]

@@ -12,7 +12,8 @@ const USAGE: &str = "usage: cargo xtask <setup | run | test | vm | bench>
   setup   install what this machine lacks (Debian packages, rust-src, bpf-linker, VM kernels, tests/js)
   run     setup, build, and start the keyturn daemon with its embedded defaults
   test    setup, then every test: unit, host integration, fuzzing, VM (Debian 6.1 and 6.12)
-  vm      only the VM tests
+  vm      only the VM tests; `vm [--kernel 6.1|6.12] [--mode lsm-cgroup|lsm] [TEST [FILTER…]]`
+          runs one test executable, with libtest's FILTER, on one kernel, in one mode
   bench   benchmarks, reported side by side from one run";
 
 fn main() -> Result<()> {
@@ -37,9 +38,9 @@ fn main() -> Result<()> {
             cargo(&["build", "--package", "agent"])?;
             cargo(&["test", "--package", "tests"])?;
             fuzz()?;
-            vm::run()
+            vm::run(&vm::Selection::default())
         }
-        "vm" => vm::run(),
+        "vm" => vm::run(&vm::Selection::parse(std::env::args().skip(2))?),
         "bench" => {
             setup::run()?;
             bench::run()

@@ -91,6 +91,9 @@ struct Payload {
     tests: Vec<(String, PathBuf)>,
     helpers: Vec<(&'static str, &'static str, PathBuf)>,
     programs: Option<PathBuf>,
+    /// The modes each test executable runs in, and libtest's arguments (a filter).
+    modes: Vec<&'static str>,
+    filter: Vec<String>,
 }
 
 /// The console of one guest and how long it ran.
@@ -123,11 +126,55 @@ pub fn install_kernels() -> Result<()> {
     fetch_kernels(&workspace_root()?.join("target/vm")).map(drop)
 }
 
-pub fn run() -> Result<()> {
+/// What a developer's `cargo xtask vm [--kernel 6.1|6.12] [--mode MODE] [TEST [FILTER…]]`
+/// narrows the run to: one kernel series, one mode, one test executable and libtest's
+/// arguments for it. The test command runs everything.
+#[derive(Default)]
+pub struct Selection {
+    kernel: Option<String>,
+    mode: Option<String>,
+    test: Option<String>,
+    filter: Vec<String>,
+}
+
+impl Selection {
+    pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Self> {
+        let mut selection = Self::default();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--kernel" => selection.kernel = Some(args.next().context("--kernel needs 6.1 or 6.12")?),
+                "--mode" => {
+                    let mode = args.next().context("--mode needs a mode")?;
+                    ensure!(MODES.contains(&mode.as_str()), "--mode is one of {}", MODES.join(", "));
+                    selection.mode = Some(mode);
+                }
+                _ if selection.test.is_none() => selection.test = Some(arg),
+                _ => selection.filter.push(arg),
+            }
+        }
+        Ok(selection)
+    }
+
+    fn modes(&self) -> Vec<&'static str> {
+        MODES.into_iter().filter(|mode| self.mode.as_deref().is_none_or(|wanted| wanted == *mode)).collect()
+    }
+}
+
+pub fn run(selection: &Selection) -> Result<()> {
     let root = workspace_root()?;
     let vm_dir = root.join("target/vm");
-    let kernels = fetch_kernels(&vm_dir)?;
-    let payload = build_payload(root)?;
+    let mut kernels = fetch_kernels(&vm_dir)?;
+    if let Some(series) = &selection.kernel {
+        kernels.retain(|kernel| kernel.release.starts_with(&format!("{series}.")));
+        ensure!(!kernels.is_empty(), "no kernel of series {series} (6.1 or 6.12)");
+    }
+    let mut payload = build_payload(root)?;
+    if let Some(test) = &selection.test {
+        payload.tests.retain(|(name, _)| name == test);
+        ensure!(!payload.tests.is_empty(), "no VM test executable named {test}");
+    }
+    payload.modes = selection.modes();
+    payload.filter = selection.filter.clone();
     let image = runtimes::build_image(&vm_dir)?;
     let mut runs = Vec::new();
     let mut timings = Vec::new();
@@ -293,7 +340,7 @@ fn build_payload(root: &Path) -> Result<Payload> {
         .into_iter()
         .map(|(variable, package, binary)| Ok((variable, binary, build_binary(root, package, binary)?)))
         .collect::<Result<_>>()?;
-    Ok(Payload { tests, helpers, programs })
+    Ok(Payload { tests, helpers, programs, modes: MODES.to_vec(), filter: Vec::new() })
 }
 
 fn build_binary(root: &Path, package: &str, binary: &str) -> Result<PathBuf> {
@@ -646,7 +693,7 @@ for mode in {modes}; do
   for test in {tests}; do
     echo "{MARKER} mode=$mode test=$test start"
     KEYTURN_TEST_MODE=$mode {variables} RUST_BACKTRACE=1 \
-      timeout {run_timeout} "/tests/$test" {TEST_THREADS} --color=never
+      timeout {run_timeout} "/tests/$test" {TEST_THREADS} --color=never {filter}
     code=$?
     echo "{MARKER} mode=$mode test=$test exit=$code"
     [ "$code" = 0 ] || failed=1
@@ -657,7 +704,13 @@ echo "{MARKER} $(head -n 1 /proc/stat)"
 poweroff -f
 "#,
         modules = modules.join(" "),
-        modes = MODES.join(" "),
+        modes = payload.modes.join(" "),
+        filter = payload
+            .filter
+            .iter()
+            .map(|arg| format!("'{}'", arg.replace('\'', "'\\''")))
+            .collect::<Vec<_>>()
+            .join(" "),
         tests = tests.join(" "),
         runtimes = runtimes::init_lines(),
         variables = variables.join(" "),
@@ -718,7 +771,7 @@ fn list_tree(staging: &Path, relative: &Path, list: &mut Vec<u8>) -> Result<()> 
 
 /// `BOOT_TIMEOUT` plus `RUN_TIMEOUT` for each mode of each test executable.
 fn vm_timeout(payload: &Payload) -> Duration {
-    let runs = MODES.len() * payload.tests.len();
+    let runs = payload.modes.len() * payload.tests.len();
     BOOT_TIMEOUT + RUN_TIMEOUT * u32::try_from(runs).unwrap_or(u32::MAX)
 }
 
@@ -808,7 +861,7 @@ fn judge_boot(kernel: &Kernel, payload: &Payload, boot: &Boot) -> Vec<Run> {
         test: "runtimes".to_owned(),
         outcome: runtimes,
     }];
-    for mode in MODES {
+    for mode in payload.modes.iter().copied() {
         for (test, _) in &payload.tests {
             let outcome =
                 judge_run(&boot.console, mode, test).map(|passed| format!("{passed} tests")).map_err(blame);

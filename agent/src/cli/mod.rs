@@ -47,24 +47,16 @@ enum Command {
     },
     /// Start CMD in a new tagged cgroup, wait, and exit with its status.
     Run {
-        #[arg(long, default_value = "default")]
-        policy: String,
-        #[arg(long)]
-        name: Option<String>,
         #[command(flatten)]
-        requester: RequesterArg,
+        agent: AgentArgs,
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
     /// Tag an existing cgroup (path relative to the cgroup v2 root) as an agent's.
     Tag {
         path: String,
-        #[arg(long, default_value = "default")]
-        policy: String,
-        #[arg(long)]
-        name: Option<String>,
         #[command(flatten)]
-        requester: RequesterArg,
+        agent: AgentArgs,
     },
     /// Stop enforcing on a tagged cgroup.
     Untag { path: String },
@@ -150,7 +142,13 @@ enum AuditCommand {
 }
 
 #[derive(Args)]
-struct RequesterArg {
+struct AgentArgs {
+    /// The policy the agent's actions are judged by.
+    #[arg(long, default_value = "default")]
+    policy: String,
+    /// The agent's name in listings and in the console.
+    #[arg(long)]
+    name: Option<String>,
     /// Who launches the agent (a person or service account, such as an email address): the
     /// console lets no one approve the holds of an agent they launched. Default: the user
     /// calling, as `unix:NAME`.
@@ -235,10 +233,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             tokio::runtime::Runtime::new()?.block_on(crate::daemon::run(config))?;
             Ok(0)
         }
-        Command::Run { policy, name, requester: RequesterArg { requester }, command } => {
+        Command::Run { agent: AgentArgs { policy, name, requester }, command } => {
             run_agent(&config, policy, name, requester, &command)
         }
-        Command::Tag { path, policy, name, requester: RequesterArg { requester } } => {
+        Command::Tag { path, agent: AgentArgs { policy, name, requester } } => {
             print_json(&call(&config, &Request::Tag { path, policy, name, requester })?)
         }
         Command::Untag { path } => print_json(&call(&config, &Request::Untag { path })?),

@@ -3,6 +3,7 @@
 use std::{
     os::unix::ffi::OsStrExt as _,
     sync::Arc,
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -11,14 +12,19 @@ use proto::v1::CloseReason;
 
 use super::{Daemon, agents::Agent, decisions::Pending, grants::unix_now};
 
-/// How long the judges may take over an exec hold before it goes to a person as it is.
-const JUDGING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the judges may go without progress on an exec hold (waiting for a judge, or
+/// reading its file) before it goes to a person as it is. A large file read slowly (a
+/// 100 MB runtime under emulation) is progress; a read that never returns is not.
+const JUDGING_STALL: Duration = Duration::from_secs(10);
 
 /// An exec hold with the judges.
 pub(super) struct Judging {
     nonce: u64,
     event: HoldEvent,
     restored: bool,
+    /// Bytes of its file the judge has read so far, and the count last looked at.
+    progress: Arc<AtomicU64>,
+    seen: u64,
     deadline: Instant,
 }
 use crate::{
@@ -128,16 +134,19 @@ impl Daemon {
         self.settle_new_hold(key, event, restored, &judgement, None, None, Vec::new());
     }
 
-    /// Hands the exec hold `key` to the judges, with a deadline for their answer.
+    /// Hands the exec hold `key` to the judges, with a deadline for their progress.
     fn judge_exec(&mut self, key: HoldKey, event: &HoldEvent, restored: bool, policy: Arc<Policy>) {
+        let progress = Arc::new(AtomicU64::new(0));
         let judging = Judging {
             nonce: event.hold.nonce,
             event: *event,
             restored,
-            deadline: Instant::now() + JUDGING_TIMEOUT,
+            progress: progress.clone(),
+            seen: 0,
+            deadline: Instant::now() + JUDGING_STALL,
         };
         self.judging.insert(key, judging);
-        self.judge.submit(key, *event, restored, policy);
+        self.judge.submit(key, *event, restored, policy, progress);
     }
 
     /// A judged exec hold, if it is still being judged (its process may have gone, or its
@@ -192,17 +201,26 @@ impl Daemon {
         self.settle_new_hold(key, &event, restored, &judgement, executable.as_ref(), argv, records);
     }
 
-    /// Sends to a person every exec hold whose judgement is overdue: whatever holds the
+    /// Sends to a person every exec hold whose judgement has stalled: whatever holds the
     /// judge up (a file that never answers, a FUSE mount the agent serves), the hold is
     /// listed, and its timeout runs. A late judgement is then ignored.
     pub(super) fn judgements_overdue(&mut self) {
         let now = Instant::now();
-        let overdue: Vec<HoldKey> =
-            self.judging.iter().filter(|(_, judging)| judging.deadline <= now).map(|(key, _)| *key).collect();
+        let mut overdue = Vec::new();
+        for (key, judging) in &mut self.judging {
+            let read = judging.progress.load(Ordering::Relaxed);
+            if read != judging.seen {
+                (judging.seen, judging.deadline) = (read, now + JUDGING_STALL);
+            } else if judging.deadline <= now {
+                overdue.push(*key);
+            }
+        }
         for key in overdue {
             let Some(Judging { event, restored, .. }) = self.judging.remove(&key) else { continue };
-            let rule =
-                format!("could not be judged within {JUDGING_TIMEOUT:?} (its file was not read in time)");
+            let rule = format!(
+                "could not be judged: its file was not read for {JUDGING_STALL:?} (a judge to \
+                 spare, or the file's next bytes, never came)"
+            );
             let judgement = ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: true, quorum: 1 };
             self.settle_new_hold(key, &event, restored, &judgement, None, None, Vec::new());
         }

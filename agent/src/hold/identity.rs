@@ -8,7 +8,10 @@ use std::{
     io::{self, Read as _},
     os::unix::{ffi::OsStrExt as _, fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -104,7 +107,8 @@ impl Digests {
     /// whose change time has not settled yet is read under a read lease, returned to be
     /// held until it has ([`Lease::wait_out`]); where no lease can be had (someone has the
     /// file open for writing, or the filesystem has no leases), the read waits until then.
-    fn digest(&self, id: FileId, file: File) -> io::Result<(String, Option<Lease>)> {
+    /// `progress` counts the bytes read.
+    fn digest(&self, id: FileId, file: File, progress: &AtomicU64) -> io::Result<(String, Option<Lease>)> {
         if let Some(digest) = self.cached(id) {
             return Ok((digest, None));
         }
@@ -122,6 +126,7 @@ impl Digests {
                 break;
             }
             hasher.update(&buf[..n]);
+            progress.fetch_add(n as u64, Ordering::Relaxed);
         }
         if FileId::from_metadata(&file.metadata()?) != id || (leased && !sys::read_lease_held(&file)) {
             return Err(io::Error::other(
@@ -142,7 +147,7 @@ impl Digests {
         }
         let file = File::open(path)?;
         let id = FileId::from_metadata(&file.metadata()?);
-        let (digest, lease) = self.digest(id, file)?;
+        let (digest, lease) = self.digest(id, file, &AtomicU64::new(0))?;
         if let Some(lease) = lease {
             lease.wait_out();
         }
@@ -163,12 +168,17 @@ impl Digests {
     /// Identifies the program of an exec hold. Only a file that is verifiably the version
     /// the kernel named is returned; anything else is an error an approver gets to see.
     /// A freshly written file comes with the lease its content was read under, to be held
-    /// until its change time has settled ([`Lease::wait_out`]).
-    pub fn identify(&self, event: &HoldEvent) -> Result<(Executable, Option<Lease>), String> {
+    /// until its change time has settled ([`Lease::wait_out`]). `progress` counts the bytes
+    /// read.
+    pub fn identify(
+        &self,
+        event: &HoldEvent,
+        progress: &AtomicU64,
+    ) -> Result<(Executable, Option<Lease>), String> {
         let want = FileId::of_action(&event.hold.action);
         let mut tried = Vec::new();
         for candidate in candidates(event) {
-            match self.open_as(&candidate, want) {
+            match self.open_as(&candidate, want, progress) {
                 Ok(identified) => return Ok(identified),
                 Err(e) => tried.push(format!("{}: {e}", candidate.display())),
             }
@@ -181,7 +191,12 @@ impl Digests {
         Err(format!("could not verify the executable ({})", tried.join("; ")))
     }
 
-    fn open_as(&self, candidate: &Path, want: FileId) -> io::Result<(Executable, Option<Lease>)> {
+    fn open_as(
+        &self,
+        candidate: &Path,
+        want: FileId,
+        progress: &AtomicU64,
+    ) -> io::Result<(Executable, Option<Lease>)> {
         let path = std::fs::canonicalize(candidate)?;
         // Never waits on what an agent put there: a FIFO or a device is opened without
         // blocking, then refused.
@@ -198,7 +213,7 @@ impl Digests {
         if metadata.len() > LARGEST {
             return Err(io::Error::other(format!("{} bytes: too large to hash", metadata.len())));
         }
-        let (sha256, lease) = self.digest(id, file)?;
+        let (sha256, lease) = self.digest(id, file, progress)?;
         Ok((Executable { file: id, path, sha256 }, lease))
     }
 }
@@ -254,8 +269,10 @@ mod tests {
     fn a_fresh_file_is_read_under_a_lease_that_keeps_writers_out_until_it_settles() {
         let (_dir, path, id) = fresh_file();
         let digests = Digests::default();
-        let (digest, lease) = digests.digest(id, File::open(&path).unwrap()).unwrap();
+        let read = AtomicU64::new(0);
+        let (digest, lease) = digests.digest(id, File::open(&path).unwrap(), &read).unwrap();
         assert_eq!(digest, hex::encode(Sha256::digest(b"#!/bin/sh\necho fresh\n")));
+        assert_eq!(read.into_inner(), 21, "every byte read counts as the judge's progress");
         let lease = lease.expect("a fresh file is leased");
         let refused = open_for_writing_at_once(&path).expect_err("a writer must wait for the lease");
         assert_eq!(refused.raw_os_error(), Some(libc::EWOULDBLOCK));
@@ -271,7 +288,7 @@ mod tests {
         let (_dir, path, id) = fresh_file();
         let mut writer = OpenOptions::new().append(true).open(&path).unwrap();
         let digests = Digests::default();
-        let (_, lease) = digests.digest(id, File::open(&path).unwrap()).unwrap();
+        let (_, lease) = digests.digest(id, File::open(&path).unwrap(), &AtomicU64::new(0)).unwrap();
         assert!(lease.is_none());
         assert!(SystemTime::now() >= settled_at(id));
         writer.write_all(b"echo more\n").unwrap();
@@ -286,7 +303,8 @@ mod tests {
         let fifo = dir.path().join("program");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let id = FileId::of(&fifo).unwrap();
-        let refused = Digests::default().open_as(&fifo, id).expect_err("a FIFO is no program");
+        let refused =
+            Digests::default().open_as(&fifo, id, &AtomicU64::new(0)).expect_err("a FIFO is no program");
         assert_eq!(refused.to_string(), "not a regular file");
     }
 
@@ -309,7 +327,7 @@ mod tests {
         let path = Path::new("/bin/sh");
         let file = File::open(path).unwrap();
         let id = FileId::from_metadata(&file.metadata().unwrap());
-        let (_, lease) = digests.digest(id, file).unwrap();
+        let (_, lease) = digests.digest(id, file, &AtomicU64::new(0)).unwrap();
         assert!(lease.is_none());
     }
 }

@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
 use agent_common::{HoldEvent, HoldKey};
@@ -58,9 +58,17 @@ impl Judge {
         (Self { digests: Arc::default(), permits, shares: Mutex::default(), done }, judged)
     }
 
-    /// Judges the exec hold `key` under `policy`; the judgement arrives later. Must be
-    /// called from within the daemon's runtime.
-    pub fn submit(&self, key: HoldKey, event: HoldEvent, restored: bool, policy: Arc<Policy>) {
+    /// Judges the exec hold `key` under `policy`; the judgement arrives later, and
+    /// `progress` counts the bytes of the executable read meanwhile. Must be called from
+    /// within the daemon's runtime.
+    pub fn submit(
+        &self,
+        key: HoldKey,
+        event: HoldEvent,
+        restored: bool,
+        policy: Arc<Policy>,
+        progress: Arc<AtomicU64>,
+    ) {
         let (digests, permits, done) = (self.digests.clone(), self.permits.clone(), self.done.clone());
         let share = self.share(event.hold.root);
         tokio::spawn(async move {
@@ -68,7 +76,7 @@ impl Judge {
                 return;
             };
             let _ = tokio::task::spawn_blocking(move || {
-                let (outcome, argv, lease) = judge(&digests, &event, &policy);
+                let (outcome, argv, lease) = judge(&digests, &event, &policy, &progress);
                 drop((permit, share));
                 let _ = done.send(Judged { key, event, restored, outcome, argv, policy });
                 // A fresh file's lease outlives the judgement until its change time settled.
@@ -97,8 +105,8 @@ type Judgement =
 /// Identifies and judges the exec of `event` under `policy`. The argv is read only if a
 /// rule asks for it or the verdict goes to a person (reading it may wait for the held
 /// thread to reach its stop).
-fn judge(digests: &Digests, event: &HoldEvent, policy: &Policy) -> Judgement {
-    match digests.identify(event) {
+fn judge(digests: &Digests, event: &HoldEvent, policy: &Policy, progress: &AtomicU64) -> Judgement {
+    match digests.identify(event, progress) {
         Ok((exe, lease)) => {
             let mut argv = None;
             let judgement = policy.judge_exec(&exe, digests, || {

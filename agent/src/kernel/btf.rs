@@ -172,6 +172,7 @@ impl Btf {
             super_block_dev: self.member_offset("super_block", "s_dev")?,
             task_start_boottime: self.member_offset("task_struct", "start_boottime")?,
             socket_type: self.member_offset("socket", "type")?,
+            socket_state: self.member_offset("socket", "state")?,
             msghdr_name: self.member_offset("msghdr", "msg_name")?,
             task_tgid: self.member_offset("task_struct", "tgid")?,
             task_group_leader: self.member_offset("task_struct", "group_leader")?,
