@@ -44,6 +44,7 @@ pub struct Config {
     pub people: HashMap<String, String>,
     /// The embedded console's own configuration (the format `keyturn console --config`
     /// reads); by default SQLite and its key in `state_dir`, everything on loopback.
+    #[expect(clippy::struct_field_names, reason = "the key operators write in keyturn.toml")]
     pub embedded_console_config: Option<PathBuf>,
 }
 

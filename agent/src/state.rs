@@ -58,7 +58,7 @@ mod tests {
         write_json(&path, &vec!["first"]).unwrap();
         assert!(write_json(&path, &FailsHalfWay).is_err());
         assert_eq!(read_json::<Vec<String>>(&path).unwrap(), ["first"]);
-        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(left, ["tags.json"], "no temporary file is left behind");
     }
 

@@ -284,8 +284,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: plain kill of our own child.
-            unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGTERM) };
+            let _ = nix::sys::signal::kill(crate::pid(child.id()), nix::sys::signal::Signal::SIGTERM);
             let _ = child.wait();
         }
         let name = self.dir.file_name().expect("name").to_string_lossy().into_owned();

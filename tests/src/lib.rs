@@ -30,6 +30,11 @@ use keyturn::{
     kernel::{Enforcer, Options},
     policy::{Cidr, EgressSpec, FileId, KernelPolicy, Verdict},
 };
+use nix::{
+    fcntl::{Flock, FlockArg},
+    sys::signal::Signal,
+    unistd::Pid,
+};
 
 /// The longest the tests wait for something that must happen. Generous: under software
 /// emulation on a busy host, a daemon round trip can take seconds.
@@ -213,8 +218,7 @@ impl Drop for TestCgroup {
         let _ = fs::write(self.dir.join("cgroup.kill"), "1");
         if let Ok(procs) = fs::read_to_string(self.dir.join("cgroup.procs")) {
             for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                // SAFETY: plain kill of a test process.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
         let deadline = Instant::now() + WAIT;
@@ -357,8 +361,13 @@ pub fn finish(mut child: Child) -> (String, std::process::ExitStatus) {
 
 /// Sends `signal` to `pid` as an outsider would (not through keyturn).
 pub fn rogue_signal(pid: u32, signal: i32) {
-    // SAFETY: plain kill.
-    assert_eq!(unsafe { libc::kill(i32::try_from(pid).expect("pid"), signal) }, 0);
+    let signal = Signal::try_from(signal).expect("a signal");
+    nix::sys::signal::kill(self::pid(pid), signal).expect("kill");
+}
+
+/// A process id as nix takes it.
+pub fn pid(pid: u32) -> Pid {
+    Pid::from_raw(i32::try_from(pid).expect("pid"))
 }
 
 /// Bytes a listener on the peer received, and the TCP connections it accepted.
@@ -414,7 +423,7 @@ pub struct Peer {
     pub v4_net: Cidr,
     pub v6_net: Cidr,
     /// Keeps the peer's subnets this peer's alone while it lives (see [`claim_subnet`]).
-    _subnet_lock: fs::File,
+    _subnet_lock: Flock<fs::File>,
 }
 
 fn ip(args: &[&str]) {
@@ -426,7 +435,7 @@ fn ip(args: &[&str]) {
 /// address on this host is in yet, locked against the peers of other test processes that
 /// run beside this one (two routes to one subnet would send a test's packets to another's
 /// peer). The lock lasts as long as the file returned.
-fn claim_subnet() -> (u8, fs::File) {
+fn claim_subnet() -> (u8, Flock<fs::File>) {
     let locks = Path::new("/run/keyturn-test-peers");
     fs::create_dir_all(locks).expect("create the peers' lock directory");
     let addresses = Command::new("ip").args(["-o", "-4", "addr"]).output().expect("run ip").stdout;
@@ -438,8 +447,7 @@ fn claim_subnet() -> (u8, fs::File) {
             continue;
         }
         let lock = fs::File::create(locks.join(serial.to_string())).expect("create a peer lock");
-        // SAFETY: flock on a file we own; non-blocking.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if let Ok(lock) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
             return (serial, lock);
         }
     }
@@ -485,8 +493,8 @@ impl Peer {
         let path = format!("/run/netns/{}", self.netns);
         std::thread::spawn(move || {
             let ns = fs::File::open(&path).expect("open netns");
-            // SAFETY: moves only this thread into the namespace.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            // Moves only this thread into the namespace.
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             f()
         })
         .join()

@@ -174,7 +174,7 @@ pub fn run(selection: &Selection) -> Result<()> {
         ensure!(!payload.tests.is_empty(), "no VM test executable named {test}");
     }
     payload.modes = selection.modes();
-    payload.filter = selection.filter.clone();
+    payload.filter.clone_from(&selection.filter);
     let image = runtimes::build_image(&vm_dir)?;
     let mut runs = Vec::new();
     let mut timings = Vec::new();

@@ -219,23 +219,23 @@ mod tests {
     fn an_intact_trail_verifies_across_rotation_and_reopening() {
         let guard = trail(20, 600);
         let dir = guard.path();
-        assert!(files(&dir).unwrap().len() > 1, "small max size rotates");
-        let mut audit = Audit::open(&dir, 600).unwrap();
+        assert!(files(dir).unwrap().len() > 1, "small max size rotates");
+        let mut audit = Audit::open(dir, 600).unwrap();
         audit.record_all([json!({"type": "after-reopen"})]).unwrap();
-        let files_before = files(&dir).unwrap().len();
+        let files_before = files(dir).unwrap().len();
         audit.record_all((0..10).map(|n| json!({"type": "batch", "n": n}))).unwrap();
-        assert!(files(&dir).unwrap().len() > files_before, "a batch rotates as it goes");
-        assert_eq!(verify(&dir).unwrap().records, 31);
+        assert!(files(dir).unwrap().len() > files_before, "a batch rotates as it goes");
+        assert_eq!(verify(dir).unwrap().records, 31);
     }
 
     #[test]
     fn an_edited_record_is_named() {
         let guard = trail(5, 1 << 20);
         let dir = guard.path();
-        let (file, mut lines) = lines(&dir);
+        let (file, mut lines) = lines(dir);
         lines[2] = lines[2].replace("\"n\":2", "\"n\":7");
         fs::write(&file, lines.join("\n") + "\n").unwrap();
-        let e = verify(&dir).unwrap_err().to_string();
+        let e = verify(dir).unwrap_err().to_string();
         assert!(e.contains(":3: contents do not match"), "{e}");
     }
 
@@ -243,21 +243,21 @@ mod tests {
     fn removed_reordered_and_truncated_records_are_named() {
         let guard = trail(5, 1 << 20);
         let dir = guard.path();
-        let (file, lines) = lines(&dir);
+        let (file, lines) = lines(dir);
         let mut removed = lines.clone();
         removed.remove(1);
         fs::write(&file, removed.join("\n") + "\n").unwrap();
-        assert!(verify(&dir).unwrap_err().to_string().contains(":2: sequence 2 where 1 was due"));
+        assert!(verify(dir).unwrap_err().to_string().contains(":2: sequence 2 where 1 was due"));
 
         let mut swapped = lines.clone();
         swapped.swap(3, 4);
         fs::write(&file, swapped.join("\n") + "\n").unwrap();
-        assert!(verify(&dir).unwrap_err().to_string().contains(":4: sequence 4 where 3 was due"));
+        assert!(verify(dir).unwrap_err().to_string().contains(":4: sequence 4 where 3 was due"));
 
         fs::write(&file, lines[..3].join("\n") + "\n").unwrap();
-        assert!(verify(&dir).unwrap_err().to_string().contains("truncated"));
+        assert!(verify(dir).unwrap_err().to_string().contains("truncated"));
 
         fs::write(&file, lines.join("\n") + "\n{\"seq\":5,").unwrap();
-        assert!(verify(&dir).unwrap_err().to_string().contains(":6: not a record"));
+        assert!(verify(dir).unwrap_err().to_string().contains(":6: not a record"));
     }
 }

@@ -20,9 +20,14 @@ use std::{
     io::Write as _,
     net::{SocketAddr, TcpStream, UdpSocket},
     os::{
-        fd::{AsRawFd as _, FromRawFd as _},
+        fd::{AsRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
+};
+
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, Shutdown, SockFlag, SockType, SockaddrLike as _, SockaddrStorage, recv, sendto,
+    shutdown, socket,
 };
 
 fn fail(error: &std::io::Error) -> ! {
@@ -30,63 +35,19 @@ fn fail(error: &std::io::Error) -> ! {
     std::process::exit(1);
 }
 
-fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: an all-zero sockaddr_storage is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("family"),
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::sa_family_t::try_from(libc::AF_INET6).expect("family"),
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, libc::socklen_t::try_from(len).expect("length"))
+/// A socket of `to`'s family.
+fn socket_for(to: &SocketAddr, kind: SockType) -> std::io::Result<OwnedFd> {
+    let family = if to.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    Ok(socket(family, kind, SockFlag::empty(), None)?)
 }
 
 /// TCP fast open: the connect happens inside sendto.
 fn fast_open(to: &SocketAddr, message: &[u8]) -> std::io::Result<()> {
-    let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: plain socket syscalls on fds this function owns.
-    unsafe {
-        let fd = libc::socket(family, libc::SOCK_STREAM, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let (addr, len) = sockaddr(to);
-        let sent = libc::sendto(
-            fd,
-            message.as_ptr().cast(),
-            message.len(),
-            libc::MSG_FASTOPEN,
-            (&raw const addr).cast(),
-            len,
-        );
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        libc::shutdown(fd, libc::SHUT_WR);
-        let mut buf = [0u8; 1];
-        libc::recv(fd, buf.as_mut_ptr().cast(), 1, 0);
-        libc::close(fd);
-    }
+    let socket = socket_for(to, SockType::Stream)?;
+    let fast_open = MsgFlags::from_bits_retain(libc::MSG_FASTOPEN);
+    sendto(socket.as_raw_fd(), message, &SockaddrStorage::from(*to), fast_open)?;
+    shutdown(socket.as_raw_fd(), Shutdown::Write)?;
+    let _ = recv(socket.as_raw_fd(), &mut [0u8; 1], MsgFlags::empty());
     Ok(())
 }
 
@@ -103,22 +64,14 @@ fn uring_submit(ring: &mut io_uring::IoUring, entry: &io_uring::squeue::Entry) -
 fn uring(args: &[String]) -> std::io::Result<()> {
     use io_uring::{opcode, types::Fd};
     let to = SocketAddr::new(args[1].parse().expect("address"), args[2].parse().expect("port"));
-    let (addr, len) = sockaddr(&to);
+    let addr = SockaddrStorage::from(to);
     let message = args[3].as_bytes();
     let mut ring = io_uring::IoUring::new(4)?;
-    let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     let tcp = args[0].starts_with("tcp");
-    let kind = if tcp { libc::SOCK_STREAM } else { libc::SOCK_DGRAM };
-    // SAFETY: a plain socket(2); the fd is owned below.
-    let fd = unsafe { libc::socket(family, kind, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd nothing else owns.
-    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let socket = socket_for(&to, if tcp { SockType::Stream } else { SockType::Datagram })?;
     let fd = Fd(socket.as_raw_fd());
     if tcp {
-        let mut connect = opcode::Connect::new(fd, (&raw const addr).cast(), len).build();
+        let mut connect = opcode::Connect::new(fd, addr.as_ptr(), addr.len()).build();
         if args[0] == "tcp-async" {
             connect = connect.flags(io_uring::squeue::Flags::ASYNC);
         }
@@ -129,12 +82,15 @@ fn uring(args: &[String]) -> std::io::Result<()> {
         )?;
     } else {
         let mut iov = libc::iovec { iov_base: message.as_ptr().cast_mut().cast(), iov_len: message.len() };
-        // SAFETY: an all-zero msghdr is valid; its pointers are set just below.
-        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-        header.msg_name = (&raw const addr).cast_mut().cast();
-        header.msg_namelen = len;
-        header.msg_iov = &raw mut iov;
-        header.msg_iovlen = 1;
+        let header = libc::msghdr {
+            msg_name: addr.as_ptr().cast_mut().cast(),
+            msg_namelen: addr.len(),
+            msg_iov: &raw mut iov,
+            msg_iovlen: 1,
+            msg_control: std::ptr::null_mut(),
+            msg_controllen: 0,
+            msg_flags: 0,
+        };
         uring_submit(&mut ring, &opcode::SendMsg::new(fd, &raw const header).build())?;
     }
     Ok(())
@@ -204,11 +160,8 @@ fn act(args: &[String]) -> std::io::Result<()> {
             let words: Vec<CString> =
                 args[1..].iter().map(|a| CString::new(a.as_bytes()).expect("no NUL")).collect();
             let path = CString::new(std::ffi::OsStr::new(&args[1]).as_bytes()).expect("no NUL");
-            let mut pointers: Vec<*const libc::c_char> = words.iter().map(|a| a.as_ptr()).collect();
-            pointers.push(std::ptr::null());
-            // SAFETY: NUL-terminated argv; execv only returns on failure.
-            unsafe { libc::execv(path.as_ptr(), pointers.as_ptr()) };
-            return Err(std::io::Error::last_os_error());
+            let Err(errno) = nix::unistd::execv(&path, &words);
+            return Err(errno.into());
         }
         other => panic!("unknown action {other}"),
     }

@@ -4,7 +4,6 @@
 use std::{
     fs,
     net::{Ipv4Addr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -17,6 +16,7 @@ use keyturn::{
     kernel::{Enforcer, Options, error_chain},
     policy::{EgressSpec, KernelPolicy, Verdict},
 };
+use nix::sys::socket::{Backlog, setsockopt, sockopt};
 
 use crate::{Result, SETTLE, TIMEOUT};
 
@@ -28,18 +28,7 @@ pub const HELD_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// `SO_LINGER` 0: closing sends a reset instead of leaving the port in `TIME_WAIT`, so a
 /// hundred thousand connects neither exhaust ephemeral ports nor slow the run down.
 pub fn reset_on_close(stream: &TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    let size = libc::socklen_t::try_from(size_of::<libc::linger>()).unwrap_or(libc::socklen_t::MAX);
-    // SAFETY: a valid linger struct of the given size on an open socket.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size,
-        );
-    }
+    let _ = setsockopt(stream, sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
 }
 
 /// The bench's cgroups under the cgroup v2 root: `plain` (never tagged), `tagged`, `held`
@@ -156,9 +145,9 @@ pub fn hold_policy(port: u16) -> Result<KernelPolicy> {
 /// of its own; returns its port.
 pub fn listen(addr: Ipv4Addr) -> Result<u16> {
     let listener = TcpListener::bind((addr, 0))?;
-    // A deep accept queue: a connect never waits for the accepting thread.
-    // SAFETY: listen(2) again on a listening socket only changes its backlog.
-    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+    // A deep accept queue: a connect never waits for the accepting thread (listen(2) again
+    // on a listening socket only changes its backlog).
+    nix::sys::socket::listen(&listener, Backlog::new(4096)?)?;
     let port = listener.local_addr()?.port();
     thread::spawn(move || listener.incoming().for_each(drop));
     Ok(port)

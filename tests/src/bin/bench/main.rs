@@ -66,8 +66,7 @@ fn worker(args: &[String]) -> Result<()> {
 }
 
 fn bench() -> Result<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Err("must run as root: it loads BPF programs and creates cgroups".into());
     }
     let cgroups = BenchCgroups::create()?;

@@ -2,9 +2,9 @@
 //! keyturn, in interleaved rounds, with the in-kernel run time of its programs.
 
 use std::{
-    fs, io,
+    fs,
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::Stdio,
     time::Instant,
@@ -78,30 +78,22 @@ fn spawn_true() -> Result<()> {
 
 /// `posix_spawn` of `program` with no arguments, and `waitpid` for it.
 pub fn spawn_wait(program: &std::ffi::CStr) -> Result<()> {
-    let argv = [program.as_ptr().cast_mut(), std::ptr::null_mut()];
-    let envp = [std::ptr::null_mut()];
-    let mut pid = 0;
-    // SAFETY: NUL-terminated argv and envp that outlive the call; no file actions or
-    // attributes.
-    let rc = unsafe {
-        libc::posix_spawn(
-            &raw mut pid,
-            program.as_ptr(),
-            std::ptr::null(),
-            std::ptr::null(),
-            argv.as_ptr(),
-            envp.as_ptr(),
-        )
+    use nix::{
+        spawn::{PosixSpawnAttr, PosixSpawnFileActions, posix_spawn},
+        sys::wait::{WaitStatus, waitpid},
     };
-    if rc != 0 {
-        return Err(format!("posix_spawn {program:?}: {}", io::Error::from_raw_os_error(rc)).into());
+    let pid = posix_spawn(
+        program,
+        &PosixSpawnFileActions::init()?,
+        &PosixSpawnAttr::init()?,
+        &[program],
+        &[] as &[&std::ffi::CStr],
+    )
+    .map_err(|e| format!("posix_spawn {program:?}: {e}"))?;
+    match waitpid(pid, None)? {
+        WaitStatus::Exited(_, 0) => Ok(()),
+        status => Err(format!("{program:?} failed: {status:?}").into()),
     }
-    let mut status = 0;
-    // SAFETY: waits for the child just spawned.
-    if unsafe { libc::waitpid(pid, &raw mut status, 0) } != pid || status != 0 {
-        return Err(format!("{program:?} failed: wait status {status:#x}").into());
-    }
-    Ok(())
 }
 
 fn connect_close(to: SocketAddrV4) -> Result<()> {
@@ -223,17 +215,7 @@ pub struct ProgramTimes {
 
 /// Turns on the kernel's BPF run-time statistics until the returned fd is closed.
 fn enable_bpf_stats() -> Result<OwnedFd> {
-    const BPF_ENABLE_STATS: libc::c_long = 32;
-    // union bpf_attr with enable_stats.type = BPF_STATS_RUN_TIME (0).
-    let attr = [0u64; 2];
-    // SAFETY: bpf(2) reads `size` bytes of a valid attr.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), size_of_val(&attr)) };
-    let fd = i32::try_from(fd)
-        .ok()
-        .filter(|fd| *fd >= 0)
-        .ok_or_else(|| format!("BPF_ENABLE_STATS: {}", io::Error::last_os_error()))?;
-    // SAFETY: a fresh fd this function owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| format!("BPF_ENABLE_STATS: {e}").into())
 }
 
 /// Summed statistics of the BPF programs of `prog_type` this process holds: its keyturn's.
