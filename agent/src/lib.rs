@@ -33,16 +33,24 @@
 //! - A *tagged root* is a cgroup an operator tagged; an *agent* is what runs under it.
 //! - A *link* is a BPF link; the console connection is the *console link*.
 
-// Public: the command line for the binary; the kernel, hold, policy and cgroup rooms for
-// the privileged tests (the tests crate) and the fuzz targets. The rest is the daemon's own.
+/// Declares rooms public with the `test-helpers` feature, for the privileged tests (the
+/// tests crate) and the fuzz targets that drive them directly (as aya's `test_helpers`),
+/// and the crate's own otherwise.
+macro_rules! rooms_for_tests {
+    ($($room:ident),*) => {$(
+        #[cfg(feature = "test-helpers")]
+        pub mod $room;
+        #[cfg(not(feature = "test-helpers"))]
+        pub(crate) mod $room;
+    )*};
+}
+
+rooms_for_tests!(cgroup, hold, kernel, policy);
 pub(crate) mod audit;
-pub mod cgroup;
+/// The command line, for the binary.
 pub mod cli;
 pub(crate) mod config;
 pub(crate) mod console_link;
 pub(crate) mod daemon;
-pub mod hold;
-pub mod kernel;
-pub mod policy;
 mod state;
 mod sys;

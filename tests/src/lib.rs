@@ -122,7 +122,7 @@ impl Kernel {
                 let enforcer = self.enforcer.as_mut().expect("loaded");
                 let happened = self.holds.on_event(enforcer, &event).expect("handle event");
                 if let Happened::Held(key) = &happened {
-                    self.holds.park(key);
+                    self.holds.park(*key);
                 }
                 self.backlog.push((event.tgid, happened));
             }
@@ -139,12 +139,12 @@ impl Kernel {
 
     pub fn approve(&mut self, key: &HoldKey) {
         let enforcer = self.enforcer.as_mut().expect("loaded");
-        self.holds.approve(enforcer, key).expect("approve");
+        self.holds.approve(enforcer, *key).expect("approve");
     }
 
     pub fn deny(&mut self, key: &HoldKey, on_deny: keyturn::hold::process::OnDeny) {
         let enforcer = self.enforcer.as_mut().expect("loaded");
-        self.holds.deny(enforcer, key, on_deny).expect("deny");
+        self.holds.deny(enforcer, *key, on_deny).expect("deny");
     }
 
     pub fn counter(&mut self, index: u32) -> u64 {

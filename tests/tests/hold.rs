@@ -249,7 +249,7 @@ fn io_uring_is_deferred_and_an_approved_retry_delivers(how: &'static str, port: 
     let pid = child.id();
     let key = kernel.expect_hold(pid);
     assert_eq!(key.tid, 0, "a deferred hold: any thread of the process may retry");
-    let held = kernel.holds.get(&key).expect("kept").event();
+    let held = kernel.holds.get(key).expect("kept").event();
     assert_eq!(held.event_type, agent_common::event_type::DEFERRED);
     sleep(QUIET);
     assert_ne!(process_state(pid), Some('T'), "an io_uring request is never held by a stop");
@@ -368,7 +368,7 @@ fn cgroups_created_under_a_tagged_one_are_enforced() {
     let child = start(Some(&child_cgroup), &e, &[]);
     let key = kernel.expect_hold(child.id());
     wait_stopped(child.id());
-    assert_eq!(kernel.holds.get(&key).expect("held").event().hold.root, cgroup.id());
+    assert_eq!(kernel.holds.get(key).expect("held").event().hold.root, cgroup.id());
     kernel.approve(&key);
     e.received.wait_for(MESSAGE);
     assert!(finish(child).1.success());
@@ -529,7 +529,7 @@ fn exec_of_a_flagged_program_is_held_and_approval_runs_it() {
     wait_held(pid);
     sleep(QUIET);
     assert!(held(pid));
-    let event = *kernel.holds.get(&key).expect("held").event();
+    let event = *kernel.holds.get(key).expect("held").event();
     let path = String::from_utf8_lossy(&event.path);
     assert!(path.starts_with(flagged.to_str().expect("utf-8")), "event names the executable: {path}");
     kernel.approve(&key);

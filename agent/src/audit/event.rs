@@ -121,6 +121,7 @@ pub enum AuditEvent {
     RogueSigcont {
         id: String,
         pid: u32,
+        tid: u32,
         outcome: &'static str,
     },
     /// A thread held again because keyturn resumed its process for another thread.

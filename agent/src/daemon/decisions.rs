@@ -160,7 +160,7 @@ impl Daemon {
     /// exited, or its pid carries a newer hold (the process exited and the pid was reused,
     /// or it left the held syscall). A decision must never reach that newer hold.
     pub(super) fn gone(&self, id: &str, key: HoldKey) -> Option<Closed> {
-        match self.holds.get(&key) {
+        match self.holds.get(key) {
             Some(held) if context::hold_id(held.event()) == id => held.exited().then_some(EXITED),
             _ => Some(SUPERSEDED),
         }
@@ -173,8 +173,8 @@ impl Daemon {
         self.report_closed(id, pending.nonce, CloseReason::ProcessExited);
         self.decision(id, how);
         // Only this hold's own record: a newer hold of the same pid is left alone.
-        if self.holds.get(&pending.key).is_some_and(|held| context::hold_id(held.event()) == id)
-            && let Err(e) = self.holds.close(&mut self.enforcer, &pending.key)
+        if self.holds.get(pending.key).is_some_and(|held| context::hold_id(held.event()) == id)
+            && let Err(e) = self.holds.close(&mut self.enforcer, pending.key)
         {
             tracing::error!(error = %e, "closing the hold of an exited process");
         }
@@ -236,7 +236,7 @@ impl Daemon {
             self.grants.push(Grant { root: pending.root, action: pending.action, until });
             self.save_grants();
         }
-        let released = self.holds.approve(&mut self.enforcer, &pending.key).map_err(|e| e.to_string());
+        let released = self.holds.approve(&mut self.enforcer, pending.key).map_err(|e| e.to_string());
         self.report_closed(id, pending.nonce, decider.closed(true));
         released?;
         self.stats.approvals += 1;
@@ -262,7 +262,7 @@ impl Daemon {
         });
         self.decision(id, "already decided: denied");
         let denied =
-            self.holds.deny(&mut self.enforcer, &pending.key, pending.on_deny).map_err(|e| e.to_string());
+            self.holds.deny(&mut self.enforcer, pending.key, pending.on_deny).map_err(|e| e.to_string());
         self.report_closed(id, pending.nonce, decider.closed(false));
         denied?;
         self.stats.denials += 1;

@@ -59,45 +59,41 @@ impl Daemon {
         }
     }
 
+    /// Audits the first SIGCONT that was not keyturn's at the hold `key`.
+    fn rogue_sigcont(&mut self, event: &HoldEvent, key: HoldKey, outcome: &'static str) {
+        let id = context::hold_id(event);
+        self.record(AuditEvent::RogueSigcont { id, pid: key.tgid, tid: key.tid, outcome });
+    }
+
     pub(super) fn on_event(&mut self, event: &HoldEvent, restored: bool) {
         match self.holds.on_event(&mut self.enforcer, event) {
             Ok(Happened::Held(key)) => self.new_hold(key, event, restored),
-            Ok(Happened::GoneBeforeOpen(_)) => {
-                self.record(AuditEvent::HoldClosed {
-                    id: context::hold_id(event),
-                    why: "process gone".into(),
-                });
+            Ok(Happened::GoneBeforeOpen(key)) => {
+                let why = if key.tid == 0 || key.tid == key.tgid {
+                    "process gone".to_owned()
+                } else {
+                    format!("process gone (its thread {} held)", key.tid)
+                };
+                self.record(AuditEvent::HoldClosed { id: context::hold_id(event), why });
             }
-            Ok(Happened::RogueContinueReheld(_)) => {
-                self.record(AuditEvent::RogueSigcont {
-                    id: context::hold_id(event),
-                    pid: event.tgid,
-                    outcome: "held again",
-                });
-            }
+            Ok(Happened::RogueContinueReheld(key)) => self.rogue_sigcont(event, key, "held again"),
             Ok(Happened::ReheldAfterRelease(key)) => {
                 self.record(AuditEvent::HeldAgain {
                     id: context::hold_id(event),
-                    pid: event.tgid,
+                    pid: key.tgid,
                     tid: key.tid,
                     why: "keyturn resumed the process for another of its threads",
                 });
             }
-            Ok(Happened::RogueContinueFrozen(_)) => {
-                self.record(AuditEvent::RogueSigcont {
-                    id: context::hold_id(event),
-                    pid: event.tgid,
-                    outcome: "still held (frozen)",
-                });
-            }
-            Ok(Happened::RogueContinueKilled(_)) => {
+            Ok(Happened::RogueContinueFrozen(key)) => self.rogue_sigcont(event, key, "still held (frozen)"),
+            Ok(Happened::RogueContinueKilled(key)) => {
                 let id = context::hold_id(event);
                 if let Some(pending) = self.pending.remove(&id) {
                     // Killed by keyturn: the hold could not be kept.
                     self.report_closed(&id, pending.nonce, CloseReason::Abandoned);
                 }
-                self.decided.insert(id.clone(), "killed after a rogue SIGCONT");
-                self.record(AuditEvent::RogueSigcont { id, pid: event.tgid, outcome: "killed" });
+                self.decided.insert(id, "killed after a rogue SIGCONT");
+                self.rogue_sigcont(event, key, "killed");
             }
             Err(e) => tracing::error!(error = %e, "handling a kernel event"),
         }
@@ -121,7 +117,7 @@ impl Daemon {
                 pid: event.tgid,
                 error: "no agent known for this cgroup",
             });
-            let _ = self.holds.deny(&mut self.enforcer, &key, OnDeny::Kill);
+            let _ = self.holds.deny(&mut self.enforcer, key, OnDeny::Kill);
             return;
         };
         if event.hold.action.kind == kind::EXEC {
@@ -146,7 +142,7 @@ impl Daemon {
             deadline: Instant::now() + JUDGING_STALL,
         };
         self.judging.insert(key, judging);
-        self.judge.submit(key, *event, restored, policy, progress);
+        self.judge.submit(key, event, restored, policy, progress);
     }
 
     /// A judged exec hold, if it is still being judged (its process may have gone, or its
@@ -241,9 +237,9 @@ impl Daemon {
         mut records: Vec<AuditEvent>,
     ) {
         let root = event.hold.root;
-        if self.holds.get(&key).is_none_or(HeldProcess::exited) {
+        if self.holds.get(key).is_none_or(HeldProcess::exited) {
             // Gone while it was judged: nothing is described, frozen or decided by its pid.
-            if let Err(e) = self.holds.close(&mut self.enforcer, &key) {
+            if let Err(e) = self.holds.close(&mut self.enforcer, key) {
                 tracing::error!(error = %e, "closing the hold of an exited process");
             }
             self.record(AuditEvent::HoldClosed {
@@ -265,7 +261,7 @@ impl Daemon {
             let why = if granted { "an earlier approval's scope covers it" } else { "the policy allows it" };
             records.push(AuditEvent::Release { id, by: "keyturn".into(), why: Some(why) });
             self.record_all(records);
-            match self.holds.approve(&mut self.enforcer, &key) {
+            match self.holds.approve(&mut self.enforcer, key) {
                 Ok(_) => self.stats.auto_released += 1,
                 Err(e) => tracing::error!(error = %e, "auto-release"),
             }
@@ -274,7 +270,7 @@ impl Daemon {
         if verdict == Verdict::Deny {
             records.push(AuditEvent::Deny { id, by: "keyturn", why: "the policy denies it" });
             self.record_all(records);
-            let _ = self.holds.deny(&mut self.enforcer, &key, on_deny);
+            let _ = self.holds.deny(&mut self.enforcer, key, on_deny);
             return;
         }
         let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
@@ -283,7 +279,7 @@ impl Daemon {
             (judgement.rule.clone(), judgement.quorum, requester);
         records.push(AuditEvent::Hold { restored, hold: Box::new(view.clone()) });
         self.record_all(records);
-        self.holds.park(&key);
+        self.holds.park(key);
         let waited =
             Duration::from_nanos(crate::kernel::monotonic_ns().saturating_sub(event.hold.held_at_ns));
         tracing::warn!(id = %id, kind = ?view.kind, agent = %agent_name, pid = event.tgid, rule = %view.policy_rule,

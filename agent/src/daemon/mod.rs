@@ -386,7 +386,7 @@ impl Daemon {
             self.record(AuditEvent::Timeout { id: id.clone(), on_timeout: pending.on_timeout });
             self.report_closed(&id, pending.nonce, CloseReason::Timeout);
             self.decision(&id, "already decided: timed out");
-            let _ = self.holds.deny(&mut self.enforcer, &pending.key, pending.on_timeout);
+            let _ = self.holds.deny(&mut self.enforcer, pending.key, pending.on_timeout);
             self.stats.timeouts += 1;
         }
         self.sweep_orphans();

@@ -93,7 +93,7 @@ impl Daemon {
                     self.report_closed(&id, pending.nonce, CloseReason::Abandoned);
                     self.decision(&id, "closed: its kernel record was lost");
                 }
-                let outcome = match self.holds.deny(&mut self.enforcer, key, OnDeny::Kill) {
+                let outcome = match self.holds.deny(&mut self.enforcer, *key, OnDeny::Kill) {
                     Ok(_) | Err(HeldError::Gone(_)) => "killed".to_owned(),
                     Err(e) => format!("could not be settled: {e}"),
                 };

@@ -64,12 +64,13 @@ impl Judge {
     pub fn submit(
         &self,
         key: HoldKey,
-        event: HoldEvent,
+        event: &HoldEvent,
         restored: bool,
         policy: Arc<Policy>,
         progress: Arc<AtomicU64>,
     ) {
-        let (digests, permits, done) = (self.digests.clone(), self.permits.clone(), self.done.clone());
+        let (digests, permits, done, event) =
+            (self.digests.clone(), self.permits.clone(), self.done.clone(), *event);
         let share = self.share(event.hold.root);
         tokio::spawn(async move {
             let (Ok(share), Ok(permit)) = (share.acquire_owned().await, permits.acquire_owned().await) else {

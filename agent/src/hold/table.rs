@@ -71,7 +71,7 @@ impl Holds {
             };
         }
         // A new hold on a thread replaces whatever that thread had before.
-        self.close(enforcer, &key)?;
+        self.close(enforcer, key)?;
         match HeldProcess::open(event) {
             Ok(held) => {
                 self.held.insert(key, held);
@@ -90,8 +90,8 @@ impl Holds {
     /// that fails (a cgroup layout that does not allow it), a stray SIGCONT is still
     /// answered by a kill. Holds decided at once are never frozen: a stray SIGCONT in that
     /// short time is answered by a kill too.
-    pub fn park(&mut self, key: &HoldKey) {
-        let Some(held) = self.held.get_mut(key).filter(|h| h.event().event_type == event_type::STOPPED)
+    pub fn park(&mut self, key: HoldKey) {
+        let Some(held) = self.held.get_mut(&key).filter(|h| h.event().event_type == event_type::STOPPED)
         else {
             return;
         };
@@ -104,8 +104,8 @@ impl Holds {
         }
     }
 
-    pub fn get(&self, key: &HoldKey) -> Option<&HeldProcess> {
-        self.held.get(key)
+    pub fn get(&self, key: HoldKey) -> Option<&HeldProcess> {
+        self.held.get(&key)
     }
 
     /// The holds kept here (being judged or waiting for a decision): key → nonce.
@@ -125,9 +125,9 @@ impl Holds {
 
     /// Closes hold `key` without a decision (its process is gone, or its thread moved on
     /// to a new hold): its kernel record, if still this hold's, and its pending slot.
-    pub fn close(&mut self, enforcer: &mut Enforcer, key: &HoldKey) -> Result<(), HeldError> {
-        if let Some(held) = self.held.remove(key) {
-            enforcer.forget(*key, held.event().hold.nonce)?;
+    pub fn close(&mut self, enforcer: &mut Enforcer, key: HoldKey) -> Result<(), HeldError> {
+        if let Some(held) = self.held.remove(&key) {
+            enforcer.forget(key, held.event().hold.nonce)?;
             enforcer.finish(held.event().hold.root)?;
             self.leftover_cells.extend(held.remove_cell());
         }
@@ -157,8 +157,8 @@ impl Holds {
     }
 
     /// Releases the held action `key`.
-    pub fn approve(&mut self, enforcer: &mut Enforcer, key: &HoldKey) -> Result<HeldProcess, HeldError> {
-        let held = self.take(enforcer, *key)?;
+    pub fn approve(&mut self, enforcer: &mut Enforcer, key: HoldKey) -> Result<HeldProcess, HeldError> {
+        let held = self.take(enforcer, key)?;
         held.release(enforcer)?;
         Ok(held)
     }
@@ -167,10 +167,10 @@ impl Holds {
     pub fn deny(
         &mut self,
         enforcer: &mut Enforcer,
-        key: &HoldKey,
+        key: HoldKey,
         on_deny: OnDeny,
     ) -> Result<HeldProcess, HeldError> {
-        let held = self.take(enforcer, *key)?;
+        let held = self.take(enforcer, key)?;
         held.deny(enforcer, on_deny)?;
         self.leftover_cells.extend(held.remove_cell());
         Ok(held)

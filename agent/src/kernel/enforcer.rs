@@ -169,7 +169,6 @@ pub struct Enforcer {
     pin_dir: PathBuf,
     liveness_timeout: Duration,
     events: RingBuf<MapData>,
-    attempts: Vec<Attempt>,
 }
 
 fn map_error(map: &'static str) -> impl FnOnce(MapError) -> EnforcerError {
@@ -235,7 +234,6 @@ impl Enforcer {
             pin_dir: options.pin_dir.clone(),
             liveness_timeout: options.liveness_timeout,
             events,
-            attempts,
         };
         enforcer.heartbeat()?;
         enforcer.remove_foreign_links()?;
@@ -249,10 +247,6 @@ impl Enforcer {
 
     pub fn egress_hold(&self) -> EgressHold {
         self.egress_hold
-    }
-
-    pub fn attempts(&self) -> &[Attempt] {
-        &self.attempts
     }
 
     /// Where the link of `program` for `owner` (`global` or a cgroup id) is pinned. One
@@ -331,6 +325,7 @@ impl Enforcer {
     }
 
     /// Tagged roots: cgroup id → tag.
+    #[cfg(feature = "test-helpers")]
     pub fn tags(&self) -> Result<Vec<(u64, Tag)>> {
         let roots: HashMap<_, u64, Tag> = self.map("TAGGED_ROOTS")?;
         roots.iter().collect::<Result<_, _>>().map_err(map_error("TAGGED_ROOTS"))
@@ -428,6 +423,7 @@ impl Enforcer {
     }
 
     /// Waits up to `timeout` for events.
+    #[cfg(feature = "test-helpers")]
     pub fn wait_events(&mut self, timeout: Duration) -> Vec<HoldEvent> {
         let events = self.read_events();
         if !events.is_empty() {
@@ -516,6 +512,7 @@ impl Enforcer {
     }
 
     /// Bytes of kernel memory the maps may use at their current capacities (upper bound).
+    #[cfg(feature = "test-helpers")]
     pub fn maps_memory(&self) -> u64 {
         self.ebpf.maps().filter_map(|(_, map)| map_memlock(map)).sum::<u64>()
             + map_memlock_data(self.events.as_raw_fd()).unwrap_or(0)
@@ -536,6 +533,7 @@ impl Enforcer {
 
     /// Detaches everything and removes the pins: enforcement stops. Pending holds are
     /// lost, so the caller must have decided them.
+    #[cfg(feature = "test-helpers")]
     pub fn uninstall(self) -> Result<()> {
         let dir = self.pin_dir.clone();
         drop(self);
@@ -690,6 +688,7 @@ fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(
     .map_err(program_error)
 }
 
+#[cfg(feature = "test-helpers")]
 fn map_memlock(map: &aya::maps::Map) -> Option<u64> {
     let fd = match map {
         aya::maps::Map::Array(m)
@@ -703,6 +702,7 @@ fn map_memlock(map: &aya::maps::Map) -> Option<u64> {
 }
 
 /// The `memlock` the kernel reports for a map fd in `/proc/self/fdinfo`.
+#[cfg(feature = "test-helpers")]
 fn map_memlock_data(fd: RawFd) -> Option<u64> {
     fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
         .ok()?

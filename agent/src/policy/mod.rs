@@ -5,5 +5,5 @@ pub mod file;
 pub mod kernel;
 pub mod watch;
 
-pub use file::{ExecJudgement, Policy, PolicyError};
-pub use kernel::{Cidr, EgressSpec, FileId, KernelPolicy, Verdict, display_cidr, kernel_addr};
+pub use file::{ExecJudgement, Policy};
+pub use kernel::{Cidr, EgressSpec, FileId, KernelPolicy, Verdict, display_cidr};
