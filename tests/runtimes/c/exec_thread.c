@@ -15,19 +15,9 @@
 #include <time.h>
 #include <unistd.h>
 
-static char *const *tool_argv;
-static atomic_ulong log_lines;
+#include "logger.h"
 
-/* Keeps a thread alive and working, as an agent's logger or heartbeat. */
-static void *logger(void *unused) {
-    (void)unused;
-    const struct timespec tick = {.tv_nsec = 5 * 1000 * 1000};
-    for (;;) {
-        atomic_fetch_add(&log_lines, 1);
-        nanosleep(&tick, NULL);
-    }
-    return NULL;
-}
+static char *const *tool_argv;
 
 /* Says which process and thread is about to act: /proc/thread-self is PID/task/TID. */
 static void acting(void) {

@@ -17,20 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "logger.h"
+
 extern char **environ;
-
-static atomic_ulong log_lines;
-
-/* Keeps a thread alive and working, as an agent's logger or heartbeat. */
-static void *logger(void *unused) {
-    (void)unused;
-    const struct timespec tick = {.tv_nsec = 5 * 1000 * 1000};
-    for (;;) {
-        atomic_fetch_add(&log_lines, 1);
-        nanosleep(&tick, NULL);
-    }
-    return NULL;
-}
 
 static pid_t start_tool(const char *how, char *const *tool_argv) {
     if (strcmp(how, "posix_spawn") == 0) {
