@@ -277,6 +277,23 @@ fn io_uring_sendmsg_is_deferred_and_an_approved_retry_delivers() {
 }
 
 /// Denying an io_uring egress hold kills the process; nothing ever reached the peer.
+/// A non-blocking connect asked again for its result, as event loops written against
+/// connect(2) do, is one action: held once. The LSM hook runs on every connect call; the
+/// calls after the approval only ask about the connection already made.
+#[test]
+fn a_connect_asked_again_for_its_result_is_held_once() {
+    let (peer, mut kernel, cgroup) = setup();
+    let e = egress(&peer, "tcp-asking", peer.v4.into(), peer.v4.into(), 7025);
+    let holds_before = kernel.counter(counter::HOLDS);
+    let child = start(Some(&cgroup), &e, &[]);
+    let key = kernel.expect_hold(child.id());
+    kernel.approve(&key);
+    let (out, status) = finish(child);
+    assert!(status.success(), "{out} ({})", kernel.state());
+    e.received.wait_for(MESSAGE);
+    assert_eq!(kernel.counter(counter::HOLDS) - holds_before, 1, "held once: {}", kernel.state());
+}
+
 #[test]
 fn a_denied_io_uring_connect_kills_and_delivers_nothing() {
     let (peer, mut kernel, cgroup) = setup();

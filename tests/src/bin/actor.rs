@@ -2,7 +2,8 @@
 //! and reports what the kernel answered. `actor ACTION ARGS…`:
 //!
 //! - `tcp ADDR PORT MSG`, `udp ADDR PORT MSG` (sendto), `udp-connected ADDR PORT MSG`,
-//!   `tfo ADDR PORT MSG` (TCP fast open: sendto with `MSG_FASTOPEN`)
+//!   `tfo ADDR PORT MSG` (TCP fast open: sendto with `MSG_FASTOPEN`), `tcp-asking ADDR PORT
+//!   MSG` (a non-blocking connect, asked again by `connect` until it is connected)
 //! - `threads N ACTION…`: start N idle threads, then perform ACTION on the main thread
 //! - `late-thread MS ACTION…`: after MS milliseconds, perform ACTION on a new thread
 //! - `each-thread N ACTION ADDR PORT MSG`: N threads at once each perform ACTION with the
@@ -25,9 +26,12 @@ use std::{
     },
 };
 
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, Shutdown, SockFlag, SockType, SockaddrLike as _, SockaddrStorage, recv, sendto,
-    shutdown, socket,
+use nix::{
+    errno::Errno,
+    sys::socket::{
+        AddressFamily, MsgFlags, Shutdown, SockFlag, SockType, SockaddrLike as _, SockaddrStorage, connect,
+        recv, sendto, shutdown, socket,
+    },
 };
 
 fn fail(error: &std::io::Error) -> ! {
@@ -49,6 +53,26 @@ fn fast_open(to: &SocketAddr, message: &[u8]) -> std::io::Result<()> {
     shutdown(socket.as_raw_fd(), Shutdown::Write)?;
     let _ = recv(socket.as_raw_fd(), &mut [0u8; 1], MsgFlags::empty());
     Ok(())
+}
+
+/// A non-blocking connect asked again by `connect` for its result until it reports the
+/// connection, as some event loops do; then the message.
+fn connect_asking_again(to: &SocketAddr, message: &[u8]) -> std::io::Result<()> {
+    let family = if to.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let socket = socket(family, SockType::Stream, SockFlag::SOCK_NONBLOCK, None)?;
+    let addr = SockaddrStorage::from(*to);
+    loop {
+        match connect(socket.as_raw_fd(), &addr) {
+            Ok(()) | Err(Errno::EISCONN) => break,
+            Err(Errno::EINPROGRESS | Errno::EALREADY) => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    let mut stream = TcpStream::from(socket);
+    stream.set_nonblocking(false)?;
+    stream.write_all(message)
 }
 
 /// Submits `entry` on `ring` and waits for its completion: its result, or its error.
@@ -117,6 +141,7 @@ fn act(args: &[String]) -> std::io::Result<()> {
             }
         }
         "tfo" => fast_open(&target(), args[3].as_bytes())?,
+        "tcp-asking" => connect_asking_again(&target(), args[3].as_bytes())?,
         "retry" => {
             for _ in 0..200 {
                 match act(&args[1..]) {
