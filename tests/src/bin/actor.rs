@@ -65,7 +65,7 @@ fn connect_asking_again(to: &SocketAddr, message: &[u8]) -> std::io::Result<()> 
         match connect(socket.as_raw_fd(), &addr) {
             Ok(()) | Err(Errno::EISCONN) => break,
             Err(Errno::EINPROGRESS | Errno::EALREADY) => {
-                std::thread::sleep(std::time::Duration::from_millis(1))
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
             Err(errno) => return Err(errno.into()),
         }
