@@ -270,6 +270,10 @@ fn a_late_threads_connect_is_listed_and_times_out_like_any_hold() {
         (hold["kind"].as_str(), hold["address"].as_str(), hold["port"].as_u64()),
         (Some("egress"), Some(to.as_str()), Some(7101))
     );
+    // What the process's memory says, read by the judges: its argv and its parents (the
+    // first is `keyturn run`).
+    assert_eq!(hold["argv"][1], "late-thread", "{hold}");
+    assert!(hold["parents"][0]["argv"].as_array().is_some_and(|argv| !argv.is_empty()), "{hold}");
     assert!(held(pid));
     let (code, _) = finish(agent);
     assert_eq!(code, 128 + libc::SIGKILL, "on_timeout kills");

@@ -30,7 +30,7 @@ pub(super) struct Judging {
 use crate::{
     audit::AuditEvent,
     hold::{
-        context,
+        context::{self, FromMemory},
         identity::Executable,
         judge::Judged,
         process::{HeldProcess, OnDeny, event_from_record},
@@ -107,8 +107,7 @@ impl Daemon {
         Some((agent, policy))
     }
 
-    /// A new hold: an exec goes to the judges (its answer arrives in [`Self::judged`]), an
-    /// egress is decided here.
+    /// A new hold goes to the judges; their answer arrives in [`Self::judged`].
     pub(super) fn new_hold(&mut self, key: HoldKey, event: &HoldEvent, restored: bool) {
         let Some((_, policy)) = self.agent_and_policy(event.hold.root) else {
             // Fail closed: a hold under a root no agent is known for is refused.
@@ -120,18 +119,18 @@ impl Daemon {
             let _ = self.holds.deny(&mut self.enforcer, key, OnDeny::Kill);
             return;
         };
-        if event.hold.action.kind == kind::EXEC {
-            let policy = policy.clone();
-            self.judge_exec(key, event, restored, policy);
-            return;
-        }
-        let (rule, quorum) = policy.egress_rule(&event.hold.action);
-        let judgement = ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: false, quorum };
-        self.settle_new_hold(key, event, restored, &judgement, None, None, Vec::new());
+        let policy = policy.clone();
+        self.judge_hold(key, event, restored, policy);
     }
 
-    /// Hands the exec hold `key` to the judges, with a deadline for their progress.
-    fn judge_exec(&mut self, key: HoldKey, event: &HoldEvent, restored: bool, policy: Arc<Policy>) {
+    /// What the policy says of an egress the kernel held: a person decides, by this rule.
+    fn egress_judgement(policy: &Policy, event: &HoldEvent) -> ExecJudgement {
+        let (rule, quorum) = policy.egress_rule(&event.hold.action);
+        ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: false, quorum }
+    }
+
+    /// Hands the hold `key` to the judges, with a deadline for their progress.
+    fn judge_hold(&mut self, key: HoldKey, event: &HoldEvent, restored: bool, policy: Arc<Policy>) {
         let progress = Arc::new(AtomicU64::new(0));
         let judging = Judging {
             nonce: event.hold.nonce,
@@ -145,11 +144,11 @@ impl Daemon {
         self.judge.submit(key, event, restored, policy, progress);
     }
 
-    /// A judged exec hold, if it is still being judged (its process may have gone, or its
+    /// A judged hold, if it is still being judged (its process may have gone, or its
     /// judgement timed out, meanwhile). A judgement under a policy since replaced is made
     /// again under the new one.
     pub(super) fn judged(&mut self, judged: Judged) {
-        let Judged { key, event, restored, outcome, argv, policy: judged_under } = judged;
+        let Judged { key, event, restored, outcome, memory, policy: judged_under } = judged;
         if self.judging.get(&key).is_none_or(|judging| judging.nonce != event.hold.nonce) {
             return;
         }
@@ -161,13 +160,14 @@ impl Daemon {
             return;
         };
         if !Arc::ptr_eq(&policy, &judged_under) {
-            self.judge_exec(key, &event, restored, policy);
+            self.judge_hold(key, &event, restored, policy);
             return;
         }
         let policy_name = policy.name.clone();
         let mut records = Vec::new();
         let (judgement, executable) = match outcome {
-            Ok((exe, judgement)) => {
+            None => (Self::egress_judgement(&policy, &event), None),
+            Some(Ok((exe, judgement))) => {
                 // A verdict that does not depend on argv holds for every exec of this file
                 // version: the kernel decides those by itself from now on.
                 let recorded = judgement.verdict == Verdict::Allow && !judgement.argv_dependent;
@@ -190,16 +190,17 @@ impl Daemon {
                 (judgement, Some(exe))
             }
             // Only a person can judge a program keyturn cannot verify.
-            Err(why) => {
+            Some(Err(why)) => {
                 (ExecJudgement { verdict: Verdict::Hold, rule: why, argv_dependent: true, quorum: 1 }, None)
             }
         };
-        self.settle_new_hold(key, &event, restored, &judgement, executable.as_ref(), argv, records);
+        self.settle_new_hold(key, &event, restored, &judgement, executable.as_ref(), memory, records);
     }
 
-    /// Sends to a person every exec hold whose judgement has stalled: whatever holds the
-    /// judge up (a file that never answers, a FUSE mount the agent serves), the hold is
-    /// listed, and its timeout runs. A late judgement is then ignored.
+    /// Sends to a person every hold whose judgement has stalled: whatever holds the judge
+    /// up (a file or memory that never answers, a FUSE mount the agent serves), the hold is
+    /// listed without what could not be read, and its timeout runs. A late judgement is
+    /// then ignored.
     pub(super) fn judgements_overdue(&mut self) {
         let now = Instant::now();
         let mut overdue = Vec::new();
@@ -213,12 +214,20 @@ impl Daemon {
         }
         for key in overdue {
             let Some(Judging { event, restored, .. }) = self.judging.remove(&key) else { continue };
-            let rule = format!(
-                "could not be judged: its file was not read for {JUDGING_STALL:?} (a judge to \
-                 spare, or the file's next bytes, never came)"
-            );
-            let judgement = ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: true, quorum: 1 };
-            self.settle_new_hold(key, &event, restored, &judgement, None, None, Vec::new());
+            let judgement = if event.hold.action.kind == kind::EXEC {
+                let rule = format!(
+                    "could not be judged: its file was not read for {JUDGING_STALL:?} (a judge \
+                     to spare, or the file's next bytes, never came)"
+                );
+                ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: true, quorum: 1 }
+            } else {
+                match self.agent_and_policy(event.hold.root) {
+                    Some((_, policy)) => Self::egress_judgement(policy, &event),
+                    None => continue,
+                }
+            };
+            let memory = FromMemory::default();
+            self.settle_new_hold(key, &event, restored, &judgement, None, memory, Vec::new());
         }
     }
 
@@ -233,7 +242,7 @@ impl Daemon {
         restored: bool,
         judgement: &ExecJudgement,
         executable: Option<&Executable>,
-        argv: Option<Vec<String>>,
+        memory: FromMemory,
         mut records: Vec<AuditEvent>,
     ) {
         let root = event.hold.root;
@@ -274,7 +283,7 @@ impl Daemon {
             return;
         }
         let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
-        let mut view = context::describe(event, &agent_name, &cgroup, &policy_name, executable, argv);
+        let mut view = context::describe(event, &agent_name, &cgroup, &policy_name, executable, memory);
         (view.policy_rule, view.quorum, view.requester) =
             (judgement.rule.clone(), judgement.quorum, requester);
         records.push(AuditEvent::Hold { restored, hold: Box::new(view.clone()) });

@@ -205,6 +205,28 @@ fn proc_argv(pid: u32, limit: usize) -> Vec<String> {
     ShownArgv::of(args.split(|&b| b == 0), limit)
 }
 
+/// What a held process's memory says: its argv and its parents' command lines. Reading
+/// another process's memory can wait for as long as that process wants (memory it mapped
+/// from a FUSE filesystem it serves), so only the judges read it, never the daemon's loop.
+#[derive(Default)]
+pub struct FromMemory {
+    pub argv: Option<Vec<String>>,
+    pub parents: Option<Vec<Parent>>,
+}
+
+impl FromMemory {
+    /// What a person deciding on the hold of `event` is shown: the argv (of the exec, or of
+    /// the process that asked for the egress) and the parents.
+    pub fn read(event: &HoldEvent, argv: Option<Vec<String>>) -> Self {
+        let argv = if event.hold.action.kind == kind::EXEC {
+            argv.or_else(|| exec_argv(event))
+        } else {
+            Some(proc_argv(event.tgid, HELD_ARGV_BYTES))
+        };
+        Self { argv, parents: Some(parents(event.tgid)) }
+    }
+}
+
 fn parents(pid: u32) -> Vec<Parent> {
     let mut chain = Vec::new();
     let mut current = procfs::stat(pid).map(|stat| stat.ppid);
@@ -306,7 +328,7 @@ pub fn describe(
     cgroup: &str,
     policy: &str,
     executable: Option<&Executable>,
-    argv: Option<Vec<String>>,
+    memory: FromMemory,
 ) -> HoldView {
     let action = &event.hold.action;
     let pid = event.tgid;
@@ -343,12 +365,8 @@ pub fn describe(
             |exe| exe.path.clone(),
         );
         view.path = Some(printable(path.as_os_str().as_bytes()));
-        // Read by the judges: here it could wait on the held thread or on what the agent
-        // mapped into its memory.
-        view.argv = argv;
         view.cwd = cwd.map(|c| printable(c.as_os_str().as_bytes()));
         view.sha256 = executable.map(|exe| exe.sha256.clone());
-        view.parents = Some(parents(pid));
     } else {
         let v6 = Ipv6Addr::from(action.addr);
         view.address = Some(v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string()));
@@ -361,9 +379,10 @@ pub fn describe(
             }
             .to_owned(),
         );
-        view.parents = Some(parents(pid));
-        view.argv = Some(proc_argv(pid, HELD_ARGV_BYTES));
     }
+    // Read by the judges: here it could wait on the held thread or on what the agent
+    // mapped into its memory.
+    (view.argv, view.parents) = (memory.argv, memory.parents);
     view
 }
 

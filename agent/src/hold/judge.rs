@@ -1,6 +1,8 @@
-//! Judging held execs off the daemon's owner task: the executable is identified (opened,
-//! verified, hashed) and the policy applied on the blocking pool, several at once, so a
-//! large or slow file never stalls decisions. Each judgement comes back as a [`Judged`].
+//! Judging holds off the daemon's owner task, on the blocking pool, several at once: an
+//! exec's executable is identified (opened, verified, hashed) and the policy applied, and
+//! for a hold that goes to a person, what the process's memory says is read (argv,
+//! parents). A large or slow file, or memory an agent makes slow to read, never stalls
+//! decisions. Each judgement comes back as a [`Judged`].
 //! Each tagged root gets a fair share of the judges: an agent whose files make judging
 //! hang (a FUSE mount it serves) only ever holds up its own.
 
@@ -9,11 +11,11 @@ use std::{
     sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
-use agent_common::{HoldEvent, HoldKey};
+use agent_common::{HoldEvent, HoldKey, kind};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
-    hold::context,
+    hold::context::{self, FromMemory},
     hold::identity::{Digests, Executable},
     policy::Verdict,
     policy::file::{ExecJudgement, Policy},
@@ -32,11 +34,13 @@ pub struct Judged {
     pub event: HoldEvent,
     /// Picked up from a previous daemon's pinned record.
     pub restored: bool,
-    /// The verified executable and what the policy says of it, or why it could not be
-    /// verified (then only a person can judge it).
-    pub outcome: Result<(Executable, ExecJudgement), String>,
-    /// The argv the exec passed, when a rule needed it or a person will be asked.
-    pub argv: Option<Vec<String>>,
+    /// An exec's verified executable and what the policy says of it, or why it could not
+    /// be verified (then only a person can judge it); `None` for an egress, which the
+    /// kernel's policy already sent to a person.
+    pub outcome: Option<Result<(Executable, ExecJudgement), String>>,
+    /// What the process's memory says, read when a person will be asked (or a rule
+    /// needed the argv).
+    pub memory: FromMemory,
     /// The policy it was judged under.
     pub policy: Arc<Policy>,
 }
@@ -58,9 +62,9 @@ impl Judge {
         (Self { digests: Arc::default(), permits, shares: Mutex::default(), done }, judged)
     }
 
-    /// Judges the exec hold `key` under `policy`; the judgement arrives later, and
-    /// `progress` counts the bytes of the executable read meanwhile. Must be called from
-    /// within the daemon's runtime.
+    /// Judges the hold `key` under `policy`; the judgement arrives later, and `progress`
+    /// counts the bytes of an exec's executable read meanwhile. Must be called from within
+    /// the daemon's runtime.
     pub fn submit(
         &self,
         key: HoldKey,
@@ -77,9 +81,14 @@ impl Judge {
                 return;
             };
             let _ = tokio::task::spawn_blocking(move || {
-                let (outcome, argv, lease) = judge(&digests, &event, &policy, &progress);
+                let (outcome, memory, lease) = if event.hold.action.kind == kind::EXEC {
+                    let (outcome, memory, lease) = judge(&digests, &event, &policy, &progress);
+                    (Some(outcome), memory, lease)
+                } else {
+                    (None, FromMemory::read(&event, None), None)
+                };
                 drop((permit, share));
-                let _ = done.send(Judged { key, event, restored, outcome, argv, policy });
+                let _ = done.send(Judged { key, event, restored, outcome, memory, policy });
                 // A fresh file's lease outlives the judgement until its change time settled.
                 if let Some(lease) = lease {
                     lease.wait_out();
@@ -100,12 +109,11 @@ impl Judge {
     }
 }
 
-type Judgement =
-    (Result<(Executable, ExecJudgement), String>, Option<Vec<String>>, Option<crate::hold::identity::Lease>);
+type Judgement = (Result<(Executable, ExecJudgement), String>, FromMemory, Option<crate::hold::identity::Lease>);
 
 /// Identifies and judges the exec of `event` under `policy`. The argv is read only if a
 /// rule asks for it or the verdict goes to a person (reading it may wait for the held
-/// thread to reach its stop).
+/// thread to reach its stop), the parents only in the latter case.
 fn judge(digests: &Digests, event: &HoldEvent, policy: &Policy, progress: &AtomicU64) -> Judgement {
     match digests.identify(event, progress) {
         Ok((exe, lease)) => {
@@ -114,11 +122,13 @@ fn judge(digests: &Digests, event: &HoldEvent, policy: &Policy, progress: &Atomi
                 argv = context::exec_argv(event);
                 argv.clone()
             });
-            if judgement.verdict == Verdict::Hold && argv.is_none() {
-                argv = context::exec_argv(event);
-            }
-            (Ok((exe, judgement)), argv, lease)
+            let memory = if judgement.verdict == Verdict::Hold {
+                FromMemory::read(event, argv)
+            } else {
+                FromMemory { argv, parents: None }
+            };
+            (Ok((exe, judgement)), memory, lease)
         }
-        Err(why) => (Err(why), context::exec_argv(event), None),
+        Err(why) => (Err(why), FromMemory::read(event, None), None),
     }
 }
