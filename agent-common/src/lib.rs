@@ -315,8 +315,15 @@ pub struct KernelOffsets {
     pub super_block_dev: u32,
     pub task_start_boottime: u32,
     pub socket_type: u32,
-    /// `socket.state` (`SS_UNCONNECTED`, `SS_CONNECTING`…).
+    /// `socket.state` (`SS_UNCONNECTED`, `SS_CONNECTING`…) and `socket.sk`.
     pub socket_state: u32,
+    pub socket_sk: u32,
+    /// The peer a `struct sock` is connected or connecting to (`__sk_common`'s
+    /// `skc_family`, `skc_daddr`, `skc_v6_daddr`, `skc_dport`).
+    pub sock_family: u32,
+    pub sock_daddr: u32,
+    pub sock_v6_daddr: u32,
+    pub sock_dport: u32,
     pub msghdr_name: u32,
     pub task_tgid: u32,
     pub task_group_leader: u32,

@@ -102,28 +102,40 @@ fn socket_protocol(socket: u64) -> Result<u32, i32> {
     })
 }
 
-/// Whether `socket` is a stream socket already connecting or connected: its connect can
-/// only wait for or report the connection it has (`EALREADY`, `EISCONN`), never reach a
-/// new destination. The LSM hook runs on every `connect` call, unlike the cgroup hooks:
-/// a connect restarted after its thread was stopped for another thread's hold, or asked
-/// again by its program (or by io_uring on some kernels) for its result, is one already
-/// decided, and must not be held again.
-fn already_connecting(socket: u64) -> Result<bool, i32> {
-    let socket_type: u16 = kernel::read(socket, kernel::offsets().socket_type)?;
-    let state: u32 = kernel::read(socket, kernel::offsets().socket_state)?;
-    Ok(socket_type == SOCK_STREAM && state != SS_UNCONNECTED)
+/// Whether `socket` is a stream socket already connecting or connected to `to`. The LSM
+/// hook runs on every `connect` call, unlike the cgroup hooks: a connect restarted after
+/// its thread was stopped for another thread's hold, or asked again by its program (or by
+/// io_uring on some kernels) for its result, is one already decided, and must not be held
+/// again. Only the very peer counts: the state is read without the socket's lock, so
+/// another thread may disconnect the socket before this call connects it, and then this
+/// call goes to `to`, which the connect that made the peer was judged for.
+fn connecting_to(socket: u64, to: &Destination) -> Result<bool, i32> {
+    let offsets = kernel::offsets();
+    let socket_type: u16 = kernel::read(socket, offsets.socket_type)?;
+    let state: u32 = kernel::read(socket, offsets.socket_state)?;
+    if socket_type != SOCK_STREAM || state == SS_UNCONNECTED {
+        return Ok(false);
+    }
+    let sock: u64 = kernel::read(socket, offsets.socket_sk)?;
+    let family: u16 = kernel::read(sock, offsets.sock_family)?;
+    let peer = match family {
+        AF_INET => mapped_v4(kernel::read(sock, offsets.sock_daddr)?),
+        AF_INET6 => kernel::read(sock, offsets.sock_v6_daddr)?,
+        _ => return Ok(false),
+    };
+    let port_be: u16 = kernel::read(sock, offsets.sock_dport)?;
+    Ok(peer == to.addr && u16::from_be(port_be) == to.port)
 }
 
 /// Decides `socket_connect(sock, address, addrlen)`: unreadable arguments are refused.
 pub fn connect(socket: u64, sockaddr: u64) -> Outcome {
-    match already_connecting(socket) {
-        Ok(true) => return Outcome::Allow,
-        Ok(false) => {}
-        Err(_) => return Outcome::Refuse,
-    }
     let destination = socket_protocol(socket).and_then(|protocol| sockaddr_destination(sockaddr, protocol));
     match destination {
-        Ok(Some(to)) => check(&to, Waiting::Restart),
+        Ok(Some(to)) => match connecting_to(socket, &to) {
+            Ok(true) => Outcome::Allow,
+            Ok(false) => check(&to, Waiting::Restart),
+            Err(_) => Outcome::Refuse,
+        },
         Ok(None) => Outcome::Allow,
         Err(_) => Outcome::Refuse,
     }

@@ -173,6 +173,11 @@ impl Btf {
             task_start_boottime: self.member_offset("task_struct", "start_boottime")?,
             socket_type: self.member_offset("socket", "type")?,
             socket_state: self.member_offset("socket", "state")?,
+            socket_sk: self.member_offset("socket", "sk")?,
+            sock_family: self.sock_common_offset("skc_family")?,
+            sock_daddr: self.sock_common_offset("skc_daddr")?,
+            sock_v6_daddr: self.sock_common_offset("skc_v6_daddr")?,
+            sock_dport: self.sock_common_offset("skc_dport")?,
             msghdr_name: self.member_offset("msghdr", "msg_name")?,
             task_tgid: self.member_offset("task_struct", "tgid")?,
             task_group_leader: self.member_offset("task_struct", "group_leader")?,
@@ -184,6 +189,11 @@ impl Btf {
             inode_ctime_sec,
             inode_ctime_nsec,
         })
+    }
+
+    /// Byte offset in `struct sock` of `member` of its `__sk_common`.
+    fn sock_common_offset(&self, member: &str) -> Result<u32, BtfError> {
+        Ok(self.member_offset("sock", "__sk_common")? + self.member_offset("sock_common", member)?)
     }
 
     /// `inode`'s ctime: split into `i_ctime_sec`/`i_ctime_nsec` since 6.11, a `timespec64`
