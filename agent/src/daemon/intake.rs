@@ -16,6 +16,9 @@ use super::{Daemon, agents::Agent, decisions::Pending, grants::unix_now};
 /// reading its file) before it goes to a person as it is. A large file read slowly (a
 /// 100 MB runtime under emulation) is progress; a read that never returns is not.
 const JUDGING_STALL: Duration = Duration::from_secs(10);
+/// How long the judges may take over a hold in all, progress or not: a file served a byte
+/// at a time must not keep a hold from ever being listed.
+const JUDGING_LIMIT: Duration = Duration::from_mins(1);
 
 /// An exec hold with the judges.
 pub(super) struct Judging {
@@ -26,6 +29,8 @@ pub(super) struct Judging {
     progress: Arc<AtomicU64>,
     seen: u64,
     deadline: Instant,
+    /// When the judges first had it (a policy reload judges it again, from then on).
+    since: Instant,
 }
 use crate::{
     audit::AuditEvent,
@@ -110,17 +115,22 @@ impl Daemon {
     /// A new hold goes to the judges; their answer arrives in [`Self::judged`].
     pub(super) fn new_hold(&mut self, key: HoldKey, event: &HoldEvent, restored: bool) {
         let Some((_, policy)) = self.agent_and_policy(event.hold.root) else {
-            // Fail closed: a hold under a root no agent is known for is refused.
-            self.record(AuditEvent::HoldRefused {
-                id: context::hold_id(event),
-                pid: event.tgid,
-                error: "no agent known for this cgroup",
-            });
-            let _ = self.holds.deny(&mut self.enforcer, key, OnDeny::Kill);
+            self.refuse_agentless(key, event);
             return;
         };
         let policy = policy.clone();
-        self.judge_hold(key, event, restored, policy);
+        self.judge_hold(key, event, restored, policy, Instant::now());
+    }
+
+    /// Fails closed: a hold under a root no agent is known for (never tagged, or untagged
+    /// while the hold was judged) is refused, its process killed.
+    fn refuse_agentless(&mut self, key: HoldKey, event: &HoldEvent) {
+        self.record(AuditEvent::HoldRefused {
+            id: context::hold_id(event),
+            pid: event.tgid,
+            error: "no agent known for this cgroup",
+        });
+        let _ = self.holds.deny(&mut self.enforcer, key, OnDeny::Kill);
     }
 
     /// What the policy says of an egress the kernel held: a person decides, by this rule.
@@ -129,8 +139,16 @@ impl Daemon {
         ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: false, quorum }
     }
 
-    /// Hands the hold `key` to the judges, with a deadline for their progress.
-    fn judge_hold(&mut self, key: HoldKey, event: &HoldEvent, restored: bool, policy: Arc<Policy>) {
+    /// Hands the hold `key` to the judges, with deadlines for their progress and for
+    /// their answer (counted from `since`).
+    fn judge_hold(
+        &mut self,
+        key: HoldKey,
+        event: &HoldEvent,
+        restored: bool,
+        policy: Arc<Policy>,
+        since: Instant,
+    ) {
         let progress = Arc::new(AtomicU64::new(0));
         let judging = Judging {
             nonce: event.hold.nonce,
@@ -139,6 +157,7 @@ impl Daemon {
             progress: progress.clone(),
             seen: 0,
             deadline: Instant::now() + JUDGING_STALL,
+            since,
         };
         self.judging.insert(key, judging);
         self.judge.submit(key, event, restored, policy, progress);
@@ -149,18 +168,24 @@ impl Daemon {
     /// again under the new one.
     pub(super) fn judged(&mut self, judged: Judged) {
         let Judged { key, event, restored, outcome, memory, policy: judged_under } = judged;
-        if self.judging.get(&key).is_none_or(|judging| judging.nonce != event.hold.nonce) {
+        let Some(since) = self
+            .judging
+            .get(&key)
+            .filter(|judging| judging.nonce == event.hold.nonce)
+            .map(|judging| judging.since)
+        else {
             return;
-        }
+        };
         self.judging.remove(&key);
         let Some((agent_name, policy)) = self
             .agent_and_policy(event.hold.root)
             .map(|(agent, policy)| (agent.name.clone(), policy.clone()))
         else {
+            self.refuse_agentless(key, &event);
             return;
         };
         if !Arc::ptr_eq(&policy, &judged_under) {
-            self.judge_hold(key, &event, restored, policy);
+            self.judge_hold(key, &event, restored, policy, since);
             return;
         }
         let policy_name = policy.name.clone();
@@ -197,10 +222,10 @@ impl Daemon {
         self.settle_new_hold(key, &event, restored, &judgement, executable.as_ref(), memory, records);
     }
 
-    /// Sends to a person every hold whose judgement has stalled: whatever holds the judge
-    /// up (a file or memory that never answers, a FUSE mount the agent serves), the hold is
-    /// listed without what could not be read, and its timeout runs. A late judgement is
-    /// then ignored.
+    /// Sends to a person every hold whose judgement has stalled, or taken too long in all:
+    /// whatever holds the judges up (a file or memory that answers slowly or never, a FUSE
+    /// mount the agent serves), the hold is listed without what could not be read, saying
+    /// so, and its timeout runs. A late judgement is then ignored.
     pub(super) fn judgements_overdue(&mut self) {
         let now = Instant::now();
         let mut overdue = Vec::new();
@@ -208,23 +233,28 @@ impl Daemon {
             let read = judging.progress.load(Ordering::Relaxed);
             if read != judging.seen {
                 (judging.seen, judging.deadline) = (read, now + JUDGING_STALL);
-            } else if judging.deadline <= now {
+            }
+            if judging.deadline <= now || now.duration_since(judging.since) >= JUDGING_LIMIT {
                 overdue.push(*key);
             }
         }
         for key in overdue {
             let Some(Judging { event, restored, .. }) = self.judging.remove(&key) else { continue };
+            let Some((_, policy)) = self.agent_and_policy(event.hold.root) else {
+                self.refuse_agentless(key, &event);
+                continue;
+            };
+            let withheld = format!(
+                "reading what it runs or what its process's memory says stalled for \
+                 {JUDGING_STALL:?} or took {JUDGING_LIMIT:?} (slow storage, or an agent \
+                 serving its own files): shown without it"
+            );
             let judgement = if event.hold.action.kind == kind::EXEC {
-                let rule = format!(
-                    "could not be judged: its file was not read for {JUDGING_STALL:?} (a judge \
-                     to spare, or the file's next bytes, never came)"
-                );
+                let rule = format!("could not be judged: {withheld}");
                 ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: true, quorum: 1 }
             } else {
-                match self.agent_and_policy(event.hold.root) {
-                    Some((_, policy)) => Self::egress_judgement(policy, &event),
-                    None => continue,
-                }
+                let judgement = Self::egress_judgement(policy, &event);
+                ExecJudgement { rule: format!("{}; {withheld}", judgement.rule), ..judgement }
             };
             let memory = FromMemory::default();
             self.settle_new_hold(key, &event, restored, &judgement, None, memory, Vec::new());
@@ -258,7 +288,10 @@ impl Daemon {
             self.stats.exits += 1;
             return;
         }
-        let Some((agent, policy)) = self.agent_and_policy(root) else { return };
+        let Some((agent, policy)) = self.agent_and_policy(root) else {
+            self.refuse_agentless(key, event);
+            return;
+        };
         let (agent_name, requester, policy_name) =
             (agent.name.clone(), agent.requester.clone(), policy.name.clone());
         let (timeout, on_timeout, on_deny) = (policy.timeout, policy.on_timeout, policy.on_deny);
