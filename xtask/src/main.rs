@@ -59,7 +59,7 @@ const FUZZ_TARGETS: [(&str, &str, u32); 2] =
     [("policy", "the policy parser", 20), ("btf", "the BTF reader", 10)];
 
 /// Fuzzes each of [`FUZZ_TARGETS`] with nightly's libFuzzer, starting from the seeds in
-/// `fuzz/seeds/TARGET`; new inputs go to a scratch corpus. Without AddressSanitizer: what
+/// `fuzz/seeds/TARGET`; new inputs go to a scratch corpus. Without the address sanitizer: what
 /// the targets reach is safe Rust, where a panic is the finding, and the sanitizer's build
 /// of the whole dependency tree cost minutes of every test run.
 fn fuzz() -> Result<()> {
