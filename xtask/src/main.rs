@@ -71,7 +71,8 @@ fn fuzz() -> Result<()> {
             .args(["run", "nightly", "cargo", "fuzz", "run", "--sanitizer", "none", target])
             .arg(&corpus)
             .arg(format!("seeds/{target}"))
-            .args(["--", &format!("-max_total_time={seconds}")])
+            // An input that takes seconds is a hang: a finding, never a stalled test run.
+            .args(["--", &format!("-max_total_time={seconds}"), "-timeout=5"])
             .current_dir(&fuzz_dir)
             .status()
             .context("run cargo fuzz")?;

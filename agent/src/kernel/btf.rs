@@ -1,7 +1,7 @@
 //! Reads struct member offsets from the running kernel's BTF, so the BPF programs (which
 //! get no CO-RE relocations from Rust) read the right bytes on 6.1, 6.12 and 6.18 alike.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use agent_common::KernelOffsets;
 
@@ -128,17 +128,20 @@ impl Btf {
     }
 
     /// Bit offset of `member` in the composite `id`, searching anonymous members too, at
-    /// most [`MAX_DEPTH`] deep (a malformed blob may nest a struct in itself).
-    fn find(&self, id: u32, member: &str, depth: u32) -> Option<(u32, bool)> {
-        if depth >= MAX_DEPTH {
+    /// most [`MAX_DEPTH`] deep, and each composite once (`searched`): a malformed blob may
+    /// nest a struct in itself, or the same struct many times at every level, which
+    /// without that would take exponential time.
+    fn find(&self, id: u32, member: &str, depth: u32, searched: &mut HashSet<u32>) -> Option<(u32, bool)> {
+        let id = self.resolve(id);
+        if depth >= MAX_DEPTH || !searched.insert(id) {
             return None;
         }
-        let composite = self.composites.get(&self.resolve(id))?;
+        let composite = self.composites.get(&id)?;
         for &(name_off, type_id, offset) in &composite.members {
             let (bits, bitfield) =
                 if composite.kind_flag { (offset & 0x00ff_ffff, offset >> 24 != 0) } else { (offset, false) };
             if name_off == 0 {
-                if let Some((inner, inner_bitfield)) = self.find(type_id, member, depth + 1) {
+                if let Some((inner, inner_bitfield)) = self.find(type_id, member, depth + 1, searched) {
                     return Some((bits.checked_add(inner)?, inner_bitfield));
                 }
             } else if self.string(name_off) == member {
@@ -152,7 +155,7 @@ impl Btf {
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
         let id = *self.by_name.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
         let (bits, bitfield) = self
-            .find(id, member, 0)
+            .find(id, member, 0, &mut HashSet::new())
             .ok_or_else(|| BtfError::NoMember { strukt: strukt.into(), member: member.into() })?;
         if bitfield || bits % 8 != 0 {
             return Err(BtfError::Bitfield { strukt: strukt.into(), member: member.into() });
@@ -305,6 +308,19 @@ mod tests {
                 .unwrap();
         assert!(btf.member_offset("outer", "a").is_err());
         assert_eq!(btf.resolve(2), 2);
+    }
+
+    /// Found by fuzzing: a struct whose 8 anonymous members are all of its own type took
+    /// 8^32 steps to search (MAX_DEPTH alone bounded the depth, not the breadth). Each
+    /// composite is now searched once per lookup.
+    #[test]
+    fn a_type_nested_in_itself_many_times_is_searched_once() {
+        let mut types = vec![OUTER, KIND_STRUCT << 24 | 8, 4];
+        for _ in 0..8 {
+            types.extend([0, 1, 0]); // an anonymous member of type 1: this struct
+        }
+        let btf = Btf::parse(&blob(&types, STRINGS)).unwrap();
+        assert!(matches!(btf.member_offset("outer", "a"), Err(BtfError::NoMember { .. })));
     }
 
     #[test]
