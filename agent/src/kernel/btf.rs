@@ -311,7 +311,7 @@ mod tests {
     }
 
     /// Found by fuzzing: a struct whose 8 anonymous members are all of its own type took
-    /// 8^32 steps to search (MAX_DEPTH alone bounded the depth, not the breadth). Each
+    /// 8^32 steps to search (`MAX_DEPTH` alone bounded the depth, not the breadth). Each
     /// composite is now searched once per lookup.
     #[test]
     fn a_type_nested_in_itself_many_times_is_searched_once() {
