@@ -58,6 +58,13 @@ fn verdict(tagged: &Tagged, to: &Destination) -> u32 {
 /// its held action fails with EPERM at once, and an approval lets the same action through
 /// when it is tried again.
 pub fn check(to: &Destination, waiting: Waiting) -> Outcome {
+    decide(to, waiting, || Ok(false))
+}
+
+/// [`check`], where `decided_before` tells (when the policy would hold the action, and
+/// only then) whether the call just repeats one already decided.
+#[inline(always)]
+fn decide(to: &Destination, waiting: Waiting, decided_before: impl FnOnce() -> Result<bool, i32>) -> Outcome {
     let Some(tagged) = tag::current() else {
         return Outcome::Allow;
     };
@@ -69,6 +76,13 @@ pub fn check(to: &Destination, waiting: Waiting) -> Outcome {
         ..Action::default()
     };
     let policy_verdict = verdict(&tagged, to);
+    if policy_verdict == verdict::HOLD {
+        match decided_before() {
+            Ok(true) => return Outcome::Allow,
+            Ok(false) => {}
+            Err(_) => return Outcome::Refuse,
+        }
+    }
     let waiting = if policy_verdict == verdict::HOLD
         && waiting == Waiting::Restart
         && kernel::current_uses_io_uring()
@@ -92,26 +106,25 @@ fn sockaddr_destination(sockaddr: u64, protocol: u32) -> Result<Option<Destinati
     Ok(Some(Destination { addr, port: u16::from_be(port_be), protocol }))
 }
 
-/// The protocol of a kernel `struct socket *`, from its type.
-fn socket_protocol(socket: u64) -> Result<u32, i32> {
-    let socket_type: u16 = kernel::read(socket, kernel::offsets().socket_type)?;
-    Ok(match socket_type {
+/// The protocol of a socket of type `socket_type`.
+fn protocol_of(socket_type: u16) -> u32 {
+    match socket_type {
         SOCK_STREAM => protocol::TCP,
         SOCK_DGRAM => protocol::UDP,
         _ => protocol::ANY,
-    })
+    }
 }
 
-/// Whether `socket` is a stream socket already connecting or connected to `to`. The LSM
+/// Whether `socket` (of type `socket_type`) is a stream socket already connecting or
+/// connected to `to`. The LSM
 /// hook runs on every `connect` call, unlike the cgroup hooks: a connect restarted after
 /// its thread was stopped for another thread's hold, or asked again by its program (or by
 /// io_uring on some kernels) for its result, is one already decided, and must not be held
 /// again. Only the very peer counts: the state is read without the socket's lock, so
 /// another thread may disconnect the socket before this call connects it, and then this
 /// call goes to `to`, which the connect that made the peer was judged for.
-fn connecting_to(socket: u64, to: &Destination) -> Result<bool, i32> {
+fn connecting_to(socket: u64, socket_type: u16, to: &Destination) -> Result<bool, i32> {
     let offsets = kernel::offsets();
-    let socket_type: u16 = kernel::read(socket, offsets.socket_type)?;
     let state: u32 = kernel::read(socket, offsets.socket_state)?;
     if socket_type != SOCK_STREAM || state == SS_UNCONNECTED {
         return Ok(false);
@@ -129,15 +142,14 @@ fn connecting_to(socket: u64, to: &Destination) -> Result<bool, i32> {
 
 /// Decides `socket_connect(sock, address, addrlen)`: unreadable arguments are refused.
 pub fn connect(socket: u64, sockaddr: u64) -> Outcome {
-    let destination = socket_protocol(socket).and_then(|protocol| sockaddr_destination(sockaddr, protocol));
-    match destination {
-        Ok(Some(to)) => match connecting_to(socket, &to) {
-            Ok(true) => Outcome::Allow,
-            Ok(false) => check(&to, Waiting::Restart),
-            Err(_) => Outcome::Refuse,
-        },
-        Ok(None) => Outcome::Allow,
-        Err(_) => Outcome::Refuse,
+    let socket_type = kernel::read::<u16>(socket, kernel::offsets().socket_type);
+    let destination = socket_type.and_then(|t| sockaddr_destination(sockaddr, protocol_of(t)));
+    match (socket_type, destination) {
+        (Ok(socket_type), Ok(Some(to))) => {
+            decide(&to, Waiting::Restart, || connecting_to(socket, socket_type, &to))
+        }
+        (_, Ok(None)) => Outcome::Allow,
+        _ => Outcome::Refuse,
     }
 }
 

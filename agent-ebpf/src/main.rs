@@ -117,7 +117,9 @@ pub fn sendmsg_lsm_cgroup(ctx: LsmContext) -> i32 {
 }
 
 /// `cgroup-sock` mode egress to `to`: holds a held destination before any packet,
-/// refuses a denied one, allows the rest.
+/// refuses a denied one, allows the rest. Inlined: the verifier checks the program's
+/// return value (0 or 1) at its exit, which a called function's result does not bound.
+#[inline(always)]
 fn sock_addr(to: &egress::Destination, waiting: Waiting) -> i32 {
     cgroup_verdict(egress::check(to, waiting))
 }

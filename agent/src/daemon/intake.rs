@@ -112,17 +112,19 @@ impl Daemon {
         Some((agent, policy))
     }
 
-    /// A new hold goes to the judges; their answer arrives in [`Self::judged`].
+    /// A new hold: an exec goes to the judges (their answer arrives in [`Self::judged`]),
+    /// an egress, which the kernel's policy already sent to a person, is described here.
     pub(super) fn new_hold(&mut self, key: HoldKey, event: &HoldEvent, restored: bool) {
         let Some((_, policy)) = self.agent_and_policy(event.hold.root) else {
             self.refuse_agentless(key, event);
             return;
         };
         if event.hold.action.kind != kind::EXEC {
-            // Egress holds are described here, on the owner task: handed to the judges, a
-            // JVM's held connect was never listed in the VMs (cause not yet found), so an
-            // agent's memory served from FUSE can still stall this read (README).
-            let judgement = Self::egress_judgement(policy, event);
+            // On the owner task: handed to the judges, a JVM's held connect was never
+            // listed in the VMs (cause not yet found), so an agent's memory served from
+            // FUSE can still stall this read (README).
+            let (rule, quorum) = policy.egress_rule(&event.hold.action);
+            let judgement = ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: false, quorum };
             let memory = FromMemory::read(event, None);
             self.settle_new_hold(key, event, restored, &judgement, None, memory, Vec::new());
             return;
@@ -140,12 +142,6 @@ impl Daemon {
             error: "no agent known for this cgroup",
         });
         let _ = self.holds.deny(&mut self.enforcer, key, OnDeny::Kill);
-    }
-
-    /// What the policy says of an egress the kernel held: a person decides, by this rule.
-    fn egress_judgement(policy: &Policy, event: &HoldEvent) -> ExecJudgement {
-        let (rule, quorum) = policy.egress_rule(&event.hold.action);
-        ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: false, quorum }
     }
 
     /// Hands the hold `key` to the judges, with deadlines for their progress and for
@@ -172,7 +168,7 @@ impl Daemon {
         self.judge.submit(key, event, restored, policy, progress);
     }
 
-    /// A judged hold, if it is still being judged (its process may have gone, or its
+    /// A judged exec hold, if it is still being judged (its process may have gone, or its
     /// judgement timed out, meanwhile). A judgement under a policy since replaced is made
     /// again under the new one.
     pub(super) fn judged(&mut self, judged: Judged) {
@@ -200,8 +196,7 @@ impl Daemon {
         let policy_name = policy.name.clone();
         let mut records = Vec::new();
         let (judgement, executable) = match outcome {
-            None => (Self::egress_judgement(&policy, &event), None),
-            Some(Ok((exe, judgement))) => {
+            Ok((exe, judgement)) => {
                 // A verdict that does not depend on argv holds for every exec of this file
                 // version: the kernel decides those by itself from now on.
                 let recorded = judgement.verdict == Verdict::Allow && !judgement.argv_dependent;
@@ -224,17 +219,17 @@ impl Daemon {
                 (judgement, Some(exe))
             }
             // Only a person can judge a program keyturn cannot verify.
-            Some(Err(why)) => {
+            Err(why) => {
                 (ExecJudgement { verdict: Verdict::Hold, rule: why, argv_dependent: true, quorum: 1 }, None)
             }
         };
         self.settle_new_hold(key, &event, restored, &judgement, executable.as_ref(), memory, records);
     }
 
-    /// Sends to a person every hold whose judgement has stalled, or taken too long in all:
-    /// whatever holds the judges up (a file or memory that answers slowly or never, a FUSE
-    /// mount the agent serves), the hold is listed without what could not be read, saying
-    /// so, and its timeout runs. A late judgement is then ignored.
+    /// Sends to a person every exec hold whose judgement has stalled, or taken too long in
+    /// all: whatever holds the judges up (a file or memory that answers slowly or never, a
+    /// FUSE mount the agent serves), the hold is listed without what could not be read,
+    /// saying so, and its timeout runs. A late judgement is then ignored.
     pub(super) fn judgements_overdue(&mut self) {
         let now = Instant::now();
         let mut overdue = Vec::new();
@@ -249,22 +244,12 @@ impl Daemon {
         }
         for key in overdue {
             let Some(Judging { event, restored, .. }) = self.judging.remove(&key) else { continue };
-            let Some((_, policy)) = self.agent_and_policy(event.hold.root) else {
-                self.refuse_agentless(key, &event);
-                continue;
-            };
-            let withheld = format!(
-                "reading what it runs or what its process's memory says stalled for \
+            let rule = format!(
+                "could not be judged: reading its file or its process's memory stalled for \
                  {JUDGING_STALL:?} or took {JUDGING_LIMIT:?} (slow storage, or an agent \
-                 serving its own files): shown without it"
+                 serving its own files): shown without them"
             );
-            let judgement = if event.hold.action.kind == kind::EXEC {
-                let rule = format!("could not be judged: {withheld}");
-                ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: true, quorum: 1 }
-            } else {
-                let judgement = Self::egress_judgement(policy, &event);
-                ExecJudgement { rule: format!("{}; {withheld}", judgement.rule), ..judgement }
-            };
+            let judgement = ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: true, quorum: 1 };
             let memory = FromMemory::default();
             self.settle_new_hold(key, &event, restored, &judgement, None, memory, Vec::new());
         }

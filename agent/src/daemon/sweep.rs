@@ -28,11 +28,7 @@ impl Daemon {
             kept: self.holds.kept(),
             ..orphans::Snapshot::default()
         };
-        for agent in self.agents.values() {
-            if let Ok(dir) = self.hierarchy.dir(&agent.path) {
-                snapshot.observe(&dir);
-            }
-        }
+        snapshot.observe(self.agents.values().filter_map(|agent| self.hierarchy.dir(&agent.path).ok()));
         for cell in snapshot.empty_cells.drain(..) {
             self.holds.remove_cell_later(cell);
         }

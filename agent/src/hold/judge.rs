@@ -1,8 +1,8 @@
-//! Judging holds off the daemon's owner task, on the blocking pool, several at once: an
-//! exec's executable is identified (opened, verified, hashed) and the policy applied, and
-//! for a hold that goes to a person, what the process's memory says is read (argv,
-//! parents). A large or slow file, or memory an agent makes slow to read, never stalls
-//! decisions. Each judgement comes back as a [`Judged`].
+//! Judging held execs off the daemon's owner task, on the blocking pool, several at once:
+//! the executable is identified (opened, verified, hashed) and the policy applied, and for
+//! an exec that goes to a person, what the process's memory says is read (argv, parents).
+//! A large or slow file, or memory an agent makes slow to read, never stalls decisions.
+//! Each judgement comes back as a [`Judged`].
 //! Each tagged root gets a fair share of the judges: an agent whose files make judging
 //! hang (a FUSE mount it serves) only ever holds up its own.
 
@@ -11,7 +11,7 @@ use std::{
     sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
-use agent_common::{HoldEvent, HoldKey, kind};
+use agent_common::{HoldEvent, HoldKey};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
@@ -34,10 +34,9 @@ pub struct Judged {
     pub event: HoldEvent,
     /// Picked up from a previous daemon's pinned record.
     pub restored: bool,
-    /// An exec's verified executable and what the policy says of it, or why it could not
-    /// be verified (then only a person can judge it); `None` for an egress, which the
-    /// kernel's policy already sent to a person.
-    pub outcome: Option<Result<(Executable, ExecJudgement), String>>,
+    /// The verified executable and what the policy says of it, or why it could not be
+    /// verified (then only a person can judge it).
+    pub outcome: Result<(Executable, ExecJudgement), String>,
     /// What the process's memory says, read when a person will be asked (or a rule
     /// needed the argv).
     pub memory: FromMemory,
@@ -62,9 +61,9 @@ impl Judge {
         (Self { digests: Arc::default(), permits, shares: Mutex::default(), done }, judged)
     }
 
-    /// Judges the hold `key` under `policy`; the judgement arrives later, and `progress`
-    /// counts the bytes of an exec's executable read meanwhile. Must be called from within
-    /// the daemon's runtime.
+    /// Judges the exec hold `key` under `policy`; the judgement arrives later, and
+    /// `progress` counts the bytes of the executable read meanwhile. Must be called from
+    /// within the daemon's runtime.
     pub fn submit(
         &self,
         key: HoldKey,
@@ -81,12 +80,7 @@ impl Judge {
                 return;
             };
             let _ = tokio::task::spawn_blocking(move || {
-                let (outcome, memory, lease) = if event.hold.action.kind == kind::EXEC {
-                    let (outcome, memory, lease) = judge(&digests, &event, &policy, &progress);
-                    (Some(outcome), memory, lease)
-                } else {
-                    (None, FromMemory::read(&event, None), None)
-                };
+                let (outcome, memory, lease) = judge(&digests, &event, &policy, &progress);
                 drop((permit, share));
                 let _ = done.send(Judged { key, event, restored, outcome, memory, policy });
                 // A fresh file's lease outlives the judgement until its change time settled.

@@ -42,7 +42,8 @@ pub struct Snapshot {
     pub stops: Vec<(u32, Stop)>,
     /// The holds the daemon keeps (being judged, or pending a decision): key → nonce.
     pub kept: HashMap<HoldKey, u64>,
-    /// The processes of every tagged cgroup.
+    /// The processes of every tagged cgroup that [`find`] could name: those waiting in a
+    /// frozen cell, and those keyturn recorded stopping (`stops`).
     pub processes: Vec<Observed>,
     /// Frozen cells with no process left in them.
     pub empty_cells: Vec<PathBuf>,
@@ -167,9 +168,17 @@ pub fn stale_stops(snapshot: &Snapshot) -> Vec<u32> {
 }
 
 impl Snapshot {
-    /// Adds the processes of the cgroup at `dir` and of every cgroup below it, and its
-    /// empty frozen cells.
-    pub fn observe(&mut self, dir: &Path) {
+    /// Adds the processes of the cgroups at `dirs` and of every cgroup below them that
+    /// [`find`] could name, and their empty frozen cells. Only those processes are looked
+    /// at in `/proc`: this runs on every tick, for every agent.
+    pub fn observe(&mut self, dirs: impl IntoIterator<Item = PathBuf>) {
+        let stopped_by_keyturn: HashSet<u32> = self.stops.iter().map(|(pid, _)| *pid).collect();
+        for dir in dirs {
+            self.observe_below(&dir, &stopped_by_keyturn);
+        }
+    }
+
+    fn observe_below(&mut self, dir: &Path, stopped_by_keyturn: &HashSet<u32>) {
         let cell = dir
             .file_name()
             .is_some_and(|name| name.to_string_lossy().starts_with(CELL_PREFIX))
@@ -181,7 +190,7 @@ impl Snapshot {
         {
             self.empty_cells.push(cell.clone());
         }
-        for pid in pids {
+        for pid in pids.into_iter().filter(|pid| cell.is_some() || stopped_by_keyturn.contains(pid)) {
             if let Some(stat) = procfs::stat(pid) {
                 let stopped = stat.state == b'T';
                 self.processes.push(Observed {
@@ -194,7 +203,7 @@ impl Snapshot {
         }
         for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
             if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-                self.observe(&entry.path());
+                self.observe_below(&entry.path(), stopped_by_keyturn);
             }
         }
     }
