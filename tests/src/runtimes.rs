@@ -5,15 +5,20 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _},
+    os::unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
     path::{Path, PathBuf},
     process::Child,
-    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    sync::{
+        OnceLock,
+        mpsc::{self, Receiver, RecvTimeoutError},
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use keyturn::cgroup::Hierarchy;
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use crate::{Peer, WAIT, daemon::Daemon};
 
@@ -27,10 +32,42 @@ pub const JVM_FLAGS: [&str; 4] =
     ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx64m", "-XX:-UsePerfData"];
 
 /// The directory the runtimes' programs are in: `KEYTURN_RUNTIMES` (the VM guests' copy),
-/// else where `tests/build.rs` built them.
-fn dir() -> PathBuf {
-    std::env::var_os("KEYTURN_RUNTIMES")
-        .map_or_else(|| Path::new(env!("OUT_DIR")).join("runtimes"), PathBuf::from)
+/// else a copy of what `tests/build.rs` built that the agents' user can read, whatever the
+/// checkout's permissions (a clone in a `mktemp -d` directory is root's alone).
+fn dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        std::env::var_os("KEYTURN_RUNTIMES")
+            .map_or_else(|| readable_copy(&Path::new(env!("OUT_DIR")).join("runtimes")), PathBuf::from)
+    })
+}
+
+/// Copies `built` to `/tmp/keyturn-test-runtimes`, one copy per build directory, made
+/// anew by each test process: staged beside it, then renamed into place.
+fn readable_copy(built: &Path) -> PathBuf {
+    let root = Path::new("/tmp/keyturn-test-runtimes");
+    let name = hex::encode(&Sha256::digest(built.as_os_str().as_bytes())[..8]);
+    let (copy, staging) = (root.join(&name), root.join(format!(".{name}-{}", std::process::id())));
+    let _ = fs::remove_dir_all(&staging);
+    copy_tree(built, &staging);
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).expect("chmod the runtimes' root");
+    let _ = fs::remove_dir_all(&copy);
+    fs::rename(&staging, &copy).expect("put the runtimes' copy in place");
+    copy
+}
+
+/// Copies the tree at `from` to `to`, each directory readable and searchable by all.
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("create a directory of the runtimes' copy");
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).expect("chmod the runtimes' copy");
+    for entry in fs::read_dir(from).expect("list the runtimes' programs").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).expect("copy a runtime's program");
+        }
+    }
 }
 
 /// `name` in [`dir`], as text for an argv; it must be there.
