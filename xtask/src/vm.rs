@@ -39,6 +39,11 @@ const TEST_THREADS: &str = "--test-threads=2";
 /// wget), which the guest does not carry: its holds are the ones the other suites test in
 /// every mode.
 const HOST_ONLY: [&str; 4] = ["nss", "oidc", "web_ui", "working_day"];
+/// Test executables whose subject does not change with the mode (the console's protocol and
+/// the embedded console; their holds are execs, which `hold` and `daemon` test in every
+/// mode): each kernel runs them in one mode, its series' `mode_free_in`, so that 6.1 and
+/// 6.12 between them still run them in both.
+const MODE_FREE: [&str; 2] = ["console_link", "embedded_console"];
 /// Starts every line `/init` prints about a test run; the runner parses them afterwards.
 const MARKER: &str = "KEYTURN-VM";
 /// Kernel modules the tests need (`ip link add … type veth`) and the disk the runtimes
@@ -68,11 +73,13 @@ const PROGRAMS_VARIABLE: &str = "KEYTURN_RUNTIMES";
 struct Series {
     prefix: &'static str,
     suffix: &'static str,
+    /// The one mode the `MODE_FREE` test executables run in on this series.
+    mode_free_in: &'static str,
 }
 
 const SERIES: [Series; 2] = [
-    Series { prefix: "linux-image-6.1.0-", suffix: "-cloud-amd64" },
-    Series { prefix: "linux-image-6.12.", suffix: "+deb12-cloud-amd64" },
+    Series { prefix: "linux-image-6.1.0-", suffix: "-cloud-amd64", mode_free_in: "lsm" },
+    Series { prefix: "linux-image-6.12.", suffix: "+deb12-cloud-amd64", mode_free_in: "lsm-cgroup" },
 ];
 
 /// An unpacked kernel package.
@@ -83,6 +90,7 @@ struct Kernel {
     vmlinuz: PathBuf,
     /// `lib/modules/<release>` of the package.
     modules: PathBuf,
+    mode_free_in: &'static str,
 }
 
 /// What the guest runs: test executables by target name, the `HELPERS` they start as
@@ -198,7 +206,7 @@ fn test_kernel(
     image: &runtimes::Image,
 ) -> Result<(String, Vec<Run>)> {
     let initrd = build_initramfs(vm_dir, kernel, payload, image)?;
-    let boot = boot(kernel, &initrd, &image.path, vm_timeout(payload))?;
+    let boot = boot(kernel, &initrd, &image.path, vm_timeout(kernel.runs(payload).len()))?;
     let log = vm_dir.join(format!("{}.log", kernel.release));
     fs::write(&log, &boot.console).with_context(|| format!("write {}", log.display()))?;
     let idle = idle_percent(&boot.console).map_or_else(String::new, |idle| format!(", CPUs {idle}% idle"));
@@ -222,7 +230,7 @@ fn fetch_kernel(vm_dir: &Path, series: &Series) -> Result<Kernel> {
         let deb = download(&vm_dir.join("download"), &package)?;
         unpack(&deb, &unpacked)?;
     }
-    Kernel::find(package, &unpacked)
+    Kernel::find(package, &unpacked, series.mode_free_in)
 }
 
 fn newest_package(series: &Series) -> Result<String> {
@@ -293,7 +301,7 @@ fn unpack(deb: &Path, into: &Path) -> Result<()> {
 }
 
 impl Kernel {
-    fn find(package: String, unpacked: &Path) -> Result<Self> {
+    fn find(package: String, unpacked: &Path, mode_free_in: &'static str) -> Result<Self> {
         let boot = unpacked.join("boot");
         let vmlinuz = only_entry(&boot, "vmlinuz-")?;
         let release = vmlinuz
@@ -307,7 +315,22 @@ impl Kernel {
             .map(|dir| unpacked.join(dir).join(&release))
             .find(|dir| dir.is_dir())
             .with_context(|| format!("no lib/modules/{release} in {}", unpacked.display()))?;
-        Ok(Self { package, release, vmlinuz, modules })
+        Ok(Self { package, release, vmlinuz, modules, mode_free_in })
+    }
+
+    /// The runs this kernel's guest makes, as (mode, test executable): every test in every
+    /// mode of `payload`, but a `MODE_FREE` one only in `mode_free_in` (or in the one mode
+    /// a developer asked for).
+    fn runs<'a>(&self, payload: &'a Payload) -> Vec<(&'static str, &'a str)> {
+        let wanted = |mode: &str, test: &str| {
+            !MODE_FREE.contains(&test) || payload.modes.len() == 1 || mode == self.mode_free_in
+        };
+        payload
+            .modes
+            .iter()
+            .flat_map(|&mode| payload.tests.iter().map(move |(test, _)| (mode, test.as_str())))
+            .filter(|&(mode, test)| wanted(mode, test))
+            .collect()
     }
 }
 
@@ -428,7 +451,7 @@ fn build_initramfs(
     install_busybox(&staging, &tools)?;
     runtimes::stage_mount_points(image, &staging)?;
     let modules = stage_modules(kernel, &staging)?;
-    write_init(&staging, payload, &modules)?;
+    write_init(&staging, kernel, payload, &modules)?;
     console_node(&staging)?;
     let archive = vm_dir.join(format!("{}.cpio", kernel.release));
     pack(&staging, &archive)?;
@@ -662,10 +685,11 @@ fn decompress(source: &Path, target: &Path) -> Result<()> {
     run_command(Command::new(decompressor).arg("-dc").arg(source).stdout(output))
 }
 
-/// The guest's `/init`: mounts what the tests need, then runs every test executable in
-/// every mode between marker lines, and powers off.
-fn write_init(staging: &Path, payload: &Payload, modules: &[String]) -> Result<()> {
-    let tests: Vec<&str> = payload.tests.iter().map(|(name, _)| name.as_str()).collect();
+/// The guest's `/init`: mounts what the tests need, then makes the kernel's runs between
+/// marker lines, and powers off.
+fn write_init(staging: &Path, kernel: &Kernel, payload: &Payload, modules: &[String]) -> Result<()> {
+    let runs: Vec<String> =
+        kernel.runs(payload).into_iter().map(|(mode, test)| format!("{mode}/{test}")).collect();
     let mut variables: Vec<String> =
         payload.helpers.iter().map(|(variable, binary, _)| format!("{variable}=/{binary}")).collect();
     if payload.programs.is_some() {
@@ -689,29 +713,27 @@ ip link set lo up
 for module in {modules}; do insmod "$module" || echo "{MARKER} cannot insmod $module"; done
 echo "{MARKER} kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
 {runtimes}failed=0
-for mode in {modes}; do
-  for test in {tests}; do
-    echo "{MARKER} mode=$mode test=$test start"
-    KEYTURN_TEST_MODE=$mode {variables} RUST_BACKTRACE=1 \
-      timeout {run_timeout} "/tests/$test" {TEST_THREADS} --color=never {filter}
-    code=$?
-    echo "{MARKER} mode=$mode test=$test exit=$code"
-    [ "$code" = 0 ] || failed=1
-  done
+for run in {runs}; do
+  mode=${{run%/*}} test=${{run#*/}}
+  echo "{MARKER} mode=$mode test=$test start"
+  KEYTURN_TEST_MODE=$mode {variables} RUST_BACKTRACE=1 \
+    timeout {run_timeout} "/tests/$test" {TEST_THREADS} --color=never {filter}
+  code=$?
+  echo "{MARKER} mode=$mode test=$test exit=$code"
+  [ "$code" = 0 ] || failed=1
 done
 [ "$failed" = 0 ] || {{ echo "{MARKER} kernel log follows"; dmesg; }}
 echo "{MARKER} $(head -n 1 /proc/stat)"
 poweroff -f
 "#,
         modules = modules.join(" "),
-        modes = payload.modes.join(" "),
+        runs = runs.join(" "),
         filter = payload
             .filter
             .iter()
             .map(|arg| format!("'{}'", arg.replace('\'', "'\\''")))
             .collect::<Vec<_>>()
             .join(" "),
-        tests = tests.join(" "),
         runtimes = runtimes::init_lines(),
         variables = variables.join(" "),
         run_timeout = RUN_TIMEOUT.as_secs(),
@@ -769,9 +791,8 @@ fn list_tree(staging: &Path, relative: &Path, list: &mut Vec<u8>) -> Result<()> 
 
 // ---- Boot ----
 
-/// `BOOT_TIMEOUT` plus `RUN_TIMEOUT` for each mode of each test executable.
-fn vm_timeout(payload: &Payload) -> Duration {
-    let runs = payload.modes.len() * payload.tests.len();
+/// `BOOT_TIMEOUT` plus `RUN_TIMEOUT` for each of `runs`.
+fn vm_timeout(runs: usize) -> Duration {
     BOOT_TIMEOUT + RUN_TIMEOUT * u32::try_from(runs).unwrap_or(u32::MAX)
 }
 
@@ -851,7 +872,7 @@ fn skip_escape_sequence(chars: &mut std::str::Chars) {
 
 // ---- Verdicts ----
 
-/// The runtimes' check, then every test executable in every mode.
+/// The runtimes' check, then each of the kernel's runs.
 fn judge_boot(kernel: &Kernel, payload: &Payload, boot: &Boot) -> Vec<Run> {
     let blame = |why: String| if boot.timed_out { format!("{why} (the VM timed out)") } else { why };
     let runtimes = runtimes::judge(&boot.console).map_err(blame);
@@ -861,12 +882,10 @@ fn judge_boot(kernel: &Kernel, payload: &Payload, boot: &Boot) -> Vec<Run> {
         test: "runtimes".to_owned(),
         outcome: runtimes,
     }];
-    for mode in payload.modes.iter().copied() {
-        for (test, _) in &payload.tests {
-            let outcome =
-                judge_run(&boot.console, mode, test).map(|passed| format!("{passed} tests")).map_err(blame);
-            runs.push(Run { kernel: kernel.release.clone(), mode, test: test.clone(), outcome });
-        }
+    for (mode, test) in kernel.runs(payload) {
+        let outcome =
+            judge_run(&boot.console, mode, test).map(|passed| format!("{passed} tests")).map_err(blame);
+        runs.push(Run { kernel: kernel.release.clone(), mode, test: test.to_owned(), outcome });
     }
     runs
 }
@@ -1004,6 +1023,37 @@ mod tests {
             linux-image-6.1.0-57-cloud-amd64-dbg - Debug symbols\n";
         assert_eq!(SERIES[0].newest(listing).as_deref(), Some("linux-image-6.1.0-56-cloud-amd64"));
         assert_eq!(SERIES[0].newest(""), None);
+    }
+
+    #[test]
+    fn mode_free_tests_run_once_per_kernel_unless_one_mode_is_asked_for() {
+        let kernel = |mode_free_in| Kernel {
+            package: String::new(),
+            release: String::new(),
+            vmlinuz: PathBuf::new(),
+            modules: PathBuf::new(),
+            mode_free_in,
+        };
+        let mut payload = Payload {
+            tests: ["hold", "console_link"].map(|name| (name.to_owned(), PathBuf::new())).to_vec(),
+            helpers: Vec::new(),
+            programs: None,
+            modes: MODES.to_vec(),
+            filter: Vec::new(),
+        };
+        assert_eq!(
+            kernel("lsm").runs(&payload),
+            [("lsm-cgroup", "hold"), ("lsm", "hold"), ("lsm", "console_link")]
+        );
+        assert_eq!(
+            kernel("lsm-cgroup").runs(&payload),
+            [("lsm-cgroup", "hold"), ("lsm-cgroup", "console_link"), ("lsm", "hold")]
+        );
+        payload.modes = vec!["lsm-cgroup"];
+        assert_eq!(kernel("lsm").runs(&payload), [("lsm-cgroup", "hold"), ("lsm-cgroup", "console_link")]);
+        let modes: std::collections::HashSet<&str> =
+            SERIES.iter().map(|series| series.mode_free_in).collect();
+        assert_eq!(modes, MODES.into_iter().collect(), "between them the kernels run every mode");
     }
 
     #[test]

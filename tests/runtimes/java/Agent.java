@@ -9,16 +9,17 @@ import java.util.concurrent.CompletableFuture;
  * java.net.http.HttpClient, asynchronously, and the client's own threads make the
  * connection, so the agent cannot say in advance which thread connects.
  *
- * <p>Usage: {@code java Agent URL}. Prints {@code pid PID} first, then
- * {@code status CODE body BODY} once answered.
+ * <p>Usage: {@code java Agent URL}. Prints {@code pid PID} once its client is built, just
+ * before it asks (the test's wait for the hold starts there, not at a JVM start that takes
+ * seconds under emulation), then {@code status CODE body BODY} once answered.
  */
 public final class Agent {
     private Agent() {}
 
     public static void main(String[] args) throws Exception {
-        System.out.println("pid " + ProcessHandle.current().pid());
         HttpClient client = HttpClient.newBuilder().version(HttpClient.Version.HTTP_1_1).build();
         HttpRequest request = HttpRequest.newBuilder(URI.create(args[0])).GET().build();
+        System.out.println("pid " + ProcessHandle.current().pid());
         CompletableFuture<String> answer = client
             .sendAsync(request, HttpResponse.BodyHandlers.ofString())
             .thenApply(response -> "status " + response.statusCode() + " body " + response.body());
