@@ -1,27 +1,34 @@
-//! Developer and CI automation: `cargo xtask setup | run | test | vm | bench`.
+//! Developer and CI automation: `cargo xtask setup | run | test | vm | deb | bench`.
 
 mod bench;
+mod deb;
 mod setup;
 mod vm;
 
-use std::process::Command;
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 
-const USAGE: &str = "usage: cargo xtask <setup | run | test | vm | bench>
-  setup   install what this machine lacks (Debian packages, rust-src, bpf-linker, VM kernels, tests/js)
-  run     setup, build, and start the keyturn daemon with its embedded defaults
+const USAGE: &str = "usage: cargo xtask <setup | run | test | vm | deb | bench>
+  setup   install what this machine lacks for building and testing (Debian packages, rust-src,
+          bpf-linker, cargo-fuzz, VM kernels, the tests' npm packages)
+  run     install what building needs, build, and start the keyturn daemon with its embedded defaults
   test    setup, then every test: unit, host integration, fuzzing, VM (Debian 6.1 and 6.12)
   vm      only the VM tests; `vm [--kernel 6.1|6.12] [--mode lsm-cgroup|lsm] [TEST [FILTER…]]`
           runs one test executable, with libtest's FILTER, on one kernel, in one mode
+  deb     the Debian package, target/debian/keyturn_VERSION_ARCH.deb (`deb --dev`: of the
+          debug build), checked by lintian
   bench   benchmarks, reported side by side from one run";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
-        "setup" => setup::run(),
+        "setup" => setup::for_testing(),
         "run" => {
-            setup::run()?;
+            setup::for_building()?;
             cargo(&["build", "--release", "--package", "agent"])?;
             let status = Command::new("target/release/keyturn").arg("daemon").status()?;
             if !status.success() {
@@ -30,19 +37,30 @@ fn main() -> Result<()> {
             Ok(())
         }
         "test" => {
-            setup::run()?;
+            setup::for_testing()?;
             // Includes the console's suite, which starts PostgreSQL clusters as the postgres
             // user (so it runs as root, as all of `test` does).
             cargo(&["test", "--workspace", "--exclude", "tests", "--exclude", "agent-ebpf"])?;
             // The daemon tests run the real `keyturn` binary.
             cargo(&["build", "--package", "agent"])?;
             cargo(&["test", "--package", "tests"])?;
+            // The package of the build the tests ran, judged by Debian's lintian.
+            deb::check(&deb::build(deb::Build::Dev)?)?;
             fuzz()?;
             vm::run(&vm::Selection::default())
         }
         "vm" => vm::run(&vm::Selection::parse(std::env::args().skip(2))?),
+        "deb" => {
+            setup::for_packaging()?;
+            let build = match std::env::args().nth(2).as_deref() {
+                None => deb::Build::Release,
+                Some("--dev") => deb::Build::Dev,
+                Some(other) => bail!("unknown argument {other:?}: `cargo xtask deb [--dev]`"),
+            };
+            deb::check(&deb::build(build)?)
+        }
         "bench" => {
-            setup::run()?;
+            setup::for_testing()?;
             bench::run()
         }
         _ => {
@@ -90,4 +108,32 @@ pub fn cargo(args: &[&str]) -> Result<()> {
         bail!("cargo {} failed: {status}", args.join(" "));
     }
     Ok(())
+}
+
+/// The workspace's directory.
+pub fn workspace_root() -> Result<&'static Path> {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has no parent directory")
+}
+
+/// Runs `command`, failing on a non-zero exit.
+pub fn run_command(command: &mut Command) -> Result<()> {
+    let status = command.status().with_context(|| format!("run {}", describe(command)))?;
+    ensure!(status.success(), "{} failed: {status}", describe(command));
+    Ok(())
+}
+
+/// Stdout of `command` (stderr passes through), failing on a non-zero exit.
+pub fn command_output(command: &mut Command) -> Result<String> {
+    let output =
+        command.stderr(Stdio::inherit()).output().with_context(|| format!("run {}", describe(command)))?;
+    ensure!(output.status.success(), "{} failed: {}", describe(command), output.status);
+    String::from_utf8(output.stdout).with_context(|| format!("{} printed non-UTF-8", describe(command)))
+}
+
+fn describe(command: &Command) -> String {
+    let words: Vec<String> = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|word| word.to_string_lossy().into_owned())
+        .collect();
+    words.join(" ")
 }

@@ -10,13 +10,16 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages keyturn builds and tests with.
-const PACKAGES: &[&str] = &[
-    // bpf-linker, built against Debian's LLVM 22 (the LLVM of rustc's nightly)
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "zlib1g-dev",
+/// Debian packages keyturn is built with: bpf-linker, built against Debian's LLVM 22 (the
+/// LLVM of rustc's nightly).
+const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+
+/// Debian packages keyturn's own package is made and judged with: dpkg-shlibdeps (for its
+/// Depends) and lintian.
+const PACKAGING_PACKAGES: &[&str] = &["dpkg-dev", "lintian"];
+
+/// Debian packages keyturn is tested with.
+const TEST_PACKAGES: &[&str] = &[
     // VM tests of the LSM modes (binutils: `strip` keeps the initramfs small)
     "qemu-system-x86",
     "binutils",
@@ -64,10 +67,23 @@ const PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-pub fn run() -> Result<()> {
-    install_packages()?;
+/// What building and running keyturn need.
+pub fn for_building() -> Result<()> {
+    install_packages(BUILD_PACKAGES)?;
     install_rust_src()?;
-    install_bpf_linker()?;
+    install_bpf_linker()
+}
+
+/// What `cargo xtask deb` needs.
+pub fn for_packaging() -> Result<()> {
+    for_building()?;
+    install_packages(PACKAGING_PACKAGES)
+}
+
+/// What building, packaging, testing and benchmarking need.
+pub fn for_testing() -> Result<()> {
+    for_packaging()?;
+    install_packages(TEST_PACKAGES)?;
     install_cargo_fuzz()?;
     install_node_packages()?;
     crate::vm::install_kernels()
@@ -99,8 +115,8 @@ fn installed(package: &str) -> bool {
     output("dpkg-query", &["-W", "-f=${Status}", package]).is_some_and(|s| s == "install ok installed")
 }
 
-fn install_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+fn install_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

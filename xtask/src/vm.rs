@@ -17,6 +17,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use serde_json::Value;
 
+use crate::{command_output, run_command, workspace_root};
+
 /// The enforcement modes that need BPF LSM, which the host kernel cannot load.
 const MODES: [&str; 2] = ["lsm-cgroup", "lsm"];
 /// Longest one test executable may run in one mode before `/init` kills it, so that a
@@ -118,10 +120,6 @@ struct Run {
     test: String,
     /// What passed, or why the run counts as failed.
     outcome: Result<String, String>,
-}
-
-fn workspace_root() -> Result<&'static Path> {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has no parent directory")
 }
 
 /// Downloads and unpacks the newest Debian kernel of each series, unless already there.
@@ -964,28 +962,6 @@ fn print_summary(runs: &[Run], timings: &[String]) {
 }
 
 // ---- Commands ----
-
-fn run_command(command: &mut Command) -> Result<()> {
-    let status = command.status().with_context(|| format!("run {}", describe(command)))?;
-    ensure!(status.success(), "{} failed: {status}", describe(command));
-    Ok(())
-}
-
-/// Stdout of `command` (stderr passes through), failing on a non-zero exit.
-fn command_output(command: &mut Command) -> Result<String> {
-    let output =
-        command.stderr(Stdio::inherit()).output().with_context(|| format!("run {}", describe(command)))?;
-    ensure!(output.status.success(), "{} failed: {}", describe(command), output.status);
-    String::from_utf8(output.stdout).with_context(|| format!("{} printed non-UTF-8", describe(command)))
-}
-
-fn describe(command: &Command) -> String {
-    let words: Vec<String> = std::iter::once(command.get_program())
-        .chain(command.get_args())
-        .map(|word| word.to_string_lossy().into_owned())
-        .collect();
-    words.join(" ")
-}
 
 fn remove_dir_if_present(dir: &Path) -> Result<()> {
     match fs::remove_dir_all(dir) {

@@ -5,7 +5,9 @@ use std::{path::Path, process::Command as Process};
 
 use anyhow::{Context as _, bail};
 
+/// The Debian package's unit, which starts the package's `/usr/bin/keyturn`.
 const UNIT: &str = include_str!("../../../packaging/keyturn.service");
+const PACKAGED_BINARY: &str = "/usr/bin/keyturn";
 const DEFAULT_CONFIG: &str = include_str!("../../../packaging/keyturn.toml");
 const BINARY: &str = "/usr/local/bin/keyturn";
 const UNIT_PATH: &str = "/etc/systemd/system/keyturn.service";
@@ -22,7 +24,8 @@ pub fn install(root: Option<&Path>) -> anyhow::Result<i32> {
     if !same_file(&exe, &binary) {
         place(&binary, 0o755, |to| std::fs::copy(&exe, to).map(drop))?;
     }
-    place(&under(UNIT_PATH), 0o644, |to| std::fs::write(to, UNIT))?;
+    let unit = UNIT.replace(PACKAGED_BINARY, BINARY);
+    place(&under(UNIT_PATH), 0o644, |to| std::fs::write(to, &unit))?;
     let config = under(crate::config::DEFAULT_PATH);
     let kept = config.exists();
     if !kept {

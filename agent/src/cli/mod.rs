@@ -1,6 +1,7 @@
 //! The `keyturn` command line: the daemon, the console, and the commands operators and
 //! approvers use; [`print`] shows replies, [`launch`] starts agents, [`install`] the unit.
 
+mod generate;
 mod install;
 mod launch;
 mod print;
@@ -11,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
 use crate::{
     audit,
@@ -107,6 +108,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
     },
+    /// Write the man pages (DIR/man) and shell completions (DIR/completions), for packaging.
+    #[command(hide = true)]
+    Generate { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -221,12 +225,16 @@ fn init_logging() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
-    if let Command::Console { action } = &cli.command {
-        return run_console(cli.config.as_deref(), action.as_ref());
+    match &cli.command {
+        Command::Console { action } => return run_console(cli.config.as_deref(), action.as_ref()),
+        Command::Generate { dir } => return generate::generate(&Cli::command(), dir),
+        _ => {}
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Console { .. } => unreachable!("handled above: it does not read the daemon's config"),
+        Command::Console { .. } | Command::Generate { .. } => {
+            unreachable!("handled above: they do not read the daemon's config")
+        }
         Command::Daemon => {
             init_logging();
             crate::daemon::check_not_running(&config)?;
