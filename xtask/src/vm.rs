@@ -43,9 +43,10 @@ const TEST_THREADS: &str = "--test-threads=2";
 const HOST_ONLY: [&str; 4] = ["nss", "oidc", "web_ui", "working_day"];
 /// Test executables whose subject does not change with the mode (the console's protocol and
 /// the embedded console; their holds are execs, which `hold` and `daemon` test in every
-/// mode): each kernel runs them in one mode, its series' `mode_free_in`, so that 6.1 and
-/// 6.12 between them still run them in both.
-const MODE_FREE: [&str; 2] = ["console_link", "embedded_console"];
+/// mode), run pairwise rather than as the full matrix: each kernel runs them in one mode,
+/// its series' `pairwise_mode`, and the two kernels in different modes, so that every
+/// kernel and every mode still sees them.
+const PAIRWISE: [&str; 2] = ["console_link", "embedded_console"];
 /// Starts every line `/init` prints about a test run; the runner parses them afterwards.
 const MARKER: &str = "KEYTURN-VM";
 /// Kernel modules the tests need (`ip link add … type veth`) and the disk the runtimes
@@ -75,13 +76,13 @@ const PROGRAMS_VARIABLE: &str = "KEYTURN_RUNTIMES";
 struct Series {
     prefix: &'static str,
     suffix: &'static str,
-    /// The one mode the `MODE_FREE` test executables run in on this series.
-    mode_free_in: &'static str,
+    /// The one mode the `PAIRWISE` test executables run in on this series.
+    pairwise_mode: &'static str,
 }
 
 const SERIES: [Series; 2] = [
-    Series { prefix: "linux-image-6.1.0-", suffix: "-cloud-amd64", mode_free_in: "lsm" },
-    Series { prefix: "linux-image-6.12.", suffix: "+deb12-cloud-amd64", mode_free_in: "lsm-cgroup" },
+    Series { prefix: "linux-image-6.1.0-", suffix: "-cloud-amd64", pairwise_mode: "lsm" },
+    Series { prefix: "linux-image-6.12.", suffix: "+deb12-cloud-amd64", pairwise_mode: "lsm-cgroup" },
 ];
 
 /// An unpacked kernel package.
@@ -92,7 +93,7 @@ struct Kernel {
     vmlinuz: PathBuf,
     /// `lib/modules/<release>` of the package.
     modules: PathBuf,
-    mode_free_in: &'static str,
+    pairwise_mode: &'static str,
 }
 
 /// What the guest runs: test executables by target name, the `HELPERS` they start as
@@ -228,7 +229,7 @@ fn fetch_kernel(vm_dir: &Path, series: &Series) -> Result<Kernel> {
         let deb = download(&vm_dir.join("download"), &package)?;
         unpack(&deb, &unpacked)?;
     }
-    Kernel::find(package, &unpacked, series.mode_free_in)
+    Kernel::find(package, &unpacked, series.pairwise_mode)
 }
 
 fn newest_package(series: &Series) -> Result<String> {
@@ -299,7 +300,7 @@ fn unpack(deb: &Path, into: &Path) -> Result<()> {
 }
 
 impl Kernel {
-    fn find(package: String, unpacked: &Path, mode_free_in: &'static str) -> Result<Self> {
+    fn find(package: String, unpacked: &Path, pairwise_mode: &'static str) -> Result<Self> {
         let boot = unpacked.join("boot");
         let vmlinuz = only_entry(&boot, "vmlinuz-")?;
         let release = vmlinuz
@@ -313,15 +314,15 @@ impl Kernel {
             .map(|dir| unpacked.join(dir).join(&release))
             .find(|dir| dir.is_dir())
             .with_context(|| format!("no lib/modules/{release} in {}", unpacked.display()))?;
-        Ok(Self { package, release, vmlinuz, modules, mode_free_in })
+        Ok(Self { package, release, vmlinuz, modules, pairwise_mode })
     }
 
     /// The runs this kernel's guest makes, as (mode, test executable): every test in every
-    /// mode of `payload`, but a `MODE_FREE` one only in `mode_free_in` (or in the one mode
+    /// mode of `payload`, but a `PAIRWISE` one only in `pairwise_mode` (or in the one mode
     /// a developer asked for).
     fn runs<'a>(&self, payload: &'a Payload) -> Vec<(&'static str, &'a str)> {
         let wanted = |mode: &str, test: &str| {
-            !MODE_FREE.contains(&test) || payload.modes.len() == 1 || mode == self.mode_free_in
+            !PAIRWISE.contains(&test) || payload.modes.len() == 1 || mode == self.pairwise_mode
         };
         payload
             .modes
@@ -1002,13 +1003,13 @@ mod tests {
     }
 
     #[test]
-    fn mode_free_tests_run_once_per_kernel_unless_one_mode_is_asked_for() {
-        let kernel = |mode_free_in| Kernel {
+    fn pairwise_tests_run_once_per_kernel_unless_one_mode_is_asked_for() {
+        let kernel = |pairwise_mode| Kernel {
             package: String::new(),
             release: String::new(),
             vmlinuz: PathBuf::new(),
             modules: PathBuf::new(),
-            mode_free_in,
+            pairwise_mode,
         };
         let mut payload = Payload {
             tests: ["hold", "console_link"].map(|name| (name.to_owned(), PathBuf::new())).to_vec(),
@@ -1028,7 +1029,7 @@ mod tests {
         payload.modes = vec!["lsm-cgroup"];
         assert_eq!(kernel("lsm").runs(&payload), [("lsm-cgroup", "hold"), ("lsm-cgroup", "console_link")]);
         let modes: std::collections::HashSet<&str> =
-            SERIES.iter().map(|series| series.mode_free_in).collect();
+            SERIES.iter().map(|series| series.pairwise_mode).collect();
         assert_eq!(modes, MODES.into_iter().collect(), "between them the kernels run every mode");
     }
 
