@@ -1,5 +1,6 @@
-//! Who may use the console: roles, API tokens tied to a person, browser sessions and the
-//! sign-ins under way, all in the database so that every replica knows them.
+//! Who may use the console: roles, API tokens tied to a person, browser sessions, the
+//! sign-ins under way and one-time sign-in links, all in the database so that every
+//! replica knows them.
 
 use std::{fmt, str::FromStr, time::Duration};
 
@@ -8,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use sqlx::Row as _;
 
-use crate::store::{Store, StoreError, audit, now_ms};
+use crate::{
+    oidc::PendingLogin,
+    store::{Store, StoreError, audit, now_ms},
+};
 
 /// What a person may do. Each role can do everything the one before it can.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -82,13 +86,35 @@ pub const TOKEN_LIFETIME: Duration = Duration::from_hours(90 * 24);
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_hours(365 * 24);
 /// How long a browser session lasts after sign-in.
 pub const SESSION_LIFETIME: Duration = Duration::from_hours(12);
-/// How long a sign-in may take between the redirect to the identity provider and its return.
+/// How long a sign-in may take between the redirect to the identity provider and its
+/// return, and how long a one-time sign-in link stays valid.
 pub const LOGIN_LIFETIME: Duration = Duration::from_mins(10);
 /// How finely a token's last use is recorded.
 const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 /// The prefix of every API token, so scanners and people recognise a leaked one.
 const TOKEN_PREFIX: &str = "kt_";
 
+/// What a sign-in under way keeps until it is finished, for any replica to take once.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KeptLogin {
+    /// A sign-in through the identity provider: what its callback needs.
+    Oidc(PendingLogin),
+    /// A one-time sign-in link (`keyturn console login`): the operator it signs in, as an admin.
+    Link { person: String },
+}
+
+/// How a person signed in, as the audit trail's `signed_in` records say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignIn {
+    /// Through the identity provider.
+    Oidc,
+    /// With a one-time sign-in link.
+    Link,
+}
+
+/// A random secret: 256 bits from the operating system's CSPRNG, in hex.
 fn secret() -> String {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
@@ -233,8 +259,9 @@ impl Store {
         }))
     }
 
-    /// Opens a browser session for `principal`; returns the cookie's secret.
-    pub async fn create_session(&self, principal: &Principal) -> Result<String, StoreError> {
+    /// Opens a browser session for `principal`, who signed in `how`; returns the cookie's
+    /// secret.
+    pub async fn create_session(&self, principal: &Principal, how: SignIn) -> Result<String, StoreError> {
         if principal.person.trim().is_empty() {
             return Err(StoreError::Anonymous);
         }
@@ -253,8 +280,9 @@ impl Store {
         .bind(now.saturating_add(millis(SESSION_LIFETIME)))
         .execute(&mut *tx)
         .await?;
-        let event =
-            serde_json::json!({"type": "signed_in", "person": principal.person, "role": principal.role});
+        let event = serde_json::json!({
+            "type": "signed_in", "person": principal.person, "role": principal.role, "how": how,
+        });
         audit(&mut tx, &event).await?;
         tx.commit().await?;
         Ok(token)
@@ -286,7 +314,8 @@ impl Store {
     }
 
     /// Keeps what finishing the sign-in `state` needs, for any replica to take.
-    pub async fn begin_login(&self, state: &str, pending: &str) -> Result<(), StoreError> {
+    pub async fn begin_login(&self, state: &str, kept: &KeptLogin) -> Result<(), StoreError> {
+        let kept = serde_json::to_string(kept).map_err(StoreError::KeptLogin)?;
         let now = now_ms();
         sqlx::query("DELETE FROM logins WHERE created_at_ms <= $1")
             .bind(now.saturating_sub(millis(LOGIN_LIFETIME)))
@@ -294,20 +323,47 @@ impl Store {
             .await?;
         sqlx::query("INSERT INTO logins (state, pending, created_at_ms) VALUES ($1, $2, $3)")
             .bind(sha256(state))
-            .bind(pending)
+            .bind(kept)
             .bind(now)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    /// Takes (once) what [`Store::begin_login`] kept for `state`, unless it is too old.
-    pub async fn take_login(&self, state: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("DELETE FROM logins WHERE state = $1 AND created_at_ms > $2 RETURNING pending")
-            .bind(sha256(state))
-            .bind(now_ms().saturating_sub(millis(LOGIN_LIFETIME)))
-            .fetch_optional(&self.pool)
-            .await?)
+    /// Takes (once: of concurrent takers, one gets it) what [`Store::begin_login`] kept for
+    /// `state`, unless it is older than [`LOGIN_LIFETIME`].
+    pub async fn take_login(&self, state: &str) -> Result<Option<KeptLogin>, StoreError> {
+        let kept: Option<String> = sqlx::query_scalar(
+            "DELETE FROM logins WHERE state = $1 AND created_at_ms > $2 RETURNING pending",
+        )
+        .bind(sha256(state))
+        .bind(now_ms().saturating_sub(millis(LOGIN_LIFETIME)))
+        .fetch_optional(&self.pool)
+        .await?;
+        kept.map(|kept| serde_json::from_str(&kept).map_err(StoreError::KeptLogin)).transpose()
+    }
+
+    /// Makes a one-time sign-in link's secret for `person`, an operator of the host the
+    /// console runs on: redeemed once within [`LOGIN_LIFETIME`], it opens an admin session.
+    /// Only its hash is kept; the issue is audited (without it).
+    pub async fn issue_sign_in_link(&self, person: &str) -> Result<String, StoreError> {
+        if person.trim().is_empty() {
+            return Err(StoreError::Anonymous);
+        }
+        let secret = secret();
+        self.begin_login(&secret, &KeptLogin::Link { person: person.to_owned() }).await?;
+        self.record(&serde_json::json!({"type": "sign_in_link_issued", "person": person})).await?;
+        Ok(secret)
+    }
+
+    /// Redeems the sign-in link `secret` for an admin session: who it signs in and the
+    /// session cookie's secret; `None` for a secret unknown, used, expired or not a link's.
+    pub async fn redeem_sign_in_link(&self, secret: &str) -> Result<Option<(Principal, String)>, StoreError> {
+        let Some(KeptLogin::Link { person }) = self.take_login(secret).await? else { return Ok(None) };
+        let principal =
+            Principal { display_name: person.clone(), person, role: Role::Admin, via: "session".into() };
+        let session = self.create_session(&principal, SignIn::Link).await?;
+        Ok(Some((principal, session)))
     }
 }
 

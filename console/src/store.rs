@@ -61,6 +61,8 @@ pub enum StoreError {
     Corrupt { hold_id: String, reason: String },
     #[error("audit record {seq}: {reason}")]
     AuditBroken { seq: i64, reason: String },
+    #[error("a sign-in under way does not read or write as JSON: {0}")]
+    KeptLogin(#[source] serde_json::Error),
 }
 
 /// Which database the URL named.

@@ -165,6 +165,32 @@ $("token-form").addEventListener("submit", async (event) => {
   }
 });
 
+/** The secret of a one-time sign-in link (`/#login=…`), taken out of the address bar (and
+ * so out of the history) before anything else happens. */
+function takeLinkSecret() {
+  const match = location.hash.match(/^#login=(.+)$/);
+  if (!match) return null;
+  history.replaceState(null, "", location.pathname + location.search);
+  return match[1];
+}
+
+/** Shows what the address asks for, first redeeming a sign-in link it carries (on load,
+ * or pasted into the address bar of an open page). */
+async function navigate() {
+  const secret = takeLinkSecret();
+  if (secret === null) return route();
+  try {
+    await api("/auth/link", { method: "POST", body: { secret } });
+    // The session the link opened is who this tab is now, not a token from before.
+    sessionStorage.removeItem(TOKEN_KEY);
+  } catch (error) {
+    if (!(await signedIn().catch(() => null))) return showSignIn(error);
+    await route();
+    return showError($("notice"), error);
+  }
+  route();
+}
+
 $("sign-out").addEventListener("click", async () => {
   const token = sessionStorage.getItem(TOKEN_KEY);
   sessionStorage.removeItem(TOKEN_KEY);
@@ -218,7 +244,7 @@ async function route() {
   show("pending");
 }
 
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", navigate);
 
 /** A failed load: sign in again when the session or token is gone; else say so. */
 function failed(error) {
@@ -541,4 +567,4 @@ $("audit-verify").addEventListener("click", async () => {
   }
 });
 
-route();
+navigate();

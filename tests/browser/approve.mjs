@@ -3,7 +3,9 @@
 //
 //   node approve.mjs --url URL --hold HOLD@HOST --token kt_… [--expect-argv TEXT]
 //        [--expect-rule TEXT] [--reason TEXT] [--expect approved|<error code>]
-//   (--login NAME --password SECRET instead of --token: sign in through the identity provider)
+//   (--login NAME --password SECRET instead of --token: sign in through the identity provider;
+//    --link SECRET: open the one-time sign-in link URL#login=SECRET, and after the approval
+//    open it again, signed out, to see it refused)
 //
 // Exits 0 only if the UI shows the expected outcome; otherwise saves a screenshot in the
 // temp dir and exits 1.
@@ -20,6 +22,7 @@ const { values: opts } = parseArgs({
     hold: { type: "string" },
     token: { type: "string" },
     login: { type: "string" },
+    link: { type: "string" },
     password: { type: "string" },
     "expect-argv": { type: "string" },
     "expect-rule": { type: "string" },
@@ -27,8 +30,8 @@ const { values: opts } = parseArgs({
     expect: { type: "string", default: "approved" },
   },
 });
-if (!opts.url || !opts.hold || !(opts.token || opts.login)) {
-  console.error("usage: approve.mjs --url URL --hold HOLD@HOST (--token T | --login L --password P) …");
+if (!opts.url || !opts.hold || !(opts.token || opts.login || opts.link)) {
+  console.error("usage: approve.mjs --url URL --hold HOLD@HOST (--token T | --login L --password P | --link S) …");
   process.exit(2);
 }
 
@@ -51,13 +54,27 @@ async function signInWithProvider(page, login, password) {
   await page.waitForURL((url) => url.origin === new URL(opts.url).origin);
 }
 
+/** Opens the one-time sign-in link, signed out, as a new tab would: `URL#login=SECRET`. */
+async function openLink(page, secret) {
+  await page.context().clearCookies();
+  await page.goto("about:blank");
+  await page.goto(`${opts.url}#login=${secret}`);
+}
+
 async function run(page) {
-  await page.goto(opts.url);
-  if (opts.token) await signInWithToken(page, opts.token);
-  else await signInWithProvider(page, opts.login, opts.password);
+  if (opts.link) await openLink(page, opts.link);
+  else {
+    await page.goto(opts.url);
+    if (opts.token) await signInWithToken(page, opts.token);
+    else await signInWithProvider(page, opts.login, opts.password);
+  }
   const who = page.getByTestId("whoami");
   await who.waitFor();
-  say("signed_in", { whoami: (await who.textContent()).trim(), role: await page.getByTestId("whoami-role").textContent() });
+  say("signed_in", {
+    whoami: (await who.textContent()).trim(),
+    role: await page.getByTestId("whoami-role").textContent(),
+    address: page.url(),
+  });
 
   const row = page.locator(`[data-testid="hold-row"][data-hold-id=${JSON.stringify(opts.hold)}]`);
   await row.waitFor();
@@ -100,6 +117,15 @@ async function run(page) {
   say("shown", {
     status: (await page.getByTestId("hold-status").textContent()).trim(),
     decision: (await page.getByTestId("hold-decision").textContent()).trim(),
+  });
+  if (!opts.link) return;
+  await openLink(page, opts.link);
+  const notice = page.getByTestId("notice");
+  await notice.waitFor();
+  say("link_refused", {
+    message: (await notice.textContent()).trim(),
+    hint: (await page.getByTestId("signin-link-hint").textContent()).trim(),
+    address: page.url(),
   });
 }
 

@@ -1,6 +1,7 @@
 //! The console's web UI in a real headless Chromium (tests/browser, playwright-core): a
 //! person signs in through a real OpenID provider and approves a held exec of the real
-//! daemon there, and a viewer's approval is refused.
+//! daemon there, an operator does the same with a one-time sign-in link, and a viewer's
+//! approval is refused.
 
 use std::{
     net::SocketAddr,
@@ -240,6 +241,9 @@ fn a_person_signs_in_and_approves_a_held_exec_in_the_browser_and_it_runs() {
     assert_eq!(run.step("signed_in")["role"], "approver");
     assert_eq!(run.step("context")["argv"], shown.as_str());
     assert!(text(&run.step("shown")["decision"]).contains("bob@example.com"), "{}", run.log);
+    let events = rt.block_on(served.store().audit_events()).expect("audit");
+    let signed_in = events.iter().find(|e| e["type"] == "signed_in").expect("the sign-in is audited");
+    assert_eq!((text(&signed_in["person"]), text(&signed_in["how"])), ("bob@example.com", "oidc"));
 
     assert_eq!(finish(agent), (0, format!("{hostile}\n")));
     let decided = &console_audit(&rt, &served, "decided", &id)[0];
@@ -287,4 +291,31 @@ fn a_viewer_is_refused_in_the_browser_and_the_process_stays_held_until_denied() 
     assert_eq!(finish(agent), (128 + libc::SIGKILL, String::new()));
     let host = daemon.wait_record(0, |e| e["type"] == "decision" && e["id"] == id.as_str());
     assert_eq!((host["verdict"].clone(), host["by"].clone()), ("deny".into(), "bob@example.com".into()));
+}
+
+/// An operator opens a one-time sign-in link: the page redeems it, takes the secret out of
+/// the address bar and shows the queue, where the operator approves; the same link opened
+/// again says it is spent and how to get another.
+#[test]
+fn an_operator_signs_in_with_a_one_time_link_and_approves_in_the_browser() {
+    let rt = runtime();
+    let served = Served::start();
+    let daemon = served.daemon();
+    let secret = rt.block_on(served.store().issue_sign_in_link("unix:operator")).expect("a link");
+    let agent = daemon.run_agent(&daemon.flagged(), &["linked"]);
+    let id = text(&daemon.pending_one()["id"]).to_owned();
+    served.pending(&rt, &id);
+
+    let run = browser(&served, &format!("{id}@{HOST}"), &["--link", &secret, "--reason", "by link"]);
+    assert!(run.success, "{}", run.log);
+    let signed_in = run.step("signed_in");
+    assert_eq!((text(&signed_in["whoami"]), text(&signed_in["role"])), ("unix:operator · admin", "admin"));
+    assert!(!text(&signed_in["address"]).contains("login="), "{}", run.log);
+    assert!(text(&run.step("shown")["decision"]).contains("unix:operator"), "{}", run.log);
+    assert_eq!(finish(agent), (0, "linked\n".to_owned()));
+
+    let refused = run.step("link_refused");
+    assert!(text(&refused["message"]).contains("sign_in_failed"), "{}", run.log);
+    assert!(text(&refused["hint"]).contains("keyturn console login"), "{}", run.log);
+    assert!(!text(&refused["address"]).contains("login="), "{}", run.log);
 }

@@ -1,5 +1,6 @@
 //! Who is calling: an API token (`Authorization: Bearer kt_…`) or a browser session
-//! cookie; what their role lets them do; their API tokens; signing out.
+//! cookie; what their role lets them do; their API tokens; signing in (through the
+//! identity provider, or with a one-time link) and out.
 
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use axum::{
 use serde::Deserialize;
 
 use super::{Api, ApiError, body, ok};
-use crate::people::{MAX_TOKEN_LIFETIME, Principal, Role, TOKEN_LIFETIME};
+use crate::people::{
+    KeptLogin, MAX_TOKEN_LIFETIME, Principal, Role, SESSION_LIFETIME, SignIn, TOKEN_LIFETIME,
+};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "keyturn_session";
@@ -189,13 +192,11 @@ pub async fn login(State(api): State<Api>) -> Result<Response, ApiError> {
         )
     })?;
     let (url, pending) = oidc.begin();
-    let kept = serde_json::to_string(&pending)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    api.console.store().begin_login(&pending.state, &kept).await?;
+    let state = pending.state.clone();
+    api.console.store().begin_login(&state, &KeptLogin::Oidc(pending)).await?;
     let secure = if api.secure_cookies { "; Secure" } else { "" };
     let bound = format!(
-        "{LOGIN_COOKIE}={}; Path=/auth; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
-        pending.state,
+        "{LOGIN_COOKIE}={state}; Path=/auth; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
         crate::people::LOGIN_LIFETIME.as_secs()
     );
     Ok((StatusCode::SEE_OTHER, [(header::LOCATION, url), (header::SET_COOKIE, bound)]).into_response())
@@ -232,10 +233,9 @@ pub async fn callback(
         return Err(failed("this sign-in was not begun in this browser".into()));
     }
     let store = api.console.store();
-    let kept =
-        store.take_login(&state).await?.ok_or_else(|| failed("unknown, used or expired sign-in".into()))?;
-    let pending =
-        serde_json::from_str(&kept).map_err(|e| failed(format!("the kept sign-in does not read: {e}")))?;
+    let Some(KeptLogin::Oidc(pending)) = store.take_login(&state).await? else {
+        return Err(failed("unknown, used or expired sign-in".into()));
+    };
     let identity = oidc.finish(&pending, &state, &code).await.map_err(|e| {
         tracing::warn!(error = %e, "sign-in failed");
         failed(e.to_string())
@@ -262,12 +262,49 @@ pub async fn callback(
         role,
         via: "session".into(),
     };
-    let session = store.create_session(&principal).await?;
-    let secure = if api.secure_cookies { "; Secure" } else { "" };
-    let cookie = format!(
-        "{SESSION_COOKIE}={session}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
-        crate::people::SESSION_LIFETIME.as_secs()
-    );
-    Ok((StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, "/".to_owned())])
+    let session = store.create_session(&principal, SignIn::Oidc).await?;
+    Ok((
+        StatusCode::SEE_OTHER,
+        [(header::SET_COOKIE, session_cookie_value(&api, &session)), (header::LOCATION, "/".to_owned())],
+    )
         .into_response())
+}
+
+/// The `Set-Cookie` value that gives the browser session `session`.
+fn session_cookie_value(api: &Api, session: &str) -> String {
+    let secure = if api.secure_cookies { "; Secure" } else { "" };
+    format!(
+        "{SESSION_COOKIE}={session}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        SESSION_LIFETIME.as_secs()
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSignIn {
+    /// What follows `#login=` in the link.
+    secret: String,
+}
+
+/// Signs in with a one-time link (`keyturn console login`): the web UI posts the secret
+/// from its address's fragment, which no request line, log or `Referer` carries; the
+/// secret opens one admin session, once.
+pub async fn link(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    // A sign-in is a change like any other: no other site may sign this browser in (with
+    // a link of its own choosing).
+    check_csrf(&headers)?;
+    let request: LinkSignIn = body(bytes)?;
+    let (principal, session) =
+        api.console.store().redeem_sign_in_link(request.secret.trim()).await?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "sign_in_failed",
+                "unknown, used or expired sign-in link: run `keyturn console login` on the host for a new one",
+            )
+        })?;
+    Ok(([(header::SET_COOKIE, session_cookie_value(&api, &session))], ok(principal)).into_response())
 }

@@ -55,6 +55,7 @@ impl Api {
             .route("/auth/login", get(auth::login))
             .route("/auth/callback", get(auth::callback))
             .route("/auth/logout", post(auth::logout))
+            .route("/auth/link", post(auth::link))
             .route("/", get(async || ui(include_str!("../../ui/index.html"), "text/html; charset=utf-8")))
             .route(
                 "/app.js",
@@ -75,6 +76,13 @@ impl Api {
         let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         axum::serve(listener, self.router()).await.map_err(|source| ConsoleError::Listen { addr, source })
     }
+}
+
+/// The web UI's address at `origin` (`http://HOST:PORT`) that signs in with the one-time
+/// sign-in link `secret` ([`crate::Store::issue_sign_in_link`]): the secret is in the
+/// fragment, which the browser keeps to itself and the page posts to `/auth/link`.
+pub fn sign_in_url(origin: &str, secret: &str) -> String {
+    format!("{origin}/#login={secret}")
 }
 
 /// An API error: a status, a stable code programs branch on, and a message for people.

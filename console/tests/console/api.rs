@@ -1,12 +1,14 @@
 //! The HTTP API over real HTTP on loopback, against a console fed by a simulated host
-//! stream: every refusal's status and code, filters and order, quorum, and the `OpenAPI` map.
+//! stream: every refusal's status and code, filters and order, quorum, one-time sign-in
+//! links, and the `OpenAPI` map.
 
 use std::collections::BTreeSet;
 
 use crate::support::{Db, Running, connect, connected, hold, key, loopback, stored};
 use console::{
     Api, RoleMap,
-    people::{Principal, Role, TOKEN_LIFETIME},
+    oidc::PendingLogin,
+    people::{KeptLogin, LOGIN_LIFETIME, Principal, Role, SignIn, TOKEN_LIFETIME},
 };
 use host_client::{ClientEvent, ClientHandle};
 use proto::v1::HoldRaised;
@@ -104,6 +106,26 @@ impl Fixture {
         self.call(Method::POST, path, who, Some(body)).await
     }
 
+    /// Posts a sign-in link's `secret` to `/auth/link` as the web UI does (with its header
+    /// when `csrf`): the status, the answer, and the session cookie set, if any.
+    async fn sign_in_with_link(&self, secret: &str, csrf: bool) -> (StatusCode, Value, Option<String>) {
+        let mut request =
+            self.client.post(format!("{}/auth/link", self.base)).json(&json!({"secret": secret}));
+        if csrf {
+            request = request.header("x-requested-with", "keyturn");
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let cookie = response.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_owned());
+        if let Some(cookie) = &cookie {
+            assert!(cookie.contains("; HttpOnly; SameSite=Lax"), "{cookie}");
+        }
+        let session = cookie.and_then(|c| {
+            c.strip_prefix("keyturn_session=").and_then(|rest| rest.split(';').next()).map(str::to_owned)
+        });
+        (status, response.json().await.unwrap_or(Value::Null), session)
+    }
+
     /// The console's audit events of `kind`.
     async fn audited(&self, kind: &str) -> Vec<Value> {
         let events = self.running.console.store().audit_events().await.unwrap();
@@ -121,6 +143,9 @@ fn refused((status, body): &(StatusCode, Value), expected: StatusCode, code: &st
 crate::both_databases!(
     every_refusal_has_its_status_and_code,
     tokens_expire,
+    a_sign_in_link_opens_one_admin_session_once,
+    a_sign_in_link_expires_after_ten_minutes,
+    concurrent_redemptions_of_a_sign_in_link_open_one_session,
     holds_list_newest_first_and_filter,
     a_quorum_of_two_is_awaited_then_decided,
 );
@@ -198,7 +223,7 @@ async fn every_refusal_has_its_status_and_code(db: Db) {
         role: Role::Approver,
         via: "session".into(),
     };
-    let cookie = api.running.console.store().create_session(&session).await.unwrap();
+    let cookie = api.running.console.store().create_session(&session, SignIn::Oidc).await.unwrap();
     assert_eq!(api.get("/api/me", &As::Session(&cookie, false)).await.1["person"], "dora");
     refused(&api.post(&approve, &As::Session(&cookie, false), "").await, StatusCode::FORBIDDEN, "csrf");
     refused(&api.post("/auth/logout", &As::Session(&cookie, false), "").await, StatusCode::FORBIDDEN, "csrf");
@@ -356,4 +381,128 @@ async fn tokens_expire(db: Db) {
     let expires = listed["tokens"][0]["expires_at_ms"].as_i64().expect("an expiry");
     let day = 24 * 3600 * 1000;
     assert!((console::store::now_ms() + day - expires).abs() < 60_000, "{listed}");
+}
+
+/// A one-time sign-in link (`keyturn console login`) opens one admin session, once, only
+/// when posted with the web UI's header; its secret is kept as a hash and never audited.
+async fn a_sign_in_link_opens_one_admin_session_once(db: Db) {
+    let api = Fixture::start(&db).await;
+    let store = api.running.console.store();
+    let secret = store.issue_sign_in_link("unix:root").await.unwrap();
+    assert!(secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()), "{secret}");
+    let kept = sqlx::AnyPool::connect(&db.url()).await.unwrap();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT state, pending FROM logins").fetch_all(&kept).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&secret)), "only its hash");
+    assert!(!rows[0].1.contains(&secret), "{rows:?}");
+
+    // Wrong secrets, a request another site could send, and a GET open nothing.
+    for wrong in [&secret[1..], "", &"0".repeat(64), &secret.to_uppercase()] {
+        let (status, body, cookie) = api.sign_in_with_link(wrong, true).await;
+        refused(&(status, body), StatusCode::FORBIDDEN, "sign_in_failed");
+        assert_eq!(cookie, None);
+    }
+    let (status, body, cookie) = api.sign_in_with_link(&secret, false).await;
+    refused(&(status, body), StatusCode::FORBIDDEN, "csrf");
+    assert_eq!(cookie, None);
+    refused(&api.get("/auth/link", &As::Nobody).await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+
+    let (status, me, cookie) = api.sign_in_with_link(&secret, true).await;
+    assert_eq!(
+        (status, me),
+        (
+            StatusCode::OK,
+            json!({"person": "unix:root", "display_name": "unix:root", "role": "admin", "via": "session"})
+        )
+    );
+    let cookie = cookie.expect("a session cookie");
+    let (status, body, again) = api.sign_in_with_link(&secret, true).await;
+    refused(&(status, body), StatusCode::FORBIDDEN, "sign_in_failed");
+    assert_eq!(again, None, "used once");
+
+    // The session is a console session like any other, with what only an admin may do:
+    // revoke someone else's token, and make an admin token.
+    let session = As::Session(&cookie, true);
+    assert_eq!(api.get("/api/me", &session).await.1["role"], "admin");
+    let (bob, _) = store.create_api_token("bob", Role::Approver, "ci", "t", TOKEN_LIFETIME).await.unwrap();
+    assert_eq!(
+        api.call(Method::DELETE, &format!("/api/tokens/{bob}"), &session, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, made) = api.post("/api/tokens", &session, r#"{"name": "ops", "role": "admin"}"#).await;
+    assert_eq!((status, made["role"].as_str()), (StatusCode::CREATED, Some("admin")), "{made}");
+
+    let issued = api.audited("sign_in_link_issued").await;
+    assert_eq!(issued, [json!({"type": "sign_in_link_issued", "person": "unix:root"})]);
+    let signed_in = api.audited("signed_in").await;
+    assert_eq!(
+        signed_in,
+        [json!({"type": "signed_in", "person": "unix:root", "role": "admin", "how": "link"})]
+    );
+    let trail = serde_json::to_string(&store.audit_events().await.unwrap()).unwrap();
+    assert!(!trail.contains(&secret) && !trail.contains(&cookie), "{trail}");
+
+    // What an identity-provider sign-in keeps is no link, whoever learns its state.
+    let pending =
+        PendingLogin { state: "s".repeat(43), nonce: "n".into(), verifier: "v".into(), created_ms: 0 };
+    store.begin_login(&pending.state.clone(), &KeptLogin::Oidc(pending)).await.unwrap();
+    let (status, body, cookie) = api.sign_in_with_link(&"s".repeat(43), true).await;
+    refused(&(status, body), StatusCode::FORBIDDEN, "sign_in_failed");
+    assert_eq!(cookie, None);
+}
+
+/// A link is good for [`LOGIN_LIFETIME`] (ten minutes) from its issue: one issued just
+/// before that still signs in, one issued just over it does not.
+async fn a_sign_in_link_expires_after_ten_minutes(db: Db) {
+    let api = Fixture::start(&db).await;
+    let store = api.running.console.store();
+    let (young, old) = (
+        store.issue_sign_in_link("unix:alice").await.unwrap(),
+        store.issue_sign_in_link("unix:alice").await.unwrap(),
+    );
+    let lifetime = i64::try_from(LOGIN_LIFETIME.as_millis()).unwrap();
+    let kept = sqlx::AnyPool::connect(&db.url()).await.unwrap();
+    for (secret, age) in [(&young, lifetime - 30_000), (&old, lifetime + 1)] {
+        sqlx::query("UPDATE logins SET created_at_ms = created_at_ms - $1 WHERE state = $2")
+            .bind(age)
+            .bind(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(secret)))
+            .execute(&kept)
+            .await
+            .unwrap();
+    }
+    let (status, body, cookie) = api.sign_in_with_link(&old, true).await;
+    refused(&(status, body), StatusCode::FORBIDDEN, "sign_in_failed");
+    assert_eq!(cookie, None);
+    let (status, me, cookie) = api.sign_in_with_link(&young, true).await;
+    assert_eq!((status, me["person"].as_str()), (StatusCode::OK, Some("unix:alice")));
+    assert!(cookie.is_some());
+}
+
+/// However many redeem one link at once (from one replica or, on PostgreSQL, several),
+/// exactly one gets a session.
+async fn concurrent_redemptions_of_a_sign_in_link_open_one_session(db: Db) {
+    const AT_ONCE: usize = 8;
+    let api = std::sync::Arc::new(Fixture::start(&db).await);
+    let secret = api.running.console.store().issue_sign_in_link("unix:root").await.unwrap();
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(AT_ONCE));
+    let mut tries = tokio::task::JoinSet::new();
+    for _ in 0..AT_ONCE {
+        let (api, secret, start) = (api.clone(), secret.clone(), start.clone());
+        tries.spawn(async move {
+            start.wait().await;
+            api.sign_in_with_link(&secret, true).await
+        });
+    }
+    let mut sessions = Vec::new();
+    while let Some(result) = tries.join_next().await {
+        let (status, body, cookie) = result.unwrap();
+        match status {
+            StatusCode::OK => sessions.push(cookie.expect("a session cookie")),
+            _ => refused(&(status, body), StatusCode::FORBIDDEN, "sign_in_failed"),
+        }
+    }
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(api.audited("signed_in").await.len(), 1);
+    assert_eq!(api.get("/api/me", &As::Session(&sessions[0], false)).await.1["role"], "admin");
 }
