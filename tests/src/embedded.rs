@@ -1,5 +1,6 @@
 //! A daemon running its embedded console on loopback addresses of its own, and that
-//! console's HTTP API as an approver (or a viewer) calls it with an API token.
+//! console's HTTP API as an approver (or a viewer) calls it with an API token, or as an
+//! operator signed in with a one-time link.
 
 use std::{
     net::SocketAddr,
@@ -19,7 +20,8 @@ pub struct Embedded {
     pub daemon: Daemon,
     /// Where the embedded console serves host streams.
     pub hosts: SocketAddr,
-    api: String,
+    /// `http://ADDRESS` of its web UI and API.
+    pub origin: String,
     console_config: PathBuf,
     pub rt: tokio::runtime::Runtime,
     http: reqwest::Client,
@@ -50,7 +52,7 @@ impl Embedded {
         Self {
             daemon,
             hosts,
-            api: format!("http://{people}/api"),
+            origin: format!("http://{people}"),
             console_config,
             rt: tokio::runtime::Runtime::new().expect("runtime"),
             http: reqwest::Client::new(),
@@ -65,7 +67,7 @@ impl Embedded {
         String::from_utf8(out.stdout).expect("token").trim().to_owned()
     }
 
-    /// `method path` with `token` and `body`: the status and the JSON answer.
+    /// `method /api/path` with `token` and `body`: the status and the JSON answer.
     pub fn call(
         &self,
         method: reqwest::Method,
@@ -73,17 +75,77 @@ impl Embedded {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
+        self.call_as(method, path, token.map_or(Caller::Nobody, Caller::Token), body)
+    }
+
+    /// `method /api/path` as `caller`, with `body`: the status and the JSON answer.
+    pub fn call_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        caller: Caller,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         self.rt.block_on(async {
-            let mut request = self.http.request(method, format!("{}{path}", self.api));
-            if let Some(token) = token {
-                request = request.bearer_auth(token);
-            }
+            let mut request = self.http.request(method, format!("{}/api{path}", self.origin));
+            request = match caller {
+                Caller::Nobody => request,
+                Caller::Token(token) => request.bearer_auth(token),
+                Caller::Session(cookie) => request
+                    .header("cookie", format!("keyturn_session={cookie}"))
+                    .header("x-requested-with", "keyturn"),
+            };
             if let Some(body) = body {
                 request = request.json(&body);
             }
             let response = request.send().await.expect("request");
             let status = response.status().as_u16();
             (status, response.json().await.unwrap_or(Value::Null))
+        })
+    }
+
+    /// The one-time sign-in link the daemon logged at start, once it has.
+    pub fn logged_sign_in_link(&self) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.daemon.log();
+            let start = format!("{}/#login=", self.origin);
+            let link = log.lines().filter(|line| line.contains("sign in as an admin")).find_map(|line| {
+                let at = line.find(&start)?;
+                Some(line[at..].split(|c: char| c.is_whitespace() || c.is_control()).next()?.to_owned())
+            });
+            if let Some(link) = link {
+                return link;
+            }
+            assert!(Instant::now() < deadline, "no sign-in link in the daemon's log: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The secret of a sign-in `link` to this console (what follows `#login=`).
+    pub fn link_secret<'a>(&self, link: &'a str) -> &'a str {
+        link.strip_prefix(&format!("{}/#login=", self.origin))
+            .unwrap_or_else(|| panic!("{link:?} is no sign-in link to {}", self.origin))
+    }
+
+    /// Posts a sign-in link's `secret` as the web UI does: the status, the answer (who is
+    /// signed in), and the session cookie set, if any.
+    pub fn sign_in_with_link(&self, secret: &str) -> (u16, Value, Option<String>) {
+        self.rt.block_on(async {
+            let response = self
+                .http
+                .post(format!("{}/auth/link", self.origin))
+                .header("x-requested-with", "keyturn")
+                .json(&serde_json::json!({"secret": secret}))
+                .send()
+                .await
+                .expect("request");
+            let status = response.status().as_u16();
+            let cookie = response.headers().get("set-cookie").and_then(|value| {
+                let value = value.to_str().ok()?.strip_prefix("keyturn_session=")?;
+                Some(value.split(';').next()?.to_owned())
+            });
+            (status, response.json().await.unwrap_or(Value::Null), cookie)
         })
     }
 
@@ -113,6 +175,16 @@ impl Embedded {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Who calls the embedded console's API.
+#[derive(Clone, Copy)]
+pub enum Caller<'a> {
+    Nobody,
+    /// An API token.
+    Token(&'a str),
+    /// A browser session's cookie (changes carry the web UI's header).
+    Session(&'a str),
 }
 
 impl Drop for Embedded {

@@ -1,11 +1,12 @@
 //! The daemon's embedded console: with no `[console]`, a held action appears in its HTTP
-//! API with its context, and an approver's API token releases or kills the process.
+//! API with its context, and an approver's API token releases or kills the process; the
+//! operator signs in with a one-time link the daemon prints, or `keyturn console login` gives.
 
 use serde_json::json;
 use tests::{
     WAIT,
-    daemon::{HOLD_FLAGGED, finish},
-    embedded::Embedded,
+    daemon::{Daemon, HOLD_FLAGGED, assert_refused, finish, keyturn_path, stderr},
+    embedded::{Caller, Embedded},
 };
 
 #[test]
@@ -105,4 +106,116 @@ fn the_embedded_console_serves_only_its_own_host() {
         embedded.call(reqwest::Method::POST, &format!("/holds/{id}/approve"), Some(&approver), None);
     assert_eq!(status, 200, "the daemon's own host still decides");
     assert_eq!(finish(child), (0, "mine\n".to_owned()));
+}
+
+/// At start the daemon logs one sign-in link for the user it runs as, on its console's own
+/// address: it opens one admin session (once), which does what only an admin may and
+/// approves a held exec; its secret is in that one log line and nowhere else there.
+#[test]
+fn the_daemon_logs_a_one_time_sign_in_link_for_its_operator() {
+    let embedded = Embedded::start(HOLD_FLAGGED);
+    let link = embedded.logged_sign_in_link();
+    let secret = embedded.link_secret(&link);
+    assert!(secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()), "{link}");
+
+    let (status, me, cookie) = embedded.sign_in_with_link(secret);
+    assert_eq!(
+        (status, me["person"].as_str(), me["role"].as_str()),
+        (200, Some("unix:root"), Some("admin")),
+        "{me}"
+    );
+    let session = cookie.expect("a session cookie");
+    let (status, again, cookie) = embedded.sign_in_with_link(secret);
+    assert_eq!(
+        (status, again["error"]["code"].as_str(), cookie),
+        (403, Some("sign_in_failed"), None),
+        "{again}"
+    );
+
+    // What only an admin may: see everyone's tokens, make an admin token.
+    let bob = embedded.token("bob@example.com", "approver");
+    let (_, tokens) = embedded.call_as(reqwest::Method::GET, "/tokens", Caller::Session(&session), None);
+    assert!(
+        tokens["tokens"].as_array().is_some_and(|t| t.iter().any(|t| t["person"] == "bob@example.com")),
+        "{tokens}"
+    );
+    let made = json!({"name": "ops", "role": "admin"});
+    let (status, made) =
+        embedded.call_as(reqwest::Method::POST, "/tokens", Caller::Session(&session), Some(made));
+    assert_eq!((status, made["role"].as_str()), (201, Some("admin")), "{made}");
+    let (status, _) = embedded.call_as(
+        reqwest::Method::POST,
+        "/tokens",
+        Caller::Token(&bob),
+        Some(json!({"name": "escalate", "role": "admin"})),
+    );
+    assert_eq!(status, 403, "an approver cannot");
+
+    // And decide: an agent someone else launched runs once the operator approves it.
+    let child = embedded.daemon.run_agent_for("agent@example.com", &embedded.daemon.flagged(), &["linked"]);
+    let id = embedded.pending_hold(&bob)["id"].as_str().expect("id").to_owned();
+    let (status, answer) = embedded.call_as(
+        reqwest::Method::POST,
+        &format!("/holds/{id}/approve"),
+        Caller::Session(&session),
+        None,
+    );
+    assert_eq!((status, answer["status"].as_str()), (200, Some("approved")), "{answer}");
+    assert_eq!(finish(child), (0, "linked\n".to_owned()));
+    let decision = embedded.daemon.wait_record(0, |e| e["type"] == "decision" && e["via"] == "console");
+    assert_eq!(decision["by"], "unix:root");
+    let (_, audit) =
+        embedded.call_as(reqwest::Method::GET, "/audit?q=signed_in", Caller::Session(&session), None);
+    assert_eq!(audit["records"][0]["event"]["how"], "link", "{audit}");
+    assert_eq!(embedded.daemon.log().matches(secret).count(), 1, "{}", embedded.daemon.log());
+}
+
+/// `keyturn console login` asks the daemon for a fresh link in the caller's name: root and
+/// the approver group get one; anyone else, and any caller inside an agent's tagged cgroup
+/// (root included), is refused; a daemon without its console says so. No link is logged.
+#[test]
+fn keyturn_console_login_gives_links_to_approvers_outside_agents_only() {
+    let embedded = Embedded::start(HOLD_FLAGGED);
+    let daemon = &embedded.daemon;
+    let mut secrets = Vec::new();
+    for (out, person) in [
+        (daemon.cli(&["console", "login"]), "unix:root"),
+        (daemon.cli_as_nobody(&["console", "login"]), "unix:nobody"),
+    ] {
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stderr(&out).contains(&format!("for {person} (admin)")), "{}", stderr(&out));
+        let link = String::from_utf8(out.stdout).expect("UTF-8").trim().to_owned();
+        let secret = embedded.link_secret(&link).to_owned();
+        let (status, me, cookie) = embedded.sign_in_with_link(&secret);
+        assert_eq!(
+            (status, me["person"].as_str(), me["role"].as_str()),
+            (200, Some(person), Some("admin")),
+            "{me}"
+        );
+        assert!(cookie.is_some());
+        secrets.push(secret);
+    }
+    assert_ne!(secrets[0], secrets[1]);
+
+    let stranger = daemon.cli_as(4242, 4242, &["console", "login"]);
+    assert_refused(&stranger, "permission denied: uid 4242 is neither root nor in group");
+    assert!(stranger.stdout.is_empty());
+
+    let config = daemon.dir.join("keyturn.toml");
+    let inside = daemon
+        .command(&["run", "--policy", "test", "--requester", "alice@example.com", "--"])
+        .arg(keyturn_path())
+        .args(["console", "login", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(!inside.status.success(), "{}", String::from_utf8_lossy(&inside.stdout));
+    assert!(stderr(&inside).contains("inside the tagged cgroup"), "{}", stderr(&inside));
+    assert!(!String::from_utf8_lossy(&inside.stdout).contains("#login="));
+
+    let log = daemon.log();
+    assert!(secrets.iter().all(|secret| !log.contains(secret.as_str())), "{log}");
+
+    let without = Daemon::start(HOLD_FLAGGED);
+    assert_refused(&without.cli(&["console", "login"]), "embedded_console = false");
 }

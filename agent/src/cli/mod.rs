@@ -19,7 +19,7 @@ use crate::{
     config::Config,
     daemon::{
         Agent, Status,
-        api::{self, Request, Scope},
+        api::{self, Request, Scope, SignInLink},
     },
     hold::context::HoldView,
 };
@@ -137,6 +137,10 @@ enum ConsoleCommand {
         #[arg(long, default_value = "90d")]
         ttl: String,
     },
+    /// Print a one-time link that signs you in to this host's embedded console as an admin
+    /// (valid 10 minutes, used once). The daemon gives one to root and the approver group
+    /// only; here --config names the daemon's file.
+    Login,
 }
 
 #[derive(Subcommand)]
@@ -293,20 +297,24 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// `keyturn console`: the console's own config file, not the daemon's.
+/// `keyturn console`: the console's own config file, not the daemon's (but for `login`,
+/// which asks the daemon).
 fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow::Result<i32> {
-    let config = console::Config::load(config)?;
+    let console_config = || console::Config::load(config);
     let runtime = tokio::runtime::Runtime::new()?;
     match action {
         None => {
+            let config = console_config()?;
             init_logging();
             runtime.block_on(console::run(config))?;
         }
         Some(ConsoleCommand::Token { host, ttl }) => {
+            let config = console_config()?;
             let ttl = humantime::parse_duration(ttl).map_err(|e| anyhow!("--ttl {ttl:?}: {e}"))?;
             println!("{}", runtime.block_on(console::issue_token(&config, host, ttl))?);
         }
         Some(ConsoleCommand::ApiToken { person, role, name, ttl }) => {
+            let config = console_config()?;
             let lifetime = humantime::parse_duration(ttl).map_err(|e| anyhow!("--ttl {ttl:?}: {e}"))?;
             if lifetime.is_zero() || lifetime > console::people::MAX_TOKEN_LIFETIME {
                 bail!("--ttl {ttl:?}: a token lasts from a second to 365 days");
@@ -315,6 +323,15 @@ fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow
                 runtime.block_on(console::issue_api_token(&config, person, *role, name, lifetime))?;
             eprintln!("API token {id} for {person} ({role}); shown this once:");
             println!("{token}");
+        }
+        Some(ConsoleCommand::Login) => {
+            let link: SignInLink = call_as(&Config::load(config)?, &Request::ConsoleLogin)?;
+            eprintln!(
+                "A sign-in link for {} (admin), good once within {} minutes:",
+                link.person,
+                link.valid_secs / 60
+            );
+            println!("{}", link.url);
         }
     }
     Ok(0)

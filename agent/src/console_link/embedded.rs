@@ -1,9 +1,10 @@
 //! The console the daemon runs inside itself when no `[console]` is configured: SQLite in
-//! the state directory, host streams and the web UI on loopback, linked like any console.
+//! the state directory, host streams and the web UI on loopback, linked like any console,
+//! and one-time sign-in links to it for the host's operators.
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use console::{Api, Console, ConsoleError};
+use console::{Api, Console, ConsoleError, Store, store::StoreError};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -24,6 +25,8 @@ pub enum EmbeddedError {
     Link(#[from] LinkError),
     #[error("embedded console: {0}")]
     Key(#[from] host_client::keys::KeyError),
+    #[error("embedded console: {0}")]
+    Store(#[from] StoreError),
     #[error("embedded console {path}: {reason}")]
     Unfit { path: PathBuf, reason: &'static str },
 }
@@ -51,9 +54,31 @@ fn console_config(config: &Config) -> Result<console::Config, EmbeddedError> {
     })
 }
 
-/// Starts the embedded console on this runtime; returns the `[console]` that links the
-/// daemon to it.
-pub async fn start(config: &Config) -> Result<ConsoleConfig, EmbeddedError> {
+/// The embedded console, started.
+pub struct Embedded {
+    /// The `[console]` that links the daemon to it.
+    pub link: ConsoleConfig,
+    pub sign_in: SignInLinks,
+}
+
+/// Makes one-time sign-in links to the embedded console's web UI.
+#[derive(Clone)]
+pub struct SignInLinks {
+    store: Store,
+    /// `http://ADDRESS` the web UI listens on.
+    origin: String,
+}
+
+impl SignInLinks {
+    /// A link that signs `person` in as an admin, once, within the next ten minutes.
+    pub async fn issue(&self, person: &str) -> Result<String, EmbeddedError> {
+        let secret = self.store.issue_sign_in_link(person).await?;
+        Ok(console::api::sign_in_url(&self.origin, &secret))
+    }
+}
+
+/// Starts the embedded console on this runtime.
+pub async fn start(config: &Config) -> Result<Embedded, EmbeddedError> {
     let console_config = console_config(config)?;
     let link = ConsoleConfig {
         endpoint: format!("http://{}", console_config.listen),
@@ -77,10 +102,9 @@ pub async fn start(config: &Config) -> Result<ConsoleConfig, EmbeddedError> {
     let hosts = bind("host streams on", console_config.listen).await?;
     let people = bind("web UI and API on", console_config.http.listen).await?;
     let public_key = hex::encode(console.signer().public_key().as_bytes());
-    tracing::info!(
-        url = %format!("http://{}/", console_config.http.listen),
-        "embedded console: web UI and API listening"
-    );
+    let origin = format!("http://{}", people.local_addr().unwrap_or(console_config.http.listen));
+    tracing::info!(url = %format!("{origin}/"), "embedded console: web UI and API listening");
+    let sign_in = SignInLinks { store: console.store().clone(), origin };
     // Enforcement must not wait on an identity provider: without it, API tokens still work.
     let api = match console::http_api(&console, &console_config).await {
         Ok(api) => api,
@@ -104,5 +128,5 @@ pub async fn start(config: &Config) -> Result<ConsoleConfig, EmbeddedError> {
             tracing::error!(error = %e, "embedded console: host streams stopped; approvals are local only");
         }
     });
-    Ok(ConsoleConfig { public_keys: vec![public_key], ..link })
+    Ok(Embedded { link: ConsoleConfig { public_keys: vec![public_key], ..link }, sign_in })
 }

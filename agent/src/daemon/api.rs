@@ -14,6 +14,8 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use crate::console_link::embedded::SignInLinks;
+
 /// How far an approval reaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -59,6 +61,20 @@ pub enum Request {
         reason: Option<String>,
     },
     Status,
+    /// A one-time link that signs the caller in to the embedded console as an admin
+    /// (`keyturn console login`): for approvers outside agents' cgroups only.
+    ConsoleLogin,
+}
+
+/// The reply to [`Request::ConsoleLogin`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SignInLink {
+    /// The web UI's address with the link's secret in its fragment.
+    pub url: String,
+    /// Whom it signs in.
+    pub person: String,
+    /// How long it stays valid; it works once.
+    pub valid_secs: u64,
 }
 
 pub type Reply = Result<serde_json::Value, String>;
@@ -156,15 +172,20 @@ pub(super) struct Command {
     pub reply: oneshot::Sender<Reply>,
 }
 
-/// Answers the local API's connections, each through the owner task.
-pub(super) async fn serve_api(listener: UnixListener, commands: mpsc::Sender<Command>) {
+/// Answers the local API's connections, each through the owner task; `sign_in` makes the
+/// embedded console's sign-in links, if it runs.
+pub(super) async fn serve_api(
+    listener: UnixListener,
+    commands: mpsc::Sender<Command>,
+    sign_in: Option<SignInLinks>,
+) {
     while let Ok((stream, _)) = listener.accept().await {
-        tokio::spawn(answer(stream, commands.clone()));
+        tokio::spawn(answer(stream, commands.clone(), sign_in.clone()));
     }
 }
 
 /// One request, one reply. Requests are bounded in size; malformed ones get an error.
-async fn answer(stream: AsyncUnixStream, commands: mpsc::Sender<Command>) {
+async fn answer(stream: AsyncUnixStream, commands: mpsc::Sender<Command>, sign_in: Option<SignInLinks>) {
     let Ok(cred) = stream.peer_cred() else { return };
     let peer = Peer {
         uid: cred.uid(),
@@ -175,6 +196,11 @@ async fn answer(stream: AsyncUnixStream, commands: mpsc::Sender<Command>) {
     let mut line = String::new();
     let reply = match tokio::io::BufReader::new(read.take(64 << 10)).read_line(&mut line).await {
         Ok(_) => match serde_json::from_str::<Request>(&line) {
+            // The owner checks and names the operator; the link is made here, off its loop.
+            Ok(Request::ConsoleLogin) => {
+                let operator = ask(&commands, Ask::Api(Request::ConsoleLogin, peer)).await;
+                super::sign_in::sign_in_link_for(operator, sign_in.as_ref()).await
+            }
             Ok(request) => ask(&commands, Ask::Api(request, peer)).await,
             Err(e) => Err(format!("malformed request: {e}")),
         },

@@ -6,6 +6,7 @@ pub mod api;
 mod decisions;
 mod grants;
 mod intake;
+mod sign_in;
 mod status;
 mod sweep;
 
@@ -97,14 +98,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut watch = PolicyWatch::new(&config.policies_dir)
         .inspect_err(|e| tracing::warn!(error = %e, "policy files are loaded on SIGHUP only"))
         .ok();
-    let console = match &config.console {
-        Some(console) => Some(console.clone()),
+    let (console, sign_in_links) = match &config.console {
+        Some(console) => (Some(console.clone()), None),
         // Enforcement never waits on the console: holds stay decidable on this host.
-        None if config.embedded_console => embedded::start(&config)
-            .await
-            .inspect_err(|e| tracing::error!(error = %e, "approvals are local only"))
-            .ok(),
-        None => None,
+        None if config.embedded_console => match embedded::start(&config).await {
+            Ok(started) => (Some(started.link), Some(started.sign_in)),
+            Err(e) => {
+                tracing::error!(error = %e, "approvals are local only");
+                (None, None)
+            }
+        },
+        None => (None, None),
     };
     let (link, mut console_events) = match &console {
         Some(console) => {
@@ -117,7 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (mut daemon, listener) = Daemon::start(config, link, judge)?;
     daemon.policies_watched = watch.is_some();
     let (commands, mut inbox) = mpsc::channel::<Command>(64);
-    tokio::spawn(serve_api(listener, commands.clone()));
+    tokio::spawn(serve_api(listener, commands.clone(), sign_in_links.clone()));
     if !daemon.config.metrics.is_empty() {
         let listener = tokio::net::TcpListener::bind(&daemon.config.metrics)
             .await
@@ -137,6 +141,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "telling systemd the daemon is ready");
     }
     tracing::info!(mode = %daemon.enforcer.mode(), socket = %daemon.config.socket.display(), "keyturn daemon ready");
+    if let Some(sign_in_links) = sign_in_links {
+        let people = daemon.config.people.clone();
+        tokio::spawn(async move { sign_in::announce(&sign_in_links, &people).await });
+    }
     loop {
         tokio::select! {
             ready = events.readable() => {
@@ -361,6 +369,7 @@ impl Daemon {
             Request::Approve { id, scope, reason } => self.approve(&id, scope, reason.as_deref(), peer),
             Request::Deny { id, reason } => self.deny(&id, reason.as_deref(), peer),
             Request::Status => api::reply(self.status()),
+            Request::ConsoleLogin => self.sign_in_operator(peer),
         }
     }
 
