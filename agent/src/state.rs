@@ -3,20 +3,25 @@
 //! temporary file beside it, flushed to disk, renamed over the old one, the directory
 //! flushed so that the rename lasts.
 
-use std::{fs::File, path::Path};
+use std::{fs::File, io::Write as _, path::Path};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 /// Writes `value` to `path` as JSON, whole or not at all.
 pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
-    let context = || path.display().to_string();
+    let json = serde_json::to_vec_pretty(value).with_context(|| path.display().to_string())?;
+    write_atomic(path, &json).with_context(|| path.display().to_string())
+}
+
+/// Writes `bytes` to `path`, whole or not at all.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir).with_context(context)?;
-    serde_json::to_writer_pretty(&mut file, value).with_context(context)?;
-    file.as_file().sync_all().with_context(context)?;
-    file.persist(path).with_context(context)?;
-    File::open(dir).and_then(|dir| dir.sync_all()).with_context(|| dir.display().to_string())
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path)?;
+    File::open(dir)?.sync_all()
 }
 
 /// Reads `path` as JSON; a file that does not exist is the default.

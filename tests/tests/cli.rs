@@ -139,6 +139,13 @@ fn install_stages_the_service_idempotently_and_keeps_an_edited_config() {
         assert!(unit_text.lines().any(|l| l == line), "the unit lacks {line}");
     }
     assert_eq!(fs::read_link(&wants).expect("enabled"), Path::new("/etc/systemd/system/keyturn.service"));
+    let slice = root.join("etc/systemd/system/keyturn-agents.slice");
+    assert!(fs::read_to_string(&slice).expect("the agents' slice").contains("WantedBy=slices.target"));
+    let slice_wants = root.join("etc/systemd/system/slices.target.wants/keyturn-agents.slice");
+    assert_eq!(
+        fs::read_link(&slice_wants).expect("slice enabled"),
+        Path::new("/etc/systemd/system/keyturn-agents.slice")
+    );
     for (path, expected) in [
         (&binary, 0o755),
         (&unit, 0o644),

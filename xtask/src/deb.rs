@@ -30,6 +30,9 @@ const CONFFILES: [&str; 1] = ["/etc/keyturn/keyturn.toml"];
 const SCRIPTS: [&str; 3] = ["postinst", "prerm", "postrm"];
 /// Where Debian 12's systemd and lintian expect a package's units.
 const UNIT_DIR: &str = "lib/systemd/system";
+
+/// The units in `packaging/`: the daemon, and the slice it tags for agents.
+const UNITS: [&str; 2] = ["keyturn.service", "keyturn-agents.slice"];
 /// Where each shell's completion of `keyturn generate` goes: (its file, the package's path).
 const COMPLETIONS: [(&str, &str); 3] = [
     ("keyturn.bash", "usr/share/bash-completion/completions/keyturn"),
@@ -63,7 +66,9 @@ pub fn build(build: Build) -> Result<PathBuf> {
     let staged =
         put(&tree, "usr/bin/keyturn", 0o755, &fs::read(&binary).context("read the keyturn binary")?)?;
     run_command(Command::new("strip").args(["--strip-unneeded", "--remove-section=.comment"]).arg(&staged))?;
-    put(&tree, &format!("{UNIT_DIR}/keyturn.service"), 0o644, &read(&packaging.join("keyturn.service"))?)?;
+    for unit in UNITS {
+        put(&tree, &format!("{UNIT_DIR}/{unit}"), 0o644, &read(&packaging.join(unit))?)?;
+    }
     put(&tree, "etc/keyturn/keyturn.toml", 0o644, &read(&packaging.join("keyturn.toml"))?)?;
     make_dir(&tree.join("etc/keyturn/policies"))?;
     put(&tree, "usr/share/doc/keyturn/copyright", 0o644, &read(&packaging.join("debian/copyright"))?)?;
@@ -96,19 +101,41 @@ pub fn build(build: Build) -> Result<PathBuf> {
     Ok(deb)
 }
 
+/// `deb` again as version `version` (the same files): an upgrade to install over it.
+pub fn with_version(deb: &Path, version: &str) -> Result<PathBuf> {
+    let dir = deb.with_extension("repack");
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    run_command(Command::new("dpkg-deb").arg("--raw-extract").arg(deb).arg(&dir))?;
+    let control_path = dir.join("DEBIAN/control");
+    let control = fs::read_to_string(&control_path).context("read the package's control")?;
+    let control: String = control
+        .lines()
+        .map(|line| {
+            if line.starts_with("Version: ") { format!("Version: {version}\n") } else { format!("{line}\n") }
+        })
+        .collect();
+    fs::write(&control_path, control).context("write the package's control")?;
+    let arch = command_output(Command::new("dpkg-deb").arg("--field").arg(deb).arg("Architecture"))?;
+    let repacked = deb.with_file_name(format!("keyturn_{version}_{}.deb", arch.trim()));
+    run_command(
+        Command::new("dpkg-deb").args(["--root-owner-group", "-Zxz", "--build"]).arg(&dir).arg(&repacked),
+    )?;
+    fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    Ok(repacked)
+}
+
 /// Checks what `deb` holds and declares, then runs lintian on it: fails on a missing file
 /// or field and on any error lintian reports (its warnings are printed).
 pub fn check(deb: &Path) -> Result<()> {
     let contents = command_output(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
     let paths: Vec<&str> = contents.lines().filter_map(|line| line.split_whitespace().nth(5)).collect();
-    let expected = [
-        "./usr/bin/keyturn".to_owned(),
-        format!("./{UNIT_DIR}/keyturn.service"),
-        "./usr/share/man/man1/keyturn.1.gz".to_owned(),
-    ]
-    .into_iter()
-    .chain(CONFFILES.map(|file| format!(".{file}")))
-    .chain(COMPLETIONS.map(|(_, path)| format!("./{path}")));
+    let expected = ["./usr/bin/keyturn".to_owned(), "./usr/share/man/man1/keyturn.1.gz".to_owned()]
+        .into_iter()
+        .chain(UNITS.map(|unit| format!("./{UNIT_DIR}/{unit}")))
+        .chain(CONFFILES.map(|file| format!(".{file}")))
+        .chain(COMPLETIONS.map(|(_, path)| format!("./{path}")));
     for path in expected {
         ensure!(paths.contains(&path.as_str()), "{} lacks {path}", deb.display());
     }

@@ -1,6 +1,6 @@
 //! Installs what a fresh machine lacks, idempotently: Debian packages, the nightly
 //! `rust-src` component, bpf-linker built against Debian's LLVM 22, cargo-fuzz, the tests'
-//! npm packages (OpenID provider, browser driver), the VM test kernels.
+//! npm packages (OpenID provider, browser driver), the VM test kernels and the systemd guest's root filesystem.
 
 use std::{
     fs,
@@ -20,8 +20,10 @@ const PACKAGING_PACKAGES: &[&str] = &["dpkg-dev", "lintian"];
 
 /// Debian packages keyturn is tested with.
 const TEST_PACKAGES: &[&str] = &[
-    // VM tests of the LSM modes (binutils: `strip` keeps the initramfs small)
+    // VM tests of the LSM modes (binutils: `strip` keeps the initramfs small), and the
+    // booted-systemd guest's Debian root filesystem
     "qemu-system-x86",
+    "debootstrap",
     "binutils",
     "busybox-static",
     "cpio",
@@ -86,7 +88,7 @@ pub fn for_testing() -> Result<()> {
     install_packages(TEST_PACKAGES)?;
     install_cargo_fuzz()?;
     install_node_packages()?;
-    crate::vm::install_kernels()
+    crate::vm::install_guests()
 }
 
 fn output(program: &str, args: &[&str]) -> Option<String> {

@@ -2,6 +2,7 @@
 //! integration test executables of package `tests` inside them in the BPF LSM modes.
 
 mod runtimes;
+mod systemd;
 
 use std::{
     collections::HashMap,
@@ -18,6 +19,13 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use serde_json::Value;
 
 use crate::{command_output, run_command, workspace_root};
+
+/// `cargo xtask vm systemd`: only the booted-systemd guest, on the series it boots.
+const SYSTEMD_TEST: &str = "systemd";
+const SYSTEMD_SERIES: &str = "6.12.";
+
+/// The kernel's LSMs, BPF's included (Debian's kernels do not enable it by default).
+const LSMS: &str = "lsm=lockdown,capability,landlock,bpf";
 
 /// The enforcement modes that need BPF LSM, which the host kernel cannot load.
 const MODES: [&str; 2] = ["lsm-cgroup", "lsm"];
@@ -128,9 +136,11 @@ fn fetch_kernels(vm_dir: &Path) -> Result<Vec<Kernel>> {
     SERIES.iter().map(|series| fetch_kernel(vm_dir, series)).collect()
 }
 
-/// For `cargo xtask setup`: the kernels the VM tests boot.
-pub fn install_kernels() -> Result<()> {
-    fetch_kernels(&workspace_root()?.join("target/vm")).map(drop)
+/// For `cargo xtask setup`: the kernels the VM tests boot, and the systemd guest's root.
+pub fn install_guests() -> Result<()> {
+    let vm_dir = workspace_root()?.join("target/vm");
+    fetch_kernels(&vm_dir)?;
+    systemd::root_image(&vm_dir).map(drop)
 }
 
 /// What a developer's `cargo xtask vm [--kernel 6.1|6.12] [--mode MODE] [TEST [FILTER…]]`
@@ -175,6 +185,17 @@ pub fn run(selection: &Selection) -> Result<()> {
         kernels.retain(|kernel| kernel.release.starts_with(&format!("{series}.")));
         ensure!(!kernels.is_empty(), "no kernel of series {series} (6.1 or 6.12)");
     }
+    // The booted-systemd guest runs on the newest kernel, the one production hosts get.
+    let systemd_kernel = kernels.iter().find(|kernel| kernel.release.starts_with(SYSTEMD_SERIES));
+    let systemd_run = match (selection.test.as_deref(), systemd_kernel) {
+        (None | Some(SYSTEMD_TEST), Some(kernel)) => Some(systemd::run(&vm_dir, kernel)),
+        _ => None,
+    };
+    if selection.test.as_deref() == Some(SYSTEMD_TEST) {
+        let outcome = systemd_run.context("the systemd guest boots a 6.12 kernel")??;
+        println!("vm: {SYSTEMD_TEST}: {outcome}");
+        return Ok(());
+    }
     let mut payload = build_payload(root)?;
     if let Some(test) = &selection.test {
         payload.tests.retain(|(name, _)| name == test);
@@ -192,7 +213,14 @@ pub fn run(selection: &Selection) -> Result<()> {
     }
     print_summary(&runs, &timings);
     let failed = runs.iter().filter(|run| run.outcome.is_err()).count();
+    if let Some(outcome) = &systemd_run {
+        match outcome {
+            Ok(passed) => println!("vm: {SYSTEMD_TEST}: {passed}"),
+            Err(e) => println!("vm: {SYSTEMD_TEST} FAILED: {e:#}"),
+        }
+    }
     ensure!(failed == 0, "{failed} of {} VM test runs failed", runs.len());
+    ensure!(systemd_run.is_none_or(|outcome| outcome.is_ok()), "the systemd guest failed");
     Ok(())
 }
 
@@ -205,7 +233,9 @@ fn test_kernel(
     image: &runtimes::Image,
 ) -> Result<(String, Vec<Run>)> {
     let initrd = build_initramfs(vm_dir, kernel, payload, image)?;
-    let boot = boot(kernel, &initrd, &image.path, vm_timeout(kernel.runs(payload).len()))?;
+    let drives = [drive(&image.path, "readonly=on")?];
+    let cmdline = format!("console=ttyS0 quiet panic=-1 {LSMS}");
+    let boot = boot(kernel, &initrd, &drives, &cmdline, vm_timeout(kernel.runs(payload).len()))?;
     let log = vm_dir.join(format!("{}.log", kernel.release));
     fs::write(&log, &boot.console).with_context(|| format!("write {}", log.display()))?;
     let idle = idle_percent(&boot.console).map_or_else(String::new, |idle| format!(", CPUs {idle}% idle"));
@@ -795,22 +825,25 @@ fn vm_timeout(runs: usize) -> Duration {
     BOOT_TIMEOUT + RUN_TIMEOUT * u32::try_from(runs).unwrap_or(u32::MAX)
 }
 
-/// Boots `kernel` with `initrd` and the runtimes `image` (read-only) under TCG, streaming
-/// and capturing its serial console, and kills qemu after `timeout`.
-fn boot(kernel: &Kernel, initrd: &Path, image: &Path, timeout: Duration) -> Result<Boot> {
-    let started = Instant::now();
+/// qemu's `-drive` for the raw disk image at `path`, with `options`.
+fn drive(path: &Path, options: &str) -> Result<String> {
     // qemu reads two commas in an option's value as one.
-    let image = image.to_str().context("the runtimes image path is not UTF-8")?.replace(',', ",,");
-    let drive = format!("if=virtio,readonly=on,format=raw,file={image}");
+    let path = path.to_str().context("a disk image path is not UTF-8")?.replace(',', ",,");
+    Ok(format!("if=virtio,format=raw,{options},file={path}"))
+}
+
+/// Boots `kernel` with `initrd`, the disks `drives` and the kernel command line `cmdline`
+/// under TCG, streaming and capturing its serial console, and kills qemu after `timeout`.
+fn boot(kernel: &Kernel, initrd: &Path, drives: &[String], cmdline: &str, timeout: Duration) -> Result<Boot> {
+    let started = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg,thread=multi", "-cpu", CPU_MODEL, "-m", VM_MEMORY_MIB, "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-nic", "none", "-kernel"])
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .arg("-drive")
-        .arg(drive)
-        .args(["-append", "console=ttyS0 quiet panic=-1 lsm=lockdown,capability,landlock,bpf"])
+        .args(drives.iter().flat_map(|drive| ["-drive", drive]))
+        .args(["-append", cmdline])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()

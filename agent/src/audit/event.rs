@@ -36,6 +36,16 @@ pub enum AuditEvent {
         agent: String,
         policy: String,
         requester: String,
+        /// 0: a unit that is not running, tagged when systemd makes its cgroup.
+        cgroup_id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unit: Option<String>,
+    },
+    /// A tagged unit's tag, moved to the cgroup systemd made for it when it (re)started.
+    TagFollowed {
+        unit: String,
+        agent: String,
+        cgroup: String,
         cgroup_id: u64,
     },
     /// A tag a previous daemon kept that could not be applied again.

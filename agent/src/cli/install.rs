@@ -1,5 +1,5 @@
-//! `keyturn install`: the binary, `keyturn.service` and a default configuration, on this
-//! host or staged under a directory.
+//! `keyturn install`: the binary, `keyturn.service`, the agents' slice and a default
+//! configuration, on this host or staged under a directory.
 
 use std::{path::Path, process::Command as Process};
 
@@ -13,6 +13,10 @@ const BINARY: &str = "/usr/local/bin/keyturn";
 const UNIT_PATH: &str = "/etc/systemd/system/keyturn.service";
 /// What `systemctl enable` creates for the unit's `WantedBy=multi-user.target`.
 const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/keyturn.service";
+/// The slice for agents (`systemd-run --slice=keyturn-agents.slice`), as the package has it.
+const SLICE: &str = include_str!("../../../packaging/keyturn-agents.slice");
+const SLICE_PATH: &str = "/etc/systemd/system/keyturn-agents.slice";
+const SLICE_WANTS_LINK: &str = "/etc/systemd/system/slices.target.wants/keyturn-agents.slice";
 const POLICIES_DIR: &str = "/etc/keyturn/policies";
 
 /// Installs the binary, the unit and (unless one exists) the config, under `root` or `/`.
@@ -26,28 +30,36 @@ pub fn install(root: Option<&Path>) -> anyhow::Result<i32> {
     }
     let unit = UNIT.replace(PACKAGED_BINARY, BINARY);
     place(&under(UNIT_PATH), 0o644, |to| std::fs::write(to, &unit))?;
+    place(&under(SLICE_PATH), 0o644, |to| std::fs::write(to, SLICE))?;
     let config = under(crate::config::DEFAULT_PATH);
     let kept = config.exists();
     if !kept {
         place(&config, 0o644, |to| std::fs::write(to, DEFAULT_CONFIG))?;
     }
     make_dirs(&under(POLICIES_DIR))?;
-    println!("installed {}, {}", binary.display(), under(UNIT_PATH).display());
+    println!(
+        "installed {}, {}, {}",
+        binary.display(),
+        under(UNIT_PATH).display(),
+        under(SLICE_PATH).display()
+    );
     if kept {
         println!("kept the existing {}", config.display());
     } else {
         println!("wrote {}", config.display());
     }
     if root.is_some() {
-        let link = under(WANTS_LINK);
-        make_dirs(link.parent().expect("the link has a directory"))?;
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(UNIT_PATH, &link)
-            .with_context(|| format!("creating {}", link.display()))?;
-        println!("keyturn.service enabled in {} (not started)", link.display());
+        for (unit, link) in [(UNIT_PATH, WANTS_LINK), (SLICE_PATH, SLICE_WANTS_LINK)] {
+            let link = under(link);
+            make_dirs(link.parent().expect("the link has a directory"))?;
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(unit, &link)
+                .with_context(|| format!("creating {}", link.display()))?;
+            println!("enabled in {} (not started)", link.display());
+        }
         return Ok(0);
     }
-    for args in [&["daemon-reload"][..], &["enable", "--now", "keyturn.service"]] {
+    for args in [&["daemon-reload"][..], &["enable", "--now", "keyturn-agents.slice", "keyturn.service"]] {
         let status = Process::new("systemctl")
             .args(args)
             .status()
@@ -56,7 +68,8 @@ pub fn install(root: Option<&Path>) -> anyhow::Result<i32> {
             bail!("systemctl {} failed: {status}", args.join(" "));
         }
     }
-    println!("keyturn.service enabled and started");
+    println!("keyturn.service and keyturn-agents.slice enabled and started");
+    println!("tag the slice for agents: keyturn tag --unit keyturn-agents.slice --name agents");
     Ok(0)
 }
 

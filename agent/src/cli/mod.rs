@@ -19,7 +19,7 @@ use crate::{
     config::Config,
     daemon::{
         Agent, Status,
-        api::{self, Request, Scope, SignInLink},
+        api::{self, Request, Scope, SignInLink, Target},
     },
     hold::context::HoldView,
 };
@@ -53,14 +53,21 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
-    /// Tag an existing cgroup (path relative to the cgroup v2 root) as an agent's.
+    /// Tag a cgroup or a systemd unit as an agent's.
     Tag {
-        path: String,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The tagged service is starting: tag its new cgroup (run by its drop-in).
+        #[arg(long, hide = true, requires = "unit", conflicts_with_all = ["policy", "name", "requester"])]
+        starting: bool,
         #[command(flatten)]
         agent: AgentArgs,
     },
-    /// Stop enforcing on a tagged cgroup.
-    Untag { path: String },
+    /// Stop enforcing on a tagged cgroup or unit.
+    Untag {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// List tagged cgroups.
     Tags {
         #[arg(long)]
@@ -150,6 +157,26 @@ enum AuditCommand {
 }
 
 #[derive(Args)]
+#[group(required = true, multiple = false)]
+struct TargetArgs {
+    /// The cgroup, relative to the cgroup v2 root.
+    path: Option<String>,
+    /// A systemd service or slice: the tag follows it to every cgroup systemd makes for it,
+    /// and a service starts only once keyturn watches it (a drop-in keyturn writes).
+    #[arg(long)]
+    unit: Option<String>,
+}
+
+impl From<TargetArgs> for Target {
+    fn from(target: TargetArgs) -> Self {
+        match (target.path, target.unit) {
+            (_, Some(unit)) => Self::Unit(unit),
+            (path, None) => Self::Path(path.unwrap_or_default()),
+        }
+    }
+}
+
+#[derive(Args)]
 struct AgentArgs {
     /// The policy the agent's actions are judged by.
     #[arg(long, default_value = "default")]
@@ -219,13 +246,24 @@ pub(crate) fn call(config: &Config, request: &Request) -> anyhow::Result<serde_j
     api::call(&config.socket, request).map_err(|e| anyhow!(e))
 }
 
+/// Logs to stderr; under systemd, whose journal reads stderr, to the journal itself, with
+/// each field of an event as a field of its record (`journalctl -o json`: `KEYTURN_ID`).
 fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let journal = stderr_is_the_journal().then(|| tracing_journald::layer().ok()).flatten().map(|layer| {
+        layer.with_field_prefix(Some("KEYTURN".into())).with_syslog_identifier("keyturn".into())
+    });
+    let stderr = journal.is_none().then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    tracing_subscriber::registry().with(filter).with(journal).with(stderr).init();
+}
+
+/// Whether systemd connected stderr to the journal: `JOURNAL_STREAM` names its device and
+/// inode (a child that inherited the variable but not the stream must not believe it).
+fn stderr_is_the_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr()) else { return false };
+    stream.to_str() == Some(&format!("{}:{}", stat.st_dev, stat.st_ino))
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -248,18 +286,23 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Run { agent: AgentArgs { policy, name, requester }, command } => {
             run_agent(&config, policy, name, requester, &command)
         }
-        Command::Tag { path, agent: AgentArgs { policy, name, requester } } => {
-            print_json(&call(&config, &Request::Tag { path, policy, name, requester })?)
+        Command::Tag { target, starting: true, .. } => {
+            let unit = target.unit.expect("clap: --starting requires --unit");
+            print_json(&call(&config, &Request::UnitStarting { unit })?)
         }
-        Command::Untag { path } => print_json(&call(&config, &Request::Untag { path })?),
+        Command::Tag { target, starting: false, agent: AgentArgs { policy, name, requester } } => {
+            print_json(&call(&config, &Request::Tag { target: target.into(), policy, name, requester })?)
+        }
+        Command::Untag { target } => print_json(&call(&config, &Request::Untag { target: target.into() })?),
         Command::Tags { json } => {
             let tags: Vec<Agent> = call_as(&config, &Request::Tags)?;
             if json {
                 return print_json(&tags);
             }
             for agent in tags {
+                let unit = agent.unit.map(|unit| format!("\tunit={unit}")).unwrap_or_default();
                 println!(
-                    "{}\t{}\tpolicy={}\trequester={}",
+                    "{}\t{}\tpolicy={}\trequester={}{unit}",
                     agent.path, agent.name, agent.policy, agent.requester
                 );
             }

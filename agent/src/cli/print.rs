@@ -61,18 +61,22 @@ fn shown_word(word: &str) -> String {
 
 pub fn show_audit(dir: &Path, json: bool, follow: bool) -> anyhow::Result<i32> {
     let mut shown = 0;
+    let mut out = std::io::stdout().lock();
     loop {
         let records = audit::read_all(dir)?;
         for record in records.iter().skip(shown) {
-            if json {
-                println!("{}", serde_json::to_string(record)?);
+            let written = if json {
+                writeln!(out, "{}", serde_json::to_string(record)?)
             } else {
                 let kind = record.event["type"].as_str().unwrap_or("?");
-                println!("{} #{} {kind} {}", record.time, record.seq, record.event);
+                writeln!(out, "{} #{} {kind} {}", record.time, record.seq, record.event)
+            };
+            // The reader has what it wanted (`keyturn audit | grep -q …`): stop quietly.
+            if written.and_then(|()| out.flush()).is_err() {
+                return Ok(0);
             }
         }
         shown = records.len();
-        std::io::stdout().flush()?;
         if !follow {
             return Ok(0);
         }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{
     Daemon,
-    api::{self, Peer, Reply},
+    api::{self, Peer, Reply, Target},
 };
 use crate::{
     audit::AuditEvent,
@@ -17,6 +17,7 @@ use crate::{
     hold::context,
     kernel::error_chain,
     state::{read_json, write_json},
+    systemd::{self, UnitKind},
 };
 
 /// A tagged cgroup and who runs in it.
@@ -32,6 +33,10 @@ pub struct Agent {
     pub requester: String,
     /// Created by `keyturn run`: removed when it empties.
     pub run: bool,
+    /// The systemd unit whose cgroup this is: the tag follows it to every new cgroup
+    /// systemd makes for the unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 /// Whether `uid` is root or a member of group `group` (its primary group, a member listed
@@ -75,7 +80,7 @@ pub(super) fn populated(hierarchy: &Hierarchy, path: &str) -> bool {
 
 impl Daemon {
     pub(super) fn save_tags(&self) {
-        let agents: Vec<&Agent> = self.agents.values().collect();
+        let agents: Vec<&Agent> = self.agents.values().chain(&self.waiting).collect();
         if let Err(e) = write_json(&self.config.state_dir.join("tags.json"), &agents) {
             tracing::error!(error = %e, "saving tags");
         }
@@ -84,8 +89,11 @@ impl Daemon {
     pub(super) fn restore_tags(&mut self) -> anyhow::Result<()> {
         let agents: Vec<Agent> = read_json(&self.config.state_dir.join("tags.json"))?;
         for agent in agents {
-            if let Err(e) = self.apply_tag(agent.clone()) {
-                self.record(AuditEvent::TagLost { cgroup: agent.path, error: e });
+            match self.apply_tag(agent.clone()) {
+                Ok(_) => {}
+                // Its cgroup comes back when systemd starts the unit.
+                Err(_) if agent.unit.is_some() => self.waiting.push(agent),
+                Err(e) => self.record(AuditEvent::TagLost { cgroup: agent.path, error: e }),
             }
         }
         self.save_tags();
@@ -140,53 +148,166 @@ impl Daemon {
 
     pub(super) fn tag(
         &mut self,
-        path: &str,
+        target: Target,
         policy: String,
         name: Option<String>,
         requester: String,
         run: bool,
     ) -> Reply {
-        let path = path.trim_start_matches('/');
+        let (path, unit) = match target {
+            Target::Path(path) => (path.trim_start_matches('/').to_owned(), None),
+            Target::Unit(unit) => (systemd::control_group(&unit)?, Some(unit)),
+        };
         if path.is_empty() {
             return Err("refused: the cgroup v2 root holds every process on this host, approvers and \
                         keyturn included; tag the cgroup an agent runs in"
                 .into());
         }
-        let name = name.unwrap_or_else(|| path.rsplit('/').next().unwrap_or(path).to_owned());
+        let name = name.unwrap_or_else(|| match &unit {
+            Some(unit) => unit.rsplit_once('.').map_or(unit.as_str(), |(name, _)| name).to_owned(),
+            None => path.rsplit('/').next().unwrap_or(&path).to_owned(),
+        });
         // Approvers read the name in `keyturn pending`: it must print as itself.
         if context::printable(name.as_bytes()) != name {
             return Err(format!("agent name {name:?} has control or invisible characters"));
         }
-        let agent = Agent { path: path.to_owned(), name, policy, requester, run };
-        let id = self.apply_tag(agent.clone())?;
+        let agent = Agent { path, name, policy, requester, run, unit };
+        let id = match self.apply_tag(agent.clone()) {
+            Ok(id) => Some(id),
+            Err(_)
+                if agent.unit.is_some() && !self.hierarchy.dir(&agent.path).is_ok_and(|dir| dir.is_dir()) =>
+            {
+                // Not running: tagged when systemd makes its cgroup.
+                if !self.policies.contains_key(&agent.policy) {
+                    return Err(format!("no policy named {:?}", agent.policy));
+                }
+                self.waiting.retain(|waiting| waiting.unit != agent.unit);
+                self.waiting.push(agent.clone());
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(unit) = &agent.unit
+            && systemd::unit_kind(unit) == Ok(UnitKind::Service)
+            && let Err(e) = systemd::install_drop_in(unit)
+        {
+            let _ = self.untag(&Target::Unit(unit.clone()));
+            return Err(format!("{unit} stays untagged: {e}"));
+        }
         self.record(AuditEvent::Tag {
             cgroup: agent.path.clone(),
             agent: agent.name.clone(),
             policy: agent.policy.clone(),
             requester: agent.requester.clone(),
-            cgroup_id: id,
+            cgroup_id: id.unwrap_or(0),
+            unit: agent.unit.clone(),
         });
         self.save_tags();
         Ok(json!({"cgroup": agent.path, "cgroup_id": id, "agent": agent.name, "policy": agent.policy,
-            "requester": agent.requester}))
+            "requester": agent.requester, "unit": agent.unit}))
     }
 
-    pub(super) fn untag(&mut self, path: &str) -> Reply {
-        let dir = self.hierarchy.dir(path).map_err(|e| e.to_string())?;
-        let id = self
-            .agents
-            .iter()
-            .find(|(_, a)| a.path == path.trim_start_matches('/'))
-            .map(|(&id, _)| id)
-            .or_else(|| cgroup::id(&dir).ok().filter(|id| self.agents.contains_key(id)))
-            .ok_or_else(|| format!("{path:?} is not tagged"))?;
-        self.enforcer.untag(id).map_err(|e| error_chain(&e))?;
-        let agent = self.agents.remove(&id).expect("present");
-        self.grants.retain(|g| g.root != id);
-        self.save_grants();
+    pub(super) fn untag(&mut self, target: &Target) -> Reply {
+        let found = match target {
+            Target::Path(path) => {
+                let dir = self.hierarchy.dir(path).map_err(|e| e.to_string())?;
+                self.agents
+                    .iter()
+                    .find(|(_, a)| a.path == path.trim_start_matches('/'))
+                    .map(|(&id, _)| id)
+                    .or_else(|| cgroup::id(&dir).ok().filter(|id| self.agents.contains_key(id)))
+            }
+            Target::Unit(unit) => {
+                self.agents.iter().find(|(_, a)| a.unit.as_ref() == Some(unit)).map(|(&id, _)| id)
+            }
+        };
+        let agent = if let Some(id) = found {
+            self.enforcer.untag(id).map_err(|e| error_chain(&e))?;
+            self.grants.retain(|g| g.root != id);
+            self.save_grants();
+            self.agents.remove(&id).expect("present")
+        } else {
+            let Target::Unit(unit) = target else { return Err(format!("{target:?} is not tagged")) };
+            let at = self.waiting.iter().position(|a| a.unit.as_ref() == Some(unit));
+            self.waiting.remove(at.ok_or_else(|| format!("{unit} is not tagged"))?)
+        };
         self.record(AuditEvent::Untag { cgroup: agent.path.clone(), agent: agent.name.clone() });
         self.save_tags();
-        Ok(json!({"cgroup": agent.path, "untagged": true}))
+        if let Some(unit) = &agent.unit {
+            systemd::remove_drop_in(unit)?;
+        }
+        Ok(json!({"cgroup": agent.path, "untagged": true, "unit": agent.unit}))
+    }
+
+    /// Moves the tags of systemd units to the cgroups systemd has made for them since: a
+    /// unit restarted has a new cgroup at the same path, a unit stopped has none until it
+    /// starts again. On every tick, and at once when a tagged service starts.
+    pub(super) fn follow_units(&mut self) {
+        let moved: Vec<(u64, Agent)> = self
+            .agents
+            .iter()
+            .filter(|&(&id, agent)| agent.unit.is_some() && self.current_id(&agent.path) != Some(id))
+            .map(|(&id, agent)| (id, agent.clone()))
+            .collect();
+        let appeared: Vec<usize> =
+            (0..self.waiting.len()).filter(|&i| self.current_id(&self.waiting[i].path).is_some()).collect();
+        if moved.is_empty() && appeared.is_empty() {
+            return;
+        }
+        let mut agents: Vec<Agent> = appeared.into_iter().rev().map(|i| self.waiting.remove(i)).collect();
+        for (old, agent) in moved {
+            let _ = self
+                .enforcer
+                .untag(old)
+                .inspect_err(|e| tracing::warn!(error = %e, "untagging a gone cgroup"));
+            self.agents.remove(&old);
+            self.grants.retain(|g| g.root != old);
+            agents.push(agent);
+        }
+        for agent in agents {
+            match self.apply_tag(agent.clone()) {
+                Ok(id) => {
+                    tracing::info!(unit = agent.unit.as_deref(), agent = %agent.name, cgroup = %agent.path, cgroup_id = id,
+                        "tag follows its unit to a new cgroup");
+                    self.record(AuditEvent::TagFollowed {
+                        unit: agent.unit.clone().unwrap_or_default(),
+                        agent: agent.name.clone(),
+                        cgroup: agent.path.clone(),
+                        cgroup_id: id,
+                    });
+                }
+                Err(_) => self.waiting.push(agent),
+            }
+        }
+        self.save_grants();
+        self.save_tags();
+    }
+
+    /// The id of the cgroup now at `path`, if there is one.
+    fn current_id(&self, path: &str) -> Option<u64> {
+        cgroup::id(&self.hierarchy.dir(path).ok()?).ok()
+    }
+
+    /// The drop-in of a tagged service, as root, from inside the service's new cgroup:
+    /// nothing of the service runs until this has tagged it (an error stops the start).
+    pub(super) fn unit_starting(&mut self, unit: &str, peer: Peer) -> Reply {
+        // Root only, and wherever it runs: at worst it tags the cgroup it is already in.
+        if peer.uid != 0 {
+            return Err(format!("permission denied: uid {} is not root", peer.uid));
+        }
+        let path = systemd::control_group(unit)?;
+        let tagged = |agent: &Agent| agent.unit.as_deref() == Some(unit);
+        if !self.agents.values().chain(&self.waiting).any(tagged) {
+            return Err(format!("{unit} is not tagged: keyturn untag --unit {unit} left its drop-in?"));
+        }
+        for agent in self.agents.values_mut().chain(&mut self.waiting).filter(|a| tagged(a)) {
+            agent.path.clone_from(&path);
+        }
+        self.follow_units();
+        match self.agents.iter().find(|(_, agent)| tagged(agent)) {
+            Some((id, agent)) => Ok(json!({"unit": unit, "cgroup": agent.path, "cgroup_id": id})),
+            None => Err(format!("{unit}: no cgroup at {path} to tag")),
+        }
     }
 
     /// `keyturn run`: a new cgroup under `keyturn.run/`, tagged, with the caller's child in it.
@@ -215,7 +336,7 @@ impl Daemon {
         let dir = self.hierarchy.dir(&path).map_err(|e| e.to_string())?;
         cgroup::create(dir.parent().expect("has parent")).map_err(|e| e.to_string())?;
         cgroup::create(&dir).map_err(|e| e.to_string())?;
-        let reply = self.tag(&path, policy, Some(name), requester, true)?;
+        let reply = self.tag(Target::Path(path), policy, Some(name), requester, true)?;
         cgroup::move_process(&dir, pid).map_err(|e| e.to_string())?;
         Ok(reply)
     }

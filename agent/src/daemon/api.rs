@@ -28,18 +28,34 @@ pub enum Scope {
     Always,
 }
 
+/// What a tag is of: a cgroup (path relative to the cgroup v2 root), or a systemd unit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Path(String),
+    Unit(String),
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
+    /// Tag a cgroup by its path, or a systemd unit (whose cgroup the tag then follows).
     Tag {
-        path: String,
+        #[serde(flatten)]
+        target: Target,
         policy: String,
         name: Option<String>,
         /// Who launched the agent; `None`: the caller, as `unix:NAME`.
         requester: Option<String>,
     },
     Untag {
-        path: String,
+        #[serde(flatten)]
+        target: Target,
+    },
+    /// The tagged service `unit` is starting (its drop-in, as root): tag its new cgroup
+    /// before anything of it runs.
+    UnitStarting {
+        unit: String,
     },
     Tags,
     /// Put process `pid`, a child of the caller, into a new tagged cgroup.
@@ -128,6 +144,20 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tag_names_a_path_or_a_unit_in_one_field() {
+        let request: Request = serde_json::from_str(
+            r#"{"op":"tag","unit":"claude.service","policy":"default","name":null,"requester":null}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(request, Request::Tag { target: Target::Unit(unit), .. } if unit == "claude.service")
+        );
+        let json = serde_json::to_value(Request::Untag { target: Target::Path("a/b".into()) }).unwrap();
+        assert_eq!(json, serde_json::json!({"op": "untag", "path": "a/b"}));
+        assert!(serde_json::from_str::<Request>(r#"{"op":"untag"}"#).is_err(), "a target is required");
+    }
 
     #[test]
     fn a_requester_is_a_printable_identity_of_at_most_256_bytes() {

@@ -45,7 +45,7 @@ use crate::{
     state::{read_json, write_json},
 };
 use agents::{populated, requester_or_caller};
-use api::{Ask, Command, Peer, Reply, Request, serve_api};
+use api::{Ask, Command, Peer, Reply, Request, Target, serve_api};
 use decisions::{Closed, Pending};
 use grants::Grant;
 use intake::Judging;
@@ -66,6 +66,8 @@ struct Daemon {
     policy_ids: BTreeMap<String, u32>,
     /// Root cgroup id → agent.
     agents: BTreeMap<u64, Agent>,
+    /// Tagged systemd units that have no cgroup now (stopped): tagged when they get one.
+    waiting: Vec<Agent>,
     pending: BTreeMap<String, Pending>,
     /// Exec holds with the judges.
     judging: HashMap<HoldKey, Judging>,
@@ -240,6 +242,7 @@ impl Daemon {
             policies,
             policy_ids,
             agents: BTreeMap::new(),
+            waiting: Vec::new(),
             pending: BTreeMap::new(),
             judging: HashMap::new(),
             suspects: HashMap::new(),
@@ -341,16 +344,17 @@ impl Daemon {
 
     fn handle(&mut self, request: Request, peer: Peer) -> Reply {
         match request {
-            Request::Tag { path, policy, name, requester } => {
+            Request::Tag { target, policy, name, requester } => {
                 self.check_approver(peer)?;
                 let requester = requester_or_caller(requester, peer, &self.config.people)?;
-                self.tag(&path, policy, name, requester, false)
+                self.tag(target, policy, name, requester, false)
             }
-            Request::Untag { path } => {
+            Request::Untag { target } => {
                 self.check_approver(peer)?;
-                self.untag(&path)
+                self.untag(&target)
             }
-            Request::Tags => api::reply(self.agents.values().collect::<Vec<_>>()),
+            Request::UnitStarting { unit } => self.unit_starting(&unit, peer),
+            Request::Tags => api::reply(self.agents.values().chain(&self.waiting).collect::<Vec<_>>()),
             Request::Run { pid, policy, name, requester } => {
                 // Only an operator may say someone else launched it: anyone could otherwise
                 // name a stranger and approve their own agent's holds.
@@ -399,6 +403,7 @@ impl Daemon {
             self.stats.timeouts += 1;
         }
         self.sweep_orphans();
+        self.follow_units();
         let emptied: Vec<String> = self
             .agents
             .values()
@@ -406,7 +411,7 @@ impl Daemon {
             .map(|a| a.path.clone())
             .collect();
         for path in emptied {
-            let _ = self.untag(&path);
+            let _ = self.untag(&Target::Path(path.clone()));
             if let Ok(dir) = self.hierarchy.dir(&path) {
                 let _ = cgroup::remove(&dir);
             }
