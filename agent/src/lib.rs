@@ -16,9 +16,9 @@
 //!   `console` crate.
 //! - [`cli`]: the `keyturn` command line.
 //! - [`audit`], [`config`], [`cgroup`]: the audit trail, the daemon's configuration, the
-//!   cgroup v2 hierarchy; `systemd`: units tagged as agents; `state`: files kept across
-//!   restarts; `sys`: every system call no safe crate API makes, the crate's only
-//!   `unsafe` code besides two `AsyncFd` registrations.
+//!   cgroup v2 hierarchy; `logging`: stderr or the journal; `systemd`: units tagged as
+//!   agents; `state`: files kept across restarts; `sys`: every system call no safe crate
+//!   API makes, the crate's only `unsafe` code besides two `AsyncFd` registrations.
 //!
 //! # Words
 //!
@@ -52,6 +52,7 @@ pub mod cli;
 pub(crate) mod config;
 pub(crate) mod console_link;
 pub(crate) mod daemon;
+mod logging;
 mod state;
 mod sys;
 pub(crate) mod systemd;

@@ -128,6 +128,8 @@ egress_id=$(hold_id claude egress)
 egress_pid=$(pending_hold claude egress | jq -r .pid)
 
 # ---- The logs are in the journal, with the hold's id and agent as fields ----
+check "the journal holds no sign-in link, which others may read" \
+    sh -c '! journalctl -u keyturn.service --no-pager | grep -q "#login="'
 check "the journal has the hold's id and agent as fields" sh -c \
     "journalctl -u keyturn.service -o json | jq -e --arg id '$egress_id' 'select(.KEYTURN_ID == \$id and .KEYTURN_AGENT == \"claude\")' >/dev/null"
 
@@ -139,7 +141,19 @@ check "dpkg -i of a newer build" dpkg -i /payload/keyturn-newer.deb
 check "the newer package is installed" sh -c 'dpkg-query -W -f="\${Version}" keyturn | grep -q vmtest1'
 eventually "the upgraded daemon lists the pending hold" 60 test "$(hold_id claude egress)" = "$egress_id"
 check "tags survived the upgrade" sh -c 'keyturn tags | grep -q "unit=claude.service" && keyturn tags | grep -q "unit=keyturn-agents.slice"'
-check "approved after the upgrade" sh -c "keyturn approve $egress_id >/dev/null"
+# Approved in the embedded console's HTTP API, signed in with a one-time link.
+link=$(keyturn console login 2>/dev/null)
+origin=${link%%/#login=*} secret=${link##*#login=}
+check "keyturn console login prints a one-time link ($origin)" test "$origin" = http://127.0.0.1:8470
+check "the link signs in once" curl -sSf -o /dev/null -c /tmp/session -H 'X-Requested-With: keyturn' \
+    -H 'Content-Type: application/json' -d "{\"secret\":\"$secret\"}" "$origin/auth/link"
+check "the link does not sign in twice" test "$(curl -s -o /dev/null -w '%{http_code}' -H 'X-Requested-With: keyturn' \
+    -H 'Content-Type: application/json' -d "{\"secret\":\"$secret\"}" "$origin/auth/link")" -ge 400
+console_hold() { curl -sSf -b /tmp/session "$origin/api/holds?status=pending&agent=claude" | jq -er '.holds[0].id'; }
+eventually "the console lists the pending hold" 60 console_hold
+check "approved in the console's API after the upgrade" curl -sSf -o /dev/null -b /tmp/session \
+    -H 'X-Requested-With: keyturn' -H 'Content-Type: application/json' -d '{"scope":"once"}' \
+    "$origin/api/holds/$(console_hold)/approve"
 eventually "the held action completes after the upgrade" 60 grep -qx hello /home/agent/page
 # The approval of curl for 10 minutes in the slice (a grant) outlived the upgrade: curl
 # runs unheld there, and only its connect (approved once before) is held.

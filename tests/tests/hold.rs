@@ -465,6 +465,27 @@ fn holds_survive_a_daemon_restart() {
     assert!(finish(child).1.success());
 }
 
+/// A pinned map of another layout (as another build would leave: here `STOPS`'s pin moved
+/// over `CONFIG`) is refused at load and named, never read as this build's `CONFIG`.
+#[test]
+fn pins_of_another_layout_are_refused_by_name() {
+    let kernel = Kernel::load();
+    let config = kernel.pin_dir.join("CONFIG");
+    std::fs::remove_file(&config).expect("unpin CONFIG");
+    std::fs::rename(kernel.pin_dir.join("STOPS"), &config).expect("pin STOPS as CONFIG");
+    let options = keyturn::kernel::Options {
+        mode: tests::test_mode(),
+        pin_dir: kernel.pin_dir.clone(),
+        ..keyturn::kernel::Options::default()
+    };
+    let Err(error) = keyturn::kernel::Enforcer::load(&options) else { panic!("a foreign CONFIG was used") };
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("pinned map {} was made by another keyturn build", config.display())),
+        "{message}"
+    );
+}
+
 #[test]
 fn an_approval_releases_only_its_own_process() {
     let (peer, mut kernel, cgroup) = setup();

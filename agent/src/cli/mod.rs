@@ -246,26 +246,6 @@ pub(crate) fn call(config: &Config, request: &Request) -> anyhow::Result<serde_j
     api::call(&config.socket, request).map_err(|e| anyhow!(e))
 }
 
-/// Logs to stderr; under systemd, whose journal reads stderr, to the journal itself, with
-/// each field of an event as a field of its record (`journalctl -o json`: `KEYTURN_ID`).
-fn init_logging() {
-    use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let journal = stderr_is_the_journal().then(|| tracing_journald::layer().ok()).flatten().map(|layer| {
-        layer.with_field_prefix(Some("KEYTURN".into())).with_syslog_identifier("keyturn".into())
-    });
-    let stderr = journal.is_none().then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
-    tracing_subscriber::registry().with(filter).with(journal).with(stderr).init();
-}
-
-/// Whether systemd connected stderr to the journal: `JOURNAL_STREAM` names its device and
-/// inode (a child that inherited the variable but not the stream must not believe it).
-fn stderr_is_the_journal() -> bool {
-    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
-    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr()) else { return false };
-    stream.to_str() == Some(&format!("{}:{}", stat.st_dev, stat.st_ino))
-}
-
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Console { action } => return run_console(cli.config.as_deref(), action.as_ref()),
@@ -278,7 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             unreachable!("handled above: they do not read the daemon's config")
         }
         Command::Daemon => {
-            init_logging();
+            crate::logging::init();
             crate::daemon::check_not_running(&config)?;
             tokio::runtime::Runtime::new()?.block_on(crate::daemon::run(config))?;
             Ok(0)
@@ -348,7 +328,7 @@ fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow
     match action {
         None => {
             let config = console_config()?;
-            init_logging();
+            crate::logging::init();
             runtime.block_on(console::run(config))?;
         }
         Some(ConsoleCommand::Token { host, ttl }) => {

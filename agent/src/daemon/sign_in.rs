@@ -42,9 +42,15 @@ pub(super) async fn sign_in_link_for(operator: Reply, sign_in: Option<&SignInLin
     api::reply(SignInLink { url, person, valid_secs: LOGIN_LIFETIME.as_secs() })
 }
 
-/// Logs, once at start, a link for the user the daemon runs as (root, as a service): the
-/// operator who started it signs in with it. The link's secret is in this one record only.
+/// Logs, once at start, a link for the user the daemon runs as: the operator who started it
+/// in a terminal signs in with it. The link's secret is in this one record only, and never
+/// in the journal, which others (groups `adm`, `systemd-journal`) may read: there the
+/// operator asks for one.
 pub(super) async fn announce(sign_in: &SignInLinks, people: &HashMap<String, String>) {
+    if crate::logging::to_journal() {
+        tracing::info!("embedded console: `keyturn console login` prints a sign-in link");
+        return;
+    }
     let own = Peer { uid: getuid().as_raw(), gid: getgid().as_raw(), pid: std::process::id() };
     let issued = async {
         let person = requester_or_caller(None, own, people)?;

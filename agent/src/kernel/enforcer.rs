@@ -51,6 +51,14 @@ pub enum EnforcerError {
     Map { map: &'static str, source: MapError },
     #[error("pinning in bpffs at {path}: {source}")]
     Pin { path: PathBuf, source: std::io::Error },
+    #[error(
+        "pinned map {path} was made by another keyturn build ({found}; this build's is {expected}): \
+         decide the holds pending there with the build that made it, then remove {dir} (which ends \
+         its enforcement) before starting this one"
+    )]
+    IncompatiblePin { path: PathBuf, dir: PathBuf, found: MapShape, expected: MapShape },
+    #[error("reading keyturn's BPF object: {0}")]
+    Object(#[from] aya_obj::ParseError),
     #[error("no enforcement mode works on this kernel: {0}")]
     NoMode(String),
     #[error("hold {0:?} does not exist (decided already, or the process is gone)")]
@@ -541,9 +549,45 @@ impl Enforcer {
     }
 }
 
-/// Loads the BPF object with its maps pinned in `pin_dir` (reusing existing pins).
+/// The layout of a map: what two builds must agree on to share it through a pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapShape {
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+impl std::fmt::Display for MapShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "keys of {} bytes, values of {}, {} entries", self.key_size, self.value_size, self.max_entries)
+    }
+}
+
+/// Refuses pins in `pin_dir` whose layout differs from this build's maps: aya reuses a
+/// pinned map by name without looking, and a map another build made (a value grown or
+/// reordered across an upgrade) would be read and written as if it were this build's.
+fn check_pins(pin_dir: &Path) -> Result<()> {
+    let object = aya_obj::Object::parse(PROGRAMS)?;
+    for (name, map) in &object.maps {
+        let path = pin_dir.join(name);
+        if !matches!(map.pinning(), aya_obj::maps::PinningType::ByName) || !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|source| EnforcerError::Map { map: "pinned", source })?;
+        let found = MapShape { key_size: info.key_size(), value_size: info.value_size(), max_entries: info.max_entries() };
+        let expected = MapShape { key_size: map.key_size(), value_size: map.value_size(), max_entries: map.max_entries() };
+        if found != expected {
+            return Err(EnforcerError::IncompatiblePin { path, dir: pin_dir.to_owned(), found, expected });
+        }
+    }
+    Ok(())
+}
+
+/// Loads the BPF object with its maps pinned in `pin_dir` (reusing existing pins of the
+/// same layout).
 fn load_object(pin_dir: &Path) -> Result<(Ebpf, aya::Btf)> {
     ensure_bpffs(pin_dir)?;
+    check_pins(pin_dir)?;
     let offsets = Btf::from_sys_fs()?.kernel_offsets()?;
     let btf = aya::Btf::from_sys_fs()?;
     let ebpf = EbpfLoader::new()
