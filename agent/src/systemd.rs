@@ -44,9 +44,18 @@ pub fn unit_kind(unit: &str) -> Result<UnitKind, String> {
     }
 }
 
-/// The cgroup of `unit`, relative to the cgroup v2 root, as systemd names it: where it is
-/// while the unit runs, else where it will be (its slice's path and its own name).
-pub fn control_group(unit: &str) -> Result<String, String> {
+/// A unit as systemd knows it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unit {
+    /// Its own name (`%n` in its drop-in), whatever alias it was asked by.
+    pub id: String,
+    /// Its cgroup, relative to the cgroup v2 root.
+    pub cgroup: String,
+}
+
+/// `unit` as systemd names it, with its cgroup: where it is while the unit runs, else
+/// where it will be (its slice's path and its own name).
+pub fn control_group(unit: &str) -> Result<Unit, String> {
     unit_kind(unit)?;
     let output = Command::new("systemctl")
         .args(["show", "--property=Id,LoadState,ControlGroup,Slice", "--"])
@@ -63,7 +72,7 @@ pub fn control_group(unit: &str) -> Result<String, String> {
 }
 
 /// [`control_group`] from `systemctl show`'s `KEY=VALUE` lines.
-fn cgroup_of(unit: &str, show: &str) -> Result<String, String> {
+fn cgroup_of(unit: &str, show: &str) -> Result<Unit, String> {
     let property = |key: &str| {
         show.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('=')).unwrap_or_default()
     };
@@ -74,16 +83,15 @@ fn cgroup_of(unit: &str, show: &str) -> Result<String, String> {
     }
     // An alias resolves to the unit it names.
     let id = property("Id");
-    let running = property("ControlGroup").trim_start_matches('/');
-    if !running.is_empty() {
-        return Ok(running.to_owned());
-    }
     let kind = unit_kind(id)?;
-    Ok(match (kind, slice_path(property("Slice"))) {
+    let running = property("ControlGroup").trim_start_matches('/');
+    let cgroup = match (kind, slice_path(property("Slice"))) {
+        _ if !running.is_empty() => running.to_owned(),
         (UnitKind::Slice, _) => slice_path(id),
         (UnitKind::Service, parent) if parent.is_empty() => id.to_owned(),
         (UnitKind::Service, parent) => format!("{parent}/{id}"),
-    })
+    };
+    Ok(Unit { id: id.to_owned(), cgroup })
 }
 
 /// Where systemd puts the cgroup of `slice`: each `-` is a level (`a-b.slice` is in
@@ -109,7 +117,8 @@ fn drop_in_text(keyturn_exe: &Path) -> String {
          [Service]\n\
          # As root (+), in the service's new cgroup, before anything of the service runs.\n\
          ExecStartPre=+{} tag --unit %n --starting\n",
-        keyturn_exe.display()
+        // systemd expands specifiers (`%…`) in command lines.
+        keyturn_exe.display().to_string().replace('%', "%%")
     )
 }
 
@@ -117,9 +126,30 @@ fn drop_in_path(unit: &str) -> PathBuf {
     Path::new(UNIT_DIR).join(format!("{unit}.d")).join(DROP_IN)
 }
 
+/// This executable, as the drop-in of a tagged service runs it (as root): only if root owns
+/// it and nobody else may write it. A binary replaced by an upgrade is named by its path.
+fn own_executable() -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let exe = fs::read_link("/proc/self/exe").map_err(|e| format!("finding keyturn's own path: {e}"))?;
+    let exe = match exe.to_str().and_then(|path| path.strip_suffix(" (deleted)")) {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    };
+    let meta = fs::metadata(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is not root's alone (owner uid {}, mode {:o}): a tagged service would run it as root",
+            exe.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(exe)
+}
+
 /// Writes the drop-in of the tagged service `unit` and has systemd read it.
 pub fn install_drop_in(unit: &str) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("finding keyturn's own path: {e}"))?;
+    let exe = own_executable()?;
     let path = drop_in_path(unit);
     let written = path
         .parent()
@@ -184,20 +214,22 @@ mod tests {
     #[test]
     fn a_running_unit_is_where_systemd_says() {
         let show = "Id=claude.service\nLoadState=loaded\nControlGroup=/system.slice/claude.service\nSlice=system.slice\n";
-        assert_eq!(cgroup_of("claude.service", show).unwrap(), "system.slice/claude.service");
+        let unit = cgroup_of("claude.service", show).unwrap();
+        assert_eq!(unit, Unit { id: "claude.service".into(), cgroup: "system.slice/claude.service".into() });
     }
 
     #[test]
     fn a_stopped_unit_is_where_systemd_will_put_it() {
         let show = "Id=claude.service\nLoadState=loaded\nControlGroup=\nSlice=keyturn-agents.slice\n";
-        assert_eq!(
-            cgroup_of("claude.service", show).unwrap(),
-            "keyturn.slice/keyturn-agents.slice/claude.service"
-        );
+        let unit = cgroup_of("claude.service", show).unwrap();
+        assert_eq!(unit.cgroup, "keyturn.slice/keyturn-agents.slice/claude.service");
         let slice = "Id=keyturn-agents.slice\nLoadState=loaded\nControlGroup=\nSlice=keyturn.slice\n";
-        assert_eq!(cgroup_of("keyturn-agents.slice", slice).unwrap(), "keyturn.slice/keyturn-agents.slice");
+        let unit = cgroup_of("keyturn-agents.slice", slice).unwrap();
+        assert_eq!(unit.cgroup, "keyturn.slice/keyturn-agents.slice");
+        // A tag by an alias is the unit's own: its drop-in names it by its own name.
         let alias = "Id=claude.service\nLoadState=loaded\nControlGroup=\nSlice=system.slice\n";
-        assert_eq!(cgroup_of("ai.service", alias).unwrap(), "system.slice/claude.service");
+        let unit = cgroup_of("ai.service", alias).unwrap();
+        assert_eq!(unit, Unit { id: "claude.service".into(), cgroup: "system.slice/claude.service".into() });
     }
 
     #[test]
@@ -212,6 +244,11 @@ mod tests {
     fn the_drop_in_starts_the_service_only_through_keyturn() {
         let text = drop_in_text(Path::new("/usr/bin/keyturn"));
         assert!(text.contains("ExecStartPre=+/usr/bin/keyturn tag --unit %n --starting\n"), "{text}");
+        let odd = drop_in_text(Path::new("/opt/100%/keyturn"));
+        assert!(
+            odd.contains("ExecStartPre=+/opt/100%%/keyturn tag"),
+            "a specifier in the path is escaped: {odd}"
+        );
         assert!(text.contains("After=keyturn.service\n") && text.contains("Wants=keyturn.service\n"));
         assert!(!text.contains("Requires="), "a restart of keyturn must not restart the agent");
     }

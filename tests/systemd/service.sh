@@ -76,6 +76,7 @@ systemctl daemon-reload
 check "keyturn tag --unit claude.service" sh -c 'keyturn tag --unit claude.service --name claude --requester ops@example.com >/dev/null'
 check "the tag wrote the service's drop-in" grep -q -- "--starting" /etc/systemd/system/claude.service.d/50-keyturn.conf
 check "systemd reads the drop-in" sh -c 'systemctl show -P DropInPaths claude.service | grep -q 50-keyturn.conf'
+check "the stopped service's cgroup is made before it starts" test -d /sys/fs/cgroup/system.slice/claude.service
 
 systemctl start --no-block claude.service
 eventually "curl's exec is held and listed as claude's" 120 pending_hold claude exec
@@ -100,6 +101,25 @@ pid=$(pending_hold claude exec | jq -r .pid)
 check "denied on the command line" sh -c "keyturn deny $(hold_id claude exec) --reason 'not today' >/dev/null"
 eventually "the denied process is killed" 30 sh -c "! kill -0 $pid 2>/dev/null"
 check "the denied action never ran" test ! -e /home/agent/page
+
+# ---- A service's own start commands run before keyturn's drop-in: they are held too ----
+cat >/etc/systemd/system/early.service <<'EOF'
+[Unit]
+Description=an agent whose own pre-start command is flagged
+
+[Service]
+User=agent
+TimeoutStartSec=600
+ExecStartPre=/usr/bin/curl -sS -o /tmp/early-page http://10.9.0.1:8080/hello
+ExecStart=/bin/true
+EOF
+systemctl daemon-reload
+check "keyturn tag --unit early.service" sh -c 'keyturn tag --unit early.service --requester ops@example.com >/dev/null'
+systemctl start --no-block early.service
+eventually "the unit's own ExecStartPre, before keyturn's, is held" 120 pending_hold early exec
+check "denied" sh -c "keyturn deny $(hold_id early exec) >/dev/null"
+eventually "the unit fails to start" 60 sh -c 'systemctl is-failed --quiet early.service'
+check "its pre-start command never ran" test ! -e /tmp/early-page
 
 # ---- The slice tagged at install: systemd-run starts an agent under keyturn ----
 systemd-run --quiet --slice=keyturn-agents.slice --uid=agent --unit=helper-agent \

@@ -98,7 +98,40 @@ fn tag_and_untag_refuse_bad_input_with_one_clear_line() {
     // `daemon` on Debian, unknown in the VM guests.
     assert_refused(&daemon.cli_as(1, 1, &["tag", &path]), "permission denied: uid 1 ");
     assert_refused(&daemon.cli_as(1, 1, &["untag", &path]), "permission denied: uid 1 ");
+    // A caller may not tag the cgroup it runs in, or one above it: it would become an
+    // agent's, and could no longer decide.
+    let caller = cgroup.child("caller");
+    let mut command = daemon.command(&["tag", &path]);
+    tests::enter_cgroup_on_exec(&mut command, &caller.dir).expect("open cgroup.procs");
+    assert_refused(&command.output().expect("run keyturn"), &format!("refused: {path} holds the caller"));
     assert!(tags(&daemon).is_empty());
+}
+
+/// A request is judged by the process that connected: an agent that connects from a child
+/// and writes once the child is gone is refused, never taken for a caller outside its
+/// cgroup.
+#[test]
+fn a_request_whose_connecting_process_is_gone_is_refused() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let script = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+child = os.fork()
+if child == 0:
+    s.connect(sys.argv[1])
+    os._exit(0)
+os.waitpid(child, 0)
+s.sendall(b'{"op":"untag","path":"kt-no-such-cgroup"}\n')
+print(s.makefile().readline(), end="")
+"#;
+    let out = Command::new(tests::runtimes::PYTHON)
+        .args(["-c", script])
+        .arg(daemon.dir.join("keyturn.sock"))
+        .output()
+        .expect("run python3");
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(reply.contains("refused: the process that connected (pid "), "{reply}{}", stderr(&out));
+    assert!(reply.contains(") is gone"), "{reply}");
 }
 
 fn mode(path: &Path) -> u32 {

@@ -1,6 +1,6 @@
 //! Agents: the cgroups operators tag, who launched each, and who may decide their holds.
 
-use std::{collections::HashMap, ffi::CString};
+use std::{collections::HashMap, ffi::CString, path::PathBuf};
 
 use agent_common::Tag;
 use nix::unistd::{Group, Uid, User, getgrouplist};
@@ -105,6 +105,11 @@ impl Daemon {
             return Err(format!("no policy named {:?}", agent.policy));
         }
         let dir = self.hierarchy.dir(&agent.path).map_err(|e| e.to_string())?;
+        if agent.unit.is_some() && !dir.is_dir() {
+            // Made before systemd makes it, which then uses it as it is: the unit's first
+            // process starts tagged, whatever runs before keyturn's drop-in.
+            std::fs::create_dir_all(&dir).map_err(|e| format!("making the cgroup {}: {e}", dir.display()))?;
+        }
         if !dir.is_dir() {
             return Err(format!("no cgroup at {}", dir.display()));
         }
@@ -116,7 +121,11 @@ impl Daemon {
 
     /// The agent a process runs under, if any: its cgroup or an ancestor is tagged.
     pub(super) fn agent_of_process(&self, pid: u32) -> Option<&Agent> {
-        let mut dir = self.hierarchy.of_process(pid).ok()?;
+        self.agent_of_cgroup(self.hierarchy.of_process(pid).ok()?)
+    }
+
+    /// The agent the cgroup at `dir` belongs to, if any: it or an ancestor is tagged.
+    fn agent_of_cgroup(&self, mut dir: PathBuf) -> Option<&Agent> {
         loop {
             if let Ok(id) = cgroup::id(&dir)
                 && let Some(agent) = self.agents.get(&id)
@@ -131,7 +140,15 @@ impl Daemon {
 
     /// Refuses callers who must not decide: agents, and anyone not an approver.
     pub(super) fn check_approver(&self, peer: Peer) -> Result<(), String> {
-        if let Some(agent) = self.agent_of_process(peer.pid) {
+        // Fail closed: an agent could connect from a child that then exits, and send the
+        // request itself.
+        let cgroup = self.hierarchy.of_process(peer.pid).map_err(|_| {
+            format!(
+                "refused: the process that connected (pid {}) is gone, so where it ran cannot be checked",
+                peer.pid
+            )
+        })?;
+        if let Some(agent) = self.agent_of_cgroup(cgroup) {
             return Err(format!(
                 "refused: the caller runs inside the tagged cgroup of agent {:?}; an agent cannot decide its own holds",
                 agent.name
@@ -153,15 +170,25 @@ impl Daemon {
         name: Option<String>,
         requester: String,
         run: bool,
+        peer: Peer,
     ) -> Reply {
         let (path, unit) = match target {
             Target::Path(path) => (path.trim_start_matches('/').to_owned(), None),
-            Target::Unit(unit) => (systemd::control_group(&unit)?, Some(unit)),
+            Target::Unit(unit) => {
+                let unit = systemd::control_group(&unit)?;
+                (unit.cgroup, Some(unit.id))
+            }
         };
         if path.is_empty() {
             return Err("refused: the cgroup v2 root holds every process on this host, approvers and \
                         keyturn included; tag the cgroup an agent runs in"
                 .into());
+        }
+        let dir = self.hierarchy.dir(&path).map_err(|e| e.to_string())?;
+        for (who, pid) in [("keyturn itself", std::process::id()), ("the caller", peer.pid)] {
+            if self.hierarchy.of_process(pid).is_ok_and(|cgroup| cgroup.starts_with(&dir)) {
+                return Err(format!("refused: {path} holds {who}; tag the cgroup an agent runs in"));
+            }
         }
         let name = name.unwrap_or_else(|| match &unit {
             Some(unit) => unit.rsplit_once('.').map_or(unit.as_str(), |(name, _)| name).to_owned(),
@@ -239,9 +266,10 @@ impl Daemon {
         Ok(json!({"cgroup": agent.path, "untagged": true, "unit": agent.unit}))
     }
 
-    /// Moves the tags of systemd units to the cgroups systemd has made for them since: a
-    /// unit restarted has a new cgroup at the same path, a unit stopped has none until it
-    /// starts again. On every tick, and at once when a tagged service starts.
+    /// Keeps the tags of systemd units on the cgroup at their path: when systemd removes a
+    /// stopped unit's cgroup, keyturn makes it again at once and tags it, so that the
+    /// unit's next start finds it tagged (unless it starts within that tick, which its
+    /// drop-in covers). A tag that cannot be applied waits and is tried on every tick.
     pub(super) fn follow_units(&mut self) {
         let moved: Vec<(u64, Agent)> = self
             .agents
@@ -249,12 +277,11 @@ impl Daemon {
             .filter(|&(&id, agent)| agent.unit.is_some() && self.current_id(&agent.path) != Some(id))
             .map(|(&id, agent)| (id, agent.clone()))
             .collect();
-        let appeared: Vec<usize> =
-            (0..self.waiting.len()).filter(|&i| self.current_id(&self.waiting[i].path).is_some()).collect();
-        if moved.is_empty() && appeared.is_empty() {
+        if moved.is_empty() && self.waiting.is_empty() {
             return;
         }
-        let mut agents: Vec<Agent> = appeared.into_iter().rev().map(|i| self.waiting.remove(i)).collect();
+        let mut changed = !moved.is_empty();
+        let mut agents = std::mem::take(&mut self.waiting);
         for (old, agent) in moved {
             let _ = self
                 .enforcer
@@ -267,6 +294,7 @@ impl Daemon {
         for agent in agents {
             match self.apply_tag(agent.clone()) {
                 Ok(id) => {
+                    changed = true;
                     tracing::info!(unit = agent.unit.as_deref(), agent = %agent.name, cgroup = %agent.path, cgroup_id = id,
                         "tag follows its unit to a new cgroup");
                     self.record(AuditEvent::TagFollowed {
@@ -279,8 +307,10 @@ impl Daemon {
                 Err(_) => self.waiting.push(agent),
             }
         }
-        self.save_grants();
-        self.save_tags();
+        if changed {
+            self.save_grants();
+            self.save_tags();
+        }
     }
 
     /// The id of the cgroup now at `path`, if there is one.
@@ -295,7 +325,7 @@ impl Daemon {
         if peer.uid != 0 {
             return Err(format!("permission denied: uid {} is not root", peer.uid));
         }
-        let path = systemd::control_group(unit)?;
+        let path = systemd::control_group(unit)?.cgroup;
         let tagged = |agent: &Agent| agent.unit.as_deref() == Some(unit);
         if !self.agents.values().chain(&self.waiting).any(tagged) {
             return Err(format!("{unit} is not tagged: keyturn untag --unit {unit} left its drop-in?"));
@@ -336,7 +366,7 @@ impl Daemon {
         let dir = self.hierarchy.dir(&path).map_err(|e| e.to_string())?;
         cgroup::create(dir.parent().expect("has parent")).map_err(|e| e.to_string())?;
         cgroup::create(&dir).map_err(|e| e.to_string())?;
-        let reply = self.tag(Target::Path(path), policy, Some(name), requester, true)?;
+        let reply = self.tag(Target::Path(path), policy, Some(name), requester, true, peer)?;
         cgroup::move_process(&dir, pid).map_err(|e| e.to_string())?;
         Ok(reply)
     }

@@ -347,7 +347,7 @@ impl Daemon {
             Request::Tag { target, policy, name, requester } => {
                 self.check_approver(peer)?;
                 let requester = requester_or_caller(requester, peer, &self.config.people)?;
-                self.tag(target, policy, name, requester, false)
+                self.tag(target, policy, name, requester, false, peer)
             }
             Request::Untag { target } => {
                 self.check_approver(peer)?;
