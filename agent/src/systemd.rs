@@ -4,7 +4,8 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 /// Where the drop-ins of tagged services are written (persistent: a tagged service stays
@@ -57,18 +58,45 @@ pub struct Unit {
 /// where it will be (its slice's path and its own name).
 pub fn control_group(unit: &str) -> Result<Unit, String> {
     unit_kind(unit)?;
-    let output = Command::new("systemctl")
-        .args(["show", "--property=Id,LoadState,ControlGroup,Slice", "--"])
-        .arg(unit)
-        .output()
-        .map_err(|e| format!("asking systemd about {unit}: systemctl: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "asking systemd about {unit}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
+    let show = systemctl(&["show", "--property=Id,LoadState,ControlGroup,Slice", "--", unit])
+        .map_err(|e| format!("asking systemd about {unit}: {e}"))?;
+    cgroup_of(unit, &show)
+}
+
+/// How long the daemon waits for `systemctl` (the D-Bus default is 25 s): it asks from
+/// its one loop, which holds every decision meanwhile.
+const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `systemctl ARGS` prints, if it succeeds within [`SYSTEMCTL_TIMEOUT`].
+fn systemctl(args: &[&str]) -> Result<String, String> {
+    output_within("systemctl", args, SYSTEMCTL_TIMEOUT)
+}
+
+/// What `program ARGS` prints, if it succeeds within `timeout`; killed after it.
+fn output_within(program: &str, args: &[&str], timeout: Duration) -> Result<String, String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    // Its output is a few lines: it fits in the pipes until it exits.
+    while child.try_wait().map_err(|e| format!("{program}: {e}"))?.is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{program} {} gave no answer within {timeout:?}", args.join(" ")));
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
-    cgroup_of(unit, &String::from_utf8_lossy(&output.stdout))
+    let output = child.wait_with_output().map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
+    }
 }
 
 /// [`control_group`] from `systemctl show`'s `KEY=VALUE` lines.
@@ -175,13 +203,7 @@ pub fn remove_drop_in(unit: &str) -> Result<(), String> {
 }
 
 fn reload() -> Result<(), String> {
-    let output =
-        Command::new("systemctl").arg("daemon-reload").output().map_err(|e| format!("systemctl: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!("systemctl daemon-reload: {}", String::from_utf8_lossy(&output.stderr).trim()))
-    }
+    systemctl(&["daemon-reload"]).map(drop)
 }
 
 #[cfg(test)]
@@ -200,6 +222,16 @@ mod tests {
         }
         assert!(unit_kind("agent@.service").is_err(), "a template has no cgroup");
         assert!(unit_kind(&format!("{}.service", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn a_command_that_does_not_answer_in_time_is_killed() {
+        let started = Instant::now();
+        let error = output_within("sleep", &["30"], Duration::from_millis(200)).unwrap_err();
+        assert!(error.contains("gave no answer within"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5), "it waited {:?}", started.elapsed());
+        assert_eq!(output_within("echo", &["ready"], Duration::from_secs(5)).unwrap(), "ready\n");
+        assert!(output_within("false", &[], Duration::from_secs(5)).is_err());
     }
 
     #[test]
