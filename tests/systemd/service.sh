@@ -84,7 +84,7 @@ hold=$(pending_hold claude exec)
 check "the exec hold names the program" test "$(jq -r .path <<<"$hold")" = /usr/bin/curl
 check "the exec hold names the user" test "$(jq -r .user <<<"$hold")" = agent
 check "the held process is stopped" stopped "$(jq -r .pid <<<"$hold")"
-check "approved on the command line" sh -c "keyturn approve $(jq -r .id <<<"$hold") >/dev/null"
+check "approved on the command line for 10 minutes" sh -c "keyturn approve $(jq -r .id <<<"$hold") --for 10m >/dev/null"
 eventually "curl's connect is held" 60 pending_hold claude egress
 hold=$(pending_hold claude egress)
 check "the egress hold names the destination" test "$(jq -r '.address + ":" + (.port | tostring)' <<<"$hold")" = 10.9.0.1:8080
@@ -92,15 +92,17 @@ reply=$(local_api "{\"op\":\"approve\",\"id\":\"$(jq -r .id <<<"$hold")\",\"scop
 check "approved through the local API ($reply)" jq -e 'has("Ok")' <<<"$reply"
 eventually "the approved action completes as if nothing happened" 60 grep -qx hello /home/agent/page
 
-# ---- The unit restarts: a new cgroup, and the tag follows it before anything runs ----
+# ---- The unit restarts in a new cgroup: the tag follows it, with its approval for 10 min ----
 rm -f /home/agent/page
 systemctl start --no-block claude.service
-eventually "after a restart of the unit, its exec is held again" 120 pending_hold claude exec
+eventually "after a restart of the unit, its connect is held" 120 pending_hold claude egress
 check "the audit trail says the tag followed the unit" sh -c "keyturn audit --json | grep -q tag_followed"
-pid=$(pending_hold claude exec | jq -r .pid)
-check "denied on the command line" sh -c "keyturn deny $(hold_id claude exec) --reason 'not today' >/dev/null"
+check "the approval for 10 minutes followed the unit: its exec was not held" \
+    test -z "$(keyturn pending --json | jq -c '.[] | select(.agent == "claude" and .kind == "exec")')"
+pid=$(pending_hold claude egress | jq -r .pid)
+check "denied on the command line" sh -c "keyturn deny $(hold_id claude egress) --reason 'not today' >/dev/null"
 eventually "the denied process is killed" 30 sh -c "! kill -0 $pid 2>/dev/null"
-check "the denied action never ran" test ! -e /home/agent/page
+check "the denied action never completed" test ! -e /home/agent/page
 
 # ---- A service's own start commands run before keyturn's drop-in: they are held too ----
 cat >/etc/systemd/system/early.service <<'EOF'
@@ -132,18 +134,21 @@ eventually "the slice's agent completes" 60 grep -qx hello /tmp/helper-page
 
 # ---- Daemon restarts and crashes with a hold pending ----
 systemctl start --no-block claude.service
-eventually "a hold is pending" 120 pending_hold claude exec
-id=$(hold_id claude exec)
-pid=$(pending_hold claude exec | jq -r .pid)
+eventually "a hold is pending" 120 pending_hold claude egress
+id=$(hold_id claude egress)
+pid=$(pending_hold claude egress | jq -r .pid)
 check "systemctl restart keyturn" systemctl restart keyturn.service
 check "after a restart, the process is still held" stopped "$pid"
-eventually "after a restart, the new daemon lists the same hold" 60 test "$(hold_id claude exec)" = "$id"
+eventually "after a restart, the new daemon lists the same hold" 60 test "$(hold_id claude egress)" = "$id"
 check "systemctl kill -s KILL keyturn" systemctl kill -s KILL keyturn.service
 check "after a crash, the process is still held" stopped "$pid"
 eventually "systemd starts keyturn again" 60 systemctl is-active --quiet keyturn.service
-eventually "after a crash, the new daemon lists the same hold" 60 test "$(hold_id claude exec)" = "$id"
+eventually "after a crash, the new daemon lists the same hold" 60 test "$(hold_id claude egress)" = "$id"
 check "a decision works after the crash" sh -c "keyturn approve $id >/dev/null"
-eventually "its connect is held" 60 pending_hold claude egress
+eventually "the action approved after the crash completes" 60 grep -qx hello /home/agent/page
+rm -f /home/agent/page
+systemctl start --no-block claude.service
+eventually "its next connect is held" 120 pending_hold claude egress
 egress_id=$(hold_id claude egress)
 egress_pid=$(pending_hold claude egress | jq -r .pid)
 

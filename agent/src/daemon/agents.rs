@@ -282,19 +282,28 @@ impl Daemon {
         }
         let mut changed = !moved.is_empty();
         let mut agents = std::mem::take(&mut self.waiting);
+        // Approvals for a while (`--for`) are the unit's and go with it; those for the life
+        // of its cgroup (`--always`) end with that cgroup.
+        let mut carried = Vec::new();
         for (old, agent) in moved {
             let _ = self
                 .enforcer
                 .untag(old)
                 .inspect_err(|e| tracing::warn!(error = %e, "untagging a gone cgroup"));
             self.agents.remove(&old);
-            self.grants.retain(|g| g.root != old);
+            let (theirs, others) = std::mem::take(&mut self.grants).into_iter().partition(|g| g.root == old);
+            self.grants = others;
+            carried.extend(theirs.into_iter().filter(|g| g.until.is_some()).map(|g| (agent.unit.clone(), g)));
             agents.push(agent);
         }
         for agent in agents {
             match self.apply_tag(agent.clone()) {
                 Ok(id) => {
                     changed = true;
+                    for (_, mut grant) in carried.extract_if(.., |(unit, _)| *unit == agent.unit) {
+                        grant.root = id;
+                        self.grants.push(grant);
+                    }
                     tracing::info!(unit = agent.unit.as_deref(), agent = %agent.name, cgroup = %agent.path, cgroup_id = id,
                         "tag follows its unit to a new cgroup");
                     self.record(AuditEvent::TagFollowed {

@@ -35,16 +35,16 @@ const TEST_UNIT: &str = "\
 [Unit]
 Description=keyturn's test under systemd
 After=multi-user.target
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
 
 [Service]
 Type=oneshot
 ExecStart=/bin/sh -c 'mkdir -p /payload && mount -o ro /dev/vdb /payload && /payload/service.sh; \
-echo \"KEYTURN-VM systemd exit=$?\"'
+echo \"KEYTURN-VM systemd exit=$$?\"'
 StandardOutput=tty
 StandardError=tty
 TTYPath=/dev/ttyS0
-SuccessAction=poweroff-force
-FailureAction=poweroff-force
 
 [Install]
 WantedBy=multi-user.target
@@ -62,10 +62,13 @@ const MASKED: [&str; 5] = [
 /// The whole test, boot included, under TCG.
 const TIMEOUT: Duration = Duration::from_mins(15);
 
-/// The root filesystem image under `vm_dir`, made by debootstrap unless already there.
+/// The root filesystem image under `vm_dir`, made by debootstrap unless the one there was
+/// made by this recipe (`systemd-root.recipe` records it).
 pub(super) fn root_image(vm_dir: &Path) -> Result<PathBuf> {
     let image = vm_dir.join("systemd-root.ext4");
-    if image.exists() {
+    let recipe_path = vm_dir.join("systemd-root.recipe");
+    let recipe = format!("{SUITE} {MIRROR}\n{PACKAGES}\n{}\n{TEST_UNIT}", MASKED.join(" "));
+    if image.exists() && fs::read_to_string(&recipe_path).is_ok_and(|made| made == recipe) {
         return Ok(image);
     }
     let tree = vm_dir.join("systemd-root");
@@ -93,6 +96,7 @@ pub(super) fn root_image(vm_dir: &Path) -> Result<PathBuf> {
     make_image(&tree, &partial, "2G")?;
     fs::rename(&partial, &image).with_context(|| format!("rename {}", partial.display()))?;
     remove_dir_if_present(&tree)?;
+    fs::write(&recipe_path, recipe).with_context(|| format!("write {}", recipe_path.display()))?;
     Ok(image)
 }
 
