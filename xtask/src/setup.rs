@@ -88,6 +88,7 @@ pub fn for_testing() -> Result<()> {
     install_packages(TEST_PACKAGES)?;
     install_cargo_fuzz()?;
     install_node_packages()?;
+    install_python_packages()?;
     crate::vm::install_guests()
 }
 
@@ -155,6 +156,32 @@ fn install_cargo_fuzz() -> Result<()> {
 /// The tests' Node packages as each `package-lock.json` pins them (`tests/js`: the OpenID
 /// provider; `tests/browser`: playwright-core, never a browser: the tests drive Debian's
 /// Chromium): `npm ci` where `node_modules` is missing or older than the lock.
+/// The OCSF validator's packages (tests/ocsf/requirements.txt, hash-pinned), in a venv of
+/// Debian's Python, made again when the requirements change.
+fn install_python_packages() -> Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ocsf");
+    let modified = |file: &Path| fs::metadata(file).and_then(|m| m.modified()).ok();
+    let requirements = dir.join("requirements.txt");
+    let installed = dir.join(".venv/installed");
+    let wanted = modified(&requirements).context("tests/ocsf/requirements.txt")?;
+    if modified(&installed).is_some_and(|at| at >= wanted) {
+        return Ok(());
+    }
+    eprintln!("setup: installing the OCSF validator's Python packages");
+    let venv = dir.join(".venv");
+    let _ = fs::remove_dir_all(&venv);
+    let venv = venv.to_str().context("venv path")?;
+    run_command("/usr/bin/python3", &["-m", "venv", venv], &[])?;
+    let requirements = requirements.to_str().context("requirements path")?;
+    let pip = format!("{venv}/bin/pip");
+    run_command(
+        &pip,
+        &["install", "--quiet", "--require-hashes", "--only-binary=:all:", "-r", requirements],
+        &[],
+    )?;
+    fs::write(&installed, "").context("mark the venv installed")
+}
+
 fn install_node_packages() -> Result<()> {
     for dir in ["js", "browser"] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests").join(dir);

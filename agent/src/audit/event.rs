@@ -1,7 +1,9 @@
 //! Every record the daemon writes to its audit trail, one variant each: the trail's
 //! `type` is the variant's name in snake case, and its fields are the variant's.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use crate::{
     daemon::api::Scope,
@@ -10,14 +12,17 @@ use crate::{
     policy::Verdict,
 };
 
+/// Text the daemon wrote: a fixed phrase when written, owned when read back.
+pub type Text = Cow<'static, str>;
+
 /// One audit record.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AuditEvent {
     DaemonStart {
         mode: Mode,
         egress_hold: EgressHold,
-        version: &'static str,
+        version: Text,
     },
     DaemonStop,
     PolicyLoad {
@@ -77,25 +82,25 @@ pub enum AuditEvent {
     HoldRefused {
         id: String,
         pid: u32,
-        error: &'static str,
+        error: Text,
     },
     /// The held action let through: by a person (after their `decision`) or by keyturn.
     Release {
         id: String,
         by: String,
         #[serde(skip_serializing_if = "Option::is_none")]
-        why: Option<&'static str>,
+        why: Option<Text>,
     },
     /// The policy denies the held action: refused by keyturn.
     Deny {
         id: String,
-        by: &'static str,
-        why: &'static str,
+        by: Text,
+        why: Text,
     },
     /// A person's decision.
     Decision {
         id: String,
-        verdict: &'static str,
+        verdict: Text,
         reason: Option<String>,
         #[serde(flatten)]
         by: DecidedBy,
@@ -124,7 +129,7 @@ pub enum AuditEvent {
         id: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         by: Option<String>,
-        via: &'static str,
+        via: Text,
         reason: String,
     },
     /// The first SIGCONT that was not keyturn's at a hold.
@@ -132,25 +137,25 @@ pub enum AuditEvent {
         id: String,
         pid: u32,
         tid: u32,
-        outcome: &'static str,
+        outcome: Text,
     },
     /// A thread held again because keyturn resumed its process for another thread.
     HeldAgain {
         id: String,
         pid: u32,
         tid: u32,
-        why: &'static str,
+        why: Text,
     },
     /// A stop, frozen cell or kernel record no pending hold accounted for, settled.
     HoldOrphaned {
         pid: u32,
         tid: Option<u32>,
-        reason: &'static str,
+        reason: Text,
         outcome: String,
     },
     /// Actions the kernel refused since the last such record, for one reason.
     Refused {
-        reason: &'static str,
+        reason: Text,
         count: u64,
     },
     /// SIGCONTs that were not keyturn's since the last such record.
@@ -160,13 +165,13 @@ pub enum AuditEvent {
 }
 
 /// Who made a decision.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum DecidedBy {
     /// An approver on this host, known by the local socket's credentials.
     Local { by_uid: u32, by_user: String },
     /// A person at the console, as its signed decision names them.
-    Console { by: String, via: &'static str, approvers: Vec<String> },
+    Console { by: String, via: Text, approvers: Vec<String> },
 }
 
 #[cfg(test)]
@@ -180,7 +185,7 @@ mod tests {
     fn events_are_written_as_flat_typed_records() {
         let decision = AuditEvent::Decision {
             id: "abc".into(),
-            verdict: "approve",
+            verdict: "approve".into(),
             reason: None,
             by: DecidedBy::Local { by_uid: 1000, by_user: "alice".into() },
             scope: Some(Scope::For(600)),
@@ -191,8 +196,11 @@ mod tests {
             json!({"type": "decision", "id": "abc", "verdict": "approve", "reason": null, "by_uid": 1000,
                 "by_user": "alice", "scope": {"for": 600}})
         );
-        let release =
-            AuditEvent::Release { id: "abc".into(), by: "keyturn".into(), why: Some("the policy allows it") };
+        let release = AuditEvent::Release {
+            id: "abc".into(),
+            by: "keyturn".into(),
+            why: Some("the policy allows it".into()),
+        };
         assert_eq!(
             serde_json::to_value(&release).unwrap(),
             json!({"type": "release", "id": "abc", "by": "keyturn", "why": "the policy allows it"})

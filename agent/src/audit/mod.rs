@@ -2,6 +2,7 @@
 //! fsynced before anything it records is acted on, rotated by size with the chain intact.
 
 mod event;
+pub mod ocsf;
 
 pub use event::{AuditEvent, DecidedBy};
 

@@ -25,7 +25,7 @@ use crate::{
 };
 use install::install;
 use launch::run_agent;
-use print::{print_json, print_pending, show_audit};
+use print::{ExportFormat, export_audit, print_json, print_pending, show_audit};
 
 #[derive(Parser)]
 #[command(name = "keyturn", version, about = "A person in the loop for what AI agents do on this host")]
@@ -95,7 +95,7 @@ enum Command {
     /// Read the audit trail, or verify it.
     Audit {
         #[command(subcommand)]
-        verify: Option<AuditCommand>,
+        command: Option<AuditCommand>,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -154,6 +154,18 @@ enum ConsoleCommand {
 enum AuditCommand {
     /// Check every record; names the first one edited, removed, reordered or cut.
     Verify,
+    /// Write the records of a period as JSON lines, after verifying the whole trail.
+    Export {
+        /// `ocsf`: Open Cybersecurity Schema Framework events; `keyturn`: the records as written.
+        #[arg(long, value_enum, default_value = "keyturn")]
+        format: ExportFormat,
+        /// From this time on (RFC 3339, or a date: midnight UTC).
+        #[arg(long, value_parser = print::parse_time)]
+        since: Option<std::time::SystemTime>,
+        /// Up to (not including) this time.
+        #[arg(long, value_parser = print::parse_time)]
+        until: Option<std::time::SystemTime>,
+    },
 }
 
 #[derive(Args)]
@@ -300,12 +312,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             print_json(&call(&config, &Request::Approve { id, scope: scope.scope()?, reason })?)
         }
         Command::Deny { id, reason } => print_json(&call(&config, &Request::Deny { id, reason })?),
-        Command::Audit { verify: Some(AuditCommand::Verify), .. } => {
+        Command::Audit { command: Some(AuditCommand::Verify), .. } => {
             let head = audit::verify(&config.audit_dir())?;
             println!("audit trail intact: {} records, last hash {}", head.records, head.hash);
             Ok(0)
         }
-        Command::Audit { verify: None, json, follow } => show_audit(&config.audit_dir(), json, follow),
+        Command::Audit { command: Some(AuditCommand::Export { format, since, until }), .. } => {
+            export_audit(&config.audit_dir(), format, since, until)
+        }
+        Command::Audit { command: None, json, follow } => show_audit(&config.audit_dir(), json, follow),
         Command::Status => print_json(&call_as::<Status>(&config, &Request::Status)?),
         Command::Doctor { json } => {
             let report = crate::kernel::doctor::report();

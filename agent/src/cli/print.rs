@@ -1,6 +1,10 @@
 //! What the command line prints: JSON replies, the table of pending holds, the audit trail.
 
-use std::{io::Write as _, path::Path, time::Duration};
+use std::{
+    io::{ErrorKind, Write as _},
+    path::Path,
+    time::{Duration, SystemTime},
+};
 
 use serde::Serialize;
 
@@ -81,5 +85,54 @@ pub fn show_audit(dir: &Path, json: bool, follow: bool) -> anyhow::Result<i32> {
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// What `keyturn audit export` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The trail's own records, as written.
+    Keyturn,
+    /// Open Cybersecurity Schema Framework events, the records in `unmapped`.
+    Ocsf,
+}
+
+/// A time on the command line: RFC 3339 (`2026-12-01T08:00:00Z`), or a date (midnight UTC).
+pub fn parse_time(text: &str) -> Result<SystemTime, String> {
+    let full = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_owned() };
+    humantime::parse_rfc3339_weak(&full)
+        .map_err(|e| format!("{e}: give a date (2026-12-01) or an RFC 3339 time (2026-12-01T08:00:00Z)"))
+}
+
+/// Writes the records of the trail in `dir` from `since` to `until` in `format`, after
+/// verifying the whole chain: a broken trail is refused, never exported as if whole.
+pub fn export_audit(
+    dir: &Path,
+    format: ExportFormat,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+) -> anyhow::Result<i32> {
+    audit::verify(dir)?;
+    let records = audit::read_all(dir)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = match format {
+        ExportFormat::Ocsf => audit::ocsf::Exporter::new(audit::ocsf::Device::this_host())
+            .export(&records, since, until, &mut out)
+            .map_err(anyhow::Error::from),
+        ExportFormat::Keyturn => records
+            .iter()
+            .filter(|r| {
+                humantime::parse_rfc3339(&r.time)
+                    .is_ok_and(|t| since.is_none_or(|s| t >= s) && until.is_none_or(|u| t < u))
+            })
+            .try_for_each(|r| writeln!(out, "{}", serde_json::to_string(r)?).map_err(anyhow::Error::from))
+            .map(|()| 0),
+    };
+    match written.and_then(|_| out.flush().map_err(anyhow::Error::from)) {
+        // The reader has what it wanted (`… | head`): stop quietly.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == ErrorKind::BrokenPipe) => {
+            Ok(0)
+        }
+        other => other.map(|()| 0),
     }
 }

@@ -67,7 +67,7 @@ impl Decider<'_> {
             Self::Local(peer) => DecidedBy::Local { by_uid: peer.uid, by_user: context::user_name(peer.uid) },
             Self::Console(decision) => DecidedBy::Console {
                 by: decision.decided_by.clone(),
-                via: "console",
+                via: "console".into(),
                 approvers: decision.approvers.clone(),
             },
         }
@@ -220,7 +220,7 @@ impl Daemon {
     ) -> Reply {
         self.record(AuditEvent::Decision {
             id: id.to_owned(),
-            verdict: "approve",
+            verdict: "approve".into(),
             reason: reason.map(str::to_owned),
             by: decider.audited(),
             scope: Some(scope),
@@ -254,7 +254,7 @@ impl Daemon {
     ) -> Reply {
         self.record(AuditEvent::Decision {
             id: id.to_owned(),
-            verdict: "deny",
+            verdict: "deny".into(),
             reason: reason.map(str::to_owned),
             by: decider.audited(),
             scope: None,
@@ -283,7 +283,7 @@ impl Daemon {
             ClientEvent::Rejected(rejection) => self.record(AuditEvent::DecisionRejected {
                 id: None,
                 by: None,
-                via: "console",
+                via: "console".into(),
                 reason: rejection.to_string(),
             }),
         }
@@ -303,7 +303,7 @@ impl Daemon {
                 self.record(AuditEvent::DecisionRejected {
                     id: Some(id.to_owned()),
                     by: Some(decision.decided_by.clone()),
-                    via: "console",
+                    via: "console".into(),
                     reason: why,
                 });
                 return;

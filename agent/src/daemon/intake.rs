@@ -67,7 +67,7 @@ impl Daemon {
     /// Audits the first SIGCONT that was not keyturn's at the hold `key`.
     fn rogue_sigcont(&mut self, event: &HoldEvent, key: HoldKey, outcome: &'static str) {
         let id = context::hold_id(event);
-        self.record(AuditEvent::RogueSigcont { id, pid: key.tgid, tid: key.tid, outcome });
+        self.record(AuditEvent::RogueSigcont { id, pid: key.tgid, tid: key.tid, outcome: outcome.into() });
     }
 
     pub(super) fn on_event(&mut self, event: &HoldEvent, restored: bool) {
@@ -87,7 +87,7 @@ impl Daemon {
                     id: context::hold_id(event),
                     pid: key.tgid,
                     tid: key.tid,
-                    why: "keyturn resumed the process for another of its threads",
+                    why: "keyturn resumed the process for another of its threads".into(),
                 });
             }
             Ok(Happened::RogueContinueFrozen(key)) => self.rogue_sigcont(event, key, "still held (frozen)"),
@@ -139,7 +139,7 @@ impl Daemon {
         self.record(AuditEvent::HoldRefused {
             id: context::hold_id(event),
             pid: event.tgid,
-            error: "no agent known for this cgroup",
+            error: "no agent known for this cgroup".into(),
         });
         let _ = self.holds.deny(&mut self.enforcer, key, OnDeny::Kill);
     }
@@ -295,7 +295,7 @@ impl Daemon {
         let granted = self.grants.iter().any(|g| g.covers(root, &event.hold.action, unix_now()));
         if granted || verdict == Verdict::Allow {
             let why = if granted { "an earlier approval's scope covers it" } else { "the policy allows it" };
-            records.push(AuditEvent::Release { id, by: "keyturn".into(), why: Some(why) });
+            records.push(AuditEvent::Release { id, by: "keyturn".into(), why: Some(why.into()) });
             self.record_all(records);
             match self.holds.approve(&mut self.enforcer, key) {
                 Ok(_) => self.stats.auto_released += 1,
@@ -304,7 +304,7 @@ impl Daemon {
             return;
         }
         if verdict == Verdict::Deny {
-            records.push(AuditEvent::Deny { id, by: "keyturn", why: "the policy denies it" });
+            records.push(AuditEvent::Deny { id, by: "keyturn".into(), why: "the policy denies it".into() });
             self.record_all(records);
             let _ = self.holds.deny(&mut self.enforcer, key, on_deny);
             return;

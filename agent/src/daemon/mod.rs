@@ -259,7 +259,7 @@ impl Daemon {
         daemon.record(AuditEvent::DaemonStart {
             mode: daemon.enforcer.mode(),
             egress_hold: daemon.enforcer.egress_hold(),
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").into(),
         });
         daemon.install_policies()?;
         daemon.restore_tags()?;

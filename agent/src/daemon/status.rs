@@ -142,7 +142,7 @@ impl Daemon {
                 // Counters start again from zero when the maps are created anew.
                 let count = if now > audited { now - audited } else { now };
                 self.record(match reason {
-                    Some(reason) => AuditEvent::Refused { reason, count },
+                    Some(reason) => AuditEvent::Refused { reason: reason.into(), count },
                     None => AuditEvent::RogueSigconts { count },
                 });
                 changed = true;

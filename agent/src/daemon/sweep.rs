@@ -109,6 +109,6 @@ impl Daemon {
         };
         tracing::error!(pid, reason = orphan.reason(), %outcome, "settled a stop no pending hold accounted for");
         self.stats.orphaned += 1;
-        self.record(AuditEvent::HoldOrphaned { pid, tid, reason: orphan.reason(), outcome });
+        self.record(AuditEvent::HoldOrphaned { pid, tid, reason: orphan.reason().into(), outcome });
     }
 }
