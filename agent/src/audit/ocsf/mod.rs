@@ -13,13 +13,12 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-mod schema;
-
-pub use schema::Device;
-use schema::{
-    Actor, Api, ConnectionInfo, Endpoint, Event, File, Fingerprint, KEYTURN, KeyturnRecord, Metadata, Policy,
-    Process, Product, Resource, Service, Unmapped, User,
+pub use ocsf::Device;
+use ocsf::{
+    Actor, Api, Class, ConnectionInfo, Endpoint, Event, File, Fingerprint, KEYTURN, Metadata, OTHER,
+    PROFILES, Policy, Process, Product, Resource, Service, User, VERSION, disposition, severity, status,
 };
+use serde::Serialize;
 
 use super::{AuditEvent, DecidedBy, Record};
 use crate::{
@@ -30,12 +29,6 @@ use crate::{
     policy::Verdict,
 };
 
-/// The OCSF release the events follow.
-pub const VERSION: &str = "1.4.0";
-/// Profiles every event uses: `host` (the device and actor) and `security_control` (the
-/// disposition and the policy).
-const PROFILES: [&str; 2] = ["host", "security_control"];
-
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("audit record {seq}: {reason}")]
@@ -43,21 +36,6 @@ pub enum ExportError {
     #[error("writing the export: {0}")]
     Write(#[from] std::io::Error),
 }
-
-/// An OCSF event class keyturn writes; its number is the `class_uid`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Class {
-    BaseEvent = 0,
-    ProcessActivity = 1007,
-    NetworkActivity = 4001,
-    DeviceConfigStateChange = 5019,
-    ApplicationLifecycle = 6002,
-    ApiActivity = 6003,
-    ProcessRemediationActivity = 7003,
-}
-
-/// `activity_id` 99: the activity is named by `activity_name`.
-const OTHER: u32 = 99;
 
 /// What an event about a held action says happened to it.
 #[derive(Clone, Copy)]
@@ -68,28 +46,20 @@ enum Step {
     Other(&'static str),
 }
 
-/// `disposition_id` values (`security_control` profile).
-mod disposition {
-    pub const ALLOWED: u32 = 1;
-    pub const BLOCKED: u32 = 2;
-    pub const APPROVED: u32 = 8;
-    pub const DELAYED: u32 = 14;
-    pub const NO_ACTION: u32 = 16;
-    pub const REJECTED: u32 = 25;
+/// What OCSF has no attribute for: the trail's record as written, so that the chain can be
+/// checked from the export alone.
+#[derive(Serialize)]
+struct Unmapped {
+    keyturn: KeyturnRecord,
 }
 
-/// `severity_id` values.
-mod severity {
-    pub const INFORMATIONAL: u32 = 1;
-    pub const LOW: u32 = 2;
-    pub const MEDIUM: u32 = 3;
-    pub const HIGH: u32 = 4;
-}
-
-/// `status_id` values.
-mod status {
-    pub const SUCCESS: u32 = 1;
-    pub const FAILURE: u32 = 2;
+#[derive(Serialize)]
+struct KeyturnRecord {
+    seq: u64,
+    time: String,
+    prev: String,
+    hash: String,
+    event: serde_json::Value,
 }
 
 /// The class, activity and disposition a record maps to, and what it says.
@@ -182,14 +152,13 @@ impl Exporter {
         Ok(written)
     }
 
-    fn event(&self, record: &Record, at: SystemTime, mapped: Mapped) -> Event {
-        let class_uid = mapped.class as u32;
+    fn event(&self, record: &Record, at: SystemTime, mapped: Mapped) -> Event<Unmapped> {
         Event {
-            class_uid,
-            category_uid: class_uid / 1000,
+            class_uid: mapped.class.uid(),
+            category_uid: mapped.class.category_uid(),
             activity_id: mapped.activity_id,
             activity_name: mapped.activity_name,
-            type_uid: u64::from(class_uid) * 100 + u64::from(mapped.activity_id),
+            type_uid: mapped.class.type_uid(mapped.activity_id),
             severity_id: mapped.severity_id,
             status_id: mapped.status_id,
             time: at
