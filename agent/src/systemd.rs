@@ -63,9 +63,13 @@ pub fn control_group(unit: &str) -> Result<Unit, String> {
     cgroup_of(unit, &show)
 }
 
-/// How long the daemon waits for `systemctl` (the D-Bus default is 25 s): it asks from
-/// its one loop, which holds every decision meanwhile.
+/// How long the daemon waits for a question to systemd (`systemctl show`; the D-Bus
+/// default is 25 s): it asks from its one loop, which holds every decision meanwhile.
 const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long it waits for `systemctl daemon-reload`, which re-reads every unit file: seconds
+/// on a large or loaded host (seen: over 5 s in an emulated guest with its host busy). While
+/// it waits, decisions wait, and past the liveness timeout flagged actions fail closed.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `systemctl ARGS` prints, if it succeeds within [`SYSTEMCTL_TIMEOUT`].
 fn systemctl(args: &[&str]) -> Result<String, String> {
@@ -203,7 +207,7 @@ pub fn remove_drop_in(unit: &str) -> Result<(), String> {
 }
 
 fn reload() -> Result<(), String> {
-    systemctl(&["daemon-reload"]).map(drop)
+    output_within("systemctl", &["daemon-reload"], RELOAD_TIMEOUT).map(drop)
 }
 
 #[cfg(test)]
