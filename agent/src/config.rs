@@ -72,6 +72,18 @@ pub struct ConsoleConfig {
     /// `https`: the one-time token from `keyturn console token HOST`, used to enrol while
     /// there is no certificate yet.
     pub token: Option<String>,
+    /// How often this host anchors its audit trail at the console (signed length and last
+    /// hash), so that a trail cut or rewritten later is found.
+    #[serde(default = "ConsoleConfig::anchor_every", with = "humantime_serde_compat")]
+    pub anchor_every: Duration,
+}
+
+impl ConsoleConfig {
+    pub const ANCHOR_EVERY: Duration = Duration::from_mins(1);
+
+    fn anchor_every() -> Duration {
+        Self::ANCHOR_EVERY
+    }
 }
 
 impl Default for Config {

@@ -1,6 +1,7 @@
 //! keyturn's console: the central approval service hosts stream their holds to, which
 //! stores them and sends back signed decisions, with several replicas on one database.
 
+pub mod anchors;
 pub mod api;
 pub mod keys;
 pub mod oidc;

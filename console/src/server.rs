@@ -5,8 +5,8 @@ use std::{collections::HashSet, pin::Pin, sync::Arc, time::Duration};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use proto::v1::{
-    Challenge, CloseReason, ConsoleMessage, EnrolRequest, EnrolResponse, Hello, HoldRaised, HostMessage,
-    SignedDecision, Welcome,
+    ChainAnchor, Challenge, CloseReason, ConsoleMessage, EnrolRequest, EnrolResponse, Hello, HoldRaised,
+    HostMessage, SignedDecision, Welcome,
     agent_service_server::{AgentService, AgentServiceServer},
     console_message, host_message,
 };
@@ -122,6 +122,7 @@ impl AgentService for Console {
             out,
             awaiting: HashSet::new(),
             host: String::new(),
+            host_key: None,
             certificate,
         };
         tokio::spawn(async move {
@@ -172,6 +173,8 @@ struct Session {
     /// Holds raised on this stream whose decision has not been sent on it yet.
     awaiting: HashSet<String>,
     host: String,
+    /// The key the host proved in its Hello: its anchors are signed with it.
+    host_key: Option<VerifyingKey>,
     /// SHA-256 of the client certificate the host presented (mutual TLS only).
     certificate: Option<String>,
 }
@@ -245,7 +248,7 @@ impl Session {
         let Some(Ok(HostMessage { message: Some(host_message::Message::Hello(hello)) })) = first else {
             return Err(Status::invalid_argument("the first message must be a hello"));
         };
-        check_hello(&hello, &challenge)?;
+        self.host_key = Some(check_hello(&hello, &challenge)?);
         if let Some(sole) = &self.console.sole_host
             && (hello.host != sole.0 || hello.key_fingerprint != sole.1)
         {
@@ -265,7 +268,9 @@ impl Session {
         // Subscribed before Welcome: no decision made after the host hears Welcome is missed.
         let mut events = self.console.store.subscribe();
         let key_id = self.console.signer.key_id().to_owned();
-        self.send(console_message::Message::Welcome(Welcome { key_id })).await?;
+        let anchored_records =
+            self.console.store.anchored_records(&self.host).await.map_err(|e| store_status(&e))?;
+        self.send(console_message::Message::Welcome(Welcome { key_id, anchored_records })).await?;
         tracing::info!(host = self.host, version = hello.agent_version, "host connected");
         loop {
             tokio::select! {
@@ -328,6 +333,7 @@ impl Session {
                 }
                 Ok(())
             }
+            host_message::Message::Anchor(anchor) => self.on_anchor(&anchor).await,
             host_message::Message::HoldClosed(closed) => {
                 let reason = CloseReason::try_from(closed.reason).unwrap_or(CloseReason::Unspecified);
                 self.awaiting.remove(&closed.id);
@@ -338,6 +344,22 @@ impl Session {
                     .map_err(|e| store_status(&e))
             }
         }
+    }
+
+    /// Keeps an anchor of the host's trail signed with the key of its Hello; a bad signature
+    /// ends the stream.
+    async fn on_anchor(&self, anchor: &ChainAnchor) -> Result<(), Status> {
+        let key = self.host_key.as_ref().ok_or_else(|| Status::internal("no host key"))?;
+        let signature = Signature::from_slice(&anchor.signature)
+            .map_err(|_| Status::invalid_argument("anchor: signature is not 64 bytes"))?;
+        key.verify_strict(&proto::anchor_message(&self.host, anchor), &signature)
+            .map_err(|_| Status::unauthenticated(format!("anchor from {}: bad signature", self.host)))?;
+        if let Some(finding) =
+            self.console.store.anchor(&self.host, anchor).await.map_err(|e| store_status(&e))?
+        {
+            tracing::error!(host = self.host, finding, "a host's audit trail changed after it was anchored");
+        }
+        Ok(())
     }
 
     async fn send_decision(&self, signed: SignedDecision) -> Result<(), Status> {

@@ -16,8 +16,8 @@ use ed25519_dalek::{
 };
 use prost::Message as _;
 use proto::v1::{
-    Decision, EnrolRequest, Hello, HoldClosed, HoldRaised, HostMessage, Scope, SignedDecision, Verdict,
-    agent_service_client::AgentServiceClient, console_message, host_message,
+    ChainAnchor, Decision, EnrolRequest, Hello, HoldClosed, HoldRaised, HostMessage, Scope, SignedDecision,
+    Verdict, agent_service_client::AgentServiceClient, console_message, host_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
@@ -126,8 +126,9 @@ pub enum Rejection {
 /// What the client reports to the daemon.
 #[derive(Debug)]
 pub enum ClientEvent {
-    /// The console accepted this host; pending holds have been (re)sent.
-    Connected,
+    /// The console accepted this host; pending holds have been (re)sent. Its latest anchor
+    /// of this host's audit trail covers `anchored_records` records.
+    Connected { anchored_records: u64 },
     /// The stream broke; the client reconnects after a backoff.
     Disconnected(String),
     /// A verified decision for a hold this host was waiting on (now no longer pending).
@@ -139,6 +140,7 @@ pub enum ClientEvent {
 enum Command {
     Raise(Box<HoldRaised>),
     Close(HoldClosed),
+    Anchor(ChainAnchor),
 }
 
 /// The daemon's handle: raise and close holds; events arrive on the receiver from [`start`].
@@ -156,6 +158,12 @@ impl ClientHandle {
     /// Reports that a hold ended on this host (decided, timed out, process gone…).
     pub fn close(&self, closed: HoldClosed) {
         let _ = self.commands.send(Command::Close(closed));
+    }
+
+    /// Anchors the audit trail at `anchor`, signed with the host key. Sent now if the console
+    /// is reachable, else dropped: the next anchor covers everything this one did.
+    pub fn anchor(&self, anchor: ChainAnchor) {
+        let _ = self.commands.send(Command::Anchor(anchor));
     }
 }
 
@@ -245,7 +253,14 @@ impl State {
                 }
                 self.unsent_closures.push_back(closed);
             }
+            Command::Anchor(_) => {}
         }
+    }
+
+    /// `anchor`, signed with the host key.
+    fn signed(&self, anchor: &ChainAnchor) -> ChainAnchor {
+        let signature = self.config.key.sign(&proto::anchor_message(&self.config.host, anchor));
+        ChainAnchor { signature: signature.to_bytes().to_vec(), ..anchor.clone() }
     }
 
     /// One connection: challenge, hello, welcome, pending holds, then the exchange.
@@ -288,13 +303,15 @@ impl State {
         if out.send(host_message(host_message::Message::Hello(hello))).await.is_err() {
             return End::Failed("the stream closed before the hello".into());
         }
-        match incoming.next().await {
-            Some(Ok(proto::v1::ConsoleMessage { message: Some(console_message::Message::Welcome(_)) })) => {}
+        let anchored_records = match incoming.next().await {
+            Some(Ok(proto::v1::ConsoleMessage {
+                message: Some(console_message::Message::Welcome(welcome)),
+            })) => welcome.anchored_records,
             Some(Err(status)) => {
                 return End::Failed(format!("console refused this host: {}", status.message()));
             }
             _ => return End::Failed("the console did not welcome this host".into()),
-        }
+        };
         let backlog = self.unsent_closures.drain(..).map(host_message::Message::HoldClosed);
         let holds = self.pending.values().cloned().map(host_message::Message::HoldRaised);
         for message in backlog.chain(holds).collect::<Vec<_>>() {
@@ -302,7 +319,7 @@ impl State {
                 return End::Broken("the stream closed while re-sending holds".into());
             }
         }
-        if self.events.send(ClientEvent::Connected).await.is_err() {
+        if self.events.send(ClientEvent::Connected { anchored_records }).await.is_err() {
             return End::Stop;
         }
         loop {
@@ -312,12 +329,14 @@ impl State {
                     let message = match &command {
                         Command::Raise(hold) => host_message::Message::HoldRaised((**hold).clone()),
                         Command::Close(closed) => host_message::Message::HoldClosed(closed.clone()),
+                        Command::Anchor(anchor) => host_message::Message::Anchor(self.signed(anchor)),
                     };
                     let sent = out.send(host_message(message)).await;
                     match command {
                         Command::Raise(hold) => { self.pending.insert(hold.id.clone(), *hold); }
                         Command::Close(closed) if sent.is_err() => self.remember(Command::Close(closed)),
                         Command::Close(closed) => { self.pending.remove(&closed.id); }
+                        Command::Anchor(_) => {}
                     }
                     if sent.is_err() {
                         return End::Broken("the stream closed".into());

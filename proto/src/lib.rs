@@ -17,6 +17,17 @@ pub const HELLO_CONTEXT: &[u8] = b"keyturn.v1.hello\0";
 /// Prefix of what a host signs when it enrols: this, the bootstrap token, the host name.
 pub const ENROL_CONTEXT: &[u8] = b"keyturn.v1.enrol\0";
 
+/// Prefix of what a host signs to anchor its audit trail: this, the host name, a NUL, the
+/// `ChainAnchor` encoded with an empty signature.
+pub const ANCHOR_CONTEXT: &[u8] = b"keyturn.v1.anchor\0";
+
+/// The bytes a host signs for `anchor` (its `signature` is left out): see [`ANCHOR_CONTEXT`].
+pub fn anchor_message(host: &str, anchor: &v1::ChainAnchor) -> Vec<u8> {
+    use prost::Message as _;
+    let unsigned = v1::ChainAnchor { signature: Vec::new(), ..anchor.clone() };
+    [ANCHOR_CONTEXT, host.as_bytes(), b"\0", &unsigned.encode_to_vec()].concat()
+}
+
 /// The bytes a host signs to enrol with `token`: see [`ENROL_CONTEXT`].
 pub fn enrol_message(token: &str, host: &str) -> Vec<u8> {
     [ENROL_CONTEXT, token.as_bytes(), b"\0", host.as_bytes()].concat()

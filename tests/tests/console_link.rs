@@ -497,3 +497,128 @@ fn the_host_refuses_an_approval_short_of_its_quorum_or_by_the_requester() {
         assert_eq!(finish(agent), (128 + libc::SIGKILL, String::new()));
     }
 }
+
+/// Rewrites the daemon's trail as someone with root could: `edit` changes the records, and
+/// every hash from the first record changed on is computed again, so the trail verifies on
+/// its own. Only the anchors the console kept can tell.
+fn rewrite_trail(daemon: &Daemon, edit: impl FnOnce(&mut Vec<Value>)) {
+    let dir = daemon.dir.join("state/audit");
+    let files: Vec<PathBuf> = {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("audit dir")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect();
+        files.sort();
+        files
+    };
+    let mut records: Vec<Value> = files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f).expect("trail").lines().map(str::to_owned).collect::<Vec<_>>()
+        })
+        .map(|line| serde_json::from_str(&line).expect("record"))
+        .collect();
+    edit(&mut records);
+    let mut prev = "0".repeat(64);
+    for record in &mut records {
+        record["prev"] = prev.clone().into();
+        // What the daemon hashes, in its field order.
+        let unsealed = format!(
+            r#"{{"seq":{},"time":{},"prev":"{prev}","event":{}}}"#,
+            record["seq"], record["time"], record["event"]
+        );
+        prev = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(unsealed.as_bytes()));
+        record["hash"] = prev.clone().into();
+    }
+    for file in &files {
+        std::fs::remove_file(file).expect("remove");
+    }
+    let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+    std::fs::write(dir.join("audit-00000000000000000000.jsonl"), lines.join("\n") + "\n").expect("write");
+    std::fs::write(dir.join("HEAD"), format!("{} {prev}\n", records.len())).expect("HEAD");
+}
+
+/// Waits until the console's anchors of the host satisfy `ready`.
+fn anchored(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    ready: impl Fn(&console::anchors::TrailState) -> bool,
+) -> console::anchors::TrailState {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let state = rt.block_on(store.trail_state(HOST)).expect("the console's anchors");
+        if ready(&state) {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "anchors not as expected: {state:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_host_trail_rewritten_or_cut_after_its_anchor_is_named() {
+    let files = Files::new();
+    let console = RunningConsole::start(&files, tests::free_addr(), false);
+    let endpoint = format!("http://{}", console.addr);
+    let mut daemon =
+        Daemon::start_with_config(HOLD_FLAGGED, &console_section(&endpoint, ", anchor_every = \"1s\""));
+    let rt = runtime();
+    let written = daemon.audit().len() as u64;
+    let state = anchored(&rt, console.store(), |s| s.anchors.last().is_some_and(|a| a.records >= written));
+    assert!(state.findings.is_empty(), "{state:?}");
+    let console_config = files.0.join("console.toml");
+    std::fs::write(&console_config, format!("database = \"{}\"\n", files.database()))
+        .expect("console config");
+    let verify_host = |trail: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(tests::daemon::keyturn_path());
+        command.args(["console", "verify-host", HOST, "--config"]).arg(&console_config);
+        if let Some(trail) = trail {
+            command.arg("--trail").arg(trail);
+        }
+        let out = command.output().expect("verify-host");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let trail = daemon.dir.join("state/audit");
+    let (code, out) = verify_host(Some(&trail));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("no finding: the trail is as anchored, record by record"), "{out}");
+
+    // Root edits which policy was in force into the trail and reseals it: it verifies on its own.
+    daemon.kill9();
+    rewrite_trail(&daemon, |records| {
+        let load = records.iter_mut().find(|r| r["event"]["type"] == "policy_load").expect("a policy load");
+        load["event"]["policy"] = "permissive".into();
+    });
+    let copy = files.0.join("trail-copy");
+    std::fs::create_dir_all(&copy).expect("copy dir");
+    for entry in std::fs::read_dir(&trail).expect("trail").flatten() {
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).expect("copy");
+    }
+    assert!(daemon.cli(&["audit", "verify"]).status.success(), "the rewritten chain verifies on its own");
+    daemon.launch();
+    let state = anchored(&rt, console.store(), |s| !s.findings.is_empty());
+    assert!(state.findings[0].detail.starts_with("rewritten: record"), "{state:?}");
+    let (code, out) = verify_host(None);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FOUND: rewritten"), "{out}");
+    let (code, out) = verify_host(Some(&copy));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.lines().filter(|l| l.starts_with("FOUND: rewritten")).count() >= 2,
+        "stored and record by record: {out}"
+    );
+
+    // Anchors go on from the trail as it now is; then root cuts it to its first two records.
+    let written = daemon.audit().len() as u64;
+    anchored(&rt, console.store(), |s| s.anchors.last().is_some_and(|a| a.records >= written));
+    daemon.kill9();
+    rewrite_trail(&daemon, |records| records.truncate(2));
+    daemon.launch();
+    let state =
+        anchored(&rt, console.store(), |s| s.findings.iter().any(|f| f.detail.starts_with("truncated")));
+    assert_eq!(state.findings.len(), 2, "{state:?}");
+    let tampered = rt.block_on(console.store().audit_events()).expect("console audit");
+    assert_eq!(tampered.iter().filter(|e| e["type"] == "host_trail_tampered").count(), 2);
+}

@@ -121,6 +121,11 @@ impl Audit {
         fs::write(&head, format!("{} {}\n", self.seq, self.prev)).map_err(io(&head))
     }
 
+    /// Where the trail ends now.
+    pub fn head(&self) -> Head {
+        Head { records: self.seq, hash: self.prev.clone() }
+    }
+
     fn rotate(&mut self) -> Result<(), AuditError> {
         let path = self.dir.join(file_name(self.seq));
         self.file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
@@ -130,8 +135,8 @@ impl Audit {
     }
 }
 
-/// What a verified trail ends with.
-#[derive(Debug)]
+/// What a verified trail ends with: how many records, the hash of the last.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
     pub records: u64,
     pub hash: String,
@@ -179,6 +184,33 @@ pub fn verify(dir: &Path) -> Result<Head, AuditError> {
         }
     }
     Ok(Head { records: expected_seq, hash: prev })
+}
+
+/// The trail in `dir` as it was after its first `records` records (unverified): `None` if
+/// it has fewer.
+pub fn head_at(dir: &Path, records: u64) -> Result<Option<Head>, AuditError> {
+    let Some(seq) = records.checked_sub(1) else {
+        return Ok(Some(Head { records: 0, hash: GENESIS.to_owned() }));
+    };
+    // Files are named by their first record: the one holding `seq` starts at or before it.
+    let file = files(dir)?.into_iter().rev().find(|path| {
+        path.file_stem()
+            .and_then(|stem| stem.to_str()?.strip_prefix("audit-")?.parse::<u64>().ok())
+            .is_some_and(|first| first <= seq)
+    });
+    let Some(path) = file else { return Ok(None) };
+    let text = fs::read_to_string(&path).map_err(io(&path))?;
+    for (index, line) in text.lines().enumerate() {
+        let record: Record = serde_json::from_str(line).map_err(|e| AuditError::Broken {
+            file: path.display().to_string(),
+            line: index + 1,
+            reason: e.to_string(),
+        })?;
+        if record.seq == seq {
+            return Ok(Some(Head { records, hash: record.hash }));
+        }
+    }
+    Ok(None)
 }
 
 /// Every record of the trail, in order (unverified: see [`verify`]).

@@ -25,7 +25,7 @@ use crate::{
 };
 use install::install;
 use launch::run_agent;
-use print::{ExportFormat, export_audit, print_json, print_pending, show_audit};
+use print::{ExportFormat, export_audit, print_json, print_pending, show_audit, verify_host};
 
 #[derive(Parser)]
 #[command(name = "keyturn", version, about = "A person in the loop for what AI agents do on this host")]
@@ -143,6 +143,14 @@ enum ConsoleCommand {
         /// How long it is valid (at most 365 days).
         #[arg(long, default_value = "90d")]
         ttl: String,
+    },
+    /// Check HOST's audit trail against the anchors the console keeps of it: names a trail
+    /// cut or rewritten after an anchor. Exits 1 on any finding.
+    VerifyHost {
+        host: String,
+        /// A copy of the host's trail (its `state_dir/audit`) to check record by record.
+        #[arg(long, value_name = "DIR")]
+        trail: Option<PathBuf>,
     },
     /// Print a one-time link that signs you in to this host's embedded console as an admin
     /// (valid 10 minutes, used once). The daemon gives one to root and the approver group
@@ -361,6 +369,12 @@ fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow
                 runtime.block_on(console::issue_api_token(&config, person, *role, name, lifetime))?;
             eprintln!("API token {id} for {person} ({role}); shown this once:");
             println!("{token}");
+        }
+        Some(ConsoleCommand::VerifyHost { host, trail }) => {
+            let config = console_config()?;
+            let state = runtime
+                .block_on(async { console::Store::open(&config.database).await?.trail_state(host).await })?;
+            return verify_host(&state, trail.as_deref());
         }
         Some(ConsoleCommand::Login) => {
             let link: SignInLink = call_as(&Config::load(config)?, &Request::ConsoleLogin)?;

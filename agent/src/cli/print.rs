@@ -136,3 +136,54 @@ pub fn export_audit(
         other => other.map(|()| 0),
     }
 }
+
+/// Prints what the console holds of a host's trail (`state`) and, given a copy of the
+/// trail at `trail`, checks it against every anchor. 1 when anything was found.
+pub fn verify_host(state: &console::anchors::TrailState, trail: Option<&Path>) -> anyhow::Result<i32> {
+    let when =
+        |ms: u64| humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+    let mut findings: Vec<String> = state.findings.iter().map(|f| f.detail.clone()).collect();
+    match state.anchors.last() {
+        Some(last) => println!(
+            "{}: {} anchors, the latest at {} covering {} records (last hash {})",
+            state.host,
+            state.anchors.len(),
+            when(last.at_ms),
+            last.records,
+            last.head
+        ),
+        None => println!("{}: no anchors", state.host),
+    }
+    if let Some(dir) = trail {
+        if let Err(e) = audit::verify(dir) {
+            findings.push(format!("the trail at {}: {e}", dir.display()));
+        }
+        for anchor in &state.anchors {
+            match audit::head_at(dir, anchor.records)? {
+                Some(head) if head.hash == anchor.head => {}
+                Some(head) => findings.push(format!(
+                    "rewritten: record {} hashes to {}, anchored at {} as {}",
+                    anchor.records.saturating_sub(1),
+                    head.hash,
+                    when(anchor.at_ms),
+                    anchor.head
+                )),
+                None => findings.push(format!(
+                    "truncated: the trail has fewer than the {} records anchored at {}",
+                    anchor.records,
+                    when(anchor.at_ms)
+                )),
+            }
+        }
+    }
+    for finding in &findings {
+        println!("FOUND: {finding}");
+    }
+    if findings.is_empty() {
+        println!(
+            "no finding: the trail is as anchored{}",
+            if trail.is_some() { ", record by record" } else { "" }
+        );
+    }
+    Ok(i32::from(!findings.is_empty()))
+}

@@ -89,6 +89,7 @@ pub async fn start(config: &Config) -> Result<Embedded, EmbeddedError> {
         ca: None,
         certificate: None,
         token: None,
+        anchor_every: crate::config::ConsoleConfig::ANCHOR_EVERY,
     };
     // Any local user can reach the port: only this daemon's own identity is served.
     let host_key = host_client::keys::load_or_create(&config.console_key(&link))?;

@@ -9,10 +9,13 @@ use std::{
 };
 
 use host_client::{self as client, ClientConfig, ClientEvent, ClientTls, keys};
-use proto::v1::{CloseReason, Decision, Egress, Exec, HoldClosed, HoldKind, HoldRaised, hold_raised};
+use proto::v1::{
+    ChainAnchor, CloseReason, Decision, Egress, Exec, HoldClosed, HoldKind, HoldRaised, hold_raised,
+};
 use tokio::sync::mpsc;
 
 use crate::{
+    audit::Head,
     config::{Config, ConsoleConfig},
     daemon::api::Scope,
     hold::context::{ActionKind, HoldView, Parent},
@@ -46,12 +49,15 @@ pub enum LinkError {
 enum Up {
     Raise(Box<HoldRaised>),
     Close(HoldClosed),
+    Anchor(ChainAnchor),
 }
 
 /// The daemon's end of the link. Sending never waits: while the console is unreachable
 /// the client keeps what it must send again.
 pub struct Link {
     up: mpsc::UnboundedSender<Up>,
+    /// How often the daemon anchors its audit trail.
+    pub anchor_every: Duration,
 }
 
 impl Link {
@@ -65,6 +71,19 @@ impl Link {
     /// Reports that hold `id` ended on this host.
     pub fn close(&self, id: &str, nonce: u64, reason: CloseReason) {
         let _ = self.up.send(Up::Close(HoldClosed { id: id.to_owned(), nonce, reason: reason.into() }));
+    }
+
+    /// Anchors the audit trail at `head`, witnessing `witness` (the record the console's
+    /// latest anchor ends at, as the trail has it now); the client signs it.
+    pub fn anchor(&self, head: &Head, witness: Option<&Head>) {
+        let _ = self.up.send(Up::Anchor(ChainAnchor {
+            records: head.records,
+            head: head.hash.clone(),
+            witness_records: witness.map_or(0, |w| w.records),
+            witness: witness.map(|w| w.hash.clone()).unwrap_or_default(),
+            at_ms: unix_ms(SystemTime::now()),
+            signature: Vec::new(),
+        }));
     }
 }
 
@@ -108,7 +127,7 @@ pub fn start(
     let (up, up_rx) = mpsc::unbounded_channel();
     let (events, events_rx) = mpsc::channel(1024);
     tokio::spawn(run(client, tls, console.token.clone(), up_rx, events));
-    Ok((Link { up }, events_rx))
+    Ok((Link { up, anchor_every: console.anchor_every }, events_rx))
 }
 
 /// This host's name at `console`: as configured, else the kernel's host name.
@@ -160,6 +179,7 @@ async fn run(
             message = up.recv() => match message {
                 Some(Up::Raise(hold)) => handle.raise(*hold),
                 Some(Up::Close(closed)) => handle.close(closed),
+                Some(Up::Anchor(anchor)) => handle.anchor(anchor),
                 None => return,
             },
             event = client_events.recv() => match event {

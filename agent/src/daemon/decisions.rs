@@ -274,11 +274,22 @@ impl Daemon {
     /// What the console link reports.
     pub(super) fn on_console(&mut self, event: ClientEvent) {
         match event {
-            ClientEvent::Connected => {
+            ClientEvent::Connected { anchored_records } => {
                 tracing::info!("connected to the console");
                 self.console_connected = true;
+                self.anchored = match crate::audit::head_at(&self.config.audit_dir(), anchored_records) {
+                    Ok(head) => head,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the audit trail to anchor it");
+                        None
+                    }
+                };
+                self.anchor();
             }
-            ClientEvent::Disconnected(_) => self.console_connected = false,
+            ClientEvent::Disconnected(_) => {
+                self.console_connected = false;
+                self.anchored_at = None;
+            }
             ClientEvent::Decision(decision) => self.console_decision(&decision),
             ClientEvent::Rejected(rejection) => self.record(AuditEvent::DecisionRejected {
                 id: None,
@@ -287,6 +298,16 @@ impl Daemon {
                 reason: rejection.to_string(),
             }),
         }
+    }
+
+    /// Anchors the audit trail at the console: where it ends now, witnessing where the
+    /// console's latest anchor ended (as the trail has it now).
+    pub(super) fn anchor(&mut self) {
+        let Some(link) = &self.link else { return };
+        let head = self.audit.head();
+        link.anchor(&head, self.anchored.as_ref());
+        self.anchored = Some(head);
+        self.anchored_at = Some(Instant::now());
     }
 
     /// A decision the client verified (signature, host, a hold it waits on, its nonce),

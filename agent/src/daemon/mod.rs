@@ -35,7 +35,7 @@ use tokio::{
 };
 
 use crate::{
-    audit::{Audit, AuditEvent},
+    audit::{Audit, AuditEvent, Head},
     cgroup::{self, Hierarchy},
     config::Config,
     console_link::{self, Link, embedded},
@@ -84,6 +84,10 @@ struct Daemon {
     /// The console holds are reported to, if one is configured.
     link: Option<Link>,
     console_connected: bool,
+    /// The console's latest anchor of this trail (from its welcome, then ours), and when
+    /// this daemon last sent one.
+    anchored: Option<Head>,
+    anchored_at: Option<Instant>,
 }
 
 struct RingFd(RawFd);
@@ -254,6 +258,8 @@ impl Daemon {
             policies_watched: false,
             link,
             console_connected: false,
+            anchored: None,
+            anchored_at: None,
             config,
         };
         daemon.record(AuditEvent::DaemonStart {
@@ -384,6 +390,13 @@ impl Daemon {
         }
         self.holds.sweep_cells();
         self.audit_refusals();
+        if self
+            .anchored_at
+            .zip(self.link.as_ref())
+            .is_some_and(|(at, link)| at.elapsed() >= link.anchor_every)
+        {
+            self.anchor();
+        }
         self.judgements_overdue();
         // Before timeouts: a timeout must not reach a newer hold of a reused pid.
         let gone: Vec<(String, Closed)> =

@@ -44,7 +44,7 @@ impl AgentService for Scripted {
                 match received {
                     host_message::Message::Hello(_) if !welcomed => {
                         welcomed = true;
-                        let welcome = Welcome { key_id: String::new() };
+                        let welcome = Welcome { key_id: String::new(), anchored_records: 0 };
                         out.send(Ok(message(console_message::Message::Welcome(welcome)))).await.unwrap();
                     }
                     host_message::Message::HoldRaised(_) => {

@@ -1,6 +1,7 @@
 //! The console's integration tests: real SQLite files, a real PostgreSQL cluster started
 //! for each test (as the postgres user: run as root), real gRPC streams on loopback.
 
+mod anchors;
 mod api;
 mod hostile;
 mod streams;

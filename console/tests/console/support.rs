@@ -275,7 +275,7 @@ pub async fn next_event(events: &mut mpsc::Receiver<client::ClientEvent>) -> cli
     loop {
         let event =
             tokio::time::timeout(WAIT, events.recv()).await.expect("an event in time").expect("client alive");
-        if !matches!(event, client::ClientEvent::Connected | client::ClientEvent::Disconnected(_)) {
+        if !matches!(event, client::ClientEvent::Connected { .. } | client::ClientEvent::Disconnected(_)) {
             return event;
         }
     }
@@ -289,7 +289,7 @@ pub async fn connected(events: &mut mpsc::Receiver<client::ClientEvent>) {
             .expect("connected in time")
             .expect("client alive");
         match event {
-            client::ClientEvent::Connected => return,
+            client::ClientEvent::Connected { .. } => return,
             client::ClientEvent::Disconnected(_) => {}
             other => panic!("unexpected {other:?} before connecting"),
         }

@@ -210,7 +210,7 @@ impl Fleet {
             tokio::spawn(async move {
                 while let Some(event) = events.recv().await {
                     match event {
-                        ClientEvent::Connected => {
+                        ClientEvent::Connected { .. } => {
                             connected.fetch_add(1, Ordering::Relaxed);
                         }
                         ClientEvent::Decision(decision) => {
