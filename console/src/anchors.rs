@@ -125,6 +125,17 @@ impl Store {
         Ok(finding)
     }
 
+    /// What the console holds of every host's trail, by host name.
+    pub async fn trail_states(&self) -> Result<Vec<TrailState>, StoreError> {
+        let hosts: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM hosts ORDER BY name").fetch_all(&self.pool).await?;
+        let mut states = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            states.push(self.trail_state(&host).await?);
+        }
+        Ok(states)
+    }
+
     /// Every anchor and finding the console holds for `host`.
     pub async fn trail_state(&self, host: &str) -> Result<TrailState, StoreError> {
         let anchors =

@@ -543,9 +543,30 @@ async function loadAudit(more) {
   auditBefore = data.records.at(-1)?.seq ?? 0;
 }
 
+/** Each host's trail as the console anchored it; a trail cut or rewritten after an anchor is named. */
+async function loadHostTrails() {
+  const rows = $("host-trails");
+  try {
+    const { data } = await api("/api/hosts/trails");
+    rows.replaceChildren(...data.hosts.map((trail) => {
+      const findings = el("td");
+      findings.dataset.testid = "trail-findings";
+      if (!trail.findings.length) findings.append("none");
+      for (const finding of trail.findings) findings.append(el("div", {}, `${timestamp(finding.at_ms)}: ${finding.detail}`));
+      const latest = trail.latest ? `${trail.latest.records} records at ${timestamp(trail.latest.at_ms)}` : "none yet";
+      return el("tr", { className: trail.findings.length ? "error" : "" }, el("td", {}, trail.host), el("td", {}, latest), findings);
+    }));
+  } catch (error) {
+    const cell = el("td", { colSpan: 3 });
+    showError(cell, error);
+    rows.replaceChildren(el("tr", {}, cell));
+  }
+}
+
 function openAudit() {
   show("audit");
   loadAudit(false);
+  loadHostTrails();
 }
 
 $("audit-form").addEventListener("submit", (event) => {

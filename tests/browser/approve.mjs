@@ -3,7 +3,8 @@
 //
 //   node approve.mjs --url URL --hold HOLD@HOST --token kt_… [--expect-argv TEXT]
 //        [--expect-rule TEXT] [--reason TEXT] [--expect approved|<error code>]
-//   (--login NAME --password SECRET instead of --token: sign in through the identity provider;
+//   (--expect-trail-finding TEXT: then the Audit view must list a host trail finding with TEXT;
+//    --login NAME --password SECRET instead of --token: sign in through the identity provider;
 //    --link SECRET: open the one-time sign-in link URL#login=SECRET, and after the approval
 //    open it again, signed out, to see it refused)
 //
@@ -26,6 +27,7 @@ const { values: opts } = parseArgs({
     password: { type: "string" },
     "expect-argv": { type: "string" },
     "expect-rule": { type: "string" },
+    "expect-trail-finding": { type: "string" },
     reason: { type: "string", default: "checked in the browser test" },
     expect: { type: "string", default: "approved" },
   },
@@ -118,6 +120,12 @@ async function run(page) {
     status: (await page.getByTestId("hold-status").textContent()).trim(),
     decision: (await page.getByTestId("hold-decision").textContent()).trim(),
   });
+  if (opts["expect-trail-finding"] !== undefined) {
+    await page.getByTestId("nav-audit").click();
+    const findings = page.getByTestId("trail-findings").filter({ hasText: opts["expect-trail-finding"] });
+    await findings.first().waitFor();
+    say("host_trails", { findings: (await findings.first().textContent()).trim() });
+  }
   if (!opts.link) return;
   await openLink(page, opts.link);
   const notice = page.getByTestId("notice");

@@ -220,6 +220,11 @@ fn a_person_signs_in_and_approves_a_held_exec_in_the_browser_and_it_runs() {
     let argv: Vec<&str> = hold["argv"].as_array().expect("argv").iter().map(text).collect();
     assert_eq!(argv[1], hostile.replace('\x1b', "\\x1b"));
     let shown = argv.join(" ");
+    // The host's trail was anchored, then showed cut: the Audit view must say so.
+    let anchor =
+        |records, head: &str| proto::v1::ChainAnchor { records, head: head.into(), ..Default::default() };
+    rt.block_on(served.store().anchor(HOST, &anchor(3, "a3"))).expect("anchor");
+    rt.block_on(served.store().anchor(HOST, &anchor(2, "b2"))).expect("anchor").expect("a finding");
 
     let run = browser(
         &served,
@@ -235,10 +240,17 @@ fn a_person_signs_in_and_approves_a_held_exec_in_the_browser_and_it_runs() {
             text(&hold["policy_rule"]),
             "--reason",
             "expected by the test",
+            "--expect-trail-finding",
+            "truncated: the trail has 2 records",
         ],
     );
     assert!(run.success, "{}", run.log);
     assert_eq!(run.step("signed_in")["role"], "approver");
+    assert!(
+        text(&run.step("host_trails")["findings"]).contains("an earlier anchor covered 3"),
+        "{}",
+        run.log
+    );
     assert_eq!(run.step("context")["argv"], shown.as_str());
     assert!(text(&run.step("shown")["decision"]).contains("bob@example.com"), "{}", run.log);
     let events = rt.block_on(served.store().audit_events()).expect("audit");

@@ -262,6 +262,23 @@ pub async fn audit(
     Ok(ok(serde_json::json!({"records": api.console.store().audit_records(&filter).await?})))
 }
 
+/// Each host's audit trail as anchored: its latest anchor, and every finding of a trail cut
+/// or rewritten after one.
+pub async fn host_trails(State(api): State<Api>, _: Principal) -> Result<Response, ApiError> {
+    let hosts: Vec<serde_json::Value> = api
+        .console
+        .store()
+        .trail_states()
+        .await?
+        .into_iter()
+        .map(|state| {
+            serde_json::json!({"host": state.host, "anchors": state.anchors.len(),
+                "latest": state.anchors.last(), "findings": state.findings})
+        })
+        .collect();
+    Ok(ok(serde_json::json!({"hosts": hosts})))
+}
+
 /// Checks the whole audit chain: its length and last hash, or the first broken record.
 pub async fn verify_audit(State(api): State<Api>, _: Principal) -> Result<Response, ApiError> {
     let head = api.console.store().verify_audit().await?;

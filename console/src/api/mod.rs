@@ -48,6 +48,7 @@ impl Api {
             .route("/api/holds/{id}/deny", post(holds::deny))
             .route("/api/audit", get(holds::audit))
             .route("/api/audit/verify", get(holds::verify_audit))
+            .route("/api/hosts/trails", get(holds::host_trails))
             .route("/api/tokens", get(auth::tokens).post(auth::create_token))
             .route("/api/tokens/{id}", delete(auth::revoke_token))
             .route("/api/{*rest}", axum::routing::any(unknown_route))
