@@ -23,6 +23,8 @@ use crate::{
 
 /// How long a host has to answer the challenge with its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Anchors closer together than this on one stream are ignored: each is a database row.
+const MIN_ANCHOR_INTERVAL: Duration = Duration::from_millis(500);
 /// Most holds one stream may have waiting at once: a host cannot grow the console's memory
 /// without bound. Holds past it are refused and time out on their host.
 const MAX_AWAITING: usize = 65_536;
@@ -123,6 +125,7 @@ impl AgentService for Console {
             awaiting: HashSet::new(),
             host: String::new(),
             host_key: None,
+            anchored_at: None,
             certificate,
         };
         tokio::spawn(async move {
@@ -175,6 +178,8 @@ struct Session {
     host: String,
     /// The key the host proved in its Hello: its anchors are signed with it.
     host_key: Option<VerifyingKey>,
+    /// When this stream's latest anchor was taken in.
+    anchored_at: Option<std::time::Instant>,
     /// SHA-256 of the client certificate the host presented (mutual TLS only).
     certificate: Option<String>,
 }
@@ -346,9 +351,23 @@ impl Session {
         }
     }
 
-    /// Keeps an anchor of the host's trail signed with the key of its Hello; a bad signature
-    /// ends the stream.
-    async fn on_anchor(&self, anchor: &ChainAnchor) -> Result<(), Status> {
+    /// Keeps an anchor of the host's trail signed with the key of its Hello; a malformed or
+    /// badly signed one ends the stream. At most two a second are kept (see [`MIN_ANCHOR_INTERVAL`]).
+    async fn on_anchor(&mut self, anchor: &ChainAnchor) -> Result<(), Status> {
+        let hash = |h: &str| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !hash(&anchor.head)
+            || (anchor.witness_records > 0 && !hash(&anchor.witness))
+            || anchor.witness_records > anchor.records
+        {
+            return Err(Status::invalid_argument(
+                "anchor: hashes are 64 hex digits, the witness within the trail",
+            ));
+        }
+        if self.anchored_at.is_some_and(|at| at.elapsed() < MIN_ANCHOR_INTERVAL) {
+            tracing::warn!(host = self.host, "anchors come faster than two a second: one ignored");
+            return Ok(());
+        }
+        self.anchored_at = Some(std::time::Instant::now());
         let key = self.host_key.as_ref().ok_or_else(|| Status::internal("no host key"))?;
         let signature = Signature::from_slice(&anchor.signature)
             .map_err(|_| Status::invalid_argument("anchor: signature is not 64 bytes"))?;

@@ -60,7 +60,16 @@ async fn a_host_anchors_over_its_stream(db: Db) {
     let running = Running::start(&db.url(), &console_key, loopback());
     let (host, mut events) = connect(&running.endpoint(), "web-01", &key(2), &console_key);
     connected(&mut events).await;
-    host.anchor(anchor(2, "h2", 0, ""));
+    let head = "ab".repeat(32);
+    // Malformed: refused, and the stream with it.
+    host.anchor(anchor(2, "not a hash", 0, ""));
+    let refused = tokio::time::timeout(WAIT, events.recv()).await.unwrap().unwrap();
+    assert!(
+        matches!(&refused, ClientEvent::Disconnected(why) if why.contains("64 hex digits")),
+        "{refused:?}"
+    );
+    connected(&mut events).await;
+    host.anchor(anchor(2, &head, 0, ""));
     let store = running.console.store();
     let deadline = Instant::now() + WAIT;
     while store.anchored_records("web-01").await.unwrap() != 2 {
@@ -73,7 +82,7 @@ async fn a_host_anchors_over_its_stream(db: Db) {
         .await
         .unwrap();
     let signature = ed25519_dalek::Signature::from_slice(&hex::decode(signature).unwrap()).unwrap();
-    let message = proto::anchor_message("web-01", &anchor(2, "h2", 0, ""));
+    let message = proto::anchor_message("web-01", &anchor(2, &head, 0, ""));
     key(2).verifying_key().verify_strict(&message, &signature).expect("signed by the host key");
     assert!(key(3).verifying_key().verify_strict(&message, &signature).is_err());
     drop((host, events));
