@@ -6,6 +6,7 @@ pub mod api;
 pub mod keys;
 pub mod oidc;
 pub mod people;
+pub mod policies;
 pub mod search;
 pub mod server;
 pub mod store;

@@ -339,6 +339,12 @@ impl Session {
                 Ok(())
             }
             host_message::Message::Anchor(anchor) => self.on_anchor(&anchor).await,
+            host_message::Message::Policies(report) => {
+                if let Some(why) = crate::policies::malformed(&report) {
+                    return Err(Status::invalid_argument(format!("policy report: {why}")));
+                }
+                self.console.store.report_policies(&self.host, &report).await.map_err(|e| store_status(&e))
+            }
             host_message::Message::HoldClosed(closed) => {
                 let reason = CloseReason::try_from(closed.reason).unwrap_or(CloseReason::Unspecified);
                 self.awaiting.remove(&closed.id);

@@ -16,8 +16,8 @@ use ed25519_dalek::{
 };
 use prost::Message as _;
 use proto::v1::{
-    ChainAnchor, Decision, EnrolRequest, Hello, HoldClosed, HoldRaised, HostMessage, Scope, SignedDecision,
-    Verdict, agent_service_client::AgentServiceClient, console_message, host_message,
+    ChainAnchor, Decision, EnrolRequest, Hello, HoldClosed, HoldRaised, HostMessage, PolicyReport, Scope,
+    SignedDecision, Verdict, agent_service_client::AgentServiceClient, console_message, host_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
@@ -141,6 +141,7 @@ enum Command {
     Raise(Box<HoldRaised>),
     Close(HoldClosed),
     Anchor(ChainAnchor),
+    Policies(PolicyReport),
 }
 
 /// The daemon's handle: raise and close holds; events arrive on the receiver from [`start`].
@@ -160,6 +161,11 @@ impl ClientHandle {
         let _ = self.commands.send(Command::Close(closed));
     }
 
+    /// Reports the policies in force: sent now, and again on every reconnection.
+    pub fn policies(&self, report: PolicyReport) {
+        let _ = self.commands.send(Command::Policies(report));
+    }
+
     /// Anchors the audit trail at `anchor`, signed with the host key. Sent now if the console
     /// is reachable, else dropped: the next anchor covers everything this one did.
     pub fn anchor(&self, anchor: ChainAnchor) {
@@ -177,6 +183,7 @@ pub fn start(config: ClientConfig) -> (ClientHandle, mpsc::Receiver<ClientEvent>
         pending: HashMap::new(),
         decided: VecDeque::new(),
         unsent_closures: VecDeque::new(),
+        policies: None,
         events,
     };
     tokio::spawn(state.run(command_rx));
@@ -191,6 +198,8 @@ struct State {
     /// Holds decided lately, oldest first.
     decided: VecDeque<String>,
     unsent_closures: VecDeque<HoldClosed>,
+    /// The latest report of the policies in force.
+    policies: Option<PolicyReport>,
     events: mpsc::Sender<ClientEvent>,
 }
 
@@ -254,7 +263,17 @@ impl State {
                 self.unsent_closures.push_back(closed);
             }
             Command::Anchor(_) => {}
+            Command::Policies(report) => self.policies = Some(report),
         }
+    }
+
+    /// What a new connection sends first: the policies in force, the closures not sent yet,
+    /// the holds still pending.
+    fn to_send_again(&mut self) -> Vec<host_message::Message> {
+        let policies = self.policies.clone().map(host_message::Message::Policies);
+        let backlog = self.unsent_closures.drain(..).map(host_message::Message::HoldClosed);
+        let holds = self.pending.values().cloned().map(host_message::Message::HoldRaised);
+        policies.into_iter().chain(backlog).chain(holds).collect()
     }
 
     /// `anchor`, signed with the host key.
@@ -312,9 +331,7 @@ impl State {
             }
             _ => return End::Failed("the console did not welcome this host".into()),
         };
-        let backlog = self.unsent_closures.drain(..).map(host_message::Message::HoldClosed);
-        let holds = self.pending.values().cloned().map(host_message::Message::HoldRaised);
-        for message in backlog.chain(holds).collect::<Vec<_>>() {
+        for message in self.to_send_again() {
             if out.send(host_message(message)).await.is_err() {
                 return End::Broken("the stream closed while re-sending holds".into());
             }
@@ -330,6 +347,7 @@ impl State {
                         Command::Raise(hold) => host_message::Message::HoldRaised((**hold).clone()),
                         Command::Close(closed) => host_message::Message::HoldClosed(closed.clone()),
                         Command::Anchor(anchor) => host_message::Message::Anchor(self.signed(anchor)),
+                        Command::Policies(report) => host_message::Message::Policies(report.clone()),
                     };
                     let sent = out.send(host_message(message)).await;
                     match command {
@@ -337,6 +355,7 @@ impl State {
                         Command::Close(closed) if sent.is_err() => self.remember(Command::Close(closed)),
                         Command::Close(closed) => { self.pending.remove(&closed.id); }
                         Command::Anchor(_) => {}
+                        Command::Policies(report) => self.policies = Some(report),
                     }
                     if sent.is_err() {
                         return End::Broken("the stream closed".into());

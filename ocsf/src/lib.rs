@@ -249,6 +249,9 @@ pub struct Resource {
 #[derive(Serialize)]
 pub struct Policy {
     pub name: String,
+    /// keyturn: the SHA-256 of the policy's text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desc: Option<String>,
 }

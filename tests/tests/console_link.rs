@@ -568,6 +568,14 @@ fn a_host_trail_rewritten_or_cut_after_its_anchor_is_named() {
     let written = daemon.audit().len() as u64;
     let state = anchored(&rt, console.store(), |s| s.anchors.last().is_some_and(|a| a.records >= written));
     assert!(state.findings.is_empty(), "{state:?}");
+    // The policies in force came with the anchors: the test policy as its file is written.
+    let in_force = rt.block_on(console.store().policies_in_force(0, i64::MAX)).expect("policies");
+    let test_policy = std::fs::read_to_string(daemon.policy_path("test")).expect("the policy file");
+    let test = in_force.iter().find(|p| p.name == "test").expect("the test policy at the console");
+    assert_eq!((test.text.as_str(), test.until_ms), (test_policy.as_str(), None));
+    let loaded = daemon.wait_record(0, |e| e["type"] == "policy_load" && e["policy"] == "test");
+    assert_eq!(loaded["sha256"], test.sha256.as_str(), "the host's trail names the same digest");
+    assert!(in_force.iter().any(|p| p.name == "default"), "{in_force:?}");
     let console_config = files.0.join("console.toml");
     std::fs::write(&console_config, format!("database = \"{}\"\n", files.database()))
         .expect("console config");

@@ -28,6 +28,9 @@ pub enum AuditEvent {
     PolicyLoad {
         policy: String,
         id: u32,
+        /// SHA-256 of the policy's text (absent in trails written before it was recorded).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sha256: String,
     },
     PolicyReload {
         trigger: String,

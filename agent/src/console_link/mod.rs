@@ -10,7 +10,8 @@ use std::{
 
 use host_client::{self as client, ClientConfig, ClientEvent, ClientTls, keys};
 use proto::v1::{
-    ChainAnchor, CloseReason, Decision, Egress, Exec, HoldClosed, HoldKind, HoldRaised, hold_raised,
+    ChainAnchor, CloseReason, Decision, Egress, Exec, HoldClosed, HoldKind, HoldRaised, PolicyInForce,
+    PolicyReport, hold_raised,
 };
 use tokio::sync::mpsc;
 
@@ -19,6 +20,7 @@ use crate::{
     config::{Config, ConsoleConfig},
     daemon::api::Scope,
     hold::context::{ActionKind, HoldView, Parent},
+    policy::file::Policy,
 };
 
 /// First wait before enrolling again after a failure; doubled up to [`MAX_ENROL_BACKOFF`].
@@ -50,6 +52,7 @@ enum Up {
     Raise(Box<HoldRaised>),
     Close(HoldClosed),
     Anchor(ChainAnchor),
+    Policies(PolicyReport),
 }
 
 /// The daemon's end of the link. Sending never waits: while the console is unreachable
@@ -71,6 +74,15 @@ impl Link {
     /// Reports that hold `id` ended on this host.
     pub fn close(&self, id: &str, nonce: u64, reason: CloseReason) {
         let _ = self.up.send(Up::Close(HoldClosed { id: id.to_owned(), nonce, reason: reason.into() }));
+    }
+
+    /// Reports `policies` as the ones in force.
+    pub fn policies<'a>(&self, policies: impl IntoIterator<Item = &'a Policy>) {
+        let policies = policies
+            .into_iter()
+            .map(|p| PolicyInForce { name: p.name.clone(), sha256: p.sha256.clone(), text: p.text.clone() })
+            .collect();
+        let _ = self.up.send(Up::Policies(PolicyReport { policies }));
     }
 
     /// Anchors the audit trail at `head`, witnessing `witness` (the record the console's
@@ -180,6 +192,7 @@ async fn run(
                 Some(Up::Raise(hold)) => handle.raise(*hold),
                 Some(Up::Close(closed)) => handle.close(closed),
                 Some(Up::Anchor(anchor)) => handle.anchor(anchor),
+                Some(Up::Policies(report)) => handle.policies(report),
                 None => return,
             },
             event = client_events.recv() => match event {

@@ -317,9 +317,12 @@ impl Daemon {
         let names: Vec<String> = self.policies.keys().cloned().collect();
         for name in names {
             let id = self.policy_id(&name);
-            let kernel = self.policies[&name].kernel.clone();
+            let (kernel, sha256) = (self.policies[&name].kernel.clone(), self.policies[&name].sha256.clone());
             self.enforcer.set_policy(id, &kernel)?;
-            self.record(AuditEvent::PolicyLoad { policy: name, id });
+            self.record(AuditEvent::PolicyLoad { policy: name, id, sha256 });
+        }
+        if let Some(link) = &self.link {
+            link.policies(self.policies.values().map(AsRef::as_ref));
         }
         Ok(())
     }

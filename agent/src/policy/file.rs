@@ -149,6 +149,9 @@ pub struct Policy {
     /// The verdict for a program no rule names.
     pub exec_default: Verdict,
     pub kernel: KernelPolicy,
+    /// The policy's text as written, and its SHA-256 (hex): what was in force, for audits.
+    pub text: String,
+    pub sha256: String,
 }
 
 impl Policy {
@@ -450,6 +453,8 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
         exec,
         exec_default: raw.exec_default.map_or(Verdict::Allow, |d| d.action),
         kernel,
+        text: text.to_owned(),
+        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
     })
 }
 

@@ -4,6 +4,7 @@
 mod anchors;
 mod api;
 mod hostile;
+mod policies;
 mod streams;
 mod support;
 mod tls;

@@ -229,11 +229,11 @@ impl Exporter {
                 m.status_id = Some(status::SUCCESS);
                 m
             }
-            AuditEvent::PolicyLoad { policy, id } => config_change(
+            AuditEvent::PolicyLoad { policy, id, sha256 } => config_change(
                 "Policy Load",
                 status::SUCCESS,
-                format!("policy {policy} loaded as kernel policy {id}"),
-                Some(Policy { name: policy, desc: None }),
+                format!("policy {policy} (SHA-256 {sha256}) loaded as kernel policy {id}"),
+                Some(Policy { name: policy, uid: (!sha256.is_empty()).then_some(sha256), desc: None }),
             ),
             AuditEvent::PolicyReload { trigger } => {
                 config_change("Policy Reload", status::SUCCESS, format!("policies reloaded: {trigger}"), None)
@@ -254,7 +254,7 @@ impl Exporter {
                     "Tag",
                     status::SUCCESS,
                     format!("{what} tagged as agent {agent} under policy {policy}, launched by {requester}"),
-                    Some(Policy { name: policy, desc: None }),
+                    Some(Policy { name: policy, uid: None, desc: None }),
                 )
             }
             AuditEvent::TagFollowed { unit, agent, cgroup, .. } => config_change(
@@ -566,6 +566,7 @@ fn action(hold: &HoldView, step: Step, disposition_id: u32, message: String) -> 
     m.disposition_id = Some(disposition_id);
     m.policy = (!hold.policy.is_empty() || !hold.policy_rule.is_empty()).then(|| Policy {
         name: if hold.policy.is_empty() { "keyturn policy".into() } else { hold.policy.clone() },
+        uid: None,
         desc: (!hold.policy_rule.is_empty()).then(|| hold.policy_rule.clone()),
     });
     m.hold = Some(hold.id.clone());

@@ -78,7 +78,7 @@ fn every_kind() -> Vec<AuditEvent> {
             egress_hold: EgressHold::Stop,
             version: "0.1.0".into(),
         },
-        AuditEvent::PolicyLoad { policy: "default".into(), id: 0 },
+        AuditEvent::PolicyLoad { policy: "default".into(), id: 0, sha256: "12".repeat(32) },
         AuditEvent::PolicyReload { trigger: "policies/default.toml changed".into() },
         AuditEvent::PolicyLoadFailed {
             trigger: "SIGHUP".into(),
