@@ -269,7 +269,7 @@ impl State {
 
     /// What a new connection sends first: the policies in force, the closures not sent yet,
     /// the holds still pending.
-    fn to_send_again(&mut self) -> Vec<host_message::Message> {
+    fn first_on_a_new_stream(&mut self) -> Vec<host_message::Message> {
         let policies = self.policies.clone().map(host_message::Message::Policies);
         let backlog = self.unsent_closures.drain(..).map(host_message::Message::HoldClosed);
         let holds = self.pending.values().cloned().map(host_message::Message::HoldRaised);
@@ -331,7 +331,7 @@ impl State {
             }
             _ => return End::Failed("the console did not welcome this host".into()),
         };
-        for message in self.to_send_again() {
+        for message in self.first_on_a_new_stream() {
             if out.send(host_message(message)).await.is_err() {
                 return End::Broken("the stream closed while re-sending holds".into());
             }
