@@ -8,7 +8,7 @@ use crate::support::{Db, Running, connect, connected, hold, key, loopback, store
 use console::{
     Api, RoleMap,
     oidc::PendingLogin,
-    people::{KeptLogin, LOGIN_LIFETIME, Principal, Role, SignIn, TOKEN_LIFETIME},
+    people::{Credential, KeptLogin, LOGIN_LIFETIME, Principal, Role, SignIn, TOKEN_LIFETIME},
 };
 use host_client::{ClientEvent, ClientHandle};
 use proto::v1::HoldRaised;
@@ -222,6 +222,7 @@ async fn every_refusal_has_its_status_and_code(db: Db) {
         display_name: "Dora".into(),
         role: Role::Approver,
         via: "session".into(),
+        credential: Credential::Oidc { issuer: "https://idp.example".into(), subject: "dora-1".into() },
     };
     let cookie = api.running.console.store().create_session(&session, SignIn::Oidc).await.unwrap();
     assert_eq!(api.get("/api/me", &As::Session(&cookie, false)).await.1["person"], "dora");
