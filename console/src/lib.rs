@@ -2,6 +2,7 @@
 //! stores them and sends back signed decisions, with several replicas on one database.
 
 pub mod api;
+pub mod evidence;
 pub mod keys;
 pub mod oidc;
 pub mod people;
@@ -31,6 +32,8 @@ pub enum ConsoleError {
     Config { path: PathBuf, reason: String },
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Evidence(#[from] evidence::EvidenceError),
     #[error(transparent)]
     Key(#[from] host_client::keys::KeyError),
     #[error("listening on {addr}: {source}")]
@@ -211,6 +214,18 @@ pub async fn issue_api_token(
 ) -> Result<(String, String), ConsoleError> {
     let store = Store::open(&config.database).await?;
     Ok(store.create_api_token(person, role, name, "keyturn console api-token", lifetime).await?)
+}
+
+/// Makes the evidence pack of `period` from the database and with the key `config` names
+/// (`keyturn console evidence`), asked for by `by`: the zip's bytes.
+pub async fn export_evidence(
+    config: &Config,
+    period: evidence::Period,
+    by: &str,
+) -> Result<Vec<u8>, ConsoleError> {
+    let store = Store::open(&config.database).await?;
+    let signer = keys::Signer::new(host_client::keys::load_or_create(&config.key)?);
+    Ok(evidence::export(&store, &signer, period, by).await?)
 }
 
 /// Runs the console of `config` until interrupted (`keyturn console`).
