@@ -223,9 +223,27 @@ pub async fn export_evidence(
     period: evidence::Period,
     by: &str,
 ) -> Result<Vec<u8>, ConsoleError> {
+    let signer = keys::Signer::new(existing_key(config)?);
     let store = Store::open(&config.database).await?;
-    let signer = keys::Signer::new(host_client::keys::load_or_create(&config.key)?);
     Ok(evidence::export(&store, &signer, period, by).await?)
+}
+
+/// The console's public key, from the key file `config` names (`keyturn console evidence
+/// verify` without `--public-key`).
+pub fn public_key(config: &Config) -> Result<ed25519_dalek::VerifyingKey, ConsoleError> {
+    Ok(existing_key(config)?.verifying_key())
+}
+
+/// The console's key from the file `config` names, which must exist: a pack signed by a key
+/// made on the spot would prove nothing.
+fn existing_key(config: &Config) -> Result<ed25519_dalek::SigningKey, ConsoleError> {
+    if !config.key.exists() {
+        return Err(ConsoleError::Config {
+            path: config.key.clone(),
+            reason: "no key file: the console makes its key at its first start".into(),
+        });
+    }
+    Ok(host_client::keys::load_or_create(&config.key)?)
 }
 
 /// Runs the console of `config` until interrupted (`keyturn console`).
