@@ -194,12 +194,12 @@ fn contents(
     key: &VerifyingKey,
     problems: &mut Vec<Problem>,
 ) -> Option<Summary> {
-    let mut read = |path: &str| match files.get(path) {
-        Some(bytes) => Some(bytes.as_slice()),
-        None => {
+    let mut read = |path: &str| {
+        let bytes = files.get(path).map(Vec::as_slice);
+        if bytes.is_none() {
             problems.push(Problem::Removed(path.to_owned()));
-            None
         }
+        bytes
     };
     let (chain, segment, holds) = (read(CHAIN)?, read(SEGMENT)?, read(HOLDS)?);
     let parsed = (|| {
