@@ -4,3 +4,7 @@
 ALTER TABLE sessions ADD COLUMN credential TEXT;
 ALTER TABLE approvals ADD COLUMN credential TEXT;
 ALTER TABLE decisions ADD COLUMN credential TEXT;
+
+-- A pack selects holds by the time they were requested and audit records by their time.
+CREATE INDEX holds_by_requested ON holds (requested_at_ms);
+CREATE INDEX audit_by_time ON audit (at_ms);
