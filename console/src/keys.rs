@@ -31,6 +31,11 @@ impl Signer {
         let signature: Signature = self.key.sign(&proto::decision_message(&bytes));
         SignedDecision { decision: bytes, signature: signature.to_bytes().to_vec(), key_id: self.id.clone() }
     }
+
+    /// Signs an evidence pack's `manifest.json`, under its own context.
+    pub fn sign_evidence_manifest(&self, manifest: &[u8]) -> Signature {
+        self.key.sign(&proto::evidence_manifest_message(manifest))
+    }
 }
 
 #[cfg(test)]
@@ -51,5 +56,19 @@ mod tests {
         assert_eq!(signed.key_id, key_id(&public));
         assert_eq!(public_key_from_hex(&hex::encode(public.as_bytes())).unwrap(), public);
         assert!(public_key_from_hex("00").is_err());
+    }
+
+    #[test]
+    fn a_decision_signature_and_a_manifest_signature_never_pass_for_each_other() {
+        let signer = Signer::new(SigningKey::from_bytes(&[1; 32]));
+        let public = signer.public_key();
+        let signed = signer.sign(&Decision { hold_id: "h1".into(), ..Decision::default() });
+        let decision = Signature::from_slice(&signed.signature).unwrap();
+        // The same bytes, offered as a manifest: refused.
+        let as_manifest = proto::evidence_manifest_message(&signed.decision);
+        assert!(public.verify_strict(&as_manifest, &decision).is_err());
+        let manifest = signer.sign_evidence_manifest(&signed.decision);
+        assert!(public.verify_strict(&as_manifest, &manifest).is_ok());
+        assert!(public.verify_strict(&proto::decision_message(&signed.decision), &manifest).is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod anchors;
 pub mod api;
+pub mod evidence;
 pub mod keys;
 pub mod oidc;
 pub mod people;
@@ -33,6 +34,8 @@ pub enum ConsoleError {
     Config { path: PathBuf, reason: String },
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Evidence(#[from] evidence::EvidenceError),
     #[error(transparent)]
     Key(#[from] host_client::keys::KeyError),
     #[error("listening on {addr}: {source}")]
@@ -213,6 +216,36 @@ pub async fn issue_api_token(
 ) -> Result<(String, String), ConsoleError> {
     let store = Store::open(&config.database).await?;
     Ok(store.create_api_token(person, role, name, "keyturn console api-token", lifetime).await?)
+}
+
+/// Makes the evidence pack of `period` from the database and with the key `config` names
+/// (`keyturn console evidence`), asked for by `by`: the zip's bytes.
+pub async fn export_evidence(
+    config: &Config,
+    period: evidence::Period,
+    by: &str,
+) -> Result<Vec<u8>, ConsoleError> {
+    let signer = keys::Signer::new(existing_key(config)?);
+    let store = Store::open(&config.database).await?;
+    Ok(evidence::export(&store, &signer, period, by).await?)
+}
+
+/// The console's public key, from the key file `config` names (`keyturn console evidence
+/// verify` without `--public-key`).
+pub fn public_key(config: &Config) -> Result<ed25519_dalek::VerifyingKey, ConsoleError> {
+    Ok(existing_key(config)?.verifying_key())
+}
+
+/// The console's key from the file `config` names, which must exist: a pack signed by a key
+/// made on the spot would prove nothing.
+fn existing_key(config: &Config) -> Result<ed25519_dalek::SigningKey, ConsoleError> {
+    if !config.key.exists() {
+        return Err(ConsoleError::Config {
+            path: config.key.clone(),
+            reason: "no key file: the console makes its key at its first start".into(),
+        });
+    }
+    Ok(host_client::keys::load_or_create(&config.key)?)
 }
 
 /// Runs the console of `config` until interrupted (`keyturn console`).

@@ -64,6 +64,38 @@ pub struct Principal {
     pub role: Role,
     /// `session` or `token:<id>`.
     pub via: String,
+    /// How they proved who they are, recorded with each of their decisions.
+    #[serde(skip)]
+    pub credential: Credential,
+}
+
+/// How a person proved who they are to the console, as each vote records it (JSON in
+/// the database, and in evidence packs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Credential {
+    /// A browser session whose ID token the identity provider `issuer` signed for `subject`.
+    Oidc { issuer: String, subject: String },
+    /// A browser session opened with a one-time sign-in link, which only an operator of the
+    /// host the console runs on can get.
+    SignInLink,
+    /// The API token `token` (its id), made for the person.
+    ApiToken { token: String },
+    /// Not recorded: decided before the console kept credentials.
+    #[default]
+    Unrecorded,
+}
+
+impl Credential {
+    /// As stored in a `credential` column.
+    pub(crate) fn to_column(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// From a `credential` column: NULL, or anything unreadable, is [`Credential::Unrecorded`].
+    pub(crate) fn from_column(column: Option<&str>) -> Self {
+        column.and_then(|text| serde_json::from_str(text).ok()).unwrap_or_default()
+    }
 }
 
 /// An API token as listed (the secret itself is shown once, at creation).
@@ -255,6 +287,7 @@ impl Store {
             display_name: person.clone(),
             person,
             role: role_of(&role)?,
+            credential: Credential::ApiToken { token: id.clone() },
             via: format!("token:{id}"),
         }))
     }
@@ -269,8 +302,8 @@ impl Store {
         let now = now_ms();
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO sessions (token_sha256, person, display_name, role, created_at_ms, expires_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO sessions (token_sha256, person, display_name, role, created_at_ms, expires_at_ms, credential)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(sha256(&token))
         .bind(&principal.person)
@@ -278,6 +311,7 @@ impl Store {
         .bind(principal.role.as_str())
         .bind(now)
         .bind(now.saturating_add(millis(SESSION_LIFETIME)))
+        .bind(principal.credential.to_column())
         .execute(&mut *tx)
         .await?;
         let event = serde_json::json!({
@@ -291,16 +325,22 @@ impl Store {
     /// Who the unexpired session `token` belongs to, if anyone.
     pub async fn session_principal(&self, token: &str) -> Result<Option<Principal>, StoreError> {
         let row = sqlx::query(
-            "SELECT person, display_name, role FROM sessions WHERE token_sha256 = $1 AND expires_at_ms > $2",
+            "SELECT person, display_name, role, credential FROM sessions WHERE token_sha256 = $1 AND expires_at_ms > $2",
         )
         .bind(sha256(token))
         .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let (person, display_name, role): (String, String, String) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        Ok(Some(Principal { person, display_name, role: role_of(&role)?, via: "session".into() }))
+        let (person, display_name, role, credential): (String, String, String, Option<String>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        Ok(Some(Principal {
+            person,
+            display_name,
+            role: role_of(&role)?,
+            via: "session".into(),
+            credential: Credential::from_column(credential.as_deref()),
+        }))
     }
 
     /// Ends the session `token` (signing out); sessions past their end are swept too.
@@ -360,8 +400,13 @@ impl Store {
     /// session cookie's secret; `None` for a secret unknown, used, expired or not a link's.
     pub async fn redeem_sign_in_link(&self, secret: &str) -> Result<Option<(Principal, String)>, StoreError> {
         let Some(KeptLogin::Link { person }) = self.take_login(secret).await? else { return Ok(None) };
-        let principal =
-            Principal { display_name: person.clone(), person, role: Role::Admin, via: "session".into() };
+        let principal = Principal {
+            display_name: person.clone(),
+            person,
+            role: Role::Admin,
+            via: "session".into(),
+            credential: Credential::SignInLink,
+        };
         let session = self.create_session(&principal, SignIn::Link).await?;
         Ok(Some((principal, session)))
     }

@@ -16,7 +16,7 @@ use sqlx::{
 };
 use tokio::sync::broadcast;
 
-use crate::keys::Signer;
+use crate::{keys::Signer, people::Credential};
 
 /// The PostgreSQL channel that carries "hold X of host H was decided" between replicas.
 const CHANNEL: &str = "keyturn_decisions";
@@ -118,6 +118,8 @@ pub struct DecisionRequest {
     pub reason: String,
     /// The authenticated person deciding (the caller vouches for it).
     pub decided_by: String,
+    /// How they proved who they are.
+    pub credential: Credential,
 }
 
 /// One hold as stored.
@@ -598,8 +600,8 @@ impl Store {
         let signed = signer.sign(&decision);
         let verdict_name = if approve { "approve" } else { "deny" };
         sqlx::query(
-            "INSERT INTO decisions (host, hold_id, verdict, decided_by, decided_at_ms, reason, signed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO decisions (host, hold_id, verdict, decided_by, decided_at_ms, reason, signed, credential)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(host)
         .bind(hold_id)
@@ -608,6 +610,7 @@ impl Store {
         .bind(now)
         .bind(&request.reason)
         .bind(hex::encode(signed.encode_to_vec()))
+        .bind(request.credential.to_column())
         .execute(&mut *tx)
         .await?;
         let event = serde_json::json!({
@@ -650,13 +653,15 @@ impl Store {
             });
         }
         sqlx::query(
-            "INSERT INTO approvals (host, hold_id, approver, approved_at_ms, reason) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO approvals (host, hold_id, approver, approved_at_ms, reason, credential)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&request.host)
         .bind(&request.hold_id)
         .bind(&request.decided_by)
         .bind(now)
         .bind(&request.reason)
+        .bind(request.credential.to_column())
         .execute(&mut **tx)
         .await?;
         Ok(approvers.into_iter().chain([request.decided_by.clone()]).collect())
@@ -728,57 +733,90 @@ impl Store {
         Ok(())
     }
 
+    /// A read-only transaction that sees one snapshot of the database: records, head and
+    /// holds read in it agree with each other, whatever commits meanwhile.
+    pub(crate) async fn snapshot(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN").await,
+            Backend::Postgres => {
+                self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await
+            }
+        }
+    }
+
     /// Checks the whole audit trail: sequence, chain, hashes, and that it ends where the
     /// head says (nothing cut off). Names the first bad record.
     pub async fn verify_audit(&self) -> Result<AuditHead, StoreError> {
         // One snapshot for the records and the head: an append committed in between would
         // otherwise make a sound trail look cut off.
-        let mut tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN").await?,
-            Backend::Postgres => {
-                self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?
-            }
-        };
-        let rows = sqlx::query("SELECT seq, at_ms, prev, event, hash FROM audit ORDER BY seq")
-            .fetch_all(&mut *tx)
-            .await?;
-        let head =
-            sqlx::query("SELECT next_seq, hash FROM audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
-        let (next, head_hash): (i64, String) = (head.try_get(0)?, head.try_get(1)?);
-        drop(tx);
-        let mut prev = "0".repeat(64);
-        let mut expected = 0;
-        for row in rows {
-            let (seq, at, record_prev, event, hash): (i64, i64, String, String, String) =
-                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
-            let broken = |reason: &str| StoreError::AuditBroken { seq, reason: reason.to_owned() };
-            if seq != expected {
-                return Err(broken(&format!("sequence {seq} where {expected} was due: records removed")));
-            }
-            if record_prev != prev {
-                return Err(broken("does not chain to the record before it"));
-            }
-            if seal(seq, at, &record_prev, &event) != hash {
-                return Err(broken("contents do not match the record's hash: edited"));
-            }
-            expected += 1;
-            prev = hash;
-        }
-        if next != expected || head_hash != prev {
-            return Err(StoreError::AuditBroken {
-                seq: expected,
-                reason: format!("the trail ends at record {expected} but {next} were written: truncated"),
-            });
-        }
-        Ok(AuditHead { records: expected, hash: prev })
+        verify_audit_in(&mut self.snapshot().await?).await
     }
-
     /// The audit events, oldest first (unverified: see [`Store::verify_audit`]).
     pub async fn audit_events(&self) -> Result<Vec<serde_json::Value>, StoreError> {
         let events: Vec<String> =
             sqlx::query_scalar("SELECT event FROM audit ORDER BY seq").fetch_all(&self.pool).await?;
         Ok(events.iter().filter_map(|e| serde_json::from_str(e).ok()).collect())
     }
+}
+
+/// One record of the audit trail, exactly as stored: `event` is the JSON text its hash covers.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct ChainRecord {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub prev: String,
+    pub event: String,
+    pub hash: String,
+}
+
+/// The `prev` of the trail's first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Checks that `records` run on from sequence `seq` chained to the hash `prev`: each
+/// numbered next, naming the hash of the one before, its contents matching its own hash.
+/// Names the first bad record; returns where the records end.
+pub fn check_chain<'a>(
+    records: impl IntoIterator<Item = &'a ChainRecord>,
+    seq: i64,
+    prev: &str,
+) -> Result<AuditHead, StoreError> {
+    let (mut expected, mut prev) = (seq, prev.to_owned());
+    for record in records {
+        let broken = |reason: &str| StoreError::AuditBroken { seq: record.seq, reason: reason.to_owned() };
+        if record.seq != expected {
+            return Err(broken(&format!(
+                "sequence {} where {expected} was due: records removed",
+                record.seq
+            )));
+        }
+        if record.prev != prev {
+            return Err(broken("does not chain to the record before it"));
+        }
+        if seal(record.seq, record.at_ms, &record.prev, &record.event) != record.hash {
+            return Err(broken("contents do not match the record's hash: edited"));
+        }
+        expected += 1;
+        prev.clone_from(&record.hash);
+    }
+    Ok(AuditHead { records: expected, hash: prev })
+}
+
+/// [`Store::verify_audit`] inside `tx`, which should see one snapshot.
+pub(crate) async fn verify_audit_in(tx: &mut Transaction<'_, Any>) -> Result<AuditHead, StoreError> {
+    let records: Vec<ChainRecord> =
+        sqlx::query_as("SELECT seq, at_ms, prev, event, hash FROM audit ORDER BY seq")
+            .fetch_all(&mut **tx)
+            .await?;
+    let head = sqlx::query("SELECT next_seq, hash FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await?;
+    let (next, head_hash): (i64, String) = (head.try_get(0)?, head.try_get(1)?);
+    let end = check_chain(&records, 0, GENESIS)?;
+    if next != end.records || head_hash != end.hash {
+        return Err(StoreError::AuditBroken {
+            seq: end.records,
+            reason: format!("the trail ends at record {} but {next} were written: truncated", end.records),
+        });
+    }
+    Ok(end)
 }
 
 /// Passes PostgreSQL notifications on to this replica's sessions. When the listener's

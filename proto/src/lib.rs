@@ -11,6 +11,10 @@ pub mod v1 {
 /// `Decision`. A signature made for anything else can never pass as a decision.
 pub const DECISION_CONTEXT: &[u8] = b"keyturn.v1.decision\0";
 
+/// Prefix of what a console signs for an evidence pack: Ed25519 over this, then the pack's
+/// `manifest.json`. A decision's signature can never pass as a manifest's, nor the reverse.
+pub const EVIDENCE_MANIFEST_CONTEXT: &[u8] = b"keyturn.v1.evidence-manifest\0";
+
 /// Prefix of what a host signs in its `Hello`: this, the console's challenge, the host name.
 pub const HELLO_CONTEXT: &[u8] = b"keyturn.v1.hello\0";
 
@@ -41,4 +45,9 @@ pub fn hello_message(challenge: &[u8], host: &str) -> Vec<u8> {
 /// The bytes a console signs for the encoded decision `decision`.
 pub fn decision_message(decision: &[u8]) -> Vec<u8> {
     [DECISION_CONTEXT, decision].concat()
+}
+
+/// The bytes a console signs for an evidence pack's `manifest.json`.
+pub fn evidence_manifest_message(manifest: &[u8]) -> Vec<u8> {
+    [EVIDENCE_MANIFEST_CONTEXT, manifest].concat()
 }

@@ -224,6 +224,7 @@ fn decision_request(id: &str, verdict: Verdict, person: &str) -> DecisionRequest
         duration_secs: 0,
         reason: format!("{person} says so"),
         decided_by: person.into(),
+        credential: console::people::Credential::Unrecorded,
     }
 }
 

@@ -156,6 +156,34 @@ enum ConsoleCommand {
     /// (valid 10 minutes, used once). The daemon gives one to root and the approver group
     /// only; here --config names the daemon's file.
     Login,
+    /// Write the signed evidence pack of a period for auditors (a zip), or verify one.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Evidence {
+        #[command(subcommand)]
+        verify: Option<EvidenceCommand>,
+        /// Holds requested from this time on: RFC 3339 in UTC, or a date (midnight UTC).
+        #[arg(long, required = true, value_name = "DATE")]
+        from: Option<String>,
+        /// Up to this time (exclusive), or a date (included whole).
+        #[arg(long, required = true, value_name = "DATE")]
+        to: Option<String>,
+        /// Where to write the pack.
+        #[arg(long, required = true, value_name = "PACK.zip")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvidenceCommand {
+    /// Check a pack offline, with only the console's public key: the signature, every
+    /// file's digest, the audit chain segment and each signed decision.
+    Verify {
+        pack: PathBuf,
+        /// The console's public key (64 hex digits, as `keyturn console` logs it at start);
+        /// without it, the public half of the key file the console's --config names.
+        #[arg(long, value_name = "HEX")]
+        public_key: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -384,6 +412,28 @@ fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow
                 link.valid_secs / 60
             );
             println!("{}", link.url);
+        }
+        Some(ConsoleCommand::Evidence {
+            verify: Some(EvidenceCommand::Verify { pack, public_key }), ..
+        }) => {
+            let key = match public_key {
+                Some(hex) => host_client::keys::public_key_from_hex(hex)?,
+                None => console::public_key(&console_config()?)?,
+            };
+            let bytes = std::fs::read(pack).with_context(|| format!("reading {}", pack.display()))?;
+            println!("{}", console::evidence::verify(&bytes, &key)?);
+        }
+        Some(ConsoleCommand::Evidence { verify: None, from, to, out }) => {
+            let (Some(from), Some(to), Some(out)) = (from, to, out) else {
+                unreachable!("clap: --from, --to and --out are required")
+            };
+            let config = console_config()?;
+            let period = console::evidence::Period::parse(from, to)?;
+            let by = format!("unix:{}", crate::hold::context::user_name(nix::unistd::getuid().as_raw()));
+            let pack = runtime.block_on(console::export_evidence(&config, period, &by))?;
+            std::fs::write(out, &pack).with_context(|| format!("writing {}", out.display()))?;
+            let summary = console::evidence::verify(&pack, &console::public_key(&config)?)?;
+            eprintln!("wrote {} ({} bytes)\n{summary}", out.display(), pack.len());
         }
     }
     Ok(0)

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{Api, ApiError, body, ok};
 use crate::people::{
-    KeptLogin, MAX_TOKEN_LIFETIME, Principal, Role, SESSION_LIFETIME, SignIn, TOKEN_LIFETIME,
+    Credential, KeptLogin, MAX_TOKEN_LIFETIME, Principal, Role, SESSION_LIFETIME, SignIn, TOKEN_LIFETIME,
 };
 
 /// The session cookie's name.
@@ -261,6 +261,7 @@ pub async fn callback(
         person,
         role,
         via: "session".into(),
+        credential: Credential::Oidc { issuer: identity.issuer, subject: identity.subject },
     };
     let session = store.create_session(&principal, SignIn::Oidc).await?;
     Ok((

@@ -219,6 +219,7 @@ async fn decide(
         duration_secs,
         reason,
         decided_by: principal.person.clone(),
+        credential: principal.credential.clone(),
     };
     match api.console.decide(&request).await {
         Ok(Outcome::Decided(_)) => {

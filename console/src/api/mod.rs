@@ -2,6 +2,7 @@
 //! routes, and the web UI's static files, all from one listener.
 
 mod auth;
+mod evidence;
 mod holds;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -49,6 +50,7 @@ impl Api {
             .route("/api/audit", get(holds::audit))
             .route("/api/audit/verify", get(holds::verify_audit))
             .route("/api/hosts/trails", get(holds::host_trails))
+            .route("/api/evidence", get(evidence::export))
             .route("/api/tokens", get(auth::tokens).post(auth::create_token))
             .route("/api/tokens/{id}", delete(auth::revoke_token))
             .route("/api/{*rest}", axum::routing::any(unknown_route))

@@ -8,7 +8,7 @@ use crate::support::{Db, Running, connect, connected, hold, key, loopback, store
 use console::{
     Api, RoleMap,
     oidc::PendingLogin,
-    people::{KeptLogin, LOGIN_LIFETIME, Principal, Role, SignIn, TOKEN_LIFETIME},
+    people::{Credential, KeptLogin, LOGIN_LIFETIME, Principal, Role, SignIn, TOKEN_LIFETIME},
 };
 use host_client::{ClientEvent, ClientHandle};
 use proto::v1::HoldRaised;
@@ -16,15 +16,15 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-const HOST: &str = "web-01";
+pub const HOST: &str = "web-01";
 
 /// A console with its API on loopback and one connected host; the API stops on drop.
-struct Fixture {
-    running: Running,
+pub struct Fixture {
+    pub running: Running,
     host: ClientHandle,
     _events: mpsc::Receiver<ClientEvent>,
-    base: String,
-    client: reqwest::Client,
+    pub base: String,
+    pub client: reqwest::Client,
     api: tokio::task::JoinHandle<()>,
 }
 
@@ -35,7 +35,7 @@ impl Drop for Fixture {
 }
 
 /// Who a request comes as.
-enum As<'a> {
+pub enum As<'a> {
     Nobody,
     Token(&'a str),
     /// A session cookie, with or without the `X-Requested-With: keyturn` header.
@@ -43,7 +43,7 @@ enum As<'a> {
 }
 
 impl Fixture {
-    async fn start(db: &Db) -> Self {
+    pub async fn start(db: &Db) -> Self {
         let console_key = key(1);
         let running = Running::start(&db.url(), &console_key, loopback());
         let (host, mut events) = connect(&running.endpoint(), HOST, &key(2), &console_key);
@@ -56,14 +56,14 @@ impl Fixture {
     }
 
     /// Raises `raised` on the host stream and waits until the console has it.
-    async fn raise(&self, raised: HoldRaised) -> String {
+    pub async fn raise(&self, raised: HoldRaised) -> String {
         let id = raised.id.clone();
         self.host.raise(raised);
         stored(self.running.console.store(), HOST, &id).await;
         format!("{id}@{HOST}")
     }
 
-    async fn token(&self, person: &str, role: Role) -> String {
+    pub async fn token(&self, person: &str, role: Role) -> String {
         self.running
             .console
             .store()
@@ -98,11 +98,11 @@ impl Fixture {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn get(&self, path: &str, who: &As<'_>) -> (StatusCode, Value) {
+    pub async fn get(&self, path: &str, who: &As<'_>) -> (StatusCode, Value) {
         self.call(Method::GET, path, who, None).await
     }
 
-    async fn post(&self, path: &str, who: &As<'_>, body: &str) -> (StatusCode, Value) {
+    pub async fn post(&self, path: &str, who: &As<'_>, body: &str) -> (StatusCode, Value) {
         self.call(Method::POST, path, who, Some(body)).await
     }
 
@@ -135,7 +135,7 @@ impl Fixture {
 
 /// Asserts an error response: its status and its stable code.
 #[track_caller]
-fn refused((status, body): &(StatusCode, Value), expected: StatusCode, code: &str) {
+pub fn refused((status, body): &(StatusCode, Value), expected: StatusCode, code: &str) {
     assert_eq!((*status, body["error"]["code"].as_str()), (expected, Some(code)), "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }
@@ -222,6 +222,7 @@ async fn every_refusal_has_its_status_and_code(db: Db) {
         display_name: "Dora".into(),
         role: Role::Approver,
         via: "session".into(),
+        credential: Credential::Oidc { issuer: "https://idp.example".into(), subject: "dora-1".into() },
     };
     let cookie = api.running.console.store().create_session(&session, SignIn::Oidc).await.unwrap();
     assert_eq!(api.get("/api/me", &As::Session(&cookie, false)).await.1["person"], "dora");

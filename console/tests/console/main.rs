@@ -3,6 +3,7 @@
 
 mod anchors;
 mod api;
+mod evidence;
 mod hostile;
 mod policies;
 mod streams;

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use crate::support::{Db, Running, connect, connected, hold, key, loopback, next_event, stored};
-use console::store::{DecisionRequest, Outcome, StoreError};
+use console::{
+    people::Credential,
+    store::{DecisionRequest, Outcome, StoreError},
+};
 use host_client::ClientEvent;
 use proto::v1::{Scope, Verdict};
 
@@ -17,6 +20,7 @@ pub fn request(host: &str, hold_id: &str, verdict: Verdict, by: &str) -> Decisio
         duration_secs: 0,
         reason: format!("{by} says so"),
         decided_by: by.into(),
+        credential: Credential::Unrecorded,
     }
 }
 
