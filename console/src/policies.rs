@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 
 use proto::v1::PolicyReport;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use sqlx::Row as _;
+use sqlx::{Any, Row as _, Transaction};
 
 use crate::store::{Store, StoreError, audit, now_ms};
 
@@ -15,7 +15,7 @@ const MAX_POLICIES: usize = 256;
 const MAX_TEXT: usize = 1 << 20;
 
 /// One version of one policy of one host, and when it was in force.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostPolicy {
     pub host: String,
     pub name: String,
@@ -105,13 +105,25 @@ impl Store {
 
     /// Every policy version of every host in force at some time in `[from_ms, to_ms)`.
     pub async fn policies_in_force(&self, from_ms: i64, to_ms: i64) -> Result<Vec<HostPolicy>, StoreError> {
+        let mut tx = self.snapshot().await.map_err(StoreError::from)?;
+        policies_in_force_in(&mut tx, from_ms, to_ms).await
+    }
+}
+
+/// [`Store::policies_in_force`], read in `tx` (an evidence pack's one snapshot).
+pub(crate) async fn policies_in_force_in(
+    tx: &mut Transaction<'_, Any>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<HostPolicy>, StoreError> {
+    {
         let rows = sqlx::query(
             "SELECT host, name, sha256, text, from_ms, until_ms FROM host_policies
              WHERE from_ms < $1 AND (until_ms IS NULL OR until_ms > $2) ORDER BY host, name, from_ms",
         )
         .bind(to_ms)
         .bind(from_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut **tx)
         .await?;
         rows.iter()
             .map(|row| {

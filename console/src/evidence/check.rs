@@ -12,10 +12,13 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest as _, Sha256};
 
 use super::{
-    CHAIN, EvidenceError, FORMAT, HOLDS, MANIFEST, Period, SEGMENT, SIGNATURE,
+    CHAIN, EvidenceError, FORMAT, HOLDS, MANIFEST, POLICIES, Period, SEGMENT, SIGNATURE,
     record::{ChainState, Context, DecisionRecord, HoldEvidence, Manifest, Status},
 };
-use crate::store::{ChainRecord, GENESIS, StoreError, check_chain};
+use crate::{
+    policies::HostPolicy,
+    store::{ChainRecord, GENESIS, StoreError, check_chain},
+};
 
 /// Largest file a pack may hold once inflated: a crafted zip cannot exhaust memory.
 const MAX_FILE_BYTES: u64 = 1 << 30;
@@ -45,6 +48,8 @@ pub enum Problem {
     Chain(StoreError),
     #[error("holds.json: hold {id}: {reason}")]
     Hold { id: String, reason: String },
+    #[error("policies.json: policy {name} of {host}: its text does not hash to its sha256")]
+    Policy { host: String, name: String },
 }
 
 /// What a pack that verifies holds.
@@ -60,6 +65,8 @@ pub struct Summary {
     pub chain: ChainState,
     /// Records in the segment (the anchor included).
     pub segment_records: usize,
+    /// Policy versions in force in the period, each text matching its digest.
+    pub policies: usize,
 }
 
 impl fmt::Display for Summary {
@@ -201,7 +208,7 @@ fn contents(
         }
         bytes
     };
-    let (chain, segment, holds) = (read(CHAIN)?, read(SEGMENT)?, read(HOLDS)?);
+    let (chain, segment, holds, policies) = (read(CHAIN)?, read(SEGMENT)?, read(HOLDS)?, read(POLICIES)?);
     let parsed = (|| {
         let chain: ChainState = parse(CHAIN, chain)?;
         let segment = segment
@@ -210,9 +217,15 @@ fn contents(
             .map(|line| parse::<ChainRecord>(SEGMENT, line))
             .collect::<Result<Vec<_>, _>>()?;
         let holds: Vec<HoldEvidence> = parse(HOLDS, holds)?;
-        Ok::<_, Problem>((chain, segment, holds))
+        let policies: Vec<HostPolicy> = parse(POLICIES, policies)?;
+        Ok::<_, Problem>((chain, segment, holds, policies))
     })();
-    let (chain, segment, holds) = parsed.map_err(|p| problems.push(p)).ok()?;
+    let (chain, segment, holds, policies) = parsed.map_err(|p| problems.push(p)).ok()?;
+    for policy in &policies {
+        if hex::encode(Sha256::digest(policy.text.as_bytes())) != policy.sha256 {
+            problems.push(Problem::Policy { host: policy.host.clone(), name: policy.name.clone() });
+        }
+    }
     check_segment(&chain, &segment, problems);
     let period = Period { from_ms: manifest.period.from.ms, to_ms: manifest.period.to.ms };
     let in_segment: BTreeSet<i64> = segment.iter().map(|r| r.seq).collect();
@@ -230,6 +243,7 @@ fn contents(
         votes: holds.iter().map(|h| h.votes.len()).sum(),
         decisions: holds.iter().filter(|h| h.decision.is_some()).count(),
         segment_records: segment.len(),
+        policies: policies.len(),
         chain,
         manifest,
     })

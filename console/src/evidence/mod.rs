@@ -19,6 +19,7 @@ pub const MANIFEST: &str = "manifest.json";
 pub const SIGNATURE: &str = "manifest.sig";
 pub const README: &str = "README.md";
 pub const HOLDS: &str = "holds.json";
+pub const POLICIES: &str = "policies.json";
 pub const SEGMENT: &str = "audit/segment.jsonl";
 pub const CHAIN: &str = "audit/chain.json";
 pub const PUBLIC_KEY: &str = "console-public-key.pem";

@@ -12,7 +12,7 @@ use sqlx::{Any, Row as _, Transaction};
 use zip::{CompressionMethod, DateTime, ZipWriter, write::SimpleFileOptions};
 
 use super::{
-    CHAIN, EvidenceError, FORMAT, HOLDS, MANIFEST, PUBLIC_KEY, Period, README, SEGMENT, SIGNATURE,
+    CHAIN, EvidenceError, FORMAT, HOLDS, MANIFEST, POLICIES, PUBLIC_KEY, Period, README, SEGMENT, SIGNATURE,
     record::{
         At, ChainState, ConsoleKey, Context, DecisionRecord, FileRecord, HoldEvidence, Manifest,
         PeriodRecord, Status, Times, VerdictName, Vote,
@@ -22,6 +22,7 @@ use super::{
 use crate::{
     keys::Signer,
     people::Credential,
+    policies::policies_in_force_in,
     store::{ChainRecord, Store, StoreError, now_ms, verify_audit_in},
 };
 
@@ -41,6 +42,7 @@ pub async fn export(
     let head = verify_audit_in(&mut tx).await?;
     let (segment, anchor_seq) = segment(&mut tx, period, head.records).await?;
     let holds = holds(&mut tx, period, &segment, signer).await?;
+    let policies = policies_in_force_in(&mut tx, period.from_ms, period.to_ms).await?;
     drop(tx);
     let chain = ChainState {
         anchor_seq,
@@ -58,6 +60,7 @@ pub async fn export(
     let mut files = BTreeMap::from([
         (README, readme.into_bytes()),
         (HOLDS, pretty(&holds)?),
+        (POLICIES, pretty(&policies)?),
         (SEGMENT, lines(&segment)?),
         (CHAIN, pretty(&chain)?),
         (PUBLIC_KEY, pem.into_bytes()),
@@ -87,7 +90,7 @@ pub async fn export(
     let zip = write_zip(&files)?;
     let event = serde_json::json!({
         "type": "evidence_exported", "by": by, "from_ms": period.from_ms, "to_ms": period.to_ms,
-        "holds": holds.len(), "audit_records": segment.len(),
+        "holds": holds.len(), "audit_records": segment.len(), "policies": policies.len(),
     });
     store.record(&event).await?;
     Ok(zip)

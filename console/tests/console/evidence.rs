@@ -15,10 +15,11 @@ use console::{
     evidence::{self, EvidenceError, Period, record::HoldEvidence},
     keys::Signer,
     people::{Credential, Principal, Role, SignIn},
+    policies::HostPolicy,
     store::now_ms,
 };
 use ed25519_dalek::SigningKey;
-use proto::v1::Verdict;
+use proto::v1::{PolicyInForce, PolicyReport, Verdict};
 use reqwest::StatusCode;
 
 crate::both_databases!(a_pack_holds_the_period_and_verifies);
@@ -117,6 +118,15 @@ async fn a_pack_holds_the_period_and_verifies(db: Db) {
     let cookie = api.running.console.store().create_session(&dora, SignIn::Oidc).await.unwrap();
     assert_eq!(api.post(&approve(&by_session), &As::Session(&cookie, true), "").await.0, StatusCode::OK);
     assert_eq!(api.running.console.store().expire().await.unwrap(), 1);
+    let policy = "# the test policy\n";
+    let report = PolicyReport {
+        policies: vec![PolicyInForce {
+            name: "test".into(),
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(policy)),
+            text: policy.into(),
+        }],
+    };
+    api.running.console.store().report_policies(HOST, &report).await.unwrap();
 
     let query = format!(
         "/api/evidence?from={}&to={}",
@@ -141,6 +151,7 @@ async fn a_pack_holds_the_period_and_verifies(db: Db) {
     assert_eq!(counts, [("approved", 3), ("denied", 1), ("expired", 1)], "{summary}");
     assert_eq!((summary.votes, summary.decisions), (5, 4), "{summary}");
     assert_eq!(summary.manifest.exported_by, "ada");
+    assert_eq!(summary.policies, 1, "{summary}");
     println!("{summary}");
 
     let files = unzip(&pack);
@@ -163,11 +174,14 @@ async fn a_pack_holds_the_period_and_verifies(db: Db) {
         hold("session").votes[0].credential,
         Credential::Oidc { issuer: "https://idp.example".into(), subject: "dora-1".into() }
     );
+    let policies: Vec<HostPolicy> = serde_json::from_slice(&files[evidence::POLICIES]).unwrap();
+    assert_eq!((policies[0].host.as_str(), policies[0].text.as_str()), (HOST, policy));
+    assert_eq!(policies[0].until_ms, None, "still in force");
     let readme = String::from_utf8(files[evidence::README].clone()).unwrap();
     for control in ["CC6.1", "CC6.2", "CC7.2", "CC8.1", "A.5.15", "A.5.18", "A.8.2", "A.8.15", "A.8.32"] {
         assert!(readme.contains(control), "{control} is not in the pack's README");
     }
-    for control in ["AC-3(2)", "AC-5", "AU-3", "AU-9(3)", "AU-10", "Policies in force: not included yet"] {
+    for control in ["AC-3(2)", "AC-5", "AU-3", "AU-9(3)", "AU-10", "## Policies in force"] {
         assert!(readme.contains(control), "{control} is not in the pack's README");
     }
     let exported = api.running.console.store().audit_events().await.unwrap();
@@ -183,10 +197,15 @@ async fn the_same_period_packs_alike_and_tampering_is_named() {
     let api = Fixture::start(&db).await;
     let bob = api.token("bob", Role::Approver).await;
     let start = now_ms();
+    let text = "b = 1\n";
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text));
+    let report =
+        PolicyReport { policies: vec![PolicyInForce { name: "test".into(), sha256, text: text.into() }] };
     for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
         let id = api.raise(hold(id, n as u64)).await;
         api.post(&format!("/api/holds/{id}/approve"), &As::Token(&bob), "").await;
     }
+    api.running.console.store().report_policies(HOST, &report).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let period = Period { from_ms: start - 1000, to_ms: now_ms() };
     let console = &api.running.console;
@@ -206,7 +225,8 @@ async fn the_same_period_packs_alike_and_tampering_is_named() {
             "console-public-key.pem",
             "holds.json",
             "manifest.json",
-            "manifest.sig"
+            "manifest.sig",
+            "policies.json"
         ]
     );
     evidence::verify(&rezip(&once), &key(1).verifying_key()).unwrap();
@@ -233,6 +253,14 @@ async fn the_same_period_packs_alike_and_tampering_is_named() {
     // …and signed again by someone else's key.
     resign(&mut mended, &key(9));
     assert!(refusal(&mended).contains("manifest.sig: not a signature"), "{}", refusal(&mended));
+    // A policy's text changed, its digest mended and the pack signed again with the console's
+    // own key: the text no longer hashes to the digest it is listed with.
+    let mut policy_edited = once.clone();
+    let text = String::from_utf8(policy_edited[evidence::POLICIES].clone()).unwrap();
+    policy_edited.insert(evidence::POLICIES.into(), text.replacen("b = 1", "b = 9", 1).into_bytes());
+    redigest(&mut policy_edited, evidence::POLICIES);
+    resign(&mut policy_edited, &key(1));
+    assert!(refusal(&policy_edited).contains("policies.json: policy test of"), "{}", refusal(&policy_edited));
     // Checked against another console's key, the genuine pack is refused too.
     let other = evidence::verify(&rezip(&once), &key(9).verifying_key()).unwrap_err().to_string();
     assert!(other.contains("manifest.sig") && other.contains("manifest.json: names console key"), "{other}");
