@@ -78,6 +78,14 @@ fn refusal(files: &BTreeMap<String, Vec<u8>>) -> String {
 /// replicas on PostgreSQL), a session's vote by way of the identity provider, and a hold from
 /// before the period: the admin's pack holds exactly the period's holds, with every vote's
 /// credential, and verifies; a viewer and an approver may not export.
+/// The host reports policy `test` with `text` in force.
+async fn report_test_policy(api: &Fixture, text: &str) {
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text));
+    let report =
+        PolicyReport { policies: vec![PolicyInForce { name: "test".into(), sha256, text: text.into() }] };
+    api.running.console.store().report_policies(HOST, &report).await.unwrap();
+}
+
 async fn a_pack_holds_the_period_and_verifies(db: Db) {
     let api = Fixture::start(&db).await;
     let (bob, carol) = (api.token("bob", Role::Approver).await, api.token("carol", Role::Admin).await);
@@ -119,14 +127,7 @@ async fn a_pack_holds_the_period_and_verifies(db: Db) {
     assert_eq!(api.post(&approve(&by_session), &As::Session(&cookie, true), "").await.0, StatusCode::OK);
     assert_eq!(api.running.console.store().expire().await.unwrap(), 1);
     let policy = "# the test policy\n";
-    let report = PolicyReport {
-        policies: vec![PolicyInForce {
-            name: "test".into(),
-            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(policy)),
-            text: policy.into(),
-        }],
-    };
-    api.running.console.store().report_policies(HOST, &report).await.unwrap();
+    report_test_policy(&api, policy).await;
 
     let query = format!(
         "/api/evidence?from={}&to={}",
@@ -197,15 +198,11 @@ async fn the_same_period_packs_alike_and_tampering_is_named() {
     let api = Fixture::start(&db).await;
     let bob = api.token("bob", Role::Approver).await;
     let start = now_ms();
-    let text = "b = 1\n";
-    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text));
-    let report =
-        PolicyReport { policies: vec![PolicyInForce { name: "test".into(), sha256, text: text.into() }] };
     for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
         let id = api.raise(hold(id, n as u64)).await;
         api.post(&format!("/api/holds/{id}/approve"), &As::Token(&bob), "").await;
     }
-    api.running.console.store().report_policies(HOST, &report).await.unwrap();
+    report_test_policy(&api, "b = 1\n").await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let period = Period { from_ms: start - 1000, to_ms: now_ms() };
     let console = &api.running.console;
