@@ -2,6 +2,8 @@
 //! stores them and sends back signed decisions, with several replicas on one database.
 
 pub mod api;
+pub mod audit;
+pub mod export;
 pub mod keys;
 pub mod oidc;
 pub mod people;

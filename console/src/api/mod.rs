@@ -2,6 +2,7 @@
 //! routes, and the web UI's static files, all from one listener.
 
 mod auth;
+mod export;
 mod holds;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -48,6 +49,7 @@ impl Api {
             .route("/api/holds/{id}/deny", post(holds::deny))
             .route("/api/audit", get(holds::audit))
             .route("/api/audit/verify", get(holds::verify_audit))
+            .route("/api/audit/export", get(export::export))
             .route("/api/tokens", get(auth::tokens).post(auth::create_token))
             .route("/api/tokens/{id}", delete(auth::revoke_token))
             .route("/api/{*rest}", axum::routing::any(unknown_route))

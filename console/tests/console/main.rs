@@ -2,6 +2,7 @@
 //! for each test (as the postgres user: run as root), real gRPC streams on loopback.
 
 mod api;
+mod export;
 mod hostile;
 mod streams;
 mod support;
