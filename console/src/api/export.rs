@@ -101,8 +101,11 @@ async fn send(
         page.retain(|record| record.seq < end);
         let Some(last) = page.last() else { break };
         from = last.seq + 1;
-        let chunk =
-            exporter.lines(&page).await?.into_iter().fold(String::new(), |text, line| text + &line + "\n");
+        let chunk = exporter
+            .lines(&page)
+            .await?
+            .into_iter()
+            .fold(String::new(), |text, line| text + &line.text + "\n");
         if lines.send(Ok(Bytes::from(chunk))).await.is_err() {
             break;
         }

@@ -71,6 +71,13 @@ pub fn rfc3339(at_ms: i64) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
+/// One exported line (without its newline), and the time of its record.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub at_ms: i64,
+    pub text: String,
+}
+
 /// Turns records into lines of `format`; holds are looked up in the store (their context
 /// is in the hold's row, not in the trail), a page at a time, so memory stays bounded.
 pub struct Exporter {
@@ -86,13 +93,13 @@ impl Exporter {
 
     /// One line (without its newline) for each event of `records`, in order: a decision
     /// is two OCSF events (see [`ocsf`]).
-    pub async fn lines(&self, records: &[StoredRecord]) -> Result<Vec<String>, StoreError> {
+    pub async fn lines(&self, records: &[StoredRecord]) -> Result<Vec<Line>, StoreError> {
         let mut lines = Vec::with_capacity(records.len());
         let mut holds: HashMap<(String, String), HoldRaised> = HashMap::new();
         for record in records {
             let keyturn = KeyturnRecord::of(record)?;
             if self.format == Format::Keyturn {
-                lines.push(to_line(&keyturn));
+                lines.push(Line { at_ms: record.at_ms, text: to_line(&keyturn) });
                 continue;
             }
             let event = record.typed()?;
@@ -115,7 +122,7 @@ impl Exporter {
                 None => None,
             };
             for event in ocsf::events(&keyturn, &event, hold, &self.console) {
-                lines.push(to_line(&event));
+                lines.push(Line { at_ms: record.at_ms, text: to_line(&event) });
             }
         }
         Ok(lines)

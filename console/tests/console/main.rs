@@ -4,6 +4,7 @@
 mod api;
 mod export;
 mod hostile;
+mod siem;
 mod streams;
 mod support;
 mod tls;
