@@ -278,13 +278,11 @@ action(type="omfile" file="{dir}/received" template="raw")
         }
     }
 
-    /// The messages received so far.
+    /// The messages received so far, each whole (rsyslog may be writing the next one).
     fn received(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("received"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        let text = std::fs::read_to_string(self.dir.join("received")).unwrap_or_default();
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole.lines().map(str::to_owned).collect()
     }
 }
 
