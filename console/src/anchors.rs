@@ -5,7 +5,10 @@ use proto::v1::ChainAnchor;
 use serde::Serialize;
 use sqlx::Row as _;
 
-use crate::store::{Store, StoreError, audit, now_ms};
+use crate::{
+    audit::AuditEvent,
+    store::{Store, StoreError, audit, now_ms},
+};
 
 /// One anchor as kept.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -103,8 +106,7 @@ impl Store {
                     .bind(detail)
                     .execute(&mut *tx)
                     .await?;
-                let event =
-                    serde_json::json!({"type": "host_trail_tampered", "host": host, "detail": detail});
+                let event = AuditEvent::HostTrailTampered { host: host.to_owned(), detail: detail.clone() };
                 audit(&mut tx, &event).await?;
             }
         } else {

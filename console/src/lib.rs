@@ -3,13 +3,16 @@
 
 pub mod anchors;
 pub mod api;
+pub mod audit;
 pub mod evidence;
+pub mod export;
 pub mod keys;
 pub mod oidc;
 pub mod people;
 pub mod policies;
 pub mod search;
 pub mod server;
+pub mod siem;
 pub mod store;
 pub mod tls;
 
@@ -44,6 +47,8 @@ pub enum ConsoleError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Oidc(#[from] oidc::OidcError),
+    #[error(transparent)]
+    Siem(#[from] siem::SiemError),
     #[error("serving the host streams: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("listen = {0}: plaintext is only allowed on loopback; enable [tls]")]
@@ -70,6 +75,8 @@ pub struct Config {
     pub roles: RoleMap,
     /// Sign-in through an OpenID Connect provider; without it, API tokens only.
     pub oidc: Option<oidc::OidcConfig>,
+    /// Where the audit trail is streamed to (`[[siem]]`, any number).
+    pub siem: Vec<siem::SiemConfig>,
 }
 
 /// The web UI and the JSON API.
@@ -110,6 +117,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             roles: RoleMap::default(),
             oidc: None,
+            siem: Vec::new(),
         }
     }
 }
@@ -269,9 +277,21 @@ pub async fn run(config: Config) -> Result<(), ConsoleError> {
     let (hosts, people) = (bind(config.listen).await?, bind(http).await?);
     tracing::info!(url = %format!("http://{http}/"), "web UI and API listening");
     let api = http_api(&console, &config).await?;
+    // Dropped (and so stopped) when the console stops.
+    let _siem: Vec<AbortOnDrop> =
+        siem::start(console.store(), &config.siem)?.into_iter().map(AbortOnDrop).collect();
     tokio::select! {
         result = console.serve(hosts) => result,
         result = api.serve(people) => result,
         _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

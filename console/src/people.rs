@@ -10,6 +10,7 @@ use sha2::{Digest as _, Sha256};
 use sqlx::Row as _;
 
 use crate::{
+    audit::AuditEvent,
     oidc::PendingLogin,
     store::{Store, StoreError, audit, now_ms},
 };
@@ -137,7 +138,7 @@ pub enum KeptLogin {
 }
 
 /// How a person signed in, as the audit trail's `signed_in` records say.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignIn {
     /// Through the identity provider.
@@ -196,10 +197,14 @@ impl Store {
         .bind(now_ms().saturating_add(millis(lifetime)))
         .execute(&mut *tx)
         .await?;
-        let event = serde_json::json!({
-            "type": "api_token_created", "token": id, "person": person, "role": role, "name": name,
-            "by": created_by, "lifetime_secs": lifetime.as_secs(),
-        });
+        let event = AuditEvent::ApiTokenCreated {
+            token: id.clone(),
+            person: person.to_owned(),
+            role,
+            name: name.to_owned(),
+            by: created_by.to_owned(),
+            lifetime_secs: lifetime.as_secs(),
+        };
         audit(&mut tx, &event).await?;
         tx.commit().await?;
         Ok((id, token))
@@ -252,7 +257,7 @@ impl Store {
         .await?
         .rows_affected();
         if revoked == 1 {
-            audit(&mut tx, &serde_json::json!({"type": "api_token_revoked", "token": id, "by": by})).await?;
+            audit(&mut tx, &AuditEvent::ApiTokenRevoked { token: id.to_owned(), by: by.to_owned() }).await?;
         }
         tx.commit().await?;
         Ok(revoked == 1)
@@ -314,9 +319,7 @@ impl Store {
         .bind(principal.credential.to_column())
         .execute(&mut *tx)
         .await?;
-        let event = serde_json::json!({
-            "type": "signed_in", "person": principal.person, "role": principal.role, "how": how,
-        });
+        let event = AuditEvent::SignedIn { person: principal.person.clone(), role: principal.role, how };
         audit(&mut tx, &event).await?;
         tx.commit().await?;
         Ok(token)
@@ -392,7 +395,7 @@ impl Store {
         }
         let secret = secret();
         self.begin_login(&secret, &KeptLogin::Link { person: person.to_owned() }).await?;
-        self.record(&serde_json::json!({"type": "sign_in_link_issued", "person": person})).await?;
+        self.record(&AuditEvent::SignInLinkIssued { person: person.to_owned() }).await?;
         Ok(secret)
     }
 

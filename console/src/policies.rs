@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use sqlx::{Any, Row as _, Transaction};
 
-use crate::store::{Store, StoreError, audit, now_ms};
+use crate::{
+    audit::AuditEvent,
+    store::{Store, StoreError, audit, now_ms},
+};
 
 /// Most policies one report may name, and the longest text of one.
 const MAX_POLICIES: usize = 256;
@@ -75,8 +78,11 @@ impl Store {
                 .bind(sha256)
                 .execute(&mut *tx)
                 .await?;
-                let event = serde_json::json!({"type": "host_policy_retired", "host": host, "policy": name,
-                    "sha256": sha256});
+                let event = AuditEvent::HostPolicyRetired {
+                    host: host.to_owned(),
+                    policy: name.clone(),
+                    sha256: sha256.clone(),
+                };
                 audit(&mut tx, &event).await?;
             }
         }
@@ -95,8 +101,11 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            let event = serde_json::json!({"type": "host_policy_in_force", "host": host, "policy": policy.name,
-                "sha256": policy.sha256});
+            let event = AuditEvent::HostPolicyInForce {
+                host: host.to_owned(),
+                policy: policy.name.clone(),
+                sha256: policy.sha256.clone(),
+            };
             audit(&mut tx, &event).await?;
         }
         tx.commit().await?;

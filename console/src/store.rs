@@ -16,7 +16,11 @@ use sqlx::{
 };
 use tokio::sync::broadcast;
 
-use crate::{keys::Signer, people::Credential};
+use crate::{
+    audit::{AuditEvent, Vote},
+    keys::Signer,
+    people::Credential,
+};
 
 /// The PostgreSQL channel that carries "hold X of host H was decided" between replicas.
 const CHANNEL: &str = "keyturn_decisions";
@@ -174,7 +178,7 @@ fn ms(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn seal(seq: i64, at_ms: i64, prev: &str, event: &str) -> String {
+pub(crate) fn seal(seq: i64, at_ms: i64, prev: &str, event: &str) -> String {
     hex::encode(Sha256::digest(format!("{seq}\n{at_ms}\n{prev}\n{event}")))
 }
 
@@ -187,10 +191,7 @@ fn kind_name(kind: i32) -> &'static str {
 }
 
 /// Appends `event` to the audit trail inside `tx`, chained to the record before it.
-pub(crate) async fn audit(
-    tx: &mut Transaction<'_, Any>,
-    event: &serde_json::Value,
-) -> Result<(), sqlx::Error> {
+pub(crate) async fn audit(tx: &mut Transaction<'_, Any>, event: &AuditEvent) -> Result<(), sqlx::Error> {
     // Updating the head first takes its lock: concurrent appends, from any replica, queue here.
     let head =
         sqlx::query("UPDATE audit_head SET next_seq = next_seq + 1 WHERE id = 1 RETURNING next_seq, hash")
@@ -199,7 +200,7 @@ pub(crate) async fn audit(
     let seq: i64 = head.try_get::<i64, _>(0)? - 1;
     let prev: String = head.try_get(1)?;
     let at = now_ms();
-    let text = event.to_string();
+    let text = event.to_text();
     let hash = seal(seq, at, &prev, &text);
     sqlx::query("INSERT INTO audit (seq, at_ms, prev, event, hash) VALUES ($1, $2, $3, $4, $5)")
         .bind(seq)
@@ -310,7 +311,11 @@ impl Store {
             .await?
             .rows_affected();
             if inserted == 1 {
-                let event = serde_json::json!({"type": "host_enrolled", "host": host, "key": fingerprint});
+                let event = AuditEvent::HostEnrolled {
+                    host: host.to_owned(),
+                    key: fingerprint.to_owned(),
+                    certificate: None,
+                };
                 audit(&mut tx, &event).await?;
                 tx.commit().await?;
                 return Ok(());
@@ -338,9 +343,11 @@ impl Store {
             }
         };
         if let Some(refusal) = refusal {
-            let event = serde_json::json!({
-                "type": "host_refused", "host": host, "key": fingerprint, "why": refusal.to_string(),
-            });
+            let event = AuditEvent::HostRefused {
+                host: host.to_owned(),
+                key: fingerprint.to_owned(),
+                why: refusal.to_string(),
+            };
             audit(&mut tx, &event).await?;
             tx.commit().await?;
             return Err(refusal);
@@ -372,8 +379,7 @@ impl Store {
         .bind(expires)
         .execute(&mut *tx)
         .await?;
-        audit(&mut tx, &serde_json::json!({"type": "token_issued", "host": host, "expires_at_ms": expires}))
-            .await?;
+        audit(&mut tx, &AuditEvent::TokenIssued { host: host.to_owned(), expires_at_ms: expires }).await?;
         tx.commit().await?;
         Ok(token)
     }
@@ -403,7 +409,7 @@ impl Store {
         if spent != 1 {
             audit(
                 &mut tx,
-                &serde_json::json!({"type": "enrolment_refused", "host": host, "key": fingerprint}),
+                &AuditEvent::EnrolmentRefused { host: host.to_owned(), key: fingerprint.to_owned() },
             )
             .await?;
             tx.commit().await?;
@@ -421,9 +427,11 @@ impl Store {
         .bind(certificate)
         .execute(&mut *tx)
         .await?;
-        let event = serde_json::json!({
-            "type": "host_enrolled", "host": host, "key": fingerprint, "certificate": certificate,
-        });
+        let event = AuditEvent::HostEnrolled {
+            host: host.to_owned(),
+            key: fingerprint.to_owned(),
+            certificate: Some(certificate.to_owned()),
+        };
         audit(&mut tx, &event).await?;
         tx.commit().await?;
         Ok(())
@@ -456,10 +464,13 @@ impl Store {
         .await?
         .rows_affected();
         if inserted == 1 {
-            let event = serde_json::json!({
-                "type": "hold_raised", "host": host, "hold": hold.id, "kind": kind,
-                "agent": hold.agent, "rule": hold.policy_rule,
-            });
+            let event = AuditEvent::HoldRaised {
+                host: host.to_owned(),
+                hold: hold.id.clone(),
+                kind: kind.to_owned(),
+                agent: hold.agent.clone(),
+                rule: hold.policy_rule.clone(),
+            };
             audit(&mut tx, &event).await?;
             tx.commit().await?;
             return Ok(Raised::New);
@@ -503,8 +514,11 @@ impl Store {
         .await?
         .rows_affected();
         if updated == 1 {
-            let event =
-                serde_json::json!({"type": "hold_closed", "host": host, "hold": hold_id, "reason": reason});
+            let event = AuditEvent::HoldClosed {
+                host: host.to_owned(),
+                hold: hold_id.to_owned(),
+                reason: reason.to_owned(),
+            };
             audit(&mut tx, &event).await?;
         }
         tx.commit().await?;
@@ -522,7 +536,7 @@ impl Store {
         .await?;
         for row in &rows {
             let (host, id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-            audit(&mut tx, &serde_json::json!({"type": "hold_expired", "host": host, "hold": id})).await?;
+            audit(&mut tx, &AuditEvent::HoldExpired { host, hold: id }).await?;
         }
         tx.commit().await?;
         Ok(rows.len())
@@ -532,6 +546,7 @@ impl Store {
     /// conditional UPDATE, so of two deciders, on any replicas, exactly one wins; the
     /// other gets [`StoreError::AlreadyDecided`]. An approval of a hold that needs a quorum
     /// is recorded until enough distinct people have approved.
+    #[expect(clippy::too_many_lines, reason = "one transaction: claim, quorum, sign, store, audit, notify")]
     pub async fn decide(&self, signer: &Signer, request: &DecisionRequest) -> Result<Outcome, StoreError> {
         let DecisionRequest { host, hold_id, verdict, .. } = request;
         let approve = match verdict {
@@ -570,10 +585,13 @@ impl Store {
             }
             approvers = self.add_approval(&mut tx, request, now).await?;
             if approvals < quorum {
-                let event = serde_json::json!({
-                    "type": "approval_recorded", "host": host, "hold": hold_id,
-                    "by": request.decided_by, "approvals": approvals, "quorum": quorum,
-                });
+                let event = AuditEvent::ApprovalRecorded {
+                    host: host.clone(),
+                    hold: hold_id.clone(),
+                    by: request.decided_by.clone(),
+                    approvals,
+                    quorum,
+                };
                 audit(&mut tx, &event).await?;
                 tx.commit().await?;
                 return Ok(Outcome::AwaitingQuorum { approvals, quorum });
@@ -613,11 +631,16 @@ impl Store {
         .bind(request.credential.to_column())
         .execute(&mut *tx)
         .await?;
-        let event = serde_json::json!({
-            "type": "decided", "host": host, "hold": hold_id, "verdict": verdict_name,
-            "scope": request.scope.as_str_name(), "by": request.decided_by,
-            "approvers": decision.approvers, "reason": request.reason, "key": signed.key_id,
-        });
+        let event = AuditEvent::Decided {
+            host: host.clone(),
+            hold: hold_id.clone(),
+            verdict: if approve { Vote::Approve } else { Vote::Deny },
+            scope: request.scope.as_str_name().to_owned(),
+            by: request.decided_by.clone(),
+            approvers: decision.approvers.clone(),
+            reason: request.reason.clone(),
+            key: signed.key_id.clone(),
+        };
         audit(&mut tx, &event).await?;
         if self.backend == Backend::Postgres {
             // Delivered to every replica's listener when, and only if, this commits.
@@ -726,7 +749,7 @@ impl Store {
     }
 
     /// Appends one record to the audit trail on its own (a refused request, say).
-    pub async fn record(&self, event: &serde_json::Value) -> Result<(), StoreError> {
+    pub async fn record(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         audit(&mut tx, event).await?;
         tx.commit().await?;

@@ -14,6 +14,7 @@ pub const PROFILES: [&str; 2] = ["host", "security_control"];
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Class {
     BaseEvent = 0,
+    Authentication = 3002,
     ProcessActivity = 1007,
     NetworkActivity = 4001,
     DeviceConfigStateChange = 5019,
@@ -82,6 +83,12 @@ pub struct Event<U> {
     pub device: Device,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<Actor>,
+    /// The person signing in (Authentication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+    /// The service signed in to (Authentication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<Service>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,6 +113,49 @@ pub struct Event<U> {
     pub count: Option<u64>,
     /// What the source knows that OCSF has no attribute for.
     pub unmapped: U,
+}
+
+impl<U> Event<U> {
+    /// An event of `class`'s `activity_id` (named `activity_name`), informational, with only
+    /// the attributes every event has; the caller sets the rest.
+    pub fn new(
+        class: Class,
+        (activity_id, activity_name): (u32, &'static str),
+        time: i64,
+        message: String,
+        metadata: Metadata,
+        device: Device,
+        unmapped: U,
+    ) -> Self {
+        Self {
+            class_uid: class.uid(),
+            category_uid: class.category_uid(),
+            activity_id,
+            activity_name,
+            type_uid: class.type_uid(activity_id),
+            severity_id: severity::INFORMATIONAL,
+            status_id: None,
+            time,
+            message,
+            metadata,
+            device,
+            actor: None,
+            user: None,
+            service: None,
+            process: None,
+            dst_endpoint: None,
+            src_endpoint: None,
+            connection_info: None,
+            api: None,
+            resources: None,
+            app: None,
+            command_uid: None,
+            disposition_id: None,
+            policy: None,
+            count: None,
+            unmapped,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -202,12 +252,17 @@ pub struct Fingerprint {
     pub value: String,
 }
 
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 pub struct User {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_addr: Option<String>,
+    /// Where the user is defined: for a person known by an identity provider, its issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -53,6 +53,10 @@ const TEST_PACKAGES: &[&str] = &[
     "make",
     // console tests: a throw-away PostgreSQL cluster per test (initdb + pg_ctl on a private port)
     "postgresql",
+    // console SIEM tests: a real syslog receiver over TLS (imtcp with the GnuTLS driver),
+    // started by the test on a loopback port with its own configuration
+    "rsyslog",
+    "rsyslog-gnutls",
     // web UI tests: Debian's headless Chromium, driven from Node by playwright-core
     // (tests/browser); a real OpenID provider (oidc-provider in tests/js); npm comes below
     "chromium",

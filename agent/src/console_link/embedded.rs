@@ -44,6 +44,12 @@ fn console_config(config: &Config) -> Result<console::Config, EmbeddedError> {
                          address and [tls] enabled = false",
             });
         }
+        if !loaded.siem.is_empty() {
+            return Err(EmbeddedError::Unfit {
+                path: path.clone(),
+                reason: "an embedded console streams to no SIEM: [[siem]] needs `keyturn console`",
+            });
+        }
         return Ok(loaded);
     }
     Ok(console::Config {

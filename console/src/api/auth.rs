@@ -13,8 +13,11 @@ use axum::{
 use serde::Deserialize;
 
 use super::{Api, ApiError, body, ok};
-use crate::people::{
-    Credential, KeptLogin, MAX_TOKEN_LIFETIME, Principal, Role, SESSION_LIFETIME, SignIn, TOKEN_LIFETIME,
+use crate::{
+    audit::AuditEvent,
+    people::{
+        Credential, KeptLogin, MAX_TOKEN_LIFETIME, Principal, Role, SESSION_LIFETIME, SignIn, TOKEN_LIFETIME,
+    },
 };
 
 /// The session cookie's name.
@@ -246,9 +249,7 @@ pub async fn callback(
     }
     let Some(role) = api.roles.role(&identity.groups) else {
         store
-            .record(
-                &serde_json::json!({"type": "sign_in_refused", "person": person, "groups": identity.groups}),
-            )
+            .record(&AuditEvent::SignInRefused { person: person.clone(), groups: identity.groups.clone() })
             .await?;
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

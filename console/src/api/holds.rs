@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{Api, ApiError, auth::require, body, ok};
 use crate::{
+    audit::AuditEvent,
     people::{Principal, Role},
     search::{AuditFilter, HoldDetail, HoldFilter},
     store::{DecisionRequest, Outcome, StoreError, now_ms},
@@ -25,7 +26,7 @@ const MAX_DURATION_SECS: u64 = 30 * 24 * 3600;
 /// Most words an audit search matches.
 const MAX_SEARCH_WORDS: usize = 8;
 
-fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query.map(|Query(q)| q).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
 }
 
@@ -197,10 +198,14 @@ async fn decide(
     let (host, hold_id) = split_id(id)?;
     let store = api.console.store();
     let refused = async |error: ApiError| {
-        let event = serde_json::json!({
-            "type": "decision_refused", "host": host, "hold": hold_id, "by": principal.person,
-            "verdict": verdict.as_str_name(), "code": error.code, "why": error.message,
-        });
+        let event = AuditEvent::DecisionRefused {
+            host: host.to_owned(),
+            hold: hold_id.to_owned(),
+            by: principal.person.clone(),
+            verdict: verdict.as_str_name().to_owned(),
+            code: error.code.to_owned(),
+            why: error.message.clone(),
+        };
         store.record(&event).await?;
         Err::<Response, _>(error)
     };

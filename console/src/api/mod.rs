@@ -3,6 +3,7 @@
 
 mod auth;
 mod evidence;
+mod export;
 mod holds;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -51,6 +52,7 @@ impl Api {
             .route("/api/audit/verify", get(holds::verify_audit))
             .route("/api/hosts/trails", get(holds::host_trails))
             .route("/api/evidence", get(evidence::export))
+            .route("/api/audit/export", get(export::export))
             .route("/api/tokens", get(auth::tokens).post(auth::create_token))
             .route("/api/tokens/{id}", delete(auth::revoke_token))
             .route("/api/{*rest}", axum::routing::any(unknown_route))

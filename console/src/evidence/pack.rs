@@ -20,6 +20,7 @@ use super::{
     utc,
 };
 use crate::{
+    audit::AuditEvent,
     keys::Signer,
     people::Credential,
     policies::policies_in_force_in,
@@ -88,10 +89,14 @@ pub async fn export(
     files.insert(SIGNATURE, format!("{}\n", hex::encode(signature.to_bytes())).into_bytes());
     files.insert(MANIFEST, manifest);
     let zip = write_zip(&files)?;
-    let event = serde_json::json!({
-        "type": "evidence_exported", "by": by, "from_ms": period.from_ms, "to_ms": period.to_ms,
-        "holds": holds.len(), "audit_records": segment.len(), "policies": policies.len(),
-    });
+    let event = AuditEvent::EvidenceExported {
+        by: by.to_owned(),
+        from_ms: period.from_ms,
+        to_ms: period.to_ms,
+        holds: holds.len() as u64,
+        audit_records: segment.len() as u64,
+        policies: policies.len() as u64,
+    };
     store.record(&event).await?;
     Ok(zip)
 }

@@ -4,8 +4,10 @@
 mod anchors;
 mod api;
 mod evidence;
+mod export;
 mod hostile;
 mod policies;
+mod siem;
 mod streams;
 mod support;
 mod tls;

@@ -13,7 +13,7 @@ use std::{
 use console::{Console, Store, keys::Signer, server::Tls, tls::Authority};
 use ed25519_dalek::SigningKey;
 use host_client as client;
-use proto::v1::{Exec, HoldKind, HoldRaised, hold_raised};
+use proto::v1::{Egress, Exec, HoldKind, HoldRaised, hold_raised};
 use tokio::sync::{mpsc, oneshot};
 
 /// Anything a test waits for arrives within this, or the test fails.
@@ -322,6 +322,46 @@ pub fn hold(id: &str, nonce: u64) -> HoldRaised {
             parents: vec![],
         })),
     }
+}
+
+/// An egress hold of a connection to 203.0.113.7:443, due in ten minutes.
+pub fn egress_hold(id: &str, nonce: u64) -> HoldRaised {
+    HoldRaised {
+        kind: HoldKind::Egress.into(),
+        policy_rule: "egress default action Hold".into(),
+        detail: Some(hold_raised::Detail::Egress(Egress {
+            protocol: "tcp".into(),
+            address: "203.0.113.7".into(),
+            port: 443,
+        })),
+        ..hold(id, nonce)
+    }
+}
+
+/// Validates `events` (OCSF JSON lines) with `tests/ocsf/validate.py`, the OCSF project's
+/// schema in the venv `cargo xtask setup` makes; panics with every problem found. Returns
+/// the validator's summary: `valid`, `invalid`, events per `classes`.
+pub fn validate_ocsf(events: &[u8]) -> serde_json::Value {
+    use std::{io::Write as _, process::Stdio};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ocsf");
+    let python = dir.join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run cargo xtask setup", python.display());
+    let mut child = Command::new(python)
+        .arg(dir.join("validate.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the OCSF validator");
+    child.stdin.take().expect("stdin").write_all(events).expect("feed the validator");
+    let out = child.wait_with_output().expect("the validator");
+    assert!(
+        out.status.success(),
+        "OCSF validation failed:\n{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).expect("the validator's summary")
 }
 
 /// Waits until the console has stored `hold_id` of `host`.

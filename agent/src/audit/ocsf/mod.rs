@@ -176,6 +176,8 @@ impl Exporter {
             },
             device: self.device.clone(),
             actor: mapped.actor,
+            user: None,
+            service: None,
             process: mapped.process,
             dst_endpoint: mapped.dst_endpoint,
             src_endpoint: mapped.src_endpoint,
@@ -341,12 +343,17 @@ impl Exporter {
                 let hold = self.hold(&id)?;
                 let (user, via) = match &by {
                     DecidedBy::Local { by_uid, by_user } => (
-                        User { name: Some(by_user.clone()), uid: Some(by_uid.to_string()) },
+                        User {
+                            name: Some(by_user.clone()),
+                            uid: Some(by_uid.to_string()),
+                            ..User::default()
+                        },
                         "keyturn local API".to_owned(),
                     ),
-                    DecidedBy::Console { by, via, .. } => {
-                        (User { name: Some(by.clone()), uid: Some(by.clone()) }, format!("keyturn {via}"))
-                    }
+                    DecidedBy::Console { by, via, .. } => (
+                        User { name: Some(by.clone()), uid: Some(by.clone()), ..User::default() },
+                        format!("keyturn {via}"),
+                    ),
                 };
                 let name = user.name.clone().unwrap_or_default();
                 let mut m = Mapped::new(
@@ -406,7 +413,7 @@ impl Exporter {
                 );
                 m.actor = Some(match by {
                     Some(by) => Actor {
-                        user: Some(User { name: Some(by.clone()), uid: Some(by) }),
+                        user: Some(User { name: Some(by.clone()), uid: Some(by), ..User::default() }),
                         ..Actor::default()
                     },
                     None => Actor { app_name: Some("keyturn console".into()), ..Actor::default() },
@@ -493,6 +500,7 @@ fn user(hold: &HoldView) -> Option<User> {
     (!hold.user.is_empty() || hold.uid != 0).then(|| User {
         name: (!hold.user.is_empty()).then(|| hold.user.clone()),
         uid: Some(hold.uid.to_string()),
+        ..User::default()
     })
 }
 

@@ -1,0 +1,232 @@
+//! SIEM outputs: the audit trail streamed, in order and at least once, to syslog receivers
+//! (RFC 5425) and HTTP collectors (Splunk HEC), each from a cursor kept in the database.
+//!
+//! Each output runs as a task of its own: decisions never wait for it. Of several replicas
+//! on one database, the one holding the output's lease (a row of `siem_cursors`, renewed
+//! before every batch) streams it; the others wait for the lease to lapse. A lease row
+//! rather than a PostgreSQL advisory lock: it works on SQLite too, it does not tie the
+//! output to one pooled connection, and the cursor's update names the holder, so a replica
+//! that lost its lease while sending (stalled past it) cannot move the cursor: at worst its
+//! batch arrives twice, never is a record skipped. The cursor moves only after the receiver
+//! acknowledged a batch: a 2xx over HTTP, a flushed write over syslog.
+
+mod send;
+
+use std::{path::PathBuf, time::Duration};
+
+use rand_core::{OsRng, RngCore as _};
+use serde::Deserialize;
+use sqlx::Row as _;
+
+use crate::{
+    audit::StoredRecord,
+    export::{Exporter, Format},
+    store::{Store, StoreError, now_ms},
+};
+pub use send::SendError;
+use send::Sink;
+
+/// How long a replica's lease on an output lasts unless renewed.
+const LEASE: Duration = Duration::from_secs(30);
+/// Longest a batch may take to send: well inside the lease.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an output with nothing to send looks for new records.
+const POLL: Duration = Duration::from_millis(250);
+/// Backoff after a failure: from the first to the last, doubling.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
+/// Records a batch holds unless the output says otherwise.
+const DEFAULT_BATCH: u32 = 200;
+
+/// One `[[siem]]` output of the console's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiemConfig {
+    /// Names the output's cursor: renaming an output starts it again from the first record.
+    pub name: String,
+    /// `ocsf` (the default) or `keyturn`.
+    #[serde(default)]
+    pub format: Format,
+    /// `HOST:PORT` of a syslog receiver: RFC 5424 messages over TLS, octet-counted (RFC 5425).
+    pub syslog: Option<String>,
+    /// An HTTP collector to POST batches to (`https://`; `http://` only on loopback).
+    pub url: Option<url::Url>,
+    /// The collector is Splunk's HTTP Event Collector (or speaks its protocol).
+    #[serde(default)]
+    pub hec: bool,
+    /// The collector's token (`Authorization: Splunk …` with `hec`, else `Bearer …`).
+    pub token: Option<String>,
+    /// A file holding the token instead.
+    pub token_file: Option<PathBuf>,
+    /// PEM certificates of the CAs the receiver's certificate must chain to (syslog: required;
+    /// HTTP: instead of the built-in web roots).
+    pub ca: Option<PathBuf>,
+    /// The name the receiver's certificate must carry, when not the host of `syslog`/`url`.
+    pub server_name: Option<String>,
+    /// Most records a batch holds.
+    #[serde(default = "default_batch")]
+    pub batch: u32,
+}
+
+fn default_batch() -> u32 {
+    DEFAULT_BATCH
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SiemError {
+    #[error("[[siem]] {name}: {reason}")]
+    Config { name: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error("sending took over {0:?}")]
+    Timeout(Duration),
+}
+
+/// An output ready to stream: its receiver and how records are written for it.
+pub struct Output {
+    name: String,
+    batch: i64,
+    exporter: Exporter,
+    sink: Sink,
+}
+
+impl Output {
+    /// Checks `config` and reads its files (token, CA); nothing is connected yet.
+    pub fn new(store: &Store, config: &SiemConfig) -> Result<Self, SiemError> {
+        let sink =
+            Sink::new(config).map_err(|reason| SiemError::Config { name: config.name.clone(), reason })?;
+        Ok(Self {
+            name: config.name.clone(),
+            batch: i64::from(config.batch.clamp(1, 10_000)),
+            exporter: Exporter::new(store.clone(), config.format),
+            sink,
+        })
+    }
+
+    /// Streams this output from `store` for as long as the task lives.
+    pub fn spawn(self, store: Store) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.run(store))
+    }
+
+    async fn run(mut self, store: Store) {
+        let replica = hex::encode(OsRng.next_u64().to_be_bytes());
+        let mut backoff = BACKOFF.0;
+        loop {
+            let pause = match self.step(&store, &replica).await {
+                Ok(Step::Sent) => {
+                    backoff = BACKOFF.0;
+                    continue;
+                }
+                Ok(Step::Idle) => POLL,
+                Ok(Step::Elsewhere) => LEASE / 3,
+                Err(e) => {
+                    tracing::warn!(output = self.name, error = %e, retry_in = ?backoff, "SIEM output failed");
+                    self.sink.disconnect();
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                    pause
+                }
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Takes or renews the lease, sends the next batch and moves the cursor past it.
+    async fn step(&mut self, store: &Store, replica: &str) -> Result<Step, SiemError> {
+        let Some((next, prev)) = lease(store, &self.name, replica).await? else { return Ok(Step::Elsewhere) };
+        let records = store.audit_page(next, 0, i64::MAX, self.batch).await?;
+        let Some(last) = records.last() else { return Ok(Step::Idle) };
+        check(&records, next, &prev)?;
+        let lines = self.exporter.lines(&records).await?;
+        tokio::time::timeout(SEND_TIMEOUT, self.sink.send(&lines))
+            .await
+            .map_err(|_| SiemError::Timeout(SEND_TIMEOUT))??;
+        let moved = sqlx::query(
+            "UPDATE siem_cursors SET next_seq = $3, prev_hash = $4
+             WHERE output = $1 AND holder = $2 AND next_seq = $5",
+        )
+        .bind(&self.name)
+        .bind(replica)
+        .bind(last.seq + 1)
+        .bind(&last.hash)
+        .bind(next)
+        .execute(&store.pool)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected();
+        if moved == 0 {
+            tracing::warn!(output = self.name, "lost the lease while sending: the batch may arrive twice");
+        }
+        Ok(Step::Sent)
+    }
+}
+
+enum Step {
+    Sent,
+    Idle,
+    /// Another replica streams this output.
+    Elsewhere,
+}
+
+/// Takes (or renews) `replica`'s lease on `output`: its cursor, or `None` when another
+/// replica holds it.
+async fn lease(store: &Store, output: &str, replica: &str) -> Result<Option<(i64, String)>, StoreError> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO siem_cursors (output, next_seq, prev_hash, holder, lease_until_ms)
+         VALUES ($1, 0, $2, '', 0) ON CONFLICT (output) DO NOTHING",
+    )
+    .bind(output)
+    .bind("0".repeat(64))
+    .execute(&store.pool)
+    .await?;
+    let row = sqlx::query(
+        "UPDATE siem_cursors SET holder = $2, lease_until_ms = $3
+         WHERE output = $1 AND (holder = $2 OR lease_until_ms < $4)
+         RETURNING next_seq, prev_hash",
+    )
+    .bind(output)
+    .bind(replica)
+    .bind(now + i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX))
+    .bind(now)
+    .fetch_optional(&store.pool)
+    .await?;
+    row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).transpose()
+}
+
+/// Refuses to send a batch that does not continue the chain from the cursor unbroken.
+fn check(records: &[StoredRecord], mut next: i64, prev: &str) -> Result<(), StoreError> {
+    let mut prev = prev;
+    for record in records {
+        let broken = |reason: &str| StoreError::AuditBroken { seq: record.seq, reason: reason.to_owned() };
+        if record.seq != next {
+            return Err(broken(&format!("sequence {} where {next} was due: records removed", record.seq)));
+        }
+        if record.prev != prev {
+            return Err(broken("does not chain to the record before it"));
+        }
+        if !record.sealed() {
+            return Err(broken("contents do not match the record's hash: edited"));
+        }
+        next += 1;
+        prev = &record.hash;
+    }
+    Ok(())
+}
+
+/// Starts every output of `configs` on `store`; fails before starting any when one is
+/// misconfigured.
+pub fn start(store: &Store, configs: &[SiemConfig]) -> Result<Vec<tokio::task::JoinHandle<()>>, SiemError> {
+    let mut names = std::collections::HashSet::new();
+    for config in configs {
+        if !names.insert(config.name.as_str()) {
+            return Err(SiemError::Config {
+                name: config.name.clone(),
+                reason: "two outputs of this name".into(),
+            });
+        }
+    }
+    let outputs = configs.iter().map(|config| Output::new(store, config)).collect::<Result<Vec<_>, _>>()?;
+    Ok(outputs.into_iter().map(|output| output.spawn(store.clone())).collect())
+}
