@@ -179,8 +179,11 @@ pub fn events<'a>(
             e.severity_id = severity::HIGH;
             vec![e]
         }
-        (AuditEvent::HostPolicyInForce { host, policy, sha256 }, _)
-        | (AuditEvent::HostPolicyRetired { host, policy, sha256 }, _) => {
+        (
+            AuditEvent::HostPolicyInForce { host, policy, sha256 }
+            | AuditEvent::HostPolicyRetired { host, policy, sha256 },
+            _,
+        ) => {
             let (activity, now) = if matches!(event, AuditEvent::HostPolicyInForce { .. }) {
                 (POLICY_IN_FORCE, "in force")
             } else {
