@@ -402,6 +402,17 @@ fn a_decision_made_while_the_daemon_was_down_reaches_the_hold_it_left_behind() {
     daemon.launch();
     assert_eq!(finish(agent), (0, "decided-meanwhile\n".to_owned()));
     assert_eq!(decisions(&daemon, &id)[0]["by"], "dave@example.com");
+
+    // The auditor's pack of the period: the hold once, as dave decided it across the crash,
+    // with the policies the daemon had in force; it verifies with the console's key alone.
+    let period = console::evidence::Period { from_ms: 0, to_ms: console::store::now_ms() + 1 };
+    let (store, signer) = (console.store(), console.console.signer());
+    let pack = rt.block_on(console::evidence::export(store, signer, period, "auditor")).expect("the pack");
+    let summary =
+        console::evidence::verify(&pack, &console_key().verifying_key()).expect("the pack verifies");
+    assert_eq!((summary.holds, summary.decisions), (1, 1), "{summary}");
+    assert_eq!(summary.by_status.get("approved"), Some(&1), "{summary}");
+    assert!(summary.policies >= 2, "default and test: {summary}");
 }
 
 #[test]
