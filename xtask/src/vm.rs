@@ -47,8 +47,9 @@ const TEST_THREADS: &str = "--test-threads=2";
 /// kernel (an OpenID provider, a browser, NSS modules), and the guest has none of them;
 /// the working day needs a developer's whole toolchain (git, pip, npm, gcc, make, curl,
 /// wget), which the guest does not carry: its holds are the ones the other suites test in
-/// every mode.
-const HOST_ONLY: [&str; 4] = ["nss", "oidc", "web_ui", "working_day"];
+/// every mode; the export's judge is the OCSF project's schema in a Python venv, and what it
+/// judges (the trail's records) is the same in every mode.
+const HOST_ONLY: [&str; 5] = ["export", "nss", "oidc", "web_ui", "working_day"];
 /// Test executables whose subject does not change with the mode (the console's protocol and
 /// the embedded console; their holds are execs, which `hold` and `daemon` test in every
 /// mode), run pairwise rather than as the full matrix: each kernel runs them in one mode,
