@@ -2,6 +2,9 @@
 //! the console's alike): only the attributes keyturn fills, each under the schema's own name,
 //! so that the OCSF project's schema, run by the tests, judges these very types.
 
+#[cfg(feature = "validator")]
+pub mod validator;
+
 use serde::Serialize;
 
 /// The OCSF release the events follow.
@@ -233,6 +236,24 @@ pub struct Process {
     pub user: Option<User>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_process: Option<Box<Process>>,
+}
+
+impl Process {
+    /// Parent processes as OCSF nests them, from `(pid, command name, argv)` of each,
+    /// nearest first.
+    pub fn ancestry<'a>(
+        parents: impl DoubleEndedIterator<Item = (u32, &'a str, &'a [String])>,
+    ) -> Option<Box<Self>> {
+        parents.rev().fold(None, |older, (pid, comm, argv)| {
+            Some(Box::new(Self {
+                pid: Some(pid),
+                name: Some(comm.to_owned()),
+                cmd_line: (!argv.is_empty()).then(|| argv.join(" ")),
+                parent_process: older,
+                ..Self::default()
+            }))
+        })
+    }
 }
 
 #[derive(Serialize)]

@@ -18,7 +18,6 @@ use std::{
 
 pub mod daemon;
 pub mod embedded;
-pub mod ocsf;
 pub mod oidc;
 pub mod runtimes;
 pub mod working_day;

@@ -21,7 +21,7 @@ fn a_real_trail_exports_as_ocsf_events_the_schema_accepts() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
-    let summary = tests::ocsf::validate(&export.stdout);
+    let summary = ocsf::validator::validate(&export.stdout);
     assert_eq!(summary["valid"], events.len());
     let of_hold = |class: u64| {
         events.iter().filter(move |e| e["class_uid"] == class && e["metadata"]["correlation_uid"] == id)

@@ -10,7 +10,7 @@ use ::ocsf::{
     Actor, Api, Class, ConnectionInfo, Device, Endpoint, Event, File, Fingerprint, KEYTURN, Metadata, OTHER,
     PROFILES, Policy, Process, Resource, Service, User, VERSION, disposition, severity, status,
 };
-use proto::v1::{HoldRaised, Parent, hold_raised::Detail};
+use proto::v1::{HoldRaised, hold_raised::Detail};
 use serde::Serialize;
 
 use super::KeyturnRecord;
@@ -318,18 +318,6 @@ impl Step {
     }
 }
 
-/// The chain of parents, nearest first, as nested OCSF processes.
-fn parent_chain(parents: &[Parent]) -> Option<Box<Process>> {
-    let (first, rest) = parents.split_first()?;
-    Some(Box::new(Process {
-        pid: Some(first.pid),
-        name: Some(first.comm.clone()),
-        cmd_line: (!first.argv.is_empty()).then(|| first.argv.join(" ")),
-        parent_process: parent_chain(rest),
-        ..Process::default()
-    }))
-}
-
 /// "agent claude on web-01: exec /usr/bin/curl" or "…: egress tcp 10.0.0.1:443".
 fn summary(host: &str, hold: &HoldRaised) -> String {
     let what = match &hold.detail {
@@ -389,7 +377,9 @@ fn action<'a>(
                         .into_iter()
                         .collect(),
                 });
-                asker.parent_process = parent_chain(&exec.parents);
+                asker.parent_process = Process::ancestry(
+                    exec.parents.iter().map(|p| (p.pid, p.comm.as_str(), p.argv.as_slice())),
+                );
             }
             e.process = Some(program);
             e

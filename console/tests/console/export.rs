@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use crate::{
     streams::request,
-    support::{Db, egress_hold, hold, key, loopback, validate_ocsf},
+    support::{Db, egress_hold, hold, key, loopback},
 };
 use console::{
     Api, Console, RoleMap,
@@ -172,7 +172,7 @@ async fn every_kind_of_record_exports_as_valid_ocsf(db: Db) {
 
     let (status, ocsf) = get(&base, "", &admin).await;
     assert_eq!(status, StatusCode::OK, "{ocsf}");
-    let summary = validate_ocsf(ocsf.as_bytes());
+    let summary = ocsf::validator::validate(ocsf.as_bytes());
     let events: Vec<Value> = ocsf.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     let decided = records.iter().filter(|r| r.kind() == "decided").count();
     assert_eq!(events.len(), records.len() + 1 + decided, "one event a record, two a decision: {summary}");

@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     streams::request,
-    support::{Db, TempDir, WAIT, hold, key, validate_ocsf},
+    support::{Db, TempDir, WAIT, hold, key},
 };
 use console::{
     Console,
@@ -199,7 +199,7 @@ async fn an_hec_collector_gets_every_record_once_after_a_refusal() {
     assert!(refused > 0, "the collector refused a batch");
     exactly_once_in_order(&events, records);
     let lines: Vec<u8> = events.iter().flat_map(|e| format!("{e}\n").into_bytes()).collect();
-    validate_ocsf(&lines);
+    ocsf::validator::validate(&lines);
     assert_eq!(cursor(&db, "splunk").await, records);
 }
 
@@ -363,6 +363,6 @@ async fn rsyslog_over_tls_gets_every_record_once_across_its_restart(db: Db) {
     let events: Vec<Value> = messages.iter().map(|m| rfc5424(m)).collect();
     exactly_once_in_order(&events, records);
     let lines: Vec<u8> = events.iter().flat_map(|e| format!("{e}\n").into_bytes()).collect();
-    validate_ocsf(&lines);
+    ocsf::validator::validate(&lines);
     assert_eq!(cursor(&db, "soc").await, records);
 }

@@ -338,32 +338,6 @@ pub fn egress_hold(id: &str, nonce: u64) -> HoldRaised {
     }
 }
 
-/// Validates `events` (OCSF JSON lines) with `tests/ocsf/validate.py`, the OCSF project's
-/// schema in the venv `cargo xtask setup` makes; panics with every problem found. Returns
-/// the validator's summary: `valid`, `invalid`, events per `classes`.
-pub fn validate_ocsf(events: &[u8]) -> serde_json::Value {
-    use std::{io::Write as _, process::Stdio};
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ocsf");
-    let python = dir.join(".venv/bin/python");
-    assert!(python.exists(), "{} is missing: run cargo xtask setup", python.display());
-    let mut child = Command::new(python)
-        .arg(dir.join("validate.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the OCSF validator");
-    child.stdin.take().expect("stdin").write_all(events).expect("feed the validator");
-    let out = child.wait_with_output().expect("the validator");
-    assert!(
-        out.status.success(),
-        "OCSF validation failed:\n{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout).expect("the validator's summary")
-}
-
 /// Waits until the console has stored `hold_id` of `host`.
 pub async fn stored(store: &Store, host: &str, hold_id: &str) -> console::store::HoldRecord {
     tokio::time::timeout(WAIT, async {

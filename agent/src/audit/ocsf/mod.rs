@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::{AuditEvent, DecidedBy, Record};
 use crate::{
     hold::{
-        context::{ActionKind, HoldView, Parent},
+        context::{ActionKind, HoldView},
         process::OnDeny,
     },
     policy::Verdict,
@@ -504,18 +504,6 @@ fn user(hold: &HoldView) -> Option<User> {
     })
 }
 
-/// The chain of parents, nearest first, as nested OCSF processes.
-fn parent_chain(parents: &[Parent]) -> Option<Box<Process>> {
-    let (first, rest) = parents.split_first()?;
-    Some(Box::new(Process {
-        pid: Some(first.pid),
-        name: Some(first.comm.clone()),
-        cmd_line: (!first.argv.is_empty()).then(|| first.argv.join(" ")),
-        parent_process: parent_chain(rest),
-        ..Process::default()
-    }))
-}
-
 /// The process that asked for the held action.
 fn process_of(hold: &HoldView) -> Process {
     Process {
@@ -523,7 +511,9 @@ fn process_of(hold: &HoldView) -> Process {
         tid: Some(hold.tid),
         name: (!hold.comm.is_empty()).then(|| hold.comm.clone()),
         user: user(hold),
-        parent_process: hold.parents.as_deref().and_then(parent_chain),
+        parent_process: hold.parents.as_deref().and_then(|parents| {
+            Process::ancestry(parents.iter().map(|p| (p.pid, p.comm.as_str(), p.argv.as_slice())))
+        }),
         cmd_line: (hold.kind == ActionKind::Egress)
             .then(|| hold.argv.as_ref().map(|a| a.join(" ")))
             .flatten(),

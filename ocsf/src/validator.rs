@@ -1,5 +1,5 @@
-//! The OCSF project's schema as the judge of keyturn's exports: `tests/ocsf/validate.py`, in
-//! the venv `cargo xtask setup` makes.
+//! The tests' judge of keyturn's OCSF: `tests/ocsf/validate.py`, the OCSF project's own
+//! schemas (`PyPI` `ocsf-json-schema`, `jsonschema`) in the venv `cargo xtask setup` makes.
 
 use std::{
     io::Write as _,
@@ -7,12 +7,10 @@ use std::{
     process::{Command, Stdio},
 };
 
-use serde_json::Value;
-
 /// Validates `events` (OCSF JSON lines); panics with every problem found. Returns the
 /// validator's summary: `valid`, `invalid`, events per `classes`.
-pub fn validate(events: &[u8]) -> Value {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ocsf");
+pub fn validate(events: &[u8]) -> serde_json::Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ocsf");
     let python = dir.join(".venv/bin/python");
     assert!(python.exists(), "{} is missing: run `cargo xtask setup`", python.display());
     let mut child = Command::new(python)
