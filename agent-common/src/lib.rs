@@ -29,10 +29,20 @@ pub mod capacity {
     pub const PORT_RULES: usize = 8;
     /// Bytes of an executable's path carried in a hold event.
     pub const PATH_BYTES: usize = 256;
+    /// Addresses that names resolved to, per agent, with their expiry. An LRU: an evicted
+    /// entry only means a connection to that address is judged by the CIDR rules again.
+    pub const RESOLVED: u32 = 65_536;
+    /// DNS sockets of tagged cgroups the resolver can attribute a query to. An LRU: a
+    /// socket whose entry was evicted gets its queries refused until it connects again.
+    pub const DNS_SENDERS: u32 = 16_384;
+    /// Original destinations of redirected DNS sockets, for the replies' source.
+    pub const DNS_REDIRECTS: u32 = DNS_SENDERS;
 }
 
 /// What a policy says about an action.
 pub mod verdict {
+    /// No verdict: the next rule decides.
+    pub const NONE: u32 = 0;
     pub const ALLOW: u32 = 1;
     pub const HOLD: u32 = 2;
     pub const DENY: u32 = 3;
@@ -91,8 +101,11 @@ pub mod counter {
     pub const HOLD_TABLE_REFUSED: u32 = 8;
     /// Exec holds that had to kill because the exec could no longer be failed.
     pub const EXEC_KILLED: u32 = 9;
+    /// DNS from a tagged cgroup refused instead of redirected to keyturn's resolver: over
+    /// IPv6, from a socket already bound, to the resolver's own port, or with no resolver.
+    pub const DNS_REFUSED: u32 = 10;
     /// Number of counters.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// The IPv4-mapped IPv6 prefix `::ffff:0:0/96`. IPv4 addresses are stored in this form,
@@ -104,6 +117,91 @@ pub mod protocol {
     pub const ANY: u32 = 0;
     pub const TCP: u32 = 6;
     pub const UDP: u32 = 17;
+}
+
+/// DNS for tagged cgroups: every query they send to port 53 (any address, over UDP or
+/// TCP) goes to keyturn's resolver instead, from a loopback source address that names the
+/// sender (`127.0.0.0/8`, the low 24 bits a key of `DNS_SENDERS`). A socket the agent had
+/// bound to a port before connecting keeps its source, and its port names the sender.
+pub mod dns {
+    /// The DNS port, on any address.
+    pub const PORT: u16 = 53;
+    /// `127.0.0.0`, host byte order: sender addresses are this plus a sender index.
+    pub const SENDER_NET: u32 = 0x7f00_0000;
+    /// The sender index bits of a sender address.
+    pub const SENDER_MASK: u32 = 0x00ff_ffff;
+    /// Sender indexes below this are never used (`127.0.0.0`, `127.0.0.1`).
+    pub const FIRST_SENDER: u32 = 2;
+
+    /// The `DNS_SENDERS` key of a socket named by its own port (over TCP or UDP): above
+    /// every sender index.
+    pub const fn port_key(tcp: bool, port: u16) -> u32 {
+        (1 << 31) | if tcp { 1 << 30 } else { 0 } | port as u32
+    }
+}
+
+/// Where keyturn's resolver listens, written by user space into `DNS[0]`.
+#[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// IPv4 loopback address, network byte order (as `bpf_sock_addr.user_ip4`).
+    pub addr_be: u32,
+    /// Port, host byte order; 0 while no resolver runs: DNS from tagged cgroups is refused.
+    pub port: u32,
+}
+
+/// Who sent a DNS query: value of `DNS_SENDERS`, written by the hook that redirected the
+/// socket, read by the resolver.
+#[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsSender {
+    /// The tagged root, and its policy when the socket was redirected.
+    pub root: u64,
+    pub policy: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// A [`protocol`] constant.
+    pub protocol: u32,
+    /// The destination the agent asked for: IPv4-mapped address, port (host order).
+    pub addr: [u8; 16],
+    pub port: u32,
+    pub padding: u32,
+}
+
+/// The destination a redirected UDP socket asked for, as replies must appear to come from
+/// it: value of `DNS_REDIRECTS`, keyed by socket cookie.
+#[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsRedirect {
+    /// Network byte order, as `bpf_sock_addr.user_ip4` and `user_port`.
+    pub addr_be: u32,
+    pub port_be: u32,
+}
+
+/// Key of `RESOLVED`: an address (IPv4-mapped or IPv6) a name resolved to for one agent.
+#[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ResolvedKey {
+    /// The tagged root.
+    pub root: u64,
+    pub addr: [u8; 16],
+}
+
+/// What the domain rules naming a resolved name say of its address, until the answer's
+/// TTL ends: value of `RESOLVED`, written by the resolver, read by the egress hooks.
+#[repr(C)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// `CLOCK_MONOTONIC` nanoseconds after which the entry no longer applies.
+    pub expires_ns: u64,
+    /// Port rules of the domain rules; `fallback` 0 ([`verdict::NONE`]) leaves ports they
+    /// do not name to the CIDR rules.
+    pub rule: EgressRule,
 }
 
 /// One tagged cgroup root, written by user space into `TAGGED_ROOTS`.
@@ -339,8 +437,8 @@ pub struct KernelOffsets {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Action, CachedTag, Config, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey, KernelOffsets,
-        PolicyDefaults, Stop, Tag,
+        Action, CachedTag, Config, DnsConfig, DnsRedirect, DnsSender, EgressKey, EgressRule, ExecKey, Hold,
+        HoldEvent, HoldKey, KernelOffsets, PolicyDefaults, Resolved, ResolvedKey, Stop, Tag,
     };
     // SAFETY: every type is repr(C), Copy, and has no padding (bytemuck::Pod, derived
     // above, refuses padding at compile time).
@@ -357,4 +455,9 @@ mod pod {
     unsafe impl aya::Pod for HoldEvent {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Stop {}
+    unsafe impl aya::Pod for DnsConfig {}
+    unsafe impl aya::Pod for DnsSender {}
+    unsafe impl aya::Pod for DnsRedirect {}
+    unsafe impl aya::Pod for ResolvedKey {}
+    unsafe impl aya::Pod for Resolved {}
 }

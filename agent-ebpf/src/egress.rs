@@ -1,13 +1,16 @@
 //! Egress hooks: hold a connection or datagram to a destination the policy does not allow,
 //! before any packet leaves. IPv4 and IPv4-mapped IPv6 destinations are the same thing.
 
-use agent_common::{Action, EgressKey, V4_MAPPED_PREFIX, capacity, kind, protocol, verdict};
+use agent_common::{
+    Action, EgressKey, EgressRule, ResolvedKey, V4_MAPPED_PREFIX, capacity, kind, protocol, verdict,
+};
 use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
 
 use crate::{
+    dns,
     hold::{self, Outcome, Waiting},
     kernel,
-    maps::EGRESS_RULES,
+    maps::{EGRESS_RULES, RESOLVED},
     tag::{self, Tagged},
 };
 
@@ -33,11 +36,10 @@ fn mapped_v4(addr_be: u32) -> [u8; 16] {
     addr
 }
 
-fn verdict(tagged: &Tagged, to: &Destination) -> u32 {
-    let key = Key::new(32 + 128, EgressKey { policy_be: tagged.tag.policy.to_be_bytes(), addr: to.addr });
-    let Some(rule) = EGRESS_RULES.get(&key) else {
-        return hold::policy_defaults(tagged.tag.policy).egress;
-    };
+/// The verdict of the first port rule of `rule` that matches `to`, else its fallback
+/// (which may be [`verdict::NONE`]).
+#[inline(always)]
+fn rule_verdict(rule: &EgressRule, to: &Destination) -> u32 {
     for i in 0..capacity::PORT_RULES {
         if i >= rule.count as usize {
             break;
@@ -51,6 +53,30 @@ fn verdict(tagged: &Tagged, to: &Destination) -> u32 {
         }
     }
     rule.fallback
+}
+
+/// What the policy of `tagged` says of egress to `to`: DNS is left to the DNS hooks; an
+/// address a name resolved to for this agent is judged by that name's domain rules while
+/// the answer's TTL lasts; then the CIDR rules, then the policy's default.
+fn verdict(tagged: &Tagged, to: &Destination) -> u32 {
+    if dns::is_dns(to) || dns::is_resolver(to) {
+        return verdict::ALLOW;
+    }
+    // SAFETY: the resolver replaces entries whole; a torn read only mixes two answers'
+    // rules for the same name's address.
+    if let Some(resolved) = unsafe { RESOLVED.get(&ResolvedKey { root: tagged.root, addr: to.addr }) }
+        && kernel::now_ns() < resolved.expires_ns
+    {
+        let by_name = rule_verdict(&resolved.rule, to);
+        if by_name != verdict::NONE {
+            return by_name;
+        }
+    }
+    let key = Key::new(32 + 128, EgressKey { policy_be: tagged.tag.policy.to_be_bytes(), addr: to.addr });
+    match EGRESS_RULES.get(&key) {
+        Some(rule) => rule_verdict(rule, to),
+        None => hold::policy_defaults(tagged.tag.policy).egress,
+    }
 }
 
 /// Decides egress to `to` for the current task. A thread that uses io_uring waits by

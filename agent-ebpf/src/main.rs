@@ -16,6 +16,7 @@
     reason = "BPF: one function per hook keeps the verifier's pointer tracking and the stack simple"
 )]
 
+mod dns;
 mod egress;
 mod exec;
 mod hold;
@@ -139,6 +140,38 @@ macro_rules! sock_addr_programs {
             sock_addr(&$destination(&ctx), Waiting::Retry)
         }
     };
+}
+
+/// DNS, every mode, attached to each tagged cgroup: a query to port 53 over IPv4 goes to
+/// keyturn's resolver, from a source address that names its sender.
+#[cgroup_sock_addr(connect4)]
+pub fn dns_connect4(ctx: SockAddrContext) -> i32 {
+    dns::connect4(&ctx)
+}
+
+/// DNS, every mode: as `dns_connect4`, for a datagram sent to an address.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn dns_sendmsg4(ctx: SockAddrContext) -> i32 {
+    dns::sendmsg4(&ctx)
+}
+
+/// DNS, every mode: refuses DNS over IPv6 (and the resolver's port by a mapped address).
+#[cgroup_sock_addr(connect6)]
+pub fn dns_connect6(ctx: SockAddrContext) -> i32 {
+    dns::v6(&ctx)
+}
+
+/// DNS, every mode: as `dns_connect6`, for a datagram sent to an address.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn dns_sendmsg6(ctx: SockAddrContext) -> i32 {
+    dns::v6(&ctx)
+}
+
+/// DNS, every mode: the resolver's replies to a redirected socket come from the server
+/// the agent asked for. Never refuses.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn dns_recvmsg4(ctx: SockAddrContext) -> i32 {
+    dns::recvmsg4(&ctx)
 }
 
 sock_addr_programs!(connect4, egress::sock_addr_destination_v4, connect4_hold, connect4_retry);

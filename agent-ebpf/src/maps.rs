@@ -2,8 +2,8 @@
 //! pending holds outlive a daemon restart; capacities live in `agent_common::capacity`.
 
 use agent_common::{
-    CachedTag, Config, EgressKey, EgressRule, ExecKey, Hold, HoldKey, PolicyDefaults, Stop, Tag, capacity,
-    counter,
+    CachedTag, Config, DnsConfig, DnsRedirect, DnsSender, EgressKey, EgressRule, ExecKey, Hold, HoldKey,
+    PolicyDefaults, Resolved, ResolvedKey, Stop, Tag, capacity, counter,
 };
 use aya_ebpf::{
     macros::map,
@@ -36,6 +36,26 @@ pub static EXEC_RULES: HashMap<ExecKey, u32> = HashMap::pinned(capacity::EXEC_RU
 /// Destination prefixes per policy, port rules folded in. Written by user space.
 #[map]
 pub static EGRESS_RULES: LpmTrie<EgressKey, EgressRule> = LpmTrie::pinned(capacity::EGRESS_RULES, 0);
+
+/// Addresses names resolved to, per agent, and what the domain rules naming them say.
+/// Written by the daemon's resolver when it answers a query; read by the egress hooks,
+/// before the CIDR rules.
+#[map]
+pub static RESOLVED: LruHashMap<ResolvedKey, Resolved> = LruHashMap::pinned(capacity::RESOLVED, 0);
+
+/// `DNS[0]`: where keyturn's resolver listens. Written by user space.
+#[map]
+pub static DNS: Array<DnsConfig> = Array::pinned(1, 0);
+
+/// Sender index (the low 24 bits of the loopback source a redirected DNS socket got) →
+/// who sent it. Written by the DNS hooks, read by the resolver.
+#[map]
+pub static DNS_SENDERS: LruHashMap<u32, DnsSender> = LruHashMap::pinned(capacity::DNS_SENDERS, 0);
+
+/// Socket cookie → the DNS server a redirected UDP socket asked for. Written by the DNS
+/// hooks, read by `recvmsg4` to make replies come from it.
+#[map]
+pub static DNS_REDIRECTS: LruHashMap<u64, DnsRedirect> = LruHashMap::pinned(capacity::DNS_REDIRECTS, 0);
 
 /// Hold records: created by the hooks, decided (approved, denied) or removed by user
 /// space, consumed by the hook when the held syscall restarts.

@@ -1,7 +1,12 @@
 //! `keyturn.toml`: where the daemon keeps its state and who may approve. Every field has a
 //! built-in default, so the daemon starts with no file at all.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -46,6 +51,45 @@ pub struct Config {
     /// reads); by default SQLite and its key in `state_dir`, everything on loopback.
     #[expect(clippy::struct_field_names, reason = "the key operators write in keyturn.toml")]
     pub embedded_console_config: Option<PathBuf>,
+    /// `[dns]`: keyturn's resolver, which answers every DNS query of tagged cgroups.
+    pub dns: DnsConfig,
+}
+
+/// `[dns]`: where keyturn's resolver listens and whom it asks.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// The resolvers asked for names the policy allows, in order (`"10.0.0.2:53"`, or an
+    /// address alone for port 53). Empty: the nameservers of `/etc/resolv.conf`.
+    #[serde(deserialize_with = "upstreams")]
+    pub upstream: Vec<SocketAddr>,
+    /// The resolver's own address, on IPv4 loopback. Tagged cgroups' DNS is sent here by
+    /// the kernel; they may not reach it directly.
+    pub listen: SocketAddrV4,
+}
+
+impl DnsConfig {
+    pub const LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 53053);
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self { upstream: Vec::new(), listen: Self::LISTEN }
+    }
+}
+
+/// Upstream resolvers, `ADDRESS:PORT` or `ADDRESS` (port 53).
+fn upstreams<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| {
+            text.parse::<SocketAddr>()
+                .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("dns upstream {text:?} is not ADDRESS or ADDRESS:PORT"))
+                })
+        })
+        .collect()
 }
 
 /// `[console]`: where this host streams its holds, whose decisions it accepts, and what it
@@ -103,6 +147,7 @@ impl Default for Config {
             embedded_console: true,
             embedded_console_config: None,
             people: HashMap::new(),
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -170,7 +215,7 @@ mod tests {
         assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
     }
 
-    /// Its `[console]` example, uncommented, is a valid section.
+    /// Its `[console]` and `[dns]` examples, uncommented, are valid sections.
     #[test]
     fn the_installed_config_shows_a_valid_console_section() {
         let section: Vec<&str> = INSTALLED
@@ -182,5 +227,18 @@ mod tests {
         let console = parsed.console.as_ref().expect("a [console] section");
         assert_eq!(console.public_keys.len(), 1);
         assert_eq!(parsed.console_key(console), PathBuf::from("/var/lib/keyturn/console-host.key"));
+        assert_eq!(parsed.dns.listen, DnsConfig::LISTEN);
+        assert_eq!(parsed.dns.upstream, ["10.0.0.2:53".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn a_dns_upstream_is_an_address_with_or_without_its_port() {
+        let parsed: Config = toml::from_str("[dns]\nupstream = [\"10.0.0.3\", \"[fd00::1]:5353\"]").unwrap();
+        assert_eq!(
+            parsed.dns.upstream,
+            ["10.0.0.3:53".parse::<SocketAddr>().unwrap(), "[fd00::1]:5353".parse().unwrap()]
+        );
+        let bad = toml::from_str::<Config>("[dns]\nupstream = [\"ns1.example\"]").unwrap_err();
+        assert!(bad.message().contains("not ADDRESS or ADDRESS:PORT"), "{bad}");
     }
 }

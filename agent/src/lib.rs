@@ -8,6 +8,8 @@
 //! - [`hold`]: a held action: the process the kernel holds, the table of them, what an
 //!   approver is shown, which program an exec runs and how it is judged.
 //! - [`policy`]: policy files, and the part of a policy the kernel decides by itself.
+//! - [`dns`]: keyturn's resolver, which answers every DNS query of tagged cgroups and
+//!   judges the name before anything leaves the host.
 //! - [`daemon`]: `keyturn daemon`: the loop that takes in the kernel's events, keeps the
 //!   pending holds, applies decisions and timeouts, and serves the local API.
 //! - [`console_link`]: the daemon's connection to the console (through the `host-client`
@@ -45,7 +47,7 @@ macro_rules! rooms_for_tests {
     )*};
 }
 
-rooms_for_tests!(cgroup, hold, kernel, policy);
+rooms_for_tests!(cgroup, dns, hold, kernel, policy);
 pub(crate) mod audit;
 /// The command line, for the binary.
 pub mod cli;

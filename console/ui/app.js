@@ -92,7 +92,8 @@ function what(hold) {
 
 function destination(egress) {
   const address = egress.address?.includes(":") ? `[${egress.address}]` : egress.address;
-  return `${egress.protocol ?? ""} ${address ?? "?"}:${egress.port ?? "?"}`.trim();
+  const shown = egress.domain ? `${egress.domain} (${address ?? "?"})` : address ?? "?";
+  return `${egress.protocol ?? ""} ${shown}:${egress.port ?? "?"}`.trim();
 }
 
 /** A span of milliseconds for people: 45s, 3m 05s, 2h 10m, 3d 4h. */

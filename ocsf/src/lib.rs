@@ -286,10 +286,13 @@ pub struct User {
     pub domain: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 pub struct Endpoint {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// The name the address was resolved from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]

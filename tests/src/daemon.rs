@@ -70,11 +70,15 @@ impl Daemon {
         let embedded = if config.contains("embedded_console") { "" } else { "embedded_console = false\n" };
         let approvers = if config.contains("approver_group") { "" } else { "approver_group = \"nogroup\"\n" };
         let metrics = if config.contains("metrics") { "" } else { "metrics = \"\"\n" };
+        // Tables go last, where they cannot swallow the keys above; each daemon's resolver
+        // on a port of its own.
+        let (settings, tables) = config.find("\n[").map_or((config, ""), |at| config.split_at(at));
+        let dns = if tables.contains("[dns]") { "" } else { "\n[dns]\nlisten = \"127.0.0.1:0\"\n" };
         fs::write(
             daemon.dir.join("keyturn.toml"),
             format!(
-                "{config}\nstate_dir = \"{0}/state\"\nsocket = \"{0}/keyturn.sock\"\npolicies_dir = \"{0}/policies\"\n\
-                 pin_dir = \"/sys/fs/bpf/{1}\"\n{mode}{embedded}{approvers}{metrics}",
+                "{settings}\nstate_dir = \"{0}/state\"\nsocket = \"{0}/keyturn.sock\"\npolicies_dir = \"{0}/policies\"\n\
+                 pin_dir = \"/sys/fs/bpf/{1}\"\n{mode}{embedded}{approvers}{metrics}{tables}{dns}",
                 daemon.dir.display(),
                 daemon.dir.file_name().expect("name").to_string_lossy()
             ),

@@ -28,7 +28,7 @@ use keyturn::{
     hold::table::{Happened, Holds},
     kernel::mode::Mode,
     kernel::{Enforcer, Options},
-    policy::{Cidr, EgressSpec, FileId, KernelPolicy, Verdict},
+    policy::{EgressSpec, FileId, KernelPolicy, Verdict, kernel::Cidr},
 };
 use nix::{
     fcntl::{Flock, FlockArg},

@@ -71,10 +71,13 @@ fn main() -> Result<()> {
 }
 
 /// The fuzz targets (`fuzz/fuzz_targets`) and the seconds each is fuzzed in every test run:
-/// what hostile or corrupt bytes reach first, the operator's policy files and the kernel's
-/// BTF.
-const FUZZ_TARGETS: [(&str, &str, u32); 2] =
-    [("policy", "the policy parser", 20), ("btf", "the BTF reader", 10)];
+/// what hostile or corrupt bytes reach first, the operator's policy files, the agents' DNS
+/// queries and the kernel's BTF.
+const FUZZ_TARGETS: [(&str, &str, u32); 3] = [
+    ("policy", "the policy parser", 20),
+    ("dns_query", "the DNS query parser", 15),
+    ("btf", "the BTF reader", 10),
+];
 
 /// Fuzzes each of [`FUZZ_TARGETS`] with nightly's libFuzzer, starting from the seeds in
 /// `fuzz/seeds/TARGET`; new inputs go to a scratch corpus. Without the address sanitizer: what

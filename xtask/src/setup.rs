@@ -37,6 +37,9 @@ const TEST_PACKAGES: &[&str] = &[
     "e2fsprogs",
     // host integration tests: network namespaces and veth peers
     "iproute2",
+    // the DNS upstream of keyturn's resolver in the tests (tests/tests/dns.rs), also in the
+    // VM guests
+    "dnsmasq-base",
     // approvers whose group comes from NSS, not /etc/group (tests/tests/nss.rs)
     "libnss-extrausers",
     // the working day (tests/working-day): git over HTTP (git http-backend), Debian's python3

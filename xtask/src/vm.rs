@@ -63,7 +63,7 @@ const MARKER: &str = "KEYTURN-VM";
 const MODULES: [&str; 3] = ["veth", "virtio_pci", "virtio_blk"];
 /// Host programs the tests run by name (`echo` also by its path, `/bin/echo`); busybox's
 /// applets of the same names lack what the tests use (`ip … type veth`, `setpriv --reuid`).
-const TOOLS: [&str; 3] = ["echo", "ip", "setpriv"];
+const TOOLS: [&str; 4] = ["echo", "ip", "setpriv", "dnsmasq"];
 /// Where the host keeps its programs.
 const TOOL_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 /// Workspace programs the tests start, found through an environment variable:

@@ -38,7 +38,11 @@ pub fn print_pending(holds: &[HoldView]) {
                     hold.protocol.as_deref().unwrap_or_default(),
                     hold.address.as_deref().unwrap_or_default(),
                 );
-                ("egress", format!("{protocol} {address}:{}", hold.port.unwrap_or_default()))
+                let destination = match &hold.domain {
+                    Some(domain) => format!("{domain} ({address})"),
+                    None => address.to_owned(),
+                };
+                ("egress", format!("{protocol} {destination}:{}", hold.port.unwrap_or_default()))
             }
         };
         let deferred = if hold.hold == Waiting::Deferred {

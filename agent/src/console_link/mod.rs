@@ -252,6 +252,7 @@ fn hold_raised(view: &HoldView, nonce: u64, requested_at: SystemTime, deadline: 
             protocol: view.protocol.clone().unwrap_or_default(),
             address: view.address.clone().unwrap_or_default(),
             port: view.port.map_or(0, u32::from),
+            domain: view.domain.clone().unwrap_or_default(),
         })
     };
     HoldRaised {

@@ -1,13 +1,14 @@
 //! Intake: the kernel's events become holds: judged, released, refused or pending.
 
 use std::{
+    net::{IpAddr, Ipv6Addr},
     os::unix::ffi::OsStrExt as _,
     sync::Arc,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
-use agent_common::{HoldEvent, HoldKey, hold_state, kind};
+use agent_common::{Action, HoldEvent, HoldKey, hold_state, kind};
 use proto::v1::CloseReason;
 
 use super::{Daemon, agents::Agent, decisions::Pending, grants::unix_now};
@@ -34,6 +35,7 @@ pub(super) struct Judging {
 }
 use crate::{
     audit::AuditEvent,
+    dns::name::Name,
     hold::{
         context::{self, FromMemory},
         identity::Executable,
@@ -104,6 +106,13 @@ impl Daemon {
         }
     }
 
+    /// The name the agent under `root` last resolved to the destination of `action`.
+    fn resolved_name(&self, root: u64, action: &Action) -> Option<Name> {
+        let v6 = Ipv6Addr::from(action.addr);
+        let addr = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
+        self.names.name_of(root, addr)
+    }
+
     /// The agent and policy a hold under `root` is judged by. Every tag names a loaded
     /// policy (tagging and reloads check it); `default` is always loaded.
     pub(super) fn agent_and_policy(&self, root: u64) -> Option<(&Agent, &Arc<Policy>)> {
@@ -123,7 +132,8 @@ impl Daemon {
             // On the owner task: handed to the judges, a JVM's held connect was never
             // listed in the VMs (cause not yet found), so an agent's memory served from
             // FUSE can still stall this read (README).
-            let (rule, quorum) = policy.egress_rule(&event.hold.action);
+            let name = self.resolved_name(event.hold.root, &event.hold.action);
+            let (rule, quorum) = policy.egress_rule(&event.hold.action, name.as_ref());
             let judgement = ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: false, quorum };
             let memory = FromMemory::read(event, None);
             self.settle_new_hold(key, event, restored, &judgement, None, memory, Vec::new());
@@ -311,6 +321,9 @@ impl Daemon {
         }
         let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
         let mut view = context::describe(event, &agent_name, &cgroup, &policy_name, executable, memory);
+        if event.hold.action.kind == kind::EGRESS {
+            view.domain = self.resolved_name(root, &event.hold.action).map(|name| name.to_string());
+        }
         (view.policy_rule, view.quorum, view.requester) =
             (judgement.rule.clone(), judgement.quorum, requester);
         records.push(AuditEvent::Hold { restored, hold: Box::new(view.clone()) });

@@ -31,7 +31,7 @@ use tokio::{
     io::unix::AsyncFd,
     net::UnixListener,
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 
 use crate::{
@@ -39,8 +39,9 @@ use crate::{
     cgroup::{self, Hierarchy},
     config::Config,
     console_link::{self, Link, embedded},
+    dns::{NameBook, PolicyTable, Resolver},
     hold::{context::HoldView, judge::Judge, orphans::Orphan, table::Holds},
-    kernel::{Enforcer, Options},
+    kernel::{Enforcer, Options, names::NameMaps},
     policy::{self, Policy, watch::PolicyWatch},
     state::{read_json, write_json},
 };
@@ -88,6 +89,12 @@ struct Daemon {
     /// this daemon last sent one.
     anchored: Option<Head>,
     anchored_at: Option<Instant>,
+    /// Policies by kernel id, for the resolver.
+    policy_table: watch::Sender<PolicyTable>,
+    /// The resolver, or why it does not run (then tagged cgroups' DNS is refused).
+    resolver: Result<Resolver, String>,
+    /// The names agents resolved, for the views of their egress holds.
+    names: Arc<NameBook>,
 }
 
 struct RingFd(RawFd);
@@ -126,6 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (judge, mut judged) = Judge::new();
     let (mut daemon, listener) = Daemon::start(config, link, judge)?;
     daemon.policies_watched = watch.is_some();
+    daemon.start_resolver().await;
     let (commands, mut inbox) = mpsc::channel::<Command>(64);
     tokio::spawn(serve_api(listener, commands.clone(), sign_in_links.clone()));
     if !daemon.config.metrics.is_empty() {
@@ -260,6 +268,9 @@ impl Daemon {
             console_connected: false,
             anchored: None,
             anchored_at: None,
+            policy_table: watch::Sender::new(PolicyTable::default()),
+            resolver: Err("not started".into()),
+            names: Arc::default(),
             config,
         };
         daemon.record(AuditEvent::DaemonStart {
@@ -324,7 +335,36 @@ impl Daemon {
         if let Some(link) = &self.link {
             link.policies(self.policies.values().map(AsRef::as_ref));
         }
+        let table = self
+            .policies
+            .iter()
+            .filter_map(|(name, policy)| Some((*self.policy_ids.get(name)?, policy.clone())))
+            .collect();
+        self.policy_table.send_replace(Arc::new(table));
         Ok(())
+    }
+
+    /// Starts keyturn's resolver and points the DNS hooks at it. If it cannot start, the
+    /// daemon runs on, and tagged cgroups' DNS is refused (`status` says why).
+    async fn start_resolver(&mut self) {
+        let dns = &self.config.dns;
+        let started = match NameMaps::open(&self.config.pin_dir) {
+            Ok(maps) => Resolver::start(dns.listen, &dns.upstream, maps, self.policy_table.subscribe())
+                .await
+                .map_err(|e| format!("listening on {}: {e}", dns.listen)),
+            Err(e) => Err(e.to_string()),
+        };
+        let pointed = started.and_then(|resolver| {
+            self.enforcer.set_resolver(resolver.listening()).map_err(|e| e.to_string())?;
+            Ok(resolver)
+        });
+        match &pointed {
+            Ok(resolver) => self.names = resolver.book(),
+            Err(error) => {
+                tracing::error!(%error, "keyturn's resolver is off: tagged cgroups' DNS is refused")
+            }
+        }
+        self.resolver = pointed;
     }
 
     /// Loads the policy directory again (on SIGHUP, or a changed file). A bad file, or one

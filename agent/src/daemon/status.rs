@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     audit::AuditEvent,
+    dns::{DnsCounts, Resolver},
     kernel::{EgressHold, mode::Mode},
     state::write_json,
 };
@@ -36,6 +37,8 @@ pub struct Status {
     pub counters: Counters,
     /// The kernel's refusals by reason, since its maps were made.
     pub refused: BTreeMap<String, u64>,
+    /// keyturn's resolver for tagged cgroups.
+    pub dns: DnsCounts,
 }
 
 /// What happened to holds, in the kernel and here, since start.
@@ -56,13 +59,14 @@ pub struct Counters {
 
 /// The kernel's refusals (each fails the action with EPERM, or kills an exec that can no
 /// longer fail), by counter and the reason the audit trail and `status` give.
-pub(super) const REFUSALS: [(u32, &str); 6] = [
+pub(super) const REFUSALS: [(u32, &str); 7] = [
     (counter::FLOOD_REFUSED, "flood"),
     (counter::RINGBUF_FULL, "ringbuf_full"),
     (counter::SIGNAL_FAILED, "signal_failed"),
     (counter::DAEMON_ABSENT, "daemon_absent"),
     (counter::HOLD_TABLE_REFUSED, "hold_table"),
     (counter::EXEC_KILLED, "exec_killed"),
+    (counter::DNS_REFUSED, "dns"),
 ];
 
 /// State file: the refusal (and rogue SIGCONT) counts already in the audit trail.
@@ -124,6 +128,10 @@ impl Daemon {
                 exec_killed: kernel(counter::EXEC_KILLED),
             },
             refused: REFUSALS.iter().map(|&(index, reason)| (reason.to_owned(), kernel(index))).collect(),
+            dns: self.resolver.as_ref().map_or_else(
+                |why| DnsCounts { listening: format!("off: {why}"), ..DnsCounts::default() },
+                Resolver::counts,
+            ),
         }
     }
 
@@ -172,6 +180,11 @@ impl Daemon {
         }
         for (reason, value) in &status.refused {
             let _ = writeln!(text, "keyturn_refused_total{{reason=\"{reason}\"}} {value}");
+        }
+        if let Ok(serde_json::Value::Object(counts)) = serde_json::to_value(&status.dns) {
+            for (name, value) in counts.iter().filter(|(_, value)| value.is_u64()) {
+                let _ = writeln!(text, "keyturn_dns_{name}_total {value}");
+            }
         }
         text
     }

@@ -1,16 +1,18 @@
 //! The one owner of keyturn's loaded BPF object: picks the enforcement mode, loads and
-//! attaches the programs, pins everything in bpffs, and is the only writer of its maps.
+//! attaches the programs, pins everything in bpffs, and is the only writer of its maps
+//! (but `RESOLVED`, which the resolver writes through [`super::names`]).
 
 use std::{
     fs,
     io::ErrorKind,
+    net::SocketAddrV4,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, RawFd},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use agent_common::{
-    Config, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey, PolicyDefaults, Stop, Tag, counter,
+    Config, DnsConfig, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey, PolicyDefaults, Stop, Tag, counter,
     hold_state,
 };
 use aya::{
@@ -100,6 +102,14 @@ const fn spec(name: &'static str, hook: Hook) -> ProgramSpec {
     ProgramSpec { name, hook }
 }
 
+/// Attached to each tagged cgroup in every mode: DNS goes to keyturn's resolver.
+const DNS: &[ProgramSpec] = &[
+    spec("dns_connect4", Hook::SockAddr),
+    spec("dns_sendmsg4", Hook::SockAddr),
+    spec("dns_connect6", Hook::SockAddr),
+    spec("dns_sendmsg6", Hook::SockAddr),
+    spec("dns_recvmsg4", Hook::SockAddr),
+];
 const LSM_CGROUP: &[ProgramSpec] = &[
     spec("exec_lsm_cgroup", Hook::LsmCgroup("bprm_check_security")),
     spec("connect_lsm_cgroup", Hook::LsmCgroup("socket_connect")),
@@ -257,6 +267,11 @@ impl Enforcer {
         self.egress_hold
     }
 
+    /// The mode's programs, and the DNS programs every mode has.
+    fn specs(&self) -> impl Iterator<Item = &'static ProgramSpec> + use<> {
+        self.programs.iter().chain(DNS)
+    }
+
     /// Where the link of `program` for `owner` (`global` or a cgroup id) is pinned. One
     /// directory per owner: bpffs refuses names with dots.
     fn link_path(&self, owner: &str, program: &str) -> Result<PathBuf> {
@@ -271,7 +286,7 @@ impl Enforcer {
         for owner in fs::read_dir(&dir).map_err(pin_error(&dir))?.flatten() {
             for link in fs::read_dir(owner.path()).map_err(pin_error(&owner.path()))?.flatten() {
                 let name = link.file_name().to_string_lossy().into_owned();
-                if !self.programs.iter().any(|spec| spec.name == name) {
+                if !self.specs().any(|spec| spec.name == name) {
                     unpin(&link.path())?;
                 }
             }
@@ -287,7 +302,7 @@ impl Enforcer {
     /// Attaches and pins, as `owner`, the mode's global programs (no `cgroup`) or its
     /// per-cgroup ones; links already pinned by an earlier daemon are kept as they are.
     fn attach_pinned(&mut self, owner: &str, cgroup: Option<BorrowedFd<'_>>) -> Result<()> {
-        for spec in self.programs {
+        for spec in self.specs() {
             if spec.hook.is_global() != cgroup.is_none() {
                 continue;
             }
@@ -306,11 +321,8 @@ impl Enforcer {
     /// of every cgroup below it, now or later, are enforced under `tag`.
     pub fn tag(&mut self, dir: &Path, tag: Tag) -> Result<u64> {
         let id = cgroup::id(dir)?;
-        if self.mode.attaches_per_cgroup() {
-            let cgroup_fd =
-                fs::File::open(dir).map_err(|source| CgroupError::Io { path: dir.into(), source })?;
-            self.attach_pinned(&id.to_string(), Some(cgroup_fd.as_fd()))?;
-        }
+        let cgroup_fd = fs::File::open(dir).map_err(|source| CgroupError::Io { path: dir.into(), source })?;
+        self.attach_pinned(&id.to_string(), Some(cgroup_fd.as_fd()))?;
         let mut roots: HashMap<_, u64, Tag> = self.map_mut("TAGGED_ROOTS")?;
         roots.insert(id, tag, 0).map_err(map_error("TAGGED_ROOTS"))?;
         self.bump_generation()?;
@@ -322,7 +334,7 @@ impl Enforcer {
         let mut roots: HashMap<_, u64, Tag> = self.map_mut("TAGGED_ROOTS")?;
         absent_ok(roots.remove(&id)).map_err(map_error("TAGGED_ROOTS"))?;
         self.bump_generation()?;
-        for spec in self.programs {
+        for spec in self.specs() {
             let path = self.link_path(&id.to_string(), spec.name)?;
             if path.exists() {
                 unpin(&path)?;
@@ -363,6 +375,14 @@ impl Enforcer {
             c.heartbeat_ns = monotonic_ns();
             c.liveness_timeout_ns = timeout;
         })
+    }
+
+    /// Tells the DNS hooks where keyturn's resolver listens (an IPv4 loopback address):
+    /// DNS from tagged cgroups goes there from now on. Until then it is refused.
+    pub fn set_resolver(&mut self, at: SocketAddrV4) -> Result<()> {
+        let value = DnsConfig { addr_be: u32::from(*at.ip()).to_be(), port: u32::from(at.port()) };
+        let mut dns: Array<_, DnsConfig> = self.map_mut("DNS")?;
+        dns.set(0, value, 0).map_err(map_error("DNS"))
     }
 
     /// Installs policy `id` in the kernel. New entries are written before stale ones are
@@ -619,7 +639,7 @@ fn choose_mode(
             Mode::CgroupSock => &[CGROUP_SOCK_HOLD, CGROUP_SOCK_RETRY],
         };
         for &programs in sets {
-            let result = programs.iter().try_for_each(|spec| load_program(ebpf, spec, btf));
+            let result = programs.iter().chain(DNS).try_for_each(|spec| load_program(ebpf, spec, btf));
             attempts.push(Attempt {
                 what: format!("{mode}: load {}", names(programs)),
                 result: result.map_err(|e| error_chain(&e)),

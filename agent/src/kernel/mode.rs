@@ -27,11 +27,6 @@ impl Mode {
             Mode::CgroupSock => "cgroup-sock",
         }
     }
-
-    /// Whether programs are attached per tagged cgroup (rather than once, globally).
-    pub fn attaches_per_cgroup(self) -> bool {
-        self != Mode::Lsm
-    }
 }
 
 impl fmt::Display for Mode {

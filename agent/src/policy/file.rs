@@ -15,7 +15,11 @@ use serde::Deserialize;
 use crate::{
     hold::identity::{Digests, Executable},
     hold::process::OnDeny,
-    policy::{Cidr, EgressSpec, KernelPolicy, Verdict, display_cidr},
+    dns::name::{DomainPattern, Name},
+    policy::{
+        EgressSpec, KernelPolicy, Verdict, display_cidr,
+        names::{self, NameJudgement, NameRule},
+    },
 };
 
 /// A policy as written in its file.
@@ -73,7 +77,8 @@ enum ProtocolFile {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EgressRuleFile {
-    cidr: String,
+    cidr: Option<String>,
+    domain: Option<String>,
     #[serde(default)]
     ports: Vec<PortFile>,
     #[serde(default)]
@@ -149,6 +154,8 @@ pub struct Policy {
     /// The verdict for a program no rule names.
     pub exec_default: Verdict,
     pub kernel: KernelPolicy,
+    /// Domain rules, in order: judged by keyturn's resolver when an agent looks a name up.
+    pub names: Vec<NameRule>,
     /// The policy's text as written, and its SHA-256 (hex): what was in force, for audits.
     pub text: String,
     pub sha256: String,
@@ -201,9 +208,19 @@ impl Policy {
         ExecJudgement { verdict: self.exec_default, rule: "exec_default".into(), argv_dependent, quorum: 1 }
     }
 
-    /// The rule that held an egress action, as an approver reads it, and its quorum.
-    pub fn egress_rule(&self, action: &Action) -> (String, u32) {
+    /// What this policy says of a name an agent looks up.
+    pub fn judge_name(&self, name: &Name) -> NameJudgement {
+        names::judge(&self.names, self.kernel.egress_default, name)
+    }
+
+    /// The rule that held an egress action, as an approver reads it, and its quorum: a
+    /// domain rule naming `name` (the name the agent resolved the address from, if any),
+    /// else the CIDR rule.
+    pub fn egress_rule(&self, action: &Action, name: Option<&Name>) -> (String, u32) {
         let port = u16::try_from(action.port).unwrap_or(0);
+        if let Some(rule) = name.and_then(|name| names::rule_for(&self.names, name, port, action.protocol)) {
+            return (rule.describe(), rule.quorum);
+        }
         self.kernel.rule_for(action.addr, port, action.protocol).map_or_else(
             || ("egress_default".into(), 1),
             |r| (format!("egress {} action {:?}", display_cidr(&r.cidr), r.verdict), r.quorum),
@@ -416,9 +433,9 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
     }
 
     let mut egress = Vec::new();
+    let mut domains: Vec<NameRule> = Vec::new();
     for (index, rule) in raw.egress.iter().enumerate() {
         let line = rule_line(text, "egress", index);
-        let cidr: Cidr = rule.cidr.parse().map_err(|e| error(line, e))?;
         let ports =
             rule.ports.iter().map(parse_port).collect::<Result<Vec<_>, _>>().map_err(|e| error(line, e))?;
         let protocol = match rule.protocol {
@@ -427,14 +444,30 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
             ProtocolFile::Any => protocol::ANY,
         };
         let quorum = parse_quorum(rule.quorum).map_err(|e| error(line, e))?;
-        let spec = EgressSpec { cidr, ports, protocol, verdict: rule.action, quorum };
-        if egress
-            .iter()
-            .any(|e: &EgressSpec| e.cidr == spec.cidr && e.ports == spec.ports && e.protocol == spec.protocol)
-        {
-            return Err(error(line, format!("egress rule for {} repeats an earlier one", rule.cidr)));
+        match (&rule.cidr, &rule.domain) {
+            (None, Some(domain)) => {
+                let pattern =
+                    DomainPattern::parse(domain).map_err(|e| error(line, format!("domain {domain:?}: {e}")))?;
+                let name_rule = NameRule { pattern, ports, protocol, verdict: rule.action, quorum };
+                if domains.iter().any(|d| {
+                    d.pattern == name_rule.pattern && d.ports == name_rule.ports && d.protocol == name_rule.protocol
+                }) {
+                    return Err(error(line, format!("egress rule for {domain} repeats an earlier one")));
+                }
+                names::check(&domains, &name_rule).map_err(|e| error(line, e))?;
+                domains.push(name_rule);
+            }
+            (Some(cidr), None) => {
+                let spec = EgressSpec { cidr: cidr.parse().map_err(|e| error(line, e))?, ports, protocol, verdict: rule.action, quorum };
+                if egress.iter().any(|e: &EgressSpec| {
+                    e.cidr == spec.cidr && e.ports == spec.ports && e.protocol == spec.protocol
+                }) {
+                    return Err(error(line, format!("egress rule for {cidr} repeats an earlier one")));
+                }
+                egress.push(spec);
+            }
+            _ => return Err(error(line, "an egress rule names either a cidr or a domain, not both".into())),
         }
-        egress.push(spec);
     }
     // The kernel asks about every program it has no recorded verdict for: the daemon
     // identifies it (path, content) and records the verdict for that file version.
@@ -453,6 +486,7 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
         exec,
         exec_default: raw.exec_default.map_or(Verdict::Allow, |d| d.action),
         kernel,
+        names: domains,
         text: text.to_owned(),
         sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
     })
@@ -502,7 +536,7 @@ mod tests {
         assert_eq!(policy.timeout, Duration::from_mins(10));
         assert!(policy.exec.iter().any(|r| r.pattern == "/usr/bin/curl" && r.action == Verdict::Hold));
         assert_eq!(policy.kernel.egress_default, Verdict::Hold);
-        let loopback: Cidr = "127.0.0.0/8".parse().unwrap();
+        let loopback: crate::policy::kernel::Cidr = "127.0.0.0/8".parse().unwrap();
         assert!(policy.kernel.egress.iter().any(|e| e.cidr == loopback && e.verdict == Verdict::Allow));
     }
 

@@ -222,6 +222,13 @@ impl KernelPolicy {
     }
 }
 
+impl KernelPolicy {
+    /// What this policy says of egress to `addr` (kernel form) on `port` over `protocol`.
+    pub fn verdict_for(&self, addr: [u8; 16], port: u16, protocol: u32) -> Verdict {
+        self.rule_for(addr, port, protocol).map_or(self.egress_default, |rule| rule.verdict)
+    }
+}
+
 /// A CIDR as users write it.
 pub fn display_cidr(cidr: &Cidr) -> String {
     let v6 = std::net::Ipv6Addr::from(cidr.addr);

@@ -1,9 +1,10 @@
 //! Policies: the files operators write ([`file`]), the part the kernel decides by itself
-//! ([`kernel`]), and the watch that loads them again when they change ([`watch`]).
+//! ([`kernel`]), domain rules ([`names`]), and the watch that loads them again ([`watch`]).
 
 pub mod file;
 pub mod kernel;
+pub mod names;
 pub mod watch;
 
 pub use file::{ExecJudgement, Policy};
-pub use kernel::{Cidr, EgressSpec, FileId, KernelPolicy, Verdict, display_cidr};
+pub use kernel::{EgressSpec, FileId, KernelPolicy, Verdict, display_cidr};

@@ -58,6 +58,7 @@ fn view(hold: &HoldDetail) -> serde_json::Value {
         }}),
         Some(Detail::Egress(egress)) => serde_json::json!({"egress": {
             "protocol": egress.protocol, "address": egress.address, "port": egress.port,
+            "domain": (!egress.domain.is_empty()).then_some(&egress.domain),
         }}),
         None => serde_json::json!({}),
     };

@@ -284,7 +284,7 @@ fn call<U>(
     status_id: u32,
 ) -> Event<U> {
     e.actor = Some(actor);
-    e.src_endpoint = Some(Endpoint { ip: None, port: None, svc_name: Some(via.to_owned()) });
+    e.src_endpoint = Some(Endpoint { svc_name: Some(via.to_owned()), ..Endpoint::default() });
     e.api = Some(Api { operation: operation.to_owned(), service: Service { name: "keyturn" } });
     e.resources = Some(vec![Resource { uid: uid.to_owned(), kind }]);
     e.status_id = Some(status_id);
@@ -323,7 +323,11 @@ fn summary(host: &str, hold: &HoldRaised) -> String {
     let what = match &hold.detail {
         Some(Detail::Exec(exec)) => format!("exec {}", exec.path),
         Some(Detail::Egress(egress)) => {
-            format!("egress {} {}:{}", egress.protocol, egress.address, egress.port)
+            if egress.domain.is_empty() {
+                format!("egress {} {}:{}", egress.protocol, egress.address, egress.port)
+            } else {
+                format!("egress {} {} ({}):{}", egress.protocol, egress.domain, egress.address, egress.port)
+            }
         }
         None => "an action".into(),
     };
@@ -352,6 +356,7 @@ fn action<'a>(
             let mut e = new(Class::NetworkActivity, step.activity((1, "Open")), message, device(host));
             e.dst_endpoint = Some(Endpoint {
                 ip: Some(egress.address.clone()),
+                hostname: (!egress.domain.is_empty()).then(|| egress.domain.clone()),
                 port: u16::try_from(egress.port).ok(),
                 svc_name: None,
             });

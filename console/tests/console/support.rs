@@ -333,6 +333,7 @@ pub fn egress_hold(id: &str, nonce: u64) -> HoldRaised {
             protocol: "tcp".into(),
             address: "203.0.113.7".into(),
             port: 443,
+            domain: String::new(),
         })),
         ..hold(id, nonce)
     }

@@ -13,6 +13,11 @@
 //!   `IORING_OP_SEND`); `uring tcp-async …` the same with `IOSQE_ASYNC` (an io-wq worker
 //!   runs the connect); `uring udp ADDR PORT MSG`: one `IORING_OP_SENDMSG` naming ADDR
 //! - `exec PATH ARGS…`: execv PATH
+//! - `resolve NAME`: look NAME up as programs do (`getaddrinfo`: `/etc/resolv.conf`, any
+//!   nameserver), print `resolved: ADDR…`; `resolve-tcp NAME PORT MSG`: then connect to the
+//!   first IPv4 address and send MSG
+//! - `dns udp|udp-connected|tcp ADDR PORT HEX`: send the DNS message HEX to ADDR:PORT and
+//!   print `rcode: N` of the reply (`no reply` after 3 s)
 //!
 //! Prints `ok` and exits 0, or prints `error: ERRNO` and exits 1.
 
@@ -181,6 +186,21 @@ fn act(args: &[String]) -> std::io::Result<()> {
             return threads.into_iter().try_for_each(|t| t.join().expect("actor thread"));
         }
         "uring" => uring(&args[1..])?,
+        "resolve" => {
+            let found = resolve(&args[1])?;
+            println!("resolved: {}", found.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "));
+        }
+        "resolve-tcp" => {
+            let found = resolve(&args[1])?;
+            let port: u16 = args[2].parse().expect("port");
+            let to = found
+                .iter()
+                .find(|ip| ip.is_ipv4())
+                .ok_or_else(|| std::io::Error::other("no IPv4 address"))?;
+            let mut stream = TcpStream::connect((*to, port))?;
+            stream.write_all(args[3].as_bytes())?;
+        }
+        "dns" => dns(&args[1], &target_of(&args[2], &args[3]), &hex_bytes(&args[4]))?,
         "exec" => {
             let words: Vec<CString> =
                 args[1..].iter().map(|a| CString::new(a.as_bytes()).expect("no NUL")).collect();
@@ -189,6 +209,57 @@ fn act(args: &[String]) -> std::io::Result<()> {
             return Err(errno.into());
         }
         other => panic!("unknown action {other}"),
+    }
+    Ok(())
+}
+
+/// The addresses `getaddrinfo` gives for `name`. A failed lookup is `error: 0`.
+fn resolve(name: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+    use std::net::ToSocketAddrs as _;
+    let found = (name, 0).to_socket_addrs().map_err(|e| {
+        println!("lookup failed: {e}");
+        std::io::Error::from_raw_os_error(0)
+    })?;
+    Ok(found.map(|a| a.ip()).collect())
+}
+
+fn target_of(addr: &str, port: &str) -> SocketAddr {
+    SocketAddr::new(addr.parse().expect("address"), port.parse().expect("port"))
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect()
+}
+
+/// Sends one DNS message and prints the reply's rcode.
+fn dns(how: &str, to: &SocketAddr, message: &[u8]) -> std::io::Result<()> {
+    use std::io::Read as _;
+    let wait = Some(std::time::Duration::from_secs(3));
+    let mut reply = vec![0u8; 65_535];
+    let len = if how == "tcp" {
+        let mut stream = TcpStream::connect(to)?;
+        stream.set_read_timeout(wait)?;
+        let len = u16::try_from(message.len()).expect("short message");
+        stream.write_all(&[&len.to_be_bytes()[..], message].concat())?;
+        let mut prefix = [0u8; 2];
+        stream.read_exact(&mut prefix).map(|()| stream.read(&mut reply).unwrap_or(0))
+    } else {
+        let socket = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        socket.set_read_timeout(wait)?;
+        if how == "udp" {
+            socket.send_to(message, to)?;
+        } else {
+            socket.connect(to)?;
+            socket.send(message)?;
+        }
+        socket.recv_from(&mut reply).map(|(len, from)| {
+            println!("from: {from}");
+            len
+        })
+    };
+    match len {
+        Ok(len) if len >= 4 => println!("rcode: {}", reply[3] & 0x0f),
+        _ => println!("no reply"),
     }
     Ok(())
 }

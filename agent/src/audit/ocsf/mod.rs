@@ -368,7 +368,7 @@ impl Exporter {
                     ),
                 );
                 m.actor = Some(Actor { user: Some(user), ..Actor::default() });
-                m.src_endpoint = Some(Endpoint { ip: None, port: None, svc_name: Some(via) });
+                m.src_endpoint = Some(Endpoint { svc_name: Some(via), ..Endpoint::default() });
                 m.api = Some(Api { operation: verdict.into_owned(), service: Service { name: "keyturn" } });
                 m.resources = Some(vec![Resource { uid: id.clone(), kind: "hold" }]);
                 m.status_id = Some(status::SUCCESS);
@@ -419,7 +419,7 @@ impl Exporter {
                     None => Actor { app_name: Some("keyturn console".into()), ..Actor::default() },
                 });
                 m.src_endpoint =
-                    Some(Endpoint { ip: None, port: None, svc_name: Some(format!("keyturn {via}")) });
+                    Some(Endpoint { svc_name: Some(format!("keyturn {via}")), ..Endpoint::default() });
                 m.api = Some(Api { operation: "decide".into(), service: Service { name: "keyturn" } });
                 m.resources = id.clone().map(|id| vec![Resource { uid: id, kind: "hold" }]);
                 m.status_id = Some(status::FAILURE);
@@ -554,7 +554,12 @@ fn action(hold: &HoldView, step: Step, disposition_id: u32, message: String) -> 
         ActionKind::Egress => {
             let (activity_id, activity_name) = step.activity(1, "Open");
             let mut m = Mapped::new(Class::NetworkActivity, activity_id, activity_name, message);
-            m.dst_endpoint = Some(Endpoint { ip: hold.address.clone(), port: hold.port, svc_name: None });
+            m.dst_endpoint = Some(Endpoint {
+                ip: hold.address.clone(),
+                hostname: hold.domain.clone(),
+                port: hold.port,
+                svc_name: None,
+            });
             m.connection_info =
                 Some(ConnectionInfo { direction_id: 2, protocol_name: hold.protocol.clone() });
             m

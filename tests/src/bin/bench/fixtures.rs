@@ -31,8 +31,8 @@ pub fn reset_on_close(stream: &TcpStream) {
     let _ = setsockopt(stream, sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
 }
 
-/// The bench's cgroups under the cgroup v2 root: `plain` (never tagged), `tagged`, `held`
-/// and `many` (parent of the memory test's cgroups). Killed and removed on drop.
+/// The bench's cgroups under the cgroup v2 root: `plain` (never tagged), `tagged`, `held`,
+/// `named` (the names bench's) and `many` (parent of the memory test's cgroups). Killed and removed on drop.
 pub struct BenchCgroups {
     root: PathBuf,
 }
@@ -42,7 +42,7 @@ impl BenchCgroups {
         let root = Hierarchy::find()?.root().join(format!("kt-bench-{}", std::process::id()));
         cgroup::create(&root)?;
         let cgroups = Self { root };
-        for name in ["plain", "tagged", "held", "many"] {
+        for name in ["plain", "tagged", "held", "named", "many"] {
             cgroup::create(&cgroups.dir(name))?;
         }
         Ok(cgroups)

@@ -1,12 +1,13 @@
 //! `cargo xtask bench`: what keyturn costs the processes it watches (exec, connect), how
 //! fast a hold reaches user space and lets go, what judging a new program costs, what an
 //! agent's working day and a configure loop cost under the real daemon, and memory at
-//! 1,000 tagged cgroups.
+//! 1,000 tagged cgroups, and what names cost: lookups through keyturn's resolver.
 //!
 //! Rooms: `fixtures` (the bench's cgroups and pins, keyturn loaded, worker processes),
-//! `overhead` (exec and connect), `holds`, `memory`, `judging` (first execs under the real
+//! `overhead` (exec and connect), `holds`, `memory`, `dns` (names), `judging` (first execs under the real
 //! daemon), `working_day` (the scripted day and the configure loop), `report` (numbers).
 
+mod dns;
 mod fixtures;
 mod holds;
 mod judging;
@@ -58,10 +59,11 @@ fn worker(args: &[String]) -> Result<()> {
     match args {
         [kind, port] if kind == "hold" => holds::hold_worker(port.parse()?),
         [kind, dir, count] if kind == "judge" => judging::judge_worker(Path::new(dir), count.parse()?),
+        [kind, rest @ ..] if kind == "dns" => dns::dns_worker(rest),
         [kind, port, execs, connects] if kind == "ops" => {
             overhead::ops_worker(port.parse()?, execs.parse()?, connects.parse()?)
         }
-        _ => Err("usage: bench worker ops PORT EXECS CONNECTS | hold PORT | judge DIR COUNT".into()),
+        _ => Err("usage: bench worker ops PORT EXECS CONNECTS | hold PORT | judge DIR COUNT | dns …".into()),
     }
 }
 
@@ -80,6 +82,7 @@ fn bench() -> Result<()> {
     let holds = holds::measure_holds(&mut loaded, &cgroups, held_port)?;
     let memory = memory::measure_memory(&mut loaded, &cgroups)?;
     loaded.unload()?;
+    let names = dns::measure_names(&pins, &cgroups)?;
     let overhead = overhead::measure_overhead(&cgroups, &pins, allowed_port, programs)?;
     let judging = judging::measure_judging()?;
     let day = working_day::measure_working_day()?;
@@ -91,6 +94,7 @@ fn bench() -> Result<()> {
     );
     overhead::print_overhead(&overhead);
     holds::print_holds(&holds, held_port);
+    dns::print_names(&names);
     judging::print_judging(&judging);
     working_day::print_working_day(&day);
     memory::print_memory(&memory);

@@ -1,0 +1,58 @@
+//! The names each agent resolved, by address, while their answers last: what the views of
+//! an egress hold show beside the address (`api.example.com (93.184.215.14):443`).
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use super::name::Name;
+
+/// Addresses kept at most; past it, expired entries go, then new ones are not kept (a view
+/// then shows the address alone).
+const CAPACITY: usize = 65_536;
+
+/// (tagged root, address) → the latest name that resolved to it, until when.
+#[derive(Default)]
+pub struct NameBook {
+    names: Mutex<HashMap<(u64, IpAddr), (Name, Instant)>>,
+}
+
+impl NameBook {
+    /// Notes that `name` resolved to `addr` for the agent under `root`, for `ttl`.
+    pub fn note(&self, root: u64, addr: IpAddr, name: &Name, ttl: Duration) {
+        let Ok(mut names) = self.names.lock() else { return };
+        let now = Instant::now();
+        if names.len() >= CAPACITY {
+            names.retain(|_, (_, until)| *until > now);
+        }
+        if names.len() < CAPACITY || names.contains_key(&(root, addr)) {
+            names.insert((root, addr), (name.clone(), now + ttl));
+        }
+    }
+
+    /// The name the agent under `root` last resolved to `addr`, while its answer lasts.
+    pub fn name_of(&self, root: u64, addr: IpAddr) -> Option<Name> {
+        let names = self.names.lock().ok()?;
+        let (name, until) = names.get(&(root, addr))?;
+        (*until > Instant::now()).then(|| name.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_shown_for_its_agent_while_its_answer_lasts() {
+        let book = NameBook::default();
+        let (addr, name) = ("10.9.0.7".parse().unwrap(), Name::parse("api.example.com").unwrap());
+        book.note(1, addr, &name, Duration::from_secs(60));
+        book.note(2, addr, &name, Duration::ZERO);
+        assert_eq!(book.name_of(1, addr), Some(name));
+        assert_eq!(book.name_of(2, addr), None, "expired");
+        assert_eq!(book.name_of(3, addr), None, "another agent's name is not this one's");
+    }
+}

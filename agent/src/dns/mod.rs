@@ -1,0 +1,308 @@
+//! keyturn's resolver for tagged cgroups: the DNS hooks send it every query those cgroups
+//! make; it judges the name by the agent's policy before anything leaves the host.
+//!
+//! # Layout
+//!
+//! - [`name`]: names and the domain patterns of policies; [`wire`]: DNS messages, parsed
+//!   strictly (an agent writes its queries); `upstream`: asking the host's resolvers;
+//!   `book`: the names each agent resolved, for the views of its egress holds.
+//!
+//! A query is attributed to its sender by the loopback source address the hooks gave its
+//! socket ([`NameMaps::sender`]); one that cannot be is refused. A denied name is refused
+//! and never asked upstream, and so is a held one unless the policy allows the server the
+//! agent asked (holding the lookup itself is still to come); any other is asked, and the
+//! answer's addresses are recorded for the kernel (when domain rules name it) and for the
+//! views before the agent gets it.
+//! Every failure fails closed: the agent's lookup fails, nothing is sent elsewhere.
+
+mod book;
+pub mod name;
+mod upstream;
+pub mod wire;
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, SocketAddrV4},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+pub use book::NameBook;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::{Semaphore, watch},
+};
+
+use crate::{
+    kernel::names::NameMaps,
+    policy::{Policy, Verdict},
+};
+use wire::{Rcode, Transport};
+
+/// Policies by their kernel id, as the daemon last installed them.
+pub type PolicyTable = Arc<HashMap<u32, Arc<Policy>>>;
+
+/// Queries over UDP being answered at once; more are dropped (and counted), as a busy
+/// resolver's would be.
+const UDP_IN_FLIGHT: usize = 512;
+/// TCP connections served at once; more are closed at once.
+const TCP_CONNECTIONS: usize = 64;
+/// A TCP connection idle this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Queries one TCP connection may ask.
+const TCP_QUERIES: usize = 100;
+/// Addresses are let through by the kernel for at least this long after an answer, so a
+/// record with TTL 0 can still be connected to.
+const MIN_TTL: Duration = Duration::from_secs(1);
+/// And at most this long, whatever the answer's TTL.
+const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What the resolver did, since the daemon started.
+#[derive(Default)]
+struct Stats {
+    queries: AtomicU64,
+    answered: AtomicU64,
+    refused: AtomicU64,
+    malformed: AtomicU64,
+    unattributed: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// The resolver's counters, for `keyturn status` and the metrics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DnsCounts {
+    /// Where it listens, or why it does not (then tagged cgroups' DNS is refused).
+    pub listening: String,
+    pub queries: u64,
+    /// Answered with the upstream's answer.
+    pub answered: u64,
+    /// Refused: a name the policy denies, or a sender without a policy.
+    pub refused: u64,
+    /// Not a query keyturn answers (malformed, several questions, not `IN`…).
+    pub malformed: u64,
+    /// From a source no DNS hook gave: refused.
+    pub unattributed: u64,
+    /// No upstream answered: the agent got `SERVFAIL`.
+    pub failed: u64,
+    /// Dropped while too many queries were in flight.
+    pub dropped: u64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+struct Shared {
+    maps: Mutex<NameMaps>,
+    policies: watch::Receiver<PolicyTable>,
+    upstreams: Vec<SocketAddr>,
+    book: Arc<NameBook>,
+    stats: Stats,
+}
+
+/// The running resolver, as the daemon sees it.
+pub struct Resolver {
+    listening: SocketAddrV4,
+    shared: Arc<Shared>,
+}
+
+impl Resolver {
+    /// Listens on `listen` (UDP and TCP, IPv4 loopback only) and answers queries with
+    /// `upstreams` (the nameservers of `/etc/resolv.conf` when empty).
+    pub async fn start(
+        listen: SocketAddrV4,
+        upstreams: &[SocketAddr],
+        maps: NameMaps,
+        policies: watch::Receiver<PolicyTable>,
+    ) -> std::io::Result<Self> {
+        if !listen.ip().is_loopback() {
+            return Err(std::io::Error::other(format!("[dns] listen {listen}: must be an IPv4 loopback address")));
+        }
+        let upstreams = if upstreams.is_empty() { upstream::from_resolv_conf() } else { upstreams.to_vec() };
+        if upstreams.is_empty() {
+            tracing::warn!("no DNS upstream: none in [dns] upstream or /etc/resolv.conf; agents' lookups fail");
+        }
+        let (udp, tcp) = bind(listen).await?;
+        let listen = match udp.local_addr()? {
+            SocketAddr::V4(bound) => bound,
+            SocketAddr::V6(_) => unreachable!("bound to an IPv4 address"),
+        };
+        let udp = Arc::new(udp);
+        let shared = Arc::new(Shared {
+            maps: Mutex::new(maps),
+            policies,
+            upstreams,
+            book: Arc::new(NameBook::default()),
+            stats: Stats::default(),
+        });
+        tokio::spawn(serve_udp(udp, shared.clone()));
+        tokio::spawn(serve_tcp(tcp, shared.clone()));
+        Ok(Self { listening: listen, shared })
+    }
+
+    /// Where it listens (the port the system chose, when `listen` asked for port 0).
+    pub fn listening(&self) -> SocketAddrV4 {
+        self.listening
+    }
+
+    /// The names agents resolved, for the views of their egress holds.
+    pub fn book(&self) -> Arc<NameBook> {
+        self.shared.book.clone()
+    }
+
+    pub fn counts(&self) -> DnsCounts {
+        let stats = &self.shared.stats;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        DnsCounts {
+            listening: self.listening.to_string(),
+            queries: get(&stats.queries),
+            answered: get(&stats.answered),
+            refused: get(&stats.refused),
+            malformed: get(&stats.malformed),
+            unattributed: get(&stats.unattributed),
+            failed: get(&stats.failed),
+            dropped: get(&stats.dropped),
+        }
+    }
+}
+
+/// UDP and TCP sockets on `listen`; with port 0, on one port the system chose for both.
+async fn bind(listen: SocketAddrV4) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut tries = if listen.port() == 0 { 8 } else { 1 };
+    loop {
+        let udp = UdpSocket::bind(listen).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if tries == 1 => return Err(e),
+            Err(_) => tries -= 1,
+        }
+    }
+}
+
+async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
+    let in_flight = Arc::new(Semaphore::new(UDP_IN_FLIGHT));
+    let mut buffer = vec![0u8; usize::from(u16::MAX)];
+    loop {
+        let (len, from) = match socket.recv_from(&mut buffer).await {
+            Ok(received) => received,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS: receiving a query");
+                continue;
+            }
+        };
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            bump(&shared.stats.dropped);
+            continue;
+        };
+        let (socket, shared, query) = (socket.clone(), shared.clone(), buffer[..len].to_vec());
+        tokio::spawn(async move {
+            if let Some(reply) = answer(&shared, from, &query, Transport::Udp).await {
+                let _ = socket.send_to(&reply, from).await;
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    let connections = Arc::new(Semaphore::new(TCP_CONNECTIONS));
+    loop {
+        let Ok((stream, from)) = listener.accept().await else { continue };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            bump(&shared.stats.dropped);
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _ = serve_connection(stream, from, &shared).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Answers the queries of one TCP connection, each framed by its two-byte length.
+async fn serve_connection(mut stream: TcpStream, from: SocketAddr, shared: &Shared) -> std::io::Result<()> {
+    for _ in 0..TCP_QUERIES {
+        let Ok(len) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else { return Ok(()) };
+        let mut query = vec![0u8; usize::from(len?)];
+        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await??;
+        let Some(reply) = answer(shared, from, &query, Transport::Tcp).await else { return Ok(()) };
+        let len = u16::try_from(reply.len()).map_err(std::io::Error::other)?;
+        stream.write_all(&[&len.to_be_bytes()[..], &reply].concat()).await?;
+    }
+    Ok(())
+}
+
+/// The reply to `bytes` from `from`, or `None` when nothing must be sent back.
+async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    let stats = &shared.stats;
+    bump(&stats.queries);
+    let query = match wire::parse_query(bytes, transport) {
+        Ok(query) => query,
+        Err(e) => {
+            bump(&stats.malformed);
+            tracing::debug!(%from, error = %e, "DNS: refused a query");
+            return e.answer();
+        }
+    };
+    let sender = match from {
+        SocketAddr::V4(source) => {
+            shared.maps.lock().ok().and_then(|maps| maps.sender(source, transport == Transport::Tcp))
+        }
+        SocketAddr::V6(_) => None,
+    };
+    let Some(sender) = sender else {
+        bump(&stats.unattributed);
+        return Some(wire::response(&query, Rcode::Refused));
+    };
+    let policy = shared.policies.borrow().get(&sender.policy).cloned();
+    let Some(policy) = policy else {
+        bump(&stats.refused);
+        return Some(wire::response(&query, Rcode::Refused));
+    };
+    let judged = policy.judge_name(&query.name);
+    // A name the policy holds is not yet held at resolution: it is answered only where the
+    // policy lets the agent ask the server it asked (as before keyturn answered its DNS).
+    let port = u16::try_from(sender.port).unwrap_or(0);
+    let refused = match judged.verdict {
+        Verdict::Deny => true,
+        Verdict::Hold => policy.kernel.verdict_for(sender.addr, port, sender.protocol) != Verdict::Allow,
+        Verdict::Allow => false,
+    };
+    if refused {
+        bump(&stats.refused);
+        tracing::info!(name = %query.name, pid = sender.tgid, rule = %judged.rule, "DNS: refused a name");
+        return Some(wire::response(&query, Rcode::Refused));
+    }
+    let Some((mut reply, answer)) = upstream::ask(&shared.upstreams, &query, transport).await else {
+        bump(&stats.failed);
+        return Some(wire::response(&query, Rcode::ServFail));
+    };
+    // Recorded before the agent has the answer, so its connection finds them. A truncated
+    // answer is passed on as it is: the agent asks again over TCP, and that one counts.
+    let complete = if answer.truncated { &[][..] } else { &answer.addresses[..] };
+    for resolved in complete {
+        let ttl = Duration::from_secs(u64::from(resolved.ttl)).clamp(MIN_TTL, MAX_TTL);
+        shared.book.note(sender.root, resolved.addr, &query.name, ttl);
+        if let Some(rule) = judged.kernel {
+            let recorded = shared.maps.lock().map_err(|_| ()).and_then(|mut maps| {
+                maps.record(sender.root, resolved.addr, ttl, rule).map_err(|e| {
+                    tracing::warn!(error = %e, name = %query.name, "DNS: recording an address for the kernel");
+                })
+            });
+            if recorded.is_err() {
+                bump(&stats.failed);
+                return Some(wire::response(&query, Rcode::ServFail));
+            }
+        }
+    }
+    wire::rewrite_id(&mut reply, query.id);
+    bump(&stats.answered);
+    Some(reply)
+}

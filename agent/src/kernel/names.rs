@@ -1,0 +1,58 @@
+//! The maps keyturn's resolver shares with the DNS and egress hooks, opened from their pins:
+//! who sent a query (`DNS_SENDERS`, read here) and what names resolved to (`RESOLVED`, written only here).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    path::Path,
+    time::Duration,
+};
+
+use agent_common::{DnsSender, EgressRule, Resolved, ResolvedKey, dns};
+use aya::maps::{HashMap, Map, MapData, MapError};
+
+use crate::{kernel::EnforcerError, policy::kernel::kernel_addr, sys::monotonic_ns};
+
+/// The resolver's handles on the maps it shares with the kernel.
+pub struct NameMaps {
+    senders: HashMap<MapData, u32, DnsSender>,
+    resolved: HashMap<MapData, ResolvedKey, Resolved>,
+}
+
+fn open<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &'static str) -> Result<HashMap<MapData, K, V>, EnforcerError> {
+    let map_error = |source| EnforcerError::Map { map: name, source };
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(map_error)?;
+    HashMap::try_from(Map::LruHashMap(data)).map_err(map_error)
+}
+
+impl NameMaps {
+    /// Opens the maps an [`Enforcer`](crate::kernel::Enforcer) pinned in `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self, EnforcerError> {
+        Ok(Self { senders: open(pin_dir, "DNS_SENDERS")?, resolved: open(pin_dir, "RESOLVED")? })
+    }
+
+    /// Who sends DNS (over TCP if `tcp`) from `source`: a sender address the DNS hooks gave
+    /// the socket, or the port of a socket the agent had bound itself (sending from
+    /// `127.0.0.1`). `None`: neither, or a sender long forgotten.
+    pub fn sender(&self, source: SocketAddrV4, tcp: bool) -> Option<DnsSender> {
+        let bits = u32::from(*source.ip());
+        let index = bits & dns::SENDER_MASK;
+        let key = if bits & !dns::SENDER_MASK == dns::SENDER_NET && index >= dns::FIRST_SENDER {
+            index
+        } else if *source.ip() == Ipv4Addr::LOCALHOST {
+            dns::port_key(tcp, source.port())
+        } else {
+            return None;
+        };
+        self.senders.get(&key, 0).ok()
+    }
+
+    /// Lets the kernel judge egress to `addr` by the agent under `root` with `rule` (the
+    /// port rules of the domain rules naming the name it resolved from) for `ttl`.
+    pub fn record(&mut self, root: u64, addr: IpAddr, ttl: Duration, rule: EgressRule) -> Result<(), EnforcerError> {
+        let expires_ns = monotonic_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
+        let key = ResolvedKey { root, addr: kernel_addr(addr) };
+        self.resolved
+            .insert(key, Resolved { expires_ns, rule }, 0)
+            .map_err(|source: MapError| EnforcerError::Map { map: "RESOLVED", source })
+    }
+}

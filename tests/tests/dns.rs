@@ -1,0 +1,296 @@
+//! Names, not numbers: a tagged agent's DNS goes through keyturn's resolver, whatever server
+//! it asks, and names are judged before a query leaves the host. The upstream is Debian's
+//! dnsmasq in a network namespace of its own, with its query log on.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Child, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use tests::{
+    Peer, WAIT,
+    daemon::{Daemon, finish},
+};
+
+/// Allowed by name on two TCP ports, denied by name, allowed for 5 s; the rest held. DNS
+/// servers are allowed (by address: the lookup is what keyturn judges).
+const POLICY: &str = r#"timeout = "1m"
+[[egress]]
+cidr = "0.0.0.0/0"
+ports = [53]
+action = "allow"
+
+[[egress]]
+domain = "*.allowed.test"
+ports = [7201, 7202]
+protocol = "tcp"
+action = "allow"
+
+[[egress]]
+domain = "*.ttl.test"
+action = "allow"
+
+[[egress]]
+domain = "denied.test"
+action = "deny"
+
+[egress_default]
+action = "hold"
+"#;
+
+/// dnsmasq on the peer, answering every name below with the peer's own address.
+struct Upstream {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Upstream {
+    fn start(peer: &Peer) -> Self {
+        let log = std::env::temp_dir().join(format!("kt-dnsmasq-{}-{}.log", std::process::id(), peer.v4));
+        let at = peer.v4.to_string();
+        let child = peer
+            .command("dnsmasq")
+            .args(["--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll"])
+            .args(["--bind-interfaces", "--log-queries", "--log-facility=-", "--local-ttl=300"])
+            .arg(format!("--listen-address={at}"))
+            .args(["allowed.test", "denied.test", "other.test"].map(|zone| format!("--address=/{zone}/{at}")))
+            // A record that lives 5 s.
+            .arg(format!("--host-record=short.ttl.test,{at},5"))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("dnsmasq log"))
+            .spawn()
+            .expect("start dnsmasq (Debian's dnsmasq-base)");
+        let upstream = Self { child, log };
+        let deadline = Instant::now() + WAIT;
+        while !upstream.log().contains("started, version") {
+            assert!(Instant::now() < deadline, "dnsmasq did not start: {}", upstream.log());
+            sleep(Duration::from_millis(20));
+        }
+        upstream
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether a query for `name` reached dnsmasq.
+    fn asked(&self, name: &str) -> bool {
+        self.log().lines().any(|line| line.contains("query[") && line.contains(&format!(" {name} from")))
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.log);
+    }
+}
+
+fn start(peer: &Peer) -> (Upstream, Daemon) {
+    start_with(peer, POLICY)
+}
+
+fn start_with(peer: &Peer, policy: &str) -> (Upstream, Daemon) {
+    let upstream = Upstream::start(peer);
+    let config = format!("\n[dns]\nlisten = \"127.0.0.1:0\"\nupstream = [\"{}:53\"]\n", peer.v4);
+    (upstream, Daemon::start_with_config(policy, &config))
+}
+
+/// `actor ARGS…` as a tagged agent: its exit code and output.
+fn agent(daemon: &Daemon, args: &[&str]) -> (i32, String) {
+    let actor = tests::actor_path();
+    finish(daemon.run_agent(actor.to_str().expect("utf-8"), args))
+}
+
+/// A DNS query for `name` (type A, recursion desired), with an EDNS0 OPT record if asked.
+fn query(name: &str, edns: bool) -> Vec<u8> {
+    let mut message = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)];
+    for label in name.split('.') {
+        message.push(u8::try_from(label.len()).expect("short label"));
+        message.extend_from_slice(label.as_bytes());
+    }
+    message.extend_from_slice(&[0, 0, 1, 0, 1]);
+    if edns {
+        message.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    }
+    message
+}
+
+fn dns(daemon: &Daemon, how: &str, server: &str, port: &str, message: &[u8]) -> String {
+    let (code, out) = agent(daemon, &["dns", how, server, port, &hex::encode(message)]);
+    assert!(code == 0 || out.contains("error:"), "{out}");
+    out
+}
+
+fn status_dns(daemon: &Daemon, counter: &str) -> u64 {
+    daemon.status()["dns"][counter].as_u64().unwrap_or_else(|| panic!("{}", daemon.status()))
+}
+
+/// An allowed name resolves through whatever nameserver the agent's resolver library
+/// uses, and its address is let through by the kernel: no hold, one query upstream.
+#[test]
+fn an_allowed_name_resolves_and_connects_with_no_hold() {
+    let peer = Peer::new();
+    let (upstream, daemon) = start(&peer);
+    let received = peer.tcp(peer.v4.into(), 7201);
+    let (code, out) = agent(&daemon, &["resolve-tcp", "api.allowed.test", "7201", "by-name"]);
+    assert_eq!((code, out.trim_end().lines().last()), (0, Some("ok")), "{out}\n{}", daemon.log());
+    received.wait_for("by-name");
+    assert!(upstream.asked("api.allowed.test"), "{}", upstream.log());
+    assert!(daemon.pending().is_empty());
+    assert!(
+        !daemon.audit().iter().any(|r| r["type"] == "hold"),
+        "no hold went to a person: decided in the kernel"
+    );
+    assert!(status_dns(&daemon, "answered") >= 1);
+
+    // A port the domain rule does not name is judged as any address: held.
+    let actor = tests::actor_path();
+    let child =
+        daemon.run_agent(actor.to_str().expect("utf-8"), &["resolve-tcp", "api.allowed.test", "7209", "x"]);
+    let hold = daemon.pending_one();
+    assert_eq!(hold["domain"], "api.allowed.test", "{hold}");
+    assert_eq!(hold["policy_rule"], "egress_default");
+    let denied = daemon.cli(&["deny", hold["id"].as_str().expect("id")]);
+    assert!(denied.status.success());
+    let _ = finish(child);
+}
+
+/// A denied name is refused by keyturn: the upstream never sees the query, however the
+/// agent sends it: its resolver library, straight to the upstream's address (UDP, connected
+/// UDP, TCP), to the host's stub address, with EDNS0.
+#[test]
+fn a_denied_name_never_leaves_the_host_however_it_is_asked() {
+    let peer = Peer::new();
+    let (upstream, daemon) = start(&peer);
+    let (code, out) = agent(&daemon, &["resolve", "denied.test"]);
+    assert_eq!(code, 1, "{out}");
+    let at = peer.v4.to_string();
+    for (how, server) in [("udp", at.as_str()), ("udp-connected", &at), ("tcp", &at), ("udp", "127.0.0.53")] {
+        for edns in [false, true] {
+            let out = dns(&daemon, how, server, "53", &query("denied.test", edns));
+            assert!(out.contains("rcode: 5"), "{how} {server} edns {edns}: REFUSED expected, got {out}");
+        }
+    }
+    // Replies appear to come from the server the agent asked, as resolver libraries check.
+    let out = dns(&daemon, "udp", &at, "53", &query("denied.test", false));
+    assert!(out.contains(&format!("from: {at}:53")), "{out}");
+    // An allowed name asked the same way does reach the upstream, over UDP and TCP.
+    for how in ["udp", "tcp"] {
+        let out = dns(&daemon, how, &at, "53", &query("www.allowed.test", false));
+        assert!(out.contains("rcode: 0"), "{how}: {out}\n{}", daemon.log());
+    }
+    assert!(upstream.asked("www.allowed.test"), "{}", upstream.log());
+    assert!(!upstream.asked("denied.test"), "{}", upstream.log());
+    assert!(status_dns(&daemon, "refused") >= 9);
+}
+
+/// What cannot go through the resolver is refused by the kernel: DNS over IPv6, and the
+/// resolver's own port asked directly (where a source address could be forged).
+#[test]
+fn dns_around_the_resolver_is_refused_by_the_kernel() {
+    let peer = Peer::new();
+    let (upstream, daemon) = start(&peer);
+    let v6 = peer.v6.to_string();
+    let out = dns(&daemon, "udp", &v6, "53", &query("api.allowed.test", false));
+    assert!(out.contains(&format!("error: {}", libc::EPERM)), "{out}");
+    let listening = daemon.status()["dns"]["listening"].as_str().expect("listening").to_owned();
+    let (address, port) = listening.split_once(':').expect("ADDRESS:PORT");
+    for how in ["udp", "tcp"] {
+        let out = dns(&daemon, how, address, port, &query("api.allowed.test", false));
+        assert!(out.contains(&format!("error: {}", libc::EPERM)), "{how}: {out}");
+    }
+    assert!(!upstream.asked("api.allowed.test"));
+    assert!(daemon.status()["refused"]["dns"].as_u64().expect("dns refusals") >= 3);
+}
+
+/// Hostile queries get an error answer (or none) and never stall the resolver; none
+/// reaches the upstream.
+#[test]
+fn hostile_queries_are_answered_with_errors_and_never_reach_the_upstream() {
+    let peer = Peer::new();
+    let (upstream, daemon) = start(&peer);
+    let at = peer.v4.to_string();
+    let header = |questions: u8| vec![0xab, 0xcd, 0x01, 0x00, 0, questions, 0, 0, 0, 0, 0, 0];
+    let long_name = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join(".");
+    let mut twenty = header(20);
+    for _ in 0..20 {
+        twenty.extend_from_slice(&query("x.allowed.test", false)[12..]);
+    }
+    let mut looping = header(1);
+    looping.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+    let hostile: [(&str, Vec<u8>, &[&str]); 5] = [
+        ("truncated", query("a.allowed.test", false)[..15].to_vec(), &["rcode: 1"]),
+        ("no question", header(0), &["rcode: 1"]),
+        ("twenty questions", twenty, &["rcode: 1"]),
+        ("compression loop", looping, &["rcode: 1"]),
+        ("255-byte name", query(&format!("{long_name}.allowed.test"), false), &["rcode: 1", "rcode: 5"]),
+    ];
+    for (what, message, expected) in hostile {
+        let out = dns(&daemon, "udp", &at, "53", &message);
+        assert!(expected.iter().any(|e| out.contains(e)), "{what}: {out}");
+    }
+    assert!(!upstream.log().contains("query["), "nothing was asked: {}", upstream.log());
+    assert!(status_dns(&daemon, "malformed") >= 5);
+    let out = dns(&daemon, "udp", &at, "53", &query("still.allowed.test", false));
+    assert!(out.contains("rcode: 0"), "the resolver still answers: {out}");
+}
+
+/// A held connection to an address the agent resolved shows the name beside it, in every
+/// view.
+#[test]
+fn a_hold_shows_the_name_the_agent_resolved() {
+    let peer = Peer::new();
+    let (_upstream, daemon) = start(&peer);
+    let actor = tests::actor_path();
+    let child = daemon.run_agent(actor.to_str().expect("utf-8"), &["resolve-tcp", "other.test", "7203", "x"]);
+    let hold = daemon.pending_one();
+    let at = peer.v4.to_string();
+    assert_eq!((hold["domain"].as_str(), hold["address"].as_str()), (Some("other.test"), Some(at.as_str())));
+    let listed = daemon.cli(&["pending"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains(&format!("tcp other.test ({at}):7203")), "{listed}");
+    let recorded = daemon.audit().into_iter().find(|r| r["type"] == "hold").expect("hold record");
+    assert_eq!(recorded["hold"]["domain"], "other.test", "{recorded}");
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    let _ = finish(child);
+}
+
+/// A name the policy holds is not asked upstream where the policy does not let the agent
+/// ask the server it asked: refused, until lookups can be held themselves.
+#[test]
+fn a_held_name_is_refused_where_its_server_is_not_allowed() {
+    let peer = Peer::new();
+    let without_dns = POLICY.split_once("\n\n").expect("the DNS rule comes first").1;
+    let (upstream, daemon) = start_with(&peer, without_dns);
+    let (code, out) = agent(&daemon, &["resolve", "other.test"]);
+    assert_eq!(code, 1, "{out}");
+    let (code, out) = agent(&daemon, &["resolve", "api.allowed.test"]);
+    assert_eq!(code, 0, "a name the policy allows still resolves: {out}");
+    assert!(!upstream.asked("other.test") && upstream.asked("api.allowed.test"), "{}", upstream.log());
+}
+
+/// The kernel lets an address through only while the answer that named it lasts.
+#[test]
+fn after_the_ttl_the_address_needs_the_name_again() {
+    let peer = Peer::new();
+    let (_upstream, daemon) = start(&peer);
+    let received = peer.tcp(peer.v4.into(), 7204);
+    let (code, out) = agent(&daemon, &["resolve-tcp", "short.ttl.test", "7204", "fresh"]);
+    assert_eq!(code, 0, "{out}");
+    received.wait_for("fresh");
+    sleep(Duration::from_secs(6));
+    let actor = tests::actor_path();
+    let at = peer.v4.to_string();
+    let child = daemon.run_agent(actor.to_str().expect("utf-8"), &["tcp", &at, "7204", "stale"]);
+    let hold = daemon.pending_one();
+    assert_eq!(hold["address"], at.as_str());
+    assert!(hold.get("domain").is_none(), "the name's answer has expired: {hold}");
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    let _ = finish(child);
+    assert!(!received.bytes().windows(5).any(|w| w == b"stale"));
+}
