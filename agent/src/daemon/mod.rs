@@ -361,7 +361,7 @@ impl Daemon {
         match &pointed {
             Ok(resolver) => self.names = resolver.book(),
             Err(error) => {
-                tracing::error!(%error, "keyturn's resolver is off: tagged cgroups' DNS is refused")
+                tracing::error!(%error, "keyturn's resolver is off: tagged cgroups' DNS is refused");
             }
         }
         self.resolver = pointed;

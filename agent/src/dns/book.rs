@@ -49,7 +49,7 @@ mod tests {
     fn a_name_is_shown_for_its_agent_while_its_answer_lasts() {
         let book = NameBook::default();
         let (addr, name) = ("10.9.0.7".parse().unwrap(), Name::parse("api.example.com").unwrap());
-        book.note(1, addr, &name, Duration::from_secs(60));
+        book.note(1, addr, &name, Duration::from_mins(1));
         book.note(2, addr, &name, Duration::ZERO);
         assert_eq!(book.name_of(1, addr), Some(name));
         assert_eq!(book.name_of(2, addr), None, "expired");

@@ -60,7 +60,7 @@ const TCP_QUERIES: usize = 100;
 /// record with TTL 0 can still be connected to.
 const MIN_TTL: Duration = Duration::from_secs(1);
 /// And at most this long, whatever the answer's TTL.
-const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+const MAX_TTL: Duration = Duration::from_hours(24);
 
 /// What the resolver did, since the daemon started.
 #[derive(Default)]

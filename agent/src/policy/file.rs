@@ -432,43 +432,7 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
         });
     }
 
-    let mut egress = Vec::new();
-    let mut domains: Vec<NameRule> = Vec::new();
-    for (index, rule) in raw.egress.iter().enumerate() {
-        let line = rule_line(text, "egress", index);
-        let ports =
-            rule.ports.iter().map(parse_port).collect::<Result<Vec<_>, _>>().map_err(|e| error(line, e))?;
-        let protocol = match rule.protocol {
-            ProtocolFile::Tcp => protocol::TCP,
-            ProtocolFile::Udp => protocol::UDP,
-            ProtocolFile::Any => protocol::ANY,
-        };
-        let quorum = parse_quorum(rule.quorum).map_err(|e| error(line, e))?;
-        match (&rule.cidr, &rule.domain) {
-            (None, Some(domain)) => {
-                let pattern =
-                    DomainPattern::parse(domain).map_err(|e| error(line, format!("domain {domain:?}: {e}")))?;
-                let name_rule = NameRule { pattern, ports, protocol, verdict: rule.action, quorum };
-                if domains.iter().any(|d| {
-                    d.pattern == name_rule.pattern && d.ports == name_rule.ports && d.protocol == name_rule.protocol
-                }) {
-                    return Err(error(line, format!("egress rule for {domain} repeats an earlier one")));
-                }
-                names::check(&domains, &name_rule).map_err(|e| error(line, e))?;
-                domains.push(name_rule);
-            }
-            (Some(cidr), None) => {
-                let spec = EgressSpec { cidr: cidr.parse().map_err(|e| error(line, e))?, ports, protocol, verdict: rule.action, quorum };
-                if egress.iter().any(|e: &EgressSpec| {
-                    e.cidr == spec.cidr && e.ports == spec.ports && e.protocol == spec.protocol
-                }) {
-                    return Err(error(line, format!("egress rule for {cidr} repeats an earlier one")));
-                }
-                egress.push(spec);
-            }
-            _ => return Err(error(line, "an egress rule names either a cidr or a domain, not both".into())),
-        }
-    }
+    let (egress, domains) = parse_egress(file, text, &raw.egress)?;
     // The kernel asks about every program it has no recorded verdict for: the daemon
     // identifies it (path, content) and records the verdict for that file version.
     let kernel = KernelPolicy {
@@ -490,6 +454,50 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
         text: text.to_owned(),
         sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
     })
+}
+
+/// The `[[egress]]` rules: by CIDR, for the kernel, and by domain, for the resolver.
+fn parse_egress(
+    file: &str,
+    text: &str,
+    rules: &[EgressRuleFile],
+) -> Result<(Vec<EgressSpec>, Vec<NameRule>), PolicyError> {
+    let error = |line: usize, reason: String| PolicyError { file: file.into(), line, reason };
+    let mut egress = Vec::new();
+    let mut domains: Vec<NameRule> = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let line = rule_line(text, "egress", index);
+        let ports =
+            rule.ports.iter().map(parse_port).collect::<Result<Vec<_>, _>>().map_err(|e| error(line, e))?;
+        let protocol = match rule.protocol {
+            ProtocolFile::Tcp => protocol::TCP,
+            ProtocolFile::Udp => protocol::UDP,
+            ProtocolFile::Any => protocol::ANY,
+        };
+        let (verdict, quorum) = (rule.action, parse_quorum(rule.quorum).map_err(|e| error(line, e))?);
+        match (&rule.cidr, &rule.domain) {
+            (None, Some(domain)) => {
+                let pattern =
+                    DomainPattern::parse(domain).map_err(|e| error(line, format!("domain {domain:?}: {e}")))?;
+                let rule = NameRule { pattern, ports, protocol, verdict, quorum };
+                if domains.iter().any(|d| (&d.pattern, &d.ports, d.protocol) == (&rule.pattern, &rule.ports, rule.protocol)) {
+                    return Err(error(line, format!("egress rule for {domain} repeats an earlier one")));
+                }
+                names::check(&domains, &rule).map_err(|e| error(line, e))?;
+                domains.push(rule);
+            }
+            (Some(cidr), None) => {
+                let cidr_parsed = cidr.parse().map_err(|e| error(line, e))?;
+                let spec = EgressSpec { cidr: cidr_parsed, ports, protocol, verdict, quorum };
+                if egress.iter().any(|e: &EgressSpec| (e.cidr, &e.ports, e.protocol) == (spec.cidr, &spec.ports, spec.protocol)) {
+                    return Err(error(line, format!("egress rule for {cidr} repeats an earlier one")));
+                }
+                egress.push(spec);
+            }
+            _ => return Err(error(line, "an egress rule names either a cidr or a domain, not both".into())),
+        }
+    }
+    Ok((egress, domains))
 }
 
 /// The built-in default policy.
@@ -606,6 +614,42 @@ action = "deny"
         );
         let twice = "[[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"hold\"\n";
         assert!(err(&format!("{twice}\n{twice}")).reason.contains("repeats"));
+    }
+
+    #[test]
+    fn domain_rules_are_checked_name_by_name_and_judge_lookups() {
+        let allow = "[[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"allow\"\n\n";
+        let domain = |d: &str| err(&format!("{allow}[[egress]]\ndomain = \"{d}\"\naction = \"allow\"\n"));
+        for (bad, reason) in [
+            ("", "empty"),
+            ("a..example.com", "label 2 is empty"),
+            (&format!("{}.example.com", "a".repeat(64)), "longer than 63"),
+            (&format!("{}.com", ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(60)].join(".")), "253"),
+            ("api.*.example.com", "wildcard"),
+            ("*", "wildcard"),
+            ("bücher.example", "punycode"),
+            ("a b.example", "not allowed"),
+        ] {
+            let e = domain(bad);
+            assert_eq!(e.line, 5, "{bad}: {e}");
+            assert!(e.reason.contains(reason), "{bad}: {e}");
+        }
+        let both = err("[[egress]]\ncidr = \"10.0.0.0/8\"\ndomain = \"a.example\"\naction = \"allow\"\n");
+        assert!(both.reason.contains("either a cidr or a domain"), "{both}");
+        assert!(err("[[egress]]\naction = \"allow\"\n").reason.contains("either a cidr or a domain"));
+
+        let policy = parse(
+            "p",
+            "p.toml",
+            "[[egress]]\ndomain = \"*.GitHub.com\"\nports = [443]\naction = \"allow\"\n\n\
+             [[egress]]\ndomain = \"evil.example\"\naction = \"deny\"\n",
+        )
+        .unwrap();
+        let judged = |name: &str| policy.judge_name(&Name::parse(name).unwrap()).verdict;
+        assert_eq!(judged("api.github.com"), Verdict::Allow);
+        assert_eq!(judged("github.com"), Verdict::Hold, "egress_default: the suffix needs a label before it");
+        assert_eq!(judged("evil.example"), Verdict::Deny);
+        assert_eq!(policy.names[0].pattern.to_string(), "*.github.com");
     }
 
     #[test]

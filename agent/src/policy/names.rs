@@ -158,7 +158,7 @@ mod tests {
     fn too_many_port_rules_for_one_name_are_refused() {
         let wide = rule("*.example.com", &[(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)], Verdict::Allow);
         let narrow = rule("a.example.com", &[(6, 6), (7, 7), (8, 8), (9, 9)], Verdict::Hold);
-        assert!(check(&[wide.clone()], &narrow).unwrap_err().contains("more than 8 port rules"));
+        assert!(check(std::slice::from_ref(&wide), &narrow).unwrap_err().contains("more than 8 port rules"));
         let elsewhere = rule("a.example.org", &[(6, 6), (7, 7), (8, 8), (9, 9)], Verdict::Hold);
         assert!(check(&[wide], &elsewhere).is_ok());
     }

@@ -180,8 +180,8 @@ pub fn dns_worker(args: &[String]) -> Result<()> {
         }
         _ => return Err("usage: bench worker dns lookups N | connects PORT N".into()),
     }
-    let text: String = samples.iter().map(|s| format!("{s}\n")).collect();
-    print!("{text}");
+    let text = samples.iter().map(u64::to_string).collect::<Vec<_>>().join("\n");
+    println!("{text}");
     Ok(())
 }
 
@@ -194,8 +194,8 @@ fn names_memory(pins: &Pins) -> Result<(u64, u64)> {
     for i in 0..10_000u32 {
         let (root, addr) = (u64::from(i % 100) + 1, IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)));
         let name = Name::parse(&format!("host-{i}.agent-{}.bench.test", i % 100))?;
-        book.note(root, addr, &name, Duration::from_secs(3600));
-        maps.record(root, addr, Duration::from_secs(3600), EgressRule::default())?;
+        book.note(root, addr, &name, Duration::from_hours(1));
+        maps.record(root, addr, Duration::from_hours(1), EgressRule::default())?;
     }
     let book_bytes = resident_bytes()?.saturating_sub(before);
     let resolved = aya::maps::MapData::from_pin(pins.0.join("RESOLVED"))?;
