@@ -1,13 +1,14 @@
 //! Real agent runtimes under the real daemon: the programs of `tests/runtimes` (Python, Go,
-//! Java, Node, C) run as agents of a daemon whose policy holds egress to a peer host and
-//! the exec of its `flagged` program, their output read line by line while they run.
+//! Java, Node, C) run as agents of a daemon whose policy holds egress to a peer host (by
+//! address, or by a name a nameserver on the peer answers) and the exec of its `flagged`
+//! program, their output read line by line while they run.
 
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _},
     os::unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
     path::{Path, PathBuf},
-    process::Child,
+    process::{Child, Stdio},
     sync::{
         OnceLock,
         mpsc::{self, Receiver, RecvTimeoutError},
@@ -89,28 +90,59 @@ pub fn interpreter(path: &'static str) -> &'static str {
     path
 }
 
-/// A policy holding egress to `peer`'s IPv4 address (any port, any protocol) and the exec
-/// of the daemon's `flagged` program, and allowing everything else.
+/// The zone the peer's nameserver answers: every name in it is the peer's IPv4 address.
+pub const PEER_ZONE: &str = "peer.test";
+
+/// A policy holding egress to `peer`'s IPv4 address (any port, any protocol) and to every
+/// name of [`PEER_ZONE`], and the exec of the daemon's `flagged` program, and allowing
+/// everything else. DNS is allowed by a rule of its own: the lookup of a name the policy
+/// holds is answered only where the policy allows the server the agent asked.
 fn hold_peer_and_flagged(peer: &Peer) -> String {
     format!(
         "timeout = \"10m\"\n[[exec]]\npath = \"FLAGGED\"\naction = \"hold\"\n\
+         [[egress]]\ncidr = \"0.0.0.0/0\"\nports = [53]\naction = \"allow\"\n\
+         [[egress]]\ndomain = \"*.{PEER_ZONE}\"\naction = \"hold\"\n\
          [[egress]]\ncidr = \"{}/32\"\naction = \"hold\"\n[egress_default]\naction = \"allow\"\n",
         peer.v4
     )
 }
 
 /// A peer host and a daemon whose `test` policy holds egress to it and the exec of the
-/// daemon's `flagged` program. Every agent it ran is killed on drop, held or not.
+/// daemon's `flagged` program; in a lab with names, a nameserver on the peer and the
+/// daemon's resolver asking it. Every agent it ran is killed on drop, held or not.
 pub struct Lab {
     pub peer: Peer,
     pub daemon: Daemon,
+    /// The peer's nameserver, in a lab whose agents reach the peer by name.
+    pub nameserver: Option<Nameserver>,
 }
 
 impl Lab {
+    /// A lab whose agents reach the peer by its address.
     pub fn start() -> Self {
         let peer = Peer::new();
         let daemon = Daemon::start(&hold_peer_and_flagged(&peer));
-        Self { peer, daemon }
+        Self { peer, daemon, nameserver: None }
+    }
+
+    /// A lab whose agents reach the peer by name: a nameserver on the peer answers every
+    /// name of [`PEER_ZONE`] with its IPv4 address, and the daemon's resolver asks it.
+    pub fn start_with_names() -> Self {
+        let peer = Peer::new();
+        let nameserver = Nameserver::start(&peer, PEER_ZONE);
+        let config = format!("\n[dns]\nlisten = \"127.0.0.1:0\"\nupstream = [\"{}:53\"]\n", peer.v4);
+        let daemon = Daemon::start_with_config(&hold_peer_and_flagged(&peer), &config);
+        Self { peer, daemon, nameserver: Some(nameserver) }
+    }
+
+    /// What an agent is given to reach the peer: its IPv4 address, or in a lab with names,
+    /// `LABEL.peer.test`, a name of the agent's own, so that its lookup shows in the
+    /// nameserver's log and its hold shows the name.
+    pub fn peer_host(&self, label: &str) -> String {
+        match self.nameserver {
+            Some(_) => format!("{label}.{PEER_ZONE}"),
+            None => self.peer.v4.to_string(),
+        }
     }
 
     /// `keyturn run` of `argv` as `nobody`.
@@ -134,6 +166,62 @@ impl Drop for Lab {
                 let _ = fs::write(hierarchy.root().join(path).join("cgroup.kill"), "1");
             }
         }
+    }
+}
+
+/// Debian's dnsmasq in the peer's network namespace, answering every name of a zone with
+/// the peer's IPv4 address (for 300 s) and no IPv6 address, its query log on; killed on
+/// drop.
+pub struct Nameserver {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Nameserver {
+    fn start(peer: &Peer, zone: &str) -> Self {
+        let log = std::env::temp_dir().join(format!("kt-nameserver-{}-{}.log", std::process::id(), peer.v4));
+        let at = peer.v4.to_string();
+        let child = peer
+            .command("dnsmasq")
+            .args(["--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll"])
+            .args(["--bind-interfaces", "--log-queries", "--log-facility=-", "--local-ttl=300"])
+            .arg(format!("--listen-address={at}"))
+            // Only IPv4: `--local` makes the zone dnsmasq's own, so AAAA gets no data rather
+            // than REFUSED (it would be forwarded, and there is no server to forward it to).
+            .args([format!("--address=/{zone}/{at}"), format!("--local=/{zone}/")])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("create the nameserver's log"))
+            .spawn()
+            .expect("start dnsmasq (Debian's dnsmasq-base)");
+        let nameserver = Self { child, log };
+        wait_until(
+            || format!("dnsmasq started: {}", nameserver.log()),
+            || nameserver.log().contains("started, version"),
+        );
+        nameserver
+    }
+
+    /// Its log: a line `query[TYPE] NAME from ADDRESS` for each query it was asked.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The types of the queries for `name` it was asked, in order (`A`, `AAAA`…).
+    pub fn asked(&self, name: &str) -> Vec<String> {
+        let asked = format!(" {name} from ");
+        self.log()
+            .lines()
+            .filter(|line| line.contains(&asked))
+            .filter_map(|line| Some(line.split_once("query[")?.1.split_once(']')?.0.to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for Nameserver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.log);
     }
 }
 

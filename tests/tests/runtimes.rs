@@ -2,16 +2,18 @@
 //! a peer host, and C programs exec a flagged program, from the threads their runtimes use
 //! (late threads, pool workers, event loops, goroutines, executors, worker threads, vfork
 //! children). Each action must be held, listed by `keyturn pending` with the process and
-//! the thread that acted, and decided: an approval completes it, a denial kills.
+//! the thread that acted, and decided: an approval completes it, a denial kills. Given the
+//! peer's name rather than its address, each runtime's own resolver looks it up through
+//! keyturn's, and the hold shows the name.
 
-use std::{net::IpAddr, path::Path, thread::sleep, time::Duration};
+use std::{path::Path, thread::sleep, time::Duration};
 
 use serde_json::Value;
 use tests::{
     QUIET, Received, frozen, held, process_state,
     runtimes::{
-        JAVA, JVM_FLAGS, Lab, NODE, PYTHON, decide, field, interpreter, program, thread_name, threads,
-        wait_all_stopped, wait_until,
+        JAVA, JVM_FLAGS, Lab, NODE, PEER_ZONE, PYTHON, decide, field, interpreter, program, thread_name,
+        threads, wait_all_stopped, wait_until,
     },
 };
 
@@ -64,10 +66,10 @@ fn started(pid: u32, tid: u32) -> u64 {
         .start_ticks
 }
 
-/// Where a case's agent connects, and what it sends: the report itself over raw TCP, or
-/// a GET of `/REPORT` over HTTP.
+/// Where a case's agent connects (the peer's address or a name of it), and what it sends:
+/// the report itself over raw TCP, or a GET of `/REPORT` over HTTP.
 struct Target {
-    host: IpAddr,
+    host: String,
     port: u16,
     report: String,
 }
@@ -99,15 +101,14 @@ impl Egress {
     }
 }
 
-/// Runs every case once per decision, side by side, with one daemon and one peer; then
-/// checks the audit trail: each action held once and decided once, none dropped.
-fn run_cases<C: Sync>(cases: &[C], check: impl Fn(&Lab, &C, u16, Decision) + Sync) {
-    let lab = Lab::start();
+/// Runs every case once per decision, side by side, in `lab`; then checks the audit trail:
+/// each action held once and decided once, none dropped.
+fn run_cases<C: Sync>(lab: &Lab, cases: &[C], check: impl Fn(&Lab, &C, u16, Decision) + Sync) {
     std::thread::scope(|scope| {
         let mut port = FIRST_PORT;
         for case in cases {
             for decision in DECISIONS {
-                let (lab, check) = (&lab, &check);
+                let check = &check;
                 scope.spawn(move || check(lab, case, port, decision));
                 port += 1;
             }
@@ -128,16 +129,14 @@ fn run_cases<C: Sync>(cases: &[C], check: impl Fn(&Lab, &C, u16, Decision) + Syn
 }
 
 /// One held connection: the agent acts, the hold is listed with its process, thread and
-/// destination, the process is stopped whole and nothing reached the peer; then the
-/// decision, and its outcome.
+/// destination (the peer's address, and the name the agent looked up, if it was given one),
+/// the process is stopped whole and nothing reached the peer; then the decision, and its
+/// outcome.
 fn check_egress(lab: &Lab, case: &Egress, port: u16, decision: Decision) {
-    let target = Target {
-        host: lab.peer.v4.into(),
-        port,
-        report: format!("report-{}-{}", case.name, decision.verb()),
-    };
-    let received: Received =
-        if case.http { lab.peer.http(target.host, port, BODY) } else { lab.peer.tcp(target.host, port) };
+    let label = format!("{}-{}", case.name, decision.verb());
+    let target = Target { host: lab.peer_host(&label), port, report: format!("report-{label}") };
+    let at = lab.peer.v4.into();
+    let received: Received = if case.http { lab.peer.http(at, port, BODY) } else { lab.peer.tcp(at, port) };
     let mut agent = lab.run(&(case.argv)(&target));
     let (pid, reported) = match case.caller {
         Caller::Picked(_) => (agent.number("pid"), None),
@@ -148,16 +147,29 @@ fn check_egress(lab: &Lab, case: &Egress, port: u16, decision: Decision) {
     };
     let hold = lab.daemon.pending_matching(|hold| hold["pid"] == pid && hold["kind"] == "egress");
     let what = format!("{} ({}): {hold}", case.name, decision.verb());
+    let name = lab.nameserver.as_ref().map(|_| target.host.as_str());
     assert_eq!(
-        (&hold["address"], &hold["port"], &hold["protocol"], &hold["hold"]),
+        (&hold["address"], &hold["domain"], &hold["port"], &hold["protocol"], &hold["hold"]),
         (
-            &Value::from(target.host.to_string()),
+            &Value::from(lab.peer.v4.to_string()),
+            &name.map_or(Value::Null, Value::from),
             &Value::from(port),
             &Value::from("tcp"),
             &Value::from("held")
         ),
         "{what}"
     );
+    // The rule that held it: the domain rule for a name, the address's rule otherwise.
+    let rule = hold["policy_rule"].as_str().unwrap_or_default();
+    let ruled_by = if name.is_some() { format!("*.{PEER_ZONE}") } else { lab.peer.v4.to_string() };
+    assert!(rule.contains(&ruled_by), "{what}: held by {rule:?}");
+    if let (Some(nameserver), Some(name)) = (&lab.nameserver, name) {
+        // The runtime's own resolver asked for the peer's IPv4 address, through keyturn's.
+        wait_until(
+            || format!("{what}: the nameserver asked for {name} (A): {:?}", nameserver.asked(name)),
+            || nameserver.asked(name).iter().any(|t| t == "A"),
+        );
+    }
     let tid = field(&hold, "tid");
     match case.caller {
         Caller::Main => assert_eq!((reported, tid), (Some(pid), pid), "{what}"),
@@ -199,8 +211,8 @@ fn check_egress(lab: &Lab, case: &Egress, port: u16, decision: Decision) {
 
 /// `INTERPRETER SCRIPT PATTERN HOST PORT REPORT`, how the Python and Node agents run.
 fn script(interpreter_path: &'static str, name: &str, pattern: &str, target: &Target) -> Vec<String> {
-    let (host, port) = (target.host.to_string(), target.port.to_string());
-    [interpreter(interpreter_path), &program(name), pattern, &host, &port, &target.report]
+    let port = target.port.to_string();
+    [interpreter(interpreter_path), &program(name), pattern, &target.host, &port, &target.report]
         .map(str::to_owned)
         .into()
 }
@@ -210,60 +222,67 @@ fn python(pattern: &str, target: &Target) -> Vec<String> {
 }
 
 /// Python: a `threading.Thread` started 0.3 s after its process (its start time is its
-/// own, not its process's), a `ThreadPoolExecutor` worker, and `asyncio.open_connection`
-/// on the main thread's event loop.
+/// own, not its process's).
+const PYTHON_LATE_THREAD: Egress =
+    Egress { name: "late-thread", caller: Caller::Late, http: false, argv: |t| python("late-thread", t) };
+/// Python: a `ThreadPoolExecutor` worker (which looks a name up itself).
+const PYTHON_POOL: Egress =
+    Egress { name: "pool", caller: Caller::Other, http: false, argv: |t| python("pool", t) };
+/// Python: `asyncio.open_connection` on the main thread's event loop (which looks a name up
+/// with `getaddrinfo` in a thread of the loop's default executor, then connects itself).
+const PYTHON_ASYNCIO: Egress =
+    Egress { name: "asyncio", caller: Caller::Main, http: false, argv: |t| python("asyncio", t) };
+
+/// Python's late thread, pool worker and event loop, each given the peer's address.
 #[test]
 fn python_threads_pools_and_asyncio_are_held_listed_and_decided() {
-    let cases = [
-        Egress { name: "late-thread", caller: Caller::Late, http: false, argv: |t| python("late-thread", t) },
-        Egress { name: "pool", caller: Caller::Other, http: false, argv: |t| python("pool", t) },
-        Egress { name: "asyncio", caller: Caller::Main, http: false, argv: |t| python("asyncio", t) },
-    ];
-    run_cases(&cases, check_egress);
+    run_cases(&Lab::start(), &[PYTHON_LATE_THREAD, PYTHON_POOL, PYTHON_ASYNCIO], check_egress);
 }
 
-/// Go: `net.Dial` from a goroutine, and `net/http` (whose transport dials in a goroutine of
-/// its own), with `GOMAXPROCS` ≥ 4 and goroutines busy meanwhile; the main goroutine keeps
-/// the main thread, so every connect comes from another OS thread.
+/// Go: `net.Dial` from a goroutine, with `GOMAXPROCS` ≥ 4 and goroutines busy meanwhile;
+/// the main goroutine keeps the main thread, so every connect comes from another OS thread.
+/// The agent is built without cgo: a name is looked up by Go's own resolver, in goroutines.
+const GO_DIAL: Egress = Egress {
+    name: "go-dial",
+    caller: Caller::Other,
+    http: false,
+    argv: |t| vec![program("go-agent"), "dial".into(), format!("{}:{}", t.host, t.port), t.report.clone()],
+};
+/// Go: `net/http`, whose transport dials in a goroutine of its own.
+const GO_HTTP: Egress = Egress {
+    name: "go-http",
+    caller: Caller::Other,
+    http: true,
+    argv: |t| vec![program("go-agent"), "http".into(), t.url()],
+};
+
+/// Go's `net.Dial` and `net/http`, each given the peer's address.
 #[test]
 fn go_dial_and_net_http_from_goroutines_are_held_listed_and_decided() {
-    let cases = [
-        Egress {
-            name: "go-dial",
-            caller: Caller::Other,
-            http: false,
-            argv: |t| {
-                vec![program("go-agent"), "dial".into(), format!("{}:{}", t.host, t.port), t.report.clone()]
-            },
-        },
-        Egress {
-            name: "go-http",
-            caller: Caller::Other,
-            http: true,
-            argv: |t| vec![program("go-agent"), "http".into(), t.url()],
-        },
-    ];
-    run_cases(&cases, check_egress);
+    run_cases(&Lab::start(), &[GO_DIAL, GO_HTTP], check_egress);
 }
 
 /// Java: `HttpClient.sendAsync`; the client connects from a thread of its executor, which
-/// the JDK names `HttpClient-N-Worker-M` (`HttpClient-1-Wo` in `comm`). One JVM per
-/// decision: a JVM start costs seconds under emulation.
+/// the JDK names `HttpClient-N-Worker-M` (`HttpClient-1-Wo` in `comm`). A name is looked up
+/// by `InetAddress` (the system's `getaddrinfo`).
+const JAVA_HTTP_CLIENT: Egress = Egress {
+    name: "java-http-client",
+    caller: Caller::Picked("HttpClient-"),
+    http: true,
+    argv: |t| {
+        let classes = program("java");
+        let mut argv = vec![interpreter(JAVA).to_owned()];
+        argv.extend(JVM_FLAGS.map(str::to_owned));
+        argv.extend(["-cp".into(), classes, "Agent".into(), t.url()]);
+        argv
+    },
+};
+
+/// Java's `HttpClient`, given the peer's address. One JVM per decision: a JVM start costs
+/// seconds under emulation.
 #[test]
 fn java_http_client_from_its_executor_is_held_listed_and_decided() {
-    let cases = [Egress {
-        name: "java-http-client",
-        caller: Caller::Picked("HttpClient-"),
-        http: true,
-        argv: |t| {
-            let classes = program("java");
-            let mut argv = vec![interpreter(JAVA).to_owned()];
-            argv.extend(JVM_FLAGS.map(str::to_owned));
-            argv.extend(["-cp".into(), classes, "Agent".into(), t.url()]);
-            argv
-        },
-    }];
-    run_cases(&cases, check_egress);
+    run_cases(&Lab::start(), &[JAVA_HTTP_CLIENT], check_egress);
 }
 
 /// An agent's own timeouts run while it is held, and keyturn cannot stop them: Go's
@@ -280,8 +299,8 @@ fn an_agents_own_dial_deadline_runs_while_it_is_held() {
         (FIRST_PORT, Duration::from_secs(30), Duration::ZERO, true),
         (FIRST_PORT + 1, SHORT, SHORT + Duration::from_secs(1), false),
     ] {
-        let target = Target { host: lab.peer.v4.into(), port, report: format!("report-{port}") };
-        let received = lab.peer.http(target.host, target.port, BODY);
+        let target = Target { host: lab.peer_host("deadline"), port, report: format!("report-{port}") };
+        let received = lab.peer.http(lab.peer.v4.into(), target.port, BODY);
         let dial_timeout = format!("-dial-timeout={}s", dial_timeout.as_secs());
         let mut agent = lab.run(&[program("go-agent"), dial_timeout, "http".into(), target.url()]);
         let (pid, _) = agent.acting();
@@ -304,15 +323,32 @@ fn node(pattern: &str, target: &Target) -> Vec<String> {
     script(NODE, "agent.mjs", pattern, target)
 }
 
-/// Node: `net.connect` from the main thread's event loop and from a `worker_threads`
-/// Worker.
+/// Node: `net.connect` from the main thread's event loop (a name is looked up by
+/// `dns.lookup`, `getaddrinfo` in a thread of libuv's pool).
+const NODE_MAIN: Egress =
+    Egress { name: "node-main", caller: Caller::Main, http: false, argv: |t| node("main", t) };
+/// Node: `net.connect` from a `worker_threads` Worker.
+const NODE_WORKER: Egress =
+    Egress { name: "node-worker", caller: Caller::Other, http: false, argv: |t| node("worker", t) };
+
+/// Node's main thread and a Worker, each given the peer's address.
 #[test]
 fn node_main_thread_and_worker_connects_are_held_listed_and_decided() {
-    let cases = [
-        Egress { name: "node-main", caller: Caller::Main, http: false, argv: |t| node("main", t) },
-        Egress { name: "node-worker", caller: Caller::Other, http: false, argv: |t| node("worker", t) },
-    ];
-    run_cases(&cases, check_egress);
+    run_cases(&Lab::start(), &[NODE_MAIN, NODE_WORKER], check_egress);
+}
+
+/// Every runtime given the peer's name rather than its address: its own resolver looks it
+/// up (Python's `getaddrinfo` in asyncio's executor, Go's pure-Go resolver, Java's
+/// `InetAddress`, Node's `dns.lookup` in libuv's pool), keyturn's resolver asks the peer's
+/// nameserver, and the connection to the answer is held by the domain rule, listed with
+/// the name beside the address, and decided.
+#[test]
+fn runtimes_resolving_the_peers_name_are_held_listed_with_it_and_decided() {
+    run_cases(
+        &Lab::start_with_names(),
+        &[PYTHON_ASYNCIO, GO_DIAL, JAVA_HTTP_CLIENT, NODE_MAIN],
+        check_egress,
+    );
 }
 
 /// How a C agent runs the flagged program.
@@ -415,5 +451,9 @@ fn check_exec(lab: &Lab, case: &Exec, _port: u16, decision: Decision) {
 /// `posix_spawn` and `vfork` + `execv` of it from a multi-threaded parent.
 #[test]
 fn exec_from_a_thread_posix_spawn_and_vfork_are_held_listed_and_decided() {
-    run_cases(&[Exec::FromThread, Exec::Spawn("posix_spawn"), Exec::Spawn("vfork")], check_exec);
+    run_cases(
+        &Lab::start(),
+        &[Exec::FromThread, Exec::Spawn("posix_spawn"), Exec::Spawn("vfork")],
+        check_exec,
+    );
 }
