@@ -18,6 +18,7 @@ use std::{
 
 pub mod daemon;
 pub mod embedded;
+pub mod nameserver;
 pub mod oidc;
 pub mod runtimes;
 pub mod working_day;

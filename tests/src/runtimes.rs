@@ -8,7 +8,7 @@ use std::{
     io::{BufRead as _, BufReader, Read as _},
     os::unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Child,
     sync::{
         OnceLock,
         mpsc::{self, Receiver, RecvTimeoutError},
@@ -21,7 +21,7 @@ use keyturn::cgroup::Hierarchy;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use crate::{Peer, WAIT, daemon::Daemon};
+use crate::{Peer, WAIT, daemon::Daemon, nameserver::Nameserver};
 
 /// Debian's Python (a pyenv shim on a developer's `PATH` would be four execs).
 pub const PYTHON: &str = "/usr/bin/python3";
@@ -129,7 +129,7 @@ impl Lab {
     /// name of [`PEER_ZONE`] with its IPv4 address, and the daemon's resolver asks it.
     pub fn start_with_names() -> Self {
         let peer = Peer::new();
-        let nameserver = Nameserver::start(&peer, PEER_ZONE);
+        let nameserver = Nameserver::start(&peer, &[PEER_ZONE], &[]);
         let config = format!("\n[dns]\nlisten = \"127.0.0.1:0\"\nupstream = [\"{}:53\"]\n", peer.v4);
         let daemon = Daemon::start_with_config(&hold_peer_and_flagged(&peer), &config);
         Self { peer, daemon, nameserver: Some(nameserver) }
@@ -166,62 +166,6 @@ impl Drop for Lab {
                 let _ = fs::write(hierarchy.root().join(path).join("cgroup.kill"), "1");
             }
         }
-    }
-}
-
-/// Debian's dnsmasq in the peer's network namespace, answering every name of a zone with
-/// the peer's IPv4 address (for 300 s) and no IPv6 address, its query log on; killed on
-/// drop.
-pub struct Nameserver {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Nameserver {
-    fn start(peer: &Peer, zone: &str) -> Self {
-        let log = std::env::temp_dir().join(format!("kt-nameserver-{}-{}.log", std::process::id(), peer.v4));
-        let at = peer.v4.to_string();
-        let child = peer
-            .command("dnsmasq")
-            .args(["--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll"])
-            .args(["--bind-interfaces", "--log-queries", "--log-facility=-", "--local-ttl=300"])
-            .arg(format!("--listen-address={at}"))
-            // Only IPv4: `--local` makes the zone dnsmasq's own, so AAAA gets no data rather
-            // than REFUSED (it would be forwarded, and there is no server to forward it to).
-            .args([format!("--address=/{zone}/{at}"), format!("--local=/{zone}/")])
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("create the nameserver's log"))
-            .spawn()
-            .expect("start dnsmasq (Debian's dnsmasq-base)");
-        let nameserver = Self { child, log };
-        wait_until(
-            || format!("dnsmasq started: {}", nameserver.log()),
-            || nameserver.log().contains("started, version"),
-        );
-        nameserver
-    }
-
-    /// Its log: a line `query[TYPE] NAME from ADDRESS` for each query it was asked.
-    pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The types of the queries for `name` it was asked, in order (`A`, `AAAA`…).
-    pub fn asked(&self, name: &str) -> Vec<String> {
-        let asked = format!(" {name} from ");
-        self.log()
-            .lines()
-            .filter(|line| line.contains(&asked))
-            .filter_map(|line| Some(line.split_once("query[")?.1.split_once(']')?.0.to_owned()))
-            .collect()
-    }
-}
-
-impl Drop for Nameserver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_file(&self.log);
     }
 }
 

@@ -2,17 +2,12 @@
 //! it asks, and names are judged before a query leaves the host. The upstream is Debian's
 //! dnsmasq in a network namespace of its own, with its query log on.
 
-use std::{
-    fs,
-    path::PathBuf,
-    process::{Child, Stdio},
-    thread::sleep,
-    time::{Duration, Instant},
-};
+use std::{thread::sleep, time::Duration};
 
 use tests::{
-    Peer, WAIT,
+    Peer,
     daemon::{Daemon, finish},
+    nameserver::Nameserver,
 };
 
 /// Allowed by name on two TCP ports, denied by name, allowed for 5 s; the rest held. DNS
@@ -41,61 +36,13 @@ action = "deny"
 action = "hold"
 "#;
 
-/// dnsmasq on the peer, answering every name below with the peer's own address.
-struct Upstream {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Upstream {
-    fn start(peer: &Peer) -> Self {
-        let log = std::env::temp_dir().join(format!("kt-dnsmasq-{}-{}.log", std::process::id(), peer.v4));
-        let at = peer.v4.to_string();
-        let child = peer
-            .command("dnsmasq")
-            .args(["--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--no-poll"])
-            .args(["--bind-interfaces", "--log-queries", "--log-facility=-", "--local-ttl=300"])
-            .arg(format!("--listen-address={at}"))
-            .args(["allowed.test", "denied.test", "other.test"].map(|zone| format!("--address=/{zone}/{at}")))
-            // A record that lives 5 s.
-            .arg(format!("--host-record=short.ttl.test,{at},5"))
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("dnsmasq log"))
-            .spawn()
-            .expect("start dnsmasq (Debian's dnsmasq-base)");
-        let upstream = Self { child, log };
-        let deadline = Instant::now() + WAIT;
-        while !upstream.log().contains("started, version") {
-            assert!(Instant::now() < deadline, "dnsmasq did not start: {}", upstream.log());
-            sleep(Duration::from_millis(20));
-        }
-        upstream
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Whether a query for `name` reached dnsmasq.
-    fn asked(&self, name: &str) -> bool {
-        self.log().lines().any(|line| line.contains("query[") && line.contains(&format!(" {name} from")))
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_file(&self.log);
-    }
-}
-
-fn start(peer: &Peer) -> (Upstream, Daemon) {
+fn start(peer: &Peer) -> (Nameserver, Daemon) {
     start_with(peer, POLICY)
 }
 
-fn start_with(peer: &Peer, policy: &str) -> (Upstream, Daemon) {
-    let upstream = Upstream::start(peer);
+fn start_with(peer: &Peer, policy: &str) -> (Nameserver, Daemon) {
+    let upstream =
+        Nameserver::start(peer, &["allowed.test", "denied.test", "other.test"], &[("short.ttl.test", 5)]);
     let config = format!("\n[dns]\nlisten = \"127.0.0.1:0\"\nupstream = [\"{}:53\"]\n", peer.v4);
     (upstream, Daemon::start_with_config(policy, &config))
 }
@@ -140,7 +87,7 @@ fn an_allowed_name_resolves_and_connects_with_no_hold() {
     let (code, out) = agent(&daemon, &["resolve-tcp", "api.allowed.test", "7201", "by-name"]);
     assert_eq!((code, out.trim_end().lines().last()), (0, Some("ok")), "{out}\n{}", daemon.log());
     received.wait_for("by-name");
-    assert!(upstream.asked("api.allowed.test"), "{}", upstream.log());
+    assert!(!upstream.asked("api.allowed.test").is_empty(), "{}", upstream.log());
     assert!(daemon.pending().is_empty());
     assert!(
         !daemon.audit().iter().any(|r| r["type"] == "hold"),
@@ -184,8 +131,8 @@ fn a_denied_name_never_leaves_the_host_however_it_is_asked() {
         let out = dns(&daemon, how, &at, "53", &query("www.allowed.test", false));
         assert!(out.contains("rcode: 0"), "{how}: {out}\n{}", daemon.log());
     }
-    assert!(upstream.asked("www.allowed.test"), "{}", upstream.log());
-    assert!(!upstream.asked("denied.test"), "{}", upstream.log());
+    assert!(!upstream.asked("www.allowed.test").is_empty(), "{}", upstream.log());
+    assert!(upstream.asked("denied.test").is_empty(), "{}", upstream.log());
     assert!(status_dns(&daemon, "refused") >= 9);
 }
 
@@ -204,7 +151,7 @@ fn dns_around_the_resolver_is_refused_by_the_kernel() {
         let out = dns(&daemon, how, address, port, &query("api.allowed.test", false));
         assert!(out.contains(&format!("error: {}", libc::EPERM)), "{how}: {out}");
     }
-    assert!(!upstream.asked("api.allowed.test"));
+    assert!(upstream.asked("api.allowed.test").is_empty());
     assert!(daemon.status()["refused"]["dns"].as_u64().expect("dns refusals") >= 3);
 }
 
@@ -271,7 +218,11 @@ fn a_held_name_is_refused_where_its_server_is_not_allowed() {
     assert_eq!(code, 1, "{out}");
     let (code, out) = agent(&daemon, &["resolve", "api.allowed.test"]);
     assert_eq!(code, 0, "a name the policy allows still resolves: {out}");
-    assert!(!upstream.asked("other.test") && upstream.asked("api.allowed.test"), "{}", upstream.log());
+    assert!(
+        upstream.asked("other.test").is_empty() && !upstream.asked("api.allowed.test").is_empty(),
+        "{}",
+        upstream.log()
+    );
 }
 
 /// The kernel lets an address through only while the answer that named it lasts.
