@@ -7,7 +7,7 @@
 //! a hook cannot change a socket's family. So is talking to the resolver's port directly:
 //! only a redirected socket may, with a source address the hook chose.
 
-use agent_common::{DnsConfig, DnsRedirect, DnsSender, V4_MAPPED_PREFIX, counter, dns, protocol};
+use agent_common::{DnsConfig, DnsRedirect, DnsSender, counter, dns, protocol};
 use aya_ebpf::{bindings::bpf_sock_addr, helpers::generated, programs::SockAddrContext};
 
 use crate::{
@@ -48,15 +48,13 @@ pub fn is_dns(to: &Destination) -> bool {
     to.port == dns::PORT && (to.protocol == protocol::UDP || to.protocol == protocol::TCP)
 }
 
-/// Whether `to` is keyturn's resolver itself, where only redirected sockets may go (their
-/// hooks already ran when the egress hooks see them).
+/// Whether `to` is keyturn's resolver's port, on any address (0.0.0.0 and every address
+/// of 127.0.0.0/8 reach it), where only redirected sockets may go (their hooks already ran
+/// when the egress hooks see them).
 #[inline(always)]
 pub fn is_resolver(to: &Destination) -> bool {
     let resolver = resolver();
-    resolver.port != 0
-        && u32::from(to.port) == resolver.port
-        && to.addr[..12] == V4_MAPPED_PREFIX
-        && to.addr[12..] == resolver.addr_be.to_ne_bytes()
+    resolver.port != 0 && u32::from(to.port) == resolver.port
 }
 
 #[inline(always)]
@@ -175,9 +173,26 @@ pub fn connect4(ctx: &SockAddrContext) -> i32 {
 }
 
 /// `sendmsg4`: a datagram to a DNS server goes to the resolver, from its sender address
-/// (whatever the socket is bound to).
+/// (whatever the socket is bound to). A datagram that names no destination (control data
+/// made the kernel ask) goes to the socket's peer: to the resolver, only from the source
+/// the socket was given, never one the agent chose with `IP_PKTINFO`.
 #[inline(always)]
 pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the context is the kernel's bpf_sock_addr for this call, writable here.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.user_ip4 == 0 && sa.user_port == 0 {
+        let sk = unsafe { sa.__bindgen_anon_1.sk };
+        let resolver = resolver();
+        // SAFETY: the kernel's socket for this call, valid for the program's run.
+        let (peer, peer_port, source) = unsafe { ((*sk).dst_ip4, (*sk).dst_port, (*sk).src_ip4) };
+        if resolver.port != 0
+            && peer == resolver.addr_be
+            && u32::from(u16::from_be(peer_port)) == resolver.port
+        {
+            sa.msg_src_ip4 = source;
+        }
+        return ALLOW;
+    }
     let to = egress::sock_addr_destination_v4(ctx);
     let (sender, resolver) = match judge(&to) {
         Ok(Some(found)) => found,
@@ -185,11 +200,16 @@ pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
         Err(()) => return refuse(),
     };
     let Some(source) = record_sender(&sender) else { return refuse() };
-    // SAFETY: the context is the kernel's bpf_sock_addr for this call, writable here.
-    let sa = unsafe { &mut *ctx.sock_addr };
     sa.msg_src_ip4 = source;
     redirect(ctx, sa, resolver);
     ALLOW
+}
+
+/// `bind4` and `bind6`: the resolver's port is refused, on any address, so that no agent
+/// can take it while the daemon restarts.
+#[inline(always)]
+pub fn bind(to: &Destination) -> i32 {
+    if is_resolver(to) { refuse() } else { ALLOW }
 }
 
 /// `connect6` and `sendmsg6`: DNS over IPv6, and the resolver through an IPv4-mapped

@@ -14,6 +14,7 @@ use crate::{
     tag::{self, Tagged},
 };
 
+const AF_UNSPEC: u16 = 0;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u16 = 1;
@@ -84,6 +85,11 @@ fn verdict(tagged: &Tagged, to: &Destination) -> u32 {
 /// its held action fails with EPERM at once, and an approval lets the same action through
 /// when it is tried again.
 pub fn check(to: &Destination, waiting: Waiting) -> Outcome {
+    if to.port == 0 && (to.addr == mapped_v4(0) || to.addr == [0; 16]) {
+        // No destination: a `sendmsg` whose control data made the kernel ask, on a
+        // connected socket (it goes to the peer judged at connect), or one that fails.
+        return Outcome::Allow;
+    }
     decide(to, waiting, || Ok(false))
 }
 
@@ -121,11 +127,18 @@ fn decide(to: &Destination, waiting: Waiting, decided_before: impl FnOnce() -> R
 }
 
 /// Reads the destination of a kernel `struct sockaddr *`. `None`: not an IP destination.
-fn sockaddr_destination(sockaddr: u64, protocol: u32) -> Result<Option<Destination>, i32> {
+/// `unspec_is_inet`: an `AF_UNSPEC` address is an IPv4 one, as `udp_sendmsg` reads it on
+/// an IPv4 socket (to `connect`, it means "disconnect").
+fn sockaddr_destination(
+    sockaddr: u64,
+    protocol: u32,
+    unspec_is_inet: bool,
+) -> Result<Option<Destination>, i32> {
     let family: u16 = kernel::read(sockaddr, 0)?;
     let port_be: u16 = kernel::read(sockaddr, 2)?;
     let addr = match family {
         AF_INET => mapped_v4(kernel::read(sockaddr, 4)?),
+        AF_UNSPEC if unspec_is_inet => mapped_v4(kernel::read(sockaddr, 4)?),
         AF_INET6 => kernel::read(sockaddr, 8)?,
         _ => return Ok(None),
     };
@@ -166,10 +179,12 @@ fn connecting_to(socket: u64, socket_type: u16, to: &Destination) -> Result<bool
     Ok(peer == to.addr && u16::from_be(port_be) == to.port)
 }
 
-/// Decides `socket_connect(sock, address, addrlen)`: unreadable arguments are refused.
-pub fn connect(socket: u64, sockaddr: u64) -> Outcome {
+/// Decides egress of `socket` to the `struct sockaddr *` at `sockaddr`: unreadable
+/// arguments are refused.
+fn judge(socket: u64, sockaddr: u64, unspec_is_inet: bool) -> Outcome {
     let socket_type = kernel::read::<u16>(socket, kernel::offsets().socket_type);
-    let destination = socket_type.and_then(|t| sockaddr_destination(sockaddr, protocol_of(t)));
+    let destination =
+        socket_type.and_then(|t| sockaddr_destination(sockaddr, protocol_of(t), unspec_is_inet));
     match (socket_type, destination) {
         (Ok(socket_type), Ok(Some(to))) => {
             decide(&to, Waiting::Restart, || connecting_to(socket, socket_type, &to))
@@ -179,14 +194,22 @@ pub fn connect(socket: u64, sockaddr: u64) -> Outcome {
     }
 }
 
+/// Decides `socket_connect(sock, address, addrlen)`.
+pub fn connect(socket: u64, sockaddr: u64) -> Outcome {
+    judge(socket, sockaddr, false)
+}
+
 /// Decides `socket_sendmsg(sock, msg, size)`: only a message that names a destination
 /// (UDP `sendto`, TCP fast open) can go somewhere its socket was not connected to.
 pub fn sendmsg(socket: u64, msghdr: u64) -> Outcome {
-    let name: Result<u64, i32> = kernel::read(msghdr, kernel::offsets().msghdr_name);
-    match name {
-        Ok(0) => Outcome::Allow,
-        Ok(sockaddr) => connect(socket, sockaddr),
-        Err(_) => Outcome::Refuse,
+    let offsets = kernel::offsets();
+    let name: Result<u64, i32> = kernel::read(msghdr, offsets.msghdr_name);
+    let family = kernel::read::<u64>(socket, offsets.socket_sk)
+        .and_then(|sk| kernel::read::<u16>(sk, offsets.sock_family));
+    match (name, family) {
+        (Ok(0), _) => Outcome::Allow,
+        (Ok(sockaddr), Ok(family)) => judge(socket, sockaddr, family == AF_INET),
+        _ => Outcome::Refuse,
     }
 }
 

@@ -167,6 +167,18 @@ pub fn dns_sendmsg6(ctx: SockAddrContext) -> i32 {
     dns::v6(&ctx)
 }
 
+/// DNS, every mode: no agent may bind the resolver's port.
+#[cgroup_sock_addr(bind4)]
+pub fn dns_bind4(ctx: SockAddrContext) -> i32 {
+    dns::bind(&egress::sock_addr_destination_v4(&ctx))
+}
+
+/// DNS, every mode: as `dns_bind4`.
+#[cgroup_sock_addr(bind6)]
+pub fn dns_bind6(ctx: SockAddrContext) -> i32 {
+    dns::bind(&egress::sock_addr_destination_v6(&ctx))
+}
+
 /// DNS, every mode: the resolver's replies to a redirected socket come from the server
 /// the agent asked for. Never refuses.
 #[cgroup_sock_addr(recvmsg4)]

@@ -147,12 +147,27 @@ fn dns_around_the_resolver_is_refused_by_the_kernel() {
     assert!(out.contains(&format!("error: {}", libc::EPERM)), "{out}");
     let listening = daemon.status()["dns"]["listening"].as_str().expect("listening").to_owned();
     let (address, port) = listening.split_once(':').expect("ADDRESS:PORT");
-    for how in ["udp", "tcp"] {
+    for (how, address) in [("udp", address), ("tcp", address), ("udp", "0.0.0.0"), ("tcp", "127.0.0.9")] {
         let out = dns(&daemon, how, address, port, &query("api.allowed.test", false));
-        assert!(out.contains(&format!("error: {}", libc::EPERM)), "{how}: {out}");
+        assert!(out.contains(&format!("error: {}", libc::EPERM)), "{how} {address}: {out}");
+    }
+    // Nor may an agent take the resolver's port, on any address.
+    for (how, address) in [("udp", "127.0.0.1"), ("tcp", "0.0.0.0")] {
+        let (code, out) = agent(&daemon, &["bind", how, address, port]);
+        assert_eq!(
+            (code, out.trim()),
+            (1, format!("error: {}", libc::EPERM).as_str()),
+            "bind {how} {address}"
+        );
     }
     assert!(upstream.asked("api.allowed.test").is_empty());
-    assert!(daemon.status()["refused"]["dns"].as_u64().expect("dns refusals") >= 3);
+    assert!(daemon.status()["refused"]["dns"].as_u64().expect("dns refusals") >= 7);
+    // A message on a socket connected to the resolver goes from the source the kernel gave
+    // the socket, whatever source its control data asks for: never another agent's.
+    let at = peer.v4.to_string();
+    let out = dns(&daemon, "pktinfo-127.0.0.77", &at, "53", &query("www.allowed.test", false));
+    assert!(out.contains("rcode: 0"), "{out}");
+    assert_eq!(status_dns(&daemon, "unattributed"), 0);
 }
 
 /// Hostile queries get an error answer (or none) and never stall the resolver; none

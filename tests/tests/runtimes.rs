@@ -101,17 +101,31 @@ impl Egress {
     }
 }
 
-/// Runs every case once per decision, side by side, in `lab`; then checks the audit trail:
-/// each action held once and decided once, none dropped.
-fn run_cases<C: Sync>(lab: &Lab, cases: &[C], check: impl Fn(&Lab, &C, u16, Decision) + Sync) {
+/// Which decisions the cases of a run get.
+#[derive(Clone, Copy)]
+enum Decisions {
+    /// Each case is run twice, approved and denied.
+    Both,
+    /// Each case is run once, approved and denied in turn (the first case approved).
+    InTurn,
+}
+
+/// Runs the cases with their decisions, side by side, in `lab`; then checks the audit
+/// trail: each action held once and decided once, none dropped.
+fn run_cases<C: Sync>(
+    lab: &Lab,
+    cases: &[C],
+    decisions: Decisions,
+    check: impl Fn(&Lab, &C, u16, Decision) + Sync,
+) {
+    let runs: Vec<(&C, Decision)> = match decisions {
+        Decisions::Both => cases.iter().flat_map(|case| DECISIONS.map(|decision| (case, decision))).collect(),
+        Decisions::InTurn => cases.iter().zip(DECISIONS.into_iter().cycle()).collect(),
+    };
     std::thread::scope(|scope| {
-        let mut port = FIRST_PORT;
-        for case in cases {
-            for decision in DECISIONS {
-                let check = &check;
-                scope.spawn(move || check(lab, case, port, decision));
-                port += 1;
-            }
+        for (port, &(case, decision)) in (FIRST_PORT..).zip(&runs) {
+            let check = &check;
+            scope.spawn(move || check(lab, case, port, decision));
         }
     });
     let trail = lab.daemon.audit();
@@ -122,7 +136,7 @@ fn run_cases<C: Sync>(lab: &Lab, cases: &[C], check: impl Fn(&Lab, &C, u16, Deci
         ids
     };
     let held = ids("hold", |e| &e["hold"]["id"]);
-    assert_eq!(held.len(), cases.len() * DECISIONS.len(), "one hold per case: {held:?}");
+    assert_eq!(held.len(), runs.len(), "one hold per run: {held:?}");
     assert_eq!(ids("decision", |e| &e["id"]), held, "one decision per hold");
     assert_eq!(ids("hold_closed", |e| &e["id"]), Vec::<String>::new(), "holds closed without a decision");
     assert!(lab.daemon.cli(&["audit", "verify"]).status.success());
@@ -236,7 +250,12 @@ const PYTHON_ASYNCIO: Egress =
 /// Python's late thread, pool worker and event loop, each given the peer's address.
 #[test]
 fn python_threads_pools_and_asyncio_are_held_listed_and_decided() {
-    run_cases(&Lab::start(), &[PYTHON_LATE_THREAD, PYTHON_POOL, PYTHON_ASYNCIO], check_egress);
+    run_cases(
+        &Lab::start(),
+        &[PYTHON_LATE_THREAD, PYTHON_POOL, PYTHON_ASYNCIO],
+        Decisions::Both,
+        check_egress,
+    );
 }
 
 /// Go: `net.Dial` from a goroutine, with `GOMAXPROCS` ≥ 4 and goroutines busy meanwhile;
@@ -259,7 +278,7 @@ const GO_HTTP: Egress = Egress {
 /// Go's `net.Dial` and `net/http`, each given the peer's address.
 #[test]
 fn go_dial_and_net_http_from_goroutines_are_held_listed_and_decided() {
-    run_cases(&Lab::start(), &[GO_DIAL, GO_HTTP], check_egress);
+    run_cases(&Lab::start(), &[GO_DIAL, GO_HTTP], Decisions::Both, check_egress);
 }
 
 /// Java: `HttpClient.sendAsync`; the client connects from a thread of its executor, which
@@ -282,7 +301,7 @@ const JAVA_HTTP_CLIENT: Egress = Egress {
 /// seconds under emulation.
 #[test]
 fn java_http_client_from_its_executor_is_held_listed_and_decided() {
-    run_cases(&Lab::start(), &[JAVA_HTTP_CLIENT], check_egress);
+    run_cases(&Lab::start(), &[JAVA_HTTP_CLIENT], Decisions::Both, check_egress);
 }
 
 /// An agent's own timeouts run while it is held, and keyturn cannot stop them: Go's
@@ -334,7 +353,7 @@ const NODE_WORKER: Egress =
 /// Node's main thread and a Worker, each given the peer's address.
 #[test]
 fn node_main_thread_and_worker_connects_are_held_listed_and_decided() {
-    run_cases(&Lab::start(), &[NODE_MAIN, NODE_WORKER], check_egress);
+    run_cases(&Lab::start(), &[NODE_MAIN, NODE_WORKER], Decisions::Both, check_egress);
 }
 
 /// Every runtime given the peer's name rather than its address: its own resolver looks it
@@ -347,6 +366,9 @@ fn runtimes_resolving_the_peers_name_are_held_listed_with_it_and_decided() {
     run_cases(
         &Lab::start_with_names(),
         &[PYTHON_ASYNCIO, GO_DIAL, JAVA_HTTP_CLIENT, NODE_MAIN],
+        // One agent per runtime at once: four runtimes starting together under emulation
+        // (the VM tests) are slow enough already.
+        Decisions::InTurn,
         check_egress,
     );
 }
@@ -454,6 +476,7 @@ fn exec_from_a_thread_posix_spawn_and_vfork_are_held_listed_and_decided() {
     run_cases(
         &Lab::start(),
         &[Exec::FromThread, Exec::Spawn("posix_spawn"), Exec::Spawn("vfork")],
+        Decisions::Both,
         check_exec,
     );
 }

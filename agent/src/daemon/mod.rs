@@ -200,6 +200,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
     }
+    // No resolver listens until the next daemon's: tagged cgroups' DNS is refused meanwhile.
+    let _ = daemon.enforcer.set_resolver(None);
     daemon.record(AuditEvent::DaemonStop);
     let _ = std::fs::remove_file(&daemon.config.socket);
     Ok(())
@@ -355,7 +357,7 @@ impl Daemon {
             Err(e) => Err(e.to_string()),
         };
         let pointed = started.and_then(|resolver| {
-            self.enforcer.set_resolver(resolver.listening()).map_err(|e| e.to_string())?;
+            self.enforcer.set_resolver(Some(resolver.listening())).map_err(|e| e.to_string())?;
             Ok(resolver)
         });
         match &pointed {

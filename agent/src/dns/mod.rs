@@ -290,7 +290,9 @@ async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Tran
     for resolved in complete {
         let ttl = Duration::from_secs(u64::from(resolved.ttl)).clamp(MIN_TTL, MAX_TTL);
         shared.book.note(sender.root, resolved.addr, &query.name, ttl);
-        if let Some(rule) = judged.kernel {
+        // An address a CIDR rule denies stays the CIDR rules' to judge.
+        let denied = policy.kernel.denies(crate::policy::kernel::kernel_addr(resolved.addr));
+        if let Some(rule) = judged.kernel.filter(|_| !denied) {
             let recorded = shared.maps.lock().map_err(|_| ()).and_then(|mut maps| {
                 maps.record(sender.root, resolved.addr, ttl, rule).map_err(|e| {
                     tracing::warn!(error = %e, name = %query.name, "DNS: recording an address for the kernel");

@@ -109,6 +109,8 @@ const DNS: &[ProgramSpec] = &[
     spec("dns_connect6", Hook::SockAddr),
     spec("dns_sendmsg6", Hook::SockAddr),
     spec("dns_recvmsg4", Hook::SockAddr),
+    spec("dns_bind4", Hook::SockAddr),
+    spec("dns_bind6", Hook::SockAddr),
 ];
 const LSM_CGROUP: &[ProgramSpec] = &[
     spec("exec_lsm_cgroup", Hook::LsmCgroup("bprm_check_security")),
@@ -378,9 +380,13 @@ impl Enforcer {
     }
 
     /// Tells the DNS hooks where keyturn's resolver listens (an IPv4 loopback address):
-    /// DNS from tagged cgroups goes there from now on. Until then it is refused.
-    pub fn set_resolver(&mut self, at: SocketAddrV4) -> Result<()> {
-        let value = DnsConfig { addr_be: u32::from(*at.ip()).to_be(), port: u32::from(at.port()) };
+    /// DNS from tagged cgroups goes there from now on. Until then, and after `None` (the
+    /// daemon stops, or its resolver could not start), it is refused.
+    pub fn set_resolver(&mut self, at: Option<SocketAddrV4>) -> Result<()> {
+        let value = at.map_or_else(DnsConfig::default, |at| DnsConfig {
+            addr_be: u32::from(*at.ip()).to_be(),
+            port: u32::from(at.port()),
+        });
         let mut dns: Array<_, DnsConfig> = self.map_mut("DNS")?;
         dns.set(0, value, 0).map_err(map_error("DNS"))
     }

@@ -227,6 +227,13 @@ impl KernelPolicy {
     pub fn verdict_for(&self, addr: [u8; 16], port: u16, protocol: u32) -> Verdict {
         self.rule_for(addr, port, protocol).map_or(self.egress_default, |rule| rule.verdict)
     }
+
+    /// Whether a CIDR rule of this policy denies `addr` (kernel form), on some port: no
+    /// name's domain rules override that.
+    pub fn denies(&self, addr: [u8; 16]) -> bool {
+        let host = Cidr { addr, prefix: 128 };
+        self.egress.iter().any(|rule| rule.verdict == Verdict::Deny && rule.cidr.contains(&host))
+    }
 }
 
 /// A CIDR as users write it.

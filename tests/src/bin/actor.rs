@@ -17,7 +17,9 @@
 //!   nameserver), print `resolved: ADDR…`; `resolve-tcp NAME PORT MSG`: then connect to the
 //!   first IPv4 address and send MSG
 //! - `dns udp|udp-connected|tcp ADDR PORT HEX`: send the DNS message HEX to ADDR:PORT and
-//!   print `rcode: N` of the reply (`no reply` after 3 s)
+//!   print `rcode: N` of the reply (`no reply` after 3 s); `dns pktinfo-FROM …`: the same
+//!   on a connected UDP socket, sent with an `IP_PKTINFO` asking for source address FROM
+//! - `bind udp|tcp ADDR PORT`: bind a socket there
 //!
 //! Prints `ok` and exits 0, or prints `error: ERRNO` and exits 1.
 
@@ -201,6 +203,14 @@ fn act(args: &[String]) -> std::io::Result<()> {
             stream.write_all(args[3].as_bytes())?;
         }
         "dns" => dns(&args[1], &target_of(&args[2], &args[3]), &hex_bytes(&args[4]))?,
+        "bind" => {
+            let at = target_of(&args[2], &args[3]);
+            if args[1] == "tcp" {
+                drop(std::net::TcpListener::bind(at)?);
+            } else {
+                drop(UdpSocket::bind(at)?);
+            }
+        }
         "exec" => {
             let words: Vec<CString> =
                 args[1..].iter().map(|a| CString::new(a.as_bytes()).expect("no NUL")).collect();
@@ -231,6 +241,19 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect()
 }
 
+/// Sends `message` on the connected `socket` with an `IP_PKTINFO` asking for source `from`.
+fn send_from(socket: &UdpSocket, message: &[u8], from: std::net::Ipv4Addr) -> std::io::Result<()> {
+    let info = libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: libc::in_addr { s_addr: u32::from(from).to_be() },
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    };
+    let control = [nix::sys::socket::ControlMessage::Ipv4PacketInfo(&info)];
+    let iov = [std::io::IoSlice::new(message)];
+    nix::sys::socket::sendmsg::<()>(socket.as_raw_fd(), &iov, &control, MsgFlags::empty(), None)?;
+    Ok(())
+}
+
 /// Sends one DNS message and prints the reply's rcode.
 fn dns(how: &str, to: &SocketAddr, message: &[u8]) -> std::io::Result<()> {
     use std::io::Read as _;
@@ -250,7 +273,10 @@ fn dns(how: &str, to: &SocketAddr, message: &[u8]) -> std::io::Result<()> {
             socket.send_to(message, to)?;
         } else {
             socket.connect(to)?;
-            socket.send(message)?;
+            match how.strip_prefix("pktinfo-") {
+                Some(from) => send_from(&socket, message, from.parse().expect("source address"))?,
+                None => drop(socket.send(message)?),
+            }
         }
         socket.recv_from(&mut reply).map(|(len, from)| {
             println!("from: {from}");

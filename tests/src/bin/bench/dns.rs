@@ -84,7 +84,7 @@ pub fn measure_names(pins: &Pins, cgroups: &BenchCgroups) -> Result<Names> {
         NameMaps::open(&pins.0)?,
         policies,
     ))?;
-    loaded.enforcer().set_resolver(resolver.listening())?;
+    loaded.enforcer().set_resolver(Some(resolver.listening()))?;
     wait_for_upstream()?;
     thread::sleep(SETTLE);
 
