@@ -118,6 +118,14 @@ fn udp_sendto_is_held_and_approval_delivers() {
     held_rogue_approved(&mut kernel, &cgroup, &e, &[]);
 }
 
+/// `udp_sendmsg` reads an `AF_UNSPEC` address on an IPv4 socket as an IPv4 one.
+#[test]
+fn udp_sendto_an_unspec_address_is_held_and_approval_delivers() {
+    let (peer, mut kernel, cgroup) = setup();
+    let e = egress(&peer, "udp-unspec", peer.v4.into(), peer.v4.into(), 7031);
+    held_rogue_approved(&mut kernel, &cgroup, &e, &[]);
+}
+
 #[test]
 fn connected_udp_is_held_and_approval_delivers() {
     let (peer, mut kernel, cgroup) = setup();

@@ -2,6 +2,7 @@
 //! and reports what the kernel answered. `actor ACTION ARGS…`:
 //!
 //! - `tcp ADDR PORT MSG`, `udp ADDR PORT MSG` (sendto), `udp-connected ADDR PORT MSG`,
+//!   `udp-unspec ADDR PORT MSG` (sendto an IPv4 address whose family says `AF_UNSPEC`),
 //!   `tfo ADDR PORT MSG` (TCP fast open: sendto with `MSG_FASTOPEN`), `tcp-asking ADDR PORT
 //!   MSG` (a non-blocking connect, asked again by `connect` until it is connected)
 //! - `threads N ACTION…`: start N idle threads, then perform ACTION on the main thread
@@ -148,6 +149,10 @@ fn act(args: &[String]) -> std::io::Result<()> {
             }
         }
         "tfo" => fast_open(&target(), args[3].as_bytes())?,
+        "udp-unspec" => {
+            let SocketAddr::V4(to) = target() else { panic!("udp-unspec takes an IPv4 address") };
+            sendto_unspec(to, args[3].as_bytes())?;
+        }
         "tcp-asking" => connect_asking_again(&target(), args[3].as_bytes())?,
         "retry" => {
             for _ in 0..200 {
@@ -221,6 +226,29 @@ fn act(args: &[String]) -> std::io::Result<()> {
         other => panic!("unknown action {other}"),
     }
     Ok(())
+}
+
+/// `sendto` an IPv4 address whose family says `AF_UNSPEC`, from a new UDP socket.
+fn sendto_unspec(to: std::net::SocketAddrV4, message: &[u8]) -> std::io::Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let unspec = libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_UNSPEC).expect("0"),
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*to.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: a valid buffer and a sockaddr_in of its own size.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            message.as_ptr().cast(),
+            message.len(),
+            0,
+            (&raw const unspec).cast(),
+            libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("small"),
+        )
+    };
+    if sent < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// The addresses `getaddrinfo` gives for `name`. A failed lookup is `error: 0`.
