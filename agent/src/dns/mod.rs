@@ -213,7 +213,15 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
 async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
     let connections = Arc::new(Semaphore::new(TCP_CONNECTIONS));
     loop {
-        let Ok((stream, from)) = listener.accept().await else { continue };
+        let (stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::warn!(error = %e, "DNS: accepting a TCP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             bump(&shared.stats.dropped);
             continue;
