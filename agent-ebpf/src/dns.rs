@@ -3,9 +3,11 @@
 //!
 //! IPv4: the destination becomes the resolver, the source `127.x.y.z` with `x.y.z` an index
 //! into `DNS_SENDERS`, and UDP replies appear to come from the server the agent asked for.
-//! IPv6 (and IPv4-mapped IPv6) DNS is refused: the resolver listens on IPv4 loopback, and
-//! a hook cannot change a socket's family. So is talking to the resolver's port directly:
-//! only a redirected socket may, with a source address the hook chose.
+//! IPv6 DNS is refused: the resolver listens on IPv4 loopback, and a hook cannot change a
+//! socket's family. (A datagram an IPv6 socket sends to an IPv4-mapped address takes the
+//! IPv4 path, and is redirected; its reply then shows the resolver's address, as no
+//! `recvmsg6` program rewrites it.) So is the resolver's port asked directly: only a
+//! redirected socket may reach it, with a source address the hook chose.
 
 use agent_common::{DnsConfig, DnsRedirect, DnsSender, counter, dns, protocol};
 use aya_ebpf::{bindings::bpf_sock_addr, helpers::generated, programs::SockAddrContext};
