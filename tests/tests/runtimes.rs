@@ -143,7 +143,13 @@ fn run_cases<C: Sync>(
     assert_eq!(held.len(), runs.len(), "one hold per run: {held:?}");
     assert_eq!(ids("decision", |e| &e["id"]), held, "one decision per hold");
     assert_eq!(ids("hold_closed", |e| &e["id"]), Vec::<String>::new(), "holds closed without a decision");
-    assert!(lab.daemon.cli(&["audit", "verify"]).status.success());
+    let verified = lab.daemon.cli(&["audit", "verify"]);
+    assert!(
+        verified.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
 }
 
 /// One held connection: the agent acts, the hold is listed with its process, thread and
