@@ -2,12 +2,13 @@
 //! it asks, and names are judged before a query leaves the host. The upstream is Debian's
 //! dnsmasq in a network namespace of its own, with its query log on.
 
-use std::{thread::sleep, time::Duration};
+use std::{process::Child, thread::sleep, time::Duration};
 
 use tests::{
-    Peer,
-    daemon::{Daemon, finish},
+    Peer, TestCgroup,
+    daemon::{Daemon, agent_in, finish},
     nameserver::Nameserver,
+    runtimes::wait_until,
 };
 
 /// Allowed by name on two TCP ports, denied by name, allowed for 5 s; the rest held. DNS
@@ -240,23 +241,99 @@ fn a_held_name_is_refused_where_its_server_is_not_allowed() {
     );
 }
 
-/// The kernel lets an address through only while the answer that named it lasts.
+/// An agent that resolved a name reaches its address again with no lookup while the answer
+/// lasts, and after its TTL is judged by the CIDR rules again (here, held), with no name.
 #[test]
 fn after_the_ttl_the_address_needs_the_name_again() {
     let peer = Peer::new();
     let (_upstream, daemon) = start(&peer);
+    let cgroup = tagged(&daemon);
     let received = peer.tcp(peer.v4.into(), 7204);
-    let (code, out) = agent(&daemon, &["resolve-tcp", "short.ttl.test", "7204", "fresh"]);
-    assert_eq!(code, 0, "{out}");
-    received.wait_for("fresh");
-    sleep(Duration::from_secs(6));
-    let actor = tests::actor_path();
     let at = peer.v4.to_string();
-    let child = daemon.run_agent(actor.to_str().expect("utf-8"), &["tcp", &at, "7204", "stale"]);
+    succeeds(&daemon, &cgroup, &["resolve-tcp", "short.ttl.test", "7204", "fresh"]);
+    // The answer lasts: the address alone is let through.
+    succeeds(&daemon, &cgroup, &["tcp", &at, "7204", "again"]);
+    received.wait_for("again");
+    sleep(Duration::from_secs(6));
+    let child = as_agent(&cgroup, &["tcp", &at, "7204", "stale"]);
     let hold = daemon.pending_one();
     assert_eq!(hold["address"], at.as_str());
     assert!(hold.get("domain").is_none(), "the name's answer has expired: {hold}");
     assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
     let _ = finish(child);
     assert!(!received.bytes().windows(5).any(|w| w == b"stale"));
+}
+
+/// A reload that stops allowing a name takes effect at once for the addresses it resolved
+/// to: the agent's next connection to one is judged by the CIDR rules (here, held), not let
+/// through by the kernel until the answer expires.
+#[test]
+fn a_reload_that_stops_allowing_a_name_stops_its_addresses_at_once() {
+    let peer = Peer::new();
+    let (_upstream, daemon) = start(&peer);
+    let cgroup = tagged(&daemon);
+    let received = peer.tcp(peer.v4.into(), 7201);
+    let at = peer.v4.to_string();
+    succeeds(&daemon, &cgroup, &["resolve-tcp", "api.allowed.test", "7201", "before"]);
+    succeeds(&daemon, &cgroup, &["tcp", &at, "7201", "again"]);
+    received.wait_for("again");
+    assert_eq!(status_dns(&daemon, "forgotten"), 0);
+
+    let from = daemon.audit().len();
+    daemon.write_policy("test", &POLICY.replace("*.allowed.test", "*.elsewhere.test"));
+    daemon.wait_record(from, |record| record["type"] == "policy_reload");
+    wait_until(|| daemon.status()["dns"].to_string(), || status_dns(&daemon, "forgotten") == 1);
+    let child = as_agent(&cgroup, &["tcp", &at, "7201", "after"]);
+    let hold = daemon.pending_one();
+    assert_eq!(hold["address"], at.as_str());
+    assert_eq!(hold["policy_rule"], "egress_default", "{hold}");
+    assert_eq!(hold["domain"], "api.allowed.test", "still the name the agent resolved: {hold}");
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    let _ = finish(child);
+    assert!(!received.bytes().windows(5).any(|w| w == b"after"));
+}
+
+/// Untagging an agent forgets the names it resolved: tagged again, the cgroup starts with no
+/// address let through by name.
+#[test]
+fn an_untagged_agent_s_names_are_forgotten() {
+    let peer = Peer::new();
+    let (_upstream, daemon) = start(&peer);
+    let cgroup = tagged(&daemon);
+    let received = peer.tcp(peer.v4.into(), 7202);
+    let at = peer.v4.to_string();
+    succeeds(&daemon, &cgroup, &["resolve-tcp", "api.allowed.test", "7202", "before"]);
+    succeeds(&daemon, &cgroup, &["tcp", &at, "7202", "again"]);
+    received.wait_for("again");
+
+    let untagged = daemon.cli(&["untag", &cgroup.relative()]);
+    assert!(untagged.status.success(), "untag: {}", tests::daemon::stderr(&untagged));
+    assert_eq!(status_dns(&daemon, "forgotten"), 1);
+    daemon.tag(&cgroup, "named-agent");
+    let child = as_agent(&cgroup, &["tcp", &at, "7202", "after"]);
+    let hold = daemon.pending_one();
+    assert_eq!(hold["address"], at.as_str());
+    assert!(hold.get("domain").is_none(), "the name was forgotten with the agent: {hold}");
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    let _ = finish(child);
+    assert!(!received.bytes().windows(5).any(|w| w == b"after"));
+}
+
+/// A cgroup tagged under the `test` policy, for an agent whose processes share one root.
+fn tagged(daemon: &Daemon) -> TestCgroup {
+    let cgroup = TestCgroup::new();
+    daemon.tag(&cgroup, "named-agent");
+    cgroup
+}
+
+/// `actor ARGS…` in `cgroup`, as `nobody` (root may decide its holds).
+fn as_agent(cgroup: &TestCgroup, args: &[&str]) -> Child {
+    agent_in(cgroup, tests::actor_path(), args).spawn().expect("spawn actor")
+}
+
+/// `actor ARGS…` in `cgroup` exits 0 with no hold.
+fn succeeds(daemon: &Daemon, cgroup: &TestCgroup, args: &[&str]) {
+    let (code, out) = finish(as_agent(cgroup, args));
+    assert_eq!(code, 0, "{args:?}: {out}\n{}", daemon.log());
+    assert!(daemon.pending().is_empty(), "{args:?} was held");
 }

@@ -250,6 +250,9 @@ impl Daemon {
         };
         let agent = if let Some(id) = found {
             self.enforcer.untag(id).map_err(|e| error_chain(&e))?;
+            if let Ok(resolver) = &self.resolver {
+                resolver.forget(id);
+            }
             self.grants.retain(|g| g.root != id);
             self.save_grants();
             self.agents.remove(&id).expect("present")

@@ -14,30 +14,51 @@ use super::name::Name;
 /// then shows the address alone).
 const CAPACITY: usize = 65_536;
 
-/// (tagged root, address) → the latest name that resolved to it, until when.
+/// What resolved to an address for one agent: the name, by the agent's policy (kernel id),
+/// until when.
+#[derive(Clone)]
+pub struct Entry {
+    pub name: Name,
+    pub policy: u32,
+    until: Instant,
+}
+
+/// (tagged root, address) → the latest name that resolved to it.
 #[derive(Default)]
 pub struct NameBook {
-    names: Mutex<HashMap<(u64, IpAddr), (Name, Instant)>>,
+    names: Mutex<HashMap<(u64, IpAddr), Entry>>,
 }
 
 impl NameBook {
-    /// Notes that `name` resolved to `addr` for the agent under `root`, for `ttl`.
-    pub fn note(&self, root: u64, addr: IpAddr, name: &Name, ttl: Duration) {
+    /// Notes that `name` resolved to `addr` for the agent under `root`, whose policy is
+    /// `policy`, for `ttl`.
+    pub fn note(&self, root: u64, addr: IpAddr, name: &Name, policy: u32, ttl: Duration) {
         let Ok(mut names) = self.names.lock() else { return };
         let now = Instant::now();
         if names.len() >= CAPACITY {
-            names.retain(|_, (_, until)| *until > now);
+            names.retain(|_, entry| entry.until > now);
         }
         if names.len() < CAPACITY || names.contains_key(&(root, addr)) {
-            names.insert((root, addr), (name.clone(), now + ttl));
+            names.insert((root, addr), Entry { name: name.clone(), policy, until: now + ttl });
         }
+    }
+
+    /// What the agent under `root` last resolved to `addr`, while its answer lasts.
+    pub fn entry(&self, root: u64, addr: IpAddr) -> Option<Entry> {
+        let names = self.names.lock().ok()?;
+        names.get(&(root, addr)).filter(|entry| entry.until > Instant::now()).cloned()
     }
 
     /// The name the agent under `root` last resolved to `addr`, while its answer lasts.
     pub fn name_of(&self, root: u64, addr: IpAddr) -> Option<Name> {
-        let names = self.names.lock().ok()?;
-        let (name, until) = names.get(&(root, addr))?;
-        (*until > Instant::now()).then(|| name.clone())
+        self.entry(root, addr).map(|entry| entry.name)
+    }
+
+    /// Forgets what the agent under `root` resolved.
+    pub fn forget(&self, root: u64) {
+        if let Ok(mut names) = self.names.lock() {
+            names.retain(|&(of, _), _| of != root);
+        }
     }
 }
 
@@ -49,10 +70,13 @@ mod tests {
     fn a_name_is_shown_for_its_agent_while_its_answer_lasts() {
         let book = NameBook::default();
         let (addr, name) = ("10.9.0.7".parse().unwrap(), Name::parse("api.example.com").unwrap());
-        book.note(1, addr, &name, Duration::from_mins(1));
-        book.note(2, addr, &name, Duration::ZERO);
+        book.note(1, addr, &name, 7, Duration::from_mins(1));
+        book.note(2, addr, &name, 7, Duration::ZERO);
         assert_eq!(book.name_of(1, addr), Some(name));
+        assert_eq!(book.entry(1, addr).map(|entry| entry.policy), Some(7));
         assert_eq!(book.name_of(2, addr), None, "expired");
         assert_eq!(book.name_of(3, addr), None, "another agent's name is not this one's");
+        book.forget(1);
+        assert_eq!(book.name_of(1, addr), None, "forgotten");
     }
 }

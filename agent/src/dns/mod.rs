@@ -22,7 +22,7 @@ pub mod wire;
 
 use std::{
     collections::HashMap,
-    net::{SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -38,10 +38,13 @@ use tokio::{
     sync::{Semaphore, watch},
 };
 
+use agent_common::{DnsSender, EgressRule};
+
 use crate::{
     kernel::names::NameMaps,
-    policy::{Policy, Verdict},
+    policy::{Policy, Verdict, kernel::kernel_addr, names::NameJudgement},
 };
+use name::Name;
 use wire::{Rcode, Transport};
 
 /// Policies by their kernel id, as the daemon last installed them.
@@ -72,6 +75,7 @@ struct Stats {
     unattributed: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    forgotten: AtomicU64,
 }
 
 /// The resolver's counters, for `keyturn status` and the metrics.
@@ -92,6 +96,9 @@ pub struct DnsCounts {
     pub failed: u64,
     /// Dropped while too many queries were in flight.
     pub dropped: u64,
+    /// Addresses the kernel no longer lets through by name, after a reload stopped allowing
+    /// their name or their agent was untagged.
+    pub forgotten: u64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -141,6 +148,9 @@ impl Resolver {
             book: Arc::new(NameBook::default()),
             stats: Stats::default(),
         });
+        // What a previous daemon recorded has no name in this one's book: forgotten.
+        rejudge(&shared, None);
+        tokio::spawn(rejudge_on_reload(shared.clone()));
         tokio::spawn(serve_udp(udp, shared.clone()));
         tokio::spawn(serve_tcp(tcp, shared.clone()));
         Ok(Self { listening: listen, shared })
@@ -149,6 +159,13 @@ impl Resolver {
     /// Where it listens (the port the system chose, when `listen` asked for port 0).
     pub fn listening(&self) -> SocketAddrV4 {
         self.listening
+    }
+
+    /// Forgets what the agent under `root` resolved (it was untagged): a later tag of the
+    /// cgroup starts with no name allowed.
+    pub fn forget(&self, root: u64) {
+        rejudge(&self.shared, Some(root));
+        self.shared.book.forget(root);
     }
 
     /// The names agents resolved, for the views of their egress holds.
@@ -168,6 +185,7 @@ impl Resolver {
             unattributed: get(&stats.unattributed),
             failed: get(&stats.failed),
             dropped: get(&stats.dropped),
+            forgotten: get(&stats.forgotten),
         }
     }
 }
@@ -247,6 +265,62 @@ async fn serve_connection(mut stream: TcpStream, from: SocketAddr, shared: &Shar
     Ok(())
 }
 
+/// Records `addresses`, which `name` resolved to for `sender`, for the views and, where domain
+/// rules name it, for the kernel. Judged under the maps' lock by the policy in force now (it
+/// may have changed while upstream answered): a reload's [`rejudge`] then sees the record.
+fn record(shared: &Shared, sender: &DnsSender, name: &Name, addresses: &[wire::Resolved]) -> Result<(), ()> {
+    let mut maps = shared.maps.lock().map_err(|_| ())?;
+    let Some(policy) = shared.policies.borrow().get(&sender.policy).cloned() else {
+        return Err(());
+    };
+    let judged = policy.judge_name(name);
+    for resolved in addresses {
+        let ttl = Duration::from_secs(u64::from(resolved.ttl)).clamp(MIN_TTL, MAX_TTL);
+        shared.book.note(sender.root, resolved.addr, name, sender.policy, ttl);
+        if let Some(rule) = kernel_rule(&policy, &judged, resolved.addr) {
+            maps.record(sender.root, resolved.addr, ttl, rule).map_err(|e| {
+                tracing::warn!(error = %e, %name, "DNS: recording an address for the kernel");
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// What the kernel lets the agent reach at `addr` by a name `judged` by `policy`: the domain
+/// rules' ports, unless a CIDR rule denies the address (it stays the CIDR rules' to judge).
+fn kernel_rule(policy: &Policy, judged: &NameJudgement, addr: IpAddr) -> Option<EgressRule> {
+    judged.kernel.filter(|_| !policy.kernel.denies(kernel_addr(addr)))
+}
+
+/// Judges again, by the policies in force now, every address recorded for the kernel, and
+/// forgets those of `forget_root` (an agent untagged): a reload that denies a name, or stops
+/// allowing a port of it, takes effect at once, not when its answers expire. An address
+/// whose name the book no longer holds is forgotten too (the CIDR rules judge it).
+fn rejudge(shared: &Shared, forget_root: Option<u64>) {
+    let table = shared.policies.borrow().clone();
+    let Ok(mut maps) = shared.maps.lock() else { return };
+    let judge = |root: u64, addr: IpAddr| {
+        let entry = shared.book.entry(root, addr).filter(|_| Some(root) != forget_root)?;
+        let policy = table.get(&entry.policy)?;
+        kernel_rule(policy, &policy.judge_name(&entry.name), addr)
+    };
+    match maps.rejudge(judge) {
+        Ok(forgotten) => {
+            shared.stats.forgotten.fetch_add(u64::try_from(forgotten).unwrap_or(u64::MAX), Ordering::Relaxed);
+            tracing::info!(forgotten, "DNS: judged the resolved addresses again");
+        }
+        Err(e) => tracing::error!(error = %e, "DNS: judging the resolved addresses again"),
+    }
+}
+
+/// Judges the recorded addresses again whenever the daemon installs policies.
+async fn rejudge_on_reload(shared: Arc<Shared>) {
+    let mut policies = shared.policies.clone();
+    while policies.changed().await.is_ok() {
+        rejudge(&shared, None);
+    }
+}
+
 /// The reply to `bytes` from `from`, or `None` when nothing must be sent back.
 async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
     let stats = &shared.stats;
@@ -295,22 +369,9 @@ async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Tran
     // Recorded before the agent has the answer, so its connection finds them. A truncated
     // answer is passed on as it is: the agent asks again over TCP, and that one counts.
     let complete = if answer.truncated { &[][..] } else { &answer.addresses[..] };
-    for resolved in complete {
-        let ttl = Duration::from_secs(u64::from(resolved.ttl)).clamp(MIN_TTL, MAX_TTL);
-        shared.book.note(sender.root, resolved.addr, &query.name, ttl);
-        // An address a CIDR rule denies stays the CIDR rules' to judge.
-        let denied = policy.kernel.denies(crate::policy::kernel::kernel_addr(resolved.addr));
-        if let Some(rule) = judged.kernel.filter(|_| !denied) {
-            let recorded = shared.maps.lock().map_err(|_| ()).and_then(|mut maps| {
-                maps.record(sender.root, resolved.addr, ttl, rule).map_err(|e| {
-                    tracing::warn!(error = %e, name = %query.name, "DNS: recording an address for the kernel");
-                })
-            });
-            if recorded.is_err() {
-                bump(&stats.failed);
-                return Some(wire::response(&query, Rcode::ServFail));
-            }
-        }
+    if record(shared, &sender, &query.name, complete).is_err() {
+        bump(&stats.failed);
+        return Some(wire::response(&query, Rcode::ServFail));
     }
     wire::rewrite_id(&mut reply, query.id);
     bump(&stats.answered);

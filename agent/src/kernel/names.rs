@@ -2,7 +2,7 @@
 //! who sent a query (`DNS_SENDERS`, read here) and what names resolved to (`RESOLVED`, written only here).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
     path::Path,
     time::Duration,
 };
@@ -53,6 +53,37 @@ impl NameMaps {
         let key = ResolvedKey { root, addr: kernel_addr(addr) };
         self.resolved
             .insert(key, Resolved { expires_ns, rule }, 0)
-            .map_err(|source: MapError| EnforcerError::Map { map: "RESOLVED", source })
+            .map_err(resolved_error)
     }
+
+    /// Judges again every address the kernel lets agents reach by a name they resolved:
+    /// `judge(root, addr)` is the rule it gets now, or `None` to forget it (the CIDR rules
+    /// judge it from then on). Returns how many were forgotten.
+    pub fn rejudge(&mut self, judge: impl Fn(u64, IpAddr) -> Option<EgressRule>) -> Result<usize, EnforcerError> {
+        let keys: Vec<ResolvedKey> = self.resolved.keys().collect::<Result<_, _>>().map_err(resolved_error)?;
+        let mut forgotten = 0;
+        for key in keys {
+            let addr = Ipv6Addr::from(key.addr).to_canonical();
+            match (judge(key.root, addr), self.resolved.get(&key, 0)) {
+                // Gone meanwhile: expired out of the LRU map.
+                (_, Err(MapError::KeyNotFound)) => {}
+                (Some(rule), Ok(resolved)) => {
+                    self.resolved.insert(key, Resolved { rule, ..resolved }, 0).map_err(resolved_error)?;
+                }
+                (None, _) => {
+                    match self.resolved.remove(&key) {
+                        Ok(()) | Err(MapError::KeyNotFound) => {}
+                        Err(e) => return Err(resolved_error(e)),
+                    }
+                    forgotten += 1;
+                }
+                (Some(_), Err(e)) => return Err(resolved_error(e)),
+            }
+        }
+        Ok(forgotten)
+    }
+}
+
+fn resolved_error(source: MapError) -> EnforcerError {
+    EnforcerError::Map { map: "RESOLVED", source }
 }
