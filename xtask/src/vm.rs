@@ -11,6 +11,7 @@ use std::{
     os::unix::fs::{PermissionsExt as _, symlink},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::Mutex,
     thread,
     time::{Duration, Instant},
 };
@@ -41,7 +42,15 @@ const VM_MEMORY_MIB: &str = "2048";
 /// guest kernel spends more time in every context switch, and the same two suites ran
 /// 9 to 31 % slower in four paired boots; nothing the tests load needs more.
 const CPU_MODEL: &str = "qemu64";
-/// Parallel tests per executable in the guest; TCG runs two vCPUs on two host threads.
+/// The guest's CPUs: one. With two, a 6.12 guest died of "Oops: int3" in
+/// `bpf_lsm_socket_connect` while a test attached its programs: attaching a BPF LSM program
+/// patches the hook's call site live (an int3 first, then the call, then the int3 removed),
+/// and multi-threaded TCG let the other vCPU run its stale translation of the int3 after
+/// the kernel had stopped expecting it. Guests run side by side instead, one per host CPU
+/// (`run_jobs`), which keeps the host as busy.
+const VCPUS: &str = "1";
+/// Parallel tests per executable in the guest: while one test waits (for a hold, a daemon,
+/// a timeout), the other runs.
 const TEST_THREADS: &str = "--test-threads=2";
 /// Test executables that run on the host only: what they test does not depend on the
 /// kernel (an OpenID provider, a browser, NSS modules), and the guest has none of them;
@@ -188,15 +197,58 @@ pub fn run(selection: &Selection) -> Result<()> {
     }
     // The booted-systemd guest runs on the newest kernel, the one production hosts get.
     let systemd_kernel = kernels.iter().find(|kernel| kernel.release.starts_with(SYSTEMD_SERIES));
-    let systemd_run = match (selection.test.as_deref(), systemd_kernel) {
-        (None | Some(SYSTEMD_TEST), Some(kernel)) => Some(systemd::run(&vm_dir, kernel)),
+    let systemd_job = match (selection.test.as_deref(), systemd_kernel) {
+        (None | Some(SYSTEMD_TEST), Some(kernel)) => Some(Job::Systemd(kernel)),
+        (Some(SYSTEMD_TEST), None) => bail!("the systemd guest boots a 6.12 kernel"),
         _ => None,
     };
-    if selection.test.as_deref() == Some(SYSTEMD_TEST) {
-        let outcome = systemd_run.context("the systemd guest boots a 6.12 kernel")??;
-        println!("vm: {SYSTEMD_TEST}: {outcome}");
-        return Ok(());
+    let mut jobs = Vec::new();
+    let payload;
+    let mut initrds = HashMap::new();
+    let mut image = None;
+    if selection.test.as_deref() != Some(SYSTEMD_TEST) {
+        payload = selected_payload(root, selection)?;
+        let runtimes = runtimes::build_image(&vm_dir)?;
+        for kernel in &kernels {
+            initrds.insert(kernel.release.clone(), build_initramfs(&vm_dir, kernel, &payload, &runtimes)?);
+            jobs.extend(kernel.guests(&payload).into_iter().map(Job::Tests));
+        }
+        image = Some(runtimes.path);
     }
+    // The test guests take longer: the systemd guest goes last, to the lane that frees first.
+    jobs.extend(systemd_job);
+    let context = JobContext { vm_dir: &vm_dir, initrds: &initrds, image };
+    let outcomes = run_jobs(jobs, &context)?;
+
+    let mut runs = Vec::new();
+    let mut timings = Vec::new();
+    let mut systemd_outcome = None;
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Tests { timing, runs: guest_runs } => {
+                timings.push(timing);
+                runs.extend(guest_runs);
+            }
+            Outcome::Systemd(outcome) => systemd_outcome = Some(outcome),
+        }
+    }
+    if !runs.is_empty() {
+        print_summary(&runs, &timings);
+    }
+    let failed = runs.iter().filter(|run| run.outcome.is_err()).count();
+    if let Some(outcome) = &systemd_outcome {
+        match outcome {
+            Ok(passed) => println!("vm: {SYSTEMD_TEST}: {passed}"),
+            Err(e) => println!("vm: {SYSTEMD_TEST} FAILED: {e:#}"),
+        }
+    }
+    ensure!(failed == 0, "{failed} of {} VM test runs failed", runs.len());
+    ensure!(systemd_outcome.is_none_or(|outcome| outcome.is_ok()), "the systemd guest failed");
+    Ok(())
+}
+
+/// The test executables, modes and filter `selection` asks for.
+fn selected_payload(root: &Path, selection: &Selection) -> Result<Payload> {
     let mut payload = build_payload(root)?;
     if let Some(test) = &selection.test {
         payload.tests.retain(|(name, _)| name == test);
@@ -204,50 +256,85 @@ pub fn run(selection: &Selection) -> Result<()> {
     }
     payload.modes = selection.modes();
     payload.filter.clone_from(&selection.filter);
-    let image = runtimes::build_image(&vm_dir)?;
-    let mut runs = Vec::new();
-    let mut timings = Vec::new();
-    for kernel in &kernels {
-        let (timing, kernel_runs) = test_kernel(&vm_dir, kernel, &payload, &image)?;
-        timings.push(timing);
-        runs.extend(kernel_runs);
-    }
-    print_summary(&runs, &timings);
-    let failed = runs.iter().filter(|run| run.outcome.is_err()).count();
-    if let Some(outcome) = &systemd_run {
-        match outcome {
-            Ok(passed) => println!("vm: {SYSTEMD_TEST}: {passed}"),
-            Err(e) => println!("vm: {SYSTEMD_TEST} FAILED: {e:#}"),
-        }
-    }
-    ensure!(failed == 0, "{failed} of {} VM test runs failed", runs.len());
-    ensure!(systemd_run.is_none_or(|outcome| outcome.is_ok()), "the systemd guest failed");
-    Ok(())
+    Ok(payload)
 }
 
-/// Builds the initramfs of `kernel`, boots it and judges its runs; returns how long it took
-/// with them.
-fn test_kernel(
-    vm_dir: &Path,
-    kernel: &Kernel,
-    payload: &Payload,
-    image: &runtimes::Image,
-) -> Result<(String, Vec<Run>)> {
-    let initrd = build_initramfs(vm_dir, kernel, payload, image)?;
-    let drives = [drive(&image.path, "readonly=on")?];
-    let cmdline = format!("console=ttyS0 quiet panic=-1 {LSMS}");
-    let boot = boot(kernel, &initrd, &drives, &cmdline, vm_timeout(kernel.runs(payload).len()))?;
-    let log = vm_dir.join(format!("{}.log", kernel.release));
-    fs::write(&log, &boot.console).with_context(|| format!("write {}", log.display()))?;
-    let idle = idle_percent(&boot.console).map_or_else(String::new, |idle| format!(", CPUs {idle}% idle"));
-    let timing = format!(
-        "{} ({}): {:.0?}{idle}, console in {}",
-        kernel.release,
-        kernel.package,
-        boot.elapsed,
-        log.display()
+/// One boot of a kernel's test initramfs: the runs of one mode and, on one guest of each
+/// kernel, the runtimes' check. Its `/init` reads which from the kernel's command line.
+struct Guest<'a> {
+    kernel: &'a Kernel,
+    mode: &'static str,
+    runs: Vec<(&'static str, &'a str)>,
+    checks_runtimes: bool,
+}
+
+/// A boot to make: a test guest, or the booted-systemd guest on its kernel.
+enum Job<'a> {
+    Tests(Guest<'a>),
+    Systemd(&'a Kernel),
+}
+
+/// What a finished job reports.
+enum Outcome {
+    Tests { timing: String, runs: Vec<Run> },
+    Systemd(Result<String>),
+}
+
+/// What every test guest shares: the initramfs of each kernel (by release) and the runtimes
+/// image.
+struct JobContext<'a> {
+    vm_dir: &'a Path,
+    initrds: &'a HashMap<String, PathBuf>,
+    image: Option<PathBuf>,
+}
+
+/// Runs `jobs` on as many lanes as the host has CPUs (each guest has `VCPUS`), taking them
+/// in order; returns their outcomes in that order.
+fn run_jobs(jobs: Vec<Job>, context: &JobContext) -> Result<Vec<Outcome>> {
+    let lanes = thread::available_parallelism().map_or(1, std::num::NonZero::get).min(jobs.len().max(1));
+    let count = jobs.len();
+    let queue = Mutex::new(jobs.into_iter().enumerate().collect::<std::collections::VecDeque<_>>());
+    let finished = Mutex::new(Vec::with_capacity(count));
+    thread::scope(|scope| {
+        for _ in 0..lanes {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().expect("job queue").pop_front();
+                    let Some((index, job)) = next else { break };
+                    let outcome = match job {
+                        Job::Tests(guest) => test_guest(context, &guest),
+                        Job::Systemd(kernel) => Ok(Outcome::Systemd(systemd::run(context.vm_dir, kernel))),
+                    };
+                    finished.lock().expect("job outcomes").push((index, outcome));
+                }
+            });
+        }
+    });
+    let mut finished = finished.into_inner().expect("job outcomes");
+    finished.sort_by_key(|(index, _)| *index);
+    finished.into_iter().map(|(_, outcome)| outcome).collect()
+}
+
+/// Boots `guest` and judges its runs; returns how long it took with them.
+fn test_guest(context: &JobContext, guest: &Guest) -> Result<Outcome> {
+    let kernel = guest.kernel;
+    let initrd = &context.initrds[&kernel.release];
+    let image = context.image.as_ref().context("no runtimes image for a test guest")?;
+    let drives = [drive(image, "readonly=on")?];
+    let runs: Vec<String> = guest.runs.iter().map(|(mode, test)| format!("{mode}/{test}")).collect();
+    let cmdline = format!(
+        "console=ttyS0 quiet panic=-1 {LSMS} keyturn.runs={} keyturn.runtimes={}",
+        runs.join(","),
+        u8::from(guest.checks_runtimes)
     );
-    Ok((timing, judge_boot(kernel, payload, &boot)))
+    let label = format!("{} {}", kernel.release, guest.mode);
+    let boot = boot(kernel, &label, initrd, &drives, &cmdline, vm_timeout(guest.runs.len()))?;
+    let log = context.vm_dir.join(format!("{}-{}.log", kernel.release, guest.mode));
+    fs::write(&log, &boot.console).with_context(|| format!("write {}", log.display()))?;
+    let idle = idle_percent(&boot.console).map_or_else(String::new, |idle| format!(", CPU {idle}% idle"));
+    let timing =
+        format!("{label} ({}): {:.0?}{idle}, console in {}", kernel.package, boot.elapsed, log.display());
+    Ok(Outcome::Tests { timing, runs: judge_boot(guest, &boot) })
 }
 
 // ---- Kernels ----
@@ -348,18 +435,29 @@ impl Kernel {
         Ok(Self { package, release, vmlinuz, modules, pairwise_mode })
     }
 
-    /// The runs this kernel's guest makes, as (mode, test executable): every test in every
-    /// mode of `payload`, but a `PAIRWISE` one only in `pairwise_mode` (or in the one mode
-    /// a developer asked for).
-    fn runs<'a>(&self, payload: &'a Payload) -> Vec<(&'static str, &'a str)> {
+    /// The guests this kernel boots, one per mode of `payload`, each making the runs of its
+    /// mode, as (mode, test executable): every test, but a `PAIRWISE` one only in
+    /// `pairwise_mode` (or in the one mode a developer asked for). The guest of the first
+    /// mode also checks the runtimes.
+    fn guests<'a>(&'a self, payload: &'a Payload) -> Vec<Guest<'a>> {
         let wanted = |mode: &str, test: &str| {
             !PAIRWISE.contains(&test) || payload.modes.len() == 1 || mode == self.pairwise_mode
         };
         payload
             .modes
             .iter()
-            .flat_map(|&mode| payload.tests.iter().map(move |(test, _)| (mode, test.as_str())))
-            .filter(|&(mode, test)| wanted(mode, test))
+            .enumerate()
+            .map(|(at, &mode)| Guest {
+                kernel: self,
+                mode,
+                runs: payload
+                    .tests
+                    .iter()
+                    .map(|(test, _)| (mode, test.as_str()))
+                    .filter(|&(mode, test)| wanted(mode, test))
+                    .collect(),
+                checks_runtimes: at == 0,
+            })
             .collect()
     }
 }
@@ -481,7 +579,7 @@ fn build_initramfs(
     install_busybox(&staging, &tools)?;
     runtimes::stage_mount_points(image, &staging)?;
     let modules = stage_modules(kernel, &staging)?;
-    write_init(&staging, kernel, payload, &modules)?;
+    write_init(&staging, payload, &modules)?;
     console_node(&staging)?;
     let archive = vm_dir.join(format!("{}.cpio", kernel.release));
     pack(&staging, &archive)?;
@@ -715,11 +813,10 @@ fn decompress(source: &Path, target: &Path) -> Result<()> {
     run_command(Command::new(decompressor).arg("-dc").arg(source).stdout(output))
 }
 
-/// The guest's `/init`: mounts what the tests need, then makes the kernel's runs between
-/// marker lines, and powers off.
-fn write_init(staging: &Path, kernel: &Kernel, payload: &Payload, modules: &[String]) -> Result<()> {
-    let runs: Vec<String> =
-        kernel.runs(payload).into_iter().map(|(mode, test)| format!("{mode}/{test}")).collect();
+/// The guest's `/init`: mounts what the tests need, checks the runtimes if the kernel's command
+/// line says `keyturn.runtimes=1`, makes the runs its `keyturn.runs=MODE/TEST,…` names
+/// between marker lines, and powers off.
+fn write_init(staging: &Path, payload: &Payload, modules: &[String]) -> Result<()> {
     let mut variables: Vec<String> =
         payload.helpers.iter().map(|(variable, binary, _)| format!("{variable}=/{binary}")).collect();
     if payload.programs.is_some() {
@@ -742,8 +839,15 @@ mkdir -p /run/netns
 ip link set lo up
 for module in {modules}; do insmod "$module" || echo "{MARKER} cannot insmod $module"; done
 echo "{MARKER} kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
+runs= check_runtimes=
+for word in $(cat /proc/cmdline); do
+  case $word in
+    keyturn.runs=*) runs=$(echo "${{word#keyturn.runs=}}" | tr , ' ') ;;
+    keyturn.runtimes=1) check_runtimes=1 ;;
+  esac
+done
 {runtimes}failed=0
-for run in {runs}; do
+for run in $runs; do
   mode=${{run%/*}} test=${{run#*/}}
   echo "{MARKER} mode=$mode test=$test start"
   KEYTURN_TEST_MODE=$mode {variables} RUST_BACKTRACE=1 \
@@ -757,7 +861,6 @@ echo "{MARKER} $(head -n 1 /proc/stat)"
 poweroff -f
 "#,
         modules = modules.join(" "),
-        runs = runs.join(" "),
         filter = payload
             .filter
             .iter()
@@ -835,10 +938,17 @@ fn drive(path: &Path, options: &str) -> Result<String> {
 
 /// Boots `kernel` with `initrd`, the disks `drives` and the kernel command line `cmdline`
 /// under TCG, streaming and capturing its serial console, and kills qemu after `timeout`.
-fn boot(kernel: &Kernel, initrd: &Path, drives: &[String], cmdline: &str, timeout: Duration) -> Result<Boot> {
+fn boot(
+    kernel: &Kernel,
+    label: &str,
+    initrd: &Path,
+    drives: &[String],
+    cmdline: &str,
+    timeout: Duration,
+) -> Result<Boot> {
     let started = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg,thread=multi", "-cpu", CPU_MODEL, "-m", VM_MEMORY_MIB, "-smp", "2"])
+        .args(["-accel", "tcg", "-cpu", CPU_MODEL, "-m", VM_MEMORY_MIB, "-smp", VCPUS])
         .args(["-nographic", "-no-reboot", "-nic", "none", "-kernel"])
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
@@ -850,13 +960,13 @@ fn boot(kernel: &Kernel, initrd: &Path, drives: &[String], cmdline: &str, timeou
         .spawn()
         .context("start qemu-system-x86_64")?;
     let serial = qemu.stdout.take().context("qemu stdout")?;
-    let release = kernel.release.clone();
-    let reader = thread::spawn(move || stream_console(serial, &release));
+    let prefix = label.to_owned();
+    let reader = thread::spawn(move || stream_console(serial, &prefix));
     let deadline = started + timeout;
     let mut timed_out = false;
     while qemu.try_wait().context("wait for qemu")?.is_none() {
         if Instant::now() >= deadline {
-            eprintln!("[{}] timed out after {timeout:?}: killing qemu", kernel.release);
+            eprintln!("[{label}] timed out after {timeout:?}: killing qemu");
             qemu.kill().context("kill qemu")?;
             qemu.wait().context("reap qemu")?;
             timed_out = true;
@@ -864,16 +974,16 @@ fn boot(kernel: &Kernel, initrd: &Path, drives: &[String], cmdline: &str, timeou
         }
         thread::sleep(Duration::from_millis(200));
     }
-    let console = reader.join().map_err(|_| anyhow!("the console reader of {} panicked", kernel.release))?;
+    let console = reader.join().map_err(|_| anyhow!("the console reader of {label} panicked"))?;
     Ok(Boot { console, elapsed: started.elapsed(), timed_out })
 }
 
-/// Prints each console line prefixed with `release` and returns them all.
-fn stream_console(serial: impl Read, release: &str) -> String {
+/// Prints each console line prefixed with `label` and returns them all.
+fn stream_console(serial: impl Read, label: &str) -> String {
     let mut console = String::new();
     for line in BufReader::new(serial).split(b'\n').map_while(Result::ok) {
         let line = without_escapes(&String::from_utf8_lossy(&line));
-        println!("[{release}] {line}");
+        println!("[{label}] {line}");
         console.push_str(&line);
         console.push('\n');
     }
@@ -905,27 +1015,39 @@ fn skip_escape_sequence(chars: &mut std::str::Chars) {
 
 // ---- Verdicts ----
 
-/// The runtimes' check, then each of the kernel's runs.
-fn judge_boot(kernel: &Kernel, payload: &Payload, boot: &Boot) -> Vec<Run> {
+/// The runtimes' check if the guest made it, then each of its runs.
+fn judge_boot(guest: &Guest, boot: &Boot) -> Vec<Run> {
     let blame = |why: String| if boot.timed_out { format!("{why} (the VM timed out)") } else { why };
-    let runtimes = runtimes::judge(&boot.console).map_err(blame);
-    let mut runs = vec![Run {
-        kernel: kernel.release.clone(),
-        mode: "boot",
-        test: "runtimes".to_owned(),
-        outcome: runtimes,
-    }];
-    for (mode, test) in kernel.runs(payload) {
-        let outcome =
-            judge_run(&boot.console, mode, test).map(|passed| format!("{passed} tests")).map_err(blame);
-        runs.push(Run { kernel: kernel.release.clone(), mode, test: test.to_owned(), outcome });
+    let release = &guest.kernel.release;
+    let mut runs = Vec::new();
+    if guest.checks_runtimes {
+        let outcome = runtimes::judge(&boot.console).map_err(blame);
+        runs.push(Run { kernel: release.clone(), mode: "boot", test: "runtimes".to_owned(), outcome });
+    }
+    for &(mode, test) in &guest.runs {
+        let outcome = judge_run(&boot.console, mode, test).map(|passed| passed.to_string()).map_err(blame);
+        runs.push(Run { kernel: release.clone(), mode, test: test.to_owned(), outcome });
     }
     runs
 }
 
-/// Passed count of `test` in `mode` if its markers and summary say it all passed, nothing
+/// What a run that passed reports: how many tests, and how long libtest says they took.
+#[derive(Debug, PartialEq)]
+struct Passed {
+    tests: u32,
+    took: Option<String>,
+}
+
+impl std::fmt::Display for Passed {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{} tests", self.tests)?;
+        self.took.as_ref().map_or(Ok(()), |took| write!(f, " in {took}"))
+    }
+}
+
+/// What passed of `test` in `mode` if its markers and summary say it all passed, nothing
 /// failed and nothing was ignored; else why not.
-fn judge_run(console: &str, mode: &str, test: &str) -> Result<u32, String> {
+fn judge_run(console: &str, mode: &str, test: &str) -> Result<Passed, String> {
     let lines: Vec<&str> = console.lines().collect();
     let start = format!("{MARKER} mode={mode} test={test} start");
     let exit_marker = format!("{MARKER} mode={mode} test={test} exit=");
@@ -954,8 +1076,8 @@ fn failed_tests(output: &[&str]) -> String {
     if names.is_empty() { String::new() } else { format!(", failed: {}", names.join(", ")) }
 }
 
-/// Accepts `ok. N passed; 0 failed; 0 ignored; …` with N > 0.
-fn parse_summary(summary: &str) -> Result<u32, String> {
+/// Accepts `ok. N passed; 0 failed; 0 ignored; …; finished in T` with N > 0.
+fn parse_summary(summary: &str) -> Result<Passed, String> {
     let rejected = || Err(format!("test result: {summary}"));
     let Some(("ok", counts)) = summary.split_once(". ") else {
         return rejected();
@@ -963,7 +1085,11 @@ fn parse_summary(summary: &str) -> Result<u32, String> {
     let count =
         |what: &str| counts.split("; ").find_map(|part| part.strip_suffix(what)?.trim().parse::<u32>().ok());
     match (count(" passed"), count(" failed"), count(" ignored")) {
-        (Some(passed), Some(0), Some(0)) if passed > 0 => Ok(passed),
+        (Some(tests), Some(0), Some(0)) if tests > 0 => {
+            let took =
+                counts.split("; ").find_map(|part| part.strip_prefix("finished in ")).map(str::to_owned);
+            Ok(Passed { tests, took })
+        }
         _ => rejected(),
     }
 }
@@ -1037,7 +1163,7 @@ mod tests {
     }
 
     #[test]
-    fn pairwise_tests_run_once_per_kernel_unless_one_mode_is_asked_for() {
+    fn each_mode_boots_a_guest_and_pairwise_tests_run_once_per_kernel() {
         let kernel = |pairwise_mode| Kernel {
             package: String::new(),
             release: String::new(),
@@ -1052,16 +1178,34 @@ mod tests {
             modes: MODES.to_vec(),
             filter: Vec::new(),
         };
+        let runs = |kernel: &Kernel, payload: &Payload| -> Vec<(&'static str, Vec<String>, bool)> {
+            let guests = kernel.guests(payload);
+            let described = guests.iter().map(|guest| {
+                let runs = guest.runs.iter().map(|(mode, test)| format!("{mode}/{test}")).collect();
+                (guest.mode, runs, guest.checks_runtimes)
+            });
+            described.collect()
+        };
+        let strings = |runs: &[&str]| runs.iter().map(|run| (*run).to_owned()).collect::<Vec<_>>();
         assert_eq!(
-            kernel("lsm").runs(&payload),
-            [("lsm-cgroup", "hold"), ("lsm", "hold"), ("lsm", "console_link")]
+            runs(&kernel("lsm"), &payload),
+            [
+                ("lsm-cgroup", strings(&["lsm-cgroup/hold"]), true),
+                ("lsm", strings(&["lsm/hold", "lsm/console_link"]), false)
+            ]
         );
         assert_eq!(
-            kernel("lsm-cgroup").runs(&payload),
-            [("lsm-cgroup", "hold"), ("lsm-cgroup", "console_link"), ("lsm", "hold")]
+            runs(&kernel("lsm-cgroup"), &payload),
+            [
+                ("lsm-cgroup", strings(&["lsm-cgroup/hold", "lsm-cgroup/console_link"]), true),
+                ("lsm", strings(&["lsm/hold"]), false)
+            ]
         );
         payload.modes = vec!["lsm-cgroup"];
-        assert_eq!(kernel("lsm").runs(&payload), [("lsm-cgroup", "hold"), ("lsm-cgroup", "console_link")]);
+        assert_eq!(
+            runs(&kernel("lsm"), &payload),
+            [("lsm-cgroup", strings(&["lsm-cgroup/hold", "lsm-cgroup/console_link"]), true)]
+        );
         let modes: std::collections::HashSet<&str> =
             SERIES.iter().map(|series| series.pairwise_mode).collect();
         assert_eq!(modes, MODES.into_iter().collect(), "between them the kernels run every mode");
@@ -1069,7 +1213,10 @@ mod tests {
 
     #[test]
     fn a_clean_run_passes() {
-        assert_eq!(judge_run(PASSING, "lsm", "hold"), Ok(2));
+        assert_eq!(
+            judge_run(PASSING, "lsm", "hold"),
+            Ok(Passed { tests: 2, took: Some("1.00s".to_owned()) })
+        );
     }
 
     #[test]

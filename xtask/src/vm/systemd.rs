@@ -133,7 +133,7 @@ pub(super) fn run(vm_dir: &Path, kernel: &Kernel) -> Result<String> {
     let initrd = switch_root_initramfs(vm_dir, kernel)?;
     let drives = [drive(&image, "snapshot=on")?, drive(&payload, "readonly=on")?];
     let cmdline = format!("console=ttyS0 quiet panic=-1 {LSMS} systemd.show_status=false");
-    let boot = boot(kernel, &initrd, &drives, &cmdline, TIMEOUT)?;
+    let boot = boot(kernel, &format!("systemd {}", kernel.release), &initrd, &drives, &cmdline, TIMEOUT)?;
     let log = vm_dir.join(format!("systemd-{}.log", kernel.release));
     fs::write(&log, &boot.console).with_context(|| format!("write {}", log.display()))?;
     let verdict = judge(&boot.console);
