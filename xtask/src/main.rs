@@ -37,17 +37,22 @@ fn main() -> Result<()> {
             Ok(())
         }
         "test" => {
-            setup::for_testing()?;
+            let mut phases = Phases::default();
+            phases.run("setup", setup::for_testing)?;
             // Includes the console's suite, which starts PostgreSQL clusters as the postgres
             // user (so it runs as root, as all of `test` does).
-            cargo(&["test", "--workspace", "--exclude", "tests", "--exclude", "agent-ebpf"])?;
+            phases.run("unit tests", || {
+                cargo(&["test", "--workspace", "--exclude", "tests", "--exclude", "agent-ebpf"])
+            })?;
             // The daemon tests run the real `keyturn` binary.
-            cargo(&["build", "--package", "agent"])?;
-            cargo(&["test", "--package", "tests"])?;
+            phases.run("host integration tests", || {
+                cargo(&["build", "--package", "agent"])?;
+                cargo(&["test", "--package", "tests"])
+            })?;
             // The package of the build the tests ran, judged by Debian's lintian.
-            deb::check(&deb::build(deb::Build::Dev)?)?;
-            fuzz()?;
-            vm::run(&vm::Selection::default())
+            phases.run("package", || deb::check(&deb::build(deb::Build::Dev)?))?;
+            phases.run("fuzzing", fuzz)?;
+            phases.run("VM tests", || vm::run(&vm::Selection::default()))
         }
         "vm" => vm::run(&vm::Selection::parse(std::env::args().skip(2))?),
         "deb" => {
@@ -102,6 +107,23 @@ fn fuzz() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long each phase of `cargo xtask test` took, printed after each one and all together at
+/// the end (also when one fails), so that a slow suite shows where its time goes.
+#[derive(Default)]
+struct Phases(Vec<(&'static str, std::time::Duration)>);
+
+impl Phases {
+    fn run(&mut self, name: &'static str, phase: impl FnOnce() -> Result<()>) -> Result<()> {
+        let started = std::time::Instant::now();
+        let outcome = phase();
+        self.0.push((name, started.elapsed()));
+        let lines: Vec<String> =
+            self.0.iter().map(|(name, took)| format!("  {name:24} {:>5} s", took.as_secs())).collect();
+        println!("\nxtask test: phases so far\n{}", lines.join("\n"));
+        outcome.with_context(|| format!("{name} failed"))
+    }
 }
 
 /// Runs cargo with `args`, failing on a non-zero exit.
