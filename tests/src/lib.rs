@@ -419,6 +419,8 @@ impl Received {
 /// addresses that exist only on this machine.
 pub struct Peer {
     netns: String,
+    /// Its end of the veth pair, in its namespace.
+    veth: String,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
     pub v4_net: Cidr,
@@ -474,12 +476,21 @@ impl Peer {
         ip(&["-n", &netns, "link", "set", "lo", "up"]);
         Self {
             netns,
+            veth: peer_if,
             v4,
             v6,
             v4_net: format!("10.213.{serial}.0/24").parse().expect("cidr"),
             v6_net: format!("fd00:6b74:0:{serial:x}::/64").parse().expect("cidr"),
             _subnet_lock: subnet_lock,
         }
+    }
+
+    /// Gives the peer another IPv4 address, `10.213.N.host`, and returns it.
+    pub fn add_v4(&self, host: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.v4.octets();
+        let addr = Ipv4Addr::new(a, b, c, host);
+        ip(&["-n", &self.netns, "addr", "add", &format!("{addr}/24"), "dev", &self.veth]);
+        addr
     }
 
     /// A command that runs `program` inside the peer's network namespace.

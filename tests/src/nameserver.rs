@@ -3,6 +3,7 @@
 
 use std::{
     fs,
+    net::Ipv4Addr,
     path::PathBuf,
     process::{Child, Stdio},
     thread::sleep,
@@ -12,15 +13,17 @@ use std::{
 use crate::{Peer, WAIT};
 
 /// dnsmasq answering every name of its zones with the peer's IPv4 address (for 300 s) and
-/// no IPv6 address, and a few names of their own with a TTL of their own; killed on drop.
+/// no IPv6 address, and a few names of their own with addresses and a TTL of their own;
+/// killed on drop.
 pub struct Nameserver {
     child: Child,
     log: PathBuf,
 }
 
 impl Nameserver {
-    /// Serves `zones`, and each `(name, ttl)` of `short_lived`, on the peer's IPv4 address.
-    pub fn start(peer: &Peer, zones: &[&str], short_lived: &[(&str, u32)]) -> Self {
+    /// Serves `zones` on the peer's IPv4 address, and each `(name, addresses, ttl)` of
+    /// `records`.
+    pub fn start(peer: &Peer, zones: &[&str], records: &[(&str, &[Ipv4Addr], u32)]) -> Self {
         let log = std::env::temp_dir().join(format!("kt-nameserver-{}-{}.log", std::process::id(), peer.v4));
         let at = peer.v4.to_string();
         let child = peer
@@ -35,7 +38,9 @@ impl Nameserver {
                     .iter()
                     .flat_map(|zone| [format!("--address=/{zone}/{at}"), format!("--local=/{zone}/")]),
             )
-            .args(short_lived.iter().map(|(name, ttl)| format!("--host-record={name},{at},{ttl}")))
+            .args(records.iter().flat_map(|(name, addresses, ttl)| {
+                addresses.iter().map(move |addr| format!("--host-record={name},{addr},{ttl}"))
+            }))
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("create the nameserver's log"))
             .spawn()

@@ -2,7 +2,7 @@
 //! it asks, and names are judged before a query leaves the host. The upstream is Debian's
 //! dnsmasq in a network namespace of its own, with its query log on.
 
-use std::{process::Child, thread::sleep, time::Duration};
+use std::{net::Ipv4Addr, process::Child, thread::sleep, time::Duration};
 
 use tests::{
     Peer, TestCgroup,
@@ -38,12 +38,14 @@ action = "hold"
 "#;
 
 fn start(peer: &Peer) -> (Nameserver, Daemon) {
-    start_with(peer, POLICY)
+    start_with(peer, POLICY, &[])
 }
 
-fn start_with(peer: &Peer, policy: &str) -> (Nameserver, Daemon) {
-    let upstream =
-        Nameserver::start(peer, &["allowed.test", "denied.test", "other.test"], &[("short.ttl.test", 5)]);
+/// The upstream, with `records` besides the test zones, and a daemon under `policy`.
+fn start_with(peer: &Peer, policy: &str, records: &[(&str, &[Ipv4Addr], u32)]) -> (Nameserver, Daemon) {
+    let short_lived = [peer.v4];
+    let records = [&[("short.ttl.test", &short_lived[..], 5)], records].concat();
+    let upstream = Nameserver::start(peer, &["allowed.test", "denied.test", "other.test"], &records);
     let config = format!("\n[dns]\nlisten = \"127.0.0.1:0\"\nupstream = [\"{}:53\"]\n", peer.v4);
     (upstream, Daemon::start_with_config(policy, &config))
 }
@@ -229,7 +231,7 @@ fn a_hold_shows_the_name_the_agent_resolved() {
 fn a_held_name_is_refused_where_its_server_is_not_allowed() {
     let peer = Peer::new();
     let without_dns = POLICY.split_once("\n\n").expect("the DNS rule comes first").1;
-    let (upstream, daemon) = start_with(&peer, without_dns);
+    let (upstream, daemon) = start_with(&peer, without_dns, &[]);
     let (code, out) = agent(&daemon, &["resolve", "other.test"]);
     assert_eq!(code, 1, "{out}");
     let (code, out) = agent(&daemon, &["resolve", "api.allowed.test"]);
@@ -317,6 +319,62 @@ fn an_untagged_agent_s_names_are_forgotten() {
     assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
     let _ = finish(child);
     assert!(!received.bytes().windows(5).any(|w| w == b"after"));
+}
+
+/// `--always` on a connection held with a name approves the name on that port: the agent's
+/// connections to the name's other address, also after the answer expired and the name was
+/// looked up again, are let through by the kernel with no second decision; another port of
+/// the name is still held.
+#[test]
+fn always_on_a_hold_shown_with_a_name_approves_the_name_on_its_port() {
+    let peer = Peer::new();
+    let second = peer.add_v4(3);
+    let (_upstream, daemon) = start_with(&peer, POLICY, &[("twice.test", &[peer.v4, second], 3)]);
+    let cgroup = tagged(&daemon);
+    let listeners = [(peer.v4, peer.tcp(peer.v4.into(), 7205)), (second, peer.tcp(second.into(), 7205))];
+    let received_at = |addr: Ipv4Addr| &listeners.iter().find(|(at, _)| *at == addr).expect("a listener").1;
+
+    let child = as_agent(&cgroup, &["resolve-tcp", "twice.test", "7205", "first"]);
+    // glibc orders a name's addresses by connecting a UDP socket to each (RFC 6724's source
+    // address selection): connections too, held and approved once.
+    let hold = loop {
+        let hold = daemon.pending_one();
+        if hold["protocol"] == "tcp" {
+            break hold;
+        }
+        assert_eq!((hold["protocol"].as_str(), hold["port"].as_u64()), (Some("udp"), Some(0)), "{hold}");
+        assert!(daemon.cli(&["approve", hold["id"].as_str().expect("id")]).status.success());
+        wait_until(
+            || format!("{:?}", daemon.pending()),
+            || daemon.pending().iter().all(|h| h["id"] != hold["id"]),
+        );
+    };
+    assert_eq!(hold["domain"], "twice.test", "{hold}");
+    let first: Ipv4Addr = hold["address"].as_str().and_then(|a| a.parse().ok()).expect("an IPv4 address");
+    let other = if first == peer.v4 { second } else { peer.v4 };
+    let approved = daemon.cli(&["approve", hold["id"].as_str().expect("id"), "--always"]);
+    assert!(approved.status.success(), "approve: {}", tests::daemon::stderr(&approved));
+    assert_eq!(finish(child).0, 0);
+    received_at(first).wait_for("first");
+
+    let from = daemon.audit().len();
+    succeeds(&daemon, &cgroup, &["tcp", &other.to_string(), "7205", "other address"]);
+    received_at(other).wait_for("other address");
+    // After the answer's TTL, looked up again (one query, no address ordering).
+    sleep(Duration::from_secs(4));
+    let lookup = hex::encode(query("twice.test", false));
+    let (code, out) = finish(as_agent(&cgroup, &["dns", "udp", &peer.v4.to_string(), "53", &lookup]));
+    assert!(code == 0 && out.contains("rcode: 0"), "{out}");
+    succeeds(&daemon, &cgroup, &["tcp", &other.to_string(), "7205", "looked up again"]);
+    received_at(other).wait_for("looked up again");
+    let decided: Vec<_> = daemon.audit().into_iter().skip(from).filter(|r| r["type"] == "release").collect();
+    assert!(decided.is_empty(), "the kernel let them through, no release: {decided:?}");
+
+    let child = as_agent(&cgroup, &["tcp", &other.to_string(), "7206", "another port"]);
+    let hold = daemon.pending_one();
+    assert_eq!((hold["domain"].as_str(), hold["port"].as_u64()), (Some("twice.test"), Some(7206)), "{hold}");
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    let _ = finish(child);
 }
 
 /// A cgroup tagged under the `test` policy, for an agent whose processes share one root.

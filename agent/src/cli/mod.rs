@@ -249,10 +249,12 @@ struct ScopeArgs {
     /// Release this action only (the default).
     #[arg(long)]
     once: bool,
-    /// Also allow the same action by the same agent for this long (e.g. 10m).
+    /// Also allow the same action by the same agent for this long (e.g. 10m); for a
+    /// connection shown with a name, every address of that name on the same port.
     #[arg(long = "for", value_name = "DURATION")]
     duration: Option<String>,
-    /// Also allow the same action by the same agent for the life of its cgroup.
+    /// Also allow the same action by the same agent for the life of its cgroup; for a
+    /// connection shown with a name, every address of that name on the same port.
     #[arg(long)]
     always: bool,
 }

@@ -233,7 +233,10 @@ impl Daemon {
             Scope::Always => Some(None),
         };
         if let Some(until) = until {
-            self.grants.push(Grant { root: pending.root, action: pending.action, until });
+            // An egress hold shown with a name approves the name: the service, not one of
+            // its addresses.
+            let name = pending.view.domain.as_deref().and_then(|domain| domain.parse().ok());
+            self.grants.push(Grant { root: pending.root, action: pending.action, until, name });
             self.save_grants();
         }
         let released = self.holds.approve(&mut self.enforcer, pending.key).map_err(|e| e.to_string());

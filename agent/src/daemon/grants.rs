@@ -1,10 +1,13 @@
 //! Grants: approvals that reach beyond one action (`--for`, `--always`), kept across restarts.
 
-use agent_common::Action;
+use agent_common::{Action, kind};
 use serde::{Deserialize, Serialize};
 
 use super::Daemon;
-use crate::state::{read_json, write_json};
+use crate::{
+    dns::{NameGrant, name::Name},
+    state::{read_json, write_json},
+};
 
 /// State file: approval scopes beyond one action.
 pub(super) const GRANTS: &str = "grants.json";
@@ -18,11 +21,37 @@ pub(super) struct Grant {
     pub(super) action: Action,
     /// Unix seconds when it ends; `None`: when the agent's cgroup goes.
     pub(super) until: Option<u64>,
+    /// The name the approver saw for an egress action's address: the grant then covers
+    /// every address the agent resolves the name to, on the action's port and protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) name: Option<Name>,
 }
 
 impl Grant {
-    pub(super) fn covers(&self, root: u64, action: &Action, now: u64) -> bool {
-        self.root == root && self.action == *action && self.until.is_none_or(|until| until > now)
+    /// Whether it covers `action` of the agent under `root`, whose destination the agent
+    /// resolved from `name`, at Unix time `now`.
+    pub(super) fn covers(&self, root: u64, action: &Action, name: Option<&Name>, now: u64) -> bool {
+        let same_service = || {
+            self.name.is_some()
+                && self.name.as_ref() == name
+                && (action.kind, action.protocol, action.port)
+                    == (self.action.kind, self.action.protocol, self.action.port)
+        };
+        self.root == root
+            && self.until.is_none_or(|until| until > now)
+            && (self.action == *action || same_service())
+    }
+
+    /// What the resolver lets through for it, if it approves a name.
+    fn name_grant(&self) -> Option<NameGrant> {
+        let name = self.name.clone().filter(|_| self.action.kind == kind::EGRESS)?;
+        Some(NameGrant {
+            root: self.root,
+            name,
+            protocol: self.action.protocol,
+            port: u16::try_from(self.action.port).ok()?,
+            until: self.until.map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)),
+        })
     }
 }
 
@@ -46,9 +75,20 @@ pub(super) fn unix_now() -> u64 {
 }
 
 impl Daemon {
+    /// Keeps the grants across restarts, and gives the resolver the names they approve
+    /// (called after every change).
     pub(super) fn save_grants(&self) {
         if let Err(e) = write_json(&self.config.state_dir.join(GRANTS), &self.grants) {
             tracing::error!(error = %e, "saving approval scopes");
+        }
+        self.share_name_grants();
+    }
+
+    /// Gives the resolver the names the grants approve: it lets their addresses through in
+    /// the kernel.
+    pub(super) fn share_name_grants(&self) {
+        if let Ok(resolver) = &self.resolver {
+            resolver.grant_names(self.grants.iter().filter_map(Grant::name_grant).collect());
         }
     }
 
@@ -67,7 +107,7 @@ impl Daemon {
 
 #[cfg(test)]
 mod tests {
-    use agent_common::Action;
+    use agent_common::{Action, protocol};
 
     use super::*;
 
@@ -75,23 +115,56 @@ mod tests {
     fn a_grant_covers_its_agent_s_same_action_until_it_ends() {
         let action = Action { kind: 2, port: 443, ..Action::default() };
         let other = Action { port: 80, ..action };
-        let for_ten_minutes = Grant { root: 5, action, until: Some(1_000 + 600) };
-        assert!(for_ten_minutes.covers(5, &action, 1_000));
-        assert!(for_ten_minutes.covers(5, &action, 1_599));
-        assert!(!for_ten_minutes.covers(5, &action, 1_600), "expired");
-        assert!(!for_ten_minutes.covers(6, &action, 1_000), "another agent");
-        assert!(!for_ten_minutes.covers(5, &other, 1_000), "another action");
-        let always = Grant { root: 5, action, until: None };
-        assert!(always.covers(5, &action, u64::MAX));
+        let for_ten_minutes = Grant { root: 5, action, until: Some(1_000 + 600), name: None };
+        assert!(for_ten_minutes.covers(5, &action, None, 1_000));
+        assert!(for_ten_minutes.covers(5, &action, None, 1_599));
+        assert!(!for_ten_minutes.covers(5, &action, None, 1_600), "expired");
+        assert!(!for_ten_minutes.covers(6, &action, None, 1_000), "another agent");
+        assert!(!for_ten_minutes.covers(5, &other, None, 1_000), "another action");
+        let always = Grant { root: 5, action, until: None, name: None };
+        assert!(always.covers(5, &action, None, u64::MAX));
+    }
+
+    #[test]
+    fn a_grant_of_a_name_covers_its_other_addresses_on_the_same_port() {
+        let name = Name::parse("api.example.com").unwrap();
+        let action = Action {
+            kind: kind::EGRESS,
+            protocol: protocol::TCP,
+            port: 443,
+            addr: [1; 16],
+            ..Action::default()
+        };
+        let grant = Grant { root: 5, action, until: None, name: Some(name.clone()) };
+        let elsewhere = Action { addr: [2; 16], ..action };
+        assert!(grant.covers(5, &elsewhere, Some(&name), 0));
+        assert!(!grant.covers(5, &elsewhere, None, 0), "an address not resolved from the name");
+        assert!(!grant.covers(5, &elsewhere, Some(&Name::parse("example.com").unwrap()), 0), "another name");
+        assert!(!grant.covers(5, &Action { port: 80, ..elsewhere }, Some(&name), 0), "another port");
+        assert!(
+            !grant.covers(5, &Action { protocol: protocol::UDP, ..elsewhere }, Some(&name), 0),
+            "another protocol"
+        );
+        assert!(!grant.covers(6, &elsewhere, Some(&name), 0), "another agent");
+        let shared = grant.name_grant().unwrap();
+        assert_eq!((shared.root, shared.name, shared.port, shared.until), (5, name, 443, None));
+        let exec = Grant { action: Action { kind: kind::EXEC, ..action }, ..grant };
+        assert!(exec.name_grant().is_none(), "only egress approves a name");
     }
 
     #[test]
     fn a_grant_is_kept_as_the_bytes_of_its_action() {
+        let name = Some(Name::parse("api.example.com").unwrap());
         let grant =
-            Grant { root: 5, action: Action { kind: 2, port: 443, ..Action::default() }, until: None };
+            Grant { root: 5, action: Action { kind: 2, port: 443, ..Action::default() }, until: None, name };
         let text = serde_json::to_string(&grant).unwrap();
         let back: Grant = serde_json::from_str(&text).unwrap();
-        assert_eq!((back.root, back.action, back.until), (5, grant.action, None));
+        assert_eq!((back.root, back.action, back.until, back.name), (5, grant.action, None, grant.name));
         assert!(serde_json::from_str::<Grant>(&text.replace("\"action\":\"", "\"action\":\"00")).is_err());
+        let bad_name = text.replace("api.example.com", "bad..name");
+        assert!(serde_json::from_str::<Grant>(&bad_name).is_err(), "a name is checked as it is read");
+        let before_names = r#"{"root":5,"action":"HEX","until":null}"#
+            .replace("HEX", &hex::encode(bytemuck::bytes_of(&grant.action)));
+        assert_eq!(serde_json::from_str::<Grant>(&before_names).unwrap().name, None);
     }
 }

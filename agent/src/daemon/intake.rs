@@ -302,7 +302,11 @@ impl Daemon {
         let id = context::hold_id(event);
         let verdict = judgement.verdict;
         let now = Instant::now();
-        let granted = self.grants.iter().any(|g| g.covers(root, &event.hold.action, unix_now()));
+        let name = (event.hold.action.kind == kind::EGRESS)
+            .then(|| self.resolved_name(root, &event.hold.action))
+            .flatten();
+        let granted =
+            self.grants.iter().any(|g| g.covers(root, &event.hold.action, name.as_ref(), unix_now()));
         if granted || verdict == Verdict::Allow {
             let why = if granted { "an earlier approval's scope covers it" } else { "the policy allows it" };
             records.push(AuditEvent::Release { id, by: "keyturn".into(), why: Some(why.into()) });
@@ -321,9 +325,7 @@ impl Daemon {
         }
         let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
         let mut view = context::describe(event, &agent_name, &cgroup, &policy_name, executable, memory);
-        if event.hold.action.kind == kind::EGRESS {
-            view.domain = self.resolved_name(root, &event.hold.action).map(|name| name.to_string());
-        }
+        view.domain = name.map(|name| name.to_string());
         (view.policy_rule, view.quorum, view.requester) =
             (judgement.rule.clone(), judgement.quorum, requester);
         records.push(AuditEvent::Hold { restored, hold: Box::new(view.clone()) });

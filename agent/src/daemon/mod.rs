@@ -367,6 +367,7 @@ impl Daemon {
             }
         }
         self.resolver = pointed;
+        self.share_name_grants();
     }
 
     /// Loads the policy directory again (on SIGHUP, or a changed file). A bad file, or one

@@ -49,6 +49,18 @@ impl NameBook {
         names.get(&(root, addr)).filter(|entry| entry.until > Instant::now()).cloned()
     }
 
+    /// The addresses `name` last resolved to for the agent under `root`, each with its
+    /// policy and what is left of its answer's TTL.
+    pub fn resolved_to(&self, root: u64, name: &Name) -> Vec<(IpAddr, u32, Duration)> {
+        let Ok(names) = self.names.lock() else { return Vec::new() };
+        let now = Instant::now();
+        names
+            .iter()
+            .filter(|&(&(of, _), entry)| of == root && entry.name == *name && entry.until > now)
+            .map(|(&(_, addr), entry)| (addr, entry.policy, entry.until - now))
+            .collect()
+    }
+
     /// The name the agent under `root` last resolved to `addr`, while its answer lasts.
     pub fn name_of(&self, root: u64, addr: IpAddr) -> Option<Name> {
         self.entry(root, addr).map(|entry| entry.name)
@@ -72,10 +84,13 @@ mod tests {
         let (addr, name) = ("10.9.0.7".parse().unwrap(), Name::parse("api.example.com").unwrap());
         book.note(1, addr, &name, 7, Duration::from_mins(1));
         book.note(2, addr, &name, 7, Duration::ZERO);
-        assert_eq!(book.name_of(1, addr), Some(name));
+        assert_eq!(book.name_of(1, addr), Some(name.clone()));
         assert_eq!(book.entry(1, addr).map(|entry| entry.policy), Some(7));
         assert_eq!(book.name_of(2, addr), None, "expired");
         assert_eq!(book.name_of(3, addr), None, "another agent's name is not this one's");
+        let resolved = book.resolved_to(1, &name);
+        assert!(matches!(resolved[..], [(at, 7, left)] if at == addr && left > Duration::from_secs(59)));
+        assert!(book.resolved_to(2, &name).is_empty(), "expired");
         book.forget(1);
         assert_eq!(book.name_of(1, addr), None, "forgotten");
     }

@@ -16,6 +16,7 @@
 //! Every failure fails closed: the agent's lookup fails, nothing is sent elsewhere.
 
 mod book;
+mod grants;
 pub mod name;
 mod upstream;
 pub mod wire;
@@ -27,7 +28,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 pub use book::NameBook;
@@ -42,8 +43,9 @@ use agent_common::{DnsSender, EgressRule};
 
 use crate::{
     kernel::names::NameMaps,
-    policy::{Policy, Verdict, kernel::kernel_addr, names::NameJudgement},
+    policy::{Policy, Verdict, kernel::kernel_addr},
 };
+pub use grants::NameGrant;
 use name::Name;
 use wire::{Rcode, Transport};
 
@@ -108,6 +110,8 @@ fn bump(counter: &AtomicU64) {
 struct Shared {
     maps: Mutex<NameMaps>,
     policies: watch::Receiver<PolicyTable>,
+    /// Names approved beyond one connection, as the daemon last gave them.
+    grants: Mutex<Vec<NameGrant>>,
     upstreams: Vec<SocketAddr>,
     book: Arc<NameBook>,
     stats: Stats,
@@ -144,6 +148,7 @@ impl Resolver {
         let shared = Arc::new(Shared {
             maps: Mutex::new(maps),
             policies,
+            grants: Mutex::default(),
             upstreams,
             book: Arc::new(NameBook::default()),
             stats: Stats::default(),
@@ -166,6 +171,15 @@ impl Resolver {
     pub fn forget(&self, root: u64) {
         rejudge(&self.shared, Some(root));
         self.shared.book.forget(root);
+    }
+
+    /// Takes the names approved beyond one connection (all of them, after every change), and
+    /// judges the recorded addresses again by them.
+    pub fn grant_names(&self, grants: Vec<NameGrant>) {
+        if let Ok(mut current) = self.shared.grants.lock() {
+            *current = grants;
+        }
+        rejudge(&self.shared, None);
     }
 
     /// The names agents resolved, for the views of their egress holds.
@@ -266,19 +280,20 @@ async fn serve_connection(mut stream: TcpStream, from: SocketAddr, shared: &Shar
 }
 
 /// Records `addresses`, which `name` resolved to for `sender`, for the views and, where domain
-/// rules name it, for the kernel. Judged under the maps' lock by the policy in force now (it
-/// may have changed while upstream answered): a reload's [`rejudge`] then sees the record.
+/// rules or grants name it, for the kernel. Judged under the maps' lock by the policy and
+/// grants in force now (they may have changed while upstream answered): a reload's
+/// [`rejudge`] then sees the record.
 fn record(shared: &Shared, sender: &DnsSender, name: &Name, addresses: &[wire::Resolved]) -> Result<(), ()> {
     let mut maps = shared.maps.lock().map_err(|_| ())?;
     let Some(policy) = shared.policies.borrow().get(&sender.policy).cloned() else {
         return Err(());
     };
-    let judged = policy.judge_name(name);
+    let grants = shared.grants.lock().map_err(|_| ())?;
     for resolved in addresses {
         let ttl = Duration::from_secs(u64::from(resolved.ttl)).clamp(MIN_TTL, MAX_TTL);
         shared.book.note(sender.root, resolved.addr, name, sender.policy, ttl);
-        if let Some(rule) = kernel_rule(&policy, &judged, resolved.addr) {
-            maps.record(sender.root, resolved.addr, ttl, rule).map_err(|e| {
+        if let Some((rule, lasts)) = kernel_rule(&policy, &grants, sender.root, name, resolved.addr) {
+            maps.record(sender.root, resolved.addr, ttl.min(lasts), rule).map_err(|e| {
                 tracing::warn!(error = %e, %name, "DNS: recording an address for the kernel");
             })?;
         }
@@ -286,25 +301,53 @@ fn record(shared: &Shared, sender: &DnsSender, name: &Name, addresses: &[wire::R
     Ok(())
 }
 
-/// What the kernel lets the agent reach at `addr` by a name `judged` by `policy`: the domain
-/// rules' ports, unless a CIDR rule denies the address (it stays the CIDR rules' to judge).
-fn kernel_rule(policy: &Policy, judged: &NameJudgement, addr: IpAddr) -> Option<EgressRule> {
-    judged.kernel.filter(|_| !policy.kernel.denies(kernel_addr(addr)))
+/// What the kernel lets the agent under `root` reach at `addr` by `name`, and for how long at
+/// most: the ports `grants` approve for the name (unless the policy now denies the name),
+/// then the domain rules' ports; nothing when neither names it, or when a CIDR rule denies
+/// the address (it stays the CIDR rules' to judge, whatever name it answers for).
+fn kernel_rule(
+    policy: &Policy,
+    grants: &[NameGrant],
+    root: u64,
+    name: &Name,
+    addr: IpAddr,
+) -> Option<(EgressRule, Duration)> {
+    if policy.kernel.denies(kernel_addr(addr)) {
+        return None;
+    }
+    let judged = policy.judge_name(name);
+    let grants = if judged.verdict == Verdict::Deny { &[][..] } else { grants };
+    grants::with_grants(judged.kernel, grants, root, name, SystemTime::now())
 }
 
-/// Judges again, by the policies in force now, every address recorded for the kernel, and
-/// forgets those of `forget_root` (an agent untagged): a reload that denies a name, or stops
-/// allowing a port of it, takes effect at once, not when its answers expire. An address
-/// whose name the book no longer holds is forgotten too (the CIDR rules judge it).
+/// Judges again, by the policies and grants in force now, every address recorded for the
+/// kernel, and forgets those of `forget_root` (an agent untagged): a reload that denies a
+/// name, or stops allowing a port of it, takes effect at once, not when its answers expire.
+/// An address whose name the book no longer holds is forgotten too (the CIDR rules judge
+/// it). The addresses of a name just approved are recorded for the kernel.
 fn rejudge(shared: &Shared, forget_root: Option<u64>) {
     let table = shared.policies.borrow().clone();
+    let Ok(grants) = shared.grants.lock().map(|grants| grants.clone()) else { return };
     let Ok(mut maps) = shared.maps.lock() else { return };
     let judge = |root: u64, addr: IpAddr| {
         let entry = shared.book.entry(root, addr).filter(|_| Some(root) != forget_root)?;
         let policy = table.get(&entry.policy)?;
-        kernel_rule(policy, &policy.judge_name(&entry.name), addr)
+        kernel_rule(policy, &grants, root, &entry.name, addr)
     };
-    match maps.rejudge(judge) {
+    let judged = maps.rejudge(judge);
+    // The addresses of approved names that the kernel did not have (no domain rule named
+    // their name when the agent resolved it).
+    for grant in grants.iter().filter(|grant| Some(grant.root) != forget_root) {
+        for (addr, policy, left) in shared.book.resolved_to(grant.root, &grant.name) {
+            let Some(policy) = table.get(&policy) else { continue };
+            if let Some((rule, lasts)) = kernel_rule(policy, &grants, grant.root, &grant.name, addr)
+                && let Err(e) = maps.record(grant.root, addr, left.min(lasts), rule)
+            {
+                tracing::warn!(error = %e, name = %grant.name, "DNS: recording an approved name's address for the kernel");
+            }
+        }
+    }
+    match judged {
         Ok(forgotten) => {
             shared.stats.forgotten.fetch_add(u64::try_from(forgotten).unwrap_or(u64::MAX), Ordering::Relaxed);
             tracing::info!(forgotten, "DNS: judged the resolved addresses again");
@@ -349,12 +392,18 @@ async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Tran
         return Some(wire::response(&query, Rcode::Refused));
     };
     let judged = policy.judge_name(&query.name);
-    // A name the policy holds is not yet held at resolution: it is answered only where the
-    // policy lets the agent ask the server it asked (as before keyturn answered its DNS).
+    // A name the policy holds is not yet held at resolution: it is answered where an
+    // approval of the name lasts, or where the policy lets the agent ask the server it
+    // asked (as before keyturn answered its DNS).
     let port = u16::try_from(sender.port).unwrap_or(0);
     let refused = match judged.verdict {
         Verdict::Deny => true,
-        Verdict::Hold => policy.kernel.verdict_for(sender.addr, port, sender.protocol) != Verdict::Allow,
+        Verdict::Hold => {
+            let approved = shared.grants.lock().is_ok_and(|grants| {
+                grants::approved(&grants, sender.root, &query.name, SystemTime::now())
+            });
+            !approved && policy.kernel.verdict_for(sender.addr, port, sender.protocol) != Verdict::Allow
+        }
         Verdict::Allow => false,
     };
     if refused {

@@ -54,8 +54,10 @@ pub enum NameError {
 }
 
 /// A DNS name: lowercase ASCII labels of letters, digits, `-` and `_`, each 1 to 63 bytes, at
-/// least one label, at most 253 bytes in text form, kept without the trailing dot.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// least one label, at most 253 bytes in text form, kept without the trailing dot. Kept in
+/// state files in text form, checked again as it is read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct Name(String);
 
 impl Name {
@@ -144,6 +146,20 @@ fn check_label(index: usize, label: &[u8]) -> Result<(), NameError> {
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl From<Name> for String {
+    fn from(name: Name) -> Self {
+        name.0
+    }
+}
+
+impl TryFrom<String> for Name {
+    type Error = NameError;
+
+    fn try_from(text: String) -> Result<Self, NameError> {
+        Self::parse(&text)
     }
 }
 

@@ -49,17 +49,20 @@ impl NameMaps {
     /// Lets the kernel judge egress to `addr` by the agent under `root` with `rule` (the
     /// port rules of the domain rules naming the name it resolved from) for `ttl`.
     pub fn record(&mut self, root: u64, addr: IpAddr, ttl: Duration, rule: EgressRule) -> Result<(), EnforcerError> {
-        let expires_ns = monotonic_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
         let key = ResolvedKey { root, addr: kernel_addr(addr) };
         self.resolved
-            .insert(key, Resolved { expires_ns, rule }, 0)
+            .insert(key, Resolved { expires_ns: expiry(ttl), rule }, 0)
             .map_err(resolved_error)
     }
 
     /// Judges again every address the kernel lets agents reach by a name they resolved:
-    /// `judge(root, addr)` is the rule it gets now, or `None` to forget it (the CIDR rules
-    /// judge it from then on). Returns how many were forgotten.
-    pub fn rejudge(&mut self, judge: impl Fn(u64, IpAddr) -> Option<EgressRule>) -> Result<usize, EnforcerError> {
+    /// `judge(root, addr)` is the rule it gets now and at most how much longer it lasts, or
+    /// `None` to forget it (the CIDR rules judge it from then on). Returns how many were
+    /// forgotten.
+    pub fn rejudge(
+        &mut self,
+        judge: impl Fn(u64, IpAddr) -> Option<(EgressRule, Duration)>,
+    ) -> Result<usize, EnforcerError> {
         let keys: Vec<ResolvedKey> = self.resolved.keys().collect::<Result<_, _>>().map_err(resolved_error)?;
         let mut forgotten = 0;
         for key in keys {
@@ -67,8 +70,9 @@ impl NameMaps {
             match (judge(key.root, addr), self.resolved.get(&key, 0)) {
                 // Gone meanwhile: expired out of the LRU map.
                 (_, Err(MapError::KeyNotFound)) => {}
-                (Some(rule), Ok(resolved)) => {
-                    self.resolved.insert(key, Resolved { rule, ..resolved }, 0).map_err(resolved_error)?;
+                (Some((rule, lasts)), Ok(resolved)) => {
+                    let expires_ns = resolved.expires_ns.min(expiry(lasts));
+                    self.resolved.insert(key, Resolved { expires_ns, rule }, 0).map_err(resolved_error)?;
                 }
                 (None, _) => {
                     match self.resolved.remove(&key) {
@@ -82,6 +86,11 @@ impl NameMaps {
         }
         Ok(forgotten)
     }
+}
+
+/// `CLOCK_MONOTONIC` nanoseconds `lasts` from now, as the kernel compares them.
+fn expiry(lasts: Duration) -> u64 {
+    monotonic_ns().saturating_add(u64::try_from(lasts.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn resolved_error(source: MapError) -> EnforcerError {

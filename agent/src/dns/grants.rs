@@ -1,0 +1,147 @@
+//! Names approved beyond one connection (`--for`, `--always` on a hold shown with a name):
+//! the service, not one of its addresses, is let through by the kernel.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+use agent_common::{EgressRule, PortRule, capacity, verdict};
+
+use super::name::Name;
+
+/// An approval of `name` for the agent under `root`: every address the agent resolves the
+/// name to is let through on `port` over `protocol` (an `agent_common::protocol`
+/// constant), until `until` (`None`: while the agent is tagged).
+#[derive(Clone, Debug)]
+pub struct NameGrant {
+    pub root: u64,
+    pub name: Name,
+    pub protocol: u32,
+    pub port: u16,
+    pub until: Option<SystemTime>,
+}
+
+/// Whether `grants` approve `name` for the agent under `root` at `now`, on any port.
+pub fn approved(grants: &[NameGrant], root: u64, name: &Name, now: SystemTime) -> bool {
+    grants.iter().any(|grant| grant.covers(root, name, now))
+}
+
+impl NameGrant {
+    fn covers(&self, root: u64, name: &Name, now: SystemTime) -> bool {
+        self.root == root && self.name == *name && self.until.is_none_or(|until| until > now)
+    }
+}
+
+/// `rule` (the domain rules' ports for `name`, if any name it) with the ports `grants`
+/// approve for the name put first, and how long at most the result may last (until the
+/// first of those grants ends). `None` when neither says anything of the name. When the
+/// grants' ports do not fit beside the domain rules' in the kernel's rule, the rule is left
+/// as it is: the daemon then releases the holds a grant covers.
+pub fn with_grants(
+    rule: Option<EgressRule>,
+    grants: &[NameGrant],
+    root: u64,
+    name: &Name,
+    now: SystemTime,
+) -> Option<(EgressRule, Duration)> {
+    // (protocol, port) → when the latest grant of it ends (`None`: never).
+    let mut ports: BTreeMap<(u32, u16), Option<SystemTime>> = BTreeMap::new();
+    for grant in grants.iter().filter(|grant| grant.covers(root, name, now)) {
+        let until = ports.entry((grant.protocol, grant.port)).or_insert(grant.until);
+        *until = until.zip(grant.until).map(|(a, b)| a.max(b));
+    }
+    let given = rule.unwrap_or(EgressRule { fallback: verdict::NONE, ..EgressRule::default() });
+    let count = given.count as usize;
+    if ports.is_empty() || count + ports.len() > capacity::PORT_RULES {
+        return rule.map(|rule| (rule, Duration::MAX));
+    }
+    let mut granted = given;
+    granted.ports.copy_within(0..count, ports.len());
+    for (slot, (&(protocol, port), _)) in granted.ports.iter_mut().zip(&ports) {
+        *slot = PortRule {
+            low: port,
+            high: port,
+            protocol: u16::try_from(protocol).unwrap_or(0),
+            verdict: u16::try_from(verdict::ALLOW).unwrap_or(0),
+        };
+    }
+    granted.count += u32::try_from(ports.len()).unwrap_or(0);
+    let first_end = ports.values().flatten().min();
+    let lasts = first_end.map_or(Duration::MAX, |end| end.duration_since(now).unwrap_or_default());
+    Some((granted, lasts))
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::protocol;
+
+    use super::*;
+
+    fn name(text: &str) -> Name {
+        Name::parse(text).unwrap()
+    }
+
+    fn grant(port: u16, until: Option<SystemTime>) -> NameGrant {
+        NameGrant { root: 5, name: name("api.example.com"), protocol: protocol::TCP, port, until }
+    }
+
+    fn deny_22() -> EgressRule {
+        let mut rule = EgressRule { fallback: verdict::NONE, count: 1, ..EgressRule::default() };
+        rule.ports[0] = PortRule { low: 22, high: 22, protocol: 0, verdict: u16::try_from(verdict::DENY).unwrap() };
+        rule
+    }
+
+    #[test]
+    fn granted_ports_come_before_the_domain_rules_and_last_until_the_first_grant_ends() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let grants = [grant(443, None), grant(8443, Some(now + Duration::from_mins(10)))];
+        let (rule, lasts) = with_grants(Some(deny_22()), &grants, 5, &name("api.example.com"), now).unwrap();
+        assert_eq!(rule.count, 3);
+        let ports: Vec<(u16, u32)> = rule.ports[..3].iter().map(|p| (p.low, u32::from(p.verdict))).collect();
+        assert_eq!(ports, [(443, verdict::ALLOW), (8443, verdict::ALLOW), (22, verdict::DENY)]);
+        assert_eq!(u32::from(rule.ports[0].protocol), protocol::TCP);
+        assert_eq!(rule.fallback, verdict::NONE, "the other ports stay the CIDR rules'");
+        assert_eq!(lasts, Duration::from_mins(10));
+    }
+
+    #[test]
+    fn a_name_no_rule_names_gets_its_granted_ports_alone() {
+        let now = SystemTime::UNIX_EPOCH;
+        let (rule, lasts) = with_grants(None, &[grant(443, None)], 5, &name("api.example.com"), now).unwrap();
+        assert_eq!((rule.count, rule.ports[0].low, rule.fallback), (1, 443, verdict::NONE));
+        assert_eq!(lasts, Duration::MAX);
+        assert!(approved(&[grant(443, None)], 5, &name("api.example.com"), now));
+    }
+
+    #[test]
+    fn grants_of_another_agent_or_name_or_ended_change_nothing() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let ended = grant(443, Some(now));
+        let other_agent = NameGrant { root: 6, ..grant(443, None) };
+        let other_name = NameGrant { name: name("example.com"), ..grant(443, None) };
+        let grants = [ended, other_agent, other_name];
+        let api = name("api.example.com");
+        assert_eq!(with_grants(None, &grants, 5, &api, now), None);
+        assert_eq!(with_grants(Some(deny_22()), &grants, 5, &api, now), Some((deny_22(), Duration::MAX)));
+        assert!(!approved(&grants, 5, &api, now));
+    }
+
+    #[test]
+    fn the_same_port_granted_twice_takes_one_slot_and_the_later_end() {
+        let now = SystemTime::UNIX_EPOCH;
+        let grants = [grant(443, Some(now + Duration::from_mins(1))), grant(443, Some(now + Duration::from_mins(10)))];
+        let (rule, lasts) = with_grants(None, &grants, 5, &name("api.example.com"), now).unwrap();
+        assert_eq!((rule.count, lasts), (1, Duration::from_mins(10)));
+        let forever = [grants[0].clone(), grant(443, None)];
+        assert_eq!(with_grants(None, &forever, 5, &name("api.example.com"), now).unwrap().1, Duration::MAX);
+    }
+
+    #[test]
+    fn grants_that_do_not_fit_beside_the_domain_rules_are_left_to_the_daemon() {
+        let now = SystemTime::UNIX_EPOCH;
+        let mut full = deny_22();
+        full.count = u32::try_from(capacity::PORT_RULES).unwrap();
+        assert_eq!(with_grants(Some(full), &[grant(443, None)], 5, &name("api.example.com"), now), Some((full, Duration::MAX)));
+    }
+}
