@@ -114,6 +114,10 @@ pub struct EgressContext {
     pub protocol: String,
     pub address: String,
     pub port: u32,
+    /// The name the agent resolved the address from through keyturn's resolver, if any
+    /// (absent in packs of holds raised before hosts reported names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 impl Context {
@@ -138,7 +142,12 @@ impl Context {
             ),
             Some(Detail::Egress(egress)) => (
                 None,
-                Some(EgressContext { protocol: egress.protocol, address: egress.address, port: egress.port }),
+                Some(EgressContext {
+                    protocol: egress.protocol,
+                    address: egress.address,
+                    port: egress.port,
+                    domain: Some(egress.domain).filter(|domain| !domain.is_empty()),
+                }),
             ),
             None => (None, None),
         };
@@ -347,4 +356,49 @@ pub struct ChainState {
     pub verified_at: At,
     pub chain_records: i64,
     pub chain_head: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::v1::{Egress, HoldKind};
+
+    use super::*;
+
+    fn raised(domain: &str) -> String {
+        let egress = Egress {
+            protocol: "tcp".into(),
+            address: "93.184.215.14".into(),
+            port: 443,
+            domain: domain.into(),
+        };
+        let hold = HoldRaised {
+            id: "abc".into(),
+            kind: HoldKind::Egress.into(),
+            detail: Some(Detail::Egress(egress)),
+            ..HoldRaised::default()
+        };
+        hex::encode(hold.encode_to_vec())
+    }
+
+    #[test]
+    fn an_egress_context_names_the_domain_its_host_reported_and_only_then() {
+        let named = Context::from_raised("abc", &raised("api.example.com")).unwrap();
+        let egress = named.egress.as_ref().unwrap();
+        assert_eq!(
+            (egress.address.as_str(), egress.domain.as_deref()),
+            ("93.184.215.14", Some("api.example.com"))
+        );
+        let text = serde_json::to_value(&named).unwrap();
+        assert_eq!(text["egress"]["domain"], "api.example.com");
+        assert_eq!(serde_json::from_value::<Context>(text).unwrap(), named);
+
+        let unnamed = Context::from_raised("abc", &raised("")).unwrap();
+        let text = serde_json::to_value(&unnamed).unwrap();
+        assert!(text["egress"].get("domain").is_none(), "{text}");
+        assert_eq!(
+            serde_json::from_value::<Context>(text).unwrap(),
+            unnamed,
+            "packs without names still read"
+        );
+    }
 }
