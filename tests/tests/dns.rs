@@ -4,8 +4,9 @@
 
 use std::{net::Ipv4Addr, process::Child, thread::sleep, time::Duration};
 
+use serde_json::Value;
 use tests::{
-    Peer, TestCgroup,
+    Peer, Received, TestCgroup,
     daemon::{Daemon, agent_in, finish},
     nameserver::Nameserver,
     runtimes::wait_until,
@@ -250,20 +251,10 @@ fn after_the_ttl_the_address_needs_the_name_again() {
     let peer = Peer::new();
     let (_upstream, daemon) = start(&peer);
     let cgroup = tagged(&daemon);
-    let received = peer.tcp(peer.v4.into(), 7204);
-    let at = peer.v4.to_string();
-    succeeds(&daemon, &cgroup, &["resolve-tcp", "short.ttl.test", "7204", "fresh"]);
-    // The answer lasts: the address alone is let through.
-    succeeds(&daemon, &cgroup, &["tcp", &at, "7204", "again"]);
-    received.wait_for("again");
+    let received = reached_by_name(&peer, &daemon, &cgroup, "short.ttl.test", 7204);
     sleep(Duration::from_secs(6));
-    let child = as_agent(&cgroup, &["tcp", &at, "7204", "stale"]);
-    let hold = daemon.pending_one();
-    assert_eq!(hold["address"], at.as_str());
+    let hold = held_and_denied(&daemon, &cgroup, &received, &peer.v4.to_string(), 7204);
     assert!(hold.get("domain").is_none(), "the name's answer has expired: {hold}");
-    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
-    let _ = finish(child);
-    assert!(!received.bytes().windows(5).any(|w| w == b"stale"));
 }
 
 /// A reload that stops allowing a name takes effect at once for the addresses it resolved
@@ -274,25 +265,16 @@ fn a_reload_that_stops_allowing_a_name_stops_its_addresses_at_once() {
     let peer = Peer::new();
     let (_upstream, daemon) = start(&peer);
     let cgroup = tagged(&daemon);
-    let received = peer.tcp(peer.v4.into(), 7201);
-    let at = peer.v4.to_string();
-    succeeds(&daemon, &cgroup, &["resolve-tcp", "api.allowed.test", "7201", "before"]);
-    succeeds(&daemon, &cgroup, &["tcp", &at, "7201", "again"]);
-    received.wait_for("again");
+    let received = reached_by_name(&peer, &daemon, &cgroup, "api.allowed.test", 7201);
     assert_eq!(status_dns(&daemon, "forgotten"), 0);
 
     let from = daemon.audit().len();
     daemon.write_policy("test", &POLICY.replace("*.allowed.test", "*.elsewhere.test"));
     daemon.wait_record(from, |record| record["type"] == "policy_reload");
     wait_until(|| daemon.status()["dns"].to_string(), || status_dns(&daemon, "forgotten") == 1);
-    let child = as_agent(&cgroup, &["tcp", &at, "7201", "after"]);
-    let hold = daemon.pending_one();
-    assert_eq!(hold["address"], at.as_str());
+    let hold = held_and_denied(&daemon, &cgroup, &received, &peer.v4.to_string(), 7201);
     assert_eq!(hold["policy_rule"], "egress_default", "{hold}");
     assert_eq!(hold["domain"], "api.allowed.test", "still the name the agent resolved: {hold}");
-    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
-    let _ = finish(child);
-    assert!(!received.bytes().windows(5).any(|w| w == b"after"));
 }
 
 /// Untagging an agent forgets the names it resolved: tagged again, the cgroup starts with no
@@ -302,23 +284,14 @@ fn an_untagged_agent_s_names_are_forgotten() {
     let peer = Peer::new();
     let (_upstream, daemon) = start(&peer);
     let cgroup = tagged(&daemon);
-    let received = peer.tcp(peer.v4.into(), 7202);
-    let at = peer.v4.to_string();
-    succeeds(&daemon, &cgroup, &["resolve-tcp", "api.allowed.test", "7202", "before"]);
-    succeeds(&daemon, &cgroup, &["tcp", &at, "7202", "again"]);
-    received.wait_for("again");
+    let received = reached_by_name(&peer, &daemon, &cgroup, "api.allowed.test", 7202);
 
     let untagged = daemon.cli(&["untag", &cgroup.relative()]);
     assert!(untagged.status.success(), "untag: {}", tests::daemon::stderr(&untagged));
     assert_eq!(status_dns(&daemon, "forgotten"), 1);
     daemon.tag(&cgroup, "named-agent");
-    let child = as_agent(&cgroup, &["tcp", &at, "7202", "after"]);
-    let hold = daemon.pending_one();
-    assert_eq!(hold["address"], at.as_str());
+    let hold = held_and_denied(&daemon, &cgroup, &received, &peer.v4.to_string(), 7202);
     assert!(hold.get("domain").is_none(), "the name was forgotten with the agent: {hold}");
-    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
-    let _ = finish(child);
-    assert!(!received.bytes().windows(5).any(|w| w == b"after"));
 }
 
 /// `--always` on a connection held with a name approves the name on that port: the agent's
@@ -370,11 +343,9 @@ fn always_on_a_hold_shown_with_a_name_approves_the_name_on_its_port() {
     let decided: Vec<_> = daemon.audit().into_iter().skip(from).filter(|r| r["type"] == "release").collect();
     assert!(decided.is_empty(), "the kernel let them through, no release: {decided:?}");
 
-    let child = as_agent(&cgroup, &["tcp", &other.to_string(), "7206", "another port"]);
-    let hold = daemon.pending_one();
-    assert_eq!((hold["domain"].as_str(), hold["port"].as_u64()), (Some("twice.test"), Some(7206)), "{hold}");
-    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
-    let _ = finish(child);
+    let another_port = peer.tcp(other.into(), 7206);
+    let hold = held_and_denied(&daemon, &cgroup, &another_port, &other.to_string(), 7206);
+    assert_eq!(hold["domain"], "twice.test", "{hold}");
 }
 
 /// A cgroup tagged under the `test` policy, for an agent whose processes share one root.
@@ -382,6 +353,32 @@ fn tagged(daemon: &Daemon) -> TestCgroup {
     let cgroup = TestCgroup::new();
     daemon.tag(&cgroup, "named-agent");
     cgroup
+}
+
+/// The agent in `cgroup` resolves `name` and connects to its address (the peer's) on `port`,
+/// then to the address alone: both let through with no hold. Returns the peer's listener.
+fn reached_by_name(peer: &Peer, daemon: &Daemon, cgroup: &TestCgroup, name: &str, port: u16) -> Received {
+    let received = peer.tcp(peer.v4.into(), port);
+    succeeds(daemon, cgroup, &["resolve-tcp", name, &port.to_string(), "by name"]);
+    succeeds(daemon, cgroup, &["tcp", &peer.v4.to_string(), &port.to_string(), "again"]);
+    received.wait_for("again");
+    received
+}
+
+/// The agent in `cgroup` connects to `at:port`: held, denied, and nothing reached
+/// `received`. Returns the hold as it was listed.
+fn held_and_denied(daemon: &Daemon, cgroup: &TestCgroup, received: &Received, at: &str, port: u16) -> Value {
+    let child = as_agent(cgroup, &["tcp", at, &port.to_string(), "held"]);
+    let hold = daemon.pending_one();
+    assert_eq!(
+        (hold["address"].as_str(), hold["port"].as_u64()),
+        (Some(at), Some(u64::from(port))),
+        "{hold}"
+    );
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    let _ = finish(child);
+    assert!(!String::from_utf8_lossy(&received.bytes()).contains("held"), "a denied connection got through");
+    hold
 }
 
 /// `actor ARGS…` in `cgroup`, as `nobody` (root may decide its holds).
