@@ -157,7 +157,10 @@ pub struct DnsConfig {
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DnsSender {
-    /// The tagged root, and its policy when the socket was redirected.
+    /// The tagged root, and its policy when the socket was redirected. The resolver judges
+    /// by the root's policy when it answers (`TAGGED_ROOTS`), which a new tag may have
+    /// changed since; `policy` is kept for the map's layout, which pinned maps keep across
+    /// daemon upgrades.
     pub root: u64,
     pub policy: u32,
     pub tgid: u32,

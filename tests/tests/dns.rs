@@ -277,20 +277,27 @@ fn a_reload_that_stops_allowing_a_name_stops_its_addresses_at_once() {
     assert_eq!(hold["domain"], "api.allowed.test", "still the name the agent resolved: {hold}");
 }
 
-/// Untagging an agent forgets the names it resolved: tagged again, the cgroup starts with no
-/// address let through by name.
+/// Tagging an agent anew, or untagging it, forgets the names it resolved: the cgroup starts
+/// again with no address let through by name.
 #[test]
-fn an_untagged_agent_s_names_are_forgotten() {
+fn a_retagged_or_untagged_agent_s_names_are_forgotten() {
     let peer = Peer::new();
     let (_upstream, daemon) = start(&peer);
     let cgroup = tagged(&daemon);
     let received = reached_by_name(&peer, &daemon, &cgroup, "api.allowed.test", 7202);
+    let at = peer.v4.to_string();
 
+    daemon.tag(&cgroup, "renamed-agent");
+    assert_eq!(status_dns(&daemon, "forgotten"), 1);
+    let hold = held_and_denied(&daemon, &cgroup, &received, &at, 7202);
+    assert!(hold.get("domain").is_none(), "the name was forgotten with the former tag: {hold}");
+
+    succeeds(&daemon, &cgroup, &["resolve-tcp", "api.allowed.test", "7202", "resolved again"]);
     let untagged = daemon.cli(&["untag", &cgroup.relative()]);
     assert!(untagged.status.success(), "untag: {}", tests::daemon::stderr(&untagged));
-    assert_eq!(status_dns(&daemon, "forgotten"), 1);
+    assert_eq!(status_dns(&daemon, "forgotten"), 2);
     daemon.tag(&cgroup, "named-agent");
-    let hold = held_and_denied(&daemon, &cgroup, &received, &peer.v4.to_string(), 7202);
+    let hold = held_and_denied(&daemon, &cgroup, &received, &at, 7202);
     assert!(hold.get("domain").is_none(), "the name was forgotten with the agent: {hold}");
 }
 
@@ -346,6 +353,18 @@ fn always_on_a_hold_shown_with_a_name_approves_the_name_on_its_port() {
     let another_port = peer.tcp(other.into(), 7206);
     let hold = held_and_denied(&daemon, &cgroup, &another_port, &other.to_string(), 7206);
     assert_eq!(hold["domain"], "twice.test", "{hold}");
+
+    // A reload whose domain rules deny the approved port wins over the approval, even where
+    // the first rule naming the name allows another port.
+    let from = daemon.audit().len();
+    let denying = "[[egress]]\ndomain = \"twice.test\"\nports = [7299]\naction = \"allow\"\n\n\
+                   [[egress]]\ndomain = \"twice.test\"\nports = [7205]\naction = \"deny\"\n\n[egress_default]";
+    daemon.write_policy("test", &POLICY.replace("[egress_default]", denying));
+    daemon.wait_record(from, |record| record["type"] == "policy_reload");
+    let (code, out) = finish(as_agent(&cgroup, &["tcp", &other.to_string(), "7205", "after the deny rule"]));
+    assert_ne!(code, 0, "{out}");
+    assert!(daemon.pending().is_empty(), "denied by the kernel, not held");
+    assert!(!String::from_utf8_lossy(&received_at(other).bytes()).contains("after the deny rule"));
 }
 
 /// A cgroup tagged under the `test` policy, for an agent whose processes share one root.

@@ -115,7 +115,12 @@ impl Daemon {
         }
         let tag = Tag { policy: self.policy_id(&agent.policy), max_pending: self.config.max_pending };
         let id = self.enforcer.tag(&dir, tag).map_err(|e| error_chain(&e))?;
-        self.agents.insert(id, agent);
+        // Tagged anew: the names it resolved were judged by its former policy.
+        if self.agents.insert(id, agent).is_some()
+            && let Ok(resolver) = &self.resolver
+        {
+            resolver.forget(id);
+        }
         Ok(id)
     }
 

@@ -236,7 +236,8 @@ impl Daemon {
             // An egress hold shown with a name approves the name: the service, not one of
             // its addresses.
             let name = pending.view.domain.as_deref().and_then(|domain| domain.parse().ok());
-            self.grants.push(Grant { root: pending.root, action: pending.action, until, name });
+            let (root, action, quorum) = (pending.root, pending.action, pending.view.quorum);
+            self.grants.push(Grant { root, action, until, name, quorum });
             self.save_grants();
         }
         let released = self.holds.approve(&mut self.enforcer, pending.key).map_err(|e| e.to_string());

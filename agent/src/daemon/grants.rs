@@ -25,12 +25,27 @@ pub(super) struct Grant {
     /// every address the agent resolves the name to, on the action's port and protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) name: Option<Name>,
+    /// How many people approved the hold: the grant covers only actions the policy holds
+    /// for no more (1 in grants kept before quorums were).
+    #[serde(default = "one")]
+    pub(super) quorum: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Grant {
     /// Whether it covers `action` of the agent under `root`, whose destination the agent
-    /// resolved from `name`, at Unix time `now`.
-    pub(super) fn covers(&self, root: u64, action: &Action, name: Option<&Name>, now: u64) -> bool {
+    /// resolved from `name`, which the policy holds for `quorum` people, at Unix time `now`.
+    pub(super) fn covers(
+        &self,
+        root: u64,
+        action: &Action,
+        name: Option<&Name>,
+        quorum: u32,
+        now: u64,
+    ) -> bool {
         let same_service = || {
             self.name.is_some()
                 && self.name.as_ref() == name
@@ -39,6 +54,7 @@ impl Grant {
         };
         self.root == root
             && self.until.is_none_or(|until| until > now)
+            && quorum <= self.quorum
             && (self.action == *action || same_service())
     }
 
@@ -50,7 +66,11 @@ impl Grant {
             name,
             protocol: self.action.protocol,
             port: u16::try_from(self.action.port).ok()?,
-            until: self.until.map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)),
+            // An end past what the clock can hold is no end.
+            until: self
+                .until
+                .and_then(|secs| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))),
+            quorum: self.quorum,
         })
     }
 }
@@ -115,14 +135,15 @@ mod tests {
     fn a_grant_covers_its_agent_s_same_action_until_it_ends() {
         let action = Action { kind: 2, port: 443, ..Action::default() };
         let other = Action { port: 80, ..action };
-        let for_ten_minutes = Grant { root: 5, action, until: Some(1_000 + 600), name: None };
-        assert!(for_ten_minutes.covers(5, &action, None, 1_000));
-        assert!(for_ten_minutes.covers(5, &action, None, 1_599));
-        assert!(!for_ten_minutes.covers(5, &action, None, 1_600), "expired");
-        assert!(!for_ten_minutes.covers(6, &action, None, 1_000), "another agent");
-        assert!(!for_ten_minutes.covers(5, &other, None, 1_000), "another action");
-        let always = Grant { root: 5, action, until: None, name: None };
-        assert!(always.covers(5, &action, None, u64::MAX));
+        let for_ten_minutes = Grant { root: 5, action, until: Some(1_000 + 600), name: None, quorum: 1 };
+        assert!(for_ten_minutes.covers(5, &action, None, 1, 1_000));
+        assert!(for_ten_minutes.covers(5, &action, None, 1, 1_599));
+        assert!(!for_ten_minutes.covers(5, &action, None, 1, 1_600), "expired");
+        assert!(!for_ten_minutes.covers(6, &action, None, 1, 1_000), "another agent");
+        assert!(!for_ten_minutes.covers(5, &other, None, 1, 1_000), "another action");
+        assert!(!for_ten_minutes.covers(5, &action, None, 2, 1_000), "the policy now asks two people");
+        let always = Grant { root: 5, action, until: None, name: None, quorum: 1 };
+        assert!(always.covers(5, &action, None, 1, u64::MAX));
     }
 
     #[test]
@@ -135,36 +156,45 @@ mod tests {
             addr: [1; 16],
             ..Action::default()
         };
-        let grant = Grant { root: 5, action, until: None, name: Some(name.clone()) };
+        let grant = Grant { root: 5, action, until: None, name: Some(name.clone()), quorum: 1 };
         let elsewhere = Action { addr: [2; 16], ..action };
-        assert!(grant.covers(5, &elsewhere, Some(&name), 0));
-        assert!(!grant.covers(5, &elsewhere, None, 0), "an address not resolved from the name");
-        assert!(!grant.covers(5, &elsewhere, Some(&Name::parse("example.com").unwrap()), 0), "another name");
-        assert!(!grant.covers(5, &Action { port: 80, ..elsewhere }, Some(&name), 0), "another port");
+        let covers = |action: &Action, name: Option<&Name>, quorum| grant.covers(5, action, name, quorum, 0);
+        assert!(covers(&elsewhere, Some(&name), 1));
+        assert!(!covers(&elsewhere, Some(&name), 2), "where the policy asks two people");
+        assert!(!covers(&elsewhere, None, 1), "an address not resolved from the name");
+        assert!(!covers(&elsewhere, Some(&Name::parse("example.com").unwrap()), 1), "another name");
+        assert!(!covers(&Action { port: 80, ..elsewhere }, Some(&name), 1), "another port");
         assert!(
-            !grant.covers(5, &Action { protocol: protocol::UDP, ..elsewhere }, Some(&name), 0),
+            !covers(&Action { protocol: protocol::UDP, ..elsewhere }, Some(&name), 1),
             "another protocol"
         );
-        assert!(!grant.covers(6, &elsewhere, Some(&name), 0), "another agent");
+        assert!(!grant.covers(6, &elsewhere, Some(&name), 1, 0), "another agent");
         let shared = grant.name_grant().unwrap();
-        assert_eq!((shared.root, shared.name, shared.port, shared.until), (5, name, 443, None));
-        let exec = Grant { action: Action { kind: kind::EXEC, ..action }, ..grant };
+        assert_eq!(
+            (shared.root, shared.name, shared.port, shared.until, shared.quorum),
+            (5, name, 443, None, 1)
+        );
+        let endless = Grant { until: Some(u64::MAX), ..grant };
+        assert_eq!(endless.name_grant().unwrap().until, None, "an end past the clock's is none");
+        let exec = Grant { action: Action { kind: kind::EXEC, ..action }, ..endless };
         assert!(exec.name_grant().is_none(), "only egress approves a name");
     }
 
     #[test]
     fn a_grant_is_kept_as_the_bytes_of_its_action() {
         let name = Some(Name::parse("api.example.com").unwrap());
-        let grant =
-            Grant { root: 5, action: Action { kind: 2, port: 443, ..Action::default() }, until: None, name };
+        let action = Action { kind: 2, port: 443, ..Action::default() };
+        let grant = Grant { root: 5, action, until: None, name, quorum: 2 };
         let text = serde_json::to_string(&grant).unwrap();
         let back: Grant = serde_json::from_str(&text).unwrap();
-        assert_eq!((back.root, back.action, back.until, back.name), (5, grant.action, None, grant.name));
+        assert_eq!((back.root, back.action, back.until, back.quorum), (5, grant.action, None, 2));
+        assert_eq!(back.name, grant.name);
         assert!(serde_json::from_str::<Grant>(&text.replace("\"action\":\"", "\"action\":\"00")).is_err());
         let bad_name = text.replace("api.example.com", "bad..name");
         assert!(serde_json::from_str::<Grant>(&bad_name).is_err(), "a name is checked as it is read");
         let before_names = r#"{"root":5,"action":"HEX","until":null}"#
             .replace("HEX", &hex::encode(bytemuck::bytes_of(&grant.action)));
-        assert_eq!(serde_json::from_str::<Grant>(&before_names).unwrap().name, None);
+        let old = serde_json::from_str::<Grant>(&before_names).unwrap();
+        assert_eq!((old.name, old.quorum), (None, 1));
     }
 }

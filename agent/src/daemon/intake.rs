@@ -133,8 +133,13 @@ impl Daemon {
             // listed in the VMs (cause not yet found), so an agent's memory served from
             // FUSE can still stall this read (README).
             let name = self.resolved_name(event.hold.root, &event.hold.action);
-            let (rule, quorum) = policy.egress_rule(&event.hold.action, name.as_ref());
-            let judgement = ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: false, quorum };
+            let egress = policy.egress_rule(&event.hold.action, name.as_ref());
+            let judgement = ExecJudgement {
+                verdict: Verdict::Hold,
+                rule: egress.rule,
+                argv_dependent: false,
+                quorum: egress.quorum,
+            };
             let memory = FromMemory::read(event, None);
             self.settle_new_hold(key, event, restored, &judgement, None, memory, Vec::new());
             return;
@@ -305,8 +310,8 @@ impl Daemon {
         let name = (event.hold.action.kind == kind::EGRESS)
             .then(|| self.resolved_name(root, &event.hold.action))
             .flatten();
-        let granted =
-            self.grants.iter().any(|g| g.covers(root, &event.hold.action, name.as_ref(), unix_now()));
+        let (action, quorum) = (&event.hold.action, judgement.quorum);
+        let granted = self.grants.iter().any(|g| g.covers(root, action, name.as_ref(), quorum, unix_now()));
         if granted || verdict == Verdict::Allow {
             let why = if granted { "an earlier approval's scope covers it" } else { "the policy allows it" };
             records.push(AuditEvent::Release { id, by: "keyturn".into(), why: Some(why.into()) });

@@ -343,6 +343,9 @@ impl Daemon {
             .filter_map(|(name, policy)| Some((*self.policy_ids.get(name)?, policy.clone())))
             .collect();
         self.policy_table.send_replace(Arc::new(table));
+        if let Ok(resolver) = &self.resolver {
+            resolver.rejudge();
+        }
         Ok(())
     }
 
@@ -381,11 +384,12 @@ impl Daemon {
         );
         match loaded {
             Ok(policies) => {
-                self.record(AuditEvent::PolicyReload { trigger: trigger.to_owned() });
                 self.policies = shared(policies);
                 if let Err(e) = self.install_policies() {
                     tracing::error!(error = %e, "installing policies");
                 }
+                // In force from here, in the kernel and for the names already resolved.
+                self.record(AuditEvent::PolicyReload { trigger: trigger.to_owned() });
             }
             Err(error) => {
                 tracing::error!(%error, trigger, "policy reload refused; keeping the last good policies");

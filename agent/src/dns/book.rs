@@ -14,12 +14,10 @@ use super::name::Name;
 /// then shows the address alone).
 const CAPACITY: usize = 65_536;
 
-/// What resolved to an address for one agent: the name, by the agent's policy (kernel id),
-/// until when.
+/// What resolved to an address for one agent: the name, until when.
 #[derive(Clone)]
-pub struct Entry {
-    pub name: Name,
-    pub policy: u32,
+struct Entry {
+    name: Name,
     until: Instant,
 }
 
@@ -30,40 +28,37 @@ pub struct NameBook {
 }
 
 impl NameBook {
-    /// Notes that `name` resolved to `addr` for the agent under `root`, whose policy is
-    /// `policy`, for `ttl`.
-    pub fn note(&self, root: u64, addr: IpAddr, name: &Name, policy: u32, ttl: Duration) {
+    /// Notes that `name` resolved to `addr` for the agent under `root`, for `ttl`.
+    pub fn note(&self, root: u64, addr: IpAddr, name: &Name, ttl: Duration) {
+        // An IPv4-mapped answer is the IPv4 address the kernel and the views see.
+        let addr = addr.to_canonical();
         let Ok(mut names) = self.names.lock() else { return };
         let now = Instant::now();
         if names.len() >= CAPACITY {
             names.retain(|_, entry| entry.until > now);
         }
         if names.len() < CAPACITY || names.contains_key(&(root, addr)) {
-            names.insert((root, addr), Entry { name: name.clone(), policy, until: now + ttl });
+            names.insert((root, addr), Entry { name: name.clone(), until: now + ttl });
         }
     }
 
-    /// What the agent under `root` last resolved to `addr`, while its answer lasts.
-    pub fn entry(&self, root: u64, addr: IpAddr) -> Option<Entry> {
-        let names = self.names.lock().ok()?;
-        names.get(&(root, addr)).filter(|entry| entry.until > Instant::now()).cloned()
-    }
-
-    /// The addresses `name` last resolved to for the agent under `root`, each with its
-    /// policy and what is left of its answer's TTL.
-    pub fn resolved_to(&self, root: u64, name: &Name) -> Vec<(IpAddr, u32, Duration)> {
+    /// The addresses `name` last resolved to for the agent under `root`, each with what is
+    /// left of its answer's TTL.
+    pub fn resolved_to(&self, root: u64, name: &Name) -> Vec<(IpAddr, Duration)> {
         let Ok(names) = self.names.lock() else { return Vec::new() };
         let now = Instant::now();
         names
             .iter()
             .filter(|&(&(of, _), entry)| of == root && entry.name == *name && entry.until > now)
-            .map(|(&(_, addr), entry)| (addr, entry.policy, entry.until - now))
+            .map(|(&(_, addr), entry)| (addr, entry.until - now))
             .collect()
     }
 
     /// The name the agent under `root` last resolved to `addr`, while its answer lasts.
     pub fn name_of(&self, root: u64, addr: IpAddr) -> Option<Name> {
-        self.entry(root, addr).map(|entry| entry.name)
+        let names = self.names.lock().ok()?;
+        let entry = names.get(&(root, addr.to_canonical()))?;
+        (entry.until > Instant::now()).then(|| entry.name.clone())
     }
 
     /// Forgets what the agent under `root` resolved.
@@ -82,14 +77,16 @@ mod tests {
     fn a_name_is_shown_for_its_agent_while_its_answer_lasts() {
         let book = NameBook::default();
         let (addr, name) = ("10.9.0.7".parse().unwrap(), Name::parse("api.example.com").unwrap());
-        book.note(1, addr, &name, 7, Duration::from_mins(1));
-        book.note(2, addr, &name, 7, Duration::ZERO);
+        book.note(1, addr, &name, Duration::from_mins(1));
+        book.note(2, addr, &name, Duration::ZERO);
         assert_eq!(book.name_of(1, addr), Some(name.clone()));
-        assert_eq!(book.entry(1, addr).map(|entry| entry.policy), Some(7));
         assert_eq!(book.name_of(2, addr), None, "expired");
         assert_eq!(book.name_of(3, addr), None, "another agent's name is not this one's");
         let resolved = book.resolved_to(1, &name);
-        assert!(matches!(resolved[..], [(at, 7, left)] if at == addr && left > Duration::from_secs(59)));
+        assert!(matches!(resolved[..], [(at, left)] if at == addr && left > Duration::from_secs(59)));
+        let mapped: IpAddr = "::ffff:10.9.0.8".parse().unwrap();
+        book.note(1, mapped, &name, Duration::from_mins(1));
+        assert_eq!(book.name_of(1, "10.9.0.8".parse().unwrap()), Some(name.clone()), "one address, one form");
         assert!(book.resolved_to(2, &name).is_empty(), "expired");
         book.forget(1);
         assert_eq!(book.name_of(1, addr), None, "forgotten");

@@ -6,13 +6,14 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{EgressRule, PortRule, capacity, verdict};
+use agent_common::{EgressRule, PortRule, capacity, protocol, verdict};
 
 use super::name::Name;
 
 /// An approval of `name` for the agent under `root`: every address the agent resolves the
-/// name to is let through on `port` over `protocol` (an `agent_common::protocol`
-/// constant), until `until` (`None`: while the agent is tagged).
+/// name to is let through on `port` over `protocol` (TCP or UDP), until `until` (`None`:
+/// while the agent is tagged), where the policy would hold the connection for a quorum of
+/// at most `quorum` (the approved hold's).
 #[derive(Clone, Debug)]
 pub struct NameGrant {
     pub root: u64,
@@ -20,6 +21,7 @@ pub struct NameGrant {
     pub protocol: u32,
     pub port: u16,
     pub until: Option<SystemTime>,
+    pub quorum: u32,
 }
 
 /// Whether `grants` approve `name` for the agent under `root` at `now`, on any port.
@@ -29,25 +31,30 @@ pub fn approved(grants: &[NameGrant], root: u64, name: &Name, now: SystemTime) -
 
 impl NameGrant {
     fn covers(&self, root: u64, name: &Name, now: SystemTime) -> bool {
-        self.root == root && self.name == *name && self.until.is_none_or(|until| until > now)
+        self.root == root
+            && self.name == *name
+            && self.until.is_none_or(|until| until > now)
+            && [protocol::TCP, protocol::UDP].contains(&self.protocol)
     }
 }
 
 /// `rule` (the domain rules' ports for `name`, if any name it) with the ports `grants`
-/// approve for the name put first, and how long at most the result may last (until the
-/// first of those grants ends). `None` when neither says anything of the name. When the
-/// grants' ports do not fit beside the domain rules' in the kernel's rule, the rule is left
-/// as it is: the daemon then releases the holds a grant covers.
+/// approve for the name put first, where `held_for(grant)` says the policy would otherwise
+/// hold the connection for no more than the grant's quorum (never where it denies it), and
+/// how long at most the result may last (until the first of those grants ends). `None`
+/// when neither says anything of the name. When the grants' ports do not fit beside the
+/// domain rules' in the kernel's rule, the rule is left as it is: the daemon then releases
+/// the holds a grant covers.
 pub fn with_grants(
     rule: Option<EgressRule>,
     grants: &[NameGrant],
-    root: u64,
-    name: &Name,
+    (root, name): (u64, &Name),
     now: SystemTime,
+    held_for: impl Fn(&NameGrant) -> bool,
 ) -> Option<(EgressRule, Duration)> {
     // (protocol, port) → when the latest grant of it ends (`None`: never).
     let mut ports: BTreeMap<(u32, u16), Option<SystemTime>> = BTreeMap::new();
-    for grant in grants.iter().filter(|grant| grant.covers(root, name, now)) {
+    for grant in grants.iter().filter(|grant| grant.covers(root, name, now) && held_for(grant)) {
         let until = ports.entry((grant.protocol, grant.port)).or_insert(grant.until);
         *until = until.zip(grant.until).map(|(a, b)| a.max(b));
     }
@@ -83,7 +90,12 @@ mod tests {
     }
 
     fn grant(port: u16, until: Option<SystemTime>) -> NameGrant {
-        NameGrant { root: 5, name: name("api.example.com"), protocol: protocol::TCP, port, until }
+        NameGrant { root: 5, name: name("api.example.com"), protocol: protocol::TCP, port, until, quorum: 1 }
+    }
+
+    /// `with_grants` for agent 5's `api.example.com`, where the policy holds every port.
+    fn granted(rule: Option<EgressRule>, grants: &[NameGrant], now: SystemTime) -> Option<(EgressRule, Duration)> {
+        with_grants(rule, grants, (5, &name("api.example.com")), now, |_| true)
     }
 
     fn deny_22() -> EgressRule {
@@ -96,7 +108,7 @@ mod tests {
     fn granted_ports_come_before_the_domain_rules_and_last_until_the_first_grant_ends() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let grants = [grant(443, None), grant(8443, Some(now + Duration::from_mins(10)))];
-        let (rule, lasts) = with_grants(Some(deny_22()), &grants, 5, &name("api.example.com"), now).unwrap();
+        let (rule, lasts) = granted(Some(deny_22()), &grants, now).unwrap();
         assert_eq!(rule.count, 3);
         let ports: Vec<(u16, u32)> = rule.ports[..3].iter().map(|p| (p.low, u32::from(p.verdict))).collect();
         assert_eq!(ports, [(443, verdict::ALLOW), (8443, verdict::ALLOW), (22, verdict::DENY)]);
@@ -108,7 +120,7 @@ mod tests {
     #[test]
     fn a_name_no_rule_names_gets_its_granted_ports_alone() {
         let now = SystemTime::UNIX_EPOCH;
-        let (rule, lasts) = with_grants(None, &[grant(443, None)], 5, &name("api.example.com"), now).unwrap();
+        let (rule, lasts) = granted(None, &[grant(443, None)], now).unwrap();
         assert_eq!((rule.count, rule.ports[0].low, rule.fallback), (1, 443, verdict::NONE));
         assert_eq!(lasts, Duration::MAX);
         assert!(approved(&[grant(443, None)], 5, &name("api.example.com"), now));
@@ -122,19 +134,32 @@ mod tests {
         let other_name = NameGrant { name: name("example.com"), ..grant(443, None) };
         let grants = [ended, other_agent, other_name];
         let api = name("api.example.com");
-        assert_eq!(with_grants(None, &grants, 5, &api, now), None);
-        assert_eq!(with_grants(Some(deny_22()), &grants, 5, &api, now), Some((deny_22(), Duration::MAX)));
+        assert_eq!(granted(None, &grants, now), None);
+        assert_eq!(granted(Some(deny_22()), &grants, now), Some((deny_22(), Duration::MAX)));
         assert!(!approved(&grants, 5, &api, now));
+    }
+
+    #[test]
+    fn a_grant_applies_only_where_the_policy_would_hold_and_only_for_tcp_or_udp() {
+        let now = SystemTime::UNIX_EPOCH;
+        let api = name("api.example.com");
+        let grants = [grant(443, None), grant(8443, None)];
+        let (rule, _) = with_grants(None, &grants, (5, &api), now, |grant| grant.port == 443).unwrap();
+        assert_eq!((rule.count, rule.ports[0].low), (1, 443), "not where the policy denies, or asks more people");
+        assert_eq!(with_grants(None, &grants, (5, &api), now, |_| false), None);
+        let any = NameGrant { protocol: protocol::ANY, ..grant(443, None) };
+        assert_eq!(granted(None, std::slice::from_ref(&any), now), None, "a grant of any protocol would open them all");
+        assert!(!approved(&[any], 5, &api, now));
     }
 
     #[test]
     fn the_same_port_granted_twice_takes_one_slot_and_the_later_end() {
         let now = SystemTime::UNIX_EPOCH;
         let grants = [grant(443, Some(now + Duration::from_mins(1))), grant(443, Some(now + Duration::from_mins(10)))];
-        let (rule, lasts) = with_grants(None, &grants, 5, &name("api.example.com"), now).unwrap();
+        let (rule, lasts) = granted(None, &grants, now).unwrap();
         assert_eq!((rule.count, lasts), (1, Duration::from_mins(10)));
         let forever = [grants[0].clone(), grant(443, None)];
-        assert_eq!(with_grants(None, &forever, 5, &name("api.example.com"), now).unwrap().1, Duration::MAX);
+        assert_eq!(granted(None, &forever, now).unwrap().1, Duration::MAX);
     }
 
     #[test]
@@ -142,6 +167,6 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH;
         let mut full = deny_22();
         full.count = u32::try_from(capacity::PORT_RULES).unwrap();
-        assert_eq!(with_grants(Some(full), &[grant(443, None)], 5, &name("api.example.com"), now), Some((full, Duration::MAX)));
+        assert_eq!(granted(Some(full), &[grant(443, None)], now), Some((full, Duration::MAX)));
     }
 }

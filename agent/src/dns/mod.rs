@@ -25,7 +25,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr, SocketAddrV4},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
@@ -39,7 +39,7 @@ use tokio::{
     sync::{Semaphore, watch},
 };
 
-use agent_common::{DnsSender, EgressRule};
+use agent_common::{Action, DnsSender, EgressRule, kind};
 
 use crate::{
     kernel::names::NameMaps,
@@ -154,8 +154,7 @@ impl Resolver {
             stats: Stats::default(),
         });
         // What a previous daemon recorded has no name in this one's book: forgotten.
-        rejudge(&shared, None);
-        tokio::spawn(rejudge_on_reload(shared.clone()));
+        rejudge(&shared);
         tokio::spawn(serve_udp(udp, shared.clone()));
         tokio::spawn(serve_tcp(tcp, shared.clone()));
         Ok(Self { listening: listen, shared })
@@ -166,20 +165,23 @@ impl Resolver {
         self.listening
     }
 
-    /// Forgets what the agent under `root` resolved (it was untagged): a later tag of the
-    /// cgroup starts with no name allowed.
+    /// Judges the recorded addresses again by the policies just installed (see [`rejudge`]).
+    pub fn rejudge(&self) {
+        rejudge(&self.shared);
+    }
+
+    /// Forgets what the agent under `root` resolved (it was untagged, or tagged anew): the
+    /// cgroup's next tag starts with no name allowed.
     pub fn forget(&self, root: u64) {
-        rejudge(&self.shared, Some(root));
         self.shared.book.forget(root);
+        rejudge(&self.shared);
     }
 
     /// Takes the names approved beyond one connection (all of them, after every change), and
     /// judges the recorded addresses again by them.
     pub fn grant_names(&self, grants: Vec<NameGrant>) {
-        if let Ok(mut current) = self.shared.grants.lock() {
-            *current = grants;
-        }
-        rejudge(&self.shared, None);
+        *self.shared.grants.lock().unwrap_or_else(PoisonError::into_inner) = grants;
+        rejudge(&self.shared);
     }
 
     /// The names agents resolved, for the views of their egress holds.
@@ -285,13 +287,13 @@ async fn serve_connection(mut stream: TcpStream, from: SocketAddr, shared: &Shar
 /// [`rejudge`] then sees the record.
 fn record(shared: &Shared, sender: &DnsSender, name: &Name, addresses: &[wire::Resolved]) -> Result<(), ()> {
     let mut maps = shared.maps.lock().map_err(|_| ())?;
-    let Some(policy) = shared.policies.borrow().get(&sender.policy).cloned() else {
-        return Err(());
-    };
+    // The agent's policy now: it may have been untagged or tagged anew meanwhile.
+    let policy = maps.policy_of(sender.root).and_then(|id| shared.policies.borrow().get(&id).cloned());
+    let Some(policy) = policy else { return Err(()) };
     let grants = shared.grants.lock().map_err(|_| ())?;
     for resolved in addresses {
         let ttl = Duration::from_secs(u64::from(resolved.ttl)).clamp(MIN_TTL, MAX_TTL);
-        shared.book.note(sender.root, resolved.addr, name, sender.policy, ttl);
+        shared.book.note(sender.root, resolved.addr, name, ttl);
         if let Some((rule, lasts)) = kernel_rule(&policy, &grants, sender.root, name, resolved.addr) {
             maps.record(sender.root, resolved.addr, ttl.min(lasts), rule).map_err(|e| {
                 tracing::warn!(error = %e, %name, "DNS: recording an address for the kernel");
@@ -302,9 +304,10 @@ fn record(shared: &Shared, sender: &DnsSender, name: &Name, addresses: &[wire::R
 }
 
 /// What the kernel lets the agent under `root` reach at `addr` by `name`, and for how long at
-/// most: the ports `grants` approve for the name (unless the policy now denies the name),
-/// then the domain rules' ports; nothing when neither names it, or when a CIDR rule denies
-/// the address (it stays the CIDR rules' to judge, whatever name it answers for).
+/// most: the ports `grants` approve for the name where the policy would hold them for no
+/// more people than approved, then the domain rules' ports; nothing when neither names it,
+/// or when a CIDR rule denies the address (it stays the CIDR rules' to judge, whatever name
+/// it answers for).
 fn kernel_rule(
     policy: &Policy,
     grants: &[NameGrant],
@@ -312,34 +315,40 @@ fn kernel_rule(
     name: &Name,
     addr: IpAddr,
 ) -> Option<(EgressRule, Duration)> {
-    if policy.kernel.denies(kernel_addr(addr)) {
+    let addr = kernel_addr(addr);
+    if policy.kernel.denies(addr) {
         return None;
     }
-    let judged = policy.judge_name(name);
-    let grants = if judged.verdict == Verdict::Deny { &[][..] } else { grants };
-    grants::with_grants(judged.kernel, grants, root, name, SystemTime::now())
+    let held_for = |grant: &NameGrant| {
+        let port = u32::from(grant.port);
+        let action = Action { kind: kind::EGRESS, protocol: grant.protocol, port, addr, ..Action::default() };
+        let judged = policy.egress_rule(&action, Some(name));
+        judged.verdict == Verdict::Hold && judged.quorum <= grant.quorum
+    };
+    grants::with_grants(policy.judge_name(name).kernel, grants, (root, name), SystemTime::now(), held_for)
 }
 
 /// Judges again, by the policies and grants in force now, every address recorded for the
-/// kernel, and forgets those of `forget_root` (an agent untagged): a reload that denies a
-/// name, or stops allowing a port of it, takes effect at once, not when its answers expire.
-/// An address whose name the book no longer holds is forgotten too (the CIDR rules judge
-/// it). The addresses of a name just approved are recorded for the kernel.
-fn rejudge(shared: &Shared, forget_root: Option<u64>) {
+/// kernel: a reload that denies a name, or stops allowing a port of it, takes effect at
+/// once, not when its answers expire. An address whose name the book no longer holds, or
+/// whose agent is no longer tagged, is forgotten (the CIDR rules judge it). The addresses of
+/// a name just approved are recorded for the kernel. An entry that could not be judged again
+/// is removed; one that could not even be removed is counted as failed.
+fn rejudge(shared: &Shared) {
+    // Whatever panicked while holding them, the maps must still be judged.
+    let mut maps = shared.maps.lock().unwrap_or_else(PoisonError::into_inner);
     let table = shared.policies.borrow().clone();
-    let Ok(grants) = shared.grants.lock().map(|grants| grants.clone()) else { return };
-    let Ok(mut maps) = shared.maps.lock() else { return };
-    let judge = |root: u64, addr: IpAddr| {
-        let entry = shared.book.entry(root, addr).filter(|_| Some(root) != forget_root)?;
-        let policy = table.get(&entry.policy)?;
-        kernel_rule(policy, &grants, root, &entry.name, addr)
+    let grants = shared.grants.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let judge = |root: u64, policy: Option<u32>, addr: IpAddr| {
+        let name = shared.book.name_of(root, addr)?;
+        kernel_rule(table.get(&policy?)?, &grants, root, &name, addr)
     };
     let judged = maps.rejudge(judge);
     // The addresses of approved names that the kernel did not have (no domain rule named
     // their name when the agent resolved it).
-    for grant in grants.iter().filter(|grant| Some(grant.root) != forget_root) {
-        for (addr, policy, left) in shared.book.resolved_to(grant.root, &grant.name) {
-            let Some(policy) = table.get(&policy) else { continue };
+    for grant in &grants {
+        let Some(policy) = maps.policy_of(grant.root).and_then(|id| table.get(&id)) else { continue };
+        for (addr, left) in shared.book.resolved_to(grant.root, &grant.name) {
             if let Some((rule, lasts)) = kernel_rule(policy, &grants, grant.root, &grant.name, addr)
                 && let Err(e) = maps.record(grant.root, addr, left.min(lasts), rule)
             {
@@ -347,22 +356,20 @@ fn rejudge(shared: &Shared, forget_root: Option<u64>) {
             }
         }
     }
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     match judged {
-        Ok(forgotten) => {
-            shared.stats.forgotten.fetch_add(u64::try_from(forgotten).unwrap_or(u64::MAX), Ordering::Relaxed);
-            tracing::info!(forgotten, "DNS: judged the resolved addresses again");
+        Ok(done) => {
+            shared.stats.forgotten.fetch_add(count(done.forgotten), Ordering::Relaxed);
+            shared.stats.failed.fetch_add(count(done.failed), Ordering::Relaxed);
+            tracing::info!(forgotten = done.forgotten, failed = done.failed, "DNS: judged the resolved addresses again");
         }
-        Err(e) => tracing::error!(error = %e, "DNS: judging the resolved addresses again"),
+        Err(e) => {
+            bump(&shared.stats.failed);
+            tracing::error!(error = %e, "DNS: could not list the resolved addresses to judge them again");
+        }
     }
 }
 
-/// Judges the recorded addresses again whenever the daemon installs policies.
-async fn rejudge_on_reload(shared: Arc<Shared>) {
-    let mut policies = shared.policies.clone();
-    while policies.changed().await.is_ok() {
-        rejudge(&shared, None);
-    }
-}
 
 /// The reply to `bytes` from `from`, or `None` when nothing must be sent back.
 async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
@@ -376,17 +383,19 @@ async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Tran
             return e.answer();
         }
     };
-    let sender = match from {
-        SocketAddr::V4(source) => {
-            shared.maps.lock().ok().and_then(|maps| maps.sender(source, transport == Transport::Tcp))
-        }
+    // Who asked, and the policy their agent is tagged with now.
+    let asked = match from {
+        SocketAddr::V4(source) => shared.maps.lock().ok().and_then(|maps| {
+            let sender = maps.sender(source, transport == Transport::Tcp)?;
+            Some((sender, maps.policy_of(sender.root)))
+        }),
         SocketAddr::V6(_) => None,
     };
-    let Some(sender) = sender else {
+    let Some((sender, policy)) = asked else {
         bump(&stats.unattributed);
         return Some(wire::response(&query, Rcode::Refused));
     };
-    let policy = shared.policies.borrow().get(&sender.policy).cloned();
+    let policy = policy.and_then(|id| shared.policies.borrow().get(&id).cloned());
     let Some(policy) = policy else {
         bump(&stats.refused);
         return Some(wire::response(&query, Rcode::Refused));

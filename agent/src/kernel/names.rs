@@ -1,5 +1,6 @@
 //! The maps keyturn's resolver shares with the DNS and egress hooks, opened from their pins:
-//! who sent a query (`DNS_SENDERS`, read here) and what names resolved to (`RESOLVED`, written only here).
+//! who sent a query (`DNS_SENDERS`, read here), which policy each tagged root has now
+//! (`TAGGED_ROOTS`, read here) and what names resolved to (`RESOLVED`, written only here).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
@@ -7,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{DnsSender, EgressRule, Resolved, ResolvedKey, dns};
+use agent_common::{DnsSender, EgressRule, Resolved, ResolvedKey, Tag, dns};
 use aya::maps::{HashMap, Map, MapData, MapError};
 
 use crate::{kernel::EnforcerError, policy::kernel::kernel_addr, sys::monotonic_ns};
@@ -15,19 +16,43 @@ use crate::{kernel::EnforcerError, policy::kernel::kernel_addr, sys::monotonic_n
 /// The resolver's handles on the maps it shares with the kernel.
 pub struct NameMaps {
     senders: HashMap<MapData, u32, DnsSender>,
+    roots: HashMap<MapData, u64, Tag>,
     resolved: HashMap<MapData, ResolvedKey, Resolved>,
 }
 
-fn open<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &'static str) -> Result<HashMap<MapData, K, V>, EnforcerError> {
+/// What rejudging the recorded addresses did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rejudged {
+    /// Addresses no longer let through by name.
+    pub forgotten: usize,
+    /// Addresses whose entry could be neither updated nor removed.
+    pub failed: usize,
+}
+
+fn open<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &Path,
+    name: &'static str,
+    kind: fn(MapData) -> Map,
+) -> Result<HashMap<MapData, K, V>, EnforcerError> {
     let map_error = |source| EnforcerError::Map { map: name, source };
     let data = MapData::from_pin(pin_dir.join(name)).map_err(map_error)?;
-    HashMap::try_from(Map::LruHashMap(data)).map_err(map_error)
+    HashMap::try_from(kind(data)).map_err(map_error)
 }
 
 impl NameMaps {
     /// Opens the maps an [`Enforcer`](crate::kernel::Enforcer) pinned in `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Self, EnforcerError> {
-        Ok(Self { senders: open(pin_dir, "DNS_SENDERS")?, resolved: open(pin_dir, "RESOLVED")? })
+        Ok(Self {
+            senders: open(pin_dir, "DNS_SENDERS", Map::LruHashMap)?,
+            roots: open(pin_dir, "TAGGED_ROOTS", Map::HashMap)?,
+            resolved: open(pin_dir, "RESOLVED", Map::LruHashMap)?,
+        })
+    }
+
+    /// The kernel id of the policy the root `root` is tagged with now; `None` once it is
+    /// untagged.
+    pub fn policy_of(&self, root: u64) -> Option<u32> {
+        self.roots.get(&root, 0).ok().map(|tag| tag.policy)
     }
 
     /// Who sends DNS (over TCP if `tcp`) from `source`: a sender address the DNS hooks gave
@@ -56,35 +81,37 @@ impl NameMaps {
     }
 
     /// Judges again every address the kernel lets agents reach by a name they resolved:
-    /// `judge(root, addr)` is the rule it gets now and at most how much longer it lasts, or
-    /// `None` to forget it (the CIDR rules judge it from then on). Returns how many were
-    /// forgotten.
+    /// `judge(root, policy, addr)`, with the policy the root is tagged with now (`None`:
+    /// untagged), is the rule it gets now and at most how much longer it lasts, or `None` to
+    /// forget it (the CIDR rules judge it from then on). An entry that cannot be updated is
+    /// removed; one that can be neither is counted as failed, and the rest are judged all
+    /// the same.
     pub fn rejudge(
         &mut self,
-        judge: impl Fn(u64, IpAddr) -> Option<(EgressRule, Duration)>,
-    ) -> Result<usize, EnforcerError> {
+        judge: impl Fn(u64, Option<u32>, IpAddr) -> Option<(EgressRule, Duration)>,
+    ) -> Result<Rejudged, EnforcerError> {
         let keys: Vec<ResolvedKey> = self.resolved.keys().collect::<Result<_, _>>().map_err(resolved_error)?;
-        let mut forgotten = 0;
+        let mut done = Rejudged::default();
         for key in keys {
             let addr = Ipv6Addr::from(key.addr).to_canonical();
-            match (judge(key.root, addr), self.resolved.get(&key, 0)) {
+            let updated = match (judge(key.root, self.policy_of(key.root), addr), self.resolved.get(&key, 0)) {
                 // Gone meanwhile: expired out of the LRU map.
-                (_, Err(MapError::KeyNotFound)) => {}
+                (_, Err(MapError::KeyNotFound)) => continue,
                 (Some((rule, lasts)), Ok(resolved)) => {
                     let expires_ns = resolved.expires_ns.min(expiry(lasts));
-                    self.resolved.insert(key, Resolved { expires_ns, rule }, 0).map_err(resolved_error)?;
+                    self.resolved.insert(key, Resolved { expires_ns, rule }, 0).is_ok()
                 }
-                (None, _) => {
-                    match self.resolved.remove(&key) {
-                        Ok(()) | Err(MapError::KeyNotFound) => {}
-                        Err(e) => return Err(resolved_error(e)),
-                    }
-                    forgotten += 1;
-                }
-                (Some(_), Err(e)) => return Err(resolved_error(e)),
+                (None, _) | (Some(_), Err(_)) => false,
+            };
+            if updated {
+                continue;
+            }
+            match self.resolved.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => done.forgotten += 1,
+                Err(_) => done.failed += 1,
             }
         }
-        Ok(forgotten)
+        Ok(done)
     }
 }
 

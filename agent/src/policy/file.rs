@@ -213,19 +213,33 @@ impl Policy {
         names::judge(&self.names, self.kernel.egress_default, name)
     }
 
-    /// The rule that held an egress action, as an approver reads it, and its quorum: a
-    /// domain rule naming `name` (the name the agent resolved the address from, if any),
-    /// else the CIDR rule.
-    pub fn egress_rule(&self, action: &Action, name: Option<&Name>) -> (String, u32) {
+    /// What decides an egress action, as an approver reads it: a domain rule naming `name`
+    /// (the name the agent resolved the address from, if any), else the CIDR rule, else
+    /// `egress_default`.
+    pub fn egress_rule(&self, action: &Action, name: Option<&Name>) -> EgressJudgement {
         let port = u16::try_from(action.port).unwrap_or(0);
         if let Some(rule) = name.and_then(|name| names::rule_for(&self.names, name, port, action.protocol)) {
-            return (rule.describe(), rule.quorum);
+            return EgressJudgement { verdict: rule.verdict, rule: rule.describe(), quorum: rule.quorum };
         }
         self.kernel.rule_for(action.addr, port, action.protocol).map_or_else(
-            || ("egress_default".into(), 1),
-            |r| (format!("egress {} action {:?}", display_cidr(&r.cidr), r.verdict), r.quorum),
+            || EgressJudgement { verdict: self.kernel.egress_default, rule: "egress_default".into(), quorum: 1 },
+            |r| EgressJudgement {
+                verdict: r.verdict,
+                rule: format!("egress {} action {:?}", display_cidr(&r.cidr), r.verdict),
+                quorum: r.quorum,
+            },
         )
     }
+}
+
+/// What a policy says of an egress action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressJudgement {
+    pub verdict: Verdict,
+    /// The rule that decides, as an approver reads it.
+    pub rule: String,
+    /// How many distinct people must approve it, when it is held.
+    pub quorum: u32,
 }
 
 /// Why a policy was refused: where, and what is wrong.

@@ -194,7 +194,7 @@ fn names_memory(pins: &Pins) -> Result<(u64, u64)> {
     for i in 0..10_000u32 {
         let (root, addr) = (u64::from(i % 100) + 1, IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)));
         let name = Name::parse(&format!("host-{i}.agent-{}.bench.test", i % 100))?;
-        book.note(root, addr, &name, 1, Duration::from_hours(1));
+        book.note(root, addr, &name, Duration::from_hours(1));
         maps.record(root, addr, Duration::from_hours(1), EgressRule::default())?;
     }
     let book_bytes = resident_bytes()?.saturating_sub(before);
