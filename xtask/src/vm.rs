@@ -60,11 +60,12 @@ const TEST_THREADS: &str = "--test-threads=2";
 /// judges (the trail's records) is the same in every mode.
 const HOST_ONLY: [&str; 5] = ["export", "nss", "oidc", "web_ui", "working_day"];
 /// Test executables whose subject does not change with the mode (the console's protocol and
-/// the embedded console; their holds are execs, which `hold` and `daemon` test in every
-/// mode), run pairwise rather than as the full matrix: each kernel runs them in one mode,
-/// its series' `pairwise_mode`, and the two kernels in different modes, so that every
-/// kernel and every mode still sees them.
-const PAIRWISE: [&str; 2] = ["console_link", "embedded_console"];
+/// the embedded console, whose holds are execs, which `hold` and `daemon` test in every
+/// mode; the agent runtimes' threads, whose holds go through the same hooks that `hold`
+/// tests in every mode, from threads of every kind), run pairwise rather than as the full
+/// matrix: each kernel runs them in one mode, its series' `pairwise_mode`, and the two
+/// kernels in different modes, so that every kernel and every mode still sees them.
+const PAIRWISE: [&str; 3] = ["console_link", "embedded_console", "runtimes"];
 /// Starts every line `/init` prints about a test run; the runner parses them afterwards.
 const MARKER: &str = "KEYTURN-VM";
 /// Kernel modules the tests need (`ip link add … type veth`) and the disk the runtimes
