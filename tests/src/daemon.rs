@@ -114,6 +114,15 @@ impl Daemon {
         }
     }
 
+    /// [`finish`] of `child`, saying on timeout what the daemon holds and logged.
+    pub fn finish(&self, child: Child) -> (i32, String) {
+        let pid = child.id();
+        let waiting = std::thread::spawn(move || finish(child));
+        waiting.join().unwrap_or_else(|_| {
+            panic!("process {pid} did not finish; pending: {:?}\n{}", self.pending(), self.log())
+        })
+    }
+
     /// The daemon's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

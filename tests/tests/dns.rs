@@ -302,14 +302,14 @@ fn a_retagged_or_untagged_agent_s_names_are_forgotten() {
 }
 
 /// `--always` on a connection held with a name approves the name on that port: the agent's
-/// connections to the name's other address, also after the answer expired and the name was
-/// looked up again, are let through by the kernel with no second decision; another port of
-/// the name is still held.
+/// connections to the name's other address, also after its names were forgotten (a new
+/// tag) and the name looked up again, are let through by the kernel with no second
+/// decision; another port of the name is still held, and a deny rule for the port wins.
 #[test]
 fn always_on_a_hold_shown_with_a_name_approves_the_name_on_its_port() {
     let peer = Peer::new();
     let second = peer.add_v4(3);
-    let (_upstream, daemon) = start_with(&peer, POLICY, &[("twice.test", &[peer.v4, second], 3)]);
+    let (_upstream, daemon) = start_with(&peer, POLICY, &[("twice.test", &[peer.v4, second], 300)]);
     let cgroup = tagged(&daemon);
     let listeners = [(peer.v4, peer.tcp(peer.v4.into(), 7205)), (second, peer.tcp(second.into(), 7205))];
     let received_at = |addr: Ipv4Addr| &listeners.iter().find(|(at, _)| *at == addr).expect("a listener").1;
@@ -334,16 +334,19 @@ fn always_on_a_hold_shown_with_a_name_approves_the_name_on_its_port() {
     let other = if first == peer.v4 { second } else { peer.v4 };
     let approved = daemon.cli(&["approve", hold["id"].as_str().expect("id"), "--always"]);
     assert!(approved.status.success(), "approve: {}", tests::daemon::stderr(&approved));
-    assert_eq!(finish(child).0, 0);
+    assert_eq!(daemon.finish(child).0, 0);
     received_at(first).wait_for("first");
 
     let from = daemon.audit().len();
     succeeds(&daemon, &cgroup, &["tcp", &other.to_string(), "7205", "other address"]);
     received_at(other).wait_for("other address");
-    // After the answer's TTL, looked up again (one query, no address ordering).
-    sleep(Duration::from_secs(4));
+    // Tagged anew, the agent's names are forgotten and its approvals kept: looked up again
+    // (one query, no address ordering), the answer is recorded with the approval.
+    let forgotten = status_dns(&daemon, "forgotten");
+    daemon.tag(&cgroup, "named-agent");
+    assert!(status_dns(&daemon, "forgotten") > forgotten);
     let lookup = hex::encode(query("twice.test", false));
-    let (code, out) = finish(as_agent(&cgroup, &["dns", "udp", &peer.v4.to_string(), "53", &lookup]));
+    let (code, out) = daemon.finish(as_agent(&cgroup, &["dns", "udp", &peer.v4.to_string(), "53", &lookup]));
     assert!(code == 0 && out.contains("rcode: 0"), "{out}");
     succeeds(&daemon, &cgroup, &["tcp", &other.to_string(), "7205", "looked up again"]);
     received_at(other).wait_for("looked up again");
@@ -361,7 +364,8 @@ fn always_on_a_hold_shown_with_a_name_approves_the_name_on_its_port() {
                    [[egress]]\ndomain = \"twice.test\"\nports = [7205]\naction = \"deny\"\n\n[egress_default]";
     daemon.write_policy("test", &POLICY.replace("[egress_default]", denying));
     daemon.wait_record(from, |record| record["type"] == "policy_reload");
-    let (code, out) = finish(as_agent(&cgroup, &["tcp", &other.to_string(), "7205", "after the deny rule"]));
+    let (code, out) =
+        daemon.finish(as_agent(&cgroup, &["tcp", &other.to_string(), "7205", "after the deny rule"]));
     assert_ne!(code, 0, "{out}");
     assert!(daemon.pending().is_empty(), "denied by the kernel, not held");
     assert!(!String::from_utf8_lossy(&received_at(other).bytes()).contains("after the deny rule"));
@@ -407,7 +411,7 @@ fn as_agent(cgroup: &TestCgroup, args: &[&str]) -> Child {
 
 /// `actor ARGS…` in `cgroup` exits 0 with no hold.
 fn succeeds(daemon: &Daemon, cgroup: &TestCgroup, args: &[&str]) {
-    let (code, out) = finish(as_agent(cgroup, args));
+    let (code, out) = daemon.finish(as_agent(cgroup, args));
     assert_eq!(code, 0, "{args:?}: {out}\n{}", daemon.log());
     assert!(daemon.pending().is_empty(), "{args:?} was held");
 }
