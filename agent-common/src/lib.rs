@@ -48,10 +48,12 @@ pub mod verdict {
     pub const DENY: u32 = 3;
 }
 
-/// The two families of actions keyturn can hold.
+/// The families of actions keyturn can hold.
 pub mod kind {
     pub const EXEC: u32 = 1;
     pub const EGRESS: u32 = 2;
+    /// A DNS lookup of a name, held by keyturn's resolver in user space (never by a hook).
+    pub const LOOKUP: u32 = 3;
 }
 
 /// The lifecycle of a hold record in [`Hold::state`].
@@ -365,7 +367,8 @@ pub struct Hold {
 }
 
 /// A process keyturn stopped (`SIGSTOP`) and has not yet resumed or killed: value of
-/// `STOPS`, keyed by tgid. Written by the hooks whenever they stop a process, removed by
+/// `STOPS`, keyed by tgid. Written by the hooks whenever they stop a process (and by the
+/// daemon when it stops one whose DNS lookup it holds), removed by
 /// user space just before it resumes or kills one, so that a process stopped by keyturn
 /// can always be told from one stopped by anyone else.
 #[repr(C)]

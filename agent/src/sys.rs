@@ -55,6 +55,11 @@ pub fn pidfd_signal(pidfd: impl AsFd, ending: Ending) -> io::Result<()> {
     Ok(rustix::process::pidfd_send_signal(pidfd, signal)?)
 }
 
+/// Stops (`SIGSTOP`) the process behind `pidfd`.
+pub fn pidfd_stop(pidfd: impl AsFd) -> io::Result<()> {
+    Ok(rustix::process::pidfd_send_signal(pidfd, Signal::STOP)?)
+}
+
 /// `fcntl(2)`'s `F_SETSIG` (Linux's `__F_SETSIG`), which the libc crate does not name.
 const F_SETSIG: libc::c_int = 10;
 

@@ -1,6 +1,7 @@
 //! Names, not numbers: a tagged agent's DNS goes through keyturn's resolver, whatever server
-//! it asks, and names are judged before a query leaves the host. The upstream is Debian's
-//! dnsmasq in a network namespace of its own, with its query log on.
+//! it asks, and names are judged before a query leaves the host: a held name is held right
+//! there, its agent stopped, until a person decides. The upstream is Debian's dnsmasq in a
+//! network namespace of its own, with its query log on.
 
 use std::{net::Ipv4Addr, process::Child, thread::sleep, time::Duration};
 
@@ -9,7 +10,7 @@ use tests::{
     Peer, Received, TestCgroup,
     daemon::{Daemon, agent_in, finish},
     nameserver::Nameserver,
-    runtimes::wait_until,
+    runtimes::{wait_all_stopped, wait_until},
 };
 
 /// Allowed by name on two TCP ports, denied by name, allowed for 5 s; the rest held. DNS
@@ -207,41 +208,146 @@ fn hostile_queries_are_answered_with_errors_and_never_reach_the_upstream() {
 }
 
 /// A held connection to an address the agent resolved shows the name beside it, in every
-/// view.
+/// view: here a port the name's domain rule leaves to the CIDR rules.
 #[test]
 fn a_hold_shows_the_name_the_agent_resolved() {
     let peer = Peer::new();
     let (_upstream, daemon) = start(&peer);
     let actor = tests::actor_path();
-    let child = daemon.run_agent(actor.to_str().expect("utf-8"), &["resolve-tcp", "other.test", "7203", "x"]);
+    let args = ["resolve-tcp", "api.allowed.test", "7203", "x"];
+    let child = daemon.run_agent(actor.to_str().expect("utf-8"), &args);
     let hold = daemon.pending_one();
     let at = peer.v4.to_string();
-    assert_eq!((hold["domain"].as_str(), hold["address"].as_str()), (Some("other.test"), Some(at.as_str())));
+    assert_eq!(
+        (hold["domain"].as_str(), hold["address"].as_str()),
+        (Some("api.allowed.test"), Some(at.as_str()))
+    );
     let listed = daemon.cli(&["pending"]);
     let listed = String::from_utf8_lossy(&listed.stdout);
-    assert!(listed.contains(&format!("tcp other.test ({at}):7203")), "{listed}");
+    assert!(listed.contains(&format!("tcp api.allowed.test ({at}):7203")), "{listed}");
     let recorded = daemon.audit().into_iter().find(|r| r["type"] == "hold").expect("hold record");
-    assert_eq!(recorded["hold"]["domain"], "other.test", "{recorded}");
+    assert_eq!(recorded["hold"]["domain"], "api.allowed.test", "{recorded}");
     assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
     let _ = finish(child);
 }
 
-/// A name the policy holds is not asked upstream where the policy does not let the agent
-/// ask the server it asked: refused, until lookups can be held themselves.
+/// A name the policy holds is held at its lookup, before the query leaves the host: listed
+/// with the name and the server the agent asked, the agent stopped whole, the upstream
+/// asked nothing, for longer than the agent's resolver library waits (glibc: two tries of
+/// 5 s). Approved once, the very lookup is answered and the agent connects to the answer
+/// with no second hold.
 #[test]
-fn a_held_name_is_refused_where_its_server_is_not_allowed() {
+fn a_held_lookup_waits_stopped_and_unasked_until_approved() {
+    let peer = Peer::new();
+    let (upstream, daemon) = start(&peer);
+    let cgroup = tagged(&daemon);
+    let received = peer.tcp(peer.v4.into(), 7203);
+    let child = as_agent(&cgroup, &["resolve-tcp", "other.test", "7203", "after the hold"]);
+    let hold = daemon.pending_one();
+    assert_eq!(
+        (hold["kind"].as_str(), hold["protocol"].as_str(), hold["domain"].as_str(), hold["port"].as_u64()),
+        (Some("egress"), Some("dns"), Some("other.test"), Some(53)),
+        "{hold}"
+    );
+    assert_eq!(hold["policy_rule"], "egress_default", "{hold}");
+    let listed = daemon.cli(&["pending"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("dns other.test ("), "{listed:?}");
+    let pid = u32::try_from(hold["pid"].as_u64().expect("pid")).expect("a pid");
+    assert_eq!(pid, child.id());
+    wait_all_stopped(pid);
+    sleep(Duration::from_secs(11));
+    assert!(upstream.asked("other.test").is_empty(), "asked before approval: {}", upstream.log());
+    let waited = (status_dns(&daemon, "held"), status_dns(&daemon, "answered"));
+    assert!(waited.0 >= 1 && waited.1 == 0, "{}", daemon.status()["dns"]);
+
+    let from = daemon.audit().len();
+    assert!(daemon.cli(&["approve", hold["id"].as_str().expect("id")]).status.success());
+    let (code, out) = daemon.finish(child);
+    assert_eq!(code, 0, "{out}");
+    received.wait_for("after the hold");
+    assert!(upstream.asked("other.test").iter().any(|asked| asked == "A"), "{}", upstream.log());
+    let trail = daemon.audit();
+    let holds: Vec<_> = trail.iter().filter(|r| r["type"] == "hold").collect();
+    assert_eq!(holds.len(), 1, "no second hold for the connection: {holds:?}");
+    let released: Vec<_> = trail[from..].iter().filter(|r| r["type"] == "release").collect();
+    assert_eq!(released.len(), 1, "{released:?}");
+}
+
+/// A held lookup denied is never asked upstream: the agent is killed (the policy's
+/// `on_deny`), or its lookup refused (`on_deny = "fail"`). The lookup is held whatever
+/// server the agent asked, here one the CIDR rules hold; an allowed name still resolves.
+#[test]
+fn a_denied_lookup_never_leaves_the_host() {
     let peer = Peer::new();
     let without_dns = POLICY.split_once("\n\n").expect("the DNS rule comes first").1;
     let (upstream, daemon) = start_with(&peer, without_dns, &[]);
-    let (code, out) = agent(&daemon, &["resolve", "other.test"]);
-    assert_eq!(code, 1, "{out}");
-    let (code, out) = agent(&daemon, &["resolve", "api.allowed.test"]);
-    assert_eq!(code, 0, "a name the policy allows still resolves: {out}");
+    let cgroup = tagged(&daemon);
+    let child = as_agent(&cgroup, &["resolve", "other.test"]);
+    let hold = daemon.pending_one();
+    assert_eq!(hold["domain"], "other.test", "{hold}");
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    let (code, out) = daemon.finish(child);
+    assert_eq!(code, 128 + libc::SIGKILL, "killed: {out}");
+
+    let from = daemon.audit().len();
+    daemon.write_policy("test", &format!("on_deny = \"fail\"\n{without_dns}"));
+    daemon.wait_record(from, |record| record["type"] == "policy_reload");
+    // Its resolver library asks again at once, elsewhere and with search domains: refused
+    // for a while with no second hold, while another name is held anew.
+    let (code, out) = daemon.finish(as_agent(&cgroup, &["resolve", "other.test"]));
+    assert!(code == 1 && out.contains("lookup failed"), "{out}");
+    let child = as_agent(&cgroup, &["resolve", "again.other.test"]);
+    let hold = daemon.pending_one();
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    let (code, out) = daemon.finish(child);
+    assert!(code == 1 && out.contains("lookup failed"), "refused, and the agent goes on: {out}");
+    succeeds(&daemon, &cgroup, &["resolve", "api.allowed.test"]);
+    let holds = daemon.audit().into_iter().filter(|record| record["type"] == "hold").count();
+    assert_eq!(holds, 2, "one hold per name, none per retry");
     assert!(
-        upstream.asked("other.test").is_empty() && !upstream.asked("api.allowed.test").is_empty(),
+        upstream.asked("other.test").is_empty()
+            && upstream.asked("again.other.test").is_empty()
+            && !upstream.asked("api.allowed.test").is_empty(),
         "{}",
         upstream.log()
     );
+}
+
+/// `--always` on a held lookup approves the name: the agent's next lookups are answered
+/// with no hold, also after its names were forgotten (a new tag), and its connections to
+/// every address of the name are let through by the kernel, with no second decision.
+#[test]
+fn always_on_a_held_lookup_approves_the_name() {
+    let peer = Peer::new();
+    let second = peer.add_v4(3);
+    let (upstream, daemon) = start_with(&peer, POLICY, &[("twice.test", &[peer.v4, second], 300)]);
+    let cgroup = tagged(&daemon);
+    let first = peer.tcp(peer.v4.into(), 7207);
+    let other = peer.tcp(second.into(), 7207);
+    let child = as_agent(&cgroup, &["resolve", "twice.test"]);
+    let hold = daemon.pending_one();
+    assert_eq!(
+        (hold["protocol"].as_str(), hold["domain"].as_str()),
+        (Some("dns"), Some("twice.test")),
+        "{hold}"
+    );
+    let approved = daemon.cli(&["approve", hold["id"].as_str().expect("id"), "--always"]);
+    assert!(approved.status.success(), "approve: {}", tests::daemon::stderr(&approved));
+    let (code, out) = daemon.finish(child);
+    assert_eq!(code, 0, "{out}");
+
+    let from = daemon.audit().len();
+    succeeds(&daemon, &cgroup, &["resolve-tcp", "twice.test", "7207", "by name"]);
+    succeeds(&daemon, &cgroup, &["tcp", &peer.v4.to_string(), "7207", "first address"]);
+    first.wait_for("first address");
+    daemon.tag(&cgroup, "named-agent");
+    succeeds(&daemon, &cgroup, &["resolve", "twice.test"]);
+    succeeds(&daemon, &cgroup, &["tcp", &second.to_string(), "7207", "other address"]);
+    other.wait_for("other address");
+    let decided: Vec<_> = daemon.audit().into_iter().skip(from).filter(|r| r["type"] == "release").collect();
+    assert!(decided.is_empty(), "no decision after the approval: {decided:?}");
+    let lookups = upstream.asked("twice.test").iter().filter(|asked| *asked == "A").count();
+    assert!(lookups >= 3, "looked up three times: {}", upstream.log());
 }
 
 /// An agent that resolved a name reaches its address again with no lookup while the answer
@@ -309,7 +415,10 @@ fn a_retagged_or_untagged_agent_s_names_are_forgotten() {
 fn always_on_a_hold_shown_with_a_name_approves_the_name_on_its_port() {
     let peer = Peer::new();
     let second = peer.add_v4(3);
-    let (_upstream, daemon) = start_with(&peer, POLICY, &[("twice.test", &[peer.v4, second], 300)]);
+    // Looked up freely (its first domain rule allows another port); its port 7205 is held.
+    let named = "[[egress]]\ndomain = \"twice.test\"\nports = [7299]\naction = \"allow\"\n\n[egress_default]";
+    let policy = POLICY.replace("[egress_default]", named);
+    let (_upstream, daemon) = start_with(&peer, &policy, &[("twice.test", &[peer.v4, second], 300)]);
     let cgroup = tagged(&daemon);
     let listeners = [(peer.v4, peer.tcp(peer.v4.into(), 7205)), (second, peer.tcp(second.into(), 7205))];
     let received_at = |addr: Ipv4Addr| &listeners.iter().find(|(at, _)| *at == addr).expect("a listener").1;
@@ -360,9 +469,9 @@ fn always_on_a_hold_shown_with_a_name_approves_the_name_on_its_port() {
     // A reload whose domain rules deny the approved port wins over the approval, even where
     // the first rule naming the name allows another port.
     let from = daemon.audit().len();
-    let denying = "[[egress]]\ndomain = \"twice.test\"\nports = [7299]\naction = \"allow\"\n\n\
-                   [[egress]]\ndomain = \"twice.test\"\nports = [7205]\naction = \"deny\"\n\n[egress_default]";
-    daemon.write_policy("test", &POLICY.replace("[egress_default]", denying));
+    let denying =
+        "[[egress]]\ndomain = \"twice.test\"\nports = [7205]\naction = \"deny\"\n\n[egress_default]";
+    daemon.write_policy("test", &policy.replace("[egress_default]", denying));
     daemon.wait_record(from, |record| record["type"] == "policy_reload");
     let (code, out) =
         daemon.finish(as_agent(&cgroup, &["tcp", &other.to_string(), "7205", "after the deny rule"]));

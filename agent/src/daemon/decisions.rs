@@ -12,13 +12,14 @@ use super::{
     Daemon,
     api::{Peer, Reply, Scope},
     grants::{Grant, unix_now},
+    lookups::HeldLookup,
 };
 use crate::{
     audit::{AuditEvent, DecidedBy},
     console_link,
     hold::{
         context::{self, HoldView},
-        process::OnDeny,
+        process::{HeldError, OnDeny},
     },
 };
 
@@ -33,8 +34,16 @@ pub(super) const SUPERSEDED: Closed = (
     "closed before a decision: the process exited or left the held syscall",
 );
 
+/// What a pending hold holds.
+pub(super) enum Held {
+    /// A syscall the kernel holds, by its thread.
+    Kernel(HoldKey),
+    /// A lookup keyturn's resolver holds.
+    Lookup(HeldLookup),
+}
+
 pub(super) struct Pending {
-    pub(super) key: HoldKey,
+    pub(super) held: Held,
     /// The kernel's nonce for this hold: a console decision must name it.
     pub(super) nonce: u64,
     pub(super) view: HoldView,
@@ -140,7 +149,7 @@ impl Daemon {
             self.check_approver(*peer)?;
         }
         if let Some(pending) = self.pending.get(id)
-            && let Some(closed) = self.gone(id, pending.key)
+            && let Some(closed) = self.gone(id, &pending.held)
         {
             self.close_gone(id, closed);
         }
@@ -156,10 +165,14 @@ impl Daemon {
         Ok(self.pending.remove(id).expect("present"))
     }
 
-    /// Why pending hold `id` at `key` can no longer be decided, if it cannot: its process
-    /// exited, or its pid carries a newer hold (the process exited and the pid was reused,
-    /// or it left the held syscall). A decision must never reach that newer hold.
-    pub(super) fn gone(&self, id: &str, key: HoldKey) -> Option<Closed> {
+    /// Why pending hold `id`, which holds `held`, can no longer be decided, if it cannot:
+    /// its process exited, or its pid carries a newer hold (the process exited and the pid
+    /// was reused, or it left the held syscall). A decision must never reach that newer hold.
+    pub(super) fn gone(&self, id: &str, held: &Held) -> Option<Closed> {
+        let key = match held {
+            Held::Kernel(key) => *key,
+            Held::Lookup(lookup) => return lookup.gone().then_some(EXITED),
+        };
         match self.holds.get(key) {
             Some(held) if context::hold_id(held.event()) == id => held.exited().then_some(EXITED),
             _ => Some(SUPERSEDED),
@@ -172,9 +185,11 @@ impl Daemon {
         self.record(AuditEvent::HoldClosed { id: id.to_owned(), why: why.to_owned() });
         self.report_closed(id, pending.nonce, CloseReason::ProcessExited);
         self.decision(id, how);
-        // Only this hold's own record: a newer hold of the same pid is left alone.
-        if self.holds.get(pending.key).is_some_and(|held| context::hold_id(held.event()) == id)
-            && let Err(e) = self.holds.close(&mut self.enforcer, pending.key)
+        // Only this hold's own record: a newer hold of the same pid is left alone. A lookup's
+        // resolver learns it is refused as its decision is dropped.
+        if let Held::Kernel(key) = pending.held
+            && self.holds.get(key).is_some_and(|held| context::hold_id(held.event()) == id)
+            && let Err(e) = self.holds.close(&mut self.enforcer, key)
         {
             tracing::error!(error = %e, "closing the hold of an exited process");
         }
@@ -200,20 +215,20 @@ impl Daemon {
     pub(super) fn approve(&mut self, id: &str, scope: Scope, reason: Option<&str>, peer: Peer) -> Reply {
         let decider = Decider::Local(peer);
         let pending = self.take_pending(id, &decider, true)?;
-        self.release(id, &pending, scope, reason, &decider)
+        self.release(id, pending, scope, reason, &decider)
     }
 
     pub(super) fn deny(&mut self, id: &str, reason: Option<&str>, peer: Peer) -> Reply {
         let decider = Decider::Local(peer);
         let pending = self.take_pending(id, &decider, false)?;
-        self.refuse(id, &pending, reason, &decider)
+        self.refuse(id, pending, reason, &decider)
     }
 
     /// Applies `decider`'s approval of hold `id`, taken from the pending holds.
     pub(super) fn release(
         &mut self,
         id: &str,
-        pending: &Pending,
+        pending: Pending,
         scope: Scope,
         reason: Option<&str>,
         decider: &Decider,
@@ -240,7 +255,11 @@ impl Daemon {
             self.grants.push(Grant { root, action, until, name, quorum });
             self.save_grants();
         }
-        let released = self.holds.approve(&mut self.enforcer, pending.key).map_err(|e| e.to_string());
+        let released = match pending.held {
+            Held::Kernel(key) => self.holds.approve(&mut self.enforcer, key).map(drop),
+            Held::Lookup(lookup) => lookup.approve(&mut self.enforcer, pending.view.quorum),
+        };
+        let released = released.map_err(|e| e.to_string());
         self.report_closed(id, pending.nonce, decider.closed(true));
         released?;
         self.stats.approvals += 1;
@@ -252,7 +271,7 @@ impl Daemon {
     pub(super) fn refuse(
         &mut self,
         id: &str,
-        pending: &Pending,
+        pending: Pending,
         reason: Option<&str>,
         decider: &Decider,
     ) -> Reply {
@@ -265,14 +284,22 @@ impl Daemon {
             on_deny: Some(pending.on_deny),
         });
         self.decision(id, "already decided: denied");
-        let denied =
-            self.holds.deny(&mut self.enforcer, pending.key, pending.on_deny).map_err(|e| e.to_string());
+        let denied = self.deny_held(pending.held, pending.on_deny).map_err(|e| e.to_string());
         self.report_closed(id, pending.nonce, decider.closed(false));
         denied?;
         self.stats.denials += 1;
         let outcome = denial_outcome(pending.on_deny);
         self.record(AuditEvent::Denied { id: id.to_owned(), outcome: outcome.clone() });
         Ok(json!({"id": id, "outcome": outcome}))
+    }
+
+    /// Refuses what `held` holds: kills its process, or fails its syscall (`EPERM`) or
+    /// lookup (`REFUSED`), as `on_deny` says.
+    pub(super) fn deny_held(&mut self, held: Held, on_deny: OnDeny) -> Result<(), HeldError> {
+        match held {
+            Held::Kernel(key) => self.holds.deny(&mut self.enforcer, key, on_deny).map(drop),
+            Held::Lookup(lookup) => lookup.deny(&mut self.enforcer, on_deny),
+        }
     }
 
     /// What the console link reports.
@@ -336,9 +363,9 @@ impl Daemon {
         };
         let reason = Some(decision.reason.as_str()).filter(|r| !r.is_empty());
         let applied = if approve {
-            self.release(id, &pending, console_link::scope(decision), reason, &decider)
+            self.release(id, pending, console_link::scope(decision), reason, &decider)
         } else {
-            self.refuse(id, &pending, reason, &decider)
+            self.refuse(id, pending, reason, &decider)
         };
         if let Err(error) = applied {
             tracing::error!(id, error = %error, "applying a decision from the console");
@@ -361,7 +388,7 @@ mod tests {
         let view =
             HoldView { uid: HELD_UID, quorum, requester: "Alice@example.com".into(), ..HoldView::default() };
         Pending {
-            key: HoldKey { tgid: 1, tid: 1 },
+            held: Held::Kernel(HoldKey { tgid: 1, tid: 1 }),
             nonce: 7,
             view,
             root: 1,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Daemon;
 use crate::{
-    dns::{NameGrant, name::Name},
+    dns::{NameGrant, Reach, name::Name},
     state::{read_json, write_json},
 };
 
@@ -21,8 +21,9 @@ pub(super) struct Grant {
     pub(super) action: Action,
     /// Unix seconds when it ends; `None`: when the agent's cgroup goes.
     pub(super) until: Option<u64>,
-    /// The name the approver saw for an egress action's address: the grant then covers
-    /// every address the agent resolves the name to, on the action's port and protocol.
+    /// The name the approver saw: for an egress action's address, the grant then covers
+    /// every address the agent resolves the name to, on the action's port and protocol; for
+    /// a lookup, the name's lookups and its addresses on every port the policy would hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) name: Option<Name>,
     /// How many people approved the hold: the grant covers only actions the policy holds
@@ -37,7 +38,8 @@ fn one() -> u32 {
 
 impl Grant {
     /// Whether it covers `action` of the agent under `root`, whose destination the agent
-    /// resolved from `name`, which the policy holds for `quorum` people, at Unix time `now`.
+    /// resolved from `name` (or the lookup of `name`), which the policy holds for `quorum`
+    /// people, at Unix time `now`. Any approval of a name approves looking it up.
     pub(super) fn covers(
         &self,
         root: u64,
@@ -49,8 +51,13 @@ impl Grant {
         let same_service = || {
             self.name.is_some()
                 && self.name.as_ref() == name
-                && (action.kind, action.protocol, action.port)
-                    == (self.action.kind, self.action.protocol, self.action.port)
+                && match (self.action.kind, action.kind) {
+                    (kind::LOOKUP, kind::EGRESS | kind::LOOKUP) | (kind::EGRESS, kind::LOOKUP) => true,
+                    _ => {
+                        (action.kind, action.protocol, action.port)
+                            == (self.action.kind, self.action.protocol, self.action.port)
+                    }
+                }
         };
         self.root == root
             && self.until.is_none_or(|until| until > now)
@@ -60,12 +67,17 @@ impl Grant {
 
     /// What the resolver lets through for it, if it approves a name.
     fn name_grant(&self) -> Option<NameGrant> {
-        let name = self.name.clone().filter(|_| self.action.kind == kind::EGRESS)?;
+        let reach = match self.action.kind {
+            kind::LOOKUP => Reach::Name,
+            kind::EGRESS => {
+                Reach::Port { protocol: self.action.protocol, port: u16::try_from(self.action.port).ok()? }
+            }
+            _ => return None,
+        };
         Some(NameGrant {
             root: self.root,
-            name,
-            protocol: self.action.protocol,
-            port: u16::try_from(self.action.port).ok()?,
+            name: self.name.clone()?,
+            reach,
             // An end past what the clock can hold is no end.
             until: self
                 .until
@@ -170,14 +182,41 @@ mod tests {
         );
         assert!(!grant.covers(6, &elsewhere, Some(&name), 1, 0), "another agent");
         let shared = grant.name_grant().unwrap();
+        let reach = Reach::Port { protocol: protocol::TCP, port: 443 };
         assert_eq!(
-            (shared.root, shared.name, shared.port, shared.until, shared.quorum),
-            (5, name, 443, None, 1)
+            (shared.root, shared.name, shared.reach, shared.until, shared.quorum),
+            (5, name, reach, None, 1)
         );
         let endless = Grant { until: Some(u64::MAX), ..grant };
         assert_eq!(endless.name_grant().unwrap().until, None, "an end past the clock's is none");
         let exec = Grant { action: Action { kind: kind::EXEC, ..action }, ..endless };
         assert!(exec.name_grant().is_none(), "only egress approves a name");
+    }
+
+    #[test]
+    fn a_grant_of_a_lookup_covers_the_name_s_lookups_and_its_addresses_on_every_port() {
+        let name = Name::parse("api.example.com").unwrap();
+        let lookup = Action { kind: kind::LOOKUP, ..Action::default() };
+        let grant = Grant { root: 5, action: lookup, until: None, name: Some(name.clone()), quorum: 1 };
+        let connect = Action {
+            kind: kind::EGRESS,
+            protocol: protocol::UDP,
+            port: 8443,
+            addr: [1; 16],
+            ..Action::default()
+        };
+        assert!(grant.covers(5, &lookup, Some(&name), 1, 0));
+        assert!(grant.covers(5, &connect, Some(&name), 1, 0));
+        assert!(!grant.covers(5, &connect, None, 1, 0), "an address not resolved from the name");
+        assert!(!grant.covers(5, &connect, Some(&name), 2, 0), "where the policy asks two people");
+        let exec = Action { kind: kind::EXEC, ..Action::default() };
+        assert!(!grant.covers(5, &exec, Some(&name), 1, 0));
+        assert_eq!(grant.name_grant().unwrap().reach, Reach::Name);
+        let on_443 = Grant {
+            action: Action { kind: kind::EGRESS, protocol: protocol::TCP, port: 443, ..connect },
+            ..grant
+        };
+        assert!(on_443.covers(5, &lookup, Some(&name), 1, 0), "a port's approval lets the name be looked up");
     }
 
     #[test]

@@ -11,7 +11,12 @@ use std::{
 use agent_common::{Action, HoldEvent, HoldKey, hold_state, kind};
 use proto::v1::CloseReason;
 
-use super::{Daemon, agents::Agent, decisions::Pending, grants::unix_now};
+use super::{
+    Daemon,
+    agents::Agent,
+    decisions::{Held, Pending},
+    grants::unix_now,
+};
 
 /// How long the judges may go without progress on an exec hold (waiting for a judge, or
 /// reading its file) before it goes to a person as it is. A large file read slowly (a
@@ -37,7 +42,7 @@ use crate::{
     audit::AuditEvent,
     dns::name::Name,
     hold::{
-        context::{self, FromMemory},
+        context::{self, FromMemory, HoldView},
         identity::Executable,
         judge::Judged,
         process::{HeldProcess, OnDeny, event_from_record},
@@ -297,16 +302,12 @@ impl Daemon {
             self.stats.exits += 1;
             return;
         }
-        let Some((agent, policy)) = self.agent_and_policy(root) else {
+        if self.agent_and_policy(root).is_none() {
             self.refuse_agentless(key, event);
             return;
-        };
-        let (agent_name, requester, policy_name) =
-            (agent.name.clone(), agent.requester.clone(), policy.name.clone());
-        let (timeout, on_timeout, on_deny) = (policy.timeout, policy.on_timeout, policy.on_deny);
+        }
         let id = context::hold_id(event);
         let verdict = judgement.verdict;
-        let now = Instant::now();
         let name = (event.hold.action.kind == kind::EGRESS)
             .then(|| self.resolved_name(root, &event.hold.action))
             .flatten();
@@ -323,40 +324,81 @@ impl Daemon {
             return;
         }
         if verdict == Verdict::Deny {
+            let on_deny = self.agent_and_policy(root).map_or(OnDeny::Kill, |(_, policy)| policy.on_deny);
             records.push(AuditEvent::Deny { id, by: "keyturn".into(), why: "the policy denies it".into() });
             self.record_all(records);
             let _ = self.holds.deny(&mut self.enforcer, key, on_deny);
             return;
         }
-        let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
-        let mut view = context::describe(event, &agent_name, &cgroup, &policy_name, executable, memory);
+        let mut view = self.view_of(event, executable, memory);
         view.domain = name.map(|name| name.to_string());
-        (view.policy_rule, view.quorum, view.requester) =
-            (judgement.rule.clone(), judgement.quorum, requester);
+        (view.policy_rule, view.quorum) = (judgement.rule.clone(), judgement.quorum);
+        self.list_pending(Held::Kernel(key), view, event, records, restored);
+    }
+
+    /// What an approver sees of the hold `event` reports (with the verified `executable` of
+    /// an exec, and what the judges read of its memory).
+    pub(super) fn view_of(
+        &self,
+        event: &HoldEvent,
+        executable: Option<&Executable>,
+        memory: FromMemory,
+    ) -> HoldView {
+        let (agent, policy) = self
+            .agent_and_policy(event.hold.root)
+            .map(|(agent, policy)| (agent.name.as_str(), policy.name.as_str()))
+            .unwrap_or_default();
+        let cgroup = self.hierarchy.relative(&self.hierarchy.of_process(event.tgid).unwrap_or_default());
+        let mut view = context::describe(event, agent, &cgroup, policy, executable, memory);
+        view.requester =
+            self.agents.get(&event.hold.root).map(|agent| agent.requester.clone()).unwrap_or_default();
+        view
+    }
+
+    /// Lists `held`, seen as `view`, as pending a person's decision: audited after
+    /// `records` (one flush to disk), announced to the console, and timed out by its
+    /// policy, counted from when `event` was held. Callers have checked its agent is known.
+    pub(super) fn list_pending(
+        &mut self,
+        held: Held,
+        view: HoldView,
+        event: &HoldEvent,
+        mut records: Vec<AuditEvent>,
+        restored: bool,
+    ) {
+        let root = event.hold.root;
+        let Some((timeout, on_timeout, on_deny)) = self
+            .agent_and_policy(root)
+            .map(|(_, policy)| (policy.timeout, policy.on_timeout, policy.on_deny))
+        else {
+            return;
+        };
         records.push(AuditEvent::Hold { restored, hold: Box::new(view.clone()) });
         self.record_all(records);
-        self.holds.park(key);
+        if let Held::Kernel(key) = held {
+            self.holds.park(key);
+        }
+        let now = Instant::now();
         let waited =
             Duration::from_nanos(crate::kernel::monotonic_ns().saturating_sub(event.hold.held_at_ns));
-        tracing::warn!(id = %id, kind = ?view.kind, agent = %agent_name, pid = event.tgid, rule = %view.policy_rule,
+        let id = view.id.clone();
+        tracing::warn!(id = %id, kind = ?view.kind, agent = %view.agent, pid = event.tgid, rule = %view.policy_rule,
             "action held, waiting for a decision: keyturn approve {id} | keyturn deny {id}");
         let deadline = now + timeout.saturating_sub(waited);
         if let Some(link) = &self.link {
             let requested_at = context::wall_time(event.hold.held_at_ns);
             link.raise(&view, event.hold.nonce, requested_at, SystemTime::now() + (deadline - now));
         }
-        self.pending.insert(
-            id,
-            Pending {
-                key,
-                nonce: event.hold.nonce,
-                view,
-                root,
-                action: event.hold.action,
-                deadline,
-                on_timeout,
-                on_deny,
-            },
-        );
+        let pending = Pending {
+            held,
+            nonce: event.hold.nonce,
+            view,
+            root,
+            action: event.hold.action,
+            deadline,
+            on_timeout,
+            on_deny,
+        };
+        self.pending.insert(id, pending);
     }
 }

@@ -6,6 +6,7 @@ pub mod api;
 mod decisions;
 mod grants;
 mod intake;
+mod lookups;
 mod sign_in;
 mod status;
 mod sweep;
@@ -39,7 +40,7 @@ use crate::{
     cgroup::{self, Hierarchy},
     config::Config,
     console_link::{self, Link, embedded},
-    dns::{NameBook, PolicyTable, Resolver},
+    dns::{LookupHold, NameBook, PolicyTable, Resolver},
     hold::{context::HoldView, judge::Judge, orphans::Orphan, table::Holds},
     kernel::{Enforcer, Options, names::NameMaps},
     policy::{self, Policy, watch::PolicyWatch},
@@ -133,7 +134,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (judge, mut judged) = Judge::new();
     let (mut daemon, listener) = Daemon::start(config, link, judge)?;
     daemon.policies_watched = watch.is_some();
-    daemon.start_resolver().await;
+    let (raise, mut held_lookups) = mpsc::channel::<LookupHold>(64);
+    daemon.start_resolver(raise).await;
     let (commands, mut inbox) = mpsc::channel::<Command>(64);
     tokio::spawn(serve_api(listener, commands.clone(), sign_in_links.clone()));
     if !daemon.config.metrics.is_empty() {
@@ -167,6 +169,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 guard.clear_ready();
             }
             Some(judged) = judged.recv() => daemon.judged(judged),
+            Some(lookup) = held_lookups.recv() => daemon.hold_lookup(lookup),
             Some(command) = inbox.recv() => {
                 let reply = match command.ask {
                     Ask::Api(request, peer) => daemon.handle(request, peer),
@@ -351,12 +354,14 @@ impl Daemon {
 
     /// Starts keyturn's resolver and points the DNS hooks at it. If it cannot start, the
     /// daemon runs on, and tagged cgroups' DNS is refused (`status` says why).
-    async fn start_resolver(&mut self) {
+    async fn start_resolver(&mut self, raise: mpsc::Sender<LookupHold>) {
         let dns = &self.config.dns;
         let started = match NameMaps::open(&self.config.pin_dir) {
-            Ok(maps) => Resolver::start(dns.listen, &dns.upstream, maps, self.policy_table.subscribe())
-                .await
-                .map_err(|e| format!("listening on {}: {e}", dns.listen)),
+            Ok(maps) => {
+                Resolver::start(dns.listen, &dns.upstream, maps, self.policy_table.subscribe(), raise)
+                    .await
+                    .map_err(|e| format!("listening on {}: {e}", dns.listen))
+            }
             Err(e) => Err(e.to_string()),
         };
         let pointed = started.and_then(|resolver| {
@@ -450,7 +455,7 @@ impl Daemon {
         self.judgements_overdue();
         // Before timeouts: a timeout must not reach a newer hold of a reused pid.
         let gone: Vec<(String, Closed)> =
-            self.pending.iter().filter_map(|(id, p)| Some((id.clone(), self.gone(id, p.key)?))).collect();
+            self.pending.iter().filter_map(|(id, p)| Some((id.clone(), self.gone(id, &p.held)?))).collect();
         for (id, closed) in gone {
             self.close_gone(&id, closed);
         }
@@ -462,7 +467,7 @@ impl Daemon {
             self.record(AuditEvent::Timeout { id: id.clone(), on_timeout: pending.on_timeout });
             self.report_closed(&id, pending.nonce, CloseReason::Timeout);
             self.decision(&id, "already decided: timed out");
-            let _ = self.holds.deny(&mut self.enforcer, pending.key, pending.on_timeout);
+            let _ = self.deny_held(pending.held, pending.on_timeout);
             self.stats.timeouts += 1;
         }
         self.sweep_orphans();

@@ -4,7 +4,10 @@ use proto::v1::CloseReason;
 
 use std::time::{Duration, Instant};
 
-use super::{Daemon, decisions::denial_outcome};
+use super::{
+    Daemon,
+    decisions::{Held, Pending, denial_outcome},
+};
 
 /// How long something must stay an orphan, sweep after sweep, before it is settled.
 const SUSPECT_GRACE: Duration = Duration::from_secs(2);
@@ -26,6 +29,14 @@ impl Daemon {
             records: self.enforcer.holds().unwrap_or_default(),
             stops: self.enforcer.stops().unwrap_or_default(),
             kept: self.holds.kept(),
+            lookups: self
+                .pending
+                .values()
+                .filter_map(|pending| match &pending.held {
+                    Held::Lookup(lookup) => lookup.stopped_pid(),
+                    Held::Kernel(_) => None,
+                })
+                .collect(),
             ..orphans::Snapshot::default()
         };
         snapshot.observe(self.agents.values().filter_map(|agent| self.hierarchy.dir(&agent.path).ok()));
@@ -83,7 +94,8 @@ impl Daemon {
             Orphan::Lost { key } => {
                 // Its record is gone: an approval could never release it, and a denial
                 // could never fail its syscall. Only a kill ends the stop.
-                if let Some(id) = self.pending.iter().find(|(_, p)| p.key == *key).map(|(id, _)| id.clone())
+                let holds_key = |pending: &Pending| matches!(pending.held, Held::Kernel(k) if k == *key);
+                if let Some(id) = self.pending.iter().find(|(_, p)| holds_key(p)).map(|(id, _)| id.clone())
                     && let Some(pending) = self.pending.remove(&id)
                 {
                     self.report_closed(&id, pending.nonce, CloseReason::Abandoned);

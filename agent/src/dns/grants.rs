@@ -1,5 +1,6 @@
-//! Names approved beyond one connection (`--for`, `--always` on a hold shown with a name):
-//! the service, not one of its addresses, is let through by the kernel.
+//! Names approved beyond one action: a held lookup approved (for its answer's TTL, or
+//! `--for`, `--always`), or `--for`/`--always` on a connection held with a name. The
+//! service, not one of its addresses, is let through by the kernel.
 
 use std::{
     collections::BTreeMap,
@@ -10,31 +11,54 @@ use agent_common::{EgressRule, PortRule, capacity, protocol, verdict};
 
 use super::name::Name;
 
-/// An approval of `name` for the agent under `root`: every address the agent resolves the
-/// name to is let through on `port` over `protocol` (TCP or UDP), until `until` (`None`:
-/// while the agent is tagged), where the policy would hold the connection for a quorum of
-/// at most `quorum` (the approved hold's).
+/// An approval of `name` for the agent under `root`: the agent may look the name up, and
+/// every address it resolves the name to is let through where `reach` says, until `until`
+/// (`None`: while the agent is tagged), where the policy would hold the connection for a
+/// quorum of at most `quorum` (the approved hold's).
 #[derive(Clone, Debug)]
 pub struct NameGrant {
     pub root: u64,
     pub name: Name,
-    pub protocol: u32,
-    pub port: u16,
+    pub reach: Reach,
     pub until: Option<SystemTime>,
     pub quorum: u32,
 }
 
-/// Whether `grants` approve `name` for the agent under `root` at `now`, on any port.
-pub fn approved(grants: &[NameGrant], root: u64, name: &Name, now: SystemTime) -> bool {
-    grants.iter().any(|grant| grant.covers(root, name, now))
+/// Where an approved name's addresses are let through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Every port the policy would hold: the lookup itself was approved.
+    Name,
+    /// One port over TCP or UDP: a connection held with the name was approved.
+    Port { protocol: u32, port: u16 },
+}
+
+/// Whether `grants` let the agent under `root` look `name` up at `now`, where the policy
+/// holds the lookup for `quorum` people: any approval of the name by as many does.
+pub fn approved(grants: &[NameGrant], root: u64, name: &Name, quorum: u32, now: SystemTime) -> bool {
+    grants.iter().any(|grant| grant.covers(root, name, now) && quorum <= grant.quorum)
+}
+
+/// The approval of `name`'s lookup by the most people among `grants`, if any is in force.
+pub fn lookup_approval<'a>(grants: &'a [NameGrant], root: u64, name: &Name, now: SystemTime) -> Option<&'a NameGrant> {
+    grants
+        .iter()
+        .filter(|grant| grant.reach == Reach::Name && grant.covers(root, name, now))
+        .max_by_key(|grant| grant.quorum)
 }
 
 impl NameGrant {
     fn covers(&self, root: u64, name: &Name, now: SystemTime) -> bool {
-        self.root == root
-            && self.name == *name
-            && self.until.is_none_or(|until| until > now)
-            && [protocol::TCP, protocol::UDP].contains(&self.protocol)
+        let reach = match self.reach {
+            Reach::Name => true,
+            Reach::Port { protocol, .. } => [protocol::TCP, protocol::UDP].contains(&protocol),
+        };
+        self.root == root && self.name == *name && self.until.is_none_or(|until| until > now) && reach
+    }
+
+    /// How long it lasts from `now` (`Duration::MAX`: while the agent is tagged).
+    pub fn lasts(&self, now: SystemTime) -> Duration {
+        self.until.map_or(Duration::MAX, |end| end.duration_since(now).unwrap_or_default())
     }
 }
 
@@ -55,7 +79,8 @@ pub fn with_grants(
     // (protocol, port) → when the latest grant of it ends (`None`: never).
     let mut ports: BTreeMap<(u32, u16), Option<SystemTime>> = BTreeMap::new();
     for grant in grants.iter().filter(|grant| grant.covers(root, name, now) && held_for(grant)) {
-        let until = ports.entry((grant.protocol, grant.port)).or_insert(grant.until);
+        let Reach::Port { protocol, port } = grant.reach else { continue };
+        let until = ports.entry((protocol, port)).or_insert(grant.until);
         *until = until.zip(grant.until).map(|(a, b)| a.max(b));
     }
     let given = rule.unwrap_or(EgressRule { fallback: verdict::NONE, ..EgressRule::default() });
@@ -90,7 +115,8 @@ mod tests {
     }
 
     fn grant(port: u16, until: Option<SystemTime>) -> NameGrant {
-        NameGrant { root: 5, name: name("api.example.com"), protocol: protocol::TCP, port, until, quorum: 1 }
+        let reach = Reach::Port { protocol: protocol::TCP, port };
+        NameGrant { root: 5, name: name("api.example.com"), reach, until, quorum: 1 }
     }
 
     /// `with_grants` for agent 5's `api.example.com`, where the policy holds every port.
@@ -123,7 +149,8 @@ mod tests {
         let (rule, lasts) = granted(None, &[grant(443, None)], now).unwrap();
         assert_eq!((rule.count, rule.ports[0].low, rule.fallback), (1, 443, verdict::NONE));
         assert_eq!(lasts, Duration::MAX);
-        assert!(approved(&[grant(443, None)], 5, &name("api.example.com"), now));
+        assert!(approved(&[grant(443, None)], 5, &name("api.example.com"), 1, now));
+        assert!(!approved(&[grant(443, None)], 5, &name("api.example.com"), 2, now), "a lookup two must approve");
     }
 
     #[test]
@@ -136,7 +163,7 @@ mod tests {
         let api = name("api.example.com");
         assert_eq!(granted(None, &grants, now), None);
         assert_eq!(granted(Some(deny_22()), &grants, now), Some((deny_22(), Duration::MAX)));
-        assert!(!approved(&grants, 5, &api, now));
+        assert!(!approved(&grants, 5, &api, 1, now));
     }
 
     #[test]
@@ -144,12 +171,29 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH;
         let api = name("api.example.com");
         let grants = [grant(443, None), grant(8443, None)];
-        let (rule, _) = with_grants(None, &grants, (5, &api), now, |grant| grant.port == 443).unwrap();
+        let on_443 = |grant: &NameGrant| grant.reach == Reach::Port { protocol: protocol::TCP, port: 443 };
+        let (rule, _) = with_grants(None, &grants, (5, &api), now, on_443).unwrap();
         assert_eq!((rule.count, rule.ports[0].low), (1, 443), "not where the policy denies, or asks more people");
         assert_eq!(with_grants(None, &grants, (5, &api), now, |_| false), None);
-        let any = NameGrant { protocol: protocol::ANY, ..grant(443, None) };
+        let any = NameGrant { reach: Reach::Port { protocol: protocol::ANY, port: 443 }, ..grant(443, None) };
         assert_eq!(granted(None, std::slice::from_ref(&any), now), None, "a grant of any protocol would open them all");
-        assert!(!approved(&[any], 5, &api, now));
+        assert!(!approved(&[any], 5, &api, 1, now));
+    }
+
+    #[test]
+    fn a_lookup_approval_is_found_by_its_name_and_takes_no_port_slot() {
+        let now = SystemTime::UNIX_EPOCH;
+        let api = name("api.example.com");
+        let by_one = NameGrant { reach: Reach::Name, ..grant(0, Some(now + Duration::from_secs(30))) };
+        let by_two = NameGrant { quorum: 2, ..by_one.clone() };
+        let grants = [by_one, by_two, grant(443, None)];
+        let found = lookup_approval(&grants, 5, &api, now).unwrap();
+        assert_eq!((found.quorum, found.lasts(now)), (2, Duration::from_secs(30)));
+        assert!(lookup_approval(&grants, 5, &api, now + Duration::from_secs(30)).is_none(), "ended");
+        assert!(lookup_approval(&grants[2..], 5, &api, now).is_none(), "a port's approval is no lookup's");
+        assert!(approved(&grants, 5, &api, 2, now));
+        let (rule, _) = granted(None, &grants, now).unwrap();
+        assert_eq!((rule.count, rule.ports[0].low), (1, 443), "only the port's approval takes a slot");
     }
 
     #[test]

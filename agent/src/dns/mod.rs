@@ -5,18 +5,21 @@
 //!
 //! - [`name`]: names and the domain patterns of policies; [`wire`]: DNS messages, parsed
 //!   strictly (an agent writes its queries); `upstream`: asking the host's resolvers;
-//!   `book`: the names each agent resolved, for the views of its egress holds.
+//!   `book`: the names each agent resolved, for the views of its egress holds; `hold`:
+//!   lookups held for a person; `grants`: names approved beyond one action.
 //!
 //! A query is attributed to its sender by the loopback source address the hooks gave its
 //! socket ([`NameMaps::sender`]); one that cannot be is refused. A denied name is refused
-//! and never asked upstream, and so is a held one unless the policy allows the server the
-//! agent asked (holding the lookup itself is still to come); any other is asked, and the
-//! answer's addresses are recorded for the kernel (when domain rules name it) and for the
-//! views before the agent gets it.
-//! Every failure fails closed: the agent's lookup fails, nothing is sent elsewhere.
+//! and never asked upstream. A held one is held right there, before anything leaves the
+//! host: the daemon lists the hold and stops the sender; approved, the query is asked
+//! upstream and answered, then the sender resumed; refused, it is answered `REFUSED`. An
+//! allowed or approved name is asked, and the answer's addresses are recorded for the
+//! kernel (when domain rules or approvals name it) and for the views before the agent gets
+//! it. Every failure fails closed: the agent's lookup fails, nothing is sent elsewhere.
 
 mod book;
 mod grants;
+mod hold;
 pub mod name;
 mod upstream;
 pub mod wire;
@@ -36,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream, UdpSocket},
-    sync::{Semaphore, watch},
+    sync::{Semaphore, mpsc, watch},
 };
 
 use agent_common::{Action, DnsSender, EgressRule, kind};
@@ -45,7 +48,8 @@ use crate::{
     kernel::names::NameMaps,
     policy::{Policy, Verdict, kernel::kernel_addr},
 };
-pub use grants::NameGrant;
+pub use grants::{NameGrant, Reach};
+pub use hold::{LookupDecision, LookupHold};
 use name::Name;
 use wire::{Rcode, Transport};
 
@@ -66,6 +70,15 @@ const TCP_QUERIES: usize = 100;
 const MIN_TTL: Duration = Duration::from_secs(1);
 /// And at most this long, whatever the answer's TTL.
 const MAX_TTL: Duration = Duration::from_hours(24);
+/// A held lookup approved once approves the name for its answer's TTL, within these
+/// bounds: its retries and the agent's next lookups are answered, and its addresses let
+/// through, with no second hold; a name's owner cannot stretch one approval to a day.
+const ONCE_AT_LEAST: Duration = Duration::from_secs(10);
+const ONCE_AT_MOST: Duration = Duration::from_mins(5);
+/// A held lookup refused (denied, timed out) refuses the agent's lookups of the name this
+/// long: resolver libraries ask again at once (glibc asks every nameserver it knows, then
+/// the name with each search domain) and must not raise a hold per retry.
+const REFUSAL_LASTS: Duration = Duration::from_secs(10);
 
 /// What the resolver did, since the daemon started.
 #[derive(Default)]
@@ -78,6 +91,7 @@ struct Stats {
     failed: AtomicU64,
     dropped: AtomicU64,
     forgotten: AtomicU64,
+    held: AtomicU64,
 }
 
 /// The resolver's counters, for `keyturn status` and the metrics.
@@ -101,6 +115,9 @@ pub struct DnsCounts {
     /// Addresses the kernel no longer lets through by name, after a reload stopped allowing
     /// their name or their agent was untagged.
     pub forgotten: u64,
+    /// Queries that waited on a held lookup's decision.
+    #[serde(default)]
+    pub held: u64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -110,8 +127,15 @@ fn bump(counter: &AtomicU64) {
 struct Shared {
     maps: Mutex<NameMaps>,
     policies: watch::Receiver<PolicyTable>,
-    /// Names approved beyond one connection, as the daemon last gave them.
+    /// Names approved beyond one action, as the daemon last gave them.
     grants: Mutex<Vec<NameGrant>>,
+    /// Held lookups approved once, for their answer's TTL.
+    once: Mutex<Vec<NameGrant>>,
+    /// Held lookups refused, by agent and name, until when their retries are refused.
+    refused: Mutex<HashMap<(u64, Name), SystemTime>>,
+    lookups: hold::HeldLookups,
+    /// Where held lookups go to be decided: the daemon.
+    raise: mpsc::Sender<LookupHold>,
     upstreams: Vec<SocketAddr>,
     book: Arc<NameBook>,
     stats: Stats,
@@ -125,12 +149,14 @@ pub struct Resolver {
 
 impl Resolver {
     /// Listens on `listen` (UDP and TCP, IPv4 loopback only) and answers queries with
-    /// `upstreams` (the nameservers of `/etc/resolv.conf` when empty).
+    /// `upstreams` (the nameservers of `/etc/resolv.conf` when empty); held lookups go to
+    /// `raise`.
     pub async fn start(
         listen: SocketAddrV4,
         upstreams: &[SocketAddr],
         maps: NameMaps,
         policies: watch::Receiver<PolicyTable>,
+        raise: mpsc::Sender<LookupHold>,
     ) -> std::io::Result<Self> {
         if !listen.ip().is_loopback() {
             return Err(std::io::Error::other(format!("[dns] listen {listen}: must be an IPv4 loopback address")));
@@ -149,6 +175,10 @@ impl Resolver {
             maps: Mutex::new(maps),
             policies,
             grants: Mutex::default(),
+            once: Mutex::default(),
+            refused: Mutex::default(),
+            lookups: hold::HeldLookups::default(),
+            raise,
             upstreams,
             book: Arc::new(NameBook::default()),
             stats: Stats::default(),
@@ -174,6 +204,8 @@ impl Resolver {
     /// cgroup's next tag starts with no name allowed.
     pub fn forget(&self, root: u64) {
         self.shared.book.forget(root);
+        self.shared.once.lock().unwrap_or_else(PoisonError::into_inner).retain(|grant| grant.root != root);
+        self.shared.refused.lock().unwrap_or_else(PoisonError::into_inner).retain(|(refused, _), _| *refused != root);
         rejudge(&self.shared);
     }
 
@@ -202,6 +234,7 @@ impl Resolver {
             failed: get(&stats.failed),
             dropped: get(&stats.dropped),
             forgotten: get(&stats.forgotten),
+            held: get(&stats.held),
         }
     }
 }
@@ -236,9 +269,11 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
         };
         let (socket, shared, query) = (socket.clone(), shared.clone(), buffer[..len].to_vec());
         tokio::spawn(async move {
-            if let Some(reply) = answer(&shared, from, &query, Transport::Udp).await {
-                let _ = socket.send_to(&reply, from).await;
+            let answer = answer(&shared, from, &query, Transport::Udp).await;
+            if let Some(reply) = &answer.reply {
+                let _ = socket.send_to(reply, from).await;
             }
+            answered(&shared, answer.waited);
             drop(permit);
         });
     }
@@ -274,11 +309,48 @@ async fn serve_connection(mut stream: TcpStream, from: SocketAddr, shared: &Shar
         let Ok(len) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else { return Ok(()) };
         let mut query = vec![0u8; usize::from(len?)];
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await??;
-        let Some(reply) = answer(shared, from, &query, Transport::Tcp).await else { return Ok(()) };
-        let len = u16::try_from(reply.len()).map_err(std::io::Error::other)?;
-        stream.write_all(&[&len.to_be_bytes()[..], &reply].concat()).await?;
+        let answer = answer(shared, from, &query, Transport::Tcp).await;
+        let sent = match &answer.reply {
+            Some(reply) => write_framed(&mut stream, reply).await,
+            None => Err(std::io::ErrorKind::InvalidData.into()),
+        };
+        answered(shared, answer.waited);
+        sent?;
     }
     Ok(())
+}
+
+async fn write_framed(stream: &mut TcpStream, reply: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(reply.len()).map_err(std::io::Error::other)?;
+    stream.write_all(&[&len.to_be_bytes()[..], reply].concat()).await
+}
+
+/// The answer to a query was sent: if it waited on a held lookup, the last such answer
+/// resumes the lookup's sender.
+fn answered(shared: &Shared, waited: Option<hold::Waited>) {
+    if let Some(waited) = waited {
+        shared.lookups.answered(waited, |pid| shared.maps.lock().unwrap_or_else(PoisonError::into_inner).forget_stop(pid));
+    }
+}
+
+/// The names approved now: the daemon's grants and the lookups approved once.
+fn in_force(shared: &Shared) -> Vec<NameGrant> {
+    let grants = shared.grants.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let once = shared.once.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    [grants, once].concat()
+}
+
+/// Approves `name` for the agent under `root`, by `quorum` people, for `lasts` from now (or
+/// longer, if approved so already): a held lookup approved once.
+fn approve_once(shared: &Shared, root: u64, name: &Name, quorum: u32, lasts: Duration) {
+    let now = SystemTime::now();
+    let until = Some(now + lasts);
+    let mut once = shared.once.lock().unwrap_or_else(PoisonError::into_inner);
+    once.retain(|grant| grant.until.is_some_and(|end| end > now));
+    match once.iter_mut().find(|grant| grant.root == root && grant.name == *name && grant.quorum == quorum) {
+        Some(grant) => grant.until = grant.until.max(until),
+        None => once.push(NameGrant { root, name: name.clone(), reach: Reach::Name, until, quorum }),
+    }
 }
 
 /// Records `addresses`, which `name` resolved to for `sender`, for the views and, where domain
@@ -290,7 +362,7 @@ fn record(shared: &Shared, sender: &DnsSender, name: &Name, addresses: &[wire::R
     // The agent's policy now: it may have been untagged or tagged anew meanwhile.
     let policy = maps.policy_of(sender.root).and_then(|id| shared.policies.borrow().get(&id).cloned());
     let Some(policy) = policy else { return Err(()) };
-    let grants = shared.grants.lock().map_err(|_| ())?;
+    let grants = in_force(shared);
     for resolved in addresses {
         let ttl = Duration::from_secs(u64::from(resolved.ttl)).clamp(MIN_TTL, MAX_TTL);
         shared.book.note(sender.root, resolved.addr, name, ttl);
@@ -304,10 +376,11 @@ fn record(shared: &Shared, sender: &DnsSender, name: &Name, addresses: &[wire::R
 }
 
 /// What the kernel lets the agent under `root` reach at `addr` by `name`, and for how long at
-/// most: the ports `grants` approve for the name where the policy would hold them for no
-/// more people than approved, then the domain rules' ports; nothing when neither names it,
-/// or when a CIDR rule denies the address (it stays the CIDR rules' to judge, whatever name
-/// it answers for).
+/// most: where `grants` approve the name's lookup, every port the policy would hold (see
+/// [`Policy::approved_rule`]); else the domain rules' ports; and before either, the ports
+/// `grants` approve for the name where the policy would hold them for no more people than
+/// approved. Nothing when none names it, or when a CIDR rule denies the address (it stays
+/// the CIDR rules' to judge, whatever name it answers for).
 fn kernel_rule(
     policy: &Policy,
     grants: &[NameGrant],
@@ -319,13 +392,21 @@ fn kernel_rule(
     if policy.kernel.denies(addr) {
         return None;
     }
+    let now = SystemTime::now();
+    let approved = grants::lookup_approval(grants, root, name, now)
+        .and_then(|grant| Some((policy.approved_rule(name, addr, grant.quorum)?, grant.lasts(now))));
+    let (rule, approval_lasts) = match approved {
+        Some((rule, lasts)) => (Some(rule), lasts),
+        None => (policy.judge_name(name).kernel, Duration::MAX),
+    };
     let held_for = |grant: &NameGrant| {
-        let port = u32::from(grant.port);
-        let action = Action { kind: kind::EGRESS, protocol: grant.protocol, port, addr, ..Action::default() };
+        let Reach::Port { protocol, port } = grant.reach else { return false };
+        let action = Action { kind: kind::EGRESS, protocol, port: u32::from(port), addr, ..Action::default() };
         let judged = policy.egress_rule(&action, Some(name));
         judged.verdict == Verdict::Hold && judged.quorum <= grant.quorum
     };
-    grants::with_grants(policy.judge_name(name).kernel, grants, (root, name), SystemTime::now(), held_for)
+    let (rule, lasts) = grants::with_grants(rule, grants, (root, name), now, held_for)?;
+    Some((rule, lasts.min(approval_lasts)))
 }
 
 /// Judges again, by the policies and grants in force now, every address recorded for the
@@ -338,7 +419,7 @@ fn rejudge(shared: &Shared) {
     // Whatever panicked while holding them, the maps must still be judged.
     let mut maps = shared.maps.lock().unwrap_or_else(PoisonError::into_inner);
     let table = shared.policies.borrow().clone();
-    let grants = shared.grants.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let grants = in_force(shared);
     let judge = |root: u64, policy: Option<u32>, addr: IpAddr| {
         let name = shared.book.name_of(root, addr)?;
         kernel_rule(table.get(&policy?)?, &grants, root, &name, addr)
@@ -371,8 +452,21 @@ fn rejudge(shared: &Shared) {
 }
 
 
-/// The reply to `bytes` from `from`, or `None` when nothing must be sent back.
-async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+/// What to send back for one query, and whether it waited on a held lookup.
+struct Answer {
+    /// `None` when nothing must be sent back.
+    reply: Option<Vec<u8>>,
+    waited: Option<hold::Waited>,
+}
+
+impl From<Vec<u8>> for Answer {
+    fn from(reply: Vec<u8>) -> Self {
+        Self { reply: Some(reply), waited: None }
+    }
+}
+
+/// The answer to `bytes` from `from`.
+async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Transport) -> Answer {
     let stats = &shared.stats;
     bump(&stats.queries);
     let query = match wire::parse_query(bytes, transport) {
@@ -380,58 +474,96 @@ async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Tran
         Err(e) => {
             bump(&stats.malformed);
             tracing::debug!(%from, error = %e, "DNS: refused a query");
-            return e.answer();
+            return Answer { reply: e.answer(), waited: None };
         }
     };
-    // Who asked, and the policy their agent is tagged with now.
+    // Who asked, the policy their agent is tagged with now, and how many holds it may have.
     let asked = match from {
         SocketAddr::V4(source) => shared.maps.lock().ok().and_then(|maps| {
             let sender = maps.sender(source, transport == Transport::Tcp)?;
-            Some((sender, maps.policy_of(sender.root)))
+            Some((sender, maps.policy_of(sender.root), maps.max_pending(sender.root)))
         }),
         SocketAddr::V6(_) => None,
     };
-    let Some((sender, policy)) = asked else {
+    let Some((sender, policy, max_pending)) = asked else {
         bump(&stats.unattributed);
-        return Some(wire::response(&query, Rcode::Refused));
+        return wire::response(&query, Rcode::Refused).into();
     };
     let policy = policy.and_then(|id| shared.policies.borrow().get(&id).cloned());
     let Some(policy) = policy else {
         bump(&stats.refused);
-        return Some(wire::response(&query, Rcode::Refused));
+        return wire::response(&query, Rcode::Refused).into();
     };
     let judged = policy.judge_name(&query.name);
-    // A name the policy holds is not yet held at resolution: it is answered where an
-    // approval of the name lasts, or where the policy lets the agent ask the server it
-    // asked (as before keyturn answered its DNS).
-    let port = u16::try_from(sender.port).unwrap_or(0);
-    let refused = match judged.verdict {
-        Verdict::Deny => true,
-        Verdict::Hold => {
-            let approved = shared.grants.lock().is_ok_and(|grants| {
-                grants::approved(&grants, sender.root, &query.name, SystemTime::now())
-            });
-            !approved && policy.kernel.verdict_for(sender.addr, port, sender.protocol) != Verdict::Allow
-        }
-        Verdict::Allow => false,
+    let approved = || grants::approved(&in_force(shared), sender.root, &query.name, judged.quorum, SystemTime::now());
+    let key = (sender.root, query.name.clone());
+    let refused_lately = || {
+        let now = SystemTime::now();
+        let mut refused = shared.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        refused.retain(|_, until| *until > now);
+        refused.contains_key(&key)
     };
-    if refused {
-        bump(&stats.refused);
-        tracing::info!(name = %query.name, pid = sender.tgid, rule = %judged.rule, "DNS: refused a name");
-        return Some(wire::response(&query, Rcode::Refused));
-    }
-    let Some((mut reply, answer)) = upstream::ask(&shared.upstreams, &query, transport).await else {
+    let held = match judged.verdict {
+        Verdict::Deny => Some(None),
+        Verdict::Hold if refused_lately() => Some(None),
+        Verdict::Hold if !approved() => {
+            bump(&stats.held);
+            let max_pending = max_pending.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+            let asked = (judged.rule.clone(), judged.quorum);
+            Some(shared.lookups.decide(&shared.raise, sender, &query.name, asked, max_pending).await)
+        }
+        Verdict::Hold | Verdict::Allow => None,
+    };
+    let (waited, approved) = match held {
+        None => (None, None),
+        Some(Some((hold::Outcome::Approved { quorum }, waited))) => {
+            approve_once(shared, sender.root, &query.name, quorum, ONCE_AT_LEAST);
+            (Some(waited), Some(quorum))
+        }
+        // Denied by the policy or a person, or more held lookups than the agent may have.
+        Some(refused) => {
+            if let Some((hold::Outcome::Refused, _)) = refused {
+                let until = SystemTime::now() + REFUSAL_LASTS;
+                shared.refused.lock().unwrap_or_else(PoisonError::into_inner).insert(key, until);
+            }
+            bump(&stats.refused);
+            tracing::info!(name = %query.name, pid = sender.tgid, rule = %judged.rule, "DNS: refused a name");
+            let reply = wire::response(&query, Rcode::Refused);
+            return Answer { reply: Some(reply), waited: refused.map(|(_, waited)| waited) };
+        }
+    };
+    let reply = forward(shared, &sender, &query, transport, approved).await;
+    Answer { reply: Some(reply), waited }
+}
+
+/// Asks the upstreams `query`, and records the answer's addresses before the agent has it;
+/// a lookup just approved by `approved` people approves the name for the answer's TTL.
+async fn forward(
+    shared: &Shared,
+    sender: &DnsSender,
+    query: &wire::Query,
+    transport: Transport,
+    approved: Option<u32>,
+) -> Vec<u8> {
+    let stats = &shared.stats;
+    let Some((mut reply, answer)) = upstream::ask(&shared.upstreams, query, transport).await else {
         bump(&stats.failed);
-        return Some(wire::response(&query, Rcode::ServFail));
+        return wire::response(query, Rcode::ServFail);
     };
     // Recorded before the agent has the answer, so its connection finds them. A truncated
     // answer is passed on as it is: the agent asks again over TCP, and that one counts.
     let complete = if answer.truncated { &[][..] } else { &answer.addresses[..] };
-    if record(shared, &sender, &query.name, complete).is_err() {
+    if let Some(quorum) = approved
+        && let Some(ttl) = complete.iter().map(|resolved| resolved.ttl).min()
+    {
+        let lasts = Duration::from_secs(u64::from(ttl)).clamp(ONCE_AT_LEAST, ONCE_AT_MOST);
+        approve_once(shared, sender.root, &query.name, quorum, lasts);
+    }
+    if record(shared, sender, &query.name, complete).is_err() {
         bump(&stats.failed);
-        return Some(wire::response(&query, Rcode::ServFail));
+        return wire::response(query, Rcode::ServFail);
     }
     wire::rewrite_id(&mut reply, query.id);
     bump(&stats.answered);
-    Some(reply)
+    reply
 }

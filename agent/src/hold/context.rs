@@ -376,6 +376,8 @@ pub fn describe(
         view.port = u16::try_from(action.port).ok();
         view.protocol = Some(
             match action.protocol {
+                // A lookup, shown with the server the agent asked.
+                _ if action.kind == kind::LOOKUP => "dns",
                 protocol::TCP => "tcp",
                 protocol::UDP => "udp",
                 _ => "any",

@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub stops: Vec<(u32, Stop)>,
     /// The holds the daemon keeps (being judged, or pending a decision): key → nonce.
     pub kept: HashMap<HoldKey, u64>,
+    /// The processes the daemon stopped for the lookups it holds pending.
+    pub lookups: HashSet<u32>,
     /// The processes of every tagged cgroup that [`find`] could name: those waiting in a
     /// frozen cell, and those keyturn recorded stopping (`stops`).
     pub processes: Vec<Observed>,
@@ -94,7 +96,7 @@ pub fn find(snapshot: &Snapshot) -> Vec<Orphan> {
             orphans.push(Orphan::Lost { key: *key });
         }
     }
-    let kept_processes: HashSet<u32> = snapshot.kept.keys().map(|key| key.tgid).collect();
+    let kept_processes = snapshot.kept_processes();
     // A process with a record of its own is answered through the record.
     let recorded_processes: HashSet<u32> = orphans
         .iter()
@@ -152,7 +154,7 @@ pub fn stale_records(snapshot: &Snapshot) -> Vec<(HoldKey, u64)> {
 /// Stop records that no longer stand for a stopped process: the process is gone (or its
 /// pid names another process now), or it runs and no kept hold is its.
 pub fn stale_stops(snapshot: &Snapshot) -> Vec<u32> {
-    let kept_processes: HashSet<u32> = snapshot.kept.keys().map(|key| key.tgid).collect();
+    let kept_processes = snapshot.kept_processes();
     snapshot
         .stops
         .iter()
@@ -168,6 +170,11 @@ pub fn stale_stops(snapshot: &Snapshot) -> Vec<u32> {
 }
 
 impl Snapshot {
+    /// The processes of the holds the daemon keeps: held by the kernel, or for a lookup.
+    fn kept_processes(&self) -> HashSet<u32> {
+        self.kept.keys().map(|key| key.tgid).chain(self.lookups.iter().copied()).collect()
+    }
+
     /// Adds the processes of the cgroups at `dirs` and of every cgroup below them that
     /// [`find`] could name, and their empty frozen cells. Only those processes are looked
     /// at in `/proc`: this runs on every tick, for every agent.

@@ -76,6 +76,72 @@ pub fn kill(enforcer: &mut Enforcer, pid: u32, start_ticks: u64) -> Result<(), H
     sys::pidfd_signal(&pidfd, Ending::Kill).map_err(|source| HeldError::Signal { pid, source })
 }
 
+/// Whether the cgroup `dir` is the tagged root `root` or below it.
+fn under_root(hierarchy: &Hierarchy, dir: &Path, root: u64) -> bool {
+    dir.ancestors()
+        .take_while(|dir| dir.starts_with(hierarchy.root()))
+        .any(|dir| cgroup::id(dir).is_ok_and(|id| id == root))
+}
+
+/// The process whose DNS lookup keyturn's resolver holds, pinned by a pidfd. Stopped
+/// (`SIGSTOP`) by the daemon while the lookup waits, if it lives under the agent's root
+/// (a socket passed to a process elsewhere never gets that process stopped); the stop is
+/// recorded in `STOPS` as the hooks record theirs, so a daemon that dies meanwhile leaves
+/// it to the next one's orphan sweep.
+#[derive(Debug)]
+pub struct LookupProcess {
+    pidfd: OwnedFd,
+    pid: u32,
+    stopped: bool,
+}
+
+impl LookupProcess {
+    /// Opens process `pid`, which sent a lookup of the agent under `root`, and stops it.
+    pub fn stop(enforcer: &mut Enforcer, hierarchy: &Hierarchy, pid: u32, root: u64) -> Result<Self, HeldError> {
+        let pidfd = sys::pidfd_open(pid).map_err(|_| HeldError::Gone(pid))?;
+        // Checked after opening: the pidfd names the process the cgroup check saw.
+        let start_ticks = crate::hold::procfs::stat(pid).ok_or(HeldError::Gone(pid))?.start_ticks;
+        let mut process = Self { pidfd, pid, stopped: false };
+        if hierarchy.of_process(pid).is_ok_and(|dir| under_root(hierarchy, &dir, root)) {
+            let stop = agent_common::Stop { process_start: start_ticks * NS_PER_TICK, stopped_at_ns: monotonic_ns() };
+            enforcer.record_stop(pid, stop)?;
+            sys::pidfd_stop(&process.pidfd).map_err(|source| HeldError::Signal { pid, source })?;
+            process.stopped = true;
+        }
+        Ok(process)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether keyturn stopped it (it lives under the agent's root).
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Whether the process has exited (its pidfd is readable).
+    pub fn exited(&self) -> bool {
+        sys::readable(&self.pidfd, 0)
+    }
+
+    /// Kills the process (its lookup was denied), forgetting keyturn's stop of it first.
+    pub fn kill(self, enforcer: &mut Enforcer) -> Result<(), HeldError> {
+        enforcer.forget_stop(self.pid)?;
+        sys::pidfd_signal(&self.pidfd, Ending::Kill).map_err(|source| HeldError::Signal { pid: self.pid, source })
+    }
+
+    /// Resumes the process once its lookup is answered; `forget_stop` forgets keyturn's
+    /// stop of it first.
+    pub fn resume(self, forget_stop: impl FnOnce(u32)) -> Result<(), HeldError> {
+        if !self.stopped {
+            return Ok(());
+        }
+        forget_stop(self.pid);
+        sys::pidfd_signal(&self.pidfd, Ending::Resume).map_err(|source| HeldError::Signal { pid: self.pid, source })
+    }
+}
+
 /// A frozen cgroup a process stopped after exec is kept in until decided.
 struct Frozen {
     /// The cgroup the process came from and goes back to.
@@ -158,11 +224,7 @@ impl HeldProcess {
         }
         let name = format!("{}{pid}", crate::hold::orphans::CELL_PREFIX);
         let current = hierarchy.of_process(pid)?;
-        let under_root = current
-            .ancestors()
-            .take_while(|dir| dir.starts_with(hierarchy.root()))
-            .any(|dir| cgroup::id(dir).is_ok_and(|id| id == self.event.hold.root));
-        if !under_root {
+        if !under_root(hierarchy, &current, self.event.hold.root) {
             return Err(HeldError::Gone(pid));
         }
         if current.file_name().is_some_and(|n| *n == *name) {

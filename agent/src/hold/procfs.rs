@@ -40,6 +40,17 @@ pub fn stat(pid: u32) -> Option<Stat> {
     stat_at(Path::new(&format!("/proc/{pid}/stat")))
 }
 
+/// The real user and group ids of process `pid` (`/proc/PID/status`, which anyone may
+/// read, whatever the process made of its own dumpability and `/proc/PID`'s owner).
+pub fn ids(pid: u32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let real = |field: &str| {
+        let line = status.lines().find_map(|line| line.strip_prefix(field))?;
+        line.split_whitespace().next()?.parse().ok()
+    };
+    Some((real("Uid:")?, real("Gid:")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +65,12 @@ mod tests {
         let stat = parse_stat(&text).expect("parses");
         assert_eq!(stat.comm, b"a) T 7 \xff\x1b[2J)".to_vec());
         assert_eq!((stat.state, stat.ppid, stat.start_ticks), (b'S', 17, 123_456));
+    }
+
+    #[test]
+    fn the_real_ids_are_read_from_status() {
+        let ids = ids(std::process::id()).expect("own status");
+        assert_eq!(ids, (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw()));
     }
 
     #[test]

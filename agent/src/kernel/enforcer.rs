@@ -521,6 +521,13 @@ impl Enforcer {
         stops.iter().collect::<Result<_, _>>().map_err(map_error("STOPS"))
     }
 
+    /// Records that keyturn stopped process `tgid` itself (a held lookup's sender), as the
+    /// hooks record their stops: the orphan sweep then accounts for it.
+    pub fn record_stop(&mut self, tgid: u32, stop: Stop) -> Result<()> {
+        let mut stops: HashMap<_, u32, Stop> = self.map_mut("STOPS")?;
+        stops.insert(tgid, stop, 0).map_err(map_error("STOPS"))
+    }
+
     /// Forgets the stop of process `tgid`: called just before keyturn resumes or kills it
     /// (a hook that stops it again meanwhile records the new stop after this).
     pub fn forget_stop(&mut self, tgid: u32) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The maps keyturn's resolver shares with the DNS and egress hooks, opened from their pins:
 //! who sent a query (`DNS_SENDERS`, read here), which policy each tagged root has now
-//! (`TAGGED_ROOTS`, read here) and what names resolved to (`RESOLVED`, written only here).
+//! (`TAGGED_ROOTS`, read here), what names resolved to (`RESOLVED`, written only here), and
+//! the stops of the processes whose held lookups it answers (`STOPS`, forgotten here).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
@@ -8,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{DnsSender, EgressRule, Resolved, ResolvedKey, Tag, dns};
+use agent_common::{DnsSender, EgressRule, Resolved, ResolvedKey, Stop, Tag, dns};
 use aya::maps::{HashMap, Map, MapData, MapError};
 
 use crate::{kernel::EnforcerError, policy::kernel::kernel_addr, sys::monotonic_ns};
@@ -18,6 +19,7 @@ pub struct NameMaps {
     senders: HashMap<MapData, u32, DnsSender>,
     roots: HashMap<MapData, u64, Tag>,
     resolved: HashMap<MapData, ResolvedKey, Resolved>,
+    stops: HashMap<MapData, u32, Stop>,
 }
 
 /// What rejudging the recorded addresses did.
@@ -46,7 +48,22 @@ impl NameMaps {
             senders: open(pin_dir, "DNS_SENDERS", Map::LruHashMap)?,
             roots: open(pin_dir, "TAGGED_ROOTS", Map::HashMap)?,
             resolved: open(pin_dir, "RESOLVED", Map::LruHashMap)?,
+            stops: open(pin_dir, "STOPS", Map::HashMap)?,
         })
+    }
+
+    /// How many holds the agent under `root` may have pending at once; `None` once it is
+    /// untagged.
+    pub fn max_pending(&self, root: u64) -> Option<u32> {
+        self.roots.get(&root, 0).ok().map(|tag| tag.max_pending)
+    }
+
+    /// Forgets keyturn's stop of process `tgid`, just before resuming it.
+    pub fn forget_stop(&mut self, tgid: u32) {
+        match self.stops.remove(&tgid) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => tracing::warn!(error = %e, tgid, "DNS: forgetting the stop of a held lookup's process"),
+        }
     }
 
     /// The kernel id of the policy the root `root` is tagged with now; `None` once it is

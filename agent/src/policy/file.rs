@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{Action, protocol};
+use agent_common::{Action, EgressRule, protocol, verdict};
 use serde::Deserialize;
 
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
     dns::name::{DomainPattern, Name},
     policy::{
         EgressSpec, KernelPolicy, Verdict, display_cidr,
+        kernel::Cidr,
         names::{self, NameJudgement, NameRule},
     },
 };
@@ -211,6 +212,36 @@ impl Policy {
     /// What this policy says of a name an agent looks up.
     pub fn judge_name(&self, name: &Name) -> NameJudgement {
         names::judge(&self.names, self.kernel.egress_default, name)
+    }
+
+    /// What the kernel lets the agent reach at `addr` (kernel form), an address of `name`,
+    /// once `quorum` people approved looking the name up: every port the policy would hold
+    /// is let through, what it denies or allows stays so. `None` where that cannot be given
+    /// to the kernel: a rule that would hold the address asks more people, or the domain
+    /// and CIDR rules together have more port rules than the kernel's rule holds (then the
+    /// daemon releases the connections the approval covers).
+    pub fn approved_rule(&self, name: &Name, addr: [u8; 16], quorum: u32) -> Option<EgressRule> {
+        let host = Cidr { addr, prefix: 128 };
+        let naming = self.names.iter().filter(|r| r.pattern.matches(name)).map(|r| (r.verdict, r.quorum));
+        let containing = self.kernel.egress.iter().filter(|r| r.cidr.contains(&host)).map(|r| (r.verdict, r.quorum));
+        let asks = naming.chain(containing).filter(|(verdict, _)| *verdict == Verdict::Hold).map(|(_, q)| q);
+        if asks.max().unwrap_or(1) > quorum {
+            return None;
+        }
+        let mut rule = self.judge_name(name).kernel.unwrap_or(EgressRule { fallback: verdict::NONE, ..EgressRule::default() });
+        if rule.fallback == verdict::NONE {
+            // The ports the domain rules leave to the CIDR rules, as those judge the address.
+            let cidr = self.kernel.folded(host).ok()?;
+            let (count, more) = (rule.count as usize, cidr.count as usize);
+            rule.ports.get_mut(count..count + more)?.copy_from_slice(&cidr.ports[..more]);
+            (rule.count, rule.fallback) = (rule.count + cidr.count, cidr.fallback);
+        }
+        let released = |verdict: u32| if verdict == verdict::HOLD { verdict::ALLOW } else { verdict };
+        for port in &mut rule.ports[..rule.count as usize] {
+            port.verdict = u16::try_from(released(u32::from(port.verdict))).unwrap_or(0);
+        }
+        rule.fallback = released(rule.fallback);
+        Some(rule)
     }
 
     /// What decides an egress action, as an approver reads it: a domain rule naming `name`
@@ -667,6 +698,31 @@ action = "deny"
     }
 
     #[test]
+    fn an_approved_lookup_lets_through_what_the_policy_would_hold_and_nothing_it_denies() {
+        let policy = parse(
+            "p",
+            "p.toml",
+            "[[egress]]\ndomain = \"*.example.com\"\nports = [22]\naction = \"deny\"\n\n\
+             [[egress]]\ndomain = \"*.example.com\"\nports = [443]\naction = \"hold\"\n\n\
+             [[egress]]\ncidr = \"10.0.0.0/8\"\nports = [25]\nprotocol = \"tcp\"\naction = \"allow\"\n\n\
+             [[egress]]\ncidr = \"10.9.0.0/16\"\naction = \"hold\"\nquorum = 2\n",
+        )
+        .unwrap();
+        let name = Name::parse("api.example.com").unwrap();
+        let addr = |text: &str| crate::policy::kernel::kernel_addr(text.parse().unwrap());
+        let rule = policy.approved_rule(&name, addr("10.1.2.3"), 1).expect("one approver suffices");
+        let ports: Vec<(u16, u32)> =
+            rule.ports[..rule.count as usize].iter().map(|p| (p.low, u32::from(p.verdict))).collect();
+        assert_eq!(ports, [(22, verdict::DENY), (443, verdict::ALLOW), (25, verdict::ALLOW)]);
+        assert_eq!(rule.fallback, verdict::ALLOW, "egress_default's hold, approved");
+        assert_eq!(policy.approved_rule(&name, addr("10.9.0.1"), 1), None, "that address asks two people");
+        assert!(policy.approved_rule(&name, addr("10.9.0.1"), 2).is_some());
+        let denying = parse("p", "p.toml", "[egress_default]\naction = \"deny\"\n").unwrap();
+        let rule = denying.approved_rule(&name, addr("192.0.2.1"), 1).unwrap();
+        assert_eq!((rule.count, rule.fallback), (0, verdict::DENY), "a denial stays one");
+    }
+
+        #[test]
     fn a_quorum_is_1_to_9_and_anything_else_is_refused_at_its_rule() {
         let exec = |quorum: &str| {
             format!("timeout = \"1m\"\n\n[[exec]]\npath = \"/x\"\naction = \"hold\"\nquorum = {quorum}\n")

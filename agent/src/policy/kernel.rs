@@ -162,34 +162,7 @@ impl KernelPolicy {
         }
         let mut egress = Vec::new();
         for prefix in prefixes {
-            let mut chain: Vec<&EgressSpec> =
-                self.egress.iter().filter(|r| r.cidr.contains(&prefix)).collect();
-            chain.sort_by_key(|r| std::cmp::Reverse(r.cidr.prefix));
-            let mut rule = EgressRule { fallback: self.egress_default.kernel(), ..EgressRule::default() };
-            for spec in chain {
-                if spec.ports.is_empty() && spec.protocol == protocol::ANY {
-                    rule.fallback = spec.verdict.kernel();
-                    break;
-                }
-                let ranges: &[(u16, u16)] =
-                    if spec.ports.is_empty() { &[(0, u16::MAX)] } else { &spec.ports };
-                for &(low, high) in ranges {
-                    let slot = rule.ports.get_mut(rule.count as usize).ok_or_else(|| {
-                        format!(
-                            "more than {} port rules apply to destinations in {}",
-                            capacity::PORT_RULES,
-                            display_cidr(&prefix)
-                        )
-                    })?;
-                    *slot = PortRule {
-                        low,
-                        high,
-                        protocol: u16::try_from(spec.protocol).unwrap_or(0),
-                        verdict: u16::try_from(spec.verdict.kernel()).unwrap_or(0),
-                    };
-                    rule.count += 1;
-                }
-            }
+            let rule = self.folded(prefix)?;
             let key = Key::new(
                 32 + u32::from(prefix.prefix),
                 EgressKey { policy_be: id.to_be_bytes(), addr: prefix.addr },
@@ -208,6 +181,39 @@ impl KernelPolicy {
 }
 
 impl KernelPolicy {
+    /// The rule of the destinations in `prefix`: the port rules of every prefix containing
+    /// it, most specific first, down to the first that names all ports, else
+    /// `egress_default`.
+    pub fn folded(&self, prefix: Cidr) -> Result<EgressRule, String> {
+        let mut chain: Vec<&EgressSpec> = self.egress.iter().filter(|r| r.cidr.contains(&prefix)).collect();
+        chain.sort_by_key(|r| std::cmp::Reverse(r.cidr.prefix));
+        let mut rule = EgressRule { fallback: self.egress_default.kernel(), ..EgressRule::default() };
+        for spec in chain {
+            if spec.ports.is_empty() && spec.protocol == protocol::ANY {
+                rule.fallback = spec.verdict.kernel();
+                break;
+            }
+            let ranges: &[(u16, u16)] = if spec.ports.is_empty() { &[(0, u16::MAX)] } else { &spec.ports };
+            for &(low, high) in ranges {
+                let slot = rule.ports.get_mut(rule.count as usize).ok_or_else(|| {
+                    format!(
+                        "more than {} port rules apply to destinations in {}",
+                        capacity::PORT_RULES,
+                        display_cidr(&prefix)
+                    )
+                })?;
+                *slot = PortRule {
+                    low,
+                    high,
+                    protocol: u16::try_from(spec.protocol).unwrap_or(0),
+                    verdict: u16::try_from(spec.verdict.kernel()).unwrap_or(0),
+                };
+                rule.count += 1;
+            }
+        }
+        Ok(rule)
+    }
+
     /// The rule that decides egress to `addr` (kernel form) on `port` over `protocol`: the
     /// most specific prefix whose ports and protocol match, as [`KernelPolicy::compile`]
     /// folds them. `None`: `egress_default` decides.
@@ -223,11 +229,6 @@ impl KernelPolicy {
 }
 
 impl KernelPolicy {
-    /// What this policy says of egress to `addr` (kernel form) on `port` over `protocol`.
-    pub fn verdict_for(&self, addr: [u8; 16], port: u16, protocol: u32) -> Verdict {
-        self.rule_for(addr, port, protocol).map_or(self.egress_default, |rule| rule.verdict)
-    }
-
     /// Whether a CIDR rule of this policy denies `addr` (kernel form), on some port: no
     /// name's domain rules override that.
     pub fn denies(&self, addr: [u8; 16]) -> bool {

@@ -40,6 +40,8 @@ pub struct NameJudgement {
     pub verdict: Verdict,
     /// The rule that decided, as an approver reads it.
     pub rule: String,
+    /// How many distinct people must approve the lookup, when it is held.
+    pub quorum: u32,
     /// What the kernel applies to the answer's addresses while its TTL lasts: the port
     /// rules of every domain rule naming the name, in order. `None` when no domain rule
     /// names it: its addresses are judged by the CIDR rules, as any other address.
@@ -50,9 +52,9 @@ pub struct NameJudgement {
 pub fn judge(rules: &[NameRule], default: Verdict, name: &Name) -> NameJudgement {
     let mut naming = rules.iter().filter(|rule| rule.pattern.matches(name)).peekable();
     let Some(first) = naming.peek() else {
-        return NameJudgement { verdict: default, rule: "egress_default".into(), kernel: None };
+        return NameJudgement { verdict: default, rule: "egress_default".into(), quorum: 1, kernel: None };
     };
-    let (verdict, rule) = (first.verdict, first.describe());
+    let (verdict, rule, quorum) = (first.verdict, first.describe(), first.quorum);
     // Ports the domain rules do not name are left to the CIDR rules (`verdict::NONE`).
     let mut kernel = EgressRule { fallback: verdict::NONE, ..EgressRule::default() };
     for rule in naming {
@@ -74,7 +76,7 @@ pub fn judge(rules: &[NameRule], default: Verdict, name: &Name) -> NameJudgement
             kernel.count += 1;
         }
     }
-    NameJudgement { verdict, rule, kernel: Some(kernel) }
+    NameJudgement { verdict, rule, quorum, kernel: Some(kernel) }
 }
 
 /// The domain rule that decides egress to a name's address on `port` over `protocol`.
@@ -145,7 +147,8 @@ mod tests {
     fn a_name_no_rule_names_is_judged_by_the_default_and_its_addresses_by_cidr() {
         let rules = [rule("*.example.com", &[(443, 443)], Verdict::Allow)];
         let judged = judge(&rules, Verdict::Deny, &name("example.com"));
-        assert_eq!(judged, NameJudgement { verdict: Verdict::Deny, rule: "egress_default".into(), kernel: None });
+        let by_default = NameJudgement { verdict: Verdict::Deny, rule: "egress_default".into(), quorum: 1, kernel: None };
+        assert_eq!(judged, by_default);
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub fn measure_names(pins: &Pins, cgroups: &BenchCgroups) -> Result<Names> {
         &[SocketAddr::new(UPSTREAM.into(), 53)],
         NameMaps::open(&pins.0)?,
         policies,
+        // No daemon decides: a held lookup would be refused (the bench's names are allowed).
+        tokio::sync::mpsc::channel(1).0,
     ))?;
     loaded.enforcer().set_resolver(Some(resolver.listening()))?;
     wait_for_upstream()?;
