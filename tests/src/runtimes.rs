@@ -95,8 +95,8 @@ pub const PEER_ZONE: &str = "peer.test";
 
 /// A policy holding egress to `peer`'s IPv4 address (any port, any protocol) and to every
 /// name of [`PEER_ZONE`], and the exec of the daemon's `flagged` program, and allowing
-/// everything else. DNS is allowed by a rule of its own: the lookup of a name the policy
-/// holds is answered only where the policy allows the server the agent asked.
+/// everything else. DNS servers are allowed by a rule of their own: keyturn's resolver
+/// judges the names.
 fn hold_peer_and_flagged(peer: &Peer) -> String {
     format!(
         "timeout = \"10m\"\n[[exec]]\npath = \"FLAGGED\"\naction = \"hold\"\n\

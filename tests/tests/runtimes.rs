@@ -2,9 +2,10 @@
 //! a peer host, and C programs exec a flagged program, from the threads their runtimes use
 //! (late threads, pool workers, event loops, goroutines, executors, worker threads, vfork
 //! children). Each action must be held, listed by `keyturn pending` with the process and
-//! the thread that acted, and decided: an approval completes it, a denial kills. Given the
-//! peer's name rather than its address, each runtime's own resolver looks it up through
-//! keyturn's, and the hold shows the name.
+//! the thread that acted, and decided: an approval completes it, a denial kills. Given a
+//! name the policy holds rather than the peer's address, each runtime's own resolver looks
+//! it up through keyturn's, and the lookup itself is held, for longer than the runtime's
+//! resolver waits for an answer.
 
 use std::{path::Path, thread::sleep, time::Duration};
 
@@ -152,48 +153,82 @@ fn run_cases<C: Sync>(
     );
 }
 
-/// One held connection: the agent acts, the hold is listed with its process, thread and
-/// destination (the peer's address, and the name the agent looked up, if it was given one),
-/// the process is stopped whole and nothing reached the peer; then the decision, and its
-/// outcome.
-fn check_egress(lab: &Lab, case: &Egress, port: u16, decision: Decision) {
-    let label = format!("{}-{}", case.name, decision.verb());
-    let target = Target { host: lab.peer_host(&label), port, report: format!("report-{label}") };
-    let at = lab.peer.v4.into();
-    let received: Received = if case.http { lab.peer.http(at, port, BODY) } else { lab.peer.tcp(at, port) };
-    let mut agent = lab.run(&(case.argv)(&target));
-    let (pid, reported) = match case.caller {
-        Caller::Picked(_) => (agent.number("pid"), None),
-        Caller::Main | Caller::Other | Caller::Late => {
-            let (pid, tid) = agent.acting();
-            (pid, Some(tid))
+/// Nothing reached the peer's listener.
+fn nothing_reached(received: &Received) -> bool {
+    received.connections() == 0 && received.bytes().is_empty()
+}
+
+/// One agent's run: where it goes, what the peer received, the agent itself, and the
+/// process and thread it says act.
+struct Run {
+    target: Target,
+    received: Received,
+    agent: tests::runtimes::Agent,
+    pid: u32,
+    reported: Option<u32>,
+}
+
+impl Run {
+    fn start(lab: &Lab, case: &Egress, port: u16, decision: Decision) -> Self {
+        let label = format!("{}-{}", case.name, decision.verb());
+        let target = Target { host: lab.peer_host(&label), port, report: format!("report-{label}") };
+        let at = lab.peer.v4.into();
+        let received = if case.http { lab.peer.http(at, port, BODY) } else { lab.peer.tcp(at, port) };
+        let mut agent = lab.run(&(case.argv)(&target));
+        let (pid, reported) = match case.caller {
+            Caller::Picked(_) => (agent.number("pid"), None),
+            Caller::Main | Caller::Other | Caller::Late => {
+                let (pid, tid) = agent.acting();
+                (pid, Some(tid))
+            }
+        };
+        Self { target, received, agent, pid, reported }
+    }
+
+    /// Decides `hold` and checks the outcome: approved, the agent completes its action;
+    /// denied, it is killed and nothing reached the peer.
+    fn decide(self, lab: &Lab, case: &Egress, hold: &Value, decision: Decision) {
+        decide(&lab.daemon, hold, decision.verb());
+        let done_line = case.done_line(&self.target);
+        let Self { target, received, agent, .. } = self;
+        let finished = agent.finish();
+        match decision {
+            Decision::Approve => {
+                received.wait_for(&case.arrives(&target));
+                assert_eq!(finished.code, 0, "{}: {finished:?}", case.name);
+                assert!(finished.stdout.contains(&done_line), "{}: {finished:?}", case.name);
+            }
+            Decision::Deny => {
+                assert_eq!(finished.code, 128 + libc::SIGKILL, "{}: {finished:?}", case.name);
+                assert!(!finished.stdout.contains(&done_line), "{}: {finished:?}", case.name);
+                sleep(QUIET);
+                assert!(nothing_reached(&received), "{}: a denied action reached the peer", case.name);
+            }
         }
-    };
+    }
+}
+
+/// One held connection: the agent acts, the hold is listed with its process, thread and
+/// destination, the process is stopped whole and nothing reached the peer; then the
+/// decision, and its outcome.
+fn check_egress(lab: &Lab, case: &Egress, port: u16, decision: Decision) {
+    let run = Run::start(lab, case, port, decision);
+    let (pid, reported) = (run.pid, run.reported);
     let hold = lab.daemon.pending_matching(|hold| hold["pid"] == pid && hold["kind"] == "egress");
     let what = format!("{} ({}): {hold}", case.name, decision.verb());
-    let name = lab.nameserver.as_ref().map(|_| target.host.as_str());
     assert_eq!(
         (&hold["address"], &hold["domain"], &hold["port"], &hold["protocol"], &hold["hold"]),
         (
             &Value::from(lab.peer.v4.to_string()),
-            &name.map_or(Value::Null, Value::from),
+            &Value::Null,
             &Value::from(port),
             &Value::from("tcp"),
             &Value::from("held")
         ),
         "{what}"
     );
-    // The rule that held it: the domain rule for a name, the address's rule otherwise.
     let rule = hold["policy_rule"].as_str().unwrap_or_default();
-    let ruled_by = if name.is_some() { format!("*.{PEER_ZONE}") } else { lab.peer.v4.to_string() };
-    assert!(rule.contains(&ruled_by), "{what}: held by {rule:?}");
-    if let (Some(nameserver), Some(name)) = (&lab.nameserver, name) {
-        // The runtime's own resolver asked for the peer's IPv4 address, through keyturn's.
-        wait_until(
-            || format!("{what}: the nameserver asked for {name} (A): {:?}", nameserver.asked(name)),
-            || nameserver.asked(name).iter().any(|t| t == "A"),
-        );
-    }
+    assert!(rule.contains(&lab.peer.v4.to_string()), "{what}: held by {rule:?}");
     let tid = field(&hold, "tid");
     match case.caller {
         Caller::Main => assert_eq!((reported, tid), (Some(pid), pid), "{what}"),
@@ -212,25 +247,47 @@ fn check_egress(lab: &Lab, case: &Egress, port: u16, decision: Decision) {
         assert!(late >= LATE_TICKS, "{what}: the thread started only {late} ticks after its process");
     }
     wait_all_stopped(pid);
-    let nothing_reached = || received.connections() == 0 && received.bytes().is_empty();
-    assert!(nothing_reached(), "{what}: reached the peer while held: {:?}", received.bytes());
+    assert!(
+        nothing_reached(&run.received),
+        "{what}: reached the peer while held: {:?}",
+        run.received.bytes()
+    );
+    run.decide(lab, case, &hold, decision);
+}
 
-    decide(&lab.daemon, &hold, decision.verb());
-    let done_line = case.done_line(&target);
-    let finished = agent.finish();
-    match decision {
-        Decision::Approve => {
-            received.wait_for(&case.arrives(&target));
-            assert_eq!(finished.code, 0, "{}: {finished:?}", case.name);
-            assert!(finished.stdout.contains(&done_line), "{}: {finished:?}", case.name);
-        }
-        Decision::Deny => {
-            assert_eq!(finished.code, 128 + libc::SIGKILL, "{}: {finished:?}", case.name);
-            assert!(!finished.stdout.contains(&done_line), "{}: {finished:?}", case.name);
-            sleep(QUIET);
-            assert!(nothing_reached(), "{}: a denied connection reached the peer", case.name);
-        }
-    }
+/// How long a held lookup waits for its decision: longer than the runtimes' resolvers
+/// wait for an answer (glibc's and Go's: two tries of 5 s), so that an approval shows the
+/// very lookup answered after it.
+const LONG_HOLD: Duration = Duration::from_secs(11);
+
+/// One held lookup: the runtime's own resolver asks for a name of the peer that the policy
+/// holds; the hold is listed with the name (`dns`), the process is stopped whole, and the
+/// nameserver was asked nothing, for [`LONG_HOLD`]; then the decision: approved, the lookup
+/// is answered and the connection to the answer goes through with no second hold (the run's
+/// audit check counts one hold); denied, the agent is killed.
+fn check_lookup(lab: &Lab, case: &Egress, port: u16, decision: Decision) {
+    let run = Run::start(lab, case, port, decision);
+    let pid = run.pid;
+    let hold = lab.daemon.pending_matching(|hold| hold["pid"] == pid && hold["kind"] == "egress");
+    let what = format!("{} ({}): {hold}", case.name, decision.verb());
+    let name = run.target.host.as_str();
+    assert_eq!(
+        (&hold["domain"], &hold["port"], &hold["protocol"], &hold["hold"]),
+        (&Value::from(name), &Value::from(53), &Value::from("dns"), &Value::from("held")),
+        "{what}"
+    );
+    let rule = hold["policy_rule"].as_str().unwrap_or_default();
+    assert!(rule.contains(&format!("*.{PEER_ZONE}")), "{what}: held by {rule:?}");
+    wait_all_stopped(pid);
+    sleep(LONG_HOLD);
+    let nameserver = lab.nameserver.as_ref().expect("a lab with names");
+    assert!(
+        nameserver.asked(name).is_empty(),
+        "{what}: asked before a decision: {:?}",
+        nameserver.asked(name)
+    );
+    assert!(nothing_reached(&run.received), "{what}: reached the peer while held");
+    run.decide(lab, case, &hold, decision);
 }
 
 /// `INTERPRETER SCRIPT PATTERN HOST PORT REPORT`, how the Python and Node agents run.
@@ -366,20 +423,20 @@ fn node_main_thread_and_worker_connects_are_held_listed_and_decided() {
     run_cases(&Lab::start(), &[NODE_MAIN, NODE_WORKER], Decisions::Both, check_egress);
 }
 
-/// Every runtime given the peer's name rather than its address: its own resolver looks it
+/// Every runtime given a name of the peer that the policy holds: its own resolver looks it
 /// up (Python's `getaddrinfo` in asyncio's executor, Go's pure-Go resolver, Java's
-/// `InetAddress`, Node's `dns.lookup` in libuv's pool), keyturn's resolver asks the peer's
-/// nameserver, and the connection to the answer is held by the domain rule, listed with
-/// the name beside the address, and decided.
+/// `InetAddress`, Node's `dns.lookup` in libuv's pool), and keyturn holds the lookup with
+/// the runtime stopped, longer than the runtime would wait; approved, the runtime gets its
+/// answer and connects; denied, it is killed.
 #[test]
-fn runtimes_resolving_the_peers_name_are_held_listed_with_it_and_decided() {
+fn runtimes_looking_up_a_held_name_wait_stopped_and_are_decided() {
     run_cases(
         &Lab::start_with_names(),
         &[PYTHON_ASYNCIO, GO_DIAL, JAVA_HTTP_CLIENT, NODE_MAIN],
         // One agent per runtime at once: four runtimes starting together under emulation
         // (the VM tests) are slow enough already.
         Decisions::InTurn,
-        check_egress,
+        check_lookup,
     );
 }
 
