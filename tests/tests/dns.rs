@@ -3,7 +3,12 @@
 //! there, its agent stopped, until a person decides. The upstream is Debian's dnsmasq in a
 //! network namespace of its own, with its query log on.
 
-use std::{net::Ipv4Addr, process::Child, thread::sleep, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    process::Child,
+    thread::sleep,
+    time::Duration,
+};
 
 use serde_json::Value;
 use tests::{
@@ -45,10 +50,26 @@ fn start(peer: &Peer) -> (Nameserver, Daemon) {
 
 /// The upstream, with `records` besides the test zones, and a daemon under `policy`.
 fn start_with(peer: &Peer, policy: &str, records: &[(&str, &[Ipv4Addr], u32)]) -> (Nameserver, Daemon) {
+    start_behind(peer, policy, records, &[])
+}
+
+/// [`start_with`], the daemon asking the upstreams `first` before the test's.
+fn start_behind(
+    peer: &Peer,
+    policy: &str,
+    records: &[(&str, &[Ipv4Addr], u32)],
+    first: &[SocketAddr],
+) -> (Nameserver, Daemon) {
     let short_lived = [peer.v4];
     let records = [&[("short.ttl.test", &short_lived[..], 5)], records].concat();
     let upstream = Nameserver::start(peer, &["allowed.test", "denied.test", "other.test"], &records);
-    let config = format!("\n[dns]\nlisten = \"127.0.0.1:0\"\nupstream = [\"{}:53\"]\n", peer.v4);
+    let upstreams: Vec<String> = first
+        .iter()
+        .map(ToString::to_string)
+        .chain([format!("{}:53", peer.v4)])
+        .map(|at| format!("{at:?}"))
+        .collect();
+    let config = format!("\n[dns]\nlisten = \"127.0.0.1:0\"\nupstream = [{}]\n", upstreams.join(", "));
     (upstream, Daemon::start_with_config(policy, &config))
 }
 
@@ -235,11 +256,15 @@ fn a_hold_shows_the_name_the_agent_resolved() {
 /// with the name and the server the agent asked, the agent stopped whole, the upstream
 /// asked nothing, for longer than the agent's resolver library waits (glibc: two tries of
 /// 5 s). Approved once, the very lookup is answered and the agent connects to the answer
-/// with no second hold.
+/// with no second hold. The daemon first asks two upstreams that never answer (4 s): the
+/// agent stays stopped, and counted as held, until its answer is sent.
 #[test]
 fn a_held_lookup_waits_stopped_and_unasked_until_approved() {
     let peer = Peer::new();
-    let (upstream, daemon) = start(&peer);
+    let silent =
+        [UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind")];
+    let first = silent.each_ref().map(|socket| socket.local_addr().expect("bound"));
+    let (upstream, daemon) = start_behind(&peer, POLICY, &[], &first);
     let cgroup = tagged(&daemon);
     let received = peer.tcp(peer.v4.into(), 7203);
     let child = as_agent(&cgroup, &["resolve-tcp", "other.test", "7203", "after the hold"]);
@@ -271,6 +296,8 @@ fn a_held_lookup_waits_stopped_and_unasked_until_approved() {
     assert_eq!(holds.len(), 1, "no second hold for the connection: {holds:?}");
     let released: Vec<_> = trail[from..].iter().filter(|r| r["type"] == "release").collect();
     assert_eq!(released.len(), 1, "{released:?}");
+    let orphaned: Vec<_> = trail.iter().filter(|r| r["type"] == "hold_orphaned").collect();
+    assert!(orphaned.is_empty(), "stopped while answered, and counted as held: {orphaned:?}");
 }
 
 /// A held lookup denied is never asked upstream: the agent is killed (the policy's
@@ -304,13 +331,21 @@ fn a_denied_lookup_never_leaves_the_host() {
     succeeds(&daemon, &cgroup, &["resolve", "api.allowed.test"]);
     let holds = daemon.audit().into_iter().filter(|record| record["type"] == "hold").count();
     assert_eq!(holds, 2, "one hold per name, none per retry");
-    assert!(
-        upstream.asked("other.test").is_empty()
-            && upstream.asked("again.other.test").is_empty()
-            && !upstream.asked("api.allowed.test").is_empty(),
-        "{}",
-        upstream.log()
-    );
+
+    // A reload that denies the name while its lookup is held wins over a later approval.
+    let child = as_agent(&cgroup, &["resolve", "late.other.test"]);
+    let hold = daemon.pending_one();
+    let from = daemon.audit().len();
+    let denying = "[[egress]]\ndomain = \"*.other.test\"\naction = \"deny\"\n\n";
+    daemon.write_policy("test", &format!("on_deny = \"fail\"\n{denying}{without_dns}"));
+    daemon.wait_record(from, |record| record["type"] == "policy_reload");
+    assert!(daemon.cli(&["approve", hold["id"].as_str().expect("id")]).status.success());
+    let (code, out) = daemon.finish(child);
+    assert!(code == 1 && out.contains("lookup failed"), "refused after all: {out}");
+    for name in ["other.test", "again.other.test", "late.other.test"] {
+        assert!(upstream.asked(name).is_empty(), "{name} asked: {}", upstream.log());
+    }
+    assert!(!upstream.asked("api.allowed.test").is_empty(), "{}", upstream.log());
 }
 
 /// `--always` on a held lookup approves the name: the agent's next lookups are answered

@@ -6,9 +6,10 @@ use tokio::sync::oneshot;
 
 use super::{Daemon, decisions::Held, grants::unix_now};
 use crate::{
+    audit::AuditEvent,
     dns::{LookupDecision, LookupHold},
     hold::{
-        context::FromMemory,
+        context::{self, FromMemory},
         process::{HeldError, LookupProcess, NS_PER_TICK, OnDeny},
         procfs,
     },
@@ -28,9 +29,9 @@ impl HeldLookup {
         self.process.exited() || self.decided.is_closed()
     }
 
-    /// The process keyturn stopped for it, if it did.
-    pub(super) fn stopped_pid(&self) -> Option<u32> {
-        self.process.stopped().then(|| self.process.pid())
+    /// The process keyturn stopped for it.
+    pub(super) fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Approved by `quorum` people: the resolver asks upstream, answers, then resumes the
@@ -44,14 +45,13 @@ impl HeldLookup {
         self.decided.send(decision).or_else(|unsent| resume(enforcer, unsent))
     }
 
-    /// Refused: killed if `on_deny` says so and keyturn stopped it; otherwise answered
-    /// `REFUSED`, then resumed.
+    /// Refused: killed if `on_deny` says so; otherwise answered `REFUSED`, then resumed.
     pub(super) fn deny(
         self,
         enforcer: &mut crate::kernel::Enforcer,
         on_deny: OnDeny,
     ) -> Result<(), HeldError> {
-        if on_deny == OnDeny::Kill && self.process.stopped() {
+        if on_deny == OnDeny::Kill {
             return self.process.kill(enforcer);
         }
         let decision = LookupDecision { approved: None, process: Some(self.process) };
@@ -69,14 +69,13 @@ fn resume(enforcer: &mut crate::kernel::Enforcer, unsent: LookupDecision) -> Res
 
 impl Daemon {
     /// A lookup the resolver holds: its sender stopped and the hold listed. A grant that
-    /// covers it (the resolver's copy may be older) approves it at once; an agent no longer
-    /// known, or a sender gone, refuses it (the decision is dropped).
+    /// covers it (the resolver's copy may be older) approves it at once. It is refused
+    /// (the decision dropped), audited, when its agent is no longer known, already has its
+    /// maximum of pending holds (kernel and lookup holds alike), or its sender cannot be
+    /// stopped (gone, or no longer under the agent's root).
     pub(super) fn hold_lookup(&mut self, hold: LookupHold) {
         let LookupHold { sender, name, rule, quorum, decided } = hold;
         let root = sender.root;
-        if self.agent_and_policy(root).is_none() {
-            return;
-        }
         let action = Action {
             kind: kind::LOOKUP,
             protocol: sender.protocol,
@@ -84,21 +83,40 @@ impl Daemon {
             addr: sender.addr,
             ..Action::default()
         };
+        // Its process gone already: nothing to hold, stop or describe.
+        let Some(event) = lookup_event(&sender, action) else { return };
+        let id = context::hold_id(&event);
+        if self.agent_and_policy(root).is_none() {
+            return self.refuse_lookup(id, sender.tgid, "no agent known for this cgroup".into());
+        }
         if self.grants.iter().any(|grant| grant.covers(root, &action, Some(&name), quorum, unix_now())) {
+            let why = Some("an earlier approval's scope covers it".into());
+            self.record(AuditEvent::Release { id, by: "keyturn".into(), why });
+            self.stats.auto_released += 1;
             let _ = decided.send(LookupDecision { approved: Some(quorum), process: None });
             return;
+        }
+        let pending = self.pending.values().filter(|pending| pending.root == root).count();
+        if pending >= usize::try_from(self.config.max_pending).unwrap_or(usize::MAX) {
+            let error = format!("the agent has {pending} holds pending, its maximum");
+            return self.refuse_lookup(id, sender.tgid, error);
         }
         let process = match LookupProcess::stop(&mut self.enforcer, &self.hierarchy, sender.tgid, root) {
             Ok(process) => process,
             Err(e) => {
-                tracing::warn!(pid = sender.tgid, %name, error = %e, "DNS: refused a held lookup whose sender could not be stopped");
-                return;
+                return self.refuse_lookup(id, sender.tgid, format!("its sender could not be stopped: {e}"));
             }
         };
-        let Some(event) = lookup_event(&sender, action) else { return };
         let mut view = self.view_of(&event, None, FromMemory::read(&event, None));
         (view.domain, view.policy_rule, view.quorum) = (Some(name.to_string()), rule, quorum);
         self.list_pending(Held::Lookup(HeldLookup { decided, process }), view, &event, Vec::new(), false);
+    }
+
+    /// Audits a held lookup refused before it was listed (its decision is dropped: the
+    /// resolver answers `REFUSED`).
+    fn refuse_lookup(&mut self, id: String, pid: u32, error: String) {
+        tracing::warn!(id, pid, %error, "DNS: refused a held lookup");
+        self.record(AuditEvent::HoldRefused { id, pid, error: error.into() });
     }
 }
 
@@ -147,7 +165,6 @@ mod tests {
     use agent_common::DnsSender;
 
     use super::*;
-    use crate::hold::context;
 
     #[test]
     fn a_lookup_is_described_as_its_sender_asked_it() {

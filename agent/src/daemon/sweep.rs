@@ -11,11 +11,11 @@ use super::{
 
 /// How long something must stay an orphan, sweep after sweep, before it is settled.
 const SUSPECT_GRACE: Duration = Duration::from_secs(2);
-use crate::audit::AuditEvent;
 use crate::hold::{
     orphans::{self, Orphan},
     process::{self, HeldError, HeldProcess, OnDeny, event_from_record},
 };
+use crate::{audit::AuditEvent, dns::Resolver};
 
 impl Daemon {
     /// Enforces the invariant that no process in a tagged cgroup is stopped or frozen by
@@ -29,14 +29,7 @@ impl Daemon {
             records: self.enforcer.holds().unwrap_or_default(),
             stops: self.enforcer.stops().unwrap_or_default(),
             kept: self.holds.kept(),
-            lookups: self
-                .pending
-                .values()
-                .filter_map(|pending| match &pending.held {
-                    Held::Lookup(lookup) => lookup.stopped_pid(),
-                    Held::Kernel(_) => None,
-                })
-                .collect(),
+            lookups: self.stopped_for_lookups(),
             ..orphans::Snapshot::default()
         };
         snapshot.observe(self.agents.values().filter_map(|agent| self.hierarchy.dir(&agent.path).ok()));
@@ -61,6 +54,16 @@ impl Daemon {
         for (key, nonce) in orphans::stale_records(&snapshot) {
             let _ = self.enforcer.forget(key, nonce);
         }
+    }
+
+    /// The processes stopped for lookups: held, or decided and waiting for their answers.
+    fn stopped_for_lookups(&self) -> std::collections::HashSet<u32> {
+        let held = self.pending.values().filter_map(|pending| match &pending.held {
+            Held::Lookup(lookup) => Some(lookup.pid()),
+            Held::Kernel(_) => None,
+        });
+        let answering = self.resolver.as_ref().map(Resolver::answering).unwrap_or_default();
+        held.chain(answering).collect()
     }
 
     /// The `on_timeout` of the policy of the agent tagged at `root`: kill if none is known.

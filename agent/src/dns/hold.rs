@@ -13,8 +13,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::name::Name;
 use crate::hold::process::LookupProcess;
 
-/// Queries that may wait on one held lookup; more are refused at once.
+/// Queries that may wait on one held lookup, and on all of one agent's; more are refused
+/// at once. Each waits in a task of its own, holding none of the resolver's shared slots.
 const QUERIES_PER_HOLD: usize = 16;
+const QUERIES_PER_AGENT: usize = 64;
 
 /// A lookup the policy holds, for the daemon to list, decide and answer on `decided`.
 #[derive(Debug)]
@@ -69,7 +71,7 @@ impl HeldLookups {
     /// Waits for the decision on `name`, looked up by `sender`, which `rule` holds for
     /// `quorum` people: joins the agent's hold of the name if it has one, else asks `raise`
     /// for one. `None`: refused at once, as the agent already has `max_pending` lookups
-    /// held, or this one has as many queries as it may.
+    /// held, or it or this one has as many queries waiting as it may.
     pub async fn decide(
         &self,
         raise: &mpsc::Sender<LookupHold>,
@@ -81,6 +83,10 @@ impl HeldLookups {
         let key = (sender.root, name.clone());
         let (mut outcome, publish) = {
             let mut held = self.lock();
+            let agent_s = held.iter().filter(|((root, _), _)| *root == sender.root);
+            if agent_s.map(|(_, waiting)| waiting.queries).sum::<usize>() >= QUERIES_PER_AGENT {
+                return None;
+            }
             if let Some(waiting) = held.get_mut(&key) {
                 if waiting.queries >= QUERIES_PER_HOLD {
                     return None;
@@ -136,6 +142,12 @@ impl HeldLookups {
                 tracing::warn!(pid, error = %e, "DNS: resuming the process of a held lookup");
             }
         }
+    }
+
+    /// The processes stopped for lookups that were decided and are being answered: the
+    /// orphan sweep counts them as held.
+    pub fn answering(&self) -> Vec<u32> {
+        self.lock().values().filter_map(|waiting| waiting.process.as_ref().map(LookupProcess::pid)).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, Name), Waiting>> {

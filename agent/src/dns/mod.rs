@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream, UdpSocket},
-    sync::{Semaphore, mpsc, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
 };
 
 use agent_common::{Action, DnsSender, EgressRule, kind};
@@ -216,6 +216,11 @@ impl Resolver {
         rejudge(&self.shared);
     }
 
+    /// The processes stopped for held lookups that were decided and are being answered.
+    pub fn answering(&self) -> Vec<u32> {
+        self.shared.lookups.answering()
+    }
+
     /// The names agents resolved, for the views of their egress holds.
     pub fn book(&self) -> Arc<NameBook> {
         self.shared.book.clone()
@@ -269,12 +274,12 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
         };
         let (socket, shared, query) = (socket.clone(), shared.clone(), buffer[..len].to_vec());
         tokio::spawn(async move {
-            let answer = answer(&shared, from, &query, Transport::Udp).await;
+            let mut slot = Some(permit);
+            let answer = answer(&shared, from, &query, Transport::Udp, &mut slot).await;
             if let Some(reply) = &answer.reply {
                 let _ = socket.send_to(reply, from).await;
             }
             answered(&shared, answer.waited);
-            drop(permit);
         });
     }
 }
@@ -297,19 +302,28 @@ async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _ = serve_connection(stream, from, &shared).await;
-            drop(permit);
+            let _ = serve_connection(stream, from, &shared, Some(permit)).await;
         });
     }
 }
 
-/// Answers the queries of one TCP connection, each framed by its two-byte length.
-async fn serve_connection(mut stream: TcpStream, from: SocketAddr, shared: &Shared) -> std::io::Result<()> {
+/// Answers the queries of one TCP connection, each framed by its two-byte length, while it
+/// holds its `slot`; one that waited on a held lookup gave its slot up, and is closed once
+/// answered.
+async fn serve_connection(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    shared: &Shared,
+    mut slot: Option<OwnedSemaphorePermit>,
+) -> std::io::Result<()> {
     for _ in 0..TCP_QUERIES {
+        if slot.is_none() {
+            break;
+        }
         let Ok(len) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else { return Ok(()) };
         let mut query = vec![0u8; usize::from(len?)];
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await??;
-        let answer = answer(shared, from, &query, Transport::Tcp).await;
+        let answer = answer(shared, from, &query, Transport::Tcp, &mut slot).await;
         let sent = match &answer.reply {
             Some(reply) => write_framed(&mut stream, reply).await,
             None => Err(std::io::ErrorKind::InvalidData.into()),
@@ -465,8 +479,15 @@ impl From<Vec<u8>> for Answer {
     }
 }
 
-/// The answer to `bytes` from `from`.
-async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Transport) -> Answer {
+/// The answer to `bytes` from `from`, which holds one of the resolver's shared `slot`s: a
+/// query waiting on a held lookup gives it up.
+async fn answer(
+    shared: &Shared,
+    from: SocketAddr,
+    bytes: &[u8],
+    transport: Transport,
+    slot: &mut Option<OwnedSemaphorePermit>,
+) -> Answer {
     let stats = &shared.stats;
     bump(&stats.queries);
     let query = match wire::parse_query(bytes, transport) {
@@ -505,24 +526,27 @@ async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Tran
     };
     let held = match judged.verdict {
         Verdict::Deny => Some(None),
+        Verdict::Hold if approved() => None,
         Verdict::Hold if refused_lately() => Some(None),
-        Verdict::Hold if !approved() => {
+        Verdict::Hold => {
             bump(&stats.held);
+            drop(slot.take());
             let max_pending = max_pending.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
             let asked = (judged.rule.clone(), judged.quorum);
             Some(shared.lookups.decide(&shared.raise, sender, &query.name, asked, max_pending).await)
         }
-        Verdict::Hold | Verdict::Allow => None,
+        Verdict::Allow => None,
     };
     let (waited, approved) = match held {
         None => (None, None),
-        Some(Some((hold::Outcome::Approved { quorum }, waited))) => {
+        // Approved, and still approved enough by the policy in force now.
+        Some(Some((hold::Outcome::Approved { quorum }, waited))) if still_approved(shared, &sender, &query.name, quorum) => {
             approve_once(shared, sender.root, &query.name, quorum, ONCE_AT_LEAST);
             (Some(waited), Some(quorum))
         }
         // Denied by the policy or a person, or more held lookups than the agent may have.
         Some(refused) => {
-            if let Some((hold::Outcome::Refused, _)) = refused {
+            if refused.is_some() {
                 let until = SystemTime::now() + REFUSAL_LASTS;
                 shared.refused.lock().unwrap_or_else(PoisonError::into_inner).insert(key, until);
             }
@@ -534,6 +558,17 @@ async fn answer(shared: &Shared, from: SocketAddr, bytes: &[u8], transport: Tran
     };
     let reply = forward(shared, &sender, &query, transport, approved).await;
     Answer { reply: Some(reply), waited }
+}
+
+/// Whether a lookup of `name` by `sender` approved by `quorum` people may still go out: a
+/// reload while it was held may have denied the name, or asked more people.
+fn still_approved(shared: &Shared, sender: &DnsSender, name: &Name, quorum: u32) -> bool {
+    let policy = shared.maps.lock().unwrap_or_else(PoisonError::into_inner).policy_of(sender.root);
+    let policy = policy.and_then(|id| shared.policies.borrow().get(&id).cloned());
+    policy.is_some_and(|policy| {
+        let judged = policy.judge_name(name);
+        judged.verdict == Verdict::Allow || (judged.verdict == Verdict::Hold && judged.quorum <= quorum)
+    })
 }
 
 /// Asks the upstreams `query`, and records the answer's addresses before the agent has it;

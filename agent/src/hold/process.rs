@@ -83,41 +83,40 @@ fn under_root(hierarchy: &Hierarchy, dir: &Path, root: u64) -> bool {
         .any(|dir| cgroup::id(dir).is_ok_and(|id| id == root))
 }
 
-/// The process whose DNS lookup keyturn's resolver holds, pinned by a pidfd. Stopped
-/// (`SIGSTOP`) by the daemon while the lookup waits, if it lives under the agent's root
-/// (a socket passed to a process elsewhere never gets that process stopped); the stop is
-/// recorded in `STOPS` as the hooks record theirs, so a daemon that dies meanwhile leaves
-/// it to the next one's orphan sweep.
+/// The process whose DNS lookup keyturn's resolver holds, pinned by a pidfd and stopped
+/// (`SIGSTOP`) by the daemon while the lookup waits. The stop is recorded in `STOPS` as the
+/// hooks record theirs, so a daemon that dies meanwhile leaves it to the next one's orphan
+/// sweep. Dropped without [`kill`](Self::kill) or [`resume`](Self::resume), it is resumed.
 #[derive(Debug)]
 pub struct LookupProcess {
     pidfd: OwnedFd,
     pid: u32,
-    stopped: bool,
+    /// Killed or resumed already.
+    ended: bool,
 }
 
 impl LookupProcess {
     /// Opens process `pid`, which sent a lookup of the agent under `root`, and stops it.
+    /// A process that does not live under `root` (the sender's pid reused since, or the
+    /// process moved) is never stopped: [`HeldError::Gone`].
     pub fn stop(enforcer: &mut Enforcer, hierarchy: &Hierarchy, pid: u32, root: u64) -> Result<Self, HeldError> {
         let pidfd = sys::pidfd_open(pid).map_err(|_| HeldError::Gone(pid))?;
         // Checked after opening: the pidfd names the process the cgroup check saw.
         let start_ticks = crate::hold::procfs::stat(pid).ok_or(HeldError::Gone(pid))?.start_ticks;
-        let mut process = Self { pidfd, pid, stopped: false };
-        if hierarchy.of_process(pid).is_ok_and(|dir| under_root(hierarchy, &dir, root)) {
-            let stop = agent_common::Stop { process_start: start_ticks * NS_PER_TICK, stopped_at_ns: monotonic_ns() };
-            enforcer.record_stop(pid, stop)?;
-            sys::pidfd_stop(&process.pidfd).map_err(|source| HeldError::Signal { pid, source })?;
-            process.stopped = true;
+        if !hierarchy.of_process(pid).is_ok_and(|dir| under_root(hierarchy, &dir, root)) {
+            return Err(HeldError::Gone(pid));
         }
-        Ok(process)
+        let stop = agent_common::Stop { process_start: start_ticks * NS_PER_TICK, stopped_at_ns: monotonic_ns() };
+        enforcer.record_stop(pid, stop)?;
+        if let Err(source) = sys::pidfd_stop(&pidfd) {
+            let _ = enforcer.forget_stop(pid);
+            return Err(HeldError::Signal { pid, source });
+        }
+        Ok(Self { pidfd, pid, ended: false })
     }
 
     pub fn pid(&self) -> u32 {
         self.pid
-    }
-
-    /// Whether keyturn stopped it (it lives under the agent's root).
-    pub fn stopped(&self) -> bool {
-        self.stopped
     }
 
     /// Whether the process has exited (its pidfd is readable).
@@ -126,19 +125,35 @@ impl LookupProcess {
     }
 
     /// Kills the process (its lookup was denied), forgetting keyturn's stop of it first.
-    pub fn kill(self, enforcer: &mut Enforcer) -> Result<(), HeldError> {
-        enforcer.forget_stop(self.pid)?;
+    pub fn kill(mut self, enforcer: &mut Enforcer) -> Result<(), HeldError> {
+        self.ended = true;
+        self.forget_stop(|pid| enforcer.forget_stop(pid).map_err(HeldError::from))?;
         sys::pidfd_signal(&self.pidfd, Ending::Kill).map_err(|source| HeldError::Signal { pid: self.pid, source })
     }
 
     /// Resumes the process once its lookup is answered; `forget_stop` forgets keyturn's
     /// stop of it first.
-    pub fn resume(self, forget_stop: impl FnOnce(u32)) -> Result<(), HeldError> {
-        if !self.stopped {
-            return Ok(());
-        }
-        forget_stop(self.pid);
+    pub fn resume(mut self, forget_stop: impl FnOnce(u32)) -> Result<(), HeldError> {
+        self.ended = true;
+        self.forget_stop(|pid| {
+            forget_stop(pid);
+            Ok(())
+        })?;
         sys::pidfd_signal(&self.pidfd, Ending::Resume).map_err(|source| HeldError::Signal { pid: self.pid, source })
+    }
+
+    /// Forgets keyturn's stop of the process by its pid, unless it exited: its pid may name
+    /// another stopped process by now (the orphan sweep removes a stale record).
+    fn forget_stop(&self, forget: impl FnOnce(u32) -> Result<(), HeldError>) -> Result<(), HeldError> {
+        if self.exited() { Ok(()) } else { forget(self.pid) }
+    }
+}
+
+impl Drop for LookupProcess {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = sys::pidfd_signal(&self.pidfd, Ending::Resume);
+        }
     }
 }
 
