@@ -77,6 +77,8 @@ pub struct Config {
     pub oidc: Option<oidc::OidcConfig>,
     /// Where the audit trail is streamed to (`[[siem]]`, any number).
     pub siem: Vec<siem::SiemConfig>,
+    /// Who is told of holds raised, decided and closed (`[[webhooks]]`, any number).
+    pub webhooks: Vec<siem::webhook::WebhookConfig>,
 }
 
 /// The web UI and the JSON API.
@@ -118,6 +120,7 @@ impl Default for Config {
             roles: RoleMap::default(),
             oidc: None,
             siem: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -279,7 +282,7 @@ pub async fn run(config: Config) -> Result<(), ConsoleError> {
     let api = http_api(&console, &config).await?;
     // Dropped (and so stopped) when the console stops.
     let _siem: Vec<AbortOnDrop> =
-        siem::start(console.store(), &config.siem)?.into_iter().map(AbortOnDrop).collect();
+        siem::start(console.store(), &config.siem, &config.webhooks)?.into_iter().map(AbortOnDrop).collect();
     tokio::select! {
         result = console.serve(hosts) => result,
         result = api.serve(people) => result,

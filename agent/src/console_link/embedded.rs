@@ -44,10 +44,11 @@ fn console_config(config: &Config) -> Result<console::Config, EmbeddedError> {
                          address and [tls] enabled = false",
             });
         }
-        if !loaded.siem.is_empty() {
+        if !loaded.siem.is_empty() || !loaded.webhooks.is_empty() {
             return Err(EmbeddedError::Unfit {
                 path: path.clone(),
-                reason: "an embedded console streams to no SIEM: [[siem]] needs `keyturn console`",
+                reason: "an embedded console streams to no SIEM and calls no webhook: [[siem]] and \
+                         [[webhooks]] need `keyturn console`",
             });
         }
         return Ok(loaded);

@@ -1,5 +1,6 @@
 //! SIEM outputs: the audit trail streamed, in order and at least once, to syslog receivers
-//! (RFC 5425) and HTTP collectors (Splunk HEC), each from a cursor kept in the database.
+//! (RFC 5425) and HTTP collectors (Splunk HEC), each from a cursor kept in the database;
+//! and webhooks ([`webhook`]), streamed the same way: its hold events, one signed body each.
 //!
 //! Each output runs as a task of its own: decisions never wait for it. Of several replicas
 //! on one database, the one holding the output's lease (a row of `siem_cursors`, renewed
@@ -11,6 +12,7 @@
 //! acknowledged a batch: a 2xx over HTTP, a flushed write over syslog.
 
 mod send;
+pub mod webhook;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -25,6 +27,7 @@ use crate::{
 };
 pub use send::SendError;
 use send::Sink;
+use webhook::{HoldEvent, WebhookConfig};
 
 /// How long a replica's lease on an output lasts unless renewed.
 const LEASE: Duration = Duration::from_secs(30);
@@ -75,6 +78,8 @@ fn default_batch() -> u32 {
 pub enum SiemError {
     #[error("[[siem]] {name}: {reason}")]
     Config { name: String, reason: String },
+    #[error("[[webhooks]] {name}: {reason}")]
+    Webhook { name: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -85,11 +90,17 @@ pub enum SiemError {
 
 /// An output ready to stream: its receiver and how records are written for it.
 pub struct Output {
+    /// Its cursor's name.
     name: String,
     batch: i64,
     exporter: Exporter,
     sink: Sink,
+    /// A webhook's events: only those records are sent, one body each.
+    events: Option<Vec<HoldEvent>>,
 }
+
+/// Records a webhook's batch looks at; each wanted one is a request of its own.
+const WEBHOOK_BATCH: i64 = 20;
 
 impl Output {
     /// Checks `config` and reads its files (token, CA); nothing is connected yet.
@@ -101,6 +112,20 @@ impl Output {
             batch: i64::from(config.batch.clamp(1, 10_000)),
             exporter: Exporter::new(store.clone(), config.format),
             sink,
+            events: None,
+        })
+    }
+
+    /// Checks a webhook's `config` and reads its files (secret, CA); nothing is sent yet.
+    pub fn webhook(store: &Store, config: &WebhookConfig) -> Result<Self, SiemError> {
+        let webhook = webhook::Webhook::new(config)
+            .map_err(|reason| SiemError::Webhook { name: config.name.clone(), reason })?;
+        Ok(Self {
+            name: format!("webhook:{}", config.name),
+            batch: WEBHOOK_BATCH,
+            exporter: Exporter::new(store.clone(), Format::Ocsf),
+            sink: Sink::Webhook(webhook),
+            events: Some(config.events.clone()),
         })
     }
 
@@ -138,10 +163,29 @@ impl Output {
         let records = store.audit_page(next, 0, i64::MAX, self.batch).await?;
         let Some(last) = records.last() else { return Ok(Step::Idle) };
         check(&records, next, &prev)?;
-        let lines = self.exporter.lines(&records).await?;
-        tokio::time::timeout(SEND_TIMEOUT, self.sink.send(&lines))
-            .await
-            .map_err(|_| SiemError::Timeout(SEND_TIMEOUT))??;
+        let lines = match &self.events {
+            None => self.exporter.lines(&records).await?,
+            Some(wanted) => {
+                let mut bodies = Vec::new();
+                for record in &records {
+                    let Some(event) = HoldEvent::of(&record.typed()?).filter(|event| wanted.contains(event))
+                    else {
+                        continue;
+                    };
+                    let ocsf = self.exporter.lines(std::slice::from_ref(record)).await?;
+                    bodies.push(crate::export::Line {
+                        at_ms: record.at_ms,
+                        text: event.body(record.seq, &ocsf),
+                    });
+                }
+                bodies
+            }
+        };
+        if !lines.is_empty() {
+            tokio::time::timeout(SEND_TIMEOUT, self.sink.send(&lines))
+                .await
+                .map_err(|_| SiemError::Timeout(SEND_TIMEOUT))??;
+        }
         let moved = sqlx::query(
             "UPDATE siem_cursors SET next_seq = $3, prev_hash = $4
              WHERE output = $1 AND holder = $2 AND next_seq = $5",
@@ -215,9 +259,13 @@ fn check(records: &[StoredRecord], mut next: i64, prev: &str) -> Result<(), Stor
     Ok(())
 }
 
-/// Starts every output of `configs` on `store`; fails before starting any when one is
-/// misconfigured.
-pub fn start(store: &Store, configs: &[SiemConfig]) -> Result<Vec<tokio::task::JoinHandle<()>>, SiemError> {
+/// Starts every output of `configs` and every webhook of `webhooks` on `store`; fails
+/// before starting any when one is misconfigured.
+pub fn start(
+    store: &Store,
+    configs: &[SiemConfig],
+    webhooks: &[WebhookConfig],
+) -> Result<Vec<tokio::task::JoinHandle<()>>, SiemError> {
     let mut names = std::collections::HashSet::new();
     for config in configs {
         if !names.insert(config.name.as_str()) {
@@ -227,6 +275,19 @@ pub fn start(store: &Store, configs: &[SiemConfig]) -> Result<Vec<tokio::task::J
             });
         }
     }
-    let outputs = configs.iter().map(|config| Output::new(store, config)).collect::<Result<Vec<_>, _>>()?;
+    let mut names = std::collections::HashSet::new();
+    for config in webhooks {
+        if !names.insert(config.name.as_str()) {
+            return Err(SiemError::Webhook {
+                name: config.name.clone(),
+                reason: "two webhooks of this name".into(),
+            });
+        }
+    }
+    let outputs = configs
+        .iter()
+        .map(|config| Output::new(store, config))
+        .chain(webhooks.iter().map(|config| Output::webhook(store, config)))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(outputs.into_iter().map(|output| output.spawn(store.clone())).collect())
 }

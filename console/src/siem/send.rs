@@ -34,6 +34,7 @@ pub enum SendError {
 pub enum Sink {
     Syslog(Box<Syslog>),
     Http(Http),
+    Webhook(super::webhook::Webhook),
 }
 
 pub struct Syslog {
@@ -103,6 +104,7 @@ impl Sink {
         match self {
             Self::Syslog(syslog) => syslog.send(lines).await,
             Self::Http(http) => http.send(lines).await,
+            Self::Webhook(webhook) => webhook.send(lines).await,
         }
     }
 

@@ -11,3 +11,4 @@ mod siem;
 mod streams;
 mod support;
 mod tls;
+mod webhooks;

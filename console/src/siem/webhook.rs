@@ -1,0 +1,228 @@
+//! Webhooks (`[[webhooks]]`): the hold events of the trail (raised, decided, closed), one
+//! signed JSON body each, sent (`POST`) in order and at least once, streamed like a SIEM
+//! output.
+//!
+//! A body is `{"event": "hold_raised", "seq": 12, "ocsf": [...]}`: the event's name, the
+//! record's sequence number (a receiver drops a body it has seen), and the record as OCSF
+//! events, the console's record itself in each one's `unmapped.keyturn`. It is signed as
+//! Slack signs its requests: `X-Keyturn-Request-Timestamp` (Unix seconds) and
+//! `X-Keyturn-Signature`, `v0=` and the hex HMAC-SHA256 of `v0:TIMESTAMP:BODY` under the
+//! webhook's secret; a receiver refuses a body whose timestamp is over 5 minutes off.
+
+use std::{fmt, net::IpAddr, path::PathBuf};
+
+use hmac::{Hmac, Mac as _};
+use serde::Deserialize;
+use sha2::Sha256;
+
+use super::send::SendError;
+use crate::{audit::AuditEvent, export::Line};
+
+/// One `[[webhooks]]` entry of the console's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Names the webhook's cursor: renaming it starts again from the first record.
+    pub name: String,
+    /// Where bodies are sent (`POST`; `https://`, `http://` only on loopback).
+    pub url: url::Url,
+    /// The signing secret, or a file holding it.
+    pub secret: Option<Secret>,
+    pub secret_file: Option<PathBuf>,
+    /// The events wanted (all three unless said).
+    #[serde(default = "every_event")]
+    pub events: Vec<HoldEvent>,
+    /// PEM certificates of the CAs the receiver's certificate must chain to, instead of the
+    /// built-in web roots.
+    pub ca: Option<PathBuf>,
+}
+
+/// A secret as the configuration holds it: never shown by `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// What a webhook is told of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldEvent {
+    /// A host reported a held action.
+    HoldRaised,
+    /// A hold's decision was signed (the last vote of a quorum).
+    HoldDecided,
+    /// A host closed a hold (decided there, timed out, process gone), or it expired.
+    HoldClosed,
+}
+
+fn every_event() -> Vec<HoldEvent> {
+    vec![HoldEvent::HoldRaised, HoldEvent::HoldDecided, HoldEvent::HoldClosed]
+}
+
+impl HoldEvent {
+    /// The webhook event a record of the trail is, if any.
+    pub fn of(event: &AuditEvent) -> Option<Self> {
+        match event {
+            AuditEvent::HoldRaised { .. } => Some(Self::HoldRaised),
+            AuditEvent::Decided { .. } => Some(Self::HoldDecided),
+            AuditEvent::HoldClosed { .. } | AuditEvent::HoldExpired { .. } => Some(Self::HoldClosed),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::HoldRaised => "hold_raised",
+            Self::HoldDecided => "hold_decided",
+            Self::HoldClosed => "hold_closed",
+        }
+    }
+
+    /// The body telling of record `seq`, whose OCSF events are `ocsf` (JSON texts).
+    pub fn body(self, seq: i64, ocsf: &[Line]) -> String {
+        let events: Vec<&str> = ocsf.iter().map(|line| line.text.as_str()).collect();
+        format!(r#"{{"event":"{}","seq":{seq},"ocsf":[{}]}}"#, self.name(), events.join(","))
+    }
+}
+
+/// `v0=` and the hex HMAC-SHA256 of `v0:TIMESTAMP:BODY` under `secret`.
+pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(format!("v0:{timestamp}:").as_bytes());
+    mac.update(body);
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A webhook's receiver.
+pub struct Webhook {
+    url: url::Url,
+    client: reqwest::Client,
+    secret: Vec<u8>,
+}
+
+impl Webhook {
+    pub fn new(config: &WebhookConfig) -> Result<Self, String> {
+        let url = &config.url;
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+            _ => false,
+        };
+        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            return Err(format!("url = {url}: https:// (http:// only on a loopback IP address)"));
+        }
+        let secret = match (&config.secret, &config.secret_file) {
+            (Some(Secret(secret)), None) => secret.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("secret_file = {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Err("a webhook needs a secret or secret_file".into()),
+            (Some(_), Some(_)) => return Err("secret or secret_file, not both".into()),
+        };
+        if secret.len() < 16 {
+            return Err("the secret must be at least 16 bytes".into());
+        }
+        if config.events.is_empty() {
+            return Err("events: name at least one of hold_raised, hold_decided, hold_closed".into());
+        }
+        let mut client = reqwest::Client::builder().timeout(super::SEND_TIMEOUT);
+        if let Some(path) = &config.ca {
+            let pem = std::fs::read(path).map_err(|e| format!("ca = {}: {e}", path.display()))?;
+            client = client.tls_built_in_root_certs(false);
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca: {e}"))? {
+                client = client.add_root_certificate(certificate);
+            }
+        }
+        Ok(Self {
+            url: url.clone(),
+            client: client.build().map_err(|e| e.to_string())?,
+            secret: secret.into_bytes(),
+        })
+    }
+
+    /// POSTs each body of `bodies` in turn, signed; returns once the receiver acknowledged
+    /// every one (a 2xx).
+    pub async fn send(&self, bodies: &[Line]) -> Result<(), SendError> {
+        let url = || self.url.to_string();
+        for body in bodies {
+            let timestamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            let response = self
+                .client
+                .post(self.url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header("X-Keyturn-Request-Timestamp", timestamp.to_string())
+                .header("X-Keyturn-Signature", signature(&self.secret, timestamp, body.text.as_bytes()))
+                .body(body.text.clone())
+                .send()
+                .await
+                .map_err(|source| SendError::Http { url: url(), source })?;
+            let status = response.status();
+            if !status.is_success() {
+                let text = response.text().await.unwrap_or_default();
+                return Err(SendError::Refused {
+                    url: url(),
+                    status,
+                    body: text.chars().take(200).collect(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_slack_s_scheme() {
+        // Slack's published example (api.slack.com/authentication/verifying-requests-from-slack).
+        let body = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+        assert_eq!(
+            signature(b"8f742231b10e8888abcd99yyyzzz85a5", 1_531_420_618, body.as_bytes()),
+            "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
+        );
+    }
+
+    #[test]
+    fn a_secret_is_never_shown() {
+        let config: WebhookConfig = toml::from_str(
+            "name = \"p\"\nurl = \"https://x.example/\"\nsecret = \"0123456789abcdef-secret\"\n",
+        )
+        .unwrap();
+        assert!(!format!("{config:?}").contains("0123456789abcdef"), "{config:?}");
+        assert_eq!(config.events, every_event());
+    }
+
+    #[test]
+    fn bad_webhooks_are_refused_with_the_reason() {
+        let refused = |toml: &str| match Webhook::new(&toml::from_str(toml).unwrap()) {
+            Ok(_) => panic!("{toml} accepted"),
+            Err(reason) => reason,
+        };
+        let secret = "secret = \"0123456789abcdef\"\n";
+        assert!(
+            refused(&format!("name = \"p\"\nurl = \"http://hooks.example/\"\n{secret}")).contains("https://")
+        );
+        assert!(refused("name = \"p\"\nurl = \"https://hooks.example/\"\n").contains("needs a secret"));
+        assert!(
+            refused("name = \"p\"\nurl = \"https://h.example/\"\nsecret = \"short\"\n").contains("16 bytes")
+        );
+        assert!(
+            refused(&format!("name = \"p\"\nurl = \"https://h.example/\"\n{secret}events = []\n"))
+                .contains("at least one")
+        );
+        let unknown = toml::from_str::<WebhookConfig>(&format!(
+            "name = \"p\"\nurl = \"https://h.example/\"\n{secret}events = [\"hold_eaten\"]\n"
+        ));
+        assert!(unknown.is_err());
+    }
+}
