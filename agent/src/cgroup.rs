@@ -71,6 +71,16 @@ impl Hierarchy {
             .ok_or_else(|| CgroupError::Io { path: file.clone(), source: ErrorKind::NotFound.into() })?;
         Ok(self.root.join(relative.trim_start_matches('/')))
     }
+
+    /// Whether the cgroup `dir` is the one whose id is `root`, or below it.
+    pub fn under(&self, dir: &Path, root: u64) -> bool {
+        dir.ancestors().take_while(|dir| dir.starts_with(&self.root)).any(|dir| id(dir).is_ok_and(|id| id == root))
+    }
+
+    /// Whether process `pid` lives in the cgroup whose id is `root`, or below it.
+    pub fn process_under(&self, pid: u32, root: u64) -> bool {
+        self.of_process(pid).is_ok_and(|dir| self.under(&dir, root))
+    }
 }
 
 /// The kernel's id of the cgroup at `dir`: the inode number of its directory.

@@ -274,6 +274,8 @@ fn a_late_threads_connect_is_listed_and_times_out_like_any_hold() {
     // first is `keyturn run`).
     assert_eq!(hold["argv"][1], "late-thread", "{hold}");
     assert!(hold["parents"][0]["argv"].as_array().is_some_and(|argv| !argv.is_empty()), "{hold}");
+    let parents = hold["parents"].as_array().map(Vec::len);
+    assert_eq!(parents, Some(1), "the agent's own processes, ending at what started it: {hold}");
     assert!(held(pid));
     let (code, _) = finish(agent);
     assert_eq!(code, 128 + libc::SIGKILL, "on_timeout kills");

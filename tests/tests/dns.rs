@@ -279,6 +279,9 @@ fn a_held_lookup_waits_stopped_and_unasked_until_approved() {
     assert!(String::from_utf8_lossy(&listed.stdout).contains("dns other.test ("), "{listed:?}");
     let pid = u32::try_from(hold["pid"].as_u64().expect("pid")).expect("a pid");
     assert_eq!(pid, child.id());
+    // Started by this test, outside the agent's cgroup: the chain of parents ends there.
+    assert_eq!(hold["parents"].as_array().map(Vec::len), Some(1), "{hold}");
+    assert_eq!(hold["parents"][0]["pid"], std::process::id(), "{hold}");
     wait_all_stopped(pid);
     sleep(Duration::from_secs(11));
     assert!(upstream.asked("other.test").is_empty(), "asked before approval: {}", upstream.log());

@@ -14,7 +14,7 @@ use std::{
 use agent_common::{HoldEvent, event_type, kind, protocol};
 use serde::{Deserialize, Serialize};
 
-use crate::{hold::identity::Executable, hold::procfs, kernel::monotonic_ns};
+use crate::{cgroup::Hierarchy, hold::identity::Executable, hold::procfs, kernel::monotonic_ns};
 
 /// One ancestor of the held process.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -226,16 +226,25 @@ impl FromMemory {
         } else {
             Some(proc_argv(event.tgid, HELD_ARGV_BYTES))
         };
-        Self { argv, parents: Some(parents(event.tgid)) }
+        Self { argv, parents: Some(parents(event.tgid, event.hold.root)) }
     }
 }
 
-fn parents(pid: u32) -> Vec<Parent> {
+/// The processes `pid` descends from within the agent under `root`, nearest first, ending
+/// at the first outside it: the one that started the agent (`keyturn run`, the service
+/// manager). The host's processes above that are none of the approver's business, and
+/// their command lines may carry secrets.
+fn parents(pid: u32, root: u64) -> Vec<Parent> {
+    static HIERARCHY: std::sync::OnceLock<Option<Hierarchy>> = std::sync::OnceLock::new();
+    let hierarchy = HIERARCHY.get_or_init(|| Hierarchy::find().ok());
     let mut chain = Vec::new();
     let mut current = procfs::stat(pid).map(|stat| stat.ppid);
     while let Some(pid) = current.filter(|&p| p > 0 && chain.len() < 32) {
         let Some(stat) = procfs::stat(pid) else { break };
         chain.push(Parent { pid, comm: printable(&stat.comm), argv: proc_argv(pid, PARENT_ARGV_BYTES) });
+        if !hierarchy.as_ref().is_some_and(|hierarchy| hierarchy.process_under(pid, root)) {
+            break;
+        }
         current = Some(stat.ppid);
     }
     chain

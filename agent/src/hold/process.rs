@@ -76,13 +76,6 @@ pub fn kill(enforcer: &mut Enforcer, pid: u32, start_ticks: u64) -> Result<(), H
     sys::pidfd_signal(&pidfd, Ending::Kill).map_err(|source| HeldError::Signal { pid, source })
 }
 
-/// Whether the cgroup `dir` is the tagged root `root` or below it.
-fn under_root(hierarchy: &Hierarchy, dir: &Path, root: u64) -> bool {
-    dir.ancestors()
-        .take_while(|dir| dir.starts_with(hierarchy.root()))
-        .any(|dir| cgroup::id(dir).is_ok_and(|id| id == root))
-}
-
 /// The process whose DNS lookup keyturn's resolver holds, pinned by a pidfd and stopped
 /// (`SIGSTOP`) by the daemon while the lookup waits. The stop is recorded in `STOPS` as the
 /// hooks record theirs, so a daemon that dies meanwhile leaves it to the next one's orphan
@@ -103,7 +96,7 @@ impl LookupProcess {
         let pidfd = sys::pidfd_open(pid).map_err(|_| HeldError::Gone(pid))?;
         // Checked after opening: the pidfd names the process the cgroup check saw.
         let start_ticks = crate::hold::procfs::stat(pid).ok_or(HeldError::Gone(pid))?.start_ticks;
-        if !hierarchy.of_process(pid).is_ok_and(|dir| under_root(hierarchy, &dir, root)) {
+        if !hierarchy.process_under(pid, root) {
             return Err(HeldError::Gone(pid));
         }
         let stop = agent_common::Stop { process_start: start_ticks * NS_PER_TICK, stopped_at_ns: monotonic_ns() };
@@ -239,7 +232,7 @@ impl HeldProcess {
         }
         let name = format!("{}{pid}", crate::hold::orphans::CELL_PREFIX);
         let current = hierarchy.of_process(pid)?;
-        if !under_root(hierarchy, &current, self.event.hold.root) {
+        if !hierarchy.under(&current, self.event.hold.root) {
             return Err(HeldError::Gone(pid));
         }
         if current.file_name().is_some_and(|n| *n == *name) {
