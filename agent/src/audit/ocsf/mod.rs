@@ -482,15 +482,20 @@ impl Exporter {
     }
 }
 
-/// "agent claude: exec /usr/bin/curl" or "agent claude: egress tcp 10.0.0.1:443".
+/// "agent claude: exec /usr/bin/curl", "agent claude: egress tcp 10.0.0.1:443", or with the
+/// name the agent asked for, "agent claude: egress dns bucket.example (127.0.0.53):53".
 fn summary(hold: &HoldView) -> String {
+    let address = hold.address.as_deref().unwrap_or("?");
+    let destination = match &hold.domain {
+        Some(domain) => format!("{domain} ({address})"),
+        None => address.to_owned(),
+    };
     match hold.kind {
         ActionKind::Exec => format!("agent {}: exec {}", hold.agent, hold.path.as_deref().unwrap_or("?")),
         ActionKind::Egress => format!(
-            "agent {}: egress {} {}:{}",
+            "agent {}: egress {} {destination}:{}",
             hold.agent,
             hold.protocol.as_deref().unwrap_or("?"),
-            hold.address.as_deref().unwrap_or("?"),
             hold.port.unwrap_or_default()
         ),
     }

@@ -370,3 +370,16 @@ fn an_ending_of_a_hold_the_trail_never_raised_is_named() {
     let error = Exporter::new(device()).export(&records, None, None, &mut Vec::new()).unwrap_err();
     assert!(error.to_string().contains("record 0: not a keyturn event"), "{error}");
 }
+
+#[test]
+fn a_held_lookup_is_summed_up_with_the_name_asked_for() {
+    let lookup = HoldView {
+        protocol: Some("dns".into()),
+        address: Some("127.0.0.53".into()),
+        port: Some(53),
+        domain: Some("bucket.example".into()),
+        ..egress_hold("l1")
+    };
+    assert_eq!(super::summary(&lookup), "agent claude: egress dns bucket.example (127.0.0.53):53");
+    assert_eq!(super::summary(&egress_hold("e1")), "agent claude: egress tcp 10.1.2.3:443");
+}
