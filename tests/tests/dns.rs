@@ -303,6 +303,30 @@ fn a_held_lookup_waits_stopped_and_unasked_until_approved() {
     assert!(orphaned.is_empty(), "stopped while answered, and counted as held: {orphaned:?}");
 }
 
+/// A daemon killed while a lookup is held leaves its process stopped with no hold: the next
+/// daemon's orphan sweep settles it (the policy's `on_timeout`, here a kill) and audits it,
+/// and the query never left the host.
+#[test]
+fn a_lookup_held_when_the_daemon_dies_is_settled_by_the_next_one() {
+    let peer = Peer::new();
+    let (upstream, mut daemon) = start(&peer);
+    let cgroup = tagged(&daemon);
+    let child = as_agent(&cgroup, &["resolve", "other.test"]);
+    let hold = daemon.pending_one();
+    let pid = u32::try_from(hold["pid"].as_u64().expect("pid")).expect("a pid");
+    wait_all_stopped(pid);
+    daemon.kill9();
+    daemon.launch();
+    let (code, out) = daemon.finish(child);
+    assert_eq!(code, 128 + libc::SIGKILL, "{out}");
+    let orphaned = daemon.wait_record(0, |record| record["type"] == "hold_orphaned");
+    assert_eq!(
+        (orphaned["pid"].as_u64(), orphaned["outcome"].as_str()),
+        (Some(u64::from(pid)), Some("killed"))
+    );
+    assert!(upstream.asked("other.test").is_empty(), "{}", upstream.log());
+}
+
 /// A held lookup denied is never asked upstream: the agent is killed (the policy's
 /// `on_deny`), or its lookup refused (`on_deny = "fail"`). The lookup is held whatever
 /// server the agent asked, here one the CIDR rules hold; an allowed name still resolves.
