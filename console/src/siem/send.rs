@@ -183,16 +183,30 @@ struct HecEvent<'a> {
     event: &'a RawValue,
 }
 
+/// A client for requests to `url` (`https://`, `http://` only on a loopback IP address),
+/// trusting only the CAs in `ca` if given, else the built-in web roots.
+pub(super) fn http_client(url: &url::Url, ca: Option<&[u8]>) -> Result<reqwest::Client, String> {
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        _ => false,
+    };
+    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        return Err(format!("url = {url}: https:// (http:// only on a loopback IP address)"));
+    }
+    let mut client = reqwest::Client::builder().timeout(super::SEND_TIMEOUT);
+    if let Some(pem) = ca {
+        client = client.tls_built_in_root_certs(false);
+        for certificate in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca: {e}"))? {
+            client = client.add_root_certificate(certificate);
+        }
+    }
+    client.build().map_err(|e| e.to_string())
+}
+
 impl Http {
     fn new(config: &SiemConfig, url: &url::Url, ca: Option<&[u8]>) -> Result<Self, String> {
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-            _ => false,
-        };
-        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-            return Err(format!("url = {url}: https:// (http:// only on a loopback IP address)"));
-        }
+        let client = http_client(url, ca)?;
         let token = match (&config.token, &config.token_file) {
             (Some(token), None) => Some(token.clone()),
             (None, Some(path)) => Some(
@@ -205,13 +219,6 @@ impl Http {
             (None, None) => None,
             (Some(_), Some(_)) => return Err("token or token_file, not both".into()),
         };
-        let mut client = reqwest::Client::builder().timeout(super::SEND_TIMEOUT);
-        if let Some(pem) = ca {
-            client = client.tls_built_in_root_certs(false);
-            for certificate in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca: {e}"))? {
-                client = client.add_root_certificate(certificate);
-            }
-        }
         if let Some(name) = &config.server_name {
             return Err(format!(
                 "server_name = {name:?} is for syslog outputs: an HTTP output checks its URL's host"
@@ -219,7 +226,7 @@ impl Http {
         }
         Ok(Self {
             url: url.clone(),
-            client: client.build().map_err(|e| e.to_string())?,
+            client,
             authorization: token
                 .map(|t| if config.hec { format!("Splunk {t}") } else { format!("Bearer {t}") }),
             hec: config.hec,

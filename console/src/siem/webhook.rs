@@ -9,7 +9,7 @@
 //! `X-Keyturn-Signature`, `v0=` and the hex HMAC-SHA256 of `v0:TIMESTAMP:BODY` under the
 //! webhook's secret; a receiver refuses a body whose timestamp is over 5 minutes off.
 
-use std::{fmt, net::IpAddr, path::PathBuf};
+use std::{fmt, path::PathBuf};
 
 use hmac::{Hmac, Mac as _};
 use serde::Deserialize;
@@ -107,15 +107,6 @@ pub struct Webhook {
 
 impl Webhook {
     pub fn new(config: &WebhookConfig) -> Result<Self, String> {
-        let url = &config.url;
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-            _ => false,
-        };
-        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-            return Err(format!("url = {url}: https:// (http:// only on a loopback IP address)"));
-        }
         let secret = match (&config.secret, &config.secret_file) {
             (Some(Secret(secret)), None) => secret.clone(),
             (None, Some(path)) => std::fs::read_to_string(path)
@@ -131,19 +122,13 @@ impl Webhook {
         if config.events.is_empty() {
             return Err("events: name at least one of hold_raised, hold_decided, hold_closed".into());
         }
-        let mut client = reqwest::Client::builder().timeout(super::SEND_TIMEOUT);
-        if let Some(path) = &config.ca {
-            let pem = std::fs::read(path).map_err(|e| format!("ca = {}: {e}", path.display()))?;
-            client = client.tls_built_in_root_certs(false);
-            for certificate in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca: {e}"))? {
-                client = client.add_root_certificate(certificate);
-            }
-        }
-        Ok(Self {
-            url: url.clone(),
-            client: client.build().map_err(|e| e.to_string())?,
-            secret: secret.into_bytes(),
-        })
+        let ca = config
+            .ca
+            .as_ref()
+            .map(|path| std::fs::read(path).map_err(|e| format!("ca = {}: {e}", path.display())))
+            .transpose()?;
+        let client = super::send::http_client(&config.url, ca.as_deref())?;
+        Ok(Self { url: config.url.clone(), client, secret: secret.into_bytes() })
     }
 
     /// POSTs each body of `bodies` in turn, signed; returns once the receiver acknowledged
