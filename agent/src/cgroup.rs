@@ -74,7 +74,9 @@ impl Hierarchy {
 
     /// Whether the cgroup `dir` is the one whose id is `root`, or below it.
     pub fn under(&self, dir: &Path, root: u64) -> bool {
-        dir.ancestors().take_while(|dir| dir.starts_with(&self.root)).any(|dir| id(dir).is_ok_and(|id| id == root))
+        dir.ancestors()
+            .take_while(|dir| dir.starts_with(&self.root))
+            .any(|dir| id(dir).is_ok_and(|id| id == root))
     }
 
     /// Whether process `pid` lives in the cgroup whose id is `root`, or below it.

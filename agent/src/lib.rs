@@ -35,19 +35,6 @@
 //! - A *tagged root* is a cgroup an operator tagged; an *agent* is what runs under it.
 //! - A *link* is a BPF link; the console connection is the *console link*.
 
-/// Declares rooms public with the `test-helpers` feature, for the privileged tests (the
-/// tests crate) and the fuzz targets that drive them directly (as aya's `test_helpers`),
-/// and the crate's own otherwise.
-macro_rules! rooms_for_tests {
-    ($($room:ident),*) => {$(
-        #[cfg(feature = "test-helpers")]
-        pub mod $room;
-        #[cfg(not(feature = "test-helpers"))]
-        pub(crate) mod $room;
-    )*};
-}
-
-rooms_for_tests!(cgroup, dns, hold, kernel, policy);
 pub(crate) mod audit;
 /// The command line, for the binary.
 pub mod cli;
@@ -58,3 +45,27 @@ mod logging;
 mod state;
 mod sys;
 pub(crate) mod systemd;
+
+// The rooms the privileged tests (the tests crate) and the fuzz targets drive directly
+// (as aya's `test_helpers`) are public with the `test-helpers` feature, the crate's own
+// otherwise. Declared one by one, not by a macro, so that `cargo fmt` formats them.
+#[cfg(feature = "test-helpers")]
+pub mod cgroup;
+#[cfg(not(feature = "test-helpers"))]
+pub(crate) mod cgroup;
+#[cfg(feature = "test-helpers")]
+pub mod dns;
+#[cfg(not(feature = "test-helpers"))]
+pub(crate) mod dns;
+#[cfg(feature = "test-helpers")]
+pub mod hold;
+#[cfg(not(feature = "test-helpers"))]
+pub(crate) mod hold;
+#[cfg(feature = "test-helpers")]
+pub mod kernel;
+#[cfg(not(feature = "test-helpers"))]
+pub(crate) mod kernel;
+#[cfg(feature = "test-helpers")]
+pub mod policy;
+#[cfg(not(feature = "test-helpers"))]
+pub(crate) mod policy;

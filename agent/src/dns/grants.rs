@@ -40,7 +40,12 @@ pub fn approved(grants: &[NameGrant], root: u64, name: &Name, quorum: u32, now: 
 }
 
 /// The approval of `name`'s lookup by the most people among `grants`, if any is in force.
-pub fn lookup_approval<'a>(grants: &'a [NameGrant], root: u64, name: &Name, now: SystemTime) -> Option<&'a NameGrant> {
+pub fn lookup_approval<'a>(
+    grants: &'a [NameGrant],
+    root: u64,
+    name: &Name,
+    now: SystemTime,
+) -> Option<&'a NameGrant> {
     grants
         .iter()
         .filter(|grant| grant.reach == Reach::Name && grant.covers(root, name, now))
@@ -120,13 +125,18 @@ mod tests {
     }
 
     /// `with_grants` for agent 5's `api.example.com`, where the policy holds every port.
-    fn granted(rule: Option<EgressRule>, grants: &[NameGrant], now: SystemTime) -> Option<(EgressRule, Duration)> {
+    fn granted(
+        rule: Option<EgressRule>,
+        grants: &[NameGrant],
+        now: SystemTime,
+    ) -> Option<(EgressRule, Duration)> {
         with_grants(rule, grants, (5, &name("api.example.com")), now, |_| true)
     }
 
     fn deny_22() -> EgressRule {
         let mut rule = EgressRule { fallback: verdict::NONE, count: 1, ..EgressRule::default() };
-        rule.ports[0] = PortRule { low: 22, high: 22, protocol: 0, verdict: u16::try_from(verdict::DENY).unwrap() };
+        rule.ports[0] =
+            PortRule { low: 22, high: 22, protocol: 0, verdict: u16::try_from(verdict::DENY).unwrap() };
         rule
     }
 
@@ -150,7 +160,10 @@ mod tests {
         assert_eq!((rule.count, rule.ports[0].low, rule.fallback), (1, 443, verdict::NONE));
         assert_eq!(lasts, Duration::MAX);
         assert!(approved(&[grant(443, None)], 5, &name("api.example.com"), 1, now));
-        assert!(!approved(&[grant(443, None)], 5, &name("api.example.com"), 2, now), "a lookup two must approve");
+        assert!(
+            !approved(&[grant(443, None)], 5, &name("api.example.com"), 2, now),
+            "a lookup two must approve"
+        );
     }
 
     #[test]
@@ -173,10 +186,18 @@ mod tests {
         let grants = [grant(443, None), grant(8443, None)];
         let on_443 = |grant: &NameGrant| grant.reach == Reach::Port { protocol: protocol::TCP, port: 443 };
         let (rule, _) = with_grants(None, &grants, (5, &api), now, on_443).unwrap();
-        assert_eq!((rule.count, rule.ports[0].low), (1, 443), "not where the policy denies, or asks more people");
+        assert_eq!(
+            (rule.count, rule.ports[0].low),
+            (1, 443),
+            "not where the policy denies, or asks more people"
+        );
         assert_eq!(with_grants(None, &grants, (5, &api), now, |_| false), None);
         let any = NameGrant { reach: Reach::Port { protocol: protocol::ANY, port: 443 }, ..grant(443, None) };
-        assert_eq!(granted(None, std::slice::from_ref(&any), now), None, "a grant of any protocol would open them all");
+        assert_eq!(
+            granted(None, std::slice::from_ref(&any), now),
+            None,
+            "a grant of any protocol would open them all"
+        );
         assert!(!approved(&[any], 5, &api, 1, now));
     }
 
@@ -199,7 +220,8 @@ mod tests {
     #[test]
     fn the_same_port_granted_twice_takes_one_slot_and_the_later_end() {
         let now = SystemTime::UNIX_EPOCH;
-        let grants = [grant(443, Some(now + Duration::from_mins(1))), grant(443, Some(now + Duration::from_mins(10)))];
+        let grants =
+            [grant(443, Some(now + Duration::from_mins(1))), grant(443, Some(now + Duration::from_mins(10)))];
         let (rule, lasts) = granted(None, &grants, now).unwrap();
         assert_eq!((rule.count, lasts), (1, Duration::from_mins(10)));
         let forever = [grants[0].clone(), grant(443, None)];

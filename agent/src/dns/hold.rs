@@ -111,7 +111,8 @@ impl HeldLookups {
                 Err(_) => None,
             };
             let (outcome, process) = decision.map_or((Outcome::Refused, None), |decision| {
-                let outcome = decision.approved.map_or(Outcome::Refused, |quorum| Outcome::Approved { quorum });
+                let outcome =
+                    decision.approved.map_or(Outcome::Refused, |quorum| Outcome::Approved { quorum });
                 (outcome, decision.process)
             });
             if let Some(waiting) = self.lock().get_mut(&key) {

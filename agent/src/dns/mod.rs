@@ -159,11 +159,15 @@ impl Resolver {
         raise: mpsc::Sender<LookupHold>,
     ) -> std::io::Result<Self> {
         if !listen.ip().is_loopback() {
-            return Err(std::io::Error::other(format!("[dns] listen {listen}: must be an IPv4 loopback address")));
+            return Err(std::io::Error::other(format!(
+                "[dns] listen {listen}: must be an IPv4 loopback address"
+            )));
         }
         let upstreams = if upstreams.is_empty() { upstream::from_resolv_conf() } else { upstreams.to_vec() };
         if upstreams.is_empty() {
-            tracing::warn!("no DNS upstream: none in [dns] upstream or /etc/resolv.conf; agents' lookups fail");
+            tracing::warn!(
+                "no DNS upstream: none in [dns] upstream or /etc/resolv.conf; agents' lookups fail"
+            );
         }
         let (udp, tcp) = bind(listen).await?;
         let listen = match udp.local_addr()? {
@@ -205,7 +209,11 @@ impl Resolver {
     pub fn forget(&self, root: u64) {
         self.shared.book.forget(root);
         self.shared.once.lock().unwrap_or_else(PoisonError::into_inner).retain(|grant| grant.root != root);
-        self.shared.refused.lock().unwrap_or_else(PoisonError::into_inner).retain(|(refused, _), _| *refused != root);
+        self.shared
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(refused, _), _| *refused != root);
         rejudge(&self.shared);
     }
 
@@ -343,7 +351,9 @@ async fn write_framed(stream: &mut TcpStream, reply: &[u8]) -> std::io::Result<(
 /// resumes the lookup's sender.
 fn answered(shared: &Shared, waited: Option<hold::Waited>) {
     if let Some(waited) = waited {
-        shared.lookups.answered(waited, |pid| shared.maps.lock().unwrap_or_else(PoisonError::into_inner).forget_stop(pid));
+        shared.lookups.answered(waited, |pid| {
+            shared.maps.lock().unwrap_or_else(PoisonError::into_inner).forget_stop(pid);
+        });
     }
 }
 
@@ -415,7 +425,8 @@ fn kernel_rule(
     };
     let held_for = |grant: &NameGrant| {
         let Reach::Port { protocol, port } = grant.reach else { return false };
-        let action = Action { kind: kind::EGRESS, protocol, port: u32::from(port), addr, ..Action::default() };
+        let action =
+            Action { kind: kind::EGRESS, protocol, port: u32::from(port), addr, ..Action::default() };
         let judged = policy.egress_rule(&action, Some(name));
         judged.verdict == Verdict::Hold && judged.quorum <= grant.quorum
     };
@@ -456,7 +467,11 @@ fn rejudge(shared: &Shared) {
         Ok(done) => {
             shared.stats.forgotten.fetch_add(count(done.forgotten), Ordering::Relaxed);
             shared.stats.failed.fetch_add(count(done.failed), Ordering::Relaxed);
-            tracing::info!(forgotten = done.forgotten, failed = done.failed, "DNS: judged the resolved addresses again");
+            tracing::info!(
+                forgotten = done.forgotten,
+                failed = done.failed,
+                "DNS: judged the resolved addresses again"
+            );
         }
         Err(e) => {
             bump(&shared.stats.failed);
@@ -464,7 +479,6 @@ fn rejudge(shared: &Shared) {
         }
     }
 }
-
 
 /// What to send back for one query, and whether it waited on a held lookup.
 struct Answer {
@@ -516,7 +530,10 @@ async fn answer(
         return wire::response(&query, Rcode::Refused).into();
     };
     let judged = policy.judge_name(&query.name);
-    let approved = || grants::approved(&in_force(shared), sender.root, &query.name, judged.quorum, SystemTime::now());
+    let approved = || {
+        let now = SystemTime::now();
+        grants::approved(&in_force(shared), sender.root, &query.name, judged.quorum, now)
+    };
     let key = (sender.root, query.name.clone());
     let refused_lately = || {
         let now = SystemTime::now();
@@ -540,7 +557,9 @@ async fn answer(
     let (waited, approved) = match held {
         None => (None, None),
         // Approved, and still approved enough by the policy in force now.
-        Some(Some((hold::Outcome::Approved { quorum }, waited))) if still_approved(shared, &sender, &query.name, quorum) => {
+        Some(Some((hold::Outcome::Approved { quorum }, waited)))
+            if still_approved(shared, &sender, &query.name, quorum) =>
+        {
             approve_once(shared, sender.root, &query.name, quorum, ONCE_AT_LEAST);
             (Some(waited), Some(quorum))
         }

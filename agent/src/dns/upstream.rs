@@ -31,8 +31,12 @@ pub async fn ask(upstreams: &[SocketAddr], query: &Query, transport: Transport) 
         let id = random_id();
         let message = query.to_bytes(id);
         let asked = match transport {
-            Transport::Udp => tokio::time::timeout(UPSTREAM_TIMEOUT, over_udp(upstream, &message, query, id)).await,
-            Transport::Tcp => tokio::time::timeout(UPSTREAM_TIMEOUT, over_tcp(upstream, &message, query, id)).await,
+            Transport::Udp => {
+                tokio::time::timeout(UPSTREAM_TIMEOUT, over_udp(upstream, &message, query, id)).await
+            }
+            Transport::Tcp => {
+                tokio::time::timeout(UPSTREAM_TIMEOUT, over_tcp(upstream, &message, query, id)).await
+            }
         };
         match asked {
             Ok(Ok(answered)) => return Some(answered),
@@ -50,7 +54,12 @@ fn random_id() -> u16 {
     u16::from_ne_bytes(id)
 }
 
-async fn over_udp(upstream: SocketAddr, message: &[u8], query: &Query, id: u16) -> std::io::Result<(Vec<u8>, Answer)> {
+async fn over_udp(
+    upstream: SocketAddr,
+    message: &[u8],
+    query: &Query,
+    id: u16,
+) -> std::io::Result<(Vec<u8>, Answer)> {
     let local: SocketAddr = if upstream.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let socket = UdpSocket::bind(local).await?;
     socket.connect(upstream).await?;
@@ -65,7 +74,12 @@ async fn over_udp(upstream: SocketAddr, message: &[u8], query: &Query, id: u16) 
     }
 }
 
-async fn over_tcp(upstream: SocketAddr, message: &[u8], query: &Query, id: u16) -> std::io::Result<(Vec<u8>, Answer)> {
+async fn over_tcp(
+    upstream: SocketAddr,
+    message: &[u8],
+    query: &Query,
+    id: u16,
+) -> std::io::Result<(Vec<u8>, Answer)> {
     let mut stream = TcpStream::connect(upstream).await?;
     let len = u16::try_from(message.len()).map_err(std::io::Error::other)?;
     stream.write_all(&[&len.to_be_bytes()[..], message].concat()).await?;

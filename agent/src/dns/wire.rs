@@ -54,9 +54,9 @@ impl Transport {
     fn limit(self, edns: Option<Edns>) -> usize {
         match self {
             Self::Tcp => TCP_LIMIT,
-            Self::Udp => edns.map_or(UDP_PLAIN_LIMIT, |edns| {
-                usize::from(edns.udp_payload_size).max(UDP_PLAIN_LIMIT)
-            }),
+            Self::Udp => {
+                edns.map_or(UDP_PLAIN_LIMIT, |edns| usize::from(edns.udp_payload_size).max(UDP_PLAIN_LIMIT))
+            }
         }
     }
 }
@@ -330,16 +330,10 @@ impl QueryError {
 pub fn parse_query(bytes: &[u8], transport: Transport) -> Result<Query, QueryError> {
     let mut reader = Reader::new(bytes);
     let Ok(header) = Header::read(&mut reader) else {
-        return Err(QueryError {
-            problem: QueryProblem::TooShort { len: bytes.len() },
-            reply: None,
-        });
+        return Err(QueryError { problem: QueryProblem::TooShort { len: bytes.len() }, reply: None });
     };
     if header.flags & FLAG_QR != 0 {
-        return Err(QueryError {
-            problem: QueryProblem::IsResponse,
-            reply: None,
-        });
+        return Err(QueryError { problem: QueryProblem::IsResponse, reply: None });
     }
     let mut reply = Reply {
         id: header.id,
@@ -351,29 +345,18 @@ pub fn parse_query(bytes: &[u8], transport: Transport) -> Result<Query, QueryErr
         match check_query_header(&header).and_then(|()| read_query_body(&mut reader, header.additional)) {
             Ok(body) => body,
             Err(problem) => {
-                return Err(QueryError {
-                    problem,
-                    reply: Some(reply),
-                });
+                return Err(QueryError { problem, reply: Some(reply) });
             }
         };
     reply.question = Some(body.question.to_vec());
     reply.dnssec_ok = body.edns.map(|edns| edns.dnssec_ok);
-    let refuse = |problem| {
-        Err(QueryError {
-            problem,
-            reply: Some(reply.clone()),
-        })
-    };
+    let refuse = |problem| Err(QueryError { problem, reply: Some(reply.clone()) });
     if body.edns_version != 0 {
         return refuse(QueryProblem::EdnsVersion(body.edns_version));
     }
     let limit = transport.limit(body.edns);
     if bytes.len() > limit {
-        return refuse(QueryProblem::TooLong {
-            len: bytes.len(),
-            limit,
-        });
+        return refuse(QueryProblem::TooLong { len: bytes.len(), limit });
     }
     if body.qclass != CLASS_IN {
         return refuse(QueryProblem::Class(body.qclass));
@@ -403,10 +386,7 @@ fn check_query_header(header: &Header) -> Result<(), QueryProblem> {
         return Err(QueryProblem::QuestionCount(header.questions));
     }
     if header.answers != 0 || header.authority != 0 {
-        return Err(QueryProblem::UnexpectedRecords {
-            answers: header.answers,
-            authority: header.authority,
-        });
+        return Err(QueryProblem::UnexpectedRecords { answers: header.answers, authority: header.authority });
     }
     if header.additional > 1 {
         return Err(QueryProblem::AdditionalCount(header.additional));
@@ -441,19 +421,9 @@ fn read_query_body<'a>(reader: &mut Reader<'a>, additional: u16) -> Result<Query
         (None, 0)
     };
     if reader.remaining() > 0 {
-        return Err(FormatError::TrailingBytes {
-            count: reader.remaining(),
-        }
-        .into());
+        return Err(FormatError::TrailingBytes { count: reader.remaining() }.into());
     }
-    Ok(QueryBody {
-        question,
-        name,
-        qtype,
-        qclass,
-        edns,
-        edns_version,
-    })
+    Ok(QueryBody { question, name, qtype, qclass, edns, edns_version })
 }
 
 /// Reads a query's one additional record, which must be an OPT record for the root name.
@@ -471,23 +441,11 @@ fn read_query_opt(reader: &mut Reader<'_>) -> Result<(Edns, u8), QueryProblem> {
     let data_len = reader.u16("the OPT record")?;
     let mut options = Reader::new(reader.bytes(usize::from(data_len), "the OPT record")?);
     while options.remaining() > 0 {
-        let _code = options
-            .u16("an EDNS option")
-            .map_err(|_| FormatError::BadOptions)?;
-        let len = options
-            .u16("an EDNS option")
-            .map_err(|_| FormatError::BadOptions)?;
-        options
-            .bytes(usize::from(len), "an EDNS option")
-            .map_err(|_| FormatError::BadOptions)?;
+        let _code = options.u16("an EDNS option").map_err(|_| FormatError::BadOptions)?;
+        let len = options.u16("an EDNS option").map_err(|_| FormatError::BadOptions)?;
+        options.bytes(usize::from(len), "an EDNS option").map_err(|_| FormatError::BadOptions)?;
     }
-    Ok((
-        Edns {
-            udp_payload_size,
-            dnssec_ok: flags & DNSSEC_OK_BIT != 0,
-        },
-        version,
-    ))
+    Ok((Edns { udp_payload_size, dnssec_ok: flags & DNSSEC_OK_BIT != 0 }, version))
 }
 
 /// Writes the answer to a valid query that keyturn gives itself (REFUSED, SERVFAIL, or an empty
@@ -497,12 +455,7 @@ fn read_query_opt(reader: &mut Reader<'_>) -> Result<(Edns, u8), QueryProblem> {
 pub fn response(query: &Query, rcode: Rcode) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + MAX_WIRE_NAME + 4 + 11);
     let rd = if query.recursion_desired { FLAG_RD } else { 0 };
-    push_header(
-        &mut out,
-        query.id,
-        FLAG_QR | FLAG_RA | rd | rcode.code(),
-        query.edns.is_some(),
-    );
+    push_header(&mut out, query.id, FLAG_QR | FLAG_RA | rd | rcode.code(), query.edns.is_some());
     push_question(&mut out, &query.name, query.qtype);
     if let Some(edns) = query.edns {
         push_opt(&mut out, ADVERTISED_UDP_PAYLOAD, 0, edns.dnssec_ok);
@@ -580,10 +533,7 @@ pub fn parse_answer(query: &Query, sent_id: u16, bytes: &[u8]) -> Result<Answer,
     let mut reader = Reader::new(bytes);
     let header = Header::read(&mut reader).map_err(|_| AnswerError::TooShort { len: bytes.len() })?;
     if header.id != sent_id {
-        return Err(AnswerError::WrongId {
-            expected: sent_id,
-            got: header.id,
-        });
+        return Err(AnswerError::WrongId { expected: sent_id, got: header.id });
     }
     if header.flags & FLAG_QR == 0 {
         return Err(AnswerError::NotResponse);
@@ -604,11 +554,7 @@ pub fn parse_answer(query: &Query, sent_id: u16, bytes: &[u8]) -> Result<Answer,
     }
     let mut rcode = header.flags & RCODE_MASK;
     if header.flags & FLAG_TC != 0 {
-        return Ok(Answer {
-            rcode,
-            addresses: Vec::new(),
-            truncated: true,
-        });
+        return Ok(Answer { rcode, addresses: Vec::new(), truncated: true });
     }
     let mut records = Vec::new();
     for _ in 0..header.answers {
@@ -632,16 +578,9 @@ pub fn parse_answer(query: &Query, sent_id: u16, bytes: &[u8]) -> Result<Answer,
         }
     }
     if reader.remaining() > 0 {
-        return Err(FormatError::TrailingBytes {
-            count: reader.remaining(),
-        }
-        .into());
+        return Err(FormatError::TrailingBytes { count: reader.remaining() }.into());
     }
-    Ok(Answer {
-        rcode,
-        addresses: addresses(query, &asked, &records),
-        truncated: false,
-    })
+    Ok(Answer { rcode, addresses: addresses(query, &asked, &records), truncated: false })
 }
 
 /// The addresses of `asked` in `records`, following CNAMEs from it.
@@ -670,11 +609,7 @@ fn addresses(query: &Query, asked: &[u8], records: &[AnswerRecord]) -> Vec<Resol
                 return None;
             };
             let &(_, path_ttl) = chain.iter().find(|&&(name, _)| name == record.owner)?;
-            Some(Resolved {
-                addr,
-                ttl: record.ttl.min(path_ttl),
-                name: query.name.clone(),
-            })
+            Some(Resolved { addr, ttl: record.ttl.min(path_ttl), name: query.name.clone() })
         })
         .collect()
 }
@@ -732,14 +667,7 @@ impl<'a> RecordHead<'a> {
         let data_len = reader.u16("a record")?;
         let data_start = reader.pos;
         let data = reader.bytes(usize::from(data_len), "a record's data")?;
-        Ok(Self {
-            owner,
-            rtype,
-            class,
-            ttl,
-            data_start,
-            data,
-        })
+        Ok(Self { owner, rtype, class, ttl, data_start, data })
     }
 }
 
@@ -765,10 +693,7 @@ impl AnswerRecord {
         if head.class != CLASS_IN {
             return Ok(None);
         }
-        let bad_data = || FormatError::BadRecordData {
-            rtype: head.rtype,
-            len: head.data.len(),
-        };
+        let bad_data = || FormatError::BadRecordData { rtype: head.rtype, len: head.data.len() };
         let data = match head.rtype {
             TYPE_A => {
                 let octets = <[u8; 4]>::try_from(head.data).map_err(|_| bad_data())?;
@@ -779,10 +704,7 @@ impl AnswerRecord {
                 RecordData::Address(IpAddr::V6(Ipv6Addr::from(octets)))
             }
             TYPE_CNAME => {
-                let mut target = Reader {
-                    msg: reader.msg,
-                    pos: head.data_start,
-                };
+                let mut target = Reader { msg: reader.msg, pos: head.data_start };
                 let name = target.name(Compression::Allowed)?;
                 if target.pos != reader.pos {
                     return Err(bad_data());
@@ -793,11 +715,7 @@ impl AnswerRecord {
         };
         let ttl = u32::from_be_bytes(head.ttl);
         let ttl = if ttl > 0x7fff_ffff { 0 } else { ttl };
-        Ok(Some(Self {
-            owner: head.owner,
-            ttl,
-            data,
-        }))
+        Ok(Some(Self { owner: head.owner, ttl, data }))
     }
 }
 
@@ -828,19 +746,13 @@ impl<'a> Reader<'a> {
     }
 
     fn bytes(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], FormatError> {
-        let (head, _) = self
-            .rest()
-            .split_at_checked(len)
-            .ok_or(FormatError::Truncated { what })?;
+        let (head, _) = self.rest().split_at_checked(len).ok_or(FormatError::Truncated { what })?;
         self.pos += len;
         Ok(head)
     }
 
     fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], FormatError> {
-        let (head, _) = self
-            .rest()
-            .split_first_chunk::<N>()
-            .ok_or(FormatError::Truncated { what })?;
+        let (head, _) = self.rest().split_first_chunk::<N>().ok_or(FormatError::Truncated { what })?;
         self.pos += N;
         Ok(*head)
     }
@@ -854,10 +766,7 @@ impl<'a> Reader<'a> {
     /// at most [`MAX_POINTERS`] are followed and the name is at most 255 bytes, so it ends soon.
     fn name(&mut self, compression: Compression) -> Result<Vec<u8>, FormatError> {
         let mut wire = Vec::with_capacity(64);
-        let mut cursor = Reader {
-            msg: self.msg,
-            pos: self.pos,
-        };
+        let mut cursor = Reader { msg: self.msg, pos: self.pos };
         // Where the labels being read start: pointers must point before it.
         let mut segment = self.pos;
         // Where this reader goes on after the name, once a pointer has been followed.
@@ -935,10 +844,7 @@ fn push_header(out: &mut Vec<u8>, id: u16, flags: u16, opt: bool) {
 
 fn push_name(out: &mut Vec<u8>, name: &Name) {
     for label in name.labels() {
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "a `Name` label is at most 63 bytes"
-        )]
+        #[expect(clippy::cast_possible_truncation, reason = "a `Name` label is at most 63 bytes")]
         out.push(label.len() as u8);
         out.extend_from_slice(label.as_bytes());
     }
@@ -1024,18 +930,10 @@ mod tests {
     fn check_answer(err: &QueryError, flags: u16, counts: [u16; 4]) -> Vec<u8> {
         let answer = err.answer().expect("an answer");
         assert_eq!(answer[..2], [0x12, 0x34]);
-        assert_eq!(
-            u16::from_be_bytes([answer[2], answer[3]]),
-            flags,
-            "flags of {answer:02x?}"
-        );
+        assert_eq!(u16::from_be_bytes([answer[2], answer[3]]), flags, "flags of {answer:02x?}");
         for (index, count) in counts.into_iter().enumerate() {
             let at = 4 + 2 * index;
-            assert_eq!(
-                u16::from_be_bytes([answer[at], answer[at + 1]]),
-                count,
-                "count {index}"
-            );
+            assert_eq!(u16::from_be_bytes([answer[at], answer[at + 1]]), count, "count {index}");
         }
         answer[12..].to_vec()
     }
@@ -1049,13 +947,7 @@ mod tests {
         let query = the_query();
         assert_eq!(
             query,
-            Query {
-                id: 0x1234,
-                name: name("example.com"),
-                qtype: 1,
-                recursion_desired: true,
-                edns: None
-            }
+            Query { id: 0x1234, name: name("example.com"), qtype: 1, recursion_desired: true, edns: None }
         );
         assert_eq!(query.to_bytes(0x1234), A_QUERY);
         let fresh = query.to_bytes(0xbeef);
@@ -1075,26 +967,14 @@ mod tests {
     fn parses_edns_and_forwards_only_size_and_do() {
         let bytes = with_opt(&OPT_DO);
         let query = udp(&bytes).unwrap();
-        assert_eq!(
-            query.edns,
-            Some(Edns {
-                udp_payload_size: 1232,
-                dnssec_ok: true
-            })
-        );
+        assert_eq!(query.edns, Some(Edns { udp_payload_size: 1232, dnssec_ok: true }));
         assert_eq!(query.to_bytes(0x1234), bytes);
 
         // An option (a cookie) and the other flag bits are not forwarded.
         let mut opt = vec![0, 0, 41, 0x10, 0x00, 0, 0, 0x7f, 0xff, 0, 12, 0, 10, 0, 8];
         opt.extend_from_slice(b"cookie!!");
         let query = udp(&with_opt(&opt)).unwrap();
-        assert_eq!(
-            query.edns,
-            Some(Edns {
-                udp_payload_size: 4096,
-                dnssec_ok: false
-            })
-        );
+        assert_eq!(query.edns, Some(Edns { udp_payload_size: 4096, dnssec_ok: false }));
         let mut expected = with_opt(&OPT_DO);
         expected[12 + 17 + 3..12 + 17 + 5].copy_from_slice(&4096u16.to_be_bytes());
         expected[12 + 17 + 7] = 0;
@@ -1138,31 +1018,19 @@ mod tests {
                 assert!(check_answer(&err, 0x8181, [0, 0, 0, 0]).is_empty());
             }
         }
-        assert_eq!(
-            problem(&A_QUERY[..20]),
-            QueryProblem::Format(FormatError::Truncated { what: "a name" })
-        );
-        assert_eq!(
-            problem(&A_QUERY[..27]).to_string(),
-            "the message ends inside the question"
-        );
+        assert_eq!(problem(&A_QUERY[..20]), QueryProblem::Format(FormatError::Truncated { what: "a name" }));
+        assert_eq!(problem(&A_QUERY[..27]).to_string(), "the message ends inside the question");
     }
 
     #[test]
     fn refuses_compression_pointers() {
         // `www` then a pointer to the header (offset 12 = the name itself is refused just the same).
         let err = udp(&query_for(b"\x03www\xc0\x0c", 1, 1)).unwrap_err();
-        assert_eq!(
-            err.problem(),
-            &QueryProblem::Format(FormatError::CompressionPointer { at: 16 })
-        );
+        assert_eq!(err.problem(), &QueryProblem::Format(FormatError::CompressionPointer { at: 16 }));
         assert_eq!(err.rcode(), Some(1));
         // A pointer to itself.
         let err = udp(&query_for(&[0xc0, 12], 1, 1)).unwrap_err();
-        assert_eq!(
-            err.problem(),
-            &QueryProblem::Format(FormatError::CompressionPointer { at: 12 })
-        );
+        assert_eq!(err.problem(), &QueryProblem::Format(FormatError::CompressionPointer { at: 12 }));
         // In the OPT record's owner.
         let mut opt = OPT_DO.to_vec();
         opt.splice(0..1, [0xc0, 12]);
@@ -1171,9 +1039,7 @@ mod tests {
             QueryProblem::Format(FormatError::CompressionPointer { at: 29 })
         );
         assert!(
-            problem(&query_for(b"\x40abc\x00", 1, 1))
-                .to_string()
-                .contains("reserved label type"),
+            problem(&query_for(b"\x40abc\x00", 1, 1)).to_string().contains("reserved label type"),
             "0x40 is a reserved label type"
         );
     }
@@ -1203,22 +1069,8 @@ mod tests {
     fn refuses_malformed_headers_with_formerr() {
         let cases: [(usize, u16, QueryProblem); 4] = [
             (2, 0x0300, QueryProblem::TruncatedFlag),
-            (
-                6,
-                1,
-                QueryProblem::UnexpectedRecords {
-                    answers: 1,
-                    authority: 0,
-                },
-            ),
-            (
-                8,
-                1,
-                QueryProblem::UnexpectedRecords {
-                    answers: 0,
-                    authority: 1,
-                },
-            ),
+            (6, 1, QueryProblem::UnexpectedRecords { answers: 1, authority: 0 }),
+            (8, 1, QueryProblem::UnexpectedRecords { answers: 0, authority: 1 }),
             (10, 2, QueryProblem::AdditionalCount(2)),
         ];
         for (at, value, expected) in cases {
@@ -1249,16 +1101,10 @@ mod tests {
         let mut bad_options = OPT_DO.to_vec();
         bad_options[10] = 3;
         bad_options.extend_from_slice(&[0, 10, 0]);
-        assert_eq!(
-            problem(&with_opt(&bad_options)),
-            QueryProblem::Format(FormatError::BadOptions)
-        );
+        assert_eq!(problem(&with_opt(&bad_options)), QueryProblem::Format(FormatError::BadOptions));
         bad_options[10] = 4;
         bad_options.push(5);
-        assert_eq!(
-            problem(&with_opt(&bad_options)),
-            QueryProblem::Format(FormatError::BadOptions)
-        );
+        assert_eq!(problem(&with_opt(&bad_options)), QueryProblem::Format(FormatError::BadOptions));
     }
 
     #[test]
@@ -1292,10 +1138,7 @@ mod tests {
     #[test]
     fn refuses_names_that_break_the_name_rules() {
         let err = udp(&query_for(b"\x03a*b\x03com\x00", 1, 1)).unwrap_err();
-        assert_eq!(
-            err.problem(),
-            &QueryProblem::BadName(NameError::BadCharacter { character: '*' })
-        );
+        assert_eq!(err.problem(), &QueryProblem::BadName(NameError::BadCharacter { character: '*' }));
         assert_eq!(err.rcode(), Some(5));
         assert_eq!(
             err.to_string(),
@@ -1334,16 +1177,10 @@ mod tests {
     fn refuses_trailing_bytes() {
         let mut bytes = A_QUERY.to_vec();
         bytes.push(0);
-        assert_eq!(
-            problem(&bytes),
-            QueryProblem::Format(FormatError::TrailingBytes { count: 1 })
-        );
+        assert_eq!(problem(&bytes), QueryProblem::Format(FormatError::TrailingBytes { count: 1 }));
         let mut bytes = with_opt(&OPT_DO);
         bytes.extend_from_slice(b"junk");
-        assert_eq!(
-            problem(&bytes),
-            QueryProblem::Format(FormatError::TrailingBytes { count: 4 })
-        );
+        assert_eq!(problem(&bytes), QueryProblem::Format(FormatError::TrailingBytes { count: 4 }));
     }
 
     #[test]
@@ -1374,33 +1211,18 @@ mod tests {
         assert_eq!(refused[..12], [0x12, 0x34, 0x81, 0x85, 0, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(refused[12..], A_QUERY[12..]);
         let parsed = parse_answer(&query, 0x1234, &refused).unwrap();
-        assert_eq!(
-            parsed,
-            Answer {
-                rcode: 5,
-                addresses: Vec::new(),
-                truncated: false
-            }
-        );
+        assert_eq!(parsed, Answer { rcode: 5, addresses: Vec::new(), truncated: false });
 
         let with_edns = udp(&with_opt(&OPT_DO)).unwrap();
         let servfail = response(&with_edns, Rcode::ServFail);
         assert_eq!(servfail[..12], [0x12, 0x34, 0x81, 0x82, 0, 1, 0, 0, 0, 0, 0, 1]);
         assert_eq!(servfail[29..], OPT_DO);
         assert_eq!(parse_answer(&with_edns, 0x1234, &servfail).unwrap().rcode, 2);
-        for (rcode, code) in [
-            (Rcode::FormErr, 1),
-            (Rcode::ServFail, 2),
-            (Rcode::NotImp, 4),
-            (Rcode::Refused, 5),
-        ] {
+        for (rcode, code) in
+            [(Rcode::FormErr, 1), (Rcode::ServFail, 2), (Rcode::NotImp, 4), (Rcode::Refused, 5)]
+        {
             assert_eq!(rcode.code(), code);
-            assert_eq!(
-                parse_answer(&query, 0x1234, &response(&query, rcode))
-                    .unwrap()
-                    .rcode,
-                code
-            );
+            assert_eq!(parse_answer(&query, 0x1234, &response(&query, rcode)).unwrap().rcode, code);
         }
     }
 
@@ -1428,11 +1250,7 @@ mod tests {
     }
 
     fn resolved(addr: &str, ttl: u32) -> Resolved {
-        Resolved {
-            addr: addr.parse().unwrap(),
-            ttl,
-            name: name("example.com"),
-        }
+        Resolved { addr: addr.parse().unwrap(), ttl, name: name("example.com") }
     }
 
     fn answer_error(bytes: &[u8]) -> AnswerError {
@@ -1445,11 +1263,7 @@ mod tests {
         let answer = parse_answer(&the_query(), 0x1234, &bytes).unwrap();
         assert_eq!(
             answer,
-            Answer {
-                rcode: 0,
-                addresses: vec![resolved("93.184.216.34", 300)],
-                truncated: false
-            }
+            Answer { rcode: 0, addresses: vec![resolved("93.184.216.34", 300)], truncated: false }
         );
     }
 
@@ -1457,12 +1271,7 @@ mod tests {
     fn takes_aaaa_records() {
         let query = udp(&query_for(EXAMPLE, TYPE_AAAA, 1)).unwrap();
         let mut bytes = answer_with(&[
-            record(
-                EXAMPLE,
-                TYPE_AAAA,
-                60,
-                &[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-            ),
+            record(EXAMPLE, TYPE_AAAA, 60, &[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
             record(
                 TO_QUESTION,
                 TYPE_AAAA,
@@ -1472,10 +1281,7 @@ mod tests {
         ]);
         bytes[26] = TYPE_AAAA.to_be_bytes()[1];
         let answer = parse_answer(&query, 0x1234, &bytes).unwrap();
-        assert_eq!(
-            answer.addresses,
-            [resolved("2001:db8::1", 60), resolved("2001:db8::2", 0)]
-        );
+        assert_eq!(answer.addresses, [resolved("2001:db8::1", 60), resolved("2001:db8::2", 0)]);
     }
 
     #[test]
@@ -1486,12 +1292,7 @@ mod tests {
             record(TO_QUESTION, TYPE_CNAME, 300, b"\x03www\x03cdn\x03net\x00"), // data at 41
             record(&[0xc0, 41], TYPE_CNAME, 60, b"\x04edge\xc0\x2d"),           // data at 66
             record(&[0xc0, 66], TYPE_A, 3600, &[1, 2, 3, 4]),
-            record(
-                TO_QUESTION,
-                TYPE_AAAA,
-                100,
-                &std::net::Ipv6Addr::LOCALHOST.octets(),
-            ),
+            record(TO_QUESTION, TYPE_AAAA, 100, &std::net::Ipv6Addr::LOCALHOST.octets()),
         ]);
         let answer = parse_answer(&the_query(), 0x1234, &bytes).unwrap();
         assert_eq!(answer.addresses, [resolved("1.2.3.4", 60), resolved("::1", 100)]);
@@ -1506,10 +1307,7 @@ mod tests {
             record(EXAMPLE, TYPE_A, 30, &[2, 2, 2, 2]),
         ]);
         let answer = parse_answer(&the_query(), 0x1234, &bytes).unwrap();
-        assert_eq!(
-            answer.addresses,
-            [resolved("1.1.1.1", 50), resolved("2.2.2.2", 30)]
-        );
+        assert_eq!(answer.addresses, [resolved("1.1.1.1", 50), resolved("2.2.2.2", 30)]);
     }
 
     #[test]
@@ -1546,10 +1344,7 @@ mod tests {
         let good = answer_with(&[record(TO_QUESTION, TYPE_A, 60, &[4, 4, 4, 4])]);
         assert_eq!(
             parse_answer(&the_query(), 0x4321, &good),
-            Err(AnswerError::WrongId {
-                expected: 0x4321,
-                got: 0x1234
-            })
+            Err(AnswerError::WrongId { expected: 0x4321, got: 0x1234 })
         );
         let mut query = good.clone();
         query[2] &= 0x7f;
@@ -1571,13 +1366,7 @@ mod tests {
         assert_eq!(answer_error(&other_opcode), AnswerError::Opcode(4));
         let mut upper = good;
         upper[13..20].copy_from_slice(b"EXAMPLE");
-        assert_eq!(
-            parse_answer(&the_query(), 0x1234, &upper)
-                .unwrap()
-                .addresses
-                .len(),
-            1
-        );
+        assert_eq!(parse_answer(&the_query(), 0x1234, &upper).unwrap().addresses.len(), 1);
     }
 
     #[test]
@@ -1591,16 +1380,10 @@ mod tests {
         // A pointer forward, to a pointer back to it.
         let mut bytes = answer_with(&[record(&[0xc0, 43], TYPE_A, 60, &[1, 1, 1, 1])]);
         bytes.extend_from_slice(&[0xc0, 29]);
-        assert!(matches!(
-            answer_error(&bytes),
-            AnswerError::Format(FormatError::PointerNotBackward { .. })
-        ));
+        assert!(matches!(answer_error(&bytes), AnswerError::Format(FormatError::PointerNotBackward { .. })));
         // A label, then a pointer back to that label.
         let bytes = answer_with(&[record(&[1, b'a', 0xc0, 29], TYPE_A, 60, &[1, 1, 1, 1])]);
-        assert!(matches!(
-            answer_error(&bytes),
-            AnswerError::Format(FormatError::PointerNotBackward { .. })
-        ));
+        assert!(matches!(answer_error(&bytes), AnswerError::Format(FormatError::PointerNotBackward { .. })));
     }
 
     /// An answer whose second record is owned by the end of a chain of `hops` pointers, each to the
@@ -1613,10 +1396,7 @@ mod tests {
         }
         let last = 41 + 2 * (hops - 1);
         let owner = (0xc000 | u16::try_from(last).unwrap()).to_be_bytes();
-        answer_with(&[
-            record(TO_QUESTION, 16, 60, &chain),
-            record(&owner, TYPE_A, 60, &[5, 5, 5, 5]),
-        ])
+        answer_with(&[record(TO_QUESTION, 16, 60, &chain), record(&owner, TYPE_A, 60, &[5, 5, 5, 5])])
     }
 
     #[test]
@@ -1627,10 +1407,7 @@ mod tests {
             answer_error(&pointer_chain(MAX_POINTERS)),
             AnswerError::Format(FormatError::TooManyPointers)
         );
-        assert_eq!(
-            answer_error(&pointer_chain(8000)),
-            AnswerError::Format(FormatError::TooManyPointers)
-        );
+        assert_eq!(answer_error(&pointer_chain(8000)), AnswerError::Format(FormatError::TooManyPointers));
     }
 
     #[test]
@@ -1638,16 +1415,10 @@ mod tests {
         let bytes = answer_with(&[record(&[0xff, 0xff], TYPE_A, 60, &[1, 1, 1, 1])]);
         assert_eq!(
             answer_error(&bytes),
-            AnswerError::Format(FormatError::PointerOutOfBounds {
-                at: 29,
-                target: 0x3fff
-            })
+            AnswerError::Format(FormatError::PointerOutOfBounds { at: 29, target: 0x3fff })
         );
         let bytes = answer_with(&[record(TO_QUESTION, TYPE_CNAME, 60, &[0xc0])]);
-        assert!(matches!(
-            answer_error(&bytes),
-            AnswerError::Format(FormatError::Truncated { .. })
-        ));
+        assert!(matches!(answer_error(&bytes), AnswerError::Format(FormatError::Truncated { .. })));
     }
 
     #[test]
@@ -1676,10 +1447,7 @@ mod tests {
         );
         let mut bytes = answer_with(&[record(TO_QUESTION, TYPE_A, 60, &[1, 2, 3, 4])]);
         bytes.push(0);
-        assert_eq!(
-            answer_error(&bytes),
-            AnswerError::Format(FormatError::TrailingBytes { count: 1 })
-        );
+        assert_eq!(answer_error(&bytes), AnswerError::Format(FormatError::TrailingBytes { count: 1 }));
     }
 
     #[test]
@@ -1688,11 +1456,7 @@ mod tests {
         nxdomain[3] = 0x83;
         assert_eq!(
             parse_answer(&the_query(), 0x1234, &nxdomain).unwrap(),
-            Answer {
-                rcode: 3,
-                addresses: Vec::new(),
-                truncated: false
-            }
+            Answer { rcode: 3, addresses: Vec::new(), truncated: false }
         );
 
         let mut truncated = answer_with(&[record(TO_QUESTION, TYPE_A, 60, &[1, 2, 3, 4])]);
@@ -1700,11 +1464,7 @@ mod tests {
         truncated.truncate(35);
         assert_eq!(
             parse_answer(&the_query(), 0x1234, &truncated).unwrap(),
-            Answer {
-                rcode: 0,
-                addresses: Vec::new(),
-                truncated: true
-            }
+            Answer { rcode: 0, addresses: Vec::new(), truncated: true }
         );
 
         let mut extended = answer_with(&[]);
@@ -1723,10 +1483,7 @@ mod tests {
         set_u16(&mut bytes, 10, 1);
         bytes.extend_from_slice(&record(&[0xc0, 20], 2, 60, b"\x02ns\xc0\x14"));
         bytes.extend_from_slice(&record(b"\x02ns\xc0\x14", TYPE_A, 60, &[6, 6, 6, 6]));
-        assert_eq!(
-            parse_answer(&the_query(), 0x1234, &bytes).unwrap().addresses,
-            [resolved("1.2.3.4", 60)]
-        );
+        assert_eq!(parse_answer(&the_query(), 0x1234, &bytes).unwrap().addresses, [resolved("1.2.3.4", 60)]);
     }
 
     #[test]

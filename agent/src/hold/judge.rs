@@ -103,7 +103,8 @@ impl Judge {
     }
 }
 
-type Judgement = (Result<(Executable, ExecJudgement), String>, FromMemory, Option<crate::hold::identity::Lease>);
+type Judgement =
+    (Result<(Executable, ExecJudgement), String>, FromMemory, Option<crate::hold::identity::Lease>);
 
 /// Identifies and judges the exec of `event` under `policy`. The argv is read only if a
 /// rule asks for it or the verdict goes to a person (reading it may wait for the held

@@ -92,14 +92,20 @@ impl LookupProcess {
     /// Opens process `pid`, which sent a lookup of the agent under `root`, and stops it.
     /// A process that does not live under `root` (the sender's pid reused since, or the
     /// process moved) is never stopped: [`HeldError::Gone`].
-    pub fn stop(enforcer: &mut Enforcer, hierarchy: &Hierarchy, pid: u32, root: u64) -> Result<Self, HeldError> {
+    pub fn stop(
+        enforcer: &mut Enforcer,
+        hierarchy: &Hierarchy,
+        pid: u32,
+        root: u64,
+    ) -> Result<Self, HeldError> {
         let pidfd = sys::pidfd_open(pid).map_err(|_| HeldError::Gone(pid))?;
         // Checked after opening: the pidfd names the process the cgroup check saw.
         let start_ticks = crate::hold::procfs::stat(pid).ok_or(HeldError::Gone(pid))?.start_ticks;
         if !hierarchy.process_under(pid, root) {
             return Err(HeldError::Gone(pid));
         }
-        let stop = agent_common::Stop { process_start: start_ticks * NS_PER_TICK, stopped_at_ns: monotonic_ns() };
+        let stop =
+            agent_common::Stop { process_start: start_ticks * NS_PER_TICK, stopped_at_ns: monotonic_ns() };
         enforcer.record_stop(pid, stop)?;
         if let Err(source) = sys::pidfd_stop(&pidfd) {
             let _ = enforcer.forget_stop(pid);
@@ -121,7 +127,8 @@ impl LookupProcess {
     pub fn kill(mut self, enforcer: &mut Enforcer) -> Result<(), HeldError> {
         self.ended = true;
         self.forget_stop(|pid| enforcer.forget_stop(pid).map_err(HeldError::from))?;
-        sys::pidfd_signal(&self.pidfd, Ending::Kill).map_err(|source| HeldError::Signal { pid: self.pid, source })
+        sys::pidfd_signal(&self.pidfd, Ending::Kill)
+            .map_err(|source| HeldError::Signal { pid: self.pid, source })
     }
 
     /// Resumes the process once its lookup is answered; `forget_stop` forgets keyturn's
@@ -132,7 +139,8 @@ impl LookupProcess {
             forget_stop(pid);
             Ok(())
         })?;
-        sys::pidfd_signal(&self.pidfd, Ending::Resume).map_err(|source| HeldError::Signal { pid: self.pid, source })
+        sys::pidfd_signal(&self.pidfd, Ending::Resume)
+            .map_err(|source| HeldError::Signal { pid: self.pid, source })
     }
 
     /// Forgets keyturn's stop of the process by its pid, unless it exited: its pid may name

@@ -12,8 +12,8 @@ use std::{
 };
 
 use agent_common::{
-    Config, DnsConfig, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey, PolicyDefaults, Stop, Tag, counter,
-    hold_state,
+    Config, DnsConfig, EgressKey, EgressRule, ExecKey, Hold, HoldEvent, HoldKey, PolicyDefaults, Stop, Tag,
+    counter, hold_state,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -592,7 +592,11 @@ pub struct MapShape {
 
 impl std::fmt::Display for MapShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "keys of {} bytes, values of {}, {} entries", self.key_size, self.value_size, self.max_entries)
+        write!(
+            f,
+            "keys of {} bytes, values of {}, {} entries",
+            self.key_size, self.value_size, self.max_entries
+        )
     }
 }
 
@@ -606,9 +610,18 @@ fn check_pins(pin_dir: &Path) -> Result<()> {
         if !matches!(map.pinning(), aya_obj::maps::PinningType::ByName) || !path.exists() {
             continue;
         }
-        let info = aya::maps::MapInfo::from_pin(&path).map_err(|source| EnforcerError::Map { map: "pinned", source })?;
-        let found = MapShape { key_size: info.key_size(), value_size: info.value_size(), max_entries: info.max_entries() };
-        let expected = MapShape { key_size: map.key_size(), value_size: map.value_size(), max_entries: map.max_entries() };
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .map_err(|source| EnforcerError::Map { map: "pinned", source })?;
+        let found = MapShape {
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        let expected = MapShape {
+            key_size: map.key_size(),
+            value_size: map.value_size(),
+            max_entries: map.max_entries(),
+        };
         if found != expected {
             return Err(EnforcerError::IncompatiblePin { path, dir: pin_dir.to_owned(), found, expected });
         }

@@ -90,11 +90,15 @@ impl NameMaps {
 
     /// Lets the kernel judge egress to `addr` by the agent under `root` with `rule` (the
     /// port rules of the domain rules naming the name it resolved from) for `ttl`.
-    pub fn record(&mut self, root: u64, addr: IpAddr, ttl: Duration, rule: EgressRule) -> Result<(), EnforcerError> {
+    pub fn record(
+        &mut self,
+        root: u64,
+        addr: IpAddr,
+        ttl: Duration,
+        rule: EgressRule,
+    ) -> Result<(), EnforcerError> {
         let key = ResolvedKey { root, addr: kernel_addr(addr) };
-        self.resolved
-            .insert(key, Resolved { expires_ns: expiry(ttl), rule }, 0)
-            .map_err(resolved_error)
+        self.resolved.insert(key, Resolved { expires_ns: expiry(ttl), rule }, 0).map_err(resolved_error)
     }
 
     /// Judges again every address the kernel lets agents reach by a name they resolved:
@@ -107,11 +111,13 @@ impl NameMaps {
         &mut self,
         judge: impl Fn(u64, Option<u32>, IpAddr) -> Option<(EgressRule, Duration)>,
     ) -> Result<Rejudged, EnforcerError> {
-        let keys: Vec<ResolvedKey> = self.resolved.keys().collect::<Result<_, _>>().map_err(resolved_error)?;
+        let keys: Vec<ResolvedKey> =
+            self.resolved.keys().collect::<Result<_, _>>().map_err(resolved_error)?;
         let mut done = Rejudged::default();
         for key in keys {
             let addr = Ipv6Addr::from(key.addr).to_canonical();
-            let updated = match (judge(key.root, self.policy_of(key.root), addr), self.resolved.get(&key, 0)) {
+            let updated = match (judge(key.root, self.policy_of(key.root), addr), self.resolved.get(&key, 0))
+            {
                 // Gone meanwhile: expired out of the LRU map.
                 (_, Err(MapError::KeyNotFound)) => continue,
                 (Some((rule, lasts)), Ok(resolved)) => {

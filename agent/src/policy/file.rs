@@ -13,9 +13,9 @@ use agent_common::{Action, EgressRule, protocol, verdict};
 use serde::Deserialize;
 
 use crate::{
+    dns::name::{DomainPattern, Name},
     hold::identity::{Digests, Executable},
     hold::process::OnDeny,
-    dns::name::{DomainPattern, Name},
     policy::{
         EgressSpec, KernelPolicy, Verdict, display_cidr,
         kernel::Cidr,
@@ -223,12 +223,16 @@ impl Policy {
     pub fn approved_rule(&self, name: &Name, addr: [u8; 16], quorum: u32) -> Option<EgressRule> {
         let host = Cidr { addr, prefix: 128 };
         let naming = self.names.iter().filter(|r| r.pattern.matches(name)).map(|r| (r.verdict, r.quorum));
-        let containing = self.kernel.egress.iter().filter(|r| r.cidr.contains(&host)).map(|r| (r.verdict, r.quorum));
+        let containing =
+            self.kernel.egress.iter().filter(|r| r.cidr.contains(&host)).map(|r| (r.verdict, r.quorum));
         let asks = naming.chain(containing).filter(|(verdict, _)| *verdict == Verdict::Hold).map(|(_, q)| q);
         if asks.max().unwrap_or(1) > quorum {
             return None;
         }
-        let mut rule = self.judge_name(name).kernel.unwrap_or(EgressRule { fallback: verdict::NONE, ..EgressRule::default() });
+        let mut rule = self
+            .judge_name(name)
+            .kernel
+            .unwrap_or(EgressRule { fallback: verdict::NONE, ..EgressRule::default() });
         if rule.fallback == verdict::NONE {
             // The ports the domain rules leave to the CIDR rules, as those judge the address.
             let cidr = self.kernel.folded(host).ok()?;
@@ -253,7 +257,11 @@ impl Policy {
             return EgressJudgement { verdict: rule.verdict, rule: rule.describe(), quorum: rule.quorum };
         }
         self.kernel.rule_for(action.addr, port, action.protocol).map_or_else(
-            || EgressJudgement { verdict: self.kernel.egress_default, rule: "egress_default".into(), quorum: 1 },
+            || EgressJudgement {
+                verdict: self.kernel.egress_default,
+                rule: "egress_default".into(),
+                quorum: 1,
+            },
             |r| EgressJudgement {
                 verdict: r.verdict,
                 rule: format!("egress {} action {:?}", display_cidr(&r.cidr), r.verdict),
@@ -522,10 +530,12 @@ fn parse_egress(
         let (verdict, quorum) = (rule.action, parse_quorum(rule.quorum).map_err(|e| error(line, e))?);
         match (&rule.cidr, &rule.domain) {
             (None, Some(domain)) => {
-                let pattern =
-                    DomainPattern::parse(domain).map_err(|e| error(line, format!("domain {domain:?}: {e}")))?;
+                let pattern = DomainPattern::parse(domain)
+                    .map_err(|e| error(line, format!("domain {domain:?}: {e}")))?;
                 let rule = NameRule { pattern, ports, protocol, verdict, quorum };
-                if domains.iter().any(|d| (&d.pattern, &d.ports, d.protocol) == (&rule.pattern, &rule.ports, rule.protocol)) {
+                if domains.iter().any(|d| {
+                    (&d.pattern, &d.ports, d.protocol) == (&rule.pattern, &rule.ports, rule.protocol)
+                }) {
                     return Err(error(line, format!("egress rule for {domain} repeats an earlier one")));
                 }
                 names::check(&domains, &rule).map_err(|e| error(line, e))?;
@@ -534,7 +544,9 @@ fn parse_egress(
             (Some(cidr), None) => {
                 let cidr_parsed = cidr.parse().map_err(|e| error(line, e))?;
                 let spec = EgressSpec { cidr: cidr_parsed, ports, protocol, verdict, quorum };
-                if egress.iter().any(|e: &EgressSpec| (e.cidr, &e.ports, e.protocol) == (spec.cidr, &spec.ports, spec.protocol)) {
+                if egress.iter().any(|e: &EgressSpec| {
+                    (e.cidr, &e.ports, e.protocol) == (spec.cidr, &spec.ports, spec.protocol)
+                }) {
                     return Err(error(line, format!("egress rule for {cidr} repeats an earlier one")));
                 }
                 egress.push(spec);
@@ -669,7 +681,13 @@ action = "deny"
             ("", "empty"),
             ("a..example.com", "label 2 is empty"),
             (&format!("{}.example.com", "a".repeat(64)), "longer than 63"),
-            (&format!("{}.com", ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(60)].join(".")), "253"),
+            (
+                &format!(
+                    "{}.com",
+                    ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(60)].join(".")
+                ),
+                "253",
+            ),
             ("api.*.example.com", "wildcard"),
             ("*", "wildcard"),
             ("bücher.example", "punycode"),
@@ -722,7 +740,7 @@ action = "deny"
         assert_eq!((rule.count, rule.fallback), (0, verdict::DENY), "a denial stays one");
     }
 
-        #[test]
+    #[test]
     fn a_quorum_is_1_to_9_and_anything_else_is_refused_at_its_rule() {
         let exec = |quorum: &str| {
             format!("timeout = \"1m\"\n\n[[exec]]\npath = \"/x\"\naction = \"hold\"\nquorum = {quorum}\n")

@@ -88,12 +88,9 @@ pub fn rule_for<'a>(rules: &'a [NameRule], name: &Name, port: u16, protocol: u32
 /// be given to the kernel for a name both match.
 pub fn check(earlier: &[NameRule], rule: &NameRule) -> Result<(), String> {
     let ranges = |r: &NameRule| r.ports.len().max(1);
-    let overlapping: usize = earlier
-        .iter()
-        .filter(|e| e.pattern.overlaps(&rule.pattern))
-        .map(ranges)
-        .sum::<usize>()
-        + ranges(rule);
+    let overlapping: usize =
+        earlier.iter().filter(|e| e.pattern.overlaps(&rule.pattern)).map(ranges).sum::<usize>()
+            + ranges(rule);
     if overlapping > capacity::PORT_RULES {
         return Err(format!(
             "more than {} port rules apply to names matching {:?}",
@@ -131,7 +128,10 @@ mod tests {
             rule("*.example.com", &[], Verdict::Deny),
         ];
         let judged = judge(&rules, Verdict::Hold, &name("API.example.com"));
-        assert_eq!((judged.verdict, judged.rule.as_str()), (Verdict::Allow, "egress domain \"api.example.com\" action Allow"));
+        assert_eq!(
+            (judged.verdict, judged.rule.as_str()),
+            (Verdict::Allow, "egress domain \"api.example.com\" action Allow")
+        );
         let kernel = judged.kernel.unwrap();
         assert_eq!(kernel.count, 2);
         assert_eq!((kernel.ports[0].low, u32::from(kernel.ports[0].verdict)), (443, verdict::ALLOW));
@@ -147,13 +147,15 @@ mod tests {
     fn a_name_no_rule_names_is_judged_by_the_default_and_its_addresses_by_cidr() {
         let rules = [rule("*.example.com", &[(443, 443)], Verdict::Allow)];
         let judged = judge(&rules, Verdict::Deny, &name("example.com"));
-        let by_default = NameJudgement { verdict: Verdict::Deny, rule: "egress_default".into(), quorum: 1, kernel: None };
+        let by_default =
+            NameJudgement { verdict: Verdict::Deny, rule: "egress_default".into(), quorum: 1, kernel: None };
         assert_eq!(judged, by_default);
     }
 
     #[test]
     fn ports_not_named_fall_through_to_the_cidr_rules() {
-        let judged = judge(&[rule("a.example", &[(443, 443)], Verdict::Allow)], Verdict::Hold, &name("a.example"));
+        let judged =
+            judge(&[rule("a.example", &[(443, 443)], Verdict::Allow)], Verdict::Hold, &name("a.example"));
         assert_eq!(judged.kernel.unwrap().fallback, verdict::NONE);
     }
 
