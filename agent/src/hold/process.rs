@@ -299,22 +299,22 @@ impl HeldProcess {
     /// succeeds on retry, a stopped exec just goes on.
     pub fn release(&self, enforcer: &mut Enforcer) -> Result<(), HeldError> {
         let (key, nonce) = (self.key(), self.event.hold.nonce);
+        if self.event.event_type == event_type::STOPPED {
+            enforcer.forget(key, nonce)?;
+        } else {
+            enforcer.decide(key, nonce, hold_state::APPROVED)?;
+        }
+        // Decided: its pending slot is free before the process goes on, whose next flagged
+        // action must not find it still taken (and be refused as a flood).
+        enforcer.finish(self.event.hold.root)?;
         match self.event.event_type {
             event_type::STOPPED => {
-                enforcer.forget(key, nonce)?;
                 self.thaw()?;
-                self.end_stop(enforcer, Ending::Resume)?;
+                self.end_stop(enforcer, Ending::Resume)
             }
-            event_type::DEFERRED => {
-                enforcer.decide(key, nonce, hold_state::APPROVED)?;
-            }
-            _ => {
-                enforcer.decide(key, nonce, hold_state::APPROVED)?;
-                self.end_stop(enforcer, Ending::Resume)?;
-            }
+            event_type::DEFERRED => Ok(()),
+            _ => self.end_stop(enforcer, Ending::Resume),
         }
-        enforcer.finish(self.event.hold.root)?;
-        Ok(())
     }
 
     /// Refuses the held action: kills the process, or fails the syscall with EPERM.
@@ -324,13 +324,14 @@ impl HeldProcess {
         if on_deny == OnDeny::Kill || stopped {
             self.end_stop(enforcer, Ending::Kill)?;
             enforcer.forget(key, nonce)?;
-        } else {
-            enforcer.decide(key, nonce, hold_state::DENIED)?;
-            if self.event.event_type == event_type::HELD {
-                self.end_stop(enforcer, Ending::Resume)?;
-            }
+            return enforcer.finish(self.event.hold.root).map_err(HeldError::from);
         }
+        enforcer.decide(key, nonce, hold_state::DENIED)?;
+        // As for a release: the slot is free before the process goes on.
         enforcer.finish(self.event.hold.root)?;
+        if self.event.event_type == event_type::HELD {
+            self.end_stop(enforcer, Ending::Resume)?;
+        }
         Ok(())
     }
 }
