@@ -125,3 +125,45 @@ pub fn wait_for(pid: u32) -> io::Result<i32> {
         }
     }
 }
+
+/// Takes `key` out of the BPF hash map `map` and returns the value it held, in one step
+/// (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`, Linux 5.14): nothing the kernel writes can slip
+/// between the read and the removal, as it can between a lookup and a delete. `None` when
+/// the map holds no such key. `K` and `V` must be the map's key and value types.
+pub fn bpf_map_take<K: bytemuck::Pod, V: bytemuck::Pod>(map: impl AsFd, key: &K) -> io::Result<Option<V>> {
+    /// The `bpf_attr` of the map element commands.
+    #[repr(C)]
+    struct ElementAttr {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = V::zeroed();
+    let attr = ElementAttr {
+        map_fd: u32::try_from(map.as_fd().as_raw_fd()).map_err(|_| io::ErrorKind::InvalidInput)?,
+        pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_mut(&mut value) as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is the leading part of a `bpf_attr` for this command, of the size
+    // given; `key` and `value` point to buffers of the map's key and value sizes.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<ElementAttr>(),
+        )
+    };
+    match done {
+        0 => Ok(Some(value)),
+        _ => match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            e => Err(e),
+        },
+    }
+}

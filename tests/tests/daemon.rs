@@ -781,7 +781,8 @@ fn a_hold_whose_pid_was_reused_decides_nothing() {
     assert_eq!(daemon.pending().iter().map(id_of).collect::<Vec<_>>(), [id_of(&new)]);
     assert!(daemon.audit().iter().any(|e| e["type"] == "hold_closed" && e["id"] == old_id.as_str()));
 
-    assert!(daemon.cli(&["approve", &id_of(&new)]).status.success());
+    let approved = daemon.cli(&["approve", &id_of(&new)]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
     assert_eq!(finish(second), (0, "second\n".to_owned()));
 }
 

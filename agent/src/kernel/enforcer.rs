@@ -181,6 +181,18 @@ impl Default for Options {
     }
 }
 
+/// `bpf_map_update_elem`'s flag: only where the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+/// Whose hold record [`Enforcer::rewrite_hold`] found under its key.
+enum Taken {
+    Absent,
+    /// The hold it was asked to rewrite.
+    Ours,
+    /// Another hold (a newer one of a reused pid): put back as it was.
+    Another,
+}
+
 pub struct Enforcer {
     ebpf: Ebpf,
     mode: Mode,
@@ -476,42 +488,68 @@ impl Enforcer {
     /// Moves the pending hold `key` (named by its `nonce`) to `state`, so the next restart
     /// of exactly that action is let through (`APPROVED`) or refused (`DENIED`).
     pub fn decide(&mut self, key: HoldKey, nonce: u64, state: u32) -> Result<Hold> {
-        let mut holds: HashMap<_, HoldKey, Hold> = self.map_mut("HOLDS")?;
-        let mut hold = match holds.get(&key, 0) {
-            Ok(hold) => hold,
-            Err(MapError::KeyNotFound) => return Err(EnforcerError::NoHold(key)),
-            Err(e) => return Err(map_error("HOLDS")(e)),
-        };
-        if hold.nonce != nonce || hold.state != hold_state::PENDING {
-            return Err(EnforcerError::Stale { key });
+        let mut decided = None;
+        let taken = self.rewrite_hold(key, nonce, |hold| {
+            if hold.state != hold_state::PENDING {
+                return Some(hold);
+            }
+            let hold = Hold { state, decided_at_ns: monotonic_ns(), ..hold };
+            decided = Some(hold);
+            Some(hold)
+        })?;
+        match (taken, decided) {
+            (Taken::Absent, _) => Err(EnforcerError::NoHold(key)),
+            (_, Some(hold)) => Ok(hold),
+            (_, None) => Err(EnforcerError::Stale { key }),
         }
-        hold.state = state;
-        hold.decided_at_ns = monotonic_ns();
-        holds.insert(key, hold, 0).map_err(map_error("HOLDS"))?;
-        Ok(hold)
     }
 
     /// Lets the kernel report the next SIGCONT that restarts the pending hold `key` (named by
     /// its `nonce`): keyturn is about to resume its process for another thread's decision.
     pub fn expect_rehold(&mut self, key: HoldKey, nonce: u64) -> Result<()> {
-        let mut holds: HashMap<_, HoldKey, Hold> = self.map_mut("HOLDS")?;
-        if let Ok(mut hold) = holds.get(&key, 0)
-            && hold.nonce == nonce
-            && hold.state == hold_state::PENDING
-        {
-            hold.rogue_reported = 0;
-            holds.insert(key, hold, 0).map_err(map_error("HOLDS"))?;
-        }
-        Ok(())
+        self.rewrite_hold(key, nonce, |hold| {
+            Some(if hold.state == hold_state::PENDING { Hold { rogue_reported: 0, ..hold } } else { hold })
+        })
+        .map(drop)
     }
 
     /// Removes the hold `key` if it still carries `nonce`.
     pub fn forget(&mut self, key: HoldKey, nonce: u64) -> Result<()> {
-        let mut holds: HashMap<_, HoldKey, Hold> = self.map_mut("HOLDS")?;
-        if holds.get(&key, 0).is_ok_and(|h| h.nonce == nonce) {
-            let _ = holds.remove(&key);
+        self.rewrite_hold(key, nonce, |_| None).map(drop)
+    }
+
+    /// Rewrites hold record `key` as `rewrite` says (`None`: removes it), if it is still the
+    /// hold named by `nonce`. A pid is reused at any time, and a new hold of it replaces the
+    /// record: the record is taken out and put back (rewritten, or as it was) each in one
+    /// step, and a record the kernel wrote meanwhile is kept, so that a newer hold is never
+    /// removed or overwritten by what was meant for an older one.
+    fn rewrite_hold(
+        &mut self,
+        key: HoldKey,
+        nonce: u64,
+        rewrite: impl FnOnce(Hold) -> Option<Hold>,
+    ) -> Result<Taken> {
+        let map = self.ebpf.map("HOLDS").expect("map in object");
+        let aya::maps::Map::HashMap(data) = map else { unreachable!("HOLDS is a hash map") };
+        let taken = crate::sys::bpf_map_take::<HoldKey, Hold>(data.fd(), &key).map_err(|io_error| {
+            map_error("HOLDS")(MapError::from(aya::sys::SyscallError {
+                call: "bpf_map_lookup_and_delete_elem",
+                io_error,
+            }))
+        })?;
+        let Some(hold) = taken else { return Ok(Taken::Absent) };
+        let (put_back, taken) =
+            if hold.nonce == nonce { (rewrite(hold), Taken::Ours) } else { (Some(hold), Taken::Another) };
+        if let Some(record) = put_back {
+            let mut holds: HashMap<_, HoldKey, Hold> = self.map_mut("HOLDS")?;
+            match holds.insert(key, record, BPF_NOEXIST) {
+                Ok(()) => {}
+                // The kernel wrote a newer hold meanwhile: it wins.
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(map_error("HOLDS")(e)),
+            }
         }
-        Ok(())
+        Ok(taken)
     }
 
     /// The processes the hooks stopped that user space has not resumed or killed since:
