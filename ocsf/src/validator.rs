@@ -1,4 +1,4 @@
-//! The tests' judge of keyturn's OCSF: `tests/ocsf/validate.py`, the OCSF project's own
+//! The tests' judge of keyturn's OCSF: `tests/python/validate.py`, the OCSF project's own
 //! schemas (`PyPI` `ocsf-json-schema`, `jsonschema`) in the venv `cargo xtask setup` makes.
 
 use std::{
@@ -10,7 +10,7 @@ use std::{
 /// Validates `events` (OCSF JSON lines); panics with every problem found. Returns the
 /// validator's summary: `valid`, `invalid`, events per `classes`.
 pub fn validate(events: &[u8]) -> serde_json::Value {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ocsf");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python");
     let python = dir.join(".venv/bin/python");
     assert!(python.exists(), "{} is missing: run `cargo xtask setup`", python.display());
     let mut child = Command::new(python)

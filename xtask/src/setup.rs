@@ -160,21 +160,19 @@ fn install_cargo_fuzz() -> Result<()> {
     run_command(env!("CARGO"), &["install", "cargo-fuzz", "--locked"], &[])
 }
 
-/// The tests' Node packages as each `package-lock.json` pins them (`tests/js`: the OpenID
-/// provider; `tests/browser`: playwright-core, never a browser: the tests drive Debian's
-/// Chromium): `npm ci` where `node_modules` is missing or older than the lock.
-/// The OCSF validator's packages (tests/ocsf/requirements.txt, hash-pinned), in a venv of
-/// Debian's Python, made again when the requirements change.
+/// The tests' Python packages (tests/python/requirements.txt, hash-pinned): the vendors' own
+/// code that judges keyturn's output (OCSF's schemas, Slack's SDK), in a venv of Debian's
+/// Python, made again when the requirements change.
 fn install_python_packages() -> Result<()> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ocsf");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python");
     let modified = |file: &Path| fs::metadata(file).and_then(|m| m.modified()).ok();
     let requirements = dir.join("requirements.txt");
     let installed = dir.join(".venv/installed");
-    let wanted = modified(&requirements).context("tests/ocsf/requirements.txt")?;
+    let wanted = modified(&requirements).context("tests/python/requirements.txt")?;
     if modified(&installed).is_some_and(|at| at >= wanted) {
         return Ok(());
     }
-    eprintln!("setup: installing the OCSF validator's Python packages");
+    eprintln!("setup: installing the tests' Python packages (tests/python)");
     let venv = dir.join(".venv");
     let _ = fs::remove_dir_all(&venv);
     let venv = venv.to_str().context("venv path")?;
@@ -189,6 +187,9 @@ fn install_python_packages() -> Result<()> {
     fs::write(&installed, "").context("mark the venv installed")
 }
 
+/// The tests' Node packages as each `package-lock.json` pins them (`tests/js`: the OpenID
+/// provider; `tests/browser`: playwright-core, never a browser: the tests drive Debian's
+/// Chromium): `npm ci` where `node_modules` is missing or older than the lock.
 fn install_node_packages() -> Result<()> {
     for dir in ["js", "browser"] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests").join(dir);
