@@ -114,6 +114,17 @@ pub enum AuditEvent {
         token: String,
         by: String,
     },
+    /// A chat account (`slack:TEAM/USER`) was linked to a person: its clicks decide as them.
+    ChatLinked {
+        account: String,
+        person: String,
+        role: Role,
+        by: String,
+    },
+    ChatUnlinked {
+        account: String,
+        by: String,
+    },
     /// A host's audit trail no longer matched an anchor the console kept of it.
     HostTrailTampered {
         host: String,

@@ -4,6 +4,7 @@
 pub mod anchors;
 pub mod api;
 pub mod audit;
+pub mod chat;
 pub mod evidence;
 pub mod export;
 pub mod keys;
@@ -11,8 +12,10 @@ pub mod oidc;
 pub mod people;
 pub mod policies;
 pub mod search;
+pub mod secret;
 pub mod server;
 pub mod siem;
+pub mod signature;
 pub mod store;
 pub mod tls;
 
@@ -49,6 +52,8 @@ pub enum ConsoleError {
     Oidc(#[from] oidc::OidcError),
     #[error(transparent)]
     Siem(#[from] siem::SiemError),
+    #[error(transparent)]
+    Slack(#[from] chat::slack::SlackError),
     #[error("serving the host streams: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("listen = {0}: plaintext is only allowed on loopback; enable [tls]")]
@@ -79,6 +84,8 @@ pub struct Config {
     pub siem: Vec<siem::SiemConfig>,
     /// Who is told of holds raised, decided and closed (`[[webhooks]]`, any number).
     pub webhooks: Vec<siem::webhook::WebhookConfig>,
+    /// Holds posted to a Slack channel, decided with a click there.
+    pub slack: Option<chat::slack::SlackConfig>,
 }
 
 /// The web UI and the JSON API.
@@ -121,6 +128,7 @@ impl Default for Config {
             oidc: None,
             siem: Vec::new(),
             webhooks: Vec::new(),
+            slack: None,
         }
     }
 }
@@ -229,6 +237,26 @@ pub async fn issue_api_token(
     Ok(store.create_api_token(person, role, name, "keyturn console api-token", lifetime).await?)
 }
 
+/// Links the chat `account` to `person` with `role` (`keyturn console link`), on `by`'s say-so.
+pub async fn link_chat(
+    config: &Config,
+    account: &chat::ChatAccount,
+    person: &str,
+    role: Role,
+    by: &str,
+) -> Result<(), ConsoleError> {
+    Ok(Store::open(&config.database).await?.link_chat(account, person, role, by).await?)
+}
+
+/// Removes the chat `account`'s link (`keyturn console unlink`): whether it had one.
+pub async fn unlink_chat(
+    config: &Config,
+    account: &chat::ChatAccount,
+    by: &str,
+) -> Result<bool, ConsoleError> {
+    Ok(Store::open(&config.database).await?.unlink_chat(account, by).await?)
+}
+
 /// Makes the evidence pack of `period` from the database and with the key `config` names
 /// (`keyturn console evidence`), asked for by `by`: the zip's bytes.
 pub async fn export_evidence(
@@ -279,10 +307,15 @@ pub async fn run(config: Config) -> Result<(), ConsoleError> {
         async |addr| TcpListener::bind(addr).await.map_err(|source| ConsoleError::Listen { addr, source });
     let (hosts, people) = (bind(config.listen).await?, bind(http).await?);
     tracing::info!(url = %format!("http://{http}/"), "web UI and API listening");
-    let api = http_api(&console, &config).await?;
     // Dropped (and so stopped) when the console stops.
-    let _siem: Vec<AbortOnDrop> =
-        siem::start(console.store(), &config.siem, &config.webhooks)?.into_iter().map(AbortOnDrop).collect();
+    let mut tasks = siem::start(console.store(), &config.siem, &config.webhooks)?;
+    let mut api = http_api(&console, &config).await?;
+    if let Some(slack) = &config.slack {
+        let (slack, slack_tasks) = chat::slack::start(&console, slack)?;
+        api = api.with_slack(slack);
+        tasks.extend(slack_tasks);
+    }
+    let _tasks: Vec<AbortOnDrop> = tasks.into_iter().map(AbortOnDrop).collect();
     tokio::select! {
         result = console.serve(hosts) => result,
         result = api.serve(people) => result,

@@ -82,6 +82,8 @@ pub enum Credential {
     SignInLink,
     /// The API token `token` (its id), made for the person.
     ApiToken { token: String },
+    /// A click in chat by `account` (`slack:TEAM/USER`), which an admin linked to the person.
+    ChatAccount { account: String },
     /// Not recorded: decided before the console kept credentials.
     #[default]
     Unrecorded,

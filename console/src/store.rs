@@ -59,6 +59,8 @@ pub enum StoreError {
     AlreadyApproved { person: String, hold_id: String },
     #[error("a decision, token or session must name a person")]
     Anonymous,
+    #[error("a chat account acts as a viewer or an approver, not as {0}")]
+    ChatRole(crate::people::Role),
     #[error("a decision must approve or deny")]
     NoVerdict,
     #[error("a stored decision for hold {hold_id} does not decode: {reason}")]

@@ -24,6 +24,16 @@ pub const NOGROUP: u32 = 65534;
 /// A policy holding the exec of the daemon's `flagged` program (a copy of /bin/echo).
 pub const HOLD_FLAGGED: &str = "timeout = \"1m\"\n[[exec]]\npath = \"FLAGGED\"\naction = \"hold\"\n[egress_default]\naction = \"allow\"\n";
 
+/// A daemon's `[console]` settings (an inline table: the fixture puts them at the head of
+/// its config): the console at `endpoint`, trusted to sign with `key`, which knows the daemon
+/// as `host`; with `extra` settings (`, name = value`…).
+pub fn console_section(endpoint: &str, key: &ed25519_dalek::SigningKey, host: &str, extra: &str) -> String {
+    let public = hex::encode(key.verifying_key().as_bytes());
+    format!(
+        "console = {{ endpoint = \"{endpoint}\", public_keys = [\"{public}\"], host = \"{host}\"{extra} }}"
+    )
+}
+
 /// The `keyturn` binary: `KEYTURN_BIN`, else the one cargo built beside the test binary.
 pub fn keyturn_path() -> PathBuf {
     std::env::var_os("KEYTURN_BIN").map_or_else(
@@ -41,7 +51,7 @@ pub struct Daemon {
     child: Option<Child>,
 }
 
-fn serial() -> u32 {
+pub fn serial() -> u32 {
     static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }

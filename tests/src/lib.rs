@@ -21,6 +21,7 @@ pub mod embedded;
 pub mod nameserver;
 pub mod oidc;
 pub mod runtimes;
+pub mod slack;
 pub mod working_day;
 
 use agent_common::{HoldKey, Tag};

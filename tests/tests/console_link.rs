@@ -174,13 +174,9 @@ impl Drop for RunningConsole {
     }
 }
 
-/// The daemon's `[console]` settings (an inline table: the fixture puts them at the head of
-/// its config), trusting [`console_key`], with `extra` settings.
+/// The daemon's `[console]` settings, trusting [`console_key`], with `extra` settings.
 fn console_section(endpoint: &str, extra: &str) -> String {
-    let public = hex::encode(console_key().verifying_key().as_bytes());
-    format!(
-        "console = {{ endpoint = \"{endpoint}\", public_keys = [\"{public}\"], host = \"{HOST}\"{extra} }}"
-    )
+    tests::daemon::console_section(endpoint, &console_key(), HOST, extra)
 }
 
 /// A plaintext console and a daemon linked to it.

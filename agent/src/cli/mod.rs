@@ -144,6 +144,22 @@ enum ConsoleCommand {
         #[arg(long, default_value = "90d")]
         ttl: String,
     },
+    /// Link a Slack account to PERSON: their clicks in Slack decide as PERSON, with ROLE.
+    Link {
+        /// The person the account acts as (as decisions and the audit trail name them).
+        person: String,
+        /// The Slack account: TEAM/USER (Slack's ids, such as T0123ABC/U0456DEF).
+        #[arg(long, value_name = "TEAM/USER")]
+        slack: console::chat::ChatAccount,
+        /// viewer or approver (a chat account is never an admin).
+        #[arg(long, default_value = "approver")]
+        role: console::Role,
+    },
+    /// Unlink a Slack account: its clicks decide nothing from now on.
+    Unlink {
+        #[arg(long, value_name = "TEAM/USER")]
+        slack: console::chat::ChatAccount,
+    },
     /// Check HOST's audit trail against the anchors the console keeps of it: names a trail
     /// cut or rewritten after an anchor. Exits 1 on any finding.
     VerifyHost {
@@ -375,6 +391,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// `keyturn console`: the console's own config file, not the daemon's (but for `login`,
 /// which asks the daemon).
+/// The operator running this command, as the console's audit trail names them.
+fn operator() -> String {
+    format!("unix:{}", crate::hold::context::user_name(nix::unistd::getuid().as_raw()))
+}
+
 fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow::Result<i32> {
     let console_config = || console::Config::load(config);
     let runtime = tokio::runtime::Runtime::new()?;
@@ -399,6 +420,18 @@ fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow
                 runtime.block_on(console::issue_api_token(&config, person, *role, name, lifetime))?;
             eprintln!("API token {id} for {person} ({role}); shown this once:");
             println!("{token}");
+        }
+        Some(ConsoleCommand::Link { person, slack, role }) => {
+            let config = console_config()?;
+            runtime.block_on(console::link_chat(&config, slack, person, *role, &operator()))?;
+            eprintln!("{slack} now decides as {person} ({role})");
+        }
+        Some(ConsoleCommand::Unlink { slack }) => {
+            let config = console_config()?;
+            if !runtime.block_on(console::unlink_chat(&config, slack, &operator()))? {
+                bail!("{slack} was not linked");
+            }
+            eprintln!("{slack} is unlinked");
         }
         Some(ConsoleCommand::VerifyHost { host, trail }) => {
             let config = console_config()?;
@@ -431,8 +464,7 @@ fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow
             };
             let config = console_config()?;
             let period = console::evidence::Period::parse(from, to)?;
-            let by = format!("unix:{}", crate::hold::context::user_name(nix::unistd::getuid().as_raw()));
-            let pack = runtime.block_on(console::export_evidence(&config, period, &by))?;
+            let pack = runtime.block_on(console::export_evidence(&config, period, &operator()))?;
             std::fs::write(out, &pack).with_context(|| format!("writing {}", out.display()))?;
             let summary = console::evidence::verify(&pack, &console::public_key(&config)?)?;
             eprintln!("wrote {} ({} bytes)\n{summary}", out.display(), pack.len());

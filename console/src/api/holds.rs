@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{Api, ApiError, auth::require, body, ok};
 use crate::{
+    Console,
     audit::AuditEvent,
     people::{Principal, Role},
     search::{AuditFilter, HoldDetail, HoldFilter},
@@ -197,7 +198,40 @@ async fn decide(
     reason: String,
 ) -> Result<Response, ApiError> {
     let (host, hold_id) = split_id(id)?;
-    let store = api.console.store();
+    let asked = Asked { host, hold_id, verdict, scope, duration_secs, reason };
+    match decide_as(&api.console, principal, asked).await? {
+        Outcome::Decided(_) => {
+            let status = if verdict == Verdict::Approve { "approved" } else { "denied" };
+            Ok(ok(serde_json::json!({"status": status})))
+        }
+        Outcome::AwaitingQuorum { approvals, quorum } => Ok((
+            StatusCode::ACCEPTED,
+            ok(serde_json::json!({"status": "awaiting_quorum", "approvals": approvals, "quorum": quorum})),
+        )
+            .into_response()),
+    }
+}
+
+/// A decision someone asks for: hold `hold_id` of `host`, `verdict` with its scope and reason.
+pub struct Asked<'a> {
+    pub host: &'a str,
+    pub hold_id: &'a str,
+    pub verdict: Verdict,
+    pub scope: Scope,
+    pub duration_secs: u64,
+    pub reason: String,
+}
+
+/// Decides as `principal` asked, wherever they asked it (API, web UI, chat), by the rules
+/// every decision meets: the role, no self-approval, quorum, one decision; a refusal on a
+/// hold that exists is audited.
+pub async fn decide_as(
+    console: &Console,
+    principal: &Principal,
+    asked: Asked<'_>,
+) -> Result<Outcome, ApiError> {
+    let Asked { host, hold_id, verdict, scope, duration_secs, reason } = asked;
+    let store = console.store();
     let refused = async |error: ApiError| {
         let event = AuditEvent::DecisionRefused {
             host: host.to_owned(),
@@ -208,7 +242,7 @@ async fn decide(
             why: error.message.clone(),
         };
         store.record(&event).await?;
-        Err::<Response, _>(error)
+        Err::<Outcome, _>(error)
     };
     if let Err(error) = require(principal, Role::Approver) {
         // Only refusals on holds that exist are worth a record: the path is the caller's.
@@ -227,18 +261,9 @@ async fn decide(
         decided_by: principal.person.clone(),
         credential: principal.credential.clone(),
     };
-    match api.console.decide(&request).await {
-        Ok(Outcome::Decided(_)) => {
-            let status = if verdict == Verdict::Approve { "approved" } else { "denied" };
-            Ok(ok(serde_json::json!({"status": status})))
-        }
-        Ok(Outcome::AwaitingQuorum { approvals, quorum }) => Ok((
-            StatusCode::ACCEPTED,
-            ok(serde_json::json!({"status": "awaiting_quorum", "approvals": approvals, "quorum": quorum})),
-        )
-            .into_response()),
+    match console.decide(&request).await {
         Err(error @ StoreError::SelfApproval { .. }) => refused(error.into()).await,
-        Err(error) => Err(error.into()),
+        outcome => Ok(outcome?),
     }
 }
 

@@ -4,7 +4,8 @@
 mod auth;
 mod evidence;
 mod export;
-mod holds;
+pub(crate) mod holds;
+mod slack;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -19,7 +20,9 @@ use axum::{
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::TcpListener;
 
-use crate::{ConsoleError, oidc::Oidc, people::RoleMap, server::Console, store::StoreError};
+use crate::{
+    ConsoleError, chat::slack::Slack, oidc::Oidc, people::RoleMap, server::Console, store::StoreError,
+};
 
 /// Largest request body the API reads.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -32,11 +35,19 @@ pub struct Api {
     roles: Arc<RoleMap>,
     /// Session cookies only over HTTPS (the console is behind a TLS-terminating proxy).
     secure_cookies: bool,
+    /// Slack in request-URL mode posts its interactions here.
+    slack: Option<Arc<Slack>>,
 }
 
 impl Api {
     pub fn new(console: Console, oidc: Option<Oidc>, roles: RoleMap, secure_cookies: bool) -> Self {
-        Self { console, oidc: oidc.map(Arc::new), roles: Arc::new(roles), secure_cookies }
+        Self { console, oidc: oidc.map(Arc::new), roles: Arc::new(roles), secure_cookies, slack: None }
+    }
+
+    /// Takes Slack's interactions (request-URL mode) at `/api/slack/interactions`.
+    #[must_use]
+    pub fn with_slack(self, slack: Arc<Slack>) -> Self {
+        Self { slack: Some(slack), ..self }
     }
 
     /// Every route: API, sign-in, UI.
@@ -55,6 +66,10 @@ impl Api {
             .route("/api/audit/export", get(export::export))
             .route("/api/tokens", get(auth::tokens).post(auth::create_token))
             .route("/api/tokens/{id}", delete(auth::revoke_token))
+            .route(
+                "/api/slack/interactions",
+                post(slack::interactions).layer(DefaultBodyLimit::max(slack::MAX_INTERACTION)),
+            )
             .route("/api/{*rest}", axum::routing::any(unknown_route))
             .route("/auth/options", get(auth::options))
             .route("/auth/login", get(auth::login))
@@ -101,6 +116,11 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
+    }
+
+    /// What went wrong, in words for the person who asked.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     fn bad_request(message: impl Into<String>) -> Self {

@@ -172,6 +172,29 @@ pub fn events<'a>(
             let e = on_console(Class::ApiActivity, DELETE, format!("{by} revoked API token {token}"));
             vec![call(e, person_actor(by), API, "revoke_api_token", (token, "api_token"), status::SUCCESS)]
         }
+        (AuditEvent::ChatLinked { account, person, role, by }, _) => {
+            let message = format!("{by} linked chat account {account} to {person} as {role}");
+            let e = on_console(Class::ApiActivity, CREATE, message);
+            vec![call(
+                e,
+                person_actor(by),
+                API,
+                "link_chat_account",
+                (account, "chat_account"),
+                status::SUCCESS,
+            )]
+        }
+        (AuditEvent::ChatUnlinked { account, by }, _) => {
+            let e = on_console(Class::ApiActivity, DELETE, format!("{by} unlinked chat account {account}"));
+            vec![call(
+                e,
+                person_actor(by),
+                API,
+                "unlink_chat_account",
+                (account, "chat_account"),
+                status::SUCCESS,
+            )]
+        }
         (AuditEvent::HostTrailTampered { host, detail }, _) => {
             let message = format!("host {host}'s audit trail changed after it was anchored: {detail}");
             let mut e = new(Class::DeviceConfigStateChange, TRAIL_CHANGED, message, device(host));

@@ -14,7 +14,7 @@
 mod send;
 pub mod webhook;
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use rand_core::{OsRng, RngCore as _};
 use serde::Deserialize;
@@ -22,11 +22,12 @@ use sqlx::Row as _;
 
 use crate::{
     audit::StoredRecord,
+    chat::slack::{Slack, SlackError},
     export::{Exporter, Format},
     store::{Store, StoreError, now_ms},
 };
-pub use send::SendError;
 use send::Sink;
+pub use send::{SendError, http_client};
 use webhook::{HoldEvent, WebhookConfig};
 
 /// How long a replica's lease on an output lasts unless renewed.
@@ -84,6 +85,8 @@ pub enum SiemError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Send(#[from] SendError),
+    #[error(transparent)]
+    Slack(#[from] SlackError),
     #[error("sending took over {0:?}")]
     Timeout(Duration),
 }
@@ -94,9 +97,17 @@ pub struct Output {
     name: String,
     batch: i64,
     exporter: Exporter,
-    sink: Sink,
-    /// A webhook's events: only those records are sent, one body each.
-    events: Option<Vec<HoldEvent>>,
+    receiver: Receiver,
+}
+
+/// Where an output's records go, and as what.
+enum Receiver {
+    /// Every record, as lines.
+    Siem(Sink),
+    /// A webhook's wanted events: only those records are sent, one body each.
+    Webhook(Sink, Vec<HoldEvent>),
+    /// Slack: holds posted and updated.
+    Slack(Arc<Slack>),
 }
 
 /// Records a webhook's batch looks at; each wanted one is a request of its own.
@@ -111,8 +122,7 @@ impl Output {
             name: config.name.clone(),
             batch: i64::from(config.batch.clamp(1, 10_000)),
             exporter: Exporter::new(store.clone(), config.format),
-            sink,
-            events: None,
+            receiver: Receiver::Siem(sink),
         })
     }
 
@@ -124,9 +134,18 @@ impl Output {
             name: format!("webhook:{}", config.name),
             batch: WEBHOOK_BATCH,
             exporter: Exporter::new(store.clone(), Format::Ocsf),
-            sink: Sink::Webhook(webhook),
-            events: Some(config.events.clone()),
+            receiver: Receiver::Webhook(Sink::Webhook(webhook), config.events.clone()),
         })
+    }
+
+    /// Slack's announcements of holds.
+    pub fn slack(store: &Store, slack: Arc<Slack>) -> Self {
+        Self {
+            name: "slack".into(),
+            batch: WEBHOOK_BATCH,
+            exporter: Exporter::new(store.clone(), Format::Ocsf),
+            receiver: Receiver::Slack(slack),
+        }
     }
 
     /// Streams this output from `store` for as long as the task lives.
@@ -147,7 +166,9 @@ impl Output {
                 Ok(Step::Elsewhere) => LEASE / 3,
                 Err(e) => {
                     tracing::warn!(output = self.name, error = %e, retry_in = ?backoff, "SIEM output failed");
-                    self.sink.disconnect();
+                    if let Receiver::Siem(sink) | Receiver::Webhook(sink, _) = &mut self.receiver {
+                        sink.disconnect();
+                    }
                     let pause = backoff;
                     backoff = (backoff * 2).min(BACKOFF.1);
                     pause
@@ -163,9 +184,15 @@ impl Output {
         let records = store.audit_page(next, 0, i64::MAX, self.batch).await?;
         let Some(last) = records.last() else { return Ok(Step::Idle) };
         check(&records, next, &prev)?;
-        let lines = match &self.events {
-            None => self.exporter.lines(&records).await?,
-            Some(wanted) => {
+        let (sink, lines) = match &mut self.receiver {
+            Receiver::Siem(sink) => (sink, self.exporter.lines(&records).await?),
+            Receiver::Slack(slack) => {
+                tokio::time::timeout(SEND_TIMEOUT, crate::chat::slack::announce(slack, store, &records))
+                    .await
+                    .map_err(|_| SiemError::Timeout(SEND_TIMEOUT))??;
+                return self.advance(store, replica, next, last).await;
+            }
+            Receiver::Webhook(sink, wanted) => {
                 let mut bodies = Vec::new();
                 for record in &records {
                     let Some(event) = HoldEvent::of(&record.typed()?).filter(|event| wanted.contains(event))
@@ -178,14 +205,25 @@ impl Output {
                         text: event.body(record.seq, &ocsf),
                     });
                 }
-                bodies
+                (sink, bodies)
             }
         };
         if !lines.is_empty() {
-            tokio::time::timeout(SEND_TIMEOUT, self.sink.send(&lines))
+            tokio::time::timeout(SEND_TIMEOUT, sink.send(&lines))
                 .await
                 .map_err(|_| SiemError::Timeout(SEND_TIMEOUT))??;
         }
+        self.advance(store, replica, next, last).await
+    }
+
+    /// Moves the cursor past `last`, the end of a batch sent from `next` on.
+    async fn advance(
+        &self,
+        store: &Store,
+        replica: &str,
+        next: i64,
+        last: &StoredRecord,
+    ) -> Result<Step, SiemError> {
         let moved = sqlx::query(
             "UPDATE siem_cursors SET next_seq = $3, prev_hash = $4
              WHERE output = $1 AND holder = $2 AND next_seq = $5",

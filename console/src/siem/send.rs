@@ -185,7 +185,7 @@ struct HecEvent<'a> {
 
 /// A client for requests to `url` (`https://`, `http://` only on a loopback IP address),
 /// trusting only the CAs in `ca` if given, else the built-in web roots.
-pub(super) fn http_client(url: &url::Url, ca: Option<&[u8]>) -> Result<reqwest::Client, String> {
+pub fn http_client(url: &url::Url, ca: Option<&[u8]>) -> Result<reqwest::Client, String> {
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),

@@ -9,14 +9,16 @@
 //! `X-Keyturn-Signature`, `v0=` and the hex HMAC-SHA256 of `v0:TIMESTAMP:BODY` under the
 //! webhook's secret; a receiver refuses a body whose timestamp is over 5 minutes off.
 
-use std::{fmt, path::PathBuf};
+use std::path::PathBuf;
 
-use hmac::{Hmac, Mac as _};
 use serde::Deserialize;
-use sha2::Sha256;
 
 use super::send::SendError;
-use crate::{audit::AuditEvent, export::Line};
+use crate::{
+    audit::AuditEvent,
+    export::Line,
+    secret::{self, Secret},
+};
 
 /// One `[[webhooks]]` entry of the console's configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -35,17 +37,6 @@ pub struct WebhookConfig {
     /// PEM certificates of the CAs the receiver's certificate must chain to, instead of the
     /// built-in web roots.
     pub ca: Option<PathBuf>,
-}
-
-/// A secret as the configuration holds it: never shown by `Debug`.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(…)")
-    }
 }
 
 /// What a webhook is told of.
@@ -90,14 +81,6 @@ impl HoldEvent {
     }
 }
 
-/// `v0=` and the hex HMAC-SHA256 of `v0:TIMESTAMP:BODY` under `secret`.
-pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
-    mac.update(format!("v0:{timestamp}:").as_bytes());
-    mac.update(body);
-    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 /// A webhook's receiver.
 pub struct Webhook {
     url: url::Url,
@@ -107,15 +90,8 @@ pub struct Webhook {
 
 impl Webhook {
     pub fn new(config: &WebhookConfig) -> Result<Self, String> {
-        let secret = match (&config.secret, &config.secret_file) {
-            (Some(Secret(secret)), None) => secret.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("secret_file = {}: {e}", path.display()))?
-                .trim()
-                .to_owned(),
-            (None, None) => return Err("a webhook needs a secret or secret_file".into()),
-            (Some(_), Some(_)) => return Err("secret or secret_file, not both".into()),
-        };
+        let secret = secret::read("secret", config.secret.as_ref(), config.secret_file.as_ref())?
+            .ok_or("a webhook needs a secret or secret_file")?;
         if secret.len() < 16 {
             return Err("the secret must be at least 16 bytes".into());
         }
@@ -144,7 +120,10 @@ impl Webhook {
                 .post(self.url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header("X-Keyturn-Request-Timestamp", timestamp.to_string())
-                .header("X-Keyturn-Signature", signature(&self.secret, timestamp, body.text.as_bytes()))
+                .header(
+                    "X-Keyturn-Signature",
+                    crate::signature::sign(&self.secret, timestamp, body.text.as_bytes()),
+                )
                 .body(body.text.clone())
                 .send()
                 .await
@@ -166,16 +145,6 @@ impl Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signatures_are_slack_s_scheme() {
-        // Slack's published example (api.slack.com/authentication/verifying-requests-from-slack).
-        let body = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
-        assert_eq!(
-            signature(b"8f742231b10e8888abcd99yyyzzz85a5", 1_531_420_618, body.as_bytes()),
-            "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
-        );
-    }
 
     #[test]
     fn a_secret_is_never_shown() {

@@ -1,0 +1,84 @@
+//! The trail's hold records as Slack messages: a hold raised is posted once, and every
+//! message of a hold is updated when someone approves it (of a quorum), when it is decided,
+//! closed or expired, from whichever channel the decision came.
+
+use serde_json::json;
+use sqlx::Row as _;
+
+use super::{Slack, message};
+use crate::{
+    audit::{AuditEvent, StoredRecord},
+    siem::SiemError,
+    store::{Store, StoreError},
+};
+
+/// Posts or updates the messages `records` call for.
+pub async fn announce(slack: &Slack, store: &Store, records: &[StoredRecord]) -> Result<(), SiemError> {
+    for record in records {
+        match record.typed()? {
+            AuditEvent::HoldRaised { host, hold, .. } => post(slack, store, &host, &hold).await?,
+            AuditEvent::ApprovalRecorded { host, hold, .. }
+            | AuditEvent::Decided { host, hold, .. }
+            | AuditEvent::HoldClosed { host, hold, .. }
+            | AuditEvent::HoldExpired { host, hold } => update(slack, store, &host, &hold).await?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Posts hold `hold` of `host` to the channel, unless its message is there already (a
+/// batch sent again after a crash or a lost lease).
+async fn post(slack: &Slack, store: &Store, host: &str, hold: &str) -> Result<(), SiemError> {
+    if !messages(store, host, hold).await?.is_empty() {
+        return Ok(());
+    }
+    let Some(detail) = store.hold_detail(host, hold).await? else { return Ok(()) };
+    let mut body = message::render(&detail, slack.console_url.as_ref());
+    body["channel"] = json!(slack.channel);
+    body["unfurl_links"] = json!(false);
+    let posted = slack.call("chat.postMessage", &slack.bot_token, &body).await?;
+    let (Some(channel), Some(ts)) = (posted["channel"].as_str(), posted["ts"].as_str()) else {
+        return Err(
+            super::SlackError::Api { method: "chat.postMessage", error: "no channel and ts".into() }.into()
+        );
+    };
+    sqlx::query(
+        "INSERT INTO chat_messages (host, hold_id, channel, ts) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(host)
+    .bind(hold)
+    .bind(channel)
+    .bind(ts)
+    .execute(&store.pool)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Shows hold `hold` of `host` as it stands now in every message that announced it.
+async fn update(slack: &Slack, store: &Store, host: &str, hold: &str) -> Result<(), SiemError> {
+    let posted = messages(store, host, hold).await?;
+    if posted.is_empty() {
+        return Ok(());
+    }
+    let Some(detail) = store.hold_detail(host, hold).await? else { return Ok(()) };
+    let rendered = message::render(&detail, slack.console_url.as_ref());
+    for (channel, ts) in posted {
+        let mut body = rendered.clone();
+        body["channel"] = json!(channel);
+        body["ts"] = json!(ts);
+        slack.call("chat.update", &slack.bot_token, &body).await?;
+    }
+    Ok(())
+}
+
+/// The messages that announced hold `hold` of `host`: (channel, ts).
+async fn messages(store: &Store, host: &str, hold: &str) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = sqlx::query("SELECT channel, ts FROM chat_messages WHERE host = $1 AND hold_id = $2")
+        .bind(host)
+        .bind(hold)
+        .fetch_all(&store.pool)
+        .await?;
+    rows.iter().map(|row| Ok((row.try_get("channel")?, row.try_get("ts")?))).collect()
+}

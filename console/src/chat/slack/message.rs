@@ -1,0 +1,236 @@
+//! A hold as a Slack message (Block Kit): who asks, what, why, until when, and the buttons;
+//! once it is decided or closed, the outcome in their place.
+//!
+//! Everything an agent chose (command lines, paths, names) is escaped for Slack's `mrkdwn`
+//! (`&`, `<`, `>`), so it can never mention `<!channel>`, render a link or fake a label;
+//! control and bidirectional-formatting characters are shown as `\u{…}`. Long text is cut
+//! at Slack's limits with a marker, never inside an escape.
+
+use proto::v1::{Verdict, hold_raised::Detail};
+use serde_json::{Value, json};
+
+use crate::search::HoldDetail;
+
+/// Slack's limits: a section's text, a message's `text`, a context element, a button's
+/// label. (50 blocks: a message here has at most 8.)
+const SECTION: usize = 3_000;
+const TEXT: usize = 4_000;
+const CONTEXT: usize = 2_000;
+/// Marks text cut at a limit.
+const CUT: &str = " …[cut]";
+
+/// The `action_id`s of the buttons, and what a click on each asks.
+pub const APPROVE: &str = "keyturn_approve";
+pub const DENY: &str = "keyturn_deny";
+pub const OPEN: &str = "keyturn_open";
+
+/// `text` escaped for `mrkdwn`, cut to at most `limit` bytes of escaped text.
+pub fn escape(text: &str, limit: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(limit));
+    let room = limit.saturating_sub(CUT.len());
+    for c in text.chars() {
+        let piece = match c {
+            '&' => "&amp;".to_owned(),
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() || is_bidi(c) => format!("\\u{{{:04x}}}", u32::from(c)),
+            c => c.to_string(),
+        };
+        if out.len() + piece.len() > room {
+            out.push_str(CUT);
+            return out;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
+/// Characters that reorder the text around them (Trojan Source): shown, never obeyed.
+fn is_bidi(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A command line as the approver reads it: each argument, quoted when it holds a space or
+/// nothing at all.
+fn command_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|arg| {
+            if arg.is_empty() || arg.contains(char::is_whitespace) { format!("'{arg}'") } else { arg.clone() }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What the hold asks, in one line of plain words (escaped): the message's `text`, which
+/// notifications show.
+fn asked(detail: &HoldDetail) -> String {
+    let raised = &detail.raised;
+    let what = match &raised.detail {
+        Some(Detail::Exec(exec)) => format!("run {}", exec.path),
+        Some(Detail::Egress(egress)) => format!("reach {}", destination(egress)),
+        None => "act".to_owned(),
+    };
+    escape(&format!("keyturn: {} on {} wants to {what}", raised.agent, detail.record.host), TEXT)
+}
+
+fn destination(egress: &proto::v1::Egress) -> String {
+    if egress.domain.is_empty() {
+        format!("{} {}:{}", egress.protocol, egress.address, egress.port)
+    } else {
+        format!("{} {} ({}):{}", egress.protocol, egress.domain, egress.address, egress.port)
+    }
+}
+
+fn section(text: &str) -> Value {
+    json!({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+}
+
+fn context(texts: &[String]) -> Value {
+    let elements: Vec<Value> = texts.iter().map(|text| json!({"type": "mrkdwn", "text": text})).collect();
+    json!({"type": "context", "elements": elements})
+}
+
+/// The message announcing `detail`'s hold, with its buttons while it is pending, or its
+/// outcome once it is not. `console` is the web UI's address, for **Open in console**.
+pub fn render(detail: &HoldDetail, console: Option<&url::Url>) -> Value {
+    let (record, raised) = (&detail.record, &detail.raised);
+    let mut blocks =
+        vec![json!({"type": "header", "text": {"type": "plain_text", "text": match raised.detail {
+            Some(Detail::Exec(_)) => "A held program run",
+            _ => "A held connection",
+        }}})];
+    let who = format!(
+        "*Agent* {} on *{}*, as user {} (uid {}), started by {}",
+        escape(&raised.agent, 200),
+        escape(&record.host, 300),
+        escape(&raised.user, 100),
+        raised.uid,
+        escape(if raised.requester.is_empty() { "(unknown)" } else { &raised.requester }, 300),
+    );
+    blocks.push(section(&who));
+    match &raised.detail {
+        Some(Detail::Exec(exec)) => {
+            let fence = 6 + "*Runs*\n".len();
+            blocks.push(section(&format!(
+                "*Runs*\n```{}```",
+                escape(&command_line(&exec.argv), SECTION - fence)
+            )));
+            let mut facts = vec![
+                format!("program {}", escape(&exec.path, 600)),
+                format!("in {}", escape(&exec.cwd, 600)),
+                format!("sha256 {}", escape(&exec.sha256, 100)),
+            ];
+            if !exec.parents.is_empty() {
+                let parents: Vec<String> =
+                    exec.parents.iter().map(|p| format!("{} ({})", command_line(&p.argv), p.pid)).collect();
+                facts.push(format!("started by {}", escape(&parents.join(" ← "), CONTEXT - 20)));
+            }
+            blocks.push(context(&facts));
+        }
+        Some(Detail::Egress(egress)) => {
+            blocks.push(section(&format!("*Reaches* `{}`", escape(&destination(egress), SECTION - 20))));
+        }
+        None => {}
+    }
+    let why = format!(
+        "*Why* rule {} of policy {}{}",
+        escape(&raised.policy_rule, 1_000),
+        escape(&raised.policy, 1_000),
+        if record.quorum > 1 { format!(" · needs {} approvers", record.quorum) } else { String::new() }
+    );
+    blocks.push(section(&why));
+    blocks.push(context(&[format!(
+        "hold {} · <!date^{}^decide by {{time_secs}}|decide by the deadline>",
+        escape(&record.id, 100),
+        record.deadline_ms / 1000
+    )]));
+    let open = console.map(|url| {
+        let mut url = url.clone();
+        url.set_fragment(Some(&format!("hold={}@{}", record.id, record.host)));
+        json!({"type": "button", "action_id": OPEN, "text": {"type": "plain_text", "text": "Open in console"}, "url": url.as_str()})
+    });
+    if record.status == "pending" {
+        let value = format!("{}@{}", record.id, record.host);
+        let mut buttons = vec![
+            json!({"type": "button", "action_id": APPROVE, "style": "primary", "value": value,
+                   "text": {"type": "plain_text", "text": "Approve once"}}),
+            json!({"type": "button", "action_id": DENY, "style": "danger", "value": value,
+                   "text": {"type": "plain_text", "text": "Deny"}}),
+        ];
+        buttons.extend(open);
+        if record.quorum > 1 && record.approvals > 0 {
+            blocks.push(section(&format!(
+                "*Approved by {} of {}*: {}",
+                record.approvals,
+                record.quorum,
+                escape(&detail.approvers.join(", "), 1_000)
+            )));
+        }
+        blocks.push(json!({"type": "actions", "block_id": "decide", "elements": buttons}));
+    } else {
+        blocks.push(section(&outcome(detail)));
+        if let Some(open) = open {
+            blocks.push(json!({"type": "actions", "block_id": "open", "elements": [open]}));
+        }
+    }
+    json!({"text": asked(detail), "blocks": blocks})
+}
+
+/// How the hold ended, as the message shows it once its buttons are gone.
+fn outcome(detail: &HoldDetail) -> String {
+    let Some(decision) = &detail.decision else {
+        let why = detail.record.closed_reason.as_deref().unwrap_or(&detail.record.status);
+        return format!("*{}* with no decision here: {}", title(&detail.record.status), escape(why, 1_000));
+    };
+    let verdict = if decision.verdict == i32::from(Verdict::Approve) { "Approved" } else { "Denied" };
+    let scope = match proto::v1::Scope::try_from(decision.scope) {
+        Ok(proto::v1::Scope::ForDuration) => format!(" for {} s", decision.duration_secs),
+        Ok(proto::v1::Scope::Always) => " always".to_owned(),
+        _ if decision.verdict == i32::from(Verdict::Approve) => " once".to_owned(),
+        _ => String::new(),
+    };
+    let by =
+        if detail.approvers.len() > 1 { detail.approvers.join(", ") } else { decision.decided_by.clone() };
+    let reason = if decision.reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", escape(&decision.reason, 1_100))
+    };
+    format!("*{verdict}{scope}* by {}{reason}", escape(&by, 1_000))
+}
+
+fn title(status: &str) -> String {
+    let mut chars = status.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_an_agent_chose_cannot_mention_link_or_reorder() {
+        let hostile = "<!channel> <https://x.example|click> & \u{202E}txt.exe\u{7}";
+        assert_eq!(
+            escape(hostile, 1_000),
+            "&lt;!channel&gt; &lt;https://x.example|click&gt; &amp; \\u{202e}txt.exe\\u{0007}"
+        );
+    }
+
+    #[test]
+    fn long_text_is_cut_with_a_marker_never_inside_an_escape() {
+        for len in 0..40 {
+            let cut = escape(&"<&>".repeat(len), 50);
+            assert!(cut.len() <= 50, "{cut}");
+            let body = cut.strip_suffix(CUT).unwrap_or(&cut);
+            assert!(
+                body.split('&')
+                    .skip(1)
+                    .all(|piece| ["amp;", "lt;", "gt;"].iter().any(|e| piece.starts_with(e))),
+                "{cut}"
+            );
+        }
+        assert_eq!(escape("short", 50), "short");
+    }
+}

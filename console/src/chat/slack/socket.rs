@@ -1,0 +1,130 @@
+//! Socket Mode: the console's WebSocket to Slack, opened with the app-level token. Each
+//! envelope is acknowledged as soon as it is read (Slack wants it within 3 s and delivers
+//! it again otherwise); a click is decided after, as the person its Slack account is linked
+//! to, and a refusal is told to the clicker alone.
+//!
+//! A dropped connection is opened again with a fresh URL, after a backoff when it failed.
+//! Slack may deliver an envelope again (an acknowledgement lost with the connection): the
+//! latest envelope ids are remembered, and the store itself never applies a person's
+//! decision twice.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{Slack, SlackError, clicks};
+use crate::Console;
+
+/// Backoff after a failed connection: from the first to the last, doubling.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
+/// Envelope ids remembered to drop a delivery seen before.
+const REMEMBERED: usize = 1_024;
+
+/// Keeps the Socket Mode connection up for as long as the task lives.
+pub async fn run(slack: Arc<Slack>, console: Console) {
+    let mut backoff = BACKOFF.0;
+    let mut seen = Seen::default();
+    loop {
+        match session(&slack, &console, &mut seen).await {
+            Ok(()) => backoff = BACKOFF.0,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "Slack Socket Mode connection failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF.1);
+            }
+        }
+    }
+}
+
+/// The envelope ids most recently handled.
+#[derive(Default)]
+struct Seen {
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+}
+
+impl Seen {
+    /// Whether `id` is new, remembering it.
+    fn first(&mut self, id: &str) -> bool {
+        if !self.ids.insert(id.to_owned()) {
+            return false;
+        }
+        self.order.push_back(id.to_owned());
+        if self.order.len() > REMEMBERED
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        true
+    }
+}
+
+/// One envelope of Socket Mode.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(rename = "envelope_id")]
+    id: Option<String>,
+    #[serde(default)]
+    payload: serde_json::Value,
+}
+
+/// One connection: opened, read until Slack or the network ends it.
+async fn session(slack: &Arc<Slack>, console: &Console, seen: &mut Seen) -> Result<(), SlackError> {
+    let Some(app_token) = &slack.app_token else { return Err(SlackError::Socket("no app_token".into())) };
+    let opened = slack.call("apps.connections.open", app_token, &serde_json::json!({})).await?;
+    let url = opened["url"]
+        .as_str()
+        .ok_or_else(|| SlackError::Socket("apps.connections.open gave no url".into()))?;
+    let url = url::Url::parse(url).map_err(|e| SlackError::Socket(format!("url {url:?}: {e}")))?;
+    let plain_on_loopback =
+        url.scheme() == "ws" && matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback());
+    if url.scheme() != "wss" && !plain_on_loopback {
+        return Err(SlackError::Socket(format!("{}: only wss:// (ws:// on loopback)", url.scheme())));
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(|e| SlackError::Socket(e.to_string()))?;
+    while let Some(frame) = socket.next().await {
+        let text = match frame.map_err(|e| SlackError::Socket(e.to_string()))? {
+            Message::Text(text) => text,
+            Message::Ping(data) => {
+                socket.send(Message::Pong(data)).await.map_err(|e| SlackError::Socket(e.to_string()))?;
+                continue;
+            }
+            Message::Close(_) => return Ok(()),
+            _ => continue,
+        };
+        let envelope: Envelope = match serde_json::from_str(&text) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(error = %e, "Slack sent an envelope that does not read");
+                continue;
+            }
+        };
+        if let Some(id) = &envelope.id {
+            let ack = serde_json::json!({"envelope_id": id}).to_string();
+            socket.send(Message::text(ack)).await.map_err(|e| SlackError::Socket(e.to_string()))?;
+            if !seen.first(id) {
+                continue;
+            }
+        }
+        match envelope.kind.as_str() {
+            "hello" => tracing::info!("connected to Slack (Socket Mode)"),
+            "disconnect" => return Ok(()),
+            "interactive" => {
+                let (slack, console) = (Arc::clone(slack), console.clone());
+                tokio::spawn(async move { clicks::clicked(&slack, &console, &envelope.payload).await });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,452 @@
+//! Approving in Slack, end to end: the real daemon holds a real process, the console (in
+//! this process, SQLite) posts the hold to a Slack stand-in written from Slack's published
+//! protocols, and a click there is decided as the person the clicking account is linked to.
+//! Every message keyturn sends is also judged by Slack's own SDK (`slack-sdk` from the Python package index),
+//! so that the stand-in is never the only judge of keyturn's Block Kit or signatures.
+
+use std::{net::SocketAddr, path::PathBuf, process::Output, time::Duration};
+
+use console::{
+    Api, Console, Role, Store,
+    chat::slack::{SlackConfig, message},
+    keys::Signer,
+};
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+use tests::{
+    daemon::{Daemon, HOLD_FLAGGED, console_section, finish, keyturn_path, stderr},
+    held,
+    slack::{self, Message, SlackStandIn},
+};
+
+/// The name the test daemons give themselves at the console.
+const HOST: &str = "slack-host";
+/// The Slack workspace of every account here.
+const TEAM: &str = "T0KEYTURN";
+/// The channel holds are posted to.
+const CHANNEL: &str = "C0HOLDS";
+/// Request-URL mode's signing secret.
+const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+
+fn console_key() -> SigningKey {
+    SigningKey::from_bytes(&[9; 32])
+}
+
+/// A console with Slack, its stand-in, and a daemon linked to the console.
+struct Linked {
+    rt: tokio::runtime::Runtime,
+    slack: SlackStandIn,
+    console: Console,
+    daemon: Daemon,
+    /// The console's files (its database; a config naming it for `keyturn console`).
+    dir: PathBuf,
+    /// The web UI and API, serving Slack's requests in request-URL mode.
+    http: SocketAddr,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Linked {
+    /// In Socket Mode, or in request-URL mode with `signed_requests`; the daemon holds as
+    /// `policy` says.
+    fn start(policy: &str, signed_requests: bool) -> Self {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let dir =
+            std::env::temp_dir().join(format!("kt-slack-{}-{}", std::process::id(), tests::daemon::serial()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("console dir");
+        let database = format!("sqlite://{}?mode=rwc", dir.join("console.db").display());
+        std::fs::write(dir.join("console.toml"), format!("database = \"{database}\"\n"))
+            .expect("console.toml");
+        let slack = rt.block_on(SlackStandIn::start());
+        let mode = if signed_requests {
+            json!({"signing_secret": SIGNING_SECRET})
+        } else {
+            json!({"app_token": slack::APP_TOKEN})
+        };
+        let mut config = json!({
+            "bot_token": slack::BOT_TOKEN, "channel": CHANNEL, "api_url": slack.api_url(),
+            "console_url": "https://keyturn.example/",
+        });
+        config.as_object_mut().expect("object").extend(mode.as_object().expect("object").clone());
+        let config: SlackConfig = serde_json::from_value(config).expect("a [slack] section");
+        let (console, hosts, http, tasks) = rt.block_on(async {
+            let store = Store::open(&database).await.expect("store");
+            let console = Console::new(store, Signer::new(console_key()));
+            let hosts = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let people = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let (hosts_addr, http) = (hosts.local_addr().expect("addr"), people.local_addr().expect("addr"));
+            tokio::spawn(console.clone().serve(hosts));
+            let (slack, tasks) = console::chat::slack::start(&console, &config).expect("Slack starts");
+            let api = Api::new(console.clone(), None, console::RoleMap::default(), false).with_slack(slack);
+            tokio::spawn(api.serve(people));
+            (console, hosts_addr, http, tasks)
+        });
+        if !signed_requests {
+            rt.block_on(slack.wait_connected(1));
+        }
+        let section = console_section(&format!("http://{hosts}"), &console_key(), HOST, "");
+        let daemon = Daemon::start_with_config(policy, &section);
+        Self { rt, slack, console, daemon, dir, http, _tasks: tasks }
+    }
+
+    /// `keyturn console ARGS… --config` this console's file.
+    fn console_cli(&self, args: &[&str]) -> Output {
+        std::process::Command::new(keyturn_path())
+            .arg("console")
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.join("console.toml"))
+            .output()
+            .expect("run keyturn console")
+    }
+
+    /// Links Slack user `user` to `person` with `role`, as an admin does.
+    fn link(&self, user: &str, person: &str, role: &str) {
+        let out = self.console_cli(&["link", person, "--slack", &format!("{TEAM}/{user}"), "--role", role]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    /// The message that announced hold `id`, once it is posted.
+    fn message_of(&self, id: &str) -> Message {
+        let marker = format!("hold {id} ");
+        self.rt.block_on(self.slack.wait_for(&format!("the message of hold {id}"), |slack| {
+            slack.messages().into_iter().find(|m| m.blocks.to_string().contains(&marker))
+        }))
+    }
+
+    /// `user`'s click on button `action` of hold `id`'s message, over Socket Mode:
+    /// acknowledged within Slack's 3 seconds.
+    fn click(&self, user: &str, action: &str, id: &str) {
+        let payload = slack::block_action(TEAM, user, action, &format!("{id}@{HOST}"), &self.message_of(id));
+        let envelope = self.rt.block_on(self.slack.interact(payload));
+        let ack = self.rt.block_on(self.slack.wait_acked(&envelope));
+        assert!(ack.within_3s, "acknowledged after {:?}", ack.after);
+    }
+
+    /// What Slack told `user` alone, the `n`th time (from 0).
+    fn told(&self, user: &str, n: usize) -> String {
+        self.rt.block_on(self.slack.wait_for(&format!("message {n} to {user}"), |slack| {
+            slack.ephemerals().into_iter().filter(|e| e.user == user).nth(n).map(|e| e.text)
+        }))
+    }
+
+    /// Hold `id`'s message once `shown` holds of its text.
+    fn updated(&self, id: &str, shown: impl Fn(&str) -> bool) -> Message {
+        let marker = format!("hold {id} ");
+        self.rt.block_on(self.slack.wait_for(&format!("hold {id}'s message updated"), |slack| {
+            slack.messages().into_iter().find(|m| {
+                let text = m.blocks.to_string();
+                text.contains(&marker) && shown(&text)
+            })
+        }))
+    }
+
+    /// Every message and update so far, judged by Slack's SDK: nothing it would refuse or
+    /// drop, and no call the stand-in refused.
+    fn judged_clean(&self) {
+        let sent: Vec<Value> = self
+            .slack
+            .messages()
+            .into_iter()
+            .chain(self.slack.updates())
+            .map(|m| json!({"text": m.text, "blocks": m.blocks}))
+            .collect();
+        assert!(!sent.is_empty());
+        assert_eq!(slack::judge("blocks", &Value::Array(sent))["findings"], json!([]));
+        assert_eq!(self.slack.refusals(), Vec::<String>::new());
+    }
+}
+
+impl Drop for Linked {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn id_of(hold: &Value) -> String {
+    hold["id"].as_str().expect("id").to_owned()
+}
+
+fn pid_of(hold: &Value) -> u32 {
+    u32::try_from(hold["pid"].as_u64().expect("pid")).expect("pid")
+}
+
+/// The daemon's `decision` records of hold `id`.
+fn decisions(daemon: &Daemon, id: &str) -> Vec<Value> {
+    daemon.audit().into_iter().filter(|e| e["type"] == "decision" && e["id"] == id).collect()
+}
+
+/// A held program run with a hostile command line is posted with it shown as text; clicks
+/// by an unlinked account, a viewer and the agent's own requester decide nothing and are
+/// told why; the linked approver's click releases the process, which completes; every
+/// copy of the message then shows the outcome; a second click is told it was decided.
+#[test]
+fn a_click_in_slack_releases_a_held_process_as_the_linked_approver() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    let hostile = ["<!channel>", "<https://x.example|Approve>", "\u{202E}txt.exe", "a & b"];
+    let agent = linked.daemon.run_agent_for("carol@example.com", &linked.daemon.flagged(), &hostile);
+    let hold = linked.daemon.pending_one();
+    let id = id_of(&hold);
+
+    let posted = linked.message_of(&id);
+    assert_eq!(posted.channel, CHANNEL);
+    let shown = posted.blocks.to_string();
+    for raw in ["<!channel>", "<https://x.example", "\u{202E}", "a & b"] {
+        assert!(!shown.contains(raw) && !posted.text.contains(raw), "{raw:?} reached Slack as is: {shown}");
+    }
+    for escaped in
+        ["&lt;!channel&gt;", "&lt;https://x.example|Approve&gt;", "\\\\u{202e}txt.exe", "a &amp; b"]
+    {
+        assert!(shown.contains(escaped), "{escaped} not in {shown}");
+    }
+    assert!(shown.contains("carol@example.com") && shown.contains(&linked.daemon.flagged()), "{shown}");
+    let buttons: Vec<&str> = posted
+        .blocks
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .flat_map(|b| b["elements"].as_array().into_iter().flatten())
+        .filter_map(|e| e["action_id"].as_str())
+        .collect();
+    assert_eq!(buttons, [message::APPROVE, message::DENY, message::OPEN]);
+
+    linked.click("U0STRANGER", message::APPROVE, &id);
+    let told = linked.told("U0STRANGER", 0);
+    assert!(told.contains("not linked") && told.contains(&format!("--slack {TEAM}/U0STRANGER")), "{told}");
+    linked.link("U0VIEWER", "vera@example.com", "viewer");
+    linked.click("U0VIEWER", message::APPROVE, &id);
+    assert!(linked.told("U0VIEWER", 0).contains("needs the approver role"), "{}", linked.told("U0VIEWER", 0));
+    linked.link("U0CAROL", "carol@example.com", "approver");
+    linked.click("U0CAROL", message::APPROVE, &id);
+    assert!(linked.told("U0CAROL", 0).contains("cannot approve"), "{}", linked.told("U0CAROL", 0));
+    assert!(held(pid_of(&hold)), "refused clicks leave the process held");
+    assert!(decisions(&linked.daemon, &id).is_empty());
+
+    linked.link("U0BOB", "bob@example.com", "approver");
+    linked.click("U0BOB", message::APPROVE, &id);
+    let (code, printed) = finish(agent);
+    assert_eq!((code, printed), (0, hostile.join(" ") + "\n"));
+    let decision = &decisions(&linked.daemon, &id)[0];
+    assert_eq!(
+        (decision["verdict"].as_str(), decision["by"].as_str()),
+        (Some("approve"), Some("bob@example.com"))
+    );
+
+    let decided =
+        linked.updated(&id, |text| text.contains("Approved once") && text.contains("bob@example.com"));
+    assert!(
+        !decided.blocks.to_string().contains(message::APPROVE),
+        "the buttons are gone: {}",
+        decided.blocks
+    );
+    linked.click("U0BOB", message::DENY, &id);
+    assert!(linked.told("U0BOB", 0).contains("already decided"), "{}", linked.told("U0BOB", 0));
+    let refused: Vec<Value> = linked
+        .rt
+        .block_on(linked.console.store().audit_page(0, 0, i64::MAX, 1_000))
+        .expect("the console's trail")
+        .iter()
+        .map(|record| serde_json::from_str::<Value>(&record.event).expect("JSON"))
+        .filter(|event| event["type"] == "decision_refused")
+        .map(|event| json!([event["by"], event["code"]]))
+        .collect();
+    assert_eq!(
+        refused,
+        [json!(["vera@example.com", "forbidden"]), json!(["carol@example.com", "self_approval"])],
+        "every refused click on a hold is audited"
+    );
+    linked.judged_clean();
+}
+
+/// A quorum of two needs two linked people: the first click is told it counts as 1 of 2
+/// and the message says so; the second releases. A hold decided elsewhere (the web UI, the
+/// API) has its message updated all the same.
+#[test]
+fn a_quorum_needs_two_linked_people_and_a_decision_elsewhere_updates_the_message() {
+    let policy = HOLD_FLAGGED.replacen("action = \"hold\"", "action = \"hold\"\nquorum = 2", 1);
+    let linked = Linked::start(&policy, false);
+    linked.link("U0BOB", "bob@example.com", "approver");
+    linked.link("U0DAVE", "dave@example.com", "approver");
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["by-two"]);
+    let id = id_of(&linked.daemon.pending_one());
+    linked.click("U0BOB", message::APPROVE, &id);
+    assert!(linked.told("U0BOB", 0).contains("1 of 2"), "{}", linked.told("U0BOB", 0));
+    let partial = linked.updated(&id, |text| text.contains("Approved by 1 of 2"));
+    assert!(partial.blocks.to_string().contains(message::APPROVE), "still open for the second approver");
+    linked.click("U0DAVE", message::APPROVE, &id);
+    assert_eq!(finish(agent), (0, "by-two\n".to_owned()));
+    linked.updated(&id, |text| {
+        text.contains("Approved once") && text.contains("bob@example.com, dave@example.com")
+    });
+
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["never"]);
+    let second = linked.daemon.pending_matching(|hold| hold["id"] != id.as_str());
+    let second_id = id_of(&second);
+    linked.message_of(&second_id);
+    let (_, token) = linked
+        .rt
+        .block_on(linked.console.store().create_api_token(
+            "ada@example.com",
+            Role::Approver,
+            "test",
+            "test",
+            Duration::from_hours(1),
+        ))
+        .expect("an API token");
+    let denial = reqwest::Client::new()
+        .post(format!("http://{}/api/holds/{second_id}@{HOST}/deny", linked.http))
+        .bearer_auth(token)
+        .json(&json!({"reason": "not <today>"}))
+        .send();
+    let status = linked.rt.block_on(denial).expect("deny through the API").status();
+    assert!(status.is_success(), "{status}");
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    let denied =
+        linked.updated(&second_id, |text| text.contains("Denied") && text.contains("ada@example.com"));
+    assert!(denied.blocks.to_string().contains("not &lt;today&gt;"), "{}", denied.blocks);
+    linked.judged_clean();
+}
+
+/// The Socket Mode connection cut mid-run is opened again; a click made meanwhile arrives
+/// on the new one and is applied once; the same click delivered again decides nothing.
+#[test]
+fn a_cut_socket_reconnects_and_no_click_is_lost_or_applied_twice() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    linked.link("U0BOB", "bob@example.com", "approver");
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["after-the-cut"]);
+    let id = id_of(&linked.daemon.pending_one());
+    let posted = linked.message_of(&id);
+    linked.rt.block_on(linked.slack.drop_socket());
+    let click = slack::block_action(TEAM, "U0BOB", message::APPROVE, &format!("{id}@{HOST}"), &posted);
+    let envelope = linked.rt.block_on(linked.slack.interact(click.clone()));
+    linked.rt.block_on(linked.slack.wait_connected(2));
+    linked.rt.block_on(linked.slack.wait_acked(&envelope));
+    assert_eq!(finish(agent), (0, "after-the-cut\n".to_owned()));
+    let again = linked.rt.block_on(linked.slack.interact(click));
+    linked.rt.block_on(linked.slack.wait_acked(&again));
+    assert!(linked.told("U0BOB", 0).contains("already decided"), "{}", linked.told("U0BOB", 0));
+    assert_eq!(decisions(&linked.daemon, &id).len(), 1, "applied once");
+}
+
+/// Request-URL mode: Slack's POST is decided only with a valid `v0` signature, sent within
+/// five minutes; a tampered, stale or unsigned one is refused before it is read.
+#[test]
+fn in_request_url_mode_only_signed_clicks_decide() {
+    let linked = Linked::start(HOLD_FLAGGED, true);
+    linked.link("U0BOB", "bob@example.com", "approver");
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["signed"]);
+    let hold = linked.daemon.pending_one();
+    let id = id_of(&hold);
+    let click = slack::block_action(
+        TEAM,
+        "U0BOB",
+        message::APPROVE,
+        &format!("{id}@{HOST}"),
+        &linked.message_of(&id),
+    );
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &click.to_string())
+        .finish();
+    let now = console::store::now_ms().cast_unsigned() / 1000;
+    let post = |body: &str, timestamp: u64, signature: Option<String>| {
+        let mut request = reqwest::Client::new()
+            .post(format!("http://{}/api/slack/interactions", linked.http))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-slack-request-timestamp", timestamp.to_string())
+            .body(body.to_owned());
+        if let Some(signature) = signature {
+            request = request.header("x-slack-signature", signature);
+        }
+        linked.rt.block_on(request.send()).expect("POST").status().as_u16()
+    };
+    let sign = |body: &str, timestamp| {
+        Some(console::signature::sign(SIGNING_SECRET.as_bytes(), timestamp, body.as_bytes()))
+    };
+    let tampered = body.replacen("U0BOB", "U0EVE", 1);
+    assert_eq!(post(&tampered, now, sign(&body, now)), 401);
+    assert_eq!(post(&body, now - 301, sign(&body, now - 301)), 401);
+    assert_eq!(post(&body, now, None), 401);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        held(pid_of(&hold)) && decisions(&linked.daemon, &id).is_empty(),
+        "refused requests decide nothing"
+    );
+    assert_eq!(post(&body, now, sign(&body, now)), 200);
+    assert_eq!(finish(agent), (0, "signed\n".to_owned()));
+    assert_eq!(decisions(&linked.daemon, &id)[0]["by"], "bob@example.com");
+}
+
+/// keyturn and Slack's SDK agree on which requests are signed: over Slack's published
+/// example and random bodies, signed, tampered, stale and forged.
+#[test]
+fn keyturn_and_slack_s_sdk_agree_on_signatures() {
+    let secret = SIGNING_SECRET.as_bytes();
+    let mut cases = Vec::new();
+    for n in 0..60u64 {
+        let body: String = (0..(n * 7 % 300))
+            .map(|i| char::from(b' ' + u8::try_from((i * 31 + n) % 94).expect("byte")))
+            .collect();
+        let timestamp = 1_700_000_000 + n * 977;
+        let signature = console::signature::sign(secret, timestamp, body.as_bytes());
+        let (body, timestamp_sent, signature, now) = match n % 6 {
+            0 => (body, timestamp, signature, timestamp),
+            1 => (format!("{body}x"), timestamp, signature, timestamp),
+            2 => (body, timestamp + 1, signature, timestamp),
+            3 => (body, timestamp, signature, timestamp + 301),
+            4 => (body, timestamp, signature.replace('a', "b"), timestamp + 299),
+            _ => (body, timestamp, format!("v1={}", &signature[3..]), timestamp),
+        };
+        cases.push((body, timestamp_sent.to_string(), signature, now));
+    }
+    let published = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+    let example = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503";
+    cases.push((published.to_owned(), "1531420618".to_owned(), example.to_owned(), 1_531_420_618));
+    let ours: Vec<bool> = cases
+        .iter()
+        .map(|(body, timestamp, signature, now)| {
+            console::signature::verify(secret, timestamp, signature, body.as_bytes(), *now).is_ok()
+        })
+        .collect();
+    let input = json!({"secret": SIGNING_SECRET, "cases": cases.iter().map(|(body, timestamp, signature, now)| {
+        json!({"body": body, "timestamp": timestamp, "signature": signature, "now": now})
+    }).collect::<Vec<_>>()});
+    let sdk: Vec<bool> =
+        serde_json::from_value(slack::judge("signatures", &input)["valid"].take()).expect("verdicts");
+    assert_eq!(ours, sdk);
+    assert!(ours.last() == Some(&true) && ours.iter().filter(|valid| **valid).count() == 11, "{ours:?}");
+}
+
+/// `keyturn console link` and `unlink` refuse what is not a Slack account, an admin role
+/// and an account not linked, each with one clear line; every link is audited.
+#[test]
+fn linking_refuses_bad_input_with_one_clear_line() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    let refused = |args: &[&str], says: &str| {
+        let out = linked.console_cli(args);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    };
+    refused(&["link", "bob@example.com", "--slack", "U0BOB"], "is not TEAM/USER");
+    refused(&["link", "bob@example.com", "--slack", "T0/U0 BOB"], "is not TEAM/USER");
+    refused(
+        &["link", "bob@example.com", "--slack", "T0KEYTURN/U0BOB", "--role", "admin"],
+        "viewer or an approver",
+    );
+    refused(&["unlink", "--slack", "T0KEYTURN/U0BOB"], "was not linked");
+    linked.link("U0BOB", "bob@example.com", "approver");
+    assert!(linked.console_cli(&["unlink", "--slack", "T0KEYTURN/U0BOB"]).status.success());
+    let events: Vec<String> = linked
+        .rt
+        .block_on(linked.console.store().audit_page(0, 0, i64::MAX, 1_000))
+        .expect("trail")
+        .iter()
+        .map(|record| {
+            serde_json::from_str::<Value>(&record.event).expect("JSON")["type"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .filter(|kind| kind.starts_with("chat_"))
+        .collect();
+    assert_eq!(events, ["chat_linked", "chat_unlinked"]);
+}
