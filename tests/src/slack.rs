@@ -145,6 +145,8 @@ struct Record {
     warnings: Vec<String>,
     envelopes: HashMap<String, Envelope>,
     acks: Vec<Ack>,
+    /// Posts whose blocks hold this are refused (`refuse_blocks_containing`).
+    refused_blocks: Option<String>,
 }
 
 /// The socket envelopes go to: the latest opened, while it lasts.
@@ -400,6 +402,13 @@ impl SlackStandIn {
         let state = self.shared.lock();
         let live = state.live.as_ref().expect("a live socket to warn");
         live.frames.send(Frame::Text(frame)).expect("the live socket");
+    }
+
+    /// Refuses, from now on, every post whose blocks hold `needle`, as Slack refuses
+    /// messages past limits it does not document (`msg_blocks_too_long`, reported at about
+    /// 13,000 characters of blocks in all).
+    pub fn refuse_blocks_containing(&self, needle: &str) {
+        self.shared.lock().refused_blocks = Some(needle.to_owned());
     }
 
     /// Polls `f` every 20 ms until it gives something, for 15 s; then panics naming `what`.
@@ -678,6 +687,11 @@ fn post_message(shared: &Shared, args: Args) -> Result<Reply, Refusal> {
     let channel = args.channel.clone().filter(|c| !c.is_empty()).ok_or("channel_not_found")?;
     check_content(&args)?;
     let mut state = shared.lock();
+    if let Some(needle) = &state.refused_blocks
+        && args.blocks.as_ref().is_some_and(|blocks| blocks.to_string().contains(needle.as_str()))
+    {
+        return Err("msg_blocks_too_long".into());
+    }
     let ts = next_ts(&mut state);
     let message = Message {
         channel: channel.clone(),

@@ -328,6 +328,35 @@ fn a_cut_socket_reconnects_and_no_click_is_lost_or_applied_twice() {
     assert_eq!(decisions(&linked.daemon, &id).len(), 1, "applied once");
 }
 
+/// A message Slack refuses for its content (a limit keyturn did not know) is posted again
+/// without anything the agent chose, and its buttons still decide; the holds after it are
+/// announced as ever, never stalled behind it.
+#[test]
+fn a_message_slack_refuses_is_announced_bare_and_stalls_nothing() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    linked.slack.refuse_blocks_containing("too-much-for-slack");
+    linked.link("U0BOB", "bob@example.com", "approver");
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["too-much-for-slack"]);
+    let id = id_of(&linked.daemon.pending_one());
+    let bare = linked.message_of(&id);
+    assert!(bare.text.contains("see them in the console"), "{}", bare.text);
+    assert!(
+        !bare.blocks.to_string().contains(&linked.daemon.flagged()),
+        "nothing the agent chose: {}",
+        bare.blocks
+    );
+    assert_eq!(linked.slack.refusals().len(), 1, "{:?}", linked.slack.refusals());
+    linked.click("U0BOB", message::APPROVE, &id);
+    assert_eq!(finish(agent), (0, "too-much-for-slack\n".to_owned()));
+    linked.updated(&id, |text| text.contains("Approved once"));
+
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["next"]);
+    let next = id_of(&linked.daemon.pending_matching(|hold| hold["id"] != id.as_str()));
+    assert!(linked.message_of(&next).blocks.to_string().contains(&linked.daemon.flagged()), "shown in full");
+    linked.click("U0BOB", message::DENY, &next);
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+}
+
 /// Request-URL mode: Slack's POST is decided only with a valid `v0` signature, sent within
 /// five minutes; a tampered, stale or unsigned one is refused before it is read.
 #[test]

@@ -2,12 +2,13 @@
 //! message of a hold is updated when someone approves it (of a quorum), when it is decided,
 //! closed or expired, from whichever channel the decision came.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::Row as _;
 
-use super::{Slack, message};
+use super::{Slack, SlackError, message};
 use crate::{
     audit::{AuditEvent, StoredRecord},
+    search::HoldDetail,
     siem::SiemError,
     store::{Store, StoreError},
 };
@@ -34,14 +35,10 @@ async fn post(slack: &Slack, store: &Store, host: &str, hold: &str) -> Result<()
         return Ok(());
     }
     let Some(detail) = store.hold_detail(host, hold).await? else { return Ok(()) };
-    let mut body = message::render(&detail, slack.console_url.as_ref());
-    body["channel"] = json!(slack.channel);
-    body["unfurl_links"] = json!(false);
-    let posted = slack.call("chat.postMessage", &slack.bot_token, &body).await?;
+    let fields = json!({"channel": slack.channel, "unfurl_links": false});
+    let posted = send(slack, "chat.postMessage", &detail, &fields).await?;
     let (Some(channel), Some(ts)) = (posted["channel"].as_str(), posted["ts"].as_str()) else {
-        return Err(
-            super::SlackError::Api { method: "chat.postMessage", error: "no channel and ts".into() }.into()
-        );
+        return Err(SlackError::Api { method: "chat.postMessage", error: "no channel and ts".into() }.into());
     };
     sqlx::query(
         "INSERT INTO chat_messages (host, hold_id, channel, ts) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -63,14 +60,43 @@ async fn update(slack: &Slack, store: &Store, host: &str, hold: &str) -> Result<
         return Ok(());
     }
     let Some(detail) = store.hold_detail(host, hold).await? else { return Ok(()) };
-    let rendered = message::render(&detail, slack.console_url.as_ref());
     for (channel, ts) in posted {
-        let mut body = rendered.clone();
-        body["channel"] = json!(channel);
-        body["ts"] = json!(ts);
-        slack.call("chat.update", &slack.bot_token, &body).await?;
+        match send(slack, "chat.update", &detail, &json!({"channel": channel, "ts": ts})).await {
+            // The message was deleted: the announcements of other holds go on.
+            Err(SlackError::Api { error, .. }) if error != "ratelimited" => {
+                tracing::warn!(host, hold, error, "Slack refused to update a hold's message");
+            }
+            updated => drop(updated?),
+        }
     }
     Ok(())
+}
+
+/// Sends `detail`'s message by `method`, with `fields` (its channel, its ts): in full, or
+/// bare when Slack refuses it for what it says (a limit keyturn did not know), so that the
+/// hold is still shown and nothing stalls behind it. Anything else (Slack unreachable,
+/// rate limited, a wrong channel) is an error: tried again, from this hold on.
+async fn send(
+    slack: &Slack,
+    method: &'static str,
+    detail: &HoldDetail,
+    fields: &Value,
+) -> Result<Value, SlackError> {
+    let with_fields = |mut body: Value| {
+        if let (Some(body), Some(fields)) = (body.as_object_mut(), fields.as_object()) {
+            body.extend(fields.clone());
+        }
+        body
+    };
+    let console = slack.console_url.as_ref();
+    match slack.call(method, &slack.bot_token, &with_fields(message::render(detail, console))).await {
+        Err(SlackError::Api { error, .. }) if error != "ratelimited" => {
+            let (host, hold) = (&detail.record.host, &detail.record.id);
+            tracing::warn!(host, hold, error, "Slack refused a hold's message: shown without its details");
+            slack.call(method, &slack.bot_token, &with_fields(message::bare(detail, console))).await
+        }
+        sent => sent,
+    }
 }
 
 /// The messages that announced hold `hold` of `host`: (channel, ts).

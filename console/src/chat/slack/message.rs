@@ -95,11 +95,7 @@ fn context(texts: &[String]) -> Value {
 /// outcome once it is not. `console` is the web UI's address, for **Open in console**.
 pub fn render(detail: &HoldDetail, console: Option<&url::Url>) -> Value {
     let (record, raised) = (&detail.record, &detail.raised);
-    let mut blocks =
-        vec![json!({"type": "header", "text": {"type": "plain_text", "text": match raised.detail {
-            Some(Detail::Exec(_)) => "A held program run",
-            _ => "A held connection",
-        }}})];
+    let mut blocks = vec![header(detail)];
     let who = format!(
         "*Agent* {} on *{}*, as user {} (uid {}), started by {}",
         escape(&raised.agent, 200),
@@ -140,41 +136,67 @@ pub fn render(detail: &HoldDetail, console: Option<&url::Url>) -> Value {
         if record.quorum > 1 { format!(" · needs {} approvers", record.quorum) } else { String::new() }
     );
     blocks.push(section(&why));
-    blocks.push(context(&[format!(
-        "hold {} · <!date^{}^decide by {{time_secs}}|decide by the deadline>",
-        escape(&record.id, 100),
-        record.deadline_ms / 1000
-    )]));
-    let open = console.map(|url| {
-        let mut url = url.clone();
-        url.set_fragment(Some(&format!("hold={}@{}", record.id, record.host)));
-        json!({"type": "button", "action_id": OPEN, "text": {"type": "plain_text", "text": "Open in console"}, "url": url.as_str()})
-    });
-    if record.status == "pending" {
-        let value = format!("{}@{}", record.id, record.host);
-        let mut buttons = vec![
-            json!({"type": "button", "action_id": APPROVE, "style": "primary", "value": value,
-                   "text": {"type": "plain_text", "text": "Approve once"}}),
-            json!({"type": "button", "action_id": DENY, "style": "danger", "value": value,
-                   "text": {"type": "plain_text", "text": "Deny"}}),
-        ];
-        buttons.extend(open);
-        if record.quorum > 1 && record.approvals > 0 {
-            blocks.push(section(&format!(
-                "*Approved by {} of {}*: {}",
-                record.approvals,
-                record.quorum,
-                escape(&detail.approvers.join(", "), 1_000)
-            )));
-        }
-        blocks.push(json!({"type": "actions", "block_id": "decide", "elements": buttons}));
-    } else {
+    blocks.push(deadline(detail));
+    if record.status == "pending" && record.quorum > 1 && record.approvals > 0 {
+        blocks.push(section(&format!(
+            "*Approved by {} of {}*: {}",
+            record.approvals,
+            record.quorum,
+            escape(&detail.approvers.join(", "), 1_000)
+        )));
+    } else if record.status != "pending" {
         blocks.push(section(&outcome(detail)));
-        if let Some(open) = open {
-            blocks.push(json!({"type": "actions", "block_id": "open", "elements": [open]}));
-        }
     }
+    blocks.extend(actions(detail, console));
     json!({"text": asked(detail), "blocks": blocks})
+}
+
+/// The message announcing `detail`'s hold without anything the agent chose: what Slack
+/// is sent when it refused [`render`]'s, so that the hold is still announced.
+pub fn bare(detail: &HoldDetail, console: Option<&url::Url>) -> Value {
+    let text = format!(
+        "A hold on {} waits for a decision; Slack refused to show its details: see them in the console.",
+        escape(&detail.record.host, 300)
+    );
+    let mut blocks = vec![header(detail), section(&text), deadline(detail)];
+    blocks.extend(actions(detail, console));
+    json!({"text": text, "blocks": blocks})
+}
+
+fn header(detail: &HoldDetail) -> Value {
+    let title = match detail.raised.detail {
+        Some(Detail::Exec(_)) => "A held program run",
+        _ => "A held connection",
+    };
+    json!({"type": "header", "text": {"type": "plain_text", "text": title}})
+}
+
+fn deadline(detail: &HoldDetail) -> Value {
+    context(&[format!(
+        "hold {} · <!date^{}^decide by {{time_secs}}|decide by the deadline>",
+        escape(&detail.record.id, 100),
+        detail.record.deadline_ms / 1000
+    )])
+}
+
+/// The buttons: **Approve once** and **Deny** while the hold is pending, and **Open in
+/// console** where the console's address is known.
+fn actions(detail: &HoldDetail, console: Option<&url::Url>) -> Option<Value> {
+    let record = &detail.record;
+    let value = format!("{}@{}", record.id, record.host);
+    let mut buttons = Vec::new();
+    if record.status == "pending" {
+        buttons.push(json!({"type": "button", "action_id": APPROVE, "style": "primary", "value": value,
+                            "text": {"type": "plain_text", "text": "Approve once"}}));
+        buttons.push(json!({"type": "button", "action_id": DENY, "style": "danger", "value": value,
+                            "text": {"type": "plain_text", "text": "Deny"}}));
+    }
+    buttons.extend(console.map(|url| {
+        let mut url = url.clone();
+        url.set_fragment(Some(&format!("hold={value}")));
+        json!({"type": "button", "action_id": OPEN, "text": {"type": "plain_text", "text": "Open in console"}, "url": url.as_str()})
+    }));
+    (!buttons.is_empty()).then(|| json!({"type": "actions", "block_id": "actions", "elements": buttons}))
 }
 
 /// How the hold ended, as the message shows it once its buttons are gone.
