@@ -61,6 +61,8 @@ pub enum StoreError {
     Anonymous,
     #[error("a chat account acts as a viewer or an approver, not as {0}")]
     ChatRole(crate::people::Role),
+    #[error("person {0:?}: at most 256 bytes, without spaces, control or invisible characters")]
+    ChatPerson(String),
     #[error("a decision must approve or deny")]
     NoVerdict,
     #[error("a stored decision for hold {hold_id} does not decode: {reason}")]

@@ -91,6 +91,8 @@ pub struct Message {
     pub ts: String,
     pub text: String,
     pub blocks: Value,
+    /// When the stand-in took it (posted; for an update, updated).
+    pub at: Instant,
 }
 
 /// A `chat.postEphemeral`, as received.
@@ -298,6 +300,11 @@ impl SlackStandIn {
     /// The current state of each posted message, in the order they were posted.
     pub fn messages(&self) -> Vec<Message> {
         self.shared.lock().messages.clone()
+    }
+
+    /// The messages posted after the first `n`, as they are now.
+    pub fn messages_after(&self, n: usize) -> Vec<Message> {
+        self.shared.lock().messages.get(n..).map(<[Message]>::to_vec).unwrap_or_default()
     }
 
     /// Every accepted `chat.update` as received (a field not sent is empty), in order.
@@ -698,6 +705,7 @@ fn post_message(shared: &Shared, args: Args) -> Result<Reply, Refusal> {
         ts: ts.clone(),
         text: args.text.unwrap_or_default(),
         blocks: args.blocks.unwrap_or(Value::Null),
+        at: Instant::now(),
     };
     let echo = echo(&message);
     state.messages.push(message);
@@ -723,6 +731,7 @@ fn update(shared: &Shared, args: Args) -> Result<Reply, Refusal> {
         ts: ts.clone(),
         text: args.text.unwrap_or_default(),
         blocks: args.blocks.unwrap_or(Value::Null),
+        at: Instant::now(),
     });
     Ok(Reply { ok: true, channel: Some(channel), ts: Some(ts), message: Some(echo), ..Reply::default() })
 }

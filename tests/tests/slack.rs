@@ -239,6 +239,12 @@ fn a_click_in_slack_releases_a_held_process_as_the_linked_approver() {
         "the buttons are gone: {}",
         decided.blocks
     );
+    assert_eq!(decided.channel, CHANNEL);
+    // The agent's requester is told, in a direct message to their linked account, once.
+    let told = linked.rt.block_on(linked.slack.wait_for("a direct message to the requester", |slack| {
+        slack.messages().into_iter().find(|m| m.channel == "U0CAROL")
+    }));
+    assert!(told.blocks.to_string().contains("Approved once"), "{}", told.blocks);
     linked.click("U0BOB", message::DENY, &id);
     assert!(linked.told("U0BOB", 0).contains("already decided"), "{}", linked.told("U0BOB", 0));
     let refused: Vec<Value> = linked
@@ -252,9 +258,14 @@ fn a_click_in_slack_releases_a_held_process_as_the_linked_approver() {
         .collect();
     assert_eq!(
         refused,
-        [json!(["vera@example.com", "forbidden"]), json!(["carol@example.com", "self_approval"])],
+        [
+            json!(["slack:T0KEYTURN/U0STRANGER", "not_linked"]),
+            json!(["vera@example.com", "forbidden"]),
+            json!(["carol@example.com", "self_approval"])
+        ],
         "every refused click on a hold is audited"
     );
+    assert_eq!(linked.slack.messages().len(), 2, "one in the channel, one to the requester");
     linked.judged_clean();
 }
 
@@ -329,8 +340,9 @@ fn a_cut_socket_reconnects_and_no_click_is_lost_or_applied_twice() {
 }
 
 /// A message Slack refuses for its content (a limit keyturn did not know) is posted again
-/// without anything the agent chose, and its buttons still decide; the holds after it are
-/// announced as ever, never stalled behind it.
+/// without anything the agent chose and with no **Approve** (no one approves what they
+/// cannot see): **Deny** still decides; the holds after it are announced as ever, never
+/// stalled behind it.
 #[test]
 fn a_message_slack_refuses_is_announced_bare_and_stalls_nothing() {
     let linked = Linked::start(HOLD_FLAGGED, false);
@@ -345,16 +357,17 @@ fn a_message_slack_refuses_is_announced_bare_and_stalls_nothing() {
         "nothing the agent chose: {}",
         bare.blocks
     );
+    assert!(!bare.blocks.to_string().contains(message::APPROVE), "{}", bare.blocks);
     assert_eq!(linked.slack.refusals().len(), 1, "{:?}", linked.slack.refusals());
-    linked.click("U0BOB", message::APPROVE, &id);
-    assert_eq!(finish(agent), (0, "too-much-for-slack\n".to_owned()));
-    linked.updated(&id, |text| text.contains("Approved once"));
+    linked.click("U0BOB", message::DENY, &id);
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    linked.updated(&id, |text| text.contains("Denied"));
 
     let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["next"]);
     let next = id_of(&linked.daemon.pending_matching(|hold| hold["id"] != id.as_str()));
     assert!(linked.message_of(&next).blocks.to_string().contains(&linked.daemon.flagged()), "shown in full");
-    linked.click("U0BOB", message::DENY, &next);
-    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    linked.click("U0BOB", message::APPROVE, &next);
+    assert_eq!(finish(agent), (0, "next\n".to_owned()));
 }
 
 /// Request-URL mode: Slack's POST is decided only with a valid `v0` signature, sent within
@@ -462,6 +475,8 @@ fn linking_refuses_bad_input_with_one_clear_line() {
         "viewer or an approver",
     );
     refused(&["unlink", "--slack", "T0KEYTURN/U0BOB"], "was not linked");
+    refused(&["link", " bob@example.com", "--slack", "T0KEYTURN/U0BOB"], "without spaces");
+    refused(&["link", "bob@example.com\u{200B}", "--slack", "T0KEYTURN/U0BOB"], "invisible");
     linked.link("U0BOB", "bob@example.com", "approver");
     assert!(linked.console_cli(&["unlink", "--slack", "T0KEYTURN/U0BOB"]).status.success());
     let events: Vec<String> = linked

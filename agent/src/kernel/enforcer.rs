@@ -183,6 +183,8 @@ impl Default for Options {
 
 /// `bpf_map_update_elem`'s flag: only where the key is absent.
 const BPF_NOEXIST: u64 = 1;
+/// The kernel's "operation not supported" (not in libc: it is kernel-internal).
+const ENOTSUPP: i32 = 524;
 
 /// Whose hold record [`Enforcer::rewrite_hold`] found under its key.
 enum Taken {
@@ -531,12 +533,27 @@ impl Enforcer {
     ) -> Result<Taken> {
         let map = self.ebpf.map("HOLDS").expect("map in object");
         let aya::maps::Map::HashMap(data) = map else { unreachable!("HOLDS is a hash map") };
-        let taken = crate::sys::bpf_map_take::<HoldKey, Hold>(data.fd(), &key).map_err(|io_error| {
-            map_error("HOLDS")(MapError::from(aya::sys::SyscallError {
-                call: "bpf_map_lookup_and_delete_elem",
-                io_error,
-            }))
-        })?;
+        let taken = match crate::sys::bpf_map_take::<HoldKey, Hold>(data.fd(), &key) {
+            Ok(taken) => taken,
+            // Before Linux 5.14 a hash map cannot be taken from in one step: read, then
+            // remove. A newer hold written between the two is lost there, and its process
+            // is settled by the orphan sweep (killed): never let through.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | ENOTSUPP)) => {
+                let mut holds: HashMap<_, HoldKey, Hold> = self.map_mut("HOLDS")?;
+                match holds.get(&key, 0) {
+                    Ok(hold) => {
+                        absent_ok(holds.remove(&key)).map_err(map_error("HOLDS"))?;
+                        Some(hold)
+                    }
+                    Err(MapError::KeyNotFound) => None,
+                    Err(e) => return Err(map_error("HOLDS")(e)),
+                }
+            }
+            Err(io_error) => {
+                let call = "bpf_map_lookup_and_delete_elem";
+                return Err(map_error("HOLDS")(MapError::from(aya::sys::SyscallError { call, io_error })));
+            }
+        };
         let Some(hold) = taken else { return Ok(Taken::Absent) };
         let (put_back, taken) =
             if hold.nonce == nonce { (rewrite(hold), Taken::Ours) } else { (Some(hold), Taken::Another) };

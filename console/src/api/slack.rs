@@ -35,7 +35,17 @@ pub async fn interactions(
         .find(|(name, _)| name == "payload")
         .and_then(|(_, payload)| serde_json::from_str::<serde_json::Value>(&payload).ok())
         .ok_or_else(|| ApiError::bad_request("an interaction is a form with a JSON payload"))?;
+    let Some(permit) = slack.deciding() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "too many clicks being decided at once",
+        ));
+    };
     let console = api.console.clone();
-    tokio::spawn(async move { crate::chat::slack::clicks::clicked(&slack, &console, &payload).await });
+    tokio::spawn(async move {
+        crate::chat::slack::clicks::clicked(&slack, &console, &payload).await;
+        drop(permit);
+    });
     Ok(StatusCode::OK.into_response())
 }

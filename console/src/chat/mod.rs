@@ -78,8 +78,13 @@ impl Store {
         role: Role,
         by: &str,
     ) -> Result<(), StoreError> {
-        if person.trim().is_empty() {
+        if person.is_empty() {
             return Err(StoreError::Anonymous);
+        }
+        // As decisions and the requester check compare them: a person named with a space,
+        // an invisible or control character could slip past the no-self-approval rule.
+        if person.len() > 256 || person.chars().any(|c| c.is_whitespace() || c.is_control() || hides(c)) {
+            return Err(StoreError::ChatPerson(person.to_owned()));
         }
         if role > Role::Approver {
             return Err(StoreError::ChatRole(role));
@@ -126,6 +131,20 @@ impl Store {
         Ok(removed > 0)
     }
 
+    /// The Slack accounts linked to `person` (named without regard to case).
+    pub async fn chat_accounts_of(&self, person: &str) -> Result<Vec<ChatAccount>, StoreError> {
+        let rows =
+            sqlx::query("SELECT account FROM chat_links WHERE lower(person) = lower($1) ORDER BY account")
+                .bind(person)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| row.try_get::<String, _>("account").ok())
+            .filter_map(|account| account.strip_prefix("slack:")?.parse().ok())
+            .collect())
+    }
+
     /// The person `account` is linked to, read at every click: an unlinked account stops
     /// acting at once.
     pub async fn chat_link(&self, account: &ChatAccount) -> Result<Option<Link>, StoreError> {
@@ -141,6 +160,13 @@ impl Store {
         })
         .transpose()
     }
+}
+
+/// Characters that show as nothing: a name holding one reads as another name.
+fn hides(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
 #[cfg(test)]

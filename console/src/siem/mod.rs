@@ -141,7 +141,7 @@ impl Output {
     /// Slack's announcements of holds.
     pub fn slack(store: &Store, slack: Arc<Slack>) -> Self {
         Self {
-            name: "slack".into(),
+            name: "chat:slack".into(),
             batch: WEBHOOK_BATCH,
             exporter: Exporter::new(store.clone(), Format::Ocsf),
             receiver: Receiver::Slack(slack),
@@ -304,23 +304,17 @@ pub fn start(
     configs: &[SiemConfig],
     webhooks: &[WebhookConfig],
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, SiemError> {
-    let mut names = std::collections::HashSet::new();
-    for config in configs {
-        if !names.insert(config.name.as_str()) {
-            return Err(SiemError::Config {
-                name: config.name.clone(),
-                reason: "two outputs of this name".into(),
-            });
-        }
+    if let Some(name) = twice(configs.iter().map(|c| c.name.as_str())) {
+        let reason = "two outputs of this name".into();
+        return Err(SiemError::Config { name: name.to_owned(), reason });
     }
-    let mut names = std::collections::HashSet::new();
-    for config in webhooks {
-        if !names.insert(config.name.as_str()) {
-            return Err(SiemError::Webhook {
-                name: config.name.clone(),
-                reason: "two webhooks of this name".into(),
-            });
-        }
+    if let Some(config) = configs.iter().find(|c| c.name.contains(':')) {
+        let reason = "`:` is kept for the cursors of webhooks and chat".into();
+        return Err(SiemError::Config { name: config.name.clone(), reason });
+    }
+    if let Some(name) = twice(webhooks.iter().map(|c| c.name.as_str())) {
+        let reason = "two webhooks of this name".into();
+        return Err(SiemError::Webhook { name: name.to_owned(), reason });
     }
     let outputs = configs
         .iter()
@@ -328,4 +322,10 @@ pub fn start(
         .chain(webhooks.iter().map(|config| Output::webhook(store, config)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(outputs.into_iter().map(|output| output.spawn(store.clone())).collect())
+}
+
+/// The first name `names` holds twice, if any.
+fn twice<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = std::collections::HashSet::new();
+    names.into_iter().find(|name| !seen.insert(*name))
 }

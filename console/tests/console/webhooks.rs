@@ -173,3 +173,28 @@ async fn a_misconfigured_webhook_is_refused() {
         assert!(e.to_string().contains(says) && e.to_string().starts_with("[[webhooks]] p:"), "{e}");
     }
 }
+
+/// Two outputs or two webhooks of one name, or an output named with the `:` that the
+/// cursors of webhooks and chat use, would share a cursor: refused, before anything starts.
+#[tokio::test]
+async fn outputs_that_would_share_a_cursor_are_refused() {
+    let db = Db::sqlite();
+    let console = db.console(&key(1)).await;
+    let siem = |name: &str| -> console::siem::SiemConfig {
+        toml::from_str(&format!("name = \"{name}\"\nurl = \"https://siem.example/\"\n")).unwrap()
+    };
+    let hook = |name: &str| {
+        webhook(&format!("name = \"{name}\"\nurl = \"https://h.example/\"\nsecret = \"{SECRET}\""))
+    };
+    for (siems, hooks, says) in [
+        (vec![siem("a"), siem("a")], vec![], "[[siem]] a: two outputs of this name"),
+        (vec![siem("chat:slack")], vec![], "[[siem]] chat:slack: `:` is kept"),
+        (vec![siem("webhook:pager")], vec![hook("pager")], "[[siem]] webhook:pager: `:` is kept"),
+        (vec![], vec![hook("p"), hook("p")], "[[webhooks]] p: two webhooks of this name"),
+    ] {
+        match console::siem::start(console.store(), &siems, &hooks) {
+            Ok(_) => panic!("{says}: started"),
+            Err(e) => assert!(e.to_string().starts_with(says), "{e}"),
+        }
+    }
+}

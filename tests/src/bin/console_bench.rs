@@ -1,6 +1,8 @@
 //! `cargo xtask bench`, the console's part: one real `keyturn console` (SQLite, mutual
 //! TLS) with 1,000 simulated hosts streaming 10,000 holds a minute, an approver polling the
-//! HTTP API and approving each hold; latencies from hold to API and approval to host.
+//! HTTP API and approving each hold; latencies from hold to API and approval to host. Then
+//! Slack: another console posting 1,000 holds to the Slack stand-in over Socket Mode and an
+//! approver clicking each; latencies from hold to message and click to host.
 
 use std::{
     collections::HashMap,
@@ -144,8 +146,9 @@ async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
     Ok(())
 }
 
-/// Starts `keyturn console` with mutual TLS on loopback, its database in `dir`.
-async fn start_console(dir: &Path) -> Result<(RunningConsole, SocketAddr, SocketAddr)> {
+/// Starts `keyturn console` with mutual TLS on loopback, its database in `dir`, with the
+/// configuration's `extra` sections.
+async fn start_console(dir: &Path, extra: &str) -> Result<(RunningConsole, SocketAddr, SocketAddr)> {
     let (hosts, http) = (tests::free_addr(), tests::free_addr());
     std::fs::create_dir_all(dir)?;
     let config = dir.join("console.toml");
@@ -153,7 +156,7 @@ async fn start_console(dir: &Path) -> Result<(RunningConsole, SocketAddr, Socket
         &config,
         format!(
             "listen = \"{hosts}\"\ndatabase = \"sqlite://{0}/console.db?mode=rwc\"\nkey = \"{0}/console.key\"\n\
-             [tls]\nenabled = true\ndir = \"{0}/tls\"\nnames = [\"127.0.0.1\"]\n[http]\nlisten = \"{http}\"\n",
+             [tls]\nenabled = true\ndir = \"{0}/tls\"\nnames = [\"127.0.0.1\"]\n[http]\nlisten = \"{http}\"\n{extra}",
             dir.display()
         ),
     )?;
@@ -182,8 +185,9 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// Enrols [`HOSTS`] hosts with tokens from `store`, connects them, and waits until all are.
+    /// Enrols `hosts` hosts with tokens from `store`, connects them, and waits until all are.
     async fn connect(
+        hosts: usize,
         store: &Store,
         endpoint: &str,
         ca: &str,
@@ -192,8 +196,8 @@ impl Fleet {
     ) -> Result<Self> {
         let connected = Arc::new(AtomicUsize::new(0));
         let lost = Arc::new(AtomicUsize::new(0));
-        let mut handles = Vec::with_capacity(HOSTS);
-        for n in 0..HOSTS {
+        let mut handles = Vec::with_capacity(hosts);
+        for n in 0..hosts {
             let host = format!("bench-{n:04}");
             let key = SigningKey::generate(&mut OsRng);
             let enrolment = store.issue_token(&host, Duration::from_mins(10)).await?;
@@ -228,7 +232,7 @@ impl Fleet {
             });
             handles.push(handle);
         }
-        wait_for("every host to connect", || connected.load(Ordering::Relaxed) >= HOSTS).await?;
+        wait_for("every host to connect", || connected.load(Ordering::Relaxed) >= hosts).await?;
         Ok(Self { handles, lost })
     }
 }
@@ -286,7 +290,7 @@ async fn approve_all(api: String, token: String, timeline: Shared) {
 async fn main() -> Result<()> {
     raise_file_limit();
     let dir = std::env::temp_dir().join(format!("kt-console-bench-{}", std::process::id()));
-    let (console, hosts_addr, http) = start_console(&dir).await?;
+    let (console, hosts_addr, http) = start_console(&dir, "").await?;
     let store = Store::open(&format!("sqlite://{}/console.db?mode=rwc", dir.display())).await?;
     let ca = std::fs::read_to_string(dir.join("tls/ca.pem"))?;
     let console_key = host_client::keys::load_or_create(&dir.join("console.key"))?.verifying_key();
@@ -298,7 +302,8 @@ async fn main() -> Result<()> {
     // Every host enrols and connects with the real host client.
     let timeline: Shared = Arc::default();
     let started = Instant::now();
-    let fleet = Fleet::connect(&store, &format!("https://{hosts_addr}"), &ca, console_key, &timeline).await?;
+    let fleet =
+        Fleet::connect(HOSTS, &store, &format!("https://{hosts_addr}"), &ca, console_key, &timeline).await?;
     let connect_time = started.elapsed();
     let rss_connected = console.rss_kib();
     let approver = tokio::spawn(approve_all(format!("http://{http}/api"), token, timeline.clone()));
@@ -322,7 +327,27 @@ async fn main() -> Result<()> {
     let rss_loaded = console.rss_kib();
 
     let lost = fleet.lost.load(Ordering::Relaxed);
-    let timeline = timeline.lock().expect("timeline");
+    report(
+        &timeline.lock().expect("timeline"),
+        (total, load_time, connect_time),
+        (rss_idle, rss_connected, rss_loaded),
+        lost,
+    )?;
+    drop(console);
+    drop(fleet);
+    slack(&dir.with_extension("slack")).await?;
+    // The hosts' clients would only report the console going away.
+    std::process::exit(0)
+}
+
+/// Prints what the load phase measured: `(holds, load time, connect time)`, the console's
+/// RSS (idle, connected, loaded) in KiB, and the streams lost.
+fn report(
+    timeline: &Timeline,
+    (total, load_time, connect_time): (u32, Duration, Duration),
+    (rss_idle, rss_connected, rss_loaded): (u64, u64, u64),
+    lost: usize,
+) -> Result<()> {
     println!("\nconsole at scale: {HOSTS} hosts over mutual TLS, SQLite, one console process");
     println!(
         "{:<34} {:.1} s (enrol + connect, one after another)",
@@ -348,7 +373,109 @@ async fn main() -> Result<()> {
         rss_loaded / 1024,
     );
     println!("{:<34} {lost}", "host streams lost during the run");
+    Ok(())
+}
+
+/// Holds the Slack phase raises, and the hosts they come from.
+const SLACK_HOLDS: u32 = 1_000;
+const SLACK_HOSTS: usize = 10;
+/// The Slack account the approver clicks as.
+const SLACK_APPROVER: (&str, &str) = ("T0BENCH", "U0APPROVER");
+
+/// The Slack phase: holds posted to the stand-in, each approved by a click in it.
+async fn slack(dir: &Path) -> Result<()> {
+    let stand_in = Arc::new(tests::slack::SlackStandIn::start().await);
+    let extra = format!(
+        "[slack]\nbot_token = \"{}\"\napp_token = \"{}\"\nchannel = \"C0BENCH\"\napi_url = \"{}\"\n",
+        tests::slack::BOT_TOKEN,
+        tests::slack::APP_TOKEN,
+        stand_in.api_url()
+    );
+    let (console, hosts_addr, _) = start_console(dir, &extra).await?;
+    let store = Store::open(&format!("sqlite://{}/console.db?mode=rwc", dir.display())).await?;
+    let account = format!("{}/{}", SLACK_APPROVER.0, SLACK_APPROVER.1).parse()?;
+    store.link_chat(&account, "approver@example.com", Role::Approver, "bench").await?;
+    let ca = std::fs::read_to_string(dir.join("tls/ca.pem"))?;
+    let console_key = host_client::keys::load_or_create(&dir.join("console.key"))?.verifying_key();
+    stand_in.wait_connected(1).await;
+    let timeline: Shared = Arc::default();
+    let endpoint = format!("https://{hosts_addr}");
+    let fleet = Fleet::connect(SLACK_HOSTS, &store, &endpoint, &ca, console_key, &timeline).await?;
+    let clicker = tokio::spawn(click_all(stand_in.clone(), timeline.clone()));
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for n in 0..SLACK_HOLDS {
+        tick.tick().await;
+        let id = format!("{n:012x}");
+        timeline.lock().expect("timeline").raised.insert(id.clone(), Instant::now());
+        fleet.handles[n as usize % SLACK_HOSTS].raise(hold(id, u64::from(n) + 1));
+    }
+    let expected = SLACK_HOLDS as usize;
+    wait_for("every hold to be released by a click", || {
+        timeline.lock().expect("timeline").released.len() >= expected
+    })
+    .await?;
+    clicker.abort();
+    let timeline = timeline.lock().expect("timeline");
+    let mut posted: Vec<Duration> = stand_in
+        .messages()
+        .iter()
+        .filter_map(|message| {
+            let raised = timeline.raised.get(&hold_id_of(message)?)?;
+            Some(message.at.saturating_duration_since(*raised))
+        })
+        .collect();
+    println!(
+        "\nSlack: {SLACK_HOLDS} holds from {SLACK_HOSTS} hosts, 50 a second, Socket Mode to the stand-in"
+    );
+    percentiles("hold raised -> posted in Slack", &mut posted);
+    percentiles(
+        "click sent -> verified on host",
+        &mut timeline.released.values().copied().collect::<Vec<_>>(),
+    );
+    println!("{:<34} {}", "calls the stand-in refused", stand_in.refusals().len());
     drop(console);
-    // The hosts' clients would only report the console going away.
-    std::process::exit(0)
+    Ok(())
+}
+
+/// The id of the hold a message announces, from its context line (`hold ID · …`).
+fn hold_id_of(message: &tests::slack::Message) -> Option<String> {
+    message.blocks.as_array()?.iter().find_map(|block| {
+        let text = block["elements"].as_array()?.first()?["text"].as_str()?;
+        Some(text.strip_prefix("hold ")?.split(' ').next()?.to_owned())
+    })
+}
+
+/// What the **Approve once** button of a pending hold's message sends: `ID@HOST`.
+fn approve_value_of(message: &tests::slack::Message) -> Option<String> {
+    message.blocks.as_array()?.iter().find_map(|block| {
+        let approve = block["elements"].as_array()?.iter().find(|e| e["action_id"] == "keyturn_approve")?;
+        Some(approve["value"].as_str()?.to_owned())
+    })
+}
+
+/// The approver in Slack: clicks **Approve once** on each new message, at most
+/// [`APPROVERS`] clicks in flight.
+async fn click_all(stand_in: Arc<tests::slack::SlackStandIn>, timeline: Shared) {
+    let permits = Arc::new(Semaphore::new(APPROVERS));
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(POLL).await;
+        let new = stand_in.messages_after(seen);
+        seen += new.len();
+        for message in new {
+            let (Some(id), Some(value)) = (hold_id_of(&message), approve_value_of(&message)) else {
+                continue;
+            };
+            let (user_team, user) = SLACK_APPROVER;
+            let click = tests::slack::block_action(user_team, user, "keyturn_approve", &value, &message);
+            let permit = permits.clone().acquire_owned().await.expect("semaphore");
+            let (stand_in, timeline) = (stand_in.clone(), timeline.clone());
+            tokio::spawn(async move {
+                timeline.lock().expect("timeline").approve_sent.insert(id, Instant::now());
+                let envelope = stand_in.interact(click).await;
+                stand_in.wait_acked(&envelope).await;
+                drop(permit);
+            });
+        }
+    }
 }

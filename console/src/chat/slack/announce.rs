@@ -1,6 +1,7 @@
 //! The trail's hold records as Slack messages: a hold raised is posted once, and every
 //! message of a hold is updated when someone approves it (of a quorum), when it is decided,
-//! closed or expired, from whichever channel the decision came.
+//! closed or expired, from whichever channel the decision came. When it ends, the person
+//! who started the agent is told, in a direct message to each Slack account linked to them.
 
 use serde_json::{Value, json};
 use sqlx::Row as _;
@@ -18,10 +19,13 @@ pub async fn announce(slack: &Slack, store: &Store, records: &[StoredRecord]) ->
     for record in records {
         match record.typed()? {
             AuditEvent::HoldRaised { host, hold, .. } => post(slack, store, &host, &hold).await?,
-            AuditEvent::ApprovalRecorded { host, hold, .. }
-            | AuditEvent::Decided { host, hold, .. }
+            AuditEvent::ApprovalRecorded { host, hold, .. } => update(slack, store, &host, &hold).await?,
+            AuditEvent::Decided { host, hold, .. }
             | AuditEvent::HoldClosed { host, hold, .. }
-            | AuditEvent::HoldExpired { host, hold } => update(slack, store, &host, &hold).await?,
+            | AuditEvent::HoldExpired { host, hold } => {
+                update(slack, store, &host, &hold).await?;
+                tell_requester(slack, store, &host, &hold).await?;
+            }
             _ => {}
         }
     }
@@ -34,9 +38,36 @@ async fn post(slack: &Slack, store: &Store, host: &str, hold: &str) -> Result<()
     if !messages(store, host, hold).await?.is_empty() {
         return Ok(());
     }
+    // A hold decided before it could be posted (the trail read from its start, when Slack
+    // was configured) is not announced: only a pending one asks anything of anyone.
+    let Some(detail) = store.hold_detail(host, hold).await?.filter(|d| d.record.status == "pending") else {
+        return Ok(());
+    };
+    post_to(slack, store, &detail, &slack.channel).await
+}
+
+/// Tells the person who started the agent of ended hold `hold` of `host` how it ended: the
+/// message, in a direct message to each Slack account linked to them; once, and only for a
+/// hold announced in the channel.
+async fn tell_requester(slack: &Slack, store: &Store, host: &str, hold: &str) -> Result<(), SiemError> {
+    let posted = messages(store, host, hold).await?;
+    let announced = posted.iter().any(|(channel, _)| *channel == slack.channel);
+    if !announced || posted.iter().any(|(channel, _)| *channel != slack.channel) {
+        return Ok(());
+    }
     let Some(detail) = store.hold_detail(host, hold).await? else { return Ok(()) };
-    let fields = json!({"channel": slack.channel, "unfurl_links": false});
-    let posted = send(slack, "chat.postMessage", &detail, &fields).await?;
+    for account in store.chat_accounts_of(&detail.raised.requester).await? {
+        post_to(slack, store, &detail, &account.user).await?;
+    }
+    Ok(())
+}
+
+/// Posts `detail`'s message to `channel` (a channel id, or a user id for a direct
+/// message), and records it to update.
+async fn post_to(slack: &Slack, store: &Store, detail: &HoldDetail, channel: &str) -> Result<(), SiemError> {
+    let (host, hold) = (&detail.record.host, &detail.record.id);
+    let fields = json!({"channel": channel, "unfurl_links": false});
+    let posted = send(slack, "chat.postMessage", detail, &fields).await?;
     let (Some(channel), Some(ts)) = (posted["channel"].as_str(), posted["ts"].as_str()) else {
         return Err(SlackError::Api { method: "chat.postMessage", error: "no channel and ts".into() }.into());
     };
@@ -53,7 +84,7 @@ async fn post(slack: &Slack, store: &Store, host: &str, hold: &str) -> Result<()
     Ok(())
 }
 
-/// Shows hold `hold` of `host` as it stands now in every message that announced it.
+/// Shows hold `hold` of `host` as it stands now in every message about it.
 async fn update(slack: &Slack, store: &Store, host: &str, hold: &str) -> Result<(), SiemError> {
     let posted = messages(store, host, hold).await?;
     if posted.is_empty() {

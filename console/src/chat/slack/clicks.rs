@@ -10,6 +10,7 @@ use super::{Slack, message};
 use crate::{
     Console,
     api::holds::{Asked, decide_as},
+    audit::AuditEvent,
     chat::ChatAccount,
     store::Outcome,
 };
@@ -73,8 +74,9 @@ async fn decide(console: &Console, click: &Click, verdict: Verdict, value: &str)
     let Some((hold_id, host)) = value.split_once('@') else {
         return Some(format!("{value:?} names no hold"));
     };
+    // The user's own workspace (a guest from another workspace is theirs, not this one's).
     let team =
-        click.team.as_ref().map(|t| t.id.clone()).or_else(|| click.user.team_id.clone()).unwrap_or_default();
+        click.user.team_id.clone().or_else(|| click.team.as_ref().map(|t| t.id.clone())).unwrap_or_default();
     let account = match format!("{team}/{}", click.user.id).parse::<ChatAccount>() {
         Ok(account) => account,
         Err(reason) => return Some(format!("Your Slack account is not one keyturn can name: {reason}")),
@@ -82,13 +84,29 @@ async fn decide(console: &Console, click: &Click, verdict: Verdict, value: &str)
     let link = match console.store().chat_link(&account).await {
         Ok(Some(link)) => link,
         Ok(None) => {
+            let refused = AuditEvent::DecisionRefused {
+                host: host.to_owned(),
+                hold: hold_id.to_owned(),
+                by: account.to_string(),
+                verdict: verdict.as_str_name().to_owned(),
+                code: "not_linked".into(),
+                why: "a click by a Slack account linked to no one".into(),
+            };
+            if let Err(e) = console.store().record(&refused).await {
+                tracing::warn!(error = %e, "auditing a click by an account linked to no one");
+            }
             return Some(format!(
                 "Your Slack account is not linked to a person in keyturn, so your click decided nothing. \
                  An admin links it with: keyturn console link PERSON --slack {}/{}",
                 account.team, account.user
             ));
         }
-        Err(e) => return Some(format!("keyturn could not read who you are: {e}")),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading a Slack account's link");
+            return Some(
+                "keyturn could not read who you are just now: try again, or decide in the console".into(),
+            );
+        }
     };
     let asked = Asked { host, hold_id, verdict, scope: Scope::Once, duration_secs: 0, reason: String::new() };
     match decide_as(console, &link.principal(&account), asked).await {

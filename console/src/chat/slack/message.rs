@@ -2,20 +2,24 @@
 //! once it is decided or closed, the outcome in their place.
 //!
 //! Everything an agent chose (command lines, paths, names) is escaped for Slack's `mrkdwn`
-//! (`&`, `<`, `>`), so it can never mention `<!channel>`, render a link or fake a label;
-//! control and bidirectional-formatting characters are shown as `\u{…}`. Long text is cut
-//! at Slack's limits with a marker, never inside an escape.
+//! (`&`, `<`, `>`) in text Slack takes verbatim (no links, channels or mentions made of
+//! bare words), and shown inside code blocks it cannot close (a backtick after a backtick
+//! is kept apart by a zero-width space), so it can never mention `<!channel>`, render a
+//! link, format itself or fake a label; control and bidirectional-formatting characters
+//! are shown as `\u{…}`. Long text is cut with a marker, never inside an escape, within
+//! budgets that keep a whole message near 8,000 characters.
 
 use proto::v1::{Verdict, hold_raised::Detail};
 use serde_json::{Value, json};
 
 use crate::search::HoldDetail;
 
-/// Slack's limits: a section's text, a message's `text`, a context element, a button's
-/// label. (50 blocks: a message here has at most 8.)
+/// Slack's limits: a section's text, a message's `text`. (50 blocks: a message here has at
+/// most 9.)
 const SECTION: usize = 3_000;
 const TEXT: usize = 4_000;
-const CONTEXT: usize = 2_000;
+/// What one fact about the hold (a path, a directory, the parents) may take.
+const FACT: usize = 600;
 /// Marks text cut at a limit.
 const CUT: &str = " …[cut]";
 
@@ -34,6 +38,7 @@ pub fn escape(text: &str, limit: usize) -> String {
             '<' => "&lt;".to_owned(),
             '>' => "&gt;".to_owned(),
             '\n' | '\t' => c.to_string(),
+            '`' if out.ends_with('`') => "\u{200B}`".to_owned(),
             c if c.is_control() || is_bidi(c) => format!("\\u{{{:04x}}}", u32::from(c)),
             c => c.to_string(),
         };
@@ -51,15 +56,28 @@ fn is_bidi(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// A command line as the approver reads it: each argument, quoted when it holds a space or
-/// nothing at all.
+/// A command line as the approver reads it, quoted as a POSIX shell would read it back:
+/// an argument with anything but plain characters is single-quoted, its quotes as `'\''`.
 fn command_line(argv: &[String]) -> String {
+    let plain = |c: char| c.is_alphanumeric() || "_@%+=:,./-".contains(c);
     argv.iter()
         .map(|arg| {
-            if arg.is_empty() || arg.contains(char::is_whitespace) { format!("'{arg}'") } else { arg.clone() }
+            if !arg.is_empty() && arg.chars().all(plain) {
+                arg.clone()
+            } else {
+                format!("'{}'", arg.replace('\'', "'\\''"))
+            }
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `text` (escaped) as a code block, `label` above it: nothing in it is formatted, and
+/// since [`escape`] never leaves two backticks together, nothing in it closes the block.
+fn fenced(label: &str, text: &str, limit: usize) -> String {
+    let text = escape(text, limit);
+    let edge = |at_edge: bool| if at_edge { "\u{200B}" } else { "" };
+    format!("*{label}*\n```{}{text}{}```", edge(text.starts_with('`')), edge(text.ends_with('`')))
 }
 
 /// What the hold asks, in one line of plain words (escaped): the message's `text`, which
@@ -82,13 +100,9 @@ fn destination(egress: &proto::v1::Egress) -> String {
     }
 }
 
+/// A section of `text`, taken verbatim: Slack makes no links, channels or mentions of it.
 fn section(text: &str) -> Value {
-    json!({"type": "section", "text": {"type": "mrkdwn", "text": text}})
-}
-
-fn context(texts: &[String]) -> Value {
-    let elements: Vec<Value> = texts.iter().map(|text| json!({"type": "mrkdwn", "text": text})).collect();
-    json!({"type": "context", "elements": elements})
+    json!({"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": true}})
 }
 
 /// The message announcing `detail`'s hold, with its buttons while it is pending, or its
@@ -107,32 +121,24 @@ pub fn render(detail: &HoldDetail, console: Option<&url::Url>) -> Value {
     blocks.push(section(&who));
     match &raised.detail {
         Some(Detail::Exec(exec)) => {
-            let fence = 6 + "*Runs*\n".len();
-            blocks.push(section(&format!(
-                "*Runs*\n```{}```",
-                escape(&command_line(&exec.argv), SECTION - fence)
-            )));
-            let mut facts = vec![
-                format!("program {}", escape(&exec.path, 600)),
-                format!("in {}", escape(&exec.cwd, 600)),
-                format!("sha256 {}", escape(&exec.sha256, 100)),
-            ];
+            blocks.push(section(&fenced("Runs", &command_line(&exec.argv), SECTION - 20)));
+            let facts = format!("program: {}\nin: {}\nsha256: {}", exec.path, exec.cwd, exec.sha256);
+            blocks.push(section(&fenced("Program", &facts, 2 * FACT)));
             if !exec.parents.is_empty() {
                 let parents: Vec<String> =
                     exec.parents.iter().map(|p| format!("{} ({})", command_line(&p.argv), p.pid)).collect();
-                facts.push(format!("started by {}", escape(&parents.join(" ← "), CONTEXT - 20)));
+                blocks.push(section(&fenced("Started by", &parents.join("\n"), FACT)));
             }
-            blocks.push(context(&facts));
         }
         Some(Detail::Egress(egress)) => {
-            blocks.push(section(&format!("*Reaches* `{}`", escape(&destination(egress), SECTION - 20))));
+            blocks.push(section(&fenced("Reaches", &destination(egress), FACT)));
         }
         None => {}
     }
     let why = format!(
         "*Why* rule {} of policy {}{}",
-        escape(&raised.policy_rule, 1_000),
-        escape(&raised.policy, 1_000),
+        escape(&raised.policy_rule, FACT),
+        escape(&raised.policy, 200),
         if record.quorum > 1 { format!(" · needs {} approvers", record.quorum) } else { String::new() }
     );
     blocks.push(section(&why));
@@ -142,24 +148,29 @@ pub fn render(detail: &HoldDetail, console: Option<&url::Url>) -> Value {
             "*Approved by {} of {}*: {}",
             record.approvals,
             record.quorum,
-            escape(&detail.approvers.join(", "), 1_000)
+            escape(&detail.approvers.join(", "), FACT)
         )));
     } else if record.status != "pending" {
         blocks.push(section(&outcome(detail)));
     }
-    blocks.extend(actions(detail, console));
+    blocks.extend(actions(detail, console, true));
     json!({"text": asked(detail), "blocks": blocks})
 }
 
 /// The message announcing `detail`'s hold without anything the agent chose: what Slack
-/// is sent when it refused [`render`]'s, so that the hold is still announced.
+/// is sent when it refused [`render`]'s, so that the hold is still announced. No one
+/// approves what they cannot see: it offers **Deny** and **Open in console** only.
 pub fn bare(detail: &HoldDetail, console: Option<&url::Url>) -> Value {
-    let text = format!(
-        "A hold on {} waits for a decision; Slack refused to show its details: see them in the console.",
-        escape(&detail.record.host, 300)
-    );
+    let host = escape(&detail.record.host, 300);
+    let text = if detail.record.status == "pending" {
+        format!(
+            "A hold on {host} waits for a decision; Slack refused to show its details: see them in the console."
+        )
+    } else {
+        format!("A hold on {host}, whose details Slack refused to show: {}", outcome(detail))
+    };
     let mut blocks = vec![header(detail), section(&text), deadline(detail)];
-    blocks.extend(actions(detail, console));
+    blocks.extend(actions(detail, console, false));
     json!({"text": text, "blocks": blocks})
 }
 
@@ -171,23 +182,27 @@ fn header(detail: &HoldDetail) -> Value {
     json!({"type": "header", "text": {"type": "plain_text", "text": title}})
 }
 
+/// The hold's id and deadline (Slack shows the time in each reader's time zone).
 fn deadline(detail: &HoldDetail) -> Value {
-    context(&[format!(
+    let text = format!(
         "hold {} · <!date^{}^decide by {{time_secs}}|decide by the deadline>",
         escape(&detail.record.id, 100),
         detail.record.deadline_ms / 1000
-    )])
+    );
+    json!({"type": "context", "elements": [{"type": "mrkdwn", "text": text}]})
 }
 
-/// The buttons: **Approve once** and **Deny** while the hold is pending, and **Open in
-/// console** where the console's address is known.
-fn actions(detail: &HoldDetail, console: Option<&url::Url>) -> Option<Value> {
+/// The buttons: **Approve once** (where `approvable`) and **Deny** while the hold is
+/// pending, and **Open in console** where the console's address is known.
+fn actions(detail: &HoldDetail, console: Option<&url::Url>, approvable: bool) -> Option<Value> {
     let record = &detail.record;
     let value = format!("{}@{}", record.id, record.host);
     let mut buttons = Vec::new();
     if record.status == "pending" {
-        buttons.push(json!({"type": "button", "action_id": APPROVE, "style": "primary", "value": value,
-                            "text": {"type": "plain_text", "text": "Approve once"}}));
+        if approvable {
+            buttons.push(json!({"type": "button", "action_id": APPROVE, "style": "primary", "value": value,
+                                "text": {"type": "plain_text", "text": "Approve once"}}));
+        }
         buttons.push(json!({"type": "button", "action_id": DENY, "style": "danger", "value": value,
                             "text": {"type": "plain_text", "text": "Deny"}}));
     }
@@ -238,6 +253,22 @@ mod tests {
             escape(hostile, 1_000),
             "&lt;!channel&gt; &lt;https://x.example|click&gt; &amp; \\u{202e}txt.exe\\u{0007}"
         );
+    }
+
+    #[test]
+    fn a_code_block_cannot_be_closed_from_inside() {
+        for argv in [vec!["x```", "*Approved once*", "https://sso.example"], vec!["`"], vec!["``", "`"]] {
+            let argv: Vec<String> = argv.into_iter().map(str::to_owned).collect();
+            let block = fenced("Runs", &command_line(&argv), 500);
+            let inner = block.strip_prefix("*Runs*\n```").and_then(|b| b.strip_suffix("```")).unwrap();
+            assert!(!inner.contains("``") && !inner.starts_with('`') && !inner.ends_with('`'), "{block}");
+        }
+    }
+
+    #[test]
+    fn command_lines_read_back_as_the_shell_would() {
+        let argv = ["curl", "-d", "a b", "x' '/", "", "ok=1"].map(str::to_owned);
+        assert_eq!(command_line(&argv), "curl -d 'a b' 'x'\\'' '\\''/' '' ok=1");
     }
 
     #[test]

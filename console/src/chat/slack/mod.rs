@@ -79,7 +79,13 @@ pub struct Slack {
     signing_secret: Option<Vec<u8>>,
     channel: String,
     console_url: Option<url::Url>,
+    /// Clicks being decided at once, however they came.
+    deciding: Arc<tokio::sync::Semaphore>,
 }
+
+/// Clicks decided at once; Socket Mode's wait (acknowledged first), signed requests past
+/// it are refused.
+const DECIDING: usize = 32;
 
 impl Slack {
     /// Checks `config` and reads its files; nothing is connected yet.
@@ -133,6 +139,7 @@ impl Slack {
             signing_secret: signing_secret.map(String::into_bytes),
             channel: config.channel.clone(),
             console_url: config.console_url.clone(),
+            deciding: Arc::new(tokio::sync::Semaphore::new(DECIDING)),
         })
     }
 
@@ -163,6 +170,11 @@ impl Slack {
         let body =
             serde_json::json!({"channel": channel, "user": user, "text": message::escape(text, 3_000)});
         self.call("chat.postEphemeral", &self.bot_token, &body).await.map(drop)
+    }
+
+    /// A turn to decide a click, if one is free now.
+    pub fn deciding(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.deciding).try_acquire_owned().ok()
     }
 
     /// Whether a request to `/api/slack/interactions` is Slack's: its `v0` signature under

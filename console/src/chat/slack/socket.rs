@@ -3,7 +3,8 @@
 //! it again otherwise); a click is decided after, as the person its Slack account is linked
 //! to, and a refusal is told to the clicker alone.
 //!
-//! A dropped connection is opened again with a fresh URL, after a backoff when it failed.
+//! A connection that ends, fails or falls silent (pinged, then given up) is opened again
+//! with a fresh URL, after a backoff that only a steady connection resets.
 //! Slack may deliver an envelope again (an acknowledgement lost with the connection): the
 //! latest envelope ids are remembered, and the store itself never applies a person's
 //! decision twice.
@@ -11,7 +12,7 @@
 use std::{
     collections::{HashSet, VecDeque},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -22,7 +23,13 @@ use super::{Slack, SlackError, clicks};
 use crate::Console;
 
 /// Backoff after a failed connection: from the first to the last, doubling.
+/// Whatever ended it, a connection is opened again after this at least, and after a
+/// doubling backoff unless it lasted [`STEADY`].
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
+const STEADY: Duration = Duration::from_mins(1);
+/// A connection silent this long is pinged; silent twice as long, it is given up (a
+/// half-open TCP connection would otherwise lose every click, unnoticed).
+const SILENCE: Duration = Duration::from_secs(30);
 /// Envelope ids remembered to drop a delivery seen before.
 const REMEMBERED: usize = 1_024;
 
@@ -31,14 +38,17 @@ pub async fn run(slack: Arc<Slack>, console: Console) {
     let mut backoff = BACKOFF.0;
     let mut seen = Seen::default();
     loop {
-        match session(&slack, &console, &mut seen).await {
-            Ok(()) => backoff = BACKOFF.0,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "Slack Socket Mode connection failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF.1);
-            }
+        let started = Instant::now();
+        let ended = session(&slack, &console, &mut seen).await;
+        if started.elapsed() >= STEADY {
+            backoff = BACKOFF.0;
         }
+        match ended {
+            Ok(()) => tracing::info!(retry_in = ?backoff, "Slack ended the Socket Mode connection"),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "Slack Socket Mode connection failed"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF.1);
     }
 }
 
@@ -92,7 +102,22 @@ async fn session(slack: &Arc<Slack>, console: &Console, seen: &mut Seen) -> Resu
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
         .map_err(|e| SlackError::Socket(e.to_string()))?;
-    while let Some(frame) = socket.next().await {
+    let mut pinged = false;
+    loop {
+        let frame = match tokio::time::timeout(SILENCE, socket.next()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(_) if pinged => return Err(SlackError::Socket(format!("silent for {:?}", SILENCE * 2))),
+            Err(_) => {
+                pinged = true;
+                socket
+                    .send(Message::Ping(Vec::new().into()))
+                    .await
+                    .map_err(|e| SlackError::Socket(e.to_string()))?;
+                continue;
+            }
+        };
+        pinged = false;
         let text = match frame.map_err(|e| SlackError::Socket(e.to_string()))? {
             Message::Text(text) => text,
             Message::Ping(data) => {
@@ -120,11 +145,15 @@ async fn session(slack: &Arc<Slack>, console: &Console, seen: &mut Seen) -> Resu
             "hello" => tracing::info!("connected to Slack (Socket Mode)"),
             "disconnect" => return Ok(()),
             "interactive" => {
+                // Acknowledged already: a flood of clicks waits here, not in the database.
+                let permit = Arc::clone(&slack.deciding).acquire_owned().await.expect("never closed");
                 let (slack, console) = (Arc::clone(slack), console.clone());
-                tokio::spawn(async move { clicks::clicked(&slack, &console, &envelope.payload).await });
+                tokio::spawn(async move {
+                    clicks::clicked(&slack, &console, &envelope.payload).await;
+                    drop(permit);
+                });
             }
             _ => {}
         }
     }
-    Ok(())
 }
