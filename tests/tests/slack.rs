@@ -141,6 +141,19 @@ impl Linked {
         }))
     }
 
+    /// The console's audit trail: its events.
+    fn trail(&self) -> Vec<Value> {
+        let records = self.rt.block_on(self.console.store().audit_page(0, 0, i64::MAX, 1_000));
+        let records = records.expect("the console's trail");
+        records.iter().map(|record| serde_json::from_str(&record.event).expect("JSON")).collect()
+    }
+
+    /// The refused decisions the console audited: `[by, code]` each.
+    fn refused(&self) -> Vec<Value> {
+        let refused = self.trail().into_iter().filter(|event| event["type"] == "decision_refused");
+        refused.map(|event| json!([event["by"], event["code"]])).collect()
+    }
+
     /// Every message and update so far, judged by Slack's SDK: nothing it would refuse or
     /// drop, and no call the stand-in refused.
     fn judged_clean(&self) {
@@ -247,17 +260,8 @@ fn a_click_in_slack_releases_a_held_process_as_the_linked_approver() {
     assert!(told.blocks.to_string().contains("Approved once"), "{}", told.blocks);
     linked.click("U0BOB", message::DENY, &id);
     assert!(linked.told("U0BOB", 0).contains("already decided"), "{}", linked.told("U0BOB", 0));
-    let refused: Vec<Value> = linked
-        .rt
-        .block_on(linked.console.store().audit_page(0, 0, i64::MAX, 1_000))
-        .expect("the console's trail")
-        .iter()
-        .map(|record| serde_json::from_str::<Value>(&record.event).expect("JSON"))
-        .filter(|event| event["type"] == "decision_refused")
-        .map(|event| json!([event["by"], event["code"]]))
-        .collect();
     assert_eq!(
-        refused,
+        linked.refused(),
         [
             json!(["slack:T0KEYTURN/U0STRANGER", "not_linked"]),
             json!(["vera@example.com", "forbidden"]),
@@ -316,6 +320,45 @@ fn a_quorum_needs_two_linked_people_and_a_decision_elsewhere_updates_the_message
         linked.updated(&second_id, |text| text.contains("Denied") && text.contains("ada@example.com"));
     assert!(denied.blocks.to_string().contains("not &lt;today&gt;"), "{}", denied.blocks);
     linked.judged_clean();
+}
+
+/// A rule that says `approve_in = "console"`: its hold is announced with **Open in
+/// console** only, a click in Slack on it (forged: there is no button) decides nothing and
+/// is audited, and a decision in the console updates the message.
+#[test]
+fn a_hold_decided_in_the_console_only_is_not_decided_in_slack() {
+    let policy = HOLD_FLAGGED.replacen("action = \"hold\"", "action = \"hold\"\napprove_in = \"console\"", 1);
+    let linked = Linked::start(&policy, false);
+    linked.link("U0BOB", "bob@example.com", "approver");
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["in-the-console"]);
+    let hold = linked.daemon.pending_one();
+    let id = id_of(&hold);
+    assert_eq!(hold["in_console"], true);
+    let posted = linked.message_of(&id).blocks.to_string();
+    assert!(posted.contains("decided in the console only") && posted.contains(message::OPEN), "{posted}");
+    assert!(!posted.contains(message::APPROVE) && !posted.contains(message::DENY), "{posted}");
+    linked.click("U0BOB", message::APPROVE, &id);
+    assert!(linked.told("U0BOB", 0).contains("decided in the console only"), "{}", linked.told("U0BOB", 0));
+    assert!(held(pid_of(&hold)) && decisions(&linked.daemon, &id).is_empty());
+    let (_, token) = linked
+        .rt
+        .block_on(linked.console.store().create_api_token(
+            "ada@example.com",
+            Role::Approver,
+            "t",
+            "t",
+            Duration::from_hours(1),
+        ))
+        .expect("an API token");
+    let approval = reqwest::Client::new()
+        .post(format!("http://{}/api/holds/{id}@{HOST}/approve", linked.http))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send();
+    assert!(linked.rt.block_on(approval).expect("approve through the API").status().is_success());
+    assert_eq!(finish(agent), (0, "in-the-console\n".to_owned()));
+    linked.updated(&id, |text| text.contains("Approved once") && text.contains("ada@example.com"));
+    assert_eq!(linked.refused(), [json!(["bob@example.com", "console_only"])]);
 }
 
 /// The Socket Mode connection cut mid-run is opened again; a click made meanwhile arrives
@@ -479,18 +522,8 @@ fn linking_refuses_bad_input_with_one_clear_line() {
     refused(&["link", "bob@example.com\u{200B}", "--slack", "T0KEYTURN/U0BOB"], "invisible");
     linked.link("U0BOB", "bob@example.com", "approver");
     assert!(linked.console_cli(&["unlink", "--slack", "T0KEYTURN/U0BOB"]).status.success());
-    let events: Vec<String> = linked
-        .rt
-        .block_on(linked.console.store().audit_page(0, 0, i64::MAX, 1_000))
-        .expect("trail")
-        .iter()
-        .map(|record| {
-            serde_json::from_str::<Value>(&record.event).expect("JSON")["type"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .filter(|kind| kind.starts_with("chat_"))
-        .collect();
-    assert_eq!(events, ["chat_linked", "chat_unlinked"]);
+    let events: Vec<Value> = linked.trail().into_iter().map(|event| event["type"].clone()).collect();
+    let chat: Vec<&Value> =
+        events.iter().filter(|kind| kind.as_str().is_some_and(|k| k.starts_with("chat_"))).collect();
+    assert_eq!(chat, [&json!("chat_linked"), &json!("chat_unlinked")]);
 }

@@ -270,6 +270,7 @@ fn hold_raised(view: &HoldView, nonce: u64, requested_at: SystemTime, deadline: 
         deadline_ms: unix_ms(deadline),
         requester: view.requester.clone(),
         quorum: view.quorum,
+        in_console: view.in_console,
         detail: Some(detail),
     }
 }

@@ -144,6 +144,7 @@ impl Daemon {
                 rule: egress.rule,
                 argv_dependent: false,
                 quorum: egress.quorum,
+                in_console: false,
             };
             let memory = FromMemory::read(event, None);
             self.settle_new_hold(key, event, restored, &judgement, None, memory, Vec::new());
@@ -240,7 +241,14 @@ impl Daemon {
             }
             // Only a person can judge a program keyturn cannot verify.
             Err(why) => {
-                (ExecJudgement { verdict: Verdict::Hold, rule: why, argv_dependent: true, quorum: 1 }, None)
+                let judgement = ExecJudgement {
+                    verdict: Verdict::Hold,
+                    rule: why,
+                    argv_dependent: true,
+                    quorum: 1,
+                    in_console: false,
+                };
+                (judgement, None)
             }
         };
         self.settle_new_hold(key, &event, restored, &judgement, executable.as_ref(), memory, records);
@@ -269,7 +277,13 @@ impl Daemon {
                  {JUDGING_STALL:?} or took {JUDGING_LIMIT:?} (slow storage, or an agent \
                  serving its own files): shown without them"
             );
-            let judgement = ExecJudgement { verdict: Verdict::Hold, rule, argv_dependent: true, quorum: 1 };
+            let judgement = ExecJudgement {
+                verdict: Verdict::Hold,
+                rule,
+                argv_dependent: true,
+                quorum: 1,
+                in_console: false,
+            };
             let memory = FromMemory::default();
             self.settle_new_hold(key, &event, restored, &judgement, None, memory, Vec::new());
         }
@@ -332,7 +346,8 @@ impl Daemon {
         }
         let mut view = self.view_of(event, executable, memory);
         view.domain = name.map(|name| name.to_string());
-        (view.policy_rule, view.quorum) = (judgement.rule.clone(), judgement.quorum);
+        (view.policy_rule, view.quorum, view.in_console) =
+            (judgement.rule.clone(), judgement.quorum, judgement.in_console);
         self.list_pending(Held::Kernel(key), view, event, records, restored);
     }
 

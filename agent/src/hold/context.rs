@@ -66,6 +66,10 @@ pub struct HoldView {
     pub policy_rule: String,
     /// How many distinct people must approve: the flagging rule's `quorum`.
     pub quorum: u32,
+    /// Decided in the console only, never with a chat account: the flagging rule's
+    /// `approve_in = "console"`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_console: bool,
     pub hold: Waiting,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,

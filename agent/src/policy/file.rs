@@ -57,6 +57,20 @@ struct ExecRuleFile {
     #[serde(default)]
     argv: Vec<String>,
     quorum: Option<i64>,
+    #[serde(default)]
+    approve_in: ApproveIn,
+}
+
+/// Where the holds a rule flags may be decided.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ApproveIn {
+    /// Wherever an approver works: the console, chat, the API, the host.
+    #[default]
+    Anywhere,
+    /// In the console (its web UI and API) after its own sign-in, or on the host: never
+    /// with a chat account, whose click is announced with **Open in console** only.
+    Console,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -86,6 +100,8 @@ struct EgressRuleFile {
     protocol: ProtocolFile,
     action: Verdict,
     quorum: Option<i64>,
+    #[serde(default)]
+    approve_in: ApproveIn,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -109,6 +125,8 @@ pub struct ExecRule {
     pub argv: Vec<String>,
     /// How many distinct people must approve a hold this rule flags.
     pub quorum: u32,
+    /// Whether its holds are decided in the console only (`approve_in = "console"`).
+    pub in_console: bool,
 }
 
 impl ExecRule {
@@ -140,6 +158,8 @@ pub struct ExecJudgement {
     pub argv_dependent: bool,
     /// How many distinct people must approve, if the verdict is a hold.
     pub quorum: u32,
+    /// Whether the hold is decided in the console only, never with a chat account.
+    pub in_console: bool,
 }
 
 /// A loaded, valid policy.
@@ -185,6 +205,7 @@ impl Policy {
                 rule: format!("{why}{}", rule.describe()),
                 argv_dependent,
                 quorum: rule.quorum,
+                in_console: rule.in_console,
             };
             if !rule.argv.is_empty() {
                 if let Some(read) = argv.take() {
@@ -206,7 +227,13 @@ impl Policy {
             }
             return judged(rule.action, "", argv_dependent);
         }
-        ExecJudgement { verdict: self.exec_default, rule: "exec_default".into(), argv_dependent, quorum: 1 }
+        ExecJudgement {
+            verdict: self.exec_default,
+            rule: "exec_default".into(),
+            argv_dependent,
+            quorum: 1,
+            in_console: false,
+        }
     }
 
     /// What this policy says of a name an agent looks up.
@@ -358,6 +385,18 @@ fn rule_line(text: &str, table: &str, index: usize) -> usize {
 /// Most distinct approvers a rule may ask for.
 const MAX_QUORUM: i64 = 9;
 
+/// An exec rule's `approve_in`: whether its holds are decided in the console only; only a
+/// rule that holds may say where.
+fn in_console(approve_in: ApproveIn, action: Verdict) -> Result<bool, String> {
+    match (approve_in, action) {
+        (ApproveIn::Console, Verdict::Hold) => Ok(true),
+        (ApproveIn::Console, _) => {
+            Err("approve_in says where a hold is decided: only a rule that holds has one".into())
+        }
+        (ApproveIn::Anywhere, _) => Ok(false),
+    }
+}
+
 /// A rule's `quorum`: 1 unless written, else 1 to [`MAX_QUORUM`].
 fn parse_quorum(quorum: Option<i64>) -> Result<u32, String> {
     match quorum {
@@ -473,6 +512,7 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
             return Err(error(line, format!("exec path {:?} has two rules for the same argv", rule.path)));
         }
         let quorum = parse_quorum(rule.quorum).map_err(|e| error(line, e))?;
+        let in_console = in_console(rule.approve_in, rule.action).map_err(|e| error(line, e))?;
         let path = Path::new(&rule.path);
         let dir = path.parent().unwrap_or(Path::new("/"));
         exec.push(ExecRule {
@@ -482,6 +522,7 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
             action: rule.action,
             argv: rule.argv.clone(),
             quorum,
+            in_console,
         });
     }
 
@@ -528,6 +569,12 @@ fn parse_egress(
             ProtocolFile::Any => protocol::ANY,
         };
         let (verdict, quorum) = (rule.action, parse_quorum(rule.quorum).map_err(|e| error(line, e))?);
+        if rule.approve_in != ApproveIn::Anywhere {
+            // A name approved in chat lets its addresses through: where a rule asks for the
+            // console only, that would have to know where each approval was made.
+            let reason = "approve_in is for [[exec]] rules: egress holds are decided anywhere (for now)";
+            return Err(error(line, reason.into()));
+        }
         match (&rule.cidr, &rule.domain) {
             (None, Some(domain)) => {
                 let pattern = DomainPattern::parse(domain)
@@ -738,6 +785,39 @@ action = "deny"
         let denying = parse("p", "p.toml", "[egress_default]\naction = \"deny\"\n").unwrap();
         let rule = denying.approved_rule(&name, addr("192.0.2.1"), 1).unwrap();
         assert_eq!((rule.count, rule.fallback), (0, verdict::DENY), "a denial stays one");
+    }
+
+    #[test]
+    fn approve_in_console_is_for_exec_rules_that_hold() {
+        let policy = "[[exec]]\npath = \"/x\"\naction = \"hold\"\napprove_in = \"console\"\n\n\
+                      [[exec]]\npath = \"/y\"\naction = \"hold\"\napprove_in = \"anywhere\"\n\n\
+                      [[exec]]\npath = \"/z\"\naction = \"hold\"\n";
+        let parsed = parse("t", "t.toml", policy).unwrap();
+        let in_console: Vec<bool> = parsed.exec.iter().map(|rule| rule.in_console).collect();
+        assert_eq!(in_console, [true, false, false]);
+        let hold = "[[exec]]\npath = \"/x\"\naction = \"hold\"\n\n";
+        for (rule, says) in [
+            (
+                "[[exec]]\npath = \"/w\"\naction = \"allow\"\napprove_in = \"console\"\n",
+                "only a rule that holds",
+            ),
+            (
+                "[[egress]]\ndomain = \"a.example\"\naction = \"hold\"\napprove_in = \"console\"\n",
+                "for [[exec]] rules",
+            ),
+            (
+                "[[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"hold\"\napprove_in = \"console\"\n",
+                "for [[exec]] rules",
+            ),
+        ] {
+            let e = parse("t", "t.toml", &format!("{hold}{rule}")).unwrap_err();
+            assert_eq!(e.line, 5, "{e}");
+            assert!(e.reason.contains(says), "{e}");
+        }
+        assert!(
+            parse("t", "t.toml", "[[exec]]\npath = \"/x\"\naction = \"hold\"\napprove_in = \"slack\"\n")
+                .is_err()
+        );
     }
 
     #[test]

@@ -314,6 +314,7 @@ pub fn hold(id: &str, nonce: u64) -> HoldRaised {
         deadline_ms: now + 600_000,
         requester: "alice".into(),
         quorum: 1,
+        in_console: false,
         detail: Some(hold_raised::Detail::Exec(Exec {
             path: "/usr/bin/curl".into(),
             argv: vec!["curl".into(), "-T".into(), "dump.sql".into()],

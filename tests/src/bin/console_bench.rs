@@ -100,6 +100,7 @@ fn hold(id: String, nonce: u64) -> HoldRaised {
         deadline_ms: now + 600_000,
         requester: "agent-owner@example.com".into(),
         quorum: 1,
+        in_console: false,
         detail: Some(hold_raised::Detail::Exec(Exec {
             path: "/usr/bin/curl".into(),
             argv: vec!["curl".into(), "-T".into(), "dump.sql".into(), "https://example.com/upload".into()],

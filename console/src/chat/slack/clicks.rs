@@ -108,6 +108,31 @@ async fn decide(console: &Console, click: &Click, verdict: Verdict, value: &str)
             );
         }
     };
+    match console.store().raised(host, hold_id).await {
+        Ok(Some(raised)) if raised.in_console => {
+            let refused = AuditEvent::DecisionRefused {
+                host: host.to_owned(),
+                hold: hold_id.to_owned(),
+                by: link.person.clone(),
+                verdict: verdict.as_str_name().to_owned(),
+                code: "console_only".into(),
+                why: format!("a click in Slack by {account}: the rule says approve_in = \"console\""),
+            };
+            if let Err(e) = console.store().record(&refused).await {
+                tracing::warn!(error = %e, "auditing a click on a hold decided in the console only");
+            }
+            return Some(
+                "This hold is decided in the console only (its rule says so): open it there.".into(),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "reading a held action");
+            return Some(
+                "keyturn could not read the hold just now: try again, or decide in the console".into(),
+            );
+        }
+    }
     let asked = Asked { host, hold_id, verdict, scope: Scope::Once, duration_secs: 0, reason: String::new() };
     match decide_as(console, &link.principal(&account), asked).await {
         Ok(Outcome::Decided(_)) => None,

@@ -136,10 +136,11 @@ pub fn render(detail: &HoldDetail, console: Option<&url::Url>) -> Value {
         None => {}
     }
     let why = format!(
-        "*Why* rule {} of policy {}{}",
+        "*Why* rule {} of policy {}{}{}",
         escape(&raised.policy_rule, FACT),
         escape(&raised.policy, 200),
-        if record.quorum > 1 { format!(" · needs {} approvers", record.quorum) } else { String::new() }
+        if record.quorum > 1 { format!(" · needs {} approvers", record.quorum) } else { String::new() },
+        if raised.in_console { " · *decided in the console only*" } else { "" }
     );
     blocks.push(section(&why));
     blocks.push(deadline(detail));
@@ -153,7 +154,7 @@ pub fn render(detail: &HoldDetail, console: Option<&url::Url>) -> Value {
     } else if record.status != "pending" {
         blocks.push(section(&outcome(detail)));
     }
-    blocks.extend(actions(detail, console, true));
+    blocks.extend(actions(detail, console, !detail.raised.in_console));
     json!({"text": asked(detail), "blocks": blocks})
 }
 
@@ -193,12 +194,13 @@ fn deadline(detail: &HoldDetail) -> Value {
 }
 
 /// The buttons: **Approve once** (where `approvable`) and **Deny** while the hold is
-/// pending, and **Open in console** where the console's address is known.
+/// pending and may be decided in chat, and **Open in console** where the console's address
+/// is known.
 fn actions(detail: &HoldDetail, console: Option<&url::Url>, approvable: bool) -> Option<Value> {
     let record = &detail.record;
     let value = format!("{}@{}", record.id, record.host);
     let mut buttons = Vec::new();
-    if record.status == "pending" {
+    if record.status == "pending" && !detail.raised.in_console {
         if approvable {
             buttons.push(json!({"type": "button", "action_id": APPROVE, "style": "primary", "value": value,
                                 "text": {"type": "plain_text", "text": "Approve once"}}));
