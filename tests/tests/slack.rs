@@ -141,6 +141,22 @@ impl Linked {
         }))
     }
 
+    /// `verb` (`approve`, `deny`) on hold `id` with `body`, by ada@example.com through the
+    /// console's HTTP API, as its web UI does.
+    fn decide_in_the_console(&self, verb: &str, id: &str, body: &Value) {
+        let store = self.console.store();
+        let token =
+            store.create_api_token("ada@example.com", Role::Approver, "t", "t", Duration::from_hours(1));
+        let (_, token) = self.rt.block_on(token).expect("an API token");
+        let request = reqwest::Client::new()
+            .post(format!("http://{}/api/holds/{id}@{HOST}/{verb}", self.http))
+            .bearer_auth(token)
+            .json(body)
+            .send();
+        let status = self.rt.block_on(request).expect("the console's API").status();
+        assert!(status.is_success(), "{verb} {id}: {status}");
+    }
+
     /// The console's audit trail: its events.
     fn trail(&self) -> Vec<Value> {
         let records = self.rt.block_on(self.console.store().audit_page(0, 0, i64::MAX, 1_000));
@@ -298,23 +314,7 @@ fn a_quorum_needs_two_linked_people_and_a_decision_elsewhere_updates_the_message
     let second = linked.daemon.pending_matching(|hold| hold["id"] != id.as_str());
     let second_id = id_of(&second);
     linked.message_of(&second_id);
-    let (_, token) = linked
-        .rt
-        .block_on(linked.console.store().create_api_token(
-            "ada@example.com",
-            Role::Approver,
-            "test",
-            "test",
-            Duration::from_hours(1),
-        ))
-        .expect("an API token");
-    let denial = reqwest::Client::new()
-        .post(format!("http://{}/api/holds/{second_id}@{HOST}/deny", linked.http))
-        .bearer_auth(token)
-        .json(&json!({"reason": "not <today>"}))
-        .send();
-    let status = linked.rt.block_on(denial).expect("deny through the API").status();
-    assert!(status.is_success(), "{status}");
+    linked.decide_in_the_console("deny", &second_id, &json!({"reason": "not <today>"}));
     assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
     let denied =
         linked.updated(&second_id, |text| text.contains("Denied") && text.contains("ada@example.com"));
@@ -340,22 +340,7 @@ fn a_hold_decided_in_the_console_only_is_not_decided_in_slack() {
     linked.click("U0BOB", message::APPROVE, &id);
     assert!(linked.told("U0BOB", 0).contains("decided in the console only"), "{}", linked.told("U0BOB", 0));
     assert!(held(pid_of(&hold)) && decisions(&linked.daemon, &id).is_empty());
-    let (_, token) = linked
-        .rt
-        .block_on(linked.console.store().create_api_token(
-            "ada@example.com",
-            Role::Approver,
-            "t",
-            "t",
-            Duration::from_hours(1),
-        ))
-        .expect("an API token");
-    let approval = reqwest::Client::new()
-        .post(format!("http://{}/api/holds/{id}@{HOST}/approve", linked.http))
-        .bearer_auth(token)
-        .json(&json!({}))
-        .send();
-    assert!(linked.rt.block_on(approval).expect("approve through the API").status().is_success());
+    linked.decide_in_the_console("approve", &id, &json!({}));
     assert_eq!(finish(agent), (0, "in-the-console\n".to_owned()));
     linked.updated(&id, |text| text.contains("Approved once") && text.contains("ada@example.com"));
     assert_eq!(linked.refused(), [json!(["bob@example.com", "console_only"])]);

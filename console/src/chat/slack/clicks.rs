@@ -84,17 +84,12 @@ async fn decide(console: &Console, click: &Click, verdict: Verdict, value: &str)
     let link = match console.store().chat_link(&account).await {
         Ok(Some(link)) => link,
         Ok(None) => {
-            let refused = AuditEvent::DecisionRefused {
-                host: host.to_owned(),
-                hold: hold_id.to_owned(),
+            let refused = Refused {
                 by: account.to_string(),
-                verdict: verdict.as_str_name().to_owned(),
-                code: "not_linked".into(),
+                code: "not_linked",
                 why: "a click by a Slack account linked to no one".into(),
             };
-            if let Err(e) = console.store().record(&refused).await {
-                tracing::warn!(error = %e, "auditing a click by an account linked to no one");
-            }
+            refused.record(console, host, hold_id, verdict).await;
             return Some(format!(
                 "Your Slack account is not linked to a person in keyturn, so your click decided nothing. \
                  An admin links it with: keyturn console link PERSON --slack {}/{}",
@@ -110,17 +105,10 @@ async fn decide(console: &Console, click: &Click, verdict: Verdict, value: &str)
     };
     match console.store().raised(host, hold_id).await {
         Ok(Some(raised)) if raised.in_console => {
-            let refused = AuditEvent::DecisionRefused {
-                host: host.to_owned(),
-                hold: hold_id.to_owned(),
-                by: link.person.clone(),
-                verdict: verdict.as_str_name().to_owned(),
-                code: "console_only".into(),
-                why: format!("a click in Slack by {account}: the rule says approve_in = \"console\""),
-            };
-            if let Err(e) = console.store().record(&refused).await {
-                tracing::warn!(error = %e, "auditing a click on a hold decided in the console only");
-            }
+            let why = format!("a click in Slack by {account}: the rule says approve_in = \"console\"");
+            Refused { by: link.person.clone(), code: "console_only", why }
+                .record(console, host, hold_id, verdict)
+                .await;
             return Some(
                 "This hold is decided in the console only (its rule says so): open it there.".into(),
             );
@@ -140,5 +128,31 @@ async fn decide(console: &Console, click: &Click, verdict: Verdict, value: &str)
             Some(format!("Your approval is recorded: {approvals} of {quorum}. The hold waits for more."))
         }
         Err(refused) => Some(format!("Your click decided nothing: {}", refused.message())),
+    }
+}
+
+/// A click refused here, before the console's decision rules saw it: audited as they
+/// audit theirs.
+struct Refused {
+    by: String,
+    code: &'static str,
+    why: String,
+}
+
+impl Refused {
+    async fn record(self, console: &Console, host: &str, hold: &str, verdict: Verdict) {
+        let Self { by, code, why } = self;
+        let verdict = verdict.as_str_name().to_owned();
+        let event = AuditEvent::DecisionRefused {
+            host: host.into(),
+            hold: hold.into(),
+            by,
+            verdict,
+            code: code.into(),
+            why,
+        };
+        if let Err(e) = console.store().record(&event).await {
+            tracing::warn!(error = %e, code, "auditing a refused click");
+        }
     }
 }
