@@ -144,21 +144,21 @@ enum ConsoleCommand {
         #[arg(long, default_value = "90d")]
         ttl: String,
     },
-    /// Link a Slack account to PERSON: their clicks in Slack decide as PERSON, with ROLE.
+    /// Link a Slack or Teams account to PERSON: their clicks in chat decide as PERSON, with
+    /// ROLE.
     Link {
         /// The person the account acts as (as decisions and the audit trail name them).
         person: String,
-        /// The Slack account: TEAM/USER (Slack's ids, such as T0123ABC/U0456DEF).
-        #[arg(long, value_name = "TEAM/USER")]
-        slack: console::chat::ChatAccount,
+        #[command(flatten)]
+        account: ChatAccountArg,
         /// viewer or approver (a chat account is never an admin).
         #[arg(long, default_value = "approver")]
         role: console::Role,
     },
-    /// Unlink a Slack account: its clicks decide nothing from now on.
+    /// Unlink a Slack or Teams account: its clicks decide nothing from now on.
     Unlink {
-        #[arg(long, value_name = "TEAM/USER")]
-        slack: console::chat::ChatAccount,
+        #[command(flatten)]
+        account: ChatAccountArg,
     },
     /// Check HOST's audit trail against the anchors the console keeps of it: names a trail
     /// cut or rewritten after an anchor. Exits 1 on any finding.
@@ -237,6 +237,24 @@ impl From<TargetArgs> for Target {
             (_, Some(unit)) => Self::Unit(unit),
             (path, None) => Self::Path(path.unwrap_or_default()),
         }
+    }
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct ChatAccountArg {
+    /// A Slack account: TEAM/USER (Slack's ids, such as T0123ABC/U0456DEF).
+    #[arg(long, value_name = "TEAM/USER", value_parser = console::chat::ChatAccount::slack)]
+    slack: Option<console::chat::ChatAccount>,
+    /// A Microsoft Teams account: TENANT/USER (the Entra ID tenant id and the user's
+    /// object id).
+    #[arg(long, value_name = "TENANT/USER", value_parser = console::chat::ChatAccount::teams)]
+    teams: Option<console::chat::ChatAccount>,
+}
+
+impl ChatAccountArg {
+    fn account(&self) -> &console::chat::ChatAccount {
+        self.slack.as_ref().or(self.teams.as_ref()).expect("clap requires one")
     }
 }
 
@@ -421,17 +439,17 @@ fn run_console(config: Option<&Path>, action: Option<&ConsoleCommand>) -> anyhow
             eprintln!("API token {id} for {person} ({role}); shown this once:");
             println!("{token}");
         }
-        Some(ConsoleCommand::Link { person, slack, role }) => {
-            let config = console_config()?;
-            runtime.block_on(console::link_chat(&config, slack, person, *role, &operator()))?;
-            eprintln!("{slack} now decides as {person} ({role})");
+        Some(ConsoleCommand::Link { person, account, role }) => {
+            let (config, account) = (console_config()?, account.account());
+            runtime.block_on(console::link_chat(&config, account, person, *role, &operator()))?;
+            eprintln!("{account} now decides as {person} ({role})");
         }
-        Some(ConsoleCommand::Unlink { slack }) => {
-            let config = console_config()?;
-            if !runtime.block_on(console::unlink_chat(&config, slack, &operator()))? {
-                bail!("{slack} was not linked");
+        Some(ConsoleCommand::Unlink { account }) => {
+            let (config, account) = (console_config()?, account.account());
+            if !runtime.block_on(console::unlink_chat(&config, account, &operator()))? {
+                bail!("{account} was not linked");
             }
-            eprintln!("{slack} is unlinked");
+            eprintln!("{account} is unlinked");
         }
         Some(ConsoleCommand::VerifyHost { host, trail }) => {
             let config = console_config()?;

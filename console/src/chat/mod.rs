@@ -18,32 +18,87 @@ use crate::{
     store::{Store, StoreError, audit, now_ms},
 };
 
-/// A chat account: a Slack user of a Slack workspace (team).
+/// A chat service keyturn announces holds in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Chat {
+    Slack,
+    Teams,
+}
+
+impl Chat {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Slack => "slack",
+            Self::Teams => "teams",
+        }
+    }
+}
+
+/// A chat account: a Slack user of a Slack workspace (team), or a Microsoft Teams user
+/// (their Entra ID object id) of a tenant.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ChatAccount {
+    pub chat: Chat,
+    /// Slack's team id, or the Entra ID tenant id (lower case).
     pub team: String,
+    /// Slack's user id, or the user's Entra ID object id (lower case).
     pub user: String,
+}
+
+impl ChatAccount {
+    /// `TEAM/USER` of `chat`, as the service names them: Slack's ids (`T0123ABC/U0456DEF`),
+    /// or Teams' tenant and Entra ID object ids (two GUIDs).
+    pub fn new(chat: Chat, text: &str) -> Result<Self, String> {
+        let slack_id = |part: &str| {
+            !part.is_empty() && part.len() <= 32 && part.bytes().all(|b| b.is_ascii_alphanumeric())
+        };
+        let guid = |part: &str| {
+            part.len() == 36
+                && part.bytes().enumerate().all(|(i, b)| {
+                    if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() }
+                })
+        };
+        let (team, user) = text.split_once('/').unwrap_or_default();
+        match chat {
+            Chat::Slack if slack_id(team) && slack_id(user) => {
+                Ok(Self { chat, team: team.to_owned(), user: user.to_owned() })
+            }
+            Chat::Teams if guid(team) && guid(user) => {
+                Ok(Self { chat, team: team.to_ascii_lowercase(), user: user.to_ascii_lowercase() })
+            }
+            Chat::Slack => Err(format!("{text:?} is not TEAM/USER (Slack's ids, such as T0123ABC/U0456DEF)")),
+            Chat::Teams => Err(format!(
+                "{text:?} is not TENANT/USER (the Entra ID tenant id and the user's object id, two GUIDs)"
+            )),
+        }
+    }
+
+    /// A Slack account, `TEAM/USER` (for `--slack`).
+    pub fn slack(text: &str) -> Result<Self, String> {
+        Self::new(Chat::Slack, text)
+    }
+
+    /// A Teams account, `TENANT/USER` (for `--teams`).
+    pub fn teams(text: &str) -> Result<Self, String> {
+        Self::new(Chat::Teams, text)
+    }
 }
 
 impl fmt::Display for ChatAccount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "slack:{}/{}", self.team, self.user)
+        write!(f, "{}:{}/{}", self.chat.as_str(), self.team, self.user)
     }
 }
 
 impl FromStr for ChatAccount {
     type Err = String;
 
-    /// `TEAM/USER`, as Slack names them (`T0123ABC/U0456DEF`).
+    /// As it is displayed and stored: `slack:TEAM/USER` or `teams:TENANT/USER`.
     fn from_str(text: &str) -> Result<Self, String> {
-        let id = |part: &str| {
-            !part.is_empty() && part.len() <= 32 && part.bytes().all(|b| b.is_ascii_alphanumeric())
-        };
-        match text.split_once('/') {
-            Some((team, user)) if id(team) && id(user) => {
-                Ok(Self { team: team.to_owned(), user: user.to_owned() })
-            }
-            _ => Err(format!("{text:?} is not TEAM/USER (Slack's ids, such as T0123ABC/U0456DEF)")),
+        match text.split_once(':') {
+            Some(("slack", rest)) => Self::slack(rest),
+            Some(("teams", rest)) => Self::teams(rest),
+            _ => Err(format!("{text:?} is not slack:TEAM/USER or teams:TENANT/USER")),
         }
     }
 }
@@ -131,7 +186,7 @@ impl Store {
         Ok(removed > 0)
     }
 
-    /// The Slack accounts linked to `person` (named without regard to case).
+    /// The chat accounts linked to `person` (named without regard to case).
     pub async fn chat_accounts_of(&self, person: &str) -> Result<Vec<ChatAccount>, StoreError> {
         let rows =
             sqlx::query("SELECT account FROM chat_links WHERE lower(person) = lower($1) ORDER BY account")
@@ -141,7 +196,7 @@ impl Store {
         Ok(rows
             .iter()
             .filter_map(|row| row.try_get::<String, _>("account").ok())
-            .filter_map(|account| account.strip_prefix("slack:")?.parse().ok())
+            .filter_map(|account| account.parse().ok())
             .collect())
     }
 
@@ -174,10 +229,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accounts_are_slack_ids_only() {
-        let account: ChatAccount = "T0123ABC/U0456DEF".parse().unwrap();
+    fn accounts_are_the_services_own_ids_only() {
+        let account = ChatAccount::slack("T0123ABC/U0456DEF").unwrap();
         assert_eq!(account.to_string(), "slack:T0123ABC/U0456DEF");
+        assert_eq!(account.to_string().parse::<ChatAccount>(), Ok(account));
         for bad in ["", "T1", "T1/", "/U1", "T1/U1/x", "T 1/U1", "T1/U1;drop", "T1/Ü1"] {
+            assert!(ChatAccount::slack(bad).is_err(), "{bad:?} accepted");
+        }
+        let tenant = "72F988BF-86F1-41AF-91AB-2D7CD011DB47";
+        let account = ChatAccount::teams(&format!("{tenant}/00000000-0000-0000-0000-0000000000aB")).unwrap();
+        assert_eq!(
+            account.to_string(),
+            "teams:72f988bf-86f1-41af-91ab-2d7cd011db47/00000000-0000-0000-0000-0000000000ab"
+        );
+        assert_eq!(account.to_string().parse::<ChatAccount>(), Ok(account));
+        for bad in
+            ["T1/U1", &format!("{tenant}/U1"), &format!("{tenant}/{tenant}x"), &format!("{tenant}-/{tenant}")]
+        {
+            assert!(ChatAccount::teams(bad).is_err(), "{bad:?} accepted");
+        }
+        for bad in ["T1/U1", "slack:T1", "teams:T1/U1", "irc:T1/U1"] {
             assert!(bad.parse::<ChatAccount>().is_err(), "{bad:?} accepted");
         }
     }

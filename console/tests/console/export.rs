@@ -88,7 +88,7 @@ async fn every_kind_of_record(console: &Console) -> (String, String, tokio::task
     let (old, _) =
         store.create_api_token("bob@example.com", Role::Approver, "ci", "ada", TOKEN_LIFETIME).await.unwrap();
     store.revoke_api_token(&old, None, "ada@example.com").await.unwrap();
-    let slack_account: console::chat::ChatAccount = "T0KEYTURN/U0BOB".parse().unwrap();
+    let slack_account = console::chat::ChatAccount::slack("T0KEYTURN/U0BOB").unwrap();
     store.link_chat(&slack_account, "bob@example.com", Role::Approver, "unix:root").await.unwrap();
     assert!(store.unlink_chat(&slack_account, "unix:root").await.unwrap());
     let (_, admin) = store

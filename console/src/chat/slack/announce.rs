@@ -9,6 +9,7 @@ use sqlx::Row as _;
 use super::{Slack, SlackError, message};
 use crate::{
     audit::{AuditEvent, StoredRecord},
+    chat::Chat,
     search::HoldDetail,
     siem::SiemError,
     store::{Store, StoreError},
@@ -56,7 +57,8 @@ async fn tell_requester(slack: &Slack, store: &Store, host: &str, hold: &str) ->
         return Ok(());
     }
     let Some(detail) = store.hold_detail(host, hold).await? else { return Ok(()) };
-    for account in store.chat_accounts_of(&detail.raised.requester).await? {
+    let accounts = store.chat_accounts_of(&detail.raised.requester).await?;
+    for account in accounts.iter().filter(|account| account.chat == Chat::Slack) {
         post_to(slack, store, &detail, &account.user).await?;
     }
     Ok(())

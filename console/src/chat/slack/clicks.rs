@@ -77,7 +77,7 @@ async fn decide(console: &Console, click: &Click, verdict: Verdict, value: &str)
     // The user's own workspace (a guest from another workspace is theirs, not this one's).
     let team =
         click.user.team_id.clone().or_else(|| click.team.as_ref().map(|t| t.id.clone())).unwrap_or_default();
-    let account = match format!("{team}/{}", click.user.id).parse::<ChatAccount>() {
+    let account = match ChatAccount::slack(&format!("{team}/{}", click.user.id)) {
         Ok(account) => account,
         Err(reason) => return Some(format!("Your Slack account is not one keyturn can name: {reason}")),
     };
