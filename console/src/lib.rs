@@ -7,6 +7,7 @@ pub mod audit;
 pub mod chat;
 pub mod evidence;
 pub mod export;
+pub mod jwks;
 pub mod keys;
 pub mod oidc;
 pub mod people;
@@ -54,6 +55,8 @@ pub enum ConsoleError {
     Siem(#[from] siem::SiemError),
     #[error(transparent)]
     Slack(#[from] chat::slack::SlackError),
+    #[error(transparent)]
+    Teams(#[from] chat::teams::TeamsError),
     #[error("serving the host streams: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("listen = {0}: plaintext is only allowed on loopback; enable [tls]")]
@@ -86,6 +89,8 @@ pub struct Config {
     pub webhooks: Vec<siem::webhook::WebhookConfig>,
     /// Holds posted to a Slack channel, decided with a click there.
     pub slack: Option<chat::slack::SlackConfig>,
+    /// Holds posted to a Microsoft Teams channel, decided with a click there.
+    pub teams: Option<chat::teams::TeamsConfig>,
 }
 
 /// The web UI and the JSON API.
@@ -129,6 +134,7 @@ impl Default for Config {
             siem: Vec::new(),
             webhooks: Vec::new(),
             slack: None,
+            teams: None,
         }
     }
 }
@@ -314,6 +320,11 @@ pub async fn run(config: Config) -> Result<(), ConsoleError> {
         let (slack, slack_tasks) = chat::slack::start(&console, slack)?;
         api = api.with_slack(slack);
         tasks.extend(slack_tasks);
+    }
+    if let Some(teams) = &config.teams {
+        let (teams, announcements) = chat::teams::start(&console, teams)?;
+        api = api.with_teams(teams);
+        tasks.push(announcements);
     }
     let _tasks: Vec<AbortOnDrop> = tasks.into_iter().map(AbortOnDrop).collect();
     tokio::select! {

@@ -1,26 +1,21 @@
 //! Approvers' sign-in with OpenID Connect: the authorization code flow with PKCE against any
 //! provider found by discovery (Okta, Entra ID, Keycloak…), ID tokens checked against its JWKS.
 
-use std::{
-    path::PathBuf,
-    sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, time::Duration};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use jsonwebtoken::{
-    Algorithm, DecodingKey, Validation,
-    errors::ErrorKind,
-    jwk::{JwkSet, PublicKeyUse},
-};
+use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
 use rand_core::{OsRng, RngCore as _};
 use reqwest::{Certificate, Client, redirect};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 use url::{Host, Url, form_urlencoded};
 
-use crate::store::now_ms;
+use crate::{
+    jwks::{KeySet, KeySource, KeysError, get_json},
+    store::now_ms,
+};
 
 /// How long a sign-in may take, from `begin` to `finish`.
 pub const PENDING_LOGIN_TTL: Duration = Duration::from_mins(10);
@@ -130,10 +125,8 @@ pub enum OidcError {
     NoIdToken,
     #[error("ID token signed with {0:?}, not an accepted algorithm")]
     Algorithm(Algorithm),
-    #[error("no signing key in the provider's JWKS has the ID token's kid {0:?}")]
-    UnknownKey(Option<String>),
-    #[error("the provider's JWKS key {kid:?}: {source}")]
-    BadKey { kid: Option<String>, source: jsonwebtoken::errors::Error },
+    #[error("OIDC {0}")]
+    Keys(#[from] KeysError),
     #[error("ID token signature does not verify")]
     Signature,
     #[error("ID token issued by another issuer")]
@@ -161,12 +154,6 @@ struct Metadata {
     jwks_uri: Url,
 }
 
-/// The provider's keys and when they were fetched.
-struct Jwks {
-    keys: JwkSet,
-    fetched: Instant,
-}
-
 #[derive(Deserialize)]
 struct TokenResponse {
     id_token: Option<String>,
@@ -187,7 +174,7 @@ pub struct Oidc {
     scope: String,
     http: Client,
     metadata: Metadata,
-    jwks: Mutex<Jwks>,
+    keys: KeySet,
 }
 
 impl Oidc {
@@ -220,16 +207,11 @@ impl Oidc {
                 discovered: metadata.issuer,
             });
         }
-        let keys = get_json(&http, metadata.jwks_uri.as_str()).await?;
+        let keys = KeySet::new(http.clone(), KeySource::Jwks(metadata.jwks_uri.clone()), JWKS_REFETCH);
+        keys.fetch().await?;
         let mut scopes = vec!["openid"];
         scopes.extend(config.scopes.iter().map(String::as_str).filter(|s| *s != "openid"));
-        Ok(Self {
-            config: config.clone(),
-            scope: scopes.join(" "),
-            http,
-            metadata,
-            jwks: Mutex::new(Jwks { keys, fetched: Instant::now() }),
-        })
+        Ok(Self { config: config.clone(), scope: scopes.join(" "), http, metadata, keys })
     }
 
     /// Starts a sign-in: the URL to send the browser to, and what must be kept (server side
@@ -278,7 +260,7 @@ impl Oidc {
         if !ALGORITHMS.contains(&header.alg) {
             return Err(OidcError::Algorithm(header.alg));
         }
-        let key = self.key(header.kid.as_deref()).await?;
+        let key = self.keys.key(header.kid.as_deref()).await?.key;
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.metadata.issuer]);
         validation.set_audience(&[&self.config.client_id]);
@@ -359,50 +341,6 @@ impl Oidc {
         let tokens: TokenResponse = response.json().await.map_err(fetch)?;
         tokens.id_token.ok_or(OidcError::NoIdToken)
     }
-
-    /// The JWKS key named `kid` (or the only signing key, for a token without a kid),
-    /// fetching the JWKS again if it is not there and was not fetched lately.
-    async fn key(&self, kid: Option<&str>) -> Result<DecodingKey, OidcError> {
-        if let Some(key) = self.cached_key(kid)? {
-            return Ok(key);
-        }
-        let fetched = self.jwks.lock().unwrap_or_else(PoisonError::into_inner).fetched;
-        if fetched.elapsed() >= JWKS_REFETCH {
-            let keys = get_json(&self.http, self.metadata.jwks_uri.as_str()).await?;
-            *self.jwks.lock().unwrap_or_else(PoisonError::into_inner) =
-                Jwks { keys, fetched: Instant::now() };
-            if let Some(key) = self.cached_key(kid)? {
-                return Ok(key);
-            }
-        }
-        Err(OidcError::UnknownKey(kid.map(String::from)))
-    }
-
-    fn cached_key(&self, kid: Option<&str>) -> Result<Option<DecodingKey>, OidcError> {
-        let jwks = self.jwks.lock().unwrap_or_else(PoisonError::into_inner);
-        let signing: Vec<_> = jwks
-            .keys
-            .keys
-            .iter()
-            .filter(|k| matches!(k.common.public_key_use, None | Some(PublicKeyUse::Signature)))
-            .collect();
-        let jwk = match kid {
-            Some(kid) => signing.into_iter().find(|k| k.common.key_id.as_deref() == Some(kid)),
-            None if signing.len() == 1 => signing.into_iter().next(),
-            None => None,
-        };
-        jwk.map(|jwk| {
-            DecodingKey::from_jwk(jwk)
-                .map_err(|source| OidcError::BadKey { kid: kid.map(String::from), source })
-        })
-        .transpose()
-    }
-}
-
-async fn get_json<T: DeserializeOwned>(http: &Client, url: &str) -> Result<T, OidcError> {
-    let fetch = |source| OidcError::Fetch { url: url.to_owned(), source };
-    let response = http.get(url).send().await.and_then(reqwest::Response::error_for_status).map_err(fetch)?;
-    response.json().await.map_err(fetch)
 }
 
 /// 32 random bytes, base64url: a state, a nonce or a PKCE verifier.
@@ -437,7 +375,7 @@ mod tests {
                 token_endpoint: url("token"),
                 jwks_uri: url("jwks"),
             },
-            jwks: Mutex::new(Jwks { keys: JwkSet { keys: Vec::new() }, fetched: Instant::now() }),
+            keys: KeySet::new(Client::new(), KeySource::Jwks(url("jwks")), JWKS_REFETCH),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod nameserver;
 pub mod oidc;
 pub mod runtimes;
 pub mod slack;
+pub mod teams;
 pub mod working_day;
 
 use agent_common::{HoldKey, Tag};
@@ -41,6 +42,28 @@ use nix::{
 /// The longest the tests wait for something that must happen. Generous: under software
 /// emulation on a busy host, a daemon round trip can take seconds.
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A vendor's own code as a judge: `judge` run with `input` as JSON on its standard input,
+/// its verdict read as JSON from its standard output.
+pub fn judged(mut judge: Command, input: &serde_json::Value) -> serde_json::Value {
+    let what = format!("{judge:?}");
+    let mut child = judge
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run the judge {what}: {e}"));
+    let input = serde_json::to_vec(input).expect("the judge's input");
+    child.stdin.take().expect("stdin").write_all(&input).expect("feed the judge");
+    let out = child.wait_with_output().expect("the judge");
+    assert!(
+        out.status.success(),
+        "the judge {what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).expect("the judge's verdict")
+}
 /// How long a test watches for something that must not happen.
 pub const QUIET: Duration = Duration::from_millis(300);
 

@@ -59,7 +59,7 @@ const TEST_THREADS: &str = "--test-threads=2";
 /// every mode; the export's judge is the OCSF project's schema in a Python venv, and what it
 /// judges (the trail's records) is the same in every mode; Slack's judge is its SDK in that
 /// venv, and a click there decides as the console's other channels do, tested in every mode.
-const HOST_ONLY: [&str; 6] = ["export", "nss", "oidc", "slack", "web_ui", "working_day"];
+const HOST_ONLY: [&str; 7] = ["export", "nss", "oidc", "slack", "teams", "web_ui", "working_day"];
 /// Test executables whose subject does not change with the mode (the console's protocol and
 /// the embedded console, whose holds are execs, which `hold` and `daemon` test in every
 /// mode; the agent runtimes' threads, whose holds go through the same hooks that `hold`

@@ -44,11 +44,15 @@ fn console_config(config: &Config) -> Result<console::Config, EmbeddedError> {
                          address and [tls] enabled = false",
             });
         }
-        if !loaded.siem.is_empty() || !loaded.webhooks.is_empty() || loaded.slack.is_some() {
+        if !loaded.siem.is_empty()
+            || !loaded.webhooks.is_empty()
+            || loaded.slack.is_some()
+            || loaded.teams.is_some()
+        {
             return Err(EmbeddedError::Unfit {
                 path: path.clone(),
                 reason: "an embedded console streams to no SIEM, calls no webhook and posts to no chat: \
-                         [[siem]], [[webhooks]] and [slack] need `keyturn console`",
+                         [[siem]], [[webhooks]], [slack] and [teams] need `keyturn console`",
             });
         }
         return Ok(loaded);

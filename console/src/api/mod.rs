@@ -6,6 +6,7 @@ mod evidence;
 mod export;
 pub(crate) mod holds;
 mod slack;
+mod teams;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -21,7 +22,12 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::TcpListener;
 
 use crate::{
-    ConsoleError, chat::slack::Slack, oidc::Oidc, people::RoleMap, server::Console, store::StoreError,
+    ConsoleError,
+    chat::{slack::Slack, teams::Teams},
+    oidc::Oidc,
+    people::RoleMap,
+    server::Console,
+    store::StoreError,
 };
 
 /// Largest request body the API reads.
@@ -37,17 +43,32 @@ pub struct Api {
     secure_cookies: bool,
     /// Slack in request-URL mode posts its interactions here.
     slack: Option<Arc<Slack>>,
+    /// Teams' bot is sent its activities here.
+    teams: Option<Arc<Teams>>,
 }
 
 impl Api {
     pub fn new(console: Console, oidc: Option<Oidc>, roles: RoleMap, secure_cookies: bool) -> Self {
-        Self { console, oidc: oidc.map(Arc::new), roles: Arc::new(roles), secure_cookies, slack: None }
+        Self {
+            console,
+            oidc: oidc.map(Arc::new),
+            roles: Arc::new(roles),
+            secure_cookies,
+            slack: None,
+            teams: None,
+        }
     }
 
     /// Takes Slack's interactions (request-URL mode) at `/api/slack/interactions`.
     #[must_use]
     pub fn with_slack(self, slack: Arc<Slack>) -> Self {
         Self { slack: Some(slack), ..self }
+    }
+
+    /// Takes the activities Teams sends its bot at `/api/teams/messages`.
+    #[must_use]
+    pub fn with_teams(self, teams: Arc<Teams>) -> Self {
+        Self { teams: Some(teams), ..self }
     }
 
     /// Every route: API, sign-in, UI.
@@ -69,6 +90,10 @@ impl Api {
             .route(
                 "/api/slack/interactions",
                 post(slack::interactions).layer(DefaultBodyLimit::max(slack::MAX_INTERACTION)),
+            )
+            .route(
+                "/api/teams/messages",
+                post(teams::messages).layer(DefaultBodyLimit::max(teams::MAX_ACTIVITY)),
             )
             .route("/api/{*rest}", axum::routing::any(unknown_route))
             .route("/auth/options", get(auth::options))

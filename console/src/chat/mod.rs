@@ -6,7 +6,11 @@
 //! Links are in the database, so every replica knows them, and every link and unlink is
 //! audited.
 
+pub mod announce;
+pub mod decide;
 pub mod slack;
+pub mod teams;
+pub mod text;
 
 use std::{fmt, str::FromStr};
 
@@ -26,7 +30,7 @@ pub enum Chat {
 }
 
 impl Chat {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Slack => "slack",
             Self::Teams => "teams",
@@ -52,18 +56,12 @@ impl ChatAccount {
         let slack_id = |part: &str| {
             !part.is_empty() && part.len() <= 32 && part.bytes().all(|b| b.is_ascii_alphanumeric())
         };
-        let guid = |part: &str| {
-            part.len() == 36
-                && part.bytes().enumerate().all(|(i, b)| {
-                    if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() }
-                })
-        };
         let (team, user) = text.split_once('/').unwrap_or_default();
         match chat {
             Chat::Slack if slack_id(team) && slack_id(user) => {
                 Ok(Self { chat, team: team.to_owned(), user: user.to_owned() })
             }
-            Chat::Teams if guid(team) && guid(user) => {
+            Chat::Teams if is_guid(team) && is_guid(user) => {
                 Ok(Self { chat, team: team.to_ascii_lowercase(), user: user.to_ascii_lowercase() })
             }
             Chat::Slack => Err(format!("{text:?} is not TEAM/USER (Slack's ids, such as T0123ABC/U0456DEF)")),
@@ -215,6 +213,15 @@ impl Store {
         })
         .transpose()
     }
+}
+
+/// Whether `text` is a GUID, as Microsoft writes its ids (`72f988bf-86f1-41af-91ab-2d7cd011db47`).
+pub fn is_guid(text: &str) -> bool {
+    text.len() == 36
+        && text
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
 }
 
 /// Characters that show as nothing: a name holding one reads as another name.

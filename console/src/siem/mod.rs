@@ -22,12 +22,16 @@ use sqlx::Row as _;
 
 use crate::{
     audit::StoredRecord,
-    chat::slack::{Slack, SlackError},
+    chat::{
+        Chat,
+        slack::{Slack, SlackError},
+        teams::{Teams, TeamsError},
+    },
     export::{Exporter, Format},
     store::{Store, StoreError, now_ms},
 };
 use send::Sink;
-pub use send::{SendError, http_client};
+pub use send::{SendError, http_client, reachable};
 use webhook::{HoldEvent, WebhookConfig};
 
 /// How long a replica's lease on an output lasts unless renewed.
@@ -87,6 +91,8 @@ pub enum SiemError {
     Send(#[from] SendError),
     #[error(transparent)]
     Slack(#[from] SlackError),
+    #[error(transparent)]
+    Teams(#[from] TeamsError),
     #[error("sending took over {0:?}")]
     Timeout(Duration),
 }
@@ -106,8 +112,30 @@ enum Receiver {
     Siem(Sink),
     /// A webhook's wanted events: only those records are sent, one body each.
     Webhook(Sink, Vec<HoldEvent>),
-    /// Slack: holds posted and updated.
+    /// A chat: holds posted and updated.
+    Chat(Announcements),
+}
+
+/// A chat whose messages announce holds.
+pub enum Announcements {
     Slack(Arc<Slack>),
+    Teams(Arc<Teams>),
+}
+
+impl Announcements {
+    async fn announce(&self, store: &Store, records: &[StoredRecord]) -> Result<(), SiemError> {
+        match self {
+            Self::Slack(slack) => crate::chat::announce::announce(&**slack, store, records).await,
+            Self::Teams(teams) => crate::chat::announce::announce(&**teams, store, records).await,
+        }
+    }
+
+    fn chat(&self) -> Chat {
+        match self {
+            Self::Slack(_) => Chat::Slack,
+            Self::Teams(_) => Chat::Teams,
+        }
+    }
 }
 
 /// Records a webhook's batch looks at; each wanted one is a request of its own.
@@ -138,13 +166,13 @@ impl Output {
         })
     }
 
-    /// Slack's announcements of holds.
-    pub fn slack(store: &Store, slack: Arc<Slack>) -> Self {
+    /// A chat's announcements of holds.
+    pub fn chat(store: &Store, announcements: Announcements) -> Self {
         Self {
-            name: "chat:slack".into(),
+            name: format!("chat:{}", announcements.chat().as_str()),
             batch: WEBHOOK_BATCH,
             exporter: Exporter::new(store.clone(), Format::Ocsf),
-            receiver: Receiver::Slack(slack),
+            receiver: Receiver::Chat(announcements),
         }
     }
 
@@ -186,8 +214,8 @@ impl Output {
         check(&records, next, &prev)?;
         let (sink, lines) = match &mut self.receiver {
             Receiver::Siem(sink) => (sink, self.exporter.lines(&records).await?),
-            Receiver::Slack(slack) => {
-                tokio::time::timeout(SEND_TIMEOUT, crate::chat::slack::announce(slack, store, &records))
+            Receiver::Chat(chat) => {
+                tokio::time::timeout(SEND_TIMEOUT, chat.announce(store, &records))
                     .await
                     .map_err(|_| SiemError::Timeout(SEND_TIMEOUT))??;
                 return self.advance(store, replica, next, last).await;

@@ -183,9 +183,8 @@ struct HecEvent<'a> {
     event: &'a RawValue,
 }
 
-/// A client for requests to `url` (`https://`, `http://` only on a loopback IP address),
-/// trusting only the CAs in `ca` if given, else the built-in web roots.
-pub fn http_client(url: &url::Url, ca: Option<&[u8]>) -> Result<reqwest::Client, String> {
+/// Whether `url` may be sent to: `https://`, or `http://` on a loopback IP address only.
+pub fn reachable(url: &url::Url) -> Result<(), String> {
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
@@ -194,6 +193,13 @@ pub fn http_client(url: &url::Url, ca: Option<&[u8]>) -> Result<reqwest::Client,
     if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
         return Err(format!("url = {url}: https:// (http:// only on a loopback IP address)"));
     }
+    Ok(())
+}
+
+/// A client for requests to `url` (see [`reachable`]), trusting only the CAs in `ca` if
+/// given, else the built-in web roots.
+pub fn http_client(url: &url::Url, ca: Option<&[u8]>) -> Result<reqwest::Client, String> {
+    reachable(url)?;
     let mut client = reqwest::Client::builder().timeout(super::SEND_TIMEOUT);
     if let Some(pem) = ca {
         client = client.tls_built_in_root_certs(false);

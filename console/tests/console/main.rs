@@ -10,5 +10,6 @@ mod policies;
 mod siem;
 mod streams;
 mod support;
+mod teams_token;
 mod tls;
 mod webhooks;

@@ -12,7 +12,10 @@
 use proto::v1::{Verdict, hold_raised::Detail};
 use serde_json::{Value, json};
 
-use crate::search::HoldDetail;
+use crate::{
+    chat::text::{CUT, capitalised, closed, command_line, destination, visible_with},
+    search::HoldDetail,
+};
 
 /// Slack's limits: a section's text, a message's `text`. (50 blocks: a message here has at
 /// most 9.)
@@ -20,8 +23,6 @@ const SECTION: usize = 3_000;
 const TEXT: usize = 4_000;
 /// What one fact about the hold (a path, a directory, the parents) may take.
 const FACT: usize = 600;
-/// Marks text cut at a limit.
-const CUT: &str = " …[cut]";
 
 /// The `action_id`s of the buttons, and what a click on each asks.
 pub const APPROVE: &str = "keyturn_approve";
@@ -30,46 +31,13 @@ pub const OPEN: &str = "keyturn_open";
 
 /// `text` escaped for `mrkdwn`, cut to at most `limit` bytes of escaped text.
 pub fn escape(text: &str, limit: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(limit));
-    let room = limit.saturating_sub(CUT.len());
-    for c in text.chars() {
-        let piece = match c {
-            '&' => "&amp;".to_owned(),
-            '<' => "&lt;".to_owned(),
-            '>' => "&gt;".to_owned(),
-            '\n' | '\t' => c.to_string(),
-            '`' if out.ends_with('`') => "\u{200B}`".to_owned(),
-            c if c.is_control() || is_bidi(c) => format!("\\u{{{:04x}}}", u32::from(c)),
-            c => c.to_string(),
-        };
-        if out.len() + piece.len() > room {
-            out.push_str(CUT);
-            return out;
-        }
-        out.push_str(&piece);
-    }
-    out
-}
-
-/// Characters that reorder the text around them (Trojan Source): shown, never obeyed.
-fn is_bidi(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
-/// A command line as the approver reads it, quoted as a POSIX shell would read it back:
-/// an argument with anything but plain characters is single-quoted, its quotes as `'\''`.
-fn command_line(argv: &[String]) -> String {
-    let plain = |c: char| c.is_alphanumeric() || "_@%+=:,./-".contains(c);
-    argv.iter()
-        .map(|arg| {
-            if !arg.is_empty() && arg.chars().all(plain) {
-                arg.clone()
-            } else {
-                format!("'{}'", arg.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    visible_with(text, limit, |c, before| match c {
+        '&' => Some("&amp;"),
+        '<' => Some("&lt;"),
+        '>' => Some("&gt;"),
+        '`' if before.ends_with('`') => Some("\u{200B}`"),
+        _ => None,
+    })
 }
 
 /// `text` (escaped) as a code block, `label` above it: nothing in it is formatted, and
@@ -90,14 +58,6 @@ fn asked(detail: &HoldDetail) -> String {
         None => "act".to_owned(),
     };
     escape(&format!("keyturn: {} on {} wants to {what}", raised.agent, detail.record.host), TEXT)
-}
-
-fn destination(egress: &proto::v1::Egress) -> String {
-    if egress.domain.is_empty() {
-        format!("{} {}:{}", egress.protocol, egress.address, egress.port)
-    } else {
-        format!("{} {} ({}):{}", egress.protocol, egress.domain, egress.address, egress.port)
-    }
 }
 
 /// A section of `text`, taken verbatim: Slack makes no links, channels or mentions of it.
@@ -219,8 +179,12 @@ fn actions(detail: &HoldDetail, console: Option<&url::Url>, approvable: bool) ->
 /// How the hold ended, as the message shows it once its buttons are gone.
 fn outcome(detail: &HoldDetail) -> String {
     let Some(decision) = &detail.decision else {
-        let why = detail.record.closed_reason.as_deref().unwrap_or(&detail.record.status);
-        return format!("*{}* with no decision here: {}", title(&detail.record.status), escape(why, 1_000));
+        let why = closed(detail.record.closed_reason.as_deref().unwrap_or(&detail.record.status));
+        return format!(
+            "*{}* with no decision here: {}",
+            capitalised(&detail.record.status),
+            escape(why, 1_000)
+        );
     };
     let verdict = if decision.verdict == i32::from(Verdict::Approve) { "Approved" } else { "Denied" };
     let scope = match proto::v1::Scope::try_from(decision.scope) {
@@ -237,11 +201,6 @@ fn outcome(detail: &HoldDetail) -> String {
         format!(": {}", escape(&decision.reason, 1_100))
     };
     format!("*{verdict}{scope}* by {}{reason}", escape(&by, 1_000))
-}
-
-fn title(status: &str) -> String {
-    let mut chars = status.chars();
-    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -265,12 +224,6 @@ mod tests {
             let inner = block.strip_prefix("*Runs*\n```").and_then(|b| b.strip_suffix("```")).unwrap();
             assert!(!inner.contains("``") && !inner.starts_with('`') && !inner.ends_with('`'), "{block}");
         }
-    }
-
-    #[test]
-    fn command_lines_read_back_as_the_shell_would() {
-        let argv = ["curl", "-d", "a b", "x' '/", "", "ok=1"].map(str::to_owned);
-        assert_eq!(command_line(&argv), "curl -d 'a b' 'x'\\'' '\\''/' '' ok=1");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Slack: each hold posted to a channel as it is raised and updated as it ends
-//! ([`announce`]), and the clicks on its buttons decided ([`clicks`]).
+//! ([`crate::chat::announce`]), and the clicks on its buttons decided ([`clicks`]).
 //!
 //! The announcements follow the audit trail like a SIEM output (one cursor, one replica at
 //! a time, at least once): a hold whose message is already recorded is not posted again.
@@ -195,11 +195,12 @@ pub fn start(
 ) -> Result<(Arc<Slack>, Vec<tokio::task::JoinHandle<()>>), SlackError> {
     let slack = Arc::new(Slack::new(config)?);
     let store = console.store();
-    let mut tasks = vec![crate::siem::Output::slack(store, Arc::clone(&slack)).spawn(store.clone())];
+    let mut tasks = vec![
+        crate::siem::Output::chat(store, crate::siem::Announcements::Slack(Arc::clone(&slack)))
+            .spawn(store.clone()),
+    ];
     if slack.app_token.is_some() {
         tasks.push(tokio::spawn(socket::run(Arc::clone(&slack), console.clone())));
     }
     Ok((slack, tasks))
 }
-
-pub use announce::announce;

@@ -1,0 +1,146 @@
+//! Signing keys published as a JSON Web Key Set, fetched over HTTP and kept: a key is found
+//! by `kid`, and a key not held makes a new fetch at most once per interval (sign-in, Teams).
+
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{
+    DecodingKey,
+    jwk::{Jwk, PublicKeyUse},
+};
+use reqwest::Client;
+use serde::{Deserialize, de::DeserializeOwned};
+use tokio::sync::Mutex;
+use url::Url;
+
+/// Where a key set is published.
+#[derive(Clone, Debug)]
+pub enum KeySource {
+    /// The JWKS itself.
+    Jwks(Url),
+    /// An OpenID metadata document, whose `jwks_uri` is read again at every fetch.
+    Metadata(Url),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("request to {url}: {source}")]
+    Fetch { url: String, source: reqwest::Error },
+    #[error("no signing key has the token's kid {0:?}")]
+    UnknownKey(Option<String>),
+    #[error("the JWKS key {kid:?}: {source}")]
+    BadKey { kid: Option<String>, source: jsonwebtoken::errors::Error },
+}
+
+/// A key as published: the JWK, and the channels that endorse it where the publisher says
+/// (the Bot Framework's `endorsements`; `None` where the key has no such array).
+#[derive(Debug, Deserialize)]
+struct PublishedKey {
+    #[serde(flatten)]
+    jwk: Jwk,
+    #[serde(default)]
+    endorsements: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct PublishedSet {
+    keys: Vec<PublishedKey>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    jwks_uri: Url,
+}
+
+/// A key found for a token.
+pub struct SigningKey {
+    pub key: DecodingKey,
+    /// The channels endorsing the key, as published (`None`: the key has no endorsements).
+    pub endorsements: Option<Vec<String>>,
+}
+
+/// The keys held, and when they were last fetched successfully.
+#[derive(Default)]
+struct Held {
+    keys: Vec<PublishedKey>,
+    fetched: Option<Instant>,
+}
+
+/// A key set of one publisher, fetched when first needed and kept.
+pub struct KeySet {
+    http: Client,
+    source: KeySource,
+    /// The least time between a successful fetch and the next one made for a key not held.
+    refetch: Duration,
+    /// Behind an async lock held across a fetch: concurrent tokens wait for one fetch.
+    held: Mutex<Held>,
+}
+
+impl KeySet {
+    /// The keys published at `source`, none fetched yet.
+    pub fn new(http: Client, source: KeySource, refetch: Duration) -> Self {
+        Self { http, source, refetch, held: Mutex::new(Held::default()) }
+    }
+
+    /// Fetches the keys now, whenever they were last fetched (to fail at start, not at the
+    /// first token).
+    pub async fn fetch(&self) -> Result<(), KeysError> {
+        let mut held = self.held.lock().await;
+        self.fetch_into(&mut held).await
+    }
+
+    /// The signing key named `kid` (or the only one, for a token without a kid). A key not
+    /// held makes a new fetch when none succeeded yet or the last was `refetch` ago or more:
+    /// a key published since is found, and tokens naming unknown keys cannot make the
+    /// publisher be asked more often than that. A failed fetch fails the token (closed).
+    pub async fn key(&self, kid: Option<&str>) -> Result<SigningKey, KeysError> {
+        let mut held = self.held.lock().await;
+        if let Some(key) = find(&held.keys, kid)? {
+            return Ok(key);
+        }
+        if held.fetched.is_none_or(|at| at.elapsed() >= self.refetch) {
+            self.fetch_into(&mut held).await?;
+            if let Some(key) = find(&held.keys, kid)? {
+                return Ok(key);
+            }
+        }
+        Err(KeysError::UnknownKey(kid.map(String::from)))
+    }
+
+    async fn fetch_into(&self, held: &mut Held) -> Result<(), KeysError> {
+        let jwks_uri = match &self.source {
+            KeySource::Jwks(url) => url.clone(),
+            KeySource::Metadata(url) => get_json::<Metadata>(&self.http, url.as_str()).await?.jwks_uri,
+        };
+        let set: PublishedSet = get_json(&self.http, jwks_uri.as_str()).await?;
+        tracing::debug!(%jwks_uri, keys = set.keys.len(), "fetched signing keys");
+        *held = Held { keys: set.keys, fetched: Some(Instant::now()) };
+        Ok(())
+    }
+}
+
+/// The signing key (`use` absent or `sig`) named `kid`, or the only one for no kid.
+fn find(keys: &[PublishedKey], kid: Option<&str>) -> Result<Option<SigningKey>, KeysError> {
+    let signing: Vec<_> = keys
+        .iter()
+        .filter(|k| matches!(k.jwk.common.public_key_use, None | Some(PublicKeyUse::Signature)))
+        .collect();
+    let published = match kid {
+        Some(kid) => signing.into_iter().find(|k| k.jwk.common.key_id.as_deref() == Some(kid)),
+        None if signing.len() == 1 => signing.into_iter().next(),
+        None => None,
+    };
+    published
+        .map(|published| {
+            let key = DecodingKey::from_jwk(&published.jwk)
+                .map_err(|source| KeysError::BadKey { kid: kid.map(String::from), source })?;
+            Ok(SigningKey { key, endorsements: published.endorsements.clone() })
+        })
+        .transpose()
+}
+
+/// GETs `url` and reads its JSON body (a status other than 2xx is an error).
+pub(crate) async fn get_json<T: DeserializeOwned>(http: &Client, url: &str) -> Result<T, KeysError> {
+    let fetch = |source| KeysError::Fetch { url: url.to_owned(), source };
+    let response = http.get(url).send().await.and_then(reqwest::Response::error_for_status).map_err(fetch)?;
+    response.json().await.map_err(fetch)
+}

@@ -1,0 +1,292 @@
+//! Approving in Microsoft Teams, end to end: the real daemon holds a real process, the
+//! console (in this process, SQLite) has its bot post the hold as an Adaptive Card to a
+//! Teams stand-in written from Microsoft's published protocols, and a click there (an
+//! `invoke` with a Bot Framework token) is decided as the person the clicking Teams user is
+//! linked to. Every card is also judged by Microsoft's own Adaptive Cards library (npm).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use console::{Api, Console, Role, Store, chat::teams::TeamsConfig, keys::Signer};
+use ed25519_dalek::SigningKey;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tests::{
+    daemon::{Daemon, HOLD_FLAGGED, console_section, finish, stderr},
+    held,
+    teams::{self, TENANT, TeamsStandIn},
+};
+
+const HOST: &str = "teams-host";
+/// Where holds are posted.
+const CHANNEL: &str = "19:holds@thread.tacv2";
+/// Teams users, by their Entra ID object ids.
+const BOB: &str = "00000000-0000-0000-0000-00000000b0b0";
+const CAROL: &str = "00000000-0000-0000-0000-0000000ca401";
+const STRANGER: &str = "00000000-0000-0000-0000-00000000dead";
+
+/// A console with a Teams bot (or a notify-only webhook), its stand-in, and a daemon.
+struct Linked {
+    rt: tokio::runtime::Runtime,
+    teams: TeamsStandIn,
+    console: Console,
+    daemon: Daemon,
+    dir: PathBuf,
+    http: SocketAddr,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Linked {
+    fn start(policy: &str, webhook: bool) -> Self {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let dir =
+            std::env::temp_dir().join(format!("kt-teams-{}-{}", std::process::id(), tests::daemon::serial()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("console dir");
+        let database = format!("sqlite://{}?mode=rwc", dir.join("console.db").display());
+        let teams = rt.block_on(TeamsStandIn::start());
+        let config = if webhook {
+            json!({"webhook_url": teams.webhook_url(), "console_url": "https://keyturn.example/"})
+        } else {
+            json!({"app_id": teams::APP_ID, "app_secret": teams::APP_SECRET, "tenant_id": TENANT,
+                   "channel": CHANNEL, "service_url": teams.service_url(), "token_url": teams.token_url(),
+                   "openid_metadata": teams.openid_metadata(), "console_url": "https://keyturn.example/"})
+        };
+        let config: TeamsConfig = serde_json::from_value(config).expect("a [teams] section");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let (console, hosts, http, tasks) = rt.block_on(async {
+            let store = Store::open(&database).await.expect("store");
+            let console = Console::new(store, Signer::new(key.clone()));
+            let hosts = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let people = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let (hosts_addr, http) = (hosts.local_addr().expect("addr"), people.local_addr().expect("addr"));
+            tokio::spawn(console.clone().serve(hosts));
+            let (teams, announcements) =
+                console::chat::teams::start(&console, &config).expect("Teams starts");
+            let api = Api::new(console.clone(), None, console::RoleMap::default(), false).with_teams(teams);
+            tokio::spawn(api.serve(people));
+            (console, hosts_addr, http, vec![announcements])
+        });
+        let section = console_section(&format!("http://{hosts}"), &key, HOST, "");
+        let daemon = Daemon::start_with_config(policy, &section);
+        Self { rt, teams, console, daemon, dir, http, _tasks: tasks }
+    }
+
+    /// Links Teams user `user` to `person` with `role`, as an admin does.
+    fn link(&self, user: &str, person: &str, role: Role) {
+        let account = console::chat::ChatAccount::teams(&format!("{TENANT}/{user}")).expect("an account");
+        self.rt.block_on(self.console.store().link_chat(&account, person, role, "unix:root")).expect("link");
+    }
+
+    /// The card that announced hold `id`, once it shows `shown`.
+    fn card_of(&self, id: &str, shown: impl Fn(&str) -> bool) -> teams::Card {
+        let marker = format!("hold {id} ");
+        self.teams.wait_for(&format!("hold {id}'s card"), |teams| {
+            teams.cards().into_iter().find(|c| {
+                let text = c.card.to_string();
+                text.contains(&marker) && shown(&text)
+            })
+        })
+    }
+
+    /// `user`'s click (of `tenant`) on button `verb` of hold `id`, with a valid token.
+    fn click(&self, (tenant, user): (&str, &str), verb: &str, id: &str) -> (StatusCode, Value) {
+        let token = self.teams.token(&self.teams.service_url(), &json!({}));
+        self.click_with(&format!("Bearer {token}"), (tenant, user), verb, id)
+    }
+
+    fn click_with(
+        &self,
+        authorization: &str,
+        who: (&str, &str),
+        verb: &str,
+        id: &str,
+    ) -> (StatusCode, Value) {
+        self.rt.block_on(self.teams.click(self.http, authorization, who, verb, &format!("{id}@{HOST}")))
+    }
+
+    /// What the clicker alone was told.
+    fn told(&self, who: (&str, &str), verb: &str, id: &str) -> String {
+        let (status, reply) = self.click(who, verb, id);
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(reply["type"], "application/vnd.microsoft.activity.message", "{reply}");
+        reply["value"].as_str().expect("text").to_owned()
+    }
+
+    /// The refused decisions the console audited: `[by, code]` each.
+    fn refused(&self) -> Vec<Value> {
+        let records =
+            self.rt.block_on(self.console.store().audit_page(0, 0, i64::MAX, 1_000)).expect("trail");
+        let events = records.iter().map(|r| serde_json::from_str::<Value>(&r.event).expect("JSON"));
+        events.filter(|e| e["type"] == "decision_refused").map(|e| json!([e["by"], e["code"]])).collect()
+    }
+
+    /// Every card the bot sent, as it stands, judged by Microsoft's library.
+    fn judged_clean(&self, also: &[Value]) {
+        let mut cards: Vec<Value> = self.teams.cards().into_iter().map(|c| c.card).collect();
+        cards.extend(self.teams.webhook_cards());
+        cards.extend_from_slice(also);
+        assert!(!cards.is_empty());
+        assert_eq!(teams::judge(&cards), Vec::<String>::new());
+        assert_eq!(self.teams.refusals(), Vec::<String>::new());
+    }
+}
+
+impl Drop for Linked {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn id_of(hold: &Value) -> String {
+    hold["id"].as_str().expect("id").to_owned()
+}
+
+/// The texts of `card`'s buttons.
+fn buttons(card: &Value) -> Vec<String> {
+    card["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .map(|a| a["title"].as_str().expect("title").to_owned())
+        .collect()
+}
+
+/// A held program run with a hostile command line is posted as a card showing it as plain
+/// text; clicks by an unlinked user, another tenant's user and the agent's own requester
+/// decide nothing and are told why; the linked approver's click releases the process,
+/// which completes, and is answered with the card as decided; the channel's card is
+/// replaced too, and a second click is told it was decided.
+#[test]
+fn a_click_in_teams_releases_a_held_process_as_the_linked_approver() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    let hostile = ["**Approved** [by ada](https://x.example)", "<at>everyone</at>", "\u{202E}txt.exe"];
+    let agent = linked.daemon.run_agent_for("carol@example.com", &linked.daemon.flagged(), &hostile);
+    let hold = linked.daemon.pending_one();
+    let id = id_of(&hold);
+
+    let posted = linked.card_of(&id, |_| true);
+    assert_eq!(posted.conversation, CHANNEL);
+    assert_eq!(buttons(&posted.card), ["Approve once", "Deny", "Open in console"]);
+    // What the agent chose is in TextRuns (never Markdown), its bidi control shown.
+    let runs: Vec<&str> = posted.card["body"]
+        .as_array()
+        .expect("body")
+        .iter()
+        .flat_map(|b| b["inlines"].as_array().into_iter().flatten())
+        .filter_map(|run| run["text"].as_str())
+        .collect();
+    assert!(runs.iter().any(|t| t.contains("'**Approved** [by ada](https://x.example)'")), "{runs:?}");
+    assert!(runs.iter().any(|t| t.contains("\\u{202e}txt.exe")), "{runs:?}");
+    let blocks = posted.card["body"].as_array().expect("body").iter().filter(|b| b["type"] == "TextBlock");
+    for block in blocks {
+        let text = block["text"].as_str().expect("text");
+        assert!(
+            !text.contains("Approved") && !text.contains("everyone"),
+            "agent text in a TextBlock: {text}"
+        );
+    }
+    assert!(!posted.card.to_string().contains('\u{202E}'));
+
+    let stranger = linked.told((TENANT, STRANGER), teams::APPROVE, &id);
+    assert!(
+        stranger.contains("not linked") && stranger.contains(&format!("--teams {TENANT}/{STRANGER}")),
+        "{stranger}"
+    );
+    let elsewhere = "11111111-2222-3333-4444-555555555555";
+    linked.link(BOB, "bob@example.com", Role::Approver);
+    assert!(linked.told((elsewhere, BOB), teams::APPROVE, &id).contains("own Microsoft tenant"));
+    linked.link(CAROL, "carol@example.com", Role::Approver);
+    let own = linked.told((TENANT, CAROL), teams::APPROVE, &id);
+    assert!(own.contains("cannot approve"), "{own}");
+    assert!(held(u32::try_from(hold["pid"].as_u64().expect("pid")).expect("pid")));
+
+    let (status, decided) = linked.click((TENANT, BOB), teams::APPROVE, &id);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(decided["type"], "application/vnd.microsoft.card.adaptive", "{decided}");
+    let shown = decided["value"].to_string();
+    assert!(shown.contains("Approved once by") && shown.contains("bob@example.com"), "{shown}");
+    assert_eq!(buttons(&decided["value"]), ["Open in console"]);
+    assert_eq!(finish(agent), (0, hostile.join(" ") + "\n"));
+
+    let replaced = linked.card_of(&id, |text| text.contains("Approved once by"));
+    assert_eq!(replaced.conversation, CHANNEL);
+    assert!(linked.told((TENANT, BOB), teams::DENY, &id).contains("already decided"));
+    assert_eq!(
+        linked.refused(),
+        [
+            json!([format!("teams:{TENANT}/{STRANGER}"), "not_linked"]),
+            json!(["carol@example.com", "self_approval"]),
+        ]
+    );
+    assert_eq!(linked.teams.cards().len(), 1, "one card, replaced in place");
+    linked.judged_clean(&[decided["value"].clone()]);
+}
+
+/// An activity is taken only with a Bot Framework token that names the bot, is signed by a
+/// key of the metadata's, is in date, and names the activity's own service URL; the hold
+/// stays held through every refusal, and a denial in the console replaces the card.
+#[test]
+fn activities_without_a_valid_bot_framework_token_are_refused() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    linked.link(BOB, "bob@example.com", Role::Approver);
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["never"]);
+    let id = id_of(&linked.daemon.pending_one());
+    linked.card_of(&id, |_| true);
+    let service = linked.teams.service_url();
+    let hour_ago =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() - 3_600;
+    let forged = [
+        ("no token", String::new()),
+        (
+            "another app",
+            format!(
+                "Bearer {}",
+                linked.teams.token(&service, &json!({"aud": "00000000-0000-0000-0000-000000000001"}))
+            ),
+        ),
+        (
+            "another issuer",
+            format!("Bearer {}", linked.teams.token(&service, &json!({"iss": "https://sts.example"}))),
+        ),
+        ("expired", format!("Bearer {}", linked.teams.token(&service, &json!({"exp": hour_ago})))),
+        (
+            "another service URL",
+            format!("Bearer {}", linked.teams.token("https://attacker.example/", &json!({}))),
+        ),
+        ("no service URL", format!("Bearer {}", linked.teams.token(&service, &json!({"serviceurl": null})))),
+    ];
+    for (what, authorization) in forged {
+        let (status, reply) = linked.click_with(&authorization, (TENANT, BOB), teams::APPROVE, &id);
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {reply}");
+    }
+    assert!(linked.refused().is_empty(), "a forged activity decides nothing, and is not a person's refusal");
+
+    let out = linked.daemon.cli(&["deny", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    // Decided on the host: the console is told the hold closed, and why.
+    let denied = linked
+        .card_of(&id, |text| text.contains("with no decision here") && text.contains("denied on the host"));
+    assert_eq!(buttons(&denied.card), ["Open in console"]);
+    linked.judged_clean(&[]);
+}
+
+/// Without a bot, a Workflows webhook is sent each hold's card with **Open in console**
+/// only, once, and the messaging endpoint takes nothing.
+#[test]
+fn a_workflows_webhook_is_told_of_holds_with_open_in_console_only() {
+    let linked = Linked::start(HOLD_FLAGGED, true);
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["notified"]);
+    let id = id_of(&linked.daemon.pending_one());
+    let card = linked.teams.wait_for("the webhook's card", |teams| teams.webhook_cards().into_iter().next());
+    assert!(card.to_string().contains(&format!("hold {id} ")), "{card}");
+    assert_eq!(buttons(&card), ["Open in console"]);
+    let (status, _) = linked.click((TENANT, BOB), teams::APPROVE, &id);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let out = linked.daemon.cli(&["approve", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(finish(agent), (0, "notified\n".to_owned()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(linked.teams.webhook_cards().len(), 1, "a webhook's card is sent once");
+    linked.judged_clean(&[]);
+}
