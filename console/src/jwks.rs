@@ -58,12 +58,21 @@ pub struct SigningKey {
     pub endorsements: Option<Vec<String>>,
 }
 
-/// The keys held, and when they were last fetched successfully.
+/// The keys held, when they were last fetched successfully, and when a fetch was last
+/// tried.
 #[derive(Default)]
 struct Held {
     keys: Vec<PublishedKey>,
     fetched: Option<Instant>,
+    tried: Option<Instant>,
 }
+
+/// The least time between two fetches while the publisher fails: tokens naming unknown keys
+/// cannot make it be asked more often, nor make every token wait on a failing fetch.
+const RETRY_FAILED: Duration = Duration::from_secs(10);
+/// Keys held this long are fetched again at the next token, so that a key the publisher
+/// withdrew stops being trusted (kept if that fetch fails).
+const MAX_AGE: Duration = Duration::from_hours(24);
 
 /// A key set of one publisher, fetched when first needed and kept.
 pub struct KeySet {
@@ -89,15 +98,23 @@ impl KeySet {
     }
 
     /// The signing key named `kid` (or the only one, for a token without a kid). A key not
-    /// held makes a new fetch when none succeeded yet or the last was `refetch` ago or more:
-    /// a key published since is found, and tokens naming unknown keys cannot make the
-    /// publisher be asked more often than that. A failed fetch fails the token (closed).
+    /// held makes a new fetch when the last succeeded `refetch` ago or more (or failed
+    /// [`RETRY_FAILED`] ago): a key published since is found, and tokens naming unknown keys
+    /// cannot make the publisher be asked more often than that. A failed fetch fails the
+    /// token (closed). Keys held a day are fetched again.
     pub async fn key(&self, kid: Option<&str>) -> Result<SigningKey, KeysError> {
         let mut held = self.held.lock().await;
+        if held.fetched.is_some_and(|at| at.elapsed() >= MAX_AGE)
+            && held.tried.is_none_or(|at| at.elapsed() >= RETRY_FAILED)
+            && let Err(e) = self.fetch_into(&mut held).await
+        {
+            tracing::warn!(error = %e, "refreshing signing keys held a day: the old ones are kept");
+        }
         if let Some(key) = find(&held.keys, kid)? {
             return Ok(key);
         }
-        if held.fetched.is_none_or(|at| at.elapsed() >= self.refetch) {
+        let wait = if held.tried > held.fetched { RETRY_FAILED } else { self.refetch };
+        if held.tried.is_none_or(|at| at.elapsed() >= wait) {
             self.fetch_into(&mut held).await?;
             if let Some(key) = find(&held.keys, kid)? {
                 return Ok(key);
@@ -107,13 +124,14 @@ impl KeySet {
     }
 
     async fn fetch_into(&self, held: &mut Held) -> Result<(), KeysError> {
+        held.tried = Some(Instant::now());
         let jwks_uri = match &self.source {
             KeySource::Jwks(url) => url.clone(),
             KeySource::Metadata(url) => get_json::<Metadata>(&self.http, url.as_str()).await?.jwks_uri,
         };
         let set: PublishedSet = get_json(&self.http, jwks_uri.as_str()).await?;
         tracing::debug!(%jwks_uri, keys = set.keys.len(), "fetched signing keys");
-        *held = Held { keys: set.keys, fetched: Some(Instant::now()) };
+        (held.keys, held.fetched) = (set.keys, held.tried);
         Ok(())
     }
 }

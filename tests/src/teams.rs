@@ -26,7 +26,6 @@ use axum::{
     routing::{get, post, put},
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::WAIT;
@@ -49,11 +48,13 @@ const KID: &str = "standin-key-1";
 const MESSAGE_LIMIT: usize = 28 * 1024;
 
 /// A card the bot posted or replaced, as the stand-in holds it now.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Card {
     pub conversation: String,
     pub id: String,
     pub card: Value,
+    /// When it was posted.
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -278,7 +279,7 @@ async fn posted(
     };
     let mut shared = shared.lock().expect("lock");
     let id = format!("1:{}", shared.cards.len() + 1);
-    shared.cards.push(Card { conversation, id: id.clone(), card });
+    shared.cards.push(Card { conversation, id: id.clone(), card, at: Instant::now() });
     Json(json!({"id": id})).into_response()
 }
 

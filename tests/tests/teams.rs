@@ -159,7 +159,12 @@ fn buttons(card: &Value) -> Vec<String> {
 #[test]
 fn a_click_in_teams_releases_a_held_process_as_the_linked_approver() {
     let linked = Linked::start(HOLD_FLAGGED, false);
-    let hostile = ["**Approved** [by ada](https://x.example)", "<at>everyone</at>", "\u{202E}txt.exe"];
+    let hostile = [
+        "**Approved** [by ada](https://x.example)",
+        "<at>everyone</at>",
+        "\u{202E}txt.exe",
+        "/srv/{{TIME(2026-01-01T12:00:00Z)}}",
+    ];
     let agent = linked.daemon.run_agent_for("carol@example.com", &linked.daemon.flagged(), &hostile);
     let hold = linked.daemon.pending_one();
     let id = id_of(&hold);
@@ -177,6 +182,9 @@ fn a_click_in_teams_releases_a_held_process_as_the_linked_approver() {
         .collect();
     assert!(runs.iter().any(|t| t.contains("'**Approved** [by ada](https://x.example)'")), "{runs:?}");
     assert!(runs.iter().any(|t| t.contains("\\u{202e}txt.exe")), "{runs:?}");
+    // Teams formats {{TIME(…)}} even in a TextRun: never left whole.
+    assert!(runs.iter().any(|t| t.contains("/srv/{\u{200B}{TIME(")), "{runs:?}");
+    assert!(!posted.card.to_string().contains("{{TIME(2026-01-01"), "{}", posted.card);
     let blocks = posted.card["body"].as_array().expect("body").iter().filter(|b| b["type"] == "TextBlock");
     for block in blocks {
         let text = block["text"].as_str().expect("text");

@@ -27,9 +27,9 @@ pub async fn messages(State(api): State<Api>, headers: HeaderMap, body: Bytes) -
         serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("an activity is a JSON object"))?;
     let service_url = activity["serviceUrl"].as_str().unwrap_or_default();
     let authorization = headers.get(AUTHORIZATION).and_then(|value| value.to_str().ok()).unwrap_or_default();
-    if let Err(why) = bot.tokens.verify(authorization, service_url).await {
+    if let Err(why) = bot.verify(authorization, service_url).await {
         tracing::warn!(why = %why, "refused an activity sent to the Teams bot");
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", why.to_string()));
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", "the activity's token was refused"));
     }
     let Some(_permit) = teams.deciding() else {
         return Err(ApiError::new(

@@ -18,7 +18,11 @@ pub fn visible(text: &str, limit: usize) -> String {
 
 /// [`visible`], with the characters `special` gives a piece for (seeing the text written
 /// so far) written as that piece: a chat's own escapes.
-pub fn visible_with(text: &str, limit: usize, special: impl Fn(char, &str) -> Option<&'static str>) -> String {
+pub fn visible_with(
+    text: &str,
+    limit: usize,
+    special: impl Fn(char, &str) -> Option<&'static str>,
+) -> String {
     let mut out = String::with_capacity(text.len().min(limit));
     let room = limit.saturating_sub(CUT.len());
     for c in text.chars() {

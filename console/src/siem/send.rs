@@ -191,7 +191,11 @@ pub fn reachable(url: &url::Url) -> Result<(), String> {
         _ => false,
     };
     if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-        return Err(format!("url = {url}: https:// (http:// only on a loopback IP address)"));
+        // Without what may be a secret (a webhook's signature in its query).
+        let mut shown = url.clone();
+        shown.set_query(None);
+        let _ = shown.set_password(None);
+        return Err(format!("url = {shown}: https:// (http:// only on a loopback IP address)"));
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`, the console's part: one real `keyturn console` (SQLite, mutual
 //! TLS) with 1,000 simulated hosts streaming 10,000 holds a minute, an approver polling the
 //! HTTP API and approving each hold; latencies from hold to API and approval to host. Then
-//! Slack: another console posting 1,000 holds to the Slack stand-in over Socket Mode and an
+//! Slack and Teams: another console posting 1,000 holds to each chat's stand-in and an
 //! approver clicking each; latencies from hold to message and click to host.
 
 use std::{
@@ -337,6 +337,7 @@ async fn main() -> Result<()> {
     drop(console);
     drop(fleet);
     slack(&dir.with_extension("slack")).await?;
+    teams(&dir.with_extension("teams")).await?;
     // The hosts' clients would only report the console going away.
     std::process::exit(0)
 }
@@ -394,7 +395,7 @@ async fn slack(dir: &Path) -> Result<()> {
     );
     let (console, hosts_addr, _) = start_console(dir, &extra).await?;
     let store = Store::open(&format!("sqlite://{}/console.db?mode=rwc", dir.display())).await?;
-    let account = format!("{}/{}", SLACK_APPROVER.0, SLACK_APPROVER.1).parse()?;
+    let account = console::chat::ChatAccount::slack(&format!("{}/{}", SLACK_APPROVER.0, SLACK_APPROVER.1))?;
     store.link_chat(&account, "approver@example.com", Role::Approver, "bench").await?;
     let ca = std::fs::read_to_string(dir.join("tls/ca.pem"))?;
     let console_key = host_client::keys::load_or_create(&dir.join("console.key"))?.verifying_key();
@@ -403,18 +404,7 @@ async fn slack(dir: &Path) -> Result<()> {
     let endpoint = format!("https://{hosts_addr}");
     let fleet = Fleet::connect(SLACK_HOSTS, &store, &endpoint, &ca, console_key, &timeline).await?;
     let clicker = tokio::spawn(click_all(stand_in.clone(), timeline.clone()));
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    for n in 0..SLACK_HOLDS {
-        tick.tick().await;
-        let id = format!("{n:012x}");
-        timeline.lock().expect("timeline").raised.insert(id.clone(), Instant::now());
-        fleet.handles[n as usize % SLACK_HOSTS].raise(hold(id, u64::from(n) + 1));
-    }
-    let expected = SLACK_HOLDS as usize;
-    wait_for("every hold to be released by a click", || {
-        timeline.lock().expect("timeline").released.len() >= expected
-    })
-    .await?;
+    raise_for_clicks(&fleet, &timeline).await?;
     clicker.abort();
     let timeline = timeline.lock().expect("timeline");
     let mut posted: Vec<Duration> = stand_in
@@ -436,6 +426,109 @@ async fn slack(dir: &Path) -> Result<()> {
     println!("{:<34} {}", "calls the stand-in refused", stand_in.refusals().len());
     drop(console);
     Ok(())
+}
+
+/// Raises [`SLACK_HOLDS`] holds across `fleet`, 50 a second, and waits until a click in
+/// chat released each.
+async fn raise_for_clicks(fleet: &Fleet, timeline: &Shared) -> Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for n in 0..SLACK_HOLDS {
+        tick.tick().await;
+        let id = format!("{n:012x}");
+        timeline.lock().expect("timeline").raised.insert(id.clone(), Instant::now());
+        fleet.handles[n as usize % SLACK_HOSTS].raise(hold(id, u64::from(n) + 1));
+    }
+    let expected = SLACK_HOLDS as usize;
+    wait_for("every hold to be released by a click", || {
+        timeline.lock().expect("timeline").released.len() >= expected
+    })
+    .await
+}
+
+/// The Teams phase: holds posted by the bot to the stand-in, each approved by a click sent
+/// to the console's messaging endpoint with a Bot Framework token.
+async fn teams(dir: &Path) -> Result<()> {
+    use tests::teams::{self, TeamsStandIn};
+    let stand_in = Arc::new(TeamsStandIn::start().await);
+    let extra = format!(
+        "[teams]\napp_id = \"{}\"\napp_secret = \"{}\"\ntenant_id = \"{}\"\nchannel = \"19:bench@thread.tacv2\"\n\
+         service_url = \"{}\"\ntoken_url = \"{}\"\nopenid_metadata = \"{}\"\n",
+        teams::APP_ID,
+        teams::APP_SECRET,
+        teams::TENANT,
+        stand_in.service_url(),
+        stand_in.token_url(),
+        stand_in.openid_metadata(),
+    );
+    let (console, hosts_addr, http) = start_console(dir, &extra).await?;
+    let store = Store::open(&format!("sqlite://{}/console.db?mode=rwc", dir.display())).await?;
+    let account = console::chat::ChatAccount::teams(&format!("{}/{TEAMS_APPROVER}", teams::TENANT))?;
+    store.link_chat(&account, "approver@example.com", Role::Approver, "bench").await?;
+    let ca = std::fs::read_to_string(dir.join("tls/ca.pem"))?;
+    let console_key = host_client::keys::load_or_create(&dir.join("console.key"))?.verifying_key();
+    let timeline: Shared = Arc::default();
+    let endpoint = format!("https://{hosts_addr}");
+    let fleet = Fleet::connect(SLACK_HOSTS, &store, &endpoint, &ca, console_key, &timeline).await?;
+    let clicker = tokio::spawn(click_all_teams(stand_in.clone(), http, timeline.clone()));
+    raise_for_clicks(&fleet, &timeline).await?;
+    clicker.abort();
+    let timeline = timeline.lock().expect("timeline");
+    let mut posted: Vec<Duration> = stand_in
+        .cards()
+        .iter()
+        .filter_map(|card| {
+            Some(card.at.saturating_duration_since(*timeline.raised.get(&card_hold_id(card)?)?))
+        })
+        .collect();
+    println!("\nTeams: {SLACK_HOLDS} holds from {SLACK_HOSTS} hosts, 50 a second, a bot to the stand-in");
+    percentiles("hold raised -> posted in Teams", &mut posted);
+    percentiles(
+        "click sent -> verified on host",
+        &mut timeline.released.values().copied().collect::<Vec<_>>(),
+    );
+    println!("{:<34} {}", "calls the stand-in refused", stand_in.refusals().len());
+    drop(console);
+    Ok(())
+}
+
+/// The Teams user (Entra ID object id) the approver clicks as.
+const TEAMS_APPROVER: &str = "00000000-0000-0000-0000-0000000a9900";
+
+/// The id of the hold a card announces, from its line `hold ID · …`.
+fn card_hold_id(card: &tests::teams::Card) -> Option<String> {
+    card.card["body"]
+        .as_array()?
+        .iter()
+        .find_map(|block| Some(block["text"].as_str()?.strip_prefix("hold ")?.split(' ').next()?.to_owned()))
+}
+
+/// The approver in Teams: clicks **Approve once** on each new card, at most [`APPROVERS`]
+/// clicks in flight, each an invoke with a Bot Framework token.
+async fn click_all_teams(stand_in: Arc<tests::teams::TeamsStandIn>, console: SocketAddr, timeline: Shared) {
+    let permits = Arc::new(Semaphore::new(APPROVERS));
+    let authorization = format!("Bearer {}", stand_in.token(&stand_in.service_url(), &serde_json::json!({})));
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(POLL).await;
+        let cards = stand_in.cards();
+        let new = cards.get(seen..).unwrap_or_default().to_vec();
+        seen = cards.len();
+        for card in new {
+            let Some(id) = card_hold_id(&card) else { continue };
+            let Some(value) = card.card["actions"][0]["data"]["hold"].as_str().map(str::to_owned) else {
+                continue;
+            };
+            let permit = permits.clone().acquire_owned().await.expect("semaphore");
+            let (stand_in, timeline, authorization) =
+                (stand_in.clone(), timeline.clone(), authorization.clone());
+            tokio::spawn(async move {
+                timeline.lock().expect("timeline").approve_sent.insert(id, Instant::now());
+                let who = (tests::teams::TENANT, TEAMS_APPROVER);
+                stand_in.click(console, &authorization, who, tests::teams::APPROVE, &value).await;
+                drop(permit);
+            });
+        }
+    }
 }
 
 /// The id of the hold a message announces, from its context line (`hold ID · …`).

@@ -13,7 +13,7 @@ use proto::v1::{Verdict, hold_raised::Detail};
 use serde_json::{Value, json};
 
 use crate::{
-    chat::text::{CUT, capitalised, closed, command_line, destination, visible_with},
+    chat::text::{capitalised, closed, command_line, destination, visible_with},
     search::HoldDetail,
 };
 
@@ -206,6 +206,7 @@ fn outcome(detail: &HoldDetail) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::text::CUT;
 
     #[test]
     fn what_an_agent_chose_cannot_mention_link_or_reorder() {

@@ -10,7 +10,7 @@ use proto::v1::{Verdict, hold_raised::Detail};
 use serde_json::{Value, json};
 
 use crate::{
-    chat::text::{capitalised, closed, command_line, destination, visible},
+    chat::text::{capitalised, closed, command_line, destination, visible_with},
     search::HoldDetail,
 };
 
@@ -116,6 +116,12 @@ pub fn card(detail: &HoldDetail, console: Option<&url::Url>, shown: Shown) -> Va
         "body": body,
         "actions": actions,
     })
+}
+
+/// `text` as a `TextRun` shows it: visible (see [`visible_with`]), and no `{{` left whole,
+/// since Teams formats `{{DATE(…)}}` and `{{TIME(…)}}` even in a `TextRun`.
+fn visible(text: &str, limit: usize) -> String {
+    visible_with(text, limit, |c, before| (c == '{' && before.ends_with('{')).then_some("\u{200B}{"))
 }
 
 /// keyturn's own words, in a `TextBlock`.

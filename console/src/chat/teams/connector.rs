@@ -25,7 +25,7 @@ pub struct Bot {
     service_url: url::Url,
     token_url: url::Url,
     /// Checks the tokens of the activities Teams sends.
-    pub tokens: token::BotTokens,
+    tokens: token::BotTokens,
     /// The access token, until it is 5 minutes from expiry.
     access: tokio::sync::Mutex<Option<(String, Instant)>>,
 }
@@ -83,6 +83,20 @@ impl Bot {
         })
     }
 
+    /// Checks the token of an activity sent to the bot from `service_url`, which must be on
+    /// the Bot Connector's own host: why not, if it is refused.
+    pub async fn verify(&self, authorization: &str, service_url: &str) -> Result<(), String> {
+        let origin = |url: &url::Url| (url.host_str().map(str::to_owned), url.port_or_known_default());
+        let from = url::Url::parse(service_url).map(|url| origin(&url)).ok();
+        if from != Some(origin(&self.service_url)) {
+            return Err(format!(
+                "serviceUrl {service_url:?} is not the Bot Connector's ({})",
+                self.service_url
+            ));
+        }
+        self.tokens.verify(authorization, service_url).await.map(drop).map_err(|refused| refused.to_string())
+    }
+
     /// The bot's access token for the Bot Connector: the one held, or a new one (OAuth 2.0
     /// client credentials).
     async fn access_token(&self) -> Result<String, TeamsError> {
@@ -99,18 +113,9 @@ impl Bot {
             ("client_secret", &self.secret),
             ("scope", "https://api.botframework.com/.default"),
         ];
-        let response = self
-            .client
-            .post(self.token_url.clone())
-            .form(&form)
-            .send()
-            .await
-            .map_err(|source| TeamsError::Http { call, source })?;
-        let granted: Granted = checked(call, response)
-            .await?
-            .json()
-            .await
-            .map_err(|source| TeamsError::Http { call, source })?;
+        let response =
+            self.client.post(self.token_url.clone()).form(&form).send().await.map_err(http(call))?;
+        let granted: Granted = checked(call, response).await?.json().await.map_err(http(call))?;
         let lasts = Duration::from_secs(granted.expires_in).saturating_sub(TOKEN_MARGIN);
         *access = Some((granted.access_token.clone(), Instant::now() + lasts));
         Ok(granted.access_token)
@@ -134,22 +139,26 @@ impl Bot {
             }
         };
         let token = self.access_token().await?;
-        let response = request
-            .bearer_auth(token)
-            .json(&activity)
-            .send()
-            .await
-            .map_err(|source| TeamsError::Http { call, source })?;
+        let response = request.bearer_auth(token).json(&activity).send().await.map_err(http(call))?;
         if response.status() == reqwest::StatusCode::UNAUTHORIZED {
             *self.access.lock().await = None;
         }
-        let sent: Value = checked(call, response)
-            .await?
-            .json()
-            .await
-            .map_err(|source| TeamsError::Http { call, source })?;
-        Ok(sent["id"].as_str().or(id).unwrap_or_default().to_owned())
+        let response = checked(call, response).await?;
+        if let Some(id) = id {
+            // A replacement's answer carries nothing needed.
+            return Ok(id.to_owned());
+        }
+        let sent: Value = response.json().await.map_err(http(call))?;
+        match sent["id"].as_str() {
+            Some(id) if !id.is_empty() => Ok(id.to_owned()),
+            _ => Err(TeamsError::Refused { call, status: 200, error: "no activity id".into() }),
+        }
     }
+}
+
+/// The error of `call`, without its URL (a Workflows webhook's is a secret).
+fn http(call: &'static str) -> impl Fn(reqwest::Error) -> TeamsError {
+    move |source| TeamsError::Http { call, source: source.without_url() }
 }
 
 /// A message activity carrying `card`.
@@ -220,12 +229,8 @@ impl Announcer for Teams {
             How::Webhook { url, client } => {
                 let card = card::card(detail, self.console_url.as_ref(), card::Shown::Notice);
                 let call = "webhook";
-                let response = client
-                    .post(url.clone())
-                    .json(&activity(&card))
-                    .send()
-                    .await
-                    .map_err(|source| TeamsError::Http { call, source })?;
+                let response =
+                    client.post(url.clone()).json(&activity(&card)).send().await.map_err(http(call))?;
                 checked(call, response).await?;
                 Ok(None)
             }
@@ -235,10 +240,20 @@ impl Announcer for Teams {
     async fn update(&self, detail: &HoldDetail, conversation: &str, id: &str) -> Result<(), SiemError> {
         let How::Bot(bot) = &self.how else { return Ok(()) };
         match self.send(bot, detail, conversation, Some(id)).await {
-            // The message was deleted: the announcements of other holds go on.
-            Err(TeamsError::Refused { status: 404, .. }) => {
+            // The card was deleted or its channel archived (Teams answers 400, 403 or 404):
+            // the announcements of other holds go on. Throttling and the bot's own token are
+            // tried again.
+            Err(TeamsError::Refused { status, error, .. })
+                if (400..500).contains(&status) && !matches!(status, 401 | 429) =>
+            {
                 let (host, hold) = (&detail.record.host, &detail.record.id);
-                tracing::warn!(host, hold, "a hold's card in Teams is gone: not updated");
+                tracing::warn!(
+                    host,
+                    hold,
+                    status,
+                    error,
+                    "Teams refused to replace a hold's card: not updated"
+                );
                 Ok(())
             }
             updated => updated.map(drop).map_err(Into::into),

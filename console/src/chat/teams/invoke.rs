@@ -25,14 +25,29 @@ struct Activity {
     #[serde(default)]
     channel_id: String,
     from: Option<From>,
+    recipient: Option<From>,
     conversation: Option<Conversation>,
+    channel_data: Option<ChannelData>,
     value: Option<InvokeValue>,
 }
 
+/// A member of a conversation: the clicker (`from`), the bot (`recipient`).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct From {
+    #[serde(default)]
+    id: String,
     aad_object_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChannelData {
+    tenant: Option<Tenant>,
+}
+
+#[derive(Deserialize)]
+struct Tenant {
+    id: String,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +80,10 @@ pub async fn invoked(teams: &Teams, console: &Console, activity: &Value) -> Opti
     if activity.channel_id != "msteams" {
         return Some(message("keyturn takes clicks from Microsoft Teams only."));
     }
+    let bot_id = format!("28:{}", teams.bot()?.app_id);
+    if activity.recipient.is_none_or(|recipient| !recipient.id.eq_ignore_ascii_case(&bot_id)) {
+        return Some(message("This click was not sent to keyturn's bot."));
+    }
     let bot = teams.bot()?;
     let Some(action) = activity.value.map(|value| value.action) else {
         return Some(message("keyturn could not read this click."));
@@ -77,9 +96,11 @@ pub async fn invoked(teams: &Teams, console: &Console, activity: &Value) -> Opti
     let Some((hold_id, host)) = action.data["hold"].as_str().and_then(|value| value.split_once('@')) else {
         return Some(message("This button names no hold."));
     };
-    // Only the bot's own tenant's users act; Teams names the tenant of the conversation.
+    // Only the bot's own tenant's users act; Teams names the tenant of the conversation in
+    // two places, which must agree.
     let tenant = activity.conversation.and_then(|c| c.tenant_id).unwrap_or_default().to_ascii_lowercase();
-    if tenant != bot.tenant_id {
+    let named = activity.channel_data.and_then(|d| d.tenant).map(|t| t.id.to_ascii_lowercase());
+    if tenant != bot.tenant_id || named.is_some_and(|named| named != tenant) {
         return Some(message("keyturn takes clicks from its own Microsoft tenant only."));
     }
     let user = activity.from.and_then(|from| from.aad_object_id).unwrap_or_default();
