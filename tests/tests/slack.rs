@@ -123,6 +123,17 @@ impl Linked {
         assert!(ack.within_3s, "acknowledged after {:?}", ack.after);
     }
 
+    /// The `n`th modal keyturn opened (from 0), once it is open.
+    fn modal(&self, n: usize) -> slack::View {
+        self.rt.block_on(self.slack.wait_for(&format!("modal {n}"), |slack| slack.views().into_iter().nth(n)))
+    }
+
+    /// Submits `view` with `values` as its user, over Socket Mode: acknowledged within 3 s.
+    fn submit(&self, view: &slack::View, values: Value) {
+        let envelope = self.rt.block_on(self.slack.submit(view, values));
+        assert!(self.rt.block_on(self.slack.wait_acked(&envelope)).within_3s);
+    }
+
     /// What Slack told `user` alone, the `n`th time (from 0).
     fn told(&self, user: &str, n: usize) -> String {
         self.rt.block_on(self.slack.wait_for(&format!("message {n} to {user}"), |slack| {
@@ -157,6 +168,36 @@ impl Linked {
         assert!(status.is_success(), "{verb} {id}: {status}");
     }
 
+    /// A browser session of `person` opened as the web UI opens one with a one-time
+    /// sign-in link (`POST /auth/link`): its `Cookie` header.
+    fn signed_in(&self, person: &str) -> String {
+        let secret = self.rt.block_on(self.console.store().issue_sign_in_link(person)).expect("a link");
+        let request = reqwest::Client::new()
+            .post(format!("http://{}/auth/link", self.http))
+            .header("x-requested-with", "keyturn")
+            .json(&json!({"secret": secret}))
+            .send();
+        let response = self.rt.block_on(request).expect("the console's sign-in");
+        assert!(response.status().is_success(), "{}", response.status());
+        let cookie = response.headers()["set-cookie"].to_str().expect("a cookie");
+        cookie.split(';').next().expect("name=value").to_owned()
+    }
+
+    /// `POST path` with `body`, in the browser session `cookie` (if any) as the web UI
+    /// sends it (or without its header): the status and the JSON answer.
+    fn web_post(&self, path: &str, cookie: Option<&str>, ui_header: bool, body: &Value) -> (u16, Value) {
+        let mut request = reqwest::Client::new().post(format!("http://{}{path}", self.http)).json(body);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        if ui_header {
+            request = request.header("x-requested-with", "keyturn");
+        }
+        let response = self.rt.block_on(request.send()).expect("the console");
+        let status = response.status().as_u16();
+        (status, self.rt.block_on(response.json()).unwrap_or(Value::Null))
+    }
+
     /// The console's audit trail: its events.
     fn trail(&self) -> Vec<Value> {
         let records = self.rt.block_on(self.console.store().audit_page(0, 0, i64::MAX, 1_000));
@@ -179,6 +220,7 @@ impl Linked {
             .into_iter()
             .chain(self.slack.updates())
             .map(|m| json!({"text": m.text, "blocks": m.blocks}))
+            .chain(self.slack.ephemerals().into_iter().map(|e| json!({"text": e.text, "blocks": e.blocks})))
             .collect();
         assert!(!sent.is_empty());
         assert_eq!(slack::judge("blocks", &Value::Array(sent))["findings"], json!([]));
@@ -237,11 +279,11 @@ fn a_click_in_slack_releases_a_held_process_as_the_linked_approver() {
         .flat_map(|b| b["elements"].as_array().into_iter().flatten())
         .filter_map(|e| e["action_id"].as_str())
         .collect();
-    assert_eq!(buttons, [message::APPROVE, message::DENY, message::OPEN]);
+    assert_eq!(buttons, [message::APPROVE, message::APPROVE_FOR, message::DENY, message::OPEN]);
 
     linked.click("U0STRANGER", message::APPROVE, &id);
     let told = linked.told("U0STRANGER", 0);
-    assert!(told.contains("not linked") && told.contains(&format!("--slack {TEAM}/U0STRANGER")), "{told}");
+    assert!(told.contains("not linked") && told.contains(&format!("{TEAM}/U0STRANGER")), "{told}");
     linked.link("U0VIEWER", "vera@example.com", "viewer");
     linked.click("U0VIEWER", message::APPROVE, &id);
     assert!(linked.told("U0VIEWER", 0).contains("needs the approver role"), "{}", linked.told("U0VIEWER", 0));
@@ -274,7 +316,7 @@ fn a_click_in_slack_releases_a_held_process_as_the_linked_approver() {
         slack.messages().into_iter().find(|m| m.channel == "U0CAROL")
     }));
     assert!(told.blocks.to_string().contains("Approved once"), "{}", told.blocks);
-    linked.click("U0BOB", message::DENY, &id);
+    linked.click("U0BOB", message::APPROVE, &id);
     assert!(linked.told("U0BOB", 0).contains("already decided"), "{}", linked.told("U0BOB", 0));
     assert_eq!(
         linked.refused(),
@@ -388,6 +430,8 @@ fn a_message_slack_refuses_is_announced_bare_and_stalls_nothing() {
     assert!(!bare.blocks.to_string().contains(message::APPROVE), "{}", bare.blocks);
     assert_eq!(linked.slack.refusals().len(), 1, "{:?}", linked.slack.refusals());
     linked.click("U0BOB", message::DENY, &id);
+    linked
+        .submit(&linked.modal(0), json!({"reason": {"reason": {"type": "plain_text_input", "value": null}}}));
     assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
     linked.updated(&id, |text| text.contains("Denied"));
 
@@ -511,4 +555,220 @@ fn linking_refuses_bad_input_with_one_clear_line() {
     let chat: Vec<&Value> =
         events.iter().filter(|kind| kind.as_str().is_some_and(|k| k.starts_with("chat_"))).collect();
     assert_eq!(chat, [&json!("chat_linked"), &json!("chat_unlinked")]);
+}
+
+/// The link offered to `user` the `n`th time they were told something: the secret in the
+/// fragment of its button's URL, on the console's address.
+fn offered_secret(linked: &Linked, user: &str, n: usize) -> String {
+    let told = linked.rt.block_on(linked.slack.wait_for(&format!("message {n} to {user}"), |slack| {
+        slack.ephemerals().into_iter().filter(|e| e.user == user).nth(n)
+    }));
+    let button =
+        told.blocks.as_array().expect("blocks").iter().find_map(|b| {
+            b["elements"].as_array()?.iter().find(|e| e["action_id"] == "keyturn_link").cloned()
+        });
+    let url = button.expect("a link button")["url"].as_str().expect("a URL").to_owned();
+    let secret = url.strip_prefix("https://keyturn.example/#chat-link=").expect("the console's address");
+    assert!(secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()), "{url}");
+    assert!(!told.text.contains(secret), "the secret is in the button only: {}", told.text);
+    secret.to_owned()
+}
+
+/// A click by an account linked to no one is offered, to its user alone, a one-time link
+/// to the console; opened in a browser session and confirmed, it links the account to that
+/// person (capped at approver), audited and announced in the channel; the next click
+/// approves as them. The link is refused without the web UI's header, tampered, used again
+/// (by anyone), or past its ten minutes, each with its own answer.
+#[test]
+fn an_unlinked_click_is_offered_a_link_that_its_person_confirms_once() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["linked-by-offer"]);
+    let hold = linked.daemon.pending_one();
+    let id = id_of(&hold);
+    linked.click("U0NEW", message::APPROVE, &id);
+    let secret = offered_secret(&linked, "U0NEW", 0);
+    let told = &linked.slack.ephemerals()[0];
+    assert!(told.text.contains("T0KEYTURN/U0NEW") && told.text.contains("10 minutes"), "{}", told.text);
+    assert!(held(pid_of(&hold)), "an offer decides nothing");
+    assert_eq!(linked.refused(), [json!(["slack:T0KEYTURN/U0NEW", "not_linked"])]);
+
+    // The web UI (its page shows offers), then what it calls, in bob's browser session.
+    let page = linked.rt.block_on(async {
+        reqwest::get(format!("http://{}/", linked.http)).await.expect("/").text().await.expect("a page")
+    });
+    assert!(page.contains("view-chatlink") && page.contains("Confirm only if this is your own"), "{page}");
+    let bob = linked.signed_in("bob@example.com");
+    let read = json!({"secret": secret});
+    assert_eq!(
+        linked.web_post("/api/chat-link-offers/read", Some(&bob), false, &read).0,
+        403,
+        "no CSRF header"
+    );
+    assert_eq!(linked.web_post("/api/chat-link-offers/confirm", None, true, &read).0, 401, "signed in only");
+    let (status, offer) = linked.web_post("/api/chat-link-offers/read", Some(&bob), true, &read);
+    assert_eq!(status, 200, "{offer}");
+    assert_eq!(
+        (&offer["account"], &offer["team"], &offer["user"], &offer["name"], &offer["person"], &offer["role"]),
+        (
+            &json!("slack:T0KEYTURN/U0NEW"),
+            &json!(TEAM),
+            &json!("U0NEW"),
+            &json!("u0new"),
+            &json!("bob@example.com"),
+            &json!("approver")
+        ),
+        "an admin's session links as an approver"
+    );
+    let mut tampered = secret.clone().into_bytes();
+    tampered[0] = if tampered[0] == b'0' { b'1' } else { b'0' };
+    let tampered = json!({"secret": String::from_utf8(tampered).expect("hex")});
+    let (status, refused) = linked.web_post("/api/chat-link-offers/confirm", Some(&bob), true, &tampered);
+    assert_eq!((status, &refused["error"]["code"]), (410, &json!("unknown_link")), "{refused}");
+    let (status, done) = linked.web_post("/api/chat-link-offers/confirm", Some(&bob), true, &read);
+    assert_eq!(
+        (status, &done["person"], &done["role"]),
+        (200, &json!("bob@example.com"), &json!("approver")),
+        "{done}"
+    );
+
+    // Used: by no one else, and not twice.
+    let vera = linked.signed_in("vera@example.com");
+    for (who, path) in [(&vera, "confirm"), (&bob, "confirm"), (&vera, "read")] {
+        let (status, refused) =
+            linked.web_post(&format!("/api/chat-link-offers/{path}"), Some(who), true, &read);
+        assert_eq!((status, &refused["error"]["code"]), (410, &json!("link_used")), "{refused}");
+        assert!(
+            refused["error"]["message"].as_str().is_some_and(|m| m.contains("used already")),
+            "{refused}"
+        );
+    }
+    let linked_events: Vec<Value> =
+        linked.trail().into_iter().filter(|e| e["type"] == "chat_linked").collect();
+    assert_eq!(linked_events.len(), 1, "{linked_events:?}");
+    assert_eq!(
+        (&linked_events[0]["account"], &linked_events[0]["by"], &linked_events[0]["how"]),
+        (&json!("slack:T0KEYTURN/U0NEW"), &json!("bob@example.com"), &json!("offer"))
+    );
+    let notice = linked.rt.block_on(linked.slack.wait_for("the link announced", |slack| {
+        slack.messages().into_iter().find(|m| m.channel == CHANNEL && m.text.contains("<@U0NEW>"))
+    }));
+    assert!(
+        notice.text.contains("bob@example.com") && notice.text.contains("unlink --slack T0KEYTURN/U0NEW"),
+        "{}",
+        notice.text
+    );
+
+    linked.click("U0NEW", message::APPROVE, &id);
+    assert_eq!(finish(agent), (0, "linked-by-offer\n".to_owned()));
+    assert_eq!(decisions(&linked.daemon, &id)[0]["by"], "bob@example.com");
+
+    // A newer offer voids the older; an offer past its ten minutes is refused as expired.
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["late"]);
+    let late = id_of(&linked.daemon.pending_matching(|hold| hold["id"] != id.as_str()));
+    linked.click("U0LATE", message::APPROVE, &late);
+    let voided = offered_secret(&linked, "U0LATE", 0);
+    linked.click("U0LATE", message::APPROVE, &late);
+    let fresh = offered_secret(&linked, "U0LATE", 1);
+    let (status, refused) =
+        linked.web_post("/api/chat-link-offers/read", Some(&vera), true, &json!({"secret": voided}));
+    assert_eq!((status, &refused["error"]["code"]), (410, &json!("unknown_link")), "{refused}");
+    linked.rt.block_on(async {
+        let database = format!("sqlite://{}", linked.dir.join("console.db").display());
+        let db = sqlx::SqlitePool::connect(&database).await.expect("the console's database");
+        sqlx::query("UPDATE chat_link_offers SET created_at_ms = created_at_ms - 600001")
+            .execute(&db)
+            .await
+            .expect("age the offers");
+    });
+    let (status, refused) =
+        linked.web_post("/api/chat-link-offers/confirm", Some(&vera), true, &json!({"secret": fresh}));
+    assert_eq!((status, &refused["error"]["code"]), (410, &json!("link_expired")), "{refused}");
+    assert!(
+        linked
+            .rt
+            .block_on(
+                linked
+                    .console
+                    .store()
+                    .chat_link(&console::chat::ChatAccount::slack("T0KEYTURN/U0LATE").expect("an account"))
+            )
+            .expect("read")
+            .is_none()
+    );
+    linked.decide_in_the_console("deny", &late, &json!({}));
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    linked.judged_clean();
+}
+
+/// The modals open with the click's trigger and submitting one decides: **Approve for…**
+/// for an hour releases the process and the same action again is not held; **Deny** with a
+/// reason kills it and the reason is the decision's. Every modal is judged by Slack's SDK; a
+/// submission with a duration keyturn did not offer decides nothing, and one by an account
+/// linked to no one is refused as a click is.
+#[test]
+fn the_modals_approve_for_an_hour_and_deny_with_a_reason() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    linked.link("U0BOB", "bob@example.com", "approver");
+    // As the daemon's own test of an approval's scope: the agent runs the same action twice.
+    let flagged = linked.daemon.flagged();
+    let agent =
+        linked.daemon.run_agent("/bin/sh", &["-c", &format!("{flagged} for-an-hour; {flagged} for-an-hour")]);
+    let hold = linked.daemon.pending_one();
+    let id = id_of(&hold);
+    let buttons = linked.message_of(&id).blocks.to_string();
+    for action in [message::APPROVE, message::APPROVE_FOR, message::DENY, message::OPEN] {
+        assert!(buttons.contains(action), "{action} in {buttons}");
+    }
+    let approve_for = |secs: &str, reason: &str| {
+        json!({"duration": {"duration": {"type": "static_select", "selected_option": {"value": secs, "text": {"type": "plain_text", "text": secs}}}},
+               "reason": {"reason": {"type": "plain_text_input", "value": reason}}})
+    };
+
+    linked.click("U0BOB", message::APPROVE_FOR, &id);
+    let modal = linked.modal(0);
+    assert_eq!((modal.user.as_str(), &modal.view["callback_id"]), ("U0BOB", &json!(message::APPROVE_FOR)));
+    linked.submit(&modal, approve_for("99999999", "forged"));
+    assert!(linked.told("U0BOB", 0).contains("did not offer"), "{}", linked.told("U0BOB", 0));
+    assert!(held(pid_of(&hold)));
+    // A stranger submitting the same modal (a forged submission) is offered a link, nothing more.
+    let stranger = slack::View { user: "U0EVE".into(), ..modal.clone() };
+    linked.submit(&stranger, approve_for("3600", "mine"));
+    offered_secret(&linked, "U0EVE", 0);
+    assert!(held(pid_of(&hold)));
+    linked.submit(&modal, approve_for("3600", "release week"));
+    assert_eq!(
+        finish(agent),
+        (0, "for-an-hour\nfor-an-hour\n".to_owned()),
+        "the second exec needs no new approval"
+    );
+    let decision = &decisions(&linked.daemon, &id)[0];
+    assert_eq!((&decision["by"], &decision["verdict"]), (&json!("bob@example.com"), &json!("approve")));
+    let released: Vec<Value> = linked.daemon.audit().into_iter().filter(|e| e["type"] == "release").collect();
+    assert!(
+        released.iter().any(|e| e["by"] == "keyturn" && e["why"] == "an earlier approval's scope covers it"),
+        "{released:?}"
+    );
+    linked.updated(&id, |text| text.contains("Approved for 3600 s") && text.contains("release week"));
+    assert_eq!(linked.refused(), [json!(["slack:T0KEYTURN/U0EVE", "not_linked"])]);
+
+    let agent = linked.daemon.run_agent(&flagged, &["deny-me"]);
+    let denied = id_of(&linked.daemon.pending_matching(|hold| hold["id"] != id.as_str()));
+    linked.click("U0BOB", message::DENY, &denied);
+    let modal = linked.modal(1);
+    assert_eq!(modal.view["callback_id"], message::DENY);
+    linked
+        .submit(&modal, json!({"reason": {"reason": {"type": "plain_text_input", "value": "not <today>"}}}));
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    let detail = linked
+        .rt
+        .block_on(linked.console.store().hold_detail(HOST, &denied))
+        .expect("read")
+        .expect("the hold");
+    let decision = detail.decision.expect("a decision");
+    assert_eq!((decision.reason.as_str(), decision.decided_by.as_str()), ("not <today>", "bob@example.com"));
+    linked.updated(&denied, |text| text.contains("Denied") && text.contains("not &lt;today&gt;"));
+
+    let views: Vec<Value> = linked.slack.views().into_iter().map(|v| v.view).collect();
+    assert_eq!(slack::judge("views", &Value::Array(views))["findings"], json!([]));
+    linked.judged_clean();
 }

@@ -6,14 +6,16 @@
 //! Links are in the database, so every replica knows them, and every link and unlink is
 //! audited.
 
+pub mod offers;
 pub mod slack;
 
 use std::{fmt, str::FromStr};
 
-use sqlx::Row as _;
+use serde::Serialize;
+use sqlx::{Any, Row as _, Transaction};
 
 use crate::{
-    audit::AuditEvent,
+    audit::{AuditEvent, ChatLinkHow},
     people::{Credential, Principal, Role},
     store::{Store, StoreError, audit, now_ms},
 };
@@ -26,7 +28,7 @@ pub enum Chat {
 }
 
 impl Chat {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Slack => "slack",
             Self::Teams => "teams",
@@ -123,6 +125,17 @@ impl Link {
     }
 }
 
+/// A link as listed.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkInfo {
+    /// `slack:TEAM/USER` or `teams:TENANT/USER`.
+    pub account: String,
+    pub person: String,
+    pub role: Role,
+    pub linked_by: String,
+    pub linked_at_ms: i64,
+}
+
 impl Store {
     /// Links `account` to `person` with `role` (at most approver), on `by`'s say-so,
     /// replacing any link the account had.
@@ -133,39 +146,8 @@ impl Store {
         role: Role,
         by: &str,
     ) -> Result<(), StoreError> {
-        if person.is_empty() {
-            return Err(StoreError::Anonymous);
-        }
-        // As decisions and the requester check compare them: a person named with a space,
-        // an invisible or control character could slip past the no-self-approval rule.
-        if person.len() > 256 || person.chars().any(|c| c.is_whitespace() || c.is_control() || hides(c)) {
-            return Err(StoreError::ChatPerson(person.to_owned()));
-        }
-        if role > Role::Approver {
-            return Err(StoreError::ChatRole(role));
-        }
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM chat_links WHERE account = $1")
-            .bind(account.to_string())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO chat_links (account, person, role, linked_by, linked_at_ms) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(account.to_string())
-        .bind(person)
-        .bind(role.as_str())
-        .bind(by)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        let event = AuditEvent::ChatLinked {
-            account: account.to_string(),
-            person: person.to_owned(),
-            role,
-            by: by.to_owned(),
-        };
-        audit(&mut tx, &event).await?;
+        link_in(&mut tx, account, person, role, by, ChatLinkHow::Admin).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -200,6 +182,31 @@ impl Store {
             .collect())
     }
 
+    /// Every link, or those of `person` (named without regard to case); by account.
+    pub async fn chat_links(&self, person: Option<&str>) -> Result<Vec<LinkInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT account, person, role, linked_by, linked_at_ms FROM chat_links
+             WHERE $1 = '' OR lower(person) = lower($1) ORDER BY account",
+        )
+        .bind(person.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let role: String = row.try_get(2)?;
+                Ok(LinkInfo {
+                    account: row.try_get(0)?,
+                    person: row.try_get(1)?,
+                    role: role
+                        .parse()
+                        .map_err(|reason| StoreError::Corrupt { hold_id: String::new(), reason })?,
+                    linked_by: row.try_get(3)?,
+                    linked_at_ms: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
     /// The person `account` is linked to, read at every click: an unlinked account stops
     /// acting at once.
     pub async fn chat_link(&self, account: &ChatAccount) -> Result<Option<Link>, StoreError> {
@@ -215,6 +222,51 @@ impl Store {
         })
         .transpose()
     }
+}
+
+/// Links `account` to `person` with `role` within `tx`, as [`Store::link_chat`] says.
+async fn link_in(
+    tx: &mut Transaction<'_, Any>,
+    account: &ChatAccount,
+    person: &str,
+    role: Role,
+    by: &str,
+    how: ChatLinkHow,
+) -> Result<(), StoreError> {
+    if person.is_empty() {
+        return Err(StoreError::Anonymous);
+    }
+    // As decisions and the requester check compare them: a person named with a space,
+    // an invisible or control character could slip past the no-self-approval rule.
+    if person.len() > 256 || person.chars().any(|c| c.is_whitespace() || c.is_control() || hides(c)) {
+        return Err(StoreError::ChatPerson(person.to_owned()));
+    }
+    if role > Role::Approver {
+        return Err(StoreError::ChatRole(role));
+    }
+    sqlx::query("DELETE FROM chat_links WHERE account = $1")
+        .bind(account.to_string())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO chat_links (account, person, role, linked_by, linked_at_ms) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(account.to_string())
+    .bind(person)
+    .bind(role.as_str())
+    .bind(by)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    let event = AuditEvent::ChatLinked {
+        account: account.to_string(),
+        person: person.to_owned(),
+        role,
+        by: by.to_owned(),
+        how,
+    };
+    audit(tx, &event).await?;
+    Ok(())
 }
 
 /// Characters that show as nothing: a name holding one reads as another name.

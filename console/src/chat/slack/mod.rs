@@ -1,5 +1,6 @@
 //! Slack: each hold posted to a channel as it is raised and updated as it ends
-//! ([`announce`]), and the clicks on its buttons decided ([`clicks`]).
+//! ([`announce`]), the clicks on its buttons and the modals they open decided ([`clicks`],
+//! [`modal`]), and an account linked to no one offered a link to itself ([`linking`]).
 //!
 //! The announcements follow the audit trail like a SIEM output (one cursor, one replica at
 //! a time, at least once): a hold whose message is already recorded is not posted again.
@@ -11,7 +12,9 @@
 
 mod announce;
 pub mod clicks;
+pub mod linking;
 pub mod message;
+mod modal;
 mod socket;
 
 use std::{path::PathBuf, sync::Arc};
