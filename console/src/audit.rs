@@ -22,6 +22,7 @@ pub enum ChatLinkHow {
 }
 
 impl ChatLinkHow {
+    #[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
     fn is_admin(&self) -> bool {
         *self == Self::Admin
     }

@@ -418,7 +418,7 @@ impl SlackStandIn {
     /// Submits modal `view` as its user, with `values` (`state.values`, as Slack keys them by
     /// block and action id): the `view_submission` envelope's id.
     pub async fn submit(&self, view: &View, values: Value) -> String {
-        self.interact(view_submission(view, values)).await
+        self.interact(view_submission(view, &values)).await
     }
 
     /// Until the envelope is acked: its first ack.
@@ -1259,7 +1259,7 @@ pub fn block_action(team: &str, user: &str, action_id: &str, value: &str, messag
 /// A `view_submission` payload as Slack sends it when the user of `view` submits it with
 /// `values`: the view as the app opened it (its `callback_id`, `private_metadata`), and
 /// its state.
-fn view_submission(view: &View, values: Value) -> Value {
+fn view_submission(view: &View, values: &Value) -> Value {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970");
     let name = view.user.to_lowercase();
     let mut shown = view.view.clone();

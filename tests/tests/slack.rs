@@ -662,9 +662,17 @@ fn an_unlinked_click_is_offered_a_link_that_its_person_confirms_once() {
     assert_eq!(finish(agent), (0, "linked-by-offer\n".to_owned()));
     assert_eq!(decisions(&linked.daemon, &id)[0]["by"], "bob@example.com");
 
-    // A newer offer voids the older; an offer past its ten minutes is refused as expired.
+    linked.judged_clean();
+}
+
+/// A newer offer voids the older; an offer past its ten minutes is refused as expired and
+/// links no one.
+#[test]
+fn an_offer_expires_and_a_newer_one_voids_the_older() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    let vera = linked.signed_in("vera@example.com");
     let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["late"]);
-    let late = id_of(&linked.daemon.pending_matching(|hold| hold["id"] != id.as_str()));
+    let late = id_of(&linked.daemon.pending_one());
     linked.click("U0LATE", message::APPROVE, &late);
     let voided = offered_secret(&linked, "U0LATE", 0);
     linked.click("U0LATE", message::APPROVE, &late);
