@@ -164,7 +164,7 @@ pub(crate) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn role_of(text: &str) -> Result<Role, StoreError> {
+pub(crate) fn role_of(text: &str) -> Result<Role, StoreError> {
     text.parse().map_err(|reason| StoreError::Corrupt { hold_id: String::new(), reason })
 }
 

@@ -123,14 +123,20 @@ def judge_block(block):
         return [f"Block.parse raised {type(e).__name__}: {e}"]
     if parsed is None:
         return [f"Block.parse knows no block of type {json.dumps(block.get('type'))}"]
+    return judge_model(parsed, block)
+
+
+def judge_model(model, given):
+    """What is wrong with model, the SDK's reading of given: every validator of it and of the
+    models under it, and every difference between what the SDK would send and given."""
     findings = []
-    validate_tree(parsed, [], findings)
+    validate_tree(model, [], findings)
     try:
-        sent = unvalidated_dict(parsed)
+        sent = unvalidated_dict(model)
     except Exception as e:
         findings.append(f"to_dict raised {type(e).__name__}: {e}")
     else:
-        differences(block, sent, [], findings)
+        differences(given, sent, [], findings)
     return findings
 
 
@@ -162,15 +168,7 @@ def judge_views(views):
         except Exception as e:
             findings.append(f"view {v}: View raised {type(e).__name__}: {e}")
             continue
-        found = []
-        validate_tree(view, [], found)
-        try:
-            sent = unvalidated_dict(view)
-        except Exception as e:
-            found.append(f"to_dict raised {type(e).__name__}: {e}")
-        else:
-            differences(given, sent, [], found)
-        findings.extend(f"view {v}: {f}" for f in found)
+        findings.extend(f"view {v}: {f}" for f in judge_model(view, given))
     return {"findings": findings}
 
 

@@ -16,7 +16,7 @@ use sqlx::{Any, Row as _, Transaction};
 
 use crate::{
     audit::{AuditEvent, ChatLinkHow},
-    people::{Credential, Principal, Role},
+    people::{Credential, Principal, Role, role_of},
     store::{Store, StoreError, audit, now_ms},
 };
 
@@ -193,13 +193,10 @@ impl Store {
         .await?;
         rows.iter()
             .map(|row| {
-                let role: String = row.try_get(2)?;
                 Ok(LinkInfo {
                     account: row.try_get(0)?,
                     person: row.try_get(1)?,
-                    role: role
-                        .parse()
-                        .map_err(|reason| StoreError::Corrupt { hold_id: String::new(), reason })?,
+                    role: role_of(&row.try_get::<String, _>(2)?)?,
                     linked_by: row.try_get(3)?,
                     linked_at_ms: row.try_get(4)?,
                 })
@@ -215,10 +212,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| {
-            let role: String = row.try_get("role")?;
-            let role =
-                role.parse().map_err(|reason| StoreError::Corrupt { hold_id: String::new(), reason })?;
-            Ok(Link { person: row.try_get("person")?, role })
+            Ok(Link { person: row.try_get("person")?, role: role_of(&row.try_get::<String, _>("role")?)? })
         })
         .transpose()
     }

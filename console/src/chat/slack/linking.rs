@@ -27,10 +27,7 @@ impl Slack {
         name: &str,
     ) -> Result<bool, SlackError> {
         let Some(console) = &self.console_url else { return Ok(false) };
-        let secret = store
-            .offer_chat_link(account, name)
-            .await
-            .map_err(|e| SlackError::Api { method: "chat.postEphemeral", error: e.to_string() })?;
+        let secret = store.offer_chat_link(account, name).await?;
         let url = chat_link_url(console, &secret);
         let text = format!(
             "Your Slack account ({}/{}) is not linked to a person in keyturn, so your click decided \
@@ -83,10 +80,7 @@ impl Slack {
             self.call("chat.postMessage", &self.bot_token, &body).await.map(drop)
         };
         post(&self.channel).await?;
-        let others = store
-            .chat_accounts_of(&link.person)
-            .await
-            .map_err(|e| SlackError::Api { method: "chat.postMessage", error: e.to_string() })?;
+        let others = store.chat_accounts_of(&link.person).await?;
         for other in others.iter().filter(|other| other.chat == Chat::Slack && *other != account) {
             post(&other.user).await?;
         }

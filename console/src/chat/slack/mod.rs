@@ -69,6 +69,8 @@ pub enum SlackError {
     Api { method: &'static str, error: String },
     #[error("Slack's socket: {0}")]
     Socket(String),
+    #[error("Slack: the console's store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Slack as the console speaks to it.
