@@ -780,3 +780,60 @@ fn the_modals_approve_for_an_hour_and_deny_with_a_reason() {
     assert_eq!(slack::judge("views", &Value::Array(views))["findings"], json!([]));
     linked.judged_clean();
 }
+
+/// The stand-in opens a modal as Slack does, and refuses what Slack refuses: a trigger
+/// unknown, used or older than 3 s, a title over 24 characters, over 100 blocks,
+/// `private_metadata` over 3,000 characters; Slack's SDK finds the same limits broken.
+#[test]
+fn the_stand_in_and_slack_s_sdk_refuse_modals_beyond_slack_s_limits() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let slack = rt.block_on(SlackStandIn::start());
+    let posted = Message {
+        channel: CHANNEL.into(),
+        ts: "1.0".into(),
+        text: String::new(),
+        blocks: json!([]),
+        at: std::time::Instant::now(),
+    };
+    let trigger = || {
+        let click = slack::block_action(TEAM, "U0BOB", message::DENY, "h@host", &posted);
+        rt.block_on(slack.interact(click.clone()));
+        click["trigger_id"].as_str().expect("a trigger").to_owned()
+    };
+    let open = |trigger: &str, view: &Value| -> Value {
+        let request = reqwest::Client::new()
+            .post(format!("{}views.open", slack.api_url()))
+            .bearer_auth(slack::BOT_TOKEN)
+            .json(&json!({"trigger_id": trigger, "view": view}));
+        rt.block_on(async { request.send().await.expect("views.open").json().await.expect("JSON") })
+    };
+    let plain = |text: &str| json!({"type": "plain_text", "text": text});
+    let section = json!({"type": "section", "text": {"type": "mrkdwn", "text": "x"}});
+    let modal = |title: &str, blocks: usize, metadata: usize| {
+        json!({"type": "modal", "title": plain(title), "close": plain("Cancel"),
+               "private_metadata": "m".repeat(metadata), "blocks": vec![section.clone(); blocks]})
+    };
+    let good = modal(&"t".repeat(24), 100, 3_000);
+    let first = trigger();
+    assert_eq!(open(&first, &good)["ok"], true);
+    assert_eq!(open(&first, &good)["error"], "invalid_trigger_id", "a trigger opens one modal");
+    assert_eq!(open("1.2.forged", &good)["error"], "invalid_trigger_id");
+    let late = trigger();
+    std::thread::sleep(Duration::from_millis(3_100));
+    assert_eq!(open(&late, &good)["error"], "expired_trigger_id");
+    let bad = [modal(&"t".repeat(25), 1, 1), modal("t", 101, 1), modal("t", 1, 3_001)];
+    for view in &bad {
+        let answer = open(&trigger(), view);
+        assert_eq!(answer["error"], "invalid_arguments", "{answer}");
+    }
+    assert_eq!(slack.views().len(), 1);
+    assert_eq!(slack::judge("views", &json!([good]))["findings"], json!([]));
+    let findings = slack::judge("views", &Value::Array(bad.to_vec()))["findings"].to_string();
+    for said in [
+        "view 0: (the block): title",
+        "view 1: (the block): views must contain",
+        "view 2: (the block): private_metadata",
+    ] {
+        assert!(findings.contains(said), "{said} not in {findings}");
+    }
+}
