@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{Slack, message, modal};
 use crate::{
     Console,
-    api::holds::{Asked, decide_as, reason},
+    api::holds::{Asked, decide_as, reason as checked_reason},
     audit::AuditEvent,
     chat::ChatAccount,
     store::Outcome,
@@ -61,13 +61,14 @@ struct Actor<'a> {
     channel: String,
 }
 
-/// What a decision asks of hold `value` (`HOLD@HOST`).
-struct Wanted {
-    value: String,
-    verdict: Verdict,
-    scope: Scope,
-    duration_secs: u64,
-    reason: String,
+/// What a decision asks of hold `hold` (`HOLD@HOST`): from a button, or a modal submitted.
+pub(super) struct Wanted {
+    pub hold: String,
+    pub verdict: Verdict,
+    pub scope: Scope,
+    pub duration_secs: u64,
+    /// As given: checked as the API checks reasons.
+    pub reason: String,
 }
 
 /// Decides the interaction in `payload` as the person its user is linked to; tells the
@@ -99,7 +100,7 @@ pub async fn clicked(slack: &Slack, console: &Console, payload: &serde_json::Val
                 let said = match action.action_id.as_str() {
                     message::APPROVE => {
                         let wanted = Wanted {
-                            value: action.value.clone(),
+                            hold: action.value.clone(),
                             verdict: Verdict::Approve,
                             scope: Scope::Once,
                             duration_secs: 0,
@@ -129,16 +130,7 @@ pub async fn clicked(slack: &Slack, console: &Console, payload: &serde_json::Val
                 }
             };
             let actor = actor(channel);
-            let said = match asked.map_err(str::to_owned).and_then(|asked| {
-                let reason = reason(Some(asked.reason)).map_err(|refused| refused.message().to_owned())?;
-                Ok(Wanted {
-                    value: asked.hold,
-                    verdict: asked.verdict,
-                    scope: asked.scope,
-                    duration_secs: asked.duration_secs,
-                    reason,
-                })
-            }) {
+            let said = match asked {
                 Ok(wanted) => decide(slack, console, &actor, wanted).await,
                 Err(why) => {
                     tracing::warn!(why, "a modal submitted with what keyturn did not offer");
@@ -162,10 +154,14 @@ async fn tell(slack: &Slack, actor: &Actor<'_>, said: Option<String>) {
 
 /// Decides as `actor` wants: what to tell them, if anything.
 async fn decide(slack: &Slack, console: &Console, actor: &Actor<'_>, wanted: Wanted) -> Option<String> {
-    let Some((hold_id, host)) = wanted.value.split_once('@') else {
-        return Some(format!("{:?} names no hold", wanted.value));
+    let Wanted { hold, verdict, scope, duration_secs, reason } = wanted;
+    let Some((hold_id, host)) = hold.split_once('@') else {
+        return Some(format!("{hold:?} names no hold"));
     };
-    let verdict = wanted.verdict;
+    let reason = match checked_reason(Some(reason)) {
+        Ok(reason) => reason,
+        Err(refused) => return Some(format!("Your decision was not made: {}", refused.message())),
+    };
     let account = match &actor.account {
         Ok(account) => account,
         Err(reason) => return Some(format!("Your Slack account is not one keyturn can name: {reason}")),
@@ -224,7 +220,6 @@ async fn decide(slack: &Slack, console: &Console, actor: &Actor<'_>, wanted: Wan
             );
         }
     }
-    let Wanted { scope, duration_secs, reason, .. } = wanted;
     let asked = Asked { host, hold_id, verdict, scope, duration_secs, reason };
     match decide_as(console, &link.principal(account), asked).await {
         Ok(Outcome::Decided(_)) => None,

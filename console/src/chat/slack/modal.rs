@@ -10,7 +10,7 @@ use proto::v1::{Scope, Verdict};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Slack, message};
+use super::{Slack, clicks::Wanted, message};
 use crate::api::holds::{MAX_DURATION_SECS, MAX_REASON};
 
 /// The durations **Approve for…** offers: seconds, and as shown.
@@ -120,22 +120,11 @@ pub struct Submitted {
     state: Value,
 }
 
-/// The decision a submitted modal asks for.
-pub struct Asked {
-    /// `HOLD@HOST`.
-    pub hold: String,
-    pub verdict: Verdict,
-    pub scope: Scope,
-    pub duration_secs: u64,
-    /// As typed: checked as the API checks reasons.
-    pub reason: String,
-}
-
 impl Submitted {
     /// The channel to answer in, and the decision asked for or why it is not one (a value
     /// keyturn did not offer); an error for a modal keyturn did not open, which names no one
     /// to answer.
-    pub fn read(&self) -> Result<(String, Result<Asked, &'static str>), &'static str> {
+    pub fn read(&self) -> Result<(String, Result<Wanted, &'static str>), &'static str> {
         let kind = [Kind::ApproveFor, Kind::Deny]
             .into_iter()
             .find(|kind| kind.callback_id() == self.callback_id)
@@ -152,7 +141,7 @@ impl Submitted {
     }
 
     /// The decision modal `kind` on `hold` asks for, as submitted.
-    fn asked(&self, kind: Kind, hold: String) -> Result<Asked, &'static str> {
+    fn asked(&self, kind: Kind, hold: String) -> Result<Wanted, &'static str> {
         let input = |block: &str, field: &str| {
             self.state.pointer(&format!("/values/{block}/{block}/{field}")).and_then(Value::as_str)
         };
@@ -169,7 +158,7 @@ impl Submitted {
                 (Verdict::Approve, Scope::ForDuration, secs)
             }
         };
-        Ok(Asked { hold, verdict, scope, duration_secs, reason })
+        Ok(Wanted { hold, verdict, scope, duration_secs, reason })
     }
 }
 
