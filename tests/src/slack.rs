@@ -904,8 +904,11 @@ impl Check {
                 self.string(&format!("/view/{field}"), view.get(field), max);
             }
         }
-        let blocks =
-            view.get("blocks").map(|b| self.array("/view/blocks", b, usize::MAX)).unwrap_or_default();
+        let Some(blocks) = view.get("blocks") else {
+            self.fail("/view/blocks", "is required");
+            return;
+        };
+        let blocks = self.array("/view/blocks", blocks, usize::MAX);
         self.blocks(blocks, Surface::Modal);
         let inputs = blocks.iter().any(|b| b["type"] == "input");
         if inputs && !view.contains_key("submit") {

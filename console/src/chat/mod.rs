@@ -1,10 +1,10 @@
 //! Approving in chat: holds announced where people work, and a click there decided as the
 //! person the clicking chat account is linked to, by the rules every decision meets.
 //!
-//! A chat account is never trusted by its id alone: it acts only once an admin linked it
-//! to a person (`keyturn console link`), with the role given then (at most approver).
-//! Links are in the database, so every replica knows them, and every link and unlink is
-//! audited.
+//! A chat account is never trusted by its id alone: it acts only once it is linked to a
+//! person, by an admin (`keyturn console link`, the API) or by that person confirming a link
+//! offered to the account ([`offers`]), with the role given then (at most approver). Links
+//! are in the database, so every replica knows them, and every link and unlink is audited.
 
 pub mod offers;
 pub mod slack;
