@@ -49,6 +49,11 @@ impl Linked {
     /// In Socket Mode, or in request-URL mode with `signed_requests`; the daemon holds as
     /// `policy` says.
     fn start(policy: &str, signed_requests: bool) -> Self {
+        Self::start_with(policy, signed_requests, Some("https://keyturn.example/"))
+    }
+
+    /// The same, with the web UI at `console_url` (for **Open in console** and link offers).
+    fn start_with(policy: &str, signed_requests: bool, console_url: Option<&str>) -> Self {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let dir =
             std::env::temp_dir().join(format!("kt-slack-{}-{}", std::process::id(), tests::daemon::serial()));
@@ -65,7 +70,7 @@ impl Linked {
         };
         let mut config = json!({
             "bot_token": slack::BOT_TOKEN, "channel": CHANNEL, "api_url": slack.api_url(),
-            "console_url": "https://keyturn.example/",
+            "console_url": console_url,
         });
         config.as_object_mut().expect("object").extend(mode.as_object().expect("object").clone());
         let config: SlackConfig = serde_json::from_value(config).expect("a [slack] section");
@@ -836,4 +841,23 @@ fn the_stand_in_and_slack_s_sdk_refuse_modals_beyond_slack_s_limits() {
     ] {
         assert!(findings.contains(said), "{said} not in {findings}");
     }
+}
+
+/// Without `console_url`, nothing links itself: a click by an account linked to no one is
+/// told the command an admin runs, and no link is offered.
+#[test]
+fn without_a_console_url_an_unlinked_click_is_told_what_an_admin_runs() {
+    let linked = Linked::start_with(HOLD_FLAGGED, false, None);
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["admins-link"]);
+    let id = id_of(&linked.daemon.pending_one());
+    let buttons = linked.message_of(&id).blocks.to_string();
+    assert!(buttons.contains(message::APPROVE) && !buttons.contains(message::OPEN), "{buttons}");
+    linked.click("U0STRANGER", message::APPROVE, &id);
+    linked.told("U0STRANGER", 0);
+    let told = &linked.slack.ephemerals()[0];
+    let says = format!("keyturn console link PERSON --slack {TEAM}/U0STRANGER");
+    assert!(told.text.contains(&says) && told.blocks.is_null(), "{told:?}");
+    assert_eq!(linked.refused(), [json!(["slack:T0KEYTURN/U0STRANGER", "not_linked"])]);
+    linked.decide_in_the_console("deny", &id, &json!({}));
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
 }
