@@ -125,6 +125,8 @@ pub struct View {
     pub team: String,
     /// As the app sent it.
     pub view: Value,
+    /// Since the click whose trigger opened it was delivered.
+    pub after: Duration,
 }
 
 /// One ack the app sent on a socket.
@@ -818,7 +820,7 @@ fn views_open(shared: &Shared, args: Args) -> Result<Reply, Refusal> {
     let mut echoed = view.clone();
     echoed["id"] = json!(id);
     echoed["team_id"] = json!(team);
-    state.views.push(View { id, user, team, view });
+    state.views.push(View { id, user, team, view, after: at.elapsed() });
     Ok(Reply { ok: true, view: Some(echoed), ..Reply::default() })
 }
 

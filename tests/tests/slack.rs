@@ -740,6 +740,7 @@ fn the_modals_approve_for_an_hour_and_deny_with_a_reason() {
     linked.click("U0BOB", message::APPROVE_FOR, &id);
     let modal = linked.modal(0);
     assert_eq!((modal.user.as_str(), &modal.view["callback_id"]), ("U0BOB", &json!(message::APPROVE_FOR)));
+    eprintln!("the modal opened {:?} after its click was delivered (Slack allows 3 s)", modal.after);
     linked.submit(&modal, approve_for("99999999", "forged"));
     assert!(linked.told("U0BOB", 0).contains("did not offer"), "{}", linked.told("U0BOB", 0));
     assert!(held(pid_of(&hold)));
