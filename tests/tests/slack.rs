@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, process::Output, time::Duration};
 
 use console::{
     Api, Console, Role, Store,
-    chat::slack::{SlackConfig, message},
+    chat::slack::{SlackConfig, linking, message},
     keys::Signer,
 };
 use ed25519_dalek::SigningKey;
@@ -570,7 +570,7 @@ fn offered_secret(linked: &Linked, user: &str, n: usize) -> String {
     }));
     let button =
         told.blocks.as_array().expect("blocks").iter().find_map(|b| {
-            b["elements"].as_array()?.iter().find(|e| e["action_id"] == "keyturn_link").cloned()
+            b["elements"].as_array()?.iter().find(|e| e["action_id"] == linking::LINK).cloned()
         });
     let url = button.expect("a link button")["url"].as_str().expect("a URL").to_owned();
     let secret = url.strip_prefix("https://keyturn.example/#chat-link=").expect("the console's address");

@@ -31,7 +31,7 @@ impl Slack {
         let url = chat_link_url(console, &secret);
         let text = format!(
             "Your Slack account ({}/{}) is not linked to a person in keyturn, so your click decided \
-             nothing. To link it to yourself, open this link within {} minutes, sign in to the \
+             nothing. To link it to yourself, open the link below within {} minutes, sign in to the \
              console and confirm. It works once: do not share it.",
             account.team,
             account.user,

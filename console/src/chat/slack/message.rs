@@ -196,9 +196,9 @@ fn deadline(detail: &HoldDetail) -> Value {
     json!({"type": "context", "elements": [{"type": "mrkdwn", "text": text}]})
 }
 
-/// The buttons: **Approve once** and **Approve for…** (where `approvable`) and **Deny** while the hold is
-/// pending and may be decided in chat, and **Open in console** where the console's address
-/// is known.
+/// The buttons: while the hold is pending and may be decided in chat, **Approve once** and
+/// **Approve for…** (where `approvable`) and **Deny**; **Open in console** where the
+/// console's address is known.
 fn actions(detail: &HoldDetail, console: Option<&url::Url>, approvable: bool) -> Option<Value> {
     let record = &detail.record;
     let value = format!("{}@{}", record.id, record.host);
