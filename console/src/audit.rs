@@ -9,6 +9,25 @@ use crate::{
     store::{Store, StoreError},
 };
 
+/// How a chat account came to be linked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatLinkHow {
+    /// By an admin (`keyturn console link`, the API): the records written before this field.
+    #[default]
+    Admin,
+    /// By the person themselves, confirming in the console a one-time link the account was
+    /// given in chat: who clicked it there is not proved to be them (see `chat::offers`).
+    Offer,
+}
+
+impl ChatLinkHow {
+    #[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+    fn is_admin(&self) -> bool {
+        *self == Self::Admin
+    }
+}
+
 /// One event of the console's audit trail, as stored in `audit.event` (JSON, tagged by
 /// `type`). Field names are those of the rows written before this type existed, so every
 /// stored record reads back as one of these.
@@ -120,6 +139,8 @@ pub enum AuditEvent {
         person: String,
         role: Role,
         by: String,
+        #[serde(default, skip_serializing_if = "ChatLinkHow::is_admin")]
+        how: ChatLinkHow,
     },
     ChatUnlinked {
         account: String,

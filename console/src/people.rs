@@ -150,21 +150,21 @@ pub enum SignIn {
 }
 
 /// A random secret: 256 bits from the operating system's CSPRNG, in hex.
-fn secret() -> String {
+pub(crate) fn secret() -> String {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
     hex::encode(bytes)
 }
 
-fn sha256(text: &str) -> String {
+pub(crate) fn sha256(text: &str) -> String {
     hex::encode(Sha256::digest(text))
 }
 
-fn millis(duration: Duration) -> i64 {
+pub(crate) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn role_of(text: &str) -> Result<Role, StoreError> {
+pub(crate) fn role_of(text: &str) -> Result<Role, StoreError> {
     text.parse().map_err(|reason| StoreError::Corrupt { hold_id: String::new(), reason })
 }
 

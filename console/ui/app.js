@@ -2,6 +2,8 @@
 // Everything a host sends is untrusted: it is rendered as text only, control characters made visible.
 
 const TOKEN_KEY = "keyturn.token";
+/** A link offered in chat, kept in this tab while its person signs in. */
+const CHAT_LINK_KEY = "keyturn.chatLink";
 const POLL_MS = 1000;
 const PAGE = 100;
 
@@ -175,9 +177,19 @@ function takeLinkSecret() {
   return match[1];
 }
 
+/** The secret of a link offered in chat (`/#chat-link=…`), taken out of the address bar
+ * and kept in this tab (session storage) through signing in. */
+function takeChatLinkSecret() {
+  const match = location.hash.match(/^#chat-link=([0-9a-f]{64})$/);
+  if (!match) return;
+  history.replaceState(null, "", location.pathname + location.search);
+  sessionStorage.setItem(CHAT_LINK_KEY, match[1]);
+}
+
 /** Shows what the address asks for, first redeeming a sign-in link it carries (on load,
  * or pasted into the address bar of an open page). */
 async function navigate() {
+  takeChatLinkSecret();
   const secret = takeLinkSecret();
   if (secret === null) return route();
   try {
@@ -206,7 +218,7 @@ $("sign-out").addEventListener("click", async () => {
 
 // ---- Views and routing ----------------------------------------------------------
 
-const VIEWS = ["signin", "pending", "hold", "history", "audit"];
+const VIEWS = ["signin", "pending", "hold", "history", "audit", "chatlink"];
 /** The open hold's poll; the pending queue's own runs on every view, for its count. */
 let timer = null;
 let queueTimer = null;
@@ -238,6 +250,8 @@ async function route() {
     loadPending();
     queueTimer = setInterval(loadPending, POLL_MS);
   }
+  const chatLink = sessionStorage.getItem(CHAT_LINK_KEY);
+  if (chatLink) return openChatLink(chatLink);
   const [, view, arg] = location.hash.match(/^#\/([a-z]+)\/?(.*)$/) ?? [];
   if (view === "hold" && arg) return openHold(decodeURIComponent(arg));
   if (view === "history") return openHistory();
@@ -259,6 +273,46 @@ function failed(error) {
   }
   showError($("notice"), error);
 }
+
+// ---- A chat account's link -------------------------------------------------------
+
+/** Shows the link offered in chat for its person to confirm: the account, who it links to. */
+async function openChatLink(secret) {
+  show("chatlink");
+  for (const id of ["chatlink-error", "chatlink-offer", "chatlink-done"]) $(id).hidden = true;
+  try {
+    const { data } = await api("/api/chat-link-offers/read", { method: "POST", body: { secret } });
+    $("chatlink-account").replaceChildren(visible(`${data.chat} ${data.team}/${data.user}`));
+    $("chatlink-name").replaceChildren(visible(data.name || "(none given)"));
+    $("chatlink-person").replaceChildren(visible(`${data.display_name} (${data.person})`));
+    $("chatlink-role").replaceChildren(visible(data.role));
+    $("chatlink-offer").hidden = false;
+  } catch (error) {
+    if (error.code === "unauthenticated") return failed(error);
+    sessionStorage.removeItem(CHAT_LINK_KEY);
+    showError($("chatlink-error"), error);
+  }
+}
+
+$("chatlink-confirm").addEventListener("click", async () => {
+  const secret = sessionStorage.getItem(CHAT_LINK_KEY);
+  sessionStorage.removeItem(CHAT_LINK_KEY);
+  $("chatlink-offer").hidden = true;
+  try {
+    const { data } = await api("/api/chat-link-offers/confirm", { method: "POST", body: { secret } });
+    $("chatlink-done").replaceChildren(
+      visible(`Linked: ${data.account} now approves and denies as ${data.person} (${data.role}); the chat channel is told.`),
+    );
+    $("chatlink-done").hidden = false;
+  } catch (error) {
+    showError($("chatlink-error"), error);
+  }
+});
+
+$("chatlink-cancel").addEventListener("click", () => {
+  sessionStorage.removeItem(CHAT_LINK_KEY);
+  location.hash = "#/pending";
+});
 
 // ---- Pending queue ---------------------------------------------------------------
 

@@ -11,11 +11,8 @@
 // Exits 0 only if the UI shows the expected outcome; otherwise saves a screenshot in the
 // temp dir and exits 1.
 
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { chromium } from "playwright-core";
+import { drive, say, signInWithProvider } from "./common.mjs";
 
 const { values: opts } = parseArgs({
   options: {
@@ -37,23 +34,10 @@ if (!opts.url || !opts.hold || !(opts.token || opts.login || opts.link)) {
   process.exit(2);
 }
 
-const TIMEOUT_MS = 15_000;
-
-const say = (step, fields = {}) => console.log(JSON.stringify({ step, ...fields }));
-
 /** Signs in with an API token on the console's own sign-in screen. */
 async function signInWithToken(page, token) {
   await page.getByTestId("token-input").fill(token);
   await page.getByTestId("token-submit").click();
-}
-
-/** Signs in through the identity provider's login form, which sends the browser back. */
-async function signInWithProvider(page, login, password) {
-  await page.getByTestId("oidc-signin").click();
-  await page.locator('input[name="login"]').fill(login);
-  await page.locator('input[name="password"]').fill(password);
-  await page.locator('[type="submit"]').click();
-  await page.waitForURL((url) => url.origin === new URL(opts.url).origin);
 }
 
 /** Opens the one-time sign-in link, signed out, as a new tab would: `URL#login=SECRET`. */
@@ -68,7 +52,7 @@ async function run(page) {
   else {
     await page.goto(opts.url);
     if (opts.token) await signInWithToken(page, opts.token);
-    else await signInWithProvider(page, opts.login, opts.password);
+    else await signInWithProvider(page, opts.url, opts.login, opts.password);
   }
   const who = page.getByTestId("whoami");
   await who.waitFor();
@@ -137,51 +121,4 @@ async function run(page) {
   });
 }
 
-const profile = mkdtempSync(join(tmpdir(), "keyturn-chromium-"));
-let context;
-let code = 1;
-try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
-  context.setDefaultTimeout(TIMEOUT_MS);
-  const page = context.pages()[0] ?? (await context.newPage());
-  const pageErrors = [];
-  page.on("pageerror", (error) => {
-    pageErrors.push(error.message);
-    say("page_error", { message: error.message });
-  });
-  page.on("dialog", (dialog) => {
-    pageErrors.push(`dialog: ${dialog.message()}`);
-    dialog.dismiss();
-  });
-  page.on("console", (message) => {
-    if (message.type() === "error") say("console_error", { text: message.text() });
-  });
-  try {
-    await run(page);
-    if (pageErrors.length) throw new Error(`the page failed: ${pageErrors.join("; ")}`);
-    code = 0;
-  } catch (error) {
-    const screenshot = join(tmpdir(), `keyturn-ui-failure-${process.pid}.png`);
-    await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
-    say("failed", { error: String(error?.message ?? error), screenshot });
-  }
-} catch (error) {
-  say("failed", { error: String(error?.message ?? error) });
-} finally {
-  await context?.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-}
-process.exit(code);
+await drive(run);

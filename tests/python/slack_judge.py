@@ -14,6 +14,12 @@ keyturn spelled wrong) is dropped and reported by its JSON pointer. The SDK's ow
 warning for a message without top-level text (what WebClient warns on chat.postMessage) is a
 finding too. Prints {"findings": ["message 0 block 2 (section): ...", ...]}.
 
+MODE views: stdin is a list of modals, as views.open is given them. Each is parsed by
+slack_sdk.models.views.View (an exception is a finding), checked by every validator of it and
+of every model under it (as for blocks: title, submit and close at most 24 characters, at
+most 100 blocks, callback_id at most 255 and private_metadata at most 3000 characters), and
+its to_dict() must equal the modal given. Prints {"findings": ["view 0: ...", ...]}.
+
 MODE signatures: stdin is {"secret": "...", "cases": [{"body": "...", "timestamp": "...",
 "signature": "...", "now": 1531420618}, ...]}. Each case is judged by
 slack_sdk.signature.SignatureVerifier(secret, clock).is_valid(body, timestamp, signature),
@@ -29,6 +35,7 @@ import warnings
 from slack_sdk.errors import SlackObjectFormationError
 from slack_sdk.models.basic_objects import JsonObject
 from slack_sdk.models.blocks import Block
+from slack_sdk.models.views import View
 from slack_sdk.signature import Clock, SignatureVerifier
 from slack_sdk.web.internal_utils import _warn_if_message_text_content_is_missing
 
@@ -116,14 +123,20 @@ def judge_block(block):
         return [f"Block.parse raised {type(e).__name__}: {e}"]
     if parsed is None:
         return [f"Block.parse knows no block of type {json.dumps(block.get('type'))}"]
+    return judge_model(parsed, block)
+
+
+def judge_model(model, given):
+    """What is wrong with model, the SDK's reading of given: every validator of it and of the
+    models under it, and every difference between what the SDK would send and given."""
     findings = []
-    validate_tree(parsed, [], findings)
+    validate_tree(model, [], findings)
     try:
-        sent = unvalidated_dict(parsed)
+        sent = unvalidated_dict(model)
     except Exception as e:
         findings.append(f"to_dict raised {type(e).__name__}: {e}")
     else:
-        differences(block, sent, [], findings)
+        differences(given, sent, [], findings)
     return findings
 
 
@@ -141,6 +154,21 @@ def judge_blocks(messages):
         for b, block in enumerate(blocks):
             kind = block.get("type") if isinstance(block, dict) else None
             findings.extend(f"message {m} block {b} ({kind}): {f}" for f in judge_block(block))
+    return {"findings": findings}
+
+
+def judge_views(views):
+    findings = []
+    for v, given in enumerate(views):
+        if not isinstance(given, dict):
+            findings.append(f"view {v}: not a JSON object")
+            continue
+        try:
+            view = View(**given)
+        except Exception as e:
+            findings.append(f"view {v}: View raised {type(e).__name__}: {e}")
+            continue
+        findings.extend(f"view {v}: {f}" for f in judge_model(view, given))
     return {"findings": findings}
 
 
@@ -162,7 +190,7 @@ def judge_signatures(request):
     return {"valid": valid}
 
 
-MODES = {"blocks": judge_blocks, "signatures": judge_signatures}
+MODES = {"blocks": judge_blocks, "views": judge_views, "signatures": judge_signatures}
 
 
 def main():

@@ -83,6 +83,18 @@ const MAX_ALT_TEXT: usize = 2_000;
 const MAX_CONFIRM_TITLE: usize = 100;
 const MAX_CONFIRM_TEXT: usize = 300;
 const MAX_CONFIRM_BUTTON: usize = 30;
+/// Modals (`views.open`): Slack's documented limits.
+const MAX_VIEW_BLOCKS: usize = 100;
+const MAX_VIEW_TITLE: usize = 24;
+const MAX_CALLBACK_ID: usize = 255;
+const MAX_PRIVATE_METADATA: usize = 3_000;
+const MAX_INPUT_LABEL: usize = 2_000;
+const MAX_INPUT_LENGTH: u64 = 3_000;
+const MAX_OPTIONS: usize = 100;
+const MAX_OPTION_TEXT: usize = 75;
+const MAX_OPTION_VALUE: usize = 150;
+/// How long a click's `trigger_id` opens a modal.
+const TRIGGER_WINDOW: Duration = Duration::from_secs(3);
 
 /// A message as the stand-in keeps it: `blocks` is `Value::Null` when none were sent.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,6 +114,19 @@ pub struct Ephemeral {
     pub user: String,
     pub text: String,
     pub blocks: Value,
+}
+
+/// A modal opened with `views.open`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct View {
+    pub id: String,
+    /// The user whose click's trigger opened it.
+    pub user: String,
+    pub team: String,
+    /// As the app sent it.
+    pub view: Value,
+    /// Since the click whose trigger opened it was delivered.
+    pub after: Duration,
 }
 
 /// One ack the app sent on a socket.
@@ -147,6 +172,9 @@ struct Record {
     warnings: Vec<String>,
     envelopes: HashMap<String, Envelope>,
     acks: Vec<Ack>,
+    /// Each click's `trigger_id`: when it was delivered, whose it is (user, team).
+    triggers: HashMap<String, (Instant, String, String)>,
+    views: Vec<View>,
     /// Posts whose blocks hold this are refused (`refuse_blocks_containing`).
     refused_blocks: Option<String>,
 }
@@ -228,6 +256,8 @@ struct Args {
     blocks: Option<Value>,
     ts: Option<String>,
     user: Option<String>,
+    trigger_id: Option<String>,
+    view: Option<Value>,
 }
 
 /// Every Web API answer: HTTP 200, `ok` saying how it went.
@@ -250,6 +280,8 @@ struct Reply {
     message_ts: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    view: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_metadata: Option<ResponseMetadata>,
 }
@@ -360,6 +392,11 @@ impl SlackStandIn {
     pub async fn interact(&self, payload: Value) -> String {
         let envelope_id = {
             let mut state = self.shared.lock();
+            if let Some(trigger) = payload["trigger_id"].as_str() {
+                let (user, team) = (&payload["user"]["id"], &payload["user"]["team_id"]);
+                let whose = (user.as_str().unwrap_or("").to_owned(), team.as_str().unwrap_or("").to_owned());
+                state.triggers.insert(trigger.to_owned(), (Instant::now(), whose.0, whose.1));
+            }
             let envelope_id = format!("e5e0a1d5-0000-4000-8000-{:012x}", state.envelopes.len() + 1);
             state.envelopes.insert(envelope_id.clone(), Envelope { payload, deliveries: 0, last_sent: None });
             envelope_id
@@ -373,6 +410,17 @@ impl SlackStandIn {
             .await;
         }
         envelope_id
+    }
+
+    /// The modals opened so far.
+    pub fn views(&self) -> Vec<View> {
+        self.shared.lock().views.clone()
+    }
+
+    /// Submits modal `view` as its user, with `values` (`state.values`, as Slack keys them by
+    /// block and action id): the `view_submission` envelope's id.
+    pub async fn submit(&self, view: &View, values: Value) -> String {
+        self.interact(view_submission(view, &values)).await
     }
 
     /// Until the envelope is acked: its first ack.
@@ -611,6 +659,9 @@ async fn api(
         "apps.connections.open" => {
             authorize(&headers, APP_TOKEN, BOT_TOKEN).map(|()| connections_open(&shared))
         }
+        "views.open" => authorize(&headers, BOT_TOKEN, APP_TOKEN)
+            .and_then(|()| arguments(&headers, &body, &mut warning))
+            .and_then(|args| views_open(&shared, args)),
         "chat.postMessage" | "chat.update" | "chat.postEphemeral" => {
             authorize(&headers, BOT_TOKEN, APP_TOKEN)
                 .and_then(|()| arguments(&headers, &body, &mut warning))
@@ -751,6 +802,28 @@ fn post_ephemeral(shared: &Shared, args: Args) -> Result<Reply, Refusal> {
     Ok(Reply { ok: true, message_ts: Some(message_ts), ..Reply::default() })
 }
 
+/// `views.open`: a modal, with a click's `trigger_id` used once within 3 s of the click.
+fn views_open(shared: &Shared, args: Args) -> Result<Reply, Refusal> {
+    let trigger = args.trigger_id.ok_or("invalid_arguments")?;
+    let view = args.view.ok_or("invalid_arguments")?;
+    let mut check = Check::default();
+    check.view(&view);
+    if !check.errors.is_empty() {
+        return Err(Refusal { error: "invalid_arguments", errors: check.errors });
+    }
+    let mut state = shared.lock();
+    let (at, user, team) = state.triggers.remove(&trigger).ok_or("invalid_trigger_id")?;
+    if at.elapsed() > TRIGGER_WINDOW {
+        return Err("expired_trigger_id".into());
+    }
+    let id = format!("V0STANDIN{}", state.views.len() + 1);
+    let mut echoed = view.clone();
+    echoed["id"] = json!(id);
+    echoed["team_id"] = json!(team);
+    state.views.push(View { id, user, team, view, after: at.elapsed() });
+    Ok(Reply { ok: true, view: Some(echoed), ..Reply::default() })
+}
+
 /// Unique and increasing: `1700000000.000100`, `1700000000.000200`, …
 fn next_ts(state: &mut Record) -> String {
     state.next_ts += 1;
@@ -786,12 +859,19 @@ fn check_content(args: &Args) -> Result<(), Refusal> {
     let Some(blocks) = &args.blocks else { return Ok(()) };
     let Some(blocks) = blocks.as_array() else { return Err("invalid_blocks_format".into()) };
     let mut check = Check::default();
-    check.blocks(blocks);
+    check.blocks(blocks, Surface::Message);
     if check.errors.is_empty() {
         Ok(())
     } else {
         Err(Refusal { error: "invalid_blocks", errors: check.errors })
     }
+}
+
+/// Where blocks are shown: a message, or a modal (more blocks, and inputs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    Message,
+    Modal,
 }
 
 /// Block Kit's rules for the blocks and elements keyturn uses; anything else is refused, so
@@ -806,9 +886,58 @@ impl Check {
         self.errors.push(format!("{why} [json-pointer:{at}]"));
     }
 
-    fn blocks(&mut self, blocks: &[Value]) {
-        if blocks.len() > MAX_BLOCKS {
-            self.fail("/blocks", format!("no more than {MAX_BLOCKS} items allowed"));
+    /// A modal (`views.open`'s `view`).
+    fn view(&mut self, view: &Value) {
+        let Some(view) = view.as_object() else {
+            self.fail("/view", "must be an object");
+            return;
+        };
+        if view.get("type").and_then(Value::as_str) != Some("modal") {
+            self.fail("/view/type", "must be modal");
+        }
+        self.text_object("/view/title", view.get("title"), MAX_VIEW_TITLE, true);
+        for button in ["submit", "close"] {
+            if view.contains_key(button) {
+                self.text_object(&format!("/view/{button}"), view.get(button), MAX_VIEW_TITLE, true);
+            }
+        }
+        for (field, max) in [("callback_id", MAX_CALLBACK_ID), ("private_metadata", MAX_PRIVATE_METADATA)] {
+            if view.contains_key(field) {
+                self.string(&format!("/view/{field}"), view.get(field), max);
+            }
+        }
+        let Some(blocks) = view.get("blocks") else {
+            self.fail("/view/blocks", "is required");
+            return;
+        };
+        let blocks = self.array("/view/blocks", blocks, usize::MAX);
+        self.blocks(blocks, Surface::Modal);
+        let inputs = blocks.iter().any(|b| b["type"] == "input");
+        if inputs && !view.contains_key("submit") {
+            self.fail("/view/submit", "a modal with inputs must have a submit button");
+        }
+        self.known_fields(
+            "/view",
+            view,
+            &[
+                "type",
+                "title",
+                "submit",
+                "close",
+                "callback_id",
+                "private_metadata",
+                "blocks",
+                "clear_on_close",
+                "notify_on_close",
+                "external_id",
+            ],
+        );
+    }
+
+    fn blocks(&mut self, blocks: &[Value], surface: Surface) {
+        let max = if surface == Surface::Modal { MAX_VIEW_BLOCKS } else { MAX_BLOCKS };
+        if blocks.len() > max {
+            self.fail("/blocks", format!("no more than {max} items allowed"));
         }
         let mut block_ids = HashSet::new();
         for (i, block) in blocks.iter().enumerate() {
@@ -842,6 +971,10 @@ impl Check {
                     &["elements"]
                 }
                 "divider" => &[],
+                "input" if surface == Surface::Modal => {
+                    self.input(&at, block);
+                    &["label", "element", "optional", "hint", "dispatch_action"]
+                }
                 _ => {
                     self.fail(&format!("{at}/type"), format!("unsupported block type {kind:?}"));
                     continue;
@@ -948,6 +1081,69 @@ impl Check {
             button,
             &["type", "text", "action_id", "value", "url", "style", "confirm", "accessibility_label"],
         );
+    }
+
+    /// An input block: a label and one of the elements keyturn uses.
+    fn input(&mut self, at: &str, block: &Map<String, Value>) {
+        self.text_object(&format!("{at}/label"), block.get("label"), MAX_INPUT_LABEL, true);
+        if let Some(optional) = block.get("optional").filter(|o| !o.is_boolean()) {
+            self.fail(&format!("{at}/optional"), format!("must be a boolean, not {optional}"));
+        }
+        let at = format!("{at}/element");
+        let Some(element) = block.get("element").and_then(Value::as_object) else {
+            self.fail(&at, "must be an object");
+            return;
+        };
+        self.string(&format!("{at}/action_id"), element.get("action_id"), MAX_ACTION_ID);
+        match element.get("type").and_then(Value::as_str) {
+            Some("plain_text_input") => {
+                for field in ["min_length", "max_length"] {
+                    if let Some(n) =
+                        element.get(field).filter(|n| n.as_u64().is_none_or(|n| n > MAX_INPUT_LENGTH))
+                    {
+                        self.fail(
+                            &format!("{at}/{field}"),
+                            format!("must be 0 to {MAX_INPUT_LENGTH}, not {n}"),
+                        );
+                    }
+                }
+                self.known_fields(
+                    &at,
+                    element,
+                    &[
+                        "type",
+                        "action_id",
+                        "multiline",
+                        "min_length",
+                        "max_length",
+                        "initial_value",
+                        "placeholder",
+                    ],
+                );
+            }
+            Some("static_select") => {
+                let options = element
+                    .get("options")
+                    .map(|o| self.array(&format!("{at}/options"), o, MAX_OPTIONS))
+                    .unwrap_or_default();
+                for (i, option) in options.iter().chain(element.get("initial_option")).enumerate() {
+                    let at = format!("{at}/options/{i}");
+                    self.text_object(&format!("{at}/text"), option.get("text"), MAX_OPTION_TEXT, true);
+                    self.string(&format!("{at}/value"), option.get("value"), MAX_OPTION_VALUE);
+                }
+                if let Some(initial) = element.get("initial_option")
+                    && !options.contains(initial)
+                {
+                    self.fail(&format!("{at}/initial_option"), "must be one of the options");
+                }
+                self.known_fields(
+                    &at,
+                    element,
+                    &["type", "action_id", "options", "initial_option", "placeholder"],
+                );
+            }
+            other => self.fail(&format!("{at}/type"), format!("unsupported element type {other:?}")),
+        }
     }
 
     fn confirm(&mut self, at: &str, confirm: &Value) {
@@ -1062,6 +1258,33 @@ pub fn block_action(team: &str, user: &str, action_id: &str, value: &str, messag
             "type": "button",
             "action_ts": action_ts,
         }],
+    })
+}
+
+/// A `view_submission` payload as Slack sends it when the user of `view` submits it with
+/// `values`: the view as the app opened it (its `callback_id`, `private_metadata`), and
+/// its state.
+fn view_submission(view: &View, values: &Value) -> Value {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970");
+    let name = view.user.to_lowercase();
+    let mut shown = view.view.clone();
+    shown["id"] = json!(view.id);
+    shown["team_id"] = json!(view.team);
+    shown["state"] = json!({"values": values});
+    shown["hash"] = json!(format!("{}.standin", now.as_secs()));
+    shown["app_id"] = json!(APP_ID);
+    shown["bot_id"] = json!("B0STANDIN");
+    json!({
+        "type": "view_submission",
+        "team": { "id": view.team, "domain": "standin" },
+        "user": { "id": view.user, "username": name, "name": name, "team_id": view.team },
+        "api_app_id": APP_ID,
+        "token": "standin-verification-token",
+        "trigger_id": format!("{}.{}.{:032x}", now.as_secs(), now.subsec_nanos(), now.as_nanos()),
+        "view": shown,
+        "response_urls": [],
+        "is_enterprise_install": false,
+        "enterprise": null,
     })
 }
 

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, process::Output, time::Duration};
 
 use console::{
     Api, Console, Role, Store,
-    chat::slack::{SlackConfig, message},
+    chat::slack::{SlackConfig, linking, message},
     keys::Signer,
 };
 use ed25519_dalek::SigningKey;
@@ -49,6 +49,11 @@ impl Linked {
     /// In Socket Mode, or in request-URL mode with `signed_requests`; the daemon holds as
     /// `policy` says.
     fn start(policy: &str, signed_requests: bool) -> Self {
+        Self::start_with(policy, signed_requests, Some("https://keyturn.example/"))
+    }
+
+    /// The same, with the web UI at `console_url` (for **Open in console** and link offers).
+    fn start_with(policy: &str, signed_requests: bool, console_url: Option<&str>) -> Self {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let dir =
             std::env::temp_dir().join(format!("kt-slack-{}-{}", std::process::id(), tests::daemon::serial()));
@@ -65,7 +70,7 @@ impl Linked {
         };
         let mut config = json!({
             "bot_token": slack::BOT_TOKEN, "channel": CHANNEL, "api_url": slack.api_url(),
-            "console_url": "https://keyturn.example/",
+            "console_url": console_url,
         });
         config.as_object_mut().expect("object").extend(mode.as_object().expect("object").clone());
         let config: SlackConfig = serde_json::from_value(config).expect("a [slack] section");
@@ -123,6 +128,17 @@ impl Linked {
         assert!(ack.within_3s, "acknowledged after {:?}", ack.after);
     }
 
+    /// The `n`th modal keyturn opened (from 0), once it is open.
+    fn modal(&self, n: usize) -> slack::View {
+        self.rt.block_on(self.slack.wait_for(&format!("modal {n}"), |slack| slack.views().into_iter().nth(n)))
+    }
+
+    /// Submits `view` with `values` as its user, over Socket Mode: acknowledged within 3 s.
+    fn submit(&self, view: &slack::View, values: Value) {
+        let envelope = self.rt.block_on(self.slack.submit(view, values));
+        assert!(self.rt.block_on(self.slack.wait_acked(&envelope)).within_3s);
+    }
+
     /// What Slack told `user` alone, the `n`th time (from 0).
     fn told(&self, user: &str, n: usize) -> String {
         self.rt.block_on(self.slack.wait_for(&format!("message {n} to {user}"), |slack| {
@@ -157,6 +173,36 @@ impl Linked {
         assert!(status.is_success(), "{verb} {id}: {status}");
     }
 
+    /// A browser session of `person` opened as the web UI opens one with a one-time
+    /// sign-in link (`POST /auth/link`): its `Cookie` header.
+    fn signed_in(&self, person: &str) -> String {
+        let secret = self.rt.block_on(self.console.store().issue_sign_in_link(person)).expect("a link");
+        let request = reqwest::Client::new()
+            .post(format!("http://{}/auth/link", self.http))
+            .header("x-requested-with", "keyturn")
+            .json(&json!({"secret": secret}))
+            .send();
+        let response = self.rt.block_on(request).expect("the console's sign-in");
+        assert!(response.status().is_success(), "{}", response.status());
+        let cookie = response.headers()["set-cookie"].to_str().expect("a cookie");
+        cookie.split(';').next().expect("name=value").to_owned()
+    }
+
+    /// `POST path` with `body`, in the browser session `cookie` (if any) as the web UI
+    /// sends it (or without its header): the status and the JSON answer.
+    fn web_post(&self, path: &str, cookie: Option<&str>, ui_header: bool, body: &Value) -> (u16, Value) {
+        let mut request = reqwest::Client::new().post(format!("http://{}{path}", self.http)).json(body);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        if ui_header {
+            request = request.header("x-requested-with", "keyturn");
+        }
+        let response = self.rt.block_on(request.send()).expect("the console");
+        let status = response.status().as_u16();
+        (status, self.rt.block_on(response.json()).unwrap_or(Value::Null))
+    }
+
     /// The console's audit trail: its events.
     fn trail(&self) -> Vec<Value> {
         let records = self.rt.block_on(self.console.store().audit_page(0, 0, i64::MAX, 1_000));
@@ -179,6 +225,7 @@ impl Linked {
             .into_iter()
             .chain(self.slack.updates())
             .map(|m| json!({"text": m.text, "blocks": m.blocks}))
+            .chain(self.slack.ephemerals().into_iter().map(|e| json!({"text": e.text, "blocks": e.blocks})))
             .collect();
         assert!(!sent.is_empty());
         assert_eq!(slack::judge("blocks", &Value::Array(sent))["findings"], json!([]));
@@ -237,11 +284,11 @@ fn a_click_in_slack_releases_a_held_process_as_the_linked_approver() {
         .flat_map(|b| b["elements"].as_array().into_iter().flatten())
         .filter_map(|e| e["action_id"].as_str())
         .collect();
-    assert_eq!(buttons, [message::APPROVE, message::DENY, message::OPEN]);
+    assert_eq!(buttons, [message::APPROVE, message::APPROVE_FOR, message::DENY, message::OPEN]);
 
     linked.click("U0STRANGER", message::APPROVE, &id);
     let told = linked.told("U0STRANGER", 0);
-    assert!(told.contains("not linked") && told.contains(&format!("--slack {TEAM}/U0STRANGER")), "{told}");
+    assert!(told.contains("not linked") && told.contains(&format!("{TEAM}/U0STRANGER")), "{told}");
     linked.link("U0VIEWER", "vera@example.com", "viewer");
     linked.click("U0VIEWER", message::APPROVE, &id);
     assert!(linked.told("U0VIEWER", 0).contains("needs the approver role"), "{}", linked.told("U0VIEWER", 0));
@@ -274,7 +321,7 @@ fn a_click_in_slack_releases_a_held_process_as_the_linked_approver() {
         slack.messages().into_iter().find(|m| m.channel == "U0CAROL")
     }));
     assert!(told.blocks.to_string().contains("Approved once"), "{}", told.blocks);
-    linked.click("U0BOB", message::DENY, &id);
+    linked.click("U0BOB", message::APPROVE, &id);
     assert!(linked.told("U0BOB", 0).contains("already decided"), "{}", linked.told("U0BOB", 0));
     assert_eq!(
         linked.refused(),
@@ -388,6 +435,8 @@ fn a_message_slack_refuses_is_announced_bare_and_stalls_nothing() {
     assert!(!bare.blocks.to_string().contains(message::APPROVE), "{}", bare.blocks);
     assert_eq!(linked.slack.refusals().len(), 1, "{:?}", linked.slack.refusals());
     linked.click("U0BOB", message::DENY, &id);
+    linked
+        .submit(&linked.modal(0), json!({"reason": {"reason": {"type": "plain_text_input", "value": null}}}));
     assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
     linked.updated(&id, |text| text.contains("Denied"));
 
@@ -511,4 +560,305 @@ fn linking_refuses_bad_input_with_one_clear_line() {
     let chat: Vec<&Value> =
         events.iter().filter(|kind| kind.as_str().is_some_and(|k| k.starts_with("chat_"))).collect();
     assert_eq!(chat, [&json!("chat_linked"), &json!("chat_unlinked")]);
+}
+
+/// The link offered to `user` the `n`th time they were told something: the secret in the
+/// fragment of its button's URL, on the console's address.
+fn offered_secret(linked: &Linked, user: &str, n: usize) -> String {
+    let told = linked.rt.block_on(linked.slack.wait_for(&format!("message {n} to {user}"), |slack| {
+        slack.ephemerals().into_iter().filter(|e| e.user == user).nth(n)
+    }));
+    let button =
+        told.blocks.as_array().expect("blocks").iter().find_map(|b| {
+            b["elements"].as_array()?.iter().find(|e| e["action_id"] == linking::LINK).cloned()
+        });
+    let url = button.expect("a link button")["url"].as_str().expect("a URL").to_owned();
+    let secret = url.strip_prefix("https://keyturn.example/#chat-link=").expect("the console's address");
+    assert!(secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()), "{url}");
+    assert!(!told.text.contains(secret), "the secret is in the button only: {}", told.text);
+    secret.to_owned()
+}
+
+/// A click by an account linked to no one is offered, to its user alone, a one-time link
+/// to the console; opened in a browser session and confirmed, it links the account to that
+/// person (capped at approver), audited and announced in the channel; the next click
+/// approves as them. The link is refused without the web UI's header, tampered, used again
+/// (by anyone), or past its ten minutes, each with its own answer.
+#[test]
+fn an_unlinked_click_is_offered_a_link_that_its_person_confirms_once() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["linked-by-offer"]);
+    let hold = linked.daemon.pending_one();
+    let id = id_of(&hold);
+    linked.click("U0NEW", message::APPROVE, &id);
+    let secret = offered_secret(&linked, "U0NEW", 0);
+    let told = &linked.slack.ephemerals()[0];
+    assert!(told.text.contains("T0KEYTURN/U0NEW") && told.text.contains("10 minutes"), "{}", told.text);
+    assert!(held(pid_of(&hold)), "an offer decides nothing");
+    assert_eq!(linked.refused(), [json!(["slack:T0KEYTURN/U0NEW", "not_linked"])]);
+
+    // The web UI (its page shows offers), then what it calls, in bob's browser session.
+    let page = linked.rt.block_on(async {
+        reqwest::get(format!("http://{}/", linked.http)).await.expect("/").text().await.expect("a page")
+    });
+    assert!(page.contains("view-chatlink") && page.contains("Confirm only if this is your own"), "{page}");
+    let bob = linked.signed_in("bob@example.com");
+    let read = json!({"secret": secret});
+    assert_eq!(
+        linked.web_post("/api/chat-link-offers/read", Some(&bob), false, &read).0,
+        403,
+        "no CSRF header"
+    );
+    assert_eq!(linked.web_post("/api/chat-link-offers/confirm", None, true, &read).0, 401, "signed in only");
+    let (status, offer) = linked.web_post("/api/chat-link-offers/read", Some(&bob), true, &read);
+    assert_eq!(status, 200, "{offer}");
+    assert_eq!(
+        (&offer["account"], &offer["team"], &offer["user"], &offer["name"], &offer["person"], &offer["role"]),
+        (
+            &json!("slack:T0KEYTURN/U0NEW"),
+            &json!(TEAM),
+            &json!("U0NEW"),
+            &json!("u0new"),
+            &json!("bob@example.com"),
+            &json!("approver")
+        ),
+        "an admin's session links as an approver"
+    );
+    let mut tampered = secret.clone().into_bytes();
+    tampered[0] = if tampered[0] == b'0' { b'1' } else { b'0' };
+    let tampered = json!({"secret": String::from_utf8(tampered).expect("hex")});
+    let (status, refused) = linked.web_post("/api/chat-link-offers/confirm", Some(&bob), true, &tampered);
+    assert_eq!((status, &refused["error"]["code"]), (410, &json!("unknown_link")), "{refused}");
+    let (status, done) = linked.web_post("/api/chat-link-offers/confirm", Some(&bob), true, &read);
+    assert_eq!(
+        (status, &done["person"], &done["role"]),
+        (200, &json!("bob@example.com"), &json!("approver")),
+        "{done}"
+    );
+
+    // Used: by no one else, and not twice.
+    let vera = linked.signed_in("vera@example.com");
+    for (who, path) in [(&vera, "confirm"), (&bob, "confirm"), (&vera, "read")] {
+        let (status, refused) =
+            linked.web_post(&format!("/api/chat-link-offers/{path}"), Some(who), true, &read);
+        assert_eq!((status, &refused["error"]["code"]), (410, &json!("link_used")), "{refused}");
+        assert!(
+            refused["error"]["message"].as_str().is_some_and(|m| m.contains("used already")),
+            "{refused}"
+        );
+    }
+    let linked_events: Vec<Value> =
+        linked.trail().into_iter().filter(|e| e["type"] == "chat_linked").collect();
+    assert_eq!(linked_events.len(), 1, "{linked_events:?}");
+    assert_eq!(
+        (&linked_events[0]["account"], &linked_events[0]["by"], &linked_events[0]["how"]),
+        (&json!("slack:T0KEYTURN/U0NEW"), &json!("bob@example.com"), &json!("offer"))
+    );
+    let notice = linked.rt.block_on(linked.slack.wait_for("the link announced", |slack| {
+        slack.messages().into_iter().find(|m| m.channel == CHANNEL && m.text.contains("<@U0NEW>"))
+    }));
+    assert!(
+        notice.text.contains("bob@example.com") && notice.text.contains("unlink --slack T0KEYTURN/U0NEW"),
+        "{}",
+        notice.text
+    );
+
+    linked.click("U0NEW", message::APPROVE, &id);
+    assert_eq!(finish(agent), (0, "linked-by-offer\n".to_owned()));
+    assert_eq!(decisions(&linked.daemon, &id)[0]["by"], "bob@example.com");
+
+    linked.judged_clean();
+}
+
+/// A newer offer voids the older; an offer past its ten minutes is refused as expired and
+/// links no one.
+#[test]
+fn an_offer_expires_and_a_newer_one_voids_the_older() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    let vera = linked.signed_in("vera@example.com");
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["late"]);
+    let late = id_of(&linked.daemon.pending_one());
+    linked.click("U0LATE", message::APPROVE, &late);
+    let voided = offered_secret(&linked, "U0LATE", 0);
+    linked.click("U0LATE", message::APPROVE, &late);
+    let fresh = offered_secret(&linked, "U0LATE", 1);
+    let (status, refused) =
+        linked.web_post("/api/chat-link-offers/read", Some(&vera), true, &json!({"secret": voided}));
+    assert_eq!((status, &refused["error"]["code"]), (410, &json!("unknown_link")), "{refused}");
+    linked.rt.block_on(async {
+        let database = format!("sqlite://{}", linked.dir.join("console.db").display());
+        let db = sqlx::SqlitePool::connect(&database).await.expect("the console's database");
+        sqlx::query("UPDATE chat_link_offers SET created_at_ms = created_at_ms - 600001")
+            .execute(&db)
+            .await
+            .expect("age the offers");
+    });
+    let (status, refused) =
+        linked.web_post("/api/chat-link-offers/confirm", Some(&vera), true, &json!({"secret": fresh}));
+    assert_eq!((status, &refused["error"]["code"]), (410, &json!("link_expired")), "{refused}");
+    assert!(
+        linked
+            .rt
+            .block_on(
+                linked
+                    .console
+                    .store()
+                    .chat_link(&console::chat::ChatAccount::slack("T0KEYTURN/U0LATE").expect("an account"))
+            )
+            .expect("read")
+            .is_none()
+    );
+    linked.decide_in_the_console("deny", &late, &json!({}));
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    linked.judged_clean();
+}
+
+/// The modals open with the click's trigger and submitting one decides: **Approve for…**
+/// for an hour releases the process and the same action again is not held; **Deny** with a
+/// reason kills it and the reason is the decision's. Every modal is judged by Slack's SDK; a
+/// submission with a duration keyturn did not offer decides nothing, and one by an account
+/// linked to no one is refused as a click is.
+#[test]
+fn the_modals_approve_for_an_hour_and_deny_with_a_reason() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    linked.link("U0BOB", "bob@example.com", "approver");
+    // As the daemon's own test of an approval's scope: the agent runs the same action twice.
+    let flagged = linked.daemon.flagged();
+    let agent =
+        linked.daemon.run_agent("/bin/sh", &["-c", &format!("{flagged} for-an-hour; {flagged} for-an-hour")]);
+    let hold = linked.daemon.pending_one();
+    let id = id_of(&hold);
+    let buttons = linked.message_of(&id).blocks.to_string();
+    for action in [message::APPROVE, message::APPROVE_FOR, message::DENY, message::OPEN] {
+        assert!(buttons.contains(action), "{action} in {buttons}");
+    }
+    let approve_for = |secs: &str, reason: &str| {
+        json!({"duration": {"duration": {"type": "static_select", "selected_option": {"value": secs, "text": {"type": "plain_text", "text": secs}}}},
+               "reason": {"reason": {"type": "plain_text_input", "value": reason}}})
+    };
+
+    linked.click("U0BOB", message::APPROVE_FOR, &id);
+    let modal = linked.modal(0);
+    assert_eq!((modal.user.as_str(), &modal.view["callback_id"]), ("U0BOB", &json!(message::APPROVE_FOR)));
+    eprintln!("the modal opened {:?} after its click was delivered (Slack allows 3 s)", modal.after);
+    linked.submit(&modal, approve_for("99999999", "forged"));
+    assert!(linked.told("U0BOB", 0).contains("did not offer"), "{}", linked.told("U0BOB", 0));
+    assert!(held(pid_of(&hold)));
+    // A stranger submitting the same modal (a forged submission) is offered a link, nothing more.
+    let stranger = slack::View { user: "U0EVE".into(), ..modal.clone() };
+    linked.submit(&stranger, approve_for("3600", "mine"));
+    offered_secret(&linked, "U0EVE", 0);
+    assert!(held(pid_of(&hold)));
+    linked.submit(&modal, approve_for("3600", "release week"));
+    assert_eq!(
+        finish(agent),
+        (0, "for-an-hour\nfor-an-hour\n".to_owned()),
+        "the second exec needs no new approval"
+    );
+    let decision = &decisions(&linked.daemon, &id)[0];
+    assert_eq!((&decision["by"], &decision["verdict"]), (&json!("bob@example.com"), &json!("approve")));
+    let released: Vec<Value> = linked.daemon.audit().into_iter().filter(|e| e["type"] == "release").collect();
+    assert!(
+        released.iter().any(|e| e["by"] == "keyturn" && e["why"] == "an earlier approval's scope covers it"),
+        "{released:?}"
+    );
+    linked.updated(&id, |text| text.contains("Approved for 3600 s") && text.contains("release week"));
+    assert_eq!(linked.refused(), [json!(["slack:T0KEYTURN/U0EVE", "not_linked"])]);
+
+    let agent = linked.daemon.run_agent(&flagged, &["deny-me"]);
+    let denied = id_of(&linked.daemon.pending_matching(|hold| hold["id"] != id.as_str()));
+    linked.click("U0BOB", message::DENY, &denied);
+    let modal = linked.modal(1);
+    assert_eq!(modal.view["callback_id"], message::DENY);
+    linked
+        .submit(&modal, json!({"reason": {"reason": {"type": "plain_text_input", "value": "not <today>"}}}));
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    let detail = linked
+        .rt
+        .block_on(linked.console.store().hold_detail(HOST, &denied))
+        .expect("read")
+        .expect("the hold");
+    let decision = detail.decision.expect("a decision");
+    assert_eq!((decision.reason.as_str(), decision.decided_by.as_str()), ("not <today>", "bob@example.com"));
+    linked.updated(&denied, |text| text.contains("Denied") && text.contains("not &lt;today&gt;"));
+
+    let views: Vec<Value> = linked.slack.views().into_iter().map(|v| v.view).collect();
+    assert_eq!(slack::judge("views", &Value::Array(views))["findings"], json!([]));
+    linked.judged_clean();
+}
+
+/// The stand-in opens a modal as Slack does, and refuses what Slack refuses: a trigger
+/// unknown, used or older than 3 s, a title over 24 characters, over 100 blocks,
+/// `private_metadata` over 3,000 characters; Slack's SDK finds the same limits broken.
+#[test]
+fn the_stand_in_and_slack_s_sdk_refuse_modals_beyond_slack_s_limits() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let slack = rt.block_on(SlackStandIn::start());
+    let posted = Message {
+        channel: CHANNEL.into(),
+        ts: "1.0".into(),
+        text: String::new(),
+        blocks: json!([]),
+        at: std::time::Instant::now(),
+    };
+    let trigger = || {
+        let click = slack::block_action(TEAM, "U0BOB", message::DENY, "h@host", &posted);
+        rt.block_on(slack.interact(click.clone()));
+        click["trigger_id"].as_str().expect("a trigger").to_owned()
+    };
+    let open = |trigger: &str, view: &Value| -> Value {
+        let request = reqwest::Client::new()
+            .post(format!("{}views.open", slack.api_url()))
+            .bearer_auth(slack::BOT_TOKEN)
+            .json(&json!({"trigger_id": trigger, "view": view}));
+        rt.block_on(async { request.send().await.expect("views.open").json().await.expect("JSON") })
+    };
+    let plain = |text: &str| json!({"type": "plain_text", "text": text});
+    let section = json!({"type": "section", "text": {"type": "mrkdwn", "text": "x"}});
+    let modal = |title: &str, blocks: usize, metadata: usize| {
+        json!({"type": "modal", "title": plain(title), "close": plain("Cancel"),
+               "private_metadata": "m".repeat(metadata), "blocks": vec![section.clone(); blocks]})
+    };
+    let good = modal(&"t".repeat(24), 100, 3_000);
+    let first = trigger();
+    assert_eq!(open(&first, &good)["ok"], true);
+    assert_eq!(open(&first, &good)["error"], "invalid_trigger_id", "a trigger opens one modal");
+    assert_eq!(open("1.2.forged", &good)["error"], "invalid_trigger_id");
+    let late = trigger();
+    std::thread::sleep(Duration::from_millis(3_100));
+    assert_eq!(open(&late, &good)["error"], "expired_trigger_id");
+    let bad = [modal(&"t".repeat(25), 1, 1), modal("t", 101, 1), modal("t", 1, 3_001)];
+    for view in &bad {
+        let answer = open(&trigger(), view);
+        assert_eq!(answer["error"], "invalid_arguments", "{answer}");
+    }
+    assert_eq!(slack.views().len(), 1);
+    assert_eq!(slack::judge("views", &json!([good]))["findings"], json!([]));
+    let findings = slack::judge("views", &Value::Array(bad.to_vec()))["findings"].to_string();
+    for said in [
+        "view 0: (the block): title",
+        "view 1: (the block): views must contain",
+        "view 2: (the block): private_metadata",
+    ] {
+        assert!(findings.contains(said), "{said} not in {findings}");
+    }
+}
+
+/// Without `console_url`, nothing links itself: a click by an account linked to no one is
+/// told the command an admin runs, and no link is offered.
+#[test]
+fn without_a_console_url_an_unlinked_click_is_told_what_an_admin_runs() {
+    let linked = Linked::start_with(HOLD_FLAGGED, false, None);
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["admins-link"]);
+    let id = id_of(&linked.daemon.pending_one());
+    let buttons = linked.message_of(&id).blocks.to_string();
+    assert!(buttons.contains(message::APPROVE) && !buttons.contains(message::OPEN), "{buttons}");
+    linked.click("U0STRANGER", message::APPROVE, &id);
+    linked.told("U0STRANGER", 0);
+    let told = &linked.slack.ephemerals()[0];
+    let says = format!("keyturn console link PERSON --slack {TEAM}/U0STRANGER");
+    assert!(told.text.contains(&says) && told.blocks.is_null(), "{told:?}");
+    assert_eq!(linked.refused(), [json!(["slack:T0KEYTURN/U0STRANGER", "not_linked"])]);
+    linked.decide_in_the_console("deny", &id, &json!({}));
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
 }

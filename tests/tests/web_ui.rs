@@ -168,6 +168,11 @@ impl Browser {
 
 /// Runs `tests/browser/approve.mjs` against `served` for hold `HOLD@HOST` with `args`.
 fn browser(served: &Served, hold: &str, args: &[&str]) -> Browser {
+    browser_script(served, "approve.mjs", &[&["--hold", hold], args].concat())
+}
+
+/// Runs `tests/browser/SCRIPT` against `served` with `args`.
+fn browser_script(served: &Served, script: &str, args: &[&str]) -> Browser {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
     assert!(
         dir.join("node_modules/playwright-core").exists(),
@@ -176,8 +181,8 @@ fn browser(served: &Served, hold: &str, args: &[&str]) -> Browser {
     );
     let started = Instant::now();
     let out = Command::new("node")
-        .arg(dir.join("approve.mjs"))
-        .args(["--url", &format!("http://{}/", served.http), "--hold", hold])
+        .arg(dir.join(script))
+        .args(["--url", &format!("http://{}/", served.http)])
         .args(args)
         .output()
         .expect("run node");
@@ -330,4 +335,40 @@ fn an_operator_signs_in_with_a_one_time_link_and_approves_in_the_browser() {
     assert!(text(&refused["message"]).contains("sign_in_failed"), "{}", run.log);
     assert!(text(&refused["hint"]).contains("keyturn console login"), "{}", run.log);
     assert!(!text(&refused["address"]).contains("login="), "{}", run.log);
+}
+
+/// A link offered to a chat account, opened signed out: the page takes the secret out of
+/// the address bar, keeps it through signing in at the identity provider, shows the account
+/// and the person it would link with a warning, and links them once confirmed; the same
+/// link opened again says it was used.
+#[test]
+fn a_person_confirms_a_chat_link_offered_to_them_after_signing_in() {
+    let rt = runtime();
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let provider = OidcProvider::start(&format!("http://{http}/auth/callback"));
+    let served = Served::start_with(Some((&provider, http)));
+    let account = console::chat::ChatAccount::slack("T0KT/U0BOB").expect("an account");
+    let secret = rt.block_on(served.store().offer_chat_link(&account, "bob")).expect("an offer");
+
+    let run = browser_script(
+        &served,
+        "chat_link.mjs",
+        &["--secret", &secret, "--login", "bob@example.com", "--password", PASSWORD],
+    );
+    assert!(run.success, "{}", run.log);
+    for step in ["opened", "offer"] {
+        assert!(!text(&run.step(step)["address"]).contains("chat-link="), "{}", run.log);
+    }
+    let offer = run.step("offer");
+    assert_eq!(text(&offer["account"]), "slack T0KT/U0BOB");
+    assert!(text(&offer["person"]).contains("(bob@example.com)") && offer["warning"] == true, "{}", run.log);
+    assert!(
+        text(&run.step("linked")["text"])
+            .contains("slack:T0KT/U0BOB now approves and denies as bob@example.com (approver)"),
+        "{}",
+        run.log
+    );
+    assert!(text(&run.step("refused")["text"]).contains("link_used"), "{}", run.log);
+    let link = rt.block_on(served.store().chat_link(&account)).expect("read").expect("linked");
+    assert_eq!((link.person.as_str(), link.role), ("bob@example.com", Role::Approver));
 }

@@ -21,9 +21,9 @@ use crate::{
 /// Holds listed when the caller names no limit.
 const DEFAULT_LIMIT: i64 = 100;
 /// Longest reason an approver may give.
-const MAX_REASON: usize = 1024;
+pub(crate) const MAX_REASON: usize = 1024;
 /// Longest approval `for` a duration: thirty days.
-const MAX_DURATION_SECS: u64 = 30 * 24 * 3600;
+pub(crate) const MAX_DURATION_SECS: u64 = 30 * 24 * 3600;
 /// Most words an audit search matches.
 const MAX_SEARCH_WORDS: usize = 8;
 
@@ -146,7 +146,7 @@ pub struct Denial {
     reason: Option<String>,
 }
 
-fn reason(reason: Option<String>) -> Result<String, ApiError> {
+pub(crate) fn reason(reason: Option<String>) -> Result<String, ApiError> {
     let reason = reason.unwrap_or_default();
     if reason.chars().count() > MAX_REASON || reason.chars().any(|c| c.is_control() && c != '\n') {
         return Err(ApiError::new(

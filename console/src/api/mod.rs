@@ -2,6 +2,7 @@
 //! routes, and the web UI's static files, all from one listener.
 
 mod auth;
+mod chat_links;
 mod evidence;
 mod export;
 pub(crate) mod holds;
@@ -16,7 +17,7 @@ use axum::{
     extract::{DefaultBodyLimit, rejection::BytesRejection},
     http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{delete, get, post},
+    routing::{delete, get, post, put},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::TcpListener;
@@ -87,6 +88,10 @@ impl Api {
             .route("/api/audit/export", get(export::export))
             .route("/api/tokens", get(auth::tokens).post(auth::create_token))
             .route("/api/tokens/{id}", delete(auth::revoke_token))
+            .route("/api/chat-links", get(chat_links::list))
+            .route("/api/chat-links/{*account}", put(chat_links::put).delete(chat_links::delete))
+            .route("/api/chat-link-offers/read", post(chat_links::offer))
+            .route("/api/chat-link-offers/confirm", post(chat_links::claim))
             .route(
                 "/api/slack/interactions",
                 post(slack::interactions).layer(DefaultBodyLimit::max(slack::MAX_INTERACTION)),
@@ -130,6 +135,15 @@ pub fn sign_in_url(origin: &str, secret: &str) -> String {
     format!("{origin}/#login={secret}")
 }
 
+/// The web UI's address at `console` that shows the link offered to a chat account
+/// ([`crate::Store::offer_chat_link`]) for its person to confirm: the secret is in the
+/// fragment, which the page keeps through signing in and posts.
+pub fn chat_link_url(console: &url::Url, secret: &str) -> url::Url {
+    let mut url = console.clone();
+    url.set_fragment(Some(&format!("chat-link={secret}")));
+    url
+}
+
 /// An API error: a status, a stable code programs branch on, and a message for people.
 #[derive(Debug)]
 pub struct ApiError {
@@ -169,7 +183,9 @@ impl From<StoreError> for ApiError {
             StoreError::SelfApproval { .. } => (StatusCode::FORBIDDEN, "self_approval"),
             StoreError::AlreadyApproved { .. } => (StatusCode::CONFLICT, "already_approved"),
             StoreError::AuditBroken { .. } => (StatusCode::CONFLICT, "audit_broken"),
-            StoreError::Anonymous => (StatusCode::BAD_REQUEST, "bad_request"),
+            StoreError::Anonymous | StoreError::ChatPerson(_) | StoreError::ChatRole(_) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
             _ => {
                 tracing::error!(error = %error, "API request failed");
                 return Self::new(

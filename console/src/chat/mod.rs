@@ -1,24 +1,26 @@
 //! Approving in chat: holds announced where people work, and a click there decided as the
 //! person the clicking chat account is linked to, by the rules every decision meets.
 //!
-//! A chat account is never trusted by its id alone: it acts only once an admin linked it
-//! to a person (`keyturn console link`), with the role given then (at most approver).
-//! Links are in the database, so every replica knows them, and every link and unlink is
-//! audited.
+//! A chat account is never trusted by its id alone: it acts only once it is linked to a
+//! person, by an admin (`keyturn console link`, the API) or by that person confirming a link
+//! offered to the account ([`offers`]), with the role given then (at most approver). Links
+//! are in the database, so every replica knows them, and every link and unlink is audited.
 
 pub mod announce;
 pub mod decide;
+pub mod offers;
 pub mod slack;
 pub mod teams;
 pub mod text;
 
 use std::{fmt, str::FromStr};
 
-use sqlx::Row as _;
+use serde::Serialize;
+use sqlx::{Any, Row as _, Transaction};
 
 use crate::{
-    audit::AuditEvent,
-    people::{Credential, Principal, Role},
+    audit::{AuditEvent, ChatLinkHow},
+    people::{Credential, Principal, Role, role_of},
     store::{Store, StoreError, audit, now_ms},
 };
 
@@ -121,6 +123,17 @@ impl Link {
     }
 }
 
+/// A link as listed.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkInfo {
+    /// `slack:TEAM/USER` or `teams:TENANT/USER`.
+    pub account: String,
+    pub person: String,
+    pub role: Role,
+    pub linked_by: String,
+    pub linked_at_ms: i64,
+}
+
 impl Store {
     /// Links `account` to `person` with `role` (at most approver), on `by`'s say-so,
     /// replacing any link the account had.
@@ -131,39 +144,8 @@ impl Store {
         role: Role,
         by: &str,
     ) -> Result<(), StoreError> {
-        if person.is_empty() {
-            return Err(StoreError::Anonymous);
-        }
-        // As decisions and the requester check compare them: a person named with a space,
-        // an invisible or control character could slip past the no-self-approval rule.
-        if person.len() > 256 || person.chars().any(|c| c.is_whitespace() || c.is_control() || hides(c)) {
-            return Err(StoreError::ChatPerson(person.to_owned()));
-        }
-        if role > Role::Approver {
-            return Err(StoreError::ChatRole(role));
-        }
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM chat_links WHERE account = $1")
-            .bind(account.to_string())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO chat_links (account, person, role, linked_by, linked_at_ms) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(account.to_string())
-        .bind(person)
-        .bind(role.as_str())
-        .bind(by)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        let event = AuditEvent::ChatLinked {
-            account: account.to_string(),
-            person: person.to_owned(),
-            role,
-            by: by.to_owned(),
-        };
-        audit(&mut tx, &event).await?;
+        link_in(&mut tx, account, person, role, by, ChatLinkHow::Admin).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -198,6 +180,28 @@ impl Store {
             .collect())
     }
 
+    /// Every link, or those of `person` (named without regard to case); by account.
+    pub async fn chat_links(&self, person: Option<&str>) -> Result<Vec<LinkInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT account, person, role, linked_by, linked_at_ms FROM chat_links
+             WHERE $1 = '' OR lower(person) = lower($1) ORDER BY account",
+        )
+        .bind(person.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LinkInfo {
+                    account: row.try_get(0)?,
+                    person: row.try_get(1)?,
+                    role: role_of(&row.try_get::<String, _>(2)?)?,
+                    linked_by: row.try_get(3)?,
+                    linked_at_ms: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
     /// The person `account` is linked to, read at every click: an unlinked account stops
     /// acting at once.
     pub async fn chat_link(&self, account: &ChatAccount) -> Result<Option<Link>, StoreError> {
@@ -206,10 +210,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| {
-            let role: String = row.try_get("role")?;
-            let role =
-                role.parse().map_err(|reason| StoreError::Corrupt { hold_id: String::new(), reason })?;
-            Ok(Link { person: row.try_get("person")?, role })
+            Ok(Link { person: row.try_get("person")?, role: role_of(&row.try_get::<String, _>("role")?)? })
         })
         .transpose()
     }
@@ -222,6 +223,51 @@ pub fn is_guid(text: &str) -> bool {
             .bytes()
             .enumerate()
             .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
+}
+
+/// Links `account` to `person` with `role` within `tx`, as [`Store::link_chat`] says.
+async fn link_in(
+    tx: &mut Transaction<'_, Any>,
+    account: &ChatAccount,
+    person: &str,
+    role: Role,
+    by: &str,
+    how: ChatLinkHow,
+) -> Result<(), StoreError> {
+    if person.is_empty() {
+        return Err(StoreError::Anonymous);
+    }
+    // As decisions and the requester check compare them: a person named with a space,
+    // an invisible or control character could slip past the no-self-approval rule.
+    if person.len() > 256 || person.chars().any(|c| c.is_whitespace() || c.is_control() || hides(c)) {
+        return Err(StoreError::ChatPerson(person.to_owned()));
+    }
+    if role > Role::Approver {
+        return Err(StoreError::ChatRole(role));
+    }
+    sqlx::query("DELETE FROM chat_links WHERE account = $1")
+        .bind(account.to_string())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO chat_links (account, person, role, linked_by, linked_at_ms) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(account.to_string())
+    .bind(person)
+    .bind(role.as_str())
+    .bind(by)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    let event = AuditEvent::ChatLinked {
+        account: account.to_string(),
+        person: person.to_owned(),
+        role,
+        by: by.to_owned(),
+        how,
+    };
+    audit(tx, &event).await?;
+    Ok(())
 }
 
 /// Characters that show as nothing: a name holding one reads as another name.

@@ -14,7 +14,7 @@ use proto::v1::{HoldRaised, hold_raised::Detail};
 use serde::Serialize;
 
 use super::KeyturnRecord;
-use crate::audit::{AuditEvent, Vote};
+use crate::audit::{AuditEvent, ChatLinkHow, Vote};
 
 /// What OCSF has no attribute for: the record, verbatim.
 #[derive(Serialize)]
@@ -172,8 +172,13 @@ pub fn events<'a>(
             let e = on_console(Class::ApiActivity, DELETE, format!("{by} revoked API token {token}"));
             vec![call(e, person_actor(by), API, "revoke_api_token", (token, "api_token"), status::SUCCESS)]
         }
-        (AuditEvent::ChatLinked { account, person, role, by }, _) => {
-            let message = format!("{by} linked chat account {account} to {person} as {role}");
+        (AuditEvent::ChatLinked { account, person, role, by, how }, _) => {
+            let message = match how {
+                ChatLinkHow::Admin => format!("{by} linked chat account {account} to {person} as {role}"),
+                ChatLinkHow::Offer => format!(
+                    "{by} linked chat account {account} to themselves as {role}, with a link offered in chat"
+                ),
+            };
             let e = on_console(Class::ApiActivity, CREATE, message);
             vec![call(
                 e,

@@ -73,7 +73,7 @@ impl Fixture {
             .1
     }
 
-    async fn call(
+    pub async fn call(
         &self,
         method: Method,
         path: &str,
@@ -127,7 +127,7 @@ impl Fixture {
     }
 
     /// The console's audit events of `kind`.
-    async fn audited(&self, kind: &str) -> Vec<Value> {
+    pub async fn audited(&self, kind: &str) -> Vec<Value> {
         let events = self.running.console.store().audit_events().await.unwrap();
         events.into_iter().filter(|e| e["type"] == kind).collect()
     }

@@ -3,6 +3,7 @@
 
 mod anchors;
 mod api;
+mod chat_links;
 mod evidence;
 mod export;
 mod hostile;

@@ -26,6 +26,9 @@ const FACT: usize = 600;
 
 /// The `action_id`s of the buttons, and what a click on each asks.
 pub const APPROVE: &str = "keyturn_approve";
+/// Opens a modal: a duration and a reason.
+pub const APPROVE_FOR: &str = "keyturn_approve_for";
+/// Opens a modal: a reason.
 pub const DENY: &str = "keyturn_deny";
 pub const OPEN: &str = "keyturn_open";
 
@@ -153,9 +156,9 @@ fn deadline(detail: &HoldDetail) -> Value {
     json!({"type": "context", "elements": [{"type": "mrkdwn", "text": text}]})
 }
 
-/// The buttons: **Approve once** (where `approvable`) and **Deny** while the hold is
-/// pending and may be decided in chat, and **Open in console** where the console's address
-/// is known.
+/// The buttons: while the hold is pending and may be decided in chat, **Approve once** and
+/// **Approve for…** (where `approvable`) and **Deny**; **Open in console** where the
+/// console's address is known.
 fn actions(detail: &HoldDetail, console: Option<&url::Url>, approvable: bool) -> Option<Value> {
     let record = &detail.record;
     let value = format!("{}@{}", record.id, record.host);
@@ -164,6 +167,8 @@ fn actions(detail: &HoldDetail, console: Option<&url::Url>, approvable: bool) ->
         if approvable {
             buttons.push(json!({"type": "button", "action_id": APPROVE, "style": "primary", "value": value,
                                 "text": {"type": "plain_text", "text": "Approve once"}}));
+            buttons.push(json!({"type": "button", "action_id": APPROVE_FOR, "value": value,
+                                "text": {"type": "plain_text", "text": "Approve for…"}}));
         }
         buttons.push(json!({"type": "button", "action_id": DENY, "style": "danger", "value": value,
                             "text": {"type": "plain_text", "text": "Deny"}}));

@@ -1,5 +1,7 @@
 //! Slack: each hold posted to a channel as it is raised and updated as it ends
-//! ([`crate::chat::announce`]), and the clicks on its buttons decided ([`clicks`]).
+//! ([`crate::chat::announce`]), the clicks on its buttons and the modals they open decided
+//! ([`clicks`], [`modal`]), and an account linked to no one offered a link to itself
+//! ([`linking`]).
 //!
 //! The announcements follow the audit trail like a SIEM output (one cursor, one replica at
 //! a time, at least once): a hold whose message is already recorded is not posted again.
@@ -11,7 +13,9 @@
 
 mod announce;
 pub mod clicks;
+pub mod linking;
 pub mod message;
+mod modal;
 mod socket;
 
 use std::{path::PathBuf, sync::Arc};
@@ -66,6 +70,8 @@ pub enum SlackError {
     Api { method: &'static str, error: String },
     #[error("Slack's socket: {0}")]
     Socket(String),
+    #[error("Slack: the console's store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Slack as the console speaks to it.
