@@ -23,6 +23,7 @@ pub mod oidc;
 pub mod runtimes;
 pub mod slack;
 pub mod teams;
+pub mod web;
 pub mod working_day;
 
 use agent_common::{HoldKey, Tag};

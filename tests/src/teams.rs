@@ -60,6 +60,10 @@ pub struct Card {
 #[derive(Default)]
 struct Shared {
     cards: Vec<Card>,
+    /// Text messages the bot posted: (conversation, text).
+    texts: Vec<(String, String)>,
+    /// Cards deleted by a person: Teams refuses to replace them.
+    deleted: Vec<String>,
     /// Cards posted to the Workflows webhook.
     webhook: Vec<Value>,
     /// Calls the stand-in refused, with why.
@@ -122,6 +126,16 @@ impl TeamsStandIn {
         self.shared.lock().expect("lock").cards.clone()
     }
 
+    pub fn texts(&self) -> Vec<(String, String)> {
+        self.shared.lock().expect("lock").texts.clone()
+    }
+
+    /// Deletes card `id`, as a person in Teams does: replacing it is refused from now on
+    /// (`403`, as the Bot Connector answers for a deleted channel message).
+    pub fn delete(&self, id: &str) {
+        self.shared.lock().expect("lock").deleted.push(id.to_owned());
+    }
+
     pub fn webhook_cards(&self) -> Vec<Value> {
         self.shared.lock().expect("lock").webhook.clone()
     }
@@ -168,11 +182,17 @@ impl TeamsStandIn {
         &self,
         console: SocketAddr,
         authorization: &str,
-        (tenant, user): (&str, &str),
+        who: (&str, &str),
         verb: &str,
         hold: &str,
     ) -> (StatusCode, Value) {
-        let activity = json!({
+        self.send(console, authorization, &self.activity(who, verb, hold)).await
+    }
+
+    /// The invoke activity of a click on the card button `verb` of hold `hold` by the Teams
+    /// user with object id `user` of `tenant`.
+    pub fn activity(&self, (tenant, user): (&str, &str), verb: &str, hold: &str) -> Value {
+        json!({
             "type": "invoke", "name": "adaptiveCard/action", "channelId": "msteams",
             "serviceUrl": self.service_url(), "id": "f:invoke-1",
             "from": {"id": format!("29:{user}"), "aadObjectId": user, "name": "A Person"},
@@ -180,11 +200,21 @@ impl TeamsStandIn {
             "conversation": {"id": "19:holds@thread.tacv2", "conversationType": "channel", "tenantId": tenant},
             "channelData": {"tenant": {"id": tenant}},
             "value": {"action": {"type": "Action.Execute", "verb": verb, "data": {"hold": hold}}, "trigger": "manual"},
-        });
+        })
+    }
+
+    /// Sends `activity` to the bot's messaging endpoint at `console` with `authorization`:
+    /// the HTTP status and the answer.
+    pub async fn send(
+        &self,
+        console: SocketAddr,
+        authorization: &str,
+        activity: &Value,
+    ) -> (StatusCode, Value) {
         let response = reqwest::Client::new()
             .post(format!("http://{console}/api/teams/messages"))
             .header("authorization", authorization)
-            .json(&activity)
+            .json(activity)
             .send()
             .await
             .expect("the bot's messaging endpoint");
@@ -247,11 +277,23 @@ async fn grant(
     Json(json!({"token_type": "Bearer", "expires_in": 3_600, "access_token": ACCESS_TOKEN})).into_response()
 }
 
-/// The card an activity carries, once the call is the bot's and within Teams' limits.
-fn card_of(headers: &HeaderMap, activity: &Value) -> Result<Value, (StatusCode, String)> {
+/// What a message activity carries, once the call is the bot's and within Teams' limits.
+enum Carried {
+    Card(Value),
+    Text(String),
+}
+
+/// What `activity` carries, once the call is the bot's and within Teams' limits.
+fn card_of(headers: &HeaderMap, activity: &Value) -> Result<Carried, (StatusCode, String)> {
     let bearer = headers.get("authorization").and_then(|v| v.to_str().ok());
     if bearer != Some(&format!("Bearer {ACCESS_TOKEN}")) {
         return Err((StatusCode::UNAUTHORIZED, format!("activity without the bot's token: {bearer:?}")));
+    }
+    if activity["type"] == "message" && activity["attachments"].is_null() {
+        let text = activity["text"].as_str().filter(|text| !text.is_empty());
+        return text
+            .map(|text| Carried::Text(text.to_owned()))
+            .ok_or_else(|| (StatusCode::BAD_REQUEST, format!("a message with nothing in it: {activity}")));
     }
     let size = activity.to_string().len();
     if size > MESSAGE_LIMIT {
@@ -264,7 +306,7 @@ fn card_of(headers: &HeaderMap, activity: &Value) -> Result<Value, (StatusCode, 
     {
         return Err((StatusCode::BAD_REQUEST, format!("not an Adaptive Card message: {activity}")));
     }
-    Ok(attachment["content"].clone())
+    Ok(Carried::Card(attachment["content"].clone()))
 }
 
 async fn posted(
@@ -274,7 +316,12 @@ async fn posted(
     Json(activity): Json<Value>,
 ) -> Response {
     let card = match card_of(&headers, &activity) {
-        Ok(card) => card,
+        Ok(Carried::Card(card)) => card,
+        Ok(Carried::Text(text)) => {
+            let mut shared = shared.lock().expect("lock");
+            shared.texts.push((conversation, text));
+            return Json(json!({"id": format!("1:text{}", shared.texts.len())})).into_response();
+        }
         Err((status, why)) => return refuse(&shared, status, &why),
     };
     let mut shared = shared.lock().expect("lock");
@@ -290,10 +337,19 @@ async fn replaced(
     Json(activity): Json<Value>,
 ) -> Response {
     let card = match card_of(&headers, &activity) {
-        Ok(card) => card,
+        Ok(Carried::Card(card)) => card,
+        Ok(Carried::Text(_)) => return refuse(&shared, StatusCode::BAD_REQUEST, "a card replaced by text"),
         Err((status, why)) => return refuse(&shared, status, &why),
     };
     let mut locked = shared.lock().expect("lock");
+    if locked.deleted.contains(&id) {
+        // Not a refusal of keyturn's: what Teams answers for a card a person deleted.
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": {"code": "ServiceError", "message": "Unknown"}})),
+        )
+            .into_response();
+    }
     let Some(old) = locked.cards.iter_mut().find(|c| c.conversation == conversation && c.id == id) else {
         drop(locked);
         return refuse(&shared, StatusCode::NOT_FOUND, &format!("no activity {id} in {conversation}"));

@@ -173,34 +173,15 @@ impl Linked {
         assert!(status.is_success(), "{verb} {id}: {status}");
     }
 
-    /// A browser session of `person` opened as the web UI opens one with a one-time
-    /// sign-in link (`POST /auth/link`): its `Cookie` header.
+    /// A browser session of `person` opened as the web UI opens one: its `Cookie` header.
     fn signed_in(&self, person: &str) -> String {
-        let secret = self.rt.block_on(self.console.store().issue_sign_in_link(person)).expect("a link");
-        let request = reqwest::Client::new()
-            .post(format!("http://{}/auth/link", self.http))
-            .header("x-requested-with", "keyturn")
-            .json(&json!({"secret": secret}))
-            .send();
-        let response = self.rt.block_on(request).expect("the console's sign-in");
-        assert!(response.status().is_success(), "{}", response.status());
-        let cookie = response.headers()["set-cookie"].to_str().expect("a cookie");
-        cookie.split(';').next().expect("name=value").to_owned()
+        self.rt.block_on(tests::web::signed_in(self.console.store(), self.http, person))
     }
 
     /// `POST path` with `body`, in the browser session `cookie` (if any) as the web UI
     /// sends it (or without its header): the status and the JSON answer.
     fn web_post(&self, path: &str, cookie: Option<&str>, ui_header: bool, body: &Value) -> (u16, Value) {
-        let mut request = reqwest::Client::new().post(format!("http://{}{path}", self.http)).json(body);
-        if let Some(cookie) = cookie {
-            request = request.header("cookie", cookie);
-        }
-        if ui_header {
-            request = request.header("x-requested-with", "keyturn");
-        }
-        let response = self.rt.block_on(request.send()).expect("the console");
-        let status = response.status().as_u16();
-        (status, self.rt.block_on(response.json()).unwrap_or(Value::Null))
+        self.rt.block_on(tests::web::post(self.http, path, cookie, ui_header, body))
     }
 
     /// The console's audit trail: its events.

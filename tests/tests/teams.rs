@@ -197,8 +197,8 @@ fn a_click_in_teams_releases_a_held_process_as_the_linked_approver() {
 
     let stranger = linked.told((TENANT, STRANGER), teams::APPROVE, &id);
     assert!(
-        stranger.contains("not linked") && stranger.contains(&format!("--teams {TENANT}/{STRANGER}")),
-        "{stranger}"
+        stranger.contains("not linked") && stranger.contains("https://keyturn.example/#chat-link="),
+        "an unlinked user is offered a link to themselves: {stranger}"
     );
     let elsewhere = "11111111-2222-3333-4444-555555555555";
     linked.link(BOB, "bob@example.com", Role::Approver);
@@ -297,4 +297,125 @@ fn a_workflows_webhook_is_told_of_holds_with_open_in_console_only() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(linked.teams.webhook_cards().len(), 1, "a webhook's card is sent once");
     linked.judged_clean(&[]);
+}
+
+/// The secret of the link offered in `told`.
+fn offered(told: &str) -> String {
+    let at = told.find("#chat-link=").expect("a link") + "#chat-link=".len();
+    told[at..].chars().take_while(char::is_ascii_hexdigit).collect()
+}
+
+/// An unlinked Teams user is offered a link to themselves; the person who opens it signed
+/// in and confirms is linked (as approver at most), the channel is told, and the next click
+/// decides as them.
+#[test]
+fn an_unlinked_teams_user_links_themselves_by_the_offered_link() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["linked-by-offer"]);
+    let id = id_of(&linked.daemon.pending_one());
+    let secret = offered(&linked.told((TENANT, BOB), teams::APPROVE, &id));
+    let bob =
+        linked.rt.block_on(tests::web::signed_in(linked.console.store(), linked.http, "bob@example.com"));
+    let confirm = |secret: &str| {
+        let body = json!({"secret": secret});
+        linked.rt.block_on(tests::web::post(
+            linked.http,
+            "/api/chat-link-offers/confirm",
+            Some(&bob),
+            true,
+            &body,
+        ))
+    };
+    let (status, done) = confirm(&secret);
+    assert_eq!(
+        (status, &done["account"], &done["person"]),
+        (200, &json!(format!("teams:{TENANT}/{BOB}")), &json!("bob@example.com")),
+        "{done}"
+    );
+    assert_eq!(confirm(&secret).0, 410, "a link works once");
+    let (conversation, text) =
+        linked.teams.wait_for("the channel told", |teams| teams.texts().into_iter().next());
+    assert_eq!(conversation, CHANNEL);
+    assert!(text.contains(&format!("{TENANT}/{BOB}")) && text.contains("bob@example.com"), "{text}");
+    let (status, decided) = linked.click((TENANT, BOB), teams::APPROVE, &id);
+    assert_eq!(
+        (status, &decided["type"]),
+        (StatusCode::OK, &json!("application/vnd.microsoft.card.adaptive"))
+    );
+    assert_eq!(finish(agent), (0, "linked-by-offer\n".to_owned()));
+}
+
+/// What the Bot Connector alone sets is checked: the tenant named twice must agree, the
+/// click must be sent to this bot, from Teams, and from the Bot Connector's own host (a
+/// token minted for another service URL is refused even where it matches the activity).
+#[test]
+fn a_click_that_names_another_tenant_bot_channel_or_host_decides_nothing() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    linked.link(BOB, "bob@example.com", Role::Approver);
+    let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["never"]);
+    let hold = linked.daemon.pending_one();
+    let id = id_of(&hold);
+    let value = format!("{id}@{HOST}");
+    let token = format!("Bearer {}", linked.teams.token(&linked.teams.service_url(), &json!({})));
+    let send = |activity: &Value, authorization: &str| {
+        linked.rt.block_on(linked.teams.send(linked.http, authorization, activity))
+    };
+    let twisted = |change: &dyn Fn(&mut Value)| {
+        let mut activity = linked.teams.activity((TENANT, BOB), teams::APPROVE, &value);
+        change(&mut activity);
+        activity
+    };
+    let other_tenant = "11111111-2222-3333-4444-555555555555";
+    let refused = [
+        (
+            "tenants disagree",
+            twisted(&|a| a["channelData"]["tenant"]["id"] = json!(other_tenant)),
+            "own Microsoft tenant",
+        ),
+        (
+            "another bot",
+            twisted(&|a| a["recipient"]["id"] = json!("28:someone-else")),
+            "not sent to keyturn's bot",
+        ),
+        ("another channel", twisted(&|a| a["channelId"] = json!("webchat")), "Microsoft Teams only"),
+    ];
+    for (what, activity, said) in refused {
+        let (status, reply) = send(&activity, &token);
+        assert_eq!(status, StatusCode::OK, "{what}");
+        assert!(reply["value"].as_str().is_some_and(|text| text.contains(said)), "{what}: {reply}");
+    }
+    let elsewhere = "http://127.0.0.2:9/";
+    let activity = twisted(&|a| a["serviceUrl"] = json!(elsewhere));
+    let minted = format!("Bearer {}", linked.teams.token(elsewhere, &json!({})));
+    assert_eq!(
+        send(&activity, &minted).0,
+        StatusCode::UNAUTHORIZED,
+        "a service URL off the Bot Connector's host"
+    );
+    assert!(held(u32::try_from(hold["pid"].as_u64().expect("pid")).expect("pid")));
+    assert!(linked.refused().is_empty());
+    let out = linked.daemon.cli(&["deny", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+}
+
+/// A card a person deleted cannot be replaced (Teams answers 403): that hold's end is not
+/// shown, and the next hold is announced all the same.
+#[test]
+fn a_deleted_card_holds_up_no_later_announcement() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    let first = linked.daemon.run_agent(&linked.daemon.flagged(), &["first"]);
+    let first_id = id_of(&linked.daemon.pending_one());
+    let card = linked.card_of(&first_id, |_| true);
+    linked.teams.delete(&card.id);
+    let out = linked.daemon.cli(&["deny", &first_id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(finish(first).0, 128 + libc::SIGKILL);
+    let second = linked.daemon.run_agent(&linked.daemon.flagged(), &["second"]);
+    let second_id = id_of(&linked.daemon.pending_matching(|hold| hold["id"] != first_id.as_str()));
+    linked.card_of(&second_id, |_| true);
+    let out = linked.daemon.cli(&["approve", &second_id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(finish(second), (0, "second\n".to_owned()));
+    linked.card_of(&second_id, |text| text.contains("approved on the host"));
 }

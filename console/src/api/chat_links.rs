@@ -134,5 +134,10 @@ pub async fn claim(
     {
         tracing::warn!(error = %e, account = %account, "announcing a chat account's link in Slack");
     }
+    if let Some(teams) = &api.teams
+        && let Err(e) = teams.announce_link(&account, &link).await
+    {
+        tracing::warn!(error = %e, account = %account, "announcing a chat account's link in Teams");
+    }
     Ok(ok(serde_json::json!({"account": account.to_string(), "person": link.person, "role": link.role})))
 }

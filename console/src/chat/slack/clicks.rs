@@ -10,10 +10,11 @@ use serde::Deserialize;
 use super::{Slack, message, modal};
 use crate::{
     Console,
-    api::holds::{Asked, decide_as, reason as checked_reason},
-    audit::AuditEvent,
-    chat::ChatAccount,
-    store::Outcome,
+    api::holds::{Asked, reason as checked_reason},
+    chat::{
+        ChatAccount,
+        decide::{self, Refusal},
+    },
 };
 
 /// An interaction, as Slack reports it: a click on a message's button (`block_actions`)
@@ -166,92 +167,22 @@ async fn decide(slack: &Slack, console: &Console, actor: &Actor<'_>, wanted: Wan
         Ok(account) => account,
         Err(reason) => return Some(format!("Your Slack account is not one keyturn can name: {reason}")),
     };
-    let link = match console.store().chat_link(account).await {
-        Ok(Some(link)) => link,
-        Ok(None) => {
-            let refused = Refused {
-                by: account.to_string(),
-                code: "not_linked",
-                why: "a click by a Slack account linked to no one".into(),
-            };
-            refused.record(console, host, hold_id, verdict).await;
-            return match slack
-                .offer_link(console.store(), &actor.channel, actor.user, account, actor.name)
-                .await
-            {
-                Ok(true) => None,
-                Ok(false) => Some(format!(
-                    "Your Slack account is not linked to a person in keyturn, so your click decided nothing. \
-                     An admin links it with: keyturn console link PERSON --slack {}/{}",
-                    account.team, account.user
-                )),
-                Err(e) => {
-                    tracing::warn!(error = %e, "offering a Slack account a link");
-                    Some(
-                        "Your Slack account is not linked to a person in keyturn, so your click decided \
-                          nothing; keyturn could not offer you a link just now: try again."
-                            .into(),
-                    )
-                }
-            };
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "reading a Slack account's link");
-            return Some(
-                "keyturn could not read who you are just now: try again, or decide in the console".into(),
-            );
-        }
-    };
-    match console.store().raised(host, hold_id).await {
-        Ok(Some(raised)) if raised.in_console => {
-            let why = format!("a click in Slack by {account}: the rule says approve_in = \"console\"");
-            Refused { by: link.person.clone(), code: "console_only", why }
-                .record(console, host, hold_id, verdict)
-                .await;
-            return Some(
-                "This hold is decided in the console only (its rule says so): open it there.".into(),
-            );
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "reading a held action");
-            return Some(
-                "keyturn could not read the hold just now: try again, or decide in the console".into(),
-            );
-        }
-    }
     let asked = Asked { host, hold_id, verdict, scope, duration_secs, reason };
-    match decide_as(console, &link.principal(account), asked).await {
-        Ok(Outcome::Decided(_)) => None,
-        Ok(Outcome::AwaitingQuorum { approvals, quorum }) => {
-            Some(format!("Your approval is recorded: {approvals} of {quorum}. The hold waits for more."))
-        }
-        Err(refused) => Some(format!("Your click decided nothing: {}", refused.message())),
-    }
-}
-
-/// A click refused here, before the console's decision rules saw it: audited as they
-/// audit theirs.
-struct Refused {
-    by: String,
-    code: &'static str,
-    why: String,
-}
-
-impl Refused {
-    async fn record(self, console: &Console, host: &str, hold: &str, verdict: Verdict) {
-        let Self { by, code, why } = self;
-        let verdict = verdict.as_str_name().to_owned();
-        let event = AuditEvent::DecisionRefused {
-            host: host.into(),
-            hold: hold.into(),
-            by,
-            verdict,
-            code: code.into(),
-            why,
+    let decided = decide::decide(console, account, asked).await;
+    if let Err(Refusal::NotLinked) = decided {
+        return match slack.offer_link(console.store(), &actor.channel, actor.user, account, actor.name).await
+        {
+            Ok(true) => None,
+            Ok(false) => decide::said(&decided, account),
+            Err(e) => {
+                tracing::warn!(error = %e, "offering a Slack account a link");
+                Some(
+                    "Your Slack account is not linked to a person in keyturn, so your click decided \
+                     nothing; keyturn could not offer you a link just now: try again."
+                        .into(),
+                )
+            }
         };
-        if let Err(e) = console.store().record(&event).await {
-            tracing::warn!(error = %e, code, "auditing a refused click");
-        }
     }
+    decide::said(&decided, account)
 }

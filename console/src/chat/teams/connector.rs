@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{How, SERVICE_URL, TOKEN_URL, Teams, TeamsConfig, TeamsError, card, token};
 use crate::{
-    chat::{Chat, ChatAccount, announce::Announcer, is_guid},
+    chat::{Chat, ChatAccount, Link, announce::Announcer, is_guid},
     search::HoldDetail,
     siem::{SiemError, http_client, reachable},
 };
@@ -121,16 +121,20 @@ impl Bot {
         Ok(granted.access_token)
     }
 
-    /// `POST` (a new activity) or `PUT` (a replacement for activity `id`) of `card` in
-    /// `conversation`: the activity's id.
-    async fn send(&self, conversation: &str, id: Option<&str>, card: Value) -> Result<String, TeamsError> {
+    /// `POST` (a new activity) or `PUT` (a replacement for activity `id`) of the message
+    /// `activity` in `conversation`: the activity's id.
+    async fn send(
+        &self,
+        conversation: &str,
+        id: Option<&str>,
+        mut activity: Value,
+    ) -> Result<String, TeamsError> {
         let mut url = self.service_url.clone();
         url.path_segments_mut()
             .map_err(|()| TeamsError::Config("service_url cannot be a base".into()))?
             .pop_if_empty()
             .extend(["v3", "conversations", conversation, "activities"])
             .extend(id);
-        let mut activity = activity(&card);
         let (call, request) = match id {
             None => ("post", self.client.post(url)),
             Some(id) => {
@@ -194,11 +198,11 @@ impl Teams {
         id: Option<&str>,
     ) -> Result<String, TeamsError> {
         let console = self.console_url.as_ref();
-        match bot.send(conversation, id, card::card(detail, console, card::Shown::Full)).await {
+        match bot.send(conversation, id, activity(&card::card(detail, console, card::Shown::Full))).await {
             Err(e) if refused_content(&e) => {
                 let (host, hold) = (&detail.record.host, &detail.record.id);
                 tracing::warn!(host, hold, error = %e, "Teams refused a hold's card: shown without its details");
-                bot.send(conversation, id, card::card(detail, console, card::Shown::Bare)).await
+                bot.send(conversation, id, activity(&card::card(detail, console, card::Shown::Bare))).await
             }
             sent => sent,
         }
@@ -262,6 +266,25 @@ impl Announcer for Teams {
 }
 
 impl Teams {
+    /// Tells the channel that `account` was linked to `link`'s person by an offer they
+    /// confirmed, so that an account linked by a forwarded link does not go unseen.
+    pub async fn announce_link(&self, account: &ChatAccount, link: &Link) -> Result<(), TeamsError> {
+        let Some(bot) = self.bot().filter(|_| account.chat == Chat::Teams) else { return Ok(()) };
+        let text = format!(
+            "Teams account {}/{} is now linked to keyturn person {} as {}: they confirmed it in the \
+             console with a link the account was given. Not theirs? An admin unlinks it: \
+             keyturn console unlink --teams {}/{}",
+            account.team,
+            account.user,
+            crate::chat::text::visible(&link.person, 300),
+            link.role,
+            account.team,
+            account.user,
+        );
+        let activity = json!({"type": "message", "textFormat": "plain", "text": text});
+        bot.send(&bot.channel, None, activity).await.map(drop)
+    }
+
     /// The bot, when there is one (not with a notify-only webhook).
     pub fn bot(&self) -> Option<&Bot> {
         match &self.how {
