@@ -18,9 +18,8 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::Write as _,
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -1313,22 +1312,7 @@ pub fn judge(mode: &str, input: &Value) -> Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
     let python = dir.join(".venv/bin/python");
     assert!(python.exists(), "{} is missing: run `cargo xtask setup`", python.display());
-    let mut child = Command::new(python)
-        .arg(dir.join("slack_judge.py"))
-        .arg(mode)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the Slack judge");
-    let input = serde_json::to_vec(input).expect("the judge's input");
-    child.stdin.take().expect("stdin").write_all(&input).expect("feed the judge");
-    let out = child.wait_with_output().expect("the judge");
-    assert!(
-        out.status.success(),
-        "the Slack judge failed:\n{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout).expect("the judge's verdict")
+    let mut judge = Command::new(python);
+    judge.arg(dir.join("slack_judge.py")).arg(mode);
+    crate::judged(judge, input)
 }

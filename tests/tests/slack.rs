@@ -4,19 +4,18 @@
 //! Every message keyturn sends is also judged by Slack's own SDK (`slack-sdk` from the Python package index),
 //! so that the stand-in is never the only judge of keyturn's Block Kit or signatures.
 
-use std::{net::SocketAddr, path::PathBuf, process::Output, time::Duration};
+use std::{process::Output, time::Duration};
 
 use console::{
-    Api, Console, Role, Store,
+    Role,
     chat::slack::{SlackConfig, linking, message},
-    keys::Signer,
 };
-use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 use tests::{
-    daemon::{Daemon, HOLD_FLAGGED, console_section, finish, keyturn_path, stderr},
+    daemon::{Daemon, HOLD_FLAGGED, finish, keyturn_path, stderr},
     held,
     slack::{self, Message, SlackStandIn},
+    web::ConsoleHere,
 };
 
 /// The name the test daemons give themselves at the console.
@@ -28,21 +27,18 @@ const CHANNEL: &str = "C0HOLDS";
 /// Request-URL mode's signing secret.
 const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 
-fn console_key() -> SigningKey {
-    SigningKey::from_bytes(&[9; 32])
-}
-
 /// A console with Slack, its stand-in, and a daemon linked to the console.
 struct Linked {
-    rt: tokio::runtime::Runtime,
+    here: ConsoleHere,
     slack: SlackStandIn,
-    console: Console,
-    daemon: Daemon,
-    /// The console's files (its database; a config naming it for `keyturn console`).
-    dir: PathBuf,
-    /// The web UI and API, serving Slack's requests in request-URL mode.
-    http: SocketAddr,
-    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for Linked {
+    type Target = ConsoleHere;
+
+    fn deref(&self) -> &ConsoleHere {
+        &self.here
+    }
 }
 
 impl Linked {
@@ -55,13 +51,6 @@ impl Linked {
     /// The same, with the web UI at `console_url` (for **Open in console** and link offers).
     fn start_with(policy: &str, signed_requests: bool, console_url: Option<&str>) -> Self {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let dir =
-            std::env::temp_dir().join(format!("kt-slack-{}-{}", std::process::id(), tests::daemon::serial()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("console dir");
-        let database = format!("sqlite://{}?mode=rwc", dir.join("console.db").display());
-        std::fs::write(dir.join("console.toml"), format!("database = \"{database}\"\n"))
-            .expect("console.toml");
         let slack = rt.block_on(SlackStandIn::start());
         let mode = if signed_requests {
             json!({"signing_secret": SIGNING_SECRET})
@@ -74,24 +63,14 @@ impl Linked {
         });
         config.as_object_mut().expect("object").extend(mode.as_object().expect("object").clone());
         let config: SlackConfig = serde_json::from_value(config).expect("a [slack] section");
-        let (console, hosts, http, tasks) = rt.block_on(async {
-            let store = Store::open(&database).await.expect("store");
-            let console = Console::new(store, Signer::new(console_key()));
-            let hosts = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let people = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let (hosts_addr, http) = (hosts.local_addr().expect("addr"), people.local_addr().expect("addr"));
-            tokio::spawn(console.clone().serve(hosts));
-            let (slack, tasks) = console::chat::slack::start(&console, &config).expect("Slack starts");
-            let api = Api::new(console.clone(), None, console::RoleMap::default(), false).with_slack(slack);
-            tokio::spawn(api.serve(people));
-            (console, hosts_addr, http, tasks)
+        let here = ConsoleHere::start(rt, "slack", policy, HOST, |console, api| {
+            let (slack, tasks) = console::chat::slack::start(console, &config).expect("Slack starts");
+            (api.with_slack(slack), tasks)
         });
         if !signed_requests {
-            rt.block_on(slack.wait_connected(1));
+            here.rt.block_on(slack.wait_connected(1));
         }
-        let section = console_section(&format!("http://{hosts}"), &console_key(), HOST, "");
-        let daemon = Daemon::start_with_config(policy, &section);
-        Self { rt, slack, console, daemon, dir, http, _tasks: tasks }
+        Self { here, slack }
     }
 
     /// `keyturn console ARGS… --config` this console's file.
@@ -173,30 +152,6 @@ impl Linked {
         assert!(status.is_success(), "{verb} {id}: {status}");
     }
 
-    /// A browser session of `person` opened as the web UI opens one: its `Cookie` header.
-    fn signed_in(&self, person: &str) -> String {
-        self.rt.block_on(tests::web::signed_in(self.console.store(), self.http, person))
-    }
-
-    /// `POST path` with `body`, in the browser session `cookie` (if any) as the web UI
-    /// sends it (or without its header): the status and the JSON answer.
-    fn web_post(&self, path: &str, cookie: Option<&str>, ui_header: bool, body: &Value) -> (u16, Value) {
-        self.rt.block_on(tests::web::post(self.http, path, cookie, ui_header, body))
-    }
-
-    /// The console's audit trail: its events.
-    fn trail(&self) -> Vec<Value> {
-        let records = self.rt.block_on(self.console.store().audit_page(0, 0, i64::MAX, 1_000));
-        let records = records.expect("the console's trail");
-        records.iter().map(|record| serde_json::from_str(&record.event).expect("JSON")).collect()
-    }
-
-    /// The refused decisions the console audited: `[by, code]` each.
-    fn refused(&self) -> Vec<Value> {
-        let refused = self.trail().into_iter().filter(|event| event["type"] == "decision_refused");
-        refused.map(|event| json!([event["by"], event["code"]])).collect()
-    }
-
     /// Every message and update so far, judged by Slack's SDK: nothing it would refuse or
     /// drop, and no call the stand-in refused.
     fn judged_clean(&self) {
@@ -211,12 +166,6 @@ impl Linked {
         assert!(!sent.is_empty());
         assert_eq!(slack::judge("blocks", &Value::Array(sent))["findings"], json!([]));
         assert_eq!(self.slack.refusals(), Vec::<String>::new());
-    }
-}
-
-impl Drop for Linked {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

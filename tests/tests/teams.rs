@@ -4,16 +4,16 @@
 //! `invoke` with a Bot Framework token) is decided as the person the clicking Teams user is
 //! linked to. Every card is also judged by Microsoft's own Adaptive Cards library (npm).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::time::Duration;
 
-use console::{Api, Console, Role, Store, chat::teams::TeamsConfig, keys::Signer};
-use ed25519_dalek::SigningKey;
+use console::{Role, chat::teams::TeamsConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tests::{
-    daemon::{Daemon, HOLD_FLAGGED, console_section, finish, stderr},
+    daemon::{HOLD_FLAGGED, finish, stderr},
     held,
     teams::{self, TENANT, TeamsStandIn},
+    web::ConsoleHere,
 };
 
 const HOST: &str = "teams-host";
@@ -26,23 +26,21 @@ const STRANGER: &str = "00000000-0000-0000-0000-00000000dead";
 
 /// A console with a Teams bot (or a notify-only webhook), its stand-in, and a daemon.
 struct Linked {
-    rt: tokio::runtime::Runtime,
+    here: ConsoleHere,
     teams: TeamsStandIn,
-    console: Console,
-    daemon: Daemon,
-    dir: PathBuf,
-    http: SocketAddr,
-    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for Linked {
+    type Target = ConsoleHere;
+
+    fn deref(&self) -> &ConsoleHere {
+        &self.here
+    }
 }
 
 impl Linked {
     fn start(policy: &str, webhook: bool) -> Self {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let dir =
-            std::env::temp_dir().join(format!("kt-teams-{}-{}", std::process::id(), tests::daemon::serial()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("console dir");
-        let database = format!("sqlite://{}?mode=rwc", dir.join("console.db").display());
         let teams = rt.block_on(TeamsStandIn::start());
         let config = if webhook {
             json!({"webhook_url": teams.webhook_url(), "console_url": "https://keyturn.example/"})
@@ -52,23 +50,11 @@ impl Linked {
                    "openid_metadata": teams.openid_metadata(), "console_url": "https://keyturn.example/"})
         };
         let config: TeamsConfig = serde_json::from_value(config).expect("a [teams] section");
-        let key = SigningKey::from_bytes(&[7; 32]);
-        let (console, hosts, http, tasks) = rt.block_on(async {
-            let store = Store::open(&database).await.expect("store");
-            let console = Console::new(store, Signer::new(key.clone()));
-            let hosts = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let people = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let (hosts_addr, http) = (hosts.local_addr().expect("addr"), people.local_addr().expect("addr"));
-            tokio::spawn(console.clone().serve(hosts));
-            let (teams, announcements) =
-                console::chat::teams::start(&console, &config).expect("Teams starts");
-            let api = Api::new(console.clone(), None, console::RoleMap::default(), false).with_teams(teams);
-            tokio::spawn(api.serve(people));
-            (console, hosts_addr, http, vec![announcements])
+        let here = ConsoleHere::start(rt, "teams", policy, HOST, |console, api| {
+            let (teams, announcements) = console::chat::teams::start(console, &config).expect("Teams starts");
+            (api.with_teams(teams), vec![announcements])
         });
-        let section = console_section(&format!("http://{hosts}"), &key, HOST, "");
-        let daemon = Daemon::start_with_config(policy, &section);
-        Self { rt, teams, console, daemon, dir, http, _tasks: tasks }
+        Self { here, teams }
     }
 
     /// Links Teams user `user` to `person` with `role`, as an admin does.
@@ -112,14 +98,6 @@ impl Linked {
         reply["value"].as_str().expect("text").to_owned()
     }
 
-    /// The refused decisions the console audited: `[by, code]` each.
-    fn refused(&self) -> Vec<Value> {
-        let records =
-            self.rt.block_on(self.console.store().audit_page(0, 0, i64::MAX, 1_000)).expect("trail");
-        let events = records.iter().map(|r| serde_json::from_str::<Value>(&r.event).expect("JSON"));
-        events.filter(|e| e["type"] == "decision_refused").map(|e| json!([e["by"], e["code"]])).collect()
-    }
-
     /// Every card the bot sent, as it stands, judged by Microsoft's library.
     fn judged_clean(&self, also: &[Value]) {
         let mut cards: Vec<Value> = self.teams.cards().into_iter().map(|c| c.card).collect();
@@ -128,12 +106,6 @@ impl Linked {
         assert!(!cards.is_empty());
         assert_eq!(teams::judge(&cards), Vec::<String>::new());
         assert_eq!(self.teams.refusals(), Vec::<String>::new());
-    }
-}
-
-impl Drop for Linked {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
