@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use crate::WAIT;
 
 /// The verbs of a card's buttons.
-pub use console::chat::teams::card::{APPROVE, DENY};
+pub use console::chat::teams::card::{APPROVE, APPROVE_FOR, DENY};
 
 /// The bot's Microsoft app id, and its client secret.
 pub const APP_ID: &str = "0b5cbd37-4c9f-4f1a-8d0e-8c2d6f6a1c11";

@@ -143,7 +143,7 @@ fn a_click_in_teams_releases_a_held_process_as_the_linked_approver() {
 
     let posted = linked.card_of(&id, |_| true);
     assert_eq!(posted.conversation, CHANNEL);
-    assert_eq!(buttons(&posted.card), ["Approve once", "Deny", "Open in console"]);
+    assert_eq!(buttons(&posted.card), ["Approve once", "Approve for…", "Deny…", "Open in console"]);
     // What the agent chose is in TextRuns (never Markdown), its bidi control shown.
     let runs: Vec<&str> = posted.card["body"]
         .as_array()
@@ -390,4 +390,65 @@ fn a_deleted_card_holds_up_no_later_announcement() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(finish(second), (0, "second\n".to_owned()));
     linked.card_of(&second_id, |text| text.contains("approved on the host"));
+}
+
+/// **Approve for…** sends a duration Teams was offered and a reason: the approval covers the
+/// agent's same action again for that long; a duration keyturn did not offer decides
+/// nothing; **Deny…** carries its reason to the decision.
+#[test]
+fn approve_for_an_hour_and_deny_with_a_reason_in_teams() {
+    let linked = Linked::start(HOLD_FLAGGED, false);
+    linked.link(BOB, "bob@example.com", Role::Approver);
+    let flagged = linked.daemon.flagged();
+    let agent =
+        linked.daemon.run_agent("/bin/sh", &["-c", &format!("{flagged} for-an-hour; {flagged} for-an-hour")]);
+    let hold = linked.daemon.pending_one();
+    let id = id_of(&hold);
+    let posted = linked.card_of(&id, |_| true);
+    let token = format!("Bearer {}", linked.teams.token(&linked.teams.service_url(), &json!({})));
+    let decide = |verb: &str, id: &str, inputs: &Value| {
+        let mut activity = linked.teams.activity((TENANT, BOB), verb, &format!("{id}@{HOST}"));
+        let data = activity["value"]["action"]["data"].as_object_mut().expect("data");
+        data.extend(inputs.as_object().expect("inputs").clone());
+        linked.rt.block_on(linked.teams.send(linked.http, &token, &activity))
+    };
+    // What the card offers: its durations are what the click may send.
+    let offered = posted.card["actions"][1]["card"]["body"][0]["choices"].to_string();
+    assert!(offered.contains("\"3600\"") && offered.contains("1 hour"), "{offered}");
+    let (_, forged) = decide(teams::APPROVE_FOR, &id, &json!({"duration": "99999999", "reason": "forged"}));
+    assert!(forged["value"].as_str().is_some_and(|t| t.contains("did not offer")), "{forged}");
+    assert!(held(u32::try_from(hold["pid"].as_u64().expect("pid")).expect("pid")));
+    let (status, decided) =
+        decide(teams::APPROVE_FOR, &id, &json!({"duration": "3600", "reason": "release week"}));
+    assert_eq!(status, StatusCode::OK);
+    let shown = decided["value"].to_string();
+    assert!(shown.contains("Approved for 3600 s by") && shown.contains("release week"), "{shown}");
+    assert_eq!(
+        finish(agent),
+        (0, "for-an-hour\nfor-an-hour\n".to_owned()),
+        "the second exec needs no new approval"
+    );
+
+    let agent = linked.daemon.run_agent(&flagged, &["deny-me"]);
+    let denied = id_of(&linked.daemon.pending_matching(|hold| hold["id"] != id.as_str()));
+    linked.card_of(&denied, |_| true);
+    decide(teams::DENY, &denied, &json!({"reason": "not {{TIME(2026-01-01T00:00:00Z)}} today"}));
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    let detail = linked
+        .rt
+        .block_on(linked.console.store().hold_detail(HOST, &denied))
+        .expect("read")
+        .expect("the hold");
+    let decision = detail.decision.expect("a decision");
+    assert_eq!(
+        (decision.reason.as_str(), decision.decided_by.as_str()),
+        ("not {{TIME(2026-01-01T00:00:00Z)}} today", "bob@example.com")
+    );
+    let card = linked.card_of(&denied, |text| text.contains("Denied by"));
+    assert!(
+        card.card.to_string().contains("not {\u{200b}{TIME("),
+        "a reason is shown, never formatted: {}",
+        card.card
+    );
+    linked.judged_clean(&[]);
 }

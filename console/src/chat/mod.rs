@@ -216,6 +216,19 @@ impl Store {
     }
 }
 
+/// The durations **Approve for…** offers in every chat: seconds, and as shown.
+pub const DURATIONS: [(u64, &str); 4] =
+    [(900, "15 minutes"), (3_600, "1 hour"), (28_800, "8 hours"), (86_400, "24 hours")];
+const _: () = assert!(DURATIONS[DURATIONS.len() - 1].0 <= crate::api::holds::MAX_DURATION_SECS);
+/// The duration chosen unless the approver picks another (of [`DURATIONS`]).
+pub const DEFAULT_DURATION: usize = 1;
+
+/// The seconds of `chosen`, a duration as a chat sends back what it was offered: only one
+/// of [`DURATIONS`].
+pub fn offered_duration(chosen: &str) -> Option<u64> {
+    DURATIONS.iter().map(|(secs, _)| *secs).find(|secs| secs.to_string() == chosen)
+}
+
 /// Whether `text` is a GUID, as Microsoft writes its ids (`72f988bf-86f1-41af-91ab-2d7cd011db47`).
 pub fn is_guid(text: &str) -> bool {
     text.len() == 36

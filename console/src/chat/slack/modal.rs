@@ -11,14 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Slack, clicks::Wanted, message};
-use crate::api::holds::{MAX_DURATION_SECS, MAX_REASON};
+use crate::{
+    api::holds::MAX_REASON,
+    chat::{DEFAULT_DURATION, DURATIONS, offered_duration},
+};
 
-/// The durations **Approve for…** offers: seconds, and as shown.
-const DURATIONS: [(u64, &str); 4] =
-    [(900, "15 minutes"), (3_600, "1 hour"), (28_800, "8 hours"), (86_400, "24 hours")];
-const _: () = assert!(DURATIONS[DURATIONS.len() - 1].0 <= MAX_DURATION_SECS);
-/// The duration chosen unless the approver picks another.
-const DEFAULT_DURATION: usize = 1;
 /// The `block_id`s (and the `action_id`s of their element) of the modal's inputs.
 const DURATION: &str = "duration";
 const REASON: &str = "reason";
@@ -150,11 +147,7 @@ impl Submitted {
             Kind::Deny => (Verdict::Deny, Scope::Once, 0),
             Kind::ApproveFor => {
                 let chosen = input(DURATION, "selected_option/value").ok_or("no duration chosen")?;
-                let secs = DURATIONS
-                    .iter()
-                    .map(|(secs, _)| *secs)
-                    .find(|secs| secs.to_string() == chosen)
-                    .ok_or("a duration keyturn did not offer")?;
+                let secs = offered_duration(chosen).ok_or("a duration keyturn did not offer")?;
                 (Verdict::Approve, Scope::ForDuration, secs)
             }
         };

@@ -10,13 +10,19 @@ use proto::v1::{Verdict, hold_raised::Detail};
 use serde_json::{Value, json};
 
 use crate::{
+    api::holds::MAX_REASON,
     chat::text::{capitalised, closed, command_line, destination, visible_with},
+    chat::{DEFAULT_DURATION, DURATIONS},
     search::HoldDetail,
 };
 
 /// The `verb`s of the buttons.
 pub const APPROVE: &str = "keyturn.approve";
+pub const APPROVE_FOR: &str = "keyturn.approve_for";
 pub const DENY: &str = "keyturn.deny";
+/// The `id`s of the inputs, as their values come back in the click's `data`.
+pub const DURATION: &str = "duration";
+pub const REASON: &str = "reason";
 
 /// What the command line, and one fact about the hold (a path, the parents), may take.
 const COMMAND: usize = 3_000;
@@ -100,9 +106,20 @@ pub fn card(detail: &HoldDetail, console: Option<&url::Url>, shown: Shown) -> Va
         if shown == Shown::Full {
             actions.push(json!({"type": "Action.Execute", "title": "Approve once", "verb": APPROVE,
                                 "data": {"hold": value}, "style": "positive"}));
+            let durations: Vec<Value> = DURATIONS
+                .iter()
+                .map(|(secs, shown)| json!({"title": shown, "value": secs.to_string()}))
+                .collect();
+            let choose = json!({"type": "Input.ChoiceSet", "id": DURATION, "label": "For", "isRequired": true,
+                                "errorMessage": "Choose how long", "choices": durations,
+                                "value": DURATIONS[DEFAULT_DURATION].0.to_string()});
+            let approve = json!({"type": "Action.Execute", "title": "Approve", "verb": APPROVE_FOR,
+                                 "data": {"hold": value}, "style": "positive"});
+            actions.push(asking("Approve for…", &[choose, reason()], &approve));
         }
-        actions.push(json!({"type": "Action.Execute", "title": "Deny", "verb": DENY,
-                            "data": {"hold": value}, "style": "destructive"}));
+        let deny = json!({"type": "Action.Execute", "title": "Deny", "verb": DENY,
+                          "data": {"hold": value}, "style": "destructive"});
+        actions.push(asking("Deny…", &[reason()], &deny));
     }
     if let Some(console) = console {
         let mut url = console.clone();
@@ -122,6 +139,18 @@ pub fn card(detail: &HoldDetail, console: Option<&url::Url>, shown: Shown) -> Va
 /// since Teams formats `{{DATE(…)}}` and `{{TIME(…)}}` even in a `TextRun`.
 fn visible(text: &str, limit: usize) -> String {
     visible_with(text, limit, |c, before| (c == '{' && before.ends_with('{')).then_some("\u{200B}{"))
+}
+
+/// A button that shows `inputs` and the button `then` that sends them (`Action.ShowCard`).
+fn asking(title: &str, inputs: &[Value], then: &Value) -> Value {
+    json!({"type": "Action.ShowCard", "title": title,
+           "card": {"type": "AdaptiveCard", "body": inputs, "actions": [then]}})
+}
+
+/// The optional reason an approver gives, within what the API takes.
+fn reason() -> Value {
+    json!({"type": "Input.Text", "id": REASON, "label": "Reason (optional)", "isMultiline": true,
+           "maxLength": MAX_REASON})
 }
 
 /// keyturn's own words, in a `TextBlock`.

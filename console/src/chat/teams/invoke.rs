@@ -10,8 +10,11 @@ use serde_json::{Value, json};
 use super::{Teams, card};
 use crate::{
     Console,
-    api::{chat_link_url, holds::Asked},
-    chat::{Chat, ChatAccount, decide, offers::OFFER_LIFETIME},
+    api::{
+        chat_link_url,
+        holds::{Asked, reason},
+    },
+    chat::{Chat, ChatAccount, decide, offered_duration, offers::OFFER_LIFETIME},
 };
 
 /// The parts of an activity a click is decided by.
@@ -91,10 +94,19 @@ pub async fn invoked(teams: &Teams, console: &Console, activity: &Value) -> Opti
     let Some(action) = activity.value.map(|value| value.action) else {
         return Some(message("keyturn could not read this click."));
     };
-    let verdict = match action.verb.as_str() {
-        card::APPROVE => Verdict::Approve,
-        card::DENY => Verdict::Deny,
+    let given = |input: &str| action.data[input].as_str().unwrap_or_default();
+    let (verdict, scope, duration_secs) = match action.verb.as_str() {
+        card::APPROVE => (Verdict::Approve, Scope::Once, 0),
+        card::APPROVE_FOR => match offered_duration(given(card::DURATION)) {
+            Some(secs) => (Verdict::Approve, Scope::ForDuration, secs),
+            None => return Some(message("Your decision was not made: a duration keyturn did not offer.")),
+        },
+        card::DENY => (Verdict::Deny, Scope::Once, 0),
         _ => return Some(message("keyturn does not know this button.")),
+    };
+    let reason = match reason(Some(given(card::REASON).to_owned())) {
+        Ok(reason) => reason,
+        Err(refused) => return Some(message(&format!("Your decision was not made: {}", refused.message()))),
     };
     let Some((hold_id, host)) = action.data["hold"].as_str().and_then(|value| value.split_once('@')) else {
         return Some(message("This button names no hold."));
@@ -114,7 +126,7 @@ pub async fn invoked(teams: &Teams, console: &Console, activity: &Value) -> Opti
             return Some(message(&format!("Your Teams account is not one keyturn can name: {reason}")));
         }
     };
-    let asked = Asked { host, hold_id, verdict, scope: Scope::Once, duration_secs: 0, reason: String::new() };
+    let asked = Asked { host, hold_id, verdict, scope, duration_secs, reason };
     let decided = decide::decide(console, &account, asked).await;
     if let (Err(decide::Refusal::NotLinked), Some(console_url)) = (&decided, &teams.console_url) {
         return Some(message(&match console.store().offer_chat_link(&account, &name).await {
