@@ -378,9 +378,9 @@ fn report(
     Ok(())
 }
 
-/// Holds the Slack phase raises, and the hosts they come from.
-const SLACK_HOLDS: u32 = 1_000;
-const SLACK_HOSTS: usize = 10;
+/// Holds each chat phase raises, and the hosts they come from.
+const CHAT_HOLDS: u32 = 1_000;
+const CHAT_HOSTS: usize = 10;
 /// The Slack account the approver clicks as.
 const SLACK_APPROVER: (&str, &str) = ("T0BENCH", "U0APPROVER");
 
@@ -402,7 +402,7 @@ async fn slack(dir: &Path) -> Result<()> {
     stand_in.wait_connected(1).await;
     let timeline: Shared = Arc::default();
     let endpoint = format!("https://{hosts_addr}");
-    let fleet = Fleet::connect(SLACK_HOSTS, &store, &endpoint, &ca, console_key, &timeline).await?;
+    let fleet = Fleet::connect(CHAT_HOSTS, &store, &endpoint, &ca, console_key, &timeline).await?;
     let clicker = tokio::spawn(click_all(stand_in.clone(), timeline.clone()));
     raise_for_clicks(&fleet, &timeline).await?;
     clicker.abort();
@@ -415,30 +415,34 @@ async fn slack(dir: &Path) -> Result<()> {
             Some(message.at.saturating_duration_since(*raised))
         })
         .collect();
-    println!(
-        "\nSlack: {SLACK_HOLDS} holds from {SLACK_HOSTS} hosts, 50 a second, Socket Mode to the stand-in"
-    );
-    percentiles("hold raised -> posted in Slack", &mut posted);
-    percentiles(
-        "click sent -> verified on host",
-        &mut timeline.released.values().copied().collect::<Vec<_>>(),
-    );
-    println!("{:<34} {}", "calls the stand-in refused", stand_in.refusals().len());
+    report_chat("Slack", "Socket Mode", &mut posted, &timeline, stand_in.refusals().len());
     drop(console);
     Ok(())
 }
 
-/// Raises [`SLACK_HOLDS`] holds across `fleet`, 50 a second, and waits until a click in
+/// Prints what a chat phase measured: `posted`, from each hold raised to its message;
+/// `timeline`'s clicks to release; and the calls the stand-in refused.
+fn report_chat(chat: &str, how: &str, posted: &mut [Duration], timeline: &Timeline, refused: usize) {
+    println!("\n{chat}: {CHAT_HOLDS} holds from {CHAT_HOSTS} hosts, 50 a second, {how} to the stand-in");
+    percentiles(&format!("hold raised -> posted in {chat}"), posted);
+    percentiles(
+        "click sent -> verified on host",
+        &mut timeline.released.values().copied().collect::<Vec<_>>(),
+    );
+    println!("{:<34} {refused}", "calls the stand-in refused");
+}
+
+/// Raises [`CHAT_HOLDS`] holds across `fleet`, 50 a second, and waits until a click in
 /// chat released each.
 async fn raise_for_clicks(fleet: &Fleet, timeline: &Shared) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    for n in 0..SLACK_HOLDS {
+    for n in 0..CHAT_HOLDS {
         tick.tick().await;
         let id = format!("{n:012x}");
         timeline.lock().expect("timeline").raised.insert(id.clone(), Instant::now());
-        fleet.handles[n as usize % SLACK_HOSTS].raise(hold(id, u64::from(n) + 1));
+        fleet.handles[n as usize % CHAT_HOSTS].raise(hold(id, u64::from(n) + 1));
     }
-    let expected = SLACK_HOLDS as usize;
+    let expected = CHAT_HOLDS as usize;
     wait_for("every hold to be released by a click", || {
         timeline.lock().expect("timeline").released.len() >= expected
     })
@@ -468,7 +472,7 @@ async fn teams(dir: &Path) -> Result<()> {
     let console_key = host_client::keys::load_or_create(&dir.join("console.key"))?.verifying_key();
     let timeline: Shared = Arc::default();
     let endpoint = format!("https://{hosts_addr}");
-    let fleet = Fleet::connect(SLACK_HOSTS, &store, &endpoint, &ca, console_key, &timeline).await?;
+    let fleet = Fleet::connect(CHAT_HOSTS, &store, &endpoint, &ca, console_key, &timeline).await?;
     let clicker = tokio::spawn(click_all_teams(stand_in.clone(), http, timeline.clone()));
     raise_for_clicks(&fleet, &timeline).await?;
     clicker.abort();
@@ -480,13 +484,7 @@ async fn teams(dir: &Path) -> Result<()> {
             Some(card.at.saturating_duration_since(*timeline.raised.get(&card_hold_id(card)?)?))
         })
         .collect();
-    println!("\nTeams: {SLACK_HOLDS} holds from {SLACK_HOSTS} hosts, 50 a second, a bot to the stand-in");
-    percentiles("hold raised -> posted in Teams", &mut posted);
-    percentiles(
-        "click sent -> verified on host",
-        &mut timeline.released.values().copied().collect::<Vec<_>>(),
-    );
-    println!("{:<34} {}", "calls the stand-in refused", stand_in.refusals().len());
+    report_chat("Teams", "a bot", &mut posted, &timeline, stand_in.refusals().len());
     drop(console);
     Ok(())
 }
