@@ -19,6 +19,9 @@ pub enum ChatLinkHow {
     /// By the person themselves, confirming in the console a one-time link the account was
     /// given in chat: who clicked it there is not proved to be them (see `chat::offers`).
     Offer,
+    /// By the identity provider, at the person's sign-in: Entra ID's token named the Teams
+    /// account (its tenant and object id) as theirs.
+    SignIn,
 }
 
 impl ChatLinkHow {

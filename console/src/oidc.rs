@@ -13,6 +13,7 @@ use sha2::{Digest as _, Sha256};
 use url::{Host, Url, form_urlencoded};
 
 use crate::{
+    chat::ChatAccount,
     jwks::{KeySet, KeySource, KeysError, get_json},
     store::now_ms,
 };
@@ -59,6 +60,11 @@ pub struct OidcConfig {
     /// A PEM file of extra certificate authorities, for a provider with a private CA.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// The provider is Microsoft Entra ID: the tenant (`tid`) and object id (`oid`) of a
+    /// person's ID token name their Microsoft Teams account, which is linked to them at
+    /// each sign-in with the role their groups give (at most approver).
+    #[serde(default)]
+    pub teams_accounts: bool,
 }
 
 fn default_scopes() -> Vec<String> {
@@ -90,6 +96,9 @@ pub struct Identity {
     pub email: Option<String>,
     pub name: Option<String>,
     pub groups: Vec<String>,
+    /// Their Microsoft Teams account, from `tid` and `oid`, where the provider is said to
+    /// be Entra ID (`teams_accounts`) and the token carries both.
+    pub teams: Option<ChatAccount>,
 }
 
 impl Identity {
@@ -306,6 +315,10 @@ impl Oidc {
                 .map(String::from),
             name: text("name").map(String::from),
             groups,
+            teams: match (self.config.teams_accounts, text("tid"), text("oid")) {
+                (true, Some(tid), Some(oid)) => ChatAccount::teams(&format!("{tid}/{oid}")).ok(),
+                _ => None,
+            },
         })
     }
 
@@ -366,6 +379,7 @@ mod tests {
                 scopes: default_scopes(),
                 groups_claim: default_groups_claim(),
                 ca: None,
+                teams_accounts: false,
             },
             scope: "openid".into(),
             http: Client::new(),

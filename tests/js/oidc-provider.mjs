@@ -16,7 +16,11 @@ import Provider from 'oidc-provider';
 
 const PASSWORD = 'correct horse battery staple';
 const ACCOUNTS = {
-  'alice@example.com': { sub: 'u-alice', name: 'Alice Approver', groups: ['keyturn-approvers'] },
+  // As Entra ID names her: her tenant (tid) and object id (oid), which are her Teams account's.
+  'alice@example.com': {
+    sub: 'u-alice', name: 'Alice Approver', groups: ['keyturn-approvers'],
+    tid: '72f988bf-86f1-41af-91ab-2d7cd011db47', oid: '0000a11c-0000-0000-0000-00000000a11c',
+  },
   'bob@example.com': { sub: 'u-bob', name: 'Bob Approver', groups: ['keyturn-approvers'] },
   'carol@example.com': { sub: 'u-carol', name: 'Carol Viewer', groups: ['keyturn-viewers'] },
   'dana@example.com': { sub: 'u-dana', name: 'Dana Admin', groups: ['keyturn-admins'] },
@@ -93,7 +97,7 @@ server.listen(port, '127.0.0.1', () => {
     // Claims go into the ID token (as Okta, Entra ID and Keycloak do), not only userinfo.
     conformIdTokenClaims: false,
     scopes: ['openid', 'email', 'profile', 'groups'],
-    claims: { email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'] },
+    claims: { email: ['email', 'email_verified'], profile: ['name', 'tid', 'oid'], groups: ['groups'] },
     findAccount: (_ctx, sub) => Object.hasOwn(BY_SUB, sub) && {
       accountId: sub,
       claims: () => ({ email_verified: true, ...BY_SUB[sub] }),

@@ -17,8 +17,12 @@ fn config(provider: &OidcProvider, client: &Client) -> OidcConfig {
         scopes: ["openid", "email", "profile", "groups"].map(String::from).to_vec(),
         groups_claim: "groups".to_owned(),
         ca: None,
+        teams_accounts: false,
     }
 }
+
+/// Alice's Teams account, as the provider's `tid` and `oid` name it.
+const ALICE_TEAMS: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47/0000a11c-0000-0000-0000-00000000a11c";
 
 async fn discover(provider: &OidcProvider, client: &Client) -> Oidc {
     Oidc::discover(&config(provider, client)).await.expect("discover")
@@ -57,6 +61,9 @@ async fn sign_in_names_the_person_and_groups() {
                 email: Some(login.to_owned()),
                 name: Some(name.to_owned()),
                 groups: vec![group.to_owned()],
+                // Alice's token names her Teams account, but this provider is not said to
+                // be Entra ID.
+                teams: None,
             }
         );
         assert_eq!(identity.person(), login);
@@ -168,6 +175,7 @@ async fn console_with_sign_in(provider: &OidcProvider, addr: std::net::SocketAdd
     let signer = console::keys::Signer::new(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
     let mut oidc_config = config(provider, provider.client());
     oidc_config.redirect_url = format!("http://{addr}/auth/callback");
+    oidc_config.teams_accounts = true;
     let oidc = Oidc::discover(&oidc_config).await.expect("discover");
     let api = console::Api::new(console::Console::new(store, signer), Some(oidc), roles, false);
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
@@ -257,6 +265,31 @@ async fn the_console_signs_people_in_with_the_role_of_their_groups() {
         .await
         .expect("post");
     assert_eq!(made.status(), 201);
+
+    // The provider is said to be Entra ID: Alice's Teams account is linked to her at
+    // sign-in, as an approver (her groups' role), and once: a sign-in again writes nothing.
+    let store = console::Store::open(&format!("sqlite://{}/console.db", dir.display())).await.expect("store");
+    let account = console::chat::ChatAccount::teams(ALICE_TEAMS).expect("an account");
+    let link = store.chat_link(&account).await.expect("read").expect("linked at sign-in");
+    assert_eq!((link.person.as_str(), link.role), ("alice@example.com", console::Role::Approver));
+    assert_eq!(sign_in_as("alice@example.com", true).await.status(), 303);
+    let linked: Vec<serde_json::Value> = store
+        .audit_page(0, 0, i64::MAX, 1_000)
+        .await
+        .expect("trail")
+        .iter()
+        .map(|record| serde_json::from_str(&record.event).expect("JSON"))
+        .filter(|event: &serde_json::Value| event["type"] == "chat_linked")
+        .collect();
+    assert_eq!(linked.len(), 1, "{linked:?}");
+    assert_eq!(
+        (&linked[0]["account"], &linked[0]["by"], &linked[0]["how"]),
+        (
+            &serde_json::json!(format!("teams:{ALICE_TEAMS}")),
+            &serde_json::json!("alice@example.com"),
+            &serde_json::json!("sign_in")
+        )
+    );
 
     // Carol's groups give no role here: no session.
     let refused = sign_in_as("carol@example.com", true).await;

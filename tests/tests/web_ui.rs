@@ -64,6 +64,7 @@ impl Served {
             scopes: ["openid", "email", "profile", "groups"].map(String::from).to_vec(),
             groups_claim: "groups".to_owned(),
             ca: None,
+            teams_accounts: false,
         });
         let http = sign_in.map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |(_, http)| http);
         let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -257,6 +257,11 @@ pub async fn callback(
             format!("{person} is in none of the groups that [roles] gives a role"),
         ));
     };
+    if let Some(account) = &identity.teams
+        && let Err(e) = store.link_at_sign_in(account, &person, role).await
+    {
+        tracing::warn!(error = %e, account = %account, person, "linking a Teams account named at sign-in");
+    }
     let principal = Principal {
         display_name: identity.name.unwrap_or_else(|| person.clone()),
         person,

@@ -150,6 +150,25 @@ impl Store {
         Ok(())
     }
 
+    /// Links `account` to `person` as their identity provider vouched at their sign-in,
+    /// with the role their groups gave (at most approver): written and audited only when
+    /// the link was not already so.
+    pub async fn link_at_sign_in(
+        &self,
+        account: &ChatAccount,
+        person: &str,
+        role: Role,
+    ) -> Result<(), StoreError> {
+        let role = role.min(Role::Approver);
+        if self.chat_link(account).await?.is_some_and(|link| link.person == person && link.role == role) {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        link_in(&mut tx, account, person, role, person, ChatLinkHow::SignIn).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Removes `account`'s link, on `by`'s say-so: whether there was one.
     pub async fn unlink_chat(&self, account: &ChatAccount, by: &str) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;

@@ -178,6 +178,9 @@ pub fn events<'a>(
                 ChatLinkHow::Offer => format!(
                     "{by} linked chat account {account} to themselves as {role}, with a link offered in chat"
                 ),
+                ChatLinkHow::SignIn => format!(
+                    "{by} signed in and their identity provider named chat account {account} theirs: linked as {role}"
+                ),
             };
             let e = on_console(Class::ApiActivity, CREATE, message);
             vec![call(

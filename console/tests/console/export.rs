@@ -91,6 +91,11 @@ async fn every_kind_of_record(console: &Console) -> (String, String, tokio::task
     let slack_account = console::chat::ChatAccount::slack("T0KEYTURN/U0BOB").unwrap();
     store.link_chat(&slack_account, "bob@example.com", Role::Approver, "unix:root").await.unwrap();
     assert!(store.unlink_chat(&slack_account, "unix:root").await.unwrap());
+    let teams_account = console::chat::ChatAccount::teams(
+        "72f988bf-86f1-41af-91ab-2d7cd011db47/0000a11c-0000-0000-0000-00000000a11c",
+    )
+    .unwrap();
+    store.link_at_sign_in(&teams_account, "ada@example.com", Role::Admin).await.unwrap();
     let (_, admin) = store
         .create_api_token("ada@example.com", Role::Admin, "export", "ada", TOKEN_LIFETIME)
         .await
