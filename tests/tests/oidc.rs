@@ -161,6 +161,25 @@ async fn id_token_of_another_client_is_refused() {
     assert!(matches!(refused, Err(OidcError::WrongAudience)), "{refused:?}");
 }
 
+/// Signs `login` in through the routes of the console at `base` (as the browser that began
+/// it, or not): the callback's answer.
+async fn console_sign_in(
+    browser: &reqwest::Client,
+    base: &str,
+    login: &str,
+    same_browser: bool,
+) -> reqwest::Response {
+    let login_page = browser.get(format!("{base}/auth/login")).send().await.expect("login");
+    assert_eq!(login_page.status(), 303);
+    let authorize = login_page.headers()["location"].to_str().expect("location").to_owned();
+    let bound = login_page.headers()["set-cookie"].to_str().expect("cookie").to_owned();
+    let bound = bound.split(';').next().expect("pair").to_owned();
+    let callback = sign_in(&authorize, login, PASSWORD).await.expect("the provider let them in");
+    let request = browser.get(callback);
+    let request = if same_browser { request.header("cookie", bound) } else { request };
+    request.send().await.expect("callback")
+}
+
 /// A console serving its HTTP side on `addr`, signing people in through `provider`; only
 /// approvers and admins have roles.
 async fn console_with_sign_in(provider: &OidcProvider, addr: std::net::SocketAddr, dir: &std::path::Path) {
@@ -203,19 +222,7 @@ async fn the_console_signs_people_in_with_the_role_of_their_groups() {
         .expect("json");
     assert_eq!(options["oidc"], true);
 
-    // Signs `login` in through the console's routes (as the browser that began it, or
-    // not); the callback's answer.
-    let sign_in_as = async |login: &str, same_browser: bool| {
-        let login_page = browser.get(format!("{base}/auth/login")).send().await.expect("login");
-        assert_eq!(login_page.status(), 303);
-        let authorize = login_page.headers()["location"].to_str().expect("location").to_owned();
-        let bound = login_page.headers()["set-cookie"].to_str().expect("cookie").to_owned();
-        let bound = bound.split(';').next().expect("pair").to_owned();
-        let callback = sign_in(&authorize, login, PASSWORD).await.expect("the provider let them in");
-        let request = browser.get(callback);
-        let request = if same_browser { request.header("cookie", bound) } else { request };
-        request.send().await.expect("callback")
-    };
+    let sign_in_as = |login, same_browser| console_sign_in(&browser, &base, login, same_browser);
 
     // A callback opened in another browser (an attacker's sign-in, planted) opens nothing.
     let planted = sign_in_as("bob@example.com", false).await;
@@ -266,31 +273,6 @@ async fn the_console_signs_people_in_with_the_role_of_their_groups() {
         .expect("post");
     assert_eq!(made.status(), 201);
 
-    // The provider is said to be Entra ID: Alice's Teams account is linked to her at
-    // sign-in, as an approver (her groups' role), and once: a sign-in again writes nothing.
-    let store = console::Store::open(&format!("sqlite://{}/console.db", dir.display())).await.expect("store");
-    let account = console::chat::ChatAccount::teams(ALICE_TEAMS).expect("an account");
-    let link = store.chat_link(&account).await.expect("read").expect("linked at sign-in");
-    assert_eq!((link.person.as_str(), link.role), ("alice@example.com", console::Role::Approver));
-    assert_eq!(sign_in_as("alice@example.com", true).await.status(), 303);
-    let linked: Vec<serde_json::Value> = store
-        .audit_page(0, 0, i64::MAX, 1_000)
-        .await
-        .expect("trail")
-        .iter()
-        .map(|record| serde_json::from_str(&record.event).expect("JSON"))
-        .filter(|event: &serde_json::Value| event["type"] == "chat_linked")
-        .collect();
-    assert_eq!(linked.len(), 1, "{linked:?}");
-    assert_eq!(
-        (&linked[0]["account"], &linked[0]["by"], &linked[0]["how"]),
-        (
-            &serde_json::json!(format!("teams:{ALICE_TEAMS}")),
-            &serde_json::json!("alice@example.com"),
-            &serde_json::json!("sign_in")
-        )
-    );
-
     // Carol's groups give no role here: no session.
     let refused = sign_in_as("carol@example.com", true).await;
     assert_eq!(refused.status(), 403);
@@ -317,5 +299,46 @@ async fn the_console_signs_people_in_with_the_role_of_their_groups() {
     assert_eq!(out.status(), 204);
     let after = browser.get(format!("{base}/api/me")).header("cookie", &session).send().await.expect("me");
     assert_eq!(after.status(), 401);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The provider is said to be Entra ID: Alice's Teams account (her token's `tid` and `oid`)
+/// is linked to her at sign-in, as an approver (her groups' role), and once: a sign-in
+/// again writes nothing.
+#[tokio::test]
+async fn entra_id_links_a_persons_teams_account_at_sign_in() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let provider = OidcProvider::start(&format!("http://{addr}/auth/callback"));
+    let dir = std::env::temp_dir().join(format!("kt-oidc-teams-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    console_with_sign_in(&provider, addr, &dir).await;
+    let browser =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let base = format!("http://{addr}");
+    let store = console::Store::open(&format!("sqlite://{}/console.db", dir.display())).await.expect("store");
+    let account = console::chat::ChatAccount::teams(ALICE_TEAMS).expect("an account");
+    assert_eq!(store.chat_link(&account).await.expect("read"), None);
+    for _ in 0..2 {
+        assert_eq!(console_sign_in(&browser, &base, "alice@example.com", true).await.status(), 303);
+    }
+    let link = store.chat_link(&account).await.expect("read").expect("linked at sign-in");
+    assert_eq!((link.person.as_str(), link.role), ("alice@example.com", console::Role::Approver));
+    let linked: Vec<serde_json::Value> = store
+        .audit_page(0, 0, i64::MAX, 1_000)
+        .await
+        .expect("trail")
+        .iter()
+        .map(|record| serde_json::from_str(&record.event).expect("JSON"))
+        .filter(|event: &serde_json::Value| event["type"] == "chat_linked")
+        .collect();
+    assert_eq!(linked.len(), 1, "{linked:?}");
+    assert_eq!(
+        (&linked[0]["account"], &linked[0]["by"], &linked[0]["how"]),
+        (
+            &serde_json::json!(format!("teams:{ALICE_TEAMS}")),
+            &serde_json::json!("alice@example.com"),
+            &serde_json::json!("sign_in")
+        )
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
