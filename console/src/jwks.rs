@@ -9,7 +9,7 @@ use jsonwebtoken::{
 };
 use reqwest::Client;
 use serde::{Deserialize, de::DeserializeOwned};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, RwLock};
 use url::Url;
 
 /// Where a key set is published.
@@ -80,58 +80,82 @@ pub struct KeySet {
     source: KeySource,
     /// The least time between a successful fetch and the next one made for a key not held.
     refetch: Duration,
-    /// Behind an async lock held across a fetch: concurrent tokens wait for one fetch.
-    held: Mutex<Held>,
+    /// The keys held: read by every token at once, written only as a fetch starts and ends.
+    held: RwLock<Held>,
+    /// Taken for a fetch, one at a time: a token whose key is held never waits for it.
+    fetching: Mutex<()>,
 }
 
 impl KeySet {
     /// The keys published at `source`, none fetched yet.
     pub fn new(http: Client, source: KeySource, refetch: Duration) -> Self {
-        Self { http, source, refetch, held: Mutex::new(Held::default()) }
+        Self { http, source, refetch, held: RwLock::new(Held::default()), fetching: Mutex::new(()) }
     }
 
     /// Fetches the keys now, whenever they were last fetched (to fail at start, not at the
     /// first token).
     pub async fn fetch(&self) -> Result<(), KeysError> {
-        let mut held = self.held.lock().await;
-        self.fetch_into(&mut held).await
+        let _one = self.fetching.lock().await;
+        self.fetch_now().await
     }
 
     /// The signing key named `kid` (or the only one, for a token without a kid). A key not
     /// held makes a new fetch when the last succeeded `refetch` ago or more (or failed
     /// [`RETRY_FAILED`] ago): a key published since is found, and tokens naming unknown keys
     /// cannot make the publisher be asked more often than that. A failed fetch fails the
-    /// token (closed). Keys held a day are fetched again.
+    /// token (closed). Keys held [`MAX_AGE`] are fetched again, and kept while that fails.
     pub async fn key(&self, kid: Option<&str>) -> Result<SigningKey, KeysError> {
-        let mut held = self.held.lock().await;
-        if held.fetched.is_some_and(|at| at.elapsed() >= MAX_AGE)
-            && held.tried.is_none_or(|at| at.elapsed() >= RETRY_FAILED)
-            && let Err(e) = self.fetch_into(&mut held).await
-        {
-            tracing::warn!(error = %e, "refreshing signing keys held a day: the old ones are kept");
-        }
-        if let Some(key) = find(&held.keys, kid)? {
+        if let Some(key) = self.fresh_key(kid).await? {
             return Ok(key);
         }
-        let wait = if held.tried > held.fetched { RETRY_FAILED } else { self.refetch };
-        if held.tried.is_none_or(|at| at.elapsed() >= wait) {
-            self.fetch_into(&mut held).await?;
-            if let Some(key) = find(&held.keys, kid)? {
-                return Ok(key);
-            }
+        let _one = self.fetching.lock().await;
+        // Another token's fetch, ended while this one waited, may have brought it.
+        if let Some(key) = self.fresh_key(kid).await? {
+            return Ok(key);
         }
-        Err(KeysError::UnknownKey(kid.map(String::from)))
+        let (held_key, tried, fetched) = {
+            let held = self.held.read().await;
+            (find(&held.keys, kid)?, held.tried, held.fetched)
+        };
+        let wait = match (tried > fetched, &held_key) {
+            (true, _) => RETRY_FAILED,
+            (false, Some(_)) => MAX_AGE,
+            (false, None) => self.refetch,
+        };
+        let fallback = if tried.is_none_or(|at| at.elapsed() >= wait) {
+            match self.fetch_now().await {
+                Ok(()) => None,
+                Err(e) if held_key.is_some() => {
+                    tracing::warn!(error = %e, "refreshing signing keys held a day: the old ones are kept");
+                    held_key
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            held_key
+        };
+        let held = self.held.read().await;
+        find(&held.keys, kid)?.or(fallback).ok_or_else(|| KeysError::UnknownKey(kid.map(String::from)))
     }
 
-    async fn fetch_into(&self, held: &mut Held) -> Result<(), KeysError> {
-        held.tried = Some(Instant::now());
+    /// The key named `kid` among those held, if they were fetched less than [`MAX_AGE`] ago.
+    async fn fresh_key(&self, kid: Option<&str>) -> Result<Option<SigningKey>, KeysError> {
+        let held = self.held.read().await;
+        if held.fetched.is_some_and(|at| at.elapsed() < MAX_AGE) { find(&held.keys, kid) } else { Ok(None) }
+    }
+
+    /// Fetches the keys, holding no lock on them while the publisher answers.
+    async fn fetch_now(&self) -> Result<(), KeysError> {
+        let tried = Instant::now();
+        self.held.write().await.tried = Some(tried);
         let jwks_uri = match &self.source {
             KeySource::Jwks(url) => url.clone(),
             KeySource::Metadata(url) => get_json::<Metadata>(&self.http, url.as_str()).await?.jwks_uri,
         };
         let set: PublishedSet = get_json(&self.http, jwks_uri.as_str()).await?;
         tracing::debug!(%jwks_uri, keys = set.keys.len(), "fetched signing keys");
-        (held.keys, held.fetched) = (set.keys, held.tried);
+        let mut held = self.held.write().await;
+        (held.keys, held.fetched) = (set.keys, Some(tried));
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -92,6 +92,8 @@ struct Publisher {
     jwks_uri: Mutex<String>,
     metadata_fetches: AtomicUsize,
     keys_fetches: AtomicUsize,
+    /// The keys are answered only after a long while (a publisher that hangs).
+    hanging: AtomicBool,
 }
 
 impl Publisher {
@@ -102,6 +104,7 @@ impl Publisher {
             jwks_uri: Mutex::new(String::new()),
             metadata_fetches: AtomicUsize::new(0),
             keys_fetches: AtomicUsize::new(0),
+            hanging: AtomicBool::new(false),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
@@ -135,6 +138,9 @@ async fn metadata(State(publisher): State<Arc<Publisher>>) -> Json<Metadata> {
 
 async fn jwks(State(publisher): State<Arc<Publisher>>) -> Json<Jwks> {
     publisher.keys_fetches.fetch_add(1, Ordering::SeqCst);
+    if publisher.hanging.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
     Json(Jwks { keys: publisher.keys.lock().unwrap().clone() })
 }
 
@@ -481,4 +487,31 @@ async fn a_key_published_later_is_fetched_once_per_interval() {
     let verdicts =
         microsoft(&metadata, &[JudgeCase { authorization: &new, service_url: Some(SERVICE_URL) }]).await;
     assert_eq!(verdicts.valid, [true], "Microsoft's validator: {:?}", verdicts.reasons);
+}
+
+/// A token whose key is held is checked at once while another token's fetch waits on a
+/// publisher that hangs: unknown key ids cannot stall every click.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_key_never_waits_behind_a_hanging_fetch() {
+    const REFETCH: Duration = Duration::from_millis(200);
+    let keys = make_keys(2);
+    let [k1, other] = &keys[..] else { unreachable!("two keys") };
+    let (publisher, metadata) = Publisher::serve(vec![PublishedJwk::of(k1, "k1", None)]).await;
+    let tokens = Arc::new(BotTokens::with_refetch(reqwest::Client::new(), metadata, APP_ID.into(), REFETCH));
+    let held = rs256(k1, Some("k1"), &claims());
+    tokens.verify(&held, SERVICE_URL).await.expect("k1 accepted");
+    publisher.hanging.store(true, Ordering::SeqCst);
+    tokio::time::sleep(REFETCH).await;
+    let unknown = rs256(other, Some("unknown"), &claims());
+    let stalled = tokio::spawn({
+        let tokens = tokens.clone();
+        async move { tokens.verify(&unknown, SERVICE_URL).await.map(drop) }
+    });
+    while publisher.fetches().1 < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let checked = tokio::time::timeout(Duration::from_secs(2), tokens.verify(&held, SERVICE_URL)).await;
+    assert!(matches!(checked, Ok(Ok(_))), "a held key waited behind the fetch: {checked:?}");
+    assert!(!stalled.is_finished(), "the unknown key's fetch is still waiting on the publisher");
+    stalled.abort();
 }
