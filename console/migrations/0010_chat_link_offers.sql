@@ -6,6 +6,9 @@ CREATE TABLE chat_link_offers (
     account TEXT NOT NULL,
     -- The account's name as the chat service gave it with the click, shown on confirmation.
     name TEXT NOT NULL,
+    -- The email the chat service vouches for as the account's: only the person named so
+    -- may confirm the offer.
+    email TEXT NOT NULL,
     created_at_ms BIGINT NOT NULL,
     used_by TEXT,
     used_at_ms BIGINT

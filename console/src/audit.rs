@@ -25,6 +25,15 @@ pub enum ChatLinkHow {
 }
 
 impl ChatLinkHow {
+    /// As the audit and `chat_links.how` name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Offer => "offer",
+            Self::SignIn => "sign_in",
+        }
+    }
+
     #[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
     fn is_admin(&self) -> bool {
         *self == Self::Admin

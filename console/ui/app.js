@@ -287,12 +287,34 @@ async function openChatLink(secret) {
     $("chatlink-person").replaceChildren(visible(`${data.display_name} (${data.person})`));
     $("chatlink-role").replaceChildren(visible(data.role));
     $("chatlink-offer").hidden = false;
+    armConfirm();
   } catch (error) {
     if (error.code === "unauthenticated") return failed(error);
     sessionStorage.removeItem(CHAT_LINK_KEY);
     showError($("chatlink-error"), error);
   }
 }
+
+/** How long the confirmation stays disabled once shown, and after the window comes back:
+ * a click meant for another page (a double-click a hostile page asked for, as it brought
+ * this one up) lands on nothing. */
+const CONFIRM_PAUSE_MS = 1000;
+let confirmTimer;
+
+function armConfirm() {
+  const button = $("chatlink-confirm");
+  button.disabled = true;
+  clearTimeout(confirmTimer);
+  confirmTimer = setTimeout(() => { button.disabled = false; }, CONFIRM_PAUSE_MS);
+}
+
+window.addEventListener("blur", () => {
+  clearTimeout(confirmTimer);
+  $("chatlink-confirm").disabled = true;
+});
+window.addEventListener("focus", () => {
+  if (!$("chatlink-offer").hidden) armConfirm();
+});
 
 $("chatlink-confirm").addEventListener("click", async () => {
   const secret = sessionStorage.getItem(CHAT_LINK_KEY);

@@ -21,8 +21,14 @@ const ACCOUNTS = {
     sub: 'u-alice', name: 'Alice Approver', groups: ['keyturn-approvers'],
     tid: '72f988bf-86f1-41af-91ab-2d7cd011db47', oid: '0000a11c-0000-0000-0000-00000000a11c',
   },
-  'bob@example.com': { sub: 'u-bob', name: 'Bob Approver', groups: ['keyturn-approvers'] },
-  'carol@example.com': { sub: 'u-carol', name: 'Carol Viewer', groups: ['keyturn-viewers'] },
+  'bob@example.com': {
+    sub: 'u-bob', name: 'Bob Approver', groups: ['keyturn-approvers'],
+    tid: '72f988bf-86f1-41af-91ab-2d7cd011db47', oid: '00000b0b-0000-0000-0000-000000000b0b',
+  },
+  'carol@example.com': {
+    sub: 'u-carol', name: 'Carol Viewer', groups: ['keyturn-viewers'],
+    tid: '72f988bf-86f1-41af-91ab-2d7cd011db47', oid: '0000ca40-0000-0000-0000-00000000ca40',
+  },
   'dana@example.com': { sub: 'u-dana', name: 'Dana Admin', groups: ['keyturn-admins'] },
 };
 const BY_SUB = Object.fromEntries(Object.entries(ACCOUNTS).map(([email, a]) => [a.sub, { ...a, email }]));

@@ -176,6 +176,8 @@ struct Record {
     views: Vec<View>,
     /// Posts whose blocks hold this are refused (`refuse_blocks_containing`).
     refused_blocks: Option<String>,
+    /// Users' profile emails, as `users.info` gives them (`set_email`).
+    emails: HashMap<String, String>,
 }
 
 /// The socket envelopes go to: the latest opened, while it lasts.
@@ -281,6 +283,8 @@ struct Reply {
     message: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     view: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_metadata: Option<ResponseMetadata>,
 }
@@ -461,6 +465,11 @@ impl SlackStandIn {
     /// Refuses, from now on, every post whose blocks hold `needle`, as Slack refuses
     /// messages past limits it does not document (`msg_blocks_too_long`, reported at about
     /// 13,000 characters of blocks in all).
+    /// Gives user `user` the profile email `email` (`users.info`, with `users:read.email`).
+    pub fn set_email(&self, user: &str, email: &str) {
+        self.shared.lock().emails.insert(user.to_owned(), email.to_owned());
+    }
+
     pub fn refuse_blocks_containing(&self, needle: &str) {
         self.shared.lock().refused_blocks = Some(needle.to_owned());
     }
@@ -650,6 +659,7 @@ async fn serve_socket(shared: Arc<Shared>, mut socket: WebSocket) {
 async fn api(
     State(shared): State<Arc<Shared>>,
     UrlPath(method): UrlPath<String>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Json<Reply> {
@@ -658,6 +668,13 @@ async fn api(
         "apps.connections.open" => {
             authorize(&headers, APP_TOKEN, BOT_TOKEN).map(|()| connections_open(&shared))
         }
+        // A read method: its arguments in the URL (it takes no JSON).
+        "users.info" => authorize(&headers, BOT_TOKEN, APP_TOKEN).and_then(|()| {
+            let user = query.get("user").ok_or_else(|| Refusal::from("invalid_arguments"))?;
+            let email = shared.lock().emails.get(user).cloned();
+            let profile = email.map_or_else(|| json!({}), |email| json!({"email": email}));
+            Ok(Reply { ok: true, user: Some(json!({"id": user, "profile": profile})), ..Reply::default() })
+        }),
         "views.open" => authorize(&headers, BOT_TOKEN, APP_TOKEN)
             .and_then(|()| arguments(&headers, &body, &mut warning))
             .and_then(|args| views_open(&shared, args)),

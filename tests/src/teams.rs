@@ -60,8 +60,6 @@ pub struct Card {
 #[derive(Default)]
 struct Shared {
     cards: Vec<Card>,
-    /// Text messages the bot posted: (conversation, text).
-    texts: Vec<(String, String)>,
     /// Cards deleted by a person: Teams refuses to replace them.
     deleted: Vec<String>,
     /// Cards posted to the Workflows webhook.
@@ -124,10 +122,6 @@ impl TeamsStandIn {
 
     pub fn cards(&self) -> Vec<Card> {
         self.shared.lock().expect("lock").cards.clone()
-    }
-
-    pub fn texts(&self) -> Vec<(String, String)> {
-        self.shared.lock().expect("lock").texts.clone()
     }
 
     /// Deletes card `id`, as a person in Teams does: replacing it is refused from now on
@@ -277,23 +271,11 @@ async fn grant(
     Json(json!({"token_type": "Bearer", "expires_in": 3_600, "access_token": ACCESS_TOKEN})).into_response()
 }
 
-/// What a message activity carries, once the call is the bot's and within Teams' limits.
-enum Carried {
-    Card(Value),
-    Text(String),
-}
-
-/// What `activity` carries, once the call is the bot's and within Teams' limits.
-fn card_of(headers: &HeaderMap, activity: &Value) -> Result<Carried, (StatusCode, String)> {
+/// The card an activity carries, once the call is the bot's and within Teams' limits.
+fn card_of(headers: &HeaderMap, activity: &Value) -> Result<Value, (StatusCode, String)> {
     let bearer = headers.get("authorization").and_then(|v| v.to_str().ok());
     if bearer != Some(&format!("Bearer {ACCESS_TOKEN}")) {
         return Err((StatusCode::UNAUTHORIZED, format!("activity without the bot's token: {bearer:?}")));
-    }
-    if activity["type"] == "message" && activity["attachments"].is_null() {
-        let text = activity["text"].as_str().filter(|text| !text.is_empty());
-        return text
-            .map(|text| Carried::Text(text.to_owned()))
-            .ok_or_else(|| (StatusCode::BAD_REQUEST, format!("a message with nothing in it: {activity}")));
     }
     let size = activity.to_string().len();
     if size > MESSAGE_LIMIT {
@@ -306,7 +288,7 @@ fn card_of(headers: &HeaderMap, activity: &Value) -> Result<Carried, (StatusCode
     {
         return Err((StatusCode::BAD_REQUEST, format!("not an Adaptive Card message: {activity}")));
     }
-    Ok(Carried::Card(attachment["content"].clone()))
+    Ok(attachment["content"].clone())
 }
 
 async fn posted(
@@ -316,12 +298,7 @@ async fn posted(
     Json(activity): Json<Value>,
 ) -> Response {
     let card = match card_of(&headers, &activity) {
-        Ok(Carried::Card(card)) => card,
-        Ok(Carried::Text(text)) => {
-            let mut shared = shared.lock().expect("lock");
-            shared.texts.push((conversation, text));
-            return Json(json!({"id": format!("1:text{}", shared.texts.len())})).into_response();
-        }
+        Ok(card) => card,
         Err((status, why)) => return refuse(&shared, status, &why),
     };
     let mut shared = shared.lock().expect("lock");
@@ -337,8 +314,7 @@ async fn replaced(
     Json(activity): Json<Value>,
 ) -> Response {
     let card = match card_of(&headers, &activity) {
-        Ok(Carried::Card(card)) => card,
-        Ok(Carried::Text(_)) => return refuse(&shared, StatusCode::BAD_REQUEST, "a card replaced by text"),
+        Ok(card) => card,
         Err((status, why)) => return refuse(&shared, status, &why),
     };
     let mut locked = shared.lock().expect("lock");

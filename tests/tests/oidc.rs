@@ -304,7 +304,8 @@ async fn the_console_signs_people_in_with_the_role_of_their_groups() {
 
 /// The provider is said to be Entra ID: Alice's Teams account (her token's `tid` and `oid`)
 /// is linked to her at sign-in, as an approver (her groups' role), and once: a sign-in
-/// again writes nothing.
+/// again writes nothing. An admin's link of Bob's account stands through his sign-in; the
+/// link Carol's earlier sign-in made ends when her sign-in is refused (no role now).
 #[tokio::test]
 async fn entra_id_links_a_persons_teams_account_at_sign_in() {
     let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
@@ -339,6 +340,26 @@ async fn entra_id_links_a_persons_teams_account_at_sign_in() {
             &serde_json::json!("alice@example.com"),
             &serde_json::json!("sign_in")
         )
+    );
+
+    let tenant = ALICE_TEAMS.split('/').next().expect("a tenant");
+    let teams =
+        |oid: &str| console::chat::ChatAccount::teams(&format!("{tenant}/{oid}")).expect("an account");
+    let (bob, carol) =
+        (teams("00000b0b-0000-0000-0000-000000000b0b"), teams("0000ca40-0000-0000-0000-00000000ca40"));
+    store.link_chat(&bob, "bob@example.com", console::Role::Viewer, "ada@example.com").await.expect("link");
+    assert_eq!(console_sign_in(&browser, &base, "bob@example.com", true).await.status(), 303);
+    let link = store.chat_link(&bob).await.expect("read").expect("linked");
+    assert_eq!(link.role, console::Role::Viewer, "an admin's link stands");
+    store.link_at_sign_in(&carol, "carol@example.com", console::Role::Approver).await.expect("link");
+    assert_eq!(console_sign_in(&browser, &base, "carol@example.com", true).await.status(), 403);
+    assert_eq!(store.chat_link(&carol).await.expect("read"), None, "unlinked with her sign-in refused");
+    let unlinked = store.audit_page(0, 0, i64::MAX, 1_000).await.expect("trail");
+    assert!(
+        unlinked
+            .iter()
+            .any(|record| record.event.contains("chat_unlinked") && record.event.contains("0000ca40")),
+        "the unlink is audited"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -520,6 +520,8 @@ fn an_unlinked_click_is_offered_a_link_that_its_person_confirms_once() {
     let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["linked-by-offer"]);
     let hold = linked.daemon.pending_one();
     let id = id_of(&hold);
+    // Slack vouches that U0NEW's email is bob's: the offer is for bob alone.
+    linked.slack.set_email("U0NEW", "bob@example.com");
     linked.click("U0NEW", message::APPROVE, &id);
     let secret = offered_secret(&linked, "U0NEW", 0);
     let told = &linked.slack.ephemerals()[0];
@@ -534,6 +536,10 @@ fn an_unlinked_click_is_offered_a_link_that_its_person_confirms_once() {
     assert!(page.contains("view-chatlink") && page.contains("Confirm only if this is your own"), "{page}");
     let bob = linked.signed_in("bob@example.com");
     let read = json!({"secret": secret});
+    // Forwarded to another approver, the link links nothing, and stays bob's to use.
+    let vera = linked.signed_in("vera@example.com");
+    let (status, forwarded) = linked.web_post("/api/chat-link-offers/confirm", Some(&vera), true, &read);
+    assert_eq!((status, &forwarded["error"]["code"]), (403, &json!("not_yours")), "{forwarded}");
     assert_eq!(
         linked.web_post("/api/chat-link-offers/read", Some(&bob), false, &read).0,
         403,
@@ -567,7 +573,6 @@ fn an_unlinked_click_is_offered_a_link_that_its_person_confirms_once() {
     );
 
     // Used: by no one else, and not twice.
-    let vera = linked.signed_in("vera@example.com");
     for (who, path) in [(&vera, "confirm"), (&bob, "confirm"), (&vera, "read")] {
         let (status, refused) =
             linked.web_post(&format!("/api/chat-link-offers/{path}"), Some(who), true, &read);
@@ -608,6 +613,7 @@ fn an_offer_expires_and_a_newer_one_voids_the_older() {
     let vera = linked.signed_in("vera@example.com");
     let agent = linked.daemon.run_agent(&linked.daemon.flagged(), &["late"]);
     let late = id_of(&linked.daemon.pending_one());
+    linked.slack.set_email("U0LATE", "vera@example.com");
     linked.click("U0LATE", message::APPROVE, &late);
     let voided = offered_secret(&linked, "U0LATE", 0);
     linked.click("U0LATE", message::APPROVE, &late);
@@ -676,6 +682,7 @@ fn the_modals_approve_for_an_hour_and_deny_with_a_reason() {
     assert!(held(pid_of(&hold)));
     // A stranger submitting the same modal (a forged submission) is offered a link, nothing more.
     let stranger = slack::View { user: "U0EVE".into(), ..modal.clone() };
+    linked.slack.set_email("U0EVE", "eve@example.com");
     linked.submit(&stranger, approve_for("3600", "mine"));
     offered_secret(&linked, "U0EVE", 0);
     assert!(held(pid_of(&hold)));

@@ -349,7 +349,8 @@ fn a_person_confirms_a_chat_link_offered_to_them_after_signing_in() {
     let provider = OidcProvider::start(&format!("http://{http}/auth/callback"));
     let served = Served::start_with(Some((&provider, http)));
     let account = console::chat::ChatAccount::slack("T0KT/U0BOB").expect("an account");
-    let secret = rt.block_on(served.store().offer_chat_link(&account, "bob")).expect("an offer");
+    let secret =
+        rt.block_on(served.store().offer_chat_link(&account, "bob", "bob@example.com")).expect("an offer");
 
     let run = browser_script(
         &served,

@@ -248,6 +248,11 @@ pub async fn callback(
         return Err(failed("the identity provider named nobody (an empty email)".into()));
     }
     let Some(role) = api.roles.role(&identity.groups) else {
+        if let Some(account) = &identity.teams
+            && let Err(e) = store.unlink_at_refused_sign_in(account, &person).await
+        {
+            tracing::warn!(error = %e, account = %account, person, "unlinking a Teams account at a refused sign-in");
+        }
         store
             .record(&AuditEvent::SignInRefused { person: person.clone(), groups: identity.groups.clone() })
             .await?;

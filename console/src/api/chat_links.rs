@@ -23,6 +23,10 @@ impl From<OfferError> for ApiError {
             OfferError::Unknown => "unknown_link",
             OfferError::Expired => "link_expired",
             OfferError::Used => "link_used",
+            OfferError::LinkedSince => "linked_since",
+            OfferError::NotYours(_) => {
+                return Self::new(StatusCode::FORBIDDEN, "not_yours", error.to_string());
+            }
         };
         Self::new(StatusCode::GONE, code, error.to_string())
     }
@@ -62,14 +66,23 @@ pub async fn put(
     Ok(ok(serde_json::json!({"account": account.to_string(), "person": request.person, "role": role})))
 }
 
-/// Unlinks the account (an admin only).
+/// Unlinks the account: an admin, or the person it is linked to (who may find an account
+/// linked to them that is not theirs).
 pub async fn delete(
     State(api): State<Api>,
     principal: Principal,
     Path(text): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&principal, Role::Admin)?;
     let account = account(&text)?;
+    let theirs = api
+        .console
+        .store()
+        .chat_link(&account)
+        .await?
+        .is_some_and(|link| link.person.eq_ignore_ascii_case(&principal.person));
+    if !theirs {
+        require(&principal, Role::Admin)?;
+    }
     if api.console.store().unlink_chat(&account, &principal.person).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -133,11 +146,6 @@ pub async fn claim(
         && let Err(e) = slack.announce_link(api.console.store(), &account, &link).await
     {
         tracing::warn!(error = %e, account = %account, "announcing a chat account's link in Slack");
-    }
-    if let Some(teams) = &api.teams
-        && let Err(e) = teams.announce_link(&account, &link).await
-    {
-        tracing::warn!(error = %e, account = %account, "announcing a chat account's link in Teams");
     }
     Ok(ok(serde_json::json!({"account": account.to_string(), "person": link.person, "role": link.role})))
 }

@@ -152,7 +152,8 @@ impl Store {
 
     /// Links `account` to `person` as their identity provider vouched at their sign-in,
     /// with the role their groups gave (at most approver): written and audited only when
-    /// the link was not already so.
+    /// the link was not already so, and never over a link an admin made (an admin's word
+    /// on an account stands until an admin changes it).
     pub async fn link_at_sign_in(
         &self,
         account: &ChatAccount,
@@ -160,11 +161,42 @@ impl Store {
         role: Role,
     ) -> Result<(), StoreError> {
         let role = role.min(Role::Approver);
-        if self.chat_link(account).await?.is_some_and(|link| link.person == person && link.role == role) {
-            return Ok(());
-        }
         let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT person, role, how FROM chat_links WHERE account = $1")
+            .bind(account.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = row {
+            let (linked, linked_role, how): (String, String, String) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            if how == ChatLinkHow::Admin.as_str() || (linked == person && linked_role == role.as_str()) {
+                return Ok(());
+            }
+        }
         link_in(&mut tx, account, person, role, person, ChatLinkHow::SignIn).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes the link `person`'s sign-in made of `account`, now that their sign-in is
+    /// refused (their groups give no role): their access through it ends with the rest.
+    pub async fn unlink_at_refused_sign_in(
+        &self,
+        account: &ChatAccount,
+        person: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let removed = sqlx::query("DELETE FROM chat_links WHERE account = $1 AND person = $2 AND how = $3")
+            .bind(account.to_string())
+            .bind(person)
+            .bind(ChatLinkHow::SignIn.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed > 0 {
+            let by = format!("{person}'s refused sign-in");
+            audit(&mut tx, &AuditEvent::ChatUnlinked { account: account.to_string(), by }).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -282,13 +314,15 @@ async fn link_in(
         .execute(&mut **tx)
         .await?;
     sqlx::query(
-        "INSERT INTO chat_links (account, person, role, linked_by, linked_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO chat_links (account, person, role, linked_by, linked_at_ms, how)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(account.to_string())
     .bind(person)
     .bind(role.as_str())
     .bind(by)
     .bind(now_ms())
+    .bind(how.as_str())
     .execute(&mut **tx)
     .await?;
     let event = AuditEvent::ChatLinked {

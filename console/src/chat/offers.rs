@@ -32,6 +32,9 @@ pub struct Offer {
     pub account: ChatAccount,
     /// The account's name as the chat service gave it with the click (the user chose it).
     pub name: String,
+    /// The email the chat service vouches for as the account's: the one person who may
+    /// confirm.
+    pub email: String,
     pub expires_at_ms: i64,
 }
 
@@ -45,6 +48,12 @@ pub enum OfferError {
     Expired,
     #[error("this link was used already, and works once: click in chat again for a new one")]
     Used,
+    #[error("this link is for the chat account of {0}, not yours: only they can confirm it")]
+    NotYours(String),
+    #[error(
+        "this chat account was linked since the link was given: click in chat again if it still needs one"
+    )]
+    LinkedSince,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -56,9 +65,15 @@ impl From<sqlx::Error> for OfferError {
 }
 
 impl Store {
-    /// Offers `account` (named `name` by its chat service) a link: the secret, which is not
-    /// kept. Any offer it was made before and did not use is void.
-    pub async fn offer_chat_link(&self, account: &ChatAccount, name: &str) -> Result<String, StoreError> {
+    /// Offers `account` (named `name` by its chat service, which vouches that `email` is
+    /// its user's) a link for the person named `email` alone: the secret, which is not kept.
+    /// Any offer it was made before and did not use is void.
+    pub async fn offer_chat_link(
+        &self,
+        account: &ChatAccount,
+        name: &str,
+        email: &str,
+    ) -> Result<String, StoreError> {
         let name: String = name.chars().filter(|c| !c.is_control() && !hides(*c)).take(MAX_NAME).collect();
         let secret = secret();
         let now = now_ms();
@@ -71,11 +86,13 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO chat_link_offers (secret_sha256, account, name, created_at_ms) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO chat_link_offers (secret_sha256, account, name, email, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(sha256(&secret))
         .bind(account.to_string())
         .bind(name)
+        .bind(email)
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -89,14 +106,14 @@ impl Store {
             return Err(OfferError::Unknown);
         }
         let row = sqlx::query(
-            "SELECT account, name, created_at_ms, used_at_ms FROM chat_link_offers WHERE secret_sha256 = $1",
+            "SELECT account, name, email, created_at_ms, used_at_ms FROM chat_link_offers WHERE secret_sha256 = $1",
         )
         .bind(sha256(secret))
         .fetch_optional(&self.pool)
         .await?
         .ok_or(OfferError::Unknown)?;
-        let (account, name, created, used): (String, String, i64, Option<i64>) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        let (account, name, email, created, used): (String, String, String, i64, Option<i64>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
         let expires_at_ms = created.saturating_add(millis(OFFER_LIFETIME));
         if used.is_some() {
             return Err(OfferError::Used);
@@ -106,17 +123,31 @@ impl Store {
         }
         let account =
             account.parse().map_err(|reason| StoreError::Corrupt { hold_id: String::new(), reason })?;
-        Ok(Offer { account, name, expires_at_ms })
+        Ok(Offer { account, name, email, expires_at_ms })
     }
 
     /// Uses the offer `secret` (once: of concurrent users, one gets it) to link its account
-    /// to `principal`, with their role (at most approver); audited as theirs.
+    /// to `principal`, with their role (at most approver); audited as theirs. Only the
+    /// person the chat service named as the account's may (a link forwarded to anyone else
+    /// is refused, and left for its owner), and not once the account was linked since.
     pub async fn claim_chat_link(
         &self,
         secret: &str,
         principal: &Principal,
     ) -> Result<(ChatAccount, Link), OfferError> {
         let offer = self.chat_link_offer(secret).await?;
+        if !offer.email.eq_ignore_ascii_case(&principal.person) {
+            return Err(OfferError::NotYours(offer.email));
+        }
+        let made = offer.expires_at_ms.saturating_sub(millis(OFFER_LIFETIME));
+        let linked_since: Option<i64> =
+            sqlx::query_scalar("SELECT linked_at_ms FROM chat_links WHERE account = $1")
+                .bind(offer.account.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        if linked_since.is_some_and(|at| at >= made) {
+            return Err(OfferError::LinkedSince);
+        }
         let now = now_ms();
         let mut tx = self.begin().await?;
         let claimed = sqlx::query(

@@ -72,7 +72,9 @@ async fn admins_link_and_unlink_chat_accounts(db: Db) {
     let delete = async |path: &str, who: &str| {
         api.call(Method::DELETE, &format!("/api/chat-links/{path}"), &As::Token(who), None).await
     };
-    refused(&delete("slack:T0KT/U0BOB", &bob).await, StatusCode::FORBIDDEN, "forbidden");
+    // A person unlinks an account linked to them (one they find is not theirs), no other.
+    refused(&delete("slack:T0KT/U0VERA", &bob).await, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(delete(&teams.to_lowercase(), &bob).await.0, StatusCode::NO_CONTENT);
     refused(&delete("slack:T0KT", &ada).await, StatusCode::BAD_REQUEST, "bad_request");
     assert_eq!(delete("slack:T0KT/U0BOB", &ada).await.0, StatusCode::NO_CONTENT);
     refused(&delete("slack:T0KT/U0BOB", &ada).await, StatusCode::NOT_FOUND, "not_linked");
@@ -82,17 +84,22 @@ async fn admins_link_and_unlink_chat_accounts(db: Db) {
     let unlinked = api.audited("chat_unlinked").await;
     assert_eq!(
         unlinked,
-        [json!({"type": "chat_unlinked", "account": "slack:T0KT/U0BOB", "by": "ada@example.com"})]
+        [
+            json!({"type": "chat_unlinked", "account": teams.to_lowercase(), "by": "bob@example.com"}),
+            json!({"type": "chat_unlinked", "account": "slack:T0KT/U0BOB", "by": "ada@example.com"})
+        ]
     );
 }
 
-/// An offer's secret is kept as a hash only; of two people confirming it at once, one
-/// links; a viewer stays a viewer; an admin is linked as an approver.
+/// An offer's secret is kept as a hash only; only the person the chat service named as the
+/// account's may confirm it (a forwarded link is refused, and left for them); of their two
+/// confirmations at once, one links; a viewer stays a viewer; an admin is linked as an
+/// approver; an account linked since the offer is not linked again by it.
 async fn a_link_offer_is_used_once_by_one_person(db: Db) {
     let api = Fixture::start(&db).await;
     let store: &Store = api.running.console.store();
     let account = console::chat::ChatAccount::slack("T0KT/U0NEW").unwrap();
-    let secret = store.offer_chat_link(&account, "new\u{202E}name\u{7}").await.unwrap();
+    let secret = store.offer_chat_link(&account, "new\u{202E}name\u{7}", "Vera@example.com").await.unwrap();
     let kept = sqlx::AnyPool::connect(&db.url()).await.unwrap();
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT secret_sha256, name FROM chat_link_offers").fetch_all(&kept).await.unwrap();
@@ -108,25 +115,35 @@ async fn a_link_offer_is_used_once_by_one_person(db: Db) {
         "{offer}"
     );
     let (as_vera, as_ada) = (As::Token(&vera), As::Token(&ada));
+    let forwarded = api.post("/api/chat-link-offers/confirm", &as_ada, &body).await;
+    refused(&forwarded, StatusCode::FORBIDDEN, "not_yours");
     let (first, second) = tokio::join!(
         api.post("/api/chat-link-offers/confirm", &as_vera, &body),
-        api.post("/api/chat-link-offers/confirm", &as_ada, &body),
+        api.post("/api/chat-link-offers/confirm", &as_vera, &body),
     );
     let mut statuses = [first.0, second.0];
     statuses.sort();
     assert_eq!(statuses, [StatusCode::OK, StatusCode::GONE], "{first:?} {second:?}");
     let link = store.chat_link(&account).await.unwrap().unwrap();
-    let winner = if first.0 == StatusCode::OK {
-        ("vera@example.com", Role::Viewer)
-    } else {
-        ("ada@example.com", Role::Approver)
-    };
-    assert_eq!((link.person.as_str(), link.role), winner);
+    assert_eq!((link.person.as_str(), link.role), ("vera@example.com", Role::Viewer));
     let offered = api.audited("chat_linked").await;
     assert_eq!(offered.len(), 1);
-    assert_eq!((&offered[0]["by"], &offered[0]["how"]), (&json!(winner.0), &json!("offer")));
+    assert_eq!((&offered[0]["by"], &offered[0]["how"]), (&json!("vera@example.com"), &json!("offer")));
 
-    let other = store.offer_chat_link(&account, "").await.unwrap();
+    // An admin is linked as an approver; not by an offer made before the account was
+    // linked by someone else.
+    let ada_account = console::chat::ChatAccount::slack("T0KT/U0ADA").unwrap();
+    let early = store.offer_chat_link(&ada_account, "ada", "ada@example.com").await.unwrap();
+    let late = store.offer_chat_link(&account, "new", "ada@example.com").await.unwrap();
+    store.link_chat(&account, "vera@example.com", Role::Viewer, "ada@example.com").await.unwrap();
+    let confirm = async |secret: &str| {
+        api.post("/api/chat-link-offers/confirm", &as_ada, &json!({"secret": secret}).to_string()).await
+    };
+    refused(&confirm(&late).await, StatusCode::GONE, "linked_since");
+    let (status, done) = confirm(&early).await;
+    assert_eq!((status, &done["role"]), (StatusCode::OK, &json!("approver")), "{done}");
+
+    let other = store.offer_chat_link(&account, "", "ada@example.com").await.unwrap();
     let bad = |secret: &str| json!({"secret": secret}).to_string();
     for secret in ["", "zz", &other.to_uppercase()[..10], &format!("{other}0")] {
         refused(

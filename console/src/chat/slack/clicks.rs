@@ -60,6 +60,8 @@ struct Actor<'a> {
     user: &'a str,
     name: &'a str,
     channel: String,
+    /// A user of another workspace than the one clicked in (Slack Connect): offered no link.
+    external: bool,
 }
 
 /// What a decision asks of hold `hold` (`HOLD@HOST`): from a button, or a modal submitted.
@@ -87,11 +89,13 @@ pub async fn clicked(slack: &Slack, console: &Console, payload: &serde_json::Val
         .or_else(|| interaction.team.as_ref().map(|t| t.id.clone()))
         .unwrap_or_default();
     let account = ChatAccount::slack(&format!("{team}/{}", interaction.user.id));
+    let external = interaction.team.as_ref().is_some_and(|clicked_in| clicked_in.id != team);
     let actor = |channel: String| Actor {
         account: account.clone(),
         user: &interaction.user.id,
         name: &interaction.user.username,
         channel,
+        external,
     };
     match interaction.kind.as_str() {
         "block_actions" => {
@@ -169,7 +173,9 @@ async fn decide(slack: &Slack, console: &Console, actor: &Actor<'_>, wanted: Wan
     };
     let asked = Asked { host, hold_id, verdict, scope, duration_secs, reason };
     let decided = decide::decide(console, account, asked).await;
-    if let Err(Refusal::NotLinked) = decided {
+    if let Err(Refusal::NotLinked) = decided
+        && !actor.external
+    {
         return match slack.offer_link(console.store(), &actor.channel, actor.user, account, actor.name).await
         {
             Ok(true) => None,

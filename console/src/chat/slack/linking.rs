@@ -17,7 +17,8 @@ pub const LINK: &str = "keyturn_link";
 
 impl Slack {
     /// Offers `account` (named `name` by Slack), the user `user` of `channel`, a link to
-    /// itself, ephemerally: whether it was offered (not when no console URL is configured).
+    /// itself, ephemerally, for the person Slack names by the user's email alone: whether it
+    /// was offered (not without a console URL, nor for a user Slack gives no email for).
     pub(super) async fn offer_link(
         &self,
         store: &Store,
@@ -27,15 +28,27 @@ impl Slack {
         name: &str,
     ) -> Result<bool, SlackError> {
         let Some(console) = &self.console_url else { return Ok(false) };
-        let secret = store.offer_chat_link(account, name).await?;
+        // Slack vouches for a profile's email (`users:read.email`): only that person may
+        // confirm, so a link forwarded to someone else links nothing.
+        let profile = self.read("users.info", &[("user", user)]).await;
+        let email = match &profile {
+            Ok(profile) => profile["user"]["profile"]["email"].as_str().filter(|email| !email.is_empty()),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a Slack user's email for a link offer");
+                None
+            }
+        };
+        let Some(email) = email else { return Ok(false) };
+        let secret = store.offer_chat_link(account, name, email).await?;
         let url = chat_link_url(console, &secret);
         let text = format!(
             "Your Slack account ({}/{}) is not linked to a person in keyturn, so your click decided \
              nothing. To link it to yourself, open the link below within {} minutes, sign in to the \
-             console and confirm. It works once: do not share it.",
+             console as {} and confirm. It works once, for you alone.",
             account.team,
             account.user,
-            crate::chat::offers::OFFER_LIFETIME.as_secs() / 60
+            crate::chat::offers::OFFER_LIFETIME.as_secs() / 60,
+            email,
         );
         let text = message::escape(&text, 3_000);
         let body = json!({
@@ -81,8 +94,11 @@ impl Slack {
         };
         post(&self.channel).await?;
         let others = store.chat_accounts_of(&link.person).await?;
+        // Each of them is told, whichever cannot be.
         for other in others.iter().filter(|other| other.chat == Chat::Slack && *other != account) {
-            post(&other.user).await?;
+            if let Err(e) = post(&other.user).await {
+                tracing::warn!(error = %e, account = %other, "telling a person's other Slack account of a link");
+            }
         }
         Ok(())
     }

@@ -152,11 +152,23 @@ impl Slack {
     /// Calls Web API `method` with `body` (JSON) under `token`: its answer, once `ok`.
     async fn call(&self, method: &'static str, token: &str, body: &Value) -> Result<Value, SlackError> {
         let url = self.api.join(method).map_err(|e| SlackError::Config(e.to_string()))?;
-        let answer: Value = self
-            .client
-            .post(url)
-            .bearer_auth(token)
-            .json(body)
+        self.answer(method, self.client.post(url).bearer_auth(token).json(body)).await
+    }
+
+    /// Calls Web API read `method` (such as `users.info`, which takes no JSON) with its
+    /// arguments `query` in the URL, under the bot token: its answer, once `ok`.
+    async fn read(&self, method: &'static str, query: &[(&str, &str)]) -> Result<Value, SlackError> {
+        let url = self.api.join(method).map_err(|e| SlackError::Config(e.to_string()))?;
+        self.answer(method, self.client.get(url).bearer_auth(&self.bot_token).query(query)).await
+    }
+
+    /// What Slack answered `request` to `method`, once `ok`.
+    async fn answer(
+        &self,
+        method: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, SlackError> {
+        let answer: Value = request
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)

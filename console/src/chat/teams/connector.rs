@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{How, SERVICE_URL, TOKEN_URL, Teams, TeamsConfig, TeamsError, card, token};
 use crate::{
-    chat::{Chat, ChatAccount, Link, announce::Announcer, is_guid},
+    chat::{Chat, ChatAccount, announce::Announcer, is_guid},
     search::HoldDetail,
     siem::{SiemError, http_client, reachable},
 };
@@ -266,25 +266,6 @@ impl Announcer for Teams {
 }
 
 impl Teams {
-    /// Tells the channel that `account` was linked to `link`'s person by an offer they
-    /// confirmed, so that an account linked by a forwarded link does not go unseen.
-    pub async fn announce_link(&self, account: &ChatAccount, link: &Link) -> Result<(), TeamsError> {
-        let Some(bot) = self.bot().filter(|_| account.chat == Chat::Teams) else { return Ok(()) };
-        let text = format!(
-            "Teams account {}/{} is now linked to keyturn person {} as {}: they confirmed it in the \
-             console with a link the account was given. Not theirs? An admin unlinks it: \
-             keyturn console unlink --teams {}/{}",
-            account.team,
-            account.user,
-            crate::chat::text::visible(&link.person, 300),
-            link.role,
-            account.team,
-            account.user,
-        );
-        let activity = json!({"type": "message", "textFormat": "plain", "text": text});
-        bot.send(&bot.channel, None, activity).await.map(drop)
-    }
-
     /// The bot, when there is one (not with a notify-only webhook).
     pub fn bot(&self) -> Option<&Bot> {
         match &self.how {

@@ -10,11 +10,8 @@ use serde_json::{Value, json};
 use super::{Teams, card};
 use crate::{
     Console,
-    api::{
-        chat_link_url,
-        holds::{Asked, reason},
-    },
-    chat::{Chat, ChatAccount, decide, offered_duration, offers::OFFER_LIFETIME},
+    api::holds::{Asked, reason},
+    chat::{Chat, ChatAccount, decide, offered_duration},
 };
 
 /// The parts of an activity a click is decided by.
@@ -41,9 +38,6 @@ struct From {
     #[serde(default)]
     id: String,
     aad_object_id: Option<String>,
-    /// The user's display name (theirs to choose).
-    #[serde(default)]
-    name: String,
 }
 
 #[derive(Deserialize)]
@@ -118,8 +112,7 @@ pub async fn invoked(teams: &Teams, console: &Console, activity: &Value) -> Opti
     if tenant != bot.tenant_id || named.is_some_and(|named| named != tenant) {
         return Some(message("keyturn takes clicks from its own Microsoft tenant only."));
     }
-    let (user, name) =
-        activity.from.map(|from| (from.aad_object_id.unwrap_or_default(), from.name)).unwrap_or_default();
+    let user = activity.from.and_then(|from| from.aad_object_id).unwrap_or_default();
     let account = match ChatAccount::new(Chat::Teams, &format!("{tenant}/{user}")) {
         Ok(account) => account,
         Err(reason) => {
@@ -128,23 +121,6 @@ pub async fn invoked(teams: &Teams, console: &Console, activity: &Value) -> Opti
     };
     let asked = Asked { host, hold_id, verdict, scope, duration_secs, reason };
     let decided = decide::decide(console, &account, asked).await;
-    if let (Err(decide::Refusal::NotLinked), Some(console_url)) = (&decided, &teams.console_url) {
-        return Some(message(&match console.store().offer_chat_link(&account, &name).await {
-            Ok(secret) => format!(
-                "Your Teams account is not linked to a person in keyturn, so your click decided nothing. \
-                 To link it to yourself, open {} within {} minutes, sign in to the console and confirm. \
-                 It works once: do not share it.",
-                chat_link_url(console_url, &secret),
-                OFFER_LIFETIME.as_secs() / 60
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "offering a Teams account a link");
-                "Your Teams account is not linked to a person in keyturn, so your click decided nothing; \
-                 keyturn could not offer you a link just now: try again."
-                    .into()
-            }
-        }));
-    }
     if let Some(text) = decide::said(&decided, &account) {
         return Some(message(&text));
     }
