@@ -50,13 +50,10 @@ pub async fn announce<A: Announcer>(
     for record in records {
         match record.typed()? {
             AuditEvent::HoldRaised { host, hold, .. } => post(chat, store, &host, &hold).await?,
-            AuditEvent::ApprovalRecorded { host, hold, .. } => update(chat, store, &host, &hold).await?,
+            AuditEvent::ApprovalRecorded { host, hold, .. } => show(chat, store, &host, &hold, false).await?,
             AuditEvent::Decided { host, hold, .. }
             | AuditEvent::HoldClosed { host, hold, .. }
-            | AuditEvent::HoldExpired { host, hold } => {
-                update(chat, store, &host, &hold).await?;
-                tell_requester(chat, store, &host, &hold).await?;
-            }
+            | AuditEvent::HoldExpired { host, hold } => show(chat, store, &host, &hold, true).await?,
             _ => {}
         }
     }
@@ -77,21 +74,29 @@ async fn post<A: Announcer>(chat: &A, store: &Store, host: &str, hold: &str) -> 
     post_to(chat, store, &detail, chat.channel()).await
 }
 
-/// Tells the person who started the agent of ended hold `hold` of `host` how it ended: the
-/// message, directly to each of their accounts in this chat; once, and only for a hold
-/// announced in the channel.
-async fn tell_requester<A: Announcer>(
+/// Shows hold `hold` of `host` as it stands now in every message about it, and, once it
+/// `ended`, tells the person who started the agent how: the message, directly to each of
+/// their accounts in this chat; once, and only for a hold announced in the channel. The
+/// messages and the hold are read once for both.
+async fn show<A: Announcer>(
     chat: &A,
     store: &Store,
     host: &str,
     hold: &str,
+    ended: bool,
 ) -> Result<(), SiemError> {
     let posted = messages::<A>(store, host, hold).await?;
-    let announced = posted.iter().any(|(conversation, _)| conversation == chat.channel());
-    if !announced || posted.iter().any(|(conversation, _)| conversation != chat.channel()) {
+    if posted.is_empty() {
         return Ok(());
     }
     let Some(detail) = store.hold_detail(host, hold).await? else { return Ok(()) };
+    for (conversation, id) in posted.iter().filter(|(_, id)| !id.is_empty()) {
+        chat.update(&detail, conversation, id).await?;
+    }
+    let only_in_the_channel = posted.iter().all(|(conversation, _)| conversation == chat.channel());
+    if !ended || !only_in_the_channel {
+        return Ok(());
+    }
     let accounts = store.chat_accounts_of(&detail.raised.requester).await?;
     for to in accounts.iter().filter(|account| account.chat == A::CHAT).filter_map(|a| chat.direct(a)) {
         post_to(chat, store, &detail, &to).await?;
@@ -121,19 +126,6 @@ async fn post_to<A: Announcer>(
     .execute(&store.pool)
     .await
     .map_err(StoreError::from)?;
-    Ok(())
-}
-
-/// Shows hold `hold` of `host` as it stands now in every message about it.
-async fn update<A: Announcer>(chat: &A, store: &Store, host: &str, hold: &str) -> Result<(), SiemError> {
-    let posted = messages::<A>(store, host, hold).await?;
-    if posted.iter().all(|(_, id)| id.is_empty()) {
-        return Ok(());
-    }
-    let Some(detail) = store.hold_detail(host, hold).await? else { return Ok(()) };
-    for (conversation, id) in posted.iter().filter(|(_, id)| !id.is_empty()) {
-        chat.update(&detail, conversation, id).await?;
-    }
     Ok(())
 }
 

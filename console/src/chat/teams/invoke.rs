@@ -77,14 +77,14 @@ pub async fn invoked(teams: &Teams, console: &Console, activity: &Value) -> Opti
     if activity.kind != "invoke" || activity.name != "adaptiveCard/action" {
         return None;
     }
+    let bot = teams.bot()?;
     if activity.channel_id != "msteams" {
         return Some(message("keyturn takes clicks from Microsoft Teams only."));
     }
-    let bot_id = format!("28:{}", teams.bot()?.app_id);
+    let bot_id = format!("28:{}", bot.app_id);
     if activity.recipient.is_none_or(|recipient| !recipient.id.eq_ignore_ascii_case(&bot_id)) {
         return Some(message("This click was not sent to keyturn's bot."));
     }
-    let bot = teams.bot()?;
     let Some(action) = activity.value.map(|value| value.action) else {
         return Some(message("keyturn could not read this click."));
     };
