@@ -21,8 +21,10 @@ pub trait Announcer: Sync {
     /// The conversation holds are posted to.
     fn channel(&self) -> &str;
 
-    /// Where `account` (one of this chat's) is told directly, if this chat can.
-    fn direct(&self, account: &ChatAccount) -> Option<String>;
+    /// The conversation where `account` (one of this chat's) is told directly, if this chat
+    /// can tell it anything directly.
+    fn direct(&self, account: &ChatAccount)
+    -> impl Future<Output = Result<Option<String>, SiemError>> + Send;
 
     /// Posts `detail`'s message to conversation `to`: the message's conversation and id,
     /// or `None` when it cannot be updated.
@@ -98,8 +100,10 @@ async fn show<A: Announcer>(
         return Ok(());
     }
     let accounts = store.chat_accounts_of(&detail.raised.requester).await?;
-    for to in accounts.iter().filter(|account| account.chat == A::CHAT).filter_map(|a| chat.direct(a)) {
-        post_to(chat, store, &detail, &to).await?;
+    for account in accounts.iter().filter(|account| account.chat == A::CHAT) {
+        if let Some(to) = chat.direct(account).await? {
+            post_to(chat, store, &detail, &to).await?;
+        }
     }
     Ok(())
 }

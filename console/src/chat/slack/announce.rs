@@ -18,8 +18,8 @@ impl Announcer for Slack {
     }
 
     /// A Slack user is written to directly in the channel of their own id.
-    fn direct(&self, account: &ChatAccount) -> Option<String> {
-        Some(account.user.clone())
+    async fn direct(&self, account: &ChatAccount) -> Result<Option<String>, SiemError> {
+        Ok(Some(account.user.clone()))
     }
 
     async fn post(&self, detail: &HoldDetail, to: &str) -> Result<Option<(String, String)>, SiemError> {

@@ -220,8 +220,8 @@ impl Announcer for Teams {
     }
 
     /// Writing to a person directly needs a conversation the bot has with them: not yet.
-    fn direct(&self, _: &ChatAccount) -> Option<String> {
-        None
+    async fn direct(&self, _: &ChatAccount) -> Result<Option<String>, SiemError> {
+        Ok(None)
     }
 
     async fn post(&self, detail: &HoldDetail, to: &str) -> Result<Option<(String, String)>, SiemError> {
