@@ -66,6 +66,10 @@ struct Shared {
     webhook: Vec<Value>,
     /// Calls the stand-in refused, with why.
     refusals: Vec<String>,
+    /// What the bot sent to create its personal conversations.
+    conversations: Vec<Value>,
+    /// Users the bot is not installed for: Teams refuses a conversation with them.
+    not_installed: Vec<String>,
 }
 
 /// The stand-in, serving on 127.0.0.1 until dropped.
@@ -90,6 +94,7 @@ impl TeamsStandIn {
                               "token_endpoint_auth_methods_supported": ["private_key_jwt"]});
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(grant))
+            .route("/v3/conversations", post(created))
             .route("/v3/conversations/{conversation}/activities", post(posted))
             .route("/v3/conversations/{conversation}/activities/{id}", put(replaced))
             .route("/workflow", post(workflow))
@@ -122,6 +127,21 @@ impl TeamsStandIn {
 
     pub fn cards(&self) -> Vec<Card> {
         self.shared.lock().expect("lock").cards.clone()
+    }
+
+    /// What the bot sent to create each personal conversation, in order.
+    pub fn conversations(&self) -> Vec<Value> {
+        self.shared.lock().expect("lock").conversations.clone()
+    }
+
+    /// The personal conversation of `user` (an Entra ID object id), as the stand-in names it.
+    pub fn personal(user: &str) -> String {
+        format!("a:personal-{user}")
+    }
+
+    /// Uninstalls the bot for `user`: a conversation with them is refused (`403`).
+    pub fn uninstall_for(&self, user: &str) {
+        self.shared.lock().expect("lock").not_installed.push(user.to_owned());
     }
 
     /// Deletes card `id`, as a person in Teams does: replacing it is refused from now on
@@ -291,6 +311,41 @@ fn card_of(headers: &HeaderMap, activity: &Value) -> Result<Value, (StatusCode, 
     Ok(attachment["content"].clone())
 }
 
+/// The Bot Connector's Create Conversation, for a personal (1:1) conversation with one user
+/// of the tenant: the same conversation each time for that user.
+async fn created(State(shared): Shared_, headers: HeaderMap, Json(parameters): Json<Value>) -> Response {
+    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if bearer != Some(&format!("Bearer {ACCESS_TOKEN}")) {
+        return refuse(
+            &shared,
+            StatusCode::UNAUTHORIZED,
+            &format!("conversation without the bot's token: {bearer:?}"),
+        );
+    }
+    let members = parameters["members"].as_array().map_or(&[][..], Vec::as_slice);
+    let (Some(user), 1) = (members.first().and_then(|m| m["id"].as_str()), members.len()) else {
+        return refuse(&shared, StatusCode::BAD_REQUEST, &format!("not one member: {parameters}"));
+    };
+    if parameters["tenantId"] != TENANT || parameters["isGroup"] == true {
+        return refuse(
+            &shared,
+            StatusCode::BAD_REQUEST,
+            &format!("not a personal conversation of the tenant: {parameters}"),
+        );
+    }
+    let mut locked = shared.lock().expect("lock");
+    locked.conversations.push(parameters.clone());
+    if locked.not_installed.iter().any(|u| u == user) {
+        // Not a refusal of keyturn's: what Teams answers where the bot is not installed.
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": {"code": "Forbidden", "message": "not installed"}})),
+        )
+            .into_response();
+    }
+    Json(json!({"id": TeamsStandIn::personal(user)})).into_response()
+}
+
 async fn posted(
     State(shared): Shared_,
     UrlPath(conversation): UrlPath<String>,
@@ -341,6 +396,19 @@ async fn workflow(State(shared): Shared_, Json(activity): Json<Value>) -> Respon
     }
     shared.lock().expect("lock").webhook.push(card);
     StatusCode::ACCEPTED.into_response()
+}
+
+/// Microsoft's Teams SDK's verdict (`tests/python/teams_judge.py conversations`) on the
+/// bodies the bot sent to create its personal conversations: its findings, none when each
+/// sends what the SDK itself sends.
+pub fn judge_conversations(bodies: &[Value]) -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    let python = dir.join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run `cargo xtask setup`", python.display());
+    let mut judge = Command::new(python);
+    judge.arg(dir.join("teams_judge.py")).arg("conversations");
+    let verdict = crate::judged(judge, &json!({"conversations": bodies}));
+    serde_json::from_value(verdict["findings"].clone()).expect("findings")
 }
 
 /// Microsoft's Adaptive Cards library's verdict on `cards`: its findings, none when each

@@ -105,6 +105,7 @@ impl Linked {
         cards.extend_from_slice(also);
         assert!(!cards.is_empty());
         assert_eq!(teams::judge(&cards), Vec::<String>::new());
+        assert_eq!(teams::judge_conversations(&self.teams.conversations()), Vec::<String>::new());
         assert_eq!(self.teams.refusals(), Vec::<String>::new());
     }
 }
@@ -190,6 +191,13 @@ fn a_click_in_teams_releases_a_held_process_as_the_linked_approver() {
 
     let replaced = linked.card_of(&id, |text| text.contains("Approved once by"));
     assert_eq!(replaced.conversation, CHANNEL);
+    // The requester is told in the bot's personal conversation with their linked account.
+    let told = linked.teams.wait_for("the requester's card", |teams| {
+        teams.cards().into_iter().find(|c| c.conversation == TeamsStandIn::personal(CAROL))
+    });
+    assert!(told.card.to_string().contains("Approved once by"), "{}", told.card);
+    assert_eq!(buttons(&told.card), ["Open in console"]);
+    assert_eq!(linked.teams.conversations().len(), 1, "{:?}", linked.teams.conversations());
     assert!(linked.told((TENANT, BOB), teams::DENY, &id).contains("already decided"));
     assert_eq!(
         linked.refused(),
@@ -198,7 +206,11 @@ fn a_click_in_teams_releases_a_held_process_as_the_linked_approver() {
             json!(["carol@example.com", "self_approval"]),
         ]
     );
-    assert_eq!(linked.teams.cards().len(), 1, "one card, replaced in place");
+    assert_eq!(
+        linked.teams.cards().len(),
+        2,
+        "one card in the channel, replaced in place; one to the requester"
+    );
     linked.judged_clean(&[decided["value"].clone()]);
 }
 
@@ -325,12 +337,15 @@ fn a_click_that_names_another_tenant_bot_channel_or_host_decides_nothing() {
     assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
 }
 
-/// A card a person deleted cannot be replaced (Teams answers 403): that hold's end is not
-/// shown, and the next hold is announced all the same.
+/// A card a person deleted cannot be replaced (Teams answers 403), and a requester the bot is
+/// not installed for cannot be told (403 again): that hold's end is not shown, and the next
+/// hold is announced all the same.
 #[test]
 fn a_deleted_card_holds_up_no_later_announcement() {
     let linked = Linked::start(HOLD_FLAGGED, false);
-    let first = linked.daemon.run_agent(&linked.daemon.flagged(), &["first"]);
+    linked.link(CAROL, "carol@example.com", Role::Approver);
+    linked.teams.uninstall_for(CAROL);
+    let first = linked.daemon.run_agent_for("carol@example.com", &linked.daemon.flagged(), &["first"]);
     let first_id = id_of(&linked.daemon.pending_one());
     let card = linked.card_of(&first_id, |_| true);
     linked.teams.delete(&card.id);
@@ -344,6 +359,9 @@ fn a_deleted_card_holds_up_no_later_announcement() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(finish(second), (0, "second\n".to_owned()));
     linked.card_of(&second_id, |text| text.contains("approved on the host"));
+    let asked: Vec<_> = linked.teams.conversations().iter().map(|c| c["members"][0]["id"].clone()).collect();
+    assert_eq!(asked, [json!(CAROL)], "the requester was asked for, and refused");
+    assert!(linked.teams.cards().iter().all(|c| c.conversation == CHANNEL));
 }
 
 /// **Approve for…** sends a duration Teams was offered and a reason: the approval covers the

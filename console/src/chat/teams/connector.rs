@@ -2,7 +2,10 @@
 //! channel by the bot through the Bot Connector and replaced as the hold ends, or posted
 //! once to a Workflows webhook.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -28,6 +31,8 @@ pub struct Bot {
     tokens: token::BotTokens,
     /// The access token, until it is 5 minutes from expiry.
     access: tokio::sync::Mutex<Option<(String, Instant)>>,
+    /// The bot's personal conversations, by the Entra ID object id of the user in them.
+    personal: tokio::sync::Mutex<HashMap<String, String>>,
 }
 
 /// The identity platform's answer to a client-credentials request.
@@ -80,6 +85,7 @@ impl Bot {
             token_url,
             tokens,
             access: tokio::sync::Mutex::new(None),
+            personal: tokio::sync::Mutex::default(),
         })
     }
 
@@ -121,6 +127,59 @@ impl Bot {
         Ok(granted.access_token)
     }
 
+    /// The id of the bot's personal (1:1) conversation with `user` (an Entra ID object id of
+    /// the bot's tenant), created the first time: the Bot Connector answers with the one the
+    /// user already has with the bot, if any. Teams creates it only where the bot is
+    /// installed for the user (personal scope).
+    async fn personal_conversation(&self, user: &str) -> Result<String, TeamsError> {
+        let mut personal = self.personal.lock().await;
+        if let Some(conversation) = personal.get(user) {
+            return Ok(conversation.clone());
+        }
+        let call = "conversation";
+        let url = self.url(&["v3", "conversations"])?;
+        let parameters = json!({
+            "bot": {"id": format!("28:{}", self.app_id)},
+            "isGroup": false,
+            "members": [{"id": user}],
+            "tenantId": self.tenant_id,
+            "channelData": {"tenant": {"id": self.tenant_id}},
+        });
+        let created: Value =
+            self.call(call, self.client.post(url), &parameters).await?.json().await.map_err(http(call))?;
+        let Some(conversation) = created["id"].as_str().filter(|id| !id.is_empty()) else {
+            return Err(TeamsError::Refused { call, status: 200, error: "no conversation id".into() });
+        };
+        personal.insert(user.to_owned(), conversation.to_owned());
+        Ok(conversation.to_owned())
+    }
+
+    /// The Bot Connector's URL of `path`.
+    fn url(&self, path: &[&str]) -> Result<url::Url, TeamsError> {
+        let mut url = self.service_url.clone();
+        url.path_segments_mut()
+            .map_err(|()| TeamsError::Config("service_url cannot be a base".into()))?
+            .pop_if_empty()
+            .extend(path);
+        Ok(url)
+    }
+
+    /// Sends `request` with `body` and the bot's token: the response, once a success. A
+    /// token the Bot Connector refuses is asked for anew next time.
+    async fn call(
+        &self,
+        call: &'static str,
+        request: reqwest::RequestBuilder,
+        body: &Value,
+    ) -> Result<reqwest::Response, TeamsError> {
+        let token = self.access_token().await?;
+        let response = request.bearer_auth(token).json(body).send().await.map_err(http(call))?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            *self.access.lock().await = None;
+        }
+        checked(call, response).await
+    }
+
     /// `POST` (a new activity) or `PUT` (a replacement for activity `id`) of the message
     /// `activity` in `conversation`: the activity's id.
     async fn send(
@@ -129,25 +188,15 @@ impl Bot {
         id: Option<&str>,
         mut activity: Value,
     ) -> Result<String, TeamsError> {
-        let mut url = self.service_url.clone();
-        url.path_segments_mut()
-            .map_err(|()| TeamsError::Config("service_url cannot be a base".into()))?
-            .pop_if_empty()
-            .extend(["v3", "conversations", conversation, "activities"])
-            .extend(id);
+        let path = ["v3", "conversations", conversation, "activities"];
         let (call, request) = match id {
-            None => ("post", self.client.post(url)),
+            None => ("post", self.client.post(self.url(&path)?)),
             Some(id) => {
                 activity["id"] = id.into();
-                ("update", self.client.put(url))
+                ("update", self.client.put(self.url(&[&path[..], &[id]].concat())?))
             }
         };
-        let token = self.access_token().await?;
-        let response = request.bearer_auth(token).json(&activity).send().await.map_err(http(call))?;
-        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-            *self.access.lock().await = None;
-        }
-        let response = checked(call, response).await?;
+        let response = self.call(call, request, &activity).await?;
         if let Some(id) = id {
             // A replacement's answer carries nothing needed.
             return Ok(id.to_owned());
@@ -179,6 +228,12 @@ async fn checked(call: &'static str, response: reqwest::Response) -> Result<reqw
     let mut error = response.text().await.unwrap_or_default();
     error.truncate(error.floor_char_boundary(300));
     Err(TeamsError::Refused { call, status: status.as_u16(), error })
+}
+
+/// Whether a refusal with `status` would be given again: throttling and the bot's own token
+/// are worth trying again, the rest of 4xx not.
+fn for_good(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 429)
 }
 
 /// Whether Teams refused what a card says (its size, its content), rather than failing.
@@ -219,9 +274,23 @@ impl Announcer for Teams {
         }
     }
 
-    /// Writing to a person directly needs a conversation the bot has with them: not yet.
-    async fn direct(&self, _: &ChatAccount) -> Result<Option<String>, SiemError> {
-        Ok(None)
+    /// The bot's personal conversation with `account`, if it is of the bot's own tenant (a
+    /// notify-only webhook writes to no one directly).
+    async fn direct(&self, account: &ChatAccount) -> Result<Option<String>, SiemError> {
+        let How::Bot(bot) = &self.how else { return Ok(None) };
+        if account.team != bot.tenant_id {
+            return Ok(None);
+        }
+        match bot.personal_conversation(&account.user).await {
+            Ok(conversation) => Ok(Some(conversation)),
+            // The bot is not installed for the user, or the user left: told nothing, and the
+            // announcements of other holds go on.
+            Err(TeamsError::Refused { status, error, .. }) if for_good(status) => {
+                tracing::warn!(%account, status, error, "Teams refused a conversation with a person: not told");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn post(&self, detail: &HoldDetail, to: &str) -> Result<Option<(String, String)>, SiemError> {
@@ -245,11 +314,8 @@ impl Announcer for Teams {
         let How::Bot(bot) = &self.how else { return Ok(()) };
         match self.send(bot, detail, conversation, Some(id)).await {
             // The card was deleted or its channel archived (Teams answers 400, 403 or 404):
-            // the announcements of other holds go on. Throttling and the bot's own token are
-            // tried again.
-            Err(TeamsError::Refused { status, error, .. })
-                if (400..500).contains(&status) && !matches!(status, 401 | 429) =>
-            {
+            // the announcements of other holds go on.
+            Err(TeamsError::Refused { status, error, .. }) if for_good(status) => {
                 let (host, hold) = (&detail.record.host, &detail.record.id);
                 tracing::warn!(
                     host,
