@@ -363,3 +363,69 @@ async fn entra_id_links_a_persons_teams_account_at_sign_in() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A chat account a person linked themselves (by a one-time link) follows their groups: it
+/// carries the role their latest sign-in gave (at most approver), and their refused sign-in
+/// removes it, each change audited; an account an admin linked keeps the admin's role.
+#[tokio::test]
+async fn links_people_made_themselves_follow_their_sign_ins() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let provider = OidcProvider::start(&format!("http://{addr}/auth/callback"));
+    let dir = std::env::temp_dir().join(format!("kt-oidc-follow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    console_with_sign_in(&provider, addr, &dir).await;
+    let browser =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let base = format!("http://{addr}");
+    let store = console::Store::open(&format!("sqlite://{}/console.db", dir.display())).await.expect("store");
+    let slack = |user: &str| console::chat::ChatAccount::slack(&format!("T0001/{user}")).expect("an account");
+    let linked_themselves =
+        async |account: &console::chat::ChatAccount, person: &str, role: console::Role| {
+            let secret = store.offer_chat_link(account, "their name", person).await.expect("offer");
+            let principal = console::people::Principal {
+                person: person.to_owned(),
+                display_name: person.to_owned(),
+                role,
+                via: "session".into(),
+                credential: console::people::Credential::SignInLink,
+            };
+            store.claim_chat_link(&secret, &principal).await.expect("claimed");
+        };
+    let role_of = async |account: &console::chat::ChatAccount| {
+        store.chat_link(account).await.expect("read").map(|link| link.role)
+    };
+    // Alice confirmed her link while a viewer; her groups make her an approver now.
+    let (alice_own, alice_admins, carol_own) = (slack("UA11CE"), slack("UA11CE2"), slack("UCA401"));
+    linked_themselves(&alice_own, "alice@example.com", console::Role::Viewer).await;
+    store
+        .link_chat(&alice_admins, "alice@example.com", console::Role::Viewer, "ada@example.com")
+        .await
+        .expect("link");
+    linked_themselves(&carol_own, "carol@example.com", console::Role::Approver).await;
+    let from = store.audit_page(0, 0, i64::MAX, 1_000).await.expect("trail").len();
+
+    assert_eq!(console_sign_in(&browser, &base, "alice@example.com", true).await.status(), 303);
+    assert_eq!(role_of(&alice_own).await, Some(console::Role::Approver), "follows her groups");
+    assert_eq!(role_of(&alice_admins).await, Some(console::Role::Viewer), "an admin's link stands");
+    assert_eq!(console_sign_in(&browser, &base, "carol@example.com", true).await.status(), 403);
+    assert_eq!(role_of(&carol_own).await, None, "removed with her sign-in refused");
+
+    let changes: Vec<serde_json::Value> = store.audit_page(0, 0, i64::MAX, 1_000).await.expect("trail")
+        [from..]
+        .iter()
+        .map(|record| serde_json::from_str(&record.event).expect("JSON"))
+        .filter(|event: &serde_json::Value| {
+            event["account"].as_str().is_some_and(|a| a.starts_with("slack:"))
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            serde_json::json!({"type": "chat_linked", "account": "slack:T0001/UA11CE", "person": "alice@example.com",
+                               "role": "approver", "by": "alice@example.com's sign-in", "how": "offer"}),
+            serde_json::json!({"type": "chat_unlinked", "account": "slack:T0001/UCA401",
+                               "by": "carol@example.com's refused sign-in"}),
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

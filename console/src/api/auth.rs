@@ -247,12 +247,17 @@ pub async fn callback(
     if person.trim().is_empty() {
         return Err(failed("the identity provider named nobody (an empty email)".into()));
     }
-    let Some(role) = api.roles.role(&identity.groups) else {
-        if let Some(account) = &identity.teams
-            && let Err(e) = store.unlink_at_refused_sign_in(account, &person).await
-        {
-            tracing::warn!(error = %e, account = %account, person, "unlinking a Teams account at a refused sign-in");
-        }
+    let role = api.roles.role(&identity.groups);
+    if let Some(account) = &identity.teams
+        && let Some(role) = role
+        && let Err(e) = store.link_at_sign_in(account, &person, role).await
+    {
+        tracing::warn!(error = %e, account = %account, person, "linking a Teams account named at sign-in");
+    }
+    // Links the person made themselves carry their role now; one that could not be made to
+    // fails the sign-in rather than outlast it.
+    store.follow_sign_in(&person, role).await?;
+    let Some(role) = role else {
         store
             .record(&AuditEvent::SignInRefused { person: person.clone(), groups: identity.groups.clone() })
             .await?;
@@ -262,11 +267,6 @@ pub async fn callback(
             format!("{person} is in none of the groups that [roles] gives a role"),
         ));
     };
-    if let Some(account) = &identity.teams
-        && let Err(e) = store.link_at_sign_in(account, &person, role).await
-    {
-        tracing::warn!(error = %e, account = %account, person, "linking a Teams account named at sign-in");
-    }
     let principal = Principal {
         display_name: identity.name.unwrap_or_else(|| person.clone()),
         person,

@@ -178,24 +178,51 @@ impl Store {
         Ok(())
     }
 
-    /// Removes the link `person`'s sign-in made of `account`, now that their sign-in is
-    /// refused (their groups give no role): their access through it ends with the rest.
-    pub async fn unlink_at_refused_sign_in(
-        &self,
-        account: &ChatAccount,
-        person: &str,
-    ) -> Result<(), StoreError> {
+    /// Makes the links `person` made themselves (by a one-time link or at sign-in) follow
+    /// their sign-in: the role their groups give now (`None`: the sign-in was refused),
+    /// never above approver; a refused sign-in removes them. Links an admin made keep the
+    /// role the admin gave. Each change is audited.
+    pub async fn follow_sign_in(&self, person: &str, role: Option<Role>) -> Result<(), StoreError> {
+        let role = role.map(|role| role.min(Role::Approver));
         let mut tx = self.begin().await?;
-        let removed = sqlx::query("DELETE FROM chat_links WHERE account = $1 AND person = $2 AND how = $3")
-            .bind(account.to_string())
+        for how in [ChatLinkHow::Offer, ChatLinkHow::SignIn] {
+            let rows = sqlx::query(
+                "SELECT account, person, role FROM chat_links
+                 WHERE lower(person) = lower($1) AND how = $2 ORDER BY account",
+            )
             .bind(person)
-            .bind(ChatLinkHow::SignIn.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if removed > 0 {
-            let by = format!("{person}'s refused sign-in");
-            audit(&mut tx, &AuditEvent::ChatUnlinked { account: account.to_string(), by }).await?;
+            .bind(how.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let (account, linked, linked_role): (String, String, String) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                let event = match role {
+                    Some(role) if role.as_str() == linked_role => continue,
+                    Some(role) => {
+                        sqlx::query("UPDATE chat_links SET role = $1 WHERE account = $2")
+                            .bind(role.as_str())
+                            .bind(&account)
+                            .execute(&mut *tx)
+                            .await?;
+                        AuditEvent::ChatLinked {
+                            account,
+                            person: linked,
+                            role,
+                            by: format!("{person}'s sign-in"),
+                            how,
+                        }
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM chat_links WHERE account = $1")
+                            .bind(&account)
+                            .execute(&mut *tx)
+                            .await?;
+                        AuditEvent::ChatUnlinked { account, by: format!("{person}'s refused sign-in") }
+                    }
+                };
+                audit(&mut tx, &event).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
