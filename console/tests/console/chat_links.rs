@@ -11,7 +11,11 @@ use crate::{
     support::Db,
 };
 
-crate::both_databases!(admins_link_and_unlink_chat_accounts, a_link_offer_is_used_once_by_one_person);
+crate::both_databases!(
+    admins_link_and_unlink_chat_accounts,
+    a_link_offer_is_used_once_by_one_person,
+    links_made_by_their_person_follow_their_sign_ins
+);
 
 async fn admins_link_and_unlink_chat_accounts(db: Db) {
     let api = Fixture::start(&db).await;
@@ -161,4 +165,46 @@ async fn a_link_offer_is_used_once_by_one_person(db: Db) {
         StatusCode::GONE,
         "link_expired",
     );
+}
+
+/// A link its person made (a one-time link, a sign-in) takes the role of their sign-in, at
+/// most approver, and goes with a refused one, whatever case the person is named in; an
+/// admin's link keeps its role; a sign-in that changes nothing audits nothing.
+async fn links_made_by_their_person_follow_their_sign_ins(db: Db) {
+    let api = Fixture::start(&db).await;
+    let store: &Store = api.running.console.store();
+    let account = |text: &str| console::chat::ChatAccount::slack(text).unwrap();
+    let (own, by_admin, teams) = (
+        account("T0KT/U0OWN"),
+        account("T0KT/U0ADM"),
+        console::chat::ChatAccount::teams(
+            "72f988bf-86f1-41af-91ab-2d7cd011db47/00000000-0000-0000-0000-0000000000ab",
+        )
+        .unwrap(),
+    );
+    let secret = store.offer_chat_link(&own, "vera", "vera@example.com").await.unwrap();
+    let vera = api.token("vera@example.com", Role::Viewer).await;
+    let body = json!({"secret": secret}).to_string();
+    assert_eq!(api.post("/api/chat-link-offers/confirm", &As::Token(&vera), &body).await.0, StatusCode::OK);
+    store.link_chat(&by_admin, "vera@example.com", Role::Viewer, "ada@example.com").await.unwrap();
+    store.link_at_sign_in(&teams, "vera@example.com", Role::Viewer).await.unwrap();
+    let role =
+        async |account: &console::chat::ChatAccount| store.chat_link(account).await.unwrap().map(|l| l.role);
+    let before = api.audited("chat_linked").await.len();
+
+    store.follow_sign_in("Vera@example.com", Some(Role::Admin)).await.unwrap();
+    assert_eq!(
+        (role(&own).await, role(&by_admin).await, role(&teams).await),
+        (Some(Role::Approver), Some(Role::Viewer), Some(Role::Approver))
+    );
+    assert_eq!(api.audited("chat_linked").await.len(), before + 2);
+    store.follow_sign_in("vera@example.com", Some(Role::Approver)).await.unwrap();
+    assert_eq!(api.audited("chat_linked").await.len(), before + 2, "nothing changed, nothing audited");
+
+    store.follow_sign_in("vera@example.com", None).await.unwrap();
+    assert_eq!(
+        (role(&own).await, role(&by_admin).await, role(&teams).await),
+        (None, Some(Role::Viewer), None)
+    );
+    assert_eq!(api.audited("chat_unlinked").await.len(), 2);
 }
