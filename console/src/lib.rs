@@ -293,6 +293,37 @@ fn existing_key(config: &Config) -> Result<ed25519_dalek::SigningKey, ConsoleErr
     Ok(host_client::keys::load_or_create(&config.key)?)
 }
 
+/// Starts what `config` has `console` stream to and announce in (SIEM outputs, webhooks,
+/// Slack, Teams), with `api` taking the chats' clicks: the API to serve, and the tasks.
+pub fn start_outputs(
+    console: &Console,
+    config: &Config,
+    mut api: Api,
+) -> Result<(Api, Vec<tokio::task::JoinHandle<()>>), ConsoleError> {
+    let mut tasks = siem::start(console.store(), &config.siem, &config.webhooks)?;
+    let chats = || -> Result<Api, ConsoleError> {
+        if let Some(slack) = &config.slack {
+            let (slack, slack_tasks) = chat::slack::start(console, slack)?;
+            api = api.with_slack(slack);
+            tasks.extend(slack_tasks);
+        }
+        if let Some(teams) = &config.teams {
+            let (teams, announcements) = chat::teams::start(console, teams)?;
+            api = api.with_teams(teams);
+            tasks.push(announcements);
+        }
+        Ok(api)
+    };
+    match chats() {
+        Ok(api) => Ok((api, tasks)),
+        // Nothing half started is left running.
+        Err(e) => {
+            tasks.iter().for_each(tokio::task::JoinHandle::abort);
+            Err(e)
+        }
+    }
+}
+
 /// Runs the console of `config` until interrupted (`keyturn console`).
 pub async fn run(config: Config) -> Result<(), ConsoleError> {
     let console = Console::open(&config).await?;
@@ -313,19 +344,8 @@ pub async fn run(config: Config) -> Result<(), ConsoleError> {
         async |addr| TcpListener::bind(addr).await.map_err(|source| ConsoleError::Listen { addr, source });
     let (hosts, people) = (bind(config.listen).await?, bind(http).await?);
     tracing::info!(url = %format!("http://{http}/"), "web UI and API listening");
+    let (api, tasks) = start_outputs(&console, &config, http_api(&console, &config).await?)?;
     // Dropped (and so stopped) when the console stops.
-    let mut tasks = siem::start(console.store(), &config.siem, &config.webhooks)?;
-    let mut api = http_api(&console, &config).await?;
-    if let Some(slack) = &config.slack {
-        let (slack, slack_tasks) = chat::slack::start(&console, slack)?;
-        api = api.with_slack(slack);
-        tasks.extend(slack_tasks);
-    }
-    if let Some(teams) = &config.teams {
-        let (teams, announcements) = chat::teams::start(&console, teams)?;
-        api = api.with_teams(teams);
-        tasks.push(announcements);
-    }
     let _tasks: Vec<AbortOnDrop> = tasks.into_iter().map(AbortOnDrop).collect();
     tokio::select! {
         result = console.serve(hosts) => result,

@@ -31,6 +31,12 @@ impl Embedded {
     /// Starts a daemon whose `test` policy is `policy` (see [`Daemon::start`]), with its
     /// embedded console.
     pub fn start(policy: &str) -> Self {
+        Self::start_with(policy, tokio::runtime::Runtime::new().expect("runtime"), "")
+    }
+
+    /// [`Embedded::start`], with `sections` (TOML) added to the embedded console's file, and
+    /// `rt` for the test's calls (where the stand-ins that `sections` name may run).
+    pub fn start_with(policy: &str, rt: tokio::runtime::Runtime, sections: &str) -> Self {
         let (hosts, people) = (crate::free_addr(), crate::free_addr());
         let scratch =
             std::env::temp_dir().join(format!("kt-embedded-{}-{}", std::process::id(), people.port()));
@@ -40,7 +46,7 @@ impl Embedded {
             &console_config,
             format!(
                 "listen = \"{hosts}\"\ndatabase = \"sqlite://{0}/console.db?mode=rwc\"\nkey = \"{0}/console.key\"\n\
-                 [tls]\nenabled = false\n[http]\nlisten = \"{people}\"\n",
+                 [tls]\nenabled = false\n[http]\nlisten = \"{people}\"\n{sections}",
                 scratch.display()
             ),
         )
@@ -54,17 +60,22 @@ impl Embedded {
             hosts,
             origin: format!("http://{people}"),
             console_config,
-            rt: tokio::runtime::Runtime::new().expect("runtime"),
+            rt,
             http: reqwest::Client::new(),
         }
     }
 
+    /// `keyturn console ARGS… --config` the embedded console's file, which must succeed.
+    pub fn console_cli(&self, args: &[&str]) -> String {
+        let config = self.console_config.to_str().expect("path");
+        let out = self.daemon.cli(&[&["console", "--config", config], args].concat());
+        assert!(out.status.success(), "console {args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).expect("UTF-8")
+    }
+
     /// A new API token for `person` with `role`, made with `keyturn console api-token`.
     pub fn token(&self, person: &str, role: &str) -> String {
-        let config = self.console_config.to_str().expect("path");
-        let out = self.daemon.cli(&["console", "--config", config, "api-token", person, "--role", role]);
-        assert!(out.status.success(), "api-token: {}", stderr(&out));
-        String::from_utf8(out.stdout).expect("token").trim().to_owned()
+        self.console_cli(&["api-token", person, "--role", role]).trim().to_owned()
     }
 
     /// `method /api/path` with `token` and `body`: the status and the JSON answer.

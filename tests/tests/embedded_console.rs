@@ -1,12 +1,15 @@
 //! The daemon's embedded console: with no `[console]`, a held action appears in its HTTP
 //! API with its context, and an approver's API token releases or kills the process; the
-//! operator signs in with a one-time link the daemon prints, or `keyturn console login` gives.
+//! operator signs in with a one-time link the daemon prints, or `keyturn console login` gives;
+//! `[slack]` in its file announces holds in Slack and takes their clicks.
 
+use console::chat::slack::message::APPROVE;
 use serde_json::json;
 use tests::{
     WAIT,
     daemon::{Daemon, HOLD_FLAGGED, assert_refused, finish, keyturn_path, stderr},
     embedded::{Caller, Embedded},
+    slack::SlackStandIn,
 };
 
 #[test]
@@ -218,4 +221,46 @@ fn keyturn_console_login_gives_links_to_approvers_outside_agents_only() {
 
     let without = Daemon::start(HOLD_FLAGGED);
     assert_refused(&without.cli(&["console", "login"]), "embedded_console = false");
+}
+
+/// `[slack]` in `embedded_console_config`: the embedded console posts each pending hold to
+/// Slack (Socket Mode), and a click by the Slack account an operator linked to an approver
+/// releases the process; the message then shows the decision.
+#[test]
+fn the_embedded_console_announces_in_slack_and_takes_its_clicks() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let slack = rt.block_on(SlackStandIn::start());
+    let section = format!(
+        "[slack]\nbot_token = \"{}\"\napp_token = \"{}\"\nchannel = \"C0HOLDS\"\napi_url = \"{}\"\n",
+        tests::slack::BOT_TOKEN,
+        tests::slack::APP_TOKEN,
+        slack.api_url()
+    );
+    let embedded = Embedded::start_with(HOLD_FLAGGED, rt, &section);
+    embedded.rt.block_on(slack.wait_connected(1));
+    embedded.console_cli(&[
+        "link",
+        "alice@example.com",
+        "--slack",
+        "T0KEYTURN/U0ALICE",
+        "--role",
+        "approver",
+    ]);
+    let viewer = embedded.token("vera@example.com", "viewer");
+
+    let child = embedded.daemon.run_agent(&embedded.daemon.flagged(), &["from", "slack"]);
+    let id = embedded.pending_hold(&viewer)["id"].as_str().expect("id").to_owned();
+    let marker = format!("hold {} ", id.split('@').next().expect("an id"));
+    let posted = embedded.rt.block_on(slack.wait_for("the hold's message", |slack| {
+        slack.messages().into_iter().find(|m| m.blocks.to_string().contains(&marker))
+    }));
+    assert_eq!(posted.channel, "C0HOLDS");
+    let click = tests::slack::block_action("T0KEYTURN", "U0ALICE", APPROVE, &id, &posted);
+    let envelope = embedded.rt.block_on(slack.interact(click));
+    assert!(embedded.rt.block_on(slack.wait_acked(&envelope)).within_3s);
+    assert_eq!(finish(child), (0, "from slack\n".to_owned()));
+    embedded.rt.block_on(slack.wait_for("the message updated", |slack| {
+        slack.messages().into_iter().find(|m| m.ts == posted.ts && m.blocks.to_string().contains("Approved"))
+    }));
+    assert_eq!(slack.refusals(), Vec::<String>::new());
 }

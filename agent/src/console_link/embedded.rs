@@ -44,15 +44,11 @@ fn console_config(config: &Config) -> Result<console::Config, EmbeddedError> {
                          address and [tls] enabled = false",
             });
         }
-        if !loaded.siem.is_empty()
-            || !loaded.webhooks.is_empty()
-            || loaded.slack.is_some()
-            || loaded.teams.is_some()
-        {
+        if !loaded.http.listen.ip().is_loopback() && !loaded.http.behind_tls_proxy {
             return Err(EmbeddedError::Unfit {
                 path: path.clone(),
-                reason: "an embedded console streams to no SIEM, calls no webhook and posts to no chat: \
-                         [[siem]], [[webhooks]], [slack] and [teams] need `keyturn console`",
+                reason: "[http] listen: the web UI and API are plaintext HTTP; off loopback, put a TLS proxy \
+                         in front and set behind_tls_proxy = true",
             });
         }
         return Ok(loaded);
@@ -130,6 +126,15 @@ pub async fn start(config: &Config) -> Result<Embedded, EmbeddedError> {
             )
         }
     };
+    // SIEM outputs, webhooks and chats run as long as the daemon (their tasks detached); one
+    // that cannot start leaves the console without it, never the host without approvals.
+    let api = match console::start_outputs(&console, &console_config, api.clone()) {
+        Ok((with_outputs, _detached)) => with_outputs,
+        Err(e) => {
+            tracing::error!(error = %e, "embedded console: no SIEM output, webhook or chat runs");
+            api
+        }
+    };
     tokio::spawn(async move {
         if let Err(e) = api.serve(people).await {
             tracing::error!(error = %e, "embedded console: the web UI and API stopped");
@@ -141,4 +146,35 @@ pub async fn start(config: &Config) -> Result<Embedded, EmbeddedError> {
         }
     });
     Ok(Embedded { link: ConsoleConfig { public_keys: vec![public_key], ..link }, sign_in })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded console's own file, with `text`, read as the daemon reads it.
+    fn read(text: &str) -> Result<console::Config, EmbeddedError> {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("console.toml");
+        std::fs::write(&path, text).expect("write");
+        console_config(&Config { embedded_console_config: Some(path), ..Config::default() })
+    }
+
+    #[test]
+    fn chats_and_outputs_are_taken_and_only_loopback_or_a_tls_proxy_serves_people() {
+        let chat = "listen = \"127.0.0.1:18471\"\n[tls]\nenabled = false\n\
+                    [slack]\nbot_token = \"xoxb-1\"\napp_token = \"xapp-1\"\nchannel = \"C1\"\n";
+        assert!(read(chat).expect("taken").slack.is_some());
+        let open =
+            "listen = \"127.0.0.1:18471\"\n[tls]\nenabled = false\n[http]\nlisten = \"0.0.0.0:8470\"\n";
+        let Err(EmbeddedError::Unfit { reason, .. }) = read(open) else { panic!("plaintext off loopback") };
+        assert!(reason.contains("behind_tls_proxy"), "{reason}");
+        assert!(read(&format!("{open}behind_tls_proxy = true\n")).is_ok());
+        let Err(EmbeddedError::Unfit { reason, .. }) =
+            read("listen = \"0.0.0.0:8471\"\n[tls]\nenabled = false\n")
+        else {
+            panic!("host streams off loopback")
+        };
+        assert!(reason.contains("loopback"), "{reason}");
+    }
 }
