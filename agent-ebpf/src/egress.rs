@@ -56,28 +56,59 @@ fn rule_verdict(rule: &EgressRule, to: &Destination) -> u32 {
     rule.fallback
 }
 
+/// Whether `rule` lets some destination through.
+#[inline(always)]
+fn allows_some_port(rule: &EgressRule) -> bool {
+    if rule.fallback == verdict::ALLOW {
+        return true;
+    }
+    for i in 0..capacity::PORT_RULES {
+        if i >= rule.count as usize {
+            break;
+        }
+        if u32::from(rule.ports[i].verdict) == verdict::ALLOW {
+            return true;
+        }
+    }
+    false
+}
+
 /// What the policy of `tagged` says of egress to `to`: DNS is left to the DNS hooks; an
 /// address a name resolved to for this agent is judged by that name's domain rules while
 /// the answer's TTL lasts; then the CIDR rules, then the policy's default.
+///
+/// glibc's `getaddrinfo` orders a name's addresses by connecting a UDP socket to each
+/// (RFC 6724's source address selection; port 0 unless the caller named a service) and
+/// sends nothing. A UDP connect to port 0 of an address the agent may reach by a name on
+/// some port is let through where the rest would hold it, so that a name allowed on its
+/// ports costs no hold. A program may then send datagrams on that socket to port 0 of that
+/// host (no service listens there; a raw socket does read them): a host the agent reaches
+/// by that name anyway. A deny stays a deny.
 fn verdict(tagged: &Tagged, to: &Destination) -> u32 {
     if dns::is_dns(to) || dns::is_resolver(to) {
         return verdict::ALLOW;
     }
     // SAFETY: the resolver replaces entries whole; a torn read only mixes two answers'
     // rules for the same name's address.
-    if let Some(resolved) = unsafe { RESOLVED.get(&ResolvedKey { root: tagged.root, addr: to.addr }) }
-        && kernel::now_ns() < resolved.expires_ns
-    {
+    let resolved = unsafe { RESOLVED.get(&ResolvedKey { root: tagged.root, addr: to.addr }) }
+        .filter(|resolved| kernel::now_ns() < resolved.expires_ns);
+    if let Some(resolved) = resolved {
         let by_name = rule_verdict(&resolved.rule, to);
         if by_name != verdict::NONE {
             return by_name;
         }
     }
     let key = Key::new(32 + 128, EgressKey { policy_be: tagged.tag.policy.to_be_bytes(), addr: to.addr });
-    match EGRESS_RULES.get(&key) {
+    let by_address = match EGRESS_RULES.get(&key) {
         Some(rule) => rule_verdict(rule, to),
         None => hold::policy_defaults(tagged.tag.policy).egress,
+    };
+    let orders_addresses = to.protocol == protocol::UDP && to.port == 0;
+    if by_address == verdict::HOLD && orders_addresses && resolved.is_some_and(|r| allows_some_port(&r.rule))
+    {
+        return verdict::ALLOW;
     }
+    by_address
 }
 
 /// Decides egress to `to` for the current task. A thread that uses io_uring waits by

@@ -485,12 +485,16 @@ fn always_on_a_hold_shown_with_a_name_approves_the_name_on_its_port() {
     let listeners = [(peer.v4, peer.tcp(peer.v4.into(), 7205)), (second, peer.tcp(second.into(), 7205))];
     let received_at = |addr: Ipv4Addr| &listeners.iter().find(|(at, _)| *at == addr).expect("a listener").1;
 
+    // Held, then denied: `protocol` to port 0 of `at`.
+    let held_at_port_0 = |how: &str, at: Ipv4Addr, protocol: &str| {
+        let child = as_agent(&cgroup, &[how, &at.to_string(), "0", "port 0"]);
+        let hold = daemon.pending_one();
+        assert_eq!((hold["protocol"].as_str(), hold["port"].as_u64()), (Some(protocol), Some(0)), "{hold}");
+        assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+        let _ = finish(child);
+    };
     // A UDP connect to port 0 of an address no name of the agent resolved to is judged as any.
-    let child = as_agent(&cgroup, &["udp-connected", &second.to_string(), "0", "unnamed"]);
-    let hold = daemon.pending_one();
-    assert_eq!((hold["protocol"].as_str(), hold["port"].as_u64()), (Some("udp"), Some(0)), "{hold}");
-    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
-    let _ = finish(child);
+    held_at_port_0("udp-connected", second, "udp");
 
     let child = as_agent(&cgroup, &["resolve-tcp", "twice.test", "7205", "first"]);
     // glibc orders a name's addresses by connecting a UDP socket to each, port 0 (RFC 6724's
@@ -508,6 +512,10 @@ fn always_on_a_hold_shown_with_a_name_approves_the_name_on_its_port() {
     assert!(approved.status.success(), "approve: {}", tests::daemon::stderr(&approved));
     assert_eq!(daemon.finish(child).0, 0);
     received_at(first).wait_for("first");
+    // The name's address: a UDP connect to port 0 goes through (and its datagram), TCP's is
+    // still judged as any.
+    succeeds(&daemon, &cgroup, &["udp-connected", &second.to_string(), "0", "named"]);
+    held_at_port_0("tcp", second, "tcp");
 
     let from = daemon.audit().len();
     succeeds(&daemon, &cgroup, &["tcp", &other.to_string(), "7205", "other address"]);
