@@ -34,15 +34,51 @@ pub fn console_section(endpoint: &str, key: &ed25519_dalek::SigningKey, host: &s
     )
 }
 
-/// The `keyturn` binary: `KEYTURN_BIN`, else the one cargo built beside the test binary.
+/// The `keyturn` binary: `KEYTURN_BIN`, else the one cargo built beside the test binary,
+/// which must be newer than the sources it is built from (`cargo test -p tests` builds the
+/// agent's library, not its binary: a stale one would test old code).
 pub fn keyturn_path() -> PathBuf {
     std::env::var_os("KEYTURN_BIN").map_or_else(
         || {
             let exe = std::env::current_exe().expect("current exe");
-            exe.parent().and_then(Path::parent).expect("target dir").join("keyturn")
+            let keyturn = exe.parent().and_then(Path::parent).expect("target dir").join("keyturn");
+            static FRESH: std::sync::Once = std::sync::Once::new();
+            FRESH.call_once(|| assert_built_after_sources(&keyturn));
+            keyturn
         },
         PathBuf::from,
     )
+}
+
+/// Panics when a source of `keyturn` changed after it was built. Where the sources are not
+/// (a test run in a VM guest), nothing is checked.
+fn assert_built_after_sources(keyturn: &Path) {
+    fn newest(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                if path.is_dir() {
+                    newest(&path)
+                } else {
+                    Some((entry.metadata().ok()?.modified().ok()?, path))
+                }
+            })
+            .max()
+    }
+    let Ok(built) = std::fs::metadata(keyturn).and_then(|m| m.modified()) else { return };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace");
+    let sources = ["agent", "agent-ebpf", "agent-common", "console", "host-client", "proto"];
+    let changed = sources.iter().filter_map(|krate| newest(&workspace.join(krate).join("src"))).max();
+    if let Some((at, source)) = changed.filter(|(at, _)| *at > built) {
+        panic!(
+            "{} is older than {} ({:?} after it): run `cargo build -p agent` first",
+            keyturn.display(),
+            source.display(),
+            at.duration_since(built).unwrap_or_default()
+        );
+    }
 }
 
 /// A daemon under test, killed (and its pins removed) on drop.
