@@ -40,9 +40,9 @@ pub fn console_section(endpoint: &str, key: &ed25519_dalek::SigningKey, host: &s
 pub fn keyturn_path() -> PathBuf {
     std::env::var_os("KEYTURN_BIN").map_or_else(
         || {
+            static FRESH: std::sync::Once = std::sync::Once::new();
             let exe = std::env::current_exe().expect("current exe");
             let keyturn = exe.parent().and_then(Path::parent).expect("target dir").join("keyturn");
-            static FRESH: std::sync::Once = std::sync::Once::new();
             FRESH.call_once(|| assert_built_after_sources(&keyturn));
             keyturn
         },
