@@ -180,37 +180,64 @@ async fn console_sign_in(
     request.send().await.expect("callback")
 }
 
-/// A console serving its HTTP side on `addr`, signing people in through `provider`; only
-/// approvers and admins have roles.
-async fn console_with_sign_in(provider: &OidcProvider, addr: std::net::SocketAddr, dir: &std::path::Path) {
-    let roles = console::RoleMap {
-        admin: vec!["keyturn-admins".into()],
-        approver: vec!["keyturn-approvers".into()],
-        viewer: vec![],
-    };
-    let store = console::Store::open(&format!("sqlite://{}/console.db?mode=rwc", dir.display()))
-        .await
-        .expect("store");
-    let signer = console::keys::Signer::new(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
-    let mut oidc_config = config(provider, provider.client());
-    oidc_config.redirect_url = format!("http://{addr}/auth/callback");
-    oidc_config.teams_accounts = true;
-    let oidc = Oidc::discover(&oidc_config).await.expect("discover");
-    let api = console::Api::new(console::Console::new(store, signer), Some(oidc), roles, false);
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-    tokio::spawn(api.serve(listener));
+/// A console signing people in through an identity provider of its own (only approvers
+/// and admins have roles; Teams accounts are linked at sign-in), its directory, removed on
+/// drop, and a browser that follows no redirect.
+struct SignInConsole {
+    _provider: OidcProvider,
+    dir: std::path::PathBuf,
+    browser: reqwest::Client,
+    base: String,
+}
+
+impl SignInConsole {
+    async fn start(name: &str) -> Self {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+        let provider = OidcProvider::start(&format!("http://{addr}/auth/callback"));
+        let dir = std::env::temp_dir().join(format!("kt-oidc-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let roles = console::RoleMap {
+            admin: vec!["keyturn-admins".into()],
+            approver: vec!["keyturn-approvers".into()],
+            viewer: vec![],
+        };
+        let signer = console::keys::Signer::new(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
+        let mut oidc_config = config(&provider, provider.client());
+        oidc_config.redirect_url = format!("http://{addr}/auth/callback");
+        oidc_config.teams_accounts = true;
+        let oidc = Oidc::discover(&oidc_config).await.expect("discover");
+        let store = console::Store::open(&format!("sqlite://{}/console.db?mode=rwc", dir.display()))
+            .await
+            .expect("store");
+        let api = console::Api::new(console::Console::new(store, signer), Some(oidc), roles, false);
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        tokio::spawn(api.serve(listener));
+        let browser =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        Self { _provider: provider, dir, browser, base: format!("http://{addr}") }
+    }
+
+    /// The console's database, as another process would open it.
+    async fn store(&self) -> console::Store {
+        console::Store::open(&format!("sqlite://{}/console.db", self.dir.display())).await.expect("store")
+    }
+
+    /// `login`'s sign-in, finished in this browser: the callback's status.
+    async fn sign_in(&self, login: &str) -> u16 {
+        console_sign_in(&self.browser, &self.base, login, true).await.status().as_u16()
+    }
+}
+
+impl Drop for SignInConsole {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[tokio::test]
 async fn the_console_signs_people_in_with_the_role_of_their_groups() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let provider = OidcProvider::start(&format!("http://{addr}/auth/callback"));
-    let dir = std::env::temp_dir().join(format!("kt-oidc-console-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    console_with_sign_in(&provider, addr, &dir).await;
-    let browser =
-        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    let base = format!("http://{addr}");
+    let console = SignInConsole::start("console").await;
+    let (browser, base) = (&console.browser, &console.base);
 
     let options: serde_json::Value = browser
         .get(format!("{base}/auth/options"))
@@ -222,7 +249,7 @@ async fn the_console_signs_people_in_with_the_role_of_their_groups() {
         .expect("json");
     assert_eq!(options["oidc"], true);
 
-    let sign_in_as = |login, same_browser| console_sign_in(&browser, &base, login, same_browser);
+    let sign_in_as = |login, same_browser| console_sign_in(browser, base, login, same_browser);
 
     // A callback opened in another browser (an attacker's sign-in, planted) opens nothing.
     let planted = sign_in_as("bob@example.com", false).await;
@@ -299,7 +326,6 @@ async fn the_console_signs_people_in_with_the_role_of_their_groups() {
     assert_eq!(out.status(), 204);
     let after = browser.get(format!("{base}/api/me")).header("cookie", &session).send().await.expect("me");
     assert_eq!(after.status(), 401);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The provider is said to be Entra ID: Alice's Teams account (her token's `tid` and `oid`)
@@ -308,19 +334,12 @@ async fn the_console_signs_people_in_with_the_role_of_their_groups() {
 /// link Carol's earlier sign-in made ends when her sign-in is refused (no role now).
 #[tokio::test]
 async fn entra_id_links_a_persons_teams_account_at_sign_in() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let provider = OidcProvider::start(&format!("http://{addr}/auth/callback"));
-    let dir = std::env::temp_dir().join(format!("kt-oidc-teams-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    console_with_sign_in(&provider, addr, &dir).await;
-    let browser =
-        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    let base = format!("http://{addr}");
-    let store = console::Store::open(&format!("sqlite://{}/console.db", dir.display())).await.expect("store");
+    let console = SignInConsole::start("teams").await;
+    let store = console.store().await;
     let account = console::chat::ChatAccount::teams(ALICE_TEAMS).expect("an account");
     assert_eq!(store.chat_link(&account).await.expect("read"), None);
     for _ in 0..2 {
-        assert_eq!(console_sign_in(&browser, &base, "alice@example.com", true).await.status(), 303);
+        assert_eq!(console.sign_in("alice@example.com").await, 303);
     }
     let link = store.chat_link(&account).await.expect("read").expect("linked at sign-in");
     assert_eq!((link.person.as_str(), link.role), ("alice@example.com", console::Role::Approver));
@@ -348,11 +367,11 @@ async fn entra_id_links_a_persons_teams_account_at_sign_in() {
     let (bob, carol) =
         (teams("00000b0b-0000-0000-0000-000000000b0b"), teams("0000ca40-0000-0000-0000-00000000ca40"));
     store.link_chat(&bob, "bob@example.com", console::Role::Viewer, "ada@example.com").await.expect("link");
-    assert_eq!(console_sign_in(&browser, &base, "bob@example.com", true).await.status(), 303);
+    assert_eq!(console.sign_in("bob@example.com").await, 303);
     let link = store.chat_link(&bob).await.expect("read").expect("linked");
     assert_eq!(link.role, console::Role::Viewer, "an admin's link stands");
     store.link_at_sign_in(&carol, "carol@example.com", console::Role::Approver).await.expect("link");
-    assert_eq!(console_sign_in(&browser, &base, "carol@example.com", true).await.status(), 403);
+    assert_eq!(console.sign_in("carol@example.com").await, 403);
     assert_eq!(store.chat_link(&carol).await.expect("read"), None, "unlinked with her sign-in refused");
     let unlinked = store.audit_page(0, 0, i64::MAX, 1_000).await.expect("trail");
     assert!(
@@ -361,7 +380,6 @@ async fn entra_id_links_a_persons_teams_account_at_sign_in() {
             .any(|record| record.event.contains("chat_unlinked") && record.event.contains("0000ca40")),
         "the unlink is audited"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A chat account a person linked themselves (by a one-time link) follows their groups: it
@@ -369,15 +387,8 @@ async fn entra_id_links_a_persons_teams_account_at_sign_in() {
 /// removes it, each change audited; an account an admin linked keeps the admin's role.
 #[tokio::test]
 async fn links_people_made_themselves_follow_their_sign_ins() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let provider = OidcProvider::start(&format!("http://{addr}/auth/callback"));
-    let dir = std::env::temp_dir().join(format!("kt-oidc-follow-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    console_with_sign_in(&provider, addr, &dir).await;
-    let browser =
-        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    let base = format!("http://{addr}");
-    let store = console::Store::open(&format!("sqlite://{}/console.db", dir.display())).await.expect("store");
+    let console = SignInConsole::start("follow").await;
+    let store = console.store().await;
     let slack = |user: &str| console::chat::ChatAccount::slack(&format!("T0001/{user}")).expect("an account");
     let linked_themselves =
         async |account: &console::chat::ChatAccount, person: &str, role: console::Role| {
@@ -404,10 +415,10 @@ async fn links_people_made_themselves_follow_their_sign_ins() {
     linked_themselves(&carol_own, "carol@example.com", console::Role::Approver).await;
     let from = store.audit_page(0, 0, i64::MAX, 1_000).await.expect("trail").len();
 
-    assert_eq!(console_sign_in(&browser, &base, "alice@example.com", true).await.status(), 303);
+    assert_eq!(console.sign_in("alice@example.com").await, 303);
     assert_eq!(role_of(&alice_own).await, Some(console::Role::Approver), "follows her groups");
     assert_eq!(role_of(&alice_admins).await, Some(console::Role::Viewer), "an admin's link stands");
-    assert_eq!(console_sign_in(&browser, &base, "carol@example.com", true).await.status(), 403);
+    assert_eq!(console.sign_in("carol@example.com").await, 403);
     assert_eq!(role_of(&carol_own).await, None, "removed with her sign-in refused");
 
     let changes: Vec<serde_json::Value> = store.audit_page(0, 0, i64::MAX, 1_000).await.expect("trail")
@@ -427,5 +438,4 @@ async fn links_people_made_themselves_follow_their_sign_ins() {
                                "by": "carol@example.com's refused sign-in"}),
         ]
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
