@@ -106,8 +106,11 @@ pub mod counter {
     /// DNS from a tagged cgroup refused instead of redirected to keyturn's resolver: over
     /// IPv6, from a socket already bound, to the resolver's own port, or with no resolver.
     pub const DNS_REFUSED: u32 = 10;
+    /// Sockets a tagged cgroup may not create, refused: raw sockets, and ICMP (ping)
+    /// datagram sockets, whose unconnected sends no egress hook of the `cgroup-sock` mode sees.
+    pub const SOCKET_REFUSED: u32 = 11;
     /// Number of counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// The IPv4-mapped IPv6 prefix `::ffff:0:0/96`. IPv4 addresses are stored in this form,

@@ -2,9 +2,13 @@
 //! before any packet leaves. IPv4 and IPv4-mapped IPv6 destinations are the same thing.
 
 use agent_common::{
-    Action, EgressKey, EgressRule, ResolvedKey, V4_MAPPED_PREFIX, capacity, kind, protocol, verdict,
+    Action, EgressKey, EgressRule, ResolvedKey, V4_MAPPED_PREFIX, capacity, counter, kind, protocol, verdict,
 };
-use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
+use aya_ebpf::{
+    bindings::{bpf_sock, bpf_sock_addr},
+    maps::lpm_trie::Key,
+    programs::SockAddrContext,
+};
 
 use crate::{
     dns,
@@ -22,6 +26,9 @@ const SOCK_DGRAM: u16 = 2;
 /// `socket_state`: a stream socket connects somewhere new only from `SS_UNCONNECTED`.
 const SS_UNCONNECTED: u32 = 1;
 const IPPROTO_MPTCP: u32 = 262;
+const IPPROTO_ICMP: u32 = 1;
+const IPPROTO_ICMPV6: u32 = 58;
+const SOCK_RAW: u32 = 3;
 
 /// A destination: address (IPv4 mapped into IPv6), port, protocol.
 pub struct Destination {
@@ -223,6 +230,21 @@ fn judge(socket: u64, sockaddr: u64, unspec_is_inet: bool) -> Outcome {
         (_, Ok(None)) => Outcome::Allow,
         _ => Outcome::Refuse,
     }
+}
+
+/// Whether a tagged cgroup may create the socket `sock` (`cgroup/sock_create`, every mode):
+/// not a raw socket, nor an ICMP (ping) datagram socket. Their packets reach the network
+/// around the egress hooks: `ping_v4_sendmsg` and raw sends run no `sendmsg` hook, and a raw
+/// socket writes its own headers. Refused ones are counted.
+#[inline(always)]
+pub fn may_create(sock: &bpf_sock) -> bool {
+    let icmp = sock.type_ == u32::from(SOCK_DGRAM)
+        && (sock.protocol == IPPROTO_ICMP || sock.protocol == IPPROTO_ICMPV6);
+    if sock.type_ == SOCK_RAW || icmp {
+        hold::count(counter::SOCKET_REFUSED);
+        return false;
+    }
+    true
 }
 
 /// Decides `socket_connect(sock, address, addrlen)`.

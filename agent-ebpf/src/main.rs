@@ -26,8 +26,8 @@ mod tag;
 
 use aya_ebpf::{
     helpers::generated::bpf_set_retval,
-    macros::{btf_tracepoint, cgroup_sock_addr, lsm, lsm_cgroup},
-    programs::{BtfTracePointContext, LsmContext, SockAddrContext},
+    macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, lsm, lsm_cgroup},
+    programs::{BtfTracePointContext, LsmContext, SockAddrContext, SockContext},
 };
 use hold::{Outcome, Waiting};
 
@@ -184,6 +184,14 @@ pub fn dns_bind6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg4)]
 pub fn dns_recvmsg4(ctx: SockAddrContext) -> i32 {
     dns::recvmsg4(&ctx)
+}
+
+/// Every mode, attached to each tagged cgroup: refuses raw and ICMP (ping) sockets, which
+/// reach the network around the egress hooks. Allows every other socket.
+#[cgroup_sock(sock_create)]
+pub fn socket_create(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel's socket being created, valid for the program's run.
+    if egress::may_create(unsafe { &*ctx.sock }) { CGROUP_ALLOW } else { CGROUP_REFUSE }
 }
 
 sock_addr_programs!(connect4, egress::sock_addr_destination_v4, connect4_hold, connect4_retry);

@@ -593,6 +593,44 @@ fn kernel_refusals_are_audited_by_reason() {
     assert!(stdout.trim().is_empty(), "neither the refused execs nor the denied one ran: {stdout}");
 }
 
+/// Raw and ICMP (ping) sockets reach the network around the egress hooks: a tagged cgroup
+/// may not make them, even as root where ping sockets are allowed, and each refusal is
+/// counted and audited; the same sockets are made outside it.
+#[test]
+fn raw_and_ping_sockets_are_refused_to_agents() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let cgroup = TestCgroup::new();
+    daemon.tag(&cgroup, "socket-agent");
+    let make = |kind: &str, tagged: bool| {
+        let mut actor = Command::new(tests::actor_path());
+        actor.args(["socket", kind]).stdout(Stdio::piped());
+        if tagged {
+            tests::enter_cgroup_on_exec(&mut actor, &cgroup.dir).expect("cgroup.procs");
+        }
+        let out = actor.output().expect("actor");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for kind in ["raw", "icmp", "icmp6"] {
+        assert_eq!(make(kind, false), "ok", "{kind} outside any agent");
+        assert_eq!(make(kind, true), format!("error: {}", libc::EPERM), "{kind} in a tagged cgroup");
+    }
+    let deadline = Instant::now() + WAIT;
+    let audited = loop {
+        let audited: u64 = audit_events(&daemon, "refused")
+            .iter()
+            .filter(|e| e["reason"] == "socket")
+            .map(|e| e["count"].as_u64().expect("count"))
+            .sum();
+        if audited >= 3 || Instant::now() > deadline {
+            break audited;
+        }
+        sleep(Duration::from_millis(50));
+    };
+    assert_eq!(audited, 3);
+    let status: serde_json::Value = serde_json::from_slice(&daemon.cli(&["status"]).stdout).expect("status");
+    assert_eq!(status["refused"]["socket"], 3);
+}
+
 #[test]
 fn an_approval_for_the_agents_life_survives_a_daemon_restart() {
     let mut daemon = Daemon::start(HOLD_FLAGGED);

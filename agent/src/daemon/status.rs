@@ -59,7 +59,7 @@ pub struct Counters {
 
 /// The kernel's refusals (each fails the action with EPERM, or kills an exec that can no
 /// longer fail), by counter and the reason the audit trail and `status` give.
-pub(super) const REFUSALS: [(u32, &str); 7] = [
+pub(super) const REFUSALS: [(u32, &str); 8] = [
     (counter::FLOOD_REFUSED, "flood"),
     (counter::RINGBUF_FULL, "ringbuf_full"),
     (counter::SIGNAL_FAILED, "signal_failed"),
@@ -67,6 +67,7 @@ pub(super) const REFUSALS: [(u32, &str); 7] = [
     (counter::HOLD_TABLE_REFUSED, "hold_table"),
     (counter::EXEC_KILLED, "exec_killed"),
     (counter::DNS_REFUSED, "dns"),
+    (counter::SOCKET_REFUSED, "socket"),
 ];
 
 /// State file: the refusal (and rogue SIGCONT) counts already in the audit trail.

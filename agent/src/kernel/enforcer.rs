@@ -19,7 +19,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, LsmCgroup, Program, ProgramError,
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, LsmCgroup, Program, ProgramError,
         links::{FdLink, PinnedLink},
     },
 };
@@ -84,6 +84,8 @@ enum Hook {
     TpBtf(&'static str),
     /// `cgroup/sock_addr` program, attached per tagged cgroup.
     SockAddr,
+    /// `cgroup/sock_create` program, attached per tagged cgroup.
+    SockCreate,
 }
 
 impl Hook {
@@ -102,8 +104,10 @@ const fn spec(name: &'static str, hook: Hook) -> ProgramSpec {
     ProgramSpec { name, hook }
 }
 
-/// Attached to each tagged cgroup in every mode: DNS goes to keyturn's resolver.
-const DNS: &[ProgramSpec] = &[
+/// Attached to each tagged cgroup in every mode: DNS goes to keyturn's resolver, and no
+/// socket that reaches the network around the egress hooks (raw, ICMP) is made.
+const EVERY_MODE: &[ProgramSpec] = &[
+    spec("socket_create", Hook::SockCreate),
     spec("dns_connect4", Hook::SockAddr),
     spec("dns_sendmsg4", Hook::SockAddr),
     spec("dns_connect6", Hook::SockAddr),
@@ -283,9 +287,9 @@ impl Enforcer {
         self.egress_hold
     }
 
-    /// The mode's programs, and the DNS programs every mode has.
+    /// The mode's programs, and those every mode has.
     fn specs(&self) -> impl Iterator<Item = &'static ProgramSpec> + use<> {
-        self.programs.iter().chain(DNS)
+        self.programs.iter().chain(EVERY_MODE)
     }
 
     /// Where the link of `program` for `owner` (`global` or a cgroup id) is pinned. One
@@ -720,7 +724,7 @@ fn choose_mode(
             Mode::CgroupSock => &[CGROUP_SOCK_HOLD, CGROUP_SOCK_RETRY],
         };
         for &programs in sets {
-            let result = programs.iter().chain(DNS).try_for_each(|spec| load_program(ebpf, spec, btf));
+            let result = programs.iter().chain(EVERY_MODE).try_for_each(|spec| load_program(ebpf, spec, btf));
             attempts.push(Attempt {
                 what: format!("{mode}: load {}", names(programs)),
                 result: result.map_err(|e| error_chain(&e)),
@@ -802,6 +806,12 @@ fn attach(program: &mut Program, spec: &ProgramSpec, cgroup: Option<BorrowedFd<'
             FdLink::try_from(p.take_link(id).map_err(program_error)?)
                 .map_err(|source| EnforcerError::Link { program: spec.name, source })
         }
+        (Hook::SockCreate, Some(cgroup)) => {
+            let p: &mut CgroupSock = program.try_into().map_err(program_error)?;
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(program_error)?;
+            FdLink::try_from(p.take_link(id).map_err(program_error)?)
+                .map_err(|source| EnforcerError::Link { program: spec.name, source })
+        }
         _ => unreachable!("attach_pinned pairs global hooks with no cgroup and cgroup hooks with one"),
     }
 }
@@ -827,6 +837,10 @@ fn load_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(
         }
         Hook::SockAddr => {
             let p: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
+            p.load()
+        }
+        Hook::SockCreate => {
+            let p: &mut CgroupSock = program.try_into().map_err(program_error)?;
             p.load()
         }
     }

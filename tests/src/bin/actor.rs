@@ -21,6 +21,8 @@
 //!   print `rcode: N` of the reply (`no reply` after 3 s); `dns pktinfo-FROM …`: the same
 //!   on a connected UDP socket, sent with an `IP_PKTINFO` asking for source address FROM
 //! - `bind udp|tcp ADDR PORT`: bind a socket there
+//! - `socket raw|icmp|icmp6`: in a network namespace of its own (root only), where every
+//!   group may make ping sockets, make a raw IPv4 socket or an ICMP (ping) datagram socket
 //!
 //! Prints `ok` and exits 0, or prints `error: ERRNO` and exits 1.
 
@@ -208,6 +210,23 @@ fn act(args: &[String]) -> std::io::Result<()> {
             stream.write_all(args[3].as_bytes())?;
         }
         "dns" => dns(&args[1], &target_of(&args[2], &args[3]), &hex_bytes(&args[4]))?,
+        "socket" => {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+            std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")?;
+            let (family, kind, protocol) = match args[1].as_str() {
+                "raw" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+                "icmp" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+                "icmp6" => (libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
+                other => panic!("socket {other}?"),
+            };
+            // SAFETY: a plain socket(2); the descriptor is closed by OwnedFd.
+            let fd = unsafe { libc::socket(family, kind, protocol) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a descriptor socket(2) just returned, owned here alone.
+            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        }
         "bind" => {
             let at = target_of(&args[2], &args[3]);
             if args[1] == "tcp" {
