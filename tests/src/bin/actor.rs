@@ -210,23 +210,7 @@ fn act(args: &[String]) -> std::io::Result<()> {
             stream.write_all(args[3].as_bytes())?;
         }
         "dns" => dns(&args[1], &target_of(&args[2], &args[3]), &hex_bytes(&args[4]))?,
-        "socket" => {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
-            std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")?;
-            let (family, kind, protocol) = match args[1].as_str() {
-                "raw" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
-                "icmp" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
-                "icmp6" => (libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
-                other => panic!("socket {other}?"),
-            };
-            // SAFETY: a plain socket(2); the descriptor is closed by OwnedFd.
-            let fd = unsafe { libc::socket(family, kind, protocol) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: a descriptor socket(2) just returned, owned here alone.
-            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-        }
+        "socket" => make_socket(&args[1])?,
         "bind" => {
             let at = target_of(&args[2], &args[3]);
             if args[1] == "tcp" {
@@ -278,6 +262,27 @@ fn resolve(name: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
         std::io::Error::from_raw_os_error(0)
     })?;
     Ok(found.map(|a| a.ip()).collect())
+}
+
+/// `socket KIND`: in a network namespace of its own where every group may make ping
+/// sockets, a socket of `kind`.
+fn make_socket(kind: &str) -> std::io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+    std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")?;
+    let (family, kind, protocol) = match kind {
+        "raw" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        "icmp" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+        "icmp6" => (libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
+        other => panic!("socket {other}?"),
+    };
+    // SAFETY: a plain socket(2).
+    let fd = unsafe { libc::socket(family, kind, protocol) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor socket(2) just returned, owned here alone and closed on drop.
+    drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    Ok(())
 }
 
 fn target_of(addr: &str, port: &str) -> SocketAddr {
