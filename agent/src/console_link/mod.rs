@@ -271,6 +271,7 @@ fn hold_raised(view: &HoldView, nonce: u64, requested_at: SystemTime, deadline: 
         requester: view.requester.clone(),
         quorum: view.quorum,
         in_console: view.in_console,
+        notify: view.notify.clone(),
         detail: Some(detail),
     }
 }
