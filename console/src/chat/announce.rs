@@ -128,20 +128,21 @@ async fn approvers<A: Announcer>(store: &Store, detail: &HoldDetail) -> Result<V
     // As the console's no-self-approval rule compares them.
     let requester = &detail.raised.requester;
     let is_requester = |person: &str| !requester.is_empty() && person.eq_ignore_ascii_case(requester);
+    let (host, hold, chat) = (&detail.record.host, &detail.record.id, A::CHAT.as_str());
     let mut accounts: Vec<ChatAccount> = Vec::new();
-    for person in detail.raised.notify.iter().filter(|person| !is_requester(person)) {
-        let links = store.chat_links(Some(person)).await?;
-        let before = accounts.len();
-        for link in links.iter().filter(|link| link.role >= Role::Approver && !is_requester(&link.person)) {
-            match link.account.parse::<ChatAccount>() {
-                Ok(account) if account.chat == A::CHAT && !accounts.contains(&account) => {
-                    accounts.push(account)
-                }
-                _ => {}
-            }
+    for person in &detail.raised.notify {
+        if is_requester(person) {
+            tracing::debug!(host, hold, person, "the requester is not sent their own hold to approve");
+            continue;
         }
-        if accounts.len() == before {
-            let (host, hold, chat) = (&detail.record.host, &detail.record.id, A::CHAT.as_str());
+        let links = store.chat_links(Some(person)).await?;
+        let theirs: Vec<ChatAccount> = links
+            .iter()
+            .filter(|link| link.role >= Role::Approver && !is_requester(&link.person))
+            .filter_map(|link| link.account.parse::<ChatAccount>().ok())
+            .filter(|account| account.chat == A::CHAT)
+            .collect();
+        if theirs.is_empty() {
             tracing::info!(
                 host,
                 hold,
@@ -149,6 +150,11 @@ async fn approvers<A: Announcer>(store: &Store, detail: &HoldDetail) -> Result<V
                 chat,
                 "a person the policy names has no approver account linked here"
             );
+        }
+        for account in theirs {
+            if !accounts.contains(&account) {
+                accounts.push(account);
+            }
         }
     }
     Ok(accounts)

@@ -34,7 +34,7 @@ struct Recording {
 impl Announcer for Recording {
     const CHAT: Chat = Chat::Slack;
 
-    fn channel(&self) -> &str {
+    fn channel(&self) -> &'static str {
         "C0HOLDS"
     }
 
