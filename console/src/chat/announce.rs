@@ -4,8 +4,6 @@
 //! (of a quorum), when it is decided, closed or expired, from whichever channel the decision
 //! came. When it ends, the person who started the agent is told directly, where the chat can.
 
-use sqlx::Row as _;
-
 use super::{Chat, ChatAccount};
 use crate::{
     audit::{AuditEvent, StoredRecord},
@@ -86,6 +84,7 @@ impl Kind {
 }
 
 /// A message of a hold, posted in this chat.
+#[derive(sqlx::FromRow)]
 struct Posted {
     conversation: String,
     /// Empty for a message that cannot be updated.
@@ -237,22 +236,13 @@ async fn post_to<A: Announcer>(
 
 /// This chat's messages that announced hold `hold` of `host`.
 async fn messages<A: Announcer>(store: &Store, host: &str, hold: &str) -> Result<Vec<Posted>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT channel, ts, kind, account FROM chat_messages WHERE chat = $1 AND host = $2 AND hold_id = $3",
+    Ok(sqlx::query_as(
+        "SELECT channel AS conversation, ts AS id, kind, account FROM chat_messages
+         WHERE chat = $1 AND host = $2 AND hold_id = $3",
     )
     .bind(A::CHAT.as_str())
     .bind(host)
     .bind(hold)
     .fetch_all(&store.pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Posted {
-                conversation: row.try_get("channel")?,
-                id: row.try_get("ts")?,
-                kind: row.try_get("kind")?,
-                account: row.try_get("account")?,
-            })
-        })
-        .collect()
+    .await?)
 }
