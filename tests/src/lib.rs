@@ -630,8 +630,14 @@ impl Drop for Peer {
 /// A policy that holds egress to the peer's networks and the exec of `flagged`, and
 /// allows everything else.
 pub fn hold_peer_policy(peer: &Peer, flagged: &[PathBuf]) -> KernelPolicy {
-    let hold =
-        |cidr: Cidr| EgressSpec { cidr, ports: vec![], protocol: 0, verdict: Verdict::Hold, quorum: 1 };
+    let hold = |cidr: Cidr| EgressSpec {
+        cidr,
+        ports: vec![],
+        protocol: 0,
+        verdict: Verdict::Hold,
+        quorum: 1,
+        notify: vec![],
+    };
     KernelPolicy {
         exec_default: Verdict::Allow,
         egress_default: Verdict::Allow,

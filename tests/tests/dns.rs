@@ -18,8 +18,9 @@ use tests::{
     runtimes::{wait_all_stopped, wait_until},
 };
 
-/// Allowed by name on two TCP ports, denied by name, allowed for 5 s; the rest held. DNS
-/// servers are allowed (by address: the lookup is what keyturn judges).
+/// Allowed by name on two TCP ports, denied by name, allowed for 5 s; the rest held, telling
+/// the on-call person. DNS servers are allowed (by address: the lookup is what keyturn
+/// judges).
 const POLICY: &str = r#"timeout = "1m"
 [[egress]]
 cidr = "0.0.0.0/0"
@@ -42,6 +43,7 @@ action = "deny"
 
 [egress_default]
 action = "hold"
+notify = ["oncall@example.com"]
 "#;
 
 fn start(peer: &Peer) -> (Nameserver, Daemon) {
@@ -243,6 +245,7 @@ fn a_hold_shows_the_name_the_agent_resolved() {
         (hold["domain"].as_str(), hold["address"].as_str()),
         (Some("api.allowed.test"), Some(at.as_str()))
     );
+    assert_eq!(hold["notify"], serde_json::json!(["oncall@example.com"]), "the rule's: {hold}");
     let listed = daemon.cli(&["pending"]);
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains(&format!("tcp api.allowed.test ({at}):7203")), "{listed}");
@@ -275,6 +278,7 @@ fn a_held_lookup_waits_stopped_and_unasked_until_approved() {
         "{hold}"
     );
     assert_eq!(hold["policy_rule"], "egress_default", "{hold}");
+    assert_eq!(hold["notify"], serde_json::json!(["oncall@example.com"]), "the rule's: {hold}");
     let listed = daemon.cli(&["pending"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("dns other.test ("), "{listed:?}");
     let pid = u32::try_from(hold["pid"].as_u64().expect("pid")).expect("a pid");

@@ -90,18 +90,20 @@ impl Linked {
         assert!(out.status.success(), "{}", stderr(&out));
     }
 
-    /// The message that announced hold `id`, once it is posted.
+    /// The message that announced hold `id` in the channel, once it is posted.
     fn message_of(&self, id: &str) -> Message {
-        let marker = format!("hold {id} ");
-        self.rt.block_on(self.slack.wait_for(&format!("the message of hold {id}"), |slack| {
-            slack.messages().into_iter().find(|m| m.blocks.to_string().contains(&marker))
-        }))
+        self.message_in(CHANNEL, id, |_| true)
     }
 
     /// `user`'s click on button `action` of hold `id`'s message, over Socket Mode:
     /// acknowledged within Slack's 3 seconds.
     fn click(&self, user: &str, action: &str, id: &str) {
-        let payload = slack::block_action(TEAM, user, action, &format!("{id}@{HOST}"), &self.message_of(id));
+        self.click_on(&self.message_of(id), user, action, id);
+    }
+
+    /// `user`'s click on button `action` of `message`, hold `id`'s, as [`Self::click`].
+    fn click_on(&self, message: &Message, user: &str, action: &str, id: &str) {
+        let payload = slack::block_action(TEAM, user, action, &format!("{id}@{HOST}"), message);
         let envelope = self.rt.block_on(self.slack.interact(payload));
         let ack = self.rt.block_on(self.slack.wait_acked(&envelope));
         assert!(ack.within_3s, "acknowledged after {:?}", ack.after);
@@ -125,15 +127,26 @@ impl Linked {
         }))
     }
 
-    /// Hold `id`'s message once `shown` holds of its text.
+    /// Hold `id`'s message in the channel once `shown` holds of its text.
     fn updated(&self, id: &str, shown: impl Fn(&str) -> bool) -> Message {
+        self.message_in(CHANNEL, id, shown)
+    }
+
+    /// Hold `id`'s message in `conversation` (the channel, or a user's id for a direct
+    /// message) once it is posted and `shown` holds of its text.
+    fn message_in(&self, conversation: &str, id: &str, shown: impl Fn(&str) -> bool) -> Message {
         let marker = format!("hold {id} ");
-        self.rt.block_on(self.slack.wait_for(&format!("hold {id}'s message updated"), |slack| {
+        self.rt.block_on(self.slack.wait_for(&format!("hold {id}'s message in {conversation}"), |slack| {
             slack.messages().into_iter().find(|m| {
                 let text = m.blocks.to_string();
-                text.contains(&marker) && shown(&text)
+                m.channel == conversation && text.contains(&marker) && shown(&text)
             })
         }))
+    }
+
+    /// The messages posted to `conversation` so far.
+    fn posted_to(&self, conversation: &str) -> usize {
+        self.slack.messages().iter().filter(|m| m.channel == conversation).count()
     }
 
     /// `verb` (`approve`, `deny`) on hold `id` with `body`, by ada@example.com through the
@@ -167,6 +180,16 @@ impl Linked {
         assert_eq!(slack::judge("blocks", &Value::Array(sent))["findings"], json!([]));
         assert_eq!(self.slack.refusals(), Vec::<String>::new());
     }
+}
+
+/// The buttons of a pending hold's message.
+const BUTTONS: [&str; 4] = [message::APPROVE, message::APPROVE_FOR, message::DENY, message::OPEN];
+
+/// The buttons `message` shows, by action id.
+fn buttons(message: &Message) -> Vec<&str> {
+    let blocks = message.blocks.as_array().expect("blocks");
+    let elements = blocks.iter().flat_map(|b| b["elements"].as_array().into_iter().flatten());
+    elements.filter_map(|e| e["action_id"].as_str()).collect()
 }
 
 fn id_of(hold: &Value) -> String {
@@ -206,15 +229,7 @@ fn a_click_in_slack_releases_a_held_process_as_the_linked_approver() {
         assert!(shown.contains(escaped), "{escaped} not in {shown}");
     }
     assert!(shown.contains("carol@example.com") && shown.contains(&linked.daemon.flagged()), "{shown}");
-    let buttons: Vec<&str> = posted
-        .blocks
-        .as_array()
-        .expect("blocks")
-        .iter()
-        .flat_map(|b| b["elements"].as_array().into_iter().flatten())
-        .filter_map(|e| e["action_id"].as_str())
-        .collect();
-    assert_eq!(buttons, [message::APPROVE, message::APPROVE_FOR, message::DENY, message::OPEN]);
+    assert_eq!(buttons(&posted), BUTTONS);
 
     linked.click("U0STRANGER", message::APPROVE, &id);
     let told = linked.told("U0STRANGER", 0);
@@ -296,6 +311,58 @@ fn a_quorum_needs_two_linked_people_and_a_decision_elsewhere_updates_the_message
     let denied =
         linked.updated(&second_id, |text| text.contains("Denied") && text.contains("ada@example.com"));
     assert!(denied.blocks.to_string().contains("not &lt;today&gt;"), "{}", denied.blocks);
+    linked.judged_clean();
+}
+
+/// A rule that names people to tell (`notify`): the hold is sent directly, with its
+/// buttons, to the approver account linked to one of them, and to no one else it names (the
+/// agent's requester, a viewer, a person linked to nothing); a click in that direct message
+/// releases the process, both copies then show the outcome, and the requester is told once.
+/// A hold decided in the console updates the direct copy too.
+#[test]
+fn the_approvers_a_policy_names_are_sent_the_hold_directly_and_approve_there() {
+    let named = ["bob@example.com", "carol@example.com", "vera@example.com", "nobody@example.com"];
+    let notify = format!("action = \"hold\"\nnotify = {}", json!(named));
+    let linked = Linked::start(&HOLD_FLAGGED.replacen("action = \"hold\"", &notify, 1), false);
+    linked.link("U0BOB", "bob@example.com", "approver");
+    linked.link("U0CAROL", "carol@example.com", "approver");
+    linked.link("U0VERA", "vera@example.com", "viewer");
+    let agent = linked.daemon.run_agent_for("carol@example.com", &linked.daemon.flagged(), &["told"]);
+    let hold = linked.daemon.pending_one();
+    let id = id_of(&hold);
+    assert_eq!(hold["notify"], json!(named), "keyturn pending --json");
+    assert_eq!(buttons(&linked.message_of(&id)), BUTTONS);
+    let raised = linked.rt.block_on(linked.console.store().hold_detail(HOST, &id)).expect("store");
+    assert_eq!(raised.expect("the hold at the console").raised.notify, named, "carried to the console");
+    let direct = linked.message_in("U0BOB", &id, |_| true);
+    assert_eq!(buttons(&direct), BUTTONS, "the direct copy asks as the channel's does");
+    linked.click_on(&direct, "U0BOB", message::APPROVE, &id);
+    assert_eq!(finish(agent), (0, "told\n".to_owned()));
+    let decision = &decisions(&linked.daemon, &id)[0];
+    assert_eq!(
+        (decision["verdict"].as_str(), decision["by"].as_str()),
+        (Some("approve"), Some("bob@example.com"))
+    );
+    for conversation in [CHANNEL, "U0BOB"] {
+        let decided = linked.message_in(conversation, &id, |text| {
+            text.contains("Approved once") && text.contains("bob@example.com")
+        });
+        assert_eq!(buttons(&decided), [message::OPEN], "the buttons are gone in {conversation}");
+    }
+    linked.message_in("U0CAROL", &id, |text| text.contains("Approved once"));
+
+    // Decided elsewhere: the direct copy is updated as the channel's is.
+    let agent = linked.daemon.run_agent_for("carol@example.com", &linked.daemon.flagged(), &["never"]);
+    let second = id_of(&linked.daemon.pending_matching(|hold| hold["id"] != id.as_str()));
+    linked.message_in("U0BOB", &second, |_| true);
+    linked.decide_in_the_console("deny", &second, &json!({"reason": "not today"}));
+    assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
+    linked.message_in("U0BOB", &second, |text| text.contains("Denied") && text.contains("ada@example.com"));
+    linked.message_in("U0CAROL", &second, |text| text.contains("Denied"));
+    linked.updated(&second, |text| text.contains("Denied"));
+    let counts: Vec<usize> = [CHANNEL, "U0BOB", "U0CAROL", "U0VERA"].map(|to| linked.posted_to(to)).into();
+    assert_eq!(counts, [2, 2, 2, 0], "per hold: the channel, the approver, the requester's outcome once");
+    assert_eq!(linked.slack.messages().len(), 6, "no one else is written to");
     linked.judged_clean();
 }
 

@@ -271,6 +271,7 @@ fn hold_raised(view: &HoldView, nonce: u64, requested_at: SystemTime, deadline: 
         requester: view.requester.clone(),
         quorum: view.quorum,
         in_console: view.in_console,
+        notify: view.notify.clone(),
         detail: Some(detail),
     }
 }
@@ -319,6 +320,7 @@ mod tests {
         let mut egress = view(ActionKind::Egress);
         (egress.protocol, egress.address, egress.port) =
             (Some("tcp".into()), Some("203.0.113.7".into()), Some(443));
+        egress.notify = vec!["bob@example.com".into()];
         let at = UNIX_EPOCH + Duration::from_millis(1_500);
         let raised = hold_raised(&egress, 42 << 16, at, at + Duration::from_mins(1));
         assert_eq!(
@@ -326,7 +328,10 @@ mod tests {
             ("00000000002a", 42 << 16, HoldKind::Egress.into())
         );
         assert_eq!((raised.requested_at_ms, raised.deadline_ms, raised.quorum), (1_500, 61_500, 2));
-        assert_eq!(raised.requester, "alice@example.com");
+        assert_eq!(
+            (raised.requester.as_str(), raised.notify.as_slice()),
+            ("alice@example.com", &["bob@example.com".to_owned()][..])
+        );
         assert_eq!((raised.pid, raised.uid, raised.user.as_str()), (42, 1000, "dev"));
         let Some(hold_raised::Detail::Egress(destination)) = raised.detail else { panic!("{raised:?}") };
         assert_eq!(

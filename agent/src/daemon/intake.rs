@@ -145,6 +145,7 @@ impl Daemon {
                 argv_dependent: false,
                 quorum: egress.quorum,
                 in_console: false,
+                notify: egress.notify,
             };
             let memory = FromMemory::read(event, None);
             self.settle_new_hold(key, event, restored, &judgement, None, memory, Vec::new());
@@ -240,16 +241,7 @@ impl Daemon {
                 (judgement, Some(exe))
             }
             // Only a person can judge a program keyturn cannot verify.
-            Err(why) => {
-                let judgement = ExecJudgement {
-                    verdict: Verdict::Hold,
-                    rule: why,
-                    argv_dependent: true,
-                    quorum: 1,
-                    in_console: false,
-                };
-                (judgement, None)
-            }
+            Err(why) => (ExecJudgement::unverified(why), None),
         };
         self.settle_new_hold(key, &event, restored, &judgement, executable.as_ref(), memory, records);
     }
@@ -277,13 +269,7 @@ impl Daemon {
                  {JUDGING_STALL:?} or took {JUDGING_LIMIT:?} (slow storage, or an agent \
                  serving its own files): shown without them"
             );
-            let judgement = ExecJudgement {
-                verdict: Verdict::Hold,
-                rule,
-                argv_dependent: true,
-                quorum: 1,
-                in_console: false,
-            };
+            let judgement = ExecJudgement::unverified(rule);
             let memory = FromMemory::default();
             self.settle_new_hold(key, &event, restored, &judgement, None, memory, Vec::new());
         }
@@ -346,8 +332,8 @@ impl Daemon {
         }
         let mut view = self.view_of(event, executable, memory);
         view.domain = name.map(|name| name.to_string());
-        (view.policy_rule, view.quorum, view.in_console) =
-            (judgement.rule.clone(), judgement.quorum, judgement.in_console);
+        (view.policy_rule, view.quorum, view.in_console, view.notify) =
+            (judgement.rule.clone(), judgement.quorum, judgement.in_console, judgement.notify.clone());
         self.list_pending(Held::Kernel(key), view, event, records, restored);
     }
 

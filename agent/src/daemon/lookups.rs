@@ -74,7 +74,7 @@ impl Daemon {
     /// maximum of pending holds (kernel and lookup holds alike), or its sender cannot be
     /// stopped (gone, or no longer under the agent's root).
     pub(super) fn hold_lookup(&mut self, hold: LookupHold) {
-        let LookupHold { sender, name, rule, quorum, decided } = hold;
+        let LookupHold { sender, name, rule, quorum, notify, decided } = hold;
         let root = sender.root;
         let action = Action {
             kind: kind::LOOKUP,
@@ -108,7 +108,8 @@ impl Daemon {
             }
         };
         let mut view = self.view_of(&event, None, FromMemory::read(&event, None));
-        (view.domain, view.policy_rule, view.quorum) = (Some(name.to_string()), rule, quorum);
+        (view.domain, view.policy_rule, view.quorum, view.notify) =
+            (Some(name.to_string()), rule, quorum, notify);
         self.list_pending(Held::Lookup(HeldLookup { decided, process }), view, &event, Vec::new(), false);
     }
 

@@ -23,9 +23,11 @@ const QUERIES_PER_AGENT: usize = 64;
 pub struct LookupHold {
     pub sender: DnsSender,
     pub name: Name,
-    /// The rule that holds it, as an approver reads it, and how many people must approve.
+    /// The rule that holds it, as an approver reads it, how many people must approve, and
+    /// whom it is told of directly.
     pub rule: String,
     pub quorum: u32,
+    pub notify: Vec<String>,
     pub decided: oneshot::Sender<LookupDecision>,
 }
 
@@ -69,7 +71,7 @@ pub struct HeldLookups {
 
 impl HeldLookups {
     /// Waits for the decision on `name`, looked up by `sender`, which `rule` holds for
-    /// `quorum` people: joins the agent's hold of the name if it has one, else asks `raise`
+    /// `quorum` people (telling `notify`): joins the agent's hold of the name if it has one, else asks `raise`
     /// for one. `None`: refused at once, as the agent already has `max_pending` lookups
     /// held, or it or this one has as many queries waiting as it may.
     pub async fn decide(
@@ -77,7 +79,7 @@ impl HeldLookups {
         raise: &mpsc::Sender<LookupHold>,
         sender: DnsSender,
         name: &Name,
-        (rule, quorum): (String, u32),
+        (rule, quorum, notify): (String, u32, Vec<String>),
         max_pending: usize,
     ) -> Option<(Outcome, Waited)> {
         let key = (sender.root, name.clone());
@@ -104,7 +106,7 @@ impl HeldLookups {
         };
         if let Some(publish) = publish {
             let (decided, decision) = oneshot::channel();
-            let hold = LookupHold { sender, name: name.clone(), rule, quorum, decided };
+            let hold = LookupHold { sender, name: name.clone(), rule, quorum, notify, decided };
             // A daemon that cannot take it, or drops it undecided, refuses it.
             let decision = match raise.send(hold).await {
                 Ok(()) => decision.await.ok(),
@@ -177,7 +179,7 @@ mod tests {
         let ask = |root| {
             let (lookups, raise) = (lookups.clone(), raise.clone());
             tokio::spawn(async move {
-                lookups.decide(&raise, sender(root), &name("a.example"), ("rule".into(), 1), 1).await
+                lookups.decide(&raise, sender(root), &name("a.example"), ("rule".into(), 1, vec![]), 1).await
             })
         };
         let (a, aaaa) = (ask(5), ask(5));
@@ -187,7 +189,8 @@ mod tests {
         }
         assert_eq!((hold.sender.root, hold.name.to_string()), (5, "a.example".to_owned()));
         // The agent's second held name is one too many; another agent's is its own.
-        let other = lookups.decide(&raise, sender(5), &name("b.example"), ("rule".into(), 1), 1).await;
+        let other =
+            lookups.decide(&raise, sender(5), &name("b.example"), ("rule".into(), 1, vec![]), 1).await;
         assert!(other.is_none(), "over the agent's pending holds");
         let elsewhere = ask(6);
         let their_hold = raised.recv().await.expect("another agent's hold");

@@ -549,7 +549,7 @@ async fn answer(
             bump(&stats.held);
             drop(slot.take());
             let max_pending = max_pending.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
-            let asked = (judged.rule.clone(), judged.quorum);
+            let asked = (judged.rule.clone(), judged.quorum, judged.notify.clone());
             Some(shared.lookups.decide(&shared.raise, sender, &query.name, asked, max_pending).await)
         }
         Verdict::Allow => None,

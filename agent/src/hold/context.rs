@@ -70,6 +70,9 @@ pub struct HoldView {
     /// `approve_in = "console"`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub in_console: bool,
+    /// The people told directly of it: the flagging rule's `notify`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
     pub hold: Waiting,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,

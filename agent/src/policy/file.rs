@@ -59,6 +59,7 @@ struct ExecRuleFile {
     quorum: Option<i64>,
     #[serde(default)]
     approve_in: ApproveIn,
+    notify: Option<Vec<String>>,
 }
 
 /// Where the holds a rule flags may be decided.
@@ -102,12 +103,14 @@ struct EgressRuleFile {
     quorum: Option<i64>,
     #[serde(default)]
     approve_in: ApproveIn,
+    notify: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DefaultFile {
     action: Verdict,
+    notify: Option<Vec<String>>,
 }
 
 /// An exec rule user space applies while the process is held.
@@ -127,6 +130,8 @@ pub struct ExecRule {
     pub quorum: u32,
     /// Whether its holds are decided in the console only (`approve_in = "console"`).
     pub in_console: bool,
+    /// The people told directly of each hold it flags (`notify`).
+    pub notify: Vec<String>,
 }
 
 impl ExecRule {
@@ -160,6 +165,23 @@ pub struct ExecJudgement {
     pub quorum: u32,
     /// Whether the hold is decided in the console only, never with a chat account.
     pub in_console: bool,
+    /// The people told directly of the hold, if the verdict is a hold.
+    pub notify: Vec<String>,
+}
+
+impl ExecJudgement {
+    /// A hold of an exec no rule could judge (`why`): for one person, anywhere, and for
+    /// this exec only.
+    pub fn unverified(why: String) -> Self {
+        Self {
+            verdict: Verdict::Hold,
+            rule: why,
+            argv_dependent: true,
+            quorum: 1,
+            in_console: false,
+            notify: vec![],
+        }
+    }
 }
 
 /// A loaded, valid policy.
@@ -172,8 +194,11 @@ pub struct Policy {
     /// Checked in order: the first rule that names the program (and whose argv words all
     /// appear) decides.
     pub exec: Vec<ExecRule>,
-    /// The verdict for a program no rule names.
+    /// The verdict for a program no rule names, and whom its hold is told of directly.
     pub exec_default: Verdict,
+    pub exec_default_notify: Vec<String>,
+    /// Whom a hold `egress_default` flags is told of directly.
+    pub egress_default_notify: Vec<String>,
     pub kernel: KernelPolicy,
     /// Domain rules, in order: judged by keyturn's resolver when an agent looks a name up.
     pub names: Vec<NameRule>,
@@ -206,6 +231,7 @@ impl Policy {
                 argv_dependent,
                 quorum: rule.quorum,
                 in_console: rule.in_console,
+                notify: rule.notify.clone(),
             };
             if !rule.argv.is_empty() {
                 if let Some(read) = argv.take() {
@@ -233,12 +259,13 @@ impl Policy {
             argv_dependent,
             quorum: 1,
             in_console: false,
+            notify: self.exec_default_notify.clone(),
         }
     }
 
     /// What this policy says of a name an agent looks up.
     pub fn judge_name(&self, name: &Name) -> NameJudgement {
-        names::judge(&self.names, self.kernel.egress_default, name)
+        names::judge(&self.names, (self.kernel.egress_default, &self.egress_default_notify), name)
     }
 
     /// What the kernel lets the agent reach at `addr` (kernel form), an address of `name`,
@@ -281,18 +308,21 @@ impl Policy {
     pub fn egress_rule(&self, action: &Action, name: Option<&Name>) -> EgressJudgement {
         let port = u16::try_from(action.port).unwrap_or(0);
         if let Some(rule) = name.and_then(|name| names::rule_for(&self.names, name, port, action.protocol)) {
-            return EgressJudgement { verdict: rule.verdict, rule: rule.describe(), quorum: rule.quorum };
+            let (verdict, quorum, notify) = (rule.verdict, rule.quorum, rule.notify.clone());
+            return EgressJudgement { verdict, rule: rule.describe(), quorum, notify };
         }
         self.kernel.rule_for(action.addr, port, action.protocol).map_or_else(
             || EgressJudgement {
                 verdict: self.kernel.egress_default,
                 rule: "egress_default".into(),
                 quorum: 1,
+                notify: self.egress_default_notify.clone(),
             },
             |r| EgressJudgement {
                 verdict: r.verdict,
                 rule: format!("egress {} action {:?}", display_cidr(&r.cidr), r.verdict),
                 quorum: r.quorum,
+                notify: r.notify.clone(),
             },
         )
     }
@@ -306,6 +336,8 @@ pub struct EgressJudgement {
     pub rule: String,
     /// How many distinct people must approve it, when it is held.
     pub quorum: u32,
+    /// The people told directly of it, when it is held.
+    pub notify: Vec<String>,
 }
 
 /// Why a policy was refused: where, and what is wrong.
@@ -395,6 +427,37 @@ fn in_console(approve_in: ApproveIn, action: Verdict) -> Result<bool, String> {
         }
         (ApproveIn::Anywhere, _) => Ok(false),
     }
+}
+
+/// Most people a rule may name in `notify`.
+const MAX_NOTIFY: usize = 16;
+
+/// A rule's `notify`: none unless written; only a rule that holds tells anyone, and each
+/// of 1 to [`MAX_NOTIFY`] people is named once (without regard to case, as the console
+/// compares them), as the console names people (`console::chat::is_person_name`).
+fn parse_notify(notify: Option<&[String]>, action: Verdict) -> Result<Vec<String>, String> {
+    let Some(notify) = notify else { return Ok(Vec::new()) };
+    if action != Verdict::Hold {
+        return Err("notify says whom a hold is told of: only a rule that holds has one".into());
+    }
+    if notify.is_empty() {
+        return Err("notify is empty: name at least one person, or leave it out".into());
+    }
+    if notify.len() > MAX_NOTIFY {
+        return Err(format!("notify names {} people: at most {MAX_NOTIFY}", notify.len()));
+    }
+    for (index, person) in notify.iter().enumerate() {
+        if !console::chat::is_person_name(person) {
+            return Err(format!(
+                "notify {person:?}: a person is named in 1 to 256 bytes, without whitespace, \
+                 control or invisible characters"
+            ));
+        }
+        if notify[..index].iter().any(|earlier| earlier.to_lowercase() == person.to_lowercase()) {
+            return Err(format!("notify names {person:?} twice"));
+        }
+    }
+    Ok(notify.to_vec())
 }
 
 /// A rule's `quorum`: 1 unless written, else 1 to [`MAX_QUORUM`].
@@ -513,6 +576,7 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
         }
         let quorum = parse_quorum(rule.quorum).map_err(|e| error(line, e))?;
         let in_console = in_console(rule.approve_in, rule.action).map_err(|e| error(line, e))?;
+        let notify = parse_notify(rule.notify.as_deref(), rule.action).map_err(|e| error(line, e))?;
         let path = Path::new(&rule.path);
         let dir = path.parent().unwrap_or(Path::new("/"));
         exec.push(ExecRule {
@@ -523,18 +587,27 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
             argv: rule.argv.clone(),
             quorum,
             in_console,
+            notify,
         });
     }
 
     let (egress, domains) = parse_egress(file, text, &raw.egress)?;
+    // A default's verdict (`unset` unless written) and whom its holds are told of.
+    let default = |table: &str, default: &Option<DefaultFile>, unset| match default {
+        None => Ok((unset, Vec::new())),
+        Some(DefaultFile { action, notify }) => {
+            let line = line_of(text, text.find(&format!("[{table}]")).unwrap_or(0));
+            Ok((*action, parse_notify(notify.as_deref(), *action).map_err(|e| error(line, e))?))
+        }
+    };
+    let exec_default = default("exec_default", &raw.exec_default, Verdict::Allow);
+    let egress_default = default("egress_default", &raw.egress_default, Verdict::Hold);
+    let (exec_default, exec_default_notify) = exec_default?;
+    let (egress_default, egress_default_notify) = egress_default?;
     // The kernel asks about every program it has no recorded verdict for: the daemon
     // identifies it (path, content) and records the verdict for that file version.
-    let kernel = KernelPolicy {
-        exec_default: Verdict::Hold,
-        egress_default: raw.egress_default.map_or(Verdict::Hold, |d| d.action),
-        executables: Vec::new(),
-        egress,
-    };
+    let kernel =
+        KernelPolicy { exec_default: Verdict::Hold, egress_default, executables: Vec::new(), egress };
     kernel.compile(0).map_err(|e| error(1, e))?;
     Ok(Policy {
         name: name.into(),
@@ -542,7 +615,9 @@ pub fn parse(name: &str, file: &str, text: &str) -> Result<Policy, PolicyError> 
         on_timeout: raw.on_timeout,
         on_deny: raw.on_deny,
         exec,
-        exec_default: raw.exec_default.map_or(Verdict::Allow, |d| d.action),
+        exec_default,
+        exec_default_notify,
+        egress_default_notify,
         kernel,
         names: domains,
         text: text.to_owned(),
@@ -569,6 +644,7 @@ fn parse_egress(
             ProtocolFile::Any => protocol::ANY,
         };
         let (verdict, quorum) = (rule.action, parse_quorum(rule.quorum).map_err(|e| error(line, e))?);
+        let notify = parse_notify(rule.notify.as_deref(), verdict).map_err(|e| error(line, e))?;
         if rule.approve_in != ApproveIn::Anywhere {
             // A name approved in chat lets its addresses through: where a rule asks for the
             // console only, that would have to know where each approval was made.
@@ -579,7 +655,7 @@ fn parse_egress(
             (None, Some(domain)) => {
                 let pattern = DomainPattern::parse(domain)
                     .map_err(|e| error(line, format!("domain {domain:?}: {e}")))?;
-                let rule = NameRule { pattern, ports, protocol, verdict, quorum };
+                let rule = NameRule { pattern, ports, protocol, verdict, quorum, notify };
                 if domains.iter().any(|d| {
                     (&d.pattern, &d.ports, d.protocol) == (&rule.pattern, &rule.ports, rule.protocol)
                 }) {
@@ -590,7 +666,7 @@ fn parse_egress(
             }
             (Some(cidr), None) => {
                 let cidr_parsed = cidr.parse().map_err(|e| error(line, e))?;
-                let spec = EgressSpec { cidr: cidr_parsed, ports, protocol, verdict, quorum };
+                let spec = EgressSpec { cidr: cidr_parsed, ports, protocol, verdict, quorum, notify };
                 if egress.iter().any(|e: &EgressSpec| {
                     (e.cidr, &e.ports, e.protocol) == (spec.cidr, &spec.ports, spec.protocol)
                 }) {
@@ -818,6 +894,90 @@ action = "deny"
             parse("t", "t.toml", "[[exec]]\npath = \"/x\"\naction = \"hold\"\napprove_in = \"slack\"\n")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn notify_names_people_on_rules_and_defaults_that_hold() {
+        let text = "[[exec]]\npath = \"/x\"\naction = \"hold\"\nnotify = [\"alice@example.com\", \"bob\"]\n\n\
+                    [[exec]]\npath = \"/y\"\naction = \"hold\"\n\n\
+                    [[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"hold\"\nnotify = [\"carol\"]\n\n\
+                    [[egress]]\ndomain = \"*.example.com\"\naction = \"hold\"\nnotify = [\"dave\"]\n\n\
+                    [exec_default]\naction = \"hold\"\nnotify = [\"erin\"]\n\n\
+                    [egress_default]\naction = \"hold\"\nnotify = [\"frank\"]\n";
+        let policy = parse("t", "t.toml", text).unwrap();
+        assert_eq!(policy.exec[0].notify, ["alice@example.com", "bob"]);
+        assert!(policy.exec[1].notify.is_empty());
+        assert_eq!(policy.kernel.egress[0].notify, ["carol"]);
+        let name = |text: &str| Name::parse(text).unwrap();
+        assert_eq!(policy.judge_name(&name("api.example.com")).notify, ["dave"]);
+        assert_eq!(policy.judge_name(&name("example.org")).notify, ["frank"], "egress_default's");
+        assert_eq!(policy.exec_default_notify, ["erin"]);
+        let to = |addr: [u8; 4]| Action {
+            kind: agent_common::kind::EGRESS,
+            protocol: protocol::TCP,
+            port: 443,
+            addr: crate::policy::kernel::kernel_addr(addr.into()),
+            ..Action::default()
+        };
+        assert_eq!(policy.egress_rule(&to([10, 1, 2, 3]), None).notify, ["carol"]);
+        assert_eq!(policy.egress_rule(&to([192, 0, 2, 1]), Some(&name("a.example.com"))).notify, ["dave"]);
+        assert_eq!(policy.egress_rule(&to([192, 0, 2, 1]), None).notify, ["frank"]);
+    }
+
+    #[test]
+    fn notify_is_refused_at_its_rule_unless_it_names_people_once_each() {
+        let exec = |action: &str, notify: &str| {
+            format!("timeout = \"1m\"\n\n[[exec]]\npath = \"/x\"\naction = \"{action}\"\nnotify = {notify}\n")
+        };
+        let many: Vec<String> = (0..17).map(|n| format!("\"p{n}\"")).collect();
+        let many = format!("[{}]", many.join(", "));
+        let long = format!("[\"{}\"]", "a".repeat(257));
+        let whom = "a person is named in 1 to 256 bytes";
+        for (text, line, says) in [
+            (exec("allow", "[\"bob\"]"), 3, "only a rule that holds"),
+            (exec("deny", "[\"bob\"]"), 3, "only a rule that holds"),
+            (exec("hold", "[]"), 3, "notify is empty"),
+            (exec("hold", &many), 3, "notify names 17 people: at most 16"),
+            (exec("hold", "[\"bob\", \"alice\", \"Bob\"]"), 3, "notify names \"Bob\" twice"),
+            (exec("hold", "[\"\"]"), 3, whom),
+            (exec("hold", &long), 3, whom),
+            (exec("hold", "[\"bob smith\"]"), 3, whom),
+            (exec("hold", "[\"bob\\t\"]"), 3, whom),
+            (exec("hold", "[\"bob\\u0007\"]"), 3, whom),
+            (exec("hold", "[\"bo\\u200Bb\"]"), 3, whom),
+            (exec("hold", "[\"\\u202Ebob\"]"), 3, whom),
+            (exec("hold", "\"bob\""), 6, "invalid type: string \"bob\", expected a sequence"),
+            (
+                "[[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"allow\"\nnotify = [\"bob\"]\n".into(),
+                1,
+                "only a rule that holds",
+            ),
+            (
+                "[[egress]]\ndomain = \"a.example\"\naction = \"hold\"\nnotify = [\"a\u{00AD}b\"]\n".into(),
+                1,
+                whom,
+            ),
+            (
+                "timeout = \"1m\"\n[exec_default]\naction = \"allow\"\nnotify = [\"bob\"]\n".into(),
+                2,
+                "only a rule that holds",
+            ),
+            (
+                "\n\n[egress_default]\naction = \"deny\"\nnotify = [\"bob\"]\n".into(),
+                3,
+                "only a rule that holds",
+            ),
+            ("[egress_default]\naction = \"hold\"\nnotify = []\n".into(), 1, "notify is empty"),
+        ] {
+            let e = err(&text);
+            assert_eq!((e.file.as_str(), e.line), ("t.toml", line), "{e}");
+            assert!(e.reason.contains(says), "{e} does not say {says:?}");
+        }
+        let sixteen: Vec<String> = (0..16).map(|n| format!("\"p{n}\"")).collect();
+        let sixteen = parse("t", "t.toml", &exec("hold", &format!("[{}]", sixteen.join(", ")))).unwrap();
+        assert_eq!(sixteen.exec[0].notify.len(), 16);
+        let longest = format!("[\"{}\"]", "a".repeat(256));
+        assert!(parse("t", "t.toml", &exec("hold", &longest)).is_ok());
     }
 
     #[test]

@@ -130,6 +130,8 @@ pub struct EgressSpec {
     pub verdict: Verdict,
     /// How many distinct people must approve a hold this rule flags.
     pub quorum: u32,
+    /// The people told directly of each hold it flags.
+    pub notify: Vec<String>,
 }
 
 /// The part of a policy the kernel decides by itself.
@@ -251,7 +253,14 @@ mod tests {
     use super::*;
 
     fn rule(cidr: &str, ports: &[(u16, u16)], protocol: u32, verdict: Verdict) -> EgressSpec {
-        EgressSpec { cidr: cidr.parse().unwrap(), ports: ports.to_vec(), protocol, verdict, quorum: 1 }
+        EgressSpec {
+            cidr: cidr.parse().unwrap(),
+            ports: ports.to_vec(),
+            protocol,
+            verdict,
+            quorum: 1,
+            notify: vec![],
+        }
     }
 
     #[test]

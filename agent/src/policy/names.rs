@@ -18,6 +18,8 @@ pub struct NameRule {
     pub verdict: Verdict,
     /// How many distinct people must approve a hold this rule flags.
     pub quorum: u32,
+    /// The people told directly of each hold it flags.
+    pub notify: Vec<String>,
 }
 
 impl NameRule {
@@ -42,19 +44,24 @@ pub struct NameJudgement {
     pub rule: String,
     /// How many distinct people must approve the lookup, when it is held.
     pub quorum: u32,
+    /// The people told directly of the lookup, when it is held.
+    pub notify: Vec<String>,
     /// What the kernel applies to the answer's addresses while its TTL lasts: the port
     /// rules of every domain rule naming the name, in order. `None` when no domain rule
     /// names it: its addresses are judged by the CIDR rules, as any other address.
     pub kernel: Option<EgressRule>,
 }
 
-/// Judges `name` by `rules` (in policy order), with `default` when none names it.
-pub fn judge(rules: &[NameRule], default: Verdict, name: &Name) -> NameJudgement {
+/// Judges `name` by `rules` (in policy order), with `default` (its verdict and whom its
+/// holds are told of) when none names it.
+pub fn judge(rules: &[NameRule], default: (Verdict, &[String]), name: &Name) -> NameJudgement {
     let mut naming = rules.iter().filter(|rule| rule.pattern.matches(name)).peekable();
     let Some(first) = naming.peek() else {
-        return NameJudgement { verdict: default, rule: "egress_default".into(), quorum: 1, kernel: None };
+        let (verdict, notify) = (default.0, default.1.to_vec());
+        return NameJudgement { verdict, rule: "egress_default".into(), quorum: 1, notify, kernel: None };
     };
-    let (verdict, rule, quorum) = (first.verdict, first.describe(), first.quorum);
+    let (verdict, rule, quorum, notify) =
+        (first.verdict, first.describe(), first.quorum, first.notify.clone());
     // Ports the domain rules do not name are left to the CIDR rules (`verdict::NONE`).
     let mut kernel = EgressRule { fallback: verdict::NONE, ..EgressRule::default() };
     for rule in naming {
@@ -76,7 +83,7 @@ pub fn judge(rules: &[NameRule], default: Verdict, name: &Name) -> NameJudgement
             kernel.count += 1;
         }
     }
-    NameJudgement { verdict, rule, quorum, kernel: Some(kernel) }
+    NameJudgement { verdict, rule, quorum, notify, kernel: Some(kernel) }
 }
 
 /// The domain rule that decides egress to a name's address on `port` over `protocol`.
@@ -113,6 +120,7 @@ mod tests {
             protocol: protocol::ANY,
             verdict,
             quorum: 1,
+            notify: Vec::new(),
         }
     }
 
@@ -127,7 +135,7 @@ mod tests {
             rule("*.example.com", &[(22, 22)], Verdict::Hold),
             rule("*.example.com", &[], Verdict::Deny),
         ];
-        let judged = judge(&rules, Verdict::Hold, &name("API.example.com"));
+        let judged = judge(&rules, (Verdict::Hold, &[]), &name("API.example.com"));
         assert_eq!(
             (judged.verdict, judged.rule.as_str()),
             (Verdict::Allow, "egress domain \"api.example.com\" action Allow")
@@ -138,7 +146,7 @@ mod tests {
         assert_eq!((kernel.ports[1].low, u32::from(kernel.ports[1].verdict)), (22, verdict::HOLD));
         assert_eq!(kernel.fallback, verdict::DENY, "the catch-all ends the chain");
 
-        let other = judge(&rules, Verdict::Hold, &name("www.example.com"));
+        let other = judge(&rules, (Verdict::Hold, &[]), &name("www.example.com"));
         assert_eq!(other.verdict, Verdict::Hold);
         assert_eq!(rule_for(&rules, &name("www.example.com"), 443, protocol::TCP), Some(&rules[2]));
     }
@@ -146,16 +154,24 @@ mod tests {
     #[test]
     fn a_name_no_rule_names_is_judged_by_the_default_and_its_addresses_by_cidr() {
         let rules = [rule("*.example.com", &[(443, 443)], Verdict::Allow)];
-        let judged = judge(&rules, Verdict::Deny, &name("example.com"));
-        let by_default =
-            NameJudgement { verdict: Verdict::Deny, rule: "egress_default".into(), quorum: 1, kernel: None };
+        let judged = judge(&rules, (Verdict::Deny, &[]), &name("example.com"));
+        let by_default = NameJudgement {
+            verdict: Verdict::Deny,
+            rule: "egress_default".into(),
+            quorum: 1,
+            notify: vec![],
+            kernel: None,
+        };
         assert_eq!(judged, by_default);
     }
 
     #[test]
     fn ports_not_named_fall_through_to_the_cidr_rules() {
-        let judged =
-            judge(&[rule("a.example", &[(443, 443)], Verdict::Allow)], Verdict::Hold, &name("a.example"));
+        let judged = judge(
+            &[rule("a.example", &[(443, 443)], Verdict::Allow)],
+            (Verdict::Hold, &[]),
+            &name("a.example"),
+        );
         assert_eq!(judged.kernel.unwrap().fallback, verdict::NONE);
     }
 

@@ -76,7 +76,7 @@ fn view(hold: &HoldDetail) -> serde_json::Value {
         "pid": raised.pid, "uid": raised.uid, "user": raised.user, "requester": raised.requester,
         "policy": raised.policy, "rule": raised.policy_rule, "requested_at_ms": record.requested_at_ms,
         "deadline_ms": record.deadline_ms, "quorum": record.quorum, "approvals": record.approvals,
-        "in_console": raised.in_console,
+        "in_console": raised.in_console, "notify": raised.notify,
         "approvers": hold.approvers, "decision": decision, "closed_reason": record.closed_reason,
     });
     if let (Some(value), serde_json::Value::Object(detail)) = (value.as_object_mut(), detail) {

@@ -1,13 +1,13 @@
 //! The trail's hold records as chat messages, whatever the chat: a hold raised is posted
-//! once, and every message of a hold is updated when someone approves it (of a quorum),
-//! when it is decided, closed or expired, from whichever channel the decision came. When it
-//! ends, the person who started the agent is told directly, where the chat can.
-
-use sqlx::Row as _;
+//! once to the channel and once directly to each approver account linked to a person its
+//! policy names (`notify`), and every message of a hold is updated when someone approves it
+//! (of a quorum), when it is decided, closed or expired, from whichever channel the decision
+//! came. When it ends, the person who started the agent is told directly, where the chat can.
 
 use super::{Chat, ChatAccount};
 use crate::{
     audit::{AuditEvent, StoredRecord},
+    people::Role,
     search::HoldDetail,
     siem::SiemError,
     store::{Store, StoreError},
@@ -62,23 +62,106 @@ pub async fn announce<A: Announcer>(
     Ok(())
 }
 
-/// Posts hold `hold` of `host` to the channel, unless its message is there already (a
-/// batch sent again after a crash or a lost lease).
-async fn post<A: Announcer>(chat: &A, store: &Store, host: &str, hold: &str) -> Result<(), SiemError> {
-    if !messages::<A>(store, host, hold).await?.is_empty() {
-        return Ok(());
+/// What a chat message of a hold is, as `chat_messages.kind` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// The announcement in the channel.
+    Channel,
+    /// A copy sent directly to an approver the hold's policy names.
+    Approver,
+    /// The outcome, sent directly to the person who started the agent.
+    Outcome,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Channel => "channel",
+            Self::Approver => "approver",
+            Self::Outcome => "outcome",
+        }
     }
+}
+
+/// A message of a hold, posted in this chat.
+#[derive(sqlx::FromRow)]
+struct Posted {
+    conversation: String,
+    /// Empty for a message that cannot be updated.
+    id: String,
+    kind: String,
+    /// The account a direct message was sent to (`slack:TEAM/USER`), else empty.
+    account: String,
+}
+
+impl Posted {
+    fn is(&self, kind: Kind, account: Option<&ChatAccount>) -> bool {
+        self.kind == kind.as_str() && account.is_none_or(|account| self.account == account.to_string())
+    }
+}
+
+/// Posts hold `hold` of `host` to the channel and to the approvers its policy names, each
+/// unless its message is there already (a batch sent again after a crash or a lost lease).
+async fn post<A: Announcer>(chat: &A, store: &Store, host: &str, hold: &str) -> Result<(), SiemError> {
+    let posted = messages::<A>(store, host, hold).await?;
     // A hold decided before it could be posted (the trail read from its start, when the
     // chat was configured) is not announced: only a pending one asks anything of anyone.
     let Some(detail) = store.hold_detail(host, hold).await?.filter(|d| d.record.status == "pending") else {
         return Ok(());
     };
-    post_to(chat, store, &detail, chat.channel()).await
+    if !posted.iter().any(|message| message.is(Kind::Channel, None)) {
+        post_to(chat, store, &detail, chat.channel(), Kind::Channel, None).await?;
+    }
+    for account in approvers::<A>(store, &detail).await? {
+        if !posted.iter().any(|message| message.is(Kind::Approver, Some(&account))) {
+            tell(chat, store, &detail, &account, Kind::Approver).await?;
+        }
+    }
+    Ok(())
+}
+
+/// This chat's accounts linked, as approvers, to the people `detail`'s policy names, but
+/// never to the person who started the agent (no one approves their own action). A person
+/// with no such account (unknown to the console, unlinked, a viewer) is skipped.
+async fn approvers<A: Announcer>(store: &Store, detail: &HoldDetail) -> Result<Vec<ChatAccount>, StoreError> {
+    // As the console's no-self-approval rule compares them.
+    let requester = &detail.raised.requester;
+    let is_requester = |person: &str| !requester.is_empty() && person.eq_ignore_ascii_case(requester);
+    let (host, hold, chat) = (&detail.record.host, &detail.record.id, A::CHAT.as_str());
+    let mut accounts: Vec<ChatAccount> = Vec::new();
+    for person in &detail.raised.notify {
+        if is_requester(person) {
+            tracing::debug!(host, hold, person, "the requester is not sent their own hold to approve");
+            continue;
+        }
+        let links = store.chat_links(Some(person)).await?;
+        let theirs: Vec<ChatAccount> = links
+            .iter()
+            .filter(|link| link.role >= Role::Approver && !is_requester(&link.person))
+            .filter_map(|link| link.account.parse::<ChatAccount>().ok())
+            .filter(|account| account.chat == A::CHAT)
+            .collect();
+        if theirs.is_empty() {
+            tracing::info!(
+                host,
+                hold,
+                person,
+                chat,
+                "a person the policy names has no approver account linked here"
+            );
+        }
+        for account in theirs {
+            if !accounts.contains(&account) {
+                accounts.push(account);
+            }
+        }
+    }
+    Ok(accounts)
 }
 
 /// Shows hold `hold` of `host` as it stands now in every message about it, and, once it
 /// `ended`, tells the person who started the agent how: the message, directly to each of
-/// their accounts in this chat; once, and only for a hold announced in the channel. The
+/// their accounts in this chat, once each, and only for a hold announced here. The
 /// messages and the hold are read once for both.
 async fn show<A: Announcer>(
     chat: &A,
@@ -92,59 +175,74 @@ async fn show<A: Announcer>(
         return Ok(());
     }
     let Some(detail) = store.hold_detail(host, hold).await? else { return Ok(()) };
-    for (conversation, id) in posted.iter().filter(|(_, id)| !id.is_empty()) {
-        chat.update(&detail, conversation, id).await?;
+    for message in posted.iter().filter(|message| !message.id.is_empty()) {
+        chat.update(&detail, &message.conversation, &message.id).await?;
     }
-    let only_in_the_channel = posted.iter().all(|(conversation, _)| conversation == chat.channel());
-    if !ended || !only_in_the_channel {
+    if !ended {
         return Ok(());
     }
     let accounts = store.chat_accounts_of(&detail.raised.requester).await?;
     for account in accounts.iter().filter(|account| account.chat == A::CHAT) {
-        if let Some(to) = chat.direct(account).await? {
-            post_to(chat, store, &detail, &to).await?;
+        if !posted.iter().any(|message| message.is(Kind::Outcome, Some(account))) {
+            tell(chat, store, &detail, account, Kind::Outcome).await?;
         }
     }
     Ok(())
 }
 
-/// Posts `detail`'s message to conversation `to`, and records it to update.
+/// Posts `detail`'s message directly to `account`, where this chat can, as a `kind` message.
+async fn tell<A: Announcer>(
+    chat: &A,
+    store: &Store,
+    detail: &HoldDetail,
+    account: &ChatAccount,
+    kind: Kind,
+) -> Result<(), SiemError> {
+    if let Some(to) = chat.direct(account).await? {
+        post_to(chat, store, detail, &to, kind, Some(account)).await?;
+    }
+    Ok(())
+}
+
+/// Posts `detail`'s message to conversation `to`, and records it (a `kind` message, sent
+/// directly to `account` if any) to update.
 async fn post_to<A: Announcer>(
     chat: &A,
     store: &Store,
     detail: &HoldDetail,
     to: &str,
+    kind: Kind,
+    account: Option<&ChatAccount>,
 ) -> Result<(), SiemError> {
     // A message that cannot be updated is recorded under its conversation all the same,
     // so that it is posted once.
     let (conversation, id) = chat.post(detail, to).await?.unwrap_or_else(|| (to.to_owned(), String::new()));
     sqlx::query(
-        "INSERT INTO chat_messages (chat, host, hold_id, channel, ts) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO chat_messages (chat, host, hold_id, channel, ts, kind, account)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
     )
     .bind(A::CHAT.as_str())
     .bind(&detail.record.host)
     .bind(&detail.record.id)
     .bind(conversation)
     .bind(id)
+    .bind(kind.as_str())
+    .bind(account.map(ToString::to_string).unwrap_or_default())
     .execute(&store.pool)
     .await
     .map_err(StoreError::from)?;
     Ok(())
 }
 
-/// This chat's messages that announced hold `hold` of `host`: (conversation, id).
-async fn messages<A: Announcer>(
-    store: &Store,
-    host: &str,
-    hold: &str,
-) -> Result<Vec<(String, String)>, StoreError> {
-    let rows =
-        sqlx::query("SELECT channel, ts FROM chat_messages WHERE chat = $1 AND host = $2 AND hold_id = $3")
-            .bind(A::CHAT.as_str())
-            .bind(host)
-            .bind(hold)
-            .fetch_all(&store.pool)
-            .await?;
-    rows.iter().map(|row| Ok((row.try_get("channel")?, row.try_get("ts")?))).collect()
+/// This chat's messages that announced hold `hold` of `host`.
+async fn messages<A: Announcer>(store: &Store, host: &str, hold: &str) -> Result<Vec<Posted>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT channel AS conversation, ts AS id, kind, account FROM chat_messages
+         WHERE chat = $1 AND host = $2 AND hold_id = $3",
+    )
+    .bind(A::CHAT.as_str())
+    .bind(host)
+    .bind(hold)
+    .fetch_all(&store.pool)
+    .await?)
 }

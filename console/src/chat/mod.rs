@@ -328,9 +328,7 @@ async fn link_in(
     if person.is_empty() {
         return Err(StoreError::Anonymous);
     }
-    // As decisions and the requester check compare them: a person named with a space,
-    // an invisible or control character could slip past the no-self-approval rule.
-    if person.len() > 256 || person.chars().any(|c| c.is_whitespace() || c.is_control() || hides(c)) {
+    if !is_person_name(person) {
         return Err(StoreError::ChatPerson(person.to_owned()));
     }
     if role > Role::Approver {
@@ -361,6 +359,16 @@ async fn link_in(
     };
     audit(tx, &event).await?;
     Ok(())
+}
+
+/// Whether `person` may name a person chat accounts are linked to (and a policy's `notify`
+/// names): 1 to 256 bytes, without whitespace, control or invisible characters. As
+/// decisions and the requester check compare them, a person named with one could slip
+/// past the no-self-approval rule, or read as someone else.
+pub fn is_person_name(person: &str) -> bool {
+    !person.is_empty()
+        && person.len() <= 256
+        && !person.chars().any(|c| c.is_whitespace() || c.is_control() || hides(c))
 }
 
 /// Characters that show as nothing: a name holding one reads as another name.

@@ -2,6 +2,7 @@
 //! for each test (as the postgres user: run as root), real gRPC streams on loopback.
 
 mod anchors;
+mod announce;
 mod api;
 mod chat_links;
 mod evidence;

@@ -315,6 +315,7 @@ pub fn hold(id: &str, nonce: u64) -> HoldRaised {
         requester: "alice".into(),
         quorum: 1,
         in_console: false,
+        notify: vec![],
         detail: Some(hold_raised::Detail::Exec(Exec {
             path: "/usr/bin/curl".into(),
             argv: vec!["curl".into(), "-T".into(), "dump.sql".into()],

@@ -101,6 +101,7 @@ fn hold(id: String, nonce: u64) -> HoldRaised {
         requester: "agent-owner@example.com".into(),
         quorum: 1,
         in_console: false,
+        notify: vec![],
         detail: Some(hold_raised::Detail::Exec(Exec {
             path: "/usr/bin/curl".into(),
             argv: vec!["curl".into(), "-T".into(), "dump.sql".into(), "https://example.com/upload".into()],

@@ -121,6 +121,7 @@ fn allowed_policy() -> Result<KernelPolicy> {
             protocol: protocol::ANY,
             verdict: Verdict::Allow,
             quorum: 1,
+            notify: vec![],
         }],
     })
 }
@@ -137,6 +138,7 @@ pub fn hold_policy(port: u16) -> Result<KernelPolicy> {
             protocol: protocol::TCP,
             verdict: Verdict::Hold,
             quorum: 1,
+            notify: vec![],
         }],
     })
 }
