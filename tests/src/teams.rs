@@ -70,6 +70,8 @@ struct Shared {
     conversations: Vec<Value>,
     /// Users the bot is not installed for: Teams refuses a conversation with them.
     not_installed: Vec<String>,
+    /// Users who blocked the bot: Teams refuses its messages in their conversation.
+    blocked: Vec<String>,
 }
 
 /// The stand-in, serving on 127.0.0.1 until dropped.
@@ -142,6 +144,11 @@ impl TeamsStandIn {
     /// Uninstalls the bot for `user`: a conversation with them is refused (`403`).
     pub fn uninstall_for(&self, user: &str) {
         self.shared.lock().expect("lock").not_installed.push(user.to_owned());
+    }
+
+    /// `user` blocks the bot: its messages in their personal conversation are refused (`403`).
+    pub fn blocked_by(&self, user: &str) {
+        self.shared.lock().expect("lock").blocked.push(user.to_owned());
     }
 
     /// Deletes card `id`, as a person in Teams does: replacing it is refused from now on
@@ -357,6 +364,12 @@ async fn posted(
         Err((status, why)) => return refuse(&shared, status, &why),
     };
     let mut shared = shared.lock().expect("lock");
+    if shared.blocked.iter().any(|user| conversation == TeamsStandIn::personal(user)) {
+        // Not a refusal of keyturn's: what Teams answers in a conversation whose user blocked
+        // the bot.
+        let error = json!({"error": {"code": "ConversationBlockedByUser", "message": "User blocked the conversation with the bot."}});
+        return (StatusCode::FORBIDDEN, Json(error)).into_response();
+    }
     let id = format!("1:{}", shared.cards.len() + 1);
     shared.cards.push(Card { conversation, id: id.clone(), card, at: Instant::now() });
     Json(json!({"id": id})).into_response()

@@ -337,14 +337,16 @@ fn a_click_that_names_another_tenant_bot_channel_or_host_decides_nothing() {
     assert_eq!(finish(agent).0, 128 + libc::SIGKILL);
 }
 
-/// A card a person deleted cannot be replaced (Teams answers 403), and a requester the bot is
-/// not installed for cannot be told (403 again): that hold's end is not shown, and the next
-/// hold is announced all the same.
+/// A card a person deleted cannot be replaced (Teams answers 403), a requester the bot is
+/// not installed for cannot be told (403 again), nor one who blocked the bot: that hold's
+/// end is not shown, and the next hold is announced all the same.
 #[test]
 fn a_deleted_card_holds_up_no_later_announcement() {
     let linked = Linked::start(HOLD_FLAGGED, false);
     linked.link(CAROL, "carol@example.com", Role::Approver);
     linked.teams.uninstall_for(CAROL);
+    linked.link(BOB, "bob@example.com", Role::Approver);
+    linked.teams.blocked_by(BOB);
     let first = linked.daemon.run_agent_for("carol@example.com", &linked.daemon.flagged(), &["first"]);
     let first_id = id_of(&linked.daemon.pending_one());
     let card = linked.card_of(&first_id, |_| true);
@@ -352,15 +354,20 @@ fn a_deleted_card_holds_up_no_later_announcement() {
     let out = linked.daemon.cli(&["deny", &first_id]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(finish(first).0, 128 + libc::SIGKILL);
-    let second = linked.daemon.run_agent(&linked.daemon.flagged(), &["second"]);
+    let second = linked.daemon.run_agent_for("bob@example.com", &linked.daemon.flagged(), &["second"]);
     let second_id = id_of(&linked.daemon.pending_matching(|hold| hold["id"] != first_id.as_str()));
     linked.card_of(&second_id, |_| true);
     let out = linked.daemon.cli(&["approve", &second_id]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(finish(second), (0, "second\n".to_owned()));
     linked.card_of(&second_id, |text| text.contains("approved on the host"));
+    let third = linked.daemon.run_agent(&linked.daemon.flagged(), &["third"]);
+    let third_id = id_of(&linked.daemon.pending_matching(|hold| hold["id"] != second_id.as_str()));
+    linked.card_of(&third_id, |_| true);
+    assert!(linked.daemon.cli(&["deny", &third_id]).status.success());
+    assert_eq!(finish(third).0, 128 + libc::SIGKILL);
     let asked: Vec<_> = linked.teams.conversations().iter().map(|c| c["members"][0]["id"].clone()).collect();
-    assert_eq!(asked, [json!(CAROL)], "the requester was asked for, and refused");
+    assert_eq!(asked, [json!(CAROL), json!(BOB)], "each requester was asked for, and refused");
     assert!(linked.teams.cards().iter().all(|c| c.conversation == CHANNEL));
 }
 
@@ -423,4 +430,43 @@ fn approve_for_an_hour_and_deny_with_a_reason_in_teams() {
         card.card
     );
     linked.judged_clean(&[]);
+}
+
+/// The approvers a policy names get the hold's card with its buttons in the bot's personal
+/// conversation with them (the requester does not, though named); a click there approves,
+/// and the copy is replaced with the outcome like the channel's.
+#[test]
+fn the_approvers_a_policy_names_are_sent_the_card_directly_and_approve_there() {
+    let notify = format!("action = \"hold\"\nnotify = {}", json!(["bob@example.com", "carol@example.com"]));
+    let linked = Linked::start(&HOLD_FLAGGED.replacen("action = \"hold\"", &notify, 1), false);
+    linked.link(BOB, "bob@example.com", Role::Approver);
+    linked.link(CAROL, "carol@example.com", Role::Approver);
+    let agent = linked.daemon.run_agent_for("carol@example.com", &linked.daemon.flagged(), &["named"]);
+    let id = id_of(&linked.daemon.pending_one());
+    let marker = format!("hold {id} ");
+    let in_conversation = |conversation: String, shown: &'static str| {
+        linked.teams.wait_for(&format!("hold {id}'s card in {conversation}"), |teams| {
+            teams.cards().into_iter().find(|c| {
+                let text = c.card.to_string();
+                c.conversation == conversation && text.contains(&marker) && text.contains(shown)
+            })
+        })
+    };
+    let direct = in_conversation(TeamsStandIn::personal(BOB), "");
+    assert_eq!(buttons(&direct.card), ["Approve once", "Approve for…", "Deny…", "Open in console"]);
+    let (status, decided) = linked.click((TENANT, BOB), teams::APPROVE, &id);
+    assert_eq!(
+        (status, decided["type"].as_str()),
+        (StatusCode::OK, Some("application/vnd.microsoft.card.adaptive"))
+    );
+    assert_eq!(finish(agent), (0, "named\n".to_owned()));
+    for conversation in [CHANNEL.to_owned(), TeamsStandIn::personal(BOB)] {
+        assert_eq!(buttons(&in_conversation(conversation, "Approved once by").card), ["Open in console"]);
+    }
+    // Carol started the agent: told its outcome, never asked to approve it.
+    in_conversation(TeamsStandIn::personal(CAROL), "Approved once by");
+    let to_carol =
+        linked.teams.cards().into_iter().filter(|c| c.conversation == TeamsStandIn::personal(CAROL));
+    assert_eq!(to_carol.count(), 1);
+    linked.judged_clean(&[decided["value"].clone()]);
 }

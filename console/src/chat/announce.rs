@@ -110,7 +110,7 @@ async fn post<A: Announcer>(chat: &A, store: &Store, host: &str, hold: &str) -> 
         return Ok(());
     };
     if !posted.iter().any(|message| message.is(Kind::Channel, None)) {
-        post_to(chat, store, &detail, chat.channel(), Kind::Channel, None).await?;
+        post_to(chat, store, &detail, chat.channel(), Kind::Channel).await?;
     }
     for account in approvers::<A>(store, &detail).await? {
         if !posted.iter().any(|message| message.is(Kind::Approver, Some(&account))) {
@@ -191,6 +191,9 @@ async fn show<A: Announcer>(
 }
 
 /// Posts `detail`'s message directly to `account`, where this chat can, as a `kind` message.
+/// A direct message the chat refuses or fails (a user who blocked the bot, an account gone)
+/// is logged and not sent again: one person's chat must not hold up every later
+/// announcement, which a batch retried for ever would.
 async fn tell<A: Announcer>(
     chat: &A,
     store: &Store,
@@ -198,25 +201,43 @@ async fn tell<A: Announcer>(
     account: &ChatAccount,
     kind: Kind,
 ) -> Result<(), SiemError> {
-    if let Some(to) = chat.direct(account).await? {
-        post_to(chat, store, detail, &to, kind, Some(account)).await?;
+    let posted = match chat.direct(account).await {
+        Ok(Some(to)) => chat.post(detail, &to).await.map(|posted| posted.unwrap_or((to, String::new()))),
+        Ok(None) => return Ok(()),
+        Err(e) => Err(e),
+    };
+    match posted {
+        Ok(posted) => record::<A>(store, detail, posted, kind, Some(account)).await,
+        Err(e) => {
+            let (host, hold) = (&detail.record.host, &detail.record.id);
+            tracing::warn!(host, hold, %account, kind = kind.as_str(), error = %e, "a direct message was not sent");
+            Ok(())
+        }
     }
-    Ok(())
 }
 
-/// Posts `detail`'s message to conversation `to`, and records it (a `kind` message, sent
-/// directly to `account` if any) to update.
+/// Posts `detail`'s message to conversation `to` as a `kind` message, and records it.
 async fn post_to<A: Announcer>(
     chat: &A,
     store: &Store,
     detail: &HoldDetail,
     to: &str,
     kind: Kind,
+) -> Result<(), SiemError> {
+    let posted = chat.post(detail, to).await?.unwrap_or_else(|| (to.to_owned(), String::new()));
+    record::<A>(store, detail, posted, kind, None).await
+}
+
+/// Records message `(conversation, id)` of `detail` (a `kind` message, sent directly to
+/// `account` if any) to update. A message that cannot be updated (no id) is recorded all the
+/// same, so that it is posted once.
+async fn record<A: Announcer>(
+    store: &Store,
+    detail: &HoldDetail,
+    (conversation, id): (String, String),
+    kind: Kind,
     account: Option<&ChatAccount>,
 ) -> Result<(), SiemError> {
-    // A message that cannot be updated is recorded under its conversation all the same,
-    // so that it is posted once.
-    let (conversation, id) = chat.post(detail, to).await?.unwrap_or_else(|| (to.to_owned(), String::new()));
     sqlx::query(
         "INSERT INTO chat_messages (chat, host, hold_id, channel, ts, kind, account)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
