@@ -256,7 +256,7 @@ pub async fn callback(
     }
     // Links the person made themselves carry their role now; one that could not be made to
     // fails the sign-in rather than outlast it.
-    store.follow_sign_in(&person, role).await?;
+    store.follow_sign_in(&person, role, identity.teams.as_ref()).await?;
     let Some(role) = role else {
         store
             .record(&AuditEvent::SignInRefused { person: person.clone(), groups: identity.groups.clone() })

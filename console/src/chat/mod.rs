@@ -180,46 +180,65 @@ impl Store {
 
     /// Makes the links `person` made themselves (by a one-time link or at sign-in) follow
     /// their sign-in: the role their groups give now (`None`: the sign-in was refused),
-    /// never above approver; a refused sign-in removes them. Links an admin made keep the
-    /// role the admin gave. Each change is audited.
-    pub async fn follow_sign_in(&self, person: &str, role: Option<Role>) -> Result<(), StoreError> {
+    /// never above approver; a refused sign-in removes them, and the link its Teams account
+    /// (`teams`, named by the ID token) had from a sign-in under another name. People are
+    /// compared as the no-self-approval rule compares them (ASCII case only). Links an admin
+    /// made keep the role the admin gave. Each change is audited.
+    pub async fn follow_sign_in(
+        &self,
+        person: &str,
+        role: Option<Role>,
+        teams: Option<&ChatAccount>,
+    ) -> Result<(), StoreError> {
         let role = role.map(|role| role.min(Role::Approver));
         let mut tx = self.begin().await?;
         for how in [ChatLinkHow::Offer, ChatLinkHow::SignIn] {
-            let rows = sqlx::query(
-                "SELECT account, person, role FROM chat_links
-                 WHERE lower(person) = lower($1) AND how = $2 ORDER BY account",
-            )
-            .bind(person)
-            .bind(how.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
+            let rows =
+                sqlx::query("SELECT account, person, role FROM chat_links WHERE how = $1 ORDER BY account")
+                    .bind(how.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?;
             for row in rows {
                 let (account, linked, linked_role): (String, String, String) =
                     (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                let event = match role {
-                    Some(role) if role.as_str() == linked_role => continue,
-                    Some(role) => {
-                        sqlx::query("UPDATE chat_links SET role = $1 WHERE account = $2")
-                            .bind(role.as_str())
-                            .bind(&account)
-                            .execute(&mut *tx)
-                            .await?;
-                        AuditEvent::ChatLinked {
-                            account,
-                            person: linked,
-                            role,
-                            by: format!("{person}'s sign-in"),
-                            how,
-                        }
-                    }
+                // As the no-self-approval rule compares people; and a refused sign-in also
+                // ends the link it made of its Teams account under an older name.
+                let theirs = linked.eq_ignore_ascii_case(person)
+                    || (role.is_none()
+                        && how == ChatLinkHow::SignIn
+                        && teams.is_some_and(|t| t.to_string() == account));
+                if !theirs || role.is_some_and(|role| role.as_str() == linked_role) {
+                    continue;
+                }
+                let changed = match role {
+                    Some(role) => sqlx::query(
+                        "UPDATE chat_links SET role = $1 WHERE account = $2 AND person = $3 AND how = $4",
+                    )
+                    .bind(role.as_str()),
                     None => {
-                        sqlx::query("DELETE FROM chat_links WHERE account = $1")
-                            .bind(&account)
-                            .execute(&mut *tx)
-                            .await?;
-                        AuditEvent::ChatUnlinked { account, by: format!("{person}'s refused sign-in") }
+                        sqlx::query("DELETE FROM chat_links WHERE account = $1 AND person = $2 AND how = $3")
                     }
+                };
+                // Keyed by what was read: a link an admin made meanwhile is left alone.
+                let changed = changed
+                    .bind(&account)
+                    .bind(&linked)
+                    .bind(how.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if changed != 1 {
+                    continue;
+                }
+                let event = match role {
+                    Some(role) => AuditEvent::ChatLinked {
+                        account,
+                        person: linked,
+                        role,
+                        by: format!("{person}'s sign-in"),
+                        how,
+                    },
+                    None => AuditEvent::ChatUnlinked { account, by: format!("{person}'s refused sign-in") },
                 };
                 audit(&mut tx, &event).await?;
             }

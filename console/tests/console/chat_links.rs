@@ -192,19 +192,29 @@ async fn links_made_by_their_person_follow_their_sign_ins(db: Db) {
         async |account: &console::chat::ChatAccount| store.chat_link(account).await.unwrap().map(|l| l.role);
     let before = api.audited("chat_linked").await.len();
 
-    store.follow_sign_in("Vera@example.com", Some(Role::Admin)).await.unwrap();
+    store.follow_sign_in("Vera@example.com", Some(Role::Admin), None).await.unwrap();
     assert_eq!(
         (role(&own).await, role(&by_admin).await, role(&teams).await),
         (Some(Role::Approver), Some(Role::Viewer), Some(Role::Approver))
     );
     assert_eq!(api.audited("chat_linked").await.len(), before + 2);
-    store.follow_sign_in("vera@example.com", Some(Role::Approver)).await.unwrap();
+    store.follow_sign_in("vera@example.com", Some(Role::Approver), None).await.unwrap();
     assert_eq!(api.audited("chat_linked").await.len(), before + 2, "nothing changed, nothing audited");
 
-    store.follow_sign_in("vera@example.com", None).await.unwrap();
+    // Someone whose name folds to Kate's only beyond ASCII is not Kate.
+    let kelvin = account("T0KT/U0KELVIN");
+    store.link_at_sign_in(&kelvin, "\u{212A}ate@example.com", Role::Viewer).await.unwrap();
+    store.follow_sign_in("kate@example.com", Some(Role::Approver), None).await.unwrap();
+    assert_eq!(role(&kelvin).await, Some(Role::Viewer));
+
+    store.follow_sign_in("vera@example.com", None, None).await.unwrap();
     assert_eq!(
         (role(&own).await, role(&by_admin).await, role(&teams).await),
         (None, Some(Role::Viewer), None)
     );
     assert_eq!(api.audited("chat_unlinked").await.len(), 2);
+    // A refused sign-in ends the link its Teams account had from a sign-in under another name.
+    store.link_at_sign_in(&teams, "vera.old@example.com", Role::Approver).await.unwrap();
+    store.follow_sign_in("vera@example.com", None, Some(&teams)).await.unwrap();
+    assert_eq!(role(&teams).await, None);
 }
