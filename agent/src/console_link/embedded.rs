@@ -126,8 +126,8 @@ pub async fn start(config: &Config) -> Result<Embedded, EmbeddedError> {
             )
         }
     };
-    // SIEM outputs, webhooks and chats run as long as the daemon (their tasks detached); one
-    // that cannot start leaves the console without it, never the host without approvals.
+    // SIEM outputs, webhooks and chats run as long as the daemon (their tasks detached). If
+    // one cannot start, none runs: the console without them, never the host without approvals.
     let api = match console::start_outputs(&console, &console_config, api.clone()) {
         Ok((with_outputs, _detached)) => with_outputs,
         Err(e) => {
