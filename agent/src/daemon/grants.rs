@@ -156,6 +156,11 @@ mod tests {
     const ONE: Asks = Asks::ONE;
     const TWO: Asks = Asks { quorum: 2, in_console: false };
 
+    /// Agent 5's `--always` approval of `action`, shown with `name`, by one person anywhere.
+    fn always(action: Action, name: &Name) -> Grant {
+        Grant { root: 5, action, until: None, name: Some(name.clone()), quorum: 1, in_console: false }
+    }
+
     #[test]
     fn a_grant_covers_its_agent_s_same_action_until_it_ends() {
         let action = Action { kind: 2, port: 443, ..Action::default() };
@@ -212,14 +217,7 @@ mod tests {
     fn a_grant_of_a_lookup_covers_the_name_s_lookups_and_its_addresses_on_every_port() {
         let name = Name::parse("api.example.com").unwrap();
         let lookup = Action { kind: kind::LOOKUP, ..Action::default() };
-        let grant = Grant {
-            root: 5,
-            action: lookup,
-            until: None,
-            name: Some(name.clone()),
-            quorum: 1,
-            in_console: false,
-        };
+        let grant = always(lookup, &name);
         let connect = Action {
             kind: kind::EGRESS,
             protocol: protocol::UDP,
@@ -249,14 +247,7 @@ mod tests {
         let name = Name::parse("api.example.com").unwrap();
         let lookup = Action { kind: kind::LOOKUP, ..Action::default() };
         let connect = Action { kind: kind::EGRESS, protocol: protocol::TCP, port: 8443, ..Action::default() };
-        let chat = Grant {
-            root: 5,
-            action: lookup,
-            until: None,
-            name: Some(name.clone()),
-            quorum: 1,
-            in_console: false,
-        };
+        let chat = always(lookup, &name);
         let console = Grant { in_console: true, ..chat.clone() };
         let in_console = Asks { in_console: true, ..ONE };
         assert!(chat.covers(5, &connect, Some(&name), ONE, 0));
