@@ -15,7 +15,7 @@ pub(super) const GRANTS: &str = "grants.json";
 
 /// An approval that reaches beyond one action. Kept in the state directory: a restart
 /// must not forget an approval "for the life of the agent's cgroup".
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 pub(super) struct Grant {
     pub(super) root: u64,
     #[serde(with = "action_bytes")]
@@ -248,7 +248,7 @@ mod tests {
         let lookup = Action { kind: kind::LOOKUP, ..Action::default() };
         let connect = Action { kind: kind::EGRESS, protocol: protocol::TCP, port: 8443, ..Action::default() };
         let chat = always(lookup, &name);
-        let console = Grant { in_console: true, ..chat.clone() };
+        let console = Grant { in_console: true, ..always(lookup, &name) };
         let in_console = Asks { in_console: true, ..ONE };
         assert!(chat.covers(5, &connect, Some(&name), ONE, 0));
         assert!(
