@@ -559,7 +559,7 @@ fn always_on_a_hold_shown_with_a_name_approves_the_name_on_its_port() {
 /// hold anyone could decide (here `--always`) lets its address through on every port the
 /// policy holds but the one a domain rule keeps to the console, whose connection is still
 /// held, shown `in_console`, and goes once approved on the host (the console's side). A CIDR
-/// rule's hold is shown `in_console` too.
+/// rule's hold is shown `in_console` too, and so is a lookup a console-only domain rule holds.
 #[test]
 fn a_name_approved_anywhere_leaves_its_console_only_port_held() {
     let peer = Peer::new();
@@ -568,7 +568,8 @@ fn a_name_approved_anywhere_leaves_its_console_only_port_held() {
     let rules = format!(
         "[[egress]]\ndomain = \"kept.test\"\nports = [7299]\naction = \"hold\"\n\n\
          [[egress]]\ndomain = \"kept.test\"\nports = [7209]\naction = \"hold\"\napprove_in = \"console\"\n\n\
-         [[egress]]\ncidr = \"{elsewhere}/32\"\naction = \"hold\"\napprove_in = \"console\"\n\n[egress_default]"
+         [[egress]]\ncidr = \"{elsewhere}/32\"\naction = \"hold\"\napprove_in = \"console\"\n\n\
+         [[egress]]\ndomain = \"console.test\"\naction = \"hold\"\napprove_in = \"console\"\n\n[egress_default]"
     );
     let policy = POLICY.replace("[egress_default]", &rules);
     let (_upstream, daemon) = start_with(&peer, &policy, &[("kept.test", &[peer.v4], 300)]);
@@ -604,6 +605,16 @@ fn a_name_approved_anywhere_leaves_its_console_only_port_held() {
     let hold =
         held_and_denied(&daemon, &cgroup, &peer.tcp(elsewhere.into(), 7210), &elsewhere.to_string(), 7210);
     assert_eq!(hold["in_console"], true, "{hold}");
+
+    let child = as_agent(&cgroup, &["resolve", "console.test"]);
+    let hold = daemon.pending_one();
+    assert_eq!(
+        (hold["protocol"].as_str(), hold["domain"].as_str(), hold["in_console"].as_bool()),
+        (Some("dns"), Some("console.test"), Some(true)),
+        "{hold}"
+    );
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    let _ = finish(child);
 }
 
 /// A cgroup tagged under the `test` policy, for an agent whose processes share one root.

@@ -925,6 +925,8 @@ action = "deny"
         assert_eq!(in_console, [true, false]);
         let in_console: Vec<bool> = parsed.kernel.egress.iter().map(|rule| rule.in_console).collect();
         assert_eq!(in_console, [true, false]);
+        let lookup = |name: &str| parsed.judge_name(&Name::parse(name).unwrap()).asks.in_console;
+        assert!(lookup("a.example") && !lookup("b.example"), "a lookup is the first domain rule's to decide");
         let hold = "[[exec]]\npath = \"/x\"\naction = \"hold\"\n\n";
         for rule in [
             "[[exec]]\npath = \"/w\"\naction = \"allow\"\napprove_in = \"console\"\n",
