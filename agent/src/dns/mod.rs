@@ -403,8 +403,9 @@ fn record(shared: &Shared, sender: &DnsSender, name: &Name, addresses: &[wire::R
 /// most: where `grants` approve the name's lookup, every port the policy would hold (see
 /// [`Policy::approved_rule`]); else the domain rules' ports; and before either, the ports
 /// `grants` approve for the name where the policy would hold them for no more people than
-/// approved (a chat approval never opens a console-only port). Nothing when none names it, or when a CIDR rule denies the address (it stays
-/// the CIDR rules' to judge, whatever name it answers for).
+/// approved, nor, by an approval made anywhere, where it keeps them to the console. Nothing
+/// when none names it, or when a CIDR rule denies the address (it stays the CIDR rules' to
+/// judge, whatever name it answers for).
 fn kernel_rule(
     policy: &Policy,
     grants: &[NameGrant],
