@@ -636,6 +636,7 @@ pub fn hold_peer_policy(peer: &Peer, flagged: &[PathBuf]) -> KernelPolicy {
         protocol: 0,
         verdict: Verdict::Hold,
         quorum: 1,
+        in_console: false,
         notify: vec![],
     };
     KernelPolicy {

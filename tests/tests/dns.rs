@@ -555,6 +555,68 @@ fn always_on_a_hold_shown_with_a_name_approves_the_name_on_its_port() {
     assert!(!String::from_utf8_lossy(&received_at(other).bytes()).contains("after the deny rule"));
 }
 
+/// `approve_in = "console"` on egress rules: an approval of a name's lookup made for a
+/// hold anyone could decide (here `--always`) lets its address through on every port the
+/// policy holds but the one a domain rule keeps to the console, whose connection is still
+/// held, shown `in_console`, and goes once approved on the host (the console's side). A CIDR
+/// rule's hold is shown `in_console` too, and so is a lookup a console-only domain rule holds.
+#[test]
+fn a_name_approved_anywhere_leaves_its_console_only_port_held() {
+    let peer = Peer::new();
+    let elsewhere = peer.add_v4(3);
+    // Looked up under its first domain rule (anyone decides); its port 7209 is the console's.
+    let rules = format!(
+        "[[egress]]\ndomain = \"kept.test\"\nports = [7299]\naction = \"hold\"\n\n\
+         [[egress]]\ndomain = \"kept.test\"\nports = [7209]\naction = \"hold\"\napprove_in = \"console\"\n\n\
+         [[egress]]\ncidr = \"{elsewhere}/32\"\naction = \"hold\"\napprove_in = \"console\"\n\n\
+         [[egress]]\ndomain = \"console.test\"\naction = \"hold\"\napprove_in = \"console\"\n\n[egress_default]"
+    );
+    let policy = POLICY.replace("[egress_default]", &rules);
+    let (_upstream, daemon) = start_with(&peer, &policy, &[("kept.test", &[peer.v4], 300)]);
+    let cgroup = tagged(&daemon);
+    let child = as_agent(&cgroup, &["resolve", "kept.test"]);
+    let hold = daemon.pending_one();
+    assert_eq!(
+        (hold["protocol"].as_str(), hold["domain"].as_str(), hold.get("in_console")),
+        (Some("dns"), Some("kept.test"), None),
+        "{hold}"
+    );
+    let approved = daemon.cli(&["approve", hold["id"].as_str().expect("id"), "--always"]);
+    assert!(approved.status.success(), "approve: {}", tests::daemon::stderr(&approved));
+    assert_eq!(daemon.finish(child).0, 0);
+
+    let at = peer.v4.to_string();
+    let ordinary = peer.tcp(peer.v4.into(), 7208);
+    succeeds(&daemon, &cgroup, &["tcp", &at, "7208", "ordinary"]);
+    ordinary.wait_for("ordinary");
+    let kept = peer.tcp(peer.v4.into(), 7209);
+    let child = as_agent(&cgroup, &["tcp", &at, "7209", "kept"]);
+    let hold = daemon.pending_one();
+    assert_eq!(
+        (hold["port"].as_u64(), hold["domain"].as_str(), hold["in_console"].as_bool()),
+        (Some(7209), Some("kept.test"), Some(true)),
+        "{hold}"
+    );
+    assert!(!String::from_utf8_lossy(&kept.bytes()).contains("kept"), "through before its approval");
+    assert!(daemon.cli(&["approve", hold["id"].as_str().expect("id")]).status.success());
+    assert_eq!(daemon.finish(child).0, 0);
+    kept.wait_for("kept");
+
+    let hold =
+        held_and_denied(&daemon, &cgroup, &peer.tcp(elsewhere.into(), 7210), &elsewhere.to_string(), 7210);
+    assert_eq!(hold["in_console"], true, "{hold}");
+
+    let child = as_agent(&cgroup, &["resolve", "console.test"]);
+    let hold = daemon.pending_one();
+    assert_eq!(
+        (hold["protocol"].as_str(), hold["domain"].as_str(), hold["in_console"].as_bool()),
+        (Some("dns"), Some("console.test"), Some(true)),
+        "{hold}"
+    );
+    assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
+    let _ = finish(child);
+}
+
 /// A cgroup tagged under the `test` policy, for an agent whose processes share one root.
 fn tagged(daemon: &Daemon) -> TestCgroup {
     let cgroup = TestCgroup::new();

@@ -366,6 +366,7 @@ fn allowed_and_denied_destinations_are_decided_in_the_kernel() {
         protocol: 0,
         verdict,
         quorum: 1,
+        in_console: false,
         notify: vec![],
     };
     policy.egress.insert(0, rule(vec![(7011, 7011)], Verdict::Allow));

@@ -252,12 +252,13 @@ impl Daemon {
             // its addresses.
             let name = pending.view.domain.as_deref().and_then(|domain| domain.parse().ok());
             let (root, action, quorum) = (pending.root, pending.action, pending.view.quorum);
-            self.grants.push(Grant { root, action, until, name, quorum });
+            let in_console = pending.view.in_console;
+            self.grants.push(Grant { root, action, until, name, quorum, in_console });
             self.save_grants();
         }
         let released = match pending.held {
             Held::Kernel(key) => self.holds.approve(&mut self.enforcer, key).map(drop),
-            Held::Lookup(lookup) => lookup.approve(&mut self.enforcer, pending.view.quorum),
+            Held::Lookup(lookup) => lookup.approve(&mut self.enforcer, pending.view.asks()),
         };
         let released = released.map_err(|e| e.to_string());
         self.report_closed(id, pending.nonce, decider.closed(true));

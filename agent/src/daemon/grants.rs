@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::Daemon;
 use crate::{
     dns::{NameGrant, Reach, name::Name},
+    policy::Asks,
     state::{read_json, write_json},
 };
 
@@ -30,6 +31,10 @@ pub(super) struct Grant {
     /// for no more (1 in grants kept before quorums were).
     #[serde(default = "one")]
     pub(super) quorum: u32,
+    /// Whether its hold was decided in the console only: only then does it cover actions a
+    /// rule says `approve_in = "console"` of (false in grants kept before egress rules could).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) in_console: bool,
 }
 
 fn one() -> u32 {
@@ -38,14 +43,14 @@ fn one() -> u32 {
 
 impl Grant {
     /// Whether it covers `action` of the agent under `root`, whose destination the agent
-    /// resolved from `name` (or the lookup of `name`), which the policy holds for `quorum`
-    /// people, at Unix time `now`. Any approval of a name approves looking it up.
+    /// resolved from `name` (or the lookup of `name`), which the policy holds asking `asks`,
+    /// at Unix time `now`. Any approval of a name approves looking it up.
     pub(super) fn covers(
         &self,
         root: u64,
         action: &Action,
         name: Option<&Name>,
-        quorum: u32,
+        asks: Asks,
         now: u64,
     ) -> bool {
         let same_service = || {
@@ -61,8 +66,13 @@ impl Grant {
         };
         self.root == root
             && self.until.is_none_or(|until| until > now)
-            && quorum <= self.quorum
+            && asks.met_by(self.asks())
             && (self.action == *action || same_service())
+    }
+
+    /// What its hold asked.
+    fn asks(&self) -> Asks {
+        Asks { quorum: self.quorum, in_console: self.in_console }
     }
 
     /// What the resolver lets through for it, if it approves a name.
@@ -82,7 +92,7 @@ impl Grant {
             until: self
                 .until
                 .and_then(|secs| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))),
-            quorum: self.quorum,
+            asks: self.asks(),
         })
     }
 }
@@ -143,19 +153,28 @@ mod tests {
 
     use super::*;
 
+    const ONE: Asks = Asks::ONE;
+    const TWO: Asks = Asks { quorum: 2, in_console: false };
+
+    /// Agent 5's `--always` approval of `action`, shown with `name`, by one person anywhere.
+    fn always(action: Action, name: &Name) -> Grant {
+        Grant { root: 5, action, until: None, name: Some(name.clone()), quorum: 1, in_console: false }
+    }
+
     #[test]
     fn a_grant_covers_its_agent_s_same_action_until_it_ends() {
         let action = Action { kind: 2, port: 443, ..Action::default() };
         let other = Action { port: 80, ..action };
-        let for_ten_minutes = Grant { root: 5, action, until: Some(1_000 + 600), name: None, quorum: 1 };
-        assert!(for_ten_minutes.covers(5, &action, None, 1, 1_000));
-        assert!(for_ten_minutes.covers(5, &action, None, 1, 1_599));
-        assert!(!for_ten_minutes.covers(5, &action, None, 1, 1_600), "expired");
-        assert!(!for_ten_minutes.covers(6, &action, None, 1, 1_000), "another agent");
-        assert!(!for_ten_minutes.covers(5, &other, None, 1, 1_000), "another action");
-        assert!(!for_ten_minutes.covers(5, &action, None, 2, 1_000), "the policy now asks two people");
-        let always = Grant { root: 5, action, until: None, name: None, quorum: 1 };
-        assert!(always.covers(5, &action, None, 1, u64::MAX));
+        let for_ten_minutes =
+            Grant { root: 5, action, until: Some(1_000 + 600), name: None, quorum: 1, in_console: false };
+        assert!(for_ten_minutes.covers(5, &action, None, ONE, 1_000));
+        assert!(for_ten_minutes.covers(5, &action, None, ONE, 1_599));
+        assert!(!for_ten_minutes.covers(5, &action, None, ONE, 1_600), "expired");
+        assert!(!for_ten_minutes.covers(6, &action, None, ONE, 1_000), "another agent");
+        assert!(!for_ten_minutes.covers(5, &other, None, ONE, 1_000), "another action");
+        assert!(!for_ten_minutes.covers(5, &action, None, TWO, 1_000), "the policy now asks two people");
+        let always = Grant { root: 5, action, until: None, name: None, quorum: 1, in_console: false };
+        assert!(always.covers(5, &action, None, ONE, u64::MAX));
     }
 
     #[test]
@@ -168,24 +187,25 @@ mod tests {
             addr: [1; 16],
             ..Action::default()
         };
-        let grant = Grant { root: 5, action, until: None, name: Some(name.clone()), quorum: 1 };
+        let grant =
+            Grant { root: 5, action, until: None, name: Some(name.clone()), quorum: 1, in_console: false };
         let elsewhere = Action { addr: [2; 16], ..action };
         let covers = |action: &Action, name: Option<&Name>, quorum| grant.covers(5, action, name, quorum, 0);
-        assert!(covers(&elsewhere, Some(&name), 1));
-        assert!(!covers(&elsewhere, Some(&name), 2), "where the policy asks two people");
-        assert!(!covers(&elsewhere, None, 1), "an address not resolved from the name");
-        assert!(!covers(&elsewhere, Some(&Name::parse("example.com").unwrap()), 1), "another name");
-        assert!(!covers(&Action { port: 80, ..elsewhere }, Some(&name), 1), "another port");
+        assert!(covers(&elsewhere, Some(&name), ONE));
+        assert!(!covers(&elsewhere, Some(&name), TWO), "where the policy asks two people");
+        assert!(!covers(&elsewhere, None, ONE), "an address not resolved from the name");
+        assert!(!covers(&elsewhere, Some(&Name::parse("example.com").unwrap()), ONE), "another name");
+        assert!(!covers(&Action { port: 80, ..elsewhere }, Some(&name), ONE), "another port");
         assert!(
-            !covers(&Action { protocol: protocol::UDP, ..elsewhere }, Some(&name), 1),
+            !covers(&Action { protocol: protocol::UDP, ..elsewhere }, Some(&name), ONE),
             "another protocol"
         );
-        assert!(!grant.covers(6, &elsewhere, Some(&name), 1, 0), "another agent");
+        assert!(!grant.covers(6, &elsewhere, Some(&name), ONE, 0), "another agent");
         let shared = grant.name_grant().unwrap();
         let reach = Reach::Port { protocol: protocol::TCP, port: 443 };
         assert_eq!(
-            (shared.root, shared.name, shared.reach, shared.until, shared.quorum),
-            (5, name, reach, None, 1)
+            (shared.root, shared.name, shared.reach, shared.until, shared.asks),
+            (5, name, reach, None, ONE)
         );
         let endless = Grant { until: Some(u64::MAX), ..grant };
         assert_eq!(endless.name_grant().unwrap().until, None, "an end past the clock's is none");
@@ -197,7 +217,7 @@ mod tests {
     fn a_grant_of_a_lookup_covers_the_name_s_lookups_and_its_addresses_on_every_port() {
         let name = Name::parse("api.example.com").unwrap();
         let lookup = Action { kind: kind::LOOKUP, ..Action::default() };
-        let grant = Grant { root: 5, action: lookup, until: None, name: Some(name.clone()), quorum: 1 };
+        let grant = always(lookup, &name);
         let connect = Action {
             kind: kind::EGRESS,
             protocol: protocol::UDP,
@@ -205,25 +225,54 @@ mod tests {
             addr: [1; 16],
             ..Action::default()
         };
-        assert!(grant.covers(5, &lookup, Some(&name), 1, 0));
-        assert!(grant.covers(5, &connect, Some(&name), 1, 0));
-        assert!(!grant.covers(5, &connect, None, 1, 0), "an address not resolved from the name");
-        assert!(!grant.covers(5, &connect, Some(&name), 2, 0), "where the policy asks two people");
+        assert!(grant.covers(5, &lookup, Some(&name), ONE, 0));
+        assert!(grant.covers(5, &connect, Some(&name), ONE, 0));
+        assert!(!grant.covers(5, &connect, None, ONE, 0), "an address not resolved from the name");
+        assert!(!grant.covers(5, &connect, Some(&name), TWO, 0), "where the policy asks two people");
         let exec = Action { kind: kind::EXEC, ..Action::default() };
-        assert!(!grant.covers(5, &exec, Some(&name), 1, 0));
+        assert!(!grant.covers(5, &exec, Some(&name), ONE, 0));
         assert_eq!(grant.name_grant().unwrap().reach, Reach::Name);
         let on_443 = Grant {
             action: Action { kind: kind::EGRESS, protocol: protocol::TCP, port: 443, ..connect },
             ..grant
         };
-        assert!(on_443.covers(5, &lookup, Some(&name), 1, 0), "a port's approval lets the name be looked up");
+        assert!(
+            on_443.covers(5, &lookup, Some(&name), ONE, 0),
+            "a port's approval lets the name be looked up"
+        );
+    }
+
+    #[test]
+    fn only_a_grant_of_a_console_only_hold_covers_what_a_rule_keeps_to_the_console() {
+        let name = Name::parse("api.example.com").unwrap();
+        let lookup = Action { kind: kind::LOOKUP, ..Action::default() };
+        let connect = Action { kind: kind::EGRESS, protocol: protocol::TCP, port: 8443, ..Action::default() };
+        let chat = always(lookup, &name);
+        let console = Grant { in_console: true, ..always(lookup, &name) };
+        let in_console = Asks { in_console: true, ..ONE };
+        assert!(chat.covers(5, &connect, Some(&name), ONE, 0));
+        assert!(
+            !chat.covers(5, &connect, Some(&name), in_console, 0),
+            "a port the rule keeps to the console"
+        );
+        assert!(!chat.covers(5, &lookup, Some(&name), in_console, 0));
+        assert!(console.covers(5, &connect, Some(&name), in_console, 0));
+        assert!(console.covers(5, &connect, Some(&name), ONE, 0));
+        assert_eq!(
+            console.name_grant().unwrap().asks,
+            in_console,
+            "and so does what the resolver lets through"
+        );
+        let text = serde_json::to_string(&console).unwrap();
+        assert!(serde_json::from_str::<Grant>(&text).unwrap().in_console, "{text}");
+        assert!(!serde_json::to_string(&chat).unwrap().contains("in_console"));
     }
 
     #[test]
     fn a_grant_is_kept_as_the_bytes_of_its_action() {
         let name = Some(Name::parse("api.example.com").unwrap());
         let action = Action { kind: 2, port: 443, ..Action::default() };
-        let grant = Grant { root: 5, action, until: None, name, quorum: 2 };
+        let grant = Grant { root: 5, action, until: None, name, quorum: 2, in_console: false };
         let text = serde_json::to_string(&grant).unwrap();
         let back: Grant = serde_json::from_str(&text).unwrap();
         assert_eq!((back.root, back.action, back.until, back.quorum), (5, grant.action, None, 2));
@@ -234,6 +283,6 @@ mod tests {
         let before_names = r#"{"root":5,"action":"HEX","until":null}"#
             .replace("HEX", &hex::encode(bytemuck::bytes_of(&grant.action)));
         let old = serde_json::from_str::<Grant>(&before_names).unwrap();
-        assert_eq!((old.name, old.quorum), (None, 1));
+        assert_eq!((old.asks(), old.name), (ONE, None), "a grant kept before approve_in is a chat one");
     }
 }

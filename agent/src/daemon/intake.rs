@@ -49,7 +49,7 @@ use crate::{
         table::Happened,
     },
     kernel::error_chain,
-    policy::{ExecJudgement, Policy, Verdict},
+    policy::{Asks, ExecJudgement, Policy, Verdict},
 };
 
 impl Daemon {
@@ -143,8 +143,8 @@ impl Daemon {
                 verdict: Verdict::Hold,
                 rule: egress.rule,
                 argv_dependent: false,
-                quorum: egress.quorum,
-                in_console: false,
+                quorum: egress.asks.quorum,
+                in_console: egress.asks.in_console,
                 notify: egress.notify,
             };
             let memory = FromMemory::read(event, None);
@@ -311,8 +311,9 @@ impl Daemon {
         let name = (event.hold.action.kind == kind::EGRESS)
             .then(|| self.resolved_name(root, &event.hold.action))
             .flatten();
-        let (action, quorum) = (&event.hold.action, judgement.quorum);
-        let granted = self.grants.iter().any(|g| g.covers(root, action, name.as_ref(), quorum, unix_now()));
+        let (action, asks) =
+            (&event.hold.action, Asks { quorum: judgement.quorum, in_console: judgement.in_console });
+        let granted = self.grants.iter().any(|g| g.covers(root, action, name.as_ref(), asks, unix_now()));
         if granted || verdict == Verdict::Allow {
             let why = if granted { "an earlier approval's scope covers it" } else { "the policy allows it" };
             records.push(AuditEvent::Release { id, by: "keyturn".into(), why: Some(why.into()) });

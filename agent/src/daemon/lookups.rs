@@ -14,6 +14,7 @@ use crate::{
         procfs,
     },
     kernel::monotonic_ns,
+    policy::Asks,
 };
 
 /// A held lookup's side of its pending hold: the resolver waits on `decided`.
@@ -34,14 +35,10 @@ impl HeldLookup {
         self.process.pid()
     }
 
-    /// Approved by `quorum` people: the resolver asks upstream, answers, then resumes the
-    /// process (or it is resumed here, if the resolver is gone).
-    pub(super) fn approve(
-        self,
-        enforcer: &mut crate::kernel::Enforcer,
-        quorum: u32,
-    ) -> Result<(), HeldError> {
-        let decision = LookupDecision { approved: Some(quorum), process: Some(self.process) };
+    /// Approved, as its hold asked (`asks`): the resolver asks upstream, answers, then
+    /// resumes the process (or it is resumed here, if the resolver is gone).
+    pub(super) fn approve(self, enforcer: &mut crate::kernel::Enforcer, asks: Asks) -> Result<(), HeldError> {
+        let decision = LookupDecision { approved: Some(asks), process: Some(self.process) };
         self.decided.send(decision).or_else(|unsent| resume(enforcer, unsent))
     }
 
@@ -74,7 +71,7 @@ impl Daemon {
     /// maximum of pending holds (kernel and lookup holds alike), or its sender cannot be
     /// stopped (gone, or no longer under the agent's root).
     pub(super) fn hold_lookup(&mut self, hold: LookupHold) {
-        let LookupHold { sender, name, rule, quorum, notify, decided } = hold;
+        let LookupHold { sender, name, rule, asks, notify, decided } = hold;
         let root = sender.root;
         let action = Action {
             kind: kind::LOOKUP,
@@ -89,11 +86,11 @@ impl Daemon {
         if self.agent_and_policy(root).is_none() {
             return self.refuse_lookup(id, sender.tgid, "no agent known for this cgroup".into());
         }
-        if self.grants.iter().any(|grant| grant.covers(root, &action, Some(&name), quorum, unix_now())) {
+        if self.grants.iter().any(|grant| grant.covers(root, &action, Some(&name), asks, unix_now())) {
             let why = Some("an earlier approval's scope covers it".into());
             self.record(AuditEvent::Release { id, by: "keyturn".into(), why });
             self.stats.auto_released += 1;
-            let _ = decided.send(LookupDecision { approved: Some(quorum), process: None });
+            let _ = decided.send(LookupDecision { approved: Some(asks), process: None });
             return;
         }
         let pending = self.pending.values().filter(|pending| pending.root == root).count();
@@ -108,8 +105,8 @@ impl Daemon {
             }
         };
         let mut view = self.view_of(&event, None, FromMemory::read(&event, None));
-        (view.domain, view.policy_rule, view.quorum, view.notify) =
-            (Some(name.to_string()), rule, quorum, notify);
+        (view.domain, view.policy_rule, view.notify) = (Some(name.to_string()), rule, notify);
+        (view.quorum, view.in_console) = (asks.quorum, asks.in_console);
         self.list_pending(Held::Lookup(HeldLookup { decided, process }), view, &event, Vec::new(), false);
     }
 

@@ -10,18 +10,19 @@ use std::{
 use agent_common::{EgressRule, PortRule, capacity, protocol, verdict};
 
 use super::name::Name;
+use crate::policy::Asks;
 
 /// An approval of `name` for the agent under `root`: the agent may look the name up, and
 /// every address it resolves the name to is let through where `reach` says, until `until`
-/// (`None`: while the agent is tagged), where the policy would hold the connection for a
-/// quorum of at most `quorum` (the approved hold's).
+/// (`None`: while the agent is tagged), where the policy would hold the connection asking
+/// no more than `asks` (the approved hold's: a chat approval never opens a console-only port).
 #[derive(Clone, Debug)]
 pub struct NameGrant {
     pub root: u64,
     pub name: Name,
     pub reach: Reach,
     pub until: Option<SystemTime>,
-    pub quorum: u32,
+    pub asks: Asks,
 }
 
 /// Where an approved name's addresses are let through.
@@ -34,12 +35,13 @@ pub enum Reach {
 }
 
 /// Whether `grants` let the agent under `root` look `name` up at `now`, where the policy
-/// holds the lookup for `quorum` people: any approval of the name by as many does.
-pub fn approved(grants: &[NameGrant], root: u64, name: &Name, quorum: u32, now: SystemTime) -> bool {
-    grants.iter().any(|grant| grant.covers(root, name, now) && quorum <= grant.quorum)
+/// holds the lookup asking `asks`: any approval of the name that asked as much does.
+pub fn approved(grants: &[NameGrant], root: u64, name: &Name, asks: Asks, now: SystemTime) -> bool {
+    grants.iter().any(|grant| grant.covers(root, name, now) && asks.met_by(grant.asks))
 }
 
-/// The approval of `name`'s lookup by the most people among `grants`, if any is in force.
+/// The approval of `name`'s lookup by the most people (made in the console, of two as
+/// many) among `grants`, if any is in force.
 pub fn lookup_approval<'a>(
     grants: &'a [NameGrant],
     root: u64,
@@ -49,7 +51,7 @@ pub fn lookup_approval<'a>(
     grants
         .iter()
         .filter(|grant| grant.reach == Reach::Name && grant.covers(root, name, now))
-        .max_by_key(|grant| grant.quorum)
+        .max_by_key(|grant| (grant.asks.quorum, grant.asks.in_console))
 }
 
 impl NameGrant {
@@ -69,7 +71,7 @@ impl NameGrant {
 
 /// `rule` (the domain rules' ports for `name`, if any name it) with the ports `grants`
 /// approve for the name put first, where `held_for(grant)` says the policy would otherwise
-/// hold the connection for no more than the grant's quorum (never where it denies it), and
+/// hold the connection asking no more than the grant's hold (never where it denies it), and
 /// how long at most the result may last (until the first of those grants ends). `None`
 /// when neither says anything of the name. When the grants' ports do not fit beside the
 /// domain rules' in the kernel's rule, the rule is left as it is: the daemon then releases
@@ -121,7 +123,7 @@ mod tests {
 
     fn grant(port: u16, until: Option<SystemTime>) -> NameGrant {
         let reach = Reach::Port { protocol: protocol::TCP, port };
-        NameGrant { root: 5, name: name("api.example.com"), reach, until, quorum: 1 }
+        NameGrant { root: 5, name: name("api.example.com"), reach, until, asks: Asks::ONE }
     }
 
     /// `with_grants` for agent 5's `api.example.com`, where the policy holds every port.
@@ -159,11 +161,17 @@ mod tests {
         let (rule, lasts) = granted(None, &[grant(443, None)], now).unwrap();
         assert_eq!((rule.count, rule.ports[0].low, rule.fallback), (1, 443, verdict::NONE));
         assert_eq!(lasts, Duration::MAX);
-        assert!(approved(&[grant(443, None)], 5, &name("api.example.com"), 1, now));
+        assert!(approved(&[grant(443, None)], 5, &name("api.example.com"), Asks::ONE, now));
+        let two = Asks { quorum: 2, ..Asks::ONE };
         assert!(
-            !approved(&[grant(443, None)], 5, &name("api.example.com"), 2, now),
+            !approved(&[grant(443, None)], 5, &name("api.example.com"), two, now),
             "a lookup two must approve"
         );
+        let in_console = Asks { in_console: true, ..Asks::ONE };
+        let chat = [grant(443, None)];
+        assert!(!approved(&chat, 5, &name("api.example.com"), in_console, now), "a console-only lookup");
+        let console = [NameGrant { asks: in_console, ..grant(443, None) }];
+        assert!(approved(&console, 5, &name("api.example.com"), in_console, now));
     }
 
     #[test]
@@ -176,7 +184,7 @@ mod tests {
         let api = name("api.example.com");
         assert_eq!(granted(None, &grants, now), None);
         assert_eq!(granted(Some(deny_22()), &grants, now), Some((deny_22(), Duration::MAX)));
-        assert!(!approved(&grants, 5, &api, 1, now));
+        assert!(!approved(&grants, 5, &api, Asks::ONE, now));
     }
 
     #[test]
@@ -198,7 +206,7 @@ mod tests {
             None,
             "a grant of any protocol would open them all"
         );
-        assert!(!approved(&[any], 5, &api, 1, now));
+        assert!(!approved(&[any], 5, &api, Asks::ONE, now));
     }
 
     #[test]
@@ -206,13 +214,13 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH;
         let api = name("api.example.com");
         let by_one = NameGrant { reach: Reach::Name, ..grant(0, Some(now + Duration::from_secs(30))) };
-        let by_two = NameGrant { quorum: 2, ..by_one.clone() };
+        let by_two = NameGrant { asks: Asks { quorum: 2, in_console: false }, ..by_one.clone() };
         let grants = [by_one, by_two, grant(443, None)];
         let found = lookup_approval(&grants, 5, &api, now).unwrap();
-        assert_eq!((found.quorum, found.lasts(now)), (2, Duration::from_secs(30)));
+        assert_eq!((found.asks.quorum, found.lasts(now)), (2, Duration::from_secs(30)));
         assert!(lookup_approval(&grants, 5, &api, now + Duration::from_secs(30)).is_none(), "ended");
         assert!(lookup_approval(&grants[2..], 5, &api, now).is_none(), "a port's approval is no lookup's");
-        assert!(approved(&grants, 5, &api, 2, now));
+        assert!(approved(&grants, 5, &api, Asks { quorum: 2, in_console: false }, now));
         let (rule, _) = granted(None, &grants, now).unwrap();
         assert_eq!((rule.count, rule.ports[0].low), (1, 443), "only the port's approval takes a slot");
     }

@@ -11,7 +11,7 @@ use agent_common::DnsSender;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::name::Name;
-use crate::hold::process::LookupProcess;
+use crate::{hold::process::LookupProcess, policy::Asks};
 
 /// Queries that may wait on one held lookup, and on all of one agent's; more are refused
 /// at once. Each waits in a task of its own, holding none of the resolver's shared slots.
@@ -23,10 +23,10 @@ const QUERIES_PER_AGENT: usize = 64;
 pub struct LookupHold {
     pub sender: DnsSender,
     pub name: Name,
-    /// The rule that holds it, as an approver reads it, how many people must approve, and
-    /// whom it is told of directly.
+    /// The rule that holds it, as an approver reads it, what approving it asks, and whom
+    /// it is told of directly.
     pub rule: String,
-    pub quorum: u32,
+    pub asks: Asks,
     pub notify: Vec<String>,
     pub decided: oneshot::Sender<LookupDecision>,
 }
@@ -34,8 +34,8 @@ pub struct LookupHold {
 /// The daemon's decision on a held lookup.
 #[derive(Debug)]
 pub struct LookupDecision {
-    /// By how many people it was approved; `None`: refused (denied, timed out, closed).
-    pub approved: Option<u32>,
+    /// What the approval of it asked (its hold's); `None`: refused (denied, timed out, closed).
+    pub approved: Option<Asks>,
     /// The sender, stopped while its lookup waited: resumed once every query waiting on the
     /// lookup is answered. `None` when it was not stopped, or was killed.
     pub process: Option<LookupProcess>,
@@ -44,7 +44,7 @@ pub struct LookupDecision {
 /// What every query waiting on a held lookup learns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Approved { quorum: u32 },
+    Approved(Asks),
     Refused,
 }
 
@@ -70,8 +70,8 @@ pub struct HeldLookups {
 }
 
 impl HeldLookups {
-    /// Waits for the decision on `name`, looked up by `sender`, which `rule` holds for
-    /// `quorum` people (telling `notify`): joins the agent's hold of the name if it has one, else asks `raise`
+    /// Waits for the decision on `name`, looked up by `sender`, which `rule` holds asking
+    /// `asks` (telling `notify`): joins the agent's hold of the name if it has one, else asks `raise`
     /// for one. `None`: refused at once, as the agent already has `max_pending` lookups
     /// held, or it or this one has as many queries waiting as it may.
     pub async fn decide(
@@ -79,7 +79,7 @@ impl HeldLookups {
         raise: &mpsc::Sender<LookupHold>,
         sender: DnsSender,
         name: &Name,
-        (rule, quorum, notify): (String, u32, Vec<String>),
+        (rule, asks, notify): (String, Asks, Vec<String>),
         max_pending: usize,
     ) -> Option<(Outcome, Waited)> {
         let key = (sender.root, name.clone());
@@ -106,15 +106,14 @@ impl HeldLookups {
         };
         if let Some(publish) = publish {
             let (decided, decision) = oneshot::channel();
-            let hold = LookupHold { sender, name: name.clone(), rule, quorum, notify, decided };
+            let hold = LookupHold { sender, name: name.clone(), rule, asks, notify, decided };
             // A daemon that cannot take it, or drops it undecided, refuses it.
             let decision = match raise.send(hold).await {
                 Ok(()) => decision.await.ok(),
                 Err(_) => None,
             };
             let (outcome, process) = decision.map_or((Outcome::Refused, None), |decision| {
-                let outcome =
-                    decision.approved.map_or(Outcome::Refused, |quorum| Outcome::Approved { quorum });
+                let outcome = decision.approved.map_or(Outcome::Refused, Outcome::Approved);
                 (outcome, decision.process)
             });
             if let Some(waiting) = self.lock().get_mut(&key) {
@@ -179,7 +178,9 @@ mod tests {
         let ask = |root| {
             let (lookups, raise) = (lookups.clone(), raise.clone());
             tokio::spawn(async move {
-                lookups.decide(&raise, sender(root), &name("a.example"), ("rule".into(), 1, vec![]), 1).await
+                lookups
+                    .decide(&raise, sender(root), &name("a.example"), ("rule".into(), Asks::ONE, vec![]), 1)
+                    .await
             })
         };
         let (a, aaaa) = (ask(5), ask(5));
@@ -189,16 +190,18 @@ mod tests {
         }
         assert_eq!((hold.sender.root, hold.name.to_string()), (5, "a.example".to_owned()));
         // The agent's second held name is one too many; another agent's is its own.
-        let other =
-            lookups.decide(&raise, sender(5), &name("b.example"), ("rule".into(), 1, vec![]), 1).await;
+        let other = lookups
+            .decide(&raise, sender(5), &name("b.example"), ("rule".into(), Asks::ONE, vec![]), 1)
+            .await;
         assert!(other.is_none(), "over the agent's pending holds");
         let elsewhere = ask(6);
         let their_hold = raised.recv().await.expect("another agent's hold");
         assert_eq!(their_hold.sender.root, 6);
-        hold.decided.send(LookupDecision { approved: Some(2), process: None }).unwrap();
+        let two = Asks { quorum: 2, in_console: false };
+        hold.decided.send(LookupDecision { approved: Some(two), process: None }).unwrap();
         for query in [a, aaaa] {
             let (outcome, waited) = query.await.unwrap().expect("decided");
-            assert_eq!(outcome, Outcome::Approved { quorum: 2 });
+            assert_eq!(outcome, Outcome::Approved(two));
             lookups.answered(waited, |_| unreachable!("nothing was stopped"));
         }
         assert!(raised.try_recv().is_err(), "one hold for both queries");

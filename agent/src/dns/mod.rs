@@ -46,7 +46,7 @@ use agent_common::{Action, DnsSender, EgressRule, kind};
 
 use crate::{
     kernel::names::NameMaps,
-    policy::{Policy, Verdict, kernel::kernel_addr},
+    policy::{Asks, Policy, Verdict, kernel::kernel_addr},
 };
 pub use grants::{NameGrant, Reach};
 pub use hold::{LookupDecision, LookupHold};
@@ -364,16 +364,16 @@ fn in_force(shared: &Shared) -> Vec<NameGrant> {
     [grants, once].concat()
 }
 
-/// Approves `name` for the agent under `root`, by `quorum` people, for `lasts` from now (or
-/// longer, if approved so already): a held lookup approved once.
-fn approve_once(shared: &Shared, root: u64, name: &Name, quorum: u32, lasts: Duration) {
+/// Approves `name` for the agent under `root`, as its hold asked (`asks`), for `lasts` from
+/// now (or longer, if approved so already): a held lookup approved once.
+fn approve_once(shared: &Shared, root: u64, name: &Name, asks: Asks, lasts: Duration) {
     let now = SystemTime::now();
     let until = Some(now + lasts);
     let mut once = shared.once.lock().unwrap_or_else(PoisonError::into_inner);
     once.retain(|grant| grant.until.is_some_and(|end| end > now));
-    match once.iter_mut().find(|grant| grant.root == root && grant.name == *name && grant.quorum == quorum) {
+    match once.iter_mut().find(|grant| grant.root == root && grant.name == *name && grant.asks == asks) {
         Some(grant) => grant.until = grant.until.max(until),
-        None => once.push(NameGrant { root, name: name.clone(), reach: Reach::Name, until, quorum }),
+        None => once.push(NameGrant { root, name: name.clone(), reach: Reach::Name, until, asks }),
     }
 }
 
@@ -403,8 +403,9 @@ fn record(shared: &Shared, sender: &DnsSender, name: &Name, addresses: &[wire::R
 /// most: where `grants` approve the name's lookup, every port the policy would hold (see
 /// [`Policy::approved_rule`]); else the domain rules' ports; and before either, the ports
 /// `grants` approve for the name where the policy would hold them for no more people than
-/// approved. Nothing when none names it, or when a CIDR rule denies the address (it stays
-/// the CIDR rules' to judge, whatever name it answers for).
+/// approved, nor, by an approval made anywhere, where it keeps them to the console. Nothing
+/// when none names it, or when a CIDR rule denies the address (it stays the CIDR rules' to
+/// judge, whatever name it answers for).
 fn kernel_rule(
     policy: &Policy,
     grants: &[NameGrant],
@@ -418,7 +419,7 @@ fn kernel_rule(
     }
     let now = SystemTime::now();
     let approved = grants::lookup_approval(grants, root, name, now)
-        .and_then(|grant| Some((policy.approved_rule(name, addr, grant.quorum)?, grant.lasts(now))));
+        .and_then(|grant| Some((policy.approved_rule(name, addr, grant.asks)?, grant.lasts(now))));
     let (rule, approval_lasts) = match approved {
         Some((rule, lasts)) => (Some(rule), lasts),
         None => (policy.judge_name(name).kernel, Duration::MAX),
@@ -428,7 +429,7 @@ fn kernel_rule(
         let action =
             Action { kind: kind::EGRESS, protocol, port: u32::from(port), addr, ..Action::default() };
         let judged = policy.egress_rule(&action, Some(name));
-        judged.verdict == Verdict::Hold && judged.quorum <= grant.quorum
+        judged.verdict == Verdict::Hold && judged.asks.met_by(grant.asks)
     };
     let (rule, lasts) = grants::with_grants(rule, grants, (root, name), now, held_for)?;
     Some((rule, lasts.min(approval_lasts)))
@@ -532,7 +533,7 @@ async fn answer(
     let judged = policy.judge_name(&query.name);
     let approved = || {
         let now = SystemTime::now();
-        grants::approved(&in_force(shared), sender.root, &query.name, judged.quorum, now)
+        grants::approved(&in_force(shared), sender.root, &query.name, judged.asks, now)
     };
     let key = (sender.root, query.name.clone());
     let refused_lately = || {
@@ -549,7 +550,7 @@ async fn answer(
             bump(&stats.held);
             drop(slot.take());
             let max_pending = max_pending.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
-            let asked = (judged.rule.clone(), judged.quorum, judged.notify.clone());
+            let asked = (judged.rule.clone(), judged.asks, judged.notify.clone());
             Some(shared.lookups.decide(&shared.raise, sender, &query.name, asked, max_pending).await)
         }
         Verdict::Allow => None,
@@ -557,11 +558,11 @@ async fn answer(
     let (waited, approved) = match held {
         None => (None, None),
         // Approved, and still approved enough by the policy in force now.
-        Some(Some((hold::Outcome::Approved { quorum }, waited)))
-            if still_approved(shared, &sender, &query.name, quorum) =>
+        Some(Some((hold::Outcome::Approved(asks), waited)))
+            if still_approved(shared, &sender, &query.name, asks) =>
         {
-            approve_once(shared, sender.root, &query.name, quorum, ONCE_AT_LEAST);
-            (Some(waited), Some(quorum))
+            approve_once(shared, sender.root, &query.name, asks, ONCE_AT_LEAST);
+            (Some(waited), Some(asks))
         }
         // Denied by the policy or a person, or more held lookups than the agent may have.
         Some(refused) => {
@@ -579,25 +580,25 @@ async fn answer(
     Answer { reply: Some(reply), waited }
 }
 
-/// Whether a lookup of `name` by `sender` approved by `quorum` people may still go out: a
-/// reload while it was held may have denied the name, or asked more people.
-fn still_approved(shared: &Shared, sender: &DnsSender, name: &Name, quorum: u32) -> bool {
+/// Whether a lookup of `name` by `sender`, approved as `approved` asks, may still go out: a
+/// reload while it was held may have denied the name, or asked more people or the console.
+fn still_approved(shared: &Shared, sender: &DnsSender, name: &Name, approved: Asks) -> bool {
     let policy = shared.maps.lock().unwrap_or_else(PoisonError::into_inner).policy_of(sender.root);
     let policy = policy.and_then(|id| shared.policies.borrow().get(&id).cloned());
     policy.is_some_and(|policy| {
         let judged = policy.judge_name(name);
-        judged.verdict == Verdict::Allow || (judged.verdict == Verdict::Hold && judged.quorum <= quorum)
+        judged.verdict == Verdict::Allow || (judged.verdict == Verdict::Hold && judged.asks.met_by(approved))
     })
 }
 
 /// Asks the upstreams `query`, and records the answer's addresses before the agent has it;
-/// a lookup just approved by `approved` people approves the name for the answer's TTL.
+/// a lookup just approved (as `approved` asks) approves the name for the answer's TTL.
 async fn forward(
     shared: &Shared,
     sender: &DnsSender,
     query: &wire::Query,
     transport: Transport,
-    approved: Option<u32>,
+    approved: Option<Asks>,
 ) -> Vec<u8> {
     let stats = &shared.stats;
     let Some((mut reply, answer)) = upstream::ask(&shared.upstreams, query, transport).await else {
@@ -607,11 +608,11 @@ async fn forward(
     // Recorded before the agent has the answer, so its connection finds them. A truncated
     // answer is passed on as it is: the agent asks again over TCP, and that one counts.
     let complete = if answer.truncated { &[][..] } else { &answer.addresses[..] };
-    if let Some(quorum) = approved
+    if let Some(asks) = approved
         && let Some(ttl) = complete.iter().map(|resolved| resolved.ttl).min()
     {
         let lasts = Duration::from_secs(u64::from(ttl)).clamp(ONCE_AT_LEAST, ONCE_AT_MOST);
-        approve_once(shared, sender.root, &query.name, quorum, lasts);
+        approve_once(shared, sender.root, &query.name, asks, lasts);
     }
     if record(shared, sender, &query.name, complete).is_err() {
         bump(&stats.failed);

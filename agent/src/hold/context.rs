@@ -95,6 +95,13 @@ pub struct HoldView {
     pub port: Option<u16>,
 }
 
+impl HoldView {
+    /// What approving it asks: the flagging rule's `quorum` and `approve_in`.
+    pub fn asks(&self) -> crate::policy::Asks {
+        crate::policy::Asks { quorum: self.quorum, in_console: self.in_console }
+    }
+}
+
 /// Text for an approver's eyes from bytes an agent chose (paths, argv, working directory,
 /// command names). Valid printable UTF-8 is kept as it is; a backslash becomes `\\`; a
 /// byte that is not valid UTF-8, a C0 control or DEL becomes `\xNN`; a C1 control or an

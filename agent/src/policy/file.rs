@@ -17,7 +17,7 @@ use crate::{
     hold::identity::{Digests, Executable},
     hold::process::OnDeny,
     policy::{
-        EgressSpec, KernelPolicy, Verdict, display_cidr,
+        Asks, EgressSpec, KernelPolicy, Verdict, display_cidr,
         kernel::Cidr,
         names::{self, NameJudgement, NameRule},
     },
@@ -269,36 +269,43 @@ impl Policy {
     }
 
     /// What the kernel lets the agent reach at `addr` (kernel form), an address of `name`,
-    /// once `quorum` people approved looking the name up: every port the policy would hold
-    /// is let through, what it denies or allows stays so. `None` where that cannot be given
-    /// to the kernel: a rule that would hold the address asks more people, or the domain
-    /// and CIDR rules together have more port rules than the kernel's rule holds (then the
-    /// daemon releases the connections the approval covers).
-    pub fn approved_rule(&self, name: &Name, addr: [u8; 16], quorum: u32) -> Option<EgressRule> {
+    /// once looking the name up was approved as `approved` asks: every port the policy would
+    /// hold for no more (see [`Asks::met_by`]) is let through, what it denies or allows or
+    /// holds for more stays so. `None` where the domain and CIDR rules together have more
+    /// port rules than the kernel's rule holds (then the daemon releases the connections the
+    /// approval covers).
+    pub fn approved_rule(&self, name: &Name, addr: [u8; 16], approved: Asks) -> Option<EgressRule> {
         let host = Cidr { addr, prefix: 128 };
-        let naming = self.names.iter().filter(|r| r.pattern.matches(name)).map(|r| (r.verdict, r.quorum));
-        let containing =
-            self.kernel.egress.iter().filter(|r| r.cidr.contains(&host)).map(|r| (r.verdict, r.quorum));
-        let asks = naming.chain(containing).filter(|(verdict, _)| *verdict == Verdict::Hold).map(|(_, q)| q);
-        if asks.max().unwrap_or(1) > quorum {
-            return None;
-        }
-        let mut rule = self
-            .judge_name(name)
+        // The rules as the approval leaves them: a hold it is enough for, an allow.
+        let released = |verdict, asks: Asks| {
+            if verdict == Verdict::Hold && asks.met_by(approved) { Verdict::Allow } else { verdict }
+        };
+        let domains: Vec<NameRule> = self
+            .names
+            .iter()
+            .map(|rule| NameRule { verdict: released(rule.verdict, rule.asks()), ..rule.clone() })
+            .collect();
+        let kernel = KernelPolicy {
+            egress_default: released(self.kernel.egress_default, Asks::ONE),
+            egress: self
+                .kernel
+                .egress
+                .iter()
+                .map(|rule| EgressSpec { verdict: released(rule.verdict, rule.asks()), ..rule.clone() })
+                .collect(),
+            executables: Vec::new(),
+            ..self.kernel
+        };
+        let mut rule = names::judge(&domains, (kernel.egress_default, &[]), name)
             .kernel
             .unwrap_or(EgressRule { fallback: verdict::NONE, ..EgressRule::default() });
         if rule.fallback == verdict::NONE {
             // The ports the domain rules leave to the CIDR rules, as those judge the address.
-            let cidr = self.kernel.folded(host).ok()?;
+            let cidr = kernel.folded(host).ok()?;
             let (count, more) = (rule.count as usize, cidr.count as usize);
             rule.ports.get_mut(count..count + more)?.copy_from_slice(&cidr.ports[..more]);
             (rule.count, rule.fallback) = (rule.count + cidr.count, cidr.fallback);
         }
-        let released = |verdict: u32| if verdict == verdict::HOLD { verdict::ALLOW } else { verdict };
-        for port in &mut rule.ports[..rule.count as usize] {
-            port.verdict = u16::try_from(released(u32::from(port.verdict))).unwrap_or(0);
-        }
-        rule.fallback = released(rule.fallback);
         Some(rule)
     }
 
@@ -308,20 +315,20 @@ impl Policy {
     pub fn egress_rule(&self, action: &Action, name: Option<&Name>) -> EgressJudgement {
         let port = u16::try_from(action.port).unwrap_or(0);
         if let Some(rule) = name.and_then(|name| names::rule_for(&self.names, name, port, action.protocol)) {
-            let (verdict, quorum, notify) = (rule.verdict, rule.quorum, rule.notify.clone());
-            return EgressJudgement { verdict, rule: rule.describe(), quorum, notify };
+            let (verdict, asks, notify) = (rule.verdict, rule.asks(), rule.notify.clone());
+            return EgressJudgement { verdict, rule: rule.describe(), asks, notify };
         }
         self.kernel.rule_for(action.addr, port, action.protocol).map_or_else(
             || EgressJudgement {
                 verdict: self.kernel.egress_default,
                 rule: "egress_default".into(),
-                quorum: 1,
+                asks: Asks::ONE,
                 notify: self.egress_default_notify.clone(),
             },
             |r| EgressJudgement {
                 verdict: r.verdict,
                 rule: format!("egress {} action {:?}", display_cidr(&r.cidr), r.verdict),
-                quorum: r.quorum,
+                asks: r.asks(),
                 notify: r.notify.clone(),
             },
         )
@@ -334,8 +341,8 @@ pub struct EgressJudgement {
     pub verdict: Verdict,
     /// The rule that decides, as an approver reads it.
     pub rule: String,
-    /// How many distinct people must approve it, when it is held.
-    pub quorum: u32,
+    /// How many distinct people must approve it, when it is held, and where.
+    pub asks: Asks,
     /// The people told directly of it, when it is held.
     pub notify: Vec<String>,
 }
@@ -417,7 +424,7 @@ fn rule_line(text: &str, table: &str, index: usize) -> usize {
 /// Most distinct approvers a rule may ask for.
 const MAX_QUORUM: i64 = 9;
 
-/// An exec rule's `approve_in`: whether its holds are decided in the console only; only a
+/// A rule's `approve_in`: whether its holds are decided in the console only; only a
 /// rule that holds may say where.
 fn in_console(approve_in: ApproveIn, action: Verdict) -> Result<bool, String> {
     match (approve_in, action) {
@@ -645,17 +652,12 @@ fn parse_egress(
         };
         let (verdict, quorum) = (rule.action, parse_quorum(rule.quorum).map_err(|e| error(line, e))?);
         let notify = parse_notify(rule.notify.as_deref(), verdict).map_err(|e| error(line, e))?;
-        if rule.approve_in != ApproveIn::Anywhere {
-            // A name approved in chat lets its addresses through: where a rule asks for the
-            // console only, that would have to know where each approval was made.
-            let reason = "approve_in is for [[exec]] rules: egress holds are decided anywhere (for now)";
-            return Err(error(line, reason.into()));
-        }
+        let in_console = in_console(rule.approve_in, rule.action).map_err(|e| error(line, e))?;
         match (&rule.cidr, &rule.domain) {
             (None, Some(domain)) => {
                 let pattern = DomainPattern::parse(domain)
                     .map_err(|e| error(line, format!("domain {domain:?}: {e}")))?;
-                let rule = NameRule { pattern, ports, protocol, verdict, quorum, notify };
+                let rule = NameRule { pattern, ports, protocol, verdict, quorum, in_console, notify };
                 if domains.iter().any(|d| {
                     (&d.pattern, &d.ports, d.protocol) == (&rule.pattern, &rule.ports, rule.protocol)
                 }) {
@@ -666,7 +668,8 @@ fn parse_egress(
             }
             (Some(cidr), None) => {
                 let cidr_parsed = cidr.parse().map_err(|e| error(line, e))?;
-                let spec = EgressSpec { cidr: cidr_parsed, ports, protocol, verdict, quorum, notify };
+                let spec =
+                    EgressSpec { cidr: cidr_parsed, ports, protocol, verdict, quorum, in_console, notify };
                 if egress.iter().any(|e: &EgressSpec| {
                     (e.cidr, &e.ports, e.protocol) == (spec.cidr, &spec.ports, spec.protocol)
                 }) {
@@ -851,44 +854,88 @@ action = "deny"
         .unwrap();
         let name = Name::parse("api.example.com").unwrap();
         let addr = |text: &str| crate::policy::kernel::kernel_addr(text.parse().unwrap());
-        let rule = policy.approved_rule(&name, addr("10.1.2.3"), 1).expect("one approver suffices");
+        let two = Asks { quorum: 2, in_console: false };
+        let rule = policy.approved_rule(&name, addr("10.1.2.3"), Asks::ONE).expect("one approver suffices");
         let ports: Vec<(u16, u32)> =
             rule.ports[..rule.count as usize].iter().map(|p| (p.low, u32::from(p.verdict))).collect();
         assert_eq!(ports, [(22, verdict::DENY), (443, verdict::ALLOW), (25, verdict::ALLOW)]);
         assert_eq!(rule.fallback, verdict::ALLOW, "egress_default's hold, approved");
-        assert_eq!(policy.approved_rule(&name, addr("10.9.0.1"), 1), None, "that address asks two people");
-        assert!(policy.approved_rule(&name, addr("10.9.0.1"), 2).is_some());
+        let asks_two = policy.approved_rule(&name, addr("10.9.0.1"), Asks::ONE).unwrap();
+        assert_eq!((asks_two.count, asks_two.fallback), (2, verdict::HOLD), "that address asks two people");
+        assert_eq!(policy.approved_rule(&name, addr("10.9.0.1"), two).unwrap().fallback, verdict::ALLOW);
         let denying = parse("p", "p.toml", "[egress_default]\naction = \"deny\"\n").unwrap();
-        let rule = denying.approved_rule(&name, addr("192.0.2.1"), 1).unwrap();
+        let rule = denying.approved_rule(&name, addr("192.0.2.1"), Asks::ONE).unwrap();
         assert_eq!((rule.count, rule.fallback), (0, verdict::DENY), "a denial stays one");
     }
 
     #[test]
-    fn approve_in_console_is_for_exec_rules_that_hold() {
+    fn an_approved_lookup_leaves_what_the_policy_keeps_to_the_console_held_unless_approved_there() {
+        let policy = parse(
+            "p",
+            "p.toml",
+            "[[egress]]\ndomain = \"api.example.com\"\nports = [443]\naction = \"hold\"\n\n\
+             [[egress]]\ndomain = \"*.example.com\"\nports = [8443]\naction = \"hold\"\napprove_in = \"console\"\n\n\
+             [[egress]]\ncidr = \"10.9.0.0/16\"\nports = [22]\naction = \"hold\"\napprove_in = \"console\"\n",
+        )
+        .unwrap();
+        let name = Name::parse("api.example.com").unwrap();
+        let addr = crate::policy::kernel::kernel_addr("10.9.0.1".parse().unwrap());
+        let ports = |approved| {
+            let rule = policy.approved_rule(&name, addr, approved).unwrap();
+            let ports: Vec<(u16, u32)> =
+                rule.ports[..rule.count as usize].iter().map(|p| (p.low, u32::from(p.verdict))).collect();
+            (ports, rule.fallback)
+        };
+        let held = [(443, verdict::ALLOW), (8443, verdict::HOLD), (22, verdict::HOLD)];
+        assert_eq!(ports(Asks::ONE), (held.to_vec(), verdict::ALLOW), "approved in chat: the rest only");
+        let console = Asks { in_console: true, ..Asks::ONE };
+        let all = [(443, verdict::ALLOW), (8443, verdict::ALLOW), (22, verdict::ALLOW)];
+        assert_eq!(ports(console), (all.to_vec(), verdict::ALLOW), "approved in the console: all of it");
+        let lookup = policy.judge_name(&name);
+        assert_eq!(
+            (lookup.verdict, lookup.asks),
+            (Verdict::Hold, Asks::ONE),
+            "the first rule decides the lookup"
+        );
+        let connect = |port| Action {
+            kind: agent_common::kind::EGRESS,
+            protocol: protocol::TCP,
+            port,
+            addr,
+            ..Action::default()
+        };
+        assert_eq!(policy.egress_rule(&connect(8443), Some(&name)).asks, console);
+        assert_eq!(policy.egress_rule(&connect(22), None).asks, console);
+        assert_eq!(policy.egress_rule(&connect(443), Some(&name)).asks, Asks::ONE);
+    }
+
+    #[test]
+    fn approve_in_console_is_for_rules_that_hold() {
         let policy = "[[exec]]\npath = \"/x\"\naction = \"hold\"\napprove_in = \"console\"\n\n\
                       [[exec]]\npath = \"/y\"\naction = \"hold\"\napprove_in = \"anywhere\"\n\n\
-                      [[exec]]\npath = \"/z\"\naction = \"hold\"\n";
+                      [[exec]]\npath = \"/z\"\naction = \"hold\"\n\n\
+                      [[egress]]\ndomain = \"a.example\"\naction = \"hold\"\napprove_in = \"console\"\n\n\
+                      [[egress]]\ndomain = \"b.example\"\naction = \"hold\"\n\n\
+                      [[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"hold\"\napprove_in = \"console\"\n\n\
+                      [[egress]]\ncidr = \"10.1.0.0/16\"\naction = \"hold\"\n";
         let parsed = parse("t", "t.toml", policy).unwrap();
         let in_console: Vec<bool> = parsed.exec.iter().map(|rule| rule.in_console).collect();
         assert_eq!(in_console, [true, false, false]);
+        let in_console: Vec<bool> = parsed.names.iter().map(|rule| rule.in_console).collect();
+        assert_eq!(in_console, [true, false]);
+        let in_console: Vec<bool> = parsed.kernel.egress.iter().map(|rule| rule.in_console).collect();
+        assert_eq!(in_console, [true, false]);
+        let lookup = |name: &str| parsed.judge_name(&Name::parse(name).unwrap()).asks.in_console;
+        assert!(lookup("a.example") && !lookup("b.example"), "a lookup is the first domain rule's to decide");
         let hold = "[[exec]]\npath = \"/x\"\naction = \"hold\"\n\n";
-        for (rule, says) in [
-            (
-                "[[exec]]\npath = \"/w\"\naction = \"allow\"\napprove_in = \"console\"\n",
-                "only a rule that holds",
-            ),
-            (
-                "[[egress]]\ndomain = \"a.example\"\naction = \"hold\"\napprove_in = \"console\"\n",
-                "for [[exec]] rules",
-            ),
-            (
-                "[[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"hold\"\napprove_in = \"console\"\n",
-                "for [[exec]] rules",
-            ),
+        for rule in [
+            "[[exec]]\npath = \"/w\"\naction = \"allow\"\napprove_in = \"console\"\n",
+            "[[egress]]\ndomain = \"a.example\"\naction = \"allow\"\napprove_in = \"console\"\n",
+            "[[egress]]\ncidr = \"10.0.0.0/8\"\naction = \"deny\"\napprove_in = \"console\"\n",
         ] {
             let e = parse("t", "t.toml", &format!("{hold}{rule}")).unwrap_err();
             assert_eq!(e.line, 5, "{e}");
-            assert!(e.reason.contains(says), "{e}");
+            assert!(e.reason.contains("only a rule that holds"), "{e}");
         }
         assert!(
             parse("t", "t.toml", "[[exec]]\npath = \"/x\"\naction = \"hold\"\napprove_in = \"slack\"\n")

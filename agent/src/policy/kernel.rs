@@ -130,8 +130,17 @@ pub struct EgressSpec {
     pub verdict: Verdict,
     /// How many distinct people must approve a hold this rule flags.
     pub quorum: u32,
+    /// Whether its holds are decided in the console only (`approve_in = "console"`).
+    pub in_console: bool,
     /// The people told directly of each hold it flags.
     pub notify: Vec<String>,
+}
+
+impl EgressSpec {
+    /// What approving a hold it flags asks.
+    pub fn asks(&self) -> super::Asks {
+        super::Asks { quorum: self.quorum, in_console: self.in_console }
+    }
 }
 
 /// The part of a policy the kernel decides by itself.
@@ -259,6 +268,7 @@ mod tests {
             protocol,
             verdict,
             quorum: 1,
+            in_console: false,
             notify: vec![],
         }
     }

@@ -5,7 +5,7 @@ use agent_common::{EgressRule, PortRule, capacity, verdict};
 
 use crate::{
     dns::name::{DomainPattern, Name},
-    policy::Verdict,
+    policy::{Asks, Verdict},
 };
 
 /// One domain rule: names the pattern matches, on `ports` (all if empty) over `protocol`.
@@ -18,6 +18,8 @@ pub struct NameRule {
     pub verdict: Verdict,
     /// How many distinct people must approve a hold this rule flags.
     pub quorum: u32,
+    /// Whether its holds are decided in the console only (`approve_in = "console"`).
+    pub in_console: bool,
     /// The people told directly of each hold it flags.
     pub notify: Vec<String>,
 }
@@ -26,6 +28,11 @@ impl NameRule {
     /// The rule as an approver reads it.
     pub fn describe(&self) -> String {
         format!("egress domain {:?} action {:?}", self.pattern.to_string(), self.verdict)
+    }
+
+    /// What approving a hold it flags asks.
+    pub fn asks(&self) -> Asks {
+        Asks { quorum: self.quorum, in_console: self.in_console }
     }
 
     fn covers(&self, port: u16, protocol: u32) -> bool {
@@ -42,8 +49,8 @@ pub struct NameJudgement {
     pub verdict: Verdict,
     /// The rule that decided, as an approver reads it.
     pub rule: String,
-    /// How many distinct people must approve the lookup, when it is held.
-    pub quorum: u32,
+    /// How many distinct people must approve the lookup, when it is held, and where.
+    pub asks: Asks,
     /// The people told directly of the lookup, when it is held.
     pub notify: Vec<String>,
     /// What the kernel applies to the answer's addresses while its TTL lasts: the port
@@ -58,10 +65,15 @@ pub fn judge(rules: &[NameRule], default: (Verdict, &[String]), name: &Name) -> 
     let mut naming = rules.iter().filter(|rule| rule.pattern.matches(name)).peekable();
     let Some(first) = naming.peek() else {
         let (verdict, notify) = (default.0, default.1.to_vec());
-        return NameJudgement { verdict, rule: "egress_default".into(), quorum: 1, notify, kernel: None };
+        return NameJudgement {
+            verdict,
+            rule: "egress_default".into(),
+            asks: Asks::ONE,
+            notify,
+            kernel: None,
+        };
     };
-    let (verdict, rule, quorum, notify) =
-        (first.verdict, first.describe(), first.quorum, first.notify.clone());
+    let (verdict, rule, asks, notify) = (first.verdict, first.describe(), first.asks(), first.notify.clone());
     // Ports the domain rules do not name are left to the CIDR rules (`verdict::NONE`).
     let mut kernel = EgressRule { fallback: verdict::NONE, ..EgressRule::default() };
     for rule in naming {
@@ -83,7 +95,7 @@ pub fn judge(rules: &[NameRule], default: (Verdict, &[String]), name: &Name) -> 
             kernel.count += 1;
         }
     }
-    NameJudgement { verdict, rule, quorum, notify, kernel: Some(kernel) }
+    NameJudgement { verdict, rule, asks, notify, kernel: Some(kernel) }
 }
 
 /// The domain rule that decides egress to a name's address on `port` over `protocol`.
@@ -120,6 +132,7 @@ mod tests {
             protocol: protocol::ANY,
             verdict,
             quorum: 1,
+            in_console: false,
             notify: Vec::new(),
         }
     }
@@ -158,7 +171,7 @@ mod tests {
         let by_default = NameJudgement {
             verdict: Verdict::Deny,
             rule: "egress_default".into(),
-            quorum: 1,
+            asks: Asks::ONE,
             notify: vec![],
             kernel: None,
         };

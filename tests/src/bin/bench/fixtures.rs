@@ -121,6 +121,7 @@ fn allowed_policy() -> Result<KernelPolicy> {
             protocol: protocol::ANY,
             verdict: Verdict::Allow,
             quorum: 1,
+            in_console: false,
             notify: vec![],
         }],
     })
@@ -138,6 +139,7 @@ pub fn hold_policy(port: u16) -> Result<KernelPolicy> {
             protocol: protocol::TCP,
             verdict: Verdict::Hold,
             quorum: 1,
+            in_console: false,
             notify: vec![],
         }],
     })
