@@ -573,21 +573,7 @@ fn kernel_refusals_are_audited_by_reason() {
     let agent = daemon.run_agent("/bin/sh", &["-c", &script]);
     let hold = daemon.pending_one();
     fs::write(&go, "").expect("let the agent go on");
-    let deadline = Instant::now() + WAIT;
-    let refused = loop {
-        let refused: u64 = audit_events(&daemon, "refused")
-            .iter()
-            .filter(|e| e["reason"] == "flood")
-            .map(|e| e["count"].as_u64().expect("count"))
-            .sum();
-        if refused >= 2 || Instant::now() > deadline {
-            break refused;
-        }
-        sleep(Duration::from_millis(50));
-    };
-    assert_eq!(refused, 2, "both execs beyond max_pending are refused and audited");
-    let status: serde_json::Value = serde_json::from_slice(&daemon.cli(&["status"]).stdout).expect("status");
-    assert_eq!(status["refused"]["flood"], 2);
+    assert_refusals(&daemon, "flood", 2);
     assert!(daemon.cli(&["deny", hold["id"].as_str().expect("id")]).status.success());
     let (_, stdout) = finish(agent);
     assert!(stdout.trim().is_empty(), "neither the refused execs nor the denied one ran: {stdout}");
@@ -614,21 +600,27 @@ fn raw_and_ping_sockets_are_refused_to_agents() {
         assert_eq!(make(kind, false), "ok", "{kind} outside any agent");
         assert_eq!(make(kind, true), format!("error: {}", libc::EPERM), "{kind} in a tagged cgroup");
     }
+    assert_refusals(&daemon, "socket", 3);
+}
+
+/// The kernel refused exactly `count` actions for `reason`: audited (waited for) and in
+/// `keyturn status`.
+fn assert_refusals(daemon: &Daemon, reason: &str, count: u64) {
     let deadline = Instant::now() + WAIT;
     let audited = loop {
-        let audited: u64 = audit_events(&daemon, "refused")
+        let audited: u64 = audit_events(daemon, "refused")
             .iter()
-            .filter(|e| e["reason"] == "socket")
+            .filter(|e| e["reason"] == reason)
             .map(|e| e["count"].as_u64().expect("count"))
             .sum();
-        if audited >= 3 || Instant::now() > deadline {
+        if audited >= count || Instant::now() > deadline {
             break audited;
         }
         sleep(Duration::from_millis(50));
     };
-    assert_eq!(audited, 3);
+    assert_eq!(audited, count, "{reason} refusals audited");
     let status: serde_json::Value = serde_json::from_slice(&daemon.cli(&["status"]).stdout).expect("status");
-    assert_eq!(status["refused"]["socket"], 3);
+    assert_eq!(status["refused"][reason], count);
 }
 
 #[test]
