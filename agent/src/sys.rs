@@ -17,6 +17,16 @@ use nix::{
 };
 use rustix::process::{PidfdFlags, Signal};
 
+/// Restores `SIGPIPE`'s default action, which Rust's runtime sets to ignore: a write to a
+/// pipe whose reader left (`keyturn audit | head`) then ends the process quietly, as it
+/// ends any command-line tool, instead of failing the write.
+pub fn end_on_closed_pipe() {
+    // SAFETY: sets the default disposition of a signal; no handler is installed.
+    let _ = unsafe {
+        nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
+    };
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of the BPF programs' `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |now| {

@@ -206,3 +206,25 @@ fn install_stages_the_service_idempotently_and_keeps_an_edited_config() {
     drop(daemon);
     fs::remove_dir_all(&root).expect("clean up");
 }
+
+/// A command whose reader leaves (`keyturn audit | head -1`) ends quietly, killed by
+/// `SIGPIPE` as command-line tools are, without a panic's message.
+#[test]
+fn a_command_whose_reader_leaves_ends_quietly() {
+    let daemon = Daemon::start(HOLD_FLAGGED);
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = daemon
+        .command(&["audit", "--json"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("keyturn audit");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGPIPE),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -311,6 +311,11 @@ impl ScopeArgs {
 /// Runs the command line and exits with its status.
 pub fn main() {
     let cli = Cli::parse();
+    // The daemon and the console serve until stopped: a peer that goes away must not end
+    // them. Every other command writes for a reader, and stops when it leaves.
+    if !matches!(cli.command, Command::Daemon | Command::Console { action: None }) {
+        crate::sys::end_on_closed_pipe();
+    }
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
