@@ -49,7 +49,7 @@ use crate::{
         table::Happened,
     },
     kernel::error_chain,
-    policy::{Asks, ExecJudgement, Policy, Verdict},
+    policy::{ExecJudgement, Policy, Verdict},
 };
 
 impl Daemon {
@@ -143,8 +143,7 @@ impl Daemon {
                 verdict: Verdict::Hold,
                 rule: egress.rule,
                 argv_dependent: false,
-                quorum: egress.asks.quorum,
-                in_console: egress.asks.in_console,
+                asks: egress.asks,
                 notify: egress.notify,
             };
             let memory = FromMemory::read(event, None);
@@ -311,8 +310,7 @@ impl Daemon {
         let name = (event.hold.action.kind == kind::EGRESS)
             .then(|| self.resolved_name(root, &event.hold.action))
             .flatten();
-        let (action, asks) =
-            (&event.hold.action, Asks { quorum: judgement.quorum, in_console: judgement.in_console });
+        let (action, asks) = (&event.hold.action, judgement.asks);
         let granted = self.grants.iter().any(|g| g.covers(root, action, name.as_ref(), asks, unix_now()));
         if granted || verdict == Verdict::Allow {
             let why = if granted { "an earlier approval's scope covers it" } else { "the policy allows it" };
@@ -333,8 +331,12 @@ impl Daemon {
         }
         let mut view = self.view_of(event, executable, memory);
         view.domain = name.map(|name| name.to_string());
-        (view.policy_rule, view.quorum, view.in_console, view.notify) =
-            (judgement.rule.clone(), judgement.quorum, judgement.in_console, judgement.notify.clone());
+        (view.policy_rule, view.quorum, view.in_console, view.notify) = (
+            judgement.rule.clone(),
+            judgement.asks.quorum,
+            judgement.asks.in_console,
+            judgement.notify.clone(),
+        );
         self.list_pending(Held::Kernel(key), view, event, records, restored);
     }
 

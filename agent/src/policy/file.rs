@@ -161,10 +161,8 @@ pub struct ExecJudgement {
     /// Whether argv took part: then the verdict is for this exec only, not for every exec
     /// of the same file version.
     pub argv_dependent: bool,
-    /// How many distinct people must approve, if the verdict is a hold.
-    pub quorum: u32,
-    /// Whether the hold is decided in the console only, never with a chat account.
-    pub in_console: bool,
+    /// What approving it asks, if the verdict is a hold.
+    pub asks: Asks,
     /// The people told directly of the hold, if the verdict is a hold.
     pub notify: Vec<String>,
 }
@@ -173,14 +171,7 @@ impl ExecJudgement {
     /// A hold of an exec no rule could judge (`why`): for one person, anywhere, and for
     /// this exec only.
     pub fn unverified(why: String) -> Self {
-        Self {
-            verdict: Verdict::Hold,
-            rule: why,
-            argv_dependent: true,
-            quorum: 1,
-            in_console: false,
-            notify: vec![],
-        }
+        Self { verdict: Verdict::Hold, rule: why, argv_dependent: true, asks: Asks::ONE, notify: vec![] }
     }
 }
 
@@ -229,8 +220,7 @@ impl Policy {
                 verdict,
                 rule: format!("{why}{}", rule.describe()),
                 argv_dependent,
-                quorum: rule.quorum,
-                in_console: rule.in_console,
+                asks: Asks { quorum: rule.quorum, in_console: rule.in_console },
                 notify: rule.notify.clone(),
             };
             if !rule.argv.is_empty() {
@@ -257,8 +247,7 @@ impl Policy {
             verdict: self.exec_default,
             rule: "exec_default".into(),
             argv_dependent,
-            quorum: 1,
-            in_console: false,
+            asks: Asks::ONE,
             notify: self.exec_default_notify.clone(),
         }
     }

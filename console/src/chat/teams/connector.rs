@@ -275,21 +275,14 @@ impl Announcer for Teams {
     }
 
     /// The bot's personal conversation with `account`, if it is of the bot's own tenant (a
-    /// notify-only webhook writes to no one directly).
+    /// notify-only webhook writes to no one directly). A refusal (the bot not installed for
+    /// the user) is skipped by the announcements, as every failed direct message is.
     async fn direct(&self, account: &ChatAccount) -> Result<Option<String>, SiemError> {
-        let How::Bot(bot) = &self.how else { return Ok(None) };
-        if account.team != bot.tenant_id {
-            return Ok(None);
-        }
-        match bot.personal_conversation(&account.user).await {
-            Ok(conversation) => Ok(Some(conversation)),
-            // The bot is not installed for the user, or the user left: told nothing, and the
-            // announcements of other holds go on.
-            Err(TeamsError::Refused { status, error, .. }) if for_good(status) => {
-                tracing::warn!(%account, status, error, "Teams refused a conversation with a person: not told");
-                Ok(None)
+        match &self.how {
+            How::Bot(bot) if account.team == bot.tenant_id => {
+                Ok(Some(bot.personal_conversation(&account.user).await?))
             }
-            Err(e) => Err(e.into()),
+            _ => Ok(None),
         }
     }
 
